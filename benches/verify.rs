@@ -1,0 +1,576 @@
+//! Benchmarks of the verification hot path against the designs it competes with.
+//!
+//! Groups and ids (keep them stable so runs can be compared):
+//!
+//! - `verify/*`: one key with 10 glob patterns and 4 CIDRs among 100k keys in a
+//!   `MemoryStore`; cached hit, cold miss (default argon2id), bad checksum,
+//!   unknown id, throttled wrong secret, and two baselines measured in the same
+//!   run: the SHA-256-at-rest design (crates.io, Unkey) and a bare argon2 verify.
+//! - `scale/*`: cached hits with 1k, 100k and 1M keys in the cache.
+//! - `threads/*`: a fixed batch of 10,000 cached checks on one or two threads.
+//!
+//! Run with `cargo bench --bench verify`; see `benches/README.md`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hint::black_box;
+use std::net::IpAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordVerifier};
+use chrono::{TimeDelta, Utc};
+use criterion::{BatchSize, Criterion, SamplingMode, criterion_group, criterion_main};
+use keyward::{
+    Argon2Hasher, Argon2Params, Clock, CompiledKey, DenialReason, Environment, IpAllowlist, KeyId,
+    KeyManager, KeyRecord, KeyStore, MemoryStore, NewKey, OwnerId, Permission, PermissionGrant,
+    PermissionRegistry, Policy, ResourceScope, SecretHash, SecretHasher, SystemClock, TokenFormat,
+    Verifier, VerifierConfig, VerifyRequest,
+};
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+type Store = Arc<MemoryStore>;
+
+/// Keys in the store of the `verify` group.
+const POPULATION: usize = 100_000;
+/// Distinct keys a `scale` benchmark rotates over, spread across the cached population.
+const SCALE_SAMPLE: usize = 1_000;
+/// Cached checks per iteration of a `threads` benchmark.
+const THREAD_BATCH: usize = 10_000;
+
+/// The 10 patterns of the measured key.
+const PATTERNS: [&str; 10] = [
+    "AzureRM.DataFactory*",
+    "AzureRM.Profile",
+    "Contoso.*.Tools",
+    "Contoso.Build?",
+    "Fabrikam.Core*",
+    "Fabrikam.Data.*",
+    "Northwind.*",
+    "Tailspin.Web*",
+    "Wingtip.??.Client",
+    "Litware.Analytics*",
+];
+/// The 4 CIDRs of the measured key.
+const CIDRS: [&str; 4] = [
+    "10.0.0.0/8",
+    "192.0.2.0/24",
+    "2001:db8::/32",
+    "203.0.113.0/24",
+];
+const OWNER: &str = "publisher-000042";
+const RESOURCE: &str = "AzureRm.DataFactoryV2.Netcore";
+const CLIENT_IP: &str = "203.0.113.77";
+
+/// Polls a future to completion on the current thread with a no-op waker.
+///
+/// Cached hits never wait on anything, so this measures the check and nothing
+/// of a runtime. Futures that do wait (only the cold path, which is not run
+/// here) would be polled again in a yielding loop.
+fn block_on<F: Future>(fut: F) -> F::Output {
+    let mut fut = pin!(fut);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::yield_now();
+    }
+}
+
+fn registry() -> PermissionRegistry {
+    PermissionRegistry::builder()
+        .permission("package:push-new")
+        .permission_implying("package:push", &["package:push-new"])
+        .permission("package:unlist")
+        .permission("analytics:read")
+        .session_only("package:delete")
+        .build()
+        .expect("registry")
+}
+
+fn format() -> TokenFormat {
+    TokenFormat::new("mkh", &["live", "test"]).expect("format")
+}
+
+fn live() -> Environment {
+    Environment::new("live").expect("env")
+}
+
+fn random_id(rng: &mut impl Rng) -> KeyId {
+    let id: String = (0..keyward::KEY_ID_LEN)
+        .map(|_| char::from(rng.sample(rand::distr::Alphanumeric)))
+        .collect();
+    KeyId::new(&id).expect("id")
+}
+
+/// A stored record of a key that is never checked: its PHC is shared and cheap.
+fn filler(rng: &mut impl Rng, i: usize, phc: &str, live: &Environment) -> KeyRecord {
+    let now = Utc::now();
+    KeyRecord {
+        id: random_id(rng),
+        owner: OwnerId::new(&format!("publisher-{:06}", i % 10_000)).expect("owner"),
+        environment: live.clone(),
+        name: format!("CI key {i}"),
+        permissions: PermissionGrant::only(["package:push", "package:unlist"]),
+        resources: ResourceScope::All,
+        ip_allowlist: IpAllowlist::any(),
+        created_at: now,
+        expires_at: Some(now + TimeDelta::days(365)),
+        revoked_at: None,
+        suspended_at: None,
+        last_used_ip: None,
+        reminded_at: None,
+        kind: keyward::KeyKind::Scoped,
+        last_used_at: None,
+        generation: 1,
+        secret_hash: SecretHash::new(phc.to_owned()),
+    }
+}
+
+fn fill_store(store: &MemoryStore, n: usize, live: &Environment) {
+    let phc = Argon2Hasher::new(Argon2Params::insecure_for_tests())
+        .hash(b"filler secret, never checked")
+        .expect("hash");
+    let mut rng = rand::rng();
+    let mut inserted = 0;
+    while inserted < n {
+        let record = filler(&mut rng, inserted, &phc, live);
+        if block_on(store.insert(&record, None)).is_ok() {
+            inserted += 1;
+        }
+    }
+}
+
+// ---------------------------------------------------------------- verify/*
+
+fn bench_verify(c: &mut Criterion) {
+    let started = Instant::now();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let live = live();
+    let registry = registry();
+    let push = registry.get("package:push").expect("push");
+    let policy = Policy::new(registry);
+    let format = format();
+
+    let store: Store = Arc::new(MemoryStore::new());
+    fill_store(&store, POPULATION, &live);
+
+    // Default argon2id parameters; a burst so large that the cold-miss loop is never throttled.
+    let manager = KeyManager::builder(Arc::clone(&store), format.clone(), policy.clone())
+        .hasher(Argon2Hasher::default())
+        .verifier_config(VerifierConfig {
+            failure_burst: 1_000_000,
+            ..VerifierConfig::default()
+        })
+        .build();
+    // Same store, default throttle, refill slow enough that no token comes back during the run.
+    let throttling = KeyManager::builder(Arc::clone(&store), format.clone(), policy.clone())
+        .hasher(Argon2Hasher::default())
+        .verifier_config(VerifierConfig {
+            failure_refill: Duration::from_secs(3600),
+            ..VerifierConfig::default()
+        })
+        .build();
+
+    let created = rt
+        .block_on(
+            manager.create(
+                &keyward::Actor::system("bench"),
+                NewKey::new(OWNER, "live", "GitHub Actions Production")
+                    .permissions(PermissionGrant::only(["package:push", "analytics:read"]))
+                    .resources(ResourceScope::only(PATTERNS))
+                    .ip_allowlist(CIDRS),
+            ),
+        )
+        .expect("create");
+    let token = created.token.expose_secret().to_owned();
+    let id = created.key.id.clone();
+    let record = rt.block_on(store.get(&id)).expect("get").expect("stored");
+    let phc = record.secret_hash.as_str().to_owned();
+    let secret = format
+        .parse(&token)
+        .expect("parse")
+        .expose_secret()
+        .to_owned();
+
+    let ip: IpAddr = CLIENT_IP.parse().expect("ip");
+    let req = VerifyRequest::new(&live, push)
+        .resource(OWNER, RESOURCE)
+        .client_ip(ip);
+
+    let verifier = manager.verifier();
+    rt.block_on(verifier.verify(&token, &req)).expect("warm"); // cold once: now cached
+    assert_eq!(verifier.cached_keys(), 1);
+
+    // A typo in the checksum; a valid token whose id is in no store.
+    let bad_checksum = {
+        let mut t = token.clone();
+        let last = t.pop().expect("nonempty");
+        t.push(if last == 'a' { 'b' } else { 'a' });
+        t
+    };
+    let unknown = format
+        .generate(&live, &KeyId::generate())
+        .expose_secret()
+        .to_owned();
+
+    // Flood wrong secrets for the key until its id is throttled.
+    let wrong = format.generate(&live, &id).expose_secret().to_owned();
+    let throttled_verifier = throttling.verifier();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let denial = rt
+            .block_on(throttled_verifier.verify(&wrong, &req))
+            .expect_err("wrong secret");
+        if denial.reason == DenialReason::Throttled {
+            break;
+        }
+        assert_eq!(denial.reason, DenialReason::WrongSecret);
+        assert!(attempts < 100, "never throttled");
+    }
+
+    // The crates.io / Unkey design: SHA-256 of the token at rest, a hash map lookup.
+    let baseline: HashMap<[u8; 32], Arc<CompiledKey>> = {
+        let mut map = HashMap::with_capacity(POPULATION + 1);
+        let mut rng = rand::rng();
+        for i in 0..POPULATION {
+            let r = filler(&mut rng, i, "", &live);
+            let mut digest = [0u8; 32];
+            rng.fill(&mut digest);
+            map.insert(
+                digest,
+                Arc::new(CompiledKey::compile(&r, &policy).expect("compile")),
+            );
+        }
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        map.insert(
+            digest,
+            Arc::new(CompiledKey::compile(&record, &policy).expect("compile")),
+        );
+        map
+    };
+    let clock = SystemClock;
+    let rule = policy.resource_rule();
+    let baseline_check = |token: &str| -> Option<Arc<CompiledKey>> {
+        let parsed = format.parse(token).ok()?;
+        if parsed.environment() != req.environment.as_str() {
+            return None;
+        }
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let (stored, key) = baseline.get_key_value(&digest)?;
+        if !bool::from(stored.ct_eq(&digest)) {
+            return None;
+        }
+        key.check(&req, rule, clock.now()).ok()?;
+        Some(Arc::clone(key))
+    };
+    assert!(baseline_check(&token).is_some());
+    eprintln!("verify: setup took {:.1?}", started.elapsed());
+
+    let mut group = c.benchmark_group("verify");
+    group.bench_function("cached_hit", |b| {
+        b.to_async(&rt).iter(|| async {
+            verifier
+                .verify(black_box(&token), &req)
+                .await
+                .expect("cached hit")
+        })
+    });
+    group.bench_function("baseline_sha256_lookup", |b| {
+        b.iter(|| baseline_check(black_box(&token)).expect("baseline hit"))
+    });
+    group.bench_function("bad_checksum", |b| {
+        b.to_async(&rt).iter(|| async {
+            verifier
+                .verify(black_box(&bad_checksum), &req)
+                .await
+                .expect_err("bad checksum")
+        })
+    });
+    group.bench_function("unknown_id", |b| {
+        b.to_async(&rt).iter(|| async {
+            verifier
+                .verify(black_box(&unknown), &req)
+                .await
+                .expect_err("unknown id")
+        })
+    });
+    group.bench_function("wrong_secret_throttled", |b| {
+        b.to_async(&rt).iter(|| async {
+            let denial = throttled_verifier
+                .verify(black_box(&wrong), &req)
+                .await
+                .expect_err("throttled");
+            debug_assert_eq!(denial.reason, DenialReason::Throttled);
+            denial
+        })
+    });
+
+    // Argon2 at default parameters: ~tens of ms per check, so few samples.
+    group.sample_size(10);
+    group.sampling_mode(SamplingMode::Flat);
+    group.measurement_time(Duration::from_secs(4));
+    group.bench_function("cold_miss", |b| {
+        b.to_async(&rt).iter_batched(
+            || verifier.invalidate(&id),
+            |()| async {
+                verifier
+                    .verify(black_box(&token), &req)
+                    .await
+                    .expect("cold miss")
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.bench_function("baseline_argon2", |b| {
+        let argon2 = Argon2::default();
+        b.iter(|| {
+            let hash = PasswordHash::new(black_box(&phc)).expect("phc");
+            argon2
+                .verify_password(black_box(secret.as_bytes()), &hash)
+                .expect("right secret")
+        })
+    });
+    group.finish();
+}
+
+// ---------------------------------------------------------------- scale/* and threads/*
+
+/// A key of the large populations: its own token, owner, resource and address.
+#[derive(Clone)]
+struct Sampled {
+    token: String,
+    owner: String,
+    ip: IpAddr,
+}
+
+impl Sampled {
+    fn request<'a>(&'a self, live: &'a Environment, permission: Permission) -> VerifyRequest<'a> {
+        VerifyRequest::new(live, permission)
+            .resource(&self.owner, "Contoso.Build.Tools")
+            .client_ip(self.ip)
+    }
+}
+
+/// A well-formed token for `id` with a random secret, built here with a fast
+/// generator: `TokenFormat::generate` draws from the operating system per
+/// character, which is right for real keys and far too slow for a million.
+/// Every token is checked with `TokenFormat::parse`, so a format change
+/// fails the setup instead of skewing the numbers.
+fn fast_token(rng: &mut impl Rng, format: &TokenFormat, live: &Environment, id: &KeyId) -> String {
+    const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut s = format!("{}_{}_{}", format.prefix(), live, id);
+    s.extend((0..keyward::SECRET_LEN).map(|_| char::from(rng.sample(rand::distr::Alphanumeric))));
+    let mut n = crc32fast::hash(s.as_bytes());
+    let mut sum = [b'0'; keyward::CHECKSUM_LEN];
+    for slot in sum.iter_mut().rev() {
+        *slot = BASE62[(n % 62) as usize];
+        n /= 62;
+    }
+    s.extend(sum.iter().map(|b| char::from(*b)));
+    s
+}
+
+/// `n` keys with real tokens, each stored with a PHC of its own secret made
+/// with the cheapest argon2 parameters, so warming a cache costs tens of
+/// microseconds per key instead of tens of milliseconds. Runs on every core.
+///
+/// The keys cover all of their owner's resources: a compiled glob set takes
+/// 7 to 22 KB per key (see `benches/README.md`), so a million cached keys with
+/// patterns would need gigabytes; this group measures the cache's map, and
+/// `verify/cached_hit` measures the glob check.
+fn population(
+    n: usize,
+    store: &MemoryStore,
+    format: &TokenFormat,
+    live: &Environment,
+) -> Vec<Sampled> {
+    let hasher = Argon2Hasher::new(Argon2Params::insecure_for_tests());
+    let threads = std::thread::available_parallelism().map_or(2, |p| p.get());
+    let chunk = n.div_ceil(threads);
+    let now = Utc::now();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let hasher = &hasher;
+                s.spawn(move || {
+                    let mut rng = rand::rng();
+                    let mut out = Vec::with_capacity(chunk);
+                    let mut i = t * chunk;
+                    while i < ((t + 1) * chunk).min(n) {
+                        let id = random_id(&mut rng);
+                        let token = fast_token(&mut rng, format, live, &id);
+                        let secret = format.parse(&token).expect("parse").expose_secret();
+                        let owner = format!("publisher-{:06}", i % 10_000);
+                        let ip: IpAddr = format!("10.{}.{}.9", (i >> 8) & 0xff, i & 0xff)
+                            .parse()
+                            .expect("ip");
+                        let record = KeyRecord {
+                            id,
+                            owner: OwnerId::new(&owner).expect("owner"),
+                            environment: live.clone(),
+                            name: format!("CI key {i}"),
+                            permissions: PermissionGrant::only(["package:push", "package:unlist"]),
+                            resources: ResourceScope::All,
+                            ip_allowlist: IpAllowlist::parse(&[format!(
+                                "10.{}.0.0/16",
+                                (i >> 8) & 0xff
+                            )])
+                            .expect("cidr"),
+                            created_at: now,
+                            expires_at: Some(now + TimeDelta::days(365)),
+                            revoked_at: None,
+                            suspended_at: None,
+                            last_used_ip: None,
+                            reminded_at: None,
+                            kind: keyward::KeyKind::Scoped,
+                            last_used_at: None,
+                            generation: 1,
+                            secret_hash: SecretHash::new(
+                                hasher.hash(secret.as_bytes()).expect("hash"),
+                            ),
+                        };
+                        if block_on(store.insert(&record, None)).is_err() {
+                            continue; // the id was taken: draw another
+                        }
+                        out.push(Sampled { token, owner, ip });
+                        i += 1;
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("population thread"))
+            .collect()
+    })
+}
+
+/// A verifier over `store` whose cache can hold every key, with a long TTL.
+fn big_cache_manager(store: &Store) -> KeyManager<Store> {
+    KeyManager::builder(Arc::clone(store), format(), Policy::new(registry()))
+        .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
+        .verifier_config(VerifierConfig {
+            cache_capacity: 2_000_000,
+            cache_ttl: Duration::from_secs(24 * 3600),
+            failure_burst: 1_000_000,
+            ..VerifierConfig::default()
+        })
+        .build()
+}
+
+/// Verifies each key once (cheap argon2, on every core) so all of them are cached.
+fn warm(verifier: &Verifier<Store>, keys: &[Sampled], live: &Environment, push: Permission) {
+    let threads = std::thread::available_parallelism().map_or(2, |p| p.get());
+    std::thread::scope(|s| {
+        for chunk in keys.chunks(keys.len().div_ceil(threads).max(1)) {
+            s.spawn(move || {
+                for k in chunk {
+                    block_on(verifier.verify(&k.token, &k.request(live, push))).expect("warm");
+                }
+            });
+        }
+    });
+}
+
+/// `count` keys evenly spread over `keys`, copied next to each other: a real
+/// request's token was just read from the socket and is hot in the CPU cache,
+/// so only the verifier's own data should be cold.
+fn spread(keys: &[Sampled], count: usize) -> Vec<Sampled> {
+    let step = (keys.len() / count).max(1);
+    keys.iter().step_by(step).take(count).cloned().collect()
+}
+
+fn bench_scale_and_threads(c: &mut Criterion) {
+    let started = Instant::now();
+    let live = live();
+    let push = registry().get("package:push").expect("push");
+    let format = format();
+    let store: Store = Arc::new(MemoryStore::new());
+    let keys = population(1_000_000, &store, &format, &live);
+    eprintln!("scale: 1M keys stored in {:.1?}", started.elapsed());
+
+    let mut group = c.benchmark_group("scale");
+    for (name, n) in [
+        ("cached_hit_1k", 1_000),
+        ("cached_hit_100k", 100_000),
+        ("cached_hit_1m", 1_000_000),
+    ] {
+        let started = Instant::now();
+        let manager = big_cache_manager(&store);
+        let verifier = manager.verifier();
+        let cached = &keys[..n];
+        warm(&verifier, cached, &live, push);
+        assert_eq!(verifier.cached_keys(), n);
+        eprintln!("scale: {n} keys cached in {:.1?}", started.elapsed());
+        let sample = spread(cached, SCALE_SAMPLE);
+        let mut next = 0;
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let k = &sample[next];
+                next = (next + 1) % sample.len();
+                block_on(verifier.verify(black_box(&k.token), &k.request(&live, push)))
+                    .expect("cached hit")
+            })
+        });
+    }
+    group.finish();
+
+    // threads/*: the same 10,000 cached checks on one or two threads.
+    let manager = big_cache_manager(&store);
+    let verifier = manager.verifier();
+    let batch = spread(&keys, THREAD_BATCH);
+    for k in &batch {
+        block_on(verifier.verify(&k.token, &k.request(&live, push))).expect("warm");
+    }
+    let run = |threads: usize| -> usize {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = batch
+                .chunks(batch.len().div_ceil(threads))
+                .map(|chunk| {
+                    let (verifier, live) = (&verifier, &live);
+                    s.spawn(move || {
+                        chunk
+                            .iter()
+                            .filter(|k| {
+                                block_on(
+                                    verifier.verify(black_box(&k.token), &k.request(live, push)),
+                                )
+                                .is_ok()
+                            })
+                            .count()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("worker")).sum()
+        })
+    };
+    assert_eq!(run(2), THREAD_BATCH);
+    let mut group = c.benchmark_group("threads");
+    group.sample_size(30);
+    group.sampling_mode(SamplingMode::Flat);
+    group.bench_function("cached_hit_1t", |b| b.iter(|| run(1)));
+    group.bench_function("cached_hit_2t", |b| b.iter(|| run(2)));
+    group.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = bench_verify, bench_scale_and_threads
+}
+criterion_main!(benches);

@@ -1,0 +1,704 @@
+//! A package marketplace's publisher API on SQLite or PostgreSQL, protected
+//! by keyward.
+//!
+//! ```sh
+//! cargo run --example publisher_api --features axum,sqlite,postgres -- 8080
+//! cargo run --example publisher_api --features axum,sqlite,postgres -- 8080 \
+//!     --postgres postgres://app@127.0.0.1:5432/registry
+//! ```
+//!
+//! * Listens on 127.0.0.1, port from the first argument or `PORT` (default 8080).
+//! * Keys and sessions live in SQLite by default: `KEYWARD_DATABASE` (a file
+//!   path), or a fresh file in a temporary directory.
+//! * Or in PostgreSQL, when a URL is given with `--postgres URL` or
+//!   `KEYWARD_DATABASE_URL` (the argument wins). `KEYWARD_DATABASE_SCHEMA`
+//!   picks the schema (default `public`). The tables (keys, sessions) are
+//!   created at startup (`PostgresStore::migrate`, safe with several servers
+//!   starting at once), and each server runs the change feed, so a key
+//!   revoked, regenerated or deleted through one server is refused by every
+//!   other server's cache within milliseconds.
+//! * One owner (`OWNER`, default `contoso`) has an administrator, who signs
+//!   in with `X-Admin-Secret: <secret>`: `KEYWARD_ADMIN_SECRET`, or a random
+//!   secret printed at startup. The administrator manages the owner's keys
+//!   and is the only one who may delete a package (a session-only
+//!   operation: refused for keys and for sessions made from keys).
+//!
+//! Endpoints (keys or session tokens, as `Authorization: Bearer`,
+//! `X-Api-Key`, or HTTP Basic `key_id:secret`):
+//!
+//! | method and path | needs |
+//! |---|---|
+//! | `POST /packages/{name}/versions` `{"version"}` | `package:push-new` for a new package, `package:push` for an existing one |
+//! | `PUT /packages/{name}/metadata` `{"description"}` | `package:metadata` |
+//! | `POST /packages/{name}/unlist` | `package:unlist` |
+//! | `GET /packages/{name}/analytics` | `analytics:read` |
+//! | `DELETE /packages/{name}` | session-only: always 403 for keys |
+//! | `GET /me` | any valid key or session |
+//! | `POST /session?ttl_seconds=N` | a key (never a session) |
+//!
+//! Administrator (`X-Admin-Secret`): `POST /admin/keys`, `GET /admin/keys`,
+//! `PATCH /admin/keys/{id}`, `POST /admin/keys/{id}/regenerate`,
+//! `POST /admin/keys/{id}/revoke` (`{"compromised": true}` also ends its
+//! sessions), `DELETE /admin/keys/{id}`, `DELETE /admin/packages/{name}`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use ::axum::extract::{Path, Query, Request, State};
+use ::axum::http::{HeaderMap, HeaderName, StatusCode};
+use ::axum::response::{IntoResponse, Response};
+use ::axum::routing::{delete, get, patch, post, put};
+use ::axum::{Json, Router};
+use keyward::axum::{Caller, KeywardLayer};
+use keyward::{
+    Actor, Argon2Hasher, Environment, ExpiryChoice, ExpiryPolicy, KeyEdit, KeyId, KeyManager,
+    KeyRecord, KeyStore, KeywardError, ListQuery, NewKey, OwnerId, PermissionGrant,
+    PermissionRegistry, Policy, PostgresStore, QuotaCheck, ResourceRef, ResourceScope,
+    SessionConfig, SessionRecord, SessionStore, SqliteStore, StoreError, TokenFormat,
+};
+use serde::Deserialize;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+/// The store the server runs on: SQLite (embedded) or PostgreSQL (shared).
+#[derive(Clone)]
+enum Store {
+    Sqlite(SqliteStore),
+    Postgres(PostgresStore),
+}
+
+/// Runs `$body` with `$s` bound to the inner store.
+macro_rules! on_store {
+    ($store:expr, $s:ident => $body:expr) => {
+        match $store {
+            Store::Sqlite($s) => $body,
+            Store::Postgres($s) => $body,
+        }
+    };
+}
+
+impl KeyStore for Store {
+    async fn insert(
+        &self,
+        record: &KeyRecord,
+        quota: Option<QuotaCheck>,
+    ) -> Result<(), StoreError> {
+        on_store!(self, s => s.insert(record, quota).await)
+    }
+    async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        on_store!(self, s => s.get(id).await)
+    }
+    async fn list(&self, query: &ListQuery) -> Result<Vec<KeyRecord>, StoreError> {
+        on_store!(self, s => s.list(query).await)
+    }
+    async fn update(&self, record: &KeyRecord, expected_generation: u64) -> Result<(), StoreError> {
+        on_store!(self, s => s.update(record, expected_generation).await)
+    }
+    async fn delete(&self, id: &KeyId) -> Result<(), StoreError> {
+        on_store!(self, s => s.delete(id).await)
+    }
+    async fn record_usage(
+        &self,
+        id: &KeyId,
+        at: chrono::DateTime<chrono::Utc>,
+        ip: Option<std::net::IpAddr>,
+    ) -> Result<(), StoreError> {
+        on_store!(self, s => s.record_usage(id, at, ip).await)
+    }
+    async fn take_expiry_reminders(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        until: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        on_store!(self, s => s.take_expiry_reminders(now, until, limit).await)
+    }
+}
+
+impl SessionStore for Store {
+    async fn insert_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
+        on_store!(self, s => s.insert_session(record).await)
+    }
+    async fn get_session(&self, id: &KeyId) -> Result<Option<SessionRecord>, StoreError> {
+        on_store!(self, s => s.get_session(id).await)
+    }
+    async fn revoke_sessions(&self, key_id: &KeyId) -> Result<u64, StoreError> {
+        on_store!(self, s => s.revoke_sessions(key_id).await)
+    }
+    async fn delete_expired_sessions(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<u64, StoreError> {
+        on_store!(self, s => s.delete_expired_sessions(now).await)
+    }
+}
+
+type Manager = KeyManager<Store>;
+
+#[derive(Default)]
+struct Package {
+    owner: String,
+    versions: Vec<String>,
+    listed: bool,
+    description: String,
+    downloads: u64,
+}
+
+type Packages = Arc<Mutex<HashMap<String, Package>>>;
+
+#[derive(Clone)]
+struct App {
+    manager: Manager,
+    auth: KeywardLayer<Store>,
+    packages: Packages,
+    registry: PermissionRegistry,
+    owner: String,
+    admin_secret: Arc<str>,
+}
+
+impl App {
+    /// The owner's administrator, as the management policy sees them.
+    fn admin(&self) -> Actor {
+        Actor::administrator(
+            "admin",
+            OwnerId::new(&self.owner).unwrap_or_else(|_| unreachable!("checked at startup")),
+        )
+    }
+}
+
+fn packages(app: &App) -> std::sync::MutexGuard<'_, HashMap<String, Package>> {
+    app.packages.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(json!({ "error": status.canonical_reason(), "message": message.into() })),
+    )
+        .into_response()
+}
+
+fn manager_error(e: KeywardError) -> Response {
+    let status = match &e {
+        KeywardError::NotFound(_) => StatusCode::NOT_FOUND,
+        KeywardError::NotAllowed { .. } => StatusCode::FORBIDDEN,
+        KeywardError::Policy(_) | KeywardError::UnknownEnvironment(_) => StatusCode::BAD_REQUEST,
+        KeywardError::Revoked(_)
+        | KeywardError::Expired(_)
+        | KeywardError::QuotaExceeded { .. } => StatusCode::CONFLICT,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    error(status, e.to_string())
+}
+
+// ---- key-protected endpoints ----
+
+#[derive(Deserialize)]
+struct PushBody {
+    version: String,
+}
+
+async fn push_version(
+    State(app): State<App>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Json(body): Json<PushBody>,
+) -> Response {
+    let existing_owner = packages(&app).get(&name).map(|p| p.owner.clone());
+    let (permission, owner) = match &existing_owner {
+        Some(owner) => ("package:push", owner.clone()),
+        None => ("package:push-new", caller.owner().as_str().to_owned()),
+    };
+    let Some(permission) = app.registry.get(permission) else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "permission not registered",
+        );
+    };
+    if let Err(rejection) = caller.authorize(permission, Some(ResourceRef::new(&owner, &name))) {
+        return rejection.into_response();
+    }
+    let mut all = packages(&app);
+    let package = all.entry(name.clone()).or_insert_with(|| Package {
+        owner,
+        listed: true,
+        ..Package::default()
+    });
+    if package.versions.contains(&body.version) {
+        return error(StatusCode::CONFLICT, "this version already exists");
+    }
+    package.versions.push(body.version.clone());
+    let status = if existing_owner.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    (status, Json(json!({ "package": name, "version": body.version, "new_package": existing_owner.is_none() })))
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct MetadataBody {
+    description: String,
+}
+
+async fn update_metadata(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    Json(body): Json<MetadataBody>,
+) -> Response {
+    match packages(&app).get_mut(&name) {
+        Some(p) => {
+            p.description = body.description;
+            Json(json!({ "package": name, "description": p.description })).into_response()
+        }
+        None => error(StatusCode::NOT_FOUND, "no such package"),
+    }
+}
+
+async fn unlist(State(app): State<App>, Path(name): Path<String>) -> Response {
+    match packages(&app).get_mut(&name) {
+        Some(p) => {
+            p.listed = false;
+            Json(json!({ "package": name, "listed": false })).into_response()
+        }
+        None => error(StatusCode::NOT_FOUND, "no such package"),
+    }
+}
+
+async fn analytics(State(app): State<App>, Path(name): Path<String>) -> Response {
+    match packages(&app).get(&name) {
+        Some(p) => {
+            Json(json!({ "package": name, "downloads": p.downloads, "versions": p.versions.len() }))
+                .into_response()
+        }
+        None => error(StatusCode::NOT_FOUND, "no such package"),
+    }
+}
+
+async fn delete_package_with_key() -> Response {
+    // Unreachable for keys: the route requires a session-only permission.
+    error(StatusCode::FORBIDDEN, "session-only")
+}
+
+async fn me(caller: Caller) -> Response {
+    Json(json!({
+        "key_id": caller.id(),
+        "name": caller.name(),
+        "owner": caller.owner(),
+        "environment": caller.environment(),
+        "permissions": caller.permission_names(),
+        "resources": caller.resources(),
+        "expires_at": caller.expires_at(),
+        "session_id": caller.session_id(),
+    }))
+    .into_response()
+}
+
+#[derive(Deserialize)]
+struct SessionParams {
+    ttl_seconds: Option<u64>,
+}
+
+async fn create_session(
+    State(app): State<App>,
+    Query(params): Query<SessionParams>,
+    req: Request,
+) -> Response {
+    let (parts, _) = req.into_parts();
+    match app
+        .auth
+        .exchange(&parts, params.ttl_seconds.map(Duration::from_secs))
+        .await
+    {
+        Ok(issued) => (
+            StatusCode::CREATED,
+            Json(json!({ "token": issued.token.expose_secret(), "session": issued.session })),
+        )
+            .into_response(),
+        Err(rejection) => rejection.into_response(),
+    }
+}
+
+// ---- the owner's administrator ----
+
+fn is_admin(app: &App, headers: &HeaderMap) -> bool {
+    headers
+        .get("x-admin-secret")
+        .is_some_and(|v| bool::from(v.as_bytes().ct_eq(app.admin_secret.as_bytes())))
+}
+
+macro_rules! require_admin {
+    ($app:expr, $headers:expr) => {
+        if !is_admin(&$app, &$headers) {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "send the administrator secret in X-Admin-Secret",
+            );
+        }
+    };
+}
+
+/// Loads a key of the administrator's owner; other owners' keys are "not found".
+async fn own_key(app: &App, id: &str) -> Result<KeyId, Response> {
+    let not_found = || error(StatusCode::NOT_FOUND, "no such key");
+    let id = KeyId::new(id).map_err(|_| not_found())?;
+    match app.manager.get(&app.admin(), &id).await {
+        Ok(view) if view.owner.as_str() == app.owner => Ok(id),
+        Ok(_) | Err(KeywardError::NotFound(_) | KeywardError::NotAllowed { .. }) => {
+            Err(not_found())
+        }
+        Err(e) => Err(manager_error(e)),
+    }
+}
+
+#[derive(Deserialize)]
+struct CreateBody {
+    name: String,
+    permissions: Vec<String>,
+    resources: Option<Vec<String>>,
+    expiry_days: Option<u32>,
+    #[serde(default)]
+    ip_allowlist: Vec<String>,
+}
+
+async fn admin_create(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Json(body): Json<CreateBody>,
+) -> Response {
+    require_admin!(app, headers);
+    let mut new = NewKey::new(app.owner.clone(), "live", body.name)
+        .permissions(PermissionGrant::only(body.permissions))
+        .ip_allowlist(body.ip_allowlist);
+    if let Some(resources) = body.resources {
+        new = new.resources(ResourceScope::only(resources));
+    }
+    if let Some(days) = body.expiry_days {
+        new = new.expiry(ExpiryChoice::Days(days));
+    }
+    match app.manager.create(&app.admin(), new).await {
+        Ok(created) => (
+            StatusCode::CREATED,
+            Json(json!({ "token": created.token.expose_secret(), "key": created.key })),
+        )
+            .into_response(),
+        Err(e) => manager_error(e),
+    }
+}
+
+async fn admin_list(State(app): State<App>, headers: HeaderMap) -> Response {
+    require_admin!(app, headers);
+    let Ok(owner) = OwnerId::new(&app.owner) else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "bad owner");
+    };
+    match app.manager.list(&app.admin(), ListQuery::new(owner)).await {
+        Ok(keys) => Json(json!({ "keys": keys })).into_response(),
+        Err(e) => manager_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct EditBody {
+    name: Option<String>,
+    permissions: Option<Vec<String>>,
+    resources: Option<Vec<String>>,
+    expiry_days: Option<u32>,
+    ip_allowlist: Option<Vec<String>>,
+}
+
+async fn admin_edit(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(body): Json<EditBody>,
+) -> Response {
+    require_admin!(app, headers);
+    let id = match own_key(&app, &id).await {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let edit = KeyEdit {
+        name: body.name,
+        permissions: body.permissions.map(PermissionGrant::only),
+        resources: body.resources.map(ResourceScope::only),
+        expiry: body.expiry_days.map(ExpiryChoice::Days),
+        ip_allowlist: body.ip_allowlist,
+    };
+    match app.manager.edit(&app.admin(), &id, edit).await {
+        Ok(view) => Json(json!({ "key": view })).into_response(),
+        Err(e) => manager_error(e),
+    }
+}
+
+async fn admin_regenerate(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    require_admin!(app, headers);
+    let id = match own_key(&app, &id).await {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    match app.manager.regenerate(&app.admin(), &id).await {
+        Ok(created) => Json(json!({ "token": created.token.expose_secret(), "key": created.key }))
+            .into_response(),
+        Err(e) => manager_error(e),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct RevokeBody {
+    #[serde(default)]
+    compromised: bool,
+}
+
+async fn admin_revoke(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Option<Json<RevokeBody>>,
+) -> Response {
+    require_admin!(app, headers);
+    let id = match own_key(&app, &id).await {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let compromised = body.map(|Json(b)| b.compromised).unwrap_or_default();
+    let result = if compromised {
+        app.manager.revoke_compromised(&app.admin(), &id).await
+    } else {
+        app.manager.revoke(&app.admin(), &id).await
+    };
+    match result {
+        Ok(view) => Json(json!({ "key": view, "sessions_ended": compromised })).into_response(),
+        Err(e) => manager_error(e),
+    }
+}
+
+async fn admin_delete_key(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    require_admin!(app, headers);
+    let id = match own_key(&app, &id).await {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    match app.manager.delete(&app.admin(), &id).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => manager_error(e),
+    }
+}
+
+async fn admin_delete_package(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    require_admin!(app, headers);
+    let mut all = packages(&app);
+    match all.get(&name) {
+        Some(p) if p.owner == app.owner => {
+            all.remove(&name);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        _ => error(StatusCode::NOT_FOUND, "no such package"),
+    }
+}
+
+// ---- startup ----
+
+fn random_secret() -> String {
+    use rand::Rng;
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(32)
+        .map(char::from)
+        .collect()
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Arguments: [PORT] [--postgres URL]
+    let mut port_arg = None;
+    let mut postgres_arg = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--postgres" {
+            postgres_arg = Some(args.next().ok_or("--postgres needs a URL")?);
+        } else if let Some(url) = arg.strip_prefix("--postgres=") {
+            postgres_arg = Some(url.to_owned());
+        } else if port_arg.is_none() && !arg.starts_with('-') {
+            port_arg = Some(arg);
+        } else {
+            return Err(
+                format!("unexpected argument {arg:?}; usage: [PORT] [--postgres URL]").into(),
+            );
+        }
+    }
+    let port: u16 = port_arg
+        .or_else(|| std::env::var("PORT").ok())
+        .map(|p| p.parse())
+        .transpose()?
+        .unwrap_or(8080);
+    let postgres_url = postgres_arg.or_else(|| {
+        std::env::var("KEYWARD_DATABASE_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+    });
+    let owner = std::env::var("OWNER").unwrap_or_else(|_| "contoso".into());
+    let (admin_secret, generated) = match std::env::var("KEYWARD_ADMIN_SECRET") {
+        Ok(s) if !s.is_empty() => (s, false),
+        _ => (random_secret(), true),
+    };
+    let (store, db) = match postgres_url {
+        Some(url) => {
+            let schema =
+                std::env::var("KEYWARD_DATABASE_SCHEMA").unwrap_or_else(|_| "public".into());
+            let store = PostgresStore::connect(&url).await?.with_schema(&schema)?;
+            store.migrate().await?; // keys and sessions tables
+            let db = format!(
+                "PostgreSQL, tables {schema}.{0} and {schema}.{0}_sessions",
+                store.table()
+            );
+            (Store::Postgres(store), db)
+        }
+        None => {
+            let path = match std::env::var("KEYWARD_DATABASE") {
+                Ok(path) => path,
+                Err(_) => {
+                    let dir = std::env::temp_dir()
+                        .join(format!("keyward-publisher-{}", std::process::id()));
+                    std::fs::create_dir_all(&dir)?;
+                    dir.join("keys.db").to_string_lossy().into_owned()
+                }
+            };
+            let store = SqliteStore::connect(&path).await?;
+            store.migrate().await?;
+            store.migrate_sessions().await?;
+            (Store::Sqlite(store), format!("SQLite, {path}"))
+        }
+    };
+
+    let registry = PermissionRegistry::builder()
+        .permission("package:push-new")
+        .permission_implying("package:push", &["package:push-new"])
+        .permission("package:unlist")
+        .permission("package:metadata")
+        .permission("analytics:read")
+        .session_only("package:delete")
+        .build()?;
+    let policy = Policy::new(registry.clone())
+        .with_quota(10)?
+        .with_expiry(ExpiryPolicy::choices(
+            &[1, 90, 365],
+            true,
+            ExpiryChoice::Days(90),
+        )?);
+    let mut builder = KeyManager::builder(
+        store.clone(),
+        TokenFormat::new("mkh", &["live", "test"])?,
+        policy,
+    )
+    .sessions(SessionConfig::new("mkhs"))?;
+    // The audit trail goes to the same database as the keys.
+    builder = match &store {
+        Store::Sqlite(s) => builder.audit(s.clone()),
+        Store::Postgres(s) => builder.audit(s.clone()),
+    };
+    if std::env::var("KEYWARD_FAST_HASH").is_ok_and(|v| v == "1") {
+        // For demos and tests only: cheap argon2 parameters.
+        builder = builder.hasher(Argon2Hasher::new(
+            keyward::Argon2Params::insecure_for_tests(),
+        ));
+    }
+    let manager = builder.build();
+    // With PostgreSQL, other servers may share the database: follow their
+    // changes (kept alive until the server stops).
+    let _feed = match &store {
+        Store::Postgres(pg) => Some(pg.listen(&manager.verifier()).await?),
+        Store::Sqlite(_) => None,
+    };
+    let live = Environment::new("live")?;
+
+    let packages: Packages = Arc::default();
+    let owners = Arc::clone(&packages);
+    let auth = KeywardLayer::new(manager.clone(), live)
+        .api_key_header(HeaderName::from_static("x-api-key"))
+        .resource_owner(move |name: String| {
+            let owner = owners
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&name)
+                .map(|p| p.owner.clone());
+            async move { owner }
+        });
+    let perm = |name: &str| {
+        registry
+            .get(name)
+            .ok_or_else(|| format!("{name} is not registered"))
+    };
+    let app_state = App {
+        manager,
+        auth: auth.clone(),
+        packages,
+        registry: registry.clone(),
+        owner: owner.clone(),
+        admin_secret: admin_secret.clone().into(),
+    };
+
+    let on_package = |permission| auth.require(permission).resource_param("name");
+    let app = Router::new()
+        .route("/packages/{name}/versions", post(push_version))
+        .route("/me", get(me))
+        .route_layer(auth.clone())
+        .merge(
+            Router::new()
+                .route("/packages/{name}/metadata", put(update_metadata))
+                .route_layer(on_package(perm("package:metadata")?)),
+        )
+        .merge(
+            Router::new()
+                .route("/packages/{name}/unlist", post(unlist))
+                .route_layer(on_package(perm("package:unlist")?)),
+        )
+        .merge(
+            Router::new()
+                .route("/packages/{name}/analytics", get(analytics))
+                .route_layer(on_package(perm("analytics:read")?)),
+        )
+        .merge(
+            Router::new()
+                .route("/packages/{name}", delete(delete_package_with_key))
+                .route_layer(on_package(perm("package:delete")?)),
+        )
+        .route("/session", post(create_session))
+        .route("/admin/keys", post(admin_create).get(admin_list))
+        .route(
+            "/admin/keys/{id}",
+            patch(admin_edit).delete(admin_delete_key),
+        )
+        .route("/admin/keys/{id}/regenerate", post(admin_regenerate))
+        .route("/admin/keys/{id}/revoke", post(admin_revoke))
+        .route("/admin/packages/{name}", delete(admin_delete_package))
+        .with_state(app_state);
+
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    println!("publisher API on http://{}", listener.local_addr()?);
+    println!("database: {db}");
+    println!("owner: {owner}");
+    if generated {
+        println!("administrator secret (X-Admin-Secret): {admin_secret}");
+    }
+    ::axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,491 @@
+//! The audit trail: an event for every management action, aggregated
+//! authentication failures and usage, and the [`AuditSink`] that keeps them.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::StoreError;
+use crate::key::OwnerId;
+use crate::token::KeyId;
+
+/// A boxed future, as [`AuditSink`] returns (so sinks can be trait objects).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditAction {
+    /// A key was created.
+    Created,
+    /// A key was imported from another system.
+    Imported,
+    /// A key was edited.
+    Edited,
+    /// A key got a new secret.
+    Regenerated,
+    /// A key got a successor and will expire after a grace period.
+    Rotated,
+    /// A key was suspended.
+    Suspended,
+    /// A key was resumed.
+    Resumed,
+    /// A key was revoked.
+    Revoked,
+    /// A key was deleted.
+    Deleted,
+    /// A session token was issued for a key.
+    SessionIssued,
+    /// A management call was refused by the management policy.
+    ManagementDenied,
+    /// Checks with this key failed (aggregated: see [`AuditEvent::count`]).
+    AuthenticationFailed,
+    /// The key was used successfully (aggregated: see [`AuditEvent::count`]).
+    Used,
+}
+
+impl AuditAction {
+    /// Every action, in declaration order.
+    pub const ALL: [AuditAction; 13] = [
+        AuditAction::Created,
+        AuditAction::Imported,
+        AuditAction::Edited,
+        AuditAction::Regenerated,
+        AuditAction::Rotated,
+        AuditAction::Suspended,
+        AuditAction::Resumed,
+        AuditAction::Revoked,
+        AuditAction::Deleted,
+        AuditAction::SessionIssued,
+        AuditAction::ManagementDenied,
+        AuditAction::AuthenticationFailed,
+        AuditAction::Used,
+    ];
+
+    /// The stable name sinks store (`created`, `session_issued`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditAction::Created => "created",
+            AuditAction::Imported => "imported",
+            AuditAction::Edited => "edited",
+            AuditAction::Regenerated => "regenerated",
+            AuditAction::Rotated => "rotated",
+            AuditAction::Suspended => "suspended",
+            AuditAction::Resumed => "resumed",
+            AuditAction::Revoked => "revoked",
+            AuditAction::Deleted => "deleted",
+            AuditAction::SessionIssued => "session_issued",
+            AuditAction::ManagementDenied => "management_denied",
+            AuditAction::AuthenticationFailed => "authentication_failed",
+            AuditAction::Used => "used",
+        }
+    }
+
+    /// Parses [`AuditAction::as_str`]'s output.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+}
+
+/// One entry of the audit trail. Never holds a secret or a hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// When it happened (for aggregated events: the last occurrence).
+    pub at: DateTime<Utc>,
+    /// What happened.
+    pub action: AuditAction,
+    /// Who did it (an actor id), when known.
+    pub actor: Option<String>,
+    /// The owner of the key, when known.
+    pub owner: Option<OwnerId>,
+    /// The key, when known.
+    pub key_id: Option<KeyId>,
+    /// The client's address, when known.
+    pub client_ip: Option<IpAddr>,
+    /// What changed (`"name, permissions"`), or a reason code (`"wrong_secret"`).
+    pub detail: String,
+    /// How many occurrences this event stands for (1 unless aggregated).
+    pub count: u64,
+}
+
+impl AuditEvent {
+    /// An event with `count` 1 and no actor, owner, key or address.
+    pub fn new(at: DateTime<Utc>, action: AuditAction) -> Self {
+        Self {
+            at,
+            action,
+            actor: None,
+            owner: None,
+            key_id: None,
+            client_ip: None,
+            detail: String::new(),
+            count: 1,
+        }
+    }
+}
+
+/// Which events to read: by owner, key and time range (`from` inclusive,
+/// `to` exclusive), oldest first, at most `limit`.
+///
+/// "What did this key do between T1 and T2" is
+/// `AuditQuery::key(id).between(t1, t2)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// Only this owner's events.
+    pub owner: Option<OwnerId>,
+    /// Only this key's events.
+    pub key_id: Option<KeyId>,
+    /// Not before this time.
+    pub from: Option<DateTime<Utc>>,
+    /// Before this time.
+    pub to: Option<DateTime<Utc>>,
+    /// At most this many (default 1000).
+    pub limit: usize,
+}
+
+impl AuditQuery {
+    /// Every event of this key.
+    pub fn key(id: KeyId) -> Self {
+        Self {
+            key_id: Some(id),
+            ..Self::all()
+        }
+    }
+    /// Every event of this owner.
+    pub fn owner(owner: OwnerId) -> Self {
+        Self {
+            owner: Some(owner),
+            ..Self::all()
+        }
+    }
+    /// Every event.
+    pub fn all() -> Self {
+        Self {
+            owner: None,
+            key_id: None,
+            from: None,
+            to: None,
+            limit: 1000,
+        }
+    }
+    /// Only events in `[from, to)`.
+    pub fn between(mut self, from: DateTime<Utc>, to: DateTime<Utc>) -> Self {
+        self.from = Some(from);
+        self.to = Some(to);
+        self
+    }
+    /// Whether an event passes the filters.
+    pub fn matches(&self, e: &AuditEvent) -> bool {
+        self.owner
+            .as_ref()
+            .is_none_or(|o| e.owner.as_ref() == Some(o))
+            && self
+                .key_id
+                .as_ref()
+                .is_none_or(|k| e.key_id.as_ref() == Some(k))
+            && self.from.is_none_or(|f| e.at >= f)
+            && self.to.is_none_or(|t| e.at < t)
+    }
+}
+
+/// Where audit events go. Returns boxed futures so a sink can be shared as a
+/// trait object; write `Box::pin(async move { ... })`.
+pub trait AuditSink: Send + Sync + 'static {
+    /// Appends events.
+    fn record<'a>(&'a self, events: &'a [AuditEvent]) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Reads events, oldest first.
+    fn query<'a>(
+        &'a self,
+        query: &'a AuditQuery,
+    ) -> BoxFuture<'a, Result<Vec<AuditEvent>, StoreError>>;
+}
+
+/// An [`AuditSink`] in memory, for tests and single-process deployments.
+#[derive(Debug, Default)]
+pub struct MemoryAuditSink {
+    events: Mutex<Vec<AuditEvent>>,
+}
+
+impl MemoryAuditSink {
+    /// An empty sink.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Every event recorded so far.
+    pub fn events(&self) -> Vec<AuditEvent> {
+        self.events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl AuditSink for MemoryAuditSink {
+    fn record<'a>(&'a self, events: &'a [AuditEvent]) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.events
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend_from_slice(events);
+            Ok(())
+        })
+    }
+
+    fn query<'a>(
+        &'a self,
+        query: &'a AuditQuery,
+    ) -> BoxFuture<'a, Result<Vec<AuditEvent>, StoreError>> {
+        Box::pin(async move {
+            let events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut out: Vec<AuditEvent> = events
+                .iter()
+                .filter(|e| query.matches(e))
+                .cloned()
+                .collect();
+            out.sort_by_key(|e| e.at);
+            out.truncate(query.limit);
+            Ok(out)
+        })
+    }
+}
+
+/// Most distinct (key, reason) pairs kept between flushes; beyond it,
+/// failures are counted in one overflow event, so a flood of distinct ids
+/// cannot grow memory or the log without bound.
+const MAX_PENDING_FAILURES: usize = 10_000;
+
+#[derive(Debug, Clone)]
+struct Pending {
+    owner: Option<OwnerId>,
+    client_ip: Option<IpAddr>,
+    last: DateTime<Utc>,
+    count: u64,
+}
+
+/// The failures of the current window: counts by (key id, reason), when
+/// the window started, and how many failures overflowed the bound.
+type Window = (
+    HashMap<(Option<KeyId>, &'static str), Pending>,
+    DateTime<Utc>,
+    u64,
+);
+
+/// Aggregates authentication failures: at most one event per (key id,
+/// reason) per window, carrying the count.
+#[derive(Debug)]
+pub(crate) struct FailureAggregator {
+    pending: Mutex<Window>,
+    window: TimeDelta,
+}
+
+impl FailureAggregator {
+    pub(crate) fn new(window: TimeDelta, now: DateTime<Utc>) -> Self {
+        Self {
+            pending: Mutex::new((HashMap::new(), now, 0)),
+            window,
+        }
+    }
+
+    /// Counts one failure; returns the events to write when the window closed.
+    pub(crate) fn add(
+        &self,
+        key_id: Option<KeyId>,
+        owner: Option<OwnerId>,
+        reason: &'static str,
+        client_ip: Option<IpAddr>,
+        now: DateTime<Utc>,
+    ) -> Option<Vec<AuditEvent>> {
+        let mut guard = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let (map, _, overflow) = &mut *guard;
+        let full = map.len() >= MAX_PENDING_FAILURES;
+        match map.get_mut(&(key_id.clone(), reason)) {
+            Some(p) => {
+                p.count += 1;
+                p.last = now;
+                p.client_ip = client_ip.or(p.client_ip);
+            }
+            None if full => *overflow += 1,
+            None => {
+                map.insert(
+                    (key_id, reason),
+                    Pending {
+                        owner,
+                        client_ip,
+                        last: now,
+                        count: 1,
+                    },
+                );
+            }
+        }
+        if now - guard.1 >= self.window {
+            Some(Self::drain(&mut guard, now))
+        } else {
+            None
+        }
+    }
+
+    /// Everything pending, as events.
+    pub(crate) fn flush(&self, now: DateTime<Utc>) -> Vec<AuditEvent> {
+        let mut guard = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        Self::drain(&mut guard, now)
+    }
+
+    fn drain(guard: &mut Window, now: DateTime<Utc>) -> Vec<AuditEvent> {
+        let (map, started, overflow) = guard;
+        let mut events: Vec<AuditEvent> = map
+            .drain()
+            .map(|((key_id, reason), p)| AuditEvent {
+                at: p.last,
+                action: AuditAction::AuthenticationFailed,
+                actor: None,
+                owner: p.owner,
+                key_id,
+                client_ip: p.client_ip,
+                detail: reason.to_string(),
+                count: p.count,
+            })
+            .collect();
+        if *overflow > 0 {
+            events.push(AuditEvent {
+                detail: "overflow".into(),
+                count: *overflow,
+                ..AuditEvent::new(now, AuditAction::AuthenticationFailed)
+            });
+            *overflow = 0;
+        }
+        *started = now;
+        events.sort_by_key(|e| e.at);
+        events
+    }
+}
+
+/// Most events kept for a retry while the sink fails; beyond it the oldest
+/// are dropped and counted ([`AuditLog::dropped`]).
+const MAX_UNSENT: usize = 10_000;
+
+/// The manager's side of the audit trail: the sink, the events a failing
+/// sink could not take yet, and the failure aggregator.
+pub(crate) struct AuditLog {
+    sink: Option<Arc<dyn AuditSink>>,
+    unsent: Mutex<VecDeque<AuditEvent>>,
+    dropped: AtomicU64,
+    pub(crate) failures: FailureAggregator,
+}
+
+impl AuditLog {
+    pub(crate) fn new(
+        sink: Option<Arc<dyn AuditSink>>,
+        window: TimeDelta,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            sink,
+            unsent: Mutex::new(VecDeque::new()),
+            dropped: AtomicU64::new(0),
+            failures: FailureAggregator::new(window, now),
+        }
+    }
+
+    /// Whether a sink is configured.
+    pub(crate) fn enabled(&self) -> bool {
+        self.sink.is_some()
+    }
+
+    /// Writes `events` (after any kept from earlier failures). On failure
+    /// they are kept for the next attempt and the error is returned.
+    pub(crate) async fn send(&self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
+        let Some(sink) = &self.sink else {
+            return Ok(());
+        };
+        let batch: Vec<AuditEvent> = {
+            let mut unsent = self.unsent.lock().unwrap_or_else(PoisonError::into_inner);
+            unsent.drain(..).chain(events).collect()
+        };
+        if batch.is_empty() {
+            return Ok(());
+        }
+        match sink.record(&batch).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let mut unsent = self.unsent.lock().unwrap_or_else(PoisonError::into_inner);
+                // Older events first, then anything queued meanwhile.
+                let newer: Vec<AuditEvent> = unsent.drain(..).collect();
+                unsent.extend(batch);
+                unsent.extend(newer);
+                while unsent.len() > MAX_UNSENT {
+                    unsent.pop_front();
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Events waiting for a failing sink.
+    pub(crate) fn unsent(&self) -> usize {
+        self.unsent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Events dropped because a failing sink's backlog was full.
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Reads events from the sink (empty without one).
+    pub(crate) async fn query(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, StoreError> {
+        match &self.sink {
+            Some(sink) => sink.query(query).await,
+            None => Ok(Vec::new()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap()
+    }
+
+    #[test]
+    fn a_flood_of_failures_becomes_one_event_per_key_and_reason() {
+        let agg = FailureAggregator::new(TimeDelta::seconds(60), t(0));
+        let id = KeyId::new("abc").unwrap();
+        for s in 0..59 {
+            assert!(
+                agg.add(Some(id.clone()), None, "wrong_secret", None, t(s))
+                    .is_none()
+            );
+        }
+        let events = agg
+            .add(Some(id.clone()), None, "wrong_secret", None, t(60))
+            .unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!((events[0].count, events[0].at), (60, t(60)));
+        assert_eq!(events[0].detail, "wrong_secret");
+        assert!(agg.flush(t(61)).is_empty());
+    }
+
+    #[test]
+    fn distinct_ids_beyond_the_bound_are_counted_not_kept() {
+        let agg = FailureAggregator::new(TimeDelta::seconds(60), t(0));
+        for i in 0..MAX_PENDING_FAILURES + 5 {
+            let id = KeyId::new(&format!("k{i}")).unwrap();
+            agg.add(Some(id), None, "unknown_key", None, t(1));
+        }
+        let events = agg.flush(t(2));
+        assert_eq!(events.len(), MAX_PENDING_FAILURES + 1);
+        let overflow = events.iter().find(|e| e.detail == "overflow").unwrap();
+        assert_eq!(overflow.count, 5);
+    }
+}

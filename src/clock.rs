@@ -1,0 +1,65 @@
+//! Clocks: the system clock, and a manual clock for tests.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use chrono::{DateTime, TimeDelta, Utc};
+
+/// A source of the current time. keyward never reads the time any other way,
+/// so expiry, cache lifetimes and throttling can be tested without sleeping.
+pub trait Clock: Send + Sync + 'static {
+    /// The current time.
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The operating system's clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// A clock that only moves when told to. Clones share the same time.
+///
+/// ```
+/// use keyward::{Clock, ManualClock};
+/// use chrono::TimeDelta;
+/// let clock = ManualClock::new("2026-01-01T00:00:00Z".parse().unwrap());
+/// let shared = clock.clone();
+/// clock.advance(TimeDelta::days(90));
+/// assert_eq!(shared.now().to_rfc3339(), "2026-04-01T00:00:00+00:00");
+/// ```
+#[derive(Debug, Clone)]
+pub struct ManualClock {
+    micros: Arc<AtomicI64>,
+}
+
+impl ManualClock {
+    /// A clock stopped at `start` (microsecond precision).
+    pub fn new(start: DateTime<Utc>) -> Self {
+        Self {
+            micros: Arc::new(AtomicI64::new(start.timestamp_micros())),
+        }
+    }
+
+    /// Moves the clock by `delta` (which may be negative).
+    pub fn advance(&self, delta: TimeDelta) {
+        let d = delta.num_microseconds().unwrap_or(i64::MAX);
+        self.micros.fetch_add(d, Ordering::SeqCst);
+    }
+
+    /// Sets the clock to `at`.
+    pub fn set(&self, at: DateTime<Utc>) {
+        self.micros.store(at.timestamp_micros(), Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        DateTime::from_timestamp_micros(self.micros.load(Ordering::SeqCst))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
+    }
+}

@@ -1,0 +1,386 @@
+//! Hashing secrets at rest (argon2id PHC strings) and the cache fingerprint.
+//!
+//! Everything argon2-specific lives in this file behind [`SecretHasher`], so
+//! the argon2 crate (or the algorithm) can change in one place.
+
+use std::fmt;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use hmac::{Hmac, Mac};
+use rand::rngs::OsRng;
+use rand::{RngCore, TryRngCore};
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use crate::error::HashError;
+
+/// Turns a secret into a string safe to store, and checks a secret against it.
+///
+/// Implement it to use another algorithm or a hardware module; keyward ships
+/// [`Argon2Hasher`]. Implementations are called off the async executor's
+/// threads (see [`Verifier`](crate::Verifier)), so they may block.
+pub trait SecretHasher: Send + Sync + 'static {
+    /// Hashes a secret with a fresh salt.
+    fn hash(&self, secret: &[u8]) -> Result<String, HashError>;
+    /// Checks a secret against a stored hash. `Ok(false)` means "wrong
+    /// secret"; `Err` means the stored hash is unusable (treated as a denial).
+    fn verify(&self, secret: &[u8], stored: &str) -> Result<bool, HashError>;
+    /// Whether a stored hash was made with weaker parameters (or an older
+    /// pepper) than the hasher now uses, so it should be replaced after the
+    /// next successful verification.
+    fn needs_rehash(&self, stored: &str) -> bool;
+}
+
+/// Argon2id cost parameters.
+///
+/// The default is the OWASP recommendation: m = 19456 KiB (19 MiB), t = 2, p = 1,
+/// about 30 ms per hash on a current server core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Argon2Params {
+    m_cost: u32,
+    t_cost: u32,
+    p_cost: u32,
+}
+
+impl Default for Argon2Params {
+    fn default() -> Self {
+        Self {
+            m_cost: 19_456,
+            t_cost: 2,
+            p_cost: 1,
+        }
+    }
+}
+
+impl Argon2Params {
+    /// Memory in KiB, iterations and lanes. Refused when argon2 refuses them.
+    ///
+    /// ```
+    /// use keyward::Argon2Params;
+    /// assert!(Argon2Params::new(19_456, 2, 1).is_ok());
+    /// assert!(Argon2Params::new(1, 1, 1).is_err()); // below argon2's minimum memory
+    /// ```
+    pub fn new(m_cost: u32, t_cost: u32, p_cost: u32) -> Result<Self, HashError> {
+        Params::new(m_cost, t_cost, p_cost, None).map_err(|e| HashError::Params(e.to_string()))?;
+        Ok(Self {
+            m_cost,
+            t_cost,
+            p_cost,
+        })
+    }
+
+    /// The cheapest parameters argon2 accepts (8 KiB, t = 1). For tests only:
+    /// never protect real keys with them.
+    pub fn insecure_for_tests() -> Self {
+        Self {
+            m_cost: 8,
+            t_cost: 1,
+            p_cost: 1,
+        }
+    }
+
+    /// Memory cost in KiB.
+    pub fn m_cost(&self) -> u32 {
+        self.m_cost
+    }
+    /// Iterations.
+    pub fn t_cost(&self) -> u32 {
+        self.t_cost
+    }
+    /// Lanes.
+    pub fn p_cost(&self) -> u32 {
+        self.p_cost
+    }
+}
+
+/// An application-wide secret mixed into every hash (argon2's "secret" input),
+/// kept outside the database so a stolen database alone cannot be attacked
+/// offline. Its id (1 to 8 ASCII letters or digits) is written into each PHC
+/// string, so peppers can be rotated: old hashes keep verifying with the old
+/// pepper and are rehashed with the new one on their next successful check.
+pub struct Pepper {
+    id: String,
+    secret: Zeroizing<Vec<u8>>,
+}
+
+impl Pepper {
+    /// A pepper with this id and secret bytes.
+    pub fn new(id: &str, secret: impl Into<Vec<u8>>) -> Result<Self, HashError> {
+        if id.is_empty()
+            || id.len() > Params::MAX_KEYID_LEN
+            || !id.bytes().all(|b| b.is_ascii_alphanumeric())
+        {
+            return Err(HashError::BadPepperId);
+        }
+        Ok(Self {
+            id: id.to_owned(),
+            secret: Zeroizing::new(secret.into()),
+        })
+    }
+
+    /// The pepper's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl fmt::Debug for Pepper {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pepper")
+            .field("id", &self.id)
+            .field("secret", &"[REDACTED]")
+            .finish()
+    }
+}
+
+/// The argon2id [`SecretHasher`].
+///
+/// ```
+/// use keyward::{Argon2Hasher, Argon2Params, SecretHasher};
+/// let hasher = Argon2Hasher::new(Argon2Params::insecure_for_tests());
+/// let phc = hasher.hash(b"s3cret").unwrap();
+/// assert!(phc.starts_with("$argon2id$v=19$m=8,t=1,p=1$"));
+/// assert!(hasher.verify(b"s3cret", &phc).unwrap());
+/// assert!(!hasher.verify(b"other", &phc).unwrap());
+///
+/// // Stronger parameters later: the old hash still verifies, and asks to be rehashed.
+/// let stronger = Argon2Hasher::new(Argon2Params::new(64, 2, 1).unwrap());
+/// assert!(stronger.verify(b"s3cret", &phc).unwrap());
+/// assert!(stronger.needs_rehash(&phc));
+/// ```
+#[derive(Debug)]
+pub struct Argon2Hasher {
+    params: Argon2Params,
+    pepper: Option<Pepper>,
+    old_peppers: Vec<Pepper>,
+}
+
+impl Default for Argon2Hasher {
+    fn default() -> Self {
+        Self::new(Argon2Params::default())
+    }
+}
+
+impl Argon2Hasher {
+    /// A hasher with these parameters and no pepper.
+    pub fn new(params: Argon2Params) -> Self {
+        Self {
+            params,
+            pepper: None,
+            old_peppers: Vec::new(),
+        }
+    }
+
+    /// Mixes `pepper` into every new hash.
+    pub fn with_pepper(mut self, pepper: Pepper) -> Self {
+        self.pepper = Some(pepper);
+        self
+    }
+
+    /// Keeps an older pepper so hashes made with it still verify (and get rehashed).
+    pub fn with_old_pepper(mut self, pepper: Pepper) -> Self {
+        self.old_peppers.push(pepper);
+        self
+    }
+
+    /// The parameters of new hashes.
+    pub fn params(&self) -> Argon2Params {
+        self.params
+    }
+
+    fn pepper_by_id(&self, id: &[u8]) -> Option<&Pepper> {
+        self.pepper
+            .iter()
+            .chain(self.old_peppers.iter())
+            .find(|p| p.id.as_bytes() == id)
+    }
+
+    fn context<'a>(
+        &self,
+        params: Params,
+        pepper: Option<&'a Pepper>,
+    ) -> Result<Argon2<'a>, HashError> {
+        match pepper {
+            Some(p) => {
+                Argon2::new_with_secret(&p.secret, Algorithm::Argon2id, Version::V0x13, params)
+                    .map_err(|e| HashError::Params(e.to_string()))
+            }
+            None => Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params)),
+        }
+    }
+}
+
+fn parse_phc(stored: &str) -> Result<(PasswordHash<'_>, Params), HashError> {
+    let hash = PasswordHash::new(stored).map_err(|e| HashError::Malformed(e.to_string()))?;
+    if hash.algorithm != argon2::ARGON2ID_IDENT {
+        return Err(HashError::Malformed(format!(
+            "algorithm {} is not argon2id",
+            hash.algorithm
+        )));
+    }
+    let params = Params::try_from(&hash).map_err(|e| HashError::Malformed(e.to_string()))?;
+    Ok((hash, params))
+}
+
+impl SecretHasher for Argon2Hasher {
+    fn hash(&self, secret: &[u8]) -> Result<String, HashError> {
+        let mut builder = argon2::ParamsBuilder::new();
+        builder
+            .m_cost(self.params.m_cost)
+            .t_cost(self.params.t_cost)
+            .p_cost(self.params.p_cost);
+        if let Some(p) = &self.pepper {
+            let keyid = argon2::KeyId::new(p.id.as_bytes())
+                .map_err(|e| HashError::Params(e.to_string()))?;
+            builder.keyid(keyid);
+        }
+        let params = builder
+            .build()
+            .map_err(|e| HashError::Params(e.to_string()))?;
+        let mut salt_bytes = [0u8; 16];
+        OsRng
+            .try_fill_bytes(&mut salt_bytes)
+            .map_err(|e| HashError::Failed(e.to_string()))?;
+        let salt =
+            SaltString::encode_b64(&salt_bytes).map_err(|e| HashError::Failed(e.to_string()))?;
+        let ctx = self.context(params, self.pepper.as_ref())?;
+        let phc = ctx
+            .hash_password(secret, &salt)
+            .map_err(|e| HashError::Failed(e.to_string()))?;
+        Ok(phc.to_string())
+    }
+
+    fn verify(&self, secret: &[u8], stored: &str) -> Result<bool, HashError> {
+        let (hash, params) = parse_phc(stored)?;
+        let pepper = if params.keyid().is_empty() {
+            None
+        } else {
+            Some(self.pepper_by_id(params.keyid()).ok_or_else(|| {
+                HashError::UnknownPepper(String::from_utf8_lossy(params.keyid()).into_owned())
+            })?)
+        };
+        let ctx = self.context(params.clone(), pepper)?;
+        match ctx.verify_password(secret, &hash) {
+            Ok(()) => Ok(true),
+            Err(argon2::password_hash::Error::Password) => Ok(false),
+            Err(e) => Err(HashError::Malformed(e.to_string())),
+        }
+    }
+
+    fn needs_rehash(&self, stored: &str) -> bool {
+        let Ok((hash, params)) = parse_phc(stored) else {
+            return true;
+        };
+        let current_pepper = self.pepper.as_ref().map(|p| p.id.as_bytes()).unwrap_or(&[]);
+        hash.version != Some(Version::V0x13.into())
+            || params.m_cost() < self.params.m_cost
+            || params.t_cost() < self.params.t_cost
+            || params.p_cost() < self.params.p_cost
+            || params.keyid() != current_pepper
+    }
+}
+
+/// Length of a cache fingerprint in bytes.
+pub const FINGERPRINT_LEN: usize = 32;
+
+/// A keyed fingerprint of a secret: HMAC-SHA256 under a random key made when
+/// the process starts (or given). The verifier's cache keeps this, never the
+/// secret, and compares it in constant time.
+pub struct Fingerprinter {
+    mac: Hmac<Sha256>,
+}
+
+impl Fingerprinter {
+    /// A fingerprinter with a fresh random 256-bit key from the OS generator.
+    pub fn random() -> Self {
+        let mut key = Zeroizing::new([0u8; 32]);
+        OsRng.unwrap_err().fill_bytes(&mut *key);
+        Self::with_key(&*key)
+    }
+
+    /// A fingerprinter with a given key (for benchmarks and tests).
+    pub fn with_key(key: &[u8]) -> Self {
+        // HMAC accepts keys of any length, so this cannot fail.
+        let mac = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+        Self { mac }
+    }
+
+    /// The fingerprint of `secret`.
+    pub fn fingerprint(&self, secret: &[u8]) -> [u8; FINGERPRINT_LEN] {
+        let mut mac = self.mac.clone();
+        mac.update(secret);
+        mac.finalize().into_bytes().into()
+    }
+}
+
+impl fmt::Debug for Fingerprinter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Fingerprinter([REDACTED])")
+    }
+}
+
+/// How an imported key's SHA-256 hash is stored until its first successful
+/// check replaces it with an argon2id hash: `$sha256$<64 hex>`.
+pub const SHA256_IMPORT_PREFIX: &str = "$sha256$";
+
+/// Checks a secret against a stored hash: an imported `$sha256$` hash
+/// (compared in constant time), anything else through `hasher`. Returns
+/// whether it matched and whether the stored hash should be replaced.
+pub(crate) fn verify_stored(
+    hasher: &dyn SecretHasher,
+    secret: &[u8],
+    stored: &str,
+) -> Result<(bool, bool), HashError> {
+    use sha2::Digest;
+    use subtle::ConstantTimeEq;
+    match stored.strip_prefix(SHA256_IMPORT_PREFIX) {
+        Some(hex) => {
+            let mut expected = [0u8; 32];
+            if hex.len() != 64 || !hex.is_ascii() {
+                return Err(HashError::Malformed("imported SHA-256 hash".into()));
+            }
+            for (i, byte) in expected.iter_mut().enumerate() {
+                *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+                    .map_err(|_| HashError::Malformed("imported SHA-256 hash".into()))?;
+            }
+            let actual = Sha256::digest(secret);
+            Ok((bool::from(actual.as_slice().ct_eq(&expected)), true))
+        }
+        None => Ok((hasher.verify(secret, stored)?, hasher.needs_rehash(stored))),
+    }
+}
+
+#[cfg(test)]
+mod import_tests {
+    use super::*;
+
+    #[test]
+    fn imported_sha256_hashes_match_only_their_secret_and_ask_for_a_rehash() {
+        let hasher = Argon2Hasher::new(Argon2Params::insecure_for_tests());
+        // SHA-256("test")
+        let stored = "$sha256$9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+        assert_eq!(
+            verify_stored(&hasher, b"test", stored).unwrap(),
+            (true, true)
+        );
+        assert_eq!(
+            verify_stored(&hasher, b"tesT", stored).unwrap(),
+            (false, true)
+        );
+        assert!(verify_stored(&hasher, b"test", "$sha256$zz").is_err());
+        assert!(
+            verify_stored(
+                &hasher,
+                b"test",
+                "$sha256$9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00aZZ"
+            )
+            .is_err()
+        );
+        let phc = hasher.hash(b"test").unwrap();
+        assert_eq!(
+            verify_stored(&hasher, b"test", &phc).unwrap(),
+            (true, false)
+        );
+    }
+}

@@ -1,0 +1,281 @@
+//! The stored key record and its public view.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::InvalidValue;
+use crate::policy::{IpAllowlist, PermissionGrant, ResourceScope};
+use crate::token::{Environment, KeyId, string_newtype};
+
+/// Longest owner id.
+pub const MAX_OWNER_LEN: usize = 128;
+/// Longest key name.
+pub const MAX_NAME_LEN: usize = 100;
+
+string_newtype!(
+    /// The owner of keys and resources: a publisher, an organization, a user.
+    /// 1 to 128 characters, no control characters.
+    ///
+    /// ```
+    /// use keyward::OwnerId;
+    /// assert!(OwnerId::new("contoso").is_ok());
+    /// assert!(OwnerId::new("").is_err());
+    /// ```
+    OwnerId
+);
+
+impl OwnerId {
+    /// Validates and wraps an owner id.
+    pub fn new(s: &str) -> Result<Self, InvalidValue> {
+        check_text("owner", s, MAX_OWNER_LEN)?;
+        Ok(Self(s.into()))
+    }
+}
+
+/// Checks a free-text field: not empty or blank, not too long, no control characters.
+pub(crate) fn check_text(field: &'static str, s: &str, max: usize) -> Result<(), InvalidValue> {
+    if s.trim().is_empty() {
+        return Err(InvalidValue::Empty { field });
+    }
+    let len = s.chars().count();
+    if len > max {
+        return Err(InvalidValue::TooLong { field, len, max });
+    }
+    if let Some(ch) = s.chars().find(|c| c.is_control()) {
+        return Err(InvalidValue::BadCharacter {
+            field,
+            ch,
+            allowed: "printable characters",
+        });
+    }
+    Ok(())
+}
+
+/// The stored hash of a key's secret (an argon2id PHC string).
+///
+/// Not a secret, but never shown: `Debug` prints `[REDACTED]` and there is no
+/// `Serialize`, so it cannot end up in a listing or a log.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretHash(String);
+
+impl SecretHash {
+    /// Wraps a stored hash string (for stores reading rows).
+    pub fn new(phc: String) -> Self {
+        Self(phc)
+    }
+    /// The stored string (for stores writing rows and for the hasher).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretHash([REDACTED])")
+    }
+}
+
+/// Where a key stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyStatus {
+    /// Usable.
+    Active,
+    /// Suspended by its owner: refused until resumed (reversible; still
+    /// counts against the quota).
+    Suspended,
+    /// Past its expiry (permanent).
+    Expired,
+    /// Revoked (permanent; stays listed for audit).
+    Revoked,
+}
+
+/// What kind of key a record is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyKind {
+    /// A key with its own permissions, resources and expiry: every key
+    /// keyward creates.
+    #[default]
+    Scoped,
+    /// A full-access key from an older system: every grantable permission,
+    /// every resource of its owner, never expires. It can only be imported
+    /// ([`KeyManager::import`](crate::KeyManager::import)), never created,
+    /// and once deleted its id can never be used again.
+    Legacy,
+}
+
+impl KeyKind {
+    /// The stable name stores write (`scoped`, `legacy`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyKind::Scoped => "scoped",
+            KeyKind::Legacy => "legacy",
+        }
+    }
+    /// Parses [`KeyKind::as_str`]'s output.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "scoped" => Some(KeyKind::Scoped),
+            "legacy" => Some(KeyKind::Legacy),
+            _ => None,
+        }
+    }
+}
+
+/// A key as the store keeps it. Stores read and write every field; the
+/// manager decides how they change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    /// Public id, the lookup key.
+    pub id: KeyId,
+    /// Owner of the key (and of the resources it can reach).
+    pub owner: OwnerId,
+    /// Environment the key belongs to.
+    pub environment: Environment,
+    /// Human-readable name ("GitHub Actions Production").
+    pub name: String,
+    /// Scoped (every created key) or legacy full-access (imported only).
+    pub kind: KeyKind,
+    /// Granted permissions.
+    pub permissions: PermissionGrant,
+    /// Covered resources.
+    pub resources: ResourceScope,
+    /// Networks the key may be used from.
+    pub ip_allowlist: IpAllowlist,
+    /// When the key was created.
+    pub created_at: DateTime<Utc>,
+    /// When the key expires (`None`: never).
+    pub expires_at: Option<DateTime<Utc>>,
+    /// When the key was revoked.
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// When the key was suspended (`None`: not suspended).
+    pub suspended_at: Option<DateTime<Utc>>,
+    /// When the key was last used successfully. Written only by
+    /// [`KeyStore::record_usage`](crate::KeyStore::record_usage), never by updates.
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// The client address of that last use, when known. Written with `last_used_at`.
+    pub last_used_ip: Option<IpAddr>,
+    /// When the owner was reminded that the key expires soon (set by
+    /// [`KeyStore::take_expiry_reminders`](crate::KeyStore::take_expiry_reminders);
+    /// cleared when the expiry changes).
+    pub reminded_at: Option<DateTime<Utc>>,
+    /// Bumped by every change; updates compare-and-swap on it.
+    pub generation: u64,
+    /// Hash of the secret.
+    pub secret_hash: SecretHash,
+}
+
+impl KeyRecord {
+    /// The status at time `now`: revoked, then expired, then suspended.
+    pub fn status(&self, now: DateTime<Utc>) -> KeyStatus {
+        if self.revoked_at.is_some() {
+            KeyStatus::Revoked
+        } else if self.expires_at.is_some_and(|e| e <= now) {
+            KeyStatus::Expired
+        } else if self.suspended_at.is_some() {
+            KeyStatus::Suspended
+        } else {
+            KeyStatus::Active
+        }
+    }
+
+    /// Whether the key counts against the quota at `now`: neither revoked
+    /// nor expired (a suspended key still counts).
+    pub fn is_live(&self, now: DateTime<Utc>) -> bool {
+        matches!(self.status(now), KeyStatus::Active | KeyStatus::Suspended)
+    }
+
+    /// When the key stops working for being unused `idle` long: its last
+    /// use (or creation, if never used) plus `idle`.
+    pub fn idle_deadline(&self, idle: chrono::TimeDelta) -> DateTime<Utc> {
+        let since = self
+            .last_used_at
+            .unwrap_or(self.created_at)
+            .max(self.created_at);
+        since
+            .checked_add_signed(idle)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
+    }
+
+    /// The status at `now` under an idle-expiry policy: an active or
+    /// suspended key unused for `idle` is [`KeyStatus::Expired`].
+    pub fn status_with_idle(
+        &self,
+        now: DateTime<Utc>,
+        idle: Option<chrono::TimeDelta>,
+    ) -> KeyStatus {
+        match (self.status(now), idle) {
+            (KeyStatus::Active | KeyStatus::Suspended, Some(idle))
+                if self.idle_deadline(idle) <= now =>
+            {
+                KeyStatus::Expired
+            }
+            (status, _) => status,
+        }
+    }
+
+    /// The public view at time `now` (no hash).
+    pub fn view(&self, now: DateTime<Utc>) -> KeyView {
+        self.view_with_idle(now, None)
+    }
+
+    /// The public view at time `now` under an idle-expiry policy.
+    pub fn view_with_idle(&self, now: DateTime<Utc>, idle: Option<chrono::TimeDelta>) -> KeyView {
+        KeyView {
+            id: self.id.clone(),
+            owner: self.owner.clone(),
+            environment: self.environment.clone(),
+            name: self.name.clone(),
+            kind: self.kind,
+            permissions: self.permissions.clone(),
+            resources: self.resources.clone(),
+            ip_allowlist: self.ip_allowlist.clone(),
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            revoked_at: self.revoked_at,
+            suspended_at: self.suspended_at,
+            last_used_at: self.last_used_at,
+            last_used_ip: self.last_used_ip,
+            status: self.status_with_idle(now, idle),
+        }
+    }
+}
+
+/// What listings and APIs show of a key: everything but the hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyView {
+    /// Public id.
+    pub id: KeyId,
+    /// Owner.
+    pub owner: OwnerId,
+    /// Environment.
+    pub environment: Environment,
+    /// Name.
+    pub name: String,
+    /// Scoped or legacy full-access.
+    pub kind: KeyKind,
+    /// Granted permissions.
+    pub permissions: PermissionGrant,
+    /// Covered resources.
+    pub resources: ResourceScope,
+    /// Networks the key may be used from (empty: anywhere).
+    pub ip_allowlist: IpAllowlist,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Expiry (`None`: never).
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Revocation time.
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// Suspension time (`None`: not suspended).
+    pub suspended_at: Option<DateTime<Utc>>,
+    /// Last successful use (recorded at most once per usage interval).
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// Client address of the last recorded use, when known.
+    pub last_used_ip: Option<IpAddr>,
+    /// Status when the view was made.
+    pub status: KeyStatus,
+}

@@ -1,0 +1,221 @@
+//! Expiry policy: which lifetimes a key may be given.
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::PolicyError;
+
+/// A lifetime chosen when a key is created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpiryChoice {
+    /// Expires this many days (of 24 hours) after creation.
+    Days(u32),
+    /// Never expires.
+    Never,
+}
+
+impl ExpiryChoice {
+    /// When a key created at `created` with this choice expires.
+    ///
+    /// ```
+    /// use keyward::ExpiryChoice;
+    /// let created = "2028-02-28T12:00:00Z".parse().unwrap();
+    /// let at = ExpiryChoice::Days(1).expires_at(created).unwrap();
+    /// assert_eq!(at.to_rfc3339(), "2028-02-29T12:00:00+00:00"); // leap day
+    /// assert_eq!(ExpiryChoice::Never.expires_at(created), None);
+    /// ```
+    pub fn expires_at(self, created: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match self {
+            ExpiryChoice::Days(d) => Some(
+                created
+                    .checked_add_signed(TimeDelta::days(i64::from(d)))
+                    .unwrap_or(DateTime::<Utc>::MAX_UTC),
+            ),
+            ExpiryChoice::Never => None,
+        }
+    }
+}
+
+/// Which lifetimes keys may have, and the default.
+///
+/// "90 days / 1 year / never", default 90 days:
+///
+/// ```
+/// use keyward::{ExpiryChoice, ExpiryPolicy};
+/// let policy = ExpiryPolicy::choices(&[90, 365], true, ExpiryChoice::Days(90)).unwrap();
+/// assert_eq!(policy.check(None).unwrap(), ExpiryChoice::Days(90));
+/// assert_eq!(policy.check(Some(ExpiryChoice::Never)).unwrap(), ExpiryChoice::Never);
+/// assert!(policy.check(Some(ExpiryChoice::Days(30))).is_err());
+/// ```
+///
+/// "1 / 90 / 180 / 270 / 365 days", default 365, never is not allowed:
+///
+/// ```
+/// use keyward::{ExpiryChoice, ExpiryPolicy};
+/// let policy = ExpiryPolicy::choices(&[1, 90, 180, 270, 365], false, ExpiryChoice::Days(365)).unwrap();
+/// assert_eq!(policy.check(None).unwrap(), ExpiryChoice::Days(365));
+/// assert!(policy.check(Some(ExpiryChoice::Never)).is_err());
+/// ```
+///
+/// Any number of days up to a maximum:
+///
+/// ```
+/// use keyward::{ExpiryChoice, ExpiryPolicy};
+/// let policy = ExpiryPolicy::up_to(400, ExpiryChoice::Days(30)).unwrap();
+/// assert!(policy.check(Some(ExpiryChoice::Days(399))).is_ok());
+/// assert!(policy.check(Some(ExpiryChoice::Days(401))).is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpiryPolicy {
+    days: Option<Vec<u32>>,
+    max_days: Option<u32>,
+    allow_never: bool,
+    default: ExpiryChoice,
+}
+
+impl Default for ExpiryPolicy {
+    /// 1, 90, 180, 270 or 365 days, default 365, never not allowed.
+    fn default() -> Self {
+        Self {
+            days: Some(vec![1, 90, 180, 270, 365]),
+            max_days: Some(365),
+            allow_never: false,
+            default: ExpiryChoice::Days(365),
+        }
+    }
+}
+
+impl ExpiryPolicy {
+    /// Only these numbers of days (each at least 1), plus "never" when
+    /// `allow_never`; `default` is used when a request gives no choice.
+    pub fn choices(
+        days: &[u32],
+        allow_never: bool,
+        default: ExpiryChoice,
+    ) -> Result<Self, PolicyError> {
+        if days.is_empty() && !allow_never {
+            return Err(PolicyError::InvalidExpiryPolicy {
+                reason: "no expiry choice is allowed".into(),
+            });
+        }
+        if days.contains(&0) {
+            return Err(PolicyError::InvalidExpiryPolicy {
+                reason: "0 days is not a lifetime".into(),
+            });
+        }
+        let mut days = days.to_vec();
+        days.sort_unstable();
+        days.dedup();
+        let policy = Self {
+            max_days: days.last().copied(),
+            days: Some(days),
+            allow_never,
+            default,
+        };
+        policy.check_default()
+    }
+
+    /// Any number of days from 1 to `max_days`; never is not allowed.
+    pub fn up_to(max_days: u32, default: ExpiryChoice) -> Result<Self, PolicyError> {
+        if max_days == 0 {
+            return Err(PolicyError::InvalidExpiryPolicy {
+                reason: "the maximum must be at least 1 day".into(),
+            });
+        }
+        Self {
+            days: None,
+            max_days: Some(max_days),
+            allow_never: false,
+            default,
+        }
+        .check_default()
+    }
+
+    /// Any number of days, or never. The default is never.
+    pub fn unrestricted() -> Self {
+        Self {
+            days: None,
+            max_days: None,
+            allow_never: true,
+            default: ExpiryChoice::Never,
+        }
+    }
+
+    /// Additionally caps every lifetime in days at `max_days` (whether
+    /// "never" is allowed stays as it was).
+    pub fn with_max_days(mut self, max_days: u32) -> Result<Self, PolicyError> {
+        if let Some(days) = &self.days {
+            if days.iter().any(|d| *d > max_days) {
+                return Err(PolicyError::InvalidExpiryPolicy {
+                    reason: format!("a listed choice is above the maximum of {max_days} days"),
+                });
+            }
+        }
+        self.max_days = Some(max_days);
+        self.check_default()
+    }
+
+    fn check_default(self) -> Result<Self, PolicyError> {
+        self.check(Some(self.default))
+            .map_err(|e| PolicyError::InvalidExpiryPolicy {
+                reason: format!("the default is not allowed: {e}"),
+            })?;
+        Ok(self)
+    }
+
+    /// The default choice.
+    pub fn default_choice(&self) -> ExpiryChoice {
+        self.default
+    }
+
+    /// Whether "never" is allowed.
+    pub fn allows_never(&self) -> bool {
+        self.allow_never
+    }
+
+    /// The allowed choice for a request (`None` means the default), or why not.
+    pub fn check(&self, choice: Option<ExpiryChoice>) -> Result<ExpiryChoice, PolicyError> {
+        let choice = choice.unwrap_or(self.default);
+        match choice {
+            ExpiryChoice::Never if self.allow_never => Ok(choice),
+            ExpiryChoice::Never => Err(PolicyError::NeverNotAllowed),
+            ExpiryChoice::Days(d) => {
+                let listed = self.days.as_ref().is_none_or(|days| days.contains(&d));
+                let under_max = self.max_days.is_none_or(|m| d <= m);
+                if d >= 1 && listed && under_max {
+                    Ok(choice)
+                } else {
+                    Err(PolicyError::ExpiryNotAllowed {
+                        days: d,
+                        allowed: self.describe(),
+                    })
+                }
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        let mut s = match (&self.days, self.max_days) {
+            (Some(days), _) => days
+                .iter()
+                .map(|d| days_text(*d))
+                .collect::<Vec<_>>()
+                .join(", "),
+            (None, Some(m)) => format!("1 to {}", days_text(m)),
+            (None, None) => "any number of days".to_string(),
+        };
+        if self.allow_never {
+            s.push_str(", never");
+        }
+        s
+    }
+}
+
+fn days_text(d: u32) -> String {
+    if d == 1 {
+        "1 day".to_string()
+    } else {
+        format!("{d} days")
+    }
+}

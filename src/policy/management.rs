@@ -1,0 +1,218 @@
+//! Who may manage keys: actors, roles and the [`ManagementPolicy`] hook.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::key::OwnerId;
+
+/// The role of a person (or system) managing keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// An administrator of the owner: may do everything with its keys.
+    Administrator,
+    /// A manager: may manage keys only when an administrator granted API access,
+    /// and may never revoke.
+    Manager {
+        /// Whether an administrator granted this manager API access.
+        api_access: bool,
+    },
+    /// The application itself (migrations, scheduled jobs): may do everything.
+    System,
+}
+
+/// Who is making a management call, for which owner.
+///
+/// ```
+/// use keyward::{Actor, OwnerId};
+/// let admin = Actor::administrator("alice", OwnerId::new("contoso").unwrap());
+/// assert_eq!(admin.id(), "alice");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    id: String,
+    owner: Option<OwnerId>,
+    role: Role,
+}
+
+impl Actor {
+    /// An administrator of `owner`.
+    pub fn administrator(id: impl Into<String>, owner: OwnerId) -> Self {
+        Self {
+            id: id.into(),
+            owner: Some(owner),
+            role: Role::Administrator,
+        }
+    }
+    /// A manager of `owner`, with or without API access.
+    pub fn manager(id: impl Into<String>, owner: OwnerId, api_access: bool) -> Self {
+        Self {
+            id: id.into(),
+            owner: Some(owner),
+            role: Role::Manager { api_access },
+        }
+    }
+    /// The application itself, acting for any owner.
+    pub fn system(id: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            owner: None,
+            role: Role::System,
+        }
+    }
+    /// The actor's id (a user id, a job name), recorded in the audit trail.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+    /// The owner the actor acts for (`None` for [`Role::System`]).
+    pub fn owner(&self) -> Option<&OwnerId> {
+        self.owner.as_ref()
+    }
+    /// The role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+}
+
+/// A management operation, as the policy sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ManagementAction {
+    /// Create a key.
+    Create,
+    /// Read or list keys and the audit trail.
+    View,
+    /// Edit a key.
+    Edit,
+    /// Give a key a new secret.
+    Regenerate,
+    /// Create a successor and retire the key after a grace period.
+    Rotate,
+    /// Suspend a key (reversible).
+    Suspend,
+    /// Resume a suspended key.
+    Resume,
+    /// Revoke a key (permanent).
+    Revoke,
+    /// Delete a key.
+    Delete,
+    /// Import a key from another system.
+    Import,
+    /// Take expiry reminders (across owners).
+    Remind,
+}
+
+impl fmt::Display for ManagementAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            ManagementAction::Create => "create",
+            ManagementAction::View => "view",
+            ManagementAction::Edit => "edit",
+            ManagementAction::Regenerate => "regenerate",
+            ManagementAction::Rotate => "rotate",
+            ManagementAction::Suspend => "suspend",
+            ManagementAction::Resume => "resume",
+            ManagementAction::Revoke => "revoke",
+            ManagementAction::Delete => "delete",
+            ManagementAction::Import => "import",
+            ManagementAction::Remind => "remind",
+        };
+        f.write_str(s)
+    }
+}
+
+/// Why a management call was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ManagementDenial {
+    /// The key belongs to another owner than the actor's.
+    OtherOwner,
+    /// A manager without API access.
+    NoApiAccess,
+    /// Only administrators may do this (revoke, by default).
+    AdministratorOnly,
+    /// Only the application itself ([`Role::System`]) may do this across owners.
+    SystemOnly,
+}
+
+impl fmt::Display for ManagementDenial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ManagementDenial::OtherOwner => "the key belongs to another owner",
+            ManagementDenial::NoApiAccess => "the manager has not been granted API access",
+            ManagementDenial::AdministratorOnly => "only an administrator may do this",
+            ManagementDenial::SystemOnly => "only the application itself may do this across owners",
+        })
+    }
+}
+
+/// Decides who may manage which keys. Every [`KeyManager`](crate::KeyManager)
+/// management call asks it first; a refusal is a typed error and is audited.
+pub trait ManagementPolicy: Send + Sync + 'static {
+    /// Whether `actor` may perform `action` on keys of `owner`.
+    fn check(
+        &self,
+        actor: &Actor,
+        action: ManagementAction,
+        owner: &OwnerId,
+    ) -> Result<(), ManagementDenial>;
+
+    /// Whether `actor` may perform `action` across all owners (taking
+    /// expiry reminders, reading the whole audit trail). Default: only
+    /// [`Role::System`].
+    fn check_global(
+        &self,
+        actor: &Actor,
+        action: ManagementAction,
+    ) -> Result<(), ManagementDenial> {
+        let _ = action;
+        if actor.role() == Role::System {
+            Ok(())
+        } else {
+            Err(ManagementDenial::SystemOnly)
+        }
+    }
+}
+
+/// The default policy: administrators may manage their owner's keys;
+/// managers only when granted API access, and never revoke; nobody may touch
+/// another owner's keys; [`Role::System`] may do everything.
+///
+/// ```
+/// use keyward::{Actor, DefaultManagementPolicy, ManagementAction, ManagementDenial, ManagementPolicy, OwnerId};
+/// let contoso = OwnerId::new("contoso").unwrap();
+/// let policy = DefaultManagementPolicy;
+/// let manager = Actor::manager("bob", contoso.clone(), true);
+/// assert!(policy.check(&manager, ManagementAction::Create, &contoso).is_ok());
+/// assert_eq!(
+///     policy.check(&manager, ManagementAction::Revoke, &contoso),
+///     Err(ManagementDenial::AdministratorOnly)
+/// );
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DefaultManagementPolicy;
+
+impl ManagementPolicy for DefaultManagementPolicy {
+    fn check(
+        &self,
+        actor: &Actor,
+        action: ManagementAction,
+        owner: &OwnerId,
+    ) -> Result<(), ManagementDenial> {
+        if actor.role == Role::System {
+            return Ok(());
+        }
+        if actor.owner.as_ref() != Some(owner) {
+            return Err(ManagementDenial::OtherOwner);
+        }
+        match actor.role {
+            Role::Administrator | Role::System => Ok(()),
+            Role::Manager { api_access: false } => Err(ManagementDenial::NoApiAccess),
+            Role::Manager { api_access: true } if action == ManagementAction::Revoke => {
+                Err(ManagementDenial::AdministratorOnly)
+            }
+            Role::Manager { api_access: true } => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! Resource scope: all of an owner's resources, or names and glob patterns.
+
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use serde::{Deserialize, Serialize};
+
+use crate::error::PolicyError;
+
+const GLOB_CHARS: &[char] = &['*', '?', '[', ']', '{', '}', '\\', '!', ','];
+
+/// Which resources (packages) a key covers, as stored.
+///
+/// Entries are exact names (`AzureRM.Profile`) or glob patterns
+/// (`AzureRM.DataFactory*`, where `*` is any run of characters and `?` one
+/// character). A pattern also covers resources created after the key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResourceScope {
+    /// Every resource of the key's owner, now and later.
+    All,
+    /// These names and patterns.
+    Only(Vec<String>),
+}
+
+impl ResourceScope {
+    /// A selection of names and patterns.
+    ///
+    /// ```
+    /// use keyward::ResourceScope;
+    /// let scope = ResourceScope::only(["AzureRM.DataFactory*", "AzureRM.Profile"]);
+    /// assert!(matches!(scope, ResourceScope::Only(ref v) if v.len() == 2));
+    /// ```
+    pub fn only<I, S>(entries: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self::Only(entries.into_iter().map(Into::into).collect())
+    }
+}
+
+/// A resource a request acts on: its owner and its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResourceRef<'a> {
+    /// The owner of the resource (a publisher, an organization).
+    pub owner: &'a str,
+    /// The resource's name (a package id).
+    pub name: &'a str,
+}
+
+impl<'a> ResourceRef<'a> {
+    /// A resource named `name` owned by `owner`.
+    pub fn new(owner: &'a str, name: &'a str) -> Self {
+        Self { owner, name }
+    }
+}
+
+/// The application's rule for resource names, which patterns must follow too.
+///
+/// By default names are 1 to 128 characters of ASCII letters, digits and
+/// `.`, `-`, `_`, and matching is case-insensitive (as package galleries do).
+/// Patterns may additionally hold `*` and `?`.
+///
+/// ```
+/// use keyward::{ResourceRule, ResourceScope};
+/// let rule = ResourceRule::default();
+/// let scope = rule.compile(&ResourceScope::only(["AzureRM.DataFactory*"])).unwrap();
+/// assert!(scope.matches("AzureRm.DataFactoryV2.Netcore")); // case-insensitive, future names
+/// assert!(!scope.matches("AzureRM.Profile"));
+/// assert!(rule.compile(&ResourceScope::only(["bad/name*"])).is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceRule {
+    max_len: usize,
+    extra_chars: Vec<char>,
+    case_insensitive: bool,
+    max_entries: usize,
+}
+
+impl Default for ResourceRule {
+    fn default() -> Self {
+        Self {
+            max_len: 128,
+            extra_chars: vec!['.', '-', '_'],
+            case_insensitive: true,
+            max_entries: 100,
+        }
+    }
+}
+
+impl ResourceRule {
+    /// Characters allowed besides ASCII letters and digits. Glob
+    /// metacharacters (`* ? [ ] { } \ ! ,`) are refused.
+    pub fn extra_chars(mut self, chars: &str) -> Result<Self, PolicyError> {
+        if let Some(ch) = chars.chars().find(|c| GLOB_CHARS.contains(c)) {
+            return Err(PolicyError::GlobCharInRule { ch });
+        }
+        self.extra_chars = chars.chars().collect();
+        Ok(self)
+    }
+
+    /// Longest name or pattern, in characters.
+    pub fn max_len(mut self, max_len: usize) -> Self {
+        self.max_len = max_len;
+        self
+    }
+
+    /// Whether matching ignores ASCII case (default `true`).
+    pub fn case_insensitive(mut self, yes: bool) -> Self {
+        self.case_insensitive = yes;
+        self
+    }
+
+    /// Most entries in one key's selection (default 100).
+    pub fn max_entries(mut self, max: usize) -> Self {
+        self.max_entries = max;
+        self
+    }
+
+    fn allowed(&self, c: char) -> bool {
+        c.is_ascii_alphanumeric() || self.extra_chars.contains(&c)
+    }
+
+    /// Checks every entry and compiles the selection into one matcher.
+    pub fn compile(&self, scope: &ResourceScope) -> Result<CompiledScope, PolicyError> {
+        let entries = match scope {
+            ResourceScope::All => return Ok(CompiledScope { set: None }),
+            ResourceScope::Only(entries) => entries,
+        };
+        if entries.is_empty() {
+            return Err(PolicyError::EmptySelection);
+        }
+        if entries.len() > self.max_entries {
+            return Err(PolicyError::TooManyResources {
+                count: entries.len(),
+                max: self.max_entries,
+            });
+        }
+        let mut builder = GlobSetBuilder::new();
+        for (index, entry) in entries.iter().enumerate() {
+            if entry.is_empty() {
+                return Err(PolicyError::EmptyPattern { index });
+            }
+            let len = entry.chars().count();
+            if len > self.max_len {
+                return Err(PolicyError::PatternTooLong {
+                    pattern: entry.chars().take(self.max_len).collect(),
+                    len,
+                    max: self.max_len,
+                });
+            }
+            if let Some(ch) = entry
+                .chars()
+                .find(|c| !(self.allowed(*c) || *c == '*' || *c == '?'))
+            {
+                return Err(PolicyError::PatternBadCharacter {
+                    pattern: entry.clone(),
+                    ch,
+                });
+            }
+            let glob = GlobBuilder::new(entry)
+                .case_insensitive(self.case_insensitive)
+                .literal_separator(false)
+                .backslash_escape(false)
+                .build()
+                .map_err(|e| PolicyError::InvalidGlob {
+                    pattern: entry.clone(),
+                    reason: e.kind().to_string(),
+                })?;
+            builder.add(glob);
+        }
+        let set = builder.build().map_err(|e| PolicyError::InvalidGlob {
+            pattern: entries.join(","),
+            reason: e.kind().to_string(),
+        })?;
+        Ok(CompiledScope { set: Some(set) })
+    }
+
+    /// Checks a resource name (not a pattern) against the rule.
+    pub fn check_name(&self, name: &str) -> Result<(), PolicyError> {
+        if name.is_empty() {
+            return Err(PolicyError::EmptyPattern { index: 0 });
+        }
+        if let Some(ch) = name.chars().find(|c| !self.allowed(*c)) {
+            return Err(PolicyError::PatternBadCharacter {
+                pattern: name.to_owned(),
+                ch,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A resource selection compiled once per key; matching is one globset call.
+#[derive(Debug, Clone)]
+pub struct CompiledScope {
+    set: Option<GlobSet>,
+}
+
+impl CompiledScope {
+    /// Whether the scope covers a resource with this name (of the key's owner).
+    #[inline]
+    pub fn matches(&self, name: &str) -> bool {
+        match &self.set {
+            None => true,
+            Some(set) => set.is_match(name),
+        }
+    }
+
+    /// Whether the scope covers every resource of the owner.
+    pub fn is_all(&self) -> bool {
+        self.set.is_none()
+    }
+}

@@ -1,0 +1,663 @@
+//! Session tokens: a key exchanged for a short-lived token that carries the
+//! key's permissions, resources and IP allowlist.
+//!
+//! ```text
+//! mkhs_live_<session id 12><secret 43><checksum 6>
+//! ```
+//!
+//! A session token has the same shape as a key ([`TokenFormat`]) under its
+//! own prefix, chosen by the application (`mkhs` beside the key prefix
+//! `mkh`), so scanners and logs can tell them apart, and a key parser
+//! refuses a session token unread ([`TokenError::BadPrefix`](crate::TokenError::BadPrefix),
+//! or `TooLong` when the session prefix is the longer) and the other way round.
+//!
+//! * The secret is 256 bits from the operating system's generator, so the
+//!   store keeps its SHA-256 ([`SessionHash`]) and a check compares hashes in
+//!   constant time: a slow password hash buys nothing against a secret that
+//!   cannot be guessed, and a session is checked on every request.
+//! * The session keeps a snapshot of the key taken at exchange time (owner,
+//!   environment, permissions, resources, IP allowlist) and expires at
+//!   `min(now + ttl, key expiry)`.
+//! * Regenerating, revoking or deleting the key leaves its sessions valid
+//!   until they expire; [`KeyManager::revoke_compromised`] ends them at once.
+//! * A session token can never be exchanged for another session.
+
+use std::fmt;
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use thiserror::Error;
+
+use crate::cache::{Cached, KeyCache};
+use crate::error::{InvalidValue, KeywardError, StoreError, TokenError};
+use crate::key::{KeyView, OwnerId};
+use crate::manager::KeyManager;
+use crate::policy::{Actor, IpAllowlist, PermissionGrant, ResourceScope};
+use crate::store::KeyStore;
+use crate::token::{Environment, KeyId, MAX_PREFIX_LEN, Token, TokenFormat, check_chars};
+use crate::verify::{CompiledKey, Denial, DenialReason, VerifiedKey, VerifyRequest};
+
+/// Default lifetime of a session token: 15 minutes.
+pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(15 * 60);
+/// Default longest lifetime a caller may ask for: 1 hour.
+pub const DEFAULT_MAX_SESSION_TTL: Duration = Duration::from_secs(60 * 60);
+
+/// Session settings, given to [`KeyManagerBuilder::sessions`](crate::KeyManagerBuilder::sessions).
+///
+/// ```
+/// use std::time::Duration;
+/// use keyward::SessionConfig;
+/// let config = SessionConfig {
+///     max_ttl: Duration::from_secs(30 * 60),
+///     ..SessionConfig::new("mkhs")
+/// };
+/// assert_eq!(config.default_ttl, Duration::from_secs(15 * 60));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// The prefix of session tokens: 1 to 16 lowercase ASCII letters or
+    /// digits, different from the key prefix.
+    pub prefix: String,
+    /// Lifetime when the caller does not ask for one (default 15 minutes).
+    pub default_ttl: Duration,
+    /// Longest lifetime a caller may ask for (default 1 hour); longer is
+    /// refused with [`SessionError::TtlTooLong`].
+    pub max_ttl: Duration,
+}
+
+impl SessionConfig {
+    /// Sessions with this prefix and the default lifetimes.
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+            default_ttl: DEFAULT_SESSION_TTL,
+            max_ttl: DEFAULT_MAX_SESSION_TTL,
+        }
+    }
+}
+
+/// Why a session could not be created, or sessions could not be configured.
+///
+/// Never carries a token or secret.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The key was refused (see the denial's kind for 401/403/429/503).
+    #[error("the key was refused: {0}")]
+    Denied(Denial),
+    /// A session token was given where a key is required: a session can
+    /// never mint another session.
+    #[error("a session token cannot be exchanged for another session; use an API key")]
+    SessionTokenGiven,
+    /// The requested lifetime is longer than the configured maximum.
+    #[error("a session lifetime of {requested:?} was requested, the maximum is {max:?}")]
+    TtlTooLong {
+        /// What was asked for.
+        requested: Duration,
+        /// The maximum.
+        max: Duration,
+    },
+    /// A lifetime of zero was requested or configured.
+    #[error("a session lifetime must be longer than zero")]
+    ZeroTtl,
+    /// The configured default lifetime is longer than the maximum.
+    #[error("the default session lifetime is longer than the maximum")]
+    DefaultAboveMax,
+    /// The session prefix is invalid.
+    #[error("invalid session prefix: {0}")]
+    Prefix(InvalidValue),
+    /// The session prefix equals the key prefix, so the two could not be told apart.
+    #[error("the session prefix must differ from the key prefix")]
+    PrefixClash,
+    /// The manager was built without [`SessionConfig`].
+    #[error("sessions are not configured")]
+    NotConfigured,
+    /// A generated token did not parse (a bug; nothing was stored).
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// The store failed; no session was created.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// SHA-256 of a session secret: what a [`SessionStore`] keeps.
+///
+/// `Debug` prints `[REDACTED]`; there is no `Serialize`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct SessionHash([u8; 32]);
+
+impl SessionHash {
+    /// The hash of a session secret.
+    pub(crate) fn of(secret: &str) -> Self {
+        Self(Sha256::digest(secret.as_bytes()).into())
+    }
+    /// Wraps stored bytes (for stores reading rows).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+    /// The bytes (for stores writing rows).
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+    fn matches(&self, other: &SessionHash) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+impl fmt::Debug for SessionHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SessionHash([REDACTED])")
+    }
+}
+
+/// A session as the store keeps it: the key snapshot taken at exchange time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// The session id (public, the lookup key; same alphabet as key ids).
+    pub id: KeyId,
+    /// The key it was exchanged for.
+    pub key_id: KeyId,
+    /// The key's owner.
+    pub owner: OwnerId,
+    /// The environment the session is bound to (the key's).
+    pub environment: Environment,
+    /// The key's name at exchange time.
+    pub key_name: String,
+    /// The key's effective permissions at exchange time, by name.
+    pub permissions: PermissionGrant,
+    /// The key's resources at exchange time.
+    pub resources: ResourceScope,
+    /// The key's IP allowlist at exchange time.
+    pub ip_allowlist: IpAllowlist,
+    /// When the session was created.
+    pub created_at: DateTime<Utc>,
+    /// When it expires: `min(created_at + ttl, key expiry)`.
+    pub expires_at: DateTime<Utc>,
+    /// Ended early (the key was revoked as compromised).
+    pub revoked: bool,
+    /// SHA-256 of the secret.
+    pub secret_hash: SessionHash,
+}
+
+impl SessionRecord {
+    /// What APIs show of the session.
+    pub fn view(&self) -> SessionView {
+        SessionView {
+            id: self.id.clone(),
+            key_id: self.key_id.clone(),
+            owner: self.owner.clone(),
+            environment: self.environment.clone(),
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+        }
+    }
+}
+
+/// What APIs show of a session: no hash, no secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SessionView {
+    /// The session id.
+    pub id: KeyId,
+    /// The key it was exchanged for.
+    pub key_id: KeyId,
+    /// The owner.
+    pub owner: OwnerId,
+    /// The environment.
+    pub environment: Environment,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Expiry.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A session just created: the token, shown once, and its view.
+#[derive(Debug)]
+pub struct IssuedSession {
+    /// The session token. Not stored anywhere: hand it to the caller once.
+    pub token: Token,
+    /// The session as APIs show it.
+    pub session: SessionView,
+}
+
+/// A session token that passed a check. Derefs to the [`CompiledKey`]
+/// snapshot, so it has the same accessors as [`VerifiedKey`]; `id()` is the
+/// key's id, [`VerifiedSession::session_id`] the session's.
+#[derive(Debug, Clone)]
+pub struct VerifiedSession {
+    key: VerifiedKey,
+    session_id: KeyId,
+}
+
+impl VerifiedSession {
+    /// The session id.
+    pub fn session_id(&self) -> &KeyId {
+        &self.session_id
+    }
+    /// The key snapshot as a [`VerifiedKey`].
+    pub fn key(&self) -> &VerifiedKey {
+        &self.key
+    }
+    /// The key snapshot, owned.
+    pub fn into_key(self) -> VerifiedKey {
+        self.key
+    }
+}
+
+impl std::ops::Deref for VerifiedSession {
+    type Target = CompiledKey;
+    fn deref(&self) -> &CompiledKey {
+        &self.key
+    }
+}
+
+/// Where sessions live. Same style as [`KeyStore`]: implementations write
+/// `async fn`s, and every method does all it says or nothing.
+pub trait SessionStore: Send + Sync + 'static {
+    /// Adds a session. Errors: [`StoreError::DuplicateId`] if the id exists.
+    fn insert_session(
+        &self,
+        record: &SessionRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The session with this id, or `None` (revoked and expired ones are
+    /// returned until deleted).
+    fn get_session(
+        &self,
+        id: &KeyId,
+    ) -> impl Future<Output = Result<Option<SessionRecord>, StoreError>> + Send;
+
+    /// Marks every session of the key `key_id` revoked; returns how many
+    /// were not revoked before.
+    fn revoke_sessions(
+        &self,
+        key_id: &KeyId,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Deletes sessions that expired at or before `now`; returns how many.
+    fn delete_expired_sessions(
+        &self,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+}
+
+impl<S: SessionStore> SessionStore for Arc<S> {
+    fn insert_session(
+        &self,
+        record: &SessionRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).insert_session(record)
+    }
+    fn get_session(
+        &self,
+        id: &KeyId,
+    ) -> impl Future<Output = Result<Option<SessionRecord>, StoreError>> + Send {
+        (**self).get_session(id)
+    }
+    fn revoke_sessions(
+        &self,
+        key_id: &KeyId,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        (**self).revoke_sessions(key_id)
+    }
+    fn delete_expired_sessions(
+        &self,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        (**self).delete_expired_sessions(now)
+    }
+}
+
+/// The manager's session state: format, settings and the session cache.
+pub(crate) struct Sessions {
+    pub(crate) format: TokenFormat,
+    pub(crate) config: SessionConfig,
+    cache: KeyCache,
+}
+
+impl Sessions {
+    /// Validates `config` against the key format.
+    pub(crate) fn check_config(
+        config: &SessionConfig,
+        keys: &TokenFormat,
+    ) -> Result<(), SessionError> {
+        check_chars(
+            "session prefix",
+            &config.prefix,
+            MAX_PREFIX_LEN,
+            "lowercase ASCII letters and digits",
+            |c| c.is_ascii_lowercase() || c.is_ascii_digit(),
+        )
+        .map_err(SessionError::Prefix)?;
+        if config.prefix == keys.prefix() {
+            return Err(SessionError::PrefixClash);
+        }
+        if config.default_ttl.is_zero() || config.max_ttl.is_zero() {
+            return Err(SessionError::ZeroTtl);
+        }
+        if config.default_ttl > config.max_ttl {
+            return Err(SessionError::DefaultAboveMax);
+        }
+        Ok(())
+    }
+
+    /// State for a checked config.
+    pub(crate) fn new(
+        config: SessionConfig,
+        keys: &TokenFormat,
+        capacity: usize,
+        cache_ttl: Duration,
+    ) -> Self {
+        Self {
+            format: keys.with_prefix(&config.prefix),
+            config,
+            cache: KeyCache::new(
+                capacity,
+                TimeDelta::from_std(cache_ttl).unwrap_or(TimeDelta::MAX),
+            ),
+        }
+    }
+}
+
+const ID_ATTEMPTS: usize = 3;
+
+impl<S: KeyStore + SessionStore> KeyManager<S> {
+    fn session_state(&self) -> Result<&Sessions, SessionError> {
+        self.sessions.as_deref().ok_or(SessionError::NotConfigured)
+    }
+
+    /// The session token format (`None` without [`SessionConfig`]).
+    pub fn session_format(&self) -> Option<&TokenFormat> {
+        self.sessions.as_deref().map(|s| &s.format)
+    }
+
+    /// Whether `token` starts with the session prefix (`<prefix>_`): which
+    /// of [`KeyManager::verify`] and [`KeyManager::verify_session`] to call.
+    pub fn is_session_token(&self, token: &str) -> bool {
+        self.sessions
+            .as_deref()
+            .is_some_and(|s| s.format.has_prefix(token))
+    }
+
+    /// Exchanges a key for a session token of `ttl` (default: the
+    /// configured default), checked like any key use in `environment` from
+    /// `client_ip`: valid secret, not revoked, not expired, IP allowed.
+    ///
+    /// A session token is refused ([`SessionError::SessionTokenGiven`]); a
+    /// `ttl` above the maximum is [`SessionError::TtlTooLong`]. The session
+    /// expires at the earlier of `now + ttl` and the key's expiry.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use keyward::*;
+    /// let registry = PermissionRegistry::builder().permission("package:push").build().unwrap();
+    /// let push = registry.get("package:push").unwrap();
+    /// let manager = KeyManager::builder(
+    ///     MemoryStore::new(),
+    ///     TokenFormat::new("mkh", &["live"]).unwrap(),
+    ///     Policy::new(registry),
+    /// )
+    /// .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
+    /// .sessions(SessionConfig::new("mkhs"))
+    /// .unwrap()
+    /// .build();
+    /// let admin = Actor::administrator("alice", OwnerId::new("contoso").unwrap());
+    /// let key = manager
+    ///     .create(&admin, NewKey::new("contoso", "live", "CI").permissions(PermissionGrant::All))
+    ///     .await
+    ///     .unwrap();
+    /// let live = Environment::new("live").unwrap();
+    /// let session = manager.exchange(key.token.expose_secret(), &live, None, None).await.unwrap();
+    /// assert!(session.token.expose_secret().starts_with("mkhs_live_"));
+    ///
+    /// let req = VerifyRequest::new(&live, push).resource("contoso", "Contoso.Tools");
+    /// let checked = manager.verify_session(session.token.expose_secret(), &req).await.unwrap();
+    /// assert_eq!(checked.id(), &key.key.id);
+    ///
+    /// // A session never mints another session.
+    /// let again = manager.exchange(session.token.expose_secret(), &live, None, None).await;
+    /// assert_eq!(again.unwrap_err(), SessionError::SessionTokenGiven);
+    /// # });
+    /// ```
+    pub async fn exchange(
+        &self,
+        token: &str,
+        environment: &Environment,
+        ttl: Option<Duration>,
+        client_ip: Option<IpAddr>,
+    ) -> Result<IssuedSession, SessionError> {
+        let sessions = self.session_state()?;
+        if sessions.format.has_prefix(token) {
+            return Err(SessionError::SessionTokenGiven);
+        }
+        let ttl = ttl.unwrap_or(sessions.config.default_ttl);
+        if ttl.is_zero() {
+            return Err(SessionError::ZeroTtl);
+        }
+        if ttl > sessions.config.max_ttl {
+            return Err(SessionError::TtlTooLong {
+                requested: ttl,
+                max: sessions.config.max_ttl,
+            });
+        }
+        let key = self
+            .verifier()
+            .authenticate(token, environment, client_ip)
+            .await
+            .map_err(SessionError::Denied)?;
+        let now = self.shared.clock.now();
+        let mut expires_at = now + TimeDelta::from_std(ttl).unwrap_or(TimeDelta::MAX);
+        if let Some(key_expiry) = key.expires_at() {
+            expires_at = expires_at.min(key_expiry);
+        }
+        let names = self.shared.policy.permissions().names(key.permissions());
+        let mut record = SessionRecord {
+            id: KeyId::generate(),
+            key_id: key.id().clone(),
+            owner: key.owner().clone(),
+            environment: key.environment().clone(),
+            key_name: key.name().to_owned(),
+            permissions: PermissionGrant::only(names),
+            resources: key.resources().clone(),
+            ip_allowlist: key.ip_allowlist().clone(),
+            created_at: now,
+            expires_at,
+            revoked: false,
+            secret_hash: SessionHash::from_bytes([0; 32]),
+        };
+        for _ in 0..ID_ATTEMPTS {
+            let token = sessions.format.generate(&record.environment, &record.id);
+            record.secret_hash = SessionHash::of(
+                sessions
+                    .format
+                    .parse(token.expose_secret())?
+                    .expose_secret(),
+            );
+            match self.shared.store.insert_session(&record).await {
+                Ok(()) => {
+                    self.audit_session(&key, &record.id, client_ip).await;
+                    return Ok(IssuedSession {
+                        token,
+                        session: record.view(),
+                    });
+                }
+                Err(StoreError::DuplicateId(_)) => record.id = KeyId::generate(),
+                Err(e) => return Err(SessionError::Store(e)),
+            }
+        }
+        Err(SessionError::Store(StoreError::DuplicateId(record.id)))
+    }
+
+    /// Checks a session token for `req`, like [`KeyManager::verify`] checks a
+    /// key: environment, expiry, IP allowlist, permission, resource — against
+    /// the snapshot taken at exchange time. Session-only permissions are
+    /// refused, since the snapshot holds only what the key was granted.
+    ///
+    /// Denials before the session is found carry no key id; later ones
+    /// carry the key's id.
+    pub async fn verify_session(
+        &self,
+        token: &str,
+        req: &VerifyRequest<'_>,
+    ) -> Result<VerifiedSession, Denial> {
+        let rule = self.shared.policy.resource_rule();
+        self.check_session(token, req.environment, |key, now| key.check(req, rule, now))
+            .await
+    }
+
+    /// Checks that a session token is valid in `environment` from
+    /// `client_ip`, without asking for a permission (see
+    /// [`Verifier::authenticate`](crate::Verifier::authenticate)).
+    pub async fn authenticate_session(
+        &self,
+        token: &str,
+        environment: &Environment,
+        client_ip: Option<IpAddr>,
+    ) -> Result<VerifiedSession, Denial> {
+        self.check_session(token, environment, |key, now| {
+            key.check_access(client_ip, now)
+        })
+        .await
+    }
+
+    async fn check_session(
+        &self,
+        token: &str,
+        environment: &Environment,
+        check: impl FnOnce(&CompiledKey, DateTime<Utc>) -> Result<(), DenialReason>,
+    ) -> Result<VerifiedSession, Denial> {
+        let Some(sessions) = self.sessions.as_deref() else {
+            return Err(Denial::new(
+                DenialReason::Malformed(TokenError::BadPrefix),
+                None,
+            ));
+        };
+        let parsed = sessions
+            .format
+            .parse(token)
+            .map_err(|e| Denial::new(DenialReason::Malformed(e), None))?;
+        let anonymous = |reason| Denial::new(reason, None);
+        if parsed.environment() != environment.as_str() {
+            return Err(anonymous(DenialReason::WrongEnvironment));
+        }
+        let hash = SessionHash::of(parsed.expose_secret());
+        let now = self.shared.clock.now();
+        let id = parsed.key_id();
+        let key = match sessions.cache.lookup(id, &hash.0, now) {
+            Some(Cached::Live(key)) => key,
+            Some(Cached::Dead(reason)) => return Err(anonymous(reason)),
+            None => {
+                let session_id = KeyId::new(id).map_err(|_| anonymous(DenialReason::UnknownKey))?;
+                let epoch = sessions.cache.epoch();
+                let record = match self.shared.store.get_session(&session_id).await {
+                    Ok(Some(r)) => r,
+                    Ok(None) => return Err(anonymous(DenialReason::UnknownKey)),
+                    Err(_) => return Err(anonymous(DenialReason::StoreUnavailable)),
+                };
+                if record.id != session_id || record.environment != *environment {
+                    return Err(anonymous(DenialReason::UnknownKey));
+                }
+                if !record.secret_hash.matches(&hash) {
+                    return Err(anonymous(DenialReason::WrongSecret));
+                }
+                if record.revoked {
+                    sessions.cache.insert(
+                        &session_id,
+                        hash.0,
+                        Cached::Dead(DenialReason::Revoked),
+                        now,
+                        epoch,
+                    );
+                    return Err(Denial::new(
+                        DenialReason::Revoked,
+                        Some(record.key_id.as_str()),
+                    ));
+                }
+                let policy = &self.shared.policy;
+                let key = CompiledKey::from_parts(
+                    record.key_id.clone(),
+                    record.owner,
+                    record.environment,
+                    record.key_name,
+                    policy.permissions().resolve_stored(&record.permissions),
+                    record.resources,
+                    policy,
+                    record.ip_allowlist,
+                    Some(record.expires_at),
+                )
+                .map_err(|_| {
+                    Denial::new(DenialReason::CorruptRecord, Some(record.key_id.as_str()))
+                })?;
+                let key = Arc::new(key);
+                sessions.cache.insert(
+                    &session_id,
+                    hash.0,
+                    Cached::Live(Arc::clone(&key)),
+                    now,
+                    epoch,
+                );
+                key
+            }
+        };
+        match check(&key, now) {
+            Ok(()) => Ok(VerifiedSession {
+                session_id: KeyId::new(id).map_err(|_| anonymous(DenialReason::UnknownKey))?,
+                key: VerifiedKey::from_compiled(key, now),
+            }),
+            Err(reason) => Err(Denial::new(reason, Some(key.id().as_str()))),
+        }
+    }
+
+    /// Ends every session of the key `id` at once (in the store, and in this
+    /// process's session cache); returns how many were ended. Other
+    /// processes see it when their cached session entry expires (the
+    /// verifier's `cache_ttl`).
+    ///
+    /// Needs an actor allowed to revoke the key (or, for a key already
+    /// deleted, allowed to act across owners).
+    pub async fn end_sessions(&self, actor: &Actor, id: &KeyId) -> Result<u64, KeywardError> {
+        self.allow_revoke(actor, id).await?;
+        let result = self.shared.store.revoke_sessions(id).await;
+        if let Some(sessions) = self.sessions.as_deref() {
+            sessions.cache.clear();
+        }
+        result.map_err(KeywardError::from_store)
+    }
+
+    /// Revokes a key that was compromised: like [`KeyManager::revoke`], and
+    /// every session exchanged for it ends at once too. A key already
+    /// revoked (plainly) has its sessions ended and its view returned.
+    ///
+    /// Plain [`revoke`](KeyManager::revoke), [`regenerate`](KeyManager::regenerate)
+    /// and [`delete`](KeyManager::delete) leave sessions valid until they
+    /// expire; use [`KeyManager::end_sessions`] for a deleted key.
+    pub async fn revoke_compromised(
+        &self,
+        actor: &Actor,
+        id: &KeyId,
+    ) -> Result<KeyView, KeywardError> {
+        let view = match self.revoke(actor, id).await {
+            Ok(view) => view,
+            Err(KeywardError::Revoked(_)) => self.get(actor, id).await?,
+            Err(e) => return Err(e),
+        };
+        self.end_sessions(actor, id).await?;
+        Ok(view)
+    }
+
+    /// Deletes sessions that have expired; returns how many. Call it now and
+    /// then (a daily job); expired sessions are refused either way.
+    pub async fn purge_expired_sessions(&self) -> Result<u64, KeywardError> {
+        let now = self.shared.clock.now();
+        self.shared
+            .store
+            .delete_expired_sessions(now)
+            .await
+            .map_err(KeywardError::from_store)
+    }
+}

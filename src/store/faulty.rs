@@ -1,0 +1,339 @@
+//! Fault injection (feature `testing`): [`FaultyStore`] wraps any store and
+//! makes chosen operations fail, time out, hang or run late, switched at run
+//! time, to show what keyward (or your application) does when storage
+//! misbehaves.
+//!
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use keyward::store::{FaultyStore, Op};
+//! use keyward::*;
+//!
+//! let store = Arc::new(FaultyStore::new(MemoryStore::new()));
+//! let registry = PermissionRegistry::builder().permission("package:push").build().unwrap();
+//! let push = registry.get("package:push").unwrap();
+//! let manager = KeyManager::builder(
+//!     Arc::clone(&store),
+//!     TokenFormat::new("mkh", &["live"]).unwrap(),
+//!     Policy::new(registry),
+//! )
+//! .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
+//! .build();
+//! let live = Environment::new("live").unwrap();
+//! let req = VerifyRequest::new(&live, push);
+//! let admin = Actor::administrator("alice", OwnerId::new("contoso").unwrap());
+//!
+//! // Writes fail: nothing is created.
+//! store.fail(Op::Insert);
+//! let new = || NewKey::new("contoso", "live", "CI").permissions(PermissionGrant::All);
+//! assert!(matches!(manager.create(&admin, new()).await, Err(KeywardError::Store(_))));
+//!
+//! // Reads time out: a check that needs the store is denied, never granted.
+//! store.heal();
+//! let key = manager.create(&admin, new()).await.unwrap();
+//! manager.verifier().invalidate_all();
+//! store.time_out(Op::Get, Duration::from_millis(5));
+//! let denial = manager.verify(key.token.expose_secret(), &req).await.unwrap_err();
+//! assert_eq!(denial.reason, DenialReason::StoreUnavailable);
+//!
+//! // Healed, everything works again.
+//! store.heal();
+//! assert!(manager.verify(key.token.expose_secret(), &req).await.is_ok());
+//! assert!(store.calls(Op::Get) >= 2);
+//! # });
+//! ```
+//!
+//! # Adding an operation
+//!
+//! Every store method has one [`Op`]. A new [`KeyStore`] or [`SessionStore`]
+//! method gets a new variant, an entry in [`Op::ALL`], and a forwarding
+//! method here written like the others: `self.before(Op::New).await?;` then
+//! the inner call.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::error::StoreError;
+use crate::key::KeyRecord;
+use crate::session::{SessionRecord, SessionStore};
+use crate::store::{KeyStore, ListQuery, QuotaCheck};
+use crate::token::KeyId;
+
+/// One store operation: one method of [`KeyStore`] or [`SessionStore`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Op {
+    /// [`KeyStore::insert`].
+    Insert,
+    /// [`KeyStore::get`].
+    Get,
+    /// [`KeyStore::list`].
+    List,
+    /// [`KeyStore::update`].
+    Update,
+    /// [`KeyStore::delete`].
+    Delete,
+    /// [`KeyStore::record_usage`].
+    RecordUsage,
+    /// [`KeyStore::take_expiry_reminders`].
+    TakeExpiryReminders,
+    /// [`SessionStore::insert_session`].
+    InsertSession,
+    /// [`SessionStore::get_session`].
+    GetSession,
+    /// [`SessionStore::revoke_sessions`].
+    RevokeSessions,
+    /// [`SessionStore::delete_expired_sessions`].
+    DeleteExpiredSessions,
+}
+
+impl Op {
+    /// Every operation, in declaration order.
+    pub const ALL: &'static [Op] = &[
+        Op::Insert,
+        Op::Get,
+        Op::List,
+        Op::Update,
+        Op::Delete,
+        Op::RecordUsage,
+        Op::TakeExpiryReminders,
+        Op::InsertSession,
+        Op::GetSession,
+        Op::RevokeSessions,
+        Op::DeleteExpiredSessions,
+    ];
+
+    /// The operations that read and change nothing.
+    pub fn is_read(self) -> bool {
+        matches!(self, Op::Get | Op::List | Op::GetSession)
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// What goes wrong with an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Fault {
+    /// Fails at once with [`StoreError::Backend`]; the inner store is not called.
+    Fail,
+    /// Waits this long, then fails with [`StoreError::Backend`] saying it
+    /// timed out; the inner store is not called.
+    Timeout(Duration),
+    /// Never completes: the caller's own timeout (for example
+    /// `tokio::time::timeout`) has to end it. The inner store is not called.
+    Hang,
+    /// Waits this long, then runs the operation normally.
+    Delay(Duration),
+}
+
+/// A store wrapper that injects faults into chosen operations (feature
+/// `testing`); see the [module documentation](self) for an example.
+///
+/// Without faults it forwards every call unchanged. Faults are set and
+/// cleared at run time through `&self`, so a test can share the store with a
+/// [`KeyManager`](crate::KeyManager) (wrap it in an `Arc`) and change them
+/// between calls. Each operation counts its calls ([`calls`](Self::calls)),
+/// faulty or not.
+///
+/// A failing or timed-out operation never reaches the inner store, so it
+/// changes nothing there: any half-written state after a fault is the
+/// caller's doing.
+pub struct FaultyStore<S> {
+    inner: S,
+    faults: Mutex<HashMap<Op, Fault>>,
+    calls: [AtomicU64; Op::ALL.len()],
+}
+
+impl<S> FaultyStore<S> {
+    /// Wraps `inner`, with no faults.
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            faults: Mutex::new(HashMap::new()),
+            calls: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
+    /// The wrapped store (to read it back without faults).
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    /// Unwraps the store.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// Sets the fault of `op`, replacing any earlier one.
+    pub fn inject(&self, op: Op, fault: Fault) -> &Self {
+        self.lock().insert(op, fault);
+        self
+    }
+
+    /// Makes `op` fail at once.
+    pub fn fail(&self, op: Op) -> &Self {
+        self.inject(op, Fault::Fail)
+    }
+
+    /// Makes every operation fail at once.
+    pub fn fail_all(&self) -> &Self {
+        for op in Op::ALL {
+            self.fail(*op);
+        }
+        self
+    }
+
+    /// Makes `op` wait `after`, then fail as timed out.
+    pub fn time_out(&self, op: Op, after: Duration) -> &Self {
+        self.inject(op, Fault::Timeout(after))
+    }
+
+    /// Makes `op` never complete.
+    pub fn hang(&self, op: Op) -> &Self {
+        self.inject(op, Fault::Hang)
+    }
+
+    /// Makes `op` wait `by`, then run normally.
+    pub fn delay(&self, op: Op, by: Duration) -> &Self {
+        self.inject(op, Fault::Delay(by))
+    }
+
+    /// Removes the fault of `op`.
+    pub fn heal_op(&self, op: Op) -> &Self {
+        self.lock().remove(&op);
+        self
+    }
+
+    /// Removes every fault.
+    pub fn heal(&self) -> &Self {
+        self.lock().clear();
+        self
+    }
+
+    /// The fault set for `op`, if any.
+    pub fn fault(&self, op: Op) -> Option<Fault> {
+        self.lock().get(&op).copied()
+    }
+
+    /// How many times `op` was called (faulty calls included).
+    pub fn calls(&self, op: Op) -> u64 {
+        self.calls[Self::index(op)].load(Ordering::SeqCst)
+    }
+
+    fn index(op: Op) -> usize {
+        Op::ALL
+            .iter()
+            .position(|o| *o == op)
+            .expect("every Op is in Op::ALL")
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Op, Fault>> {
+        // A panic while holding the lock cannot leave the map inconsistent.
+        self.faults.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts the call and applies the fault of `op`: `Err` to return it,
+    /// `Ok` to go on to the inner store.
+    async fn before(&self, op: Op) -> Result<(), StoreError> {
+        self.calls[Self::index(op)].fetch_add(1, Ordering::SeqCst);
+        let fault = self.fault(op);
+        match fault {
+            None => Ok(()),
+            Some(Fault::Fail) => Err(StoreError::Backend(format!("injected failure of {op}"))),
+            Some(Fault::Timeout(after)) => {
+                tokio::time::sleep(after).await;
+                Err(StoreError::Backend(format!(
+                    "injected timeout of {op} after {after:?}"
+                )))
+            }
+            Some(Fault::Hang) => std::future::pending().await,
+            Some(Fault::Delay(by)) => {
+                tokio::time::sleep(by).await;
+                Ok(())
+            }
+        }
+    }
+}
+
+impl<S> fmt::Debug for FaultyStore<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FaultyStore")
+            .field("faults", &*self.lock())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: KeyStore> KeyStore for FaultyStore<S> {
+    async fn insert(
+        &self,
+        record: &KeyRecord,
+        quota: Option<QuotaCheck>,
+    ) -> Result<(), StoreError> {
+        self.before(Op::Insert).await?;
+        self.inner.insert(record, quota).await
+    }
+    async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        self.before(Op::Get).await?;
+        self.inner.get(id).await
+    }
+    async fn list(&self, query: &ListQuery) -> Result<Vec<KeyRecord>, StoreError> {
+        self.before(Op::List).await?;
+        self.inner.list(query).await
+    }
+    async fn update(&self, record: &KeyRecord, expected_generation: u64) -> Result<(), StoreError> {
+        self.before(Op::Update).await?;
+        self.inner.update(record, expected_generation).await
+    }
+    async fn delete(&self, id: &KeyId) -> Result<(), StoreError> {
+        self.before(Op::Delete).await?;
+        self.inner.delete(id).await
+    }
+    async fn record_usage(
+        &self,
+        id: &KeyId,
+        at: DateTime<Utc>,
+        ip: Option<std::net::IpAddr>,
+    ) -> Result<(), StoreError> {
+        self.before(Op::RecordUsage).await?;
+        self.inner.record_usage(id, at, ip).await
+    }
+    async fn take_expiry_reminders(
+        &self,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        self.before(Op::TakeExpiryReminders).await?;
+        self.inner.take_expiry_reminders(now, until, limit).await
+    }
+}
+
+impl<S: SessionStore> SessionStore for FaultyStore<S> {
+    async fn insert_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
+        self.before(Op::InsertSession).await?;
+        self.inner.insert_session(record).await
+    }
+    async fn get_session(&self, id: &KeyId) -> Result<Option<SessionRecord>, StoreError> {
+        self.before(Op::GetSession).await?;
+        self.inner.get_session(id).await
+    }
+    async fn revoke_sessions(&self, key_id: &KeyId) -> Result<u64, StoreError> {
+        self.before(Op::RevokeSessions).await?;
+        self.inner.revoke_sessions(key_id).await
+    }
+    async fn delete_expired_sessions(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.before(Op::DeleteExpiredSessions).await?;
+        self.inner.delete_expired_sessions(now).await
+    }
+}

@@ -1,0 +1,261 @@
+//! Storage: the [`KeyStore`] trait and the stores that ship with keyward.
+//!
+//! Everything keyward keeps goes through [`KeyStore`]. [`MemoryStore`] is
+//! always available; SQLite and PostgreSQL stores come with their features.
+//! Write your own by implementing the trait with `async fn`s.
+
+mod memory;
+
+#[cfg(feature = "testing")]
+pub mod conformance;
+#[cfg(feature = "testing")]
+pub mod faulty;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "postgres")]
+mod postgres_audit;
+#[cfg(feature = "postgres")]
+mod postgres_sessions;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+#[cfg(feature = "sqlite")]
+mod sqlite_audit;
+#[cfg(feature = "sqlite")]
+mod sqlite_sessions;
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+#[cfg(feature = "testing")]
+pub use faulty::{Fault, FaultyStore, Op};
+pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::{ChangeListener, FeedStatus, PostgresStore};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use sql::InvalidName;
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteStore;
+
+use crate::error::StoreError;
+use crate::key::{KeyRecord, KeyStatus, OwnerId};
+use crate::token::{Environment, KeyId};
+
+/// The largest page a listing returns.
+pub const MAX_PAGE_SIZE: usize = 1000;
+
+/// A quota to hold while inserting: at most `max_live` live keys for the new
+/// record's owner and environment, counting the new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaCheck {
+    /// The most live keys allowed.
+    pub max_live: u32,
+    /// The time at which "live" (not revoked, not expired) is judged.
+    pub now: DateTime<Utc>,
+}
+
+/// Which keys a listing returns: one owner's, optionally one environment and
+/// one status, ordered by id, a page at a time.
+///
+/// ```
+/// use keyward::{ListQuery, KeyStatus, OwnerId};
+/// let q = ListQuery::new(OwnerId::new("contoso").unwrap())
+///     .status(KeyStatus::Revoked)
+///     .limit(50);
+/// assert_eq!(q.limit, 50);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListQuery {
+    /// Whose keys.
+    pub owner: OwnerId,
+    /// Only this environment.
+    pub environment: Option<Environment>,
+    /// Only keys with this status at `now`.
+    pub status: Option<KeyStatus>,
+    /// Only ids greater than this one (the last id of the previous page).
+    pub after: Option<KeyId>,
+    /// At most this many (1 to [`MAX_PAGE_SIZE`]).
+    pub limit: usize,
+    /// The time the status filter is judged at. [`KeyManager`](crate::KeyManager)
+    /// sets it from its clock.
+    pub now: DateTime<Utc>,
+}
+
+impl ListQuery {
+    /// All keys of `owner`, first page of 100.
+    pub fn new(owner: OwnerId) -> Self {
+        Self {
+            owner,
+            environment: None,
+            status: None,
+            after: None,
+            limit: 100,
+            now: Utc::now(),
+        }
+    }
+    /// Only this environment.
+    pub fn environment(mut self, env: Environment) -> Self {
+        self.environment = Some(env);
+        self
+    }
+    /// Only this status.
+    pub fn status(mut self, status: KeyStatus) -> Self {
+        self.status = Some(status);
+        self
+    }
+    /// The page after this id.
+    pub fn after(mut self, id: KeyId) -> Self {
+        self.after = Some(id);
+        self
+    }
+    /// Page size, clamped to 1..=[`MAX_PAGE_SIZE`].
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.limit = limit.clamp(1, MAX_PAGE_SIZE);
+        self
+    }
+
+    /// Whether a record passes the filters (not the paging).
+    pub fn matches(&self, r: &KeyRecord) -> bool {
+        r.owner == self.owner
+            && self
+                .environment
+                .as_ref()
+                .is_none_or(|e| *e == r.environment)
+            && self.status.is_none_or(|s| r.status(self.now) == s)
+            && self.after.as_ref().is_none_or(|a| r.id > *a)
+    }
+}
+
+/// Where keys live. Implement it for your database and prove it with the
+/// conformance suite (feature `testing`).
+///
+/// Methods return `impl Future + Send`, so implementations write `async fn`.
+/// Every method either does all it says or nothing; an error leaves the
+/// stored data as it was. Stores never see a secret, only its hash.
+pub trait KeyStore: Send + Sync + 'static {
+    /// Adds a new record.
+    ///
+    /// Errors: [`StoreError::DuplicateId`] if the id exists or ever existed
+    /// (a deleted id is remembered and never reused);
+    /// [`StoreError::QuotaExceeded`] if `quota` is given and the owner already
+    /// has `max_live` live keys in the record's environment. The count and
+    /// the insert are one atomic step: under any number of concurrent
+    /// inserts, the quota is never exceeded.
+    fn insert(
+        &self,
+        record: &KeyRecord,
+        quota: Option<QuotaCheck>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The record with this id, or `None`. Revoked records are returned
+    /// (flagged by `revoked_at`); deleted ones are not.
+    fn get(&self, id: &KeyId)
+    -> impl Future<Output = Result<Option<KeyRecord>, StoreError>> + Send;
+
+    /// The records matching `query`, ordered by id ascending, at most `query.limit`.
+    fn list(
+        &self,
+        query: &ListQuery,
+    ) -> impl Future<Output = Result<Vec<KeyRecord>, StoreError>> + Send;
+
+    /// Replaces the record with `record.id` if its stored generation is still
+    /// `expected_generation` (compare-and-swap); `record.generation` is the
+    /// new generation. The usage fields (`last_used_at`, `last_used_ip`) are
+    /// left as stored: only [`KeyStore::record_usage`] writes them, so a
+    /// management change never erases a use recorded meanwhile.
+    ///
+    /// Errors: [`StoreError::NotFound`]; [`StoreError::Conflict`] when the
+    /// stored generation differs (nothing is written).
+    fn update(
+        &self,
+        record: &KeyRecord,
+        expected_generation: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Removes the record, and remembers its id so that no record with it
+    /// can ever be inserted again. Errors: [`StoreError::NotFound`].
+    fn delete(&self, id: &KeyId) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Records a successful use at `at` from `ip`: sets `last_used_at` and
+    /// `last_used_ip`, unless the stored use is later than `at` (then
+    /// nothing changes). Does not bump the generation. A missing id is not
+    /// an error (the key may have been deleted meanwhile): nothing happens.
+    fn record_usage(
+        &self,
+        id: &KeyId,
+        at: DateTime<Utc>,
+        ip: Option<IpAddr>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Takes up to `limit` keys that expire in `(now, until]`, are not
+    /// revoked and have not been reminded yet (`reminded_at` is `None`), sets
+    /// their `reminded_at` to `now` and returns them (with `reminded_at`
+    /// set), ordered by expiry. Atomic: with any number of concurrent
+    /// callers, each key is returned once. Keys already expired at `now` are
+    /// never returned. Does not bump the generation.
+    fn take_expiry_reminders(
+        &self,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<KeyRecord>, StoreError>> + Send;
+}
+
+impl<S: KeyStore> KeyStore for Arc<S> {
+    fn insert(
+        &self,
+        record: &KeyRecord,
+        quota: Option<QuotaCheck>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).insert(record, quota)
+    }
+    fn get(
+        &self,
+        id: &KeyId,
+    ) -> impl Future<Output = Result<Option<KeyRecord>, StoreError>> + Send {
+        (**self).get(id)
+    }
+    fn list(
+        &self,
+        query: &ListQuery,
+    ) -> impl Future<Output = Result<Vec<KeyRecord>, StoreError>> + Send {
+        (**self).list(query)
+    }
+    fn update(
+        &self,
+        record: &KeyRecord,
+        expected_generation: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).update(record, expected_generation)
+    }
+    fn delete(&self, id: &KeyId) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).delete(id)
+    }
+    fn record_usage(
+        &self,
+        id: &KeyId,
+        at: DateTime<Utc>,
+        ip: Option<IpAddr>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).record_usage(id, at, ip)
+    }
+    fn take_expiry_reminders(
+        &self,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<KeyRecord>, StoreError>> + Send {
+        (**self).take_expiry_reminders(now, until, limit)
+    }
+}
+
+/// Whether a record is due an expiry reminder (see [`KeyStore::take_expiry_reminders`]).
+pub fn due_for_reminder(r: &KeyRecord, now: DateTime<Utc>, until: DateTime<Utc>) -> bool {
+    r.revoked_at.is_none()
+        && r.reminded_at.is_none()
+        && r.expires_at.is_some_and(|e| e > now && e <= until)
+}

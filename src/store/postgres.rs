@@ -1,0 +1,782 @@
+//! The PostgreSQL store (feature `postgres`): many application servers
+//! sharing one database, with a LISTEN/NOTIFY change feed that keeps every
+//! server's verifier cache honest.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::sql::{self, COLUMNS, InvalidName, boxed};
+use super::{KeyStore, ListQuery, QuotaCheck};
+use crate::error::StoreError;
+use crate::key::{KeyRecord, KeyStatus};
+use crate::token::KeyId;
+use crate::verify::Verifier;
+
+const DEFAULT_SCHEMA: &str = "public";
+const DEFAULT_TABLE: &str = "keyward_keys";
+/// Application name of the change feed's connection (visible in `pg_stat_activity`).
+const FEED_APPLICATION_NAME: &str = "keyward-change-feed";
+const FEED_BACKOFF_MIN: Duration = Duration::from_millis(50);
+const FEED_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// A [`KeyStore`] in PostgreSQL.
+///
+/// - **Schema**: a key table (default `public.keyward_keys`, see
+///   [`with_schema`](Self::with_schema) and [`with_table`](Self::with_table))
+///   keyed by `id` (text in the `"C"` collation, so listings are in byte
+///   order), with indexes on `(owner, id)` for listings and on
+///   `(owner, environment)` of unrevoked keys for the quota count.
+///   Permissions, resources and the IP allowlist are JSON text; times are
+///   `BIGINT` microseconds since the epoch.
+/// - **Sessions**: the store is also a [`SessionStore`](crate::SessionStore),
+///   in `<table>_sessions` (same schema), created by [`migrate`](Self::migrate).
+/// - **Migrations** ([`migrate`](Self::migrate)) are embedded, run under a
+///   transaction-scoped advisory lock and use `IF NOT EXISTS`: safe to run on
+///   every start, from any number of processes at once.
+/// - **Quota**: an insert with a quota takes a transaction-scoped advisory
+///   lock on (table, owner, environment), counts the live keys and inserts
+///   in the same transaction, so inserts racing from any number of
+///   connections or servers never exceed it.
+/// - **Updates** compare-and-swap on `generation` and never write the
+///   usage columns; [`record_usage`](KeyStore::record_usage) is one
+///   conditional `UPDATE` that never moves `last_used_at` backwards.
+/// - **Ids are never reused**: every insert also claims the id in
+///   `<table>_ids`, in the same transaction, and delete leaves it there.
+/// - **Expiry reminders** are taken by one `UPDATE ... RETURNING` over rows
+///   selected `FOR UPDATE SKIP LOCKED` (a partial index on `expires_at`
+///   finds them), so concurrent callers, on any server, never get the same key.
+/// - **Audit trail**: the store is also an [`AuditSink`](crate::AuditSink)
+///   writing `<table>_audit` (indexed by key and time, owner and time), so
+///   one database keeps both: `KeyManager::builder(store.clone(), ..).audit(store.clone())`.
+/// - **Change feed**: every update and delete that changes a row also runs
+///   `pg_notify(channel, key_id)` in its transaction, so the notice goes out
+///   exactly when the change is committed. [`listen`](Self::listen) feeds
+///   those notices to a [`Verifier`] in another process.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+/// use keyward::PostgresStore;
+/// let store = PostgresStore::connect("postgres://app@db.internal/registry")
+///     .await?
+///     .with_schema("auth")?
+///     .with_table("api_keys")?;
+/// store.migrate().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+    schema: Arc<str>,
+    table: Arc<str>,
+    channel: Arc<str>,
+    queries: Arc<Queries>,
+}
+
+#[derive(Debug)]
+struct Queries {
+    lock_owner: String,
+    count_live: String,
+    insert: String,
+    insert_id: String,
+    record_usage: String,
+    take_reminders: String,
+    get: String,
+    update: String,
+    generation_of: String,
+    delete: String,
+    list_base: String,
+}
+
+impl Queries {
+    fn new(s: &str, t: &str) -> Self {
+        let q = format!("\"{s}\".\"{t}\"");
+        let ids = format!("\"{s}\".\"{}\"", sql::derived_ident(t, "ids"));
+        Self {
+            lock_owner: "SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))".to_owned(),
+            count_live: format!(
+                "SELECT COUNT(*) FROM {q} WHERE owner = $1 AND environment = $2 \
+                 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $3)"
+            ),
+            insert: format!(
+                "INSERT INTO {q} ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
+                 $13, $14, $15, $16, $17)"
+            ),
+            insert_id: format!("INSERT INTO {ids} (id) VALUES ($1)"),
+            record_usage: format!(
+                "UPDATE {q} SET last_used_at = $1, last_used_ip = $2 \
+                 WHERE id = $3 AND (last_used_at IS NULL OR last_used_at <= $1)"
+            ),
+            // SKIP LOCKED: concurrent callers take disjoint rows; the outer
+            // condition re-checks a row another caller marked meanwhile.
+            // `= ANY(ARRAY(...))` makes the selection an init plan, run once:
+            // an `IN (...)` semi-join may rescan a LIMIT ... FOR UPDATE
+            // subquery and take more than `limit` rows.
+            take_reminders: format!(
+                "UPDATE {q} SET reminded_at = $1 WHERE id = ANY(ARRAY(\
+                 SELECT id FROM {q} WHERE revoked_at IS NULL AND reminded_at IS NULL \
+                 AND expires_at > $1 AND expires_at <= $2 ORDER BY expires_at, id LIMIT $3 \
+                 FOR UPDATE SKIP LOCKED)) AND reminded_at IS NULL RETURNING {COLUMNS}"
+            ),
+            get: format!("SELECT {COLUMNS} FROM {q} WHERE id = $1"),
+            update: format!(
+                "UPDATE {q} SET owner = $1, environment = $2, name = $3, kind = $4, permissions = $5, \
+                 resources = $6, ip_allowlist = $7, created_at = $8, expires_at = $9, revoked_at = $10, \
+                 suspended_at = $11, reminded_at = $12, generation = $13, secret_hash = $14 \
+                 WHERE id = $15 AND generation = $16"
+            ),
+            generation_of: format!("SELECT generation FROM {q} WHERE id = $1"),
+            delete: format!("DELETE FROM {q} WHERE id = $1"),
+            list_base: format!("SELECT {COLUMNS} FROM {q} WHERE owner = $1"),
+        }
+    }
+}
+
+/// The schema, in order. `{s}`, `{t}` and the other `{...}` are replaced by
+/// the schema, table, derived table and index names (the sessions names: see
+/// `postgres_sessions`).
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE IF NOT EXISTS \"{s}\".\"{t}\" (
+        id TEXT COLLATE \"C\" NOT NULL PRIMARY KEY,
+        owner TEXT COLLATE \"C\" NOT NULL,
+        environment TEXT COLLATE \"C\" NOT NULL,
+        name TEXT NOT NULL,
+        permissions TEXT NOT NULL,
+        resources TEXT NOT NULL,
+        ip_allowlist TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT,
+        revoked_at BIGINT,
+        last_used_at BIGINT,
+        generation BIGINT NOT NULL,
+        secret_hash TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS \"{owner_id}\" ON \"{s}\".\"{t}\" (owner, id);
+    CREATE INDEX IF NOT EXISTS \"{owner_env}\" ON \"{s}\".\"{t}\" (owner, environment) WHERE revoked_at IS NULL;",
+    ),
+    (2, super::postgres_sessions::MIGRATION),
+    // Key kinds, suspension, usage address, expiry reminders; the ids ever
+    // used (never deleted from, so an id is never reused), backfilled.
+    (
+        3,
+        "ALTER TABLE \"{s}\".\"{t}\" ADD COLUMN IF NOT EXISTS kind TEXT NOT NULL DEFAULT 'scoped';
+    ALTER TABLE \"{s}\".\"{t}\" ADD COLUMN IF NOT EXISTS suspended_at BIGINT;
+    ALTER TABLE \"{s}\".\"{t}\" ADD COLUMN IF NOT EXISTS last_used_ip TEXT;
+    ALTER TABLE \"{s}\".\"{t}\" ADD COLUMN IF NOT EXISTS reminded_at BIGINT;
+    CREATE TABLE IF NOT EXISTS \"{s}\".\"{ids}\" (id TEXT COLLATE \"C\" NOT NULL PRIMARY KEY);
+    INSERT INTO \"{s}\".\"{ids}\" (id) SELECT id FROM \"{s}\".\"{t}\" ON CONFLICT DO NOTHING;
+    CREATE INDEX IF NOT EXISTS \"{expiry}\" ON \"{s}\".\"{t}\" (expires_at)
+        WHERE revoked_at IS NULL AND reminded_at IS NULL AND expires_at IS NOT NULL;",
+    ),
+    // The audit trail (`impl AuditSink for PostgresStore`).
+    (
+        4,
+        "CREATE TABLE IF NOT EXISTS \"{s}\".\"{audit}\" (
+        id BIGSERIAL PRIMARY KEY,
+        at BIGINT NOT NULL,
+        action TEXT NOT NULL,
+        actor TEXT,
+        owner TEXT COLLATE \"C\",
+        key_id TEXT COLLATE \"C\",
+        client_ip TEXT,
+        detail TEXT NOT NULL,
+        count BIGINT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS \"{audit_key}\" ON \"{s}\".\"{audit}\" (key_id, at);
+    CREATE INDEX IF NOT EXISTS \"{audit_owner}\" ON \"{s}\".\"{audit}\" (owner, at);",
+    ),
+];
+
+fn err(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |e| sql::backend(op, e)
+}
+
+fn channel_name(schema: &str, table: &str) -> String {
+    let plain = format!("keyward.{schema}.{table}");
+    if plain.len() <= sql::MAX_IDENT_LEN {
+        plain
+    } else {
+        sql::derived_ident(&format!("{schema}.{table}"), "changes")
+    }
+}
+
+impl PostgresStore {
+    /// Connects a pool of up to 16 connections to `url`
+    /// (`postgres://user@host:5432/db`). Fails at once if the server cannot
+    /// be reached. Run [`migrate`](Self::migrate) before first use.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(err("connect to PostgreSQL"))?;
+        Ok(Self::from_pool(pool))
+    }
+
+    /// A store over a pool you configured yourself.
+    pub fn from_pool(pool: PgPool) -> Self {
+        Self {
+            pool,
+            schema: DEFAULT_SCHEMA.into(),
+            table: DEFAULT_TABLE.into(),
+            channel: channel_name(DEFAULT_SCHEMA, DEFAULT_TABLE).into(),
+            queries: Arc::new(Queries::new(DEFAULT_SCHEMA, DEFAULT_TABLE)),
+        }
+    }
+
+    fn rebuild(mut self) -> Self {
+        self.channel = channel_name(&self.schema, &self.table).into();
+        self.queries = Arc::new(Queries::new(&self.schema, &self.table));
+        self
+    }
+
+    /// Uses schema `name` (default `public`); [`migrate`](Self::migrate)
+    /// creates it if missing. Names must match `[a-z_][a-z0-9_]{0,62}`.
+    pub fn with_schema(mut self, name: &str) -> Result<Self, InvalidName> {
+        sql::check_ident("schema", name)?;
+        self.schema = name.into();
+        Ok(self.rebuild())
+    }
+
+    /// Uses table `name` (default `keyward_keys`). Names must match
+    /// `[a-z_][a-z0-9_]{0,62}`.
+    pub fn with_table(mut self, name: &str) -> Result<Self, InvalidName> {
+        sql::check_ident("table", name)?;
+        self.table = name.into();
+        Ok(self.rebuild())
+    }
+
+    /// The schema name.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// The table name.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// The NOTIFY channel of the change feed: `keyward.<schema>.<table>`
+    /// (or a name derived from a hash of both when that is too long).
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// The connection pool (to share it, or to close it at shutdown).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Creates the schema, the table and its indexes, and the sessions table
+    /// (`<table>_sessions`), if missing. Safe to run twice and from several
+    /// processes at once: everything runs in one
+    /// transaction holding an advisory lock, applied steps are recorded in
+    /// `<table>_migrations` and every statement uses `IF NOT EXISTS`.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        boxed(self.migrate_impl()).await
+    }
+
+    async fn migrate_impl(&self) -> Result<(), StoreError> {
+        let (s, t) = (&*self.schema, &*self.table);
+        let log = sql::derived_ident(t, "migrations");
+        let mut tx = self.pool.begin().await.map_err(err("begin migration"))?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('keyward.migrate'))")
+            .execute(&mut *tx)
+            .await
+            .map_err(err("take the migration lock"))?;
+        for statement in [
+            format!("CREATE SCHEMA IF NOT EXISTS \"{s}\""),
+            format!(
+                "CREATE TABLE IF NOT EXISTS \"{s}\".\"{log}\" \
+                 (version BIGINT NOT NULL PRIMARY KEY, applied_at BIGINT NOT NULL)"
+            ),
+        ] {
+            sqlx::query(&statement)
+                .execute(&mut *tx)
+                .await
+                .map_err(err("create the migrations table"))?;
+        }
+        let applied: Vec<i64> =
+            sqlx::query_scalar(&format!("SELECT version FROM \"{s}\".\"{log}\""))
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(err("read applied migrations"))?;
+        for (version, step) in MIGRATIONS {
+            if applied.contains(version) {
+                continue;
+            }
+            let ddl = super::postgres_sessions::name_sessions(step, t)
+                .replace("{owner_id}", &sql::derived_ident(t, "owner_id"))
+                .replace("{owner_env}", &sql::derived_ident(t, "owner_env"))
+                .replace("{ids}", &sql::derived_ident(t, "ids"))
+                .replace("{expiry}", &sql::derived_ident(t, "expiry"))
+                .replace("{audit}", &sql::derived_ident(t, "audit"))
+                .replace("{audit_key}", &sql::derived_ident(t, "audit_key_at"))
+                .replace("{audit_owner}", &sql::derived_ident(t, "audit_owner_at"))
+                .replace("{s}", s)
+                .replace("{t}", t);
+            for statement in ddl.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                sqlx::query(statement)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(err("apply a migration"))?;
+            }
+            sqlx::query(&format!(
+                "INSERT INTO \"{s}\".\"{log}\" (version, applied_at) VALUES ($1, $2)"
+            ))
+            .bind(version)
+            .bind(sql::micros(chrono::Utc::now()))
+            .execute(&mut *tx)
+            .await
+            .map_err(err("record a migration"))?;
+        }
+        tx.commit().await.map_err(err("commit migration"))
+    }
+
+    /// Starts the change feed for `verifier`: a task holding its own
+    /// connection (application name `keyward-change-feed`) that LISTENs on
+    /// [`channel`](Self::channel) and calls [`Verifier::invalidate`] for each
+    /// notified key id.
+    ///
+    /// When the connection is lost, the task reconnects (with backoff from
+    /// 50 ms to 5 s) and then calls [`Verifier::invalidate_all`], since
+    /// notices sent while it was away are lost; the verifier's cache TTL
+    /// bounds staleness while it cannot reconnect. Returns once the first
+    /// LISTEN is in place, so every change committed after this returns
+    /// reaches the verifier. The feed stops when the returned
+    /// [`ChangeListener`] is dropped.
+    ///
+    /// Errors: [`StoreError::Backend`] if the first connection fails or
+    /// there is no tokio runtime.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+    /// use keyward::*;
+    /// let store = PostgresStore::connect("postgres://app@db.internal/registry").await?;
+    /// store.migrate().await?;
+    /// # let (format, policy) = (TokenFormat::new("mkh", &["live"])?, Policy::new(PermissionRegistry::builder().permission("p").build()?));
+    /// let manager = KeyManager::builder(store.clone(), format, policy).build();
+    /// let feed = store.listen(&manager.verifier()).await?;
+    /// // ... serve requests; keep `feed` alive as long as the manager.
+    /// # drop(feed);
+    /// # Ok(()) }
+    /// ```
+    pub async fn listen<S: KeyStore>(
+        &self,
+        verifier: &Verifier<S>,
+    ) -> Result<ChangeListener, StoreError> {
+        boxed(self.listen_impl(verifier)).await
+    }
+
+    async fn listen_impl<S: KeyStore>(
+        &self,
+        verifier: &Verifier<S>,
+    ) -> Result<ChangeListener, StoreError> {
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|_| StoreError::Backend("the change feed needs a tokio runtime".into()))?;
+        let options = (*self.pool.connect_options())
+            .clone()
+            .application_name(FEED_APPLICATION_NAME);
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with(options);
+        let channel: String = self.channel.to_string();
+        let (listener, pid) = open_feed(&pool, &channel)
+            .await
+            .map_err(err("start the change feed"))?;
+        verifier.invalidate_all();
+        let (tx, rx) = watch::channel(FeedStatus {
+            connected: true,
+            connections: 1,
+            notifications: 0,
+            backend_pid: Some(pid),
+        });
+        let task = handle.spawn(run_feed(pool, channel, listener, verifier.clone(), tx));
+        Ok(ChangeListener { task, status: rx })
+    }
+}
+
+async fn open_feed(pool: &PgPool, channel: &str) -> Result<(PgListener, u32), sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.eager_reconnect(false);
+    listener.ignore_pool_close_event(true);
+    listener.listen(channel).await?;
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut listener)
+        .await?;
+    Ok((listener, u32::try_from(pid).unwrap_or(0)))
+}
+
+async fn run_feed<S: KeyStore>(
+    pool: PgPool,
+    channel: String,
+    first: PgListener,
+    verifier: Verifier<S>,
+    status: watch::Sender<FeedStatus>,
+) {
+    let mut current = Some(first);
+    let mut backoff = FEED_BACKOFF_MIN;
+    loop {
+        let mut listener = match current.take() {
+            Some(l) => l,
+            None => match open_feed(&pool, &channel).await {
+                Ok((l, pid)) => {
+                    // Whatever was notified while we were away is lost: forget everything.
+                    verifier.invalidate_all();
+                    status.send_modify(|s| {
+                        s.connected = true;
+                        s.connections += 1;
+                        s.backend_pid = Some(pid);
+                    });
+                    backoff = FEED_BACKOFF_MIN;
+                    l
+                }
+                Err(_) => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(FEED_BACKOFF_MAX);
+                    continue;
+                }
+            },
+        };
+        // `Ok(None)`: the connection was lost; `Err`: it failed otherwise. Either way, start over.
+        while let Ok(Some(notice)) = listener.try_recv().await {
+            match KeyId::new(notice.payload()) {
+                Ok(id) => verifier.invalidate(&id),
+                Err(_) => verifier.invalidate_all(),
+            }
+            status.send_modify(|s| s.notifications += 1);
+        }
+        status.send_modify(|s| {
+            s.connected = false;
+            s.backend_pid = None;
+        });
+        drop(listener);
+    }
+}
+
+/// The state of a change feed, as [`ChangeListener::status`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedStatus {
+    /// Whether the feed's connection is up and listening.
+    pub connected: bool,
+    /// How many times it connected (1 at start; each reconnect adds one and
+    /// is followed by [`Verifier::invalidate_all`]).
+    pub connections: u64,
+    /// Notifications received so far.
+    pub notifications: u64,
+    /// The PostgreSQL backend process id of the current connection.
+    pub backend_pid: Option<u32>,
+}
+
+/// A running change feed, from [`PostgresStore::listen`]. Dropping it stops the feed.
+#[derive(Debug)]
+pub struct ChangeListener {
+    task: JoinHandle<()>,
+    status: watch::Receiver<FeedStatus>,
+}
+
+impl ChangeListener {
+    /// The feed's current state.
+    pub fn status(&self) -> FeedStatus {
+        *self.status.borrow()
+    }
+
+    /// A receiver that sees every change of [`status`](Self::status), for
+    /// health checks and metrics (`wait_for` a reconnect, for example).
+    pub fn subscribe(&self) -> watch::Receiver<FeedStatus> {
+        self.status.clone()
+    }
+
+    /// Stops the feed (the same as dropping it).
+    pub fn stop(self) {}
+}
+
+impl Drop for ChangeListener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl PostgresStore {
+    async fn insert_impl(
+        &self,
+        record: &KeyRecord,
+        quota: Option<QuotaCheck>,
+    ) -> Result<(), StoreError> {
+        let e = sql::encode(record)?;
+        let mut tx = self.pool.begin().await.map_err(err("begin insert"))?;
+        if let Some(q) = quota {
+            // Serializes quota-checked inserts of one owner and environment.
+            let scope = format!("{}.{}", self.schema, self.table);
+            let who = format!("{}\u{1f}{}", e.owner, e.environment);
+            sqlx::query(&self.queries.lock_owner)
+                .bind(&scope)
+                .bind(&who)
+                .execute(&mut *tx)
+                .await
+                .map_err(err("lock the owner's quota"))?;
+            let live: i64 = sqlx::query_scalar(&self.queries.count_live)
+                .bind(e.owner)
+                .bind(e.environment)
+                .bind(sql::micros(q.now))
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(err("count live keys"))?;
+            if live >= i64::from(q.max_live) {
+                return Err(StoreError::QuotaExceeded { limit: q.max_live });
+            }
+        }
+        // The id table keeps every id ever inserted (delete leaves it): a
+        // unique violation there is a duplicate, whether the id is stored
+        // or was deleted, and a racing insert of the same id waits on it.
+        let claimed = sqlx::query(&self.queries.insert_id)
+            .bind(e.id)
+            .execute(&mut *tx)
+            .await;
+        match claimed {
+            Ok(_) => {}
+            Err(ref x) if sql::is_unique_violation(x) => {
+                return Err(StoreError::DuplicateId(record.id.clone()));
+            }
+            Err(x) => return Err(sql::backend("claim the id", x)),
+        }
+        let result = sqlx::query(&self.queries.insert)
+            .bind(e.id)
+            .bind(e.owner)
+            .bind(e.environment)
+            .bind(e.name)
+            .bind(e.kind)
+            .bind(&e.permissions)
+            .bind(&e.resources)
+            .bind(&e.ip_allowlist)
+            .bind(e.created_at)
+            .bind(e.expires_at)
+            .bind(e.revoked_at)
+            .bind(e.suspended_at)
+            .bind(e.last_used_at)
+            .bind(&e.last_used_ip)
+            .bind(e.reminded_at)
+            .bind(e.generation)
+            .bind(e.secret_hash)
+            .execute(&mut *tx)
+            .await;
+        match result {
+            Ok(_) => tx.commit().await.map_err(err("commit insert")),
+            Err(ref x) if sql::is_unique_violation(x) => {
+                Err(StoreError::DuplicateId(record.id.clone()))
+            }
+            Err(x) => Err(sql::backend("insert", x)),
+        }
+    }
+
+    async fn get_impl(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        let row = sqlx::query(&self.queries.get)
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err("get"))?;
+        row.as_ref().map(sql::decode).transpose()
+    }
+
+    async fn list_impl(&self, query: &ListQuery) -> Result<Vec<KeyRecord>, StoreError> {
+        let mut text = self.queries.list_base.clone();
+        let mut n = 1;
+        let mut next = || {
+            n += 1;
+            format!("${n}")
+        };
+        if query.environment.is_some() {
+            text.push_str(&format!(" AND environment = {}", next()));
+        }
+        if query.after.is_some() {
+            text.push_str(&format!(" AND id > {}", next()));
+        }
+        let needs_now = query.status.is_some_and(|s| s != KeyStatus::Revoked);
+        if let Some(status) = query.status {
+            let now = if needs_now { next() } else { String::new() };
+            text.push_str(" AND ");
+            text.push_str(&sql::status_condition(status, &now));
+        }
+        text.push_str(&format!(" ORDER BY id LIMIT {}", next()));
+        let mut q = sqlx::query(&text).bind(query.owner.as_str());
+        if let Some(env) = &query.environment {
+            q = q.bind(env.as_str());
+        }
+        if let Some(after) = &query.after {
+            q = q.bind(after.as_str());
+        }
+        if needs_now {
+            q = q.bind(sql::micros(query.now));
+        }
+        q = q.bind(i64::try_from(query.limit).unwrap_or(i64::MAX));
+        let rows = q.fetch_all(&self.pool).await.map_err(err("list"))?;
+        rows.iter().map(sql::decode).collect()
+    }
+
+    async fn update_impl(
+        &self,
+        record: &KeyRecord,
+        expected_generation: u64,
+    ) -> Result<(), StoreError> {
+        let e = sql::encode(record)?;
+        let expected = sql::generation_to_sql(expected_generation)?;
+        let mut tx = self.pool.begin().await.map_err(err("begin update"))?;
+        let done = sqlx::query(&self.queries.update)
+            .bind(e.owner)
+            .bind(e.environment)
+            .bind(e.name)
+            .bind(e.kind)
+            .bind(&e.permissions)
+            .bind(&e.resources)
+            .bind(&e.ip_allowlist)
+            .bind(e.created_at)
+            .bind(e.expires_at)
+            .bind(e.revoked_at)
+            .bind(e.suspended_at)
+            .bind(e.reminded_at)
+            .bind(e.generation)
+            .bind(e.secret_hash)
+            .bind(e.id)
+            .bind(expected)
+            .execute(&mut *tx)
+            .await
+            .map_err(err("update"))?;
+        if done.rows_affected() == 1 {
+            notify(&mut tx, &self.channel, e.id).await?;
+            return tx.commit().await.map_err(err("commit update"));
+        }
+        let found: Option<i64> = sqlx::query_scalar(&self.queries.generation_of)
+            .bind(e.id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(err("read generation"))?;
+        Err(match found {
+            None => StoreError::NotFound(record.id.clone()),
+            Some(g) => StoreError::Conflict {
+                id: record.id.clone(),
+                expected: expected_generation,
+                found: u64::try_from(g).unwrap_or(0),
+            },
+        })
+    }
+
+    async fn delete_impl(&self, id: &KeyId) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(err("begin delete"))?;
+        let done = sqlx::query(&self.queries.delete)
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(err("delete"))?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(id.clone()));
+        }
+        notify(&mut tx, &self.channel, id.as_str()).await?;
+        tx.commit().await.map_err(err("commit delete"))
+    }
+
+    async fn record_usage_impl(
+        &self,
+        id: &KeyId,
+        at: DateTime<Utc>,
+        ip: Option<IpAddr>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(&self.queries.record_usage)
+            .bind(sql::micros(at))
+            .bind(ip.map(|ip| ip.to_string()))
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(err("record usage"))?;
+        Ok(())
+    }
+
+    async fn take_expiry_reminders_impl(
+        &self,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        if limit == 0 || until <= now {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(&self.queries.take_reminders)
+            .bind(sql::micros(now))
+            .bind(sql::micros(until))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err("take expiry reminders"))?;
+        let mut taken = rows
+            .iter()
+            .map(sql::decode)
+            .collect::<Result<Vec<_>, _>>()?;
+        // RETURNING does not keep the subquery's order.
+        taken.sort_by(|a, b| (a.expires_at, &a.id).cmp(&(b.expires_at, &b.id)));
+        Ok(taken)
+    }
+}
+
+// The trait methods box the futures of the inherent `*_impl` methods: the
+// boxed future is checked `Send` once, here, so that callers spawning a
+// `KeyManager<PostgresStore>`'s futures (web handlers) do not hit rustc's
+// "implementation of `Executor` is not general enough" on sqlx's executors.
+impl KeyStore for PostgresStore {
+    async fn insert(
+        &self,
+        record: &KeyRecord,
+        quota: Option<QuotaCheck>,
+    ) -> Result<(), StoreError> {
+        boxed(self.insert_impl(record, quota)).await
+    }
+    async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        boxed(self.get_impl(id)).await
+    }
+    async fn list(&self, query: &ListQuery) -> Result<Vec<KeyRecord>, StoreError> {
+        boxed(self.list_impl(query)).await
+    }
+    async fn update(&self, record: &KeyRecord, expected_generation: u64) -> Result<(), StoreError> {
+        boxed(self.update_impl(record, expected_generation)).await
+    }
+    async fn delete(&self, id: &KeyId) -> Result<(), StoreError> {
+        boxed(self.delete_impl(id)).await
+    }
+    async fn record_usage(
+        &self,
+        id: &KeyId,
+        at: DateTime<Utc>,
+        ip: Option<IpAddr>,
+    ) -> Result<(), StoreError> {
+        boxed(self.record_usage_impl(id, at, ip)).await
+    }
+    async fn take_expiry_reminders(
+        &self,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        boxed(self.take_expiry_reminders_impl(now, until, limit)).await
+    }
+}
+
+/// Queues a change notice; PostgreSQL sends it when the transaction commits.
+async fn notify(tx: &mut sqlx::PgConnection, channel: &str, id: &str) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(channel)
+        .bind(id)
+        .execute(tx)
+        .await
+        .map_err(err("notify"))?;
+    Ok(())
+}

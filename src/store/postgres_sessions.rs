@@ -1,0 +1,207 @@
+//! [`SessionStore`] for [`PostgresStore`]: sessions in
+//! `<schema>.<table>_sessions`, created by [`PostgresStore::migrate`]
+//! (migration 2 of `PostgresStore::migrate`).
+//!
+//! Sessions are stored as the SQLite store keeps them: the SHA-256 of the
+//! secret (`BYTEA`, 32 bytes), never the secret; the key snapshot with
+//! permissions, resources and IP allowlist as JSON text; times as `BIGINT`
+//! microseconds since the epoch. A row that does not decode is
+//! [`StoreError::Corrupt`], never a panic.
+
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+use sqlx::postgres::PgRow;
+
+use super::PostgresStore;
+use super::sql::{self, boxed};
+use crate::error::StoreError;
+use crate::key::OwnerId;
+use crate::session::{SessionHash, SessionRecord, SessionStore};
+use crate::token::{Environment, KeyId};
+
+const COLUMNS: &str = "id, key_id, owner, environment, key_name, permissions, resources, ip_allowlist, \
+                       created_at, expires_at, revoked, secret_hash";
+
+/// Migration 2 of [`PostgresStore::migrate`]: the sessions table, an index
+/// on the key id (to end a key's sessions) and one on the expiry (to purge).
+/// `{s}`, `{sessions}`, `{sessions_key}` and `{sessions_expiry}` are
+/// replaced by the schema, table and index names.
+pub(super) const MIGRATION: &str = "CREATE TABLE IF NOT EXISTS \"{s}\".\"{sessions}\" (
+        id TEXT COLLATE \"C\" NOT NULL PRIMARY KEY,
+        key_id TEXT COLLATE \"C\" NOT NULL,
+        owner TEXT COLLATE \"C\" NOT NULL,
+        environment TEXT COLLATE \"C\" NOT NULL,
+        key_name TEXT NOT NULL,
+        permissions TEXT NOT NULL,
+        resources TEXT NOT NULL,
+        ip_allowlist TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        revoked BOOLEAN NOT NULL,
+        secret_hash BYTEA NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS \"{sessions_key}\" ON \"{s}\".\"{sessions}\" (key_id);
+    CREATE INDEX IF NOT EXISTS \"{sessions_expiry}\" ON \"{s}\".\"{sessions}\" (expires_at);";
+
+/// The sessions table of the key table `table`: `<table>_sessions` (or a
+/// hashed name when that is too long).
+pub(super) fn sessions_table(table: &str) -> String {
+    sql::derived_ident(table, "sessions")
+}
+
+/// `ddl` with the sessions names of the key table `table` filled in.
+pub(super) fn name_sessions(ddl: &str, table: &str) -> String {
+    let t = sessions_table(table);
+    ddl.replace("{sessions_key}", &sql::derived_ident(&t, "key_id"))
+        .replace("{sessions_expiry}", &sql::derived_ident(&t, "expires"))
+        .replace("{sessions}", &t)
+}
+
+impl PostgresStore {
+    /// `"schema"."<table>_sessions"`, quoted.
+    fn sessions(&self) -> String {
+        format!("\"{}\".\"{}\"", self.schema(), sessions_table(self.table()))
+    }
+}
+
+fn json<T: serde::Serialize>(field: &str, v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Backend(format!("cannot encode {field}: {e}")))
+}
+
+/// A printable, bounded form of a stored id for error messages.
+fn printable(raw: &str) -> String {
+    raw.chars()
+        .take(64)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+fn decode(row: &PgRow) -> Result<SessionRecord, StoreError> {
+    let raw_id: String = row.try_get("id").map_err(|e| StoreError::Corrupt {
+        id: "?".into(),
+        field: "id",
+        reason: e.to_string(),
+    })?;
+    let corrupt = |field: &'static str, reason: String| StoreError::Corrupt {
+        id: printable(&raw_id),
+        field,
+        reason,
+    };
+    let text = |field: &'static str| -> Result<String, StoreError> {
+        row.try_get::<String, _>(field)
+            .map_err(|e| corrupt(field, e.to_string()))
+    };
+    let time = |field: &'static str| -> Result<DateTime<Utc>, StoreError> {
+        let v: i64 = row
+            .try_get(field)
+            .map_err(|e| corrupt(field, e.to_string()))?;
+        DateTime::from_timestamp_micros(v)
+            .ok_or_else(|| corrupt(field, format!("{v} microseconds is out of range")))
+    };
+    // The hash is checked for its length only; its bytes are never quoted.
+    let hash: Vec<u8> = row
+        .try_get("secret_hash")
+        .map_err(|_| corrupt("secret_hash", "not bytes".into()))?;
+    let hash: [u8; 32] = hash
+        .try_into()
+        .map_err(|_| corrupt("secret_hash", "not 32 bytes".into()))?;
+    Ok(SessionRecord {
+        id: KeyId::new(&raw_id).map_err(|e| corrupt("id", e.to_string()))?,
+        key_id: KeyId::new(&text("key_id")?).map_err(|e| corrupt("key_id", e.to_string()))?,
+        owner: OwnerId::new(&text("owner")?).map_err(|e| corrupt("owner", e.to_string()))?,
+        environment: Environment::new(&text("environment")?)
+            .map_err(|e| corrupt("environment", e.to_string()))?,
+        key_name: text("key_name")?,
+        permissions: serde_json::from_str(&text("permissions")?)
+            .map_err(|e| corrupt("permissions", e.to_string()))?,
+        resources: serde_json::from_str(&text("resources")?)
+            .map_err(|e| corrupt("resources", e.to_string()))?,
+        ip_allowlist: serde_json::from_str(&text("ip_allowlist")?)
+            .map_err(|e| corrupt("ip_allowlist", e.to_string()))?,
+        created_at: time("created_at")?,
+        expires_at: time("expires_at")?,
+        revoked: row
+            .try_get::<bool, _>("revoked")
+            .map_err(|e| corrupt("revoked", e.to_string()))?,
+        secret_hash: SessionHash::from_bytes(hash),
+    })
+}
+
+/// Every method is one statement (atomic on its own); the futures are boxed
+/// as the [`KeyStore`](super::KeyStore) methods are.
+impl SessionStore for PostgresStore {
+    async fn insert_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
+        let t = self.sessions();
+        let permissions = json("permissions", &record.permissions)?;
+        let resources = json("resources", &record.resources)?;
+        let ips = json("ip_allowlist", &record.ip_allowlist)?;
+        boxed(async move {
+            let result = sqlx::query(&format!(
+                "INSERT INTO {t} ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+            ))
+            .bind(record.id.as_str())
+            .bind(record.key_id.as_str())
+            .bind(record.owner.as_str())
+            .bind(record.environment.as_str())
+            .bind(&record.key_name)
+            .bind(&permissions)
+            .bind(&resources)
+            .bind(&ips)
+            .bind(sql::micros(record.created_at))
+            .bind(sql::micros(record.expires_at))
+            .bind(record.revoked)
+            .bind(&record.secret_hash.as_bytes()[..])
+            .execute(self.pool())
+            .await;
+            match result {
+                Ok(_) => Ok(()),
+                Err(ref e) if sql::is_unique_violation(e) => {
+                    Err(StoreError::DuplicateId(record.id.clone()))
+                }
+                Err(e) => Err(sql::backend("insert a session", e)),
+            }
+        })
+        .await
+    }
+
+    async fn get_session(&self, id: &KeyId) -> Result<Option<SessionRecord>, StoreError> {
+        let t = self.sessions();
+        boxed(async move {
+            let row = sqlx::query(&format!("SELECT {COLUMNS} FROM {t} WHERE id = $1"))
+                .bind(id.as_str())
+                .fetch_optional(self.pool())
+                .await
+                .map_err(|e| sql::backend("get a session", e))?;
+            row.as_ref().map(decode).transpose()
+        })
+        .await
+    }
+
+    async fn revoke_sessions(&self, key_id: &KeyId) -> Result<u64, StoreError> {
+        let t = self.sessions();
+        boxed(async move {
+            let done = sqlx::query(&format!(
+                "UPDATE {t} SET revoked = TRUE WHERE key_id = $1 AND NOT revoked"
+            ))
+            .bind(key_id.as_str())
+            .execute(self.pool())
+            .await
+            .map_err(|e| sql::backend("revoke sessions", e))?;
+            Ok(done.rows_affected())
+        })
+        .await
+    }
+
+    async fn delete_expired_sessions(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let t = self.sessions();
+        boxed(async move {
+            let done = sqlx::query(&format!("DELETE FROM {t} WHERE expires_at <= $1"))
+                .bind(sql::micros(now))
+                .execute(self.pool())
+                .await
+                .map_err(|e| sql::backend("delete expired sessions", e))?;
+            Ok(done.rows_affected())
+        })
+        .await
+    }
+}

@@ -1,0 +1,515 @@
+//! The token format: `<prefix>_<env>_<key id><secret><checksum>`.
+//!
+//! ```text
+//! mkh_live_Q2x8bV0aP1rT  d3Kf...43 chars...9a  1kZp0A
+//!  │    │       │               │                 └ CRC32 of everything before it, 6 base62 chars
+//!  │    │       │               └ 256-bit secret: 43 random base62 characters (43 × log2 62 ≈ 256.03 bits)
+//!  │    │       └ public key id: 12 random base62 characters
+//!  │    └ environment tag, chosen by the application (`live`, `test`, ...)
+//!  └ prefix chosen by the application, so secret scanners can find leaked keys
+//! ```
+//!
+//! Only `[A-Za-z0-9_]` appears, so a double click selects the whole token. The
+//! checksum lets a typo or a random string be refused without touching the
+//! store or running argon2. A token longer than [`TokenFormat::max_len`] is
+//! refused before any of it is read.
+
+use std::fmt;
+
+use rand::distr::Alphanumeric;
+use rand::rngs::OsRng;
+use rand::{Rng, TryRngCore};
+use zeroize::Zeroizing;
+
+use crate::error::{InvalidValue, TokenError};
+
+/// Length of a generated key id, in characters.
+pub const KEY_ID_LEN: usize = 12;
+/// Length of the secret part, in characters (base62, 256 bits of entropy).
+pub const SECRET_LEN: usize = 43;
+/// Length of the checksum, in characters (base62 of a CRC32).
+pub const CHECKSUM_LEN: usize = 6;
+/// Length of the part after `<prefix>_<env>_`.
+pub const BODY_LEN: usize = KEY_ID_LEN + SECRET_LEN + CHECKSUM_LEN;
+/// Longest prefix an application may choose.
+pub const MAX_PREFIX_LEN: usize = 16;
+/// Longest environment tag.
+pub const MAX_ENVIRONMENT_LEN: usize = 16;
+/// Longest key id accepted anywhere (generated ids are [`KEY_ID_LEN`] long).
+pub const MAX_KEY_ID_LEN: usize = 64;
+
+const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+pub(crate) fn check_chars(
+    field: &'static str,
+    value: &str,
+    max: usize,
+    allowed: &'static str,
+    ok: impl Fn(char) -> bool,
+) -> Result<(), InvalidValue> {
+    if value.is_empty() {
+        return Err(InvalidValue::Empty { field });
+    }
+    let len = value.chars().count();
+    if len > max {
+        return Err(InvalidValue::TooLong { field, len, max });
+    }
+    if let Some(ch) = value.chars().find(|c| !ok(*c)) {
+        return Err(InvalidValue::BadCharacter { field, ch, allowed });
+    }
+    Ok(())
+}
+
+macro_rules! string_newtype {
+    ($(#[$m:meta])* $name:ident) => {
+        $(#[$m])*
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(Box<str>);
+
+        impl $name {
+            /// The value as a string slice.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                std::fmt::Debug::fmt(&*self.0, f)
+            }
+        }
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+        impl From<$name> for String {
+            fn from(v: $name) -> String {
+                v.0.into()
+            }
+        }
+        impl TryFrom<String> for $name {
+            type Error = InvalidValue;
+            fn try_from(s: String) -> Result<Self, InvalidValue> {
+                $name::new(&s)
+            }
+        }
+        impl std::str::FromStr for $name {
+            type Err = InvalidValue;
+            fn from_str(s: &str) -> Result<Self, InvalidValue> {
+                $name::new(s)
+            }
+        }
+    };
+}
+pub(crate) use string_newtype;
+
+string_newtype!(
+    /// An environment tag such as `live` or `test`: 1 to 16 lowercase ASCII letters or digits.
+    ///
+    /// ```
+    /// use keyward::Environment;
+    /// assert!(Environment::new("live").is_ok());
+    /// assert!(Environment::new("Live").is_err());
+    /// ```
+    Environment
+);
+
+impl Environment {
+    /// Validates and wraps an environment tag.
+    pub fn new(s: &str) -> Result<Self, InvalidValue> {
+        check_chars(
+            "environment",
+            s,
+            MAX_ENVIRONMENT_LEN,
+            "lowercase ASCII letters and digits",
+            |c| c.is_ascii_lowercase() || c.is_ascii_digit(),
+        )?;
+        Ok(Self(s.into()))
+    }
+}
+
+string_newtype!(
+    /// The public id of a key: the store's lookup key, shown in listings and logs.
+    ///
+    /// Generated ids are [`KEY_ID_LEN`] random base62 characters; ids of
+    /// imported keys may be up to [`MAX_KEY_ID_LEN`] ASCII letters and digits.
+    KeyId
+);
+
+impl KeyId {
+    /// Validates and wraps a key id.
+    ///
+    /// ```
+    /// use keyward::KeyId;
+    /// assert!(KeyId::new("Q2x8bV0aP1rT").is_ok());
+    /// assert!(KeyId::new("no spaces").is_err());
+    /// ```
+    pub fn new(s: &str) -> Result<Self, InvalidValue> {
+        check_chars(
+            "key id",
+            s,
+            MAX_KEY_ID_LEN,
+            "ASCII letters and digits",
+            |c| c.is_ascii_alphanumeric(),
+        )?;
+        Ok(Self(s.into()))
+    }
+
+    /// A fresh random id of [`KEY_ID_LEN`] characters from the OS generator.
+    pub fn generate() -> Self {
+        Self(random_base62(KEY_ID_LEN).as_str().into())
+    }
+}
+
+fn random_base62(len: usize) -> Zeroizing<String> {
+    let mut rng = OsRng.unwrap_err();
+    let mut s = Zeroizing::new(String::with_capacity(len));
+    for _ in 0..len {
+        s.push(char::from(rng.sample(Alphanumeric)));
+    }
+    s
+}
+
+/// A full API key: the one value that grants access.
+///
+/// It is returned exactly once, by create, regenerate and rotate. It is wiped
+/// from memory when dropped, prints as `[REDACTED]` in `Debug` and `Display`,
+/// cannot be serialized, and gives up its value only through
+/// [`Token::expose_secret`], meant for the one-time display to its owner.
+///
+/// ```
+/// use keyward::{Environment, KeyId, TokenFormat};
+/// let format = TokenFormat::new("mkh", &["live", "test"]).unwrap();
+/// let live = Environment::new("live").unwrap();
+/// let token = format.generate(&live, &KeyId::generate());
+/// assert_eq!(format!("{token:?}"), "Token([REDACTED])");
+/// assert!(token.expose_secret().starts_with("mkh_live_"));
+/// ```
+pub struct Token(Zeroizing<String>);
+
+impl Token {
+    /// The full key, for the one-time display to its owner. Never log it.
+    pub fn expose_secret(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token([REDACTED])")
+    }
+}
+
+impl fmt::Display for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[REDACTED]")
+    }
+}
+
+/// The pieces of a token that parsed and passed its checksum. Borrows the input.
+///
+/// `Debug` shows the environment and key id, never the secret.
+#[derive(Clone, Copy)]
+pub struct ParsedToken<'a> {
+    environment: &'a str,
+    key_id: &'a str,
+    secret: &'a str,
+}
+
+impl<'a> ParsedToken<'a> {
+    /// The environment tag.
+    pub fn environment(&self) -> &'a str {
+        self.environment
+    }
+    /// The public key id.
+    pub fn key_id(&self) -> &'a str {
+        self.key_id
+    }
+    /// The secret part. Never log it.
+    pub fn expose_secret(&self) -> &'a str {
+        self.secret
+    }
+}
+
+impl fmt::Debug for ParsedToken<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ParsedToken")
+            .field("environment", &self.environment)
+            .field("key_id", &self.key_id)
+            .field("secret", &"[REDACTED]")
+            .finish()
+    }
+}
+
+/// The application's token format: its prefix and its environments.
+///
+/// ```
+/// use keyward::{Environment, KeyId, TokenFormat, TokenError};
+/// let format = TokenFormat::new("mkh", &["live", "test"]).unwrap();
+/// let token = format.generate(&Environment::new("test").unwrap(), &KeyId::generate());
+/// let parsed = format.parse(token.expose_secret()).unwrap();
+/// assert_eq!(parsed.environment(), "test");
+///
+/// // A one-character typo is caught by the checksum, with no store access.
+/// let mut typo = token.expose_secret().to_string();
+/// let last = typo.pop().unwrap();
+/// typo.push(if last == 'a' { 'b' } else { 'a' });
+/// assert_eq!(format.parse(&typo).unwrap_err(), TokenError::BadChecksum);
+/// ```
+#[derive(Debug, Clone)]
+pub struct TokenFormat {
+    prefix: Box<str>,
+    environments: Vec<Environment>,
+    max_len: usize,
+}
+
+impl TokenFormat {
+    /// A format with this prefix (1 to 16 lowercase ASCII letters or digits)
+    /// and these environment tags (at least one).
+    pub fn new(prefix: &str, environments: &[&str]) -> Result<Self, InvalidValue> {
+        check_chars(
+            "token prefix",
+            prefix,
+            MAX_PREFIX_LEN,
+            "lowercase ASCII letters and digits",
+            |c| c.is_ascii_lowercase() || c.is_ascii_digit(),
+        )?;
+        if environments.is_empty() {
+            return Err(InvalidValue::Empty {
+                field: "environments",
+            });
+        }
+        let environments = environments
+            .iter()
+            .map(|e| Environment::new(e))
+            .collect::<Result<Vec<_>, _>>()?;
+        let longest_env = environments
+            .iter()
+            .map(|e| e.as_str().len())
+            .max()
+            .unwrap_or(0);
+        Ok(Self {
+            max_len: prefix.len() + 1 + longest_env + 1 + BODY_LEN,
+            prefix: prefix.into(),
+            environments,
+        })
+    }
+
+    /// The prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The configured environments.
+    pub fn environments(&self) -> &[Environment] {
+        &self.environments
+    }
+
+    /// Looks up a configured environment by tag.
+    pub fn environment(&self, tag: &str) -> Option<&Environment> {
+        self.environments.iter().find(|e| e.as_str() == tag)
+    }
+
+    /// The longest token this format produces; anything longer is refused unread.
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// The regular expression a secret scanner (GitHub secret scanning,
+    /// gitleaks, trufflehog) can use to find leaked keys of this format.
+    ///
+    /// ```
+    /// use keyward::TokenFormat;
+    /// let format = TokenFormat::new("mkh", &["live", "test"]).unwrap();
+    /// assert_eq!(format.scanner_regex(), r"\bmkh_(?:live|test)_[A-Za-z0-9]{61}\b");
+    /// ```
+    pub fn scanner_regex(&self) -> String {
+        let envs: Vec<&str> = self.environments.iter().map(|e| e.as_str()).collect();
+        format!(
+            r"\b{}_(?:{})_[A-Za-z0-9]{{{}}}\b",
+            self.prefix,
+            envs.join("|"),
+            BODY_LEN
+        )
+    }
+
+    /// Generates a new token for this key id with a fresh 256-bit secret from
+    /// the operating system's generator.
+    ///
+    /// The id should come from [`KeyId::generate`]: a token only parses with
+    /// a [`KEY_ID_LEN`]-character id.
+    pub fn generate(&self, environment: &Environment, id: &KeyId) -> Token {
+        let secret = random_base62(SECRET_LEN);
+        self.assemble(environment, id, &secret)
+    }
+
+    fn assemble(&self, environment: &Environment, id: &KeyId, secret: &str) -> Token {
+        let mut s = Zeroizing::new(String::with_capacity(self.max_len));
+        s.push_str(&self.prefix);
+        s.push('_');
+        s.push_str(environment.as_str());
+        s.push('_');
+        s.push_str(id.as_str());
+        s.push_str(secret);
+        let sum = encode_checksum(crc32fast::hash(s.as_bytes()));
+        s.extend(sum.iter().map(|b| char::from(*b)));
+        Token(s)
+    }
+
+    /// Rebuilds the full token of an "application ID + secret" pair (for
+    /// example from HTTP Basic `key_id:secret`), with its checksum, so the
+    /// pair is checked exactly like the token.
+    ///
+    /// The key id must be [`KEY_ID_LEN`] and the secret [`SECRET_LEN`] ASCII
+    /// letters or digits, and the environment one of this format's. The
+    /// errors never contain the input.
+    ///
+    /// ```
+    /// use keyward::{Environment, KeyId, TokenFormat, TokenError};
+    /// let format = TokenFormat::new("mkh", &["live", "test"]).unwrap();
+    /// let live = Environment::new("live").unwrap();
+    /// let token = format.generate(&live, &KeyId::generate());
+    /// let parsed = format.parse(token.expose_secret()).unwrap();
+    /// let rebuilt = format.from_pair(&live, parsed.key_id(), parsed.expose_secret()).unwrap();
+    /// assert_eq!(rebuilt.expose_secret(), token.expose_secret());
+    /// assert_eq!(format.from_pair(&live, "short", "x").unwrap_err(),
+    ///            TokenError::BadLength { expected: 12, found: 5 });
+    /// ```
+    pub fn from_pair(
+        &self,
+        environment: &Environment,
+        key_id: &str,
+        secret: &str,
+    ) -> Result<Token, TokenError> {
+        if self.environment(environment.as_str()).is_none() {
+            return Err(TokenError::UnknownEnvironment);
+        }
+        for (part, expected, offset) in [(key_id, KEY_ID_LEN, 0), (secret, SECRET_LEN, KEY_ID_LEN)]
+        {
+            if part.is_empty() {
+                return Err(TokenError::Empty);
+            }
+            if part.len() != expected {
+                return Err(TokenError::BadLength {
+                    expected,
+                    found: part.len(),
+                });
+            }
+            if let Some(i) = part.bytes().position(|b| !b.is_ascii_alphanumeric()) {
+                return Err(TokenError::BadCharacter {
+                    position: offset + i,
+                });
+            }
+        }
+        let id = KeyId::new(key_id).map_err(|_| TokenError::BadCharacter { position: 0 })?;
+        Ok(self.assemble(environment, &id, secret))
+    }
+
+    /// The same environments under another (already validated) prefix: the
+    /// format of session tokens.
+    pub(crate) fn with_prefix(&self, prefix: &str) -> TokenFormat {
+        let longest_env = self
+            .environments
+            .iter()
+            .map(|e| e.as_str().len())
+            .max()
+            .unwrap_or(0);
+        TokenFormat {
+            max_len: prefix.len() + 1 + longest_env + 1 + BODY_LEN,
+            prefix: prefix.into(),
+            environments: self.environments.clone(),
+        }
+    }
+
+    /// Whether `token` starts with this format's `<prefix>_`: a cheap test
+    /// of which kind of token it is, before parsing.
+    pub fn has_prefix(&self, token: &str) -> bool {
+        token
+            .strip_prefix(&*self.prefix)
+            .is_some_and(|rest| rest.starts_with('_'))
+    }
+
+    /// Parses a token: length bound first, then characters, prefix,
+    /// environment, body length and checksum. Reads nothing from any store.
+    pub fn parse<'a>(&self, token: &'a str) -> Result<ParsedToken<'a>, TokenError> {
+        let bytes = token.as_bytes();
+        if bytes.is_empty() {
+            return Err(TokenError::Empty);
+        }
+        if bytes.len() > self.max_len {
+            return Err(TokenError::TooLong {
+                len: bytes.len(),
+                max: self.max_len,
+            });
+        }
+        if let Some(position) = bytes
+            .iter()
+            .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_'))
+        {
+            return Err(TokenError::BadCharacter { position });
+        }
+        let rest = token
+            .strip_prefix(&*self.prefix)
+            .and_then(|r| r.strip_prefix('_'))
+            .ok_or(TokenError::BadPrefix)?;
+        let (env, body) = rest.split_once('_').ok_or(TokenError::UnknownEnvironment)?;
+        if self.environment(env).is_none() {
+            return Err(TokenError::UnknownEnvironment);
+        }
+        if let Some(i) = body.find('_') {
+            return Err(TokenError::BadCharacter {
+                position: token.len() - body.len() + i,
+            });
+        }
+        if body.len() != BODY_LEN {
+            return Err(TokenError::BadLength {
+                expected: BODY_LEN,
+                found: body.len(),
+            });
+        }
+        let (signed, sum) = token.split_at(token.len() - CHECKSUM_LEN);
+        let expected = encode_checksum(crc32fast::hash(signed.as_bytes()));
+        if expected != sum.as_bytes() {
+            return Err(TokenError::BadChecksum);
+        }
+        Ok(ParsedToken {
+            environment: env,
+            key_id: &body[..KEY_ID_LEN],
+            secret: &body[KEY_ID_LEN..KEY_ID_LEN + SECRET_LEN],
+        })
+    }
+}
+
+/// Encodes a CRC32 as 6 base62 digits, most significant first (62^6 > 2^32).
+fn encode_checksum(mut n: u32) -> [u8; CHECKSUM_LEN] {
+    let mut out = [b'0'; CHECKSUM_LEN];
+    for slot in out.iter_mut().rev() {
+        *slot = BASE62[(n % 62) as usize];
+        n /= 62;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksum_encoding_is_fixed_width_and_distinct() {
+        assert_eq!(&encode_checksum(0), b"000000");
+        assert_eq!(&encode_checksum(61), b"00000z");
+        assert_eq!(&encode_checksum(62), b"000010");
+        assert_eq!(&encode_checksum(u32::MAX), b"4gfFC3");
+    }
+}

@@ -1,0 +1,84 @@
+//! Spans and events for the `tracing` feature. Without the feature every
+//! function here is empty and compiles away.
+//!
+//! What is recorded: key ids, owners, actor ids, outcomes and reason codes.
+//! Never a token, a secret, a hash or a fingerprint: the functions here take
+//! none of them, so a secret cannot reach a subscriber by mistake.
+
+use crate::error::StoreError;
+use crate::policy::{ManagementAction, ManagementDenial};
+use crate::token::KeyId;
+use crate::verify::DenialReason;
+
+/// A successful check.
+#[inline]
+pub(crate) fn verified(key_id: &KeyId, owner: &str) {
+    #[cfg(feature = "tracing")]
+    tracing::debug!(
+        target: "keyward::verify",
+        key_id = key_id.as_str(),
+        owner,
+        outcome = "granted"
+    );
+    #[cfg(not(feature = "tracing"))]
+    let _ = (key_id, owner);
+}
+
+/// A refused check.
+#[inline]
+pub(crate) fn denied(key_id: Option<&str>, reason: &DenialReason) {
+    #[cfg(feature = "tracing")]
+    tracing::info!(
+        target: "keyward::verify",
+        key_id = key_id.unwrap_or(""),
+        reason = reason.code(),
+        outcome = "denied"
+    );
+    #[cfg(not(feature = "tracing"))]
+    let _ = (key_id, reason);
+}
+
+/// A management call's outcome.
+pub(crate) fn management(
+    actor: &str,
+    action: ManagementAction,
+    key_id: Option<&KeyId>,
+    outcome: Result<(), &ManagementDenial>,
+) {
+    #[cfg(feature = "tracing")]
+    match outcome {
+        Ok(()) => tracing::info!(
+            target: "keyward::manage",
+            actor,
+            action = %action,
+            key_id = key_id.map_or("", |k| k.as_str()),
+            outcome = "done"
+        ),
+        Err(denial) => tracing::warn!(
+            target: "keyward::manage",
+            actor,
+            action = %action,
+            key_id = key_id.map_or("", |k| k.as_str()),
+            outcome = "not_allowed",
+            reason = %denial
+        ),
+    }
+    #[cfg(not(feature = "tracing"))]
+    let _ = (actor, action, key_id, outcome);
+}
+
+/// The audit sink refused events (they are kept for a retry).
+pub(crate) fn audit_failed(error: &StoreError) {
+    #[cfg(feature = "tracing")]
+    tracing::warn!(target: "keyward::audit", error = %error, "audit sink failed; events kept for retry");
+    #[cfg(not(feature = "tracing"))]
+    let _ = error;
+}
+
+/// A usage write to the store failed (kept for the next flush).
+pub(crate) fn usage_write_failed(key_id: &KeyId, error: &StoreError) {
+    #[cfg(feature = "tracing")]
+    tracing::warn!(target: "keyward::usage", key_id = key_id.as_str(), error = %error, "usage write failed");
+    #[cfg(not(feature = "tracing"))]
+    let _ = (key_id, error);
+}

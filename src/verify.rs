@@ -1,0 +1,920 @@
+//! The verification hot path: [`Verifier`], its request and its answers.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use tokio::sync::Semaphore;
+use zeroize::Zeroizing;
+
+use crate::audit::{AuditAction, AuditEvent, AuditLog, AuditSink};
+use crate::cache::{Cached, KeyCache};
+use crate::clock::Clock;
+use crate::error::{HashError, PolicyError, TokenError};
+use crate::hash::{Fingerprinter, SecretHasher};
+use crate::key::{KeyKind, KeyRecord, OwnerId};
+use crate::policy::{
+    CompiledScope, IpAllowlist, Permission, PermissionSet, Policy, ResourceRef, ResourceRule,
+    ResourceScope,
+};
+use crate::store::KeyStore;
+use crate::throttle::Throttle;
+use crate::token::{Environment, KeyId, TokenFormat};
+use crate::usage::{UsageCell, UsageTracker, UsageWrite};
+
+/// What a request needs: the environment it is served in, a permission, and
+/// optionally the resource it acts on and the client's address.
+///
+/// ```
+/// use keyward::{Environment, PermissionRegistry, VerifyRequest};
+/// let registry = PermissionRegistry::builder().permission("package:push").build().unwrap();
+/// let live = Environment::new("live").unwrap();
+/// let push = registry.get("package:push").unwrap();
+/// let req = VerifyRequest::new(&live, push)
+///     .resource("contoso", "AzureRM.DataFactoryV2")
+///     .client_ip("10.1.2.3".parse().unwrap());
+/// assert_eq!(req.resource.unwrap().name, "AzureRM.DataFactoryV2");
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct VerifyRequest<'a> {
+    /// The environment this server serves; a key of another environment is refused.
+    pub environment: &'a Environment,
+    /// The permission the operation needs.
+    pub permission: Permission,
+    /// The resource the operation acts on, if any.
+    pub resource: Option<ResourceRef<'a>>,
+    /// The client's address. A key with an IP allowlist is refused when it is unknown.
+    pub client_ip: Option<IpAddr>,
+}
+
+impl<'a> VerifyRequest<'a> {
+    /// A request needing `permission` in `environment`.
+    pub fn new(environment: &'a Environment, permission: Permission) -> Self {
+        Self {
+            environment,
+            permission,
+            resource: None,
+            client_ip: None,
+        }
+    }
+    /// The resource `name` of `owner` that the request acts on.
+    pub fn resource(mut self, owner: &'a str, name: &'a str) -> Self {
+        self.resource = Some(ResourceRef::new(owner, name));
+        self
+    }
+    /// The client's address.
+    pub fn client_ip(mut self, ip: IpAddr) -> Self {
+        self.client_ip = Some(ip);
+        self
+    }
+}
+
+/// Whether a denial is about who the caller is, what they may do, a flood,
+/// or keyward not being able to decide. Maps to HTTP 401, 403, 429 and 503.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DenialKind {
+    /// The credential is not valid here (HTTP 401).
+    Authentication,
+    /// The credential is valid but does not allow this request (HTTP 403).
+    Authorization,
+    /// Too many failed attempts for this key (HTTP 429).
+    Throttled,
+    /// The store failed or a record is unusable; denied to be safe (HTTP 503).
+    Unavailable,
+}
+
+/// Why a request was refused. Kept whole for the audit trail; tell the
+/// caller only its [`DenialKind`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DenialReason {
+    /// The token did not parse (no store access, no hashing).
+    Malformed(TokenError),
+    /// The token belongs to another environment (no store access).
+    WrongEnvironment,
+    /// No key has this id.
+    UnknownKey,
+    /// The secret is wrong.
+    WrongSecret,
+    /// The key is revoked (told only after the secret was proven).
+    Revoked,
+    /// The key has expired, or was unused longer than the idle-expiry
+    /// policy allows (told only after the secret was proven).
+    Expired,
+    /// The key is suspended by its owner (told only after the secret was
+    /// proven); reversible, unlike [`DenialReason::Revoked`].
+    Suspended,
+    /// The client's address is not in the key's allowlist (or unknown).
+    IpNotAllowed,
+    /// Too many wrong secrets for this key id recently.
+    Throttled,
+    /// The key lacks the permission.
+    PermissionMissing,
+    /// The operation is session-only: no key may perform it.
+    SessionOnly,
+    /// The resource belongs to another owner.
+    OtherOwner,
+    /// The resource is outside the key's selection.
+    ResourceOutOfScope,
+    /// The store failed; denied to be safe.
+    StoreUnavailable,
+    /// The stored record or hash could not be used; denied to be safe.
+    CorruptRecord,
+}
+
+impl DenialReason {
+    /// The class of the denial.
+    pub fn kind(&self) -> DenialKind {
+        use DenialReason::*;
+        match self {
+            Malformed(_) | WrongEnvironment | UnknownKey | WrongSecret | Revoked | Expired
+            | Suspended | IpNotAllowed => DenialKind::Authentication,
+            PermissionMissing | SessionOnly | OtherOwner | ResourceOutOfScope => {
+                DenialKind::Authorization
+            }
+            Throttled => DenialKind::Throttled,
+            StoreUnavailable | CorruptRecord => DenialKind::Unavailable,
+        }
+    }
+
+    /// A short stable code for logs and metrics (`wrong_secret`, `revoked`, ...).
+    pub fn code(&self) -> &'static str {
+        use DenialReason::*;
+        match self {
+            Malformed(_) => "malformed",
+            WrongEnvironment => "wrong_environment",
+            UnknownKey => "unknown_key",
+            WrongSecret => "wrong_secret",
+            Revoked => "revoked",
+            Expired => "expired",
+            Suspended => "suspended",
+            IpNotAllowed => "ip_not_allowed",
+            Throttled => "throttled",
+            PermissionMissing => "permission_missing",
+            SessionOnly => "session_only",
+            OtherOwner => "other_owner",
+            ResourceOutOfScope => "resource_out_of_scope",
+            StoreUnavailable => "store_unavailable",
+            CorruptRecord => "corrupt_record",
+        }
+    }
+}
+
+impl fmt::Display for DenialReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DenialReason::Malformed(e) => write!(f, "malformed token: {e}"),
+            other => f.write_str(other.code()),
+        }
+    }
+}
+
+/// A refused request: the reason, and the key id when the token named one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    /// Why.
+    pub reason: DenialReason,
+    /// The key id the token named (when it parsed).
+    pub key_id: Option<KeyId>,
+    /// For [`DenialReason::Throttled`]: when a new attempt may be made.
+    pub retry_after: Option<Duration>,
+}
+
+impl Denial {
+    pub(crate) fn new(reason: DenialReason, key_id: Option<&str>) -> Self {
+        Self {
+            reason,
+            key_id: key_id.and_then(|id| KeyId::new(id).ok()),
+            retry_after: None,
+        }
+    }
+
+    /// The class of the denial.
+    pub fn kind(&self) -> DenialKind {
+        self.reason.kind()
+    }
+}
+
+impl fmt::Display for Denial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.key_id {
+            Some(id) => write!(f, "key {id} denied: {}", self.reason),
+            None => write!(f, "denied: {}", self.reason),
+        }
+    }
+}
+
+impl std::error::Error for Denial {}
+
+/// A key with its policy decoded and compiled, as the verifier caches it.
+#[derive(Debug)]
+pub struct CompiledKey {
+    id: KeyId,
+    owner: OwnerId,
+    environment: Environment,
+    name: String,
+    permissions: PermissionSet,
+    scope: CompiledScope,
+    resources: ResourceScope,
+    ip_allowlist: IpAllowlist,
+    expires_at: Option<DateTime<Utc>>,
+    /// The earlier of the expiry and the idle-expiry deadline: the one
+    /// time compared on every check.
+    deadline: Option<DateTime<Utc>>,
+    kind: KeyKind,
+    generation: u64,
+    usage: Option<Arc<UsageCell>>,
+}
+
+impl CompiledKey {
+    /// Decodes and compiles a stored record under `policy` (its idle-expiry
+    /// rule included).
+    pub fn compile(record: &KeyRecord, policy: &Policy) -> Result<Self, PolicyError> {
+        let idle = policy.idle_expiry().map(|idle| record.idle_deadline(idle));
+        let deadline = match (record.expires_at, idle) {
+            (Some(e), Some(i)) => Some(e.min(i)),
+            (e, i) => e.or(i),
+        };
+        Ok(Self {
+            id: record.id.clone(),
+            owner: record.owner.clone(),
+            environment: record.environment.clone(),
+            name: record.name.clone(),
+            permissions: policy.permissions().resolve_stored(&record.permissions),
+            scope: policy.resource_rule().compile(&record.resources)?,
+            resources: record.resources.clone(),
+            ip_allowlist: record.ip_allowlist.clone(),
+            expires_at: record.expires_at,
+            deadline,
+            kind: record.kind,
+            generation: record.generation,
+            usage: None,
+        })
+    }
+
+    /// A compiled key from its parts (for session snapshots).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn from_parts(
+        id: KeyId,
+        owner: OwnerId,
+        environment: Environment,
+        name: String,
+        permissions: PermissionSet,
+        resources: ResourceScope,
+        policy: &Policy,
+        ip_allowlist: IpAllowlist,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<Self, PolicyError> {
+        Ok(Self {
+            id,
+            owner,
+            environment,
+            name,
+            permissions,
+            scope: policy.resource_rule().compile(&resources)?,
+            resources,
+            ip_allowlist,
+            expires_at,
+            deadline: expires_at,
+            kind: KeyKind::Scoped,
+            generation: 0,
+            usage: None,
+        })
+    }
+
+    /// Checks only that the key may be used at all at time `now` from
+    /// `client_ip`: expiry and IP allowlist, no permission or resource.
+    #[inline]
+    pub fn check_access(
+        &self,
+        client_ip: Option<IpAddr>,
+        now: DateTime<Utc>,
+    ) -> Result<(), DenialReason> {
+        if self.deadline.is_some_and(|e| e <= now) {
+            return Err(DenialReason::Expired);
+        }
+        if !self.ip_allowlist.is_empty() {
+            match client_ip {
+                Some(ip) if self.ip_allowlist.allows(ip) => {}
+                _ => return Err(DenialReason::IpNotAllowed),
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks a request against the key at time `now`: expiry, IP allowlist,
+    /// permission, owner and resource scope, in that order.
+    #[inline]
+    pub fn check(
+        &self,
+        req: &VerifyRequest<'_>,
+        rule: &ResourceRule,
+        now: DateTime<Utc>,
+    ) -> Result<(), DenialReason> {
+        if self.deadline.is_some_and(|e| e <= now) {
+            return Err(DenialReason::Expired);
+        }
+        if !self.ip_allowlist.is_empty() {
+            match req.client_ip {
+                Some(ip) if self.ip_allowlist.allows(ip) => {}
+                _ => return Err(DenialReason::IpNotAllowed),
+            }
+        }
+        if req.permission.is_session_only() {
+            return Err(DenialReason::SessionOnly);
+        }
+        if !self.permissions.contains(req.permission) {
+            return Err(DenialReason::PermissionMissing);
+        }
+        if let Some(res) = req.resource {
+            if res.owner != self.owner.as_str() {
+                return Err(DenialReason::OtherOwner);
+            }
+            if !self.scope.is_all()
+                && (rule.check_name(res.name).is_err() || !self.scope.matches(res.name))
+            {
+                return Err(DenialReason::ResourceOutOfScope);
+            }
+        }
+        Ok(())
+    }
+
+    /// The key id.
+    pub fn id(&self) -> &KeyId {
+        &self.id
+    }
+    /// The owner.
+    pub fn owner(&self) -> &OwnerId {
+        &self.owner
+    }
+    /// The environment.
+    pub fn environment(&self) -> &Environment {
+        &self.environment
+    }
+    /// The key's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// The effective permissions (implications included).
+    pub fn permissions(&self) -> PermissionSet {
+        self.permissions
+    }
+    /// The compiled resource scope.
+    pub fn scope(&self) -> &CompiledScope {
+        &self.scope
+    }
+    /// The resource scope as granted (names and patterns).
+    pub fn resources(&self) -> &ResourceScope {
+        &self.resources
+    }
+    /// The IP allowlist (empty: anywhere).
+    pub fn ip_allowlist(&self) -> &IpAllowlist {
+        &self.ip_allowlist
+    }
+    /// The expiry.
+    pub fn expires_at(&self) -> Option<DateTime<Utc>> {
+        self.expires_at
+    }
+    /// When the key stops working: the earlier of its expiry and, under an
+    /// idle-expiry policy, its idle deadline as of when it was loaded.
+    pub fn deadline(&self) -> Option<DateTime<Utc>> {
+        self.deadline
+    }
+    /// Scoped or legacy full-access.
+    pub fn kind(&self) -> KeyKind {
+        self.kind
+    }
+    /// The record generation this was compiled from.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
+/// A key that passed a check, with its remaining lifetime at the time of
+/// the check. Cheap to clone; derefs to [`CompiledKey`].
+#[derive(Debug, Clone)]
+pub struct VerifiedKey(Arc<CompiledKey>, Option<TimeDelta>);
+
+impl VerifiedKey {
+    pub(crate) fn from_compiled(key: Arc<CompiledKey>, now: DateTime<Utc>) -> Self {
+        let remaining = key.deadline.map(|d| d - now);
+        Self(key, remaining)
+    }
+
+    /// How long the key had left when it was checked (`None`: it never
+    /// expires), so a response can warn its caller (as NuGet's
+    /// `X-NuGet-Warning` does). Zero or more.
+    pub fn remaining_lifetime(&self) -> Option<Duration> {
+        self.1.map(|d| d.to_std().unwrap_or(Duration::ZERO))
+    }
+}
+
+impl std::ops::Deref for VerifiedKey {
+    type Target = CompiledKey;
+    fn deref(&self) -> &CompiledKey {
+        &self.0
+    }
+}
+
+/// Settings of the verifier's cache, throttle and hashing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifierConfig {
+    /// Most keys cached (default 100 000).
+    pub cache_capacity: usize,
+    /// How long a cached key is trusted without reading the store (default
+    /// 30 s): the bound on staleness when a change notification is lost.
+    pub cache_ttl: Duration,
+    /// Cold checks allowed at once for one key id before throttling (default 10).
+    pub failure_burst: u32,
+    /// One more cold check per this interval after the burst (default 6 s, 10 a minute).
+    pub failure_refill: Duration,
+    /// Most argon2 computations at once (default: the number of CPUs). Each
+    /// uses `m_cost` KiB of memory (19 MiB by default).
+    pub max_concurrent_hashes: usize,
+    /// A key in use causes at most one `last_used_at` write to the store
+    /// per this interval (default 60 s); checks never wait for it.
+    pub usage_interval: Duration,
+    /// Authentication failures are written to the audit trail aggregated:
+    /// one event per key id and reason per this window (default 60 s).
+    pub failure_window: Duration,
+}
+
+impl Default for VerifierConfig {
+    fn default() -> Self {
+        Self {
+            cache_capacity: 100_000,
+            cache_ttl: Duration::from_secs(30),
+            failure_burst: 10,
+            failure_refill: Duration::from_secs(6),
+            max_concurrent_hashes: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            usage_interval: Duration::from_secs(60),
+            failure_window: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The longest secret [`Verifier::verify_pair`] accepts.
+pub const MAX_PAIR_SECRET_LEN: usize = 256;
+
+fn delta(d: Duration) -> TimeDelta {
+    TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)
+}
+
+/// State shared by a manager and its verifiers.
+pub(crate) struct Shared<S> {
+    pub(crate) store: S,
+    pub(crate) format: TokenFormat,
+    pub(crate) policy: Policy,
+    pub(crate) hasher: Arc<dyn SecretHasher>,
+    pub(crate) clock: Arc<dyn Clock>,
+    cache: KeyCache,
+    throttle: Throttle,
+    hashing: Semaphore,
+    fingerprinter: Fingerprinter,
+    pub(crate) audit: AuditLog,
+    pub(crate) usage: UsageTracker,
+}
+
+impl<S: KeyStore> Shared<S> {
+    pub(crate) fn new(
+        store: S,
+        format: TokenFormat,
+        policy: Policy,
+        hasher: Arc<dyn SecretHasher>,
+        clock: Arc<dyn Clock>,
+        config: VerifierConfig,
+        audit: Option<Arc<dyn AuditSink>>,
+    ) -> Self {
+        let now = clock.now();
+        Self {
+            audit: AuditLog::new(audit, delta(config.failure_window), now),
+            usage: UsageTracker::new(delta(config.usage_interval)),
+            store,
+            format,
+            policy,
+            hasher,
+            clock,
+            cache: KeyCache::new(config.cache_capacity, delta(config.cache_ttl)),
+            throttle: Throttle::new(config.failure_burst, delta(config.failure_refill)),
+            hashing: Semaphore::new(config.max_concurrent_hashes.max(1)),
+            fingerprinter: Fingerprinter::random(),
+        }
+    }
+
+    /// Runs a hasher call under the concurrency cap, off the async executor's
+    /// threads when inside a tokio runtime.
+    pub(crate) async fn run_hasher<R, F>(&self, f: F) -> Result<R, HashError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&dyn SecretHasher) -> Result<R, HashError> + Send + 'static,
+    {
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| HashError::Failed("hashing is shut down".into()))?;
+        let hasher = Arc::clone(&self.hasher);
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => handle
+                .spawn_blocking(move || f(&*hasher))
+                .await
+                .map_err(|_| HashError::Failed("hashing task failed".into()))?,
+            Err(_) => f(&*hasher),
+        }
+    }
+
+    pub(crate) fn invalidate(&self, id: &KeyId) {
+        self.cache.invalidate(id.as_str());
+    }
+
+    /// The audit event for a usage write.
+    pub(crate) fn usage_event(&self, w: &UsageWrite) -> AuditEvent {
+        AuditEvent {
+            key_id: Some(w.id.clone()),
+            owner: Some(w.owner.clone()),
+            client_ip: w.ip,
+            detail: format!("used since {}", w.since.to_rfc3339()),
+            ..AuditEvent::new(w.at, AuditAction::Used)
+        }
+    }
+}
+
+/// Checks tokens: parse, checksum and environment, then the cache, and only
+/// on a miss the store and argon2. Cheap to clone; get one from
+/// [`KeyManager::verifier`](crate::KeyManager::verifier).
+///
+/// **Cache.** After a key's secret was proven once, the verifier keeps the
+/// compiled policy and an HMAC-SHA256 fingerprint of the secret (under a
+/// per-process random key; never the secret) for [`VerifierConfig::cache_ttl`].
+/// A hit compares fingerprints in constant time and checks expiry and policy:
+/// about a microsecond. Revoke, regenerate, edit and delete through the
+/// manager invalidate the entry before they return; other processes call
+/// [`Verifier::invalidate`] from a change feed, and the TTL bounds the rest.
+///
+/// **Cold checks.** Unknown ids and bad checksums never reach argon2. Each
+/// cold check of an existing key takes a token from a per-id bucket
+/// ([`VerifierConfig::failure_burst`]); a right secret gives it back, so only
+/// wrong secrets are throttled, and a caller whose right secret is cached is
+/// never slowed by them. At most [`VerifierConfig::max_concurrent_hashes`]
+/// argon2 computations run at once, on tokio's blocking threads
+/// (`spawn_blocking`) when called inside a tokio runtime, inline otherwise.
+///
+/// **Failures deny.** A store error or an unusable record is a denial
+/// ([`DenialKind::Unavailable`]), never a pass.
+pub struct Verifier<S> {
+    pub(crate) shared: Arc<Shared<S>>,
+}
+
+impl<S> Clone for Verifier<S> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<S> fmt::Debug for Verifier<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Verifier").finish_non_exhaustive()
+    }
+}
+
+impl<S: KeyStore> Verifier<S> {
+    /// Checks `token` for `req`.
+    pub async fn verify(
+        &self,
+        token: &str,
+        req: &VerifyRequest<'_>,
+    ) -> Result<VerifiedKey, Denial> {
+        let shared = &*self.shared;
+        let parsed = match shared.format.parse(token) {
+            Ok(p) => p,
+            Err(e) => return Err(self.deny(None, DenialReason::Malformed(e), None, req.client_ip)),
+        };
+        let id = parsed.key_id();
+        if parsed.environment() != req.environment.as_str() {
+            return Err(self.deny(
+                Some(id),
+                DenialReason::WrongEnvironment,
+                None,
+                req.client_ip,
+            ));
+        }
+        let rule = shared.policy.resource_rule();
+        self.check_with(
+            id,
+            parsed.expose_secret(),
+            req.environment,
+            req.client_ip,
+            |key, now| key.check(req, rule, now),
+        )
+        .await
+    }
+
+    /// Checks that `token` is a valid key of `environment` that may be used
+    /// now from `client_ip` (expiry, revocation, suspension, IP allowlist),
+    /// without asking for any permission: for "who am I" endpoints, and for
+    /// exchanging a key for a session. Same cache, throttle and denials as
+    /// [`Verifier::verify`].
+    pub async fn authenticate(
+        &self,
+        token: &str,
+        environment: &Environment,
+        client_ip: Option<IpAddr>,
+    ) -> Result<VerifiedKey, Denial> {
+        let parsed = match self.shared.format.parse(token) {
+            Ok(p) => p,
+            Err(e) => return Err(self.deny(None, DenialReason::Malformed(e), None, client_ip)),
+        };
+        let id = parsed.key_id();
+        if parsed.environment() != environment.as_str() {
+            return Err(self.deny(Some(id), DenialReason::WrongEnvironment, None, client_ip));
+        }
+        self.check_with(
+            id,
+            parsed.expose_secret(),
+            environment,
+            client_ip,
+            |key, now| key.check_access(client_ip, now),
+        )
+        .await
+    }
+
+    /// Checks a key id and secret given separately, for `req`: HTTP Basic
+    /// `key_id:secret`, and keys imported from another system (whose
+    /// secrets need not follow this token format; see
+    /// [`ImportKey`](crate::ImportKey)). The secret must be 1 to
+    /// [`MAX_PAIR_SECRET_LEN`] visible ASCII characters and the id a valid
+    /// [`KeyId`](crate::KeyId); otherwise the denial is
+    /// [`DenialReason::Malformed`] without any store access. Then the same
+    /// cache, throttle, argon2 cap and denials as [`Verifier::verify`], and
+    /// the key must belong to `req.environment`.
+    pub async fn verify_pair(
+        &self,
+        key_id: &str,
+        secret: &str,
+        req: &VerifyRequest<'_>,
+    ) -> Result<VerifiedKey, Denial> {
+        self.check_pair_input(key_id, secret, req.client_ip)?;
+        let rule = self.shared.policy.resource_rule();
+        self.check_with(
+            key_id,
+            secret,
+            req.environment,
+            req.client_ip,
+            |key, now| key.check(req, rule, now),
+        )
+        .await
+    }
+
+    /// [`Verifier::authenticate`] for an id + secret pair (see
+    /// [`Verifier::verify_pair`]): valid, usable now from `client_ip`, no
+    /// permission asked.
+    pub async fn authenticate_pair(
+        &self,
+        key_id: &str,
+        secret: &str,
+        environment: &Environment,
+        client_ip: Option<IpAddr>,
+    ) -> Result<VerifiedKey, Denial> {
+        self.check_pair_input(key_id, secret, client_ip)?;
+        self.check_with(key_id, secret, environment, client_ip, |key, now| {
+            key.check_access(client_ip, now)
+        })
+        .await
+    }
+
+    /// Refuses pair input no key could match, before any store access.
+    fn check_pair_input(
+        &self,
+        key_id: &str,
+        secret: &str,
+        client_ip: Option<IpAddr>,
+    ) -> Result<(), Denial> {
+        let malformed = |e| self.deny(None, DenialReason::Malformed(e), None, client_ip);
+        if key_id.is_empty() || secret.is_empty() {
+            return Err(malformed(TokenError::Empty));
+        }
+        for (len, max) in [
+            (key_id.len(), crate::token::MAX_KEY_ID_LEN),
+            (secret.len(), MAX_PAIR_SECRET_LEN),
+        ] {
+            if len > max {
+                return Err(malformed(TokenError::TooLong { len, max }));
+            }
+        }
+        if let Some(position) = key_id.bytes().position(|b| !b.is_ascii_alphanumeric()) {
+            return Err(malformed(TokenError::BadCharacter { position }));
+        }
+        if let Some(position) = secret.bytes().position(|b| !b.is_ascii_graphic()) {
+            return Err(malformed(TokenError::BadCharacter { position }));
+        }
+        Ok(())
+    }
+
+    /// Proves `secret` for key `id` (cache, else store and argon2), runs
+    /// `check` on the key, and records the outcome (usage or failure).
+    #[inline]
+    async fn check_with(
+        &self,
+        id: &str,
+        secret: &str,
+        environment: &Environment,
+        client_ip: Option<IpAddr>,
+        check: impl FnOnce(&CompiledKey, DateTime<Utc>) -> Result<(), DenialReason>,
+    ) -> Result<VerifiedKey, Denial> {
+        let shared = &*self.shared;
+        let fingerprint = shared.fingerprinter.fingerprint(secret.as_bytes());
+        let now = shared.clock.now();
+        let key = match shared.cache.lookup(id, &fingerprint, now) {
+            Some(Cached::Live(key)) => key,
+            Some(Cached::Dead(reason)) => return Err(self.deny(Some(id), reason, None, client_ip)),
+            None => match self.cold(id, environment, secret, fingerprint, now).await {
+                Ok(key) => key,
+                Err((reason, retry)) => return Err(self.deny(Some(id), reason, retry, client_ip)),
+            },
+        };
+        match check(&key, now) {
+            Ok(()) => {
+                self.used(&key, client_ip, now);
+                Ok(VerifiedKey::from_compiled(key, now))
+            }
+            Err(reason) => Err(self.deny(Some(id), reason, None, client_ip)),
+        }
+    }
+
+    /// Notes a successful use; starts a store write (never awaited) when
+    /// the key's usage interval has passed.
+    #[inline]
+    fn used(&self, key: &CompiledKey, client_ip: Option<IpAddr>, now: DateTime<Utc>) {
+        crate::trace::verified(&key.id, key.owner.as_str());
+        let Some(cell) = &key.usage else { return };
+        let Some(write) = cell.touch(now, client_ip, self.shared.usage.interval) else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                let shared = Arc::clone(&self.shared);
+                handle.spawn(async move {
+                    if let Err(e) = shared
+                        .store
+                        .record_usage(&write.id, write.at, write.ip)
+                        .await
+                    {
+                        crate::trace::usage_write_failed(&write.id, &e);
+                        shared.usage.restore(&write);
+                        return;
+                    }
+                    if shared.audit.enabled() {
+                        let event = shared.usage_event(&write);
+                        if let Err(e) = shared.audit.send(vec![event]).await {
+                            crate::trace::audit_failed(&e);
+                        }
+                    }
+                });
+            }
+            // No runtime to write from: keep it for the next flush.
+            Err(_) => self.shared.usage.restore(&write),
+        }
+    }
+
+    /// Builds a denial and counts it for the audit trail (aggregated).
+    fn deny(
+        &self,
+        id: Option<&str>,
+        reason: DenialReason,
+        retry_after: Option<Duration>,
+        client_ip: Option<IpAddr>,
+    ) -> Denial {
+        crate::trace::denied(id, &reason);
+        let denial = Denial {
+            retry_after,
+            ..Denial::new(reason, id)
+        };
+        let shared = &*self.shared;
+        if shared.audit.enabled() {
+            let now = shared.clock.now();
+            if let Some(events) = shared.audit.failures.add(
+                denial.key_id.clone(),
+                None,
+                denial.reason.code(),
+                client_ip,
+                now,
+            ) {
+                if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                    let shared = Arc::clone(&self.shared);
+                    handle.spawn(async move {
+                        if let Err(e) = shared.audit.send(events).await {
+                            crate::trace::audit_failed(&e);
+                        }
+                    });
+                }
+            }
+        }
+        denial
+    }
+
+    /// The cache missed: read the store, prove the secret with argon2, cache.
+    async fn cold(
+        &self,
+        id: &str,
+        env: &Environment,
+        secret: &str,
+        fingerprint: [u8; crate::hash::FINGERPRINT_LEN],
+        now: DateTime<Utc>,
+    ) -> Result<Arc<CompiledKey>, (DenialReason, Option<Duration>)> {
+        let shared = &*self.shared;
+        let key_id = KeyId::new(id).map_err(|_| (DenialReason::UnknownKey, None))?;
+        let epoch = shared.cache.epoch();
+        let record = match shared.store.get(&key_id).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Err((DenialReason::UnknownKey, None)),
+            Err(_) => return Err((DenialReason::StoreUnavailable, None)),
+        };
+        if record.id != key_id || record.environment != *env {
+            return Err((DenialReason::UnknownKey, None));
+        }
+        if let Err(wait) = shared.throttle.try_acquire(&key_id, now) {
+            return Err((DenialReason::Throttled, wait.to_std().ok()));
+        }
+        let phc = record.secret_hash.as_str().to_owned();
+        let owned_secret = Zeroizing::new(secret.as_bytes().to_vec());
+        let (ok, rehash) = shared
+            .run_hasher(move |h| crate::hash::verify_stored(h, &owned_secret, &phc))
+            .await
+            .map_err(|_| (DenialReason::CorruptRecord, None))?;
+        if !ok {
+            return Err((DenialReason::WrongSecret, None));
+        }
+        shared.throttle.refund(&key_id, now);
+        let dead = if record.revoked_at.is_some() {
+            Some(DenialReason::Revoked)
+        } else if record.suspended_at.is_some() {
+            // Reversible: dropped from the cache by resume (and by the TTL).
+            Some(DenialReason::Suspended)
+        } else {
+            None
+        };
+        if let Some(reason) = dead {
+            shared.cache.insert(
+                &key_id,
+                fingerprint,
+                Cached::Dead(reason.clone()),
+                now,
+                epoch,
+            );
+            return Err((reason, None));
+        }
+        let mut compiled = CompiledKey::compile(&record, &shared.policy)
+            .map_err(|_| (DenialReason::CorruptRecord, None))?;
+        compiled.usage = Some(shared.usage.cell(&record.id, &record.owner));
+        let key = Arc::new(compiled);
+        shared.cache.insert(
+            &key_id,
+            fingerprint,
+            Cached::Live(Arc::clone(&key)),
+            now,
+            epoch,
+        );
+        if rehash {
+            self.rehash(record, secret).await;
+        }
+        Ok(key)
+    }
+
+    /// Replaces a hash made with weaker parameters. Best effort: a concurrent
+    /// change wins, and the next successful check tries again.
+    async fn rehash(&self, mut record: KeyRecord, secret: &str) {
+        let shared = &*self.shared;
+        let owned_secret = Zeroizing::new(secret.as_bytes().to_vec());
+        if let Ok(phc) = shared.run_hasher(move |h| h.hash(&owned_secret)).await {
+            let expected = record.generation;
+            record.secret_hash = crate::key::SecretHash::new(phc);
+            record.generation += 1;
+            let _ = shared.store.update(&record, expected).await;
+        }
+    }
+
+    /// Forgets a key at once, so its next check reads the store. Call it from
+    /// a change feed when another process changed the key.
+    pub fn invalidate(&self, id: &KeyId) {
+        self.shared.invalidate(id);
+    }
+
+    /// Forgets every cached key (after a change feed reconnects, for example).
+    pub fn invalidate_all(&self) {
+        self.shared.cache.clear();
+    }
+
+    /// Number of keys in the cache.
+    pub fn cached_keys(&self) -> usize {
+        self.shared.cache.len()
+    }
+
+    /// The resource rule the verifier checks names with.
+    pub fn resource_rule(&self) -> &ResourceRule {
+        self.shared.policy.resource_rule()
+    }
+}

@@ -1,0 +1,791 @@
+//! The axum layer end to end, over real HTTP on loopback.
+#![cfg(feature = "axum")]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use ::axum::Router;
+use ::axum::extract::{Request, State};
+use ::axum::http::{HeaderName, HeaderValue};
+use ::axum::response::{IntoResponse, Response};
+use ::axum::routing::{delete, get, post};
+use base64::Engine;
+use chrono::{DateTime, TimeDelta, Utc};
+use common::*;
+use keyward::axum::{Caller, KeywardLayer, WARNING_HEADER};
+use keyward::*;
+use reqwest::StatusCode;
+
+type Store = Arc<FlakyStore<MemoryStore>>;
+
+impl<S: SessionStore> SessionStore for FlakyStore<S> {
+    async fn insert_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
+        self.inner.insert_session(record).await
+    }
+    async fn get_session(&self, id: &KeyId) -> Result<Option<SessionRecord>, StoreError> {
+        if self.fail_reads.load(Ordering::SeqCst) {
+            return Err(StoreError::Backend("injected failure".into()));
+        }
+        self.inner.get_session(id).await
+    }
+    async fn revoke_sessions(&self, key_id: &KeyId) -> Result<u64, StoreError> {
+        self.inner.revoke_sessions(key_id).await
+    }
+    async fn delete_expired_sessions(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.inner.delete_expired_sessions(now).await
+    }
+}
+
+struct Server {
+    base: String,
+    manager: KeyManager<Store>,
+    store: Store,
+    live: Environment,
+    http: reqwest::Client,
+}
+
+async fn me(caller: Caller) -> Response {
+    ::axum::Json(serde_json::json!({
+        "key_id": caller.id().as_str(),
+        "owner": caller.owner().as_str(),
+        "session": caller.session_id().map(|s| s.as_str().to_owned()),
+        "ip": caller.client_ip().map(|i| i.to_string()),
+    }))
+    .into_response()
+}
+
+async fn ok() -> &'static str {
+    "ok"
+}
+
+async fn exchange(State(auth): State<KeywardLayer<Store>>, req: Request) -> Response {
+    let (parts, _) = req.into_parts();
+    match auth.exchange(&parts, None).await {
+        Ok(issued) => ::axum::Json(serde_json::json!({
+            "token": issued.token.expose_secret(),
+            "expires_at": issued.session.expires_at,
+        }))
+        .into_response(),
+        Err(rejection) => rejection.into_response(),
+    }
+}
+
+async fn start_server() -> Server {
+    let store: Store = Arc::new(FlakyStore::new(MemoryStore::new()));
+    let clock = ManualClock::new(Utc::now());
+    let manager = KeyManager::builder(Arc::clone(&store), format(), policy())
+        .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
+        .clock(clock)
+        .verifier_config(VerifierConfig {
+            failure_burst: 2,
+            ..VerifierConfig::default()
+        })
+        .sessions(SessionConfig::new("mkhs"))
+        .expect("sessions")
+        .build();
+    let registry = registry();
+    let live = Environment::new("live").unwrap();
+    let auth = KeywardLayer::new(manager.clone(), live.clone())
+        .api_key_header(HeaderName::from_static("x-api-key"))
+        .resource_owner(|name: String| async move {
+            name.starts_with("Fabrikam.").then(|| "fabrikam".to_owned())
+        });
+    let proxied = KeywardLayer::new(manager.clone(), live.clone())
+        .trusted_proxies(["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()]);
+    let push = registry.get("package:push").unwrap();
+    let del = registry.get("package:delete").unwrap();
+    let app = Router::new()
+        .route("/me", get(me))
+        .route_layer(auth.clone())
+        .merge(
+            Router::new()
+                .route("/packages/{name}/versions", post(ok))
+                .route_layer(auth.require(push).resource_param("name")),
+        )
+        .merge(
+            Router::new()
+                .route("/packages/{name}", delete(ok))
+                .route_layer(auth.require(del).resource_param("name")),
+        )
+        .merge(
+            Router::new()
+                .route("/proxied/me", get(me))
+                .route_layer(proxied),
+        )
+        .merge(
+            Router::new()
+                .route("/misconfigured/{id}", post(ok))
+                .route_layer(auth.require(push).resource_param("name")),
+        )
+        .route("/nolayer", get(me))
+        .route("/session", post(exchange))
+        .with_state(auth);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        ::axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    Server {
+        base: format!("http://{addr}"),
+        manager,
+        store,
+        live,
+        http: reqwest::Client::new(),
+    }
+}
+
+impl Server {
+    async fn key(&self, new: NewKey) -> CreatedKey {
+        self.manager
+            .create(&keyward::Actor::system("tests"), new)
+            .await
+            .expect("create")
+    }
+    async fn push_key(&self) -> CreatedKey {
+        self.key(
+            NewKey::new(OWNER, "live", "CI").permissions(PermissionGrant::only(["package:push"])),
+        )
+        .await
+    }
+    fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http.get(format!("{}{path}", self.base))
+    }
+    fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http.post(format!("{}{path}", self.base))
+    }
+}
+
+fn bearer(t: &str) -> String {
+    format!("Bearer {t}")
+}
+
+async fn body(r: reqwest::Response) -> serde_json::Value {
+    let text = r.text().await.unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|_| panic!("JSON body, got {text:?}"))
+}
+
+fn www(r: &reqwest::Response) -> String {
+    r.headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn bearer_custom_header_and_basic_all_authenticate() {
+    let s = start_server().await;
+    let key = s.push_key().await;
+    let t = key.token.expose_secret();
+    let parsed = s.manager.format().parse(t).unwrap();
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+        "{}:{}",
+        parsed.key_id(),
+        parsed.expose_secret()
+    ));
+    for (name, value) in [
+        ("authorization", bearer(t)),
+        ("authorization", format!("bearer {t}")),
+        ("x-api-key", t.to_owned()),
+        ("authorization", format!("Basic {basic}")),
+    ] {
+        let r = s.get("/me").header(name, value).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{name}");
+        let b = body(r).await;
+        assert_eq!(b["key_id"], key.key.id.as_str());
+        assert_eq!(b["owner"], OWNER);
+        assert_eq!(b["ip"], "127.0.0.1");
+    }
+}
+
+#[tokio::test]
+async fn authentication_failures_are_401_invalid_token_and_say_nothing_about_ids() {
+    let s = start_server().await;
+    let key = s.push_key().await;
+    let parsed = s.manager.format().parse(key.token.expose_secret()).unwrap();
+
+    let r = s.get("/me").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        www(&r),
+        "Bearer realm=\"keyward\"",
+        "no error code without credentials"
+    );
+    assert_eq!(body(r).await["error"], "missing_credentials");
+
+    let wrong = s
+        .manager
+        .format()
+        .from_pair(&s.live, parsed.key_id(), &"W".repeat(SECRET_LEN))
+        .unwrap();
+    let unknown = s.manager.format().generate(&s.live, &KeyId::generate());
+    let mut bodies = Vec::new();
+    for t in [wrong.expose_secret(), unknown.expose_secret()] {
+        let r = s
+            .get("/me")
+            .header("authorization", bearer(t))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(www(&r), "Bearer realm=\"keyward\", error=\"invalid_token\"");
+        let b = body(r).await;
+        assert_eq!(b["error"], "invalid_token");
+        assert!(!b.to_string().contains(parsed.key_id()));
+        bodies.push(b);
+    }
+    assert_eq!(
+        bodies[0], bodies[1],
+        "unknown id and wrong secret look the same"
+    );
+
+    // Revoked and expired are told (the secret was proven).
+    let other = s.push_key().await;
+    s.manager
+        .revoke(&keyward::Actor::system("tests"), &other.key.id)
+        .await
+        .unwrap();
+    let r = s
+        .get("/me")
+        .header("authorization", bearer(other.token.expose_secret()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        body(r).await["message"]
+            .as_str()
+            .unwrap()
+            .contains("revoked")
+    );
+}
+
+#[tokio::test]
+async fn authorization_failures_are_403_insufficient_scope() {
+    let s = start_server().await;
+    let scoped = s
+        .key(
+            NewKey::new(OWNER, "live", "scoped")
+                .permissions(PermissionGrant::only(["package:push"]))
+                .resources(ResourceScope::only(["Contoso.*"])),
+        )
+        .await;
+    let reader = s
+        .key(
+            NewKey::new(OWNER, "live", "reader")
+                .permissions(PermissionGrant::only(["analytics:read"])),
+        )
+        .await;
+    let st = scoped.token.expose_secret();
+    let push = |name: &str, t: &str| {
+        s.post(&format!("/packages/{name}/versions"))
+            .header("authorization", bearer(t))
+            .send()
+    };
+    assert_eq!(
+        push("Contoso.Tools", st).await.unwrap().status(),
+        StatusCode::OK
+    );
+    for (name, t) in [
+        ("Other.Lib", st),                               // outside the key's scope
+        ("Fabrikam.Lib", st),                            // another owner's package
+        ("Contoso.Tools", reader.token.expose_secret()), // permission missing
+    ] {
+        let r = push(name, t).await.unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{name}");
+        assert_eq!(
+            www(&r),
+            "Bearer realm=\"keyward\", error=\"insufficient_scope\", scope=\"package:push\""
+        );
+        assert_eq!(body(r).await["error"], "insufficient_scope");
+    }
+    // Session-only: always refused for keys, and for sessions made from keys.
+    let all = s
+        .key(NewKey::new(OWNER, "live", "all").permissions(PermissionGrant::All))
+        .await;
+    let r = s
+        .http
+        .delete(format!("{}/packages/Contoso.Tools", s.base))
+        .header("authorization", bearer(all.token.expose_secret()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(
+        body(r).await["message"]
+            .as_str()
+            .unwrap()
+            .contains("administrator")
+    );
+    let session = s
+        .manager
+        .exchange(all.token.expose_secret(), &s.live, None, None)
+        .await
+        .unwrap();
+    let r = s
+        .http
+        .delete(format!("{}/packages/Contoso.Tools", s.base))
+        .header("authorization", bearer(session.token.expose_secret()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn throttled_is_429_with_retry_after() {
+    let s = start_server().await;
+    let key = s.push_key().await;
+    let parsed = s.manager.format().parse(key.token.expose_secret()).unwrap();
+    let wrong = s
+        .manager
+        .format()
+        .from_pair(&s.live, parsed.key_id(), &"W".repeat(SECRET_LEN))
+        .unwrap();
+    let mut statuses = Vec::new();
+    let mut retry = None;
+    for _ in 0..4 {
+        let r = s
+            .get("/me")
+            .header("authorization", bearer(wrong.expose_secret()))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status());
+        if r.status() == StatusCode::TOO_MANY_REQUESTS {
+            retry = r
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned());
+            assert_eq!(body(r).await["error"], "throttled");
+        }
+    }
+    assert_eq!(
+        &statuses[..2],
+        &[StatusCode::UNAUTHORIZED, StatusCode::UNAUTHORIZED]
+    );
+    assert_eq!(statuses[3], StatusCode::TOO_MANY_REQUESTS);
+    let secs: u64 = retry.expect("Retry-After").parse().unwrap();
+    assert!(secs >= 1);
+}
+
+#[tokio::test]
+async fn store_failure_is_503() {
+    let s = start_server().await;
+    let key = s.push_key().await;
+    s.store.fail_reads.store(true, Ordering::SeqCst);
+    let r = s
+        .get("/me")
+        .header("authorization", bearer(key.token.expose_secret()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.headers().get("retry-after").is_some());
+    assert_eq!(body(r).await["error"], "temporarily_unavailable");
+}
+
+#[tokio::test]
+async fn a_key_expiring_soon_gets_a_warning_header() {
+    let s = start_server().await;
+    let soon = s
+        .key(
+            NewKey::new(OWNER, "live", "soon")
+                .permissions(PermissionGrant::All)
+                .expiry(ExpiryChoice::Days(1)),
+        )
+        .await;
+    let later = s
+        .key(
+            NewKey::new(OWNER, "live", "later")
+                .permissions(PermissionGrant::All)
+                .expiry(ExpiryChoice::Days(90)),
+        )
+        .await;
+    let r = s
+        .get("/me")
+        .header("authorization", bearer(soon.token.expose_secret()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let warning = r
+        .headers()
+        .get(WARNING_HEADER)
+        .expect("warning")
+        .to_str()
+        .unwrap();
+    assert!(
+        warning.contains(soon.key.id.as_str()) && warning.contains("expires"),
+        "{warning}"
+    );
+    let r = s
+        .get("/me")
+        .header("authorization", bearer(later.token.expose_secret()))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get(WARNING_HEADER).is_none());
+}
+
+#[tokio::test]
+async fn forwarded_for_is_believed_only_from_trusted_proxies() {
+    let s = start_server().await;
+    let key = s
+        .key(
+            NewKey::new(OWNER, "live", "office")
+                .permissions(PermissionGrant::All)
+                .ip_allowlist(["203.0.113.0/24"]),
+        )
+        .await;
+    let t = key.token.expose_secret();
+    let send = |path: &'static str, xff: &'static str| {
+        s.get(path)
+            .header("authorization", bearer(t))
+            .header("x-forwarded-for", xff)
+            .send()
+    };
+    // Untrusted peer: the header is ignored, 127.0.0.1 is not allowed.
+    assert_eq!(
+        send("/me", "203.0.113.5").await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    // Trusted peer: the client is the header's address.
+    let r = send("/proxied/me", "203.0.113.5").await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(body(r).await["ip"], "203.0.113.5");
+    // The rightmost untrusted hop counts, not what the client wrote first.
+    let r = send("/proxied/me", "203.0.113.5, 198.51.100.7")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = send("/proxied/me", "198.51.100.7, 203.0.113.5, 127.0.0.2")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        send("/proxied/me", "not-an-ip").await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn sessions_over_http_survive_regenerate_and_die_on_compromise() {
+    let s = start_server().await;
+    let key = s.push_key().await;
+    let r = s
+        .post("/session")
+        .header("authorization", bearer(key.token.expose_secret()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let session = body(r).await["token"].as_str().unwrap().to_owned();
+    assert!(session.starts_with("mkhs_live_"));
+
+    let me = || {
+        s.get("/me")
+            .header("authorization", bearer(&session))
+            .send()
+    };
+    let r = me().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let b = body(r).await;
+    assert_eq!(b["key_id"], key.key.id.as_str());
+    assert!(b["session"].is_string());
+    let r = s
+        .post("/packages/Contoso.Tools/versions")
+        .header("x-api-key", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "session accepted by the same layer"
+    );
+
+    // A session token cannot mint another session.
+    let r = s
+        .post("/session")
+        .header("authorization", bearer(&session))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(body(r).await["error"], "insufficient_scope");
+
+    let new = s
+        .manager
+        .regenerate(&keyward::Actor::system("tests"), &key.key.id)
+        .await
+        .unwrap();
+    assert_eq!(
+        me().await.unwrap().status(),
+        StatusCode::OK,
+        "survives regenerate"
+    );
+    let r = s
+        .get("/me")
+        .header("authorization", bearer(key.token.expose_secret()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "old key dead");
+
+    s.manager
+        .revoke_compromised(&keyward::Actor::system("tests"), &key.key.id)
+        .await
+        .unwrap();
+    let r = me().await.unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::UNAUTHORIZED,
+        "dies on compromise revoke"
+    );
+    assert_eq!(www(&r), "Bearer realm=\"keyward\", error=\"invalid_token\"");
+    let r = s
+        .get("/me")
+        .header("authorization", bearer(new.token.expose_secret()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn malformed_headers_get_401_never_500() {
+    let s = start_server().await;
+    let key = s.push_key().await;
+    let t = key.token.expose_secret();
+    let huge = format!("Bearer {}", "a".repeat(10_000));
+    let cases: Vec<(&str, HeaderValue)> = vec![
+        (
+            "authorization",
+            HeaderValue::from_bytes(b"Bearer \xe9\xe8\xff").unwrap(),
+        ),
+        ("authorization", HeaderValue::from_str(&huge).unwrap()),
+        ("authorization", HeaderValue::from_static("")),
+        ("authorization", HeaderValue::from_static("Bearer")),
+        ("authorization", HeaderValue::from_static("Bearer    ")),
+        (
+            "authorization",
+            HeaderValue::from_str(&format!("Token {t}")).unwrap(),
+        ),
+        (
+            "authorization",
+            HeaderValue::from_static("Basic !!!not-base64"),
+        ),
+        (
+            "authorization",
+            HeaderValue::from_static("Basic bm9jb2xvbg=="),
+        ), // "nocolon"
+        ("authorization", HeaderValue::from_static("Basic w6k6w6k=")), // "é:é"
+        ("authorization", HeaderValue::from_static("Basic //79")),     // invalid UTF-8
+        (
+            "authorization",
+            HeaderValue::from_static("Bearer mkh_live_short"),
+        ),
+        (
+            "authorization",
+            HeaderValue::from_static("Bearer mkhs_live_short"),
+        ),
+        ("x-api-key", HeaderValue::from_static("")),
+        ("x-api-key", HeaderValue::from_bytes(b"\xc3\xa9").unwrap()),
+    ];
+    for (name, value) in cases {
+        let shown = format!("{name}: {value:?}");
+        let r = s.get("/me").header(name, value).send().await.unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::UNAUTHORIZED,
+            "{}",
+            &shown[..shown.len().min(80)]
+        );
+        assert!(www(&r).contains("invalid_token"));
+        let b = body(r).await;
+        assert_eq!(b["error"], "invalid_token");
+    }
+    // Two Authorization headers.
+    let r = s
+        .get("/me")
+        .header("authorization", bearer(t))
+        .header("authorization", bearer(t))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // Fuzz a little: random printable and non-ASCII bytes never give a 500.
+    for i in 0u32..64 {
+        let bytes: Vec<u8> = (0..(i * 7 % 90))
+            .map(|j| {
+                let b = ((i * 31 + j * 17) % 256) as u8;
+                if b < 0x20 || b == 0x7f { b'x' } else { b }
+            })
+            .collect();
+        let Ok(value) = HeaderValue::from_bytes(&bytes) else {
+            continue;
+        };
+        let r = s
+            .get("/me")
+            .header("authorization", value)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_client_error(), "{:?}", r.status());
+    }
+}
+
+#[tokio::test]
+async fn a_missing_layer_or_path_parameter_is_a_clear_500() {
+    let s = start_server().await;
+    let key = s.push_key().await;
+    let r = s
+        .get("/nolayer")
+        .header("authorization", bearer(key.token.expose_secret()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        body(r).await["message"]
+            .as_str()
+            .unwrap()
+            .contains("KeywardLayer")
+    );
+    let r = s
+        .post("/misconfigured/1")
+        .header("authorization", bearer(key.token.expose_secret()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        body(r).await["message"]
+            .as_str()
+            .unwrap()
+            .contains("route_layer")
+    );
+}
+
+#[tokio::test]
+async fn expired_session_is_401() {
+    // The clock is manual: advance past the session's lifetime.
+    let store: Store = Arc::new(FlakyStore::new(MemoryStore::new()));
+    let clock = ManualClock::new(Utc::now());
+    let manager = KeyManager::builder(store, format(), policy())
+        .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
+        .clock(clock.clone())
+        .sessions(SessionConfig::new("mkhs"))
+        .unwrap()
+        .build();
+    let live = Environment::new("live").unwrap();
+    let key = manager
+        .create(
+            &keyward::Actor::system("tests"),
+            NewKey::new(OWNER, "live", "CI").permissions(PermissionGrant::All),
+        )
+        .await
+        .unwrap();
+    let session = manager
+        .exchange(key.token.expose_secret(), &live, None, None)
+        .await
+        .unwrap();
+    let app = Router::new()
+        .route("/me", get(me))
+        .route_layer(KeywardLayer::new(manager, live));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        ::axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    let get = || {
+        reqwest::Client::new()
+            .get(format!("http://{addr}/me"))
+            .header("authorization", bearer(session.token.expose_secret()))
+            .send()
+    };
+    assert_eq!(get().await.unwrap().status(), StatusCode::OK);
+    clock.advance(TimeDelta::minutes(16));
+    let r = get().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        body(r).await["message"]
+            .as_str()
+            .unwrap()
+            .contains("expired")
+    );
+}
+
+#[tokio::test]
+async fn an_imported_key_works_over_basic_with_its_old_secret() {
+    use sha2::{Digest, Sha256};
+    let s = start_server().await;
+    let secret = "cio_Old+Registry/Token=42";
+    let hex: String = Sha256::digest(secret)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    s.manager
+        .import(
+            &keyward::Actor::system("tests"),
+            ImportKey::scoped("Imported7", OWNER, "live", "old token", hex)
+                .permissions(PermissionGrant::only(["package:push"])),
+        )
+        .await
+        .unwrap();
+    let basic = |id: &str, secret: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
+        )
+    };
+    let r = s
+        .post("/packages/Contoso.Tools/versions")
+        .header("authorization", basic("Imported7", secret))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = s
+        .get("/me")
+        .header("authorization", basic("Imported7", secret))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(body(r).await["key_id"], "Imported7");
+    // Upgraded to argon2id on that first use.
+    let stored = s
+        .store
+        .get(&KeyId::new("Imported7").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(stored.secret_hash.as_str().starts_with("$argon2id$"));
+    // A wrong secret is 401 invalid_token; a secret with a space cannot be a pair: 401 too.
+    for bad in [
+        basic("Imported7", "cio_wrong"),
+        basic("Imported7", "with space"),
+    ] {
+        let r = s
+            .get("/me")
+            .header("authorization", bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert!(www(&r).contains("invalid_token"));
+    }
+}

@@ -1,0 +1,314 @@
+//! The secret-leak suite: a full life cycle (create, verify, failures,
+//! regenerate, rotate, import, session, suspend, revoke, errors) with every
+//! `Debug`/`Display` string, serde output, error message, audit event and
+//! tracing event captured, and no token, secret or hash anywhere in them.
+//!
+//! Also the `tracing` feature's own test: spans and events name key ids,
+//! owners, outcomes and reasons.
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use keyward::*;
+use sha2::{Digest, Sha256};
+
+/// A `tracing` writer into a shared buffer.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Captured {
+        self.clone()
+    }
+}
+
+/// Everything that must never be printed, and everything that was.
+#[derive(Default)]
+struct Ledger {
+    secrets: Vec<String>,
+    printed: Vec<String>,
+}
+
+impl Ledger {
+    fn token(&mut self, token: &Token) {
+        let full = token.expose_secret().to_owned();
+        if let Ok(parsed) = format().parse(&full) {
+            self.secrets.push(parsed.expose_secret().to_owned());
+        }
+        if let Some((_, secret_and_sum)) = full.rsplit_once('_') {
+            // The last part holds the secret: any 16-character window of it.
+            self.secrets.push(secret_and_sum[..16].to_owned());
+        }
+        self.secrets.push(full);
+    }
+    fn hash(&mut self, stored: &str) {
+        // Every long part of a PHC string (salt, hash) or of a SHA-256 hex.
+        for part in stored.split('$').filter(|p| p.len() >= 16) {
+            self.secrets.push(part.to_owned());
+        }
+    }
+    fn print(&mut self, s: impl Into<String>) {
+        self.printed.push(s.into());
+    }
+    fn debug(&mut self, v: &impl std::fmt::Debug) {
+        self.printed.push(format!("{v:?}"));
+        self.printed.push(format!("{v:#?}"));
+    }
+    fn error<E: std::fmt::Debug + std::fmt::Display>(&mut self, e: &E) {
+        self.printed.push(format!("{e}"));
+        self.debug(e);
+    }
+}
+
+#[test]
+fn a_whole_life_cycle_prints_no_secret_and_no_hash() {
+    let logs = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut l = Ledger::default();
+    rt.block_on(life_cycle(&mut l));
+    let traced = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+
+    // The tracing feature records who, what and why...
+    assert!(traced.contains("outcome=\"granted\""), "{traced}");
+    assert!(traced.contains("reason=\"wrong_secret\""), "{traced}");
+    assert!(traced.contains("owner=\"contoso\""), "{traced}");
+    assert!(
+        traced.contains("action=revoke") && traced.contains("actor=\"alice\""),
+        "{traced}"
+    );
+    assert!(traced.contains("outcome=\"not_allowed\""), "{traced}");
+    l.print(traced);
+
+    // ...and nothing that could be used to authenticate.
+    assert!(l.secrets.len() > 20, "the ledger collected the secrets");
+    for secret in &l.secrets {
+        assert!(
+            secret.len() >= 16,
+            "too short to be a meaningful probe: {secret}"
+        );
+        for (i, printed) in l.printed.iter().enumerate() {
+            assert!(
+                !printed.contains(secret.as_str()),
+                "output #{i} contains a secret or hash: {printed}"
+            );
+        }
+    }
+}
+
+async fn life_cycle(l: &mut Ledger) {
+    let store = Arc::new(MemoryStore::new());
+    let audit = Arc::new(MemoryAuditSink::new());
+    let manager = KeyManager::builder(Arc::clone(&store), format(), policy())
+        .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
+        .audit_shared(audit.clone())
+        .sessions(SessionConfig::new("mkhs"))
+        .unwrap()
+        .build();
+    let admin = Actor::administrator("alice", OwnerId::new(OWNER).unwrap());
+    let live = Environment::new("live").unwrap();
+    let registry = registry();
+    let push = registry.get("package:push").unwrap();
+    let req = VerifyRequest::new(&live, push).resource(OWNER, "Contoso.Tools");
+
+    // Create.
+    let created = manager
+        .create(
+            &admin,
+            NewKey::new(OWNER, "live", "CI")
+                .permissions(PermissionGrant::only(["package:push"]))
+                .ip_allowlist(["10.0.0.0/8"]),
+        )
+        .await
+        .unwrap();
+    l.token(&created.token);
+    l.debug(&created);
+    l.print(format!("{}", created.token));
+    l.print(serde_json::to_string(&created.key).unwrap());
+    let id = created.key.id.clone();
+    let record = store.get(&id).await.unwrap().unwrap();
+    l.hash(record.secret_hash.as_str());
+    l.debug(&record);
+    l.debug(&record.secret_hash);
+
+    // Parse and verify, good and bad.
+    let parsed = format().parse(created.token.expose_secret()).unwrap();
+    l.debug(&parsed);
+    let ok = manager
+        .verify(
+            created.token.expose_secret(),
+            &req.client_ip("10.1.2.3".parse().unwrap()),
+        )
+        .await
+        .unwrap();
+    l.debug(&ok);
+    let wrong = format()
+        .from_pair(&live, parsed.key_id(), &"B".repeat(SECRET_LEN))
+        .unwrap();
+    l.token(&wrong);
+    for _ in 0..12 {
+        let denial = manager
+            .verify(wrong.expose_secret(), &req)
+            .await
+            .unwrap_err();
+        l.error(&denial);
+        l.debug(&denial.reason);
+    }
+    let mut typo = created.token.expose_secret().to_owned();
+    typo.pop();
+    typo.push('x');
+    l.secrets.push(typo.clone());
+    l.error(&manager.verify(&typo, &req).await.unwrap_err());
+    l.error(&format().parse(&typo).unwrap_err());
+    l.error(
+        &manager
+            .verify(created.token.expose_secret(), &req)
+            .await
+            .unwrap_err(),
+    ); // no client IP
+
+    // Sessions.
+    let session = manager
+        .exchange(
+            created.token.expose_secret(),
+            &live,
+            None,
+            Some("10.1.2.3".parse().unwrap()),
+        )
+        .await
+        .unwrap();
+    l.secrets.push(session.token.expose_secret().to_owned());
+    l.debug(&session);
+    l.print(serde_json::to_string(&session.session).unwrap());
+    let refused = manager
+        .exchange(session.token.expose_secret(), &live, None, None)
+        .await
+        .unwrap_err();
+    l.error(&refused);
+
+    // Regenerate, rotate, import, suspend, revoke, and refusals.
+    let regenerated = manager.regenerate(&admin, &id).await.unwrap();
+    l.token(&regenerated.token);
+    l.debug(&regenerated);
+    l.hash(store.get(&id).await.unwrap().unwrap().secret_hash.as_str());
+    let rotated = manager
+        .rotate(&admin, &id, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    l.token(&rotated.successor.token);
+    l.debug(&rotated);
+    let successor = store.get(&rotated.successor.key.id).await.unwrap().unwrap();
+    l.hash(successor.secret_hash.as_str());
+
+    let imported_secret = "cioImportedSecretValue0123456789";
+    let hex: String = Sha256::digest(imported_secret)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    l.secrets.push(imported_secret.to_owned());
+    l.secrets.push(hex.clone());
+    let import = ImportKey::scoped("Imported1", OWNER, "live", "old", hex.clone())
+        .permissions(PermissionGrant::only(["package:push"]));
+    l.debug(&import);
+    l.debug(&manager.import(&admin, import).await.unwrap());
+    l.error(
+        &manager
+            .import(
+                &admin,
+                ImportKey::legacy("Imported1", OWNER, "live", "dup", hex.clone()),
+            )
+            .await
+            .unwrap_err(),
+    );
+    l.debug(
+        &manager
+            .verify_pair("Imported1", imported_secret, &req)
+            .await
+            .unwrap(),
+    );
+    l.error(
+        &manager
+            .verify_pair("Imported1", "not-the-secret-at-all", &req)
+            .await
+            .unwrap_err(),
+    );
+    let upgraded = store
+        .get(&KeyId::new("Imported1").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    l.hash(upgraded.secret_hash.as_str());
+
+    l.debug(&manager.suspend(&admin, &id).await.unwrap());
+    l.error(
+        &manager
+            .verify(regenerated.token.expose_secret(), &req)
+            .await
+            .unwrap_err(),
+    );
+    let outsider = Actor::administrator("mallory", OwnerId::new("fabrikam").unwrap());
+    l.error(&manager.revoke(&outsider, &id).await.unwrap_err());
+    l.debug(&manager.revoke_compromised(&admin, &id).await.unwrap());
+    l.error(&manager.revoke(&admin, &id).await.unwrap_err());
+    l.error(
+        &manager
+            .verify(regenerated.token.expose_secret(), &req)
+            .await
+            .unwrap_err(),
+    );
+    l.error(
+        &manager
+            .verify_session(session.token.expose_secret(), &req)
+            .await
+            .unwrap_err(),
+    );
+    l.error(
+        &manager
+            .create(
+                &admin,
+                NewKey::new(OWNER, "live", "x").permissions(PermissionGrant::only(["nope"])),
+            )
+            .await
+            .unwrap_err(),
+    );
+
+    // The audit trail and listings.
+    manager.flush().await.unwrap();
+    for event in audit.events() {
+        l.debug(&event);
+        l.print(serde_json::to_string(&event).unwrap());
+    }
+    for key in manager
+        .list(&admin, ListQuery::new(OwnerId::new(OWNER).unwrap()))
+        .await
+        .unwrap()
+    {
+        l.print(serde_json::to_string(&key).unwrap());
+        l.debug(&key);
+    }
+    l.debug(&manager);
+    l.debug(&manager.verifier());
+}

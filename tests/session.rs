@@ -1,0 +1,864 @@
+//! Session tokens: exchange, snapshot, lifetime, environment, revocation.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::TimeDelta;
+use common::*;
+use keyward::*;
+
+struct S {
+    f: Fixture,
+}
+
+fn sessions_fixture() -> S {
+    sessions_fixture_with(SessionConfig::new("mkhs"))
+}
+
+fn sessions_fixture_with(config: SessionConfig) -> S {
+    let clock = ManualClock::new(start());
+    let counters = Counters::default();
+    let manager = KeyManager::builder(Arc::new(MemoryStore::new()), format(), policy())
+        .hasher(CountingHasher::new(counters.clone()))
+        .clock(clock.clone())
+        .sessions(config)
+        .expect("session config")
+        .build();
+    S {
+        f: Fixture {
+            manager,
+            clock,
+            counters,
+            registry: registry(),
+            live: Environment::new("live").expect("env"),
+            test: Environment::new("test").expect("env"),
+        },
+    }
+}
+
+impl S {
+    async fn exchange(&self, key: &CreatedKey) -> IssuedSession {
+        self.f
+            .manager
+            .exchange(key.token.expose_secret(), &self.f.live, None, None)
+            .await
+            .expect("exchange")
+    }
+}
+
+#[tokio::test]
+async fn exchange_gives_a_recognisable_token_that_key_parsers_refuse() {
+    let s = sessions_fixture();
+    let f = &s.f;
+    let key = f.push_key().await;
+    let session = s.exchange(&key).await;
+    let token = session.token.expose_secret();
+    assert!(token.starts_with("mkhs_live_"), "own prefix");
+    // Refused unread: a longer session prefix makes it too long for a key.
+    assert!(matches!(
+        f.manager.format().parse(token).unwrap_err(),
+        TokenError::BadPrefix | TokenError::TooLong { .. }
+    ));
+    let sf = f.manager.session_format().unwrap();
+    assert_eq!(
+        sf.parse(key.token.expose_secret()).unwrap_err(),
+        TokenError::BadPrefix
+    );
+    assert!(f.manager.is_session_token(token));
+    assert!(!f.manager.is_session_token(key.token.expose_secret()));
+
+    // The key verifier refuses it before any lookup; the session verifier refuses a key.
+    let d = f.manager.verify(token, &f.req()).await.unwrap_err();
+    assert!(matches!(d.reason, DenialReason::Malformed(_)));
+    assert_eq!(f.hash_verifies(), 1, "only the exchange reached argon2");
+    let d = f
+        .manager
+        .verify_session(key.token.expose_secret(), &f.req())
+        .await
+        .unwrap_err();
+    assert_eq!(d.reason, DenialReason::Malformed(TokenError::BadPrefix));
+
+    let ok = f.manager.verify_session(token, &f.req()).await.unwrap();
+    assert_eq!(ok.id(), &key.key.id);
+    assert_eq!(ok.session_id(), &session.session.id);
+    assert_eq!(ok.owner().as_str(), OWNER);
+    assert_eq!(ok.name(), "CI");
+    assert_eq!(session.session.key_id, key.key.id);
+    assert_eq!(session.session.expires_at, start() + TimeDelta::minutes(15));
+    assert_eq!(format!("{:?}", session.token), "Token([REDACTED])");
+}
+
+#[tokio::test]
+async fn sessions_are_stored_as_sha256_and_never_shown() {
+    let s = sessions_fixture();
+    let f = &s.f;
+    let key = f.push_key().await;
+    let session = s.exchange(&key).await;
+    let sf = f.manager.session_format().unwrap();
+    let parsed = sf.parse(session.token.expose_secret()).unwrap();
+    let secret = parsed.expose_secret().to_owned();
+    let record = f
+        .manager
+        .store()
+        .get_session(&session.session.id)
+        .await
+        .unwrap()
+        .unwrap();
+    use sha2::Digest;
+    let expected: [u8; 32] = sha2::Sha256::digest(secret.as_bytes()).into();
+    assert_eq!(record.secret_hash.as_bytes(), &expected);
+    let debug = format!("{record:?}");
+    assert!(debug.contains("SessionHash([REDACTED])"));
+    assert!(!debug.contains(&secret));
+    let json = serde_json::to_string(&session.session).unwrap();
+    assert!(!json.contains(&secret));
+    assert_eq!(record.owner.as_str(), OWNER);
+    assert!(!record.revoked);
+}
+
+#[tokio::test]
+async fn the_session_carries_the_key_snapshot() {
+    let s = sessions_fixture();
+    let f = &s.f;
+    let key = f
+        .create(
+            NewKey::new(OWNER, "live", "GitHub Actions")
+                .permissions(PermissionGrant::only(["package:push"]))
+                .resources(ResourceScope::only(["AzureRM.DataFactory*"]))
+                .ip_allowlist(["203.0.113.0/24"]),
+        )
+        .await;
+    let ip = "203.0.113.9".parse().unwrap();
+    let denied = f
+        .manager
+        .exchange(key.token.expose_secret(), &f.live, None, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(denied, SessionError::Denied(ref d) if d.reason == DenialReason::IpNotAllowed),
+        "{denied:?}"
+    );
+    let session = f
+        .manager
+        .exchange(key.token.expose_secret(), &f.live, None, Some(ip))
+        .await
+        .unwrap();
+    let t = session.token.expose_secret();
+    let push = f.push();
+    let ok = VerifyRequest::new(&f.live, push)
+        .resource(OWNER, "AzureRM.DataFactoryV2")
+        .client_ip(ip);
+    let checked = f.manager.verify_session(t, &ok).await.unwrap();
+    assert_eq!(
+        checked.resources(),
+        &ResourceScope::only(["AzureRM.DataFactory*"])
+    );
+    // Implied permission carried over.
+    let implied = VerifyRequest {
+        permission: f.perm("package:push-new"),
+        ..ok
+    };
+    assert!(f.manager.verify_session(t, &implied).await.is_ok());
+    for (req, reason) in [
+        (
+            VerifyRequest::new(&f.live, push)
+                .resource(OWNER, "AzureRM.Profile")
+                .client_ip(ip),
+            DenialReason::ResourceOutOfScope,
+        ),
+        (
+            VerifyRequest::new(&f.live, push)
+                .resource("fabrikam", "AzureRM.DataFactory")
+                .client_ip(ip),
+            DenialReason::OtherOwner,
+        ),
+        (
+            VerifyRequest::new(&f.live, f.perm("package:unlist")).client_ip(ip),
+            DenialReason::PermissionMissing,
+        ),
+        (
+            VerifyRequest::new(&f.live, f.perm("package:delete")).client_ip(ip),
+            DenialReason::SessionOnly,
+        ),
+        (
+            VerifyRequest::new(&f.live, push).client_ip("198.51.100.1".parse().unwrap()),
+            DenialReason::IpNotAllowed,
+        ),
+        (
+            VerifyRequest::new(&f.test, push).client_ip(ip),
+            DenialReason::WrongEnvironment,
+        ),
+    ] {
+        let d = f.manager.verify_session(t, &req).await.unwrap_err();
+        assert_eq!(d.reason, reason, "{req:?}");
+    }
+
+    // Editing the key later does not change the session's snapshot.
+    f.manager
+        .edit(
+            &keyward::Actor::system("tests"),
+            &key.key.id,
+            KeyEdit {
+                resources: Some(ResourceScope::only(["Other.*"])),
+                ..KeyEdit::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(f.manager.verify_session(t, &ok).await.is_ok());
+}
+
+#[tokio::test]
+async fn lifetime_default_maximum_and_key_expiry() {
+    let config = SessionConfig {
+        max_ttl: Duration::from_secs(30 * 60),
+        ..SessionConfig::new("mkhs")
+    };
+    let s = sessions_fixture_with(config);
+    let f = &s.f;
+    let key = f.push_key().await;
+    let t = key.token.expose_secret();
+    let err = f
+        .manager
+        .exchange(t, &f.live, Some(Duration::from_secs(31 * 60)), None)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        SessionError::TtlTooLong {
+            requested: Duration::from_secs(31 * 60),
+            max: Duration::from_secs(30 * 60)
+        }
+    );
+    assert_eq!(
+        f.manager
+            .exchange(t, &f.live, Some(Duration::ZERO), None)
+            .await
+            .unwrap_err(),
+        SessionError::ZeroTtl
+    );
+    let long = f
+        .manager
+        .exchange(t, &f.live, Some(Duration::from_secs(30 * 60)), None)
+        .await
+        .unwrap();
+    assert_eq!(long.session.expires_at, start() + TimeDelta::minutes(30));
+
+    let session = s.exchange(&key).await;
+    let st = session.token.expose_secret();
+    assert!(f.manager.verify_session(st, &f.req()).await.is_ok());
+    f.clock.advance(TimeDelta::minutes(15));
+    let d = f.manager.verify_session(st, &f.req()).await.unwrap_err();
+    assert_eq!(d.reason, DenialReason::Expired);
+    assert_eq!(d.key_id.as_ref(), Some(&key.key.id));
+    assert!(
+        f.manager
+            .verify_session(long.token.expose_secret(), &f.req())
+            .await
+            .is_ok()
+    );
+
+    // A session never outlives its key.
+    let short = f
+        .create(
+            NewKey::new(OWNER, "live", "short")
+                .permissions(PermissionGrant::All)
+                .expiry(ExpiryChoice::Days(1)),
+        )
+        .await;
+    f.clock
+        .advance(TimeDelta::hours(24) - TimeDelta::minutes(5));
+    let session = f
+        .manager
+        .exchange(short.token.expose_secret(), &f.live, None, None)
+        .await
+        .unwrap();
+    assert_eq!(session.session.expires_at, short.key.expires_at.unwrap());
+
+    // Expired sessions can be purged.
+    f.clock.advance(TimeDelta::hours(1));
+    assert_eq!(f.manager.purge_expired_sessions().await.unwrap(), 3);
+    assert_eq!(f.manager.purge_expired_sessions().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_session_token_cannot_mint_another_session() {
+    let s = sessions_fixture();
+    let f = &s.f;
+    let key = f.push_key().await;
+    let session = s.exchange(&key).await;
+    let err = f
+        .manager
+        .exchange(session.token.expose_secret(), &f.live, None, None)
+        .await
+        .unwrap_err();
+    assert_eq!(err, SessionError::SessionTokenGiven);
+    assert_eq!(
+        f.hash_verifies(),
+        1,
+        "refused before any key check (one check for the first exchange)"
+    );
+}
+
+#[tokio::test]
+async fn sessions_survive_regenerate_revoke_and_delete_but_not_compromise() {
+    let s = sessions_fixture();
+    let f = &s.f;
+    let key = f.push_key().await;
+    let a = s.exchange(&key).await;
+    let at = a.token.expose_secret();
+    assert!(f.manager.verify_session(at, &f.req()).await.is_ok());
+
+    let new = f
+        .manager
+        .regenerate(&keyward::Actor::system("tests"), &key.key.id)
+        .await
+        .unwrap();
+    assert!(
+        f.manager
+            .verify(key.token.expose_secret(), &f.req())
+            .await
+            .is_err()
+    );
+    assert!(
+        f.manager.verify_session(at, &f.req()).await.is_ok(),
+        "survives regenerate"
+    );
+    let b = s.exchange(&new).await;
+
+    f.manager
+        .revoke(&keyward::Actor::system("tests"), &key.key.id)
+        .await
+        .unwrap();
+    assert!(
+        f.manager.verify_session(at, &f.req()).await.is_ok(),
+        "survives plain revoke"
+    );
+    let d = f
+        .manager
+        .exchange(new.token.expose_secret(), &f.live, None, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(d, SessionError::Denied(ref d) if d.reason == DenialReason::Revoked));
+
+    // Compromised: every session ends at once, cached or not.
+    let view = f
+        .manager
+        .revoke_compromised(&keyward::Actor::system("tests"), &key.key.id)
+        .await
+        .unwrap();
+    assert_eq!(view.status, KeyStatus::Revoked);
+    for t in [at, b.token.expose_secret()] {
+        let d = f.manager.verify_session(t, &f.req()).await.unwrap_err();
+        assert_eq!(d.reason, DenialReason::Revoked);
+        assert_eq!(d.kind(), DenialKind::Authentication);
+    }
+
+    // Delete leaves sessions; end_sessions ends them for a deleted key.
+    let other = f.push_key().await;
+    let c = s.exchange(&other).await;
+    f.manager
+        .delete(&keyward::Actor::system("tests"), &other.key.id)
+        .await
+        .unwrap();
+    let ct = c.token.expose_secret();
+    assert!(
+        f.manager.verify_session(ct, &f.req()).await.is_ok(),
+        "survives delete"
+    );
+    assert_eq!(
+        f.manager
+            .end_sessions(&keyward::Actor::system("tests"), &other.key.id)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        f.manager
+            .verify_session(ct, &f.req())
+            .await
+            .unwrap_err()
+            .reason,
+        DenialReason::Revoked
+    );
+    assert!(matches!(
+        f.manager
+            .revoke_compromised(&keyward::Actor::system("tests"), &other.key.id)
+            .await,
+        Err(KeywardError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn wrong_unknown_and_malformed_session_tokens() {
+    let s = sessions_fixture();
+    let f = &s.f;
+    let key = f.push_key().await;
+    let session = s.exchange(&key).await;
+    let sf = f.manager.session_format().unwrap();
+    let wrong = sf
+        .from_pair(
+            &f.live,
+            session.session.id.as_str(),
+            &"A".repeat(SECRET_LEN),
+        )
+        .unwrap();
+    let d = f
+        .manager
+        .verify_session(wrong.expose_secret(), &f.req())
+        .await
+        .unwrap_err();
+    assert_eq!(d.reason, DenialReason::WrongSecret);
+    assert_eq!(d.key_id, None, "nothing revealed about the session");
+    let unknown = sf.generate(&f.live, &KeyId::generate());
+    let d = f
+        .manager
+        .verify_session(unknown.expose_secret(), &f.req())
+        .await
+        .unwrap_err();
+    assert_eq!(d.reason, DenialReason::UnknownKey);
+    for bad in [
+        "",
+        "mkhs_live_x",
+        "mkhs_prod_",
+        "\u{e9}\u{e9}",
+        &"a".repeat(10_000),
+    ] {
+        let d = f.manager.verify_session(bad, &f.req()).await.unwrap_err();
+        assert!(matches!(d.reason, DenialReason::Malformed(_)), "{bad:?}");
+    }
+    // A test-environment session is refused in live.
+    let sandbox = f
+        .create(NewKey::new(OWNER, "test", "sandbox").permissions(PermissionGrant::All))
+        .await;
+    let ts = f
+        .manager
+        .exchange(sandbox.token.expose_secret(), &f.test, None, None)
+        .await
+        .unwrap();
+    let d = f
+        .manager
+        .verify_session(ts.token.expose_secret(), &f.req())
+        .await
+        .unwrap_err();
+    assert_eq!(d.reason, DenialReason::WrongEnvironment);
+    // And a test key cannot be exchanged in live.
+    let d = f
+        .manager
+        .exchange(sandbox.token.expose_secret(), &f.live, None, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(d, SessionError::Denied(ref d) if d.reason == DenialReason::WrongEnvironment));
+}
+
+#[tokio::test]
+async fn an_id_and_secret_pair_is_exchanged_like_its_token() {
+    let s = sessions_fixture();
+    let f = &s.f;
+    let key = f.push_key().await;
+    let parsed = f.manager.format().parse(key.token.expose_secret()).unwrap();
+    let rebuilt = f
+        .manager
+        .format()
+        .from_pair(&f.live, parsed.key_id(), parsed.expose_secret())
+        .unwrap();
+    let session = f
+        .manager
+        .exchange(rebuilt.expose_secret(), &f.live, None, None)
+        .await
+        .unwrap();
+    assert_eq!(session.session.key_id, key.key.id);
+    let wrong = f
+        .manager
+        .format()
+        .from_pair(&f.live, parsed.key_id(), &"b".repeat(SECRET_LEN))
+        .unwrap();
+    let err = f
+        .manager
+        .exchange(wrong.expose_secret(), &f.live, None, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SessionError::Denied(ref d) if d.reason == DenialReason::WrongSecret));
+    for (id, secret) in [("", "x"), ("short", "x"), ("ABCDEFGHIJK!", "x")] {
+        assert!(f.manager.format().from_pair(&f.live, id, secret).is_err());
+    }
+    let prod = Environment::new("prod").unwrap();
+    assert_eq!(
+        f.manager
+            .format()
+            .from_pair(&prod, parsed.key_id(), parsed.expose_secret())
+            .unwrap_err(),
+        TokenError::UnknownEnvironment
+    );
+}
+
+#[tokio::test]
+async fn configuration_is_checked() {
+    let build = |config: SessionConfig| {
+        KeyManager::builder(MemoryStore::new(), format(), policy())
+            .sessions(config)
+            .map(|_| ())
+    };
+    assert_eq!(
+        build(SessionConfig::new("mkh")),
+        Err(SessionError::PrefixClash)
+    );
+    assert!(matches!(
+        build(SessionConfig::new("MKHS")),
+        Err(SessionError::Prefix(_))
+    ));
+    assert!(matches!(
+        build(SessionConfig::new("")),
+        Err(SessionError::Prefix(_))
+    ));
+    assert_eq!(
+        build(SessionConfig {
+            default_ttl: Duration::from_secs(7200),
+            ..SessionConfig::new("mkhs")
+        }),
+        Err(SessionError::DefaultAboveMax)
+    );
+    assert_eq!(
+        build(SessionConfig {
+            max_ttl: Duration::ZERO,
+            ..SessionConfig::new("mkhs")
+        }),
+        Err(SessionError::ZeroTtl)
+    );
+    // Without sessions configured, exchange says so and session tokens are refused.
+    let f = fixture();
+    let key = f.push_key().await;
+    assert_eq!(
+        f.manager
+            .exchange(key.token.expose_secret(), &f.live, None, None)
+            .await
+            .unwrap_err(),
+        SessionError::NotConfigured
+    );
+    assert!(f.manager.session_format().is_none());
+}
+
+/// A session through a manager on a real store: exchange, snapshot, hash
+/// at rest, survives regenerate, ends on compromise, purged after expiry.
+/// Run on every store that ships with keyward.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+async fn session_life<S: KeyStore + SessionStore>(store: S) {
+    let clock = ManualClock::new(start());
+    let manager = KeyManager::builder(store, format(), policy())
+        .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
+        .clock(clock.clone())
+        .sessions(SessionConfig::new("mkhs"))
+        .unwrap()
+        .build();
+    let live = Environment::new("live").unwrap();
+    let push = registry().get("package:push").unwrap();
+    let key = manager
+        .create(
+            &keyward::Actor::system("tests"),
+            NewKey::new(OWNER, "live", "CI")
+                .permissions(PermissionGrant::only(["package:push"]))
+                .resources(ResourceScope::only(["Contoso.*"]))
+                .ip_allowlist(["10.0.0.0/8"]),
+        )
+        .await
+        .unwrap();
+    let ip = "10.1.2.3".parse().unwrap();
+    let session = manager
+        .exchange(key.token.expose_secret(), &live, None, Some(ip))
+        .await
+        .unwrap();
+    let stored = manager
+        .store()
+        .get_session(&session.session.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.view(), session.session);
+    assert_eq!(stored.resources, ResourceScope::only(["Contoso.*"]));
+    assert_eq!(
+        stored.ip_allowlist,
+        IpAllowlist::parse(&["10.0.0.0/8"]).unwrap()
+    );
+    assert_eq!(stored.key_name, "CI");
+    assert!(!stored.revoked);
+    // Stored as the SHA-256 of the secret.
+    let secret = manager
+        .session_format()
+        .unwrap()
+        .parse(session.token.expose_secret())
+        .unwrap()
+        .expose_secret()
+        .to_owned();
+    use sha2::Digest;
+    let expected: [u8; 32] = sha2::Sha256::digest(secret.as_bytes()).into();
+    assert_eq!(stored.secret_hash.as_bytes(), &expected);
+
+    let t = session.token.expose_secret();
+    let ok = VerifyRequest::new(&live, push)
+        .resource(OWNER, "Contoso.Tools")
+        .client_ip(ip);
+    assert!(manager.verify_session(t, &ok).await.is_ok());
+    let out = VerifyRequest::new(&live, push)
+        .resource(OWNER, "Other")
+        .client_ip(ip);
+    assert_eq!(
+        manager.verify_session(t, &out).await.unwrap_err().reason,
+        DenialReason::ResourceOutOfScope
+    );
+    manager
+        .regenerate(&keyward::Actor::system("tests"), &key.key.id)
+        .await
+        .unwrap();
+    assert!(manager.verify_session(t, &ok).await.is_ok());
+    manager
+        .revoke_compromised(&keyward::Actor::system("tests"), &key.key.id)
+        .await
+        .unwrap();
+    assert_eq!(
+        manager.verify_session(t, &ok).await.unwrap_err().reason,
+        DenialReason::Revoked
+    );
+    assert!(
+        manager
+            .store()
+            .get_session(&session.session.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked
+    );
+    clock.advance(TimeDelta::hours(1));
+    assert_eq!(manager.purge_expired_sessions().await.unwrap(), 1);
+    assert!(
+        manager
+            .store()
+            .get_session(&session.session.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// A session record of `key` expiring `minutes` after `start()`.
+fn session_record(key: &KeyId, minutes: i64) -> SessionRecord {
+    SessionRecord {
+        id: KeyId::generate(),
+        key_id: key.clone(),
+        owner: OwnerId::new(OWNER).unwrap(),
+        environment: Environment::new("live").unwrap(),
+        key_name: "CI \u{1f680}".into(),
+        permissions: PermissionGrant::only(["package:push", "package:unlist"]),
+        resources: ResourceScope::only(["Contoso.*", "Fabrikam.Core"]),
+        ip_allowlist: IpAllowlist::parse(&["10.0.0.0/8", "2001:db8::/32"]).unwrap(),
+        created_at: start(),
+        expires_at: start() + TimeDelta::minutes(minutes),
+        revoked: false,
+        secret_hash: SessionHash::from_bytes([minutes as u8; 32]),
+    }
+}
+
+/// The [`SessionStore`] contract, on an empty store: insert and read back
+/// exactly, duplicate ids refused without change, revoke by key id with
+/// counts, purge at or before `now` with counts.
+async fn session_store_contract<S: SessionStore>(store: &S) {
+    let (a, b) = (KeyId::generate(), KeyId::generate());
+    let r1 = session_record(&a, 15);
+    let r2 = session_record(&a, 30);
+    let r3 = session_record(&b, 15);
+    for r in [&r1, &r2, &r3] {
+        store.insert_session(r).await.unwrap();
+    }
+    let mut clash = session_record(&b, 45);
+    clash.id = r1.id.clone();
+    assert_eq!(
+        store.insert_session(&clash).await.unwrap_err(),
+        StoreError::DuplicateId(r1.id.clone())
+    );
+    for r in [&r1, &r2, &r3] {
+        assert_eq!(store.get_session(&r.id).await.unwrap().as_ref(), Some(r));
+    }
+    assert_eq!(store.get_session(&KeyId::generate()).await.unwrap(), None);
+
+    assert_eq!(store.revoke_sessions(&a).await.unwrap(), 2);
+    assert_eq!(
+        store.revoke_sessions(&a).await.unwrap(),
+        0,
+        "already revoked"
+    );
+    assert_eq!(store.revoke_sessions(&KeyId::generate()).await.unwrap(), 0);
+    assert!(store.get_session(&r1.id).await.unwrap().unwrap().revoked);
+    assert!(store.get_session(&r2.id).await.unwrap().unwrap().revoked);
+    assert!(!store.get_session(&r3.id).await.unwrap().unwrap().revoked);
+
+    let before = start() + TimeDelta::minutes(15) - TimeDelta::microseconds(1);
+    assert_eq!(store.delete_expired_sessions(before).await.unwrap(), 0);
+    let at = start() + TimeDelta::minutes(15);
+    assert_eq!(
+        store.delete_expired_sessions(at).await.unwrap(),
+        2,
+        "expiry at `now` counts"
+    );
+    assert_eq!(store.delete_expired_sessions(at).await.unwrap(), 0);
+    assert_eq!(store.get_session(&r1.id).await.unwrap(), None);
+    assert_eq!(store.get_session(&r3.id).await.unwrap(), None);
+    assert!(store.get_session(&r2.id).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn session_store_contract_on_memory() {
+    session_store_contract(&MemoryStore::new()).await;
+}
+
+/// The same checks on the SQLite store.
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn sessions_on_sqlite() {
+    let store = SqliteStore::in_memory().await.unwrap();
+    store.migrate().await.unwrap();
+    store.migrate_sessions().await.unwrap();
+    store.migrate_sessions().await.unwrap(); // idempotent
+    session_life(store).await;
+
+    let store = SqliteStore::in_memory().await.unwrap();
+    store.migrate().await.unwrap();
+    store.migrate_sessions().await.unwrap();
+    session_store_contract(&store).await;
+}
+
+#[cfg(feature = "postgres")]
+mod postgres;
+
+/// The same checks on the PostgreSQL store, where `migrate` creates the
+/// sessions table; the contract runs on a 63-character table name (derived,
+/// hashed sessions names).
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_on_postgres() {
+    postgres::with_schema(|url, schema| async move {
+        let store = PostgresStore::connect(&url)
+            .await
+            .unwrap()
+            .with_schema(&schema)
+            .unwrap();
+        store.migrate().await.unwrap();
+        store.migrate().await.unwrap(); // idempotent
+        session_life(store.clone()).await;
+
+        let long = store.with_table(&"t".repeat(63)).unwrap();
+        long.migrate().await.unwrap();
+        session_store_contract(&long).await;
+    })
+    .await;
+}
+
+/// PostgreSQL sessions: migrations racing from two pools, the row holds only
+/// the hash, and corrupt rows are typed errors (and denials), not panics.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_sessions_migrate_race_hash_at_rest_and_corrupt_rows() {
+    postgres::with_schema(|url, schema| async move {
+        let connect = || async {
+            PostgresStore::connect(&url)
+                .await
+                .unwrap()
+                .with_schema(&schema)
+                .unwrap()
+        };
+        let (a, b) = (connect().await, connect().await);
+        let (ra, rb) = tokio::join!(a.migrate(), b.migrate());
+        ra.unwrap();
+        rb.unwrap();
+        let clock = ManualClock::new(start());
+        let manager = KeyManager::builder(a.clone(), format(), policy())
+            .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
+            .clock(clock.clone())
+            .sessions(SessionConfig::new("mkhs"))
+            .unwrap()
+            .build();
+        let live = Environment::new("live").unwrap();
+        let key = manager
+            .create(
+                &keyward::Actor::system("tests"),
+                NewKey::new(OWNER, "live", "CI").permissions(PermissionGrant::All),
+            )
+            .await
+            .unwrap();
+        let session = manager
+            .exchange(key.token.expose_secret(), &live, None, None)
+            .await
+            .unwrap();
+        // Written through one pool, read through the other.
+        assert_eq!(
+            b.get_session(&session.session.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .view(),
+            session.session
+        );
+        // The row holds 32 hash bytes and never the secret or the token.
+        let table = format!("\"{schema}\".keyward_keys_sessions");
+        let (row, hash_len): (String, i32) = sqlx::query_as(&format!(
+            "SELECT t::text, octet_length(t.secret_hash) FROM {table} t WHERE id = $1"
+        ))
+        .bind(session.session.id.as_str())
+        .fetch_one(a.pool())
+        .await
+        .unwrap();
+        assert_eq!(hash_len, 32);
+        let token = session.token.expose_secret();
+        let secret = manager
+            .session_format()
+            .unwrap()
+            .parse(token)
+            .unwrap()
+            .expose_secret()
+            .to_owned();
+        assert!(!row.contains(&secret) && !row.contains(token));
+
+        for (column, value, field) in [
+            ("secret_hash", "'\\x0102'::bytea", "secret_hash"),
+            ("permissions", "'{oops'", "permissions"),
+            ("resources", "'[1, 2'", "resources"),
+            ("ip_allowlist", "'[\"300.1.1.1/8\"]'", "ip_allowlist"),
+            ("owner", "''", "owner"),
+            ("environment", "'no spaces allowed'", "environment"),
+            ("key_id", "'bad key!'", "key_id"),
+            ("expires_at", "9223372036854775807", "expires_at"),
+        ] {
+            let victim = manager
+                .exchange(key.token.expose_secret(), &live, None, None)
+                .await
+                .unwrap();
+            sqlx::query(&format!(
+                "UPDATE {table} SET {column} = {value} WHERE id = $1"
+            ))
+            .bind(victim.session.id.as_str())
+            .execute(a.pool())
+            .await
+            .unwrap();
+            match b.get_session(&victim.session.id).await {
+                Err(StoreError::Corrupt {
+                    field: f, ref id, ..
+                }) => {
+                    assert_eq!(f, field, "{column}");
+                    assert_eq!(id, victim.session.id.as_str());
+                }
+                other => panic!("{column}: expected Corrupt, got {other:?}"),
+            }
+            // The manager denies it (not cached: never verified before).
+            let req = VerifyRequest::new(&live, registry().get("package:push").unwrap());
+            let denial = manager
+                .verify_session(victim.token.expose_secret(), &req)
+                .await
+                .unwrap_err();
+            assert_eq!(denial.reason, DenialReason::StoreUnavailable, "{column}");
+        }
+        // The good session is untouched by its neighbours' corruption.
+        let req = VerifyRequest::new(&live, registry().get("package:push").unwrap());
+        assert!(manager.verify_session(token, &req).await.is_ok());
+    })
+    .await;
+}

@@ -1,0 +1,517 @@
+//! The verifier's cache, throttle, hashing cap and failure behaviour.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::TimeDelta;
+use common::*;
+use keyward::*;
+
+#[tokio::test]
+async fn a_cache_hit_costs_no_argon2_and_each_change_is_seen_on_the_next_check() {
+    let f = fixture_with(
+        Arc::new(MemoryStore::new()),
+        policy().with_edits(EditPolicy::permissive()),
+        VerifierConfig::default(),
+    );
+    let created = f.push_key().await;
+    let t = created.token.expose_secret();
+    let id = &created.key.id;
+    for _ in 0..5 {
+        assert!(f.manager.verify(t, &f.req()).await.is_ok());
+    }
+    assert_eq!(f.hash_verifies(), 1, "one argon2, then cache hits");
+    assert_eq!(f.manager.verifier().cached_keys(), 1);
+
+    // Edit (narrowing): the warm entry is dropped at once.
+    f.manager
+        .edit(
+            &keyward::Actor::system("tests"),
+            id,
+            KeyEdit {
+                permissions: Some(PermissionGrant::only(["analytics:read"])),
+                ..KeyEdit::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        f.manager.verify(t, &f.req()).await.unwrap_err().reason,
+        DenialReason::PermissionMissing
+    );
+    assert_eq!(f.hash_verifies(), 2);
+
+    // Regenerate: the old secret is refused at once, warm cache or not.
+    let read = VerifyRequest::new(&f.live, f.perm("analytics:read"));
+    assert!(f.manager.verify(t, &read).await.is_ok());
+    let new = f
+        .manager
+        .regenerate(&keyward::Actor::system("tests"), id)
+        .await
+        .unwrap();
+    assert_eq!(
+        f.manager.verify(t, &read).await.unwrap_err().reason,
+        DenialReason::WrongSecret
+    );
+    let t2 = new.token.expose_secret();
+    assert!(f.manager.verify(t2, &read).await.is_ok());
+
+    // Revoke.
+    f.manager
+        .revoke(&keyward::Actor::system("tests"), id)
+        .await
+        .unwrap();
+    assert_eq!(
+        f.manager.verify(t2, &read).await.unwrap_err().reason,
+        DenialReason::Revoked
+    );
+
+    // Delete (a second key, warm).
+    let other = f.push_key().await;
+    let t3 = other.token.expose_secret();
+    assert!(f.manager.verify(t3, &f.req()).await.is_ok());
+    f.manager
+        .delete(&keyward::Actor::system("tests"), &other.key.id)
+        .await
+        .unwrap();
+    assert_eq!(
+        f.manager.verify(t3, &f.req()).await.unwrap_err().reason,
+        DenialReason::UnknownKey
+    );
+}
+
+#[tokio::test]
+async fn a_revoked_key_retrying_costs_argon2_once() {
+    let f = fixture();
+    let created = f.push_key().await;
+    let t = created.token.expose_secret();
+    f.manager
+        .revoke(&keyward::Actor::system("tests"), &created.key.id)
+        .await
+        .unwrap();
+    for _ in 0..20 {
+        assert_eq!(
+            f.manager.verify(t, &f.req()).await.unwrap_err().reason,
+            DenialReason::Revoked
+        );
+    }
+    assert_eq!(f.hash_verifies(), 1, "negative cache");
+}
+
+#[tokio::test]
+async fn expiry_is_checked_on_cache_hits() {
+    let f = fixture();
+    let created = f
+        .create(
+            NewKey::new(OWNER, "live", "short")
+                .permissions(PermissionGrant::All)
+                .expiry(ExpiryChoice::Days(1)),
+        )
+        .await;
+    let t = created.token.expose_secret();
+    f.clock
+        .advance(TimeDelta::hours(24) - TimeDelta::seconds(10));
+    assert!(f.manager.verify(t, &f.req()).await.is_ok());
+    f.clock.advance(TimeDelta::seconds(10));
+    assert_eq!(
+        f.manager.verify(t, &f.req()).await.unwrap_err().reason,
+        DenialReason::Expired
+    );
+    assert_eq!(
+        f.hash_verifies(),
+        1,
+        "the expiry was caught on the cached entry"
+    );
+}
+
+#[tokio::test]
+async fn a_change_made_elsewhere_is_seen_after_the_ttl_or_an_invalidation() {
+    let config = VerifierConfig {
+        cache_ttl: Duration::from_secs(30),
+        ..VerifierConfig::default()
+    };
+    let store = Arc::new(MemoryStore::new());
+    let f = fixture_with(Arc::clone(&store), policy(), config);
+    let created = f.push_key().await;
+    let t = created.token.expose_secret();
+    assert!(f.manager.verify(t, &f.req()).await.is_ok());
+
+    // Another process revokes through the store directly; this one is not told.
+    let mut record = store.get(&created.key.id).await.unwrap().unwrap();
+    let expected = record.generation;
+    record.revoked_at = Some(start());
+    record.generation += 1;
+    store.update(&record, expected).await.unwrap();
+
+    f.clock.advance(TimeDelta::seconds(29));
+    assert!(
+        f.manager.verify(t, &f.req()).await.is_ok(),
+        "stale within the TTL, as documented"
+    );
+    f.clock.advance(TimeDelta::seconds(1));
+    assert_eq!(
+        f.manager.verify(t, &f.req()).await.unwrap_err().reason,
+        DenialReason::Revoked
+    );
+
+    // An invalidation from a change feed works at once.
+    let second = f.push_key().await;
+    let t2 = second.token.expose_secret();
+    assert!(f.manager.verify(t2, &f.req()).await.is_ok());
+    store.delete(&second.key.id).await.unwrap();
+    f.manager.verifier().invalidate(&second.key.id);
+    assert_eq!(
+        f.manager.verify(t2, &f.req()).await.unwrap_err().reason,
+        DenialReason::UnknownKey
+    );
+
+    // And invalidate_all empties the cache.
+    let third = f.push_key().await;
+    assert!(
+        f.manager
+            .verify(third.token.expose_secret(), &f.req())
+            .await
+            .is_ok()
+    );
+    assert!(f.manager.verifier().cached_keys() >= 1);
+    f.manager.verifier().invalidate_all();
+    assert_eq!(f.manager.verifier().cached_keys(), 0);
+}
+
+#[tokio::test]
+async fn wrong_secrets_are_throttled_while_the_cached_right_secret_passes() {
+    let config = VerifierConfig {
+        failure_burst: 5,
+        failure_refill: Duration::from_secs(10),
+        ..VerifierConfig::default()
+    };
+    let f = fixture_with(Arc::new(MemoryStore::new()), policy(), config);
+    let created = f.push_key().await;
+    let t = created.token.expose_secret();
+    assert!(f.manager.verify(t, &f.req()).await.is_ok());
+    let before = f.hash_verifies();
+
+    let mut throttled = 0;
+    for _ in 0..50 {
+        let forged = f.manager.format().generate(&f.live, &created.key.id);
+        let d = f
+            .manager
+            .verify(forged.expose_secret(), &f.req())
+            .await
+            .unwrap_err();
+        match d.reason {
+            DenialReason::WrongSecret => {}
+            DenialReason::Throttled => {
+                throttled += 1;
+                assert_eq!(d.kind(), DenialKind::Throttled);
+                let wait = d.retry_after.expect("retry after");
+                assert!(
+                    wait > Duration::ZERO && wait <= Duration::from_secs(10),
+                    "{wait:?}"
+                );
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(throttled, 45);
+    assert_eq!(
+        f.hash_verifies() - before,
+        5,
+        "argon2 ran only for the burst"
+    );
+    assert!(
+        f.manager.verify(t, &f.req()).await.is_ok(),
+        "the cached right secret is not locked out"
+    );
+
+    // One token comes back per refill interval.
+    f.clock.advance(TimeDelta::seconds(10));
+    let forged = f.manager.format().generate(&f.live, &created.key.id);
+    assert_eq!(
+        f.manager
+            .verify(forged.expose_secret(), &f.req())
+            .await
+            .unwrap_err()
+            .reason,
+        DenialReason::WrongSecret
+    );
+    let forged = f.manager.format().generate(&f.live, &created.key.id);
+    assert_eq!(
+        f.manager
+            .verify(forged.expose_secret(), &f.req())
+            .await
+            .unwrap_err()
+            .reason,
+        DenialReason::Throttled
+    );
+
+    // Another key is not affected.
+    let other = f.push_key().await;
+    assert!(
+        f.manager
+            .verify(other.token.expose_secret(), &f.req())
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_concurrent_argon2_cap_holds() {
+    let counters = Counters::default();
+    let clock = ManualClock::new(start());
+    let manager = KeyManager::builder(
+        Arc::new(MemoryStore::new()),
+        format(),
+        Policy::new(registry()),
+    )
+    .hasher(CountingHasher::with_delay(
+        counters.clone(),
+        Duration::from_millis(20),
+    ))
+    .clock(clock)
+    .verifier_config(VerifierConfig {
+        max_concurrent_hashes: 2,
+        ..VerifierConfig::default()
+    })
+    .build();
+    let mut tokens = Vec::new();
+    for i in 0..12 {
+        let created = manager
+            .create(
+                &keyward::Actor::system("tests"),
+                NewKey::new(format!("owner{i}"), "live", "k").permissions(PermissionGrant::All),
+            )
+            .await
+            .unwrap();
+        tokens.push(created.token.expose_secret().to_owned());
+    }
+    counters.max_running.store(0, Ordering::SeqCst);
+    let push = registry().get("package:push").unwrap();
+    let mut tasks = Vec::new();
+    for t in tokens {
+        let m = manager.clone();
+        tasks.push(tokio::spawn(async move {
+            let live = Environment::new("live").unwrap();
+            m.verify(&t, &VerifyRequest::new(&live, push)).await.is_ok()
+        }));
+    }
+    for task in tasks {
+        assert!(task.await.unwrap());
+    }
+    assert_eq!(counters.verifies.load(Ordering::SeqCst), 12);
+    assert_eq!(
+        counters.max_running.load(Ordering::SeqCst),
+        2,
+        "never more than the cap, and the cap is used"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_store_denies_and_management_calls_return_the_error() {
+    let store = Arc::new(FlakyStore::new(MemoryStore::new()));
+    let f = fixture_with(Arc::clone(&store), policy(), VerifierConfig::default());
+    let created = f.push_key().await;
+    let t = created.token.expose_secret();
+
+    store.fail_reads.store(true, Ordering::SeqCst);
+    let d = f.manager.verify(t, &f.req()).await.unwrap_err();
+    assert_eq!(d.reason, DenialReason::StoreUnavailable);
+    assert_eq!(d.kind(), DenialKind::Unavailable);
+    assert!(matches!(
+        f.manager
+            .get(&keyward::Actor::system("tests"), &created.key.id)
+            .await,
+        Err(KeywardError::Store(StoreError::Backend(_)))
+    ));
+    store.fail_reads.store(false, Ordering::SeqCst);
+
+    store.fail_writes.store(true, Ordering::SeqCst);
+    let before = snapshot(&store.inner, OWNER).await;
+    assert!(matches!(
+        f.manager
+            .create(
+                &keyward::Actor::system("tests"),
+                NewKey::new(OWNER, "live", "x").permissions(PermissionGrant::All)
+            )
+            .await,
+        Err(KeywardError::Store(StoreError::Backend(_)))
+    ));
+    assert!(matches!(
+        f.manager
+            .revoke(&keyward::Actor::system("tests"), &created.key.id)
+            .await,
+        Err(KeywardError::Store(_))
+    ));
+    assert!(matches!(
+        f.manager
+            .regenerate(&keyward::Actor::system("tests"), &created.key.id)
+            .await,
+        Err(KeywardError::Store(_))
+    ));
+    assert!(matches!(
+        f.manager
+            .delete(&keyward::Actor::system("tests"), &created.key.id)
+            .await,
+        Err(KeywardError::Store(_))
+    ));
+    assert_eq!(
+        snapshot(&store.inner, OWNER).await,
+        before,
+        "nothing half-written"
+    );
+    store.fail_writes.store(false, Ordering::SeqCst);
+    assert!(
+        f.manager.verify(t, &f.req()).await.is_ok(),
+        "the old secret still works: regenerate failed"
+    );
+}
+
+#[tokio::test]
+async fn corrupt_records_deny() {
+    let store = Arc::new(MemoryStore::new());
+    let f = fixture_with(Arc::clone(&store), policy(), VerifierConfig::default());
+    let created = f.push_key().await;
+    let t = created.token.expose_secret();
+    let mut record = store.get(&created.key.id).await.unwrap().unwrap();
+    let good_hash = record.secret_hash.clone();
+
+    record.secret_hash = SecretHash::new("garbage".into());
+    store.update(&record, record.generation).await.unwrap();
+    let d = f.manager.verify(t, &f.req()).await.unwrap_err();
+    assert_eq!(d.reason, DenialReason::CorruptRecord);
+    assert_eq!(d.kind(), DenialKind::Unavailable);
+
+    record.secret_hash = good_hash;
+    record.resources = ResourceScope::only(["bad pattern/"]);
+    store.update(&record, record.generation).await.unwrap();
+    assert_eq!(
+        f.manager.verify(t, &f.req()).await.unwrap_err().reason,
+        DenialReason::CorruptRecord
+    );
+}
+
+#[tokio::test]
+async fn weak_hashes_are_upgraded_on_a_successful_check() {
+    let store = Arc::new(MemoryStore::new());
+    let weak = KeyManager::builder(Arc::clone(&store), format(), policy())
+        .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
+        .build();
+    let created = weak.push_key_for_test().await;
+    let stronger = KeyManager::builder(Arc::clone(&store), format(), policy())
+        .hasher(Argon2Hasher::new(Argon2Params::new(64, 2, 1).unwrap()))
+        .build();
+    let live = Environment::new("live").unwrap();
+    let req = VerifyRequest::new(&live, registry().get("package:push").unwrap());
+    assert!(
+        stronger
+            .verify(created.token.expose_secret(), &req)
+            .await
+            .is_ok()
+    );
+    let record = store.get(&created.key.id).await.unwrap().unwrap();
+    assert!(
+        record
+            .secret_hash
+            .as_str()
+            .starts_with("$argon2id$v=19$m=64,t=2,p=1$")
+    );
+    assert_eq!(record.generation, 2);
+    stronger.verifier().invalidate_all();
+    assert!(
+        stronger
+            .verify(created.token.expose_secret(), &req)
+            .await
+            .is_ok(),
+        "the new hash verifies"
+    );
+}
+
+trait PushKey {
+    async fn push_key_for_test(&self) -> CreatedKey;
+}
+impl<S: KeyStore> PushKey for KeyManager<S> {
+    async fn push_key_for_test(&self) -> CreatedKey {
+        self.create(
+            &keyward::Actor::system("tests"),
+            NewKey::new(OWNER, "live", "CI").permissions(PermissionGrant::All),
+        )
+        .await
+        .unwrap()
+    }
+}
+
+/// Many tasks verify while the manager revokes: no check that starts after
+/// `revoke` returned may pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_check_started_after_a_revoke_returned_is_granted() {
+    for round in 0..5 {
+        let f = fixture();
+        let created = f.push_key().await;
+        let token = created.token.expose_secret().to_owned();
+        let done = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            let m = f.manager.clone();
+            let token = token.clone();
+            let done = Arc::clone(&done);
+            tasks.push(tokio::spawn(async move {
+                let live = Environment::new("live").unwrap();
+                let req = VerifyRequest::new(&live, registry().get("package:push").unwrap());
+                let mut late_grants = 0;
+                let mut checks = 0;
+                for _ in 0..2000 {
+                    let started_after = done.load(Ordering::SeqCst);
+                    let ok = m.verify(&token, &req).await.is_ok();
+                    checks += 1;
+                    if started_after && ok {
+                        late_grants += 1;
+                    }
+                    if started_after && checks > 50 {
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                late_grants
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        match round % 3 {
+            0 => {
+                f.manager
+                    .revoke(&keyward::Actor::system("tests"), &created.key.id)
+                    .await
+                    .unwrap();
+            }
+            1 => {
+                f.manager
+                    .regenerate(&keyward::Actor::system("tests"), &created.key.id)
+                    .await
+                    .unwrap();
+            }
+            _ => {
+                f.manager
+                    .edit(
+                        &keyward::Actor::system("tests"),
+                        &created.key.id,
+                        KeyEdit {
+                            permissions: Some(PermissionGrant::only(["package:push-new"])),
+                            ..KeyEdit::default()
+                        },
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+        done.store(true, Ordering::SeqCst);
+        for t in tasks {
+            assert_eq!(
+                t.await.unwrap(),
+                0,
+                "round {round}: a check started after the change passed"
+            );
+        }
+    }
+}
