@@ -1163,7 +1163,15 @@ fn header_catalogue() {
         h
     };
     let long = format!("Bearer {}", "a".repeat(600));
-    let pair_short_id = format!("Basic {}", b64(&format!("abc:{}", "s".repeat(SECRET_LEN))));
+    // A short alphanumeric id is a valid imported key's id (checked as a
+    // pair), so these are the pairs no key can have.
+    let pair_bad_id = format!("Basic {}", b64(&format!("ab-c:{}", "s".repeat(SECRET_LEN))));
+    let pair_long_id = format!(
+        "Basic {}",
+        b64(&format!("{}:{}", "a".repeat(65), "s".repeat(SECRET_LEN)))
+    );
+    let pair_empty_secret = format!("Basic {}", b64("abc:"));
+    let pair_blank_secret = format!("Basic {}", b64("abc:se cret"));
     let bearer = format!("Bearer {t}");
     let cases: Vec<(&str, HeaderMap, bool, &str)> = vec![
         ("no header", HeaderMap::new(), true, "missing_credentials"),
@@ -1246,8 +1254,26 @@ fn header_catalogue() {
             "invalid_token",
         ),
         (
-            "Basic with a short key id",
-            headers(&[("authorization", pair_short_id.as_bytes())]),
+            "Basic with a key id that is not alphanumeric",
+            headers(&[("authorization", pair_bad_id.as_bytes())]),
+            true,
+            "invalid_token",
+        ),
+        (
+            "Basic with a key id over 64 characters",
+            headers(&[("authorization", pair_long_id.as_bytes())]),
+            true,
+            "invalid_token",
+        ),
+        (
+            "Basic with an empty secret",
+            headers(&[("authorization", pair_empty_secret.as_bytes())]),
+            true,
+            "invalid_token",
+        ),
+        (
+            "Basic with a blank in the secret",
+            headers(&[("authorization", pair_blank_secret.as_bytes())]),
             true,
             "invalid_token",
         ),
@@ -1301,5 +1327,19 @@ fn header_catalogue() {
     assert_eq!(
         (ok.source(), ok.expose_secret()),
         (CredentialSource::Basic, t)
+    );
+    assert_eq!(ok.pair_key_id(), None);
+    // An imported key's pair: any alphanumeric id, checked as a pair.
+    let imported = format!("Basic {}", b64("abc:legacy-Secret.1"));
+    let ok = read_credential(
+        &headers(&[("authorization", imported.as_bytes())]),
+        None,
+        &format,
+        &live,
+    )
+    .unwrap();
+    assert_eq!(
+        (ok.source(), ok.pair_key_id(), ok.expose_secret()),
+        (CredentialSource::Basic, Some("abc"), "legacy-Secret.1")
     );
 }

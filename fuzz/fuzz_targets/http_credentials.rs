@@ -50,12 +50,23 @@ fuzz_target!(|data: &[u8]| {
             );
             assert_eq!(format!("{credential:?}"), expected, "Debug shows no secret");
             match credential.source() {
-                CredentialSource::Basic => {
-                    let parsed = format
-                        .parse(token)
-                        .expect("a Basic pair becomes a valid token");
-                    assert_eq!(parsed.environment(), "live");
-                }
+                CredentialSource::Basic => match credential.pair_key_id() {
+                    // A pair in keyward's shape becomes a valid token.
+                    None => {
+                        let parsed = format
+                            .parse(token)
+                            .expect("a Basic pair becomes a valid token");
+                        assert_eq!(parsed.environment(), "live");
+                    }
+                    // Any other pair is an imported key's id and secret,
+                    // within the limits `Verifier::verify_pair` checks.
+                    Some(id) => {
+                        assert!(!id.is_empty() && id.len() <= keyward::MAX_KEY_ID_LEN);
+                        assert!(id.bytes().all(|b| b.is_ascii_alphanumeric()));
+                        assert!(token.len() <= keyward::MAX_PAIR_SECRET_LEN);
+                        assert!(token.bytes().all(|b| b.is_ascii_graphic()));
+                    }
+                },
                 CredentialSource::Bearer => {
                     assert!(headers.contains_key(http::header::AUTHORIZATION))
                 }

@@ -51,6 +51,7 @@ fn world() -> &'static World {
         let created = rt
             .block_on(
                 manager.create(
+                    &Actor::system("fuzz"),
                     NewKey::new("contoso", "live", "fuzz")
                         .permissions(PermissionGrant::All)
                         .resources(ResourceScope::only(["Contoso.*", "Fabrikam"])),
