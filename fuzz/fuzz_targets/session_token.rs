@@ -49,12 +49,10 @@ fn world() -> &'static World {
         .build();
         let live = Environment::new("live").expect("env");
         let created = rt
-            .block_on(
-                manager.create(
-                    &Actor::system("fuzz"),
-                    NewKey::new("contoso", "live", "fuzz").permissions(PermissionGrant::All),
-                ),
-            )
+            .block_on(manager.create(
+                &Actor::system("fuzz"),
+                NewKey::new("contoso", "live", "fuzz").permissions(PermissionGrant::All),
+            ))
             .expect("create");
         let session = rt
             .block_on(manager.exchange(created.token.expose_secret(), &live, None, None))
