@@ -10,7 +10,7 @@ use foldhash::fast::RandomState;
 use subtle::ConstantTimeEq;
 
 use crate::hash::FINGERPRINT_LEN;
-use crate::token::KeyId;
+use crate::token::{Environment, KeyId};
 use crate::verify::{CompiledKey, DenialReason};
 
 const SHARDS: usize = 64;
@@ -26,6 +26,9 @@ pub(crate) enum Cached {
 
 struct Entry {
     fingerprint: [u8; FINGERPRINT_LEN],
+    /// The environment of the key (or session): a hit for another
+    /// environment is a miss, so the store decides, exactly as when cold.
+    environment: Environment,
     state: Cached,
     cached_at: DateTime<Utc>,
 }
@@ -63,11 +66,13 @@ impl KeyCache {
         &self.shards[(self.hasher.hash_one(id) as usize) % SHARDS]
     }
 
-    /// The cached state if the entry is fresh and the fingerprint matches.
+    /// The cached state if the entry is fresh, of `environment`, and the
+    /// fingerprint matches.
     #[inline]
     pub(crate) fn lookup(
         &self,
         id: &str,
+        environment: &Environment,
         fingerprint: &[u8; FINGERPRINT_LEN],
         now: DateTime<Utc>,
     ) -> Option<Cached> {
@@ -76,7 +81,10 @@ impl KeyCache {
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         let entry = shard.get(id)?;
-        if now - entry.cached_at >= self.ttl || now < entry.cached_at {
+        if now - entry.cached_at >= self.ttl
+            || now < entry.cached_at
+            || entry.environment != *environment
+        {
             return None;
         }
         if bool::from(entry.fingerprint.ct_eq(fingerprint)) {
@@ -95,6 +103,7 @@ impl KeyCache {
     pub(crate) fn insert(
         &self,
         id: &KeyId,
+        environment: &Environment,
         fingerprint: [u8; FINGERPRINT_LEN],
         state: Cached,
         now: DateTime<Utc>,
@@ -121,6 +130,7 @@ impl KeyCache {
             id.clone(),
             Entry {
                 fingerprint,
+                environment: environment.clone(),
                 state,
                 cached_at: now,
             },

@@ -909,10 +909,14 @@ impl<S: KeyStore> KeyManager<S> {
     /// the old key expire after `grace` (never later than its own expiry),
     /// so both work during the overlap and CI can switch with no downtime.
     ///
-    /// The successor is inserted without the quota check (the old key is
-    /// on its way out). If retiring the old key fails, the successor is
-    /// deleted again and the error returned. Legacy and suspended keys
-    /// cannot be rotated.
+    /// The old key is on its way out, so the quota check allows one key
+    /// more than the policy's quota for the successor: an owner at the
+    /// quota can rotate one key at a time, and repeated rotations cannot pile
+    /// up keys ([`KeywardError::QuotaExceeded`] until the overlap ends). If
+    /// retiring the old key fails, or the call is cancelled (a dropped
+    /// future, a timeout) between the two writes, the successor is deleted
+    /// again and the error returned. Legacy and suspended keys cannot be
+    /// rotated.
     pub async fn rotate(
         &self,
         actor: &Actor,
@@ -932,10 +936,18 @@ impl<S: KeyStore> KeyManager<S> {
             .filter(|g| *g <= TimeDelta::days(MAX_WINDOW_DAYS))
             .ok_or(PolicyError::BadGracePeriod)?;
         let now = self.now();
+        // Checked: an imported or unrestricted key may expire near the end
+        // of time, and `+` would panic there.
+        let later = |d: TimeDelta| {
+            now.checked_add_signed(d)
+                .unwrap_or(DateTime::<Utc>::MAX_UTC)
+        };
         let successor = KeyRecord {
             id: KeyId::generate(),
             created_at: now,
-            expires_at: old.expires_at.map(|e| now + (e - old.created_at)),
+            expires_at: old
+                .expires_at
+                .map(|e| later(e.signed_duration_since(old.created_at))),
             revoked_at: None,
             suspended_at: None,
             last_used_at: None,
@@ -945,19 +957,31 @@ impl<S: KeyStore> KeyManager<S> {
             secret_hash: SecretHash::new(String::new()),
             ..old.clone()
         };
-        let (token, successor) = self.insert_new(successor, None).await?;
+        let quota = self.shared.policy.quota().map(|q| QuotaCheck {
+            max_live: q.saturating_add(1),
+            now,
+        });
+        let (token, successor) = self.insert_new(successor, quota).await?;
+        // Until the old key is retired, dropping this future deletes the
+        // successor (whose token nobody would ever see).
+        let mut undo = UndoInsert {
+            shared: Some(Arc::clone(&self.shared)),
+            id: successor.id.clone(),
+        };
         let mut retired = old.clone();
-        let end = now + grace;
+        let end = later(grace);
         retired.expires_at = Some(old.expires_at.map_or(end, |e| e.min(end)));
         let retired = match self.save(retired).await {
             Ok(r) => r,
             Err(e) => {
                 // Undo: nothing half-done. If even that fails, the successor
-                // stays (a working key is better than a lost token).
+                // stays unusable: its token is never returned.
+                undo.shared = None;
                 let _ = self.shared.store.delete(&successor.id).await;
                 return Err(e);
             }
         };
+        undo.shared = None;
         self.audit(vec![
             self.event(
                 actor,
@@ -1216,5 +1240,29 @@ impl<S: KeyStore> KeyManager<S> {
             ..AuditEvent::new(self.now(), AuditAction::SessionIssued)
         }])
         .await;
+    }
+}
+
+/// Deletes a rotation's successor when the rotation is dropped before it
+/// retired the old key (see [`KeyManager::rotate`]). Disarmed by taking
+/// `shared`.
+struct UndoInsert<S: KeyStore> {
+    shared: Option<Arc<Shared<S>>>,
+    id: KeyId,
+}
+
+impl<S: KeyStore> Drop for UndoInsert<S> {
+    fn drop(&mut self) {
+        let Some(shared) = self.shared.take() else {
+            return;
+        };
+        let id = self.id.clone();
+        // Without a runtime there is nothing to run the delete on; the
+        // successor's token was never returned, so it can never be used.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = shared.store.delete(&id).await;
+            });
+        }
     }
 }

@@ -548,7 +548,7 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
         let hash = SessionHash::of(parsed.expose_secret());
         let now = self.shared.clock.now();
         let id = parsed.key_id();
-        let key = match sessions.cache.lookup(id, &hash.0, now) {
+        let key = match sessions.cache.lookup(id, environment, &hash.0, now) {
             Some(Cached::Live(key)) => key,
             Some(Cached::Dead(reason)) => return Err(anonymous(reason)),
             None => {
@@ -568,6 +568,7 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
                 if record.revoked {
                     sessions.cache.insert(
                         &session_id,
+                        &record.environment,
                         hash.0,
                         Cached::Dead(DenialReason::Revoked),
                         now,
@@ -596,6 +597,7 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
                 let key = Arc::new(key);
                 sessions.cache.insert(
                     &session_id,
+                    key.environment(),
                     hash.0,
                     Cached::Live(Arc::clone(&key)),
                     now,

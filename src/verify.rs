@@ -471,7 +471,9 @@ pub(crate) struct Shared<S> {
     pub(crate) clock: Arc<dyn Clock>,
     cache: KeyCache,
     throttle: Throttle,
-    hashing: Semaphore,
+    /// Permits for argon2 computations; a permit travels with its
+    /// computation, so a dropped check cannot free its slot early.
+    hashing: Arc<Semaphore>,
     fingerprinter: Fingerprinter,
     pub(crate) audit: AuditLog,
     pub(crate) usage: UsageTracker,
@@ -498,7 +500,7 @@ impl<S: KeyStore> Shared<S> {
             clock,
             cache: KeyCache::new(config.cache_capacity, delta(config.cache_ttl)),
             throttle: Throttle::new(config.failure_burst, delta(config.failure_refill)),
-            hashing: Semaphore::new(config.max_concurrent_hashes.max(1)),
+            hashing: Arc::new(Semaphore::new(config.max_concurrent_hashes.max(1))),
             fingerprinter: Fingerprinter::random(),
         }
     }
@@ -510,18 +512,28 @@ impl<S: KeyStore> Shared<S> {
         R: Send + 'static,
         F: FnOnce(&dyn SecretHasher) -> Result<R, HashError> + Send + 'static,
     {
-        let _permit = self
-            .hashing
-            .acquire()
+        let permit = Arc::clone(&self.hashing)
+            .acquire_owned()
             .await
             .map_err(|_| HashError::Failed("hashing is shut down".into()))?;
         let hasher = Arc::clone(&self.hasher);
         match tokio::runtime::Handle::try_current() {
+            // The permit moves into the blocking task: if the caller's future
+            // is dropped (client gone, timeout), the computation still holds
+            // its slot until it ends, so the cap counts what really runs.
             Ok(handle) => handle
-                .spawn_blocking(move || f(&*hasher))
+                .spawn_blocking(move || {
+                    let result = f(&*hasher);
+                    drop(permit);
+                    result
+                })
                 .await
                 .map_err(|_| HashError::Failed("hashing task failed".into()))?,
-            Err(_) => f(&*hasher),
+            Err(_) => {
+                let result = f(&*hasher);
+                drop(permit);
+                result
+            }
         }
     }
 
@@ -728,7 +740,7 @@ impl<S: KeyStore> Verifier<S> {
         let shared = &*self.shared;
         let fingerprint = shared.fingerprinter.fingerprint(secret.as_bytes());
         let now = shared.clock.now();
-        let key = match shared.cache.lookup(id, &fingerprint, now) {
+        let key = match shared.cache.lookup(id, environment, &fingerprint, now) {
             Some(Cached::Live(key)) => key,
             Some(Cached::Dead(reason)) => return Err(self.deny(Some(id), reason, None, client_ip)),
             None => match self.cold(id, environment, secret, fingerprint, now).await {
@@ -860,6 +872,7 @@ impl<S: KeyStore> Verifier<S> {
         if let Some(reason) = dead {
             shared.cache.insert(
                 &key_id,
+                &record.environment,
                 fingerprint,
                 Cached::Dead(reason.clone()),
                 now,
@@ -873,6 +886,7 @@ impl<S: KeyStore> Verifier<S> {
         let key = Arc::new(compiled);
         shared.cache.insert(
             &key_id,
+            &record.environment,
             fingerprint,
             Cached::Live(Arc::clone(&key)),
             now,

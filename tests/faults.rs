@@ -270,9 +270,13 @@ enum Call {
     Delete,
     Exchange,
     EndSessions,
+    Rotate,
+    Suspend,
+    Import,
+    TakeReminders,
 }
 
-const CALLS: [Call; 7] = [
+const CALLS: [Call; 11] = [
     Call::Create,
     Call::Edit,
     Call::Regenerate,
@@ -280,6 +284,10 @@ const CALLS: [Call; 7] = [
     Call::Delete,
     Call::Exchange,
     Call::EndSessions,
+    Call::Rotate,
+    Call::Suspend,
+    Call::Import,
+    Call::TakeReminders,
 ];
 
 async fn run(call: Call, f: &Fixture<Store>, key: &CreatedKey) -> Result<(), String> {
@@ -339,6 +347,54 @@ async fn run(call: Call, f: &Fixture<Store>, key: &CreatedKey) -> Result<(), Str
             .await
             .map(drop)
             .map_err(|e| err(&e)),
+        // Two writes: the successor, then the old key's shorter expiry.
+        Call::Rotate => f
+            .manager
+            .rotate(
+                &keyward::Actor::system("tests"),
+                id,
+                Duration::from_secs(3600),
+            )
+            .await
+            .map(drop)
+            .map_err(|e| err(&e)),
+        Call::Suspend => f
+            .manager
+            .suspend(&keyward::Actor::system("tests"), id)
+            .await
+            .map(drop)
+            .map_err(|e| err(&e)),
+        Call::Import => f
+            .manager
+            .import(
+                &keyward::Actor::system("tests"),
+                ImportKey {
+                    id: "imported1".into(),
+                    owner: OWNER.into(),
+                    environment: "live".into(),
+                    name: "from the old registry".into(),
+                    kind: KeyKind::Scoped,
+                    permissions: PermissionGrant::All,
+                    resources: ResourceScope::All,
+                    expires_at: None,
+                    ip_allowlist: Vec::new(),
+                    created_at: None,
+                    sha256_hex: "ab".repeat(32),
+                },
+            )
+            .await
+            .map(drop)
+            .map_err(|e| err(&e)),
+        // The key expires in 90 days: due within 100.
+        Call::TakeReminders => match f
+            .manager
+            .take_expiry_reminders(&keyward::Actor::system("tests"), 100, 10)
+            .await
+        {
+            Ok(due) if due.len() == 1 => Ok(()),
+            Ok(due) => Err(format!("{} keys due, expected 1", due.len())),
+            Err(e) => Err(err(&e)),
+        },
     }
 }
 
@@ -473,6 +529,11 @@ async fn management_calls_fail_cleanly_under_every_fault() {
                     Some(Err(message)) => assert!(!message.is_empty(), "{case}"),
                 }
                 store.heal();
+                // A dropped call's clean-up (rotation's successor) runs as a
+                // task of its own: give it a moment.
+                if fault == Fault::Hang {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
                 assert_eq!(
                     snapshot(store.inner(), OWNER).await,
                     keys_before,
@@ -517,7 +578,15 @@ async fn delays_only_slow_calls_down() {
         store.heal();
         // The call did what it does: the old token still passes exactly
         // when the call leaves it able to push.
-        let still_pushes = matches!(call, Call::Create | Call::Exchange | Call::EndSessions);
+        let still_pushes = matches!(
+            call,
+            Call::Create
+                | Call::Exchange
+                | Call::EndSessions
+                | Call::Rotate
+                | Call::Import
+                | Call::TakeReminders
+        );
         assert_eq!(
             f.manager
                 .verify(key.token.expose_secret(), &f.req())

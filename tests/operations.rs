@@ -382,7 +382,9 @@ async fn a_failed_rotation_leaves_no_successor_behind() {
     let o = ops();
     let old = o.manager.create(&admin(), push_key()).await.unwrap();
     let before = snapshot(&o.store, OWNER).await;
-    // Inserting the successor works, retiring the old key fails: undone.
+    // The store refuses writes: no successor, the old key untouched. (The
+    // case where the successor is inserted and retiring the old key fails,
+    // or the call is dropped in between, is in tests/faults.rs.)
     o.store
         .fail_writes
         .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -396,6 +398,80 @@ async fn a_failed_rotation_leaves_no_successor_behind() {
         .fail_writes
         .store(false, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(snapshot(&o.store, OWNER).await, before);
+}
+
+/// Rotation lets an owner at the quota (3) overlap one key at a time:
+/// rotating again while an overlap runs is refused, so repeated rotations
+/// cannot pile up live keys; once the old key expired it works again.
+#[tokio::test]
+async fn rotations_at_the_quota_overlap_one_key_at_a_time() {
+    let o = ops();
+    let mut keys = Vec::new();
+    for _ in 0..3 {
+        keys.push(o.manager.create(&admin(), push_key()).await.unwrap());
+    }
+    let grace = Duration::from_secs(3600);
+    let first = o
+        .manager
+        .rotate(&admin(), &keys[0].key.id, grace)
+        .await
+        .unwrap();
+    let before = snapshot(&o.store, OWNER).await;
+    assert_eq!(before.len(), 4);
+    for id in [&first.successor.key.id, &keys[1].key.id] {
+        assert!(matches!(
+            o.manager.rotate(&admin(), id, grace).await,
+            Err(KeywardError::QuotaExceeded { limit: 4 })
+        ));
+    }
+    assert_eq!(snapshot(&o.store, OWNER).await, before, "nothing inserted");
+    // The overlap ends: the old key expired, a rotation fits again.
+    o.clock.advance(TimeDelta::hours(2));
+    o.manager
+        .rotate(&admin(), &first.successor.key.id, grace)
+        .await
+        .unwrap();
+}
+
+/// A key that expires near the end of representable time (an import, or
+/// an unrestricted expiry policy) rotates without overflowing.
+#[tokio::test]
+async fn rotating_a_key_that_expires_at_the_end_of_time_does_not_panic() {
+    let o = ops();
+    let far = chrono::DateTime::<chrono::Utc>::MAX_UTC - TimeDelta::days(1);
+    let imported = o
+        .manager
+        .import(
+            &Actor::system("migration"),
+            ImportKey {
+                id: "farfuture1".into(),
+                owner: OWNER.into(),
+                environment: "live".into(),
+                name: "old".into(),
+                kind: KeyKind::Scoped,
+                permissions: PermissionGrant::All,
+                resources: ResourceScope::All,
+                expires_at: Some(far),
+                ip_allowlist: Vec::new(),
+                created_at: Some(start() - TimeDelta::days(400)),
+                sha256_hex: sha_hex("legacy-secret"),
+            },
+        )
+        .await
+        .unwrap();
+    let rotated = o
+        .manager
+        .rotate(&admin(), &imported.id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        rotated.successor.key.expires_at,
+        Some(chrono::DateTime::<chrono::Utc>::MAX_UTC)
+    );
+    assert_eq!(
+        rotated.previous.expires_at,
+        Some(start() + TimeDelta::seconds(60))
+    );
 }
 
 fn sha_hex(secret: &str) -> String {

@@ -309,6 +309,118 @@ async fn the_concurrent_argon2_cap_holds() {
     );
 }
 
+/// Checks abandoned by their callers (a client gone, a timeout) keep their
+/// argon2 slot until the computation really ends: the cap counts what runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_argon2_cap_holds_when_checks_are_cancelled() {
+    let counters = Counters::default();
+    let manager = KeyManager::builder(
+        Arc::new(MemoryStore::new()),
+        format(),
+        Policy::new(registry()),
+    )
+    .hasher(CountingHasher::with_delay(
+        counters.clone(),
+        Duration::from_millis(150),
+    ))
+    .verifier_config(VerifierConfig {
+        max_concurrent_hashes: 2,
+        ..VerifierConfig::default()
+    })
+    .build();
+    let mut tokens = Vec::new();
+    for i in 0..8 {
+        let created = manager
+            .create(
+                &keyward::Actor::system("tests"),
+                NewKey::new(format!("owner{i}"), "live", "k").permissions(PermissionGrant::All),
+            )
+            .await
+            .unwrap();
+        tokens.push(created.token.expose_secret().to_owned());
+    }
+    counters.max_running.store(0, Ordering::SeqCst);
+    let push = registry().get("package:push").unwrap();
+    let live = Environment::new("live").unwrap();
+    // Each check gives up after 10 ms, long before its 150 ms argon2 ends.
+    for t in &tokens {
+        let cancelled = tokio::time::timeout(
+            Duration::from_millis(10),
+            manager.verify(t, &VerifyRequest::new(&live, push)),
+        )
+        .await;
+        assert!(cancelled.is_err(), "the check was still hashing");
+    }
+    // Let every abandoned computation that did start finish.
+    for _ in 0..100 {
+        if counters.running.load(Ordering::SeqCst) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(counters.running.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        counters.max_running.load(Ordering::SeqCst),
+        2,
+        "abandoned checks freed their slot while argon2 still ran"
+    );
+    assert!(counters.verifies.load(Ordering::SeqCst) >= 2);
+}
+
+/// One verifier serving two environments: a key proven (and cached) in
+/// `test` is never accepted in `live`, however its id and secret are sent.
+#[tokio::test]
+async fn a_cached_key_of_one_environment_is_refused_in_another() {
+    let manager = KeyManager::builder(
+        Arc::new(MemoryStore::new()),
+        format(),
+        Policy::new(registry()),
+    )
+    .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
+    .build();
+    let created = manager
+        .create(
+            &keyward::Actor::system("tests"),
+            NewKey::new("contoso", "test", "sandbox").permissions(PermissionGrant::All),
+        )
+        .await
+        .unwrap();
+    let push = registry().get("package:push").unwrap();
+    let test = Environment::new("test").unwrap();
+    let live = Environment::new("live").unwrap();
+    let token = created.token.expose_secret();
+    // Warm the cache in `test`.
+    manager
+        .verify(token, &VerifyRequest::new(&test, push))
+        .await
+        .unwrap();
+    let parsed = format().parse(token).unwrap();
+    // The same id and secret rebuilt as a live token (a new CRC is easy).
+    let as_live = format()
+        .from_pair(&live, parsed.key_id(), parsed.expose_secret())
+        .unwrap();
+    let d = manager
+        .verify(as_live.expose_secret(), &VerifyRequest::new(&live, push))
+        .await
+        .unwrap_err();
+    assert_eq!(d.reason, DenialReason::UnknownKey);
+    let d = manager
+        .verify_pair(
+            parsed.key_id(),
+            parsed.expose_secret(),
+            &VerifyRequest::new(&live, push),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(d.reason, DenialReason::UnknownKey);
+    // And the test key still works in `test`, from the cache.
+    manager
+        .verify(token, &VerifyRequest::new(&test, push))
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn a_failing_store_denies_and_management_calls_return_the_error() {
     let store = Arc::new(FlakyStore::new(MemoryStore::new()));
