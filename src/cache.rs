@@ -147,6 +147,19 @@ impl KeyCache {
         shard.remove(id);
     }
 
+    /// Forgets every live entry whose compiled key is `key_id` (the
+    /// sessions of one key, in the session cache).
+    pub(crate) fn invalidate_key(&self, key_id: &KeyId) {
+        for shard in &*self.shards {
+            let mut shard = shard.write().unwrap_or_else(PoisonError::into_inner);
+            let before = shard.len();
+            shard.retain(|_, e| !matches!(&e.state, Cached::Live(k) if k.id() == key_id));
+            if shard.len() != before {
+                self.epoch.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+    }
+
     /// Forgets every key.
     pub(crate) fn clear(&self) {
         let mut guards: Vec<_> = self

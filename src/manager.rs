@@ -348,7 +348,6 @@ impl<S: KeyStore> KeyManagerBuilder<S> {
             ))
         });
         KeyManager {
-            sessions,
             management: self.management,
             shared: Arc::new(Shared::new(
                 self.store,
@@ -358,7 +357,9 @@ impl<S: KeyStore> KeyManagerBuilder<S> {
                 self.clock,
                 self.config,
                 self.audit,
+                sessions.as_ref().map(|s| Arc::clone(&s.cache)),
             )),
+            sessions,
         }
     }
 }

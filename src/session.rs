@@ -317,7 +317,9 @@ impl<S: SessionStore> SessionStore for Arc<S> {
 pub(crate) struct Sessions {
     pub(crate) format: TokenFormat,
     pub(crate) config: SessionConfig,
-    cache: KeyCache,
+    /// Shared with the verifier, whose key invalidations (local changes and
+    /// the change feed) also drop the cached sessions of that key.
+    pub(crate) cache: Arc<KeyCache>,
 }
 
 impl Sessions {
@@ -356,10 +358,10 @@ impl Sessions {
         Self {
             format: keys.with_prefix(&config.prefix),
             config,
-            cache: KeyCache::new(
+            cache: Arc::new(KeyCache::new(
                 capacity,
                 TimeDelta::from_std(cache_ttl).unwrap_or(TimeDelta::MAX),
-            ),
+            )),
         }
     }
 }
@@ -617,8 +619,11 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
 
     /// Ends every session of the key `id` at once (in the store, and in this
     /// process's session cache); returns how many were ended. Other
-    /// processes see it when their cached session entry expires (the
-    /// verifier's `cache_ttl`).
+    /// processes see it when they drop their cached sessions of the key:
+    /// at their next [`Verifier::invalidate`](crate::Verifier::invalidate)
+    /// of it (the PostgreSQL change feed does that for every key change, so
+    /// [`revoke_compromised`](KeyManager::revoke_compromised) reaches them
+    /// at once), else when the entry expires (the verifier's `cache_ttl`).
     ///
     /// Needs an actor allowed to revoke the key (or, for a key already
     /// deleted, allowed to act across owners).
@@ -643,13 +648,16 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
         actor: &Actor,
         id: &KeyId,
     ) -> Result<KeyView, KeywardError> {
-        let view = match self.revoke(actor, id).await {
-            Ok(view) => view,
-            Err(KeywardError::Revoked(_)) => self.get(actor, id).await?,
-            Err(e) => return Err(e),
-        };
+        // Sessions first: the key's revoke is what the change feed announces,
+        // and a server that re-reads a session on that notice must find it
+        // ended. If the revoke then fails, the sessions stay ended (the safe
+        // direction) and the call can be retried.
         self.end_sessions(actor, id).await?;
-        Ok(view)
+        match self.revoke(actor, id).await {
+            Ok(view) => Ok(view),
+            Err(KeywardError::Revoked(_)) => self.get(actor, id).await,
+            Err(e) => Err(e),
+        }
     }
 
     /// Deletes sessions that have expired; returns how many. Call it now and

@@ -475,6 +475,8 @@ pub(crate) struct Shared<S> {
     /// computation, so a dropped check cannot free its slot early.
     hashing: Arc<Semaphore>,
     fingerprinter: Fingerprinter,
+    /// The manager's session cache, if it has sessions.
+    session_cache: Option<Arc<KeyCache>>,
     pub(crate) audit: AuditLog,
     pub(crate) usage: UsageTracker,
 }
@@ -488,6 +490,7 @@ impl<S: KeyStore> Shared<S> {
         clock: Arc<dyn Clock>,
         config: VerifierConfig,
         audit: Option<Arc<dyn AuditSink>>,
+        session_cache: Option<Arc<KeyCache>>,
     ) -> Self {
         let now = clock.now();
         Self {
@@ -502,6 +505,7 @@ impl<S: KeyStore> Shared<S> {
             throttle: Throttle::new(config.failure_burst, delta(config.failure_refill)),
             hashing: Arc::new(Semaphore::new(config.max_concurrent_hashes.max(1))),
             fingerprinter: Fingerprinter::random(),
+            session_cache,
         }
     }
 
@@ -537,8 +541,21 @@ impl<S: KeyStore> Shared<S> {
         }
     }
 
+    /// Forgets key `id` and this process's cached sessions of it, so their
+    /// next check reads the store (where a compromise revoke ended them).
     pub(crate) fn invalidate(&self, id: &KeyId) {
         self.cache.invalidate(id.as_str());
+        if let Some(sessions) = &self.session_cache {
+            sessions.invalidate_key(id);
+        }
+    }
+
+    /// Forgets every cached key and session.
+    pub(crate) fn invalidate_all(&self) {
+        self.cache.clear();
+        if let Some(sessions) = &self.session_cache {
+            sessions.clear();
+        }
     }
 
     /// The audit event for a usage write.
@@ -911,15 +928,17 @@ impl<S: KeyStore> Verifier<S> {
         }
     }
 
-    /// Forgets a key at once, so its next check reads the store. Call it from
-    /// a change feed when another process changed the key.
+    /// Forgets a key at once, and this process's cached sessions of it, so
+    /// their next check reads the store. Call it from a change feed when
+    /// another process changed the key.
     pub fn invalidate(&self, id: &KeyId) {
         self.shared.invalidate(id);
     }
 
-    /// Forgets every cached key (after a change feed reconnects, for example).
+    /// Forgets every cached key and session (after a change feed reconnects,
+    /// for example).
     pub fn invalidate_all(&self) {
-        self.shared.cache.clear();
+        self.shared.invalidate_all();
     }
 
     /// Number of keys in the cache.

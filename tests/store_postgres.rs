@@ -441,6 +441,66 @@ async fn change_feed_reaches_the_other_server() {
     .await;
 }
 
+/// A compromise revoke on one server ends the key's sessions on the other
+/// at once (through the feed), while a plain regenerate leaves them valid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn compromise_revoke_ends_sessions_on_the_other_server() {
+    with_schema(|url, schema| async move {
+        let with_sessions = |store: PostgresStore| {
+            let registry = PermissionRegistry::builder()
+                .permission("package:push")
+                .build()
+                .expect("registry");
+            KeyManager::builder(
+                store,
+                TokenFormat::new("mkh", &["live", "test"]).expect("format"),
+                Policy::new(registry),
+            )
+            .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
+            .sessions(SessionConfig::new("mkhs"))
+            .expect("sessions")
+            .build()
+        };
+        let a = with_sessions(store(&url, &schema).await);
+        let b_store = store(&url, &schema).await;
+        let b = with_sessions(b_store.clone());
+        let _feed = b_store.listen(&b.verifier()).await.expect("listen");
+        let push = a.policy().permissions().get("package:push").expect("perm");
+        let env = live();
+        let req = VerifyRequest::new(&env, push);
+        let key = a.create(&admin(), new_key("ci")).await.expect("create");
+        let session = a
+            .exchange(key.token.expose_secret(), &env, None, None)
+            .await
+            .expect("exchange");
+        let token = session.token.expose_secret();
+        b.verify_session(token, &req).await.expect("b caches it");
+
+        // Regenerate: b's cached session is dropped, re-read, still valid.
+        a.regenerate(&admin(), &key.key.id)
+            .await
+            .expect("regenerate");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        b.verify_session(token, &req)
+            .await
+            .expect("a session survives regenerate");
+
+        a.revoke_compromised(&admin(), &key.key.id)
+            .await
+            .expect("revoke");
+        let took = within!(
+            Duration::from_secs(1),
+            b.verify_session(token, &req).await.err().map(|d| d.reason)
+                == Some(DenialReason::Revoked)
+        );
+        assert!(
+            took.is_some(),
+            "the compromise did not reach the other server's session within 1 s"
+        );
+    })
+    .await;
+}
+
 /// Killing the feed's connection: it reconnects, forgets every cached key
 /// (notices sent while it was away are lost), and carries on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
