@@ -580,7 +580,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             };
             let store = SqliteStore::connect(&path).await?;
             store.migrate().await?;
-            store.migrate_sessions().await?;
             (Store::Sqlite(store), format!("SQLite, {path}"))
         }
     };

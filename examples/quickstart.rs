@@ -8,7 +8,11 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 fn say_denial(what: &str, result: std::result::Result<VerifiedKey, Denial>) {
     match result {
-        Ok(_) => println!("  {what}: ALLOWED (unexpected!)"),
+        Ok(_) => {
+            // Never expected: fail loudly, so CI notices a regression.
+            eprintln!("  {what}: ALLOWED, which keyward must refuse");
+            std::process::exit(1);
+        }
         Err(d) => {
             let status = match d.kind() {
                 DenialKind::Authentication => "401",

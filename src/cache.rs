@@ -10,6 +10,7 @@ use foldhash::fast::RandomState;
 use subtle::ConstantTimeEq;
 
 use crate::hash::FINGERPRINT_LEN;
+use crate::key::OwnerId;
 use crate::token::{Environment, KeyId};
 use crate::verify::{CompiledKey, DenialReason};
 
@@ -20,8 +21,9 @@ const SHARDS: usize = 64;
 pub(crate) enum Cached {
     /// The key and its compiled policy.
     Live(Arc<CompiledKey>),
-    /// A permanent refusal (revoked), so retries cost no argon2.
-    Dead(DenialReason),
+    /// A refusal after the secret was proven (revoked, suspended), so
+    /// retries cost no argon2; with the key's owner, for the audit trail.
+    Dead(DenialReason, Option<OwnerId>),
 }
 
 struct Entry {

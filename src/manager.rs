@@ -529,6 +529,7 @@ impl<S: KeyStore> KeyManager<S> {
             actor: Some(actor.id().to_owned()),
             owner: Some(record.owner.clone()),
             key_id: Some(record.id.clone()),
+            client_ip: actor.client_ip(),
             detail,
             ..AuditEvent::new(self.now(), action)
         }
@@ -549,6 +550,7 @@ impl<S: KeyStore> KeyManager<S> {
                     actor: Some(actor.id().to_owned()),
                     owner: Some(owner.clone()),
                     key_id: key.cloned(),
+                    client_ip: actor.client_ip(),
                     detail: format!("{action}: {denial}"),
                     ..AuditEvent::new(self.now(), AuditAction::ManagementDenied)
                 }])
@@ -564,6 +566,36 @@ impl<S: KeyStore> KeyManager<S> {
         }
     }
 
+    /// Asks the management policy about a call across owners
+    /// ([`ManagementPolicy::check_global`]); a refusal is audited (with no
+    /// owner: it concerns all of them) and returned.
+    async fn allow_global(
+        &self,
+        actor: &Actor,
+        action: ManagementAction,
+        key: Option<&KeyId>,
+    ) -> Result<(), KeywardError> {
+        let Err(denial) = self.management.check_global(actor, action) else {
+            return Ok(());
+        };
+        self.audit(vec![AuditEvent {
+            actor: Some(actor.id().to_owned()),
+            owner: None,
+            key_id: key.cloned(),
+            client_ip: actor.client_ip(),
+            detail: format!("{action} across owners: {denial}"),
+            ..AuditEvent::new(self.now(), AuditAction::ManagementDenied)
+        }])
+        .await;
+        crate::trace::management(actor.id(), action, key, Err(&denial));
+        Err(KeywardError::NotAllowed {
+            actor: actor.id().to_owned(),
+            action,
+            owner: OwnerId::new("*").map_err(PolicyError::from)?,
+            denial,
+        })
+    }
+
     /// Whether `actor` may revoke key `id` (for ending its sessions): by its
     /// owner when it exists, across owners when it was deleted.
     pub(crate) async fn allow_revoke(&self, actor: &Actor, id: &KeyId) -> Result<(), KeywardError> {
@@ -572,17 +604,10 @@ impl<S: KeyStore> KeyManager<S> {
                 self.allow(actor, ManagementAction::Revoke, &record.owner, Some(id))
                     .await
             }
-            Err(KeywardError::NotFound(_)) => self
-                .management
-                .check_global(actor, ManagementAction::Revoke)
-                .map_err(|denial| KeywardError::NotAllowed {
-                    actor: actor.id().to_owned(),
-                    action: ManagementAction::Revoke,
-                    owner: actor.owner().cloned().unwrap_or_else(|| {
-                        OwnerId::new("*").expect("a one-character owner id is valid")
-                    }),
-                    denial,
-                }),
+            Err(KeywardError::NotFound(_)) => {
+                self.allow_global(actor, ManagementAction::Revoke, Some(id))
+                    .await
+            }
             Err(e) => Err(e),
         }
     }
@@ -1106,17 +1131,8 @@ impl<S: KeyStore> KeyManager<S> {
         if !(1..=MAX_WINDOW_DAYS).contains(&i64::from(within_days)) {
             return Err(PolicyError::BadReminderWindow.into());
         }
-        if let Err(denial) = self
-            .management
-            .check_global(actor, ManagementAction::Remind)
-        {
-            return Err(KeywardError::NotAllowed {
-                actor: actor.id().to_owned(),
-                action: ManagementAction::Remind,
-                owner: OwnerId::new("*").map_err(PolicyError::from)?,
-                denial,
-            });
-        }
+        self.allow_global(actor, ManagementAction::Remind, None)
+            .await?;
         let now = self.now();
         let until = now + TimeDelta::days(i64::from(within_days));
         let records = self
@@ -1150,14 +1166,8 @@ impl<S: KeyStore> KeyManager<S> {
                     .await?;
             }
             (None, None) => {
-                if let Err(denial) = self.management.check_global(actor, ManagementAction::View) {
-                    return Err(KeywardError::NotAllowed {
-                        actor: actor.id().to_owned(),
-                        action: ManagementAction::View,
-                        owner: OwnerId::new("*").map_err(PolicyError::from)?,
-                        denial,
-                    });
-                }
+                self.allow_global(actor, ManagementAction::View, None)
+                    .await?;
             }
         }
         // Pending aggregates first, so the answer includes recent activity;
@@ -1234,6 +1244,9 @@ impl<S: KeyStore> KeyManager<S> {
         ip: Option<IpAddr>,
     ) {
         self.audit(vec![AuditEvent {
+            // Exchanges are made by the key's holder, not by a person of
+            // the owner: the key is the actor.
+            actor: Some(format!("key:{}", key.id())),
             owner: Some(key.owner().clone()),
             key_id: Some(key.id().clone()),
             client_ip: ip,

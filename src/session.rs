@@ -453,7 +453,12 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
             .await
             .map_err(SessionError::Denied)?;
         let now = self.shared.clock.now();
-        let mut expires_at = now + TimeDelta::from_std(ttl).unwrap_or(TimeDelta::MAX);
+        // Checked: the TTL comes from the client (within the configured
+        // maximum, which may be huge); saturate instead of panicking.
+        let mut expires_at = TimeDelta::from_std(ttl)
+            .ok()
+            .and_then(|d| now.checked_add_signed(d))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
         if let Some(key_expiry) = key.expires_at() {
             expires_at = expires_at.min(key_expiry);
         }
@@ -552,7 +557,7 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
         let id = parsed.key_id();
         let key = match sessions.cache.lookup(id, environment, &hash.0, now) {
             Some(Cached::Live(key)) => key,
-            Some(Cached::Dead(reason)) => return Err(anonymous(reason)),
+            Some(Cached::Dead(reason, _)) => return Err(anonymous(reason)),
             None => {
                 let session_id = KeyId::new(id).map_err(|_| anonymous(DenialReason::UnknownKey))?;
                 let epoch = sessions.cache.epoch();
@@ -572,7 +577,7 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
                         &session_id,
                         &record.environment,
                         hash.0,
-                        Cached::Dead(DenialReason::Revoked),
+                        Cached::Dead(DenialReason::Revoked, None),
                         now,
                         epoch,
                     );

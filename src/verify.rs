@@ -462,6 +462,10 @@ fn delta(d: Duration) -> TimeDelta {
     TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)
 }
 
+/// Why a cold check failed, when to retry, and the key's owner where the
+/// key was found.
+struct ColdDenial(DenialReason, Option<Duration>, Option<OwnerId>);
+
 /// State shared by a manager and its verifiers.
 pub(crate) struct Shared<S> {
     pub(crate) store: S,
@@ -759,10 +763,14 @@ impl<S: KeyStore> Verifier<S> {
         let now = shared.clock.now();
         let key = match shared.cache.lookup(id, environment, &fingerprint, now) {
             Some(Cached::Live(key)) => key,
-            Some(Cached::Dead(reason)) => return Err(self.deny(Some(id), reason, None, client_ip)),
+            Some(Cached::Dead(reason, owner)) => {
+                return Err(self.deny_owned(Some(id), owner, reason, None, client_ip));
+            }
             None => match self.cold(id, environment, secret, fingerprint, now).await {
                 Ok(key) => key,
-                Err((reason, retry)) => return Err(self.deny(Some(id), reason, retry, client_ip)),
+                Err(ColdDenial(reason, retry, owner)) => {
+                    return Err(self.deny_owned(Some(id), owner, reason, retry, client_ip));
+                }
             },
         };
         match check(&key, now) {
@@ -770,7 +778,9 @@ impl<S: KeyStore> Verifier<S> {
                 self.used(&key, client_ip, now);
                 Ok(VerifiedKey::from_compiled(key, now))
             }
-            Err(reason) => Err(self.deny(Some(id), reason, None, client_ip)),
+            Err(reason) => {
+                Err(self.deny_owned(Some(id), Some(key.owner.clone()), reason, None, client_ip))
+            }
         }
     }
 
@@ -809,10 +819,25 @@ impl<S: KeyStore> Verifier<S> {
         }
     }
 
-    /// Builds a denial and counts it for the audit trail (aggregated).
+    /// Builds a denial and counts it for the audit trail (aggregated), for
+    /// a key whose owner is not known.
     fn deny(
         &self,
         id: Option<&str>,
+        reason: DenialReason,
+        retry_after: Option<Duration>,
+        client_ip: Option<IpAddr>,
+    ) -> Denial {
+        self.deny_owned(id, None, reason, retry_after, client_ip)
+    }
+
+    /// Builds a denial and counts it for the audit trail (aggregated). With
+    /// the owner where the key was found, so the owner's own audit queries
+    /// show the failed attempts on their keys.
+    fn deny_owned(
+        &self,
+        id: Option<&str>,
+        owner: Option<OwnerId>,
         reason: DenialReason,
         retry_after: Option<Duration>,
         client_ip: Option<IpAddr>,
@@ -827,7 +852,7 @@ impl<S: KeyStore> Verifier<S> {
             let now = shared.clock.now();
             if let Some(events) = shared.audit.failures.add(
                 denial.key_id.clone(),
-                None,
+                owner,
                 denial.reason.code(),
                 client_ip,
                 now,
@@ -853,29 +878,36 @@ impl<S: KeyStore> Verifier<S> {
         secret: &str,
         fingerprint: [u8; crate::hash::FINGERPRINT_LEN],
         now: DateTime<Utc>,
-    ) -> Result<Arc<CompiledKey>, (DenialReason, Option<Duration>)> {
+    ) -> Result<Arc<CompiledKey>, ColdDenial> {
         let shared = &*self.shared;
-        let key_id = KeyId::new(id).map_err(|_| (DenialReason::UnknownKey, None))?;
+        let key_id =
+            KeyId::new(id).map_err(|_| ColdDenial(DenialReason::UnknownKey, None, None))?;
         let epoch = shared.cache.epoch();
         let record = match shared.store.get(&key_id).await {
             Ok(Some(r)) => r,
-            Ok(None) => return Err((DenialReason::UnknownKey, None)),
-            Err(_) => return Err((DenialReason::StoreUnavailable, None)),
+            Ok(None) => return Err(ColdDenial(DenialReason::UnknownKey, None, None)),
+            Err(_) => return Err(ColdDenial(DenialReason::StoreUnavailable, None, None)),
         };
         if record.id != key_id || record.environment != *env {
-            return Err((DenialReason::UnknownKey, None));
+            return Err(ColdDenial(DenialReason::UnknownKey, None, None));
         }
+        // From here on the key exists: its owner sees the failures.
+        let owner = || Some(record.owner.clone());
         if let Err(wait) = shared.throttle.try_acquire(&key_id, now) {
-            return Err((DenialReason::Throttled, wait.to_std().ok()));
+            return Err(ColdDenial(
+                DenialReason::Throttled,
+                wait.to_std().ok(),
+                owner(),
+            ));
         }
         let phc = record.secret_hash.as_str().to_owned();
         let owned_secret = Zeroizing::new(secret.as_bytes().to_vec());
         let (ok, rehash) = shared
             .run_hasher(move |h| crate::hash::verify_stored(h, &owned_secret, &phc))
             .await
-            .map_err(|_| (DenialReason::CorruptRecord, None))?;
+            .map_err(|_| ColdDenial(DenialReason::CorruptRecord, None, owner()))?;
         if !ok {
-            return Err((DenialReason::WrongSecret, None));
+            return Err(ColdDenial(DenialReason::WrongSecret, None, owner()));
         }
         shared.throttle.refund(&key_id, now);
         let dead = if record.revoked_at.is_some() {
@@ -891,14 +923,19 @@ impl<S: KeyStore> Verifier<S> {
                 &key_id,
                 &record.environment,
                 fingerprint,
-                Cached::Dead(reason.clone()),
+                Cached::Dead(reason.clone(), owner()),
                 now,
                 epoch,
             );
-            return Err((reason, None));
+            return Err(ColdDenial(reason, None, owner()));
         }
-        let mut compiled = CompiledKey::compile(&record, &shared.policy)
-            .map_err(|_| (DenialReason::CorruptRecord, None))?;
+        let mut compiled = CompiledKey::compile(&record, &shared.policy).map_err(|_| {
+            ColdDenial(
+                DenialReason::CorruptRecord,
+                None,
+                Some(record.owner.clone()),
+            )
+        })?;
         compiled.usage = Some(shared.usage.cell(&record.id, &record.owner));
         let key = Arc::new(compiled);
         shared.cache.insert(

@@ -1091,6 +1091,33 @@ async fn a_flood_of_failures_is_aggregated_not_logged_one_by_one() {
             .iter()
             .all(|e| e.key_id.as_ref() == Some(&key.key.id))
     );
+    // They carry the key's owner, so the owner's administrator sees the
+    // failed attempts on the key in its audit trail (after a leak, that is
+    // what matters), and another owner's does not.
+    assert!(
+        failures
+            .iter()
+            .all(|e| e.owner.as_ref().map(|o| o.as_str()) == Some(OWNER))
+    );
+    let trail = o
+        .manager
+        .audit_trail(&admin(), AuditQuery::key(key.key.id.clone()))
+        .await
+        .unwrap();
+    let seen: u64 = trail
+        .iter()
+        .filter(|e| e.action == AuditAction::AuthenticationFailed)
+        .map(|e| e.count)
+        .sum();
+    assert_eq!(seen, 100);
+    let outsider = Actor::administrator("mallory", OwnerId::new("fabrikam").unwrap());
+    assert!(
+        o.manager
+            .audit_trail(&outsider, AuditQuery::key(key.key.id.clone()))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -1184,4 +1211,67 @@ async fn malformed_pairs_are_refused_before_any_store_access() {
         .await
         .unwrap_err();
     assert_eq!(denial.reason, DenialReason::StoreUnavailable);
+}
+
+/// Management events carry the actor's address when the application gives
+/// it; refusals of calls across owners are audited; a session issued names
+/// the key that asked for it.
+#[tokio::test]
+async fn audit_events_carry_the_callers_address_and_every_refusal() {
+    let store = Arc::new(MemoryStore::new());
+    let audit = Arc::new(MemoryAuditSink::new());
+    let manager = KeyManager::builder(Arc::clone(&store), format(), policy())
+        .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
+        .clock(ManualClock::new(start()))
+        .sessions(SessionConfig::new("mkhs"))
+        .unwrap()
+        .audit_shared(audit.clone())
+        .build();
+    let ip: std::net::IpAddr = "198.51.100.23".parse().unwrap();
+    let admin = admin().with_client_ip(ip);
+    let key = manager.create(&admin, push_key()).await.unwrap();
+    manager
+        .edit(
+            &admin,
+            &key.key.id,
+            KeyEdit {
+                name: Some("renamed".into()),
+                ..KeyEdit::default()
+            },
+        )
+        .await
+        .unwrap();
+    let live = Environment::new("live").unwrap();
+    let session_ip: std::net::IpAddr = "203.0.113.4".parse().unwrap();
+    manager
+        .exchange(key.token.expose_secret(), &live, None, Some(session_ip))
+        .await
+        .unwrap();
+    // An owner's administrator may not take every owner's reminders.
+    assert!(matches!(
+        manager.take_expiry_reminders(&admin, 10, 10).await,
+        Err(KeywardError::NotAllowed {
+            action: ManagementAction::Remind,
+            ..
+        })
+    ));
+    manager.flush().await.unwrap();
+    let events = audit.events();
+    let of = |action| {
+        events
+            .iter()
+            .filter(move |e: &&AuditEvent| e.action == action)
+    };
+    for action in [AuditAction::Created, AuditAction::Edited] {
+        let e = of(action).next().unwrap();
+        assert_eq!(e.client_ip, Some(ip), "{action:?}");
+        assert_eq!(e.actor.as_deref(), Some("alice"), "{action:?}");
+    }
+    let issued = of(AuditAction::SessionIssued).next().unwrap();
+    assert_eq!(issued.actor, Some(format!("key:{}", key.key.id)));
+    assert_eq!(issued.client_ip, Some(session_ip));
+    let denied = of(AuditAction::ManagementDenied).next().unwrap();
+    assert_eq!(denied.actor.as_deref(), Some("alice"));
+    assert_eq!(denied.client_ip, Some(ip));
+    assert!(denied.detail.contains("remind"), "{}", denied.detail);
 }

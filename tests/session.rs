@@ -715,15 +715,15 @@ async fn session_store_contract_on_memory() {
 #[cfg(feature = "sqlite")]
 #[tokio::test]
 async fn sessions_on_sqlite() {
+    // `migrate` creates the sessions table too; running either again is a no-op.
     let store = SqliteStore::in_memory().await.unwrap();
     store.migrate().await.unwrap();
+    store.migrate().await.unwrap();
     store.migrate_sessions().await.unwrap();
-    store.migrate_sessions().await.unwrap(); // idempotent
     session_life(store).await;
 
     let store = SqliteStore::in_memory().await.unwrap();
     store.migrate().await.unwrap();
-    store.migrate_sessions().await.unwrap();
     session_store_contract(&store).await;
 }
 

@@ -111,6 +111,7 @@ async fn url_form_and_custom_table_and_persistence() {
             "registry_api_keys_audit",
             "registry_api_keys_ids",
             "registry_api_keys_migrations",
+            "registry_api_keys_sessions",
             "sqlite_sequence"
         ]
     );

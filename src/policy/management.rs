@@ -1,6 +1,7 @@
 //! Who may manage keys: actors, roles and the [`ManagementPolicy`] hook.
 
 use std::fmt;
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +35,8 @@ pub struct Actor {
     id: String,
     owner: Option<OwnerId>,
     role: Role,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    client_ip: Option<IpAddr>,
 }
 
 impl Actor {
@@ -43,6 +46,7 @@ impl Actor {
             id: id.into(),
             owner: Some(owner),
             role: Role::Administrator,
+            client_ip: None,
         }
     }
     /// A manager of `owner`, with or without API access.
@@ -51,6 +55,7 @@ impl Actor {
             id: id.into(),
             owner: Some(owner),
             role: Role::Manager { api_access },
+            client_ip: None,
         }
     }
     /// The application itself, acting for any owner.
@@ -59,6 +64,7 @@ impl Actor {
             id: id.into(),
             owner: None,
             role: Role::System,
+            client_ip: None,
         }
     }
     /// The actor's id (a user id, a job name), recorded in the audit trail.
@@ -72,6 +78,23 @@ impl Actor {
     /// The role.
     pub fn role(&self) -> Role {
         self.role
+    }
+    /// The same actor, calling from `ip` (the address of the administrator's
+    /// request), recorded on the audit events of its management calls.
+    ///
+    /// ```
+    /// use keyward::{Actor, OwnerId};
+    /// let admin = Actor::administrator("alice", OwnerId::new("contoso").unwrap())
+    ///     .with_client_ip("203.0.113.9".parse().unwrap());
+    /// assert_eq!(admin.client_ip(), Some("203.0.113.9".parse().unwrap()));
+    /// ```
+    pub fn with_client_ip(mut self, ip: IpAddr) -> Self {
+        self.client_ip = Some(ip);
+        self
+    }
+    /// Where the actor's call comes from, if the application said so.
+    pub fn client_ip(&self) -> Option<IpAddr> {
+        self.client_ip
     }
 }
 

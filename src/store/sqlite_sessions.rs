@@ -1,5 +1,6 @@
 //! [`SessionStore`] for [`SqliteStore`]: sessions in `<table>_sessions`,
-//! created by [`SqliteStore::migrate_sessions`].
+//! created by [`SqliteStore::migrate`] (through
+//! [`SqliteStore::migrate_sessions`]).
 
 use chrono::{DateTime, Utc};
 use sqlx::Row;
@@ -20,8 +21,8 @@ impl SqliteStore {
     }
 
     /// Creates the sessions table (`<table>_sessions`) and its index on the
-    /// key id, if missing. Idempotent; call it once after
-    /// [`migrate`](Self::migrate) when the manager uses sessions.
+    /// key id, if missing. Idempotent; [`migrate`](Self::migrate) calls it,
+    /// so only stores migrated by an older keyward need it on its own.
     pub async fn migrate_sessions(&self) -> Result<(), StoreError> {
         let t = self.sessions_table();
         let index = sql::derived_ident(&t, "key");
