@@ -364,6 +364,34 @@ pub enum KeywardError {
 }
 
 impl KeywardError {
+    /// A stable snake_case code for the kind of error (for logs, metrics and
+    /// API responses), without any detail.
+    ///
+    /// ```
+    /// use keyward::{KeywardError, KeyId};
+    /// let id = KeyId::new("abc123").unwrap();
+    /// assert_eq!(KeywardError::Revoked(id).code(), "revoked");
+    /// ```
+    pub fn code(&self) -> &'static str {
+        match self {
+            KeywardError::Policy(_) => "policy",
+            KeywardError::Token(_) => "token",
+            KeywardError::Store(_) => "store",
+            KeywardError::Hash(_) => "hash",
+            KeywardError::NotFound(_) => "not_found",
+            KeywardError::Revoked(_) => "revoked",
+            KeywardError::Expired(_) => "expired",
+            KeywardError::UnknownEnvironment(_) => "unknown_environment",
+            KeywardError::QuotaExceeded { .. } => "quota_exceeded",
+            KeywardError::NotAllowed { .. } => "not_allowed",
+            KeywardError::Suspended(_) => "suspended",
+            KeywardError::NotSuspended(_) => "not_suspended",
+            KeywardError::Legacy(..) => "legacy",
+            KeywardError::IdTaken(_) => "id_taken",
+            KeywardError::BadImportHash(_) => "bad_import_hash",
+        }
+    }
+
     /// Maps store errors that have a manager-level meaning to their own variants.
     pub(crate) fn from_store(err: StoreError) -> Self {
         match err {

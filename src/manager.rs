@@ -631,6 +631,16 @@ impl<S: KeyStore> KeyManager<S> {
     /// resource patterns, expiry and IP ranges. The store enforces the quota
     /// atomically.
     pub async fn create(&self, actor: &Actor, new: NewKey) -> Result<CreatedKey, KeywardError> {
+        crate::trace::manage_span(
+            actor.id(),
+            ManagementAction::Create,
+            None,
+            self.create_impl(actor, new),
+        )
+        .await
+    }
+
+    async fn create_impl(&self, actor: &Actor, new: NewKey) -> Result<CreatedKey, KeywardError> {
         let policy = &self.shared.policy;
         let owner = OwnerId::new(&new.owner).map_err(PolicyError::from)?;
         self.allow(actor, ManagementAction::Create, &owner, None)
@@ -709,6 +719,16 @@ impl<S: KeyStore> KeyManager<S> {
     /// not count against the quota check (a migration must not fail half
     /// way), but the imported keys count from then on.
     pub async fn import(&self, actor: &Actor, key: ImportKey) -> Result<KeyView, KeywardError> {
+        crate::trace::manage_span(
+            actor.id(),
+            ManagementAction::Import,
+            None,
+            self.import_impl(actor, key),
+        )
+        .await
+    }
+
+    async fn import_impl(&self, actor: &Actor, key: ImportKey) -> Result<KeyView, KeywardError> {
         let policy = &self.shared.policy;
         let owner = OwnerId::new(&key.owner).map_err(PolicyError::from)?;
         self.allow(actor, ManagementAction::Import, &owner, None)
@@ -807,6 +827,16 @@ impl<S: KeyStore> KeyManager<S> {
 
     /// The key with this id.
     pub async fn get(&self, actor: &Actor, id: &KeyId) -> Result<KeyView, KeywardError> {
+        crate::trace::manage_span(
+            actor.id(),
+            ManagementAction::View,
+            Some(id),
+            self.get_impl(actor, id),
+        )
+        .await
+    }
+
+    async fn get_impl(&self, actor: &Actor, id: &KeyId) -> Result<KeyView, KeywardError> {
         let record = self.load_for(actor, ManagementAction::View, id).await?;
         Ok(self.view(&record, self.now()))
     }
@@ -815,6 +845,20 @@ impl<S: KeyStore> KeyManager<S> {
     /// [`ListQuery::status`]), with their last use, so unused keys can be
     /// found and revoked. Status is judged at the manager's clock.
     pub async fn list(
+        &self,
+        actor: &Actor,
+        query: ListQuery,
+    ) -> Result<Vec<KeyView>, KeywardError> {
+        crate::trace::manage_span(
+            actor.id(),
+            ManagementAction::View,
+            None,
+            self.list_impl(actor, query),
+        )
+        .await
+    }
+
+    async fn list_impl(
         &self,
         actor: &Actor,
         mut query: ListQuery,
@@ -834,6 +878,21 @@ impl<S: KeyStore> KeyManager<S> {
     /// Edits a key. Takes effect for the very next check in this process.
     /// Legacy keys cannot be edited ([`KeywardError::Legacy`]).
     pub async fn edit(
+        &self,
+        actor: &Actor,
+        id: &KeyId,
+        edit: KeyEdit,
+    ) -> Result<KeyView, KeywardError> {
+        crate::trace::manage_span(
+            actor.id(),
+            ManagementAction::Edit,
+            Some(id),
+            self.edit_impl(actor, id, edit),
+        )
+        .await
+    }
+
+    async fn edit_impl(
         &self,
         actor: &Actor,
         id: &KeyId,
@@ -905,6 +964,16 @@ impl<S: KeyStore> KeyManager<S> {
     /// Gives the key a new secret: same id and settings; the old secret is
     /// refused from the next check on. Returns the new token, once.
     pub async fn regenerate(&self, actor: &Actor, id: &KeyId) -> Result<CreatedKey, KeywardError> {
+        crate::trace::manage_span(
+            actor.id(),
+            ManagementAction::Regenerate,
+            Some(id),
+            self.regenerate_impl(actor, id),
+        )
+        .await
+    }
+
+    async fn regenerate_impl(&self, actor: &Actor, id: &KeyId) -> Result<CreatedKey, KeywardError> {
         let mut record = self
             .load_for(actor, ManagementAction::Regenerate, id)
             .await?;
@@ -944,6 +1013,21 @@ impl<S: KeyStore> KeyManager<S> {
     /// again and the error returned. Legacy and suspended keys cannot be
     /// rotated.
     pub async fn rotate(
+        &self,
+        actor: &Actor,
+        id: &KeyId,
+        grace: Duration,
+    ) -> Result<RotatedKey, KeywardError> {
+        crate::trace::manage_span(
+            actor.id(),
+            ManagementAction::Rotate,
+            Some(id),
+            self.rotate_impl(actor, id, grace),
+        )
+        .await
+    }
+
+    async fn rotate_impl(
         &self,
         actor: &Actor,
         id: &KeyId,
@@ -1038,6 +1122,16 @@ impl<S: KeyStore> KeyManager<S> {
     /// reversible. Session tokens already issued are not ended (use
     /// [`KeyManager::end_sessions`]).
     pub async fn suspend(&self, actor: &Actor, id: &KeyId) -> Result<KeyView, KeywardError> {
+        crate::trace::manage_span(
+            actor.id(),
+            ManagementAction::Suspend,
+            Some(id),
+            self.suspend_impl(actor, id),
+        )
+        .await
+    }
+
+    async fn suspend_impl(&self, actor: &Actor, id: &KeyId) -> Result<KeyView, KeywardError> {
         let mut record = self.load_for(actor, ManagementAction::Suspend, id).await?;
         self.changeable(&record)?;
         if record.suspended_at.is_some() {
@@ -1059,6 +1153,16 @@ impl<S: KeyStore> KeyManager<S> {
 
     /// Resumes a suspended key. Errors: [`KeywardError::NotSuspended`].
     pub async fn resume(&self, actor: &Actor, id: &KeyId) -> Result<KeyView, KeywardError> {
+        crate::trace::manage_span(
+            actor.id(),
+            ManagementAction::Resume,
+            Some(id),
+            self.resume_impl(actor, id),
+        )
+        .await
+    }
+
+    async fn resume_impl(&self, actor: &Actor, id: &KeyId) -> Result<KeyView, KeywardError> {
         let mut record = self.load_for(actor, ManagementAction::Resume, id).await?;
         self.changeable(&record)?;
         if record.suspended_at.is_none() {
@@ -1080,6 +1184,16 @@ impl<S: KeyStore> KeyManager<S> {
     /// Revokes a key, permanently: it stays listed as revoked and can never
     /// be re-enabled. Revoking it again is [`KeywardError::Revoked`].
     pub async fn revoke(&self, actor: &Actor, id: &KeyId) -> Result<KeyView, KeywardError> {
+        crate::trace::manage_span(
+            actor.id(),
+            ManagementAction::Revoke,
+            Some(id),
+            self.revoke_impl(actor, id),
+        )
+        .await
+    }
+
+    async fn revoke_impl(&self, actor: &Actor, id: &KeyId) -> Result<KeyView, KeywardError> {
         let mut record = self.load_for(actor, ManagementAction::Revoke, id).await?;
         if record.revoked_at.is_some() {
             return Err(KeywardError::Revoked(id.clone()));
@@ -1101,6 +1215,16 @@ impl<S: KeyStore> KeyManager<S> {
     /// Deletes a key: gone from listings, refused from the next check on.
     /// Its id is never used again (a deleted legacy key cannot be re-imported).
     pub async fn delete(&self, actor: &Actor, id: &KeyId) -> Result<(), KeywardError> {
+        crate::trace::manage_span(
+            actor.id(),
+            ManagementAction::Delete,
+            Some(id),
+            self.delete_impl(actor, id),
+        )
+        .await
+    }
+
+    async fn delete_impl(&self, actor: &Actor, id: &KeyId) -> Result<(), KeywardError> {
         let record = self.load_for(actor, ManagementAction::Delete, id).await?;
         let result = self.shared.store.delete(id).await;
         self.shared.invalidate(id);
@@ -1128,6 +1252,21 @@ impl<S: KeyStore> KeyManager<S> {
         within_days: u32,
         limit: usize,
     ) -> Result<Vec<KeyView>, KeywardError> {
+        crate::trace::manage_span(
+            actor.id(),
+            ManagementAction::Remind,
+            None,
+            self.take_expiry_reminders_impl(actor, within_days, limit),
+        )
+        .await
+    }
+
+    async fn take_expiry_reminders_impl(
+        &self,
+        actor: &Actor,
+        within_days: u32,
+        limit: usize,
+    ) -> Result<Vec<KeyView>, KeywardError> {
         if !(1..=MAX_WINDOW_DAYS).contains(&i64::from(within_days)) {
             return Err(PolicyError::BadReminderWindow.into());
         }
@@ -1149,6 +1288,20 @@ impl<S: KeyStore> KeyManager<S> {
     /// owner sees only that owner's events (the query's owner is set to
     /// theirs); reading across owners needs [`ManagementPolicy::check_global`].
     pub async fn audit_trail(
+        &self,
+        actor: &Actor,
+        query: AuditQuery,
+    ) -> Result<Vec<AuditEvent>, KeywardError> {
+        crate::trace::manage_span(
+            actor.id(),
+            ManagementAction::View,
+            None,
+            self.audit_trail_impl(actor, query),
+        )
+        .await
+    }
+
+    async fn audit_trail_impl(
         &self,
         actor: &Actor,
         mut query: AuditQuery,

@@ -38,7 +38,7 @@ use crate::cache::{Cached, KeyCache};
 use crate::error::{InvalidValue, KeywardError, StoreError, TokenError};
 use crate::key::{KeyView, OwnerId};
 use crate::manager::KeyManager;
-use crate::policy::{Actor, IpAllowlist, PermissionGrant, ResourceScope};
+use crate::policy::{Actor, IpAllowlist, ManagementAction, PermissionGrant, ResourceScope};
 use crate::store::KeyStore;
 use crate::token::{Environment, KeyId, MAX_PREFIX_LEN, Token, TokenFormat, check_chars};
 use crate::verify::{CompiledKey, Denial, DenialReason, VerifiedKey, VerifyRequest};
@@ -368,6 +368,14 @@ impl Sessions {
 
 const ID_ATTEMPTS: usize = 3;
 
+/// The tracing event of a session check (ids and owner, never the token).
+fn session_traced(result: &Result<VerifiedSession, Denial>) {
+    match result {
+        Ok(s) => crate::trace::verified(s.key.id(), s.key.owner().as_str()),
+        Err(d) => crate::trace::denied(d.key_id.as_ref().map(KeyId::as_str), None, &d.reason),
+    }
+}
+
 impl<S: KeyStore + SessionStore> KeyManager<S> {
     fn session_state(&self) -> Result<&Sessions, SessionError> {
         self.sessions.as_deref().ok_or(SessionError::NotConfigured)
@@ -512,9 +520,20 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
         token: &str,
         req: &VerifyRequest<'_>,
     ) -> Result<VerifiedSession, Denial> {
+        crate::trace::verify_span("session", self.verify_session_impl(token, req)).await
+    }
+
+    async fn verify_session_impl(
+        &self,
+        token: &str,
+        req: &VerifyRequest<'_>,
+    ) -> Result<VerifiedSession, Denial> {
         let rule = self.shared.policy.resource_rule();
-        self.check_session(token, req.environment, |key, now| key.check(req, rule, now))
-            .await
+        let result = self
+            .check_session(token, req.environment, |key, now| key.check(req, rule, now))
+            .await;
+        session_traced(&result);
+        result
     }
 
     /// Checks that a session token is valid in `environment` from
@@ -526,10 +545,26 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
         environment: &Environment,
         client_ip: Option<IpAddr>,
     ) -> Result<VerifiedSession, Denial> {
-        self.check_session(token, environment, |key, now| {
-            key.check_access(client_ip, now)
-        })
+        crate::trace::verify_span(
+            "session",
+            self.authenticate_session_impl(token, environment, client_ip),
+        )
         .await
+    }
+
+    async fn authenticate_session_impl(
+        &self,
+        token: &str,
+        environment: &Environment,
+        client_ip: Option<IpAddr>,
+    ) -> Result<VerifiedSession, Denial> {
+        let result = self
+            .check_session(token, environment, |key, now| {
+                key.check_access(client_ip, now)
+            })
+            .await;
+        session_traced(&result);
+        result
     }
 
     async fn check_session(
@@ -633,6 +668,16 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
     /// Needs an actor allowed to revoke the key (or, for a key already
     /// deleted, allowed to act across owners).
     pub async fn end_sessions(&self, actor: &Actor, id: &KeyId) -> Result<u64, KeywardError> {
+        crate::trace::manage_span(
+            actor.id(),
+            ManagementAction::Revoke,
+            Some(id),
+            self.end_sessions_impl(actor, id),
+        )
+        .await
+    }
+
+    async fn end_sessions_impl(&self, actor: &Actor, id: &KeyId) -> Result<u64, KeywardError> {
         self.allow_revoke(actor, id).await?;
         let result = self.shared.store.revoke_sessions(id).await;
         if let Some(sessions) = self.sessions.as_deref() {
@@ -649,6 +694,20 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
     /// and [`delete`](KeyManager::delete) leave sessions valid until they
     /// expire; use [`KeyManager::end_sessions`] for a deleted key.
     pub async fn revoke_compromised(
+        &self,
+        actor: &Actor,
+        id: &KeyId,
+    ) -> Result<KeyView, KeywardError> {
+        crate::trace::manage_span(
+            actor.id(),
+            ManagementAction::Revoke,
+            Some(id),
+            self.revoke_compromised_impl(actor, id),
+        )
+        .await
+    }
+
+    async fn revoke_compromised_impl(
         &self,
         actor: &Actor,
         id: &KeyId,

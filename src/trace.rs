@@ -5,7 +5,7 @@
 //! Never a token, a secret, a hash or a fingerprint: the functions here take
 //! none of them, so a secret cannot reach a subscriber by mistake.
 
-use crate::error::StoreError;
+use crate::error::{KeywardError, StoreError};
 use crate::policy::{ManagementAction, ManagementDenial};
 use crate::token::KeyId;
 use crate::verify::DenialReason;
@@ -24,18 +24,78 @@ pub(crate) fn verified(key_id: &KeyId, owner: &str) {
     let _ = (key_id, owner);
 }
 
-/// A refused check.
+/// A refused check (with the key's owner when the key was found).
 #[inline]
-pub(crate) fn denied(key_id: Option<&str>, reason: &DenialReason) {
+pub(crate) fn denied(key_id: Option<&str>, owner: Option<&str>, reason: &DenialReason) {
     #[cfg(feature = "tracing")]
     tracing::info!(
         target: "keyward::verify",
         key_id = key_id.unwrap_or(""),
+        owner = owner.unwrap_or(""),
         reason = reason.code(),
         outcome = "denied"
     );
     #[cfg(not(feature = "tracing"))]
-    let _ = (key_id, reason);
+    let _ = (key_id, owner, reason);
+}
+
+/// Runs a check (`kind`: "key", "pair", "session") inside a
+/// `keyward.verify` span; its events say what happened.
+#[inline]
+pub(crate) async fn verify_span<F: std::future::Future>(kind: &'static str, fut: F) -> F::Output {
+    #[cfg(feature = "tracing")]
+    {
+        use tracing::Instrument;
+        fut.instrument(tracing::debug_span!(target: "keyward::verify", "keyward.verify", kind))
+            .await
+    }
+    #[cfg(not(feature = "tracing"))]
+    {
+        let _ = kind;
+        fut.await
+    }
+}
+
+/// Runs a management call inside a `keyward.manage` span (actor, action,
+/// key id), and records its outcome: done, or the error's kind.
+pub(crate) async fn manage_span<T, F>(
+    actor: &str,
+    action: ManagementAction,
+    key_id: Option<&KeyId>,
+    fut: F,
+) -> Result<T, KeywardError>
+where
+    F: std::future::Future<Output = Result<T, KeywardError>>,
+{
+    #[cfg(feature = "tracing")]
+    {
+        use tracing::Instrument;
+        let span = tracing::info_span!(
+            target: "keyward::manage",
+            "keyward.manage",
+            actor,
+            action = %action,
+            key_id = key_id.map_or("", |k| k.as_str()),
+        );
+        let result = fut.instrument(span.clone()).await;
+        let _entered = span.enter();
+        match &result {
+            Ok(_) => tracing::debug!(target: "keyward::manage", outcome = "ok"),
+            // `NotAllowed` has its own event (with the policy's reason).
+            Err(KeywardError::NotAllowed { .. }) => {}
+            Err(e) => tracing::info!(
+                target: "keyward::manage",
+                outcome = "error",
+                error = e.code()
+            ),
+        }
+        result
+    }
+    #[cfg(not(feature = "tracing"))]
+    {
+        let _ = (actor, action, key_id);
+        fut.await
+    }
 }
 
 /// A management call's outcome.

@@ -621,6 +621,14 @@ impl<S: KeyStore> Verifier<S> {
         token: &str,
         req: &VerifyRequest<'_>,
     ) -> Result<VerifiedKey, Denial> {
+        crate::trace::verify_span("key", self.verify_impl(token, req)).await
+    }
+
+    async fn verify_impl(
+        &self,
+        token: &str,
+        req: &VerifyRequest<'_>,
+    ) -> Result<VerifiedKey, Denial> {
         let shared = &*self.shared;
         let parsed = match shared.format.parse(token) {
             Ok(p) => p,
@@ -652,6 +660,16 @@ impl<S: KeyStore> Verifier<S> {
     /// exchanging a key for a session. Same cache, throttle and denials as
     /// [`Verifier::verify`].
     pub async fn authenticate(
+        &self,
+        token: &str,
+        environment: &Environment,
+        client_ip: Option<IpAddr>,
+    ) -> Result<VerifiedKey, Denial> {
+        crate::trace::verify_span("key", self.authenticate_impl(token, environment, client_ip))
+            .await
+    }
+
+    async fn authenticate_impl(
         &self,
         token: &str,
         environment: &Environment,
@@ -690,6 +708,15 @@ impl<S: KeyStore> Verifier<S> {
         secret: &str,
         req: &VerifyRequest<'_>,
     ) -> Result<VerifiedKey, Denial> {
+        crate::trace::verify_span("pair", self.verify_pair_impl(key_id, secret, req)).await
+    }
+
+    async fn verify_pair_impl(
+        &self,
+        key_id: &str,
+        secret: &str,
+        req: &VerifyRequest<'_>,
+    ) -> Result<VerifiedKey, Denial> {
         self.check_pair_input(key_id, secret, req.client_ip)?;
         let rule = self.shared.policy.resource_rule();
         self.check_with(
@@ -706,6 +733,20 @@ impl<S: KeyStore> Verifier<S> {
     /// [`Verifier::verify_pair`]): valid, usable now from `client_ip`, no
     /// permission asked.
     pub async fn authenticate_pair(
+        &self,
+        key_id: &str,
+        secret: &str,
+        environment: &Environment,
+        client_ip: Option<IpAddr>,
+    ) -> Result<VerifiedKey, Denial> {
+        crate::trace::verify_span(
+            "pair",
+            self.authenticate_pair_impl(key_id, secret, environment, client_ip),
+        )
+        .await
+    }
+
+    async fn authenticate_pair_impl(
         &self,
         key_id: &str,
         secret: &str,
@@ -842,7 +883,7 @@ impl<S: KeyStore> Verifier<S> {
         retry_after: Option<Duration>,
         client_ip: Option<IpAddr>,
     ) -> Denial {
-        crate::trace::denied(id, &reason);
+        crate::trace::denied(id, owner.as_ref().map(OwnerId::as_str), &reason);
         let denial = Denial {
             retry_after,
             ..Denial::new(reason, id)
