@@ -69,13 +69,14 @@ impl KeyCache {
     }
 
     /// The cached state if the entry is fresh, of `environment`, and the
-    /// fingerprint matches.
+    /// fingerprint matches. `fingerprint` is computed only when there is
+    /// such an entry, so an unknown id costs no MAC.
     #[inline]
     pub(crate) fn lookup(
         &self,
         id: &str,
         environment: &Environment,
-        fingerprint: &[u8; FINGERPRINT_LEN],
+        fingerprint: impl FnOnce() -> [u8; FINGERPRINT_LEN],
         now: DateTime<Utc>,
     ) -> Option<Cached> {
         let shard = self
@@ -89,7 +90,7 @@ impl KeyCache {
         {
             return None;
         }
-        if bool::from(entry.fingerprint.ct_eq(fingerprint)) {
+        if bool::from(entry.fingerprint.ct_eq(&fingerprint())) {
             Some(entry.state.clone())
         } else {
             None

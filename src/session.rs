@@ -590,7 +590,7 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
         let hash = SessionHash::of(parsed.expose_secret());
         let now = self.shared.clock.now();
         let id = parsed.key_id();
-        let key = match sessions.cache.lookup(id, environment, &hash.0, now) {
+        let key = match sessions.cache.lookup(id, environment, || hash.0, now) {
             Some(Cached::Live(key)) => key,
             Some(Cached::Dead(reason, _)) => return Err(anonymous(reason)),
             None => {

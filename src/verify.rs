@@ -486,6 +486,7 @@ pub(crate) struct Shared<S> {
 }
 
 impl<S: KeyStore> Shared<S> {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         store: S,
         format: TokenFormat,
@@ -800,14 +801,14 @@ impl<S: KeyStore> Verifier<S> {
         check: impl FnOnce(&CompiledKey, DateTime<Utc>) -> Result<(), DenialReason>,
     ) -> Result<VerifiedKey, Denial> {
         let shared = &*self.shared;
-        let fingerprint = shared.fingerprinter.fingerprint(secret.as_bytes());
         let now = shared.clock.now();
-        let key = match shared.cache.lookup(id, environment, &fingerprint, now) {
+        let fingerprint = || shared.fingerprinter.fingerprint(secret.as_bytes());
+        let key = match shared.cache.lookup(id, environment, fingerprint, now) {
             Some(Cached::Live(key)) => key,
             Some(Cached::Dead(reason, owner)) => {
                 return Err(self.deny_owned(Some(id), owner, reason, None, client_ip));
             }
-            None => match self.cold(id, environment, secret, fingerprint, now).await {
+            None => match self.cold(id, environment, secret, now).await {
                 Ok(key) => key,
                 Err(ColdDenial(reason, retry, owner)) => {
                     return Err(self.deny_owned(Some(id), owner, reason, retry, client_ip));
@@ -917,7 +918,6 @@ impl<S: KeyStore> Verifier<S> {
         id: &str,
         env: &Environment,
         secret: &str,
-        fingerprint: [u8; crate::hash::FINGERPRINT_LEN],
         now: DateTime<Utc>,
     ) -> Result<Arc<CompiledKey>, ColdDenial> {
         let shared = &*self.shared;
@@ -951,6 +951,7 @@ impl<S: KeyStore> Verifier<S> {
             return Err(ColdDenial(DenialReason::WrongSecret, None, owner()));
         }
         shared.throttle.refund(&key_id, now);
+        let fingerprint = shared.fingerprinter.fingerprint(secret.as_bytes());
         let dead = if record.revoked_at.is_some() {
             Some(DenialReason::Revoked)
         } else if record.suspended_at.is_some() {

@@ -44,6 +44,8 @@ struct Server {
     manager: KeyManager<Store>,
     store: Store,
     live: Environment,
+    /// The manager's (and so the layers') clock.
+    clock: ManualClock,
     http: reqwest::Client,
 }
 
@@ -78,7 +80,7 @@ async fn start_server() -> Server {
     let clock = ManualClock::new(Utc::now());
     let manager = KeyManager::builder(Arc::clone(&store), format(), policy())
         .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
-        .clock(clock)
+        .clock(clock.clone())
         .verifier_config(VerifierConfig {
             failure_burst: 2,
             ..VerifierConfig::default()
@@ -117,6 +119,16 @@ async fn start_server() -> Server {
         )
         .merge(
             Router::new()
+                .route("/warn30/me", get(me))
+                .route_layer(auth.clone().expiry_warning_days(30)),
+        )
+        .merge(
+            Router::new()
+                .route("/nowarn/me", get(me))
+                .route_layer(auth.clone().expiry_warning_days(0)),
+        )
+        .merge(
+            Router::new()
                 .route("/misconfigured/{id}", post(ok))
                 .route_layer(auth.require(push).resource_param("name")),
         )
@@ -138,6 +150,7 @@ async fn start_server() -> Server {
         manager,
         store,
         live,
+        clock,
         http: reqwest::Client::new(),
     }
 }
@@ -160,6 +173,19 @@ impl Server {
     }
     fn post(&self, path: &str) -> reqwest::RequestBuilder {
         self.http.post(format!("{}{path}", self.base))
+    }
+    /// GETs `path` with `token`; asserts 200 and returns the warning header.
+    async fn warning(&self, path: &str, token: &str) -> Option<String> {
+        let r = self
+            .get(path)
+            .header("authorization", bearer(token))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        r.headers()
+            .get(WARNING_HEADER)
+            .map(|v| v.to_str().unwrap().to_owned())
     }
 }
 
@@ -433,6 +459,118 @@ async fn a_key_expiring_soon_gets_a_warning_header() {
         .await
         .unwrap();
     assert!(r.headers().get(WARNING_HEADER).is_none());
+}
+
+#[tokio::test]
+async fn the_default_warning_starts_ten_days_before_expiry() {
+    let s = start_server().await;
+    let key = s
+        .key(
+            NewKey::new(OWNER, "live", "quarterly")
+                .permissions(PermissionGrant::All)
+                .expiry(ExpiryChoice::Days(90)),
+        )
+        .await;
+    let t = key.token.expose_secret();
+    let expires = key.key.expires_at.expect("an expiring key");
+    let at = |left: TimeDelta| s.clock.set(expires - left);
+
+    at(TimeDelta::days(11));
+    assert_eq!(s.warning("/me", t).await, None, "11 days left");
+    at(TimeDelta::days(10) + TimeDelta::minutes(1));
+    assert_eq!(s.warning("/me", t).await, None, "just over 10 days left");
+    at(TimeDelta::days(10) - TimeDelta::minutes(1));
+    let warning = s.warning("/me", t).await.expect("just under 10 days left");
+    assert!(warning.contains(key.key.id.as_str()), "{warning}");
+    at(TimeDelta::days(9));
+    let warning = s.warning("/me", t).await.expect("9 days left");
+    assert!(
+        warning.contains(key.key.id.as_str()) && warning.contains("expires in 9 days"),
+        "{warning}"
+    );
+}
+
+#[tokio::test]
+async fn a_configured_number_of_days_moves_the_warning() {
+    let s = start_server().await;
+    let key = s
+        .key(
+            NewKey::new(OWNER, "live", "quarterly")
+                .permissions(PermissionGrant::All)
+                .expiry(ExpiryChoice::Days(90)),
+        )
+        .await;
+    let t = key.token.expose_secret();
+    let expires = key.key.expires_at.expect("an expiring key");
+
+    // 31 days left: neither the 10-day nor the 30-day layer warns.
+    s.clock.set(expires - TimeDelta::days(31));
+    assert_eq!(s.warning("/warn30/me", t).await, None);
+    assert_eq!(s.warning("/me", t).await, None);
+    // 29 days left: only the 30-day layer warns.
+    s.clock.set(expires - TimeDelta::days(29));
+    let warning = s.warning("/warn30/me", t).await.expect("30-day layer");
+    assert!(
+        warning.contains(key.key.id.as_str()) && warning.contains("expires in 29 days"),
+        "{warning}"
+    );
+    assert_eq!(s.warning("/me", t).await, None, "the default stays 10 days");
+    // 1 day left: both warn, and 0 turns the warning off.
+    s.clock.set(expires - TimeDelta::days(1));
+    assert!(s.warning("/warn30/me", t).await.is_some());
+    assert!(s.warning("/me", t).await.is_some());
+    assert_eq!(s.warning("/nowarn/me", t).await, None, "0 days: never");
+}
+
+#[tokio::test]
+async fn session_tokens_never_get_the_warning_header() {
+    let s = start_server().await;
+    let soon = s
+        .key(
+            NewKey::new(OWNER, "live", "soon")
+                .permissions(PermissionGrant::All)
+                .expiry(ExpiryChoice::Days(1)),
+        )
+        .await;
+    let t = soon.token.expose_secret();
+    // The key itself is warned about on both warning layers...
+    assert!(s.warning("/me", t).await.is_some());
+    assert!(s.warning("/warn30/me", t).await.is_some());
+
+    let r = s
+        .post("/session")
+        .header("authorization", bearer(t))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let session = body(r).await["token"].as_str().unwrap().to_owned();
+    // ...its session, which expires sooner still, never is.
+    for path in ["/me", "/warn30/me", "/nowarn/me"] {
+        let r = s
+            .get(path)
+            .header("authorization", bearer(&session))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        assert!(r.headers().get(WARNING_HEADER).is_none(), "{path}");
+        assert!(body(r).await["session"].is_string(), "{path}: a session");
+    }
+    // Still not with the key an hour from expiry.
+    s.clock
+        .set(soon.key.expires_at.unwrap() - TimeDelta::hours(1));
+    let r = s
+        .post("/session")
+        .header("authorization", bearer(t))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let late = body(r).await["token"].as_str().unwrap().to_owned();
+    for path in ["/me", "/warn30/me"] {
+        assert_eq!(s.warning(path, &late).await, None, "{path}");
+    }
 }
 
 #[tokio::test]

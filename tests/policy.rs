@@ -429,3 +429,29 @@ fn default_argon2_parameters_are_owasp() {
     assert!(hasher.needs_rehash(&weak));
     assert!(!hasher.needs_rehash(&phc));
 }
+
+/// An IPv4 client gets the same answer in both of its forms (`a.b.c.d`
+/// from an IPv4 socket, `::ffff:a.b.c.d` from a dual-stack one), also
+/// against ranges written in IPv6 over the mapped space.
+#[test]
+fn ipv4_clients_match_ipv6_ranges_over_the_mapped_space() {
+    let mapped = IpAllowlist::parse(&["::ffff:10.0.0.0/104"]).unwrap();
+    let any_v6 = IpAllowlist::parse(&["::/0"]).unwrap();
+    for (ip, allowed) in [
+        ("10.1.2.3", true),
+        ("::ffff:10.1.2.3", true),
+        ("11.0.0.1", false),
+        ("::ffff:11.0.0.1", false),
+    ] {
+        let ip: std::net::IpAddr = ip.parse().unwrap();
+        assert_eq!(
+            mapped.allows(ip),
+            allowed,
+            "{ip} against ::ffff:10.0.0.0/104"
+        );
+        assert!(any_v6.allows(ip), "{ip} against ::/0");
+    }
+    // An IPv4-only list never matches a plain IPv6 client.
+    let v4 = IpAllowlist::parse(&["0.0.0.0/0"]).unwrap();
+    assert!(!v4.allows("2001:db8::1".parse().unwrap()));
+}

@@ -60,6 +60,44 @@ fn reference_match(pattern: &[u8], name: &[u8]) -> bool {
     }
 }
 
+fn mask4(p: u8) -> u32 {
+    if p == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(p))
+    }
+}
+
+fn mask6(p: u8) -> u128 {
+    if p == 0 {
+        0
+    } else {
+        u128::MAX << (128 - u32::from(p))
+    }
+}
+
+/// A client address for an IPv4 range `base/prefix`: `mode` 0 keeps the
+/// random `ip`; 1 puts its host bits inside the range; 2 and 3 are the
+/// range's first and last address; 4 and 5 the addresses just below and
+/// just above it (wrapping).
+fn client_for_range(ip: u32, base: u32, prefix: u8, mode: u8) -> u32 {
+    let net = base & mask4(prefix);
+    let last = net | !mask4(prefix);
+    match mode {
+        1 => net | (ip & !mask4(prefix)),
+        2 => net,
+        3 => last,
+        4 => net.wrapping_sub(1),
+        5 => last.wrapping_add(1),
+        _ => ip,
+    }
+}
+
+/// The IPv4-mapped IPv6 form `::ffff:a.b.c.d`, as a number.
+fn mapped(ip: u32) -> u128 {
+    (0xffff_u128 << 32) | u128::from(ip)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(1024))]
 
@@ -73,19 +111,27 @@ proptest! {
         prop_assert_eq!(scope.matches(&name), expected, "patterns {:?} name {:?}", patterns, name);
     }
 
+    /// Client addresses are random a sixth of the time, else inside, at
+    /// the edges of, or just outside one of the generated ranges.
     #[test]
     fn ipv4_allowlist_agrees_with_naive_masking(
         nets in prop::collection::vec((any::<u32>(), 0u8..=32), 1..5),
         ip in any::<u32>(),
+        target in any::<prop::sample::Index>(),
+        mode in 0u8..6,
     ) {
         let ranges: Vec<String> = nets.iter().map(|(a, p)| format!("{}/{}", Ipv4Addr::from(*a), p)).collect();
         let list = IpAllowlist::parse(&ranges).unwrap();
-        let mask = |p: u8| if p == 0 { 0 } else { u32::MAX << (32 - u32::from(p)) };
-        let expected = nets.iter().any(|(a, p)| ip & mask(*p) == a & mask(*p));
+        let (base, prefix) = nets[target.index(nets.len())];
+        let ip = client_for_range(ip, base, prefix, mode);
+        let expected = nets.iter().any(|(a, p)| ip & mask4(*p) == a & mask4(*p));
+        if (1..=3).contains(&mode) {
+            prop_assert!(expected, "the generator put {} in {:?}", Ipv4Addr::from(ip), ranges);
+        }
         let v4 = IpAddr::V4(Ipv4Addr::from(ip));
         let mapped = IpAddr::V6(Ipv4Addr::from(ip).to_ipv6_mapped());
-        prop_assert_eq!(list.allows(v4), expected);
-        prop_assert_eq!(list.allows(mapped), expected, "IPv4-mapped form");
+        prop_assert_eq!(list.allows(v4), expected, "{} in {:?}", v4, ranges);
+        prop_assert_eq!(list.allows(mapped), expected, "IPv4-mapped form {} in {:?}", mapped, ranges);
     }
 
     #[test]
@@ -245,33 +291,65 @@ proptest! {
 
     /// Mixed IPv4 and IPv6 lists: an IPv4 client, seen as IPv4 or as an
     /// IPv4-mapped IPv6 address, is allowed exactly when an IPv4 range holds
-    /// it or an IPv6 range holds its mapped form.
+    /// it or an IPv6 range holds its mapped form: the same client gets the
+    /// same answer whichever way its socket reports it. Half the IPv6 ranges
+    /// are written over the mapped space (`::ffff:a.b.c.d/p`), and most
+    /// clients are drawn inside, at the edges of or just outside a range.
     #[test]
     fn mixed_allowlists_agree_with_the_naive_reference(
         v4 in prop::collection::vec((any::<u32>(), 0u8..=32), 0..3),
-        v6 in prop::collection::vec((any::<u128>(), 0u8..=128), 0..3),
+        v6 in prop::collection::vec((any::<u128>(), 0u8..=128, any::<bool>()), 0..3),
         ip in any::<u32>(),
+        target in any::<prop::sample::Index>(),
+        mode in 0u8..6,
     ) {
         prop_assume!(!v4.is_empty() || !v6.is_empty());
-        let mask4 = |p: u8| if p == 0 { 0 } else { u32::MAX << (32 - u32::from(p)) };
-        let mask6 = |p: u8| if p == 0 { 0 } else { u128::MAX << (128 - u32::from(p)) };
+        let v6: Vec<(u128, u8)> = v6
+            .iter()
+            .map(|&(a, p, over_mapped)| if over_mapped { (mapped(a as u32), p) } else { (a, p) })
+            .collect();
         let mut ranges: Vec<String> = v4.iter().map(|(a, p)| format!("{}/{}", Ipv4Addr::from(*a), p)).collect();
         ranges.extend(v6.iter().map(|(a, p)| format!("{}/{}", std::net::Ipv6Addr::from(*a), p)));
         let list = IpAllowlist::parse(&ranges).unwrap();
-        let mapped = u128::from(Ipv4Addr::from(ip).to_ipv6_mapped());
-        let in_v4 = v4.iter().any(|(a, p)| ip & mask4(*p) == a & mask4(*p));
-        let in_v6 = v6.iter().any(|(a, p)| mapped & mask6(*p) == a & mask6(*p));
-        prop_assert_eq!(
-            list.allows(IpAddr::V6(Ipv4Addr::from(ip).to_ipv6_mapped())),
-            in_v4 || in_v6,
-            "mapped form"
-        );
-        let as_v4 = list.allows(IpAddr::V4(Ipv4Addr::from(ip)));
-        if v6.is_empty() {
-            prop_assert_eq!(as_v4, in_v4, "IPv4 form");
-        } else {
-            prop_assert!(as_v4 || !in_v4, "IPv4 form inside an IPv4 range");
+
+        // The IPv4 view of every range that holds mapped addresses.
+        let mut targets: Vec<(u32, u8)> = v4.clone();
+        for &(a, p) in &v6 {
+            if p >= 96 && a & mask6(96) == mapped(0) {
+                targets.push((a as u32, p - 96));
+            } else if mapped(0) & mask6(p) == a & mask6(p) {
+                targets.push((0, 0)); // holds the whole mapped space
+            }
         }
+        let ip = match targets.len() {
+            0 => ip,
+            n => {
+                let (base, prefix) = targets[target.index(n)];
+                client_for_range(ip, base, prefix, mode)
+            }
+        };
+
+        let in_v4 = v4.iter().any(|(a, p)| ip & mask4(*p) == a & mask4(*p));
+        let in_v6 = v6.iter().any(|(a, p)| mapped(ip) & mask6(*p) == a & mask6(*p));
+        if !targets.is_empty() && (1..=3).contains(&mode) {
+            prop_assert!(in_v4 || in_v6, "the generator put {} in {:?}", Ipv4Addr::from(ip), ranges);
+        }
+        let expected = in_v4 || in_v6;
+        let as_v4 = IpAddr::V4(Ipv4Addr::from(ip));
+        let as_mapped = IpAddr::V6(Ipv4Addr::from(ip).to_ipv6_mapped());
+        prop_assert_eq!(u128::from(Ipv4Addr::from(ip).to_ipv6_mapped()), mapped(ip));
+        prop_assert_eq!(
+            list.allows(as_mapped),
+            expected,
+            "mapped form {} in {:?} (in an IPv4 range: {}, in an IPv6 range: {})",
+            as_mapped, ranges, in_v4, in_v6
+        );
+        prop_assert_eq!(
+            list.allows(as_v4),
+            expected,
+            "IPv4 form {} in {:?} (in an IPv4 range: {}, in an IPv6 range: {})",
+            as_v4, ranges, in_v4, in_v6
+        );
     }
 }
 

@@ -44,23 +44,67 @@ struct Ledger {
     printed: Vec<String>,
 }
 
+/// The shortest run of a secret's characters that must never be printed.
+const WINDOW: usize = 12;
+
+fn sha256_hex(s: &str) -> String {
+    Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 impl Ledger {
+    /// A secret: whole, and every `WINDOW`-character window of it.
+    fn secret(&mut self, secret: &str) {
+        assert!(
+            secret.is_ascii() && secret.len() >= WINDOW,
+            "not a probe-able secret: {secret}"
+        );
+        for window in secret.as_bytes().windows(WINDOW) {
+            self.secrets
+                .push(std::str::from_utf8(window).unwrap().to_owned());
+        }
+        self.secrets.push(secret.to_owned());
+    }
+    /// A token `<prefix>_<env>_<id><secret><checksum>`: whole, and every
+    /// window of its secret part (not the public id, not the checksum).
+    /// Returns the secret part.
+    fn token_with_prefix(&mut self, token: &Token, prefix: &str) -> String {
+        let full = token.expose_secret();
+        let body = full
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_prefix('_'))
+            .and_then(|rest| rest.split_once('_'))
+            .map(|(_env, body)| body)
+            .unwrap_or_else(|| panic!("not a {prefix} token: {full}"));
+        assert_eq!(body.len(), BODY_LEN, "{full}");
+        let secret = &body[KEY_ID_LEN..KEY_ID_LEN + SECRET_LEN];
+        self.secret(secret);
+        self.secrets.push(full.to_owned());
+        secret.to_owned()
+    }
+    /// A key token.
     fn token(&mut self, token: &Token) {
-        let full = token.expose_secret().to_owned();
-        if let Ok(parsed) = format().parse(&full) {
-            self.secrets.push(parsed.expose_secret().to_owned());
-        }
-        if let Some((_, secret_and_sum)) = full.rsplit_once('_') {
-            // The last part holds the secret: any 16-character window of it.
-            self.secrets.push(secret_and_sum[..16].to_owned());
-        }
-        self.secrets.push(full);
+        let secret = self.token_with_prefix(token, "mkh");
+        let parsed = format().parse(token.expose_secret()).unwrap();
+        assert_eq!(parsed.expose_secret(), secret, "the secret part is probed");
+    }
+    /// A session token: its secret's windows and the SHA-256 hex the store
+    /// keeps of it. Returns that hex.
+    fn session_token(&mut self, token: &Token) -> String {
+        let secret = self.token_with_prefix(token, "mkhs");
+        let hex = sha256_hex(&secret);
+        self.secrets.push(hex.clone());
+        hex
     }
     fn hash(&mut self, stored: &str) {
         // Every long part of a PHC string (salt, hash) or of a SHA-256 hex.
+        let before = self.secrets.len();
         for part in stored.split('$').filter(|p| p.len() >= 16) {
             self.secrets.push(part.to_owned());
         }
+        assert!(self.secrets.len() > before, "no hash part in {stored}");
     }
     fn print(&mut self, s: impl Into<String>) {
         self.printed.push(s.into());
@@ -101,13 +145,29 @@ fn a_whole_life_cycle_prints_no_secret_and_no_hash() {
         "{traced}"
     );
     assert!(traced.contains("outcome=\"not_allowed\""), "{traced}");
+    // ...inside spans: one per check (with its kind) and per management call.
+    assert!(traced.contains("keyward.verify{kind=\"key\"}"), "{traced}");
+    assert!(
+        traced.contains("keyward.verify{kind=\"session\"}"),
+        "{traced}"
+    );
+    assert!(
+        traced.contains("keyward.manage{actor=\"alice\" action=create"),
+        "{traced}"
+    );
     l.print(traced);
 
     // ...and nothing that could be used to authenticate.
-    assert!(l.secrets.len() > 20, "the ledger collected the secrets");
+    // Five tokens (created, wrong, regenerated, successor, session) with
+    // every window of their secrets, besides imported secrets and hashes.
+    let windows = SECRET_LEN - WINDOW + 1;
+    assert!(
+        l.secrets.len() > 5 * windows,
+        "the ledger collected the secrets"
+    );
     for secret in &l.secrets {
         assert!(
-            secret.len() >= 16,
+            secret.len() >= WINDOW,
             "too short to be a meaningful probe: {secret}"
         );
         for (i, printed) in l.printed.iter().enumerate() {
@@ -200,7 +260,21 @@ async fn life_cycle(l: &mut Ledger) {
         )
         .await
         .unwrap();
-    l.secrets.push(session.token.expose_secret().to_owned());
+    let session_hex = l.session_token(&session.token);
+    let session_record = store
+        .get_session(&session.session.id)
+        .await
+        .unwrap()
+        .unwrap();
+    let stored_hex: String = session_record
+        .secret_hash
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(stored_hex, session_hex, "the stored session hash is probed");
+    l.debug(&session_record);
+    l.debug(&session_record.secret_hash);
     l.debug(&session);
     l.print(serde_json::to_string(&session.session).unwrap());
     let refused = manager
@@ -224,11 +298,8 @@ async fn life_cycle(l: &mut Ledger) {
     l.hash(successor.secret_hash.as_str());
 
     let imported_secret = "cioImportedSecretValue0123456789";
-    let hex: String = Sha256::digest(imported_secret)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    l.secrets.push(imported_secret.to_owned());
+    let hex = sha256_hex(imported_secret);
+    l.secret(imported_secret);
     l.secrets.push(hex.clone());
     let import = ImportKey::scoped("Imported1", OWNER, "live", "old", hex.clone())
         .permissions(PermissionGrant::only(["package:push"]));
@@ -249,9 +320,11 @@ async fn life_cycle(l: &mut Ledger) {
             .await
             .unwrap(),
     );
+    let wrong_pair_secret = "not-the-secret-at-all";
+    l.secret(wrong_pair_secret);
     l.error(
         &manager
-            .verify_pair("Imported1", "not-the-secret-at-all", &req)
+            .verify_pair("Imported1", wrong_pair_secret, &req)
             .await
             .unwrap_err(),
     );

@@ -556,37 +556,50 @@ impl<S: KeyStore> PushKey for KeyManager<S> {
 }
 
 /// Many tasks verify while the manager revokes: no check that starts after
-/// `revoke` returned may pass.
+/// `revoke` returned may pass. Each task keeps checking until it has seen
+/// `AFTER` checks start after the change, so the race cannot pass vacuously
+/// by finishing before it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_check_started_after_a_revoke_returned_is_granted() {
+    const AFTER: usize = 50;
     for round in 0..5 {
         let f = fixture();
         let created = f.push_key().await;
         let token = created.token.expose_secret().to_owned();
         let done = Arc::new(AtomicBool::new(false));
+        // The denial each change must cause (repeated wrong secrets may
+        // also be throttled: a denial all the same).
+        let expected = match round % 3 {
+            0 => DenialReason::Revoked,
+            1 => DenialReason::WrongSecret,
+            _ => DenialReason::PermissionMissing,
+        };
         let mut tasks = Vec::new();
         for _ in 0..4 {
             let m = f.manager.clone();
             let token = token.clone();
             let done = Arc::clone(&done);
+            let expected = expected.clone();
             tasks.push(tokio::spawn(async move {
                 let live = Environment::new("live").unwrap();
                 let req = VerifyRequest::new(&live, registry().get("package:push").unwrap());
-                let mut late_grants = 0;
-                let mut checks = 0;
-                for _ in 0..2000 {
+                let mut after = 0;
+                let mut wrong_outcomes = Vec::new();
+                while after < AFTER {
                     let started_after = done.load(Ordering::SeqCst);
-                    let ok = m.verify(&token, &req).await.is_ok();
-                    checks += 1;
-                    if started_after && ok {
-                        late_grants += 1;
-                    }
-                    if started_after && checks > 50 {
-                        break;
+                    let outcome = m.verify(&token, &req).await;
+                    if started_after {
+                        after += 1;
+                        match outcome {
+                            Err(d)
+                                if d.reason == expected || d.reason == DenialReason::Throttled => {}
+                            Err(d) => wrong_outcomes.push(format!("denied for {:?}", d.reason)),
+                            Ok(_) => wrong_outcomes.push("granted".to_owned()),
+                        }
                     }
                     tokio::task::yield_now().await;
                 }
-                late_grants
+                wrong_outcomes
             }));
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -619,10 +632,12 @@ async fn no_check_started_after_a_revoke_returned_is_granted() {
         }
         done.store(true, Ordering::SeqCst);
         for t in tasks {
-            assert_eq!(
-                t.await.unwrap(),
-                0,
-                "round {round}: a check started after the change passed"
+            // The task returns only once AFTER checks started after the change.
+            let wrong_outcomes = t.await.unwrap();
+            assert!(
+                wrong_outcomes.is_empty(),
+                "round {round}: checks started after the change were {wrong_outcomes:?}, \
+                 not denied for {expected:?}"
             );
         }
     }

@@ -78,10 +78,18 @@ impl IpAllowlist {
         if self.nets.is_empty() {
             return true;
         }
+        // One answer for both forms of an IPv4 client (`a.b.c.d` from an
+        // IPv4 socket, `::ffff:a.b.c.d` from a dual-stack one): IPv4 ranges
+        // see the IPv4 form, IPv6 ranges (`::ffff:0:0/96`, `::/0`) the
+        // mapped one.
         let canonical = ip.to_canonical();
+        let mapped = match canonical {
+            IpAddr::V4(v4) => IpAddr::V6(v4.to_ipv6_mapped()),
+            v6 => v6,
+        };
         self.nets
             .iter()
-            .any(|n| n.contains(&canonical) || n.contains(&ip))
+            .any(|n| n.contains(&canonical) || n.contains(&mapped))
     }
 
     /// Whether every address `self` allows is allowed by `other` too.
