@@ -641,77 +641,14 @@ async fn session_life<S: KeyStore + SessionStore>(store: S) {
     );
 }
 
-/// A session record of `key` expiring `minutes` after `start()`.
-fn session_record(key: &KeyId, minutes: i64) -> SessionRecord {
-    SessionRecord {
-        id: KeyId::generate(),
-        key_id: key.clone(),
-        owner: OwnerId::new(OWNER).unwrap(),
-        environment: Environment::new("live").unwrap(),
-        key_name: "CI \u{1f680}".into(),
-        permissions: PermissionGrant::only(["package:push", "package:unlist"]),
-        resources: ResourceScope::only(["Contoso.*", "Fabrikam.Core"]),
-        ip_allowlist: IpAllowlist::parse(&["10.0.0.0/8", "2001:db8::/32"]).unwrap(),
-        created_at: start(),
-        expires_at: start() + TimeDelta::minutes(minutes),
-        revoked: false,
-        secret_hash: SessionHash::from_bytes([minutes as u8; 32]),
-    }
-}
-
-/// The [`SessionStore`] contract, on an empty store: insert and read back
-/// exactly, duplicate ids refused without change, revoke by key id with
-/// counts, purge at or before `now` with counts.
-async fn session_store_contract<S: SessionStore>(store: &S) {
-    let (a, b) = (KeyId::generate(), KeyId::generate());
-    let r1 = session_record(&a, 15);
-    let r2 = session_record(&a, 30);
-    let r3 = session_record(&b, 15);
-    for r in [&r1, &r2, &r3] {
-        store.insert_session(r).await.unwrap();
-    }
-    let mut clash = session_record(&b, 45);
-    clash.id = r1.id.clone();
-    assert_eq!(
-        store.insert_session(&clash).await.unwrap_err(),
-        StoreError::DuplicateId(r1.id.clone())
-    );
-    for r in [&r1, &r2, &r3] {
-        assert_eq!(store.get_session(&r.id).await.unwrap().as_ref(), Some(r));
-    }
-    assert_eq!(store.get_session(&KeyId::generate()).await.unwrap(), None);
-
-    assert_eq!(store.revoke_sessions(&a).await.unwrap(), 2);
-    assert_eq!(
-        store.revoke_sessions(&a).await.unwrap(),
-        0,
-        "already revoked"
-    );
-    assert_eq!(store.revoke_sessions(&KeyId::generate()).await.unwrap(), 0);
-    assert!(store.get_session(&r1.id).await.unwrap().unwrap().revoked);
-    assert!(store.get_session(&r2.id).await.unwrap().unwrap().revoked);
-    assert!(!store.get_session(&r3.id).await.unwrap().unwrap().revoked);
-
-    let before = start() + TimeDelta::minutes(15) - TimeDelta::microseconds(1);
-    assert_eq!(store.delete_expired_sessions(before).await.unwrap(), 0);
-    let at = start() + TimeDelta::minutes(15);
-    assert_eq!(
-        store.delete_expired_sessions(at).await.unwrap(),
-        2,
-        "expiry at `now` counts"
-    );
-    assert_eq!(store.delete_expired_sessions(at).await.unwrap(), 0);
-    assert_eq!(store.get_session(&r1.id).await.unwrap(), None);
-    assert_eq!(store.get_session(&r3.id).await.unwrap(), None);
-    assert!(store.get_session(&r2.id).await.unwrap().is_some());
-}
-
+/// The [`SessionStore`] contract, checked by the public conformance suite.
+#[cfg(feature = "testing")]
 #[tokio::test]
-async fn session_store_contract_on_memory() {
-    session_store_contract(&MemoryStore::new()).await;
+async fn session_store_conformance_on_memory() {
+    keyward::store::conformance::session_store_conformance(MemoryStore::new()).await;
 }
 
-/// The same checks on the SQLite store.
+/// The same life on the SQLite store.
 #[cfg(feature = "sqlite")]
 #[tokio::test]
 async fn sessions_on_sqlite() {
@@ -721,18 +658,41 @@ async fn sessions_on_sqlite() {
     store.migrate().await.unwrap();
     store.migrate_sessions().await.unwrap();
     session_life(store).await;
+}
 
+/// The session conformance suite on an in-memory SQLite store, twice on
+/// the same store, which also holds a session of today that it must not
+/// touch (its window is in the distant past).
+#[cfg(all(feature = "sqlite", feature = "testing"))]
+#[tokio::test]
+async fn session_store_conformance_on_sqlite() {
     let store = SqliteStore::in_memory().await.unwrap();
     store.migrate().await.unwrap();
-    session_store_contract(&store).await;
+    let today = SessionRecord {
+        id: KeyId::generate(),
+        key_id: KeyId::generate(),
+        owner: OwnerId::new(OWNER).unwrap(),
+        environment: Environment::new("live").unwrap(),
+        key_name: "CI".into(),
+        permissions: PermissionGrant::only(["package:push"]),
+        resources: ResourceScope::All,
+        ip_allowlist: IpAllowlist::any(),
+        created_at: start(),
+        expires_at: start() + TimeDelta::minutes(15),
+        revoked: false,
+        secret_hash: SessionHash::from_bytes([7; 32]),
+    };
+    store.insert_session(&today).await.unwrap();
+    keyward::store::conformance::session_store_conformance(store.clone()).await;
+    keyward::store::conformance::session_store_conformance(store.clone()).await;
+    assert_eq!(store.get_session(&today.id).await.unwrap(), Some(today));
 }
 
 #[cfg(feature = "postgres")]
 mod postgres;
 
-/// The same checks on the PostgreSQL store, where `migrate` creates the
-/// sessions table; the contract runs on a 63-character table name (derived,
-/// hashed sessions names).
+/// The same life on the PostgreSQL store, where `migrate` creates the
+/// sessions table.
 #[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_on_postgres() {
@@ -744,11 +704,29 @@ async fn sessions_on_postgres() {
             .unwrap();
         store.migrate().await.unwrap();
         store.migrate().await.unwrap(); // idempotent
-        session_life(store.clone()).await;
+        session_life(store).await;
+    })
+    .await;
+}
 
-        let long = store.with_table(&"t".repeat(63)).unwrap();
+/// The session conformance suite on PostgreSQL: on the default table, and
+/// on a 63-character table name (derived, hashed sessions names).
+#[cfg(all(feature = "postgres", feature = "testing"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_store_conformance_on_postgres() {
+    postgres::with_schema(|url, schema| async move {
+        let store = PostgresStore::connect(&url)
+            .await
+            .unwrap()
+            .with_schema(&schema)
+            .unwrap();
+        store.migrate().await.unwrap();
+        keyward::store::conformance::session_store_conformance(store.clone()).await;
+
+        let long = store.clone().with_table(&"t".repeat(63)).unwrap();
         long.migrate().await.unwrap();
-        session_store_contract(&long).await;
+        keyward::store::conformance::session_store_conformance(long).await;
+        store.pool().close().await;
     })
     .await;
 }

@@ -58,6 +58,7 @@ async fn conformance() {
         })
         .await;
         keyward::store::conformance::audit_sink_conformance(store.clone()).await;
+        keyward::store::conformance::session_store_conformance(store.clone()).await;
         store.pool().close().await;
     })
     .await;

@@ -76,11 +76,17 @@ async fn conformance_on_a_wal_file() {
     })
     .await;
     keyward::store::conformance::audit_sink_conformance(store.clone()).await;
+    keyward::store::conformance::session_store_conformance(store.clone()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_sink_conformance_in_memory() {
     keyward::store::conformance::audit_sink_conformance(memory_store().await).await;
+}
+
+#[tokio::test]
+async fn session_store_conformance_in_memory() {
+    keyward::store::conformance::session_store_conformance(memory_store().await).await;
 }
 
 #[tokio::test]
