@@ -141,13 +141,14 @@ fn main() {
     println!("allocations per key:  {allocs:.1}");
     println!("target:               <= 600 bytes per key");
 
-    // Where it goes: one record's heap, piece by piece, and its inline size.
+    // For comparison: one record as reads hand it out (MemoryStore keeps it
+    // packed, every string, list and time in one allocation: see
+    // src/store/compact.rs), inline and piece by piece on the heap.
     let r = &records[0];
     println!(
-        "one record, inline:   {} bytes (a map slot: key + record)",
+        "a KeyRecord as read:  {} bytes inline with its id, and on the heap:",
         size_of::<(KeyId, KeyRecord)>()
     );
-    println!("one record, heap:");
     println!("  id:                 {}", heap_of(&r.id));
     println!("  owner:              {}", heap_of(&r.owner));
     println!("  environment:        {}", heap_of(&r.environment));
@@ -156,7 +157,9 @@ fn main() {
     println!("  resources:          {}", heap_of(&r.resources));
     println!("  ip allowlist:       {}", heap_of(&r.ip_allowlist));
     println!("  secret hash:        {}", heap_of(&r.secret_hash));
-    println!("(the rest: the id again as the map key and in the owner index, and map slack)");
+    println!(
+        "(stored: the id as the map key and in the owner index, the packed record, and map slack)"
+    );
 }
 
 /// Heap bytes a clone of `value` allocates (its inline size excluded).

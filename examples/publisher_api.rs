@@ -206,7 +206,12 @@ async fn push_version(
     Path(name): Path<String>,
     Json(body): Json<PushBody>,
 ) -> Response {
-    let existing_owner = packages(&app).get(&name).map(|p| p.owner.clone());
+    // One lock across the owner lookup, the permission check and the
+    // insert: with two owners racing to create the same name, the second
+    // sees the first one's package (and needs `package:push` on it), so it
+    // can never append a version to a package it does not own.
+    let mut all = packages(&app);
+    let existing_owner = all.get(&name).map(|p| p.owner.clone());
     let (permission, owner) = match &existing_owner {
         Some(owner) => ("package:push", owner.clone()),
         None => ("package:push-new", caller.owner().as_str().to_owned()),
@@ -220,7 +225,6 @@ async fn push_version(
     if let Err(rejection) = caller.authorize(permission, Some(ResourceRef::new(&owner, &name))) {
         return rejection.into_response();
     }
-    let mut all = packages(&app);
     let package = all.entry(name.clone()).or_insert_with(|| Package {
         owner,
         listed: true,

@@ -9,6 +9,7 @@ use std::sync::{Mutex, PoisonError, RwLock};
 use chrono::{DateTime, Utc};
 use foldhash::fast::RandomState;
 
+use super::compact::CompactRecord;
 use super::{KeyStore, ListQuery, QuotaCheck};
 use crate::error::StoreError;
 use crate::key::{KeyRecord, OwnerId};
@@ -22,6 +23,8 @@ const SHARDS: usize = 32;
 /// Reads take only the read lock of one of 32 shards, so lookups of
 /// different keys never wait for each other. Inserts and deletes also take an
 /// owner index lock, which makes the quota check and the insert one atomic step.
+/// Records are kept packed (their strings and lists in one allocation), so a
+/// million keys fit in a few hundred megabytes.
 ///
 /// ```
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -32,7 +35,7 @@ const SHARDS: usize = 32;
 /// ```
 #[derive(Debug)]
 pub struct MemoryStore {
-    shards: Vec<RwLock<HashMap<KeyId, KeyRecord, RandomState>>>,
+    shards: Vec<RwLock<HashMap<KeyId, CompactRecord, RandomState>>>,
     by_owner: Mutex<Index>,
     hasher: RandomState,
     sessions: RwLock<HashMap<KeyId, SessionRecord, RandomState>>,
@@ -65,7 +68,7 @@ impl MemoryStore {
         }
     }
 
-    fn shard(&self, id: &KeyId) -> &RwLock<HashMap<KeyId, KeyRecord, RandomState>> {
+    fn shard(&self, id: &KeyId) -> &RwLock<HashMap<KeyId, CompactRecord, RandomState>> {
         &self.shards[(self.hasher.hash_one(id.as_str()) as usize) % SHARDS]
     }
 
@@ -82,12 +85,27 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    fn get_sync(&self, id: &KeyId) -> Option<KeyRecord> {
+    fn get_sync(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
         self.shard(id)
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(id)
-            .cloned()
+            .map(|packed| packed.decode(id))
+            .transpose()
+    }
+
+    /// The records of `ids` that still exist, in that order.
+    fn records<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a KeyId>,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        let mut out = Vec::new();
+        for id in ids {
+            if let Some(r) = self.get_sync(id)? {
+                out.push(r);
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -102,20 +120,19 @@ impl KeyStore for MemoryStore {
             return Err(StoreError::DuplicateId(record.id.clone()));
         }
         if let Some(q) = quota {
-            let live = index
-                .owners
-                .get(&record.owner)
-                .map(|ids| {
-                    ids.iter()
-                        .filter_map(|id| self.get_sync(id))
-                        .filter(|r| r.environment == record.environment && r.is_live(q.now))
-                        .count()
-                })
-                .unwrap_or(0);
+            let live = match index.owners.get(&record.owner) {
+                Some(ids) => self
+                    .records(ids)?
+                    .iter()
+                    .filter(|r| r.environment == record.environment && r.is_live(q.now))
+                    .count(),
+                None => 0,
+            };
             if live >= q.max_live as usize {
                 return Err(StoreError::QuotaExceeded { limit: q.max_live });
             }
         }
+        let packed = CompactRecord::encode(record)?;
         {
             let mut shard = self
                 .shard(&record.id)
@@ -124,7 +141,7 @@ impl KeyStore for MemoryStore {
             if shard.contains_key(&record.id) {
                 return Err(StoreError::DuplicateId(record.id.clone()));
             }
-            shard.insert(record.id.clone(), record.clone());
+            shard.insert(record.id.clone(), packed);
         }
         index
             .owners
@@ -135,7 +152,7 @@ impl KeyStore for MemoryStore {
     }
 
     async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        Ok(self.get_sync(id))
+        self.get_sync(id)
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Vec<KeyRecord>, StoreError> {
@@ -155,15 +172,22 @@ impl KeyStore for MemoryStore {
                 },
             }
         };
-        Ok(ids
-            .iter()
-            .filter_map(|id| self.get_sync(id))
-            .filter(|r| query.matches(r))
-            .take(query.limit)
-            .collect())
+        let mut out = Vec::new();
+        for id in &ids {
+            if out.len() >= query.limit {
+                break;
+            }
+            if let Some(r) = self.get_sync(id)? {
+                if query.matches(&r) {
+                    out.push(r);
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn update(&self, record: &KeyRecord, expected_generation: u64) -> Result<(), StoreError> {
+        let mut packed = CompactRecord::encode(record)?;
         let mut shard = self
             .shard(&record.id)
             .write()
@@ -178,10 +202,9 @@ impl KeyStore for MemoryStore {
                 found: stored.generation,
             });
         }
-        let (last_used_at, last_used_ip) = (stored.last_used_at, stored.last_used_ip);
-        *stored = record.clone();
-        stored.last_used_at = last_used_at;
-        stored.last_used_ip = last_used_ip;
+        packed.last_used_at = stored.last_used_at;
+        packed.last_used_ip = stored.last_used_ip;
+        *stored = packed;
         Ok(())
     }
 
@@ -193,13 +216,25 @@ impl KeyStore for MemoryStore {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(id)
             .ok_or_else(|| StoreError::NotFound(id.clone()))?;
-        if let Some(ids) = index.owners.get_mut(&removed.owner) {
-            ids.remove(id);
-            if ids.is_empty() {
-                index.owners.remove(&removed.owner);
+        // The index is keyed by owner; find the id under its owner (or, for
+        // a record whose owner does not decode, under any owner).
+        let owner = removed.owner().and_then(|o| OwnerId::new(o).ok());
+        let emptied = match owner.as_ref().and_then(|o| index.owners.get_mut(o)) {
+            Some(ids) => {
+                ids.remove(id);
+                ids.is_empty().then(|| owner.clone()).flatten()
             }
+            None => {
+                index.owners.values_mut().for_each(|ids| {
+                    ids.remove(id);
+                });
+                None
+            }
+        };
+        if let Some(owner) = emptied {
+            index.owners.remove(&owner);
         }
-        index.deleted.insert(removed.id);
+        index.deleted.insert(id.clone());
         Ok(())
     }
 
@@ -231,12 +266,19 @@ impl KeyStore for MemoryStore {
         let mut due: Vec<(DateTime<Utc>, KeyId)> = Vec::new();
         for shard in &self.shards {
             let shard = shard.read().unwrap_or_else(PoisonError::into_inner);
-            due.extend(
-                shard
-                    .values()
-                    .filter(|r| super::due_for_reminder(r, now, until))
-                    .filter_map(|r| Some((r.expires_at?, r.id.clone()))),
-            );
+            for (id, packed) in shard.iter() {
+                // A cheap necessary condition first; the rule itself on the
+                // rebuilt record.
+                let Some(expires) = packed.expires_at else {
+                    continue;
+                };
+                if expires <= now || expires > until || packed.reminded_at.is_some() {
+                    continue;
+                }
+                if super::due_for_reminder(&packed.decode(id)?, now, until) {
+                    due.push((expires, id.clone()));
+                }
+            }
         }
         due.sort();
         let mut taken = Vec::new();
@@ -250,10 +292,12 @@ impl KeyStore for MemoryStore {
                 .shard(&id)
                 .write()
                 .unwrap_or_else(PoisonError::into_inner);
-            if let Some(r) = shard.get_mut(&id) {
-                if super::due_for_reminder(r, now, until) {
+            if let Some(packed) = shard.get_mut(&id) {
+                let mut r = packed.decode(&id)?;
+                if super::due_for_reminder(&r, now, until) {
                     r.reminded_at = Some(now);
-                    taken.push(r.clone());
+                    packed.reminded_at = Some(now);
+                    taken.push(r);
                 }
             }
         }

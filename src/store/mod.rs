@@ -4,6 +4,7 @@
 //! always available; SQLite and PostgreSQL stores come with their features.
 //! Write your own by implementing the trait with `async fn`s.
 
+mod compact;
 mod memory;
 
 #[cfg(feature = "testing")]
