@@ -453,10 +453,7 @@ impl TokenFormat {
                 max: self.max_len,
             });
         }
-        if let Some(position) = bytes
-            .iter()
-            .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_'))
-        {
+        if let Some(position) = bytes.iter().position(|b| !TOKEN_BYTES[usize::from(*b)]) {
             return Err(TokenError::BadCharacter { position });
         }
         let rest = token
@@ -490,6 +487,19 @@ impl TokenFormat {
         })
     }
 }
+
+/// Which bytes a token may hold (`[A-Za-z0-9_]`): one table lookup per
+/// byte on the hot path instead of a chain of range tests.
+static TOKEN_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || c == b'_';
+        b += 1;
+    }
+    table
+};
 
 /// Encodes a CRC32 as 6 base62 digits, most significant first (62^6 > 2^32).
 fn encode_checksum(mut n: u32) -> [u8; CHECKSUM_LEN] {
