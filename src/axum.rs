@@ -645,38 +645,45 @@ impl<S: KeyStore + SessionStore> KeywardLayer<S> {
         let client_ip = self.client_ip(parts);
         let token = credential.expose_secret();
         let policy = &self.config.ctx.policy;
-        self.config
-            .manager
-            .exchange(token, &self.config.ctx.environment, ttl, client_ip)
-            .await
-            .map_err(|e| match e {
-                SessionError::Denied(d) => KeywardRejection::denied(&d, policy, None),
-                SessionError::SessionTokenGiven => KeywardRejection::new(
-                    StatusCode::FORBIDDEN,
-                    "insufficient_scope",
-                    "A session token cannot create another session. Exchange an API key instead."
-                        .into(),
+        let manager = &self.config.manager;
+        let environment = &self.config.ctx.environment;
+        let issued = match credential.pair_key_id() {
+            // An imported key's id and secret (not in the token format).
+            Some(id) => {
+                manager
+                    .exchange_pair(id, token, environment, ttl, client_ip)
+                    .await
+            }
+            None => manager.exchange(token, environment, ttl, client_ip).await,
+        };
+        issued.map_err(|e| match e {
+            SessionError::Denied(d) => KeywardRejection::denied(&d, policy, None),
+            SessionError::SessionTokenGiven => KeywardRejection::new(
+                StatusCode::FORBIDDEN,
+                "insufficient_scope",
+                "A session token cannot create another session. Exchange an API key instead."
+                    .into(),
+            ),
+            SessionError::TtlTooLong { max, .. } => KeywardRejection::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!(
+                    "The requested session lifetime is too long; the maximum is {} seconds.",
+                    max.as_secs()
                 ),
-                SessionError::TtlTooLong { max, .. } => KeywardRejection::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    format!(
-                        "The requested session lifetime is too long; the maximum is {} seconds.",
-                        max.as_secs()
-                    ),
-                ),
-                SessionError::ZeroTtl => KeywardRejection::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    "The session lifetime must be longer than zero.".into(),
-                ),
-                SessionError::Store(_) => KeywardRejection::unavailable(),
-                _ => KeywardRejection::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "server_error",
-                    "Sessions are not available on this server.".into(),
-                ),
-            })
+            ),
+            SessionError::ZeroTtl => KeywardRejection::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "The session lifetime must be longer than zero.".into(),
+            ),
+            SessionError::Store(_) => KeywardRejection::unavailable(),
+            _ => KeywardRejection::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "Sessions are not available on this server.".into(),
+            ),
+        })
     }
 }
 

@@ -323,6 +323,22 @@ pub(crate) struct Sessions {
 }
 
 impl Sessions {
+    /// The lifetime of a new session: `requested` or the default, checked
+    /// against zero and the maximum.
+    fn ttl(&self, requested: Option<Duration>) -> Result<Duration, SessionError> {
+        let ttl = requested.unwrap_or(self.config.default_ttl);
+        if ttl.is_zero() {
+            return Err(SessionError::ZeroTtl);
+        }
+        if ttl > self.config.max_ttl {
+            return Err(SessionError::TtlTooLong {
+                requested: ttl,
+                max: self.config.max_ttl,
+            });
+        }
+        Ok(ttl)
+    }
+
     /// Validates `config` against the key format.
     pub(crate) fn check_config(
         config: &SessionConfig,
@@ -445,21 +461,47 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
         if sessions.format.has_prefix(token) {
             return Err(SessionError::SessionTokenGiven);
         }
-        let ttl = ttl.unwrap_or(sessions.config.default_ttl);
-        if ttl.is_zero() {
-            return Err(SessionError::ZeroTtl);
-        }
-        if ttl > sessions.config.max_ttl {
-            return Err(SessionError::TtlTooLong {
-                requested: ttl,
-                max: sessions.config.max_ttl,
-            });
-        }
+        let ttl = sessions.ttl(ttl)?;
         let key = self
             .verifier()
             .authenticate(token, environment, client_ip)
             .await
             .map_err(SessionError::Denied)?;
+        self.issue(sessions, key, ttl, client_ip).await
+    }
+
+    /// Exchanges a key given as its id and secret separately (HTTP Basic
+    /// `key_id:secret`; an imported key's secret, which is not in keyward's
+    /// token format) for a session token, like [`KeyManager::exchange`].
+    /// The pair is checked as [`Verifier::authenticate_pair`](crate::Verifier::authenticate_pair)
+    /// checks it; a session's id and secret are never a key's, so they are
+    /// refused as an unknown key.
+    pub async fn exchange_pair(
+        &self,
+        key_id: &str,
+        secret: &str,
+        environment: &Environment,
+        ttl: Option<Duration>,
+        client_ip: Option<IpAddr>,
+    ) -> Result<IssuedSession, SessionError> {
+        let sessions = self.session_state()?;
+        let ttl = sessions.ttl(ttl)?;
+        let key = self
+            .verifier()
+            .authenticate_pair(key_id, secret, environment, client_ip)
+            .await
+            .map_err(SessionError::Denied)?;
+        self.issue(sessions, key, ttl, client_ip).await
+    }
+
+    /// Stores a new session for a key just proven, and returns its token.
+    async fn issue(
+        &self,
+        sessions: &Sessions,
+        key: VerifiedKey,
+        ttl: Duration,
+        client_ip: Option<IpAddr>,
+    ) -> Result<IssuedSession, SessionError> {
         let now = self.shared.clock.now();
         // Checked: the TTL comes from the client (within the configured
         // maximum, which may be huge); saturate instead of panicking.

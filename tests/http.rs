@@ -926,4 +926,27 @@ async fn an_imported_key_works_over_basic_with_its_old_secret() {
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
         assert!(www(&r).contains("invalid_token"));
     }
+    // The pair is exchanged for a session too (POST /session with Basic).
+    let r = s
+        .post("/session")
+        .header("authorization", basic("Imported7", secret))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let session = body(r).await["token"].as_str().unwrap().to_owned();
+    let r = s
+        .get("/me")
+        .header("authorization", bearer(&session))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(body(r).await["key_id"], "Imported7");
+    let r = s
+        .post("/session")
+        .header("authorization", basic("Imported7", "cio_wrong"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 }

@@ -494,6 +494,69 @@ async fn an_id_and_secret_pair_is_exchanged_like_its_token() {
     );
 }
 
+/// An imported key's id and secret (not in keyward's token format) are
+/// exchanged as a pair; a wrong secret is refused, and a session's own id
+/// and secret are never taken for a key's.
+#[tokio::test]
+async fn an_imported_keys_pair_is_exchanged_with_exchange_pair() {
+    use sha2::Digest;
+    let s = sessions_fixture();
+    let f = &s.f;
+    let secret = "legacy-Secret.1";
+    let hex: String = sha2::Sha256::digest(secret.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let imported = f
+        .manager
+        .import(
+            &keyward::Actor::system("migration"),
+            ImportKey::scoped("K7x2Lq9", OWNER, "live", "old CI key", hex)
+                .permissions(PermissionGrant::All),
+        )
+        .await
+        .unwrap();
+    // As a token it is malformed: only the pair form works.
+    assert!(matches!(
+        f.manager.exchange(secret, &f.live, None, None).await,
+        Err(SessionError::Denied(ref d)) if matches!(d.reason, DenialReason::Malformed(_))
+    ));
+    let session = f
+        .manager
+        .exchange_pair("K7x2Lq9", secret, &f.live, None, None)
+        .await
+        .unwrap();
+    assert_eq!(session.session.key_id, imported.id);
+    f.manager
+        .verify_session(session.token.expose_secret(), &f.req())
+        .await
+        .unwrap();
+    assert!(matches!(
+        f.manager.exchange_pair("K7x2Lq9", "legacy-Secret.2", &f.live, None, None).await,
+        Err(SessionError::Denied(ref d)) if d.reason == DenialReason::WrongSecret
+    ));
+    let parsed = f
+        .manager
+        .session_format()
+        .unwrap()
+        .parse(session.token.expose_secret())
+        .unwrap();
+    assert!(matches!(
+        f.manager
+            .exchange_pair(parsed.key_id(), parsed.expose_secret(), &f.live, None, None)
+            .await,
+        Err(SessionError::Denied(ref d)) if d.reason == DenialReason::UnknownKey
+    ));
+    // The TTL rules are the same as for tokens.
+    assert_eq!(
+        f.manager
+            .exchange_pair("K7x2Lq9", secret, &f.live, Some(Duration::ZERO), None)
+            .await
+            .unwrap_err(),
+        SessionError::ZeroTtl
+    );
+}
+
 #[tokio::test]
 async fn configuration_is_checked() {
     let build = |config: SessionConfig| {
