@@ -442,6 +442,83 @@ async fn change_feed_reaches_the_other_server() {
     .await;
 }
 
+/// A connection that stops answering without closing (a network dropping
+/// packets; here the feed's server process is stopped with SIGSTOP) is found
+/// by the feed's quiet-time check: it reconnects and invalidates everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn change_feed_notices_a_silent_connection() {
+    with_schema(|url, schema| async move {
+        let a_store = store(&url, &schema).await;
+        let a = manager(a_store.clone());
+        let b_store = store(&url, &schema)
+            .await
+            .with_feed_ping(Duration::from_millis(300));
+        let b = manager(b_store.clone());
+        let feed = b_store.listen(&b.verifier()).await.expect("listen");
+        let push = a.policy().permissions().get("package:push").expect("perm");
+        let env = live();
+        let req = VerifyRequest::new(&env, push);
+        let k = a.create(&admin(), new_key("one")).await.expect("create");
+        b.verify(k.token.expose_secret(), &req).await.expect("warm");
+
+        // Quiet but healthy: checks pass, nothing reconnects.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert_eq!(feed.status().connections, 1);
+        assert_eq!(feed.status().pings_failed, 0);
+        assert_eq!(b.verifier().cached_keys(), 1);
+
+        let pid = feed.status().backend_pid.expect("pid");
+        let signal = |sig: &str| {
+            std::process::Command::new("kill")
+                .args([sig, &pid.to_string()])
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !signal("-STOP") {
+            // The server is on another machine (or another user's): the
+            // process cannot be stopped from here.
+            assert!(
+                std::env::var("KEYWARD_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+                "could not stop the feed's PostgreSQL backend {pid}"
+            );
+            eprintln!(
+                "NOTICE: cannot signal PostgreSQL backend {pid}; silent-connection test skipped"
+            );
+            return;
+        }
+        let mut rx = feed.subscribe();
+        let reconnected = tokio::time::timeout(
+            Duration::from_secs(10),
+            rx.wait_for(|s| s.connected && s.connections >= 2),
+        )
+        .await
+        .map(|r| r.is_ok());
+        // Whatever happened, let the stopped process go and end it.
+        signal("-CONT");
+        let _ = sqlx::query("SELECT pg_terminate_backend($1)")
+            .bind(pid as i32)
+            .execute(a_store.pool())
+            .await;
+        assert_eq!(reconnected, Ok(true), "reconnected within 10 s");
+        assert!(feed.status().pings_failed >= 1);
+        assert_eq!(b.verifier().cached_keys(), 0, "a reconnect invalidates all");
+        b.verify(k.token.expose_secret(), &req)
+            .await
+            .expect("warm again");
+        a.revoke(&admin(), &k.key.id).await.expect("revoke");
+        let took = within!(
+            Duration::from_secs(1),
+            b.verify(k.token.expose_secret(), &req)
+                .await
+                .err()
+                .map(|d| d.reason)
+                == Some(DenialReason::Revoked)
+        );
+        assert!(took.is_some(), "the feed works after reconnecting");
+    })
+    .await;
+}
+
 /// A compromise revoke on one server ends the key's sessions on the other
 /// at once (through the feed), while a plain regenerate leaves them valid.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

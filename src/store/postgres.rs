@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -24,6 +24,8 @@ const DEFAULT_TABLE: &str = "keyward_keys";
 const FEED_APPLICATION_NAME: &str = "keyward-change-feed";
 const FEED_BACKOFF_MIN: Duration = Duration::from_millis(50);
 const FEED_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How long the change feed may be quiet before it checks its connection.
+const DEFAULT_FEED_PING: Duration = Duration::from_secs(15);
 
 /// A [`KeyStore`] in PostgreSQL.
 ///
@@ -76,6 +78,7 @@ pub struct PostgresStore {
     table: Arc<str>,
     channel: Arc<str>,
     queries: Arc<Queries>,
+    feed_ping: Duration,
 }
 
 #[derive(Debug)]
@@ -229,7 +232,19 @@ impl PostgresStore {
             table: DEFAULT_TABLE.into(),
             channel: channel_name(DEFAULT_SCHEMA, DEFAULT_TABLE).into(),
             queries: Arc::new(Queries::new(DEFAULT_SCHEMA, DEFAULT_TABLE)),
+            feed_ping: DEFAULT_FEED_PING,
         }
+    }
+
+    /// How long the change feed ([`listen`](Self::listen)) may receive
+    /// nothing before it checks its connection with a query (default 15 s).
+    /// A check that fails or takes longer than `interval` counts as a lost
+    /// connection: the feed reconnects and invalidates everything. Without
+    /// it, a network that drops packets silently would leave the feed
+    /// waiting, unaware, until TCP gave up. Zero is taken as 1 ms.
+    pub fn with_feed_ping(mut self, interval: Duration) -> Self {
+        self.feed_ping = interval.max(Duration::from_millis(1));
+        self
     }
 
     fn rebuild(mut self) -> Self {
@@ -385,13 +400,7 @@ impl PostgresStore {
         let options = (*self.pool.connect_options())
             .clone()
             .application_name(FEED_APPLICATION_NAME);
-        let pool = PgPoolOptions::new()
-            .max_connections(1)
-            .min_connections(0)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_lazy_with(options);
+        let pool = feed_pool(&options);
         let channel: String = self.channel.to_string();
         let (listener, pid) = open_feed(&pool, &channel)
             .await
@@ -402,10 +411,30 @@ impl PostgresStore {
             connections: 1,
             notifications: 0,
             backend_pid: Some(pid),
+            pings_failed: 0,
         });
-        let task = handle.spawn(run_feed(pool, channel, listener, verifier.clone(), tx));
+        let task = handle.spawn(run_feed(
+            options,
+            pool,
+            channel,
+            listener,
+            verifier.clone(),
+            tx,
+            self.feed_ping,
+        ));
         Ok(ChangeListener { task, status: rx })
     }
+}
+
+/// The feed's own pool: one connection, kept open.
+fn feed_pool(options: &PgConnectOptions) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(1)
+        .min_connections(0)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(options.clone())
 }
 
 async fn open_feed(pool: &PgPool, channel: &str) -> Result<(PgListener, u32), sqlx::Error> {
@@ -420,43 +449,68 @@ async fn open_feed(pool: &PgPool, channel: &str) -> Result<(PgListener, u32), sq
 }
 
 async fn run_feed<S: KeyStore>(
-    pool: PgPool,
+    options: PgConnectOptions,
+    mut pool: PgPool,
     channel: String,
     first: PgListener,
     verifier: Verifier<S>,
     status: watch::Sender<FeedStatus>,
+    ping: Duration,
 ) {
     let mut current = Some(first);
     let mut backoff = FEED_BACKOFF_MIN;
     loop {
         let mut listener = match current.take() {
             Some(l) => l,
-            None => match open_feed(&pool, &channel).await {
-                Ok((l, pid)) => {
-                    // Whatever was notified while we were away is lost: forget everything.
-                    verifier.invalidate_all();
-                    status.send_modify(|s| {
-                        s.connected = true;
-                        s.connections += 1;
-                        s.backend_pid = Some(pid);
-                    });
-                    backoff = FEED_BACKOFF_MIN;
-                    l
+            None => {
+                match tokio::time::timeout(ping.max(FEED_BACKOFF_MAX), open_feed(&pool, &channel))
+                    .await
+                {
+                    Ok(Ok((l, pid))) => {
+                        // Whatever was notified while we were away is lost: forget everything.
+                        verifier.invalidate_all();
+                        status.send_modify(|s| {
+                            s.connected = true;
+                            s.connections += 1;
+                            s.backend_pid = Some(pid);
+                        });
+                        backoff = FEED_BACKOFF_MIN;
+                        l
+                    }
+                    Ok(Err(_)) | Err(_) => {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(FEED_BACKOFF_MAX);
+                        continue;
+                    }
                 }
-                Err(_) => {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(FEED_BACKOFF_MAX);
-                    continue;
-                }
-            },
-        };
-        // `Ok(None)`: the connection was lost; `Err`: it failed otherwise. Either way, start over.
-        while let Ok(Some(notice)) = listener.try_recv().await {
-            match KeyId::new(notice.payload()) {
-                Ok(id) => verifier.invalidate(&id),
-                Err(_) => verifier.invalidate_all(),
             }
-            status.send_modify(|s| s.notifications += 1);
+        };
+        loop {
+            // `try_recv` is cancel-safe (a partly read message stays buffered).
+            match tokio::time::timeout(ping, listener.try_recv()).await {
+                Ok(Ok(Some(notice))) => {
+                    match KeyId::new(notice.payload()) {
+                        Ok(id) => verifier.invalidate(&id),
+                        Err(_) => verifier.invalidate_all(),
+                    }
+                    status.send_modify(|s| s.notifications += 1);
+                }
+                // `Ok(None)`: the connection was lost; `Err`: it failed
+                // otherwise. Either way, start over.
+                Ok(_) => break,
+                // Quiet for a while: does the connection still answer?
+                // (Notices that arrive meanwhile are buffered, not lost.)
+                Err(_) => {
+                    let check = sqlx::query("SELECT 1").execute(&mut listener);
+                    if !matches!(tokio::time::timeout(ping, check).await, Ok(Ok(_))) {
+                        status.send_modify(|s| s.pings_failed += 1);
+                        // The connection may still look open: never hand it
+                        // back to be reused. A new pool, a new connection.
+                        pool = feed_pool(&options);
+                        break;
+                    }
+                }
+            }
         }
         status.send_modify(|s| {
             s.connected = false;
@@ -478,6 +532,9 @@ pub struct FeedStatus {
     pub notifications: u64,
     /// The PostgreSQL backend process id of the current connection.
     pub backend_pid: Option<u32>,
+    /// Connection checks (after a quiet [`with_feed_ping`](PostgresStore::with_feed_ping)
+    /// interval) that failed or timed out, each followed by a reconnect.
+    pub pings_failed: u64,
 }
 
 /// A running change feed, from [`PostgresStore::listen`]. Dropping it stops the feed.
