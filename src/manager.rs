@@ -1280,7 +1280,13 @@ impl<S: KeyStore> KeyManager<S> {
             .take_expiry_reminders(now, until, limit.clamp(1, crate::store::MAX_PAGE_SIZE))
             .await
             .map_err(KeywardError::from_store)?;
-        Ok(records.iter().map(|r| self.view(r, now)).collect())
+        // A key expired by idle expiry (which stores do not know) is expired,
+        // not about to expire: marked like the others, but not returned.
+        Ok(records
+            .iter()
+            .map(|r| self.view(r, now))
+            .filter(|v| v.status != KeyStatus::Expired)
+            .collect())
     }
 
     /// The audit trail matching `query` ("what did this key do between T1

@@ -168,6 +168,31 @@ async fn reminders_return_each_due_key_once_and_never_expired_or_revoked_ones() 
             .is_empty()
     );
     let _ = later;
+
+    // Nor is a key that idle expiry (30 days unused) has already expired,
+    // though its own expiry date is close.
+    let o3 = ops_with(
+        Policy::new(registry())
+            .with_expiry(ExpiryPolicy::choices(&[35], false, ExpiryChoice::Days(35)).unwrap())
+            .with_idle_expiry(30)
+            .unwrap(),
+        VerifierConfig::default(),
+    );
+    let idle = o3.manager.create(&admin(), push_key()).await.unwrap();
+    let used = o3.manager.create(&admin(), push_key()).await.unwrap();
+    o3.clock.advance(TimeDelta::days(29));
+    o3.check(&used.token).await.unwrap();
+    // The usage write runs as a task of its own.
+    eventually("the use recorded", || usage_writes(&o3) >= 1).await;
+    assert!(o3.record(&used.key.id).await.last_used_at.is_some());
+    o3.clock.advance(TimeDelta::days(2));
+    let due = o3
+        .manager
+        .take_expiry_reminders(&sys, 10, 100)
+        .await
+        .unwrap();
+    let ids: Vec<&KeyId> = due.iter().map(|k| &k.id).collect();
+    assert_eq!(ids, vec![&used.key.id], "not {}", idle.key.id);
 }
 
 #[tokio::test]
