@@ -171,6 +171,39 @@ async fn invalid_table_names_are_refused() {
 
 /// Rows written behind the store's back that do not decode are
 /// `StoreError::Corrupt` naming the field, from `get` and from `list`.
+/// A stored hash that is not a usable PHC string (or a broken imported
+/// SHA-256) denies the check as a corrupt record: never a pass, never a panic.
+#[tokio::test]
+async fn an_unusable_stored_hash_denies() {
+    let store = memory_store().await;
+    let m = manager(store.clone());
+    let key = m.create(&admin(), new_key("ci")).await.expect("create");
+    let push = m.policy().permissions().get("package:push").expect("perm");
+    let env = Environment::new("live").expect("env");
+    let req = VerifyRequest::new(&env, push);
+    for bad in [
+        "",
+        "not-a-phc",
+        "$argon2id$v=19$m=19456,t=2,p=1$!!!$!!!",
+        "$argon2i$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA",
+        "$sha256$zz",
+    ] {
+        sqlx::query("UPDATE keyward_keys SET secret_hash = ? WHERE id = ?")
+            .bind(bad)
+            .bind(key.key.id.as_str())
+            .execute(store.pool())
+            .await
+            .expect("break the hash");
+        m.verifier().invalidate_all();
+        let denial = m
+            .verify(key.token.expose_secret(), &req)
+            .await
+            .expect_err("an unusable hash must deny");
+        assert_eq!(denial.reason, DenialReason::CorruptRecord, "{bad:?}");
+        assert_eq!(denial.kind(), DenialKind::Unavailable, "{bad:?}");
+    }
+}
+
 #[tokio::test]
 async fn corrupt_rows_are_errors_not_panics() {
     let store = memory_store().await;
