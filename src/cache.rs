@@ -153,13 +153,13 @@ impl KeyCache {
     /// Forgets every live entry whose compiled key is `key_id` (the
     /// sessions of one key, in the session cache).
     pub(crate) fn invalidate_key(&self, key_id: &KeyId) {
+        // First, and always: a check that read the store before this call
+        // (and may have seen the session still valid) must not cache what
+        // it read, even if nothing of the key is cached yet.
+        self.epoch.fetch_add(1, Ordering::AcqRel);
         for shard in &*self.shards {
             let mut shard = shard.write().unwrap_or_else(PoisonError::into_inner);
-            let before = shard.len();
             shard.retain(|_, e| !matches!(&e.state, Cached::Live(k) if k.id() == key_id));
-            if shard.len() != before {
-                self.epoch.fetch_add(1, Ordering::AcqRel);
-            }
         }
     }
 

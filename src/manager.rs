@@ -1007,7 +1007,9 @@ impl<S: KeyStore> KeyManager<S> {
     /// The old key is on its way out, so the quota check allows one key
     /// more than the policy's quota for the successor: an owner at the
     /// quota can rotate one key at a time, and repeated rotations cannot pile
-    /// up keys ([`KeywardError::QuotaExceeded`] until the overlap ends). If
+    /// up keys ([`KeywardError::QuotaExceeded`] until the overlap ends; an
+    /// owner already above the quota, as imports can leave one, must revoke
+    /// keys before rotating). If
     /// retiring the old key fails, or the call is cancelled (a dropped
     /// future, a timeout) between the two writes, the successor is deleted
     /// again and the error returned. Legacy and suspended keys cannot be
@@ -1084,10 +1086,12 @@ impl<S: KeyStore> KeyManager<S> {
         let retired = match self.save(retired).await {
             Ok(r) => r,
             Err(e) => {
-                // Undo: nothing half-done. If even that fails, the successor
-                // stays unusable: its token is never returned.
-                undo.shared = None;
+                // Undo: nothing half-done. The guard stays armed until the
+                // delete returned, so a drop during it still deletes. If
+                // even that fails, the successor stays unusable: its token
+                // is never returned.
                 let _ = self.shared.store.delete(&successor.id).await;
+                undo.shared = None;
                 return Err(e);
             }
         };

@@ -537,6 +537,24 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
             );
             match self.shared.store.insert_session(&record).await {
                 Ok(()) => {
+                    // The key was proven from the cache, which may be a
+                    // moment behind a compromise revoke made elsewhere: read
+                    // it again now that the session exists. Revoked or gone
+                    // since, the session ends here (a revoke_compromised that
+                    // ran before this insert could not see it).
+                    match self.shared.store.get(key.id()).await {
+                        Ok(Some(r)) if r.revoked_at.is_none() => {}
+                        Ok(_) => {
+                            let _ = self.shared.store.revoke_sessions(key.id()).await;
+                            return Err(SessionError::Denied(Denial::new(
+                                DenialReason::Revoked,
+                                Some(key.id().as_str()),
+                            )));
+                        }
+                        // Unknown now: refuse. The stored session's token is
+                        // never returned, so nobody can use it.
+                        Err(e) => return Err(SessionError::Store(e)),
+                    }
                     self.audit_session(&key, &record.id, client_ip).await;
                     return Ok(IssuedSession {
                         token,
@@ -703,9 +721,9 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
     /// process's session cache); returns how many were ended. Other
     /// processes see it when they drop their cached sessions of the key:
     /// at their next [`Verifier::invalidate`](crate::Verifier::invalidate)
-    /// of it (the PostgreSQL change feed does that for every key change, so
-    /// [`revoke_compromised`](KeyManager::revoke_compromised) reaches them
-    /// at once), else when the entry expires (the verifier's `cache_ttl`).
+    /// of it (the PostgreSQL store announces the key on its change feed in
+    /// the same transaction, so servers listening to it drop them at once),
+    /// else when the entry expires (the verifier's `cache_ttl`).
     ///
     /// Needs an actor allowed to revoke the key (or, for a key already
     /// deleted, allowed to act across owners).
@@ -754,16 +772,18 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
         actor: &Actor,
         id: &KeyId,
     ) -> Result<KeyView, KeywardError> {
-        // Sessions first: the key's revoke is what the change feed announces,
-        // and a server that re-reads a session on that notice must find it
-        // ended. If the revoke then fails, the sessions stay ended (the safe
-        // direction) and the call can be retried.
+        // The key first, so no new session can be exchanged for it once its
+        // sessions are ended (an exchange racing the two re-reads the key
+        // after storing its session, and ends it: see `issue`). Ending the
+        // sessions announces the key on the change feed (PostgreSQL), so
+        // other servers drop their cached sessions of it.
+        let view = match self.revoke(actor, id).await {
+            Ok(view) => view,
+            Err(KeywardError::Revoked(_)) => self.get(actor, id).await?,
+            Err(e) => return Err(e),
+        };
         self.end_sessions(actor, id).await?;
-        match self.revoke(actor, id).await {
-            Ok(view) => Ok(view),
-            Err(KeywardError::Revoked(_)) => self.get(actor, id).await,
-            Err(e) => Err(e),
-        }
+        Ok(view)
     }
 
     /// Deletes sessions that have expired; returns how many. Call it now and

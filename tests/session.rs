@@ -903,3 +903,44 @@ async fn postgres_sessions_migrate_race_hash_at_rest_and_corrupt_rows() {
     })
     .await;
 }
+
+/// Two servers on one store, without a change feed: server B still holds
+/// the key in its cache after server A revoked it as compromised. An
+/// exchange on B re-reads the key once its session is stored, finds it
+/// revoked, ends the session and refuses: no session outlives a compromise.
+#[tokio::test]
+async fn an_exchange_racing_a_compromise_revoke_leaves_no_session() {
+    let store = Arc::new(MemoryStore::new());
+    let server = || {
+        KeyManager::builder(Arc::clone(&store), format(), policy())
+            .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
+            .sessions(SessionConfig::new("mkhs"))
+            .expect("sessions")
+            .build()
+    };
+    let (a, b) = (server(), server());
+    let live = Environment::new("live").unwrap();
+    let key = a
+        .create(
+            &keyward::Actor::system("tests"),
+            NewKey::new(OWNER, "live", "CI").permissions(PermissionGrant::All),
+        )
+        .await
+        .unwrap();
+    let token = key.token.expose_secret();
+    // B proves the key once: its cache now answers for it.
+    b.exchange(token, &live, None, None).await.unwrap();
+    a.revoke_compromised(&keyward::Actor::system("tests"), &key.key.id)
+        .await
+        .unwrap();
+    // B's cache still says the key is fine...
+    assert!(
+        b.verifier().authenticate(token, &live, None).await.is_ok(),
+        "B's cache is stale (no feed): the case this guards"
+    );
+    // ...but the exchange does not trust it with a new session.
+    let err = b.exchange(token, &live, None, None).await.unwrap_err();
+    assert!(matches!(err, SessionError::Denied(ref d) if d.reason == DenialReason::Revoked));
+    // And every session of the key is ended in the store.
+    assert_eq!(store.revoke_sessions(&key.key.id).await.unwrap(), 0);
+}

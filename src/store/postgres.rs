@@ -26,6 +26,14 @@ const FEED_BACKOFF_MIN: Duration = Duration::from_millis(50);
 const FEED_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How long the change feed may be quiet before it checks its connection.
 const DEFAULT_FEED_PING: Duration = Duration::from_secs(15);
+/// The shortest quiet interval [`PostgresStore::with_feed_ping`] accepts.
+const MIN_FEED_PING: Duration = Duration::from_millis(100);
+/// The least time a connection check may take before it counts as failed.
+const MIN_FEED_PING_TIMEOUT: Duration = Duration::from_secs(1);
+/// A connection lost sooner than this after opening is followed by a pause
+/// (with backoff) before the next one, so a server that drops the feed at
+/// once cannot make it reconnect, and invalidate everything, in a tight loop.
+const FEED_MIN_UPTIME: Duration = Duration::from_secs(1);
 
 /// A [`KeyStore`] in PostgreSQL.
 ///
@@ -241,9 +249,10 @@ impl PostgresStore {
     /// A check that fails or takes longer than `interval` counts as a lost
     /// connection: the feed reconnects and invalidates everything. Without
     /// it, a network that drops packets silently would leave the feed
-    /// waiting, unaware, until TCP gave up. Zero is taken as 1 ms.
+    /// waiting, unaware, until TCP gave up. The check itself may take at
+    /// least 1 s; intervals below 100 ms are taken as 100 ms.
     pub fn with_feed_ping(mut self, interval: Duration) -> Self {
-        self.feed_ping = interval.max(Duration::from_millis(1));
+        self.feed_ping = interval.max(MIN_FEED_PING);
         self
     }
 
@@ -474,7 +483,6 @@ async fn run_feed<S: KeyStore>(
                             s.connections += 1;
                             s.backend_pid = Some(pid);
                         });
-                        backoff = FEED_BACKOFF_MIN;
                         l
                     }
                     Ok(Err(_)) | Err(_) => {
@@ -485,6 +493,7 @@ async fn run_feed<S: KeyStore>(
                 }
             }
         };
+        let opened = tokio::time::Instant::now();
         loop {
             // `try_recv` is cancel-safe (a partly read message stays buffered).
             match tokio::time::timeout(ping, listener.try_recv()).await {
@@ -502,7 +511,8 @@ async fn run_feed<S: KeyStore>(
                 // (Notices that arrive meanwhile are buffered, not lost.)
                 Err(_) => {
                     let check = sqlx::query("SELECT 1").execute(&mut listener);
-                    if !matches!(tokio::time::timeout(ping, check).await, Ok(Ok(_))) {
+                    let patience = ping.max(MIN_FEED_PING_TIMEOUT);
+                    if !matches!(tokio::time::timeout(patience, check).await, Ok(Ok(_))) {
                         status.send_modify(|s| s.pings_failed += 1);
                         // The connection may still look open: never hand it
                         // back to be reused. A new pool, a new connection.
@@ -517,6 +527,13 @@ async fn run_feed<S: KeyStore>(
             s.backend_pid = None;
         });
         drop(listener);
+        if opened.elapsed() < FEED_MIN_UPTIME {
+            // Lost at once: wait before trying again, longer each time.
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(FEED_BACKOFF_MAX);
+        } else {
+            backoff = FEED_BACKOFF_MIN;
+        }
     }
 }
 

@@ -180,13 +180,31 @@ impl SessionStore for PostgresStore {
     async fn revoke_sessions(&self, key_id: &KeyId) -> Result<u64, StoreError> {
         let t = self.sessions();
         boxed(async move {
+            // One transaction with a change notice for the key, so every
+            // server's change feed drops its cached sessions of the key
+            // once they are ended here (also when the key itself is not
+            // changed: already revoked, or deleted).
+            let mut tx = self
+                .pool()
+                .begin()
+                .await
+                .map_err(|e| sql::backend("begin revoke sessions", e))?;
             let done = sqlx::query(&format!(
                 "UPDATE {t} SET revoked = TRUE WHERE key_id = $1 AND NOT revoked"
             ))
             .bind(key_id.as_str())
-            .execute(self.pool())
+            .execute(&mut *tx)
             .await
             .map_err(|e| sql::backend("revoke sessions", e))?;
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(self.channel())
+                .bind(key_id.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| sql::backend("notify revoked sessions", e))?;
+            tx.commit()
+                .await
+                .map_err(|e| sql::backend("commit revoke sessions", e))?;
             Ok(done.rows_affected())
         })
         .await
