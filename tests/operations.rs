@@ -645,9 +645,14 @@ async fn the_default_policy_per_role_and_every_refusal_is_typed_audited_and_chan
             Some(expected)
         );
     }
-    // A manager with API access may manage, but only administrators revoke.
+    // A manager with API access may manage, but only administrators revoke
+    // or delete (deleting ends a key as surely as revoking it).
     assert_eq!(
         denial(o.manager.revoke(&manager, &id).await.map(|_| ())),
+        Some(AdministratorOnly)
+    );
+    assert_eq!(
+        denial(o.manager.delete(&manager, &id).await.map(|_| ())),
         Some(AdministratorOnly)
     );
     assert_eq!(
@@ -657,7 +662,7 @@ async fn the_default_policy_per_role_and_every_refusal_is_typed_audited_and_chan
     );
     assert!(o.check(&key.token).await.is_ok(), "the key still works");
     let refusals = o.events(AuditAction::ManagementDenied);
-    assert_eq!(refusals.len(), 2 * 9 + 1);
+    assert_eq!(refusals.len(), 2 * 9 + 2);
     assert!(
         refusals
             .iter()

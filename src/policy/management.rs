@@ -14,7 +14,7 @@ pub enum Role {
     /// An administrator of the owner: may do everything with its keys.
     Administrator,
     /// A manager: may manage keys only when an administrator granted API access,
-    /// and may never revoke.
+    /// and may never revoke or delete one.
     Manager {
         /// Whether an administrator granted this manager API access.
         api_access: bool,
@@ -199,7 +199,7 @@ pub trait ManagementPolicy: Send + Sync + 'static {
 }
 
 /// The default policy: administrators may manage their owner's keys;
-/// managers only when granted API access, and never revoke; nobody may touch
+/// managers only when granted API access, and never revoke or delete; nobody may touch
 /// another owner's keys; [`Role::System`] may do everything.
 ///
 /// ```
@@ -210,6 +210,10 @@ pub trait ManagementPolicy: Send + Sync + 'static {
 /// assert!(policy.check(&manager, ManagementAction::Create, &contoso).is_ok());
 /// assert_eq!(
 ///     policy.check(&manager, ManagementAction::Revoke, &contoso),
+///     Err(ManagementDenial::AdministratorOnly)
+/// );
+/// assert_eq!(
+///     policy.check(&manager, ManagementAction::Delete, &contoso),
 ///     Err(ManagementDenial::AdministratorOnly)
 /// );
 /// ```
@@ -232,7 +236,11 @@ impl ManagementPolicy for DefaultManagementPolicy {
         match actor.role {
             Role::Administrator | Role::System => Ok(()),
             Role::Manager { api_access: false } => Err(ManagementDenial::NoApiAccess),
-            Role::Manager { api_access: true } if action == ManagementAction::Revoke => {
+            // Deleting ends a key as surely as revoking it (and drops it
+            // from listings): both are for administrators.
+            Role::Manager { api_access: true }
+                if matches!(action, ManagementAction::Revoke | ManagementAction::Delete) =>
+            {
                 Err(ManagementDenial::AdministratorOnly)
             }
             Role::Manager { api_access: true } => Ok(()),
