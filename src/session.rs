@@ -539,20 +539,20 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
                 Ok(()) => {
                     // The key was proven from the cache, which may be a
                     // moment behind a compromise revoke made elsewhere: read
-                    // it again now that the session exists. Revoked or gone
-                    // since, the session ends here (a revoke_compromised that
-                    // ran before this insert could not see it).
+                    // it again now that the session exists (a
+                    // revoke_compromised that ended the key's sessions before
+                    // this insert could not see it). Revoked, gone, or not
+                    // known now: refuse. The stored session's token is never
+                    // returned, so nobody can ever use it; other sessions of
+                    // the key are left as the revoke left them.
                     match self.shared.store.get(key.id()).await {
                         Ok(Some(r)) if r.revoked_at.is_none() => {}
                         Ok(_) => {
-                            let _ = self.shared.store.revoke_sessions(key.id()).await;
                             return Err(SessionError::Denied(Denial::new(
                                 DenialReason::Revoked,
                                 Some(key.id().as_str()),
                             )));
                         }
-                        // Unknown now: refuse. The stored session's token is
-                        // never returned, so nobody can use it.
                         Err(e) => return Err(SessionError::Store(e)),
                     }
                     self.audit_session(&key, &record.id, client_ip).await;
@@ -774,7 +774,7 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
     ) -> Result<KeyView, KeywardError> {
         // The key first, so no new session can be exchanged for it once its
         // sessions are ended (an exchange racing the two re-reads the key
-        // after storing its session, and ends it: see `issue`). Ending the
+        // after storing its session and withholds it: see `issue`). Ending the
         // sessions announces the key on the change feed (PostgreSQL), so
         // other servers drop their cached sessions of it.
         let view = match self.revoke(actor, id).await {

@@ -929,7 +929,7 @@ async fn an_exchange_racing_a_compromise_revoke_leaves_no_session() {
         .unwrap();
     let token = key.token.expose_secret();
     // B proves the key once: its cache now answers for it.
-    b.exchange(token, &live, None, None).await.unwrap();
+    let before = b.exchange(token, &live, None, None).await.unwrap();
     a.revoke_compromised(&keyward::Actor::system("tests"), &key.key.id)
         .await
         .unwrap();
@@ -938,9 +938,51 @@ async fn an_exchange_racing_a_compromise_revoke_leaves_no_session() {
         b.verifier().authenticate(token, &live, None).await.is_ok(),
         "B's cache is stale (no feed): the case this guards"
     );
-    // ...but the exchange does not trust it with a new session.
+    // ...but the exchange does not trust it with a new session: no token.
     let err = b.exchange(token, &live, None, None).await.unwrap_err();
     assert!(matches!(err, SessionError::Denied(ref d) if d.reason == DenialReason::Revoked));
-    // And every session of the key is ended in the store.
-    assert_eq!(store.revoke_sessions(&key.key.id).await.unwrap(), 0);
+    // The session made before the compromise is ended (in the store; B's
+    // own cache forgets it once B invalidates the key, as a feed would).
+    let req = VerifyRequest::new(&live, registry().get("package:push").unwrap());
+    b.verifier().invalidate(&key.key.id);
+    let d = b
+        .verify_session(before.token.expose_secret(), &req)
+        .await
+        .unwrap_err();
+    assert_eq!(d.reason, DenialReason::Revoked);
+}
+
+/// A plain revoke racing an exchange the same way: the exchange is refused,
+/// and the key's earlier sessions stay valid, as a plain revoke leaves them.
+#[tokio::test]
+async fn an_exchange_racing_a_plain_revoke_is_refused_and_ends_nothing() {
+    let store = Arc::new(MemoryStore::new());
+    let server = || {
+        KeyManager::builder(Arc::clone(&store), format(), policy())
+            .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
+            .sessions(SessionConfig::new("mkhs"))
+            .expect("sessions")
+            .build()
+    };
+    let (a, b) = (server(), server());
+    let live = Environment::new("live").unwrap();
+    let key = a
+        .create(
+            &keyward::Actor::system("tests"),
+            NewKey::new(OWNER, "live", "CI").permissions(PermissionGrant::All),
+        )
+        .await
+        .unwrap();
+    let token = key.token.expose_secret();
+    let before = b.exchange(token, &live, None, None).await.unwrap();
+    a.revoke(&keyward::Actor::system("tests"), &key.key.id)
+        .await
+        .unwrap();
+    let err = b.exchange(token, &live, None, None).await.unwrap_err();
+    assert!(matches!(err, SessionError::Denied(ref d) if d.reason == DenialReason::Revoked));
+    let req = VerifyRequest::new(&live, registry().get("package:push").unwrap());
+    b.verifier().invalidate(&key.key.id);
+    b.verify_session(before.token.expose_secret(), &req)
+        .await
+        .expect("a plain revoke leaves sessions valid until they expire");
 }

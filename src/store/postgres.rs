@@ -246,11 +246,11 @@ impl PostgresStore {
 
     /// How long the change feed ([`listen`](Self::listen)) may receive
     /// nothing before it checks its connection with a query (default 15 s).
-    /// A check that fails or takes longer than `interval` counts as a lost
-    /// connection: the feed reconnects and invalidates everything. Without
-    /// it, a network that drops packets silently would leave the feed
-    /// waiting, unaware, until TCP gave up. The check itself may take at
-    /// least 1 s; intervals below 100 ms are taken as 100 ms.
+    /// A check that fails, or takes longer than `interval` (and at least
+    /// 1 s), counts as a lost connection: the feed reconnects on a fresh
+    /// connection and invalidates everything. Without it, a network that
+    /// drops packets silently would leave the feed waiting, unaware, until
+    /// TCP gave up. Intervals below 100 ms are taken as 100 ms.
     pub fn with_feed_ping(mut self, interval: Duration) -> Self {
         self.feed_ping = interval.max(MIN_FEED_PING);
         self
