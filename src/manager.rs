@@ -706,6 +706,20 @@ impl<S: KeyStore> KeyManager<S> {
             match self.shared.store.insert(&record, quota).await {
                 Ok(()) => return Ok((token, record)),
                 Err(StoreError::DuplicateId(_)) => record.id = KeyId::generate(),
+                // The reply may have been lost after the insert committed
+                // (a timeout, a dropped connection): if the record is there
+                // with this secret's hash, it is ours, and its token must
+                // not be lost.
+                Err(e @ StoreError::Backend(_)) => {
+                    return match self.shared.store.get(&record.id).await {
+                        Ok(Some(stored))
+                            if stored.secret_hash.as_str() == record.secret_hash.as_str() =>
+                        {
+                            Ok((token, record))
+                        }
+                        _ => Err(KeywardError::from_store(e)),
+                    };
+                }
                 Err(e) => return Err(KeywardError::from_store(e)),
             }
         }
@@ -772,6 +786,12 @@ impl<S: KeyStore> KeyManager<S> {
         match self.shared.store.insert(&record, None).await {
             Ok(()) => {}
             Err(StoreError::DuplicateId(id)) => return Err(KeywardError::IdTaken(id)),
+            // A lost reply: if exactly this record is there, the import
+            // happened (a retry would now be refused as IdTaken).
+            Err(e @ StoreError::Backend(_)) => match self.shared.store.get(&record.id).await {
+                Ok(Some(stored)) if stored == record => {}
+                _ => return Err(KeywardError::from_store(e)),
+            },
             Err(e) => return Err(KeywardError::from_store(e)),
         }
         self.shared.invalidate(&record.id);
@@ -814,9 +834,20 @@ impl<S: KeyStore> KeyManager<S> {
     async fn save(&self, mut record: KeyRecord) -> Result<KeyRecord, KeywardError> {
         let expected = record.generation;
         record.generation += 1;
-        let result = self.shared.store.update(&record, expected).await;
+        let mut result = self.shared.store.update(&record, expected).await;
         // Invalidate even on error: the write may have happened before a timeout.
         self.shared.invalidate(&record.id);
+        if let Err(StoreError::Backend(_)) = result {
+            // A lost reply: if the store holds exactly this record (usage
+            // aside, which updates never write), the update happened.
+            if let Ok(Some(mut stored)) = self.shared.store.get(&record.id).await {
+                stored.last_used_at = record.last_used_at;
+                stored.last_used_ip = record.last_used_ip;
+                if stored == record {
+                    result = Ok(());
+                }
+            }
+        }
         result.map_err(KeywardError::from_store)?;
         Ok(record)
     }
@@ -1230,9 +1261,15 @@ impl<S: KeyStore> KeyManager<S> {
 
     async fn delete_impl(&self, actor: &Actor, id: &KeyId) -> Result<(), KeywardError> {
         let record = self.load_for(actor, ManagementAction::Delete, id).await?;
-        let result = self.shared.store.delete(id).await;
+        let mut result = self.shared.store.delete(id).await;
         self.shared.invalidate(id);
         self.shared.usage.forget(id);
+        if let Err(StoreError::Backend(_)) = result {
+            // A lost reply: gone now means deleted.
+            if let Ok(None) = self.shared.store.get(id).await {
+                result = Ok(());
+            }
+        }
         result.map_err(KeywardError::from_store)?;
         self.audit(vec![self.event(
             actor,
@@ -1250,6 +1287,9 @@ impl<S: KeyStore> KeyManager<S> {
     /// two workers calling at once, each key comes back once). Keys already
     /// expired are not returned. For a scheduled job; needs an actor allowed
     /// to act across owners ([`ManagementPolicy::check_global`]).
+    ///
+    /// Unlike the other writes, this one cannot be read back: if the store's
+    /// reply is lost after it marked keys, those keys are not reminded.
     pub async fn take_expiry_reminders(
         &self,
         actor: &Actor,

@@ -535,7 +535,16 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
                     .parse(token.expose_secret())?
                     .expose_secret(),
             );
-            match self.shared.store.insert_session(&record).await {
+            let mut inserted = self.shared.store.insert_session(&record).await;
+            if let Err(StoreError::Backend(_)) = inserted {
+                // A lost reply: the session is there with this hash, or not.
+                if let Ok(Some(stored)) = self.shared.store.get_session(&record.id).await {
+                    if stored.secret_hash.matches(&record.secret_hash) {
+                        inserted = Ok(());
+                    }
+                }
+            }
+            match inserted {
                 Ok(()) => {
                     // The key was proven from the cache, which may be a
                     // moment behind a compromise revoke made elsewhere: read

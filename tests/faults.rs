@@ -562,6 +562,63 @@ async fn management_calls_fail_cleanly_under_every_fault() {
     }
 }
 
+/// A write whose reply is lost (the store committed, the connection dropped
+/// before the answer) is recognised by reading back: the call succeeds, and
+/// nothing is lost, such as the only copy of a new key's token.
+#[tokio::test]
+async fn a_write_whose_reply_is_lost_is_recovered_by_reading_back() {
+    let cases = [
+        (Call::Create, Op::Insert),
+        (Call::Edit, Op::Update),
+        (Call::Regenerate, Op::Update),
+        (Call::Revoke, Op::Update),
+        (Call::Delete, Op::Delete),
+        (Call::Rotate, Op::Insert),
+        (Call::Rotate, Op::Update),
+        (Call::Suspend, Op::Update),
+        (Call::Import, Op::Insert),
+        (Call::Exchange, Op::InsertSession),
+    ];
+    for (call, op) in cases {
+        let (store, f) = faulty_fixture();
+        let key = f.push_key().await;
+        store.inject(op, Fault::LostReply);
+        run(call, &f, &key)
+            .await
+            .unwrap_or_else(|e| panic!("{call:?} with a lost reply of {op}: {e}"));
+        assert!(store.calls(op) >= 1, "{call:?} used {op}");
+    }
+
+    // The token of a key created that way works.
+    let (store, f) = faulty_fixture();
+    store.inject(Op::Insert, Fault::LostReply);
+    let created = f
+        .manager
+        .create(
+            &keyward::Actor::system("tests"),
+            NewKey::new(OWNER, "live", "CI").permissions(PermissionGrant::All),
+        )
+        .await
+        .expect("recovered");
+    store.heal();
+    f.manager
+        .verify(created.token.expose_secret(), &f.req())
+        .await
+        .expect("the returned token is the stored key's");
+    // A lost reply with the read-back failing too stays an error.
+    store.inject(Op::Insert, Fault::LostReply);
+    store.fail(Op::Get);
+    assert!(
+        f.manager
+            .create(
+                &keyward::Actor::system("tests"),
+                NewKey::new(OWNER, "live", "CI").permissions(PermissionGrant::All),
+            )
+            .await
+            .is_err()
+    );
+}
+
 /// A delayed store is slow, not wrong: every call still succeeds.
 #[tokio::test]
 async fn delays_only_slow_calls_down() {

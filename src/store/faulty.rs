@@ -48,8 +48,9 @@
 //!
 //! Every store method has one [`Op`]. A new [`KeyStore`] or [`SessionStore`]
 //! method gets a new variant, an entry in [`Op::ALL`], and a forwarding
-//! method here written like the others: `self.before(Op::New).await?;` then
-//! the inner call.
+//! method here written like the others: `self.before(Op::New).await?;`,
+//! the inner call, then `self.after(Op::New, result)` (for
+//! [`Fault::LostReply`]).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -135,6 +136,10 @@ pub enum Fault {
     Hang,
     /// Waits this long, then runs the operation normally.
     Delay(Duration),
+    /// Runs the operation on the inner store, then fails with
+    /// [`StoreError::Backend`] anyway: a connection lost after the commit,
+    /// before the reply. The change happened; the caller cannot know.
+    LostReply,
 }
 
 /// A store wrapper that injects faults into chosen operations (feature
@@ -148,7 +153,8 @@ pub enum Fault {
 ///
 /// A failing or timed-out operation never reaches the inner store, so it
 /// changes nothing there: any half-written state after a fault is the
-/// caller's doing.
+/// caller's doing. [`Fault::LostReply`] is the exception by design: the
+/// operation runs, and only its answer is lost.
 pub struct FaultyStore<S> {
     inner: S,
     faults: Mutex<HashMap<Op, Fault>>,
@@ -262,6 +268,17 @@ impl<S> FaultyStore<S> {
                 tokio::time::sleep(by).await;
                 Ok(())
             }
+            Some(Fault::LostReply) => Ok(()),
+        }
+    }
+
+    /// The inner store's answer, unless `op` loses its reply.
+    fn after<T>(&self, op: Op, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        match self.fault(op) {
+            Some(Fault::LostReply) => Err(StoreError::Backend(format!(
+                "injected lost reply of {op} (the operation ran)"
+            ))),
+            _ => result,
         }
     }
 }
@@ -281,23 +298,28 @@ impl<S: KeyStore> KeyStore for FaultyStore<S> {
         quota: Option<QuotaCheck>,
     ) -> Result<(), StoreError> {
         self.before(Op::Insert).await?;
-        self.inner.insert(record, quota).await
+        let result = self.inner.insert(record, quota).await;
+        self.after(Op::Insert, result)
     }
     async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
         self.before(Op::Get).await?;
-        self.inner.get(id).await
+        let result = self.inner.get(id).await;
+        self.after(Op::Get, result)
     }
     async fn list(&self, query: &ListQuery) -> Result<Vec<KeyRecord>, StoreError> {
         self.before(Op::List).await?;
-        self.inner.list(query).await
+        let result = self.inner.list(query).await;
+        self.after(Op::List, result)
     }
     async fn update(&self, record: &KeyRecord, expected_generation: u64) -> Result<(), StoreError> {
         self.before(Op::Update).await?;
-        self.inner.update(record, expected_generation).await
+        let result = self.inner.update(record, expected_generation).await;
+        self.after(Op::Update, result)
     }
     async fn delete(&self, id: &KeyId) -> Result<(), StoreError> {
         self.before(Op::Delete).await?;
-        self.inner.delete(id).await
+        let result = self.inner.delete(id).await;
+        self.after(Op::Delete, result)
     }
     async fn record_usage(
         &self,
@@ -306,7 +328,8 @@ impl<S: KeyStore> KeyStore for FaultyStore<S> {
         ip: Option<std::net::IpAddr>,
     ) -> Result<(), StoreError> {
         self.before(Op::RecordUsage).await?;
-        self.inner.record_usage(id, at, ip).await
+        let result = self.inner.record_usage(id, at, ip).await;
+        self.after(Op::RecordUsage, result)
     }
     async fn take_expiry_reminders(
         &self,
@@ -315,25 +338,30 @@ impl<S: KeyStore> KeyStore for FaultyStore<S> {
         limit: usize,
     ) -> Result<Vec<KeyRecord>, StoreError> {
         self.before(Op::TakeExpiryReminders).await?;
-        self.inner.take_expiry_reminders(now, until, limit).await
+        let result = self.inner.take_expiry_reminders(now, until, limit).await;
+        self.after(Op::TakeExpiryReminders, result)
     }
 }
 
 impl<S: SessionStore> SessionStore for FaultyStore<S> {
     async fn insert_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
         self.before(Op::InsertSession).await?;
-        self.inner.insert_session(record).await
+        let result = self.inner.insert_session(record).await;
+        self.after(Op::InsertSession, result)
     }
     async fn get_session(&self, id: &KeyId) -> Result<Option<SessionRecord>, StoreError> {
         self.before(Op::GetSession).await?;
-        self.inner.get_session(id).await
+        let result = self.inner.get_session(id).await;
+        self.after(Op::GetSession, result)
     }
     async fn revoke_sessions(&self, key_id: &KeyId) -> Result<u64, StoreError> {
         self.before(Op::RevokeSessions).await?;
-        self.inner.revoke_sessions(key_id).await
+        let result = self.inner.revoke_sessions(key_id).await;
+        self.after(Op::RevokeSessions, result)
     }
     async fn delete_expired_sessions(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
         self.before(Op::DeleteExpiredSessions).await?;
-        self.inner.delete_expired_sessions(now).await
+        let result = self.inner.delete_expired_sessions(now).await;
+        self.after(Op::DeleteExpiredSessions, result)
     }
 }
