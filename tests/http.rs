@@ -869,13 +869,9 @@ async fn expired_session_is_401() {
 
 #[tokio::test]
 async fn an_imported_key_works_over_basic_with_its_old_secret() {
-    use sha2::{Digest, Sha256};
     let s = start_server().await;
     let secret = "cio_Old+Registry/Token=42";
-    let hex: String = Sha256::digest(secret)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex = sha256_hex(secret);
     s.manager
         .import(
             &keyward::Actor::system("tests"),

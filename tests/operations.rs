@@ -12,7 +12,6 @@ use std::time::Duration;
 use chrono::TimeDelta;
 use common::*;
 use keyward::*;
-use sha2::{Digest, Sha256};
 
 type Store = Arc<FlakyStore<MemoryStore>>;
 
@@ -389,7 +388,7 @@ async fn rotation_never_extends_the_old_key_and_refuses_suspended_and_legacy_key
         .manager
         .import(
             &sys(),
-            ImportKey::legacy("Legacy01", OWNER, "live", "2015", sha_hex("s3cret")),
+            ImportKey::legacy("Legacy01", OWNER, "live", "2015", sha256_hex("s3cret")),
         )
         .await
         .unwrap();
@@ -479,7 +478,7 @@ async fn rotating_a_key_that_expires_at_the_end_of_time_does_not_panic() {
                 expires_at: Some(far),
                 ip_allowlist: Vec::new(),
                 created_at: Some(start() - TimeDelta::days(400)),
-                sha256_hex: sha_hex("legacy-secret"),
+                sha256_hex: sha256_hex("legacy-secret"),
             },
         )
         .await
@@ -497,13 +496,6 @@ async fn rotating_a_key_that_expires_at_the_end_of_time_does_not_panic() {
         rotated.previous.expires_at,
         Some(start() + TimeDelta::seconds(60))
     );
-}
-
-fn sha_hex(secret: &str) -> String {
-    Sha256::digest(secret.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 // --- Suspend / resume -------------------------------------------------------
@@ -696,7 +688,7 @@ async fn legacy_keys_cover_everything_never_expire_and_their_ids_never_come_back
         .manager
         .import(
             &sys(),
-            ImportKey::legacy("Legacy42", OWNER, "live", "from 2015", sha_hex(secret)),
+            ImportKey::legacy("Legacy42", OWNER, "live", "from 2015", sha256_hex(secret)),
         )
         .await
         .unwrap();
@@ -761,7 +753,7 @@ async fn legacy_keys_cover_everything_never_expire_and_their_ids_never_come_back
         o.manager
             .import(
                 &sys(),
-                ImportKey::legacy("Legacy42", OWNER, "live", "again", sha_hex(secret))
+                ImportKey::legacy("Legacy42", OWNER, "live", "again", sha256_hex(secret))
             )
             .await
             .unwrap_err(),
@@ -781,7 +773,7 @@ async fn legacy_keys_cover_everything_never_expire_and_their_ids_never_come_back
 async fn a_sha256_import_is_upgraded_to_argon2id_on_first_use() {
     let o = ops();
     let secret = "cioAbCdEf0123456789abcdefABCDEF01";
-    let hex = sha_hex(secret);
+    let hex = sha256_hex(secret);
     o.manager
         .import(
             &admin(),
@@ -859,12 +851,12 @@ async fn bad_imports_get_typed_errors_and_store_nothing() {
             KeywardError::BadImportHash(KeyId::new("Imp1").unwrap()),
         ),
         (
-            ImportKey::scoped("Imp1", OWNER, "staging", "n", sha_hex("x"))
+            ImportKey::scoped("Imp1", OWNER, "staging", "n", sha256_hex("x"))
                 .permissions(PermissionGrant::All),
             KeywardError::UnknownEnvironment("staging".into()),
         ),
         (
-            ImportKey::scoped("Imp1", OWNER, "live", "n", sha_hex("x"))
+            ImportKey::scoped("Imp1", OWNER, "live", "n", sha256_hex("x"))
                 .permissions(PermissionGrant::only(["package:delete"])),
             KeywardError::Policy(PolicyError::SessionOnlyPermission {
                 name: "package:delete".into(),
@@ -881,7 +873,7 @@ async fn bad_imports_get_typed_errors_and_store_nothing() {
         o.manager
             .import(
                 &admin(),
-                ImportKey::scoped("bad-id", OWNER, "live", "n", sha_hex("x"))
+                ImportKey::scoped("bad-id", OWNER, "live", "n", sha256_hex("x"))
             )
             .await
             .unwrap_err(),

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use common::*;
 use keyward::*;
-use sha2::{Digest, Sha256};
 
 /// A `tracing` writer into a shared buffer.
 #[derive(Clone, Default)]
@@ -46,13 +45,6 @@ struct Ledger {
 
 /// The shortest run of a secret's characters that must never be printed.
 const WINDOW: usize = 12;
-
-fn sha256_hex(s: &str) -> String {
-    Sha256::digest(s.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 impl Ledger {
     /// A secret: whole, and every `WINDOW`-character window of it.

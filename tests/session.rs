@@ -499,14 +499,10 @@ async fn an_id_and_secret_pair_is_exchanged_like_its_token() {
 /// and secret are never taken for a key's.
 #[tokio::test]
 async fn an_imported_keys_pair_is_exchanged_with_exchange_pair() {
-    use sha2::Digest;
     let s = sessions_fixture();
     let f = &s.f;
     let secret = "legacy-Secret.1";
-    let hex: String = sha2::Sha256::digest(secret.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex = sha256_hex(secret);
     let imported = f
         .manager
         .import(

@@ -9,6 +9,16 @@ use keyward::*;
 
 pub const OWNER: &str = "contoso";
 
+/// The SHA-256 of `secret` in lowercase hex, as crates.io-style stores keep
+/// it (for imports).
+pub fn sha256_hex(secret: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(secret.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 pub fn registry() -> PermissionRegistry {
     PermissionRegistry::builder()
         .permission("package:push-new")
