@@ -900,12 +900,13 @@ async fn postgres_sessions_migrate_race_hash_at_rest_and_corrupt_rows() {
     .await;
 }
 
-/// Two servers on one store, without a change feed: server B still holds
-/// the key in its cache after server A revoked it as compromised. An
-/// exchange on B re-reads the key once its session is stored, finds it
-/// revoked, ends the session and refuses: no session outlives a compromise.
-#[tokio::test]
-async fn an_exchange_racing_a_compromise_revoke_leaves_no_session() {
+/// Two "servers" (managers) on one `MemoryStore`, with no change feed
+/// between them, and a key created on the first.
+async fn two_servers() -> (
+    KeyManager<Arc<MemoryStore>>,
+    KeyManager<Arc<MemoryStore>>,
+    CreatedKey,
+) {
     let store = Arc::new(MemoryStore::new());
     let server = || {
         KeyManager::builder(Arc::clone(&store), format(), policy())
@@ -915,7 +916,6 @@ async fn an_exchange_racing_a_compromise_revoke_leaves_no_session() {
             .build()
     };
     let (a, b) = (server(), server());
-    let live = Environment::new("live").unwrap();
     let key = a
         .create(
             &keyward::Actor::system("tests"),
@@ -923,6 +923,17 @@ async fn an_exchange_racing_a_compromise_revoke_leaves_no_session() {
         )
         .await
         .unwrap();
+    (a, b, key)
+}
+
+/// Two servers on one store, without a change feed: server B still holds
+/// the key in its cache after server A revoked it as compromised. An
+/// exchange on B re-reads the key once its session is stored, finds it
+/// revoked, ends the session and refuses: no session outlives a compromise.
+#[tokio::test]
+async fn an_exchange_racing_a_compromise_revoke_leaves_no_session() {
+    let (a, b, key) = two_servers().await;
+    let live = Environment::new("live").unwrap();
     let token = key.token.expose_secret();
     // B proves the key once: its cache now answers for it.
     let before = b.exchange(token, &live, None, None).await.unwrap();
@@ -952,23 +963,8 @@ async fn an_exchange_racing_a_compromise_revoke_leaves_no_session() {
 /// and the key's earlier sessions stay valid, as a plain revoke leaves them.
 #[tokio::test]
 async fn an_exchange_racing_a_plain_revoke_is_refused_and_ends_nothing() {
-    let store = Arc::new(MemoryStore::new());
-    let server = || {
-        KeyManager::builder(Arc::clone(&store), format(), policy())
-            .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
-            .sessions(SessionConfig::new("mkhs"))
-            .expect("sessions")
-            .build()
-    };
-    let (a, b) = (server(), server());
+    let (a, b, key) = two_servers().await;
     let live = Environment::new("live").unwrap();
-    let key = a
-        .create(
-            &keyward::Actor::system("tests"),
-            NewKey::new(OWNER, "live", "CI").permissions(PermissionGrant::All),
-        )
-        .await
-        .unwrap();
     let token = key.token.expose_secret();
     let before = b.exchange(token, &live, None, None).await.unwrap();
     a.revoke(&keyward::Actor::system("tests"), &key.key.id)

@@ -258,27 +258,27 @@ async fn wrong_secrets_are_throttled_while_the_cached_right_secret_passes() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_concurrent_argon2_cap_holds() {
+/// A manager whose argon2 takes `delay` and runs at most 2 at once, and
+/// the tokens of `keys` keys of different owners, not yet cached.
+async fn capped_manager(
+    keys: usize,
+    delay: Duration,
+) -> (Counters, KeyManager<Arc<MemoryStore>>, Vec<String>) {
     let counters = Counters::default();
-    let clock = ManualClock::new(start());
     let manager = KeyManager::builder(
         Arc::new(MemoryStore::new()),
         format(),
         Policy::new(registry()),
     )
-    .hasher(CountingHasher::with_delay(
-        counters.clone(),
-        Duration::from_millis(20),
-    ))
-    .clock(clock)
+    .hasher(CountingHasher::with_delay(counters.clone(), delay))
+    .clock(ManualClock::new(start()))
     .verifier_config(VerifierConfig {
         max_concurrent_hashes: 2,
         ..VerifierConfig::default()
     })
     .build();
     let mut tokens = Vec::new();
-    for i in 0..12 {
+    for i in 0..keys {
         let created = manager
             .create(
                 &keyward::Actor::system("tests"),
@@ -289,6 +289,12 @@ async fn the_concurrent_argon2_cap_holds() {
         tokens.push(created.token.expose_secret().to_owned());
     }
     counters.max_running.store(0, Ordering::SeqCst);
+    (counters, manager, tokens)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_concurrent_argon2_cap_holds() {
+    let (counters, manager, tokens) = capped_manager(12, Duration::from_millis(20)).await;
     let push = registry().get("package:push").unwrap();
     let mut tasks = Vec::new();
     for t in tokens {
@@ -313,33 +319,7 @@ async fn the_concurrent_argon2_cap_holds() {
 /// argon2 slot until the computation really ends: the cap counts what runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_argon2_cap_holds_when_checks_are_cancelled() {
-    let counters = Counters::default();
-    let manager = KeyManager::builder(
-        Arc::new(MemoryStore::new()),
-        format(),
-        Policy::new(registry()),
-    )
-    .hasher(CountingHasher::with_delay(
-        counters.clone(),
-        Duration::from_millis(150),
-    ))
-    .verifier_config(VerifierConfig {
-        max_concurrent_hashes: 2,
-        ..VerifierConfig::default()
-    })
-    .build();
-    let mut tokens = Vec::new();
-    for i in 0..8 {
-        let created = manager
-            .create(
-                &keyward::Actor::system("tests"),
-                NewKey::new(format!("owner{i}"), "live", "k").permissions(PermissionGrant::All),
-            )
-            .await
-            .unwrap();
-        tokens.push(created.token.expose_secret().to_owned());
-    }
-    counters.max_running.store(0, Ordering::SeqCst);
+    let (counters, manager, tokens) = capped_manager(8, Duration::from_millis(150)).await;
     let push = registry().get("package:push").unwrap();
     let live = Environment::new("live").unwrap();
     // Each check gives up after 10 ms, long before its 150 ms argon2 ends.
