@@ -921,6 +921,15 @@ impl<S: KeyStore> Verifier<S> {
         now: DateTime<Utc>,
     ) -> Result<Arc<CompiledKey>, ColdDenial> {
         let shared = &*self.shared;
+        // A throttled id is refused before the store is read: a flood of
+        // wrong secrets then costs neither argon2 nor store round trips.
+        if let Some((wait, owner)) = shared.throttle.peek(id, env, now) {
+            return Err(ColdDenial(
+                DenialReason::Throttled,
+                wait.to_std().ok(),
+                Some(owner),
+            ));
+        }
         let key_id =
             KeyId::new(id).map_err(|_| ColdDenial(DenialReason::UnknownKey, None, None))?;
         let epoch = shared.cache.epoch();
@@ -934,7 +943,11 @@ impl<S: KeyStore> Verifier<S> {
         }
         // From here on the key exists: its owner sees the failures.
         let owner = || Some(record.owner.clone());
-        if let Err(wait) = shared.throttle.try_acquire(&key_id, now) {
+        if let Err(wait) =
+            shared
+                .throttle
+                .try_acquire(&key_id, &record.owner, &record.environment, now)
+        {
             return Err(ColdDenial(
                 DenialReason::Throttled,
                 wait.to_std().ok(),

@@ -745,3 +745,60 @@ async fn slow_reads_racing_a_change_never_grant_after_it() {
         assert!(store.calls(Op::Get) > 8, "the checks went to the store");
     }
 }
+
+/// Once an id is throttled, its cold checks are refused before the store is
+/// read: a flood of wrong secrets costs neither argon2 nor store round
+/// trips. Another environment's token with the same id is not throttled
+/// with it (it is unknown there, as before).
+#[tokio::test]
+async fn a_throttled_id_is_refused_without_reading_the_store() {
+    let (store, f) = faulty_fixture();
+    let key = f.push_key().await;
+    let format = f.manager.format().clone();
+    let parsed = format.parse(key.token.expose_secret()).unwrap();
+    let wrong = format
+        .from_pair(&f.live, parsed.key_id(), &"W".repeat(keyward::SECRET_LEN))
+        .unwrap();
+    let mut throttled = false;
+    for _ in 0..50 {
+        let d = f
+            .manager
+            .verify(wrong.expose_secret(), &f.req())
+            .await
+            .unwrap_err();
+        if d.reason == DenialReason::Throttled {
+            throttled = true;
+            break;
+        }
+        assert_eq!(d.reason, DenialReason::WrongSecret);
+    }
+    assert!(throttled, "the flood got throttled");
+    let hashes_now = || {
+        f.counters
+            .verifies
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    let (gets, hashes) = (store.calls(Op::Get), hashes_now());
+    for _ in 0..20 {
+        let d = f
+            .manager
+            .verify(wrong.expose_secret(), &f.req())
+            .await
+            .unwrap_err();
+        assert_eq!(d.reason, DenialReason::Throttled);
+        assert!(d.retry_after.is_some());
+    }
+    assert_eq!(store.calls(Op::Get), gets, "no store read while throttled");
+    assert_eq!(hashes_now(), hashes, "no argon2 while throttled");
+    // The same id as a test-environment token: unknown there, not throttled.
+    let as_test = format
+        .from_pair(&f.test, parsed.key_id(), parsed.expose_secret())
+        .unwrap();
+    let req = VerifyRequest::new(&f.test, f.registry.get("package:push").unwrap());
+    let d = f
+        .manager
+        .verify(as_test.expose_secret(), &req)
+        .await
+        .unwrap_err();
+    assert_eq!(d.reason, DenialReason::UnknownKey);
+}
