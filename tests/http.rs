@@ -156,6 +156,19 @@ async fn start_server() -> Server {
 }
 
 impl Server {
+    /// A 90-day key with every permission, and when it expires.
+    async fn quarterly_key(&self) -> (CreatedKey, DateTime<Utc>) {
+        let key = self
+            .key(
+                NewKey::new(OWNER, "live", "quarterly")
+                    .permissions(PermissionGrant::All)
+                    .expiry(ExpiryChoice::Days(90)),
+            )
+            .await;
+        let expires = key.key.expires_at.expect("an expiring key");
+        (key, expires)
+    }
+
     async fn key(&self, new: NewKey) -> CreatedKey {
         self.manager
             .create(&keyward::Actor::system("tests"), new)
@@ -464,15 +477,8 @@ async fn a_key_expiring_soon_gets_a_warning_header() {
 #[tokio::test]
 async fn the_default_warning_starts_ten_days_before_expiry() {
     let s = start_server().await;
-    let key = s
-        .key(
-            NewKey::new(OWNER, "live", "quarterly")
-                .permissions(PermissionGrant::All)
-                .expiry(ExpiryChoice::Days(90)),
-        )
-        .await;
+    let (key, expires) = s.quarterly_key().await;
     let t = key.token.expose_secret();
-    let expires = key.key.expires_at.expect("an expiring key");
     let at = |left: TimeDelta| s.clock.set(expires - left);
 
     at(TimeDelta::days(11));
@@ -493,15 +499,8 @@ async fn the_default_warning_starts_ten_days_before_expiry() {
 #[tokio::test]
 async fn a_configured_number_of_days_moves_the_warning() {
     let s = start_server().await;
-    let key = s
-        .key(
-            NewKey::new(OWNER, "live", "quarterly")
-                .permissions(PermissionGrant::All)
-                .expiry(ExpiryChoice::Days(90)),
-        )
-        .await;
+    let (key, expires) = s.quarterly_key().await;
     let t = key.token.expose_secret();
-    let expires = key.key.expires_at.expect("an expiring key");
 
     // 31 days left: neither the 10-day nor the 30-day layer warns.
     s.clock.set(expires - TimeDelta::days(31));

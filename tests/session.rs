@@ -929,7 +929,8 @@ async fn two_servers() -> (
 /// Two servers on one store, without a change feed: server B still holds
 /// the key in its cache after server A revoked it as compromised. An
 /// exchange on B re-reads the key once its session is stored, finds it
-/// revoked, ends the session and refuses: no session outlives a compromise.
+/// revoked and refuses, never returning the new session's token: no usable
+/// session outlives a compromise.
 #[tokio::test]
 async fn an_exchange_racing_a_compromise_revoke_leaves_no_session() {
     let (a, b, key) = two_servers().await;

@@ -442,6 +442,29 @@ async fn change_feed_reaches_the_other_server() {
     .await;
 }
 
+/// After a reconnect: `b` caches `key` again, `a` revokes it, and the
+/// feed brings the revoke to `b` within 1 s.
+async fn assert_feed_carries_a_revoke(
+    a: &KeyManager<PostgresStore>,
+    b: &KeyManager<PostgresStore>,
+    key: &CreatedKey,
+    req: &VerifyRequest<'_>,
+) {
+    b.verify(key.token.expose_secret(), req)
+        .await
+        .expect("warm again");
+    a.revoke(&admin(), &key.key.id).await.expect("revoke");
+    let took = within!(
+        Duration::from_secs(1),
+        b.verify(key.token.expose_secret(), req)
+            .await
+            .err()
+            .map(|d| d.reason)
+            == Some(DenialReason::Revoked)
+    );
+    assert!(took.is_some(), "the feed works after reconnecting");
+}
+
 /// A connection that stops answering without closing (a network dropping
 /// packets; here the feed's server process is stopped with SIGSTOP) is found
 /// by the feed's quiet-time check: it reconnects and invalidates everything.
@@ -502,19 +525,7 @@ async fn change_feed_notices_a_silent_connection() {
         assert_eq!(reconnected, Ok(true), "reconnected within 10 s");
         assert!(feed.status().pings_failed >= 1);
         assert_eq!(b.verifier().cached_keys(), 0, "a reconnect invalidates all");
-        b.verify(k.token.expose_secret(), &req)
-            .await
-            .expect("warm again");
-        a.revoke(&admin(), &k.key.id).await.expect("revoke");
-        let took = within!(
-            Duration::from_secs(1),
-            b.verify(k.token.expose_secret(), &req)
-                .await
-                .err()
-                .map(|d| d.reason)
-                == Some(DenialReason::Revoked)
-        );
-        assert!(took.is_some(), "the feed works after reconnecting");
+        assert_feed_carries_a_revoke(&a, &b, &k, &req).await;
     })
     .await;
 }
@@ -624,19 +635,7 @@ async fn change_feed_reconnects_and_invalidates_all() {
             "reconnect must invalidate everything"
         );
 
-        b.verify(k1.token.expose_secret(), &req)
-            .await
-            .expect("warm again");
-        a.revoke(&admin(), &k1.key.id).await.expect("revoke");
-        let took = within!(
-            Duration::from_secs(1),
-            b.verify(k1.token.expose_secret(), &req)
-                .await
-                .err()
-                .map(|d| d.reason)
-                == Some(DenialReason::Revoked)
-        );
-        assert!(took.is_some(), "the feed works after reconnecting");
+        assert_feed_carries_a_revoke(&a, &b, &k1, &req).await;
         drop(feed);
     })
     .await;
