@@ -26,13 +26,44 @@ pub(crate) enum Cached {
     Dead(DenialReason, Option<OwnerId>),
 }
 
+/// What a fingerprint was proven against: a digest of the stored hash
+/// (argon2id PHC string) that argon2 accepted the secret for. While the
+/// store still holds that hash, the same secret needs no argon2 again.
+pub(crate) type HashDigest = [u8; 32];
+
+/// What [`KeyCache::lookup_proof`] found.
+pub(crate) enum Lookup {
+    /// A fresh entry for this secret: use it.
+    Hit(Cached),
+    /// An entry for this secret that aged out or was invalidated: the
+    /// secret was proven against the stored hash with this digest; read the
+    /// store again, and skip argon2 if the hash is unchanged.
+    Stale(Proof),
+    /// Nothing for this secret (no entry, another environment, or another
+    /// secret's fingerprint).
+    Miss,
+}
+
+/// The proof kept by a stale entry.
+pub(crate) struct Proof {
+    pub(crate) hash: HashDigest,
+    /// The compiled key, to reuse when the record did not change.
+    pub(crate) key: Option<Arc<CompiledKey>>,
+}
+
 struct Entry {
     fingerprint: [u8; FINGERPRINT_LEN],
     /// The environment of the key (or session): a hit for another
     /// environment is a miss, so the store decides, exactly as when cold.
     environment: Environment,
     state: Cached,
+    /// When the entry was inserted (not when the check that made it began).
     cached_at: DateTime<Utc>,
+    /// The stored hash the fingerprint was proven against (`None` for
+    /// sessions, whose secrets are checked by SHA-256 on every miss).
+    proof: Option<HashDigest>,
+    /// Invalidated: kept only for its proof, never a hit.
+    stale: bool,
 }
 
 type Shard = RwLock<HashMap<KeyId, Entry, RandomState>>;
@@ -84,10 +115,7 @@ impl KeyCache {
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         let entry = shard.get(id)?;
-        if now - entry.cached_at >= self.ttl
-            || now < entry.cached_at
-            || entry.environment != *environment
-        {
+        if !self.is_fresh(entry, now) || entry.environment != *environment {
             return None;
         }
         if bool::from(entry.fingerprint.ct_eq(&fingerprint())) {
@@ -97,18 +125,95 @@ impl KeyCache {
         }
     }
 
+    fn is_fresh(&self, entry: &Entry, now: DateTime<Utc>) -> bool {
+        !entry.stale && now - entry.cached_at < self.ttl && now >= entry.cached_at
+    }
+
+    /// Like [`KeyCache::lookup`], and on an entry that is no longer fresh
+    /// but whose fingerprint matches, the proof it keeps: the caller then
+    /// re-reads the store but needs no argon2 while the stored hash is
+    /// unchanged (issue 10: argon2 once per secret, not once per TTL).
+    #[inline]
+    pub(crate) fn lookup_proof(
+        &self,
+        id: &str,
+        environment: &Environment,
+        fingerprint: impl FnOnce() -> [u8; FINGERPRINT_LEN],
+        now: DateTime<Utc>,
+    ) -> Lookup {
+        let shard = self
+            .shard(id)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(entry) = shard.get(id) else {
+            return Lookup::Miss;
+        };
+        if entry.environment != *environment || !bool::from(entry.fingerprint.ct_eq(&fingerprint()))
+        {
+            return Lookup::Miss;
+        }
+        if self.is_fresh(entry, now) {
+            return Lookup::Hit(entry.state.clone());
+        }
+        match entry.proof {
+            Some(hash) => Lookup::Stale(Proof {
+                hash,
+                key: match &entry.state {
+                    Cached::Live(key) => Some(Arc::clone(key)),
+                    Cached::Dead(..) => None,
+                },
+            }),
+            None => Lookup::Miss,
+        }
+    }
+
+    /// Forgets the entry of `id` if it still holds `fingerprint` (a proof
+    /// that no longer holds: the stored hash changed and the secret failed).
+    pub(crate) fn forget_proof(&self, id: &str, fingerprint: &[u8; FINGERPRINT_LEN]) {
+        let mut shard = self
+            .shard(id)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if shard
+            .get(id)
+            .is_some_and(|e| bool::from(e.fingerprint.ct_eq(fingerprint)))
+        {
+            shard.remove(id);
+        }
+    }
+
     /// The epoch to pass to [`KeyCache::insert`]; read it before reading the store.
     pub(crate) fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
     }
 
-    /// Caches a proven state, unless an invalidation happened since `seen_epoch`.
+    /// Caches a proven state, unless an invalidation happened since
+    /// `seen_epoch`. `now` must be read when inserting, not when the check
+    /// began: an entry stamped with the start of a check that waited longer
+    /// than the TTL (for the store, for an argon2 slot) would be born
+    /// expired, and under a backlog every check would run argon2 again.
     pub(crate) fn insert(
         &self,
         id: &KeyId,
         environment: &Environment,
         fingerprint: [u8; FINGERPRINT_LEN],
         state: Cached,
+        now: DateTime<Utc>,
+        seen_epoch: u64,
+    ) {
+        self.insert_proven(id, environment, fingerprint, state, None, now, seen_epoch);
+    }
+
+    /// [`KeyCache::insert`], remembering the stored hash the secret was
+    /// proven against.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn insert_proven(
+        &self,
+        id: &KeyId,
+        environment: &Environment,
+        fingerprint: [u8; FINGERPRINT_LEN],
+        state: Cached,
+        proof: Option<HashDigest>,
         now: DateTime<Utc>,
         seen_epoch: u64,
     ) {
@@ -120,8 +225,8 @@ impl KeyCache {
             return;
         }
         if shard.len() >= self.per_shard && !shard.contains_key(id) {
-            let ttl = self.ttl;
-            shard.retain(|_, e| now - e.cached_at < ttl);
+            // Entries past their TTL go first (their proofs with them).
+            shard.retain(|_, e| self.is_fresh(e, now));
             if shard.len() >= self.per_shard {
                 // Still full: evict an arbitrary entry (hash order is random per process).
                 if let Some(victim) = shard.keys().next().cloned() {
@@ -136,18 +241,25 @@ impl KeyCache {
                 environment: environment.clone(),
                 state,
                 cached_at: now,
+                proof,
+                stale: false,
             },
         );
     }
 
-    /// Forgets a key at once.
+    /// Stops trusting a key at once: its next check reads the store. The
+    /// entry stays only as a proof (see [`KeyCache::lookup_proof`]), so a
+    /// change that kept the stored hash (edit, revoke, suspend, usage)
+    /// costs a store read, not argon2.
     pub(crate) fn invalidate(&self, id: &str) {
         let mut shard = self
             .shard(id)
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        shard.remove(id);
+        if let Some(entry) = shard.get_mut(id) {
+            entry.stale = true;
+        }
     }
 
     /// Forgets every live entry whose compiled key is `key_id` (the
@@ -163,7 +275,8 @@ impl KeyCache {
         }
     }
 
-    /// Forgets every key.
+    /// Stops trusting every entry at once (proofs are kept, as by
+    /// [`KeyCache::invalidate`]).
     pub(crate) fn clear(&self) {
         let mut guards: Vec<_> = self
             .shards
@@ -172,15 +285,21 @@ impl KeyCache {
             .collect();
         self.epoch.fetch_add(1, Ordering::AcqRel);
         for g in &mut guards {
-            g.clear();
+            g.values_mut().for_each(|e| e.stale = true);
         }
     }
 
-    /// Number of cached entries.
+    /// Number of entries that would be hits (fresh, not invalidated).
     pub(crate) fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.read().unwrap_or_else(PoisonError::into_inner).len())
+            .map(|s| {
+                s.read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .values()
+                    .filter(|e| !e.stale)
+                    .count()
+            })
             .sum()
     }
 }

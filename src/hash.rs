@@ -351,6 +351,12 @@ pub(crate) fn verify_stored(
     }
 }
 
+/// Whether a stored hash should be replaced after a successful check,
+/// without checking any secret (an imported `$sha256$` hash always is).
+pub(crate) fn needs_replacing(hasher: &dyn SecretHasher, stored: &str) -> bool {
+    stored.starts_with(SHA256_IMPORT_PREFIX) || hasher.needs_rehash(stored)
+}
+
 #[cfg(test)]
 mod import_tests {
     use super::*;

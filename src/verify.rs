@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
+use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
 use crate::audit::{AuditAction, AuditEvent, AuditLog, AuditSink};
-use crate::cache::{Cached, KeyCache};
+use crate::cache::{Cached, HashDigest, KeyCache, Lookup, Proof};
 use crate::clock::Clock;
 use crate::error::{HashError, PolicyError, TokenError};
 use crate::hash::{Fingerprinter, SecretHasher};
@@ -232,11 +233,7 @@ impl CompiledKey {
     /// Decodes and compiles a stored record under `policy` (its idle-expiry
     /// rule included).
     pub fn compile(record: &KeyRecord, policy: &Policy) -> Result<Self, PolicyError> {
-        let idle = policy.idle_expiry().map(|idle| record.idle_deadline(idle));
-        let deadline = match (record.expires_at, idle) {
-            (Some(e), Some(i)) => Some(e.min(i)),
-            (e, i) => e.or(i),
-        };
+        let deadline = Self::deadline_of(record, policy);
         Ok(Self {
             id: record.id.clone(),
             owner: record.owner.clone(),
@@ -252,6 +249,25 @@ impl CompiledKey {
             generation: record.generation,
             usage: None,
         })
+    }
+
+    /// The earlier of a record's expiry and its idle deadline under `policy`.
+    fn deadline_of(record: &KeyRecord, policy: &Policy) -> Option<DateTime<Utc>> {
+        let idle = policy.idle_expiry().map(|idle| record.idle_deadline(idle));
+        match (record.expires_at, idle) {
+            (Some(e), Some(i)) => Some(e.min(i)),
+            (e, i) => e.or(i),
+        }
+    }
+
+    /// Whether this compiled key still says exactly what `record` says
+    /// under `policy`: same record generation (every management write bumps
+    /// it) and same deadline (usage writes move the idle deadline without
+    /// one).
+    fn still_matches(&self, record: &KeyRecord, policy: &Policy) -> bool {
+        self.id == record.id
+            && self.generation == record.generation
+            && self.deadline == Self::deadline_of(record, policy)
     }
 
     /// A compiled key from its parts (for session snapshots).
@@ -425,6 +441,9 @@ pub struct VerifierConfig {
     pub cache_capacity: usize,
     /// How long a cached key is trusted without reading the store (default
     /// 30 s): the bound on staleness when a change notification is lost.
+    /// After it, the next check re-reads the record; it runs argon2 again
+    /// only if the stored hash changed, so a longer TTL saves store reads,
+    /// not CPU.
     pub cache_ttl: Duration,
     /// Cold checks allowed at once for one key id before throttling (default 10).
     pub failure_burst: u32,
@@ -801,15 +820,25 @@ impl<S: KeyStore> Verifier<S> {
         check: impl FnOnce(&CompiledKey, DateTime<Utc>) -> Result<(), DenialReason>,
     ) -> Result<VerifiedKey, Denial> {
         let shared = &*self.shared;
-        let now = shared.clock.now();
+        let mut now = shared.clock.now();
         let fingerprint = || shared.fingerprinter.fingerprint(secret.as_bytes());
-        let key = match shared.cache.lookup(id, environment, fingerprint, now) {
-            Some(Cached::Live(key)) => key,
-            Some(Cached::Dead(reason, owner)) => {
+        let proof = match shared.cache.lookup_proof(id, environment, fingerprint, now) {
+            Lookup::Hit(Cached::Live(key)) => Ok(key),
+            Lookup::Hit(Cached::Dead(reason, owner)) => {
                 return Err(self.deny_owned(Some(id), owner, reason, None, client_ip));
             }
-            None => match self.cold(id, environment, secret, now).await {
-                Ok(key) => key,
+            Lookup::Stale(proof) => Err(Some(proof)),
+            Lookup::Miss => Err(None),
+        };
+        let key = match proof {
+            Ok(key) => key,
+            Err(proof) => match self.cold(id, environment, secret, now, proof).await {
+                Ok(key) => {
+                    // The cold check may have waited (store, argon2 slot):
+                    // judge expiry at the time it ends.
+                    now = shared.clock.now();
+                    key
+                }
                 Err(ColdDenial(reason, retry, owner)) => {
                     return Err(self.deny_owned(Some(id), owner, reason, retry, client_ip));
                 }
@@ -912,23 +941,28 @@ impl<S: KeyStore> Verifier<S> {
         denial
     }
 
-    /// The cache missed: read the store, prove the secret with argon2, cache.
+    /// The cache missed: read the store, prove the secret with argon2
+    /// (unless `proof` shows it was proven against the hash the store still
+    /// holds), cache.
     async fn cold(
         &self,
         id: &str,
         env: &Environment,
         secret: &str,
         now: DateTime<Utc>,
+        proof: Option<Proof>,
     ) -> Result<Arc<CompiledKey>, ColdDenial> {
         let shared = &*self.shared;
         // A throttled id is refused before the store is read: a flood of
         // wrong secrets then costs neither argon2 nor store round trips.
-        if let Some((wait, owner)) = shared.throttle.peek(id, env, now) {
-            return Err(ColdDenial(
-                DenialReason::Throttled,
-                wait.to_std().ok(),
-                Some(owner),
-            ));
+        if proof.is_none() {
+            if let Some((wait, owner)) = shared.throttle.peek(id, env, now) {
+                return Err(ColdDenial(
+                    DenialReason::Throttled,
+                    wait.to_std().ok(),
+                    Some(owner),
+                ));
+            }
         }
         let key_id =
             KeyId::new(id).map_err(|_| ColdDenial(DenialReason::UnknownKey, None, None))?;
@@ -943,27 +977,49 @@ impl<S: KeyStore> Verifier<S> {
         }
         // From here on the key exists: its owner sees the failures.
         let owner = || Some(record.owner.clone());
-        if let Err(wait) =
-            shared
-                .throttle
-                .try_acquire(&key_id, &record.owner, &record.environment, now)
-        {
-            return Err(ColdDenial(
-                DenialReason::Throttled,
-                wait.to_std().ok(),
-                owner(),
-            ));
-        }
-        let phc = record.secret_hash.as_str().to_owned();
-        let owned_secret = Zeroizing::new(secret.as_bytes().to_vec());
-        let (ok, rehash) = shared
-            .run_hasher(move |h| crate::hash::verify_stored(h, &owned_secret, &phc))
-            .await
-            .map_err(|_| ColdDenial(DenialReason::CorruptRecord, None, owner()))?;
-        if !ok {
-            return Err(ColdDenial(DenialReason::WrongSecret, None, owner()));
-        }
-        shared.throttle.refund(&key_id, now);
+        let stored = record.secret_hash.as_str();
+        let digest: HashDigest = Sha256::digest(stored.as_bytes()).into();
+        let rehash = match &proof {
+            // Proven in this process against the hash the store still
+            // holds: the same secret matches it again, no argon2.
+            Some(p) if p.hash == digest => crate::hash::needs_replacing(&*shared.hasher, stored),
+            _ => {
+                // A proof against an older hash (regenerated, rehashed)
+                // skips the throttle, as the secret was right before, but
+                // not argon2.
+                if proof.is_none() {
+                    if let Err(wait) = shared.throttle.try_acquire(
+                        &key_id,
+                        &record.owner,
+                        &record.environment,
+                        now,
+                    ) {
+                        return Err(ColdDenial(
+                            DenialReason::Throttled,
+                            wait.to_std().ok(),
+                            owner(),
+                        ));
+                    }
+                }
+                let phc = stored.to_owned();
+                let owned_secret = Zeroizing::new(secret.as_bytes().to_vec());
+                let (ok, rehash) = shared
+                    .run_hasher(move |h| crate::hash::verify_stored(h, &owned_secret, &phc))
+                    .await
+                    .map_err(|_| ColdDenial(DenialReason::CorruptRecord, None, owner()))?;
+                if !ok {
+                    if proof.is_some() {
+                        // The proof no longer holds: the next try with this
+                        // secret is throttled like any wrong secret.
+                        let fingerprint = shared.fingerprinter.fingerprint(secret.as_bytes());
+                        shared.cache.forget_proof(id, &fingerprint);
+                    }
+                    return Err(ColdDenial(DenialReason::WrongSecret, None, owner()));
+                }
+                shared.throttle.refund(&key_id, now);
+                rehash
+            }
+        };
         let fingerprint = shared.fingerprinter.fingerprint(secret.as_bytes());
         let dead = if record.revoked_at.is_some() {
             Some(DenialReason::Revoked)
@@ -974,31 +1030,34 @@ impl<S: KeyStore> Verifier<S> {
             None
         };
         if let Some(reason) = dead {
-            shared.cache.insert(
+            shared.cache.insert_proven(
                 &key_id,
                 &record.environment,
                 fingerprint,
                 Cached::Dead(reason.clone(), owner()),
-                now,
+                Some(digest),
+                shared.clock.now(),
                 epoch,
             );
             return Err(ColdDenial(reason, None, owner()));
         }
-        let mut compiled = CompiledKey::compile(&record, &shared.policy).map_err(|_| {
-            ColdDenial(
-                DenialReason::CorruptRecord,
-                None,
-                Some(record.owner.clone()),
-            )
-        })?;
-        compiled.usage = Some(shared.usage.cell(&record.id, &record.owner));
-        let key = Arc::new(compiled);
-        shared.cache.insert(
+        let key = match proof.and_then(|p| p.key) {
+            // Nothing changed since it was compiled: no recompiling.
+            Some(key) if key.still_matches(&record, &shared.policy) => key,
+            _ => {
+                let mut compiled = CompiledKey::compile(&record, &shared.policy)
+                    .map_err(|_| ColdDenial(DenialReason::CorruptRecord, None, owner()))?;
+                compiled.usage = Some(shared.usage.cell(&record.id, &record.owner));
+                Arc::new(compiled)
+            }
+        };
+        shared.cache.insert_proven(
             &key_id,
             &record.environment,
             fingerprint,
             Cached::Live(Arc::clone(&key)),
-            now,
+            Some(digest),
+            shared.clock.now(),
             epoch,
         );
         if rehash {
@@ -1033,7 +1092,8 @@ impl<S: KeyStore> Verifier<S> {
         self.shared.invalidate_all();
     }
 
-    /// Number of keys in the cache.
+    /// Number of keys the cache trusts without a store read (entries
+    /// invalidated are not counted; those past their TTL are until evicted).
     pub fn cached_keys(&self) -> usize {
         self.shared.cache.len()
     }
