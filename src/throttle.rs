@@ -1,7 +1,10 @@
-//! Throttling of cold checks per key id (a token bucket each).
+//! Throttling of cold checks: a token bucket per key id, and one per client
+//! source (an IPv4 address or an IPv6 /64).
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hash};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 
@@ -14,31 +17,58 @@ use crate::token::{Environment, KeyId};
 const SHARDS: usize = 16;
 const MAX_BUCKETS_PER_SHARD: usize = 4096;
 
-#[derive(Debug, Clone)]
-struct Bucket {
-    tokens: f64,
-    updated: DateTime<Utc>,
-    /// Whose key, and of which environment: a throttled id is refused
-    /// before the store is read ([`Throttle::peek`]), with the same answer
-    /// and audit owner as after reading it.
-    owner: OwnerId,
-    environment: Environment,
+/// Where a request comes from, as far as throttling and argon2 admission
+/// are concerned: an IPv4 address, or the /64 prefix of an IPv6 address
+/// (one host usually holds a whole /64). An IPv4-mapped IPv6 address is its
+/// IPv4 address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Source(u128);
+
+impl Source {
+    pub(crate) fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => Self(0xffff_0000_0000 | u128::from(u32::from(v4))),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Self::of(IpAddr::V4(v4)),
+                None => Self(u128::from(v6) & !u128::from(u64::MAX)),
+            },
+        }
+    }
 }
 
-/// Limits argon2 checks per key id: `burst` at once, then one per `refill`.
-/// A token is taken before each cold check and given back when the secret
-/// was right, so only wrong secrets use the budget up.
-pub(crate) struct Throttle {
-    shards: Box<[Mutex<HashMap<KeyId, Bucket, RandomState>>]>,
+#[derive(Debug, Clone)]
+struct Bucket<T> {
+    tokens: f64,
+    updated: DateTime<Utc>,
+    tag: T,
+}
+
+/// Token buckets by key: `burst` at once, then one more per `refill`. A
+/// token is taken before each attempt and given back when it succeeded, so
+/// only failures use the budget up. Bounded: at most
+/// `16 × 4096` buckets; full buckets are dropped first.
+type Shard<K, T> = Mutex<HashMap<K, Bucket<T>, RandomState>>;
+
+pub(crate) struct Buckets<K, T> {
+    shards: Box<[Shard<K, T>]>,
     /// Buckets in all shards, kept under their shard's lock: when none
-    /// exists (no recent wrong secret anywhere), `peek` takes no lock.
+    /// exists (no recent failure anywhere), `peek` takes no lock.
     buckets: AtomicUsize,
     burst: f64,
     refill: TimeDelta,
     hasher: RandomState,
 }
 
-impl Throttle {
+/// Per key id, tagged with whose key it is and of which environment: a
+/// throttled id is refused before the store is read, with the same answer
+/// and audit owner as after reading it.
+pub(crate) type Throttle = Buckets<KeyId, (OwnerId, Environment)>;
+
+/// Per client source, over all key ids: one source cannot spend a whole
+/// id's, or the whole server's, argon2 budget.
+pub(crate) type SourceThrottle = Buckets<Source, ()>;
+
+impl<K: Hash + Eq + Clone, T: Clone> Buckets<K, T> {
     pub(crate) fn new(burst: u32, refill: TimeDelta) -> Self {
         Self {
             shards: (0..SHARDS)
@@ -51,37 +81,35 @@ impl Throttle {
         }
     }
 
-    fn shard(&self, id: &str) -> &Mutex<HashMap<KeyId, Bucket, RandomState>> {
-        &self.shards[(self.hasher.hash_one(id) as usize) % SHARDS]
+    fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> &Shard<K, T> {
+        &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
     }
 
-    fn refilled(&self, b: &Bucket, now: DateTime<Utc>) -> f64 {
+    fn refilled(&self, b: &Bucket<T>, now: DateTime<Utc>) -> f64 {
         let elapsed = (now - b.updated).max(TimeDelta::zero());
         let gained = elapsed.num_microseconds().unwrap_or(i64::MAX) as f64
             / self.refill.num_microseconds().unwrap_or(i64::MAX) as f64;
         (b.tokens + gained).min(self.burst)
     }
 
-    /// How long to wait, if `id` (of `environment`) is throttled now, and
-    /// whose key it is; takes no token and reads no store. A cold check asks
-    /// this first, so a flood of wrong secrets for one id costs neither
-    /// argon2 nor store reads once throttled.
-    pub(crate) fn peek(
-        &self,
-        id: &str,
-        environment: &Environment,
-        now: DateTime<Utc>,
-    ) -> Option<(TimeDelta, OwnerId)> {
+    /// How long to wait, if `key` is throttled now, and its tag; takes no
+    /// token. Asked first, so a throttled flood costs neither argon2 nor
+    /// store reads.
+    pub(crate) fn peek<Q>(&self, key: &Q, now: DateTime<Utc>) -> Option<(TimeDelta, T)>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         if self.buckets.load(Ordering::Relaxed) == 0 {
             return None;
         }
         let map = self
-            .shard(id)
+            .shard(key)
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let bucket = map.get(id).filter(|b| b.environment == *environment)?;
+        let bucket = map.get(key)?;
         let wait = self.wait(self.refilled(bucket, now))?;
-        Some((wait, bucket.owner.clone()))
+        Some((wait, bucket.tag.clone()))
     }
 
     /// How long until a bucket holding `tokens` has one, if it has none.
@@ -95,20 +123,19 @@ impl Throttle {
         Some(TimeDelta::microseconds(wait_us.max(1)))
     }
 
-    /// Takes a token for a cold check of `id` (a key of `owner` in
-    /// `environment`), or says how long to wait.
+    /// Takes a token for an attempt on `key` (tagged `tag`), or says how
+    /// long to wait.
     pub(crate) fn try_acquire(
         &self,
-        id: &KeyId,
-        owner: &OwnerId,
-        environment: &Environment,
+        key: &K,
+        tag: &T,
         now: DateTime<Utc>,
     ) -> Result<(), TimeDelta> {
         let mut map = self
-            .shard(id.as_str())
+            .shard(key)
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let tokens = match map.get(id) {
+        let tokens = match map.get(key) {
             Some(b) => self.refilled(b, now),
             None => {
                 if map.len() >= MAX_BUCKETS_PER_SHARD {
@@ -132,30 +159,64 @@ impl Throttle {
         let bucket = Bucket {
             tokens: tokens - 1.0,
             updated: now,
-            owner: owner.clone(),
-            environment: environment.clone(),
+            tag: tag.clone(),
         };
-        if map.insert(id.clone(), bucket).is_none() {
+        if map.insert(key.clone(), bucket).is_none() {
             self.buckets.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
 
-    /// Gives back the token of a check whose secret was right.
-    pub(crate) fn refund(&self, id: &KeyId, now: DateTime<Utc>) {
+    /// Gives back the token of an attempt that succeeded.
+    pub(crate) fn refund(&self, key: &K, now: DateTime<Utc>) {
         let mut map = self
-            .shard(id.as_str())
+            .shard(key)
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(b) = map.get_mut(id) {
+        if let Some(b) = map.get_mut(key) {
             let tokens = self.refilled(b, now) + 1.0;
             if tokens >= self.burst {
-                map.remove(id);
+                map.remove(key);
                 self.buckets.fetch_sub(1, Ordering::Relaxed);
             } else {
                 b.tokens = tokens;
                 b.updated = now;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_are_ipv4_addresses_and_ipv6_slash_64s() {
+        let ip = |s: &str| Source::of(s.parse().unwrap());
+        assert_eq!(ip("10.0.0.1"), ip("::ffff:10.0.0.1"));
+        assert_ne!(ip("10.0.0.1"), ip("10.0.0.2"));
+        assert_eq!(ip("2001:db8:1:2::1"), ip("2001:db8:1:2:ffff::9"));
+        assert_ne!(ip("2001:db8:1:2::1"), ip("2001:db8:1:3::1"));
+        assert_ne!(
+            ip("::a00:1"),
+            ip("10.0.0.1"),
+            "IPv4-compatible is not mapped"
+        );
+    }
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_one_per_refill_and_refunds_successes() {
+        let t0 = DateTime::<Utc>::UNIX_EPOCH;
+        let b: Buckets<u32, ()> = Buckets::new(2, TimeDelta::seconds(5));
+        assert!(b.try_acquire(&1, &(), t0).is_ok());
+        assert!(b.try_acquire(&1, &(), t0).is_ok());
+        let wait = b.try_acquire(&1, &(), t0).unwrap_err();
+        assert_eq!(wait, TimeDelta::seconds(5));
+        assert_eq!(b.peek(&1, t0).map(|(w, _)| w), Some(TimeDelta::seconds(5)));
+        assert!(b.peek(&2, t0).is_none(), "other keys are not affected");
+        b.refund(&1, t0);
+        assert!(b.peek(&1, t0).is_none());
+        assert!(b.try_acquire(&1, &(), t0).is_ok());
+        assert!(b.try_acquire(&1, &(), t0 + TimeDelta::seconds(5)).is_ok());
     }
 }

@@ -21,7 +21,7 @@ use crate::policy::{
     ResourceScope,
 };
 use crate::store::KeyStore;
-use crate::throttle::Throttle;
+use crate::throttle::{Source, SourceThrottle, Throttle};
 use crate::token::{Environment, KeyId, TokenFormat};
 use crate::usage::{UsageCell, UsageTracker, UsageWrite};
 
@@ -449,6 +449,15 @@ pub struct VerifierConfig {
     pub failure_burst: u32,
     /// One more cold check per this interval after the burst (default 6 s, 10 a minute).
     pub failure_refill: Duration,
+    /// Failed cold checks (wrong secret, unknown id) allowed at once from
+    /// one client source (an IPv4 address or an IPv6 /64), over all key
+    /// ids, before that source is throttled (default 30). Only checks
+    /// that carry a client address count; a secret proven earlier in this
+    /// process is never throttled.
+    pub source_failure_burst: u32,
+    /// One more failed cold check per this interval for a source after its
+    /// burst (default 2 s, 30 a minute).
+    pub source_failure_refill: Duration,
     /// Most argon2 computations at once (default: the number of CPUs). Each
     /// uses `m_cost` KiB of memory (19 MiB by default).
     pub max_concurrent_hashes: usize,
@@ -467,6 +476,8 @@ impl Default for VerifierConfig {
             cache_ttl: Duration::from_secs(30),
             failure_burst: 10,
             failure_refill: Duration::from_secs(6),
+            source_failure_burst: 30,
+            source_failure_refill: Duration::from_secs(2),
             max_concurrent_hashes: std::thread::available_parallelism().map_or(2, |n| n.get()),
             usage_interval: Duration::from_secs(60),
             failure_window: Duration::from_secs(60),
@@ -494,6 +505,7 @@ pub(crate) struct Shared<S> {
     pub(crate) clock: Arc<dyn Clock>,
     cache: KeyCache,
     throttle: Throttle,
+    sources: SourceThrottle,
     /// Permits for argon2 computations; a permit travels with its
     /// computation, so a dropped check cannot free its slot early.
     hashing: Arc<Semaphore>,
@@ -527,6 +539,10 @@ impl<S: KeyStore> Shared<S> {
             clock,
             cache: KeyCache::new(config.cache_capacity, delta(config.cache_ttl)),
             throttle: Throttle::new(config.failure_burst, delta(config.failure_refill)),
+            sources: SourceThrottle::new(
+                config.source_failure_burst,
+                delta(config.source_failure_refill),
+            ),
             hashing: Arc::new(Semaphore::new(config.max_concurrent_hashes.max(1))),
             fingerprinter: Fingerprinter::random(),
             session_cache,
@@ -832,7 +848,10 @@ impl<S: KeyStore> Verifier<S> {
         };
         let key = match proof {
             Ok(key) => key,
-            Err(proof) => match self.cold(id, environment, secret, now, proof).await {
+            Err(proof) => match self
+                .cold(id, environment, secret, now, client_ip, proof)
+                .await
+            {
                 Ok(key) => {
                     // The cold check may have waited (store, argon2 slot):
                     // judge expiry at the time it ends.
@@ -950,13 +969,25 @@ impl<S: KeyStore> Verifier<S> {
         env: &Environment,
         secret: &str,
         now: DateTime<Utc>,
+        client_ip: Option<IpAddr>,
         proof: Option<Proof>,
     ) -> Result<Arc<CompiledKey>, ColdDenial> {
         let shared = &*self.shared;
-        // A throttled id is refused before the store is read: a flood of
-        // wrong secrets then costs neither argon2 nor store round trips.
+        let source = client_ip.map(Source::of);
+        // A throttled source or id is refused before the store is read: a
+        // flood of wrong secrets then costs neither argon2 nor store round
+        // trips. A secret proven earlier skips both (no lockout).
         if proof.is_none() {
-            if let Some((wait, owner)) = shared.throttle.peek(id, env, now) {
+            if let Some((wait, ())) = source.and_then(|s| shared.sources.peek(&s, now)) {
+                return Err(ColdDenial(
+                    DenialReason::Throttled,
+                    wait.to_std().ok(),
+                    None,
+                ));
+            }
+            if let Some((wait, (owner, _))) =
+                shared.throttle.peek(id, now).filter(|(_, (_, e))| e == env)
+            {
                 return Err(ColdDenial(
                     DenialReason::Throttled,
                     wait.to_std().ok(),
@@ -964,16 +995,24 @@ impl<S: KeyStore> Verifier<S> {
                 ));
             }
         }
-        let key_id =
-            KeyId::new(id).map_err(|_| ColdDenial(DenialReason::UnknownKey, None, None))?;
+        // An unknown id costs its source a token, as a wrong secret does:
+        // a source sending random ids is throttled like one sending wrong
+        // secrets, and its flood stops reaching the store.
+        let unknown = || {
+            if let Some(s) = source {
+                let _ = shared.sources.try_acquire(&s, &(), now);
+            }
+            ColdDenial(DenialReason::UnknownKey, None, None)
+        };
+        let key_id = KeyId::new(id).map_err(|_| unknown())?;
         let epoch = shared.cache.epoch();
         let record = match shared.store.get(&key_id).await {
             Ok(Some(r)) => r,
-            Ok(None) => return Err(ColdDenial(DenialReason::UnknownKey, None, None)),
+            Ok(None) => return Err(unknown()),
             Err(_) => return Err(ColdDenial(DenialReason::StoreUnavailable, None, None)),
         };
         if record.id != key_id || record.environment != *env {
-            return Err(ColdDenial(DenialReason::UnknownKey, None, None));
+            return Err(unknown());
         }
         // From here on the key exists: its owner sees the failures.
         let owner = || Some(record.owner.clone());
@@ -985,20 +1024,22 @@ impl<S: KeyStore> Verifier<S> {
             Some(p) if p.hash == digest => crate::hash::needs_replacing(&*shared.hasher, stored),
             _ => {
                 // A proof against an older hash (regenerated, rehashed)
-                // skips the throttle, as the secret was right before, but
+                // skips the throttles, as the secret was right before, but
                 // not argon2.
                 if proof.is_none() {
-                    if let Err(wait) = shared.throttle.try_acquire(
-                        &key_id,
-                        &record.owner,
-                        &record.environment,
-                        now,
-                    ) {
-                        return Err(ColdDenial(
-                            DenialReason::Throttled,
-                            wait.to_std().ok(),
-                            owner(),
-                        ));
+                    let tag = (record.owner.clone(), record.environment.clone());
+                    let throttled = |wait: TimeDelta| {
+                        ColdDenial(DenialReason::Throttled, wait.to_std().ok(), owner())
+                    };
+                    shared
+                        .throttle
+                        .try_acquire(&key_id, &tag, now)
+                        .map_err(throttled)?;
+                    if let Some(s) = source {
+                        if let Err(wait) = shared.sources.try_acquire(&s, &(), now) {
+                            shared.throttle.refund(&key_id, now);
+                            return Err(throttled(wait));
+                        }
                     }
                 }
                 let phc = stored.to_owned();
@@ -1017,6 +1058,9 @@ impl<S: KeyStore> Verifier<S> {
                     return Err(ColdDenial(DenialReason::WrongSecret, None, owner()));
                 }
                 shared.throttle.refund(&key_id, now);
+                if let Some(s) = source {
+                    shared.sources.refund(&s, now);
+                }
                 rehash
             }
         };

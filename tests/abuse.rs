@@ -196,3 +196,139 @@ async fn a_check_that_waited_past_the_ttl_still_leaves_a_fresh_cache_entry() {
         1
     );
 }
+
+fn ip(i: u32) -> std::net::IpAddr {
+    std::net::IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i))
+}
+
+#[tokio::test]
+async fn a_flood_of_wrong_secrets_from_100_addresses_never_locks_out_the_holder() {
+    let f = fixture();
+    let created = f.push_key().await;
+    let id = created.key.id.clone();
+    let t = created.token.expose_secret();
+    let holder = f.req().client_ip(ip(1));
+    assert!(f.manager.verify(t, &holder).await.is_ok());
+    let before = f.hash_verifies();
+
+    let (mut ok, mut total) = (0u32, 0u32);
+    // Ten simulated minutes; every second the holder checks once and the
+    // attacker ten times, each time from the next of 100 addresses. The
+    // 30 s TTL expires twenty times meanwhile.
+    for second in 0..600u32 {
+        for k in 0..10u32 {
+            let forged = format().generate(&f.live, &id);
+            let from = f.req().client_ip(ip(1000 + (second * 10 + k) % 100));
+            let denial = f
+                .manager
+                .verify(forged.expose_secret(), &from)
+                .await
+                .unwrap_err();
+            assert!(matches!(
+                denial.reason,
+                DenialReason::WrongSecret | DenialReason::Throttled
+            ));
+        }
+        total += 1;
+        ok += u32::from(f.manager.verify(t, &holder).await.is_ok());
+        f.clock.advance(TimeDelta::seconds(1));
+    }
+    assert_eq!(ok, total, "the holder's success rate is 100%");
+    // The attacker's argon2 runs: the id's burst, then one per refill.
+    let config = VerifierConfig::default();
+    let bound =
+        config.failure_burst as usize + (600 / config.failure_refill.as_secs()) as usize + 1;
+    let attacker_runs = f.hash_verifies() - before;
+    assert!(
+        attacker_runs <= bound,
+        "{attacker_runs} argon2 runs for the attacker, bound {bound}"
+    );
+}
+
+#[tokio::test]
+async fn one_source_cannot_spend_the_argon2_budget_of_many_ids() {
+    let store = Arc::new(FaultyStore::new(MemoryStore::new()));
+    let f = fixture_with(Arc::clone(&store), policy(), VerifierConfig::default());
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let key = f
+            .manager
+            .create(
+                &sys(),
+                NewKey::new(format!("owner{i}"), "live", "CI")
+                    .permissions(PermissionGrant::only(["package:push"])),
+            )
+            .await
+            .unwrap();
+        ids.push(key.key.id.clone());
+    }
+    let burst = VerifierConfig::default().source_failure_burst as usize;
+    let attacker = VerifyRequest::new(&f.live, f.push()).client_ip(ip(66));
+    let mut throttled = 0;
+    for id in &ids {
+        let forged = format().generate(&f.live, id);
+        let d = f
+            .manager
+            .verify(forged.expose_secret(), &attacker)
+            .await
+            .unwrap_err();
+        throttled += usize::from(d.reason == DenialReason::Throttled);
+    }
+    assert_eq!(f.hash_verifies(), burst, "the source's burst, no more");
+    assert_eq!(throttled, ids.len() - burst);
+
+    // Random ids from the same, now throttled source reach neither the
+    // store nor argon2, and get the same answer as existing ids (the
+    // response does not tell which ids exist).
+    let reads = store.calls(Op::Get);
+    for _ in 0..100 {
+        let random = format().generate(&f.live, &KeyId::generate());
+        let d = f
+            .manager
+            .verify(random.expose_secret(), &attacker)
+            .await
+            .unwrap_err();
+        assert_eq!(d.reason, DenialReason::Throttled);
+        assert!(d.retry_after.is_some());
+    }
+    assert_eq!(store.calls(Op::Get), reads);
+
+    // Another source is not affected.
+    let forged = format().generate(&f.live, &ids[0]);
+    let other = VerifyRequest::new(&f.live, f.push()).client_ip(ip(67));
+    assert_eq!(
+        f.manager
+            .verify(forged.expose_secret(), &other)
+            .await
+            .unwrap_err()
+            .reason,
+        DenialReason::WrongSecret
+    );
+}
+
+#[tokio::test]
+async fn a_source_sending_random_ids_is_throttled_like_one_sending_wrong_secrets() {
+    let store = Arc::new(FaultyStore::new(MemoryStore::new()));
+    let f = fixture_with(Arc::clone(&store), policy(), VerifierConfig::default());
+    let burst = VerifierConfig::default().source_failure_burst as u64;
+    let from = VerifyRequest::new(&f.live, f.push()).client_ip("2001:db8:7:7::1".parse().unwrap());
+    let mut answers = Vec::new();
+    for i in 0..200u64 {
+        let random = format().generate(&f.live, &KeyId::generate());
+        // Any address of the same /64 is the same source.
+        let from = from.client_ip(format!("2001:db8:7:7::{:x}", i + 2).parse().unwrap());
+        answers.push(
+            f.manager
+                .verify(random.expose_secret(), &from)
+                .await
+                .unwrap_err()
+                .reason,
+        );
+    }
+    let unknown = answers
+        .iter()
+        .filter(|r| **r == DenialReason::UnknownKey)
+        .count() as u64;
+    assert_eq!(unknown, burst);
+    assert_eq!(store.calls(Op::Get), burst, "throttled checks read nothing");
+}
