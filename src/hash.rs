@@ -11,7 +11,7 @@ use hmac::{Hmac, Mac};
 use rand::rngs::OsRng;
 use rand::{RngCore, TryRngCore};
 use sha2::Sha256;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::HashError;
 
@@ -30,6 +30,49 @@ pub trait SecretHasher: Send + Sync + 'static {
     /// pepper) than the hasher now uses, so it should be replaced after the
     /// next successful verification.
     fn needs_rehash(&self, stored: &str) -> bool;
+
+    /// [`SecretHasher::verify`], free to reuse `scratch` as working memory.
+    /// The verifier calls this from its hashing threads, each with its own
+    /// scratch, so the memory of a memory-hard hash is allocated once per
+    /// thread instead of once per check (and freed blocks cannot pile up in
+    /// the allocator's per-thread arenas). The default ignores `scratch`.
+    fn verify_with(
+        &self,
+        secret: &[u8],
+        stored: &str,
+        scratch: &mut HashScratch,
+    ) -> Result<bool, HashError> {
+        let _ = scratch;
+        self.verify(secret, stored)
+    }
+}
+
+/// Working memory a [`SecretHasher`] may reuse between checks (see
+/// [`SecretHasher::verify_with`]). [`Argon2Hasher`] keeps its argon2 blocks
+/// here, zeroed after each use and never more than its own parameters need.
+#[derive(Default)]
+pub struct HashScratch {
+    blocks: Vec<argon2::Block>,
+}
+
+impl HashScratch {
+    /// An empty scratch; it grows on first use.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bytes held.
+    pub fn capacity_bytes(&self) -> usize {
+        self.blocks.capacity() * argon2::Block::SIZE
+    }
+}
+
+impl fmt::Debug for HashScratch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HashScratch")
+            .field("bytes", &self.capacity_bytes())
+            .finish()
+    }
 }
 
 /// Argon2id cost parameters.
@@ -196,6 +239,16 @@ impl Argon2Hasher {
             .find(|p| p.id.as_bytes() == id)
     }
 
+    /// The pepper a stored hash was made with (none when it names none).
+    fn pepper_for(&self, params: &Params) -> Result<Option<&Pepper>, HashError> {
+        if params.keyid().is_empty() {
+            return Ok(None);
+        }
+        self.pepper_by_id(params.keyid()).map(Some).ok_or_else(|| {
+            HashError::UnknownPepper(String::from_utf8_lossy(params.keyid()).into_owned())
+        })
+    }
+
     fn context<'a>(
         &self,
         params: Params,
@@ -253,19 +306,70 @@ impl SecretHasher for Argon2Hasher {
 
     fn verify(&self, secret: &[u8], stored: &str) -> Result<bool, HashError> {
         let (hash, params) = parse_phc(stored)?;
-        let pepper = if params.keyid().is_empty() {
-            None
-        } else {
-            Some(self.pepper_by_id(params.keyid()).ok_or_else(|| {
-                HashError::UnknownPepper(String::from_utf8_lossy(params.keyid()).into_owned())
-            })?)
-        };
+        let pepper = self.pepper_for(&params)?;
         let ctx = self.context(params.clone(), pepper)?;
         match ctx.verify_password(secret, &hash) {
             Ok(()) => Ok(true),
             Err(argon2::password_hash::Error::Password) => Ok(false),
             Err(e) => Err(HashError::Malformed(e.to_string())),
         }
+    }
+
+    fn verify_with(
+        &self,
+        secret: &[u8],
+        stored: &str,
+        scratch: &mut HashScratch,
+    ) -> Result<bool, HashError> {
+        use subtle::ConstantTimeEq;
+        let malformed = |e: &dyn fmt::Display| HashError::Malformed(e.to_string());
+        let (hash, params) = parse_phc(stored)?;
+        let pepper = self.pepper_for(&params)?;
+        let version = match hash.version {
+            Some(v) => Version::try_from(v).map_err(|e| malformed(&e))?,
+            None => Version::default(),
+        };
+        let ctx = match pepper {
+            Some(p) => {
+                Argon2::new_with_secret(&p.secret, Algorithm::Argon2id, version, params.clone())
+                    .map_err(|e| HashError::Params(e.to_string()))?
+            }
+            None => Argon2::new(Algorithm::Argon2id, version, params.clone()),
+        };
+        let salt = hash.salt.ok_or_else(|| malformed(&"no salt"))?;
+        let mut salt_buf = [0u8; 64];
+        let salt = salt.decode_b64(&mut salt_buf).map_err(|e| malformed(&e))?;
+        let expected = hash.hash.ok_or_else(|| malformed(&"no hash"))?;
+        let mut out = Zeroizing::new(vec![0u8; expected.len()]);
+        let blocks = params.block_count();
+        if scratch.blocks.len() < blocks {
+            scratch.blocks.resize(blocks, argon2::Block::default());
+        }
+        let result = ctx.hash_password_into_with_memory(
+            secret,
+            salt,
+            &mut out,
+            &mut scratch.blocks[..blocks],
+        );
+        // The blocks hold state derived from the secret.
+        scratch.blocks[..blocks]
+            .iter_mut()
+            .for_each(Zeroize::zeroize);
+        // Keep no more than this hasher's own parameters need (a stored
+        // hash with a larger memory cost is verified, then let go).
+        let own = Params::new(
+            self.params.m_cost,
+            self.params.t_cost,
+            self.params.p_cost,
+            None,
+        )
+        .map_or(0, |p| p.block_count());
+        if scratch.blocks.len() > own {
+            scratch.blocks.truncate(own);
+            scratch.blocks.shrink_to_fit();
+        }
+        result.map_err(|e| malformed(&e))?;
+        Ok(bool::from(out.as_slice().ct_eq(expected.as_bytes())))
     }
 
     fn needs_rehash(&self, stored: &str) -> bool {
@@ -331,6 +435,7 @@ pub(crate) fn verify_stored(
     hasher: &dyn SecretHasher,
     secret: &[u8],
     stored: &str,
+    scratch: &mut HashScratch,
 ) -> Result<(bool, bool), HashError> {
     use sha2::Digest;
     use subtle::ConstantTimeEq;
@@ -347,7 +452,10 @@ pub(crate) fn verify_stored(
             let actual = Sha256::digest(secret);
             Ok((bool::from(actual.as_slice().ct_eq(&expected)), true))
         }
-        None => Ok((hasher.verify(secret, stored)?, hasher.needs_rehash(stored))),
+        None => Ok((
+            hasher.verify_with(secret, stored, scratch)?,
+            hasher.needs_rehash(stored),
+        )),
     }
 }
 
@@ -367,26 +475,76 @@ mod import_tests {
         // SHA-256("test")
         let stored = "$sha256$9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
         assert_eq!(
-            verify_stored(&hasher, b"test", stored).unwrap(),
+            verify_stored(&hasher, b"test", stored, &mut HashScratch::new()).unwrap(),
             (true, true)
         );
         assert_eq!(
-            verify_stored(&hasher, b"tesT", stored).unwrap(),
+            verify_stored(&hasher, b"tesT", stored, &mut HashScratch::new()).unwrap(),
             (false, true)
         );
-        assert!(verify_stored(&hasher, b"test", "$sha256$zz").is_err());
+        assert!(verify_stored(&hasher, b"test", "$sha256$zz", &mut HashScratch::new()).is_err());
         assert!(
             verify_stored(
                 &hasher,
                 b"test",
-                "$sha256$9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00aZZ"
+                "$sha256$9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00aZZ",
+                &mut HashScratch::new(),
             )
             .is_err()
         );
         let phc = hasher.hash(b"test").unwrap();
         assert_eq!(
-            verify_stored(&hasher, b"test", &phc).unwrap(),
+            verify_stored(&hasher, b"test", &phc, &mut HashScratch::new()).unwrap(),
             (true, false)
         );
+    }
+
+    #[test]
+    fn verifying_in_reused_memory_agrees_with_argon2s_own_verifier() {
+        let small = Argon2Params::new(64, 1, 1).unwrap();
+        let big = Argon2Params::new(256, 1, 1).unwrap();
+        let peppered = Argon2Hasher::new(small)
+            .with_pepper(Pepper::new("p2", b"new".to_vec()).unwrap())
+            .with_old_pepper(Pepper::new("p1", b"old".to_vec()).unwrap());
+        let old = Argon2Hasher::new(small).with_pepper(Pepper::new("p1", b"old".to_vec()).unwrap());
+        let stored = [
+            Argon2Hasher::new(small).hash(b"right").unwrap(),
+            Argon2Hasher::new(big).hash(b"right").unwrap(),
+            old.hash(b"right").unwrap(),
+            peppered.hash(b"right").unwrap(),
+        ];
+        let mut scratch = HashScratch::new();
+        for phc in &stored {
+            for secret in [&b"right"[..], b"wrong", b""] {
+                assert_eq!(
+                    peppered.verify_with(secret, phc, &mut scratch).unwrap(),
+                    peppered.verify(secret, phc).unwrap(),
+                    "{phc}"
+                );
+            }
+            // A larger stored cost is verified, then let go.
+            assert!(scratch.capacity_bytes() <= 64 * 1024, "{scratch:?}");
+        }
+        assert!(
+            scratch.capacity_bytes() > 0,
+            "the hasher's own size is kept"
+        );
+        // Unusable hashes are errors, as with `verify`.
+        for bad in [
+            "$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ",
+            "$argon2i$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$AAAA",
+            "garbage",
+        ] {
+            assert!(
+                peppered.verify_with(b"right", bad, &mut scratch).is_err(),
+                "{bad}"
+            );
+        }
+        let unknown =
+            Argon2Hasher::new(small).with_pepper(Pepper::new("p9", b"x".to_vec()).unwrap());
+        assert!(matches!(
+            unknown.verify_with(b"right", &stored[2], &mut scratch),
+            Err(HashError::UnknownPepper(_))
+        ));
     }
 }

@@ -66,6 +66,7 @@ mod cache;
 mod clock;
 mod error;
 mod hash;
+mod hash_pool;
 mod key;
 mod manager;
 pub mod policy;

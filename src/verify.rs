@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use sha2::{Digest, Sha256};
-use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
 use crate::audit::{AuditAction, AuditEvent, AuditLog, AuditSink};
@@ -15,6 +14,7 @@ use crate::cache::{Cached, HashDigest, KeyCache, Lookup, Proof};
 use crate::clock::Clock;
 use crate::error::{HashError, PolicyError, TokenError};
 use crate::hash::{Fingerprinter, SecretHasher};
+use crate::hash_pool::{HashPool, PoolError};
 use crate::key::{KeyKind, KeyRecord, OwnerId};
 use crate::policy::{
     CompiledScope, IpAllowlist, Permission, PermissionSet, Policy, ResourceRef, ResourceRule,
@@ -121,6 +121,10 @@ pub enum DenialReason {
     ResourceOutOfScope,
     /// The store failed; denied to be safe.
     StoreUnavailable,
+    /// Too many checks are waiting for argon2; refused at once rather than
+    /// queued (see [`VerifierConfig::max_hash_queue`]); try again after
+    /// [`Denial::retry_after`].
+    Overloaded,
     /// The stored record or hash could not be used; denied to be safe.
     CorruptRecord,
 }
@@ -136,7 +140,7 @@ impl DenialReason {
                 DenialKind::Authorization
             }
             Throttled => DenialKind::Throttled,
-            StoreUnavailable | CorruptRecord => DenialKind::Unavailable,
+            StoreUnavailable | CorruptRecord | Overloaded => DenialKind::Unavailable,
         }
     }
 
@@ -158,6 +162,7 @@ impl DenialReason {
             OtherOwner => "other_owner",
             ResourceOutOfScope => "resource_out_of_scope",
             StoreUnavailable => "store_unavailable",
+            Overloaded => "overloaded",
             CorruptRecord => "corrupt_record",
         }
     }
@@ -179,7 +184,8 @@ pub struct Denial {
     pub reason: DenialReason,
     /// The key id the token named (when it parsed).
     pub key_id: Option<KeyId>,
-    /// For [`DenialReason::Throttled`]: when a new attempt may be made.
+    /// For [`DenialReason::Throttled`] and [`DenialReason::Overloaded`]:
+    /// when a new attempt may be made.
     pub retry_after: Option<Duration>,
 }
 
@@ -458,9 +464,19 @@ pub struct VerifierConfig {
     /// One more failed cold check per this interval for a source after its
     /// burst (default 2 s, 30 a minute).
     pub source_failure_refill: Duration,
-    /// Most argon2 computations at once (default: the number of CPUs). Each
-    /// uses `m_cost` KiB of memory (19 MiB by default).
+    /// Most argon2 computations at once (default: the number of CPUs): the
+    /// number of hashing threads, each holding `m_cost` KiB of memory
+    /// (19 MiB by default) for its whole life, reused by every check.
     pub max_concurrent_hashes: usize,
+    /// Most checks waiting for a hashing thread (default 32 per thread).
+    /// When the queue is full, the client source holding the most waiting
+    /// checks gives up its newest one to a source holding fewer; if there
+    /// is none, the check is refused at once with
+    /// [`DenialReason::Overloaded`] (HTTP 503 with `Retry-After`).
+    pub max_hash_queue: usize,
+    /// Longest a check waits for a hashing thread (default 2 s); beyond it
+    /// it is refused with [`DenialReason::Overloaded`] without running.
+    pub max_hash_wait: Duration,
     /// A key in use causes at most one `last_used_at` write to the store
     /// per this interval (default 60 s); checks never wait for it.
     pub usage_interval: Duration,
@@ -479,6 +495,8 @@ impl Default for VerifierConfig {
             source_failure_burst: 30,
             source_failure_refill: Duration::from_secs(2),
             max_concurrent_hashes: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            max_hash_queue: 32 * std::thread::available_parallelism().map_or(2, |n| n.get()),
+            max_hash_wait: Duration::from_secs(2),
             usage_interval: Duration::from_secs(60),
             failure_window: Duration::from_secs(60),
         }
@@ -506,9 +524,8 @@ pub(crate) struct Shared<S> {
     cache: KeyCache,
     throttle: Throttle,
     sources: SourceThrottle,
-    /// Permits for argon2 computations; a permit travels with its
-    /// computation, so a dropped check cannot free its slot early.
-    hashing: Arc<Semaphore>,
+    /// The argon2 threads and their bounded, fair queue.
+    hashing: HashPool,
     fingerprinter: Fingerprinter,
     /// The manager's session cache, if it has sessions.
     session_cache: Option<Arc<KeyCache>>,
@@ -535,7 +552,7 @@ impl<S: KeyStore> Shared<S> {
             store,
             format,
             policy,
-            hasher,
+            hasher: Arc::clone(&hasher),
             clock,
             cache: KeyCache::new(config.cache_capacity, delta(config.cache_ttl)),
             throttle: Throttle::new(config.failure_burst, delta(config.failure_refill)),
@@ -543,42 +560,25 @@ impl<S: KeyStore> Shared<S> {
                 config.source_failure_burst,
                 delta(config.source_failure_refill),
             ),
-            hashing: Arc::new(Semaphore::new(config.max_concurrent_hashes.max(1))),
+            hashing: HashPool::new(
+                Arc::clone(&hasher),
+                config.max_concurrent_hashes,
+                config.max_hash_queue,
+                config.max_hash_wait,
+            ),
             fingerprinter: Fingerprinter::random(),
             session_cache,
         }
     }
 
-    /// Runs a hasher call under the concurrency cap, off the async executor's
-    /// threads when inside a tokio runtime.
+    /// Runs a hasher call on a hashing thread (see
+    /// [`VerifierConfig::max_concurrent_hashes`]), for management calls.
     pub(crate) async fn run_hasher<R, F>(&self, f: F) -> Result<R, HashError>
     where
         R: Send + 'static,
         F: FnOnce(&dyn SecretHasher) -> Result<R, HashError> + Send + 'static,
     {
-        let permit = Arc::clone(&self.hashing)
-            .acquire_owned()
-            .await
-            .map_err(|_| HashError::Failed("hashing is shut down".into()))?;
-        let hasher = Arc::clone(&self.hasher);
-        match tokio::runtime::Handle::try_current() {
-            // The permit moves into the blocking task: if the caller's future
-            // is dropped (client gone, timeout), the computation still holds
-            // its slot until it ends, so the cap counts what really runs.
-            Ok(handle) => handle
-                .spawn_blocking(move || {
-                    let result = f(&*hasher);
-                    drop(permit);
-                    result
-                })
-                .await
-                .map_err(|_| HashError::Failed("hashing task failed".into()))?,
-            Err(_) => {
-                let result = f(&*hasher);
-                drop(permit);
-                result
-            }
-        }
+        Ok(self.hashing.run(None, move |h, _| f(h)).await?)
     }
 
     /// Forgets key `id` and this process's cached sessions of it, so their
@@ -1044,10 +1044,30 @@ impl<S: KeyStore> Verifier<S> {
                 }
                 let phc = stored.to_owned();
                 let owned_secret = Zeroizing::new(secret.as_bytes().to_vec());
-                let (ok, rehash) = shared
-                    .run_hasher(move |h| crate::hash::verify_stored(h, &owned_secret, &phc))
-                    .await
-                    .map_err(|_| ColdDenial(DenialReason::CorruptRecord, None, owner()))?;
+                let verified = shared
+                    .hashing
+                    .run(source, move |h, scratch| {
+                        crate::hash::verify_stored(h, &owned_secret, &phc, scratch)
+                    })
+                    .await;
+                let (ok, rehash) = match verified {
+                    Ok(answer) => answer,
+                    Err(e) => {
+                        // Not checked: the tokens go back.
+                        shared.throttle.refund(&key_id, now);
+                        if let Some(s) = source {
+                            shared.sources.refund(&s, now);
+                        }
+                        return Err(match e {
+                            PoolError::Overloaded { retry_after } => {
+                                ColdDenial(DenialReason::Overloaded, Some(retry_after), owner())
+                            }
+                            PoolError::Hash(_) => {
+                                ColdDenial(DenialReason::CorruptRecord, None, owner())
+                            }
+                        });
+                    }
+                };
                 if !ok {
                     if proof.is_some() {
                         // The proof no longer holds: the next try with this

@@ -332,3 +332,93 @@ async fn a_source_sending_random_ids_is_throttled_like_one_sending_wrong_secrets
     assert_eq!(unknown, burst);
     assert_eq!(store.calls(Op::Get), burst, "throttled checks read nothing");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_from_one_source_neither_queues_without_bound_nor_delays_another_source() {
+    let counters = Counters::default();
+    let config = VerifierConfig {
+        max_concurrent_hashes: 1,
+        max_hash_queue: 8,
+        max_hash_wait: Duration::from_secs(60),
+        // Only the queue is under test here: no throttle gets in the way.
+        failure_burst: 100_000,
+        source_failure_burst: 100_000,
+        ..VerifierConfig::default()
+    };
+    let manager = KeyManager::builder(Arc::new(MemoryStore::new()), format(), policy())
+        .hasher(CountingHasher::with_delay(
+            counters.clone(),
+            Duration::from_millis(20),
+        ))
+        .verifier_config(config)
+        .build();
+    let mut targets = Vec::new();
+    for i in 0..20 {
+        let key = manager
+            .create(
+                &sys(),
+                NewKey::new(format!("victim{i}"), "live", "CI")
+                    .permissions(PermissionGrant::only(["package:push"])),
+            )
+            .await
+            .unwrap();
+        targets.push(key.key.id.clone());
+    }
+    let holder = manager
+        .create(
+            &sys(),
+            NewKey::new(OWNER, "live", "CI").permissions(PermissionGrant::only(["package:push"])),
+        )
+        .await
+        .unwrap();
+    let verifier = manager.verifier();
+    let live = Environment::new("live").unwrap();
+    let push = registry().get("package:push").unwrap();
+
+    let mut flood = Vec::new();
+    for i in 0..100 {
+        let v = verifier.clone();
+        let live = live.clone();
+        let forged = format().generate(&live, &targets[i % targets.len()]);
+        flood.push(tokio::spawn(async move {
+            let req = VerifyRequest::new(&live, push).client_ip(ip(66));
+            v.verify(forged.expose_secret(), &req)
+                .await
+                .unwrap_err()
+                .reason
+        }));
+    }
+    // Let the flood fill the queue.
+    while counters.verifies.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+
+    let req = VerifyRequest::new(&live, push).client_ip(ip(7));
+    assert!(
+        verifier
+            .verify(holder.token.expose_secret(), &req)
+            .await
+            .is_ok()
+    );
+    let runs_until_holder = counters.verifies.load(std::sync::atomic::Ordering::SeqCst);
+
+    let mut overloaded = 0;
+    for f in flood {
+        match f.await.unwrap() {
+            DenialReason::Overloaded => overloaded += 1,
+            other => assert_eq!(other, DenialReason::WrongSecret),
+        }
+    }
+    // The holder waited behind at most the flood's running check and one
+    // round of the round robin, not behind the whole queue.
+    assert!(
+        runs_until_holder <= 4,
+        "{runs_until_holder} argon2 runs before the holder's first use"
+    );
+    // At most the queue and the running check were taken from the flood;
+    // the rest was refused at once.
+    let ran = counters.verifies.load(std::sync::atomic::Ordering::SeqCst) - 1;
+    assert_eq!(ran + overloaded, 100);
+    assert!(ran <= 8 + 2, "{ran} flood checks ran");
+}
