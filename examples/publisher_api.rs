@@ -663,22 +663,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .merge(
             Router::new()
                 .route("/packages/{name}/metadata", put(update_metadata))
-                .route_layer(on_package(perm("package:metadata")?)),
+                .route_layer(on_package(perm("package:metadata")?)?),
         )
         .merge(
             Router::new()
                 .route("/packages/{name}/unlist", post(unlist))
-                .route_layer(on_package(perm("package:unlist")?)),
+                .route_layer(on_package(perm("package:unlist")?)?),
         )
         .merge(
             Router::new()
                 .route("/packages/{name}/analytics", get(analytics))
-                .route_layer(on_package(perm("analytics:read")?)),
+                .route_layer(on_package(perm("analytics:read")?)?),
         )
         .merge(
             Router::new()
                 .route("/packages/{name}", delete(delete_package_with_key))
-                .route_layer(on_package(perm("package:delete")?)),
+                .route_layer(on_package(perm("package:delete")?)?),
         )
         .route("/session", post(create_session))
         .route("/admin/keys", post(admin_create).get(admin_list))

@@ -3,7 +3,9 @@
 //! responses per RFC 6750.
 //!
 //! ```
+//! use std::collections::HashMap;
 //! use std::net::SocketAddr;
+//! use std::sync::Arc;
 //! use axum::{Router, routing::{get, post}, http::HeaderName};
 //! use keyward::{Environment, KeyManager, MemoryStore, PermissionRegistry, Policy, SessionConfig, TokenFormat};
 //! use keyward::axum::{Caller, KeywardLayer};
@@ -19,9 +21,18 @@
 //! .unwrap()
 //! .build();
 //!
+//! // Who owns each package (your database): a guard on a path resource
+//! // needs this, or it cannot be built. `None` means no such package yet:
+//! // it would be created for the caller, so it is checked as the caller's.
+//! let owners: Arc<HashMap<String, String>> =
+//!     Arc::new(HashMap::from([("Contoso.Tools".into(), "contoso".into())]));
 //! let auth = KeywardLayer::new(manager, Environment::new("live").unwrap())
 //!     .api_key_header(HeaderName::from_static("x-api-key"))
-//!     .trusted_proxies(["10.0.0.0/8".parse().unwrap()]);
+//!     .trusted_proxies(["10.0.0.0/8".parse().unwrap()])
+//!     .resource_owner(move |name: String| {
+//!         let owner = owners.get(&name).cloned();
+//!         async move { owner }
+//!     });
 //!
 //! async fn me(caller: Caller) -> String {
 //!     format!("hello {}", caller.owner())
@@ -36,12 +47,21 @@
 //!     .merge(
 //!         Router::new()
 //!             .route("/packages/{name}/versions", post(push_version))
-//!             .route_layer(auth.require(push).resource_param("name")), // permission + path resource
+//!             // permission + path resource (and its owner)
+//!             .route_layer(auth.require(push).resource_param("name")?),
 //!     );
 //! // Serve with the peer address so IP allowlists work:
 //! // axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
 //! # let _ = app;
+//! # Ok::<(), keyward::axum::LayerError>(())
 //! ```
+//!
+//! **Resources and owners**: a route guarded with
+//! [`resource_param`](KeywardLayer::resource_param) checks the key against
+//! the resource's name *and its owner*, so a key of one publisher never
+//! reaches another's packages, whatever its name scope. The owner comes from
+//! the resolver given to [`KeywardLayer::resource_owner`]; building such a
+//! guard without one is refused with [`LayerError::NoOwnerResolver`].
 //!
 //! **Credentials**, in this order: `Authorization: Bearer <token>`,
 //! `Authorization: Basic base64(key_id:secret)` (the "application ID +
@@ -119,6 +139,32 @@ struct Config<S> {
 struct Requirement {
     permission: Permission,
     resource_param: Option<Arc<str>>,
+}
+
+/// A per-route guard that [`KeywardLayer`] refuses to build, so a
+/// misconfigured route fails at startup instead of letting keys through.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LayerError {
+    /// [`KeywardLayer::resource_param`] on a layer without
+    /// [`KeywardLayer::resource_owner`]: the guard could not tell whose the
+    /// resource is, so any key whose name scope matched would reach every
+    /// owner's resource of that name.
+    #[error(
+        "the guard on path parameter {param:?} cannot know who owns the resource: \
+         set KeywardLayer::resource_owner before calling resource_param"
+    )]
+    NoOwnerResolver {
+        /// The path parameter given.
+        param: String,
+    },
+    /// [`KeywardLayer::resource_param`] without [`KeywardLayer::require`]:
+    /// the guard would check no permission on the resource.
+    #[error("resource_param({param:?}) needs a permission: call KeywardLayer::require first")]
+    NoPermission {
+        /// The path parameter given.
+        param: String,
+    },
 }
 
 /// A tower [`Layer`] that authenticates requests with keyward; see the
@@ -215,10 +261,10 @@ impl<S> KeywardLayer<S> {
     }
 
     /// How to find the owner of a resource named in the path, for
-    /// [`resource_param`](Self::resource_param). `None` means the resource
-    /// does not exist yet and would be created for the caller, so it is
-    /// checked as the caller's own. Without a resolver every resource is
-    /// checked as the caller's (only the key's name scope is checked).
+    /// [`resource_param`](Self::resource_param), which refuses to build a
+    /// guard without it. `None` means the resource does not exist yet and
+    /// would be created for the caller, so it is checked as the caller's
+    /// own: return `None` only for a name nobody holds.
     pub fn resource_owner<F, Fut>(mut self, resolve: F) -> Self
     where
         F: Fn(String) -> Fut + Send + Sync + 'static,
@@ -241,14 +287,57 @@ impl<S> KeywardLayer<S> {
     }
 
     /// Checks the permission against the resource named by the path
-    /// parameter `param` (`/packages/{name}` → `"name"`). Needs
-    /// [`require`](Self::require) first, and `Router::route_layer` so the
-    /// path parameters are known; a missing parameter is a 500.
-    pub fn resource_param(mut self, param: &str) -> Self {
-        if let Some(r) = &mut self.requirement {
-            r.resource_param = Some(param.into());
+    /// parameter `param` (`/packages/{name}` → `"name"`) and its owner, as
+    /// the [`resource_owner`](Self::resource_owner) resolver tells it. Add it
+    /// with `Router::route_layer` so the path parameters are known; a
+    /// missing parameter is a 500.
+    ///
+    /// # Errors
+    ///
+    /// - [`LayerError::NoPermission`] without [`require`](Self::require)
+    ///   first (the guard would check nothing but the key).
+    /// - [`LayerError::NoOwnerResolver`] when no resolver was set: without
+    ///   one, a key with a wide name scope would reach other owners'
+    ///   resources.
+    ///
+    /// ```
+    /// use keyward::axum::{KeywardLayer, LayerError};
+    /// use keyward::{Environment, KeyManager, MemoryStore, PermissionRegistry, Policy, TokenFormat};
+    ///
+    /// let registry = PermissionRegistry::builder().permission("package:push").build().unwrap();
+    /// let push = registry.get("package:push").unwrap();
+    /// let manager = KeyManager::builder(
+    ///     MemoryStore::new(),
+    ///     TokenFormat::new("mkh", &["live"]).unwrap(),
+    ///     Policy::new(registry),
+    /// )
+    /// .build();
+    /// let auth = KeywardLayer::new(manager, Environment::new("live").unwrap());
+    ///
+    /// // Who owns a package is unknown: refused when built.
+    /// let refused = auth.require(push).resource_param("name").unwrap_err();
+    /// assert!(matches!(refused, LayerError::NoOwnerResolver { .. }));
+    ///
+    /// let auth = auth.resource_owner(|name: String| async move {
+    ///     (name == "Contoso.Tools").then(|| "contoso".to_owned())
+    /// });
+    /// let guard = auth.require(push).resource_param("name").unwrap();
+    /// # let _ = guard;
+    /// ```
+    pub fn resource_param(mut self, param: &str) -> Result<Self, LayerError> {
+        let has_resolver = self.config.resource_owner.is_some();
+        let Some(requirement) = &mut self.requirement else {
+            return Err(LayerError::NoPermission {
+                param: param.to_owned(),
+            });
+        };
+        if !has_resolver {
+            return Err(LayerError::NoOwnerResolver {
+                param: param.to_owned(),
+            });
         }
-        self
+        requirement.resource_param = Some(param.into());
+        Ok(self)
     }
 
     /// The manager.
@@ -600,11 +689,17 @@ impl<S: KeyStore + SessionStore> KeywardLayer<S> {
                         .find(|(k, _)| *k == &**param)
                         .map(|(_, v)| v.to_owned())
                         .ok_or_else(KeywardRejection::misconfigured)?;
-                    let owner = match &config.resource_owner {
-                        Some(resolve) => resolve(name.clone()).await,
-                        None => None,
+                    // `resource_param` refuses to build a guard without a
+                    // resolver; should one ever run without, it denies.
+                    let Some(resolve) = &config.resource_owner else {
+                        return Err(KeywardRejection::owner_unknown(
+                            req.permission,
+                            &config.ctx.policy,
+                        ));
                     };
-                    let owner = owner.unwrap_or_else(|| caller.owner().as_str().to_owned());
+                    let owner = resolve(name.clone())
+                        .await
+                        .unwrap_or_else(|| caller.owner().as_str().to_owned());
                     caller.authorize(req.permission, Some(ResourceRef::new(&owner, &name)))?;
                 }
             }
@@ -866,6 +961,16 @@ impl KeywardRejection {
              (add the layer with Router::route_layer and check the parameter name)."
                 .into(),
         )
+    }
+
+    fn owner_unknown(permission: Permission, policy: &Policy) -> Self {
+        let scope = policy.permissions().name(permission);
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+            "The owner of this resource could not be determined, so no key may use it here.".into(),
+        )
+        .challenge(Some("insufficient_scope"), Some(scope))
     }
 
     fn missing_layer() -> Self {

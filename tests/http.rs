@@ -15,7 +15,7 @@ use ::axum::routing::{delete, get, post};
 use base64::Engine;
 use chrono::{DateTime, TimeDelta, Utc};
 use common::*;
-use keyward::axum::{Caller, KeywardLayer, WARNING_HEADER};
+use keyward::axum::{Caller, KeywardLayer, LayerError, WARNING_HEADER};
 use keyward::*;
 use reqwest::StatusCode;
 
@@ -93,7 +93,13 @@ async fn start_server() -> Server {
     let auth = KeywardLayer::new(manager.clone(), live.clone())
         .api_key_header(HeaderName::from_static("x-api-key"))
         .resource_owner(|name: String| async move {
-            name.starts_with("Fabrikam.").then(|| "fabrikam".to_owned())
+            // Fabrikam's packages, and Contoso's existing Contoso.Tools;
+            // any other name is new (it would be created for the caller).
+            if name.starts_with("Fabrikam.") {
+                Some("fabrikam".to_owned())
+            } else {
+                (name == "Contoso.Tools").then(|| OWNER.to_owned())
+            }
         });
     let proxied = KeywardLayer::new(manager.clone(), live.clone())
         .trusted_proxies(["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()]);
@@ -105,12 +111,12 @@ async fn start_server() -> Server {
         .merge(
             Router::new()
                 .route("/packages/{name}/versions", post(ok))
-                .route_layer(auth.require(push).resource_param("name")),
+                .route_layer(auth.require(push).resource_param("name").unwrap()),
         )
         .merge(
             Router::new()
                 .route("/packages/{name}", delete(ok))
-                .route_layer(auth.require(del).resource_param("name")),
+                .route_layer(auth.require(del).resource_param("name").unwrap()),
         )
         .merge(
             Router::new()
@@ -130,7 +136,7 @@ async fn start_server() -> Server {
         .merge(
             Router::new()
                 .route("/misconfigured/{id}", post(ok))
-                .route_layer(auth.require(push).resource_param("name")),
+                .route_layer(auth.require(push).resource_param("name").unwrap()),
         )
         .route("/nolayer", get(me))
         .route("/session", post(exchange))
@@ -376,6 +382,58 @@ async fn authorization_failures_are_403_insufficient_scope() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
+}
+
+/// Issue 10 point 5: with `resource_param("name")` and no owner resolver,
+/// fabrikam's key with scope `*` pushed `Contoso.Tools` and got 201. Such a
+/// guard can no longer be built.
+#[tokio::test]
+async fn a_resource_guard_without_an_owner_resolver_is_refused_when_built() {
+    let s = start_server().await;
+    let push = registry().get("package:push").unwrap();
+    let bare = KeywardLayer::new(s.manager.clone(), s.live.clone());
+    let refused = bare.require(push).resource_param("name").unwrap_err();
+    assert_eq!(
+        refused,
+        LayerError::NoOwnerResolver {
+            param: "name".into()
+        }
+    );
+    assert!(refused.to_string().contains("resource_owner"), "{refused}");
+    // A resource parameter without a permission would check nothing: refused too.
+    assert_eq!(
+        bare.clone().resource_param("name").unwrap_err(),
+        LayerError::NoPermission {
+            param: "name".into()
+        }
+    );
+    // With a resolver on the shared layer, it builds.
+    let resolved = bare.resource_owner(|_: String| async { None });
+    assert!(resolved.require(push).resource_param("name").is_ok());
+}
+
+/// The reproduction over HTTP: fabrikam's key with every permission and
+/// scope `*` cannot push contoso's package, and still pushes its own and new ones.
+#[tokio::test]
+async fn another_publishers_wildcard_key_is_403_on_their_package() {
+    let s = start_server().await;
+    let fabrikam = s
+        .key(
+            NewKey::new("fabrikam", "live", "everything")
+                .permissions(PermissionGrant::All)
+                .resources(ResourceScope::only(["*"])),
+        )
+        .await;
+    let push = |name: &str| {
+        s.post(&format!("/packages/{name}/versions"))
+            .header("authorization", bearer(fabrikam.token.expose_secret()))
+            .send()
+    };
+    let r = push("Contoso.Tools").await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(body(r).await["error"], "insufficient_scope");
+    assert_eq!(push("Fabrikam.Lib").await.unwrap().status(), StatusCode::OK);
+    assert_eq!(push("Brand.New").await.unwrap().status(), StatusCode::OK);
 }
 
 #[tokio::test]
