@@ -67,12 +67,26 @@
 //! `Authorization: Basic base64(key_id:secret)` (the "application ID +
 //! secret" pair, rebuilt with [`TokenFormat::from_pair`]), or the configured
 //! API-key header. A token with the session prefix is checked as a session,
-//! anything else as a key.
+//! anything else as a key. Each registry client's way:
 //!
-//! **Client address**: the TCP peer ([`ConnectInfo<SocketAddr>`]); the
-//! `X-Forwarded-For` header is read only when the peer is in the trusted
-//! proxy ranges, from the right, skipping trusted hops. Without
-//! `ConnectInfo`, the address is unknown and keys with an IP allowlist are refused.
+//! | client | sends | layer setting |
+//! |---|---|---|
+//! | cargo (crates.io and alternative registries) | `Authorization: <token>` | [`api_key_header(AUTHORIZATION)`](KeywardLayer::api_key_header) |
+//! | `nuget push`, `dotnet nuget push` | `X-NuGet-ApiKey: <token>` | `api_key_header("x-nuget-apikey")`, and [`expiry_warning_header("x-nuget-warning")`](KeywardLayer::expiry_warning_header), the only header NuGet shows |
+//! | npm | `Authorization: Bearer <token>` | none |
+//! | curl, CI scripts | Bearer, `-u key_id:secret` (Basic) or an API-key header | none, or `api_key_header` |
+//!
+//! **Client address**: the TCP peer ([`ConnectInfo<SocketAddr>`]). Only
+//! when the peer is in the trusted proxy ranges, `X-Forwarded-For` and the
+//! standard `Forwarded` header (RFC 7239: `for=` values quoted or not, IPv6
+//! in brackets, with ports) are read, from the right, skipping trusted hops,
+//! over all headers of that name, at most 32 entries. An entry that is not
+//! an address (`unknown`, an obfuscated `_name`, an element without
+//! `for=`, anything unparsable) makes the address unknown rather than
+//! falling back to a proxy's. When both headers are present they must name
+//! the same client, or the address is unknown: a proxy sets one, and a
+//! client could have forged the other. Without `ConnectInfo`, the address
+//! is unknown. An unknown address refuses keys with an IP allowlist.
 //!
 //! **Responses**: 401 with `WWW-Authenticate: Bearer error="invalid_token"`
 //! for authentication failures (no `error` when no credential was sent),
@@ -80,7 +94,8 @@
 //! `Retry-After` when throttled, 503 when the store fails. JSON bodies say
 //! what to do and never whether a key id exists. A successful response for a
 //! key that expires within [`KeywardLayer::expiry_warning_days`] days carries
-//! an [`WARNING_HEADER`] header.
+//! a [`WARNING_HEADER`] header (its name set by
+//! [`KeywardLayer::expiry_warning_header`]).
 
 use std::fmt;
 use std::future::Future;
@@ -101,6 +116,8 @@ use ipnet::IpNet;
 use tower::{Layer, Service};
 use zeroize::Zeroizing;
 
+mod forwarded;
+
 use crate::clock::Clock;
 use crate::manager::KeyManager;
 use crate::policy::{Permission, Policy, ResourceRef};
@@ -109,12 +126,11 @@ use crate::store::KeyStore;
 use crate::token::{Environment, KeyId, TokenFormat};
 use crate::verify::{CompiledKey, Denial, DenialKind, DenialReason, VerifiedKey, VerifyRequest};
 
-/// The response header that warns about a key expiring soon (like NuGet's `X-NuGet-Warning`).
+/// The default response header that warns about a key expiring soon (like
+/// NuGet's `X-NuGet-Warning`; see [`KeywardLayer::expiry_warning_header`]).
 pub const WARNING_HEADER: &str = "x-keyward-warning";
 /// Longest credential header value read, in bytes; longer is refused unread.
 pub const MAX_CREDENTIAL_HEADER_LEN: usize = 512;
-/// Most `X-Forwarded-For` entries walked.
-const MAX_FORWARDED_HOPS: usize = 32;
 
 type OwnerFuture = Pin<Box<dyn Future<Output = Option<String>> + Send>>;
 type OwnerResolver = Arc<dyn Fn(String) -> OwnerFuture + Send + Sync>;
@@ -132,6 +148,7 @@ struct Config<S> {
     api_key_header: Option<HeaderName>,
     trusted_proxies: Vec<IpNet>,
     warn_within_days: u32,
+    warning_header: HeaderName,
     resource_owner: Option<OwnerResolver>,
 }
 
@@ -215,6 +232,7 @@ impl<S> KeywardLayer<S> {
                 api_key_header: None,
                 trusted_proxies: Vec::new(),
                 warn_within_days: 10,
+                warning_header: HeaderName::from_static(WARNING_HEADER),
                 resource_owner: None,
             }),
             requirement: None,
@@ -232,6 +250,7 @@ impl<S> KeywardLayer<S> {
                 api_key_header: c.api_key_header.clone(),
                 trusted_proxies: c.trusted_proxies.clone(),
                 warn_within_days: c.warn_within_days,
+                warning_header: c.warning_header.clone(),
                 resource_owner: c.resource_owner.clone(),
             });
         }
@@ -241,22 +260,72 @@ impl<S> KeywardLayer<S> {
         }
     }
 
-    /// Also reads a bare token from this header (for example `x-api-key`).
+    /// Also reads a bare token from this header (for example `x-api-key`,
+    /// or NuGet's `x-nuget-apikey`).
+    ///
+    /// With [`AUTHORIZATION`](::axum::http::header::AUTHORIZATION) itself,
+    /// `Authorization: <token>` without a scheme is accepted too, as cargo
+    /// sends it to crates.io and every alternative registry (Bearer and
+    /// Basic still work). Without this setting a scheme-less Authorization
+    /// value is refused (401 `invalid_token`).
+    ///
+    /// ```
+    /// use axum::http::{HeaderMap, HeaderValue, header::AUTHORIZATION};
+    /// use keyward::axum::{CredentialSource, read_credential};
+    /// use keyward::{Environment, TokenFormat};
+    ///
+    /// let format = TokenFormat::new("mkh", &["live"]).unwrap();
+    /// let live = Environment::new("live").unwrap();
+    /// let mut cargo = HeaderMap::new();
+    /// cargo.insert(AUTHORIZATION, HeaderValue::from_static("mkh_live_abc"));
+    /// // The layer reads credentials as read_credential does:
+    /// // KeywardLayer::new(manager, live).api_key_header(AUTHORIZATION)
+    /// let credential = read_credential(&cargo, Some(&AUTHORIZATION), &format, &live).unwrap();
+    /// assert_eq!(credential.source(), CredentialSource::RawAuthorization);
+    /// // Not asked for: refused.
+    /// assert!(read_credential(&cargo, None, &format, &live).is_err());
+    /// ```
     pub fn api_key_header(mut self, name: HeaderName) -> Self {
         self.config_mut().api_key_header = Some(name);
         self
     }
 
-    /// Proxies whose `X-Forwarded-For` is believed (default: none).
+    /// Proxies whose `X-Forwarded-For` and `Forwarded` headers are believed
+    /// (default: none); see the [module documentation](self) for how they
+    /// are read.
     pub fn trusted_proxies(mut self, ranges: impl IntoIterator<Item = IpNet>) -> Self {
         self.config_mut().trusted_proxies = ranges.into_iter().map(|n| n.trunc()).collect();
         self
     }
 
-    /// Warn in [`WARNING_HEADER`] when the key expires within this many days
-    /// (default 10; 0 turns the warning off).
+    /// Warn in the [expiry warning header](Self::expiry_warning_header)
+    /// when the key expires within this many days (default 10; 0 turns the
+    /// warning off).
     pub fn expiry_warning_days(mut self, days: u32) -> Self {
         self.config_mut().warn_within_days = days;
+        self
+    }
+
+    /// The response header that carries the expiry warning (default
+    /// [`WARNING_HEADER`], `x-keyward-warning`). NuGet clients show only
+    /// `X-NuGet-Warning` to the user:
+    ///
+    /// ```
+    /// # use keyward::{Environment, KeyManager, MemoryStore, PermissionRegistry, Policy, TokenFormat};
+    /// # let registry = PermissionRegistry::builder().permission("package:push").build().unwrap();
+    /// # let manager = KeyManager::builder(
+    /// #     MemoryStore::new(), TokenFormat::new("mkh", &["live"]).unwrap(), Policy::new(registry),
+    /// # ).build();
+    /// use axum::http::HeaderName;
+    /// use keyward::axum::KeywardLayer;
+    ///
+    /// let nuget = KeywardLayer::new(manager, Environment::new("live").unwrap())
+    ///     .api_key_header(HeaderName::from_static("x-nuget-apikey"))
+    ///     .expiry_warning_header(HeaderName::from_static("x-nuget-warning"));
+    /// # let _ = nuget;
+    /// ```
+    pub fn expiry_warning_header(mut self, name: HeaderName) -> Self {
+        self.config_mut().warning_header = name;
         self
     }
 
@@ -413,9 +482,8 @@ where
             parts.extensions.insert(caller);
             let mut response = inner.call(Request::from_parts(parts, body)).await?;
             if let Some(value) = warning {
-                response
-                    .headers_mut()
-                    .insert(HeaderName::from_static(WARNING_HEADER), value);
+                let name = layer.config.warning_header.clone();
+                response.headers_mut().insert(name, value);
             }
             Ok(response)
         })
@@ -432,6 +500,9 @@ pub enum CredentialSource {
     Basic,
     /// The API-key header set with [`KeywardLayer::api_key_header`].
     ApiKeyHeader,
+    /// `Authorization: <token>` without a scheme, as cargo sends it; read
+    /// only when the API-key header is `Authorization` itself.
+    RawAuthorization,
 }
 
 /// A credential read from request headers by [`read_credential`]: the token
@@ -475,8 +546,11 @@ impl fmt::Debug for RequestCredential {
 /// Reads the credential from request headers exactly as [`KeywardLayer`]
 /// does, without checking it against any store: `Authorization` (Bearer, or
 /// Basic `key_id:secret` rebuilt into a token of `format` in `environment`),
-/// else the `api_key_header` if given. Exposed for callers that read
-/// credentials outside the layer, and for fuzzing.
+/// else the `api_key_header` if given. When `api_key_header` is
+/// `Authorization` itself, a scheme-less `Authorization: <token>` (cargo's
+/// form) is the token ([`CredentialSource::RawAuthorization`]); otherwise
+/// it is refused. Exposed for callers that read credentials outside the
+/// layer, and for fuzzing.
 ///
 /// Errors are the layer's 401 rejections: `invalid_token` for a malformed
 /// credential (two Authorization headers, an unknown scheme, an empty or
@@ -512,7 +586,8 @@ pub fn read_credential(
         if auth.next().is_some() {
             return Err(KeywardRejection::malformed("send one Authorization header"));
         }
-        return parse_authorization(value, format, environment);
+        let raw = api_key_header == Some(&AUTHORIZATION);
+        return parse_authorization(value, raw, format, environment);
     }
     if let Some(name) = api_key_header {
         let mut values = headers.get_all(name).iter();
@@ -534,12 +609,20 @@ pub fn read_credential(
     Err(KeywardRejection::missing(api_key_header))
 }
 
+/// Reads an Authorization value: Bearer, Basic, or, when `raw` (the
+/// application named Authorization as its API-key header), a bare token.
 fn parse_authorization(
     value: &HeaderValue,
+    raw: bool,
     format: &TokenFormat,
     environment: &Environment,
 ) -> Result<RequestCredential, KeywardRejection> {
     let text = header_text(value)?.trim();
+    if text.is_empty() {
+        return Err(KeywardRejection::malformed(
+            "the Authorization header is empty",
+        ));
+    }
     let (scheme, rest) = text.split_once(' ').unwrap_or((text, ""));
     let rest = rest.trim();
     if scheme.eq_ignore_ascii_case("bearer") {
@@ -592,9 +675,19 @@ fn parse_authorization(
             source: CredentialSource::Basic,
         });
     }
-    Err(KeywardRejection::malformed(
-        "use the Bearer or Basic authorization scheme",
-    ))
+    if raw && rest.is_empty() {
+        // One word that is no scheme: the token itself (cargo's form).
+        return Ok(RequestCredential {
+            token: Zeroizing::new(text.to_owned()),
+            pair_id: None,
+            source: CredentialSource::RawAuthorization,
+        });
+    }
+    Err(KeywardRejection::malformed(if raw {
+        "send the key alone, or use the Bearer or Basic authorization scheme"
+    } else {
+        "use the Bearer or Basic authorization scheme"
+    }))
 }
 
 impl<S: KeyStore + SessionStore> KeywardLayer<S> {
@@ -608,41 +701,14 @@ impl<S: KeyStore + SessionStore> KeywardLayer<S> {
         )
     }
 
-    /// The client's address: the peer, or X-Forwarded-For behind trusted proxies.
+    /// The client's address: the peer, or, behind trusted proxies, what
+    /// `X-Forwarded-For` and `Forwarded` say (see [`forwarded::client_ip`]).
     fn client_ip(&self, parts: &Parts) -> Option<IpAddr> {
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()?
-            .0
-            .ip()
-            .to_canonical();
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>()?.0.ip();
         let trusted = &self.config.trusted_proxies;
-        let is_trusted = |ip: IpAddr| trusted.iter().any(|n| n.contains(&ip));
-        if !is_trusted(peer) {
-            return Some(peer);
-        }
-        let mut ip = peer;
-        let mut hops = 0;
-        for value in parts.headers.get_all("x-forwarded-for").iter().rev() {
-            let text = value.to_str().ok()?;
-            for entry in text.rsplit(',') {
-                hops += 1;
-                if hops > MAX_FORWARDED_HOPS {
-                    return None;
-                }
-                let entry = entry.trim();
-                let addr = entry
-                    .parse::<IpAddr>()
-                    .or_else(|_| entry.parse::<SocketAddr>().map(|s| s.ip()))
-                    .ok()?
-                    .to_canonical();
-                ip = addr;
-                if !is_trusted(addr) {
-                    return Some(ip);
-                }
-            }
-        }
-        Some(ip)
+        forwarded::client_ip(peer, &parts.headers, |ip| {
+            trusted.iter().any(|n| n.contains(&ip))
+        })
     }
 
     /// Authenticates (and authorizes, when the route requires it) a request.
@@ -921,9 +987,11 @@ impl KeywardRejection {
     }
 
     fn missing(header: Option<&HeaderName>) -> Self {
-        let extra = header
-            .map(|h| format!(", in the {h} header"))
-            .unwrap_or_default();
+        let extra = match header {
+            Some(h) if h == AUTHORIZATION => ", as `Authorization: <key>`".to_owned(),
+            Some(h) => format!(", in the {h} header"),
+            None => String::new(),
+        };
         Self::new(
             StatusCode::UNAUTHORIZED,
             "missing_credentials",
