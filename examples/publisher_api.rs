@@ -36,6 +36,13 @@
 //! | `GET /me` | any valid key or session |
 //! | `POST /session?ttl_seconds=N` | a key (never a session) |
 //!
+//! For the `cargo` and `npm` binaries: `GET /index/config.json` (a sparse
+//! index naming this API: `index = "sparse+http://127.0.0.1:8080/index/"`),
+//! `GET /api/v1/crates/{name}/owners` (`cargo owner --list`, any valid key),
+//! `DELETE /api/v1/crates/{name}/{version}/yank` (`cargo yank`,
+//! `package:unlist`), both taking cargo's `Authorization: <token>`;
+//! `GET /-/whoami` (`npm whoami`, Bearer).
+//!
 //! Administrator (`X-Admin-Secret`): `POST /admin/keys`, `GET /admin/keys`,
 //! `PATCH /admin/keys/{id}`, `POST /admin/keys/{id}/regenerate`,
 //! `POST /admin/keys/{id}/revoke` (`{"compromised": true}` also ends its
@@ -47,6 +54,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use ::axum::extract::{Path, Query, Request, State};
+use ::axum::http::header::AUTHORIZATION;
 use ::axum::http::{HeaderMap, HeaderName, StatusCode};
 use ::axum::response::{IntoResponse, Response};
 use ::axum::routing::{delete, get, patch, post, put};
@@ -156,6 +164,8 @@ struct App {
     registry: PermissionRegistry,
     owner: String,
     admin_secret: Arc<str>,
+    /// This server's address, for the cargo index's `config.json`.
+    base_url: Arc<str>,
 }
 
 impl App {
@@ -324,6 +334,53 @@ async fn create_session(
             .into_response(),
         Err(rejection) => rejection.into_response(),
     }
+}
+
+// ---- what the cargo and npm binaries ask ----
+
+/// The sparse index's `config.json`: where the web API is. The index holds
+/// no crates in this example; `cargo owner` and `cargo yank` only need the API.
+async fn cargo_index_config(State(app): State<App>) -> Response {
+    Json(json!({
+        "dl": format!("{}/api/v1/crates", app.base_url),
+        "api": &*app.base_url,
+        "auth-required": false,
+    }))
+    .into_response()
+}
+
+/// `cargo owner --list <crate>`: the package's owner (any valid key).
+async fn cargo_owners(State(app): State<App>, Path(name): Path<String>) -> Response {
+    match packages(&app).get(&name) {
+        Some(p) => {
+            Json(json!({ "users": [{ "id": 1, "login": p.owner, "name": null }] })).into_response()
+        }
+        None => cargo_error(StatusCode::NOT_FOUND, "no such crate"),
+    }
+}
+
+/// `cargo yank --version <v> <crate>`: unlists (needs `package:unlist` on it).
+async fn cargo_yank(
+    State(app): State<App>,
+    Path((name, version)): Path<(String, String)>,
+) -> Response {
+    match packages(&app).get_mut(&name) {
+        Some(p) if p.versions.contains(&version) => {
+            p.listed = false;
+            Json(json!({ "ok": true })).into_response()
+        }
+        _ => cargo_error(StatusCode::NOT_FOUND, "no such crate version"),
+    }
+}
+
+/// cargo shows `errors[].detail` of a failed API call.
+fn cargo_error(status: StatusCode, detail: &str) -> Response {
+    (status, Json(json!({ "errors": [{ "detail": detail }] }))).into_response()
+}
+
+/// `npm whoami`: the key's owner.
+async fn npm_whoami(caller: Caller) -> Response {
+    Json(json!({ "username": caller.owner() })).into_response()
 }
 
 // ---- the owner's administrator ----
@@ -629,6 +686,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let live = Environment::new("live")?;
 
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let base_url = format!("http://{}", listener.local_addr()?);
+
     let packages: Packages = Arc::default();
     let owners = Arc::clone(&packages);
     let auth = KeywardLayer::new(manager.clone(), live)
@@ -640,6 +700,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .get(&name)
                 .map(|p| p.owner.clone());
             async move { owner }
+        });
+    // cargo sends `Authorization: <token>` with no scheme: the cargo API
+    // names Authorization as its API-key header (Bearer and Basic still work).
+    let crates = KeywardLayer::new(auth.manager().clone(), auth.environment().clone())
+        .api_key_header(AUTHORIZATION)
+        .resource_owner({
+            let owners = Arc::clone(&packages);
+            move |name: String| {
+                let owner = owners
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get(&name)
+                    .map(|p| p.owner.clone());
+                async move { owner }
+            }
         });
     let perm = |name: &str| {
         registry
@@ -653,6 +728,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         registry: registry.clone(),
         owner: owner.clone(),
         admin_secret: admin_secret.clone().into(),
+        base_url: base_url.clone().into(),
     };
 
     let on_package = |permission| auth.require(permission).resource_param("name");
@@ -663,22 +739,44 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .merge(
             Router::new()
                 .route("/packages/{name}/metadata", put(update_metadata))
-                .route_layer(on_package(perm("package:metadata")?)),
+                .route_layer(on_package(perm("package:metadata")?)?),
         )
         .merge(
             Router::new()
                 .route("/packages/{name}/unlist", post(unlist))
-                .route_layer(on_package(perm("package:unlist")?)),
+                .route_layer(on_package(perm("package:unlist")?)?),
         )
         .merge(
             Router::new()
                 .route("/packages/{name}/analytics", get(analytics))
-                .route_layer(on_package(perm("analytics:read")?)),
+                .route_layer(on_package(perm("analytics:read")?)?),
         )
         .merge(
             Router::new()
                 .route("/packages/{name}", delete(delete_package_with_key))
-                .route_layer(on_package(perm("package:delete")?)),
+                .route_layer(on_package(perm("package:delete")?)?),
+        )
+        // cargo (a registry named in .cargo/config.toml with
+        // index = "sparse+<base>/index/") and npm (--registry <base>/).
+        .route("/index/config.json", get(cargo_index_config))
+        .merge(
+            Router::new()
+                .route("/api/v1/crates/{name}/owners", get(cargo_owners))
+                .route_layer(crates.clone()),
+        )
+        .merge(
+            Router::new()
+                .route("/api/v1/crates/{name}/{version}/yank", delete(cargo_yank))
+                .route_layer(
+                    crates
+                        .require(perm("package:unlist")?)
+                        .resource_param("name")?,
+                ),
+        )
+        .merge(
+            Router::new()
+                .route("/-/whoami", get(npm_whoami))
+                .route_layer(auth.clone()),
         )
         .route("/session", post(create_session))
         .route("/admin/keys", post(admin_create).get(admin_list))
@@ -691,8 +789,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/admin/packages/{name}", delete(admin_delete_package))
         .with_state(app_state);
 
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-    println!("publisher API on http://{}", listener.local_addr()?);
+    println!("publisher API on {base_url}");
     println!("database: {db}");
     println!("owner: {owner}");
     if generated {

@@ -3,7 +3,9 @@
 //! responses per RFC 6750.
 //!
 //! ```
+//! use std::collections::HashMap;
 //! use std::net::SocketAddr;
+//! use std::sync::Arc;
 //! use axum::{Router, routing::{get, post}, http::HeaderName};
 //! use keyward::{Environment, KeyManager, MemoryStore, PermissionRegistry, Policy, SessionConfig, TokenFormat};
 //! use keyward::axum::{Caller, KeywardLayer};
@@ -19,9 +21,18 @@
 //! .unwrap()
 //! .build();
 //!
+//! // Who owns each package (your database): a guard on a path resource
+//! // needs this, or it cannot be built. `None` means no such package yet:
+//! // it would be created for the caller, so it is checked as the caller's.
+//! let owners: Arc<HashMap<String, String>> =
+//!     Arc::new(HashMap::from([("Contoso.Tools".into(), "contoso".into())]));
 //! let auth = KeywardLayer::new(manager, Environment::new("live").unwrap())
 //!     .api_key_header(HeaderName::from_static("x-api-key"))
-//!     .trusted_proxies(["10.0.0.0/8".parse().unwrap()]);
+//!     .trusted_proxies(["10.0.0.0/8".parse().unwrap()])
+//!     .resource_owner(move |name: String| {
+//!         let owner = owners.get(&name).cloned();
+//!         async move { owner }
+//!     });
 //!
 //! async fn me(caller: Caller) -> String {
 //!     format!("hello {}", caller.owner())
@@ -36,23 +47,46 @@
 //!     .merge(
 //!         Router::new()
 //!             .route("/packages/{name}/versions", post(push_version))
-//!             .route_layer(auth.require(push).resource_param("name")), // permission + path resource
+//!             // permission + path resource (and its owner)
+//!             .route_layer(auth.require(push).resource_param("name")?),
 //!     );
 //! // Serve with the peer address so IP allowlists work:
 //! // axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
 //! # let _ = app;
+//! # Ok::<(), keyward::axum::LayerError>(())
 //! ```
+//!
+//! **Resources and owners**: a route guarded with
+//! [`resource_param`](KeywardLayer::resource_param) checks the key against
+//! the resource's name *and its owner*, so a key of one publisher never
+//! reaches another's packages, whatever its name scope. The owner comes from
+//! the resolver given to [`KeywardLayer::resource_owner`]; building such a
+//! guard without one is refused with [`LayerError::NoOwnerResolver`].
 //!
 //! **Credentials**, in this order: `Authorization: Bearer <token>`,
 //! `Authorization: Basic base64(key_id:secret)` (the "application ID +
 //! secret" pair, rebuilt with [`TokenFormat::from_pair`]), or the configured
 //! API-key header. A token with the session prefix is checked as a session,
-//! anything else as a key.
+//! anything else as a key. Each registry client's way:
 //!
-//! **Client address**: the TCP peer ([`ConnectInfo<SocketAddr>`]); the
-//! `X-Forwarded-For` header is read only when the peer is in the trusted
-//! proxy ranges, from the right, skipping trusted hops. Without
-//! `ConnectInfo`, the address is unknown and keys with an IP allowlist are refused.
+//! | client | sends | layer setting |
+//! |---|---|---|
+//! | cargo (crates.io and alternative registries) | `Authorization: <token>` | [`api_key_header(AUTHORIZATION)`](KeywardLayer::api_key_header) |
+//! | `nuget push`, `dotnet nuget push` | `X-NuGet-ApiKey: <token>` | `api_key_header("x-nuget-apikey")`, and [`expiry_warning_header("x-nuget-warning")`](KeywardLayer::expiry_warning_header), the only header NuGet shows |
+//! | npm | `Authorization: Bearer <token>` | none |
+//! | curl, CI scripts | Bearer, `-u key_id:secret` (Basic) or an API-key header | none, or `api_key_header` |
+//!
+//! **Client address**: the TCP peer ([`ConnectInfo<SocketAddr>`]). Only
+//! when the peer is in the trusted proxy ranges, `X-Forwarded-For` and the
+//! standard `Forwarded` header (RFC 7239: `for=` values quoted or not, IPv6
+//! in brackets, with ports) are read, from the right, skipping trusted hops,
+//! over all headers of that name, at most 32 entries. An entry that is not
+//! an address (`unknown`, an obfuscated `_name`, an element without
+//! `for=`, anything unparsable) makes the address unknown rather than
+//! falling back to a proxy's. When both headers are present they must name
+//! the same client, or the address is unknown: a proxy sets one, and a
+//! client could have forged the other. Without `ConnectInfo`, the address
+//! is unknown. An unknown address refuses keys with an IP allowlist.
 //!
 //! **Responses**: 401 with `WWW-Authenticate: Bearer error="invalid_token"`
 //! for authentication failures (no `error` when no credential was sent),
@@ -60,7 +94,8 @@
 //! `Retry-After` when throttled, 503 when the store fails. JSON bodies say
 //! what to do and never whether a key id exists. A successful response for a
 //! key that expires within [`KeywardLayer::expiry_warning_days`] days carries
-//! an [`WARNING_HEADER`] header.
+//! a [`WARNING_HEADER`] header (its name set by
+//! [`KeywardLayer::expiry_warning_header`]).
 
 use std::fmt;
 use std::future::Future;
@@ -81,6 +116,8 @@ use ipnet::IpNet;
 use tower::{Layer, Service};
 use zeroize::Zeroizing;
 
+mod forwarded;
+
 use crate::clock::Clock;
 use crate::manager::KeyManager;
 use crate::policy::{Permission, Policy, ResourceRef};
@@ -89,12 +126,11 @@ use crate::store::KeyStore;
 use crate::token::{Environment, KeyId, TokenFormat};
 use crate::verify::{CompiledKey, Denial, DenialKind, DenialReason, VerifiedKey, VerifyRequest};
 
-/// The response header that warns about a key expiring soon (like NuGet's `X-NuGet-Warning`).
+/// The default response header that warns about a key expiring soon (like
+/// NuGet's `X-NuGet-Warning`; see [`KeywardLayer::expiry_warning_header`]).
 pub const WARNING_HEADER: &str = "x-keyward-warning";
 /// Longest credential header value read, in bytes; longer is refused unread.
 pub const MAX_CREDENTIAL_HEADER_LEN: usize = 512;
-/// Most `X-Forwarded-For` entries walked.
-const MAX_FORWARDED_HOPS: usize = 32;
 
 type OwnerFuture = Pin<Box<dyn Future<Output = Option<String>> + Send>>;
 type OwnerResolver = Arc<dyn Fn(String) -> OwnerFuture + Send + Sync>;
@@ -112,6 +148,7 @@ struct Config<S> {
     api_key_header: Option<HeaderName>,
     trusted_proxies: Vec<IpNet>,
     warn_within_days: u32,
+    warning_header: HeaderName,
     resource_owner: Option<OwnerResolver>,
 }
 
@@ -119,6 +156,32 @@ struct Config<S> {
 struct Requirement {
     permission: Permission,
     resource_param: Option<Arc<str>>,
+}
+
+/// A per-route guard that [`KeywardLayer`] refuses to build, so a
+/// misconfigured route fails at startup instead of letting keys through.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LayerError {
+    /// [`KeywardLayer::resource_param`] on a layer without
+    /// [`KeywardLayer::resource_owner`]: the guard could not tell whose the
+    /// resource is, so any key whose name scope matched would reach every
+    /// owner's resource of that name.
+    #[error(
+        "the guard on path parameter {param:?} cannot know who owns the resource: \
+         set KeywardLayer::resource_owner before calling resource_param"
+    )]
+    NoOwnerResolver {
+        /// The path parameter given.
+        param: String,
+    },
+    /// [`KeywardLayer::resource_param`] without [`KeywardLayer::require`]:
+    /// the guard would check no permission on the resource.
+    #[error("resource_param({param:?}) needs a permission: call KeywardLayer::require first")]
+    NoPermission {
+        /// The path parameter given.
+        param: String,
+    },
 }
 
 /// A tower [`Layer`] that authenticates requests with keyward; see the
@@ -169,6 +232,7 @@ impl<S> KeywardLayer<S> {
                 api_key_header: None,
                 trusted_proxies: Vec::new(),
                 warn_within_days: 10,
+                warning_header: HeaderName::from_static(WARNING_HEADER),
                 resource_owner: None,
             }),
             requirement: None,
@@ -186,6 +250,7 @@ impl<S> KeywardLayer<S> {
                 api_key_header: c.api_key_header.clone(),
                 trusted_proxies: c.trusted_proxies.clone(),
                 warn_within_days: c.warn_within_days,
+                warning_header: c.warning_header.clone(),
                 resource_owner: c.resource_owner.clone(),
             });
         }
@@ -195,30 +260,80 @@ impl<S> KeywardLayer<S> {
         }
     }
 
-    /// Also reads a bare token from this header (for example `x-api-key`).
+    /// Also reads a bare token from this header (for example `x-api-key`,
+    /// or NuGet's `x-nuget-apikey`).
+    ///
+    /// With [`AUTHORIZATION`](::axum::http::header::AUTHORIZATION) itself,
+    /// `Authorization: <token>` without a scheme is accepted too, as cargo
+    /// sends it to crates.io and every alternative registry (Bearer and
+    /// Basic still work). Without this setting a scheme-less Authorization
+    /// value is refused (401 `invalid_token`).
+    ///
+    /// ```
+    /// use axum::http::{HeaderMap, HeaderValue, header::AUTHORIZATION};
+    /// use keyward::axum::{CredentialSource, read_credential};
+    /// use keyward::{Environment, TokenFormat};
+    ///
+    /// let format = TokenFormat::new("mkh", &["live"]).unwrap();
+    /// let live = Environment::new("live").unwrap();
+    /// let mut cargo = HeaderMap::new();
+    /// cargo.insert(AUTHORIZATION, HeaderValue::from_static("mkh_live_abc"));
+    /// // The layer reads credentials as read_credential does:
+    /// // KeywardLayer::new(manager, live).api_key_header(AUTHORIZATION)
+    /// let credential = read_credential(&cargo, Some(&AUTHORIZATION), &format, &live).unwrap();
+    /// assert_eq!(credential.source(), CredentialSource::RawAuthorization);
+    /// // Not asked for: refused.
+    /// assert!(read_credential(&cargo, None, &format, &live).is_err());
+    /// ```
     pub fn api_key_header(mut self, name: HeaderName) -> Self {
         self.config_mut().api_key_header = Some(name);
         self
     }
 
-    /// Proxies whose `X-Forwarded-For` is believed (default: none).
+    /// Proxies whose `X-Forwarded-For` and `Forwarded` headers are believed
+    /// (default: none); see the [module documentation](self) for how they
+    /// are read.
     pub fn trusted_proxies(mut self, ranges: impl IntoIterator<Item = IpNet>) -> Self {
         self.config_mut().trusted_proxies = ranges.into_iter().map(|n| n.trunc()).collect();
         self
     }
 
-    /// Warn in [`WARNING_HEADER`] when the key expires within this many days
-    /// (default 10; 0 turns the warning off).
+    /// Warn in the [expiry warning header](Self::expiry_warning_header)
+    /// when the key expires within this many days (default 10; 0 turns the
+    /// warning off).
     pub fn expiry_warning_days(mut self, days: u32) -> Self {
         self.config_mut().warn_within_days = days;
         self
     }
 
+    /// The response header that carries the expiry warning (default
+    /// [`WARNING_HEADER`], `x-keyward-warning`). NuGet clients show only
+    /// `X-NuGet-Warning` to the user:
+    ///
+    /// ```
+    /// # use keyward::{Environment, KeyManager, MemoryStore, PermissionRegistry, Policy, TokenFormat};
+    /// # let registry = PermissionRegistry::builder().permission("package:push").build().unwrap();
+    /// # let manager = KeyManager::builder(
+    /// #     MemoryStore::new(), TokenFormat::new("mkh", &["live"]).unwrap(), Policy::new(registry),
+    /// # ).build();
+    /// use axum::http::HeaderName;
+    /// use keyward::axum::KeywardLayer;
+    ///
+    /// let nuget = KeywardLayer::new(manager, Environment::new("live").unwrap())
+    ///     .api_key_header(HeaderName::from_static("x-nuget-apikey"))
+    ///     .expiry_warning_header(HeaderName::from_static("x-nuget-warning"));
+    /// # let _ = nuget;
+    /// ```
+    pub fn expiry_warning_header(mut self, name: HeaderName) -> Self {
+        self.config_mut().warning_header = name;
+        self
+    }
+
     /// How to find the owner of a resource named in the path, for
-    /// [`resource_param`](Self::resource_param). `None` means the resource
-    /// does not exist yet and would be created for the caller, so it is
-    /// checked as the caller's own. Without a resolver every resource is
-    /// checked as the caller's (only the key's name scope is checked).
+    /// [`resource_param`](Self::resource_param), which refuses to build a
+    /// guard without it. `None` means the resource does not exist yet and
+    /// would be created for the caller, so it is checked as the caller's
+    /// own: return `None` only for a name nobody holds.
     pub fn resource_owner<F, Fut>(mut self, resolve: F) -> Self
     where
         F: Fn(String) -> Fut + Send + Sync + 'static,
@@ -241,14 +356,57 @@ impl<S> KeywardLayer<S> {
     }
 
     /// Checks the permission against the resource named by the path
-    /// parameter `param` (`/packages/{name}` → `"name"`). Needs
-    /// [`require`](Self::require) first, and `Router::route_layer` so the
-    /// path parameters are known; a missing parameter is a 500.
-    pub fn resource_param(mut self, param: &str) -> Self {
-        if let Some(r) = &mut self.requirement {
-            r.resource_param = Some(param.into());
+    /// parameter `param` (`/packages/{name}` → `"name"`) and its owner, as
+    /// the [`resource_owner`](Self::resource_owner) resolver tells it. Add it
+    /// with `Router::route_layer` so the path parameters are known; a
+    /// missing parameter is a 500.
+    ///
+    /// # Errors
+    ///
+    /// - [`LayerError::NoPermission`] without [`require`](Self::require)
+    ///   first (the guard would check nothing but the key).
+    /// - [`LayerError::NoOwnerResolver`] when no resolver was set: without
+    ///   one, a key with a wide name scope would reach other owners'
+    ///   resources.
+    ///
+    /// ```
+    /// use keyward::axum::{KeywardLayer, LayerError};
+    /// use keyward::{Environment, KeyManager, MemoryStore, PermissionRegistry, Policy, TokenFormat};
+    ///
+    /// let registry = PermissionRegistry::builder().permission("package:push").build().unwrap();
+    /// let push = registry.get("package:push").unwrap();
+    /// let manager = KeyManager::builder(
+    ///     MemoryStore::new(),
+    ///     TokenFormat::new("mkh", &["live"]).unwrap(),
+    ///     Policy::new(registry),
+    /// )
+    /// .build();
+    /// let auth = KeywardLayer::new(manager, Environment::new("live").unwrap());
+    ///
+    /// // Who owns a package is unknown: refused when built.
+    /// let refused = auth.require(push).resource_param("name").unwrap_err();
+    /// assert!(matches!(refused, LayerError::NoOwnerResolver { .. }));
+    ///
+    /// let auth = auth.resource_owner(|name: String| async move {
+    ///     (name == "Contoso.Tools").then(|| "contoso".to_owned())
+    /// });
+    /// let guard = auth.require(push).resource_param("name").unwrap();
+    /// # let _ = guard;
+    /// ```
+    pub fn resource_param(mut self, param: &str) -> Result<Self, LayerError> {
+        let has_resolver = self.config.resource_owner.is_some();
+        let Some(requirement) = &mut self.requirement else {
+            return Err(LayerError::NoPermission {
+                param: param.to_owned(),
+            });
+        };
+        if !has_resolver {
+            return Err(LayerError::NoOwnerResolver {
+                param: param.to_owned(),
+            });
         }
-        self
+        requirement.resource_param = Some(param.into());
+        Ok(self)
     }
 
     /// The manager.
@@ -324,9 +482,8 @@ where
             parts.extensions.insert(caller);
             let mut response = inner.call(Request::from_parts(parts, body)).await?;
             if let Some(value) = warning {
-                response
-                    .headers_mut()
-                    .insert(HeaderName::from_static(WARNING_HEADER), value);
+                let name = layer.config.warning_header.clone();
+                response.headers_mut().insert(name, value);
             }
             Ok(response)
         })
@@ -343,6 +500,9 @@ pub enum CredentialSource {
     Basic,
     /// The API-key header set with [`KeywardLayer::api_key_header`].
     ApiKeyHeader,
+    /// `Authorization: <token>` without a scheme, as cargo sends it; read
+    /// only when the API-key header is `Authorization` itself.
+    RawAuthorization,
 }
 
 /// A credential read from request headers by [`read_credential`]: the token
@@ -386,8 +546,11 @@ impl fmt::Debug for RequestCredential {
 /// Reads the credential from request headers exactly as [`KeywardLayer`]
 /// does, without checking it against any store: `Authorization` (Bearer, or
 /// Basic `key_id:secret` rebuilt into a token of `format` in `environment`),
-/// else the `api_key_header` if given. Exposed for callers that read
-/// credentials outside the layer, and for fuzzing.
+/// else the `api_key_header` if given. When `api_key_header` is
+/// `Authorization` itself, a scheme-less `Authorization: <token>` (cargo's
+/// form) is the token ([`CredentialSource::RawAuthorization`]); otherwise
+/// it is refused. Exposed for callers that read credentials outside the
+/// layer, and for fuzzing.
 ///
 /// Errors are the layer's 401 rejections: `invalid_token` for a malformed
 /// credential (two Authorization headers, an unknown scheme, an empty or
@@ -423,7 +586,8 @@ pub fn read_credential(
         if auth.next().is_some() {
             return Err(KeywardRejection::malformed("send one Authorization header"));
         }
-        return parse_authorization(value, format, environment);
+        let raw = api_key_header == Some(&AUTHORIZATION);
+        return parse_authorization(value, raw, format, environment);
     }
     if let Some(name) = api_key_header {
         let mut values = headers.get_all(name).iter();
@@ -445,12 +609,20 @@ pub fn read_credential(
     Err(KeywardRejection::missing(api_key_header))
 }
 
+/// Reads an Authorization value: Bearer, Basic, or, when `raw` (the
+/// application named Authorization as its API-key header), a bare token.
 fn parse_authorization(
     value: &HeaderValue,
+    raw: bool,
     format: &TokenFormat,
     environment: &Environment,
 ) -> Result<RequestCredential, KeywardRejection> {
     let text = header_text(value)?.trim();
+    if text.is_empty() {
+        return Err(KeywardRejection::malformed(
+            "the Authorization header is empty",
+        ));
+    }
     let (scheme, rest) = text.split_once(' ').unwrap_or((text, ""));
     let rest = rest.trim();
     if scheme.eq_ignore_ascii_case("bearer") {
@@ -503,9 +675,19 @@ fn parse_authorization(
             source: CredentialSource::Basic,
         });
     }
-    Err(KeywardRejection::malformed(
-        "use the Bearer or Basic authorization scheme",
-    ))
+    if raw && rest.is_empty() {
+        // One word that is no scheme: the token itself (cargo's form).
+        return Ok(RequestCredential {
+            token: Zeroizing::new(text.to_owned()),
+            pair_id: None,
+            source: CredentialSource::RawAuthorization,
+        });
+    }
+    Err(KeywardRejection::malformed(if raw {
+        "send the key alone, or use the Bearer or Basic authorization scheme"
+    } else {
+        "use the Bearer or Basic authorization scheme"
+    }))
 }
 
 impl<S: KeyStore + SessionStore> KeywardLayer<S> {
@@ -519,41 +701,14 @@ impl<S: KeyStore + SessionStore> KeywardLayer<S> {
         )
     }
 
-    /// The client's address: the peer, or X-Forwarded-For behind trusted proxies.
+    /// The client's address: the peer, or, behind trusted proxies, what
+    /// `X-Forwarded-For` and `Forwarded` say (see [`forwarded::client_ip`]).
     fn client_ip(&self, parts: &Parts) -> Option<IpAddr> {
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()?
-            .0
-            .ip()
-            .to_canonical();
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>()?.0.ip();
         let trusted = &self.config.trusted_proxies;
-        let is_trusted = |ip: IpAddr| trusted.iter().any(|n| n.contains(&ip));
-        if !is_trusted(peer) {
-            return Some(peer);
-        }
-        let mut ip = peer;
-        let mut hops = 0;
-        for value in parts.headers.get_all("x-forwarded-for").iter().rev() {
-            let text = value.to_str().ok()?;
-            for entry in text.rsplit(',') {
-                hops += 1;
-                if hops > MAX_FORWARDED_HOPS {
-                    return None;
-                }
-                let entry = entry.trim();
-                let addr = entry
-                    .parse::<IpAddr>()
-                    .or_else(|_| entry.parse::<SocketAddr>().map(|s| s.ip()))
-                    .ok()?
-                    .to_canonical();
-                ip = addr;
-                if !is_trusted(addr) {
-                    return Some(ip);
-                }
-            }
-        }
-        Some(ip)
+        forwarded::client_ip(peer, &parts.headers, |ip| {
+            trusted.iter().any(|n| n.contains(&ip))
+        })
     }
 
     /// Authenticates (and authorizes, when the route requires it) a request.
@@ -600,11 +755,17 @@ impl<S: KeyStore + SessionStore> KeywardLayer<S> {
                         .find(|(k, _)| *k == &**param)
                         .map(|(_, v)| v.to_owned())
                         .ok_or_else(KeywardRejection::misconfigured)?;
-                    let owner = match &config.resource_owner {
-                        Some(resolve) => resolve(name.clone()).await,
-                        None => None,
+                    // `resource_param` refuses to build a guard without a
+                    // resolver; should one ever run without, it denies.
+                    let Some(resolve) = &config.resource_owner else {
+                        return Err(KeywardRejection::owner_unknown(
+                            req.permission,
+                            &config.ctx.policy,
+                        ));
                     };
-                    let owner = owner.unwrap_or_else(|| caller.owner().as_str().to_owned());
+                    let owner = resolve(name.clone())
+                        .await
+                        .unwrap_or_else(|| caller.owner().as_str().to_owned());
                     caller.authorize(req.permission, Some(ResourceRef::new(&owner, &name)))?;
                 }
             }
@@ -826,9 +987,11 @@ impl KeywardRejection {
     }
 
     fn missing(header: Option<&HeaderName>) -> Self {
-        let extra = header
-            .map(|h| format!(", in the {h} header"))
-            .unwrap_or_default();
+        let extra = match header {
+            Some(h) if h == AUTHORIZATION => ", as `Authorization: <key>`".to_owned(),
+            Some(h) => format!(", in the {h} header"),
+            None => String::new(),
+        };
         Self::new(
             StatusCode::UNAUTHORIZED,
             "missing_credentials",
@@ -866,6 +1029,16 @@ impl KeywardRejection {
              (add the layer with Router::route_layer and check the parameter name)."
                 .into(),
         )
+    }
+
+    fn owner_unknown(permission: Permission, policy: &Policy) -> Self {
+        let scope = policy.permissions().name(permission);
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+            "The owner of this resource could not be determined, so no key may use it here.".into(),
+        )
+        .challenge(Some("insufficient_scope"), Some(scope))
     }
 
     fn missing_layer() -> Self {

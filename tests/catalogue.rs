@@ -1329,6 +1329,49 @@ fn header_catalogue() {
         (CredentialSource::Basic, t)
     );
     assert_eq!(ok.pair_key_id(), None);
+    // cargo's scheme-less `Authorization: <token>`: refused unless the
+    // application names Authorization as its API-key header; then only a
+    // single word that is no scheme is the token.
+    let raw = headers(&[("authorization", t.as_bytes())]);
+    for api in [None, Some(&api_key)] {
+        let refused = read_credential(&raw, api, &format, &live).unwrap_err();
+        assert_eq!(refused.error(), "invalid_token", "{api:?}");
+    }
+    let auth = ::axum::http::header::AUTHORIZATION;
+    let ok = read_credential(&raw, Some(&auth), &format, &live).unwrap();
+    assert_eq!(
+        (ok.source(), ok.expose_secret()),
+        (CredentialSource::RawAuthorization, t)
+    );
+    let two_words = format!("{t} {t}");
+    let token_scheme = format!("Token {t}");
+    for value in [
+        two_words.as_bytes(),
+        token_scheme.as_bytes(),
+        b"",
+        b"   ",
+        b"Bearer",
+        b"Basic",
+        long.as_bytes(),
+    ] {
+        let h = headers(&[("authorization", value)]);
+        let refused = read_credential(&h, Some(&auth), &format, &live).unwrap_err();
+        assert_eq!(
+            (refused.status(), refused.error()),
+            (StatusCode::UNAUTHORIZED, "invalid_token"),
+            "{:?}",
+            String::from_utf8_lossy(&value[..value.len().min(40)])
+        );
+    }
+    // Bearer and Basic still work there.
+    let ok = read_credential(
+        &headers(&[("authorization", bearer.as_bytes())]),
+        Some(&auth),
+        &format,
+        &live,
+    )
+    .unwrap();
+    assert_eq!(ok.source(), CredentialSource::Bearer);
     // An imported key's pair: any alphanumeric id, checked as a pair.
     let imported = format!("Basic {}", b64("abc:legacy-Secret.1"));
     let ok = read_credential(

@@ -11,11 +11,11 @@ use ::axum::Router;
 use ::axum::extract::{Request, State};
 use ::axum::http::{HeaderName, HeaderValue};
 use ::axum::response::{IntoResponse, Response};
-use ::axum::routing::{delete, get, post};
+use ::axum::routing::{delete, get, post, put};
 use base64::Engine;
 use chrono::{DateTime, TimeDelta, Utc};
 use common::*;
-use keyward::axum::{Caller, KeywardLayer, WARNING_HEADER};
+use keyward::axum::{Caller, KeywardLayer, LayerError, WARNING_HEADER};
 use keyward::*;
 use reqwest::StatusCode;
 
@@ -93,7 +93,13 @@ async fn start_server() -> Server {
     let auth = KeywardLayer::new(manager.clone(), live.clone())
         .api_key_header(HeaderName::from_static("x-api-key"))
         .resource_owner(|name: String| async move {
-            name.starts_with("Fabrikam.").then(|| "fabrikam".to_owned())
+            // Fabrikam's packages, and Contoso's existing Contoso.Tools;
+            // any other name is new (it would be created for the caller).
+            if name.starts_with("Fabrikam.") {
+                Some("fabrikam".to_owned())
+            } else {
+                (name == "Contoso.Tools").then(|| OWNER.to_owned())
+            }
         });
     let proxied = KeywardLayer::new(manager.clone(), live.clone())
         .trusted_proxies(["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()]);
@@ -105,12 +111,12 @@ async fn start_server() -> Server {
         .merge(
             Router::new()
                 .route("/packages/{name}/versions", post(ok))
-                .route_layer(auth.require(push).resource_param("name")),
+                .route_layer(auth.require(push).resource_param("name").unwrap()),
         )
         .merge(
             Router::new()
                 .route("/packages/{name}", delete(ok))
-                .route_layer(auth.require(del).resource_param("name")),
+                .route_layer(auth.require(del).resource_param("name").unwrap()),
         )
         .merge(
             Router::new()
@@ -130,7 +136,7 @@ async fn start_server() -> Server {
         .merge(
             Router::new()
                 .route("/misconfigured/{id}", post(ok))
-                .route_layer(auth.require(push).resource_param("name")),
+                .route_layer(auth.require(push).resource_param("name").unwrap()),
         )
         .route("/nolayer", get(me))
         .route("/session", post(exchange))
@@ -376,6 +382,58 @@ async fn authorization_failures_are_403_insufficient_scope() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
+}
+
+/// Issue 10 point 5: with `resource_param("name")` and no owner resolver,
+/// fabrikam's key with scope `*` pushed `Contoso.Tools` and got 201. Such a
+/// guard can no longer be built.
+#[tokio::test]
+async fn a_resource_guard_without_an_owner_resolver_is_refused_when_built() {
+    let s = start_server().await;
+    let push = registry().get("package:push").unwrap();
+    let bare = KeywardLayer::new(s.manager.clone(), s.live.clone());
+    let refused = bare.require(push).resource_param("name").unwrap_err();
+    assert_eq!(
+        refused,
+        LayerError::NoOwnerResolver {
+            param: "name".into()
+        }
+    );
+    assert!(refused.to_string().contains("resource_owner"), "{refused}");
+    // A resource parameter without a permission would check nothing: refused too.
+    assert_eq!(
+        bare.clone().resource_param("name").unwrap_err(),
+        LayerError::NoPermission {
+            param: "name".into()
+        }
+    );
+    // With a resolver on the shared layer, it builds.
+    let resolved = bare.resource_owner(|_: String| async { None });
+    assert!(resolved.require(push).resource_param("name").is_ok());
+}
+
+/// The reproduction over HTTP: fabrikam's key with every permission and
+/// scope `*` cannot push contoso's package, and still pushes its own and new ones.
+#[tokio::test]
+async fn another_publishers_wildcard_key_is_403_on_their_package() {
+    let s = start_server().await;
+    let fabrikam = s
+        .key(
+            NewKey::new("fabrikam", "live", "everything")
+                .permissions(PermissionGrant::All)
+                .resources(ResourceScope::only(["*"])),
+        )
+        .await;
+    let push = |name: &str| {
+        s.post(&format!("/packages/{name}/versions"))
+            .header("authorization", bearer(fabrikam.token.expose_secret()))
+            .send()
+    };
+    let r = push("Contoso.Tools").await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(body(r).await["error"], "insufficient_scope");
+    assert_eq!(push("Fabrikam.Lib").await.unwrap().status(), StatusCode::OK);
+    assert_eq!(push("Brand.New").await.unwrap().status(), StatusCode::OK);
 }
 
 #[tokio::test]
@@ -944,4 +1002,300 @@ async fn an_imported_key_works_over_basic_with_its_old_secret() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
+
+/// A registry serving every client's own way of sending a key, each on its
+/// own layer as a real registry would configure it.
+async fn start_registry_server() -> Server {
+    let mut s = start_server().await;
+    let owners =
+        |name: String| async move { name.starts_with("fabrikam").then(|| "fabrikam".to_owned()) };
+    let push = registry().get("package:push").unwrap();
+    // cargo: `Authorization: <token>`, no scheme.
+    let crates = KeywardLayer::new(s.manager.clone(), s.live.clone())
+        .api_key_header(::axum::http::header::AUTHORIZATION)
+        .resource_owner(owners);
+    // NuGet: `X-NuGet-ApiKey`; only `X-NuGet-Warning` is shown to the user.
+    let nuget = KeywardLayer::new(s.manager.clone(), s.live.clone())
+        .api_key_header(HeaderName::from_static("x-nuget-apikey"))
+        .expiry_warning_header(HeaderName::from_static("x-nuget-warning"));
+    // npm and curl: Bearer and Basic, the defaults.
+    let npm = KeywardLayer::new(s.manager.clone(), s.live.clone()).resource_owner(owners);
+    let app = Router::new()
+        .route("/api/v1/crates/new", put(me))
+        .route_layer(crates.require(push))
+        .merge(
+            Router::new()
+                .route("/api/v1/crates/{crate_name}/{version}/yank", delete(me))
+                .route("/api/v1/crates/{crate_name}/owners", get(me))
+                .route_layer(crates.require(push).resource_param("crate_name").unwrap()),
+        )
+        .merge(
+            Router::new()
+                .route("/api/v2/package", put(me))
+                .route_layer(nuget.require(push)),
+        )
+        .merge(
+            Router::new()
+                .route("/npm/{package}", put(me))
+                .route_layer(npm.require(push).resource_param("package").unwrap()),
+        )
+        .merge(Router::new().route("/me", get(me)).route_layer(npm));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        ::axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    s.base = format!("http://{addr}");
+    s
+}
+
+/// Issue 11 §1: each client's real request shape is accepted where the
+/// registry asks for it, and the key is the one that was sent.
+#[tokio::test]
+async fn every_registry_clients_request_shape_authenticates() {
+    let s = start_registry_server().await;
+    let key = s.push_key().await;
+    let t = key.token.expose_secret();
+    let id = key.key.id.as_str();
+    let check = |r: reqwest::Response, what: &'static str| async move {
+        assert_eq!(r.status(), StatusCode::OK, "{what}");
+        assert_eq!(body(r).await["key_id"], id, "{what}");
+    };
+
+    // cargo publish: PUT /api/v1/crates/new, `Authorization: <token>`.
+    let r = s
+        .http
+        .put(format!("{}/api/v1/crates/new", s.base))
+        .header("authorization", t)
+        .header("accept", "application/json")
+        .header("user-agent", "cargo/1.85.0 (d73d2caf9 2024-12-31)")
+        .body(vec![0u8; 64])
+        .send()
+        .await
+        .unwrap();
+    check(r, "cargo publish").await;
+    // cargo yank and cargo owner --list, on the crate's own guard.
+    let r = s
+        .http
+        .delete(format!("{}/api/v1/crates/contoso-tools/1.0.0/yank", s.base))
+        .header("authorization", t)
+        .send()
+        .await
+        .unwrap();
+    check(r, "cargo yank").await;
+    let r = s
+        .get("/api/v1/crates/contoso-tools/owners")
+        .header("authorization", t)
+        .send()
+        .await
+        .unwrap();
+    check(r, "cargo owner --list").await;
+    // Another publisher's crate is still theirs.
+    let r = s
+        .http
+        .delete(format!("{}/api/v1/crates/fabrikam-lib/1.0.0/yank", s.base))
+        .header("authorization", t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::FORBIDDEN,
+        "cargo yank of another's crate"
+    );
+
+    // nuget push: PUT /api/v2/package, X-NuGet-ApiKey, multipart body.
+    let r = s
+        .http
+        .put(format!("{}/api/v2/package", s.base))
+        .header("x-nuget-apikey", t)
+        .header("x-nuget-protocol-version", "4.1.0")
+        .header("content-type", "multipart/form-data; boundary=abc")
+        .body("--abc\r\nContent-Disposition: form-data; name=package; filename=package.nupkg\r\n\r\nPK\r\n--abc--\r\n")
+        .send()
+        .await
+        .unwrap();
+    check(r, "nuget push").await;
+
+    // npm publish: PUT /{package}, `Authorization: Bearer <token>`.
+    let r = s
+        .http
+        .put(format!("{}/npm/contoso-tools", s.base))
+        .header("authorization", bearer(t))
+        .header("npm-command", "publish")
+        .header("content-type", "application/json")
+        .body(r#"{"name":"contoso-tools","versions":{}}"#)
+        .send()
+        .await
+        .unwrap();
+    check(r, "npm publish").await;
+
+    // curl -u key_id:secret (Basic).
+    let parsed = s.manager.format().parse(t).unwrap();
+    let r = s
+        .get("/me")
+        .basic_auth(parsed.key_id(), Some(parsed.expose_secret()))
+        .send()
+        .await
+        .unwrap();
+    check(r, "curl -u").await;
+}
+
+/// The raw form is read only where the registry asked for it, and is one
+/// word: anything else in Authorization is still refused.
+#[tokio::test]
+async fn a_raw_authorization_token_is_refused_unless_asked_for() {
+    let s = start_registry_server().await;
+    let key = s.push_key().await;
+    let t = key.token.expose_secret();
+    // npm's layer (the default): refused, 401 invalid_token.
+    let r = s
+        .get("/me")
+        .header("authorization", t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(www(&r).contains("invalid_token"));
+    // cargo's layer: a scheme it does not know, a second word, or an empty value.
+    for value in [format!("Token {t}"), format!("{t} {t}"), String::new()] {
+        let r = s
+            .http
+            .put(format!("{}/api/v1/crates/new", s.base))
+            .header("authorization", value.as_str())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{value:?}");
+        assert!(www(&r).contains("invalid_token"), "{value:?}");
+    }
+    // Without any credential, cargo's layer says how to send one.
+    let r = s
+        .http
+        .put(format!("{}/api/v1/crates/new", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        body(r).await["message"]
+            .as_str()
+            .unwrap()
+            .contains("`Authorization: <key>`")
+    );
+}
+
+/// NuGet shows only `X-NuGet-Warning`: the warning goes there, and nowhere else.
+#[tokio::test]
+async fn the_expiry_warning_goes_in_the_configured_header() {
+    let s = start_registry_server().await;
+    let (key, expires) = s.quarterly_key().await;
+    s.clock.set(expires - TimeDelta::days(3));
+    let r = s
+        .http
+        .put(format!("{}/api/v2/package", s.base))
+        .header("x-nuget-apikey", key.token.expose_secret())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let warning = r
+        .headers()
+        .get("x-nuget-warning")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .expect("X-NuGet-Warning");
+    assert!(warning.contains("expires in 3 days"), "{warning}");
+    assert!(r.headers().get(WARNING_HEADER).is_none());
+    // The default stays x-keyward-warning.
+    let r = s
+        .get("/me")
+        .header("authorization", bearer(key.token.expose_secret()))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get(WARNING_HEADER).is_some());
+    assert!(r.headers().get("x-nuget-warning").is_none());
+}
+
+/// RFC 7239 `Forwarded`, from trusted proxies only, as X-Forwarded-For is.
+#[tokio::test]
+async fn the_forwarded_header_is_believed_only_from_trusted_proxies() {
+    let s = start_server().await;
+    let office = s
+        .key(
+            NewKey::new(OWNER, "live", "office")
+                .permissions(PermissionGrant::All)
+                .ip_allowlist(["203.0.113.0/24", "2001:db8::/32"]),
+        )
+        .await;
+    let t = office.token.expose_secret();
+    let send = |path: &'static str, headers: Vec<(&'static str, &'static str)>| {
+        let mut req = s.get(path).header("authorization", bearer(t));
+        for (name, value) in headers {
+            req = req.header(name, value);
+        }
+        req.send()
+    };
+    // Untrusted peer: ignored.
+    let r = send("/me", vec![("forwarded", "for=203.0.113.5")])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // Trusted peer: every form of for=.
+    for (value, client) in [
+        ("for=203.0.113.5", "203.0.113.5"),
+        ("for=\"203.0.113.5:4711\";proto=https", "203.0.113.5"),
+        ("for=\"[2001:db8::17]:443\"", "2001:db8::17"),
+        (
+            "for=198.51.100.7, for=203.0.113.5, for=127.0.0.2",
+            "203.0.113.5",
+        ),
+    ] {
+        let r = send("/proxied/me", vec![("forwarded", value)])
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{value}");
+        assert_eq!(body(r).await["ip"], client, "{value}");
+    }
+    // Two Forwarded headers are one list.
+    let r = send(
+        "/proxied/me",
+        vec![
+            ("forwarded", "for=198.51.100.7"),
+            ("forwarded", "for=203.0.113.5"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(body(r).await["ip"], "203.0.113.5");
+    // Unknown addresses refuse the allowlisted key; so do disagreeing headers.
+    for headers in [
+        vec![("forwarded", "for=unknown")],
+        vec![("forwarded", "for=_hidden")],
+        vec![("forwarded", "for=203.0.113.5, for=198.51.100.7")],
+        vec![
+            ("forwarded", "for=203.0.113.5"),
+            ("x-forwarded-for", "198.51.100.7"),
+        ],
+    ] {
+        let r = send("/proxied/me", headers.clone()).await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{headers:?}");
+    }
+    // Agreeing headers are fine.
+    let r = send(
+        "/proxied/me",
+        vec![
+            ("forwarded", "for=203.0.113.5"),
+            ("x-forwarded-for", "203.0.113.5"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
 }
