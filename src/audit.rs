@@ -2,6 +2,7 @@
 //! authentication failures and usage, and the [`AuditSink`] that keeps them.
 
 use std::collections::{HashMap, VecDeque};
+use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
 use crate::key::OwnerId;
+use crate::throttle::Source;
 use crate::token::KeyId;
 
 /// A boxed future, as [`AuditSink`] returns (so sinks can be trait objects).
@@ -255,10 +257,16 @@ impl AuditSink for MemoryAuditSink {
     }
 }
 
-/// Most distinct (key, reason) pairs kept between flushes; beyond it,
-/// failures are counted in one overflow event, so a flood of distinct ids
-/// cannot grow memory or the log without bound.
+/// Most distinct (key, reason) pairs of existing keys kept between flushes;
+/// beyond it, failures are counted in one overflow event, so a flood of
+/// distinct ids cannot grow memory or the log without bound.
 const MAX_PENDING_FAILURES: usize = 10_000;
+
+/// Most rows per window for failures that name no existing key (unknown
+/// ids, malformed tokens, throttled sources, ...): one per (reason, client
+/// source), at most this many, the rest in the overflow row. So a flood of
+/// random ids writes at most 64 + 1 rows per window, whatever its size.
+pub const MAX_ANONYMOUS_FAILURE_ROWS: usize = 64;
 
 #[derive(Debug, Clone)]
 struct Pending {
@@ -268,31 +276,57 @@ struct Pending {
     count: u64,
 }
 
-/// The failures of the current window: counts by (key id, reason), when
-/// the window started, and how many failures overflowed the bound.
-type Window = (
-    HashMap<(Option<KeyId>, &'static str), Pending>,
-    DateTime<Utc>,
-    u64,
-);
+/// What failures are counted under: an existing key (its owner should see
+/// each of its failures), or, for failures that name no existing key, the
+/// reason and the client source, with no key id (anyone can compute a
+/// token for a random id: a row each would bury the owners' real failures).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum FailureKey {
+    Key(KeyId, &'static str),
+    Anonymous(&'static str, Option<Source>),
+}
+
+/// The failures of the current window: counts by [`FailureKey`], when the
+/// window started, how many anonymous rows it holds, and how many failures
+/// overflowed the bounds.
+struct Window {
+    map: HashMap<FailureKey, Pending>,
+    started: DateTime<Utc>,
+    anonymous: usize,
+    overflow: u64,
+}
 
 /// Aggregates authentication failures: at most one event per (key id,
-/// reason) per window, carrying the count.
-#[derive(Debug)]
+/// reason) of an existing key, and per (reason, client source) otherwise,
+/// per window, carrying the count.
 pub(crate) struct FailureAggregator {
     pending: Mutex<Window>,
     window: TimeDelta,
 }
 
+impl fmt::Debug for FailureAggregator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FailureAggregator")
+            .field("window", &self.window)
+            .finish_non_exhaustive()
+    }
+}
+
 impl FailureAggregator {
     pub(crate) fn new(window: TimeDelta, now: DateTime<Utc>) -> Self {
         Self {
-            pending: Mutex::new((HashMap::new(), now, 0)),
+            pending: Mutex::new(Window {
+                map: HashMap::new(),
+                started: now,
+                anonymous: 0,
+                overflow: 0,
+            }),
             window,
         }
     }
 
-    /// Counts one failure; returns the events to write when the window closed.
+    /// Counts one failure (of an existing key when `owner` is known);
+    /// returns the events to write when the window closed.
     pub(crate) fn add(
         &self,
         key_id: Option<KeyId>,
@@ -302,18 +336,30 @@ impl FailureAggregator {
         now: DateTime<Utc>,
     ) -> Option<Vec<AuditEvent>> {
         let mut guard = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        let (map, _, overflow) = &mut *guard;
-        let full = map.len() >= MAX_PENDING_FAILURES;
-        match map.get_mut(&(key_id.clone(), reason)) {
+        let w = &mut *guard;
+        let (key, full) = match (key_id, &owner) {
+            (Some(id), Some(_)) => (
+                FailureKey::Key(id, reason),
+                w.map.len() - w.anonymous >= MAX_PENDING_FAILURES,
+            ),
+            _ => (
+                FailureKey::Anonymous(reason, client_ip.map(Source::of)),
+                w.anonymous >= MAX_ANONYMOUS_FAILURE_ROWS,
+            ),
+        };
+        match w.map.get_mut(&key) {
             Some(p) => {
                 p.count += 1;
                 p.last = now;
                 p.client_ip = client_ip.or(p.client_ip);
             }
-            None if full => *overflow += 1,
+            None if full => w.overflow += 1,
             None => {
-                map.insert(
-                    (key_id, reason),
+                if matches!(key, FailureKey::Anonymous(..)) {
+                    w.anonymous += 1;
+                }
+                w.map.insert(
+                    key,
                     Pending {
                         owner,
                         client_ip,
@@ -323,8 +369,8 @@ impl FailureAggregator {
                 );
             }
         }
-        if now - guard.1 >= self.window {
-            Some(Self::drain(&mut guard, now))
+        if now - w.started >= self.window {
+            Some(Self::drain(w, now))
         } else {
             None
         }
@@ -336,30 +382,37 @@ impl FailureAggregator {
         Self::drain(&mut guard, now)
     }
 
-    fn drain(guard: &mut Window, now: DateTime<Utc>) -> Vec<AuditEvent> {
-        let (map, started, overflow) = guard;
-        let mut events: Vec<AuditEvent> = map
+    fn drain(w: &mut Window, now: DateTime<Utc>) -> Vec<AuditEvent> {
+        let mut events: Vec<AuditEvent> = w
+            .map
             .drain()
-            .map(|((key_id, reason), p)| AuditEvent {
-                at: p.last,
-                action: AuditAction::AuthenticationFailed,
-                actor: None,
-                owner: p.owner,
-                key_id,
-                client_ip: p.client_ip,
-                detail: reason.to_string(),
-                count: p.count,
+            .map(|(key, p)| {
+                let (key_id, reason) = match key {
+                    FailureKey::Key(id, reason) => (Some(id), reason),
+                    FailureKey::Anonymous(reason, _) => (None, reason),
+                };
+                AuditEvent {
+                    at: p.last,
+                    action: AuditAction::AuthenticationFailed,
+                    actor: None,
+                    owner: p.owner,
+                    key_id,
+                    client_ip: p.client_ip,
+                    detail: reason.to_string(),
+                    count: p.count,
+                }
             })
             .collect();
-        if *overflow > 0 {
+        if w.overflow > 0 {
             events.push(AuditEvent {
                 detail: "overflow".into(),
-                count: *overflow,
+                count: w.overflow,
                 ..AuditEvent::new(now, AuditAction::AuthenticationFailed)
             });
-            *overflow = 0;
+            w.overflow = 0;
         }
-        *started = now;
+        w.anonymous = 0;
+        w.started = now;
         events.sort_by_key(|e| e.at);
         events
     }
@@ -461,16 +514,18 @@ mod tests {
     fn a_flood_of_failures_becomes_one_event_per_key_and_reason() {
         let agg = FailureAggregator::new(TimeDelta::seconds(60), t(0));
         let id = KeyId::new("abc").unwrap();
+        let owner = || Some(OwnerId::new("contoso").unwrap());
         for s in 0..59 {
             assert!(
-                agg.add(Some(id.clone()), None, "wrong_secret", None, t(s))
+                agg.add(Some(id.clone()), owner(), "wrong_secret", None, t(s))
                     .is_none()
             );
         }
         let events = agg
-            .add(Some(id.clone()), None, "wrong_secret", None, t(60))
+            .add(Some(id.clone()), owner(), "wrong_secret", None, t(60))
             .unwrap();
         assert_eq!(events.len(), 1);
+        assert_eq!(events[0].key_id.as_ref(), Some(&id));
         assert_eq!((events[0].count, events[0].at), (60, t(60)));
         assert_eq!(events[0].detail, "wrong_secret");
         assert!(agg.flush(t(61)).is_empty());
@@ -481,11 +536,35 @@ mod tests {
         let agg = FailureAggregator::new(TimeDelta::seconds(60), t(0));
         for i in 0..MAX_PENDING_FAILURES + 5 {
             let id = KeyId::new(&format!("k{i}")).unwrap();
-            agg.add(Some(id), None, "unknown_key", None, t(1));
+            let owner = OwnerId::new("contoso").unwrap();
+            agg.add(Some(id), Some(owner), "wrong_secret", None, t(1));
         }
         let events = agg.flush(t(2));
         assert_eq!(events.len(), MAX_PENDING_FAILURES + 1);
         let overflow = events.iter().find(|e| e.detail == "overflow").unwrap();
         assert_eq!(overflow.count, 5);
+    }
+
+    #[test]
+    fn failures_of_no_existing_key_are_one_row_per_reason_and_source() {
+        let agg = FailureAggregator::new(TimeDelta::seconds(60), t(0));
+        let ip = |i: u32| Some(IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)));
+        // 1,000 random ids from 3 sources, and from no address.
+        for i in 0..1000u32 {
+            let id = KeyId::new(&format!("r{i}")).unwrap();
+            agg.add(Some(id), None, "unknown_key", ip(i % 3), t(1));
+            agg.add(None, None, "malformed", None, t(1));
+        }
+        let events = agg.flush(t(2));
+        assert_eq!(events.len(), 4, "{events:?}");
+        assert!(events.iter().all(|e| e.key_id.is_none()));
+        assert_eq!(events.iter().map(|e| e.count).sum::<u64>(), 2000);
+        // From many sources: at most the bound, the rest in the overflow.
+        for i in 0..10_000u32 {
+            agg.add(None, None, "unknown_key", ip(i), t(3));
+        }
+        let events = agg.flush(t(4));
+        assert_eq!(events.len(), MAX_ANONYMOUS_FAILURE_ROWS + 1);
+        assert_eq!(events.iter().map(|e| e.count).sum::<u64>(), 10_000);
     }
 }

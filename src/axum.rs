@@ -91,8 +91,17 @@
 //! **Responses**: 401 with `WWW-Authenticate: Bearer error="invalid_token"`
 //! for authentication failures (no `error` when no credential was sent),
 //! 403 with `error="insufficient_scope"` for authorization failures, 429 with
-//! `Retry-After` when throttled, 503 when the store fails. JSON bodies say
-//! what to do and never whether a key id exists. A successful response for a
+//! `Retry-After` when throttled, 503 with `Retry-After` when the store fails
+//! or too many checks wait for argon2. JSON bodies say what to do; an
+//! unknown key id, a wrong secret and a malformed token get the same answer.
+//! What a response does show: a client source throttled for its failures
+//! gets 429 whether the id it sent exists or not, but the per-id throttle
+//! exists only for existing ids, so after
+//! [`failure_burst`](crate::VerifierConfig::failure_burst) wrong secrets
+//! for one id, a 429 shows that the id exists. Key ids are public by design
+//! (in the token, listings, logs, Basic pairs), so this reveals nothing
+//! secret; the secret, revoked, expired and suspended states are only told
+//! after the secret was proven. A successful response for a
 //! key that expires within [`KeywardLayer::expiry_warning_days`] days carries
 //! a [`WARNING_HEADER`] header (its name set by
 //! [`KeywardLayer::expiry_warning_header`]).
@@ -1100,7 +1109,13 @@ impl KeywardRejection {
                 r.retry_after = Some(denial.retry_after.map_or(1, |d| d.as_secs().max(1)));
                 r
             }
-            DenialKind::Unavailable => Self::unavailable(),
+            DenialKind::Unavailable => {
+                let mut r = Self::unavailable();
+                if let Some(wait) = denial.retry_after {
+                    r.retry_after = Some(wait.as_secs().max(1));
+                }
+                r
+            }
         };
         r.reason = Some(denial.reason.code());
         r

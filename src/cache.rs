@@ -303,3 +303,91 @@ impl KeyCache {
             .sum()
     }
 }
+
+/// Most ids one shard of [`UnknownIds`] remembers.
+const UNKNOWN_PER_SHARD: usize = 1024;
+
+/// Key ids the store did not have, remembered briefly, so a flood that
+/// repeats unknown ids does not reach the store each time. Bounded: at most
+/// `64 × 1024` ids; a full shard drops its expired entries, then an
+/// arbitrary one.
+type UnknownShard = RwLock<HashMap<KeyId, DateTime<Utc>, RandomState>>;
+
+pub(crate) struct UnknownIds {
+    shards: Box<[UnknownShard]>,
+    ttl: TimeDelta,
+    hasher: RandomState,
+}
+
+impl UnknownIds {
+    pub(crate) fn new(ttl: TimeDelta) -> Self {
+        Self {
+            shards: (0..SHARDS)
+                .map(|_| RwLock::new(HashMap::default()))
+                .collect(),
+            ttl,
+            hasher: RandomState::default(),
+        }
+    }
+
+    fn shard(&self, id: &str) -> &UnknownShard {
+        &self.shards[(self.hasher.hash_one(id) as usize) % SHARDS]
+    }
+
+    /// Whether `id` was found missing less than the TTL ago.
+    pub(crate) fn contains(&self, id: &str, now: DateTime<Utc>) -> bool {
+        if self.ttl <= TimeDelta::zero() {
+            return false;
+        }
+        let shard = self
+            .shard(id)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        shard
+            .get(id)
+            .is_some_and(|at| now >= *at && now - *at < self.ttl)
+    }
+
+    /// Remembers that the store had no key `id` at `now`, unless an id was
+    /// forgotten (a key created or imported) since `seen_epoch`.
+    pub(crate) fn insert(&self, id: &KeyId, now: DateTime<Utc>, cache: &KeyCache, seen_epoch: u64) {
+        if self.ttl <= TimeDelta::zero() {
+            return;
+        }
+        let mut shard = self
+            .shard(id.as_str())
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if cache.epoch() != seen_epoch {
+            return;
+        }
+        if shard.len() >= UNKNOWN_PER_SHARD && !shard.contains_key(id) {
+            let ttl = self.ttl;
+            shard.retain(|_, at| now >= *at && now - *at < ttl);
+            if shard.len() >= UNKNOWN_PER_SHARD {
+                if let Some(victim) = shard.keys().next().cloned() {
+                    shard.remove(&victim);
+                }
+            }
+        }
+        shard.insert(id.clone(), now);
+    }
+
+    /// Forgets `id` (a key with this id now exists).
+    pub(crate) fn forget(&self, id: &str) {
+        self.shard(id)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(id);
+    }
+
+    /// Forgets every id.
+    pub(crate) fn clear(&self) {
+        for shard in &*self.shards {
+            shard
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clear();
+        }
+    }
+}

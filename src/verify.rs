@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::audit::{AuditAction, AuditEvent, AuditLog, AuditSink};
-use crate::cache::{Cached, HashDigest, KeyCache, Lookup, Proof};
+use crate::cache::{Cached, HashDigest, KeyCache, Lookup, Proof, UnknownIds};
 use crate::clock::Clock;
 use crate::error::{HashError, PolicyError, TokenError};
 use crate::hash::{Fingerprinter, SecretHasher};
@@ -445,6 +445,14 @@ impl std::ops::Deref for VerifiedKey {
 pub struct VerifierConfig {
     /// Most keys cached (default 100 000).
     pub cache_capacity: usize,
+    /// How long a key id the store did not have is refused without asking
+    /// the store again (default 5 s; zero turns it off), so a flood that
+    /// repeats unknown ids does not reach the store each time. At most
+    /// 65 536 ids are remembered. A key imported through *another* server
+    /// under an id this server just found missing is refused as unknown
+    /// for at most this long (imports and changes through this process,
+    /// and [`Verifier::invalidate`], forget the id at once).
+    pub unknown_id_ttl: Duration,
     /// How long a cached key is trusted without reading the store (default
     /// 30 s): the bound on staleness when a change notification is lost.
     /// After it, the next check re-reads the record; it runs argon2 again
@@ -490,6 +498,7 @@ impl Default for VerifierConfig {
         Self {
             cache_capacity: 100_000,
             cache_ttl: Duration::from_secs(30),
+            unknown_id_ttl: Duration::from_secs(5),
             failure_burst: 10,
             failure_refill: Duration::from_secs(6),
             source_failure_burst: 30,
@@ -522,6 +531,8 @@ pub(crate) struct Shared<S> {
     pub(crate) hasher: Arc<dyn SecretHasher>,
     pub(crate) clock: Arc<dyn Clock>,
     cache: KeyCache,
+    /// Ids the store recently did not have.
+    unknown: UnknownIds,
     throttle: Throttle,
     sources: SourceThrottle,
     /// The argon2 threads and their bounded, fair queue.
@@ -555,6 +566,7 @@ impl<S: KeyStore> Shared<S> {
             hasher: Arc::clone(&hasher),
             clock,
             cache: KeyCache::new(config.cache_capacity, delta(config.cache_ttl)),
+            unknown: UnknownIds::new(delta(config.unknown_id_ttl)),
             throttle: Throttle::new(config.failure_burst, delta(config.failure_refill)),
             sources: SourceThrottle::new(
                 config.source_failure_burst,
@@ -584,7 +596,10 @@ impl<S: KeyStore> Shared<S> {
     /// Forgets key `id` and this process's cached sessions of it, so their
     /// next check reads the store (where a compromise revoke ended them).
     pub(crate) fn invalidate(&self, id: &KeyId) {
+        // The epoch bump (in `invalidate`) comes first: a check that found
+        // the id missing before this call cannot remember it afterwards.
         self.cache.invalidate(id.as_str());
+        self.unknown.forget(id.as_str());
         if let Some(sessions) = &self.session_cache {
             sessions.invalidate_key(id);
         }
@@ -593,6 +608,7 @@ impl<S: KeyStore> Shared<S> {
     /// Forgets every cached key and session.
     pub(crate) fn invalidate_all(&self) {
         self.cache.clear();
+        self.unknown.clear();
         if let Some(sessions) = &self.session_cache {
             sessions.clear();
         }
@@ -1005,10 +1021,18 @@ impl<S: KeyStore> Verifier<S> {
             ColdDenial(DenialReason::UnknownKey, None, None)
         };
         let key_id = KeyId::new(id).map_err(|_| unknown())?;
+        if shared.unknown.contains(id, now) {
+            return Err(unknown());
+        }
         let epoch = shared.cache.epoch();
         let record = match shared.store.get(&key_id).await {
             Ok(Some(r)) => r,
-            Ok(None) => return Err(unknown()),
+            Ok(None) => {
+                shared
+                    .unknown
+                    .insert(&key_id, shared.clock.now(), &shared.cache, epoch);
+                return Err(unknown());
+            }
             Err(_) => return Err(ColdDenial(DenialReason::StoreUnavailable, None, None)),
         };
         if record.id != key_id || record.environment != *env {

@@ -422,3 +422,112 @@ async fn a_flood_from_one_source_neither_queues_without_bound_nor_delays_another
     assert_eq!(ran + overloaded, 100);
     assert!(ran <= 8 + 2, "{ran} flood checks ran");
 }
+
+#[tokio::test]
+async fn a_flood_of_random_ids_writes_a_bounded_number_of_audit_rows_and_store_reads() {
+    let store = Arc::new(FaultyStore::new(MemoryStore::new()));
+    let sink = Arc::new(MemoryAuditSink::new());
+    let clock = ManualClock::new(start());
+    let manager = KeyManager::builder(Arc::clone(&store), format(), policy())
+        .hasher(CountingHasher::new(Counters::default()))
+        .clock(clock.clone())
+        .audit_shared(sink.clone())
+        .build();
+    let owned = manager
+        .create(
+            &sys(),
+            NewKey::new(OWNER, "live", "CI").permissions(PermissionGrant::only(["package:push"])),
+        )
+        .await
+        .unwrap();
+    let live = Environment::new("live").unwrap();
+    let push = registry().get("package:push").unwrap();
+    let reads_before = store.calls(Op::Get);
+    const CHECKS: u64 = 100_000;
+    for i in 0..CHECKS {
+        let random = format().generate(&live, &KeyId::generate());
+        let req = VerifyRequest::new(&live, push).client_ip(ip(i as u32 % 50));
+        let d = manager
+            .verify(random.expose_secret(), &req)
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            d.reason,
+            DenialReason::UnknownKey | DenialReason::Throttled
+        ));
+    }
+    // An owner's real failure in the same window keeps its own row.
+    let forged = format().generate(&live, &owned.key.id);
+    let req = VerifyRequest::new(&live, push).client_ip(ip(999));
+    assert_eq!(
+        manager
+            .verify(forged.expose_secret(), &req)
+            .await
+            .unwrap_err()
+            .reason,
+        DenialReason::WrongSecret
+    );
+    manager.flush().await.unwrap();
+    let failures: Vec<AuditEvent> = sink
+        .events()
+        .into_iter()
+        .filter(|e| e.action == AuditAction::AuthenticationFailed)
+        .collect();
+    let anonymous: Vec<_> = failures.iter().filter(|e| e.key_id.is_none()).collect();
+    assert!(
+        anonymous.len() <= keyward::audit::MAX_ANONYMOUS_FAILURE_ROWS + 1,
+        "{} rows",
+        anonymous.len()
+    );
+    assert_eq!(anonymous.iter().map(|e| e.count).sum::<u64>(), CHECKS);
+    let owners: Vec<_> = failures.iter().filter(|e| e.key_id.is_some()).collect();
+    assert_eq!(owners.len(), 1);
+    assert_eq!(owners[0].key_id.as_ref(), Some(&owned.key.id));
+    assert_eq!(owners[0].detail, "wrong_secret");
+    // Each source reached the store for its burst, then was throttled.
+    let burst = VerifierConfig::default().source_failure_burst as u64;
+    assert_eq!(store.calls(Op::Get) - reads_before, 50 * burst + 1);
+}
+
+#[tokio::test]
+async fn a_repeated_unknown_id_reaches_the_store_once_per_negative_ttl() {
+    let store = Arc::new(FaultyStore::new(MemoryStore::new()));
+    let f = fixture_with(Arc::clone(&store), policy(), VerifierConfig::default());
+    let id = KeyId::generate();
+    let token = format().generate(&f.live, &id);
+    let req = VerifyRequest::new(&f.live, f.push());
+    for _ in 0..1000 {
+        assert_eq!(
+            f.manager
+                .verify(token.expose_secret(), &req)
+                .await
+                .unwrap_err()
+                .reason,
+            DenialReason::UnknownKey
+        );
+    }
+    assert_eq!(store.calls(Op::Get), 1);
+    f.clock
+        .advance(TimeDelta::from_std(VerifierConfig::default().unknown_id_ttl).unwrap());
+    let _ = f.manager.verify(token.expose_secret(), &req).await;
+    assert_eq!(store.calls(Op::Get), 2);
+
+    // An import under that id through this manager is seen at once.
+    let _ = f.manager.verify(token.expose_secret(), &req).await;
+    let secret = "legacy-secret-0123456789";
+    f.manager
+        .import(
+            &sys(),
+            ImportKey::scoped(id.as_str(), OWNER, "live", "legacy", sha256_hex(secret))
+                .permissions(PermissionGrant::only(["package:push"]))
+                .expires_at(f.clock.now() + TimeDelta::days(90)),
+        )
+        .await
+        .unwrap();
+    assert!(
+        f.manager
+            .verify_pair(id.as_str(), secret, &req)
+            .await
+            .is_ok()
+    );
+}
