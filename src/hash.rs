@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use hmac::{Hmac, Mac};
 use rand::rngs::OsRng;
@@ -30,6 +30,13 @@ pub trait SecretHasher: Send + Sync + 'static {
     /// pepper) than the hasher now uses, so it should be replaced after the
     /// next successful verification.
     fn needs_rehash(&self, stored: &str) -> bool;
+
+    /// [`SecretHasher::hash`], free to reuse `scratch` as working memory
+    /// (see [`SecretHasher::verify_with`]). The default ignores `scratch`.
+    fn hash_with(&self, secret: &[u8], scratch: &mut HashScratch) -> Result<String, HashError> {
+        let _ = scratch;
+        self.hash(secret)
+    }
 
     /// [`SecretHasher::verify`], free to reuse `scratch` as working memory.
     /// The verifier calls this from its hashing threads, each with its own
@@ -64,6 +71,18 @@ impl HashScratch {
     /// Bytes held.
     pub fn capacity_bytes(&self) -> usize {
         self.blocks.capacity() * argon2::Block::SIZE
+    }
+
+    /// Runs `f` on `count` blocks (grown if needed), then zeroes them: they
+    /// hold state derived from the secret.
+    fn fill<R>(&mut self, count: usize, f: impl FnOnce(&mut [argon2::Block]) -> R) -> R {
+        if self.blocks.len() < count {
+            self.blocks.resize(count, argon2::Block::default());
+        }
+        let blocks = &mut self.blocks[..count];
+        let result = f(blocks);
+        blocks.iter_mut().for_each(Zeroize::zeroize);
+        result
     }
 }
 
@@ -239,6 +258,23 @@ impl Argon2Hasher {
             .find(|p| p.id.as_bytes() == id)
     }
 
+    /// Lets go of scratch memory beyond what this hasher's own parameters
+    /// need (a stored hash with a larger memory cost is verified, then its
+    /// blocks are freed).
+    fn keep_own_size(&self, scratch: &mut HashScratch) {
+        let own = Params::new(
+            self.params.m_cost,
+            self.params.t_cost,
+            self.params.p_cost,
+            None,
+        )
+        .map_or(0, |p| p.block_count());
+        if scratch.blocks.len() > own {
+            scratch.blocks.truncate(own);
+            scratch.blocks.shrink_to_fit();
+        }
+    }
+
     /// The pepper a stored hash was made with (none when it names none).
     fn pepper_for(&self, params: &Params) -> Result<Option<&Pepper>, HashError> {
         if params.keyid().is_empty() {
@@ -278,6 +314,10 @@ fn parse_phc(stored: &str) -> Result<(PasswordHash<'_>, Params), HashError> {
 
 impl SecretHasher for Argon2Hasher {
     fn hash(&self, secret: &[u8]) -> Result<String, HashError> {
+        self.hash_with(secret, &mut HashScratch::new())
+    }
+
+    fn hash_with(&self, secret: &[u8], scratch: &mut HashScratch) -> Result<String, HashError> {
         let mut builder = argon2::ParamsBuilder::new();
         builder
             .m_cost(self.params.m_cost)
@@ -297,10 +337,22 @@ impl SecretHasher for Argon2Hasher {
             .map_err(|e| HashError::Failed(e.to_string()))?;
         let salt =
             SaltString::encode_b64(&salt_bytes).map_err(|e| HashError::Failed(e.to_string()))?;
-        let ctx = self.context(params, self.pepper.as_ref())?;
-        let phc = ctx
-            .hash_password(secret, &salt)
+        let ctx = self.context(params.clone(), self.pepper.as_ref())?;
+        let mut out = Zeroizing::new([0u8; Params::DEFAULT_OUTPUT_LEN]);
+        scratch
+            .fill(params.block_count(), |blocks| {
+                ctx.hash_password_into_with_memory(secret, &salt_bytes, &mut *out, blocks)
+            })
             .map_err(|e| HashError::Failed(e.to_string()))?;
+        self.keep_own_size(scratch);
+        let failed = |e: argon2::password_hash::Error| HashError::Failed(e.to_string());
+        let phc = PasswordHash {
+            algorithm: argon2::ARGON2ID_IDENT,
+            version: Some(Version::V0x13.into()),
+            params: argon2::password_hash::ParamsString::try_from(&params).map_err(failed)?,
+            salt: Some(salt.as_salt()),
+            hash: Some(argon2::password_hash::Output::new(&*out).map_err(failed)?),
+        };
         Ok(phc.to_string())
     }
 
@@ -341,33 +393,10 @@ impl SecretHasher for Argon2Hasher {
         let salt = salt.decode_b64(&mut salt_buf).map_err(|e| malformed(&e))?;
         let expected = hash.hash.ok_or_else(|| malformed(&"no hash"))?;
         let mut out = Zeroizing::new(vec![0u8; expected.len()]);
-        let blocks = params.block_count();
-        if scratch.blocks.len() < blocks {
-            scratch.blocks.resize(blocks, argon2::Block::default());
-        }
-        let result = ctx.hash_password_into_with_memory(
-            secret,
-            salt,
-            &mut out,
-            &mut scratch.blocks[..blocks],
-        );
-        // The blocks hold state derived from the secret.
-        scratch.blocks[..blocks]
-            .iter_mut()
-            .for_each(Zeroize::zeroize);
-        // Keep no more than this hasher's own parameters need (a stored
-        // hash with a larger memory cost is verified, then let go).
-        let own = Params::new(
-            self.params.m_cost,
-            self.params.t_cost,
-            self.params.p_cost,
-            None,
-        )
-        .map_or(0, |p| p.block_count());
-        if scratch.blocks.len() > own {
-            scratch.blocks.truncate(own);
-            scratch.blocks.shrink_to_fit();
-        }
+        let result = scratch.fill(params.block_count(), |blocks| {
+            ctx.hash_password_into_with_memory(secret, salt, &mut out, blocks)
+        });
+        self.keep_own_size(scratch);
         result.map_err(|e| malformed(&e))?;
         Ok(bool::from(out.as_slice().ct_eq(expected.as_bytes())))
     }

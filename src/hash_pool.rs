@@ -5,8 +5,9 @@
 //! Hand-written rather than tokio's blocking pool plus a semaphore, for
 //! three things neither gives (issue 10): a bound on the waiters and on the
 //! wait (beyond it a check is refused at once, never queued for a minute),
-//! admission that is fair across sources (round robin, and a full queue
-//! pushes out the newest job of the source holding the most), and memory
+//! admission that is fair across sources (a newly active source first, then
+//! round robin, and a full queue pushes out the newest job of the source
+//! holding the most), and memory
 //! that stays put (tokio's blocking threads come and go, and glibc keeps
 //! freed 19 MiB argon2 blocks in their arenas: RSS only grew).
 
@@ -61,7 +62,11 @@ type Lane = Option<Source>;
 struct State {
     /// Waiting jobs, per lane, oldest first.
     queues: HashMap<Lane, VecDeque<Job>>,
-    /// Lanes with waiting jobs, in round-robin order.
+    /// Lanes that became active and were not served since: served first,
+    /// so a source's first check waits for at most one running job, not
+    /// for a round of every backlogged source.
+    fresh: VecDeque<Lane>,
+    /// Lanes still holding jobs after being served, in round-robin order.
     order: VecDeque<Lane>,
     waiting: usize,
     spawned: usize,
@@ -140,6 +145,23 @@ impl HashPool {
             .unwrap_or_else(|_| Err(PoolError::Hash(HashError::Failed("hashing failed".into()))))
     }
 
+    /// Whether a job from `lane` would be admitted now, or else how long to
+    /// wait. Asked before the store is read, so a check that could not be
+    /// hashed anyway costs no store read (shedding load early).
+    pub(crate) fn admits(&self, lane: Lane) -> Result<(), PoolError> {
+        let st = self.inner.lock();
+        if st.waiting < self.inner.max_waiting {
+            return Ok(());
+        }
+        let mine = st.queues.get(&lane).map_or(0, VecDeque::len);
+        let most = st.queues.values().map(VecDeque::len).max().unwrap_or(0);
+        if most > mine + 1 {
+            Ok(())
+        } else {
+            Err(self.inner.overloaded())
+        }
+    }
+
     fn submit(&self, lane: Lane, run: JobFn) -> Result<(), PoolError> {
         let inner = &self.inner;
         let mut pushed_out = None;
@@ -174,7 +196,7 @@ impl HashPool {
                 run,
             });
             if queue.len() == 1 {
-                st.order.push_back(lane);
+                st.fresh.push_back(lane);
             }
             st.waiting += 1;
             if st.idle == 0 && st.spawned < inner.threads {
@@ -208,6 +230,7 @@ impl Drop for HashPool {
         let jobs: Vec<Job> = {
             let mut st = self.inner.lock();
             st.shutdown = true;
+            st.fresh.clear();
             st.order.clear();
             st.waiting = 0;
             st.queues.drain().flat_map(|(_, q)| q).collect()
@@ -225,7 +248,7 @@ impl Drop for HashPool {
 fn next(inner: &Inner) -> Option<Job> {
     let mut st = inner.lock();
     loop {
-        while let Some(lane) = st.order.pop_front() {
+        while let Some(lane) = st.fresh.pop_front().or_else(|| st.order.pop_front()) {
             let Some(queue) = st.queues.get_mut(&lane) else {
                 continue;
             };

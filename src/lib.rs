@@ -86,7 +86,9 @@ pub struct ReadmeDoctests;
 pub use audit::{AuditAction, AuditEvent, AuditQuery, AuditSink, MemoryAuditSink};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{HashError, InvalidValue, KeywardError, PolicyError, StoreError, TokenError};
-pub use hash::{Argon2Hasher, Argon2Params, FINGERPRINT_LEN, Fingerprinter, Pepper, SecretHasher};
+pub use hash::{
+    Argon2Hasher, Argon2Params, FINGERPRINT_LEN, Fingerprinter, HashScratch, Pepper, SecretHasher,
+};
 pub use key::{
     KeyKind, KeyRecord, KeyStatus, KeyView, MAX_NAME_LEN, MAX_OWNER_LEN, OwnerId, SecretHash,
 };

@@ -506,7 +506,10 @@ impl<S: KeyStore> KeyManager<S> {
     async fn hash_token(&self, token: &Token) -> Result<SecretHash, KeywardError> {
         let parsed = self.shared.format.parse(token.expose_secret())?;
         let secret = zeroize::Zeroizing::new(parsed.expose_secret().as_bytes().to_vec());
-        let phc = self.shared.run_hasher(move |h| h.hash(&secret)).await?;
+        let phc = self
+            .shared
+            .run_hasher(move |h, scratch| h.hash_with(&secret, scratch))
+            .await?;
         Ok(SecretHash::new(phc))
     }
 

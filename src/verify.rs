@@ -13,7 +13,7 @@ use crate::audit::{AuditAction, AuditEvent, AuditLog, AuditSink};
 use crate::cache::{Cached, HashDigest, KeyCache, Lookup, Proof, UnknownIds};
 use crate::clock::Clock;
 use crate::error::{HashError, PolicyError, TokenError};
-use crate::hash::{Fingerprinter, SecretHasher};
+use crate::hash::{Fingerprinter, HashScratch, SecretHasher};
 use crate::hash_pool::{HashPool, PoolError};
 use crate::key::{KeyKind, KeyRecord, OwnerId};
 use crate::policy::{
@@ -588,9 +588,9 @@ impl<S: KeyStore> Shared<S> {
     pub(crate) async fn run_hasher<R, F>(&self, f: F) -> Result<R, HashError>
     where
         R: Send + 'static,
-        F: FnOnce(&dyn SecretHasher) -> Result<R, HashError> + Send + 'static,
+        F: FnOnce(&dyn SecretHasher, &mut HashScratch) -> Result<R, HashError> + Send + 'static,
     {
-        Ok(self.hashing.run(None, move |h, _| f(h)).await?)
+        Ok(self.hashing.run(None, f).await?)
     }
 
     /// Forgets key `id` and this process's cached sessions of it, so their
@@ -1024,6 +1024,17 @@ impl<S: KeyStore> Verifier<S> {
         if shared.unknown.contains(id, now) {
             return Err(unknown());
         }
+        // A check that will need argon2 but could not get into the queue
+        // is refused before it costs a store read.
+        if proof.is_none() {
+            if let Err(PoolError::Overloaded { retry_after }) = shared.hashing.admits(source) {
+                return Err(ColdDenial(
+                    DenialReason::Overloaded,
+                    Some(retry_after),
+                    None,
+                ));
+            }
+        }
         let epoch = shared.cache.epoch();
         let record = match shared.store.get(&key_id).await {
             Ok(Some(r)) => r,
@@ -1159,7 +1170,10 @@ impl<S: KeyStore> Verifier<S> {
     async fn rehash(&self, mut record: KeyRecord, secret: &str) {
         let shared = &*self.shared;
         let owned_secret = Zeroizing::new(secret.as_bytes().to_vec());
-        if let Ok(phc) = shared.run_hasher(move |h| h.hash(&owned_secret)).await {
+        if let Ok(phc) = shared
+            .run_hasher(move |h, scratch| h.hash_with(&owned_secret, scratch))
+            .await
+        {
             let expected = record.generation;
             record.secret_hash = crate::key::SecretHash::new(phc);
             record.generation += 1;
