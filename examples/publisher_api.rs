@@ -55,7 +55,7 @@ use keyward::axum::{Caller, KeywardLayer};
 use keyward::{
     Actor, Argon2Hasher, Environment, ExpiryChoice, ExpiryPolicy, KeyEdit, KeyId, KeyManager,
     KeyRecord, KeyStore, KeywardError, ListQuery, NewKey, OwnerId, PermissionGrant,
-    PermissionRegistry, Policy, PostgresStore, QuotaCheck, ResourceRef, ResourceScope,
+    PermissionRegistry, Policy, PostgresStore, QuotaCheck, ResourceRef, ResourceScope, SessionCap,
     SessionConfig, SessionRecord, SessionStore, SqliteStore, StoreError, TokenFormat,
 };
 use serde::Deserialize;
@@ -118,8 +118,15 @@ impl KeyStore for Store {
 }
 
 impl SessionStore for Store {
-    async fn insert_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
-        on_store!(self, s => s.insert_session(record).await)
+    async fn insert_session(
+        &self,
+        record: &SessionRecord,
+        cap: Option<SessionCap>,
+    ) -> Result<(), StoreError> {
+        on_store!(self, s => s.insert_session(record, cap).await)
+    }
+    async fn session_owner(&self, key_id: &KeyId) -> Result<Option<OwnerId>, StoreError> {
+        on_store!(self, s => s.session_owner(key_id).await)
     }
     async fn get_session(&self, id: &KeyId) -> Result<Option<SessionRecord>, StoreError> {
         on_store!(self, s => s.get_session(id).await)

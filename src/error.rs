@@ -282,6 +282,15 @@ pub enum StoreError {
         /// The quota.
         limit: u32,
     },
+    /// The key already has the maximum number of live sessions
+    /// ([`SessionCap`](crate::SessionCap)); nothing was stored.
+    #[error("key {key_id} already has {limit} live sessions")]
+    TooManySessions {
+        /// The key whose sessions are at the cap.
+        key_id: KeyId,
+        /// The cap.
+        limit: u32,
+    },
     /// A stored row could not be turned into a record.
     #[error("stored key {id} is corrupt: field {field}: {reason}")]
     Corrupt {

@@ -256,13 +256,31 @@ impl std::ops::Deref for VerifiedSession {
     }
 }
 
+/// At most `max_live` live sessions of one key: what [`SessionStore::insert_session`]
+/// holds while inserting (see [`SessionConfig::max_sessions_per_key`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionCap {
+    /// The most live sessions the key may have, counting the new one.
+    pub max_live: u32,
+    /// The time at which "live" (not revoked, `expires_at` after it) is judged.
+    pub now: DateTime<Utc>,
+}
+
 /// Where sessions live. Same style as [`KeyStore`]: implementations write
 /// `async fn`s, and every method does all it says or nothing.
 pub trait SessionStore: Send + Sync + 'static {
-    /// Adds a session. Errors: [`StoreError::DuplicateId`] if the id exists.
+    /// Adds a session.
+    ///
+    /// Errors: [`StoreError::DuplicateId`] if the id exists;
+    /// [`StoreError::TooManySessions`] if `cap` is given and the key
+    /// `record.key_id` already has `cap.max_live` live sessions (not
+    /// revoked, expiring after `cap.now`). The count and the insert are one
+    /// atomic step: under any number of concurrent inserts, the cap is never
+    /// exceeded. A refused insert writes nothing.
     fn insert_session(
         &self,
         record: &SessionRecord,
+        cap: Option<SessionCap>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// The session with this id, or `None` (revoked and expired ones are
@@ -271,6 +289,15 @@ pub trait SessionStore: Send + Sync + 'static {
         &self,
         id: &KeyId,
     ) -> impl Future<Output = Result<Option<SessionRecord>, StoreError>> + Send;
+
+    /// The owner stored with the sessions of the key `key_id` (all of a
+    /// key's sessions carry its owner), or `None` when the store holds no
+    /// session of it (revoked and expired ones count until deleted). Lets
+    /// the owner's administrator end the sessions of a key already deleted.
+    fn session_owner(
+        &self,
+        key_id: &KeyId,
+    ) -> impl Future<Output = Result<Option<OwnerId>, StoreError>> + Send;
 
     /// Marks every session of the key `key_id` revoked; returns how many
     /// were not revoked before.
@@ -290,14 +317,21 @@ impl<S: SessionStore> SessionStore for Arc<S> {
     fn insert_session(
         &self,
         record: &SessionRecord,
+        cap: Option<SessionCap>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        (**self).insert_session(record)
+        (**self).insert_session(record, cap)
     }
     fn get_session(
         &self,
         id: &KeyId,
     ) -> impl Future<Output = Result<Option<SessionRecord>, StoreError>> + Send {
         (**self).get_session(id)
+    }
+    fn session_owner(
+        &self,
+        key_id: &KeyId,
+    ) -> impl Future<Output = Result<Option<OwnerId>, StoreError>> + Send {
+        (**self).session_owner(key_id)
     }
     fn revoke_sessions(
         &self,
@@ -535,7 +569,7 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
                     .parse(token.expose_secret())?
                     .expose_secret(),
             );
-            let mut inserted = self.shared.store.insert_session(&record).await;
+            let mut inserted = self.shared.store.insert_session(&record, None).await;
             if let Err(StoreError::Backend(_)) = inserted {
                 // A lost reply: the session is there with this hash, or not.
                 if let Ok(Some(stored)) = self.shared.store.get_session(&record.id).await {

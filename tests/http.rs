@@ -22,8 +22,15 @@ use reqwest::StatusCode;
 type Store = Arc<FlakyStore<MemoryStore>>;
 
 impl<S: SessionStore> SessionStore for FlakyStore<S> {
-    async fn insert_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
-        self.inner.insert_session(record).await
+    async fn insert_session(
+        &self,
+        record: &SessionRecord,
+        cap: Option<SessionCap>,
+    ) -> Result<(), StoreError> {
+        self.inner.insert_session(record, cap).await
+    }
+    async fn session_owner(&self, key_id: &KeyId) -> Result<Option<OwnerId>, StoreError> {
+        self.inner.session_owner(key_id).await
     }
     async fn get_session(&self, id: &KeyId) -> Result<Option<SessionRecord>, StoreError> {
         if self.fail_reads.load(Ordering::SeqCst) {

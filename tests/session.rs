@@ -741,7 +741,7 @@ async fn session_store_conformance_on_sqlite() {
         revoked: false,
         secret_hash: SessionHash::from_bytes([7; 32]),
     };
-    store.insert_session(&today).await.unwrap();
+    store.insert_session(&today, None).await.unwrap();
     keyward::store::conformance::session_store_conformance(store.clone()).await;
     keyward::store::conformance::session_store_conformance(store.clone()).await;
     assert_eq!(store.get_session(&today.id).await.unwrap(), Some(today));
