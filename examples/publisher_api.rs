@@ -38,8 +38,9 @@
 //!
 //! Administrator (`X-Admin-Secret`): `POST /admin/keys`, `GET /admin/keys`,
 //! `PATCH /admin/keys/{id}`, `POST /admin/keys/{id}/regenerate`,
-//! `POST /admin/keys/{id}/revoke` (`{"compromised": true}` also ends its
-//! sessions), `DELETE /admin/keys/{id}`, `DELETE /admin/packages/{name}`.
+//! `POST /admin/keys/{id}/revoke` (ends its sessions too;
+//! `{"compromised": true}` also accepts a key already revoked and ends its
+//! sessions again), `DELETE /admin/keys/{id}`, `DELETE /admin/packages/{name}`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -485,7 +486,7 @@ async fn admin_revoke(
         app.manager.revoke(&app.admin(), &id).await
     };
     match result {
-        Ok(view) => Json(json!({ "key": view, "sessions_ended": compromised })).into_response(),
+        Ok(view) => Json(json!({ "key": view, "sessions_ended": true })).into_response(),
         Err(e) => manager_error(e),
     }
 }

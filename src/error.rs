@@ -370,6 +370,17 @@ pub enum KeywardError {
     /// An imported SHA-256 hash is not 64 hexadecimal characters.
     #[error("the imported hash of key {0} is not a SHA-256 hash in hex (64 characters 0-9a-f)")]
     BadImportHash(KeyId),
+    /// The key was revoked, but ending its session tokens failed: they may
+    /// still work (until they expire). Call
+    /// [`KeyManager::revoke_compromised`](crate::KeyManager::revoke_compromised)
+    /// or [`KeyManager::end_sessions`](crate::KeyManager::end_sessions) again.
+    #[error("key {id} is revoked, but its sessions could not be ended: {source}")]
+    SessionsNotEnded {
+        /// The key, revoked.
+        id: KeyId,
+        /// Why its sessions were not ended.
+        source: StoreError,
+    },
 }
 
 impl KeywardError {
@@ -398,6 +409,7 @@ impl KeywardError {
             KeywardError::Legacy(..) => "legacy",
             KeywardError::IdTaken(_) => "id_taken",
             KeywardError::BadImportHash(_) => "bad_import_hash",
+            KeywardError::SessionsNotEnded { .. } => "sessions_not_ended",
         }
     }
 

@@ -1,7 +1,9 @@
 //! [`KeyManager`]: create, list, edit, regenerate, revoke, delete and verify keys.
 
 use std::fmt;
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +20,7 @@ use crate::policy::{
     Actor, DefaultManagementPolicy, ExpiryChoice, IpAllowlist, ManagementAction, ManagementPolicy,
     PermissionGrant, Policy, ResourceScope,
 };
-use crate::session::{SessionConfig, SessionError, Sessions};
+use crate::session::{SessionConfig, SessionError, SessionStore, Sessions};
 use crate::store::{KeyStore, ListQuery, QuotaCheck};
 use crate::token::{Environment, KeyId, Token, TokenFormat};
 use crate::verify::{Denial, Shared, VerifiedKey, Verifier, VerifierConfig, VerifyRequest};
@@ -281,8 +283,49 @@ pub struct KeyManagerBuilder<S> {
     clock: Arc<dyn Clock>,
     config: VerifierConfig,
     sessions: Option<SessionConfig>,
+    end_sessions: Option<EndSessions<S>>,
     audit: Option<Arc<dyn AuditSink>>,
     management: Arc<dyn ManagementPolicy>,
+}
+
+/// Ends every session of a key in the store: set when sessions are
+/// configured (the store is then a [`SessionStore`]), so that
+/// [`KeyManager::revoke`], which needs only a [`KeyStore`], ends them too.
+pub(crate) type EndSessions<S> =
+    for<'a> fn(
+        &'a S,
+        &'a KeyId,
+    ) -> Pin<Box<dyn Future<Output = Result<u64, StoreError>> + Send + 'a>>;
+
+fn end_sessions_in<'a, S: SessionStore>(
+    store: &'a S,
+    id: &'a KeyId,
+) -> Pin<Box<dyn Future<Output = Result<u64, StoreError>> + Send + 'a>> {
+    Box::pin(store.revoke_sessions(id))
+}
+
+impl<S: KeyStore + SessionStore> KeyManagerBuilder<S> {
+    /// Enables session tokens ([`KeyManager::exchange`]) with this prefix,
+    /// these lifetimes and this cap of live sessions per key. Errors: an
+    /// invalid prefix, the key prefix itself, a zero lifetime, a default
+    /// above the maximum.
+    ///
+    /// ```
+    /// use keyward::*;
+    /// let builder = || KeyManager::builder(
+    ///     MemoryStore::new(),
+    ///     TokenFormat::new("mkh", &["live"]).unwrap(),
+    ///     Policy::new(PermissionRegistry::builder().permission("p").build().unwrap()),
+    /// );
+    /// assert!(builder().sessions(SessionConfig::new("mkhs")).is_ok());
+    /// assert_eq!(builder().sessions(SessionConfig::new("mkh")).err(), Some(SessionError::PrefixClash));
+    /// ```
+    pub fn sessions(mut self, config: SessionConfig) -> Result<Self, SessionError> {
+        Sessions::check_config(&config, &self.format)?;
+        self.sessions = Some(config);
+        self.end_sessions = Some(end_sessions_in::<S>);
+        Ok(self)
+    }
 }
 
 impl<S: KeyStore> KeyManagerBuilder<S> {
@@ -318,25 +361,6 @@ impl<S: KeyStore> KeyManagerBuilder<S> {
         self.management = Arc::new(policy);
         self
     }
-    /// Enables session tokens ([`KeyManager::exchange`]) with this prefix
-    /// and these lifetimes. Errors: an invalid prefix, the key prefix
-    /// itself, a zero lifetime, a default above the maximum.
-    ///
-    /// ```
-    /// use keyward::*;
-    /// let builder = || KeyManager::builder(
-    ///     MemoryStore::new(),
-    ///     TokenFormat::new("mkh", &["live"]).unwrap(),
-    ///     Policy::new(PermissionRegistry::builder().permission("p").build().unwrap()),
-    /// );
-    /// assert!(builder().sessions(SessionConfig::new("mkhs")).is_ok());
-    /// assert_eq!(builder().sessions(SessionConfig::new("mkh")).err(), Some(SessionError::PrefixClash));
-    /// ```
-    pub fn sessions(mut self, config: SessionConfig) -> Result<Self, SessionError> {
-        Sessions::check_config(&config, &self.format)?;
-        self.sessions = Some(config);
-        Ok(self)
-    }
     /// Builds the manager.
     pub fn build(self) -> KeyManager<S> {
         let sessions = self.sessions.map(|config| {
@@ -349,6 +373,7 @@ impl<S: KeyStore> KeyManagerBuilder<S> {
         });
         KeyManager {
             management: self.management,
+            end_sessions: self.end_sessions,
             shared: Arc::new(Shared::new(
                 self.store,
                 self.format,
@@ -409,6 +434,7 @@ pub struct KeyManager<S> {
     pub(crate) shared: Arc<Shared<S>>,
     pub(crate) sessions: Option<Arc<Sessions>>,
     management: Arc<dyn ManagementPolicy>,
+    end_sessions: Option<EndSessions<S>>,
 }
 
 impl<S> Clone for KeyManager<S> {
@@ -417,6 +443,7 @@ impl<S> Clone for KeyManager<S> {
             shared: Arc::clone(&self.shared),
             sessions: self.sessions.clone(),
             management: Arc::clone(&self.management),
+            end_sessions: self.end_sessions,
         }
     }
 }
@@ -464,6 +491,7 @@ impl<S: KeyStore> KeyManager<S> {
             clock: Arc::new(SystemClock),
             config: VerifierConfig::default(),
             sessions: None,
+            end_sessions: None,
             audit: None,
             management: Arc::new(DefaultManagementPolicy),
         }
@@ -536,7 +564,7 @@ impl<S: KeyStore> KeyManager<S> {
     }
 
     /// Asks the management policy; a refusal is audited and returned.
-    async fn allow(
+    pub(crate) async fn allow(
         &self,
         actor: &Actor,
         action: ManagementAction,
@@ -596,20 +624,16 @@ impl<S: KeyStore> KeyManager<S> {
         })
     }
 
-    /// Whether `actor` may revoke key `id` (for ending its sessions): by its
-    /// owner when it exists, across owners when it was deleted.
-    pub(crate) async fn allow_revoke(&self, actor: &Actor, id: &KeyId) -> Result<(), KeywardError> {
-        match self.load(id).await {
-            Ok(record) => {
-                self.allow(actor, ManagementAction::Revoke, &record.owner, Some(id))
-                    .await
-            }
-            Err(KeywardError::NotFound(_)) => {
-                self.allow_global(actor, ManagementAction::Revoke, Some(id))
-                    .await
-            }
-            Err(e) => Err(e),
-        }
+    /// Ends every session of the key `id` in the store (when sessions are
+    /// configured), then drops this process's cached sessions of it (after
+    /// the store, so a check that read a session before cannot cache it).
+    pub(crate) async fn end_key_sessions(&self, id: &KeyId) -> Result<u64, StoreError> {
+        let Some(end) = self.end_sessions else {
+            return Ok(0);
+        };
+        let result = end(&self.shared.store, id).await;
+        self.shared.invalidate(id);
+        result
     }
 
     /// Loads a key and asks the policy whether `actor` may do `action` to it.
@@ -993,7 +1017,8 @@ impl<S: KeyStore> KeyManager<S> {
     }
 
     /// Gives the key a new secret: same id and settings; the old secret is
-    /// refused from the next check on. Returns the new token, once.
+    /// refused from the next check on. Returns the new token, once. Session
+    /// tokens already exchanged stay valid until they expire.
     pub async fn regenerate(&self, actor: &Actor, id: &KeyId) -> Result<CreatedKey, KeywardError> {
         crate::trace::manage_span(
             actor.id(),
@@ -1155,7 +1180,8 @@ impl<S: KeyStore> KeyManager<S> {
     /// Suspends a key: refused with [`DenialReason::Suspended`](crate::DenialReason::Suspended)
     /// from the next check on, until [`KeyManager::resume`]. Unlike revoke,
     /// reversible. Session tokens already issued are not ended (use
-    /// [`KeyManager::end_sessions`]).
+    /// [`KeyManager::end_sessions`]); no new one is exchanged while it is
+    /// suspended.
     pub async fn suspend(&self, actor: &Actor, id: &KeyId) -> Result<KeyView, KeywardError> {
         crate::trace::manage_span(
             actor.id(),
@@ -1217,7 +1243,17 @@ impl<S: KeyStore> KeyManager<S> {
     }
 
     /// Revokes a key, permanently: it stays listed as revoked and can never
-    /// be re-enabled. Revoking it again is [`KeywardError::Revoked`].
+    /// be re-enabled, and every session token exchanged for it ends at once
+    /// (the key "is disabled immediately and any integration using it will
+    /// stop working"). Revoking it again is [`KeywardError::Revoked`].
+    ///
+    /// The key is revoked first, so no new session can be exchanged for it
+    /// once its sessions are ended. If ending them fails, the key stays
+    /// revoked and the error is [`KeywardError::SessionsNotEnded`]: call
+    /// [`KeyManager::revoke_compromised`] (which accepts a key already
+    /// revoked) or [`KeyManager::end_sessions`] again. Other processes drop
+    /// their cached sessions of the key on the change feed (PostgreSQL) or
+    /// within the verifier's cache TTL.
     pub async fn revoke(&self, actor: &Actor, id: &KeyId) -> Result<KeyView, KeywardError> {
         crate::trace::manage_span(
             actor.id(),
@@ -1243,12 +1279,21 @@ impl<S: KeyStore> KeyManager<S> {
             String::new(),
         )])
         .await;
+        self.end_key_sessions(id)
+            .await
+            .map_err(|source| KeywardError::SessionsNotEnded {
+                id: id.clone(),
+                source,
+            })?;
         crate::trace::management(actor.id(), ManagementAction::Revoke, Some(id), Ok(()));
         Ok(self.view(&record, now))
     }
 
     /// Deletes a key: gone from listings, refused from the next check on.
     /// Its id is never used again (a deleted legacy key cannot be re-imported).
+    /// Session tokens already exchanged for it stay valid until they expire
+    /// (as regenerating leaves them); revoke the key first to end them, or
+    /// end them afterwards with [`KeyManager::end_sessions`].
     pub async fn delete(&self, actor: &Actor, id: &KeyId) -> Result<(), KeywardError> {
         crate::trace::manage_span(
             actor.id(),

@@ -18,8 +18,9 @@
 //! * The session keeps a snapshot of the key taken at exchange time (owner,
 //!   environment, permissions, resources, IP allowlist) and expires at
 //!   `min(now + ttl, key expiry)`.
-//! * Regenerating, revoking or deleting the key leaves its sessions valid
-//!   until they expire; [`KeyManager::revoke_compromised`] ends them at once.
+//! * Revoking the key ends its sessions at once; regenerating or deleting
+//!   it leaves them valid until they expire ([`KeyManager::end_sessions`]
+//!   ends them for a deleted key).
 //! * A session token can never be exchanged for another session.
 
 use std::fmt;
@@ -179,7 +180,7 @@ pub struct SessionRecord {
     pub created_at: DateTime<Utc>,
     /// When it expires: `min(created_at + ttl, key expiry)`.
     pub expires_at: DateTime<Utc>,
-    /// Ended early (the key was revoked as compromised).
+    /// Ended early (the key was revoked, or its sessions ended).
     pub revoked: bool,
     /// SHA-256 of the secret.
     pub secret_hash: SessionHash,
@@ -418,6 +419,16 @@ impl Sessions {
 
 const ID_ATTEMPTS: usize = 3;
 
+/// How many times an exchange proves the key: once, and once more when the
+/// key changed between the proof and the session's insert.
+const PROOF_ATTEMPTS: usize = 2;
+
+/// The refusal of an exchange whose key changed under it at every attempt:
+/// retryable, like a store that did not answer.
+fn changed_during_exchange() -> SessionError {
+    SessionError::Denied(Denial::new(DenialReason::StoreUnavailable, None))
+}
+
 /// The tracing event of a session check (ids and owner, never the token).
 fn session_traced(result: &Result<VerifiedSession, Denial>) {
     match result {
@@ -496,12 +507,17 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
             return Err(SessionError::SessionTokenGiven);
         }
         let ttl = sessions.ttl(ttl)?;
-        let key = self
-            .verifier()
-            .authenticate(token, environment, client_ip)
-            .await
-            .map_err(SessionError::Denied)?;
-        self.issue(sessions, key, ttl, client_ip).await
+        for _ in 0..PROOF_ATTEMPTS {
+            let key = self
+                .verifier()
+                .authenticate(token, environment, client_ip)
+                .await
+                .map_err(SessionError::Denied)?;
+            if let Some(issued) = self.issue(sessions, &key, ttl, client_ip).await? {
+                return Ok(issued);
+            }
+        }
+        Err(changed_during_exchange())
     }
 
     /// Exchanges a key given as its id and secret separately (HTTP Basic
@@ -520,22 +536,60 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
     ) -> Result<IssuedSession, SessionError> {
         let sessions = self.session_state()?;
         let ttl = sessions.ttl(ttl)?;
-        let key = self
-            .verifier()
-            .authenticate_pair(key_id, secret, environment, client_ip)
-            .await
-            .map_err(SessionError::Denied)?;
-        self.issue(sessions, key, ttl, client_ip).await
+        for _ in 0..PROOF_ATTEMPTS {
+            let key = self
+                .verifier()
+                .authenticate_pair(key_id, secret, environment, client_ip)
+                .await
+                .map_err(SessionError::Denied)?;
+            if let Some(issued) = self.issue(sessions, &key, ttl, client_ip).await? {
+                return Ok(issued);
+            }
+        }
+        Err(changed_during_exchange())
     }
 
-    /// Stores a new session for a key just proven, and returns its token.
+    /// Whether the key as stored now is still the key proven: not revoked,
+    /// not suspended, not deleted (each a refusal), and of the generation
+    /// the proof saw (`false` when it changed since: the proof may have come
+    /// from a cache a moment behind a change made elsewhere, a regenerated
+    /// secret among them, so it is dropped and the key proven again).
+    async fn still_current(&self, key: &VerifiedKey) -> Result<bool, SessionError> {
+        let refuse = |reason| {
+            Err(SessionError::Denied(Denial::new(
+                reason,
+                Some(key.id().as_str()),
+            )))
+        };
+        match self.shared.store.get(key.id()).await {
+            Ok(Some(r)) if r.revoked_at.is_some() => refuse(DenialReason::Revoked),
+            Ok(Some(r)) if r.suspended_at.is_some() => refuse(DenialReason::Suspended),
+            Ok(Some(r)) => {
+                let current = r.generation == key.generation();
+                if !current {
+                    self.shared.invalidate(key.id());
+                }
+                Ok(current)
+            }
+            Ok(None) => refuse(DenialReason::UnknownKey),
+            Err(e) => Err(SessionError::Store(e)),
+        }
+    }
+
+    /// Stores a new session for a key just proven, and returns its token;
+    /// `None` when the key changed since the proof (see `still_current`),
+    /// so the caller proves it again.
     async fn issue(
         &self,
         sessions: &Sessions,
-        key: VerifiedKey,
+        key: &VerifiedKey,
         ttl: Duration,
         client_ip: Option<IpAddr>,
-    ) -> Result<IssuedSession, SessionError> {
+    ) -> Result<Option<IssuedSession>, SessionError> {
+        // Before anything is stored: a stale proof costs no session row.
+        if !self.still_current(key).await? {
+            return Ok(None);
+        }
         let now = self.shared.clock.now();
         // Checked: the TTL comes from the client (within the configured
         // maximum, which may be huge); saturate instead of panicking.
@@ -580,29 +634,21 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
             }
             match inserted {
                 Ok(()) => {
-                    // The key was proven from the cache, which may be a
-                    // moment behind a compromise revoke made elsewhere: read
-                    // it again now that the session exists (a
-                    // revoke_compromised that ended the key's sessions before
-                    // this insert could not see it). Revoked, gone, or not
-                    // known now: refuse. The stored session's token is never
-                    // returned, so nobody can ever use it; other sessions of
-                    // the key are left as the revoke left them.
-                    match self.shared.store.get(key.id()).await {
-                        Ok(Some(r)) if r.revoked_at.is_none() => {}
-                        Ok(_) => {
-                            return Err(SessionError::Denied(Denial::new(
-                                DenialReason::Revoked,
-                                Some(key.id().as_str()),
-                            )));
-                        }
-                        Err(e) => return Err(SessionError::Store(e)),
+                    // Read the key again now that the session exists: a
+                    // revoke (or suspend, or regenerate) made elsewhere
+                    // between the check above and this insert ended the
+                    // key's sessions without seeing this one. Refused or
+                    // changed now: the stored session's token is never
+                    // returned, so nobody can ever use it (its row stays
+                    // until it expires).
+                    if !self.still_current(key).await? {
+                        return Ok(None);
                     }
-                    self.audit_session(&key, &record.id, client_ip).await;
-                    return Ok(IssuedSession {
+                    self.audit_session(key, &record.id, client_ip).await;
+                    return Ok(Some(IssuedSession {
                         token,
                         session: record.view(),
-                    });
+                    }));
                 }
                 Err(StoreError::DuplicateId(_)) => record.id = KeyId::generate(),
                 Err(e) => return Err(SessionError::Store(e)),
@@ -768,8 +814,10 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
     /// the same transaction, so servers listening to it drop them at once),
     /// else when the entry expires (the verifier's `cache_ttl`).
     ///
-    /// Needs an actor allowed to revoke the key (or, for a key already
-    /// deleted, allowed to act across owners).
+    /// Needs an actor allowed to revoke the key: for a key already deleted,
+    /// of the owner stored with its sessions (its administrator, by
+    /// default). A key that is neither stored nor has sessions is
+    /// [`KeywardError::NotFound`].
     pub async fn end_sessions(&self, actor: &Actor, id: &KeyId) -> Result<u64, KeywardError> {
         crate::trace::manage_span(
             actor.id(),
@@ -781,21 +829,30 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
     }
 
     async fn end_sessions_impl(&self, actor: &Actor, id: &KeyId) -> Result<u64, KeywardError> {
-        self.allow_revoke(actor, id).await?;
-        let result = self.shared.store.revoke_sessions(id).await;
-        if let Some(sessions) = self.sessions.as_deref() {
-            sessions.cache.clear();
-        }
-        result.map_err(KeywardError::from_store)
+        // Authorized by the key's owner; for a key already deleted, by the
+        // owner stored with its sessions (so its administrator can end them).
+        let owner = match self.shared.store.get(id).await {
+            Ok(Some(record)) => record.owner,
+            Ok(None) => self
+                .shared
+                .store
+                .session_owner(id)
+                .await
+                .map_err(KeywardError::from_store)?
+                .ok_or_else(|| KeywardError::NotFound(id.clone()))?,
+            Err(e) => return Err(KeywardError::from_store(e)),
+        };
+        self.allow(actor, ManagementAction::Revoke, &owner, Some(id))
+            .await?;
+        self.end_key_sessions(id)
+            .await
+            .map_err(KeywardError::from_store)
     }
 
-    /// Revokes a key that was compromised: like [`KeyManager::revoke`], and
-    /// every session exchanged for it ends at once too. A key already
-    /// revoked (plainly) has its sessions ended and its view returned.
-    ///
-    /// Plain [`revoke`](KeyManager::revoke), [`regenerate`](KeyManager::regenerate)
-    /// and [`delete`](KeyManager::delete) leave sessions valid until they
-    /// expire; use [`KeyManager::end_sessions`] for a deleted key.
+    /// Revokes a key that was compromised: [`KeyManager::revoke`] (which
+    /// ends the key's sessions too), except that a key already revoked is
+    /// not an error: its sessions are ended (again) and its view returned.
+    /// The retry after [`KeywardError::SessionsNotEnded`].
     pub async fn revoke_compromised(
         &self,
         actor: &Actor,
@@ -815,18 +872,20 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
         actor: &Actor,
         id: &KeyId,
     ) -> Result<KeyView, KeywardError> {
-        // The key first, so no new session can be exchanged for it once its
-        // sessions are ended (an exchange racing the two re-reads the key
-        // after storing its session and withholds it: see `issue`). Ending the
-        // sessions announces the key on the change feed (PostgreSQL), so
-        // other servers drop their cached sessions of it.
-        let view = match self.revoke(actor, id).await {
-            Ok(view) => view,
-            Err(KeywardError::Revoked(_)) => self.get(actor, id).await?,
-            Err(e) => return Err(e),
-        };
-        self.end_sessions(actor, id).await?;
-        Ok(view)
+        match self.revoke(actor, id).await {
+            Err(KeywardError::Revoked(_)) => {
+                let view = self.get(actor, id).await?;
+                self.end_sessions(actor, id).await.map_err(|e| match e {
+                    KeywardError::Store(source) => KeywardError::SessionsNotEnded {
+                        id: id.clone(),
+                        source,
+                    },
+                    other => other,
+                })?;
+                Ok(view)
+            }
+            other => other,
+        }
     }
 
     /// Deletes sessions that have expired; returns how many. Call it now and

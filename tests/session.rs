@@ -302,8 +302,11 @@ async fn a_session_token_cannot_mint_another_session() {
     );
 }
 
+/// Regenerate and delete leave sessions valid until they expire (as the
+/// developer portal's page says); revoke ends them at once (the key "is
+/// disabled immediately and any integration using it will stop working").
 #[tokio::test]
-async fn sessions_survive_regenerate_revoke_and_delete_but_not_compromise() {
+async fn sessions_survive_regenerate_and_delete_but_not_revoke() {
     let s = sessions_fixture();
     let f = &s.f;
     let key = f.push_key().await;
@@ -328,33 +331,35 @@ async fn sessions_survive_regenerate_revoke_and_delete_but_not_compromise() {
     );
     let b = s.exchange(&new).await;
 
-    f.manager
+    // A plain revoke: every session ends at once, cached or not.
+    let view = f
+        .manager
         .revoke(&keyward::Actor::system("tests"), &key.key.id)
         .await
         .unwrap();
-    assert!(
-        f.manager.verify_session(at, &f.req()).await.is_ok(),
-        "survives plain revoke"
-    );
+    assert_eq!(view.status, KeyStatus::Revoked);
+    for t in [at, b.token.expose_secret()] {
+        let d = f.manager.verify_session(t, &f.req()).await.unwrap_err();
+        assert_eq!(
+            d.reason,
+            DenialReason::Revoked,
+            "a revoke ends the sessions"
+        );
+        assert_eq!(d.kind(), DenialKind::Authentication);
+    }
     let d = f
         .manager
         .exchange(new.token.expose_secret(), &f.live, None, None)
         .await
         .unwrap_err();
     assert!(matches!(d, SessionError::Denied(ref d) if d.reason == DenialReason::Revoked));
-
-    // Compromised: every session ends at once, cached or not.
+    // revoke_compromised of a key already revoked: its view, sessions ended (again).
     let view = f
         .manager
         .revoke_compromised(&keyward::Actor::system("tests"), &key.key.id)
         .await
         .unwrap();
     assert_eq!(view.status, KeyStatus::Revoked);
-    for t in [at, b.token.expose_secret()] {
-        let d = f.manager.verify_session(t, &f.req()).await.unwrap_err();
-        assert_eq!(d.reason, DenialReason::Revoked);
-        assert_eq!(d.kind(), DenialKind::Authentication);
-    }
 
     // Delete leaves sessions; end_sessions ends them for a deleted key.
     let other = f.push_key().await;
@@ -389,6 +394,103 @@ async fn sessions_survive_regenerate_revoke_and_delete_but_not_compromise() {
             .await,
         Err(KeywardError::NotFound(_))
     ));
+}
+
+/// The owner's administrator ends the sessions of a key it deleted: the
+/// owner stored with the sessions authorizes it. Another owner's
+/// administrator may not, and a key without sessions is not found.
+#[tokio::test]
+async fn an_owners_administrator_ends_the_sessions_of_a_deleted_key() {
+    let s = sessions_fixture();
+    let f = &s.f;
+    let key = f.push_key().await;
+    let session = s.exchange(&key).await;
+    let admin = Actor::administrator("alice", OwnerId::new(OWNER).unwrap());
+    f.manager.delete(&admin, &key.key.id).await.unwrap();
+    let mallory = Actor::administrator("mallory", OwnerId::new("fabrikam").unwrap());
+    assert!(matches!(
+        f.manager.end_sessions(&mallory, &key.key.id).await,
+        Err(KeywardError::NotAllowed {
+            denial: ManagementDenial::OtherOwner,
+            ..
+        })
+    ));
+    assert!(
+        f.manager
+            .verify_session(session.token.expose_secret(), &f.req())
+            .await
+            .is_ok(),
+        "a refused end_sessions ends nothing"
+    );
+    assert_eq!(
+        f.manager.end_sessions(&admin, &key.key.id).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        f.manager
+            .verify_session(session.token.expose_secret(), &f.req())
+            .await
+            .unwrap_err()
+            .reason,
+        DenialReason::Revoked
+    );
+    let never = KeyId::generate();
+    assert!(matches!(
+        f.manager.end_sessions(&admin, &never).await,
+        Err(KeywardError::NotFound(_))
+    ));
+}
+
+/// A revoke whose session ending fails says so, with the key revoked; the
+/// sessions end on the retry (`revoke_compromised` or `end_sessions`).
+#[cfg(feature = "testing")]
+#[tokio::test]
+async fn a_revoke_whose_sessions_could_not_be_ended_says_so() {
+    use keyward::store::{FaultyStore, Op};
+    let store = Arc::new(FaultyStore::new(MemoryStore::new()));
+    let manager = KeyManager::builder(Arc::clone(&store), format(), policy())
+        .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
+        .sessions(SessionConfig::new("mkhs"))
+        .unwrap()
+        .build();
+    let live = Environment::new("live").unwrap();
+    let key = manager
+        .create(
+            &Actor::system("tests"),
+            NewKey::new(OWNER, "live", "CI").permissions(PermissionGrant::All),
+        )
+        .await
+        .unwrap();
+    let session = manager
+        .exchange(key.token.expose_secret(), &live, None, None)
+        .await
+        .unwrap();
+    store.fail(Op::RevokeSessions);
+    let err = manager
+        .revoke(&Actor::system("tests"), &key.key.id)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, KeywardError::SessionsNotEnded { ref id, .. } if *id == key.key.id),
+        "{err:?}"
+    );
+    assert_eq!(err.code(), "sessions_not_ended");
+    let stored = store.inner().get(&key.key.id).await.unwrap().unwrap();
+    assert!(stored.revoked_at.is_some(), "the key itself is revoked");
+    store.heal();
+    manager
+        .revoke_compromised(&Actor::system("tests"), &key.key.id)
+        .await
+        .unwrap();
+    let req = VerifyRequest::new(&live, registry().get("package:push").unwrap());
+    assert_eq!(
+        manager
+            .verify_session(session.token.expose_secret(), &req)
+            .await
+            .unwrap_err()
+            .reason,
+        DenialReason::Revoked
+    );
 }
 
 #[tokio::test]
@@ -961,9 +1063,9 @@ async fn an_exchange_racing_a_compromise_revoke_leaves_no_session() {
 }
 
 /// A plain revoke racing an exchange the same way: the exchange is refused,
-/// and the key's earlier sessions stay valid, as a plain revoke leaves them.
+/// and the key's earlier sessions are ended, as a revoke ends them.
 #[tokio::test]
-async fn an_exchange_racing_a_plain_revoke_is_refused_and_ends_nothing() {
+async fn an_exchange_racing_a_plain_revoke_is_refused_and_ends_everything() {
     let (a, b, key) = two_servers().await;
     let live = Environment::new("live").unwrap();
     let token = key.token.expose_secret();
@@ -975,7 +1077,83 @@ async fn an_exchange_racing_a_plain_revoke_is_refused_and_ends_nothing() {
     assert!(matches!(err, SessionError::Denied(ref d) if d.reason == DenialReason::Revoked));
     let req = VerifyRequest::new(&live, registry().get("package:push").unwrap());
     b.verifier().invalidate(&key.key.id);
-    b.verify_session(before.token.expose_secret(), &req)
+    assert_eq!(
+        b.verify_session(before.token.expose_secret(), &req)
+            .await
+            .unwrap_err()
+            .reason,
+        DenialReason::Revoked,
+        "a revoke ends the key's sessions on every server"
+    );
+}
+
+/// Server B's cache still holds the key after server A suspended it: the
+/// exchange's re-read refuses the suspended key.
+#[tokio::test]
+async fn an_exchange_racing_a_suspend_is_refused() {
+    let (a, b, key) = two_servers().await;
+    let live = Environment::new("live").unwrap();
+    let token = key.token.expose_secret();
+    b.exchange(token, &live, None, None).await.unwrap();
+    a.suspend(&keyward::Actor::system("tests"), &key.key.id)
         .await
-        .expect("a plain revoke leaves sessions valid until they expire");
+        .unwrap();
+    assert!(
+        b.verifier().authenticate(token, &live, None).await.is_ok(),
+        "B's cache is stale (no feed): the case this guards"
+    );
+    let err = b.exchange(token, &live, None, None).await.unwrap_err();
+    assert!(
+        matches!(err, SessionError::Denied(ref d) if d.reason == DenialReason::Suspended),
+        "{err:?}"
+    );
+}
+
+/// Server B proved the old secret before server A regenerated the key: the
+/// key's generation changed since the proof, so B proves the secret again
+/// against the store and refuses the old one. A key merely edited
+/// elsewhere is proven again and exchanged, with the new snapshot.
+#[tokio::test]
+async fn an_exchange_proven_before_a_change_elsewhere_is_proven_again() {
+    let (a, b, key) = two_servers().await;
+    let live = Environment::new("live").unwrap();
+    let old = key.token.expose_secret();
+    b.exchange(old, &live, None, None).await.unwrap();
+    let new = a
+        .regenerate(&keyward::Actor::system("tests"), &key.key.id)
+        .await
+        .unwrap();
+    assert!(
+        b.verifier().authenticate(old, &live, None).await.is_ok(),
+        "B's cache is stale (no feed): the case this guards"
+    );
+    let err = b.exchange(old, &live, None, None).await.unwrap_err();
+    assert!(
+        matches!(err, SessionError::Denied(ref d) if d.reason == DenialReason::WrongSecret),
+        "{err:?}"
+    );
+
+    let token = new.token.expose_secret();
+    b.exchange(token, &live, None, None).await.unwrap();
+    a.edit(
+        &keyward::Actor::system("tests"),
+        &key.key.id,
+        KeyEdit {
+            name: Some("renamed".into()),
+            ..KeyEdit::default()
+        },
+    )
+    .await
+    .unwrap();
+    let issued = b.exchange(token, &live, None, None).await.unwrap();
+    let stored = b
+        .store()
+        .get_session(&issued.session.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        stored.key_name, "renamed",
+        "the snapshot of the current key"
+    );
 }
