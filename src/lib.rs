@@ -90,7 +90,8 @@ pub use key::{
     KeyKind, KeyRecord, KeyStatus, KeyView, MAX_NAME_LEN, MAX_OWNER_LEN, OwnerId, SecretHash,
 };
 pub use manager::{
-    CreatedKey, ImportKey, KeyEdit, KeyManager, KeyManagerBuilder, NewKey, RotatedKey,
+    CreatedKey, ImportKey, KeyEdit, KeyManager, KeyManagerBuilder, MIN_ROTATION_GRACE, NewKey,
+    RotatedKey,
 };
 pub use policy::{
     Actor, CompiledScope, DefaultManagementPolicy, EditPolicy, ExpiryChoice, ExpiryPolicy,

@@ -456,6 +456,13 @@ impl<S> fmt::Debug for KeyManager<S> {
 
 pub(crate) const ID_ATTEMPTS: usize = 3;
 
+/// The shortest rotation grace period that is not an end of the old key's
+/// access: 24 hours, time for its integrations to switch. A rotation with a
+/// shorter grace ends the old key almost at once, as a revoke would, so it
+/// also needs the [`ManagementPolicy`]'s permission to
+/// [`Revoke`](ManagementAction::Revoke) (administrators only, by default).
+pub const MIN_ROTATION_GRACE: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// The longest rotation grace period and reminder window.
 const MAX_WINDOW_DAYS: i64 = 3650;
 
@@ -751,11 +758,21 @@ impl<S: KeyStore> KeyManager<S> {
     }
 
     /// Imports a key from another system by its id and the SHA-256 (hex) of
-    /// its secret; see [`ImportKey`]. Legacy full-access keys can only come
-    /// in this way. The id must never have been used in this store (a
-    /// deleted key's id included): [`KeywardError::IdTaken`]. Imports do
-    /// not count against the quota check (a migration must not fail half
-    /// way), but the imported keys count from then on.
+    /// its secret; see [`ImportKey`]. Administrators only under the default
+    /// [`ManagementPolicy`] (or [`Actor::system`], for a migration job).
+    ///
+    /// A scoped key's expiry must fit the [`ExpiryPolicy`](crate::ExpiryPolicy)
+    /// ([`ExpiryPolicy::check_expires_at`](crate::ExpiryPolicy::check_expires_at):
+    /// never expiring only where "never" is allowed, else
+    /// [`PolicyError::NeverNotAllowed`]; no more than the maximum from now,
+    /// else [`PolicyError::ExpiryNotAllowed`]). Legacy full-access keys,
+    /// the documented exception, never expire, and come in only through
+    /// [`ImportKey::legacy`]. Imports count against the quota like created
+    /// keys: [`KeywardError::QuotaExceeded`] when the owner already has
+    /// the quota's number of live keys in the environment (raise the quota,
+    /// or revoke keys, before migrating more). The id must never have been
+    /// used in this store (a deleted key's id included):
+    /// [`KeywardError::IdTaken`]. A refusal stores nothing.
     pub async fn import(&self, actor: &Actor, key: ImportKey) -> Result<KeyView, KeywardError> {
         crate::trace::manage_span(
             actor.id(),
@@ -778,16 +795,18 @@ impl<S: KeyStore> KeyManager<S> {
         if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(KeywardError::BadImportHash(id));
         }
+        let now = self.now();
         let (permissions, resources, expires_at) = match key.kind {
+            // The documented exception: full access, never expires.
             KeyKind::Legacy => (PermissionGrant::All, ResourceScope::All, None),
             KeyKind::Scoped => {
                 policy.permissions().resolve(&key.permissions)?;
                 policy.resource_rule().compile(&key.resources)?;
+                policy.expiry().check_expires_at(now, key.expires_at)?;
                 (key.permissions, key.resources, key.expires_at)
             }
         };
         let ip_allowlist = IpAllowlist::parse(&key.ip_allowlist)?;
-        let now = self.now();
         let record = KeyRecord {
             id,
             owner,
@@ -807,7 +826,8 @@ impl<S: KeyStore> KeyManager<S> {
             generation: 1,
             secret_hash: SecretHash::new(format!("{}{hex}", crate::hash::SHA256_IMPORT_PREFIX)),
         };
-        match self.shared.store.insert(&record, None).await {
+        let quota = policy.quota().map(|max_live| QuotaCheck { max_live, now });
+        match self.shared.store.insert(&record, quota).await {
             Ok(()) => {}
             Err(StoreError::DuplicateId(id)) => return Err(KeywardError::IdTaken(id)),
             // A lost reply: if exactly this record is there, the import
@@ -1056,15 +1076,24 @@ impl<S: KeyStore> KeyManager<S> {
 
     /// Rotates a key with overlap: creates a successor with the same
     /// owner, environment, name, permissions, resources, IP allowlist and
-    /// lifetime length (counted from now), returns its token once, and makes
-    /// the old key expire after `grace` (never later than its own expiry),
-    /// so both work during the overlap and CI can switch with no downtime.
+    /// lifetime length (counted from now, never longer than the
+    /// [`ExpiryPolicy`](crate::ExpiryPolicy)'s maximum; a key that never
+    /// expires gets a successor that never expires only where "never" is
+    /// still allowed, else the policy's default), returns its token once,
+    /// and makes the old key expire after `grace` (never later than its own
+    /// expiry), so both work during the overlap and CI can switch with no
+    /// downtime.
+    ///
+    /// A `grace` shorter than [`MIN_ROTATION_GRACE`] ends the old key's
+    /// access almost at once, as a revoke would: the actor must also be
+    /// allowed to [`Revoke`](ManagementAction::Revoke) it (administrators
+    /// only, by default), else [`KeywardError::NotAllowed`] for `revoke`.
     ///
     /// The old key is on its way out, so the quota check allows one key
     /// more than the policy's quota for the successor: an owner at the
     /// quota can rotate one key at a time, and repeated rotations cannot pile
     /// up keys ([`KeywardError::QuotaExceeded`] until the overlap ends; an
-    /// owner already above the quota, as imports can leave one, must revoke
+    /// owner already above the quota, as a quota lowered since can leave one, must revoke
     /// keys before rotating). If
     /// retiring the old key fails, or the call is cancelled (a dropped
     /// future, a timeout) between the two writes, the successor is deleted
@@ -1092,6 +1121,11 @@ impl<S: KeyStore> KeyManager<S> {
         grace: Duration,
     ) -> Result<RotatedKey, KeywardError> {
         let old = self.load_for(actor, ManagementAction::Rotate, id).await?;
+        if grace < MIN_ROTATION_GRACE {
+            // Ends the old key's access almost at once: a revoke in effect.
+            self.allow(actor, ManagementAction::Revoke, &old.owner, Some(id))
+                .await?;
+        }
         self.changeable(&old)?;
         if old.kind == KeyKind::Legacy {
             return Err(KeywardError::Legacy(id.clone(), "rotated"));
@@ -1110,12 +1144,18 @@ impl<S: KeyStore> KeyManager<S> {
             now.checked_add_signed(d)
                 .unwrap_or(DateTime::<Utc>::MAX_UTC)
         };
+        // The old key's lifetime length, never longer than the policy's
+        // maximum: its creation time may come from another system (an
+        // import dated decades back).
+        let expires_at = self.shared.policy.expiry().successor_expiry(
+            now,
+            old.expires_at
+                .map(|e| e.signed_duration_since(old.created_at)),
+        );
         let successor = KeyRecord {
             id: KeyId::generate(),
             created_at: now,
-            expires_at: old
-                .expires_at
-                .map(|e| later(e.signed_duration_since(old.created_at))),
+            expires_at,
             revoked_at: None,
             suspended_at: None,
             last_used_at: None,
