@@ -629,6 +629,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ));
     }
     let manager = builder.build();
+    // Expired sessions are refused, but their rows stay until purged: purge
+    // them every 5 minutes (on every server, if you like: it is one
+    // idempotent statement). Each key holds at most 100 live sessions.
+    let purger = manager.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5 * 60));
+        loop {
+            every.tick().await;
+            if let Err(e) = purger.purge_expired_sessions().await {
+                eprintln!("session purge failed, retried in 5 minutes: {e}");
+            }
+        }
+    });
     // With PostgreSQL, other servers may share the database: follow their
     // changes (kept alive until the server stops).
     let _feed = match &store {

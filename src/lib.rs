@@ -99,8 +99,9 @@ pub use policy::{
     PermissionRegistry, PermissionSet, Policy, ResourceRef, ResourceRule, ResourceScope, Role,
 };
 pub use session::{
-    DEFAULT_MAX_SESSION_TTL, DEFAULT_SESSION_TTL, IssuedSession, SessionCap, SessionConfig,
-    SessionError, SessionHash, SessionRecord, SessionStore, SessionView, VerifiedSession,
+    DEFAULT_MAX_SESSION_TTL, DEFAULT_MAX_SESSIONS_PER_KEY, DEFAULT_SESSION_TTL, IssuedSession,
+    SessionCap, SessionConfig, SessionError, SessionHash, SessionRecord, SessionStore, SessionView,
+    VerifiedSession,
 };
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use store::InvalidName;

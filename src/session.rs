@@ -22,6 +22,10 @@
 //!   it leaves them valid until they expire ([`KeyManager::end_sessions`]
 //!   ends them for a deleted key).
 //! * A session token can never be exchanged for another session.
+//! * A key holds at most [`SessionConfig::max_sessions_per_key`] live
+//!   sessions (an exchange at the cap is refused), and
+//!   [`KeyManager::purge_expired_sessions`], run on a timer, deletes the
+//!   rows of expired ones.
 
 use std::fmt;
 use std::future::Future;
@@ -48,6 +52,9 @@ use crate::verify::{CompiledKey, Denial, DenialReason, VerifiedKey, VerifyReques
 pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(15 * 60);
 /// Default longest lifetime a caller may ask for: 1 hour.
 pub const DEFAULT_MAX_SESSION_TTL: Duration = Duration::from_secs(60 * 60);
+/// Default cap of live sessions per key: 100 (see
+/// [`SessionConfig::max_sessions_per_key`]).
+pub const DEFAULT_MAX_SESSIONS_PER_KEY: u32 = 100;
 
 /// Session settings, given to [`KeyManagerBuilder::sessions`](crate::KeyManagerBuilder::sessions).
 ///
@@ -70,6 +77,18 @@ pub struct SessionConfig {
     /// Longest lifetime a caller may ask for (default 1 hour); longer is
     /// refused with [`SessionError::TtlTooLong`].
     pub max_ttl: Duration,
+    /// Most live (not revoked, not expired) sessions one key may have at
+    /// once (default [`DEFAULT_MAX_SESSIONS_PER_KEY`], at least 1). At the
+    /// cap, an exchange is refused with [`SessionError::TooManySessions`]
+    /// (the sessions already issued keep working); a slot frees when a
+    /// session expires or the key's sessions are ended. Refusing rather than
+    /// ending the oldest keeps a client that exchanges too often from
+    /// silently cutting off its own running jobs, and bounds both the
+    /// session rows and the audit events (refusals write none) a key can
+    /// cause. Choose it above the number of sessions a key's integrations
+    /// hold at once: with a 15-minute lifetime, 100 allows a new session
+    /// every 9 seconds, for ever.
+    pub max_sessions_per_key: u32,
 }
 
 impl SessionConfig {
@@ -79,6 +98,7 @@ impl SessionConfig {
             prefix: prefix.into(),
             default_ttl: DEFAULT_SESSION_TTL,
             max_ttl: DEFAULT_MAX_SESSION_TTL,
+            max_sessions_per_key: DEFAULT_MAX_SESSIONS_PER_KEY,
         }
     }
 }
@@ -110,6 +130,20 @@ pub enum SessionError {
     /// The configured default lifetime is longer than the maximum.
     #[error("the default session lifetime is longer than the maximum")]
     DefaultAboveMax,
+    /// The key already has [`SessionConfig::max_sessions_per_key`] live
+    /// sessions; nothing was stored. Reuse a session until it expires (or
+    /// end the key's sessions).
+    #[error("key {key_id} already has {limit} live sessions, the most one key may have")]
+    TooManySessions {
+        /// The key.
+        key_id: KeyId,
+        /// The cap.
+        limit: u32,
+    },
+    /// [`SessionConfig::max_sessions_per_key`] is zero: no session could
+    /// ever be issued.
+    #[error("the cap of live sessions per key must be at least 1")]
+    ZeroSessionCap,
     /// The session prefix is invalid.
     #[error("invalid session prefix: {0}")]
     Prefix(InvalidValue),
@@ -396,6 +430,9 @@ impl Sessions {
         if config.default_ttl > config.max_ttl {
             return Err(SessionError::DefaultAboveMax);
         }
+        if config.max_sessions_per_key == 0 {
+            return Err(SessionError::ZeroSessionCap);
+        }
         Ok(())
     }
 
@@ -623,7 +660,11 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
                     .parse(token.expose_secret())?
                     .expose_secret(),
             );
-            let mut inserted = self.shared.store.insert_session(&record, None).await;
+            let cap = SessionCap {
+                max_live: sessions.config.max_sessions_per_key,
+                now,
+            };
+            let mut inserted = self.shared.store.insert_session(&record, Some(cap)).await;
             if let Err(StoreError::Backend(_)) = inserted {
                 // A lost reply: the session is there with this hash, or not.
                 if let Ok(Some(stored)) = self.shared.store.get_session(&record.id).await {
@@ -651,6 +692,9 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
                     }));
                 }
                 Err(StoreError::DuplicateId(_)) => record.id = KeyId::generate(),
+                Err(StoreError::TooManySessions { key_id, limit }) => {
+                    return Err(SessionError::TooManySessions { key_id, limit });
+                }
                 Err(e) => return Err(SessionError::Store(e)),
             }
         }
@@ -888,8 +932,29 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
         }
     }
 
-    /// Deletes sessions that have expired; returns how many. Call it now and
-    /// then (a daily job); expired sessions are refused either way.
+    /// Deletes sessions that have expired (revoked ones included); returns
+    /// how many. Expired sessions are refused either way, but their rows
+    /// stay until purged: run it on a timer, on one server or on all (it is
+    /// one idempotent statement). Every few minutes suits the default
+    /// 15-minute lifetime:
+    ///
+    /// ```
+    /// # use keyward::*;
+    /// # fn schedule(manager: KeyManager<MemoryStore>) {
+    /// // At startup, in a tokio runtime (with tokio's "time" feature):
+    /// tokio::spawn(async move {
+    ///     let mut every = tokio::time::interval(std::time::Duration::from_secs(300));
+    ///     loop {
+    ///         every.tick().await;
+    ///         if let Err(e) = manager.purge_expired_sessions().await {
+    ///             eprintln!("session purge failed, retried next time: {e}");
+    ///         }
+    ///     }
+    /// });
+    /// # }
+    /// ```
+    ///
+    /// `examples/publisher_api.rs` does this every 5 minutes.
     pub async fn purge_expired_sessions(&self) -> Result<u64, KeywardError> {
         let now = self.shared.clock.now();
         self.shared

@@ -620,6 +620,35 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
     );
 }
 
+/// A key at its cap of live sessions (100 by default) gets 429
+/// `too_many_sessions` from the exchange endpoint; its sessions keep working.
+#[tokio::test]
+async fn an_exchange_over_the_session_cap_is_429() {
+    let s = start_server().await;
+    let key = s.push_key().await;
+    let exchange = || {
+        s.post("/session")
+            .header("authorization", bearer(key.token.expose_secret()))
+            .send()
+    };
+    let mut last = String::new();
+    for _ in 0..DEFAULT_MAX_SESSIONS_PER_KEY {
+        let r = exchange().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        last = body(r).await["token"].as_str().unwrap().to_owned();
+    }
+    let r = exchange().await.unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(body(r).await["error"], "too_many_sessions");
+    let r = s
+        .get("/me")
+        .header("authorization", bearer(&last))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "issued sessions keep working");
+}
+
 #[tokio::test]
 async fn sessions_over_http_survive_regenerate_and_die_on_compromise() {
     let s = start_server().await;

@@ -493,6 +493,73 @@ async fn a_revoke_whose_sessions_could_not_be_ended_says_so() {
     );
 }
 
+/// A key holds at most `max_sessions_per_key` live sessions: at the cap
+/// the exchange is refused (nothing stored, no audit event, the sessions
+/// issued keep working); an expired or ended session frees its slot, and
+/// the purge deletes the expired rows.
+#[tokio::test]
+async fn live_sessions_per_key_are_capped() {
+    let s = sessions_fixture_with(SessionConfig {
+        max_sessions_per_key: 3,
+        ..SessionConfig::new("mkhs")
+    });
+    let f = &s.f;
+    let key = f.push_key().await;
+    let other = f.push_key().await;
+    let exchange = |ttl: u64| {
+        f.manager.exchange(
+            key.token.expose_secret(),
+            &f.live,
+            Some(Duration::from_secs(ttl)),
+            None,
+        )
+    };
+    let short = exchange(60).await.unwrap();
+    let kept = exchange(600).await.unwrap();
+    exchange(600).await.unwrap();
+    let err = exchange(600).await.unwrap_err();
+    assert_eq!(
+        err,
+        SessionError::TooManySessions {
+            key_id: key.key.id.clone(),
+            limit: 3
+        }
+    );
+    assert!(
+        f.manager
+            .verify_session(kept.token.expose_secret(), &f.req())
+            .await
+            .is_ok(),
+        "the sessions issued keep working"
+    );
+    // The cap is per key.
+    s.exchange(&other).await;
+    // An expired session frees its slot; the purge deletes its row.
+    f.clock.advance(TimeDelta::seconds(61));
+    exchange(600).await.expect("a slot freed by expiry");
+    assert!(matches!(
+        exchange(600).await,
+        Err(SessionError::TooManySessions { .. })
+    ));
+    assert_eq!(f.manager.purge_expired_sessions().await.unwrap(), 1);
+    assert!(
+        f.manager
+            .store()
+            .get_session(&short.session.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Ended sessions free every slot.
+    f.manager
+        .end_sessions(&Actor::system("tests"), &key.key.id)
+        .await
+        .unwrap();
+    exchange(600)
+        .await
+        .expect("slots freed by ending the sessions");
+}
+
 #[tokio::test]
 async fn wrong_unknown_and_malformed_session_tokens() {
     let s = sessions_fixture();
@@ -687,6 +754,13 @@ async fn configuration_is_checked() {
             ..SessionConfig::new("mkhs")
         }),
         Err(SessionError::ZeroTtl)
+    );
+    assert_eq!(
+        build(SessionConfig {
+            max_sessions_per_key: 0,
+            ..SessionConfig::new("mkhs")
+        }),
+        Err(SessionError::ZeroSessionCap)
     );
     // Without sessions configured, exchange says so and session tokens are refused.
     let f = fixture();
