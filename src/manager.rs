@@ -1293,7 +1293,9 @@ impl<S: KeyStore> KeyManager<S> {
     /// [`KeyManager::revoke_compromised`] (which accepts a key already
     /// revoked) or [`KeyManager::end_sessions`] again. Other processes drop
     /// their cached sessions of the key on the change feed (PostgreSQL) or
-    /// within the verifier's cache TTL.
+    /// within the verifier's cache TTL. Sessions are ended by managers
+    /// built with [`KeyManagerBuilder::sessions`]; build every manager of a
+    /// store that has sessions with it.
     pub async fn revoke(&self, actor: &Actor, id: &KeyId) -> Result<KeyView, KeywardError> {
         crate::trace::manage_span(
             actor.id(),
