@@ -370,8 +370,9 @@ pub enum KeywardError {
     /// An imported SHA-256 hash is not 64 hexadecimal characters.
     #[error("the imported hash of key {0} is not a SHA-256 hash in hex (64 characters 0-9a-f)")]
     BadImportHash(KeyId),
-    /// The key was revoked, but ending its session tokens failed: they may
-    /// still work (until they expire). Call
+    /// The key was revoked, but ending its session tokens in the store
+    /// failed. They are still refused wherever they are read from the store
+    /// (their key is revoked), but the store still marks them live: call
     /// [`KeyManager::revoke_compromised`](crate::KeyManager::revoke_compromised)
     /// or [`KeyManager::end_sessions`](crate::KeyManager::end_sessions) again.
     #[error("key {id} is revoked, but its sessions could not be ended: {source}")]

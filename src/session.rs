@@ -704,7 +704,9 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
     /// Checks a session token for `req`, like [`KeyManager::verify`] checks a
     /// key: environment, expiry, IP allowlist, permission, resource — against
     /// the snapshot taken at exchange time. Session-only permissions are
-    /// refused, since the snapshot holds only what the key was granted.
+    /// refused, since the snapshot holds only what the key was granted. A
+    /// session of a revoked key is refused ([`DenialReason::Revoked`]),
+    /// also when its sessions were not ended in the store.
     ///
     /// Denials before the session is found carry no key id; later ones
     /// carry the key's id.
@@ -800,7 +802,15 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
                 if !record.secret_hash.matches(&hash) {
                     return Err(anonymous(DenialReason::WrongSecret));
                 }
-                if record.revoked {
+                // The key revoked ends its sessions even where they were not
+                // ended in the store (a revoke by a manager built without
+                // sessions, or whose ending failed). A deleted key's
+                // sessions live on, as deleting leaves them.
+                let key_revoked = match self.shared.store.get(&record.key_id).await {
+                    Ok(key) => key.is_some_and(|k| k.revoked_at.is_some()),
+                    Err(_) => return Err(anonymous(DenialReason::StoreUnavailable)),
+                };
+                if record.revoked || key_revoked {
                     sessions.cache.insert(
                         &session_id,
                         &record.environment,

@@ -1231,3 +1231,53 @@ async fn an_exchange_proven_before_a_change_elsewhere_is_proven_again() {
         "the snapshot of the current key"
     );
 }
+
+/// A revoke made by a manager built without sessions (an administration
+/// server of a store whose other servers issue sessions) cannot end the
+/// sessions in the store, yet they stop working: a session is checked
+/// against its key's revocation when it is read from the store.
+#[tokio::test]
+async fn a_revoke_by_a_manager_without_sessions_still_stops_them() {
+    let store = Arc::new(MemoryStore::new());
+    let admin_server = KeyManager::builder(Arc::clone(&store), format(), policy())
+        .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
+        .build();
+    let api_server = KeyManager::builder(Arc::clone(&store), format(), policy())
+        .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
+        .sessions(SessionConfig::new("mkhs"))
+        .unwrap()
+        .build();
+    let key = admin_server
+        .create(
+            &Actor::system("tests"),
+            NewKey::new(OWNER, "live", "CI").permissions(PermissionGrant::All),
+        )
+        .await
+        .unwrap();
+    let live = Environment::new("live").unwrap();
+    let session = api_server
+        .exchange(key.token.expose_secret(), &live, None, None)
+        .await
+        .unwrap();
+    let req = VerifyRequest::new(&live, registry().get("package:push").unwrap());
+    let token = session.token.expose_secret();
+    assert!(api_server.verify_session(token, &req).await.is_ok());
+    admin_server
+        .revoke(&Actor::system("tests"), &key.key.id)
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .get_session(&session.session.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked,
+        "not ended in the store: the case this guards"
+    );
+    // The change feed (or the cache TTL) drops the cached session.
+    api_server.verifier().invalidate(&key.key.id);
+    let d = api_server.verify_session(token, &req).await.unwrap_err();
+    assert_eq!(d.reason, DenialReason::Revoked);
+    assert_eq!(d.key_id.as_ref(), Some(&key.key.id));
+}
