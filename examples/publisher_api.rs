@@ -45,8 +45,9 @@
 //!
 //! Administrator (`X-Admin-Secret`): `POST /admin/keys`, `GET /admin/keys`,
 //! `PATCH /admin/keys/{id}`, `POST /admin/keys/{id}/regenerate`,
-//! `POST /admin/keys/{id}/revoke` (`{"compromised": true}` also ends its
-//! sessions), `DELETE /admin/keys/{id}`, `DELETE /admin/packages/{name}`.
+//! `POST /admin/keys/{id}/revoke` (ends its sessions too;
+//! `{"compromised": true}` also accepts a key already revoked and ends its
+//! sessions again), `DELETE /admin/keys/{id}`, `DELETE /admin/packages/{name}`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -63,7 +64,7 @@ use keyward::axum::{Caller, KeywardLayer};
 use keyward::{
     Actor, Argon2Hasher, Environment, ExpiryChoice, ExpiryPolicy, KeyEdit, KeyId, KeyManager,
     KeyRecord, KeyStore, KeywardError, ListQuery, NewKey, OwnerId, PermissionGrant,
-    PermissionRegistry, Policy, PostgresStore, QuotaCheck, ResourceRef, ResourceScope,
+    PermissionRegistry, Policy, PostgresStore, QuotaCheck, ResourceRef, ResourceScope, SessionCap,
     SessionConfig, SessionRecord, SessionStore, SqliteStore, StoreError, TokenFormat,
 };
 use serde::Deserialize;
@@ -126,8 +127,15 @@ impl KeyStore for Store {
 }
 
 impl SessionStore for Store {
-    async fn insert_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
-        on_store!(self, s => s.insert_session(record).await)
+    async fn insert_session(
+        &self,
+        record: &SessionRecord,
+        cap: Option<SessionCap>,
+    ) -> Result<(), StoreError> {
+        on_store!(self, s => s.insert_session(record, cap).await)
+    }
+    async fn session_owner(&self, key_id: &KeyId) -> Result<Option<OwnerId>, StoreError> {
+        on_store!(self, s => s.session_owner(key_id).await)
     }
     async fn get_session(&self, id: &KeyId) -> Result<Option<SessionRecord>, StoreError> {
         on_store!(self, s => s.get_session(id).await)
@@ -535,7 +543,7 @@ async fn admin_revoke(
         app.manager.revoke(&app.admin(), &id).await
     };
     match result {
-        Ok(view) => Json(json!({ "key": view, "sessions_ended": compromised })).into_response(),
+        Ok(view) => Json(json!({ "key": view, "sessions_ended": true })).into_response(),
         Err(e) => manager_error(e),
     }
 }
@@ -678,6 +686,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ));
     }
     let manager = builder.build();
+    // Expired sessions are refused, but their rows stay until purged: purge
+    // them every 5 minutes (on every server, if you like: it is one
+    // idempotent statement). Each key holds at most 100 live sessions.
+    let purger = manager.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5 * 60));
+        loop {
+            every.tick().await;
+            if let Err(e) = purger.purge_expired_sessions().await {
+                eprintln!("session purge failed, retried in 5 minutes: {e}");
+            }
+        }
+    });
     // With PostgreSQL, other servers may share the database: follow their
     // changes (kept alive until the server stops).
     let _feed = match &store {

@@ -847,6 +847,13 @@ impl<S: KeyStore + SessionStore> KeywardLayer<S> {
                 "invalid_request",
                 "The session lifetime must be longer than zero.".into(),
             ),
+            SessionError::TooManySessions { limit, .. } => KeywardRejection::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_sessions",
+                format!(
+                    "This key already has {limit} live session tokens. Reuse one until it expires."
+                ),
+            ),
             SessionError::Store(_) => KeywardRejection::unavailable(),
             _ => KeywardRejection::new(
                 StatusCode::INTERNAL_SERVER_ERROR,

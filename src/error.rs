@@ -282,6 +282,15 @@ pub enum StoreError {
         /// The quota.
         limit: u32,
     },
+    /// The key already has the maximum number of live sessions
+    /// ([`SessionCap`](crate::SessionCap)); nothing was stored.
+    #[error("key {key_id} already has {limit} live sessions")]
+    TooManySessions {
+        /// The key whose sessions are at the cap.
+        key_id: KeyId,
+        /// The cap.
+        limit: u32,
+    },
     /// A stored row could not be turned into a record.
     #[error("stored key {id} is corrupt: field {field}: {reason}")]
     Corrupt {
@@ -361,6 +370,18 @@ pub enum KeywardError {
     /// An imported SHA-256 hash is not 64 hexadecimal characters.
     #[error("the imported hash of key {0} is not a SHA-256 hash in hex (64 characters 0-9a-f)")]
     BadImportHash(KeyId),
+    /// The key was revoked, but ending its session tokens in the store
+    /// failed. They are still refused wherever they are read from the store
+    /// (their key is revoked), but the store still marks them live: call
+    /// [`KeyManager::revoke_compromised`](crate::KeyManager::revoke_compromised)
+    /// or [`KeyManager::end_sessions`](crate::KeyManager::end_sessions) again.
+    #[error("key {id} is revoked, but its sessions could not be ended: {source}")]
+    SessionsNotEnded {
+        /// The key, revoked.
+        id: KeyId,
+        /// Why its sessions were not ended.
+        source: StoreError,
+    },
 }
 
 impl KeywardError {
@@ -389,6 +410,7 @@ impl KeywardError {
             KeywardError::Legacy(..) => "legacy",
             KeywardError::IdTaken(_) => "id_taken",
             KeywardError::BadImportHash(_) => "bad_import_hash",
+            KeywardError::SessionsNotEnded { .. } => "sessions_not_ended",
         }
     }
 

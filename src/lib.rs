@@ -93,7 +93,8 @@ pub use key::{
     KeyKind, KeyRecord, KeyStatus, KeyView, MAX_NAME_LEN, MAX_OWNER_LEN, OwnerId, SecretHash,
 };
 pub use manager::{
-    CreatedKey, ImportKey, KeyEdit, KeyManager, KeyManagerBuilder, NewKey, RotatedKey,
+    CreatedKey, ImportKey, KeyEdit, KeyManager, KeyManagerBuilder, MIN_ROTATION_GRACE, NewKey,
+    RotatedKey,
 };
 pub use policy::{
     Actor, CompiledScope, DefaultManagementPolicy, EditPolicy, ExpiryChoice, ExpiryPolicy,
@@ -101,8 +102,9 @@ pub use policy::{
     PermissionRegistry, PermissionSet, Policy, ResourceRef, ResourceRule, ResourceScope, Role,
 };
 pub use session::{
-    DEFAULT_MAX_SESSION_TTL, DEFAULT_SESSION_TTL, IssuedSession, SessionConfig, SessionError,
-    SessionHash, SessionRecord, SessionStore, SessionView, VerifiedSession,
+    DEFAULT_MAX_SESSION_TTL, DEFAULT_MAX_SESSIONS_PER_KEY, DEFAULT_SESSION_TTL, IssuedSession,
+    SessionCap, SessionConfig, SessionError, SessionHash, SessionRecord, SessionStore, SessionView,
+    VerifiedSession,
 };
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use store::InvalidName;

@@ -1,7 +1,9 @@
 //! [`KeyManager`]: create, list, edit, regenerate, revoke, delete and verify keys.
 
 use std::fmt;
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +20,7 @@ use crate::policy::{
     Actor, DefaultManagementPolicy, ExpiryChoice, IpAllowlist, ManagementAction, ManagementPolicy,
     PermissionGrant, Policy, ResourceScope,
 };
-use crate::session::{SessionConfig, SessionError, Sessions};
+use crate::session::{SessionConfig, SessionError, SessionStore, Sessions};
 use crate::store::{KeyStore, ListQuery, QuotaCheck};
 use crate::token::{Environment, KeyId, Token, TokenFormat};
 use crate::verify::{Denial, Shared, VerifiedKey, Verifier, VerifierConfig, VerifyRequest};
@@ -281,8 +283,49 @@ pub struct KeyManagerBuilder<S> {
     clock: Arc<dyn Clock>,
     config: VerifierConfig,
     sessions: Option<SessionConfig>,
+    end_sessions: Option<EndSessions<S>>,
     audit: Option<Arc<dyn AuditSink>>,
     management: Arc<dyn ManagementPolicy>,
+}
+
+/// Ends every session of a key in the store: set when sessions are
+/// configured (the store is then a [`SessionStore`]), so that
+/// [`KeyManager::revoke`], which needs only a [`KeyStore`], ends them too.
+pub(crate) type EndSessions<S> =
+    for<'a> fn(
+        &'a S,
+        &'a KeyId,
+    ) -> Pin<Box<dyn Future<Output = Result<u64, StoreError>> + Send + 'a>>;
+
+fn end_sessions_in<'a, S: SessionStore>(
+    store: &'a S,
+    id: &'a KeyId,
+) -> Pin<Box<dyn Future<Output = Result<u64, StoreError>> + Send + 'a>> {
+    Box::pin(store.revoke_sessions(id))
+}
+
+impl<S: KeyStore + SessionStore> KeyManagerBuilder<S> {
+    /// Enables session tokens ([`KeyManager::exchange`]) with this prefix,
+    /// these lifetimes and this cap of live sessions per key. Errors: an
+    /// invalid prefix, the key prefix itself, a zero lifetime, a default
+    /// above the maximum.
+    ///
+    /// ```
+    /// use keyward::*;
+    /// let builder = || KeyManager::builder(
+    ///     MemoryStore::new(),
+    ///     TokenFormat::new("mkh", &["live"]).unwrap(),
+    ///     Policy::new(PermissionRegistry::builder().permission("p").build().unwrap()),
+    /// );
+    /// assert!(builder().sessions(SessionConfig::new("mkhs")).is_ok());
+    /// assert_eq!(builder().sessions(SessionConfig::new("mkh")).err(), Some(SessionError::PrefixClash));
+    /// ```
+    pub fn sessions(mut self, config: SessionConfig) -> Result<Self, SessionError> {
+        Sessions::check_config(&config, &self.format)?;
+        self.sessions = Some(config);
+        self.end_sessions = Some(end_sessions_in::<S>);
+        Ok(self)
+    }
 }
 
 impl<S: KeyStore> KeyManagerBuilder<S> {
@@ -318,25 +361,6 @@ impl<S: KeyStore> KeyManagerBuilder<S> {
         self.management = Arc::new(policy);
         self
     }
-    /// Enables session tokens ([`KeyManager::exchange`]) with this prefix
-    /// and these lifetimes. Errors: an invalid prefix, the key prefix
-    /// itself, a zero lifetime, a default above the maximum.
-    ///
-    /// ```
-    /// use keyward::*;
-    /// let builder = || KeyManager::builder(
-    ///     MemoryStore::new(),
-    ///     TokenFormat::new("mkh", &["live"]).unwrap(),
-    ///     Policy::new(PermissionRegistry::builder().permission("p").build().unwrap()),
-    /// );
-    /// assert!(builder().sessions(SessionConfig::new("mkhs")).is_ok());
-    /// assert_eq!(builder().sessions(SessionConfig::new("mkh")).err(), Some(SessionError::PrefixClash));
-    /// ```
-    pub fn sessions(mut self, config: SessionConfig) -> Result<Self, SessionError> {
-        Sessions::check_config(&config, &self.format)?;
-        self.sessions = Some(config);
-        Ok(self)
-    }
     /// Builds the manager.
     pub fn build(self) -> KeyManager<S> {
         let sessions = self.sessions.map(|config| {
@@ -349,6 +373,7 @@ impl<S: KeyStore> KeyManagerBuilder<S> {
         });
         KeyManager {
             management: self.management,
+            end_sessions: self.end_sessions,
             shared: Arc::new(Shared::new(
                 self.store,
                 self.format,
@@ -409,6 +434,7 @@ pub struct KeyManager<S> {
     pub(crate) shared: Arc<Shared<S>>,
     pub(crate) sessions: Option<Arc<Sessions>>,
     management: Arc<dyn ManagementPolicy>,
+    end_sessions: Option<EndSessions<S>>,
 }
 
 impl<S> Clone for KeyManager<S> {
@@ -417,6 +443,7 @@ impl<S> Clone for KeyManager<S> {
             shared: Arc::clone(&self.shared),
             sessions: self.sessions.clone(),
             management: Arc::clone(&self.management),
+            end_sessions: self.end_sessions,
         }
     }
 }
@@ -428,6 +455,13 @@ impl<S> fmt::Debug for KeyManager<S> {
 }
 
 pub(crate) const ID_ATTEMPTS: usize = 3;
+
+/// The shortest rotation grace period that is not an end of the old key's
+/// access: 24 hours, time for its integrations to switch. A rotation with a
+/// shorter grace ends the old key almost at once, as a revoke would, so it
+/// also needs the [`ManagementPolicy`]'s permission to
+/// [`Revoke`](ManagementAction::Revoke) (administrators only, by default).
+pub const MIN_ROTATION_GRACE: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// The longest rotation grace period and reminder window.
 const MAX_WINDOW_DAYS: i64 = 3650;
@@ -464,6 +498,7 @@ impl<S: KeyStore> KeyManager<S> {
             clock: Arc::new(SystemClock),
             config: VerifierConfig::default(),
             sessions: None,
+            end_sessions: None,
             audit: None,
             management: Arc::new(DefaultManagementPolicy),
         }
@@ -539,7 +574,7 @@ impl<S: KeyStore> KeyManager<S> {
     }
 
     /// Asks the management policy; a refusal is audited and returned.
-    async fn allow(
+    pub(crate) async fn allow(
         &self,
         actor: &Actor,
         action: ManagementAction,
@@ -599,20 +634,16 @@ impl<S: KeyStore> KeyManager<S> {
         })
     }
 
-    /// Whether `actor` may revoke key `id` (for ending its sessions): by its
-    /// owner when it exists, across owners when it was deleted.
-    pub(crate) async fn allow_revoke(&self, actor: &Actor, id: &KeyId) -> Result<(), KeywardError> {
-        match self.load(id).await {
-            Ok(record) => {
-                self.allow(actor, ManagementAction::Revoke, &record.owner, Some(id))
-                    .await
-            }
-            Err(KeywardError::NotFound(_)) => {
-                self.allow_global(actor, ManagementAction::Revoke, Some(id))
-                    .await
-            }
-            Err(e) => Err(e),
-        }
+    /// Ends every session of the key `id` in the store (when sessions are
+    /// configured), then drops this process's cached sessions of it (after
+    /// the store, so a check that read a session before cannot cache it).
+    pub(crate) async fn end_key_sessions(&self, id: &KeyId) -> Result<u64, StoreError> {
+        let Some(end) = self.end_sessions else {
+            return Ok(0);
+        };
+        let result = end(&self.shared.store, id).await;
+        self.shared.invalidate(id);
+        result
     }
 
     /// Loads a key and asks the policy whether `actor` may do `action` to it.
@@ -730,11 +761,21 @@ impl<S: KeyStore> KeyManager<S> {
     }
 
     /// Imports a key from another system by its id and the SHA-256 (hex) of
-    /// its secret; see [`ImportKey`]. Legacy full-access keys can only come
-    /// in this way. The id must never have been used in this store (a
-    /// deleted key's id included): [`KeywardError::IdTaken`]. Imports do
-    /// not count against the quota check (a migration must not fail half
-    /// way), but the imported keys count from then on.
+    /// its secret; see [`ImportKey`]. Administrators only under the default
+    /// [`ManagementPolicy`] (or [`Actor::system`], for a migration job).
+    ///
+    /// A scoped key's expiry must fit the [`ExpiryPolicy`](crate::ExpiryPolicy)
+    /// ([`ExpiryPolicy::check_expires_at`](crate::ExpiryPolicy::check_expires_at):
+    /// never expiring only where "never" is allowed, else
+    /// [`PolicyError::NeverNotAllowed`]; no more than the maximum from now,
+    /// else [`PolicyError::ExpiryNotAllowed`]). Legacy full-access keys,
+    /// the documented exception, never expire, and come in only through
+    /// [`ImportKey::legacy`]. Imports count against the quota like created
+    /// keys: [`KeywardError::QuotaExceeded`] when the owner already has
+    /// the quota's number of live keys in the environment (raise the quota,
+    /// or revoke keys, before migrating more). The id must never have been
+    /// used in this store (a deleted key's id included):
+    /// [`KeywardError::IdTaken`]. A refusal stores nothing.
     pub async fn import(&self, actor: &Actor, key: ImportKey) -> Result<KeyView, KeywardError> {
         crate::trace::manage_span(
             actor.id(),
@@ -757,16 +798,18 @@ impl<S: KeyStore> KeyManager<S> {
         if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(KeywardError::BadImportHash(id));
         }
+        let now = self.now();
         let (permissions, resources, expires_at) = match key.kind {
+            // The documented exception: full access, never expires.
             KeyKind::Legacy => (PermissionGrant::All, ResourceScope::All, None),
             KeyKind::Scoped => {
                 policy.permissions().resolve(&key.permissions)?;
                 policy.resource_rule().compile(&key.resources)?;
+                policy.expiry().check_expires_at(now, key.expires_at)?;
                 (key.permissions, key.resources, key.expires_at)
             }
         };
         let ip_allowlist = IpAllowlist::parse(&key.ip_allowlist)?;
-        let now = self.now();
         let record = KeyRecord {
             id,
             owner,
@@ -786,7 +829,8 @@ impl<S: KeyStore> KeyManager<S> {
             generation: 1,
             secret_hash: SecretHash::new(format!("{}{hex}", crate::hash::SHA256_IMPORT_PREFIX)),
         };
-        match self.shared.store.insert(&record, None).await {
+        let quota = policy.quota().map(|max_live| QuotaCheck { max_live, now });
+        match self.shared.store.insert(&record, quota).await {
             Ok(()) => {}
             Err(StoreError::DuplicateId(id)) => return Err(KeywardError::IdTaken(id)),
             // A lost reply: if exactly this record is there, the import
@@ -996,7 +1040,8 @@ impl<S: KeyStore> KeyManager<S> {
     }
 
     /// Gives the key a new secret: same id and settings; the old secret is
-    /// refused from the next check on. Returns the new token, once.
+    /// refused from the next check on. Returns the new token, once. Session
+    /// tokens already exchanged stay valid until they expire.
     pub async fn regenerate(&self, actor: &Actor, id: &KeyId) -> Result<CreatedKey, KeywardError> {
         crate::trace::manage_span(
             actor.id(),
@@ -1034,15 +1079,24 @@ impl<S: KeyStore> KeyManager<S> {
 
     /// Rotates a key with overlap: creates a successor with the same
     /// owner, environment, name, permissions, resources, IP allowlist and
-    /// lifetime length (counted from now), returns its token once, and makes
-    /// the old key expire after `grace` (never later than its own expiry),
-    /// so both work during the overlap and CI can switch with no downtime.
+    /// lifetime length (counted from now, never longer than the
+    /// [`ExpiryPolicy`](crate::ExpiryPolicy)'s maximum; a key that never
+    /// expires gets a successor that never expires only where "never" is
+    /// still allowed, else the policy's default), returns its token once,
+    /// and makes the old key expire after `grace` (never later than its own
+    /// expiry), so both work during the overlap and CI can switch with no
+    /// downtime.
+    ///
+    /// A `grace` shorter than [`MIN_ROTATION_GRACE`] ends the old key's
+    /// access almost at once, as a revoke would: the actor must also be
+    /// allowed to [`Revoke`](ManagementAction::Revoke) it (administrators
+    /// only, by default), else [`KeywardError::NotAllowed`] for `revoke`.
     ///
     /// The old key is on its way out, so the quota check allows one key
     /// more than the policy's quota for the successor: an owner at the
     /// quota can rotate one key at a time, and repeated rotations cannot pile
     /// up keys ([`KeywardError::QuotaExceeded`] until the overlap ends; an
-    /// owner already above the quota, as imports can leave one, must revoke
+    /// owner already above the quota, as a quota lowered since can leave one, must revoke
     /// keys before rotating). If
     /// retiring the old key fails, or the call is cancelled (a dropped
     /// future, a timeout) between the two writes, the successor is deleted
@@ -1070,6 +1124,11 @@ impl<S: KeyStore> KeyManager<S> {
         grace: Duration,
     ) -> Result<RotatedKey, KeywardError> {
         let old = self.load_for(actor, ManagementAction::Rotate, id).await?;
+        if grace < MIN_ROTATION_GRACE {
+            // Ends the old key's access almost at once: a revoke in effect.
+            self.allow(actor, ManagementAction::Revoke, &old.owner, Some(id))
+                .await?;
+        }
         self.changeable(&old)?;
         if old.kind == KeyKind::Legacy {
             return Err(KeywardError::Legacy(id.clone(), "rotated"));
@@ -1088,12 +1147,18 @@ impl<S: KeyStore> KeyManager<S> {
             now.checked_add_signed(d)
                 .unwrap_or(DateTime::<Utc>::MAX_UTC)
         };
+        // The old key's lifetime length, never longer than the policy's
+        // maximum: its creation time may come from another system (an
+        // import dated decades back).
+        let expires_at = self.shared.policy.expiry().successor_expiry(
+            now,
+            old.expires_at
+                .map(|e| e.signed_duration_since(old.created_at)),
+        );
         let successor = KeyRecord {
             id: KeyId::generate(),
             created_at: now,
-            expires_at: old
-                .expires_at
-                .map(|e| later(e.signed_duration_since(old.created_at))),
+            expires_at,
             revoked_at: None,
             suspended_at: None,
             last_used_at: None,
@@ -1158,7 +1223,8 @@ impl<S: KeyStore> KeyManager<S> {
     /// Suspends a key: refused with [`DenialReason::Suspended`](crate::DenialReason::Suspended)
     /// from the next check on, until [`KeyManager::resume`]. Unlike revoke,
     /// reversible. Session tokens already issued are not ended (use
-    /// [`KeyManager::end_sessions`]).
+    /// [`KeyManager::end_sessions`]); no new one is exchanged while it is
+    /// suspended.
     pub async fn suspend(&self, actor: &Actor, id: &KeyId) -> Result<KeyView, KeywardError> {
         crate::trace::manage_span(
             actor.id(),
@@ -1220,7 +1286,21 @@ impl<S: KeyStore> KeyManager<S> {
     }
 
     /// Revokes a key, permanently: it stays listed as revoked and can never
-    /// be re-enabled. Revoking it again is [`KeywardError::Revoked`].
+    /// be re-enabled, and every session token exchanged for it ends at once
+    /// (the key "is disabled immediately and any integration using it will
+    /// stop working"). Revoking it again is [`KeywardError::Revoked`].
+    ///
+    /// The key is revoked first, so no new session can be exchanged for it
+    /// once its sessions are ended. If ending them fails, the key stays
+    /// revoked and the error is [`KeywardError::SessionsNotEnded`]: call
+    /// [`KeyManager::revoke_compromised`] (which accepts a key already
+    /// revoked) or [`KeyManager::end_sessions`] again. Other processes drop
+    /// their cached sessions of the key on the change feed (PostgreSQL) or
+    /// within the verifier's cache TTL. Sessions are ended in the store by
+    /// managers built with [`KeyManagerBuilder::sessions`]; any manager
+    /// with sessions also refuses a session whose key is revoked when it
+    /// reads the session from the store, so a revoke by a manager without
+    /// sessions (or whose ending failed) stops them too.
     pub async fn revoke(&self, actor: &Actor, id: &KeyId) -> Result<KeyView, KeywardError> {
         crate::trace::manage_span(
             actor.id(),
@@ -1246,12 +1326,21 @@ impl<S: KeyStore> KeyManager<S> {
             String::new(),
         )])
         .await;
+        self.end_key_sessions(id)
+            .await
+            .map_err(|source| KeywardError::SessionsNotEnded {
+                id: id.clone(),
+                source,
+            })?;
         crate::trace::management(actor.id(), ManagementAction::Revoke, Some(id), Ok(()));
         Ok(self.view(&record, now))
     }
 
     /// Deletes a key: gone from listings, refused from the next check on.
     /// Its id is never used again (a deleted legacy key cannot be re-imported).
+    /// Session tokens already exchanged for it stay valid until they expire
+    /// (as regenerating leaves them); revoke the key first to end them, or
+    /// end them afterwards with [`KeyManager::end_sessions`].
     pub async fn delete(&self, actor: &Actor, id: &KeyId) -> Result<(), KeywardError> {
         crate::trace::manage_span(
             actor.id(),

@@ -18,9 +18,14 @@
 //! * The session keeps a snapshot of the key taken at exchange time (owner,
 //!   environment, permissions, resources, IP allowlist) and expires at
 //!   `min(now + ttl, key expiry)`.
-//! * Regenerating, revoking or deleting the key leaves its sessions valid
-//!   until they expire; [`KeyManager::revoke_compromised`] ends them at once.
+//! * Revoking the key ends its sessions at once; regenerating or deleting
+//!   it leaves them valid until they expire ([`KeyManager::end_sessions`]
+//!   ends them for a deleted key).
 //! * A session token can never be exchanged for another session.
+//! * A key holds at most [`SessionConfig::max_sessions_per_key`] live
+//!   sessions (an exchange at the cap is refused), and
+//!   [`KeyManager::purge_expired_sessions`], run on a timer, deletes the
+//!   rows of expired ones.
 
 use std::fmt;
 use std::future::Future;
@@ -47,6 +52,9 @@ use crate::verify::{CompiledKey, Denial, DenialReason, VerifiedKey, VerifyReques
 pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(15 * 60);
 /// Default longest lifetime a caller may ask for: 1 hour.
 pub const DEFAULT_MAX_SESSION_TTL: Duration = Duration::from_secs(60 * 60);
+/// Default cap of live sessions per key: 100 (see
+/// [`SessionConfig::max_sessions_per_key`]).
+pub const DEFAULT_MAX_SESSIONS_PER_KEY: u32 = 100;
 
 /// Session settings, given to [`KeyManagerBuilder::sessions`](crate::KeyManagerBuilder::sessions).
 ///
@@ -69,6 +77,18 @@ pub struct SessionConfig {
     /// Longest lifetime a caller may ask for (default 1 hour); longer is
     /// refused with [`SessionError::TtlTooLong`].
     pub max_ttl: Duration,
+    /// Most live (not revoked, not expired) sessions one key may have at
+    /// once (default [`DEFAULT_MAX_SESSIONS_PER_KEY`], at least 1). At the
+    /// cap, an exchange is refused with [`SessionError::TooManySessions`]
+    /// (the sessions already issued keep working); a slot frees when a
+    /// session expires or the key's sessions are ended. Refusing rather than
+    /// ending the oldest keeps a client that exchanges too often from
+    /// silently cutting off its own running jobs, and bounds both the
+    /// session rows and the audit events (refusals write none) a key can
+    /// cause. Choose it above the number of sessions a key's integrations
+    /// hold at once: with a 15-minute lifetime, 100 allows a new session
+    /// every 9 seconds, for ever.
+    pub max_sessions_per_key: u32,
 }
 
 impl SessionConfig {
@@ -78,6 +98,7 @@ impl SessionConfig {
             prefix: prefix.into(),
             default_ttl: DEFAULT_SESSION_TTL,
             max_ttl: DEFAULT_MAX_SESSION_TTL,
+            max_sessions_per_key: DEFAULT_MAX_SESSIONS_PER_KEY,
         }
     }
 }
@@ -109,6 +130,20 @@ pub enum SessionError {
     /// The configured default lifetime is longer than the maximum.
     #[error("the default session lifetime is longer than the maximum")]
     DefaultAboveMax,
+    /// The key already has [`SessionConfig::max_sessions_per_key`] live
+    /// sessions; nothing was stored. Reuse a session until it expires (or
+    /// end the key's sessions).
+    #[error("key {key_id} already has {limit} live sessions, the most one key may have")]
+    TooManySessions {
+        /// The key.
+        key_id: KeyId,
+        /// The cap.
+        limit: u32,
+    },
+    /// [`SessionConfig::max_sessions_per_key`] is zero: no session could
+    /// ever be issued.
+    #[error("the cap of live sessions per key must be at least 1")]
+    ZeroSessionCap,
     /// The session prefix is invalid.
     #[error("invalid session prefix: {0}")]
     Prefix(InvalidValue),
@@ -179,7 +214,7 @@ pub struct SessionRecord {
     pub created_at: DateTime<Utc>,
     /// When it expires: `min(created_at + ttl, key expiry)`.
     pub expires_at: DateTime<Utc>,
-    /// Ended early (the key was revoked as compromised).
+    /// Ended early (the key was revoked, or its sessions ended).
     pub revoked: bool,
     /// SHA-256 of the secret.
     pub secret_hash: SessionHash,
@@ -256,13 +291,31 @@ impl std::ops::Deref for VerifiedSession {
     }
 }
 
+/// At most `max_live` live sessions of one key: what [`SessionStore::insert_session`]
+/// holds while inserting (see [`SessionConfig::max_sessions_per_key`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionCap {
+    /// The most live sessions the key may have, counting the new one.
+    pub max_live: u32,
+    /// The time at which "live" (not revoked, `expires_at` after it) is judged.
+    pub now: DateTime<Utc>,
+}
+
 /// Where sessions live. Same style as [`KeyStore`]: implementations write
 /// `async fn`s, and every method does all it says or nothing.
 pub trait SessionStore: Send + Sync + 'static {
-    /// Adds a session. Errors: [`StoreError::DuplicateId`] if the id exists.
+    /// Adds a session.
+    ///
+    /// Errors: [`StoreError::DuplicateId`] if the id exists;
+    /// [`StoreError::TooManySessions`] if `cap` is given and the key
+    /// `record.key_id` already has `cap.max_live` live sessions (not
+    /// revoked, expiring after `cap.now`). The count and the insert are one
+    /// atomic step: under any number of concurrent inserts, the cap is never
+    /// exceeded. A refused insert writes nothing.
     fn insert_session(
         &self,
         record: &SessionRecord,
+        cap: Option<SessionCap>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// The session with this id, or `None` (revoked and expired ones are
@@ -271,6 +324,15 @@ pub trait SessionStore: Send + Sync + 'static {
         &self,
         id: &KeyId,
     ) -> impl Future<Output = Result<Option<SessionRecord>, StoreError>> + Send;
+
+    /// The owner stored with the sessions of the key `key_id` (all of a
+    /// key's sessions carry its owner), or `None` when the store holds no
+    /// session of it (revoked and expired ones count until deleted). Lets
+    /// the owner's administrator end the sessions of a key already deleted.
+    fn session_owner(
+        &self,
+        key_id: &KeyId,
+    ) -> impl Future<Output = Result<Option<OwnerId>, StoreError>> + Send;
 
     /// Marks every session of the key `key_id` revoked; returns how many
     /// were not revoked before.
@@ -290,14 +352,21 @@ impl<S: SessionStore> SessionStore for Arc<S> {
     fn insert_session(
         &self,
         record: &SessionRecord,
+        cap: Option<SessionCap>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        (**self).insert_session(record)
+        (**self).insert_session(record, cap)
     }
     fn get_session(
         &self,
         id: &KeyId,
     ) -> impl Future<Output = Result<Option<SessionRecord>, StoreError>> + Send {
         (**self).get_session(id)
+    }
+    fn session_owner(
+        &self,
+        key_id: &KeyId,
+    ) -> impl Future<Output = Result<Option<OwnerId>, StoreError>> + Send {
+        (**self).session_owner(key_id)
     }
     fn revoke_sessions(
         &self,
@@ -361,6 +430,9 @@ impl Sessions {
         if config.default_ttl > config.max_ttl {
             return Err(SessionError::DefaultAboveMax);
         }
+        if config.max_sessions_per_key == 0 {
+            return Err(SessionError::ZeroSessionCap);
+        }
         Ok(())
     }
 
@@ -383,6 +455,16 @@ impl Sessions {
 }
 
 const ID_ATTEMPTS: usize = 3;
+
+/// How many times an exchange proves the key: once, and once more when the
+/// key changed between the proof and the session's insert.
+const PROOF_ATTEMPTS: usize = 2;
+
+/// The refusal of an exchange whose key changed under it at every attempt:
+/// retryable, like a store that did not answer.
+fn changed_during_exchange() -> SessionError {
+    SessionError::Denied(Denial::new(DenialReason::StoreUnavailable, None))
+}
 
 /// The tracing event of a session check (ids and owner, never the token).
 fn session_traced(result: &Result<VerifiedSession, Denial>) {
@@ -462,12 +544,17 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
             return Err(SessionError::SessionTokenGiven);
         }
         let ttl = sessions.ttl(ttl)?;
-        let key = self
-            .verifier()
-            .authenticate(token, environment, client_ip)
-            .await
-            .map_err(SessionError::Denied)?;
-        self.issue(sessions, key, ttl, client_ip).await
+        for _ in 0..PROOF_ATTEMPTS {
+            let key = self
+                .verifier()
+                .authenticate(token, environment, client_ip)
+                .await
+                .map_err(SessionError::Denied)?;
+            if let Some(issued) = self.issue(sessions, &key, ttl, client_ip).await? {
+                return Ok(issued);
+            }
+        }
+        Err(changed_during_exchange())
     }
 
     /// Exchanges a key given as its id and secret separately (HTTP Basic
@@ -486,22 +573,60 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
     ) -> Result<IssuedSession, SessionError> {
         let sessions = self.session_state()?;
         let ttl = sessions.ttl(ttl)?;
-        let key = self
-            .verifier()
-            .authenticate_pair(key_id, secret, environment, client_ip)
-            .await
-            .map_err(SessionError::Denied)?;
-        self.issue(sessions, key, ttl, client_ip).await
+        for _ in 0..PROOF_ATTEMPTS {
+            let key = self
+                .verifier()
+                .authenticate_pair(key_id, secret, environment, client_ip)
+                .await
+                .map_err(SessionError::Denied)?;
+            if let Some(issued) = self.issue(sessions, &key, ttl, client_ip).await? {
+                return Ok(issued);
+            }
+        }
+        Err(changed_during_exchange())
     }
 
-    /// Stores a new session for a key just proven, and returns its token.
+    /// Whether the key as stored now is still the key proven: not revoked,
+    /// not suspended, not deleted (each a refusal), and of the generation
+    /// the proof saw (`false` when it changed since: the proof may have come
+    /// from a cache a moment behind a change made elsewhere, a regenerated
+    /// secret among them, so it is dropped and the key proven again).
+    async fn still_current(&self, key: &VerifiedKey) -> Result<bool, SessionError> {
+        let refuse = |reason| {
+            Err(SessionError::Denied(Denial::new(
+                reason,
+                Some(key.id().as_str()),
+            )))
+        };
+        match self.shared.store.get(key.id()).await {
+            Ok(Some(r)) if r.revoked_at.is_some() => refuse(DenialReason::Revoked),
+            Ok(Some(r)) if r.suspended_at.is_some() => refuse(DenialReason::Suspended),
+            Ok(Some(r)) => {
+                let current = r.generation == key.generation();
+                if !current {
+                    self.shared.invalidate(key.id());
+                }
+                Ok(current)
+            }
+            Ok(None) => refuse(DenialReason::UnknownKey),
+            Err(e) => Err(SessionError::Store(e)),
+        }
+    }
+
+    /// Stores a new session for a key just proven, and returns its token;
+    /// `None` when the key changed since the proof (see `still_current`),
+    /// so the caller proves it again.
     async fn issue(
         &self,
         sessions: &Sessions,
-        key: VerifiedKey,
+        key: &VerifiedKey,
         ttl: Duration,
         client_ip: Option<IpAddr>,
-    ) -> Result<IssuedSession, SessionError> {
+    ) -> Result<Option<IssuedSession>, SessionError> {
+        // Before anything is stored: a stale proof costs no session row.
+        if !self.still_current(key).await? {
+            return Ok(None);
+        }
         let now = self.shared.clock.now();
         // Checked: the TTL comes from the client (within the configured
         // maximum, which may be huge); saturate instead of panicking.
@@ -535,7 +660,11 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
                     .parse(token.expose_secret())?
                     .expose_secret(),
             );
-            let mut inserted = self.shared.store.insert_session(&record).await;
+            let cap = SessionCap {
+                max_live: sessions.config.max_sessions_per_key,
+                now,
+            };
+            let mut inserted = self.shared.store.insert_session(&record, Some(cap)).await;
             if let Err(StoreError::Backend(_)) = inserted {
                 // A lost reply: the session is there with this hash, or not.
                 if let Ok(Some(stored)) = self.shared.store.get_session(&record.id).await {
@@ -546,31 +675,26 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
             }
             match inserted {
                 Ok(()) => {
-                    // The key was proven from the cache, which may be a
-                    // moment behind a compromise revoke made elsewhere: read
-                    // it again now that the session exists (a
-                    // revoke_compromised that ended the key's sessions before
-                    // this insert could not see it). Revoked, gone, or not
-                    // known now: refuse. The stored session's token is never
-                    // returned, so nobody can ever use it; other sessions of
-                    // the key are left as the revoke left them.
-                    match self.shared.store.get(key.id()).await {
-                        Ok(Some(r)) if r.revoked_at.is_none() => {}
-                        Ok(_) => {
-                            return Err(SessionError::Denied(Denial::new(
-                                DenialReason::Revoked,
-                                Some(key.id().as_str()),
-                            )));
-                        }
-                        Err(e) => return Err(SessionError::Store(e)),
+                    // Read the key again now that the session exists: a
+                    // revoke (or suspend, or regenerate) made elsewhere
+                    // between the check above and this insert ended the
+                    // key's sessions without seeing this one. Refused or
+                    // changed now: the stored session's token is never
+                    // returned, so nobody can ever use it (its row stays
+                    // until it expires).
+                    if !self.still_current(key).await? {
+                        return Ok(None);
                     }
-                    self.audit_session(&key, &record.id, client_ip).await;
-                    return Ok(IssuedSession {
+                    self.audit_session(key, &record.id, client_ip).await;
+                    return Ok(Some(IssuedSession {
                         token,
                         session: record.view(),
-                    });
+                    }));
                 }
                 Err(StoreError::DuplicateId(_)) => record.id = KeyId::generate(),
+                Err(StoreError::TooManySessions { key_id, limit }) => {
+                    return Err(SessionError::TooManySessions { key_id, limit });
+                }
                 Err(e) => return Err(SessionError::Store(e)),
             }
         }
@@ -580,7 +704,9 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
     /// Checks a session token for `req`, like [`KeyManager::verify`] checks a
     /// key: environment, expiry, IP allowlist, permission, resource — against
     /// the snapshot taken at exchange time. Session-only permissions are
-    /// refused, since the snapshot holds only what the key was granted.
+    /// refused, since the snapshot holds only what the key was granted. A
+    /// session of a revoked key is refused ([`DenialReason::Revoked`]),
+    /// also when its sessions were not ended in the store.
     ///
     /// Denials before the session is found carry no key id; later ones
     /// carry the key's id.
@@ -676,7 +802,15 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
                 if !record.secret_hash.matches(&hash) {
                     return Err(anonymous(DenialReason::WrongSecret));
                 }
-                if record.revoked {
+                // The key revoked ends its sessions even where they were not
+                // ended in the store (a revoke by a manager built without
+                // sessions, or whose ending failed). A deleted key's
+                // sessions live on, as deleting leaves them.
+                let key_revoked = match self.shared.store.get(&record.key_id).await {
+                    Ok(key) => key.is_some_and(|k| k.revoked_at.is_some()),
+                    Err(_) => return Err(anonymous(DenialReason::StoreUnavailable)),
+                };
+                if record.revoked || key_revoked {
                     sessions.cache.insert(
                         &session_id,
                         &record.environment,
@@ -734,8 +868,10 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
     /// the same transaction, so servers listening to it drop them at once),
     /// else when the entry expires (the verifier's `cache_ttl`).
     ///
-    /// Needs an actor allowed to revoke the key (or, for a key already
-    /// deleted, allowed to act across owners).
+    /// Needs an actor allowed to revoke the key: for a key already deleted,
+    /// of the owner stored with its sessions (its administrator, by
+    /// default). A key that is neither stored nor has sessions is
+    /// [`KeywardError::NotFound`].
     pub async fn end_sessions(&self, actor: &Actor, id: &KeyId) -> Result<u64, KeywardError> {
         crate::trace::manage_span(
             actor.id(),
@@ -747,21 +883,30 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
     }
 
     async fn end_sessions_impl(&self, actor: &Actor, id: &KeyId) -> Result<u64, KeywardError> {
-        self.allow_revoke(actor, id).await?;
-        let result = self.shared.store.revoke_sessions(id).await;
-        if let Some(sessions) = self.sessions.as_deref() {
-            sessions.cache.clear();
-        }
-        result.map_err(KeywardError::from_store)
+        // Authorized by the key's owner; for a key already deleted, by the
+        // owner stored with its sessions (so its administrator can end them).
+        let owner = match self.shared.store.get(id).await {
+            Ok(Some(record)) => record.owner,
+            Ok(None) => self
+                .shared
+                .store
+                .session_owner(id)
+                .await
+                .map_err(KeywardError::from_store)?
+                .ok_or_else(|| KeywardError::NotFound(id.clone()))?,
+            Err(e) => return Err(KeywardError::from_store(e)),
+        };
+        self.allow(actor, ManagementAction::Revoke, &owner, Some(id))
+            .await?;
+        self.end_key_sessions(id)
+            .await
+            .map_err(KeywardError::from_store)
     }
 
-    /// Revokes a key that was compromised: like [`KeyManager::revoke`], and
-    /// every session exchanged for it ends at once too. A key already
-    /// revoked (plainly) has its sessions ended and its view returned.
-    ///
-    /// Plain [`revoke`](KeyManager::revoke), [`regenerate`](KeyManager::regenerate)
-    /// and [`delete`](KeyManager::delete) leave sessions valid until they
-    /// expire; use [`KeyManager::end_sessions`] for a deleted key.
+    /// Revokes a key that was compromised: [`KeyManager::revoke`] (which
+    /// ends the key's sessions too), except that a key already revoked is
+    /// not an error: its sessions are ended (again) and its view returned.
+    /// The retry after [`KeywardError::SessionsNotEnded`].
     pub async fn revoke_compromised(
         &self,
         actor: &Actor,
@@ -781,22 +926,45 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
         actor: &Actor,
         id: &KeyId,
     ) -> Result<KeyView, KeywardError> {
-        // The key first, so no new session can be exchanged for it once its
-        // sessions are ended (an exchange racing the two re-reads the key
-        // after storing its session and withholds it: see `issue`). Ending the
-        // sessions announces the key on the change feed (PostgreSQL), so
-        // other servers drop their cached sessions of it.
-        let view = match self.revoke(actor, id).await {
-            Ok(view) => view,
-            Err(KeywardError::Revoked(_)) => self.get(actor, id).await?,
-            Err(e) => return Err(e),
-        };
-        self.end_sessions(actor, id).await?;
-        Ok(view)
+        match self.revoke(actor, id).await {
+            Err(KeywardError::Revoked(_)) => {
+                let view = self.get(actor, id).await?;
+                self.end_sessions(actor, id).await.map_err(|e| match e {
+                    KeywardError::Store(source) => KeywardError::SessionsNotEnded {
+                        id: id.clone(),
+                        source,
+                    },
+                    other => other,
+                })?;
+                Ok(view)
+            }
+            other => other,
+        }
     }
 
-    /// Deletes sessions that have expired; returns how many. Call it now and
-    /// then (a daily job); expired sessions are refused either way.
+    /// Deletes sessions that have expired (revoked ones included); returns
+    /// how many. Expired sessions are refused either way, but their rows
+    /// stay until purged: run it on a timer, on one server or on all (it is
+    /// one idempotent statement). Every few minutes suits the default
+    /// 15-minute lifetime:
+    ///
+    /// ```
+    /// # use keyward::*;
+    /// # fn schedule(manager: KeyManager<MemoryStore>) {
+    /// // At startup, in a tokio runtime (with tokio's "time" feature):
+    /// tokio::spawn(async move {
+    ///     let mut every = tokio::time::interval(std::time::Duration::from_secs(300));
+    ///     loop {
+    ///         every.tick().await;
+    ///         if let Err(e) = manager.purge_expired_sessions().await {
+    ///             eprintln!("session purge failed, retried next time: {e}");
+    ///         }
+    ///     }
+    /// });
+    /// # }
+    /// ```
+    ///
+    /// `examples/publisher_api.rs` does this every 5 minutes.
     pub async fn purge_expired_sessions(&self) -> Result<u64, KeywardError> {
         let now = self.shared.clock.now();
         self.shared

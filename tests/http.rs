@@ -22,8 +22,15 @@ use reqwest::StatusCode;
 type Store = Arc<FlakyStore<MemoryStore>>;
 
 impl<S: SessionStore> SessionStore for FlakyStore<S> {
-    async fn insert_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
-        self.inner.insert_session(record).await
+    async fn insert_session(
+        &self,
+        record: &SessionRecord,
+        cap: Option<SessionCap>,
+    ) -> Result<(), StoreError> {
+        self.inner.insert_session(record, cap).await
+    }
+    async fn session_owner(&self, key_id: &KeyId) -> Result<Option<OwnerId>, StoreError> {
+        self.inner.session_owner(key_id).await
     }
     async fn get_session(&self, id: &KeyId) -> Result<Option<SessionRecord>, StoreError> {
         if self.fail_reads.load(Ordering::SeqCst) {
@@ -669,6 +676,35 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
         send("/proxied/me", "not-an-ip").await.unwrap().status(),
         StatusCode::UNAUTHORIZED
     );
+}
+
+/// A key at its cap of live sessions (100 by default) gets 429
+/// `too_many_sessions` from the exchange endpoint; its sessions keep working.
+#[tokio::test]
+async fn an_exchange_over_the_session_cap_is_429() {
+    let s = start_server().await;
+    let key = s.push_key().await;
+    let exchange = || {
+        s.post("/session")
+            .header("authorization", bearer(key.token.expose_secret()))
+            .send()
+    };
+    let mut last = String::new();
+    for _ in 0..DEFAULT_MAX_SESSIONS_PER_KEY {
+        let r = exchange().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        last = body(r).await["token"].as_str().unwrap().to_owned();
+    }
+    let r = exchange().await.unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(body(r).await["error"], "too_many_sessions");
+    let r = s
+        .get("/me")
+        .header("authorization", bearer(&last))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "issued sessions keep working");
 }
 
 #[tokio::test]

@@ -356,7 +356,13 @@ async fn rotation_overlaps_for_the_grace_period_then_only_the_successor_works() 
 
 #[tokio::test]
 async fn rotation_never_extends_the_old_key_and_refuses_suspended_and_legacy_keys() {
-    let o = ops();
+    // No quota: the legacy import below needs room beside the other keys.
+    let o = ops_with(
+        Policy::new(registry()).with_expiry(
+            ExpiryPolicy::choices(&[1, 90, 365], true, ExpiryChoice::Days(90)).unwrap(),
+        ),
+        VerifierConfig::default(),
+    );
     let old = o
         .manager
         .create(&admin(), push_key().expiry(ExpiryChoice::Days(1)))
@@ -461,7 +467,11 @@ async fn rotations_at_the_quota_overlap_one_key_at_a_time() {
 /// an unrestricted expiry policy) rotates without overflowing.
 #[tokio::test]
 async fn rotating_a_key_that_expires_at_the_end_of_time_does_not_panic() {
-    let o = ops();
+    // Unrestricted: an import may then expire at the end of time.
+    let o = ops_with(
+        policy().with_expiry(ExpiryPolicy::unrestricted()),
+        VerifierConfig::default(),
+    );
     let far = chrono::DateTime::<chrono::Utc>::MAX_UTC - TimeDelta::days(1);
     let imported = o
         .manager
@@ -883,6 +893,162 @@ async fn bad_imports_get_typed_errors_and_store_nothing() {
         }))
     ));
     assert!(snapshot(&o.store, OWNER).await.is_empty());
+}
+
+/// Imports obey the policy: a scoped import's expiry must fit the expiry
+/// policy (never-expiring only where "never" is allowed, no longer than the
+/// maximum from now); legacy full-access keys stay the documented
+/// exception; imports count against the quota. Refusals store nothing.
+#[tokio::test]
+async fn imports_obey_the_expiry_policy_and_the_quota() {
+    // Quota 3, expiry 1 to 365 days, never not allowed.
+    let policy = Policy::new(registry())
+        .with_quota(3)
+        .unwrap()
+        .with_expiry(ExpiryPolicy::up_to(365, ExpiryChoice::Days(90)).unwrap());
+    let o = ops_with(policy, VerifierConfig::default());
+    let now = start();
+    let scoped = |id: &str| {
+        ImportKey::scoped(id, OWNER, "live", "old CI key", sha256_hex(id))
+            .permissions(PermissionGrant::only(["package:push"]))
+    };
+    assert_eq!(
+        o.manager.import(&sys(), scoped("Imp1")).await.unwrap_err(),
+        KeywardError::Policy(PolicyError::NeverNotAllowed),
+        "a scoped import that never expires, where never is not allowed"
+    );
+    assert!(matches!(
+        o.manager
+            .import(
+                &sys(),
+                scoped("Imp1").expires_at(now + TimeDelta::days(366))
+            )
+            .await
+            .unwrap_err(),
+        KeywardError::Policy(PolicyError::ExpiryNotAllowed { days: 366, .. })
+    ));
+    assert!(snapshot(&o.store, OWNER).await.is_empty(), "nothing stored");
+
+    o.manager
+        .import(
+            &sys(),
+            scoped("Imp1").expires_at(now + TimeDelta::days(365)),
+        )
+        .await
+        .expect("within the maximum");
+    // The legacy exception: full access, never expires, by an explicit legacy import.
+    o.manager
+        .import(
+            &sys(),
+            ImportKey::legacy("Leg1", OWNER, "live", "2015 key", sha256_hex("Leg1")),
+        )
+        .await
+        .expect("a legacy import");
+    o.manager.create(&admin(), push_key()).await.unwrap();
+    // Three live keys: the quota is full, for imports too.
+    let before = snapshot(&o.store, OWNER).await;
+    assert_eq!(
+        o.manager
+            .import(&sys(), scoped("Imp2").expires_at(now + TimeDelta::days(30)))
+            .await
+            .unwrap_err(),
+        KeywardError::QuotaExceeded { limit: 3 }
+    );
+    assert_eq!(
+        o.manager
+            .import(
+                &sys(),
+                ImportKey::legacy("Leg2", OWNER, "live", "2016 key", sha256_hex("Leg2"))
+            )
+            .await
+            .unwrap_err(),
+        KeywardError::QuotaExceeded { limit: 3 }
+    );
+    assert_eq!(snapshot(&o.store, OWNER).await, before, "nothing stored");
+}
+
+/// An import dated 50 years back, rotated: the successor lives as long as
+/// the policy allows at most (365 days), not 18,251 days.
+#[tokio::test]
+async fn a_rotated_import_lives_no_longer_than_the_policy_allows() {
+    let o = ops();
+    let now = start();
+    o.manager
+        .import(
+            &sys(),
+            ImportKey::scoped("Old50", OWNER, "live", "old CI key", sha256_hex("Old50"))
+                .permissions(PermissionGrant::only(["package:push"]))
+                .created_at(now - TimeDelta::days(50 * 365))
+                .expires_at(now + TimeDelta::days(1)),
+        )
+        .await
+        .unwrap();
+    let rotated = o
+        .manager
+        .rotate(
+            &admin(),
+            &KeyId::new("Old50").unwrap(),
+            Duration::from_secs(86_400),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        rotated.successor.key.expires_at,
+        Some(now + TimeDelta::days(365)),
+        "the policy's maximum (365 days), not the import's 18,251-day span"
+    );
+}
+
+/// Ending a key's access is for administrators under the default policy:
+/// a manager with API access may not import, regenerate, or rotate with a
+/// grace shorter than `MIN_ROTATION_GRACE` (which ends the old key as a
+/// revoke would). Refusals change nothing.
+#[tokio::test]
+async fn a_manager_may_not_import_regenerate_or_end_a_key_by_rotation() {
+    let o = ops();
+    let contoso = OwnerId::new(OWNER).unwrap();
+    let carol = Actor::manager("carol", contoso.clone(), true);
+    let key = o.manager.create(&admin(), push_key()).await.unwrap();
+    let id = key.key.id.clone();
+    let before = snapshot(&o.store, OWNER).await;
+    let denial = |r: Result<(), KeywardError>| match r {
+        Err(KeywardError::NotAllowed { denial, .. }) => Some(denial),
+        _ => None,
+    };
+    let import = ImportKey::scoped("Imp9", OWNER, "live", "n", sha256_hex("Imp9"))
+        .permissions(PermissionGrant::only(["package:push"]))
+        .expires_at(start() + TimeDelta::days(90));
+    assert_eq!(
+        denial(o.manager.import(&carol, import.clone()).await.map(drop)),
+        Some(ManagementDenial::AdministratorOnly)
+    );
+    assert_eq!(
+        denial(o.manager.regenerate(&carol, &id).await.map(drop)),
+        Some(ManagementDenial::AdministratorOnly)
+    );
+    let short = MIN_ROTATION_GRACE - Duration::from_secs(1);
+    for grace in [Duration::ZERO, short] {
+        assert_eq!(
+            denial(o.manager.rotate(&carol, &id, grace).await.map(drop)),
+            Some(ManagementDenial::AdministratorOnly),
+            "grace {grace:?}"
+        );
+    }
+    assert_eq!(snapshot(&o.store, OWNER).await, before, "nothing changed");
+    assert!(o.check(&key.token).await.is_ok(), "the key still works");
+
+    // A rotation with at least the minimum grace is still the manager's.
+    let rotated = o
+        .manager
+        .rotate(&carol, &id, MIN_ROTATION_GRACE)
+        .await
+        .unwrap();
+    // Administrators may do all of it.
+    o.manager
+        .rotate(&admin(), &rotated.successor.key.id, Duration::ZERO)
+        .await
+        .unwrap();
+    o.manager.import(&admin(), import).await.unwrap();
 }
 
 // --- Usage ------------------------------------------------------------------

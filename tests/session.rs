@@ -302,8 +302,11 @@ async fn a_session_token_cannot_mint_another_session() {
     );
 }
 
+/// Regenerate and delete leave sessions valid until they expire (as the
+/// developer portal's page says); revoke ends them at once (the key "is
+/// disabled immediately and any integration using it will stop working").
 #[tokio::test]
-async fn sessions_survive_regenerate_revoke_and_delete_but_not_compromise() {
+async fn sessions_survive_regenerate_and_delete_but_not_revoke() {
     let s = sessions_fixture();
     let f = &s.f;
     let key = f.push_key().await;
@@ -328,33 +331,35 @@ async fn sessions_survive_regenerate_revoke_and_delete_but_not_compromise() {
     );
     let b = s.exchange(&new).await;
 
-    f.manager
+    // A plain revoke: every session ends at once, cached or not.
+    let view = f
+        .manager
         .revoke(&keyward::Actor::system("tests"), &key.key.id)
         .await
         .unwrap();
-    assert!(
-        f.manager.verify_session(at, &f.req()).await.is_ok(),
-        "survives plain revoke"
-    );
+    assert_eq!(view.status, KeyStatus::Revoked);
+    for t in [at, b.token.expose_secret()] {
+        let d = f.manager.verify_session(t, &f.req()).await.unwrap_err();
+        assert_eq!(
+            d.reason,
+            DenialReason::Revoked,
+            "a revoke ends the sessions"
+        );
+        assert_eq!(d.kind(), DenialKind::Authentication);
+    }
     let d = f
         .manager
         .exchange(new.token.expose_secret(), &f.live, None, None)
         .await
         .unwrap_err();
     assert!(matches!(d, SessionError::Denied(ref d) if d.reason == DenialReason::Revoked));
-
-    // Compromised: every session ends at once, cached or not.
+    // revoke_compromised of a key already revoked: its view, sessions ended (again).
     let view = f
         .manager
         .revoke_compromised(&keyward::Actor::system("tests"), &key.key.id)
         .await
         .unwrap();
     assert_eq!(view.status, KeyStatus::Revoked);
-    for t in [at, b.token.expose_secret()] {
-        let d = f.manager.verify_session(t, &f.req()).await.unwrap_err();
-        assert_eq!(d.reason, DenialReason::Revoked);
-        assert_eq!(d.kind(), DenialKind::Authentication);
-    }
 
     // Delete leaves sessions; end_sessions ends them for a deleted key.
     let other = f.push_key().await;
@@ -389,6 +394,170 @@ async fn sessions_survive_regenerate_revoke_and_delete_but_not_compromise() {
             .await,
         Err(KeywardError::NotFound(_))
     ));
+}
+
+/// The owner's administrator ends the sessions of a key it deleted: the
+/// owner stored with the sessions authorizes it. Another owner's
+/// administrator may not, and a key without sessions is not found.
+#[tokio::test]
+async fn an_owners_administrator_ends_the_sessions_of_a_deleted_key() {
+    let s = sessions_fixture();
+    let f = &s.f;
+    let key = f.push_key().await;
+    let session = s.exchange(&key).await;
+    let admin = Actor::administrator("alice", OwnerId::new(OWNER).unwrap());
+    f.manager.delete(&admin, &key.key.id).await.unwrap();
+    let mallory = Actor::administrator("mallory", OwnerId::new("fabrikam").unwrap());
+    assert!(matches!(
+        f.manager.end_sessions(&mallory, &key.key.id).await,
+        Err(KeywardError::NotAllowed {
+            denial: ManagementDenial::OtherOwner,
+            ..
+        })
+    ));
+    assert!(
+        f.manager
+            .verify_session(session.token.expose_secret(), &f.req())
+            .await
+            .is_ok(),
+        "a refused end_sessions ends nothing"
+    );
+    assert_eq!(
+        f.manager.end_sessions(&admin, &key.key.id).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        f.manager
+            .verify_session(session.token.expose_secret(), &f.req())
+            .await
+            .unwrap_err()
+            .reason,
+        DenialReason::Revoked
+    );
+    let never = KeyId::generate();
+    assert!(matches!(
+        f.manager.end_sessions(&admin, &never).await,
+        Err(KeywardError::NotFound(_))
+    ));
+}
+
+/// A revoke whose session ending fails says so, with the key revoked; the
+/// sessions end on the retry (`revoke_compromised` or `end_sessions`).
+#[cfg(feature = "testing")]
+#[tokio::test]
+async fn a_revoke_whose_sessions_could_not_be_ended_says_so() {
+    use keyward::store::{FaultyStore, Op};
+    let store = Arc::new(FaultyStore::new(MemoryStore::new()));
+    let manager = KeyManager::builder(Arc::clone(&store), format(), policy())
+        .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
+        .sessions(SessionConfig::new("mkhs"))
+        .unwrap()
+        .build();
+    let live = Environment::new("live").unwrap();
+    let key = manager
+        .create(
+            &Actor::system("tests"),
+            NewKey::new(OWNER, "live", "CI").permissions(PermissionGrant::All),
+        )
+        .await
+        .unwrap();
+    let session = manager
+        .exchange(key.token.expose_secret(), &live, None, None)
+        .await
+        .unwrap();
+    store.fail(Op::RevokeSessions);
+    let err = manager
+        .revoke(&Actor::system("tests"), &key.key.id)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, KeywardError::SessionsNotEnded { ref id, .. } if *id == key.key.id),
+        "{err:?}"
+    );
+    assert_eq!(err.code(), "sessions_not_ended");
+    let stored = store.inner().get(&key.key.id).await.unwrap().unwrap();
+    assert!(stored.revoked_at.is_some(), "the key itself is revoked");
+    store.heal();
+    manager
+        .revoke_compromised(&Actor::system("tests"), &key.key.id)
+        .await
+        .unwrap();
+    let req = VerifyRequest::new(&live, registry().get("package:push").unwrap());
+    assert_eq!(
+        manager
+            .verify_session(session.token.expose_secret(), &req)
+            .await
+            .unwrap_err()
+            .reason,
+        DenialReason::Revoked
+    );
+}
+
+/// A key holds at most `max_sessions_per_key` live sessions: at the cap
+/// the exchange is refused (nothing stored, no audit event, the sessions
+/// issued keep working); an expired or ended session frees its slot, and
+/// the purge deletes the expired rows.
+#[tokio::test]
+async fn live_sessions_per_key_are_capped() {
+    let s = sessions_fixture_with(SessionConfig {
+        max_sessions_per_key: 3,
+        ..SessionConfig::new("mkhs")
+    });
+    let f = &s.f;
+    let key = f.push_key().await;
+    let other = f.push_key().await;
+    let exchange = |ttl: u64| {
+        f.manager.exchange(
+            key.token.expose_secret(),
+            &f.live,
+            Some(Duration::from_secs(ttl)),
+            None,
+        )
+    };
+    let short = exchange(60).await.unwrap();
+    let kept = exchange(600).await.unwrap();
+    exchange(600).await.unwrap();
+    let err = exchange(600).await.unwrap_err();
+    assert_eq!(
+        err,
+        SessionError::TooManySessions {
+            key_id: key.key.id.clone(),
+            limit: 3
+        }
+    );
+    assert!(
+        f.manager
+            .verify_session(kept.token.expose_secret(), &f.req())
+            .await
+            .is_ok(),
+        "the sessions issued keep working"
+    );
+    // The cap is per key.
+    s.exchange(&other).await;
+    // An expired session frees its slot; the purge deletes its row.
+    f.clock.advance(TimeDelta::seconds(61));
+    exchange(600).await.expect("a slot freed by expiry");
+    assert!(matches!(
+        exchange(600).await,
+        Err(SessionError::TooManySessions { .. })
+    ));
+    assert_eq!(f.manager.purge_expired_sessions().await.unwrap(), 1);
+    assert!(
+        f.manager
+            .store()
+            .get_session(&short.session.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Ended sessions free every slot.
+    f.manager
+        .end_sessions(&Actor::system("tests"), &key.key.id)
+        .await
+        .unwrap();
+    exchange(600)
+        .await
+        .expect("slots freed by ending the sessions");
 }
 
 #[tokio::test]
@@ -586,6 +755,13 @@ async fn configuration_is_checked() {
         }),
         Err(SessionError::ZeroTtl)
     );
+    assert_eq!(
+        build(SessionConfig {
+            max_sessions_per_key: 0,
+            ..SessionConfig::new("mkhs")
+        }),
+        Err(SessionError::ZeroSessionCap)
+    );
     // Without sessions configured, exchange says so and session tokens are refused.
     let f = fixture();
     let key = f.push_key().await;
@@ -741,7 +917,7 @@ async fn session_store_conformance_on_sqlite() {
         revoked: false,
         secret_hash: SessionHash::from_bytes([7; 32]),
     };
-    store.insert_session(&today).await.unwrap();
+    store.insert_session(&today, None).await.unwrap();
     keyward::store::conformance::session_store_conformance(store.clone()).await;
     keyward::store::conformance::session_store_conformance(store.clone()).await;
     assert_eq!(store.get_session(&today.id).await.unwrap(), Some(today));
@@ -961,9 +1137,9 @@ async fn an_exchange_racing_a_compromise_revoke_leaves_no_session() {
 }
 
 /// A plain revoke racing an exchange the same way: the exchange is refused,
-/// and the key's earlier sessions stay valid, as a plain revoke leaves them.
+/// and the key's earlier sessions are ended, as a revoke ends them.
 #[tokio::test]
-async fn an_exchange_racing_a_plain_revoke_is_refused_and_ends_nothing() {
+async fn an_exchange_racing_a_plain_revoke_is_refused_and_ends_everything() {
     let (a, b, key) = two_servers().await;
     let live = Environment::new("live").unwrap();
     let token = key.token.expose_secret();
@@ -975,7 +1151,133 @@ async fn an_exchange_racing_a_plain_revoke_is_refused_and_ends_nothing() {
     assert!(matches!(err, SessionError::Denied(ref d) if d.reason == DenialReason::Revoked));
     let req = VerifyRequest::new(&live, registry().get("package:push").unwrap());
     b.verifier().invalidate(&key.key.id);
-    b.verify_session(before.token.expose_secret(), &req)
+    assert_eq!(
+        b.verify_session(before.token.expose_secret(), &req)
+            .await
+            .unwrap_err()
+            .reason,
+        DenialReason::Revoked,
+        "a revoke ends the key's sessions on every server"
+    );
+}
+
+/// Server B's cache still holds the key after server A suspended it: the
+/// exchange's re-read refuses the suspended key.
+#[tokio::test]
+async fn an_exchange_racing_a_suspend_is_refused() {
+    let (a, b, key) = two_servers().await;
+    let live = Environment::new("live").unwrap();
+    let token = key.token.expose_secret();
+    b.exchange(token, &live, None, None).await.unwrap();
+    a.suspend(&keyward::Actor::system("tests"), &key.key.id)
         .await
-        .expect("a plain revoke leaves sessions valid until they expire");
+        .unwrap();
+    assert!(
+        b.verifier().authenticate(token, &live, None).await.is_ok(),
+        "B's cache is stale (no feed): the case this guards"
+    );
+    let err = b.exchange(token, &live, None, None).await.unwrap_err();
+    assert!(
+        matches!(err, SessionError::Denied(ref d) if d.reason == DenialReason::Suspended),
+        "{err:?}"
+    );
+}
+
+/// Server B proved the old secret before server A regenerated the key: the
+/// key's generation changed since the proof, so B proves the secret again
+/// against the store and refuses the old one. A key merely edited
+/// elsewhere is proven again and exchanged, with the new snapshot.
+#[tokio::test]
+async fn an_exchange_proven_before_a_change_elsewhere_is_proven_again() {
+    let (a, b, key) = two_servers().await;
+    let live = Environment::new("live").unwrap();
+    let old = key.token.expose_secret();
+    b.exchange(old, &live, None, None).await.unwrap();
+    let new = a
+        .regenerate(&keyward::Actor::system("tests"), &key.key.id)
+        .await
+        .unwrap();
+    assert!(
+        b.verifier().authenticate(old, &live, None).await.is_ok(),
+        "B's cache is stale (no feed): the case this guards"
+    );
+    let err = b.exchange(old, &live, None, None).await.unwrap_err();
+    assert!(
+        matches!(err, SessionError::Denied(ref d) if d.reason == DenialReason::WrongSecret),
+        "{err:?}"
+    );
+
+    let token = new.token.expose_secret();
+    b.exchange(token, &live, None, None).await.unwrap();
+    a.edit(
+        &keyward::Actor::system("tests"),
+        &key.key.id,
+        KeyEdit {
+            name: Some("renamed".into()),
+            ..KeyEdit::default()
+        },
+    )
+    .await
+    .unwrap();
+    let issued = b.exchange(token, &live, None, None).await.unwrap();
+    let stored = b
+        .store()
+        .get_session(&issued.session.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        stored.key_name, "renamed",
+        "the snapshot of the current key"
+    );
+}
+
+/// A revoke made by a manager built without sessions (an administration
+/// server of a store whose other servers issue sessions) cannot end the
+/// sessions in the store, yet they stop working: a session is checked
+/// against its key's revocation when it is read from the store.
+#[tokio::test]
+async fn a_revoke_by_a_manager_without_sessions_still_stops_them() {
+    let store = Arc::new(MemoryStore::new());
+    let admin_server = KeyManager::builder(Arc::clone(&store), format(), policy())
+        .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
+        .build();
+    let api_server = KeyManager::builder(Arc::clone(&store), format(), policy())
+        .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
+        .sessions(SessionConfig::new("mkhs"))
+        .unwrap()
+        .build();
+    let key = admin_server
+        .create(
+            &Actor::system("tests"),
+            NewKey::new(OWNER, "live", "CI").permissions(PermissionGrant::All),
+        )
+        .await
+        .unwrap();
+    let live = Environment::new("live").unwrap();
+    let session = api_server
+        .exchange(key.token.expose_secret(), &live, None, None)
+        .await
+        .unwrap();
+    let req = VerifyRequest::new(&live, registry().get("package:push").unwrap());
+    let token = session.token.expose_secret();
+    assert!(api_server.verify_session(token, &req).await.is_ok());
+    admin_server
+        .revoke(&Actor::system("tests"), &key.key.id)
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .get_session(&session.session.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked,
+        "not ended in the store: the case this guards"
+    );
+    // The change feed (or the cache TTL) drops the cached session.
+    api_server.verifier().invalidate(&key.key.id);
+    let d = api_server.verify_session(token, &req).await.unwrap_err();
+    assert_eq!(d.reason, DenialReason::Revoked);
+    assert_eq!(d.key_id.as_ref(), Some(&key.key.id));
 }

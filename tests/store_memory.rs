@@ -82,20 +82,39 @@ async fn audit_conformance_catches_a_lossy_sink() {
 /// A [`MemoryStore`] whose session methods can be broken one at a time.
 mod broken {
     use chrono::{DateTime, Utc};
-    use keyward::{KeyId, MemoryStore, SessionRecord, SessionStore, StoreError};
+    use keyward::{
+        KeyId, MemoryStore, OwnerId, SessionCap, SessionRecord, SessionStore, StoreError,
+    };
 
     pub enum Bug {
         /// `revoke_sessions` revokes nothing and returns 0.
         RevokeDoesNothing,
         /// `delete_expired_sessions` deletes every session, expired or not.
         DeleteDeletesAll,
+        /// `insert_session` ignores the cap.
+        IgnoresCap,
+        /// `session_owner` never finds one.
+        NoOwner,
     }
 
     pub struct BrokenSessions(pub MemoryStore, pub Bug);
 
     impl SessionStore for BrokenSessions {
-        async fn insert_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
-            self.0.insert_session(record).await
+        async fn insert_session(
+            &self,
+            record: &SessionRecord,
+            cap: Option<SessionCap>,
+        ) -> Result<(), StoreError> {
+            match self.1 {
+                Bug::IgnoresCap => self.0.insert_session(record, None).await,
+                _ => self.0.insert_session(record, cap).await,
+            }
+        }
+        async fn session_owner(&self, key_id: &KeyId) -> Result<Option<OwnerId>, StoreError> {
+            match self.1 {
+                Bug::NoOwner => Ok(None),
+                _ => self.0.session_owner(key_id).await,
+            }
         }
         async fn get_session(&self, id: &KeyId) -> Result<Option<SessionRecord>, StoreError> {
             self.0.get_session(id).await
@@ -103,7 +122,7 @@ mod broken {
         async fn revoke_sessions(&self, key_id: &KeyId) -> Result<u64, StoreError> {
             match self.1 {
                 Bug::RevokeDoesNothing => Ok(0),
-                Bug::DeleteDeletesAll => self.0.revoke_sessions(key_id).await,
+                _ => self.0.revoke_sessions(key_id).await,
             }
         }
         async fn delete_expired_sessions(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
@@ -113,7 +132,7 @@ mod broken {
                         .delete_expired_sessions(DateTime::<Utc>::MAX_UTC)
                         .await
                 }
-                Bug::RevokeDoesNothing => self.0.delete_expired_sessions(now).await,
+                _ => self.0.delete_expired_sessions(now).await,
             }
         }
     }
@@ -136,6 +155,23 @@ async fn session_conformance_catches_a_store_that_does_not_revoke() {
 )]
 async fn session_conformance_catches_a_store_that_deletes_live_sessions() {
     let store = broken::BrokenSessions(MemoryStore::new(), broken::Bug::DeleteDeletesAll);
+    keyward::store::conformance::session_store_conformance(store).await;
+}
+
+/// The session conformance check fails a store that ignores the cap.
+#[tokio::test]
+#[should_panic(expected = "session_store_conformance: insert_session must refuse a session")]
+async fn session_conformance_catches_a_store_that_ignores_the_cap() {
+    let store = broken::BrokenSessions(MemoryStore::new(), broken::Bug::IgnoresCap);
+    keyward::store::conformance::session_store_conformance(store).await;
+}
+
+/// The session conformance check fails a store that cannot tell whose
+/// sessions a key has.
+#[tokio::test]
+#[should_panic(expected = "session_store_conformance: session_owner must return the owner")]
+async fn session_conformance_catches_a_store_without_session_owners() {
+    let store = broken::BrokenSessions(MemoryStore::new(), broken::Bug::NoOwner);
     keyward::store::conformance::session_store_conformance(store).await;
 }
 

@@ -174,6 +174,87 @@ impl ExpiryPolicy {
         self.allow_never
     }
 
+    /// The longest lifetime in days (`None`: no maximum).
+    pub fn max_days(&self) -> Option<u32> {
+        self.max_days
+    }
+
+    /// Whether a key may be given the absolute expiry `expires_at` at `now`
+    /// (an imported key's, which is not one of the choices): never expiring
+    /// only where "never" is allowed, and no more than the maximum number
+    /// of days from `now` (listed choices aside: an expiry from another
+    /// system rarely falls on one). An expiry already past is allowed (the
+    /// key is expired).
+    ///
+    /// # Errors
+    ///
+    /// [`PolicyError::NeverNotAllowed`]; [`PolicyError::ExpiryNotAllowed`]
+    /// with the lifetime left in days, rounded up.
+    ///
+    /// ```
+    /// use chrono::{TimeDelta, Utc};
+    /// use keyward::{ExpiryChoice, ExpiryPolicy, PolicyError};
+    /// let policy = ExpiryPolicy::up_to(365, ExpiryChoice::Days(90)).unwrap();
+    /// let now = Utc::now();
+    /// assert!(policy.check_expires_at(now, Some(now + TimeDelta::days(365))).is_ok());
+    /// assert!(matches!(
+    ///     policy.check_expires_at(now, Some(now + TimeDelta::days(400))),
+    ///     Err(PolicyError::ExpiryNotAllowed { days: 400, .. })
+    /// ));
+    /// assert_eq!(policy.check_expires_at(now, None), Err(PolicyError::NeverNotAllowed));
+    /// ```
+    pub fn check_expires_at(
+        &self,
+        now: DateTime<Utc>,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<(), PolicyError> {
+        let Some(at) = expires_at else {
+            return if self.allow_never {
+                Ok(())
+            } else {
+                Err(PolicyError::NeverNotAllowed)
+            };
+        };
+        let Some(max) = self.max_days else {
+            return Ok(());
+        };
+        let left = at.signed_duration_since(now);
+        if left <= TimeDelta::days(i64::from(max)) {
+            return Ok(());
+        }
+        // Whole days, rounded up: 365 days and a second is 366.
+        let whole = left.num_days();
+        let partial = TimeDelta::try_days(whole).is_some_and(|w| left > w);
+        let days = whole.saturating_add(i64::from(partial));
+        Err(PolicyError::ExpiryNotAllowed {
+            days: u32::try_from(days).unwrap_or(u32::MAX),
+            allowed: self.describe(),
+        })
+    }
+
+    /// The expiry of a successor (a rotation) to a key that lived
+    /// `lifetime` (`None`: it never expired), counted from `now`: the same
+    /// length, never longer than the maximum; never expiring only where
+    /// "never" is allowed, else the default choice.
+    pub(crate) fn successor_expiry(
+        &self,
+        now: DateTime<Utc>,
+        lifetime: Option<TimeDelta>,
+    ) -> Option<DateTime<Utc>> {
+        let max = self.max_days.map(|m| TimeDelta::days(i64::from(m)));
+        let length = match lifetime {
+            None if self.allow_never => return None,
+            None => return self.default.expires_at(now),
+            // A foreign creation time after the expiry: no usable length.
+            Some(l) if l <= TimeDelta::zero() => return self.default.expires_at(now),
+            Some(l) => max.map_or(l, |m| l.min(m)),
+        };
+        Some(
+            now.checked_add_signed(length)
+                .unwrap_or(DateTime::<Utc>::MAX_UTC),
+        )
+    }
+
     /// The allowed choice for a request (`None` means the default), or why not.
     pub fn check(&self, choice: Option<ExpiryChoice>) -> Result<ExpiryChoice, PolicyError> {
         let choice = choice.unwrap_or(self.default);

@@ -14,7 +14,8 @@ pub enum Role {
     /// An administrator of the owner: may do everything with its keys.
     Administrator,
     /// A manager: may manage keys only when an administrator granted API access,
-    /// and may never revoke or delete one.
+    /// and (under [`DefaultManagementPolicy`]) may never end a key's access
+    /// (revoke, delete, regenerate, rotate with a short grace) nor import one.
     Manager {
         /// Whether an administrator granted this manager API access.
         api_access: bool,
@@ -153,7 +154,8 @@ pub enum ManagementDenial {
     OtherOwner,
     /// A manager without API access.
     NoApiAccess,
-    /// Only administrators may do this (revoke, by default).
+    /// Only administrators may do this (by default: revoke, delete,
+    /// regenerate, import, rotate with a short grace).
     AdministratorOnly,
     /// Only the application itself ([`Role::System`]) may do this across owners.
     SystemOnly,
@@ -199,8 +201,10 @@ pub trait ManagementPolicy: Send + Sync + 'static {
 }
 
 /// The default policy: administrators may manage their owner's keys;
-/// managers only when granted API access, and never revoke or delete; nobody may touch
-/// another owner's keys; [`Role::System`] may do everything.
+/// managers only when granted API access, and never end a key's access
+/// (revoke, delete, regenerate, or rotate with a grace shorter than
+/// [`MIN_ROTATION_GRACE`](crate::MIN_ROTATION_GRACE)) nor import keys;
+/// nobody may touch another owner's keys; [`Role::System`] may do everything.
 ///
 /// ```
 /// use keyward::{Actor, DefaultManagementPolicy, ManagementAction, ManagementDenial, ManagementPolicy, OwnerId};
@@ -214,6 +218,14 @@ pub trait ManagementPolicy: Send + Sync + 'static {
 /// );
 /// assert_eq!(
 ///     policy.check(&manager, ManagementAction::Delete, &contoso),
+///     Err(ManagementDenial::AdministratorOnly)
+/// );
+/// assert_eq!(
+///     policy.check(&manager, ManagementAction::Regenerate, &contoso),
+///     Err(ManagementDenial::AdministratorOnly)
+/// );
+/// assert_eq!(
+///     policy.check(&manager, ManagementAction::Import, &contoso),
 ///     Err(ManagementDenial::AdministratorOnly)
 /// );
 /// ```
@@ -236,10 +248,20 @@ impl ManagementPolicy for DefaultManagementPolicy {
         match actor.role {
             Role::Administrator | Role::System => Ok(()),
             Role::Manager { api_access: false } => Err(ManagementDenial::NoApiAccess),
-            // Deleting ends a key as surely as revoking it (and drops it
-            // from listings): both are for administrators.
+            // Ending a key's access is for administrators: revoking,
+            // deleting (which ends it as surely, and drops it from
+            // listings), regenerating (its holders' secret stops working;
+            // a rotation with a grace shorter than MIN_ROTATION_GRACE asks
+            // for Revoke too) and importing (a key from outside, past the
+            // usual checks of creation).
             Role::Manager { api_access: true }
-                if matches!(action, ManagementAction::Revoke | ManagementAction::Delete) =>
+                if matches!(
+                    action,
+                    ManagementAction::Revoke
+                        | ManagementAction::Delete
+                        | ManagementAction::Regenerate
+                        | ManagementAction::Import
+                ) =>
             {
                 Err(ManagementDenial::AdministratorOnly)
             }

@@ -93,7 +93,9 @@
 //! round-trips, an unknown id is `None`, a duplicate id is refused without
 //! writing, `revoke_sessions` ends exactly one key's sessions and counts
 //! those it ended, `delete_expired_sessions` deletes exactly the sessions
-//! expired at or before `now` and counts them. It works in a time window
+//! expired at or before `now` and counts them, `session_owner` finds the
+//! owner stored with a key's sessions, and a capped `insert_session` never
+//! lets a key hold more live sessions than the cap, also under concurrency. It works in a time window
 //! of its own in the distant past, so it never touches sessions of real
 //! times; since `delete_expired_sessions` is global, do not run it twice
 //! at the same time on one store. If your type stores keys and sessions,
@@ -130,7 +132,7 @@ use crate::audit::{AuditAction, AuditEvent, AuditQuery, AuditSink};
 use crate::error::StoreError;
 use crate::key::{KeyKind, KeyRecord, KeyStatus, OwnerId, SecretHash};
 use crate::policy::{IpAllowlist, PermissionGrant, ResourceScope};
-use crate::session::{SessionHash, SessionRecord, SessionStore};
+use crate::session::{SessionCap, SessionHash, SessionRecord, SessionStore};
 use crate::token::{Environment, KeyId};
 
 /// The names of all checks, in the order [`run_all`] runs them.
@@ -1670,7 +1672,16 @@ async fn must_delete_expired<S: SessionStore>(store: &S, now: DateTime<Utc>, wha
 ///   second call and deleted sessions count 0;
 /// * `delete_expired_sessions(now)` deletes exactly the sessions that
 ///   expired at or before `now` (`expires_at == now` included), revoked or
-///   not, returns how many, and leaves the others untouched.
+///   not, returns how many, and leaves the others untouched;
+/// * `session_owner(key_id)` is the owner stored with the key's sessions
+///   (revoked ones too), `None` for a session id, an unknown key or a key
+///   whose sessions were all deleted;
+/// * `insert_session` with a [`SessionCap`] refuses, with
+///   [`StoreError::TooManySessions`] and without storing it, a session of a
+///   key that already has `max_live` live sessions (not revoked, expiring
+///   after `cap.now`); sessions of other keys, revoked ones and ones
+///   expired at `cap.now` do not count, no cap means no count, and 32
+///   concurrent inserts under a cap of 3 store exactly 3.
 ///
 /// It works in a time window of its own in the distant past (between the
 /// years 1200 and 1700, random per run), with its own key and session ids,
@@ -1728,7 +1739,7 @@ pub async fn session_store_conformance<S: SessionStore>(store: S) {
     };
     let all = [&a15, &a30, &a45_revoked, &b15, &b60, &c90, &c120];
     for r in all {
-        if let Err(e) = store.insert_session(r).await {
+        if let Err(e) = store.insert_session(r, None).await {
             panic!("{C}: insert_session of {} failed: {e}", r.id);
         }
     }
@@ -1755,12 +1766,12 @@ pub async fn session_store_conformance<S: SessionStore>(store: S) {
         ..session(&KeyId::generate(), &ob, at(-30), at(1))
     };
     assert_eq!(
-        store.insert_session(&clash).await,
+        store.insert_session(&clash, None).await,
         Err(StoreError::DuplicateId(a15.id.clone())),
         "{C}: inserting an id that exists must be refused with DuplicateId"
     );
     assert_eq!(
-        store.insert_session(&a30).await,
+        store.insert_session(&a30, None).await,
         Err(StoreError::DuplicateId(a30.id.clone())),
         "{C}: inserting an identical record again must be refused with DuplicateId"
     );
@@ -1911,5 +1922,156 @@ pub async fn session_store_conformance<S: SessionStore>(store: S) {
         must_revoke_sessions(&store, &kc, "of key c after its sessions were deleted").await,
         0,
         "{C}: revoke_sessions must not count deleted sessions"
+    );
+    assert_eq!(
+        must_session_owner(&store, &kc, "after its sessions were deleted").await,
+        None,
+        "{C}: session_owner must return None once the key's sessions are deleted"
+    );
+
+    session_cap(store, ts).await;
+}
+
+async fn must_session_owner<S: SessionStore>(
+    store: &S,
+    key_id: &KeyId,
+    what: &str,
+) -> Option<OwnerId> {
+    const C: &str = "session_store_conformance";
+    match store.session_owner(key_id).await {
+        Ok(owner) => owner,
+        Err(e) => panic!("{C}: session_owner({key_id}) {what} failed: {e}"),
+    }
+}
+
+/// The cap part of [`session_store_conformance`], in the same window,
+/// after the other sessions were deleted.
+async fn session_cap<S: SessionStore>(store: S, ts: DateTime<Utc>) {
+    const C: &str = "session_store_conformance";
+    let at = move |minutes: i64| ts + TimeDelta::days(10) + TimeDelta::minutes(minutes);
+    let cap = move |max_live: u32| {
+        Some(SessionCap {
+            max_live,
+            now: at(0),
+        })
+    };
+    let (od, oe) = (owner(), owner());
+    let (kd, ke) = (KeyId::generate(), KeyId::generate());
+    let insert = |r: SessionRecord, c: Option<SessionCap>| {
+        let store = &store;
+        async move { (store.insert_session(&r, c).await, r) }
+    };
+    // Expired at `now` (not live), then one live: the cap of 1 is not reached.
+    let (res, d_old) = insert(session(&kd, &od, at(-20), at(0)), cap(1)).await;
+    assert_eq!(
+        res,
+        Ok(()),
+        "{C}: insert_session must allow a session under the cap (no live session)"
+    );
+    let (res, d1) = insert(session(&kd, &od, at(-1), at(10)), cap(1)).await;
+    assert_eq!(
+        res,
+        Ok(()),
+        "{C}: insert_session must not count a session expired at `cap.now` as live"
+    );
+    let (res, d2) = insert(session(&kd, &od, at(-1), at(10)), cap(1)).await;
+    assert_eq!(
+        res,
+        Err(StoreError::TooManySessions {
+            key_id: kd.clone(),
+            limit: 1
+        }),
+        "{C}: insert_session must refuse a session of a key at its cap with TooManySessions"
+    );
+    assert_eq!(
+        must_get_session(&store, &d2.id, "of a session refused by the cap").await,
+        None,
+        "{C}: insert_session must refuse a session over the cap without storing it"
+    );
+    // Another key's sessions do not count; a higher cap, or none, lets it in.
+    let (res, e1) = insert(session(&ke, &oe, at(-1), at(10)), cap(1)).await;
+    assert_eq!(
+        res,
+        Ok(()),
+        "{C}: insert_session must count only the sessions of the record's key"
+    );
+    assert_eq!(
+        insert(d2.clone(), cap(2)).await.0,
+        Ok(()),
+        "{C}: insert_session must allow a session under a cap of 2 with one live session"
+    );
+    let (res, d3) = insert(session(&kd, &od, at(-1), at(10)), None).await;
+    assert_eq!(
+        res,
+        Ok(()),
+        "{C}: insert_session without a cap must not count"
+    );
+    assert_eq!(
+        must_session_owner(&store, &kd, "of a key with sessions").await,
+        Some(od.clone()),
+        "{C}: session_owner must return the owner stored with the key's sessions"
+    );
+    assert_eq!(
+        must_session_owner(&store, &ke, "of another key").await,
+        Some(oe.clone()),
+        "{C}: session_owner must return the owner stored with the key's sessions"
+    );
+    assert_eq!(
+        must_session_owner(&store, &d1.id, "of a session id").await,
+        None,
+        "{C}: session_owner must match the key id, not the session id"
+    );
+    // Revoked sessions do not count.
+    assert_eq!(
+        must_revoke_sessions(&store, &kd, "of the capped key").await,
+        4,
+        "{C}: revoke_sessions must end the capped key's four sessions"
+    );
+    assert_eq!(
+        must_session_owner(&store, &kd, "of a key with revoked sessions").await,
+        Some(od.clone()),
+        "{C}: session_owner must return the owner stored with the key's sessions, revoked too"
+    );
+    let (res, d4) = insert(session(&kd, &od, at(-1), at(10)), cap(1)).await;
+    assert_eq!(
+        res,
+        Ok(()),
+        "{C}: insert_session must not count revoked sessions against the cap"
+    );
+
+    // Under concurrency: 32 inserts with a cap of 3 for a new key.
+    let kf = KeyId::generate();
+    let store = Arc::new(store);
+    let barrier = Arc::new(Barrier::new(32));
+    let mut tasks = JoinSet::new();
+    for _ in 0..32 {
+        let store = Arc::clone(&store);
+        let barrier = Arc::clone(&barrier);
+        let r = session(&kf, &od, at(-1), at(10));
+        tasks.spawn(async move {
+            barrier.wait().await;
+            store.insert_session(&r, cap(3)).await
+        });
+    }
+    let (mut stored, mut refused) = (0, 0);
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(Ok(())) => stored += 1,
+            Ok(Err(StoreError::TooManySessions { .. })) => refused += 1,
+            Ok(Err(e)) => panic!("{C}: a concurrent capped insert_session failed: {e}"),
+            Err(e) => panic!("{C}: a concurrent capped insert_session panicked: {e}"),
+        }
+    }
+    assert_eq!(
+        (stored, refused),
+        (3, 29),
+        "{C}: insert_session must refuse a session over the cap under concurrency \
+         (32 inserts, cap 3)"
+    );
+    let _ = (d_old, d1, d3, d4, e1);
+    assert_eq!(
+        must_delete_expired(&*store, at(24 * 60), "after the cap checks").await,
+        9,
+        "{C}: delete_expired_sessions must delete the cap checks' nine sessions"
     );
 }

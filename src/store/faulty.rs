@@ -61,8 +61,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::error::StoreError;
-use crate::key::KeyRecord;
-use crate::session::{SessionRecord, SessionStore};
+use crate::key::{KeyRecord, OwnerId};
+use crate::session::{SessionCap, SessionRecord, SessionStore};
 use crate::store::{KeyStore, ListQuery, QuotaCheck};
 use crate::token::KeyId;
 
@@ -92,6 +92,8 @@ pub enum Op {
     RevokeSessions,
     /// [`SessionStore::delete_expired_sessions`].
     DeleteExpiredSessions,
+    /// [`SessionStore::session_owner`].
+    SessionOwner,
 }
 
 impl Op {
@@ -108,11 +110,12 @@ impl Op {
         Op::GetSession,
         Op::RevokeSessions,
         Op::DeleteExpiredSessions,
+        Op::SessionOwner,
     ];
 
     /// The operations that read and change nothing.
     pub fn is_read(self) -> bool {
-        matches!(self, Op::Get | Op::List | Op::GetSession)
+        matches!(self, Op::Get | Op::List | Op::GetSession | Op::SessionOwner)
     }
 }
 
@@ -344,10 +347,19 @@ impl<S: KeyStore> KeyStore for FaultyStore<S> {
 }
 
 impl<S: SessionStore> SessionStore for FaultyStore<S> {
-    async fn insert_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
+    async fn insert_session(
+        &self,
+        record: &SessionRecord,
+        cap: Option<SessionCap>,
+    ) -> Result<(), StoreError> {
         self.before(Op::InsertSession).await?;
-        let result = self.inner.insert_session(record).await;
+        let result = self.inner.insert_session(record, cap).await;
         self.after(Op::InsertSession, result)
+    }
+    async fn session_owner(&self, key_id: &KeyId) -> Result<Option<OwnerId>, StoreError> {
+        self.before(Op::SessionOwner).await?;
+        let result = self.inner.session_owner(key_id).await;
+        self.after(Op::SessionOwner, result)
     }
     async fn get_session(&self, id: &KeyId) -> Result<Option<SessionRecord>, StoreError> {
         self.before(Op::GetSession).await?;

@@ -13,7 +13,7 @@ use super::compact::CompactRecord;
 use super::{KeyStore, ListQuery, QuotaCheck};
 use crate::error::StoreError;
 use crate::key::{KeyRecord, OwnerId};
-use crate::session::{SessionRecord, SessionStore};
+use crate::session::{SessionCap, SessionRecord, SessionStore};
 use crate::token::KeyId;
 
 const SHARDS: usize = 32;
@@ -38,7 +38,25 @@ pub struct MemoryStore {
     shards: Vec<RwLock<HashMap<KeyId, CompactRecord, RandomState>>>,
     by_owner: Mutex<Index>,
     hasher: RandomState,
-    sessions: RwLock<HashMap<KeyId, SessionRecord, RandomState>>,
+    sessions: RwLock<SessionMap>,
+}
+
+/// Sessions by id, and the ids of each key's sessions (to count, end and
+/// find the owner of one key's sessions without a scan).
+#[derive(Debug, Default)]
+struct SessionMap {
+    by_id: HashMap<KeyId, SessionRecord, RandomState>,
+    by_key: HashMap<KeyId, HashSet<KeyId, RandomState>, RandomState>,
+}
+
+impl SessionMap {
+    fn of_key<'a>(&'a self, key_id: &KeyId) -> impl Iterator<Item = &'a SessionRecord> + 'a {
+        self.by_key
+            .get(key_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.by_id.get(id))
+    }
 }
 
 /// The owner index and the ids of deleted keys, behind one lock so that
@@ -64,7 +82,7 @@ impl MemoryStore {
                 .collect(),
             by_owner: Mutex::new(Index::default()),
             hasher: RandomState::default(),
-            sessions: RwLock::new(HashMap::default()),
+            sessions: RwLock::new(SessionMap::default()),
         }
     }
 
@@ -307,15 +325,36 @@ impl KeyStore for MemoryStore {
 
 /// Sessions in one map behind one lock: they are few and short-lived.
 impl SessionStore for MemoryStore {
-    async fn insert_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
+    async fn insert_session(
+        &self,
+        record: &SessionRecord,
+        cap: Option<SessionCap>,
+    ) -> Result<(), StoreError> {
         let mut sessions = self
             .sessions
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        if sessions.contains_key(&record.id) {
+        if sessions.by_id.contains_key(&record.id) {
             return Err(StoreError::DuplicateId(record.id.clone()));
         }
-        sessions.insert(record.id.clone(), record.clone());
+        if let Some(cap) = cap {
+            let live = sessions
+                .of_key(&record.key_id)
+                .filter(|s| !s.revoked && s.expires_at > cap.now)
+                .count();
+            if live >= cap.max_live as usize {
+                return Err(StoreError::TooManySessions {
+                    key_id: record.key_id.clone(),
+                    limit: cap.max_live,
+                });
+            }
+        }
+        sessions
+            .by_key
+            .entry(record.key_id.clone())
+            .or_default()
+            .insert(record.id.clone());
+        sessions.by_id.insert(record.id.clone(), record.clone());
         Ok(())
     }
 
@@ -324,33 +363,59 @@ impl SessionStore for MemoryStore {
             .sessions
             .read()
             .unwrap_or_else(PoisonError::into_inner)
+            .by_id
             .get(id)
             .cloned())
     }
 
+    async fn session_owner(&self, key_id: &KeyId) -> Result<Option<OwnerId>, StoreError> {
+        Ok(self
+            .sessions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .of_key(key_id)
+            .next()
+            .map(|s| s.owner.clone()))
+    }
+
     async fn revoke_sessions(&self, key_id: &KeyId) -> Result<u64, StoreError> {
-        let mut sessions = self
+        let mut guard = self
             .sessions
             .write()
             .unwrap_or_else(PoisonError::into_inner);
+        let sessions = &mut *guard;
         let mut ended = 0;
-        for s in sessions
-            .values_mut()
-            .filter(|s| s.key_id == *key_id && !s.revoked)
-        {
-            s.revoked = true;
-            ended += 1;
+        for id in sessions.by_key.get(key_id).into_iter().flatten() {
+            if let Some(s) = sessions.by_id.get_mut(id) {
+                if !s.revoked {
+                    s.revoked = true;
+                    ended += 1;
+                }
+            }
         }
         Ok(ended)
     }
 
     async fn delete_expired_sessions(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
-        let mut sessions = self
+        let mut guard = self
             .sessions
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        let before = sessions.len();
-        sessions.retain(|_, s| s.expires_at > now);
-        Ok((before - sessions.len()) as u64)
+        let sessions = &mut *guard;
+        let before = sessions.by_id.len();
+        let by_key = &mut sessions.by_key;
+        sessions.by_id.retain(|id, s| {
+            let keep = s.expires_at > now;
+            if !keep {
+                if let Some(ids) = by_key.get_mut(&s.key_id) {
+                    ids.remove(id);
+                    if ids.is_empty() {
+                        by_key.remove(&s.key_id);
+                    }
+                }
+            }
+            keep
+        });
+        Ok((before - sessions.by_id.len()) as u64)
     }
 }

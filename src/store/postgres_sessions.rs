@@ -16,7 +16,7 @@ use super::PostgresStore;
 use super::sql::{self, boxed};
 use crate::error::StoreError;
 use crate::key::OwnerId;
-use crate::session::{SessionHash, SessionRecord, SessionStore};
+use crate::session::{SessionCap, SessionHash, SessionRecord, SessionStore};
 use crate::token::{Environment, KeyId};
 
 const COLUMNS: &str = "id, key_id, owner, environment, key_name, permissions, resources, ip_allowlist, \
@@ -127,15 +127,47 @@ fn decode(row: &PgRow) -> Result<SessionRecord, StoreError> {
     })
 }
 
-/// Every method is one statement (atomic on its own); the futures are boxed
+/// Every method is one statement or one transaction (atomic); the futures are boxed
 /// as the [`KeyStore`](super::KeyStore) methods are.
 impl SessionStore for PostgresStore {
-    async fn insert_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
+    async fn insert_session(
+        &self,
+        record: &SessionRecord,
+        cap: Option<SessionCap>,
+    ) -> Result<(), StoreError> {
         let t = self.sessions();
         let permissions = json("permissions", &record.permissions)?;
         let resources = json("resources", &record.resources)?;
         let ips = json("ip_allowlist", &record.ip_allowlist)?;
         boxed(async move {
+            let mut tx = self
+                .pool()
+                .begin()
+                .await
+                .map_err(|e| sql::backend("begin insert a session", e))?;
+            if let Some(cap) = cap {
+                // Serializes capped inserts of one key's sessions.
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))")
+                    .bind(&t)
+                    .bind(record.key_id.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| sql::backend("lock the key's sessions", e))?;
+                let live: i64 = sqlx::query_scalar(&format!(
+                    "SELECT COUNT(*) FROM {t} WHERE key_id = $1 AND NOT revoked AND expires_at > $2"
+                ))
+                .bind(record.key_id.as_str())
+                .bind(sql::micros(cap.now))
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| sql::backend("count live sessions", e))?;
+                if live >= i64::from(cap.max_live) {
+                    return Err(StoreError::TooManySessions {
+                        key_id: record.key_id.clone(),
+                        limit: cap.max_live,
+                    });
+                }
+            }
             let result = sqlx::query(&format!(
                 "INSERT INTO {t} ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
             ))
@@ -151,10 +183,13 @@ impl SessionStore for PostgresStore {
             .bind(sql::micros(record.expires_at))
             .bind(record.revoked)
             .bind(&record.secret_hash.as_bytes()[..])
-            .execute(self.pool())
+            .execute(&mut *tx)
             .await;
             match result {
-                Ok(_) => Ok(()),
+                Ok(_) => tx
+                    .commit()
+                    .await
+                    .map_err(|e| sql::backend("commit a session", e)),
                 Err(ref e) if sql::is_unique_violation(e) => {
                     Err(StoreError::DuplicateId(record.id.clone()))
                 }
@@ -173,6 +208,28 @@ impl SessionStore for PostgresStore {
                 .await
                 .map_err(|e| sql::backend("get a session", e))?;
             row.as_ref().map(decode).transpose()
+        })
+        .await
+    }
+
+    async fn session_owner(&self, key_id: &KeyId) -> Result<Option<OwnerId>, StoreError> {
+        let t = self.sessions();
+        boxed(async move {
+            let owner: Option<String> =
+                sqlx::query_scalar(&format!("SELECT owner FROM {t} WHERE key_id = $1 LIMIT 1"))
+                    .bind(key_id.as_str())
+                    .fetch_optional(self.pool())
+                    .await
+                    .map_err(|e| sql::backend("get the owner of sessions", e))?;
+            owner
+                .map(|o| {
+                    OwnerId::new(&o).map_err(|e| StoreError::Corrupt {
+                        id: key_id.to_string(),
+                        field: "owner",
+                        reason: e.to_string(),
+                    })
+                })
+                .transpose()
         })
         .await
     }

@@ -9,7 +9,8 @@ use sqlx::sqlite::SqliteRow;
 use super::SqliteStore;
 use super::sql::{self, boxed};
 use crate::error::StoreError;
-use crate::session::{SessionHash, SessionRecord, SessionStore};
+use crate::key::OwnerId;
+use crate::session::{SessionCap, SessionHash, SessionRecord, SessionStore};
 use crate::token::KeyId;
 
 const COLUMNS: &str = "id, key_id, owner, environment, key_name, permissions, resources, ip_allowlist, \
@@ -114,12 +115,38 @@ fn decode(row: &SqliteRow) -> Result<SessionRecord, StoreError> {
 }
 
 impl SessionStore for SqliteStore {
-    async fn insert_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
+    async fn insert_session(
+        &self,
+        record: &SessionRecord,
+        cap: Option<SessionCap>,
+    ) -> Result<(), StoreError> {
         let t = self.sessions_table();
         let permissions = json("permissions", &record.permissions)?;
         let resources = json("resources", &record.resources)?;
         let ips = json("ip_allowlist", &record.ip_allowlist)?;
         boxed(async move {
+            // IMMEDIATE takes the write lock now: the count below cannot go stale.
+            let mut tx = self
+                .pool()
+                .begin_with("BEGIN IMMEDIATE")
+                .await
+                .map_err(|e| sql::backend("begin insert a session", e))?;
+            if let Some(cap) = cap {
+                let live: i64 = sqlx::query_scalar(&format!(
+                    "SELECT COUNT(*) FROM \"{t}\" WHERE key_id = ? AND revoked = 0 AND expires_at > ?"
+                ))
+                .bind(record.key_id.as_str())
+                .bind(sql::micros(cap.now))
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| sql::backend("count live sessions", e))?;
+                if live >= i64::from(cap.max_live) {
+                    return Err(StoreError::TooManySessions {
+                        key_id: record.key_id.clone(),
+                        limit: cap.max_live,
+                    });
+                }
+            }
             let result = sqlx::query(&format!(
                 "INSERT INTO \"{t}\" ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             ))
@@ -135,10 +162,13 @@ impl SessionStore for SqliteStore {
             .bind(sql::micros(record.expires_at))
             .bind(i64::from(record.revoked))
             .bind(&record.secret_hash.as_bytes()[..])
-            .execute(self.pool())
+            .execute(&mut *tx)
             .await;
             match result {
-                Ok(_) => Ok(()),
+                Ok(_) => tx
+                    .commit()
+                    .await
+                    .map_err(|e| sql::backend("commit a session", e)),
                 Err(ref e) if sql::is_unique_violation(e) => {
                     Err(StoreError::DuplicateId(record.id.clone()))
                 }
@@ -157,6 +187,29 @@ impl SessionStore for SqliteStore {
                 .await
                 .map_err(|e| sql::backend("get a session", e))?;
             row.as_ref().map(decode).transpose()
+        })
+        .await
+    }
+
+    async fn session_owner(&self, key_id: &KeyId) -> Result<Option<OwnerId>, StoreError> {
+        let t = self.sessions_table();
+        boxed(async move {
+            let owner: Option<String> = sqlx::query_scalar(&format!(
+                "SELECT owner FROM \"{t}\" WHERE key_id = ? LIMIT 1"
+            ))
+            .bind(key_id.as_str())
+            .fetch_optional(self.pool())
+            .await
+            .map_err(|e| sql::backend("get the owner of sessions", e))?;
+            owner
+                .map(|o| {
+                    OwnerId::new(&o).map_err(|e| StoreError::Corrupt {
+                        id: key_id.to_string(),
+                        field: "owner",
+                        reason: e.to_string(),
+                    })
+                })
+                .transpose()
         })
         .await
     }
