@@ -382,7 +382,7 @@ fn cold_verify<S: KeyStore>(
     let verifier = key.manager.verifier();
     group.bench_function(name, |b| {
         b.to_async(rt).iter_batched(
-            || verifier.invalidate(&key.id),
+            || verifier.forget(&key.id),
             |()| async {
                 verifier
                     .verify(black_box(&key.token), &req)

@@ -313,13 +313,28 @@ fn bench_verify(c: &mut Criterion) {
         })
     });
 
+    // An entry past its TTL or invalidated: a store read and a digest of
+    // the stored hash, no argon2 (the secret was proven before).
+    group.bench_function("ttl_revalidate", |b| {
+        b.to_async(&rt).iter_batched(
+            || verifier.invalidate(&id),
+            |()| async {
+                verifier
+                    .verify(black_box(&token), &req)
+                    .await
+                    .expect("revalidated")
+            },
+            BatchSize::PerIteration,
+        )
+    });
+
     // Argon2 at default parameters: ~tens of ms per check, so few samples.
     group.sample_size(10);
     group.sampling_mode(SamplingMode::Flat);
     group.measurement_time(Duration::from_secs(4));
     group.bench_function("cold_miss", |b| {
         b.to_async(&rt).iter_batched(
-            || verifier.invalidate(&id),
+            || verifier.forget(&id),
             |()| async {
                 verifier
                     .verify(black_box(&token), &req)

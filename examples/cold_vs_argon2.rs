@@ -74,7 +74,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for round in 1..=ROUNDS {
         let start = Instant::now();
         for _ in 0..PER_ROUND {
-            verifier.invalidate(&created.key.id);
+            verifier.forget(&created.key.id);
             verifier
                 .verify(&token, &req)
                 .await

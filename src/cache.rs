@@ -275,6 +275,16 @@ impl KeyCache {
         }
     }
 
+    /// Forgets a key at once, its proof included.
+    pub(crate) fn remove(&self, id: &str) {
+        let mut shard = self
+            .shard(id)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        shard.remove(id);
+    }
+
     /// Stops trusting every entry at once (proofs are kept, as by
     /// [`KeyCache::invalidate`]).
     pub(crate) fn clear(&self) {

@@ -594,7 +594,7 @@ impl<S: KeyStore> Shared<S> {
     }
 
     /// Forgets key `id` and this process's cached sessions of it, so their
-    /// next check reads the store (where a compromise revoke ended them).
+    /// next check reads the store (where a revoke ended them).
     pub(crate) fn invalidate(&self, id: &KeyId) {
         // The epoch bump (in `invalidate`) comes first: a check that found
         // the id missing before this call cannot remember it afterwards.
@@ -1186,6 +1186,16 @@ impl<S: KeyStore> Verifier<S> {
     /// another process changed the key.
     pub fn invalidate(&self, id: &KeyId) {
         self.shared.invalidate(id);
+    }
+
+    /// Like [`Verifier::invalidate`], and also forgets the proof that the
+    /// key's secret was checked (see [`VerifierConfig::cache_ttl`]), so its
+    /// next check runs argon2 again. [`Verifier::invalidate`] is enough for
+    /// any change of a key; this is for benchmarks of the cold path, and
+    /// for an operator who wants a secret proven from scratch.
+    pub fn forget(&self, id: &KeyId) {
+        self.shared.invalidate(id);
+        self.shared.cache.remove(id.as_str());
     }
 
     /// Forgets every cached key and session (after a change feed reconnects,

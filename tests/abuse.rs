@@ -531,3 +531,20 @@ async fn a_repeated_unknown_id_reaches_the_store_once_per_negative_ttl() {
             .is_ok()
     );
 }
+
+#[tokio::test]
+async fn invalidate_keeps_the_proof_and_forget_drops_it() {
+    let f = fixture();
+    let created = f.push_key().await;
+    let t = created.token.expose_secret();
+    let verifier = f.manager.verifier();
+    assert!(f.manager.verify(t, &f.req()).await.is_ok());
+    verifier.invalidate(&created.key.id);
+    assert!(f.manager.verify(t, &f.req()).await.is_ok());
+    verifier.invalidate_all();
+    assert!(f.manager.verify(t, &f.req()).await.is_ok());
+    assert_eq!(f.hash_verifies(), 1, "invalidations re-read, not re-prove");
+    verifier.forget(&created.key.id);
+    assert!(f.manager.verify(t, &f.req()).await.is_ok());
+    assert_eq!(f.hash_verifies(), 2, "forget drops the proof");
+}
