@@ -2,7 +2,8 @@
 //! rows, failure behaviour, and the change feed between two "servers".
 //!
 //! Needs `KEYWARD_TEST_POSTGRES_URL` (e.g. `postgres://postgres@127.0.0.1:5432/postgres`);
-//! without it every test prints a notice and returns, unless
+//! without it every test writes `SKIPPED store_postgres::<test>: ...` to stderr
+//! (past the output capture) and returns, unless
 //! `KEYWARD_REQUIRE_POSTGRES=1` (CI), which makes them fail. Each test works
 //! in a fresh schema with a random name and drops it at the end, pass or fail.
 #![cfg(all(feature = "postgres", feature = "testing"))]
