@@ -6,16 +6,27 @@ use keyward::MemoryStore;
 // One test per contract item.
 keyward::store_conformance_tests!(async { MemoryStore::new() });
 
-/// All checks sharing one store, as `run_all` allows.
+/// All checks sharing one store, as `run_all` allows; passing, they leave
+/// no key behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn run_all_on_one_shared_store() {
-    let store = std::sync::Arc::new(MemoryStore::new());
+    use keyward::store::{FaultyStore, Op};
+    // FaultyStore with no fault injected: a pass-through that counts calls.
+    let store = std::sync::Arc::new(FaultyStore::new(MemoryStore::new()));
     keyward::store::conformance::run_all(|| {
         let store = std::sync::Arc::clone(&store);
         async move { store }
     })
     .await;
-    assert!(store.len() > 50, "the checks wrote to the shared store");
+    assert!(
+        store.calls(Op::Insert) > 50,
+        "the checks wrote to the shared store"
+    );
+    assert!(
+        store.inner().is_empty(),
+        "the checks deleted the keys they wrote ({} left)",
+        store.inner().len()
+    );
 }
 
 #[tokio::test]

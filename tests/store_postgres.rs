@@ -60,6 +60,15 @@ async fn conformance() {
         .await;
         keyward::store::conformance::audit_sink_conformance(store.clone()).await;
         keyward::store::conformance::session_store_conformance(store.clone()).await;
+        // A passing suite leaves no key and no session behind.
+        for table in ["keyward_keys", "keyward_keys_sessions"] {
+            let left: i64 =
+                sqlx::query_scalar(&format!("SELECT COUNT(*) FROM \"{schema}\".{table}"))
+                    .fetch_one(store.pool())
+                    .await
+                    .expect("count");
+            assert_eq!(left, 0, "rows left in {table}");
+        }
         store.pool().close().await;
     })
     .await;

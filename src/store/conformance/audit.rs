@@ -49,7 +49,8 @@ pub async fn audit_sink_conformance<A: AuditSink>(sink: A) {
         ..event(5, AuditAction::ManagementDenied, Some(&o2), None)
     };
     let anonymous = AuditEvent {
-        detail: "overflow".into(),
+        // Marked, having no owner, so that it can be found and dropped.
+        detail: format!("{}overflow", super::OWNER_PREFIX),
         count: 17,
         ..event(15, AuditAction::AuthenticationFailed, None, None)
     };

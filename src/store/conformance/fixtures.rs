@@ -5,6 +5,7 @@ use std::net::IpAddr;
 
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 
+use crate::error::StoreError;
 use crate::key::{KeyKind, KeyRecord, OwnerId, SecretHash};
 use crate::policy::{IpAllowlist, PermissionGrant, ResourceScope};
 use crate::store::{KeyStore, ListQuery, QuotaCheck};
@@ -24,7 +25,7 @@ pub(super) fn secs(n: i64) -> TimeDelta {
 }
 
 pub(super) fn owner() -> OwnerId {
-    OwnerId::new(&format!("conformance-{}", KeyId::generate())).expect("valid owner id")
+    OwnerId::new(&format!("{}{}", super::OWNER_PREFIX, KeyId::generate())).expect("valid owner id")
 }
 
 pub(super) fn env(tag: &str) -> Environment {
@@ -145,4 +146,30 @@ pub(super) async fn must_list<S: KeyStore>(
 
 pub(super) fn ids(records: &[KeyRecord]) -> Vec<&str> {
     records.iter().map(|r| r.id.as_str()).collect()
+}
+
+/// Deletes every key of `owners` (a check's own random owners), so that a
+/// passing check leaves no key behind. Their ids stay remembered by the
+/// store, as [`KeyStore::delete`] requires.
+pub(super) async fn delete_keys_of<S: KeyStore>(store: &S, owners: &[&OwnerId], check: &str) {
+    for owner in owners {
+        let mut keys = Vec::new();
+        let mut page = query(owner);
+        loop {
+            let got = must_list(store, &page, check).await;
+            let Some(last) = got.last() else { break };
+            page = page.after(last.id.clone());
+            keys.extend(got.into_iter().map(|r| r.id));
+        }
+        for id in &keys {
+            match store.delete(id).await {
+                Ok(()) | Err(StoreError::NotFound(_)) => {}
+                Err(e) => panic!("{check}: cleanup: delete({id}) failed: {e}"),
+            }
+        }
+        assert!(
+            must_list(store, &query(owner), check).await.is_empty(),
+            "{check}: cleanup: keys of {owner} left after deleting them"
+        );
+    }
 }

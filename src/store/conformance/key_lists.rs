@@ -49,6 +49,7 @@ pub async fn revoked_stays_listed<S: KeyStore>(store: S) {
         vec![active.id.as_str()],
         "{C}: Active filter"
     );
+    delete_keys_of(&store, &[&o], C).await;
 }
 
 /// A listing returns only the owner's keys, and with an environment only
@@ -85,6 +86,7 @@ pub async fn list_filters_owner_and_environment<S: KeyStore>(store: S) {
         got.is_empty(),
         "{C}: an owner with no keys must list nothing"
     );
+    delete_keys_of(&store, &[&o, &other], C).await;
 }
 
 /// The status filter judges every key at `query.now`, not at the store's
@@ -158,6 +160,7 @@ pub async fn list_filters_status_at_now<S: KeyStore>(store: S) {
         must_list(&store, &q, C).await.is_empty(),
         "{C}: status and environment combine"
     );
+    delete_keys_of(&store, &[&o], C).await;
 }
 
 /// Listings are ordered by id in byte order (uppercase before lowercase), and
@@ -230,6 +233,7 @@ pub async fn list_paginates_by_id<S: KeyStore>(store: S) {
         vec![all[24].id.as_str()],
         "{C}: `after` combined with a filter"
     );
+    delete_keys_of(&store, &[&o], C).await;
 }
 
 /// Suspended is a status of its own: `Suspended` lists suspended keys that
@@ -296,4 +300,5 @@ pub async fn list_filters_suspended_and_active<S: KeyStore>(store: S) {
     assert_eq!(ids(&got), want, "{C}: Suspended at t0");
     let got = must_list(&store, &at(t0(), KeyStatus::Active), C).await;
     assert_eq!(ids(&got), vec![active.id.as_str()], "{C}: Active at t0");
+    delete_keys_of(&store, &[&o], C).await;
 }

@@ -24,7 +24,8 @@ pub async fn quota_counts_live_keys<S: KeyStore>(store: S) {
         "{C}: third live key with quota 2"
     );
     must_insert(&store, &record(&o, "test"), quota(2), C).await;
-    must_insert(&store, &record(&owner(), "live"), quota(2), C).await;
+    let other = owner();
+    must_insert(&store, &record(&other, "live"), quota(2), C).await;
     must_insert(&store, &third, quota(3), C).await;
     let fourth = record(&o, "live");
     assert_eq!(
@@ -39,6 +40,7 @@ pub async fn quota_counts_live_keys<S: KeyStore>(store: S) {
         4,
         "{C}: an insert without a quota check is not limited"
     );
+    delete_keys_of(&store, &[&o, &other], C).await;
 }
 
 /// Revoked keys and keys expired at `quota.now` do not count against the quota.
@@ -82,6 +84,7 @@ pub async fn quota_frees_slot_on_revoke_and_expiry<S: KeyStore>(store: S) {
         Err(StoreError::QuotaExceeded { limit: 2 }),
         "{C}: an expired key must not free more than its own slot"
     );
+    delete_keys_of(&store, &[&o], C).await;
 }
 
 /// A refused insert (quota) writes nothing: the id is unknown afterwards.
@@ -105,6 +108,7 @@ pub async fn quota_refusal_writes_nothing<S: KeyStore>(store: S) {
         1,
         "{C}: listing after refusal"
     );
+    delete_keys_of(&store, &[&o], C).await;
 }
 
 /// 64 inserts for one owner and environment start at the same moment with
@@ -146,6 +150,7 @@ pub async fn quota_holds_under_concurrency<S: KeyStore>(store: S) {
     );
     let stored = must_list(&store, &query(&o), C).await;
     assert_eq!(stored.len(), 3, "{C}: stored keys after the race");
+    delete_keys_of(&store, &[&o], C).await;
 }
 
 /// A suspended key still counts against the quota (it can be resumed).
@@ -169,4 +174,5 @@ pub async fn quota_counts_suspended_keys<S: KeyStore>(store: S) {
         "{C}: two suspended keys fill a quota of 2"
     );
     must_insert(&store, &c, quota(3), C).await;
+    delete_keys_of(&store, &[&o], C).await;
 }

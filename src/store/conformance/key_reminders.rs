@@ -115,6 +115,7 @@ pub async fn take_expiry_reminders_returns_due_keys<S: KeyStore>(store: S) {
             "{C}: a key that was not due was changed"
         );
     }
+    delete_keys_of(&store, &[&o], C).await;
 }
 
 /// Two callers taking reminders at the same time, in batches of 3, over 50
@@ -183,4 +184,5 @@ pub async fn take_expiry_reminders_once_under_concurrency<S: KeyStore>(store: S)
         Ok(left) => assert!(left.is_empty(), "{C}: keys left after the workers finished"),
         Err(e) => panic!("{C}: final take_expiry_reminders failed: {e}"),
     }
+    delete_keys_of(&store, &[&o], C).await;
 }

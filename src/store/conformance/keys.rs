@@ -38,6 +38,7 @@ pub async fn insert_then_get_roundtrips<S: KeyStore>(store: S) {
         listed, expected,
         "{C}: list must return the same records, ordered by id"
     );
+    delete_keys_of(&store, &[&o], C).await;
 }
 
 /// `get` of an id that was never stored is `Ok(None)`, not an error.
@@ -77,6 +78,7 @@ pub async fn insert_duplicate_id_is_refused<S: KeyStore>(store: S) {
         must_list(&store, &query(&second.owner), C).await.is_empty(),
         "{C}: the refused record shows up in its owner's listing"
     );
+    delete_keys_of(&store, &[&first.owner], C).await;
 }
 
 /// `update` with the stored generation replaces every field but the usage
@@ -122,6 +124,7 @@ pub async fn update_replaces_record<S: KeyStore>(store: S) {
         newer,
         "{C}: second update not written"
     );
+    delete_keys_of(&store, &[&o], C).await;
 }
 
 /// `update` with a stale generation is [`StoreError::Conflict`] carrying
@@ -151,6 +154,7 @@ pub async fn update_conflict_writes_nothing<S: KeyStore>(store: S) {
         stored,
         "{C}: a conflicting update wrote"
     );
+    delete_keys_of(&store, &[&stored.owner], C).await;
 }
 
 /// `update` of an unknown id is [`StoreError::NotFound`] and creates nothing.
@@ -202,6 +206,7 @@ pub async fn delete_removes_record<S: KeyStore>(store: S) {
         kept,
         "{C}: delete touched another record"
     );
+    delete_keys_of(&store, &[&o], C).await;
 }
 
 /// `delete` of an unknown id is [`StoreError::NotFound`].
@@ -248,6 +253,7 @@ pub async fn new_fields_roundtrip<S: KeyStore>(store: S) {
         expected,
         "{C}: list must return the new fields too"
     );
+    delete_keys_of(&store, &[&o], C).await;
 }
 
 /// `update` never writes the usage fields: a use recorded before the
@@ -299,6 +305,7 @@ pub async fn update_leaves_usage_fields_alone<S: KeyStore>(store: S) {
         expected,
         "{C}: update wrote last_used_at / last_used_ip"
     );
+    delete_keys_of(&store, &[&stored.owner], C).await;
 }
 
 /// `record_usage` sets `last_used_at` and `last_used_ip` together, ignores
@@ -374,6 +381,7 @@ pub async fn record_usage_sets_last_use<S: KeyStore>(store: S) {
         Ok(None),
         "{C}: record_usage of an unknown id created it"
     );
+    delete_keys_of(&store, &[&stored.owner], C).await;
 }
 
 /// A deleted id is never reused: inserting a record with it again is
@@ -414,4 +422,5 @@ pub async fn deleted_ids_are_never_reused<S: KeyStore>(store: S) {
     }
     // Other ids still insert.
     must_insert(&store, &record(&o, "live"), quota(1), C).await;
+    delete_keys_of(&store, &[&o], C).await;
 }

@@ -74,6 +74,36 @@
 //! | [`take_expiry_reminders_returns_due_keys`] | exactly the due keys, by expiry, up to `limit`, marked, generation kept |
 //! | [`take_expiry_reminders_once_under_concurrency`] | two callers taking in small batches get each of 50 keys once in total |
 //!
+//! # What the suite leaves behind
+//!
+//! Every owner id the suite writes starts with [`OWNER_PREFIX`]
+//! (`conformance-`, then a random key id), so its data is easy to find in a
+//! database shared with other data.
+//!
+//! * **Keys**: each key check, when it passes, deletes the keys it wrote
+//!   (it lists its owners' keys and deletes them through
+//!   [`KeyStore::delete`]). The store still remembers their ids, as the
+//!   contract requires (in keyward's SQL stores, rows of `<table>_ids`):
+//!   random ids with no owner, which no real key will ever be given.
+//! * **Sessions**: [`session_store_conformance`] deletes every session it
+//!   wrote before it returns.
+//! * **Audit events**: [`AuditSink`] has no delete, so
+//!   [`audit_sink_conformance`] leaves its events. Each has an owner
+//!   starting with [`OWNER_PREFIX`], except one, which has no owner and a
+//!   `detail` starting with it.
+//! * **A failing check** stops at the broken rule and leaves what it wrote
+//!   so far: keys and sessions of owners starting with [`OWNER_PREFIX`].
+//!
+//! For keyward's own SQL stores (table `keyward_keys`; in PostgreSQL, in the
+//! store's schema), this drops all of it but the remembered ids:
+//!
+//! ```sql
+//! DELETE FROM keyward_keys WHERE owner LIKE 'conformance-%';
+//! DELETE FROM keyward_keys_sessions WHERE owner LIKE 'conformance-%';
+//! DELETE FROM keyward_keys_audit
+//!  WHERE owner LIKE 'conformance-%' OR (owner IS NULL AND detail LIKE 'conformance-%');
+//! ```
+//!
 //! # Audit sinks
 //!
 //! [`audit_sink_conformance`] checks an [`AuditSink`]: a batch recorded
@@ -120,6 +150,8 @@
 use std::future::Future;
 
 use super::KeyStore;
+#[cfg(doc)]
+use crate::{AuditSink, SessionStore, StoreError};
 
 mod audit;
 mod fixtures;
@@ -135,6 +167,10 @@ pub use key_quota::*;
 pub use key_reminders::*;
 pub use keys::*;
 pub use sessions::session_store_conformance;
+
+/// The prefix of every owner id the suite writes: `conformance-` and a
+/// random key id. See "What the suite leaves behind" above.
+pub const OWNER_PREFIX: &str = "conformance-";
 
 /// The list of key checks, written once: calls `$($callback)+ ! { $($pre)* ; check, ... }`,
 /// in the order [`run_all`] runs them. [`CHECKS`], [`run_all`] and
@@ -253,4 +289,23 @@ macro_rules! __store_conformance_test {
             }
         )+
     };
+}
+
+#[cfg(test)]
+mod tests {
+    /// The table of checks in the module documentation names every check
+    /// of [`super::CHECKS`], and nothing else.
+    #[test]
+    fn the_documented_table_names_every_check() {
+        let docs = include_str!("mod.rs");
+        let mut documented: Vec<&str> = docs
+            .lines()
+            .filter_map(|l| l.strip_prefix("//! | [`"))
+            .filter_map(|l| l.split('`').next())
+            .collect();
+        let mut checks = super::CHECKS.to_vec();
+        documented.sort_unstable();
+        checks.sort_unstable();
+        assert_eq!(documented, checks);
+    }
 }
