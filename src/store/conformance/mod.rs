@@ -159,6 +159,8 @@ mod key_lists;
 mod key_quota;
 mod key_reminders;
 mod keys;
+#[cfg(test)]
+mod selftest;
 mod sessions;
 
 pub use audit::audit_sink_conformance;
