@@ -2,7 +2,8 @@
 //! rows, failure behaviour, and the change feed between two "servers".
 //!
 //! Needs `KEYWARD_TEST_POSTGRES_URL` (e.g. `postgres://postgres@127.0.0.1:5432/postgres`);
-//! without it every test prints a notice and returns, unless
+//! without it every test writes `SKIPPED store_postgres::<test>: ...` to stderr
+//! (past the output capture) and returns, unless
 //! `KEYWARD_REQUIRE_POSTGRES=1` (CI), which makes them fail. Each test works
 //! in a fresh schema with a random name and drops it at the end, pass or fail.
 #![cfg(all(feature = "postgres", feature = "testing"))]
@@ -59,6 +60,15 @@ async fn conformance() {
         .await;
         keyward::store::conformance::audit_sink_conformance(store.clone()).await;
         keyward::store::conformance::session_store_conformance(store.clone()).await;
+        // A passing suite leaves no key and no session behind.
+        for table in ["keyward_keys", "keyward_keys_sessions"] {
+            let left: i64 =
+                sqlx::query_scalar(&format!("SELECT COUNT(*) FROM \"{schema}\".{table}"))
+                    .fetch_one(store.pool())
+                    .await
+                    .expect("count");
+            assert_eq!(left, 0, "rows left in {table}");
+        }
         store.pool().close().await;
     })
     .await;

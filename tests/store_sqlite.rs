@@ -77,6 +77,15 @@ async fn conformance_on_a_wal_file() {
     .await;
     keyward::store::conformance::audit_sink_conformance(store.clone()).await;
     keyward::store::conformance::session_store_conformance(store.clone()).await;
+    // A passing suite leaves no key and no session behind (the audit trail,
+    // which has no delete, keeps events of `conformance-` owners).
+    for table in ["keyward_keys", "keyward_keys_sessions"] {
+        let left: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
+            .fetch_one(store.pool())
+            .await
+            .expect("count");
+        assert_eq!(left, 0, "rows left in {table}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

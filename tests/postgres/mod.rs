@@ -1,9 +1,11 @@
 //! Shared PostgreSQL fixture of the test targets: the server's URL and a
 //! fresh schema per test, dropped at the end.
 //!
-//! `KEYWARD_TEST_POSTGRES_URL` names the server. Without it a test prints a
-//! notice and returns, unless `KEYWARD_REQUIRE_POSTGRES=1` (set by `.ci/run`),
-//! which makes it fail. A URL whose server cannot be reached always fails.
+//! `KEYWARD_TEST_POSTGRES_URL` names the server. Without it a test writes
+//! `SKIPPED <test target>::<test>: ...` to stderr (uncaptured, so it shows
+//! beside libtest's "ok") and returns, unless `KEYWARD_REQUIRE_POSTGRES=1`
+//! (set by `.ci/run`), which makes it fail. A URL whose server cannot be
+//! reached always fails.
 #![allow(dead_code)]
 
 use std::future::Future;
@@ -23,10 +25,27 @@ pub fn url() -> Option<String> {
              the PostgreSQL tests must run"
         ),
         _ => {
-            eprintln!("KEYWARD_TEST_POSTGRES_URL is not set: skipping the PostgreSQL test");
+            report_skip();
             None
         }
     }
+}
+
+/// Says on the terminal, past libtest's output capture (which swallows
+/// `eprintln!` of passing tests), that the calling test is skipped and why,
+/// naming it: libtest has no "skipped" result, so the test counts as passed.
+fn report_skip() {
+    use std::io::Write;
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("<unnamed test>");
+    // One write of the whole line, so lines of tests running in parallel
+    // do not interleave.
+    let line = format!(
+        "SKIPPED {}::{test}: KEYWARD_TEST_POSTGRES_URL is not set, so this PostgreSQL test \
+         did not run (it is counted as passed; KEYWARD_REQUIRE_POSTGRES=1 makes it fail instead)\n",
+        env!("CARGO_CRATE_NAME")
+    );
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 /// A fresh schema name: `kwtest_` and a random id.
