@@ -712,7 +712,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let packages: Packages = Arc::default();
     let owners = Arc::clone(&packages);
-    let auth = KeywardLayer::new(manager.clone(), live)
+    let auth = KeywardLayer::with_sessions(manager.clone(), live)
         .api_key_header(HeaderName::from_static("x-api-key"))
         .resource_owner(move |name: String| {
             let owner = owners
@@ -724,7 +724,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         });
     // cargo sends `Authorization: <token>` with no scheme: the cargo API
     // names Authorization as its API-key header (Bearer and Basic still work).
-    let crates = KeywardLayer::new(auth.manager().clone(), auth.environment().clone())
+    let crates = KeywardLayer::with_sessions(manager.clone(), auth.environment().clone())
         .api_key_header(AUTHORIZATION)
         .resource_owner({
             let owners = Arc::clone(&packages);

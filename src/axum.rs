@@ -26,7 +26,7 @@
 //! // it would be created for the caller, so it is checked as the caller's.
 //! let owners: Arc<HashMap<String, String>> =
 //!     Arc::new(HashMap::from([("Contoso.Tools".into(), "contoso".into())]));
-//! let auth = KeywardLayer::new(manager, Environment::new("live").unwrap())
+//! let auth = KeywardLayer::with_sessions(manager, Environment::new("live").unwrap())
 //!     .api_key_header(HeaderName::from_static("x-api-key"))
 //!     .trusted_proxies(["10.0.0.0/8".parse().unwrap()])
 //!     .resource_owner(move |name: String| {
@@ -56,6 +56,16 @@
 //! # Ok::<(), keyward::axum::LayerError>(())
 //! ```
 //!
+//! **Stores and sessions**: the layer holds a [`Verifier`](crate::Verifier),
+//! so [`KeywardLayer::new`] works over any [`KeyStore`](crate::KeyStore)
+//! and checks keys. Session tokens are opt-in:
+//! [`KeywardLayer::with_sessions`] takes a [`KeyManager`](crate::KeyManager)
+//! whose store is also a [`SessionStore`](crate::SessionStore) (the bundled
+//! stores are); then a token with the session prefix is checked as a
+//! session, anything else as a key, and [`KeywardLayer::exchange`] issues
+//! sessions. Without it, a session token is refused like any token that is
+//! no key, and `exchange` answers 500.
+//!
 //! **Resources and owners**: a route guarded with
 //! [`resource_param`](KeywardLayer::resource_param) checks the key against
 //! the resource's name *and its owner*, so a key of one publisher never
@@ -65,9 +75,8 @@
 //!
 //! **Credentials**, in this order: `Authorization: Bearer <token>`,
 //! `Authorization: Basic base64(key_id:secret)` (the "application ID +
-//! secret" pair, rebuilt with [`TokenFormat::from_pair`]), or the configured
-//! API-key header. A token with the session prefix is checked as a session,
-//! anything else as a key. Each registry client's way:
+//! secret" pair, rebuilt with [`TokenFormat::from_pair`](crate::TokenFormat::from_pair)), or the configured
+//! API-key header. Each registry client's way:
 //!
 //! | client | sends | layer setting |
 //! |---|---|---|
@@ -76,7 +85,7 @@
 //! | npm | `Authorization: Bearer <token>` | none |
 //! | curl, CI scripts | Bearer, `-u key_id:secret` (Basic) or an API-key header | none, or `api_key_header` |
 //!
-//! **Client address**: the TCP peer ([`ConnectInfo<SocketAddr>`]). Only
+//! **Client address**: the TCP peer ([`ConnectInfo<SocketAddr>`](::axum::extract::ConnectInfo)). Only
 //! when the peer is in the trusted proxy ranges, `X-Forwarded-For` and the
 //! standard `Forwarded` header (RFC 7239: `for=` values quoted or not, IPv6
 //! in brackets, with ports) are read, from the right, skipping trusted hops,
@@ -112,6 +121,7 @@ mod forwarded;
 mod layer;
 mod rejection;
 mod service;
+mod sessions;
 
 pub use caller::Caller;
 pub use credential::{

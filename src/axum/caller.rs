@@ -21,7 +21,7 @@ pub(super) struct LayerContext {
 }
 
 /// The authenticated caller, put in the request extensions by
-/// [`KeywardLayer`] and taken by handlers as an extractor. Derefs to the
+/// [`KeywardLayer`](super::KeywardLayer) and taken by handlers as an extractor. Derefs to the
 /// key's [`CompiledKey`] (for a session: the key snapshot), so `id()`,
 /// `owner()`, `permissions()`, `expires_at()` work on both.
 ///

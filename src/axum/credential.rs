@@ -22,7 +22,7 @@ pub enum CredentialSource {
     Bearer,
     /// `Authorization: Basic base64(key_id:secret)`, rebuilt into a token.
     Basic,
-    /// The API-key header set with [`KeywardLayer::api_key_header`].
+    /// The API-key header set with [`KeywardLayer::api_key_header`](super::KeywardLayer::api_key_header).
     ApiKeyHeader,
     /// `Authorization: <token>` without a scheme, as cargo sends it; read
     /// only when the API-key header is `Authorization` itself.
@@ -67,7 +67,7 @@ impl fmt::Debug for RequestCredential {
     }
 }
 
-/// Reads the credential from request headers exactly as [`KeywardLayer`]
+/// Reads the credential from request headers exactly as [`KeywardLayer`](super::KeywardLayer)
 /// does, without checking it against any store: `Authorization` (Bearer, or
 /// Basic `key_id:secret` rebuilt into a token of `format` in `environment`),
 /// else the `api_key_header` if given. When `api_key_header` is

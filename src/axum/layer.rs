@@ -7,13 +7,15 @@ use std::sync::Arc;
 
 use ::axum::http::HeaderName;
 use ipnet::IpNet;
-use tower::Layer;
 
 use super::caller::LayerContext;
-use super::service::RequireKey;
+use super::sessions::SessionAuth;
 use crate::manager::KeyManager;
 use crate::policy::Permission;
+use crate::session::SessionStore;
+use crate::store::KeyStore;
 use crate::token::Environment;
+use crate::verify::Verifier;
 
 /// The default response header that warns about a key expiring soon (like
 /// NuGet's `X-NuGet-Warning`; see [`KeywardLayer::expiry_warning_header`]).
@@ -22,7 +24,10 @@ type OwnerFuture = Pin<Box<dyn Future<Output = Option<String>> + Send>>;
 pub(super) type OwnerResolver = Arc<dyn Fn(String) -> OwnerFuture + Send + Sync>;
 
 pub(super) struct Config<S> {
-    pub(super) manager: KeyManager<S>,
+    pub(super) verifier: Verifier<S>,
+    /// Set by [`KeywardLayer::with_sessions`]: session tokens are checked
+    /// and issued only then.
+    pub(super) sessions: Option<Arc<dyn SessionAuth>>,
     pub(super) ctx: Arc<LayerContext>,
     pub(super) api_key_header: Option<HeaderName>,
     pub(super) trusted_proxies: Vec<IpNet>,
@@ -63,7 +68,7 @@ pub enum LayerError {
     },
 }
 
-/// A tower [`Layer`] that authenticates requests with keyward; see the
+/// A tower [`Layer`](tower::Layer) that authenticates requests with keyward; see the
 /// [module documentation](crate::axum). Cheap to clone.
 ///
 /// Settings ([`api_key_header`](Self::api_key_header), [`trusted_proxies`](Self::trusted_proxies),
@@ -90,23 +95,68 @@ impl<S> fmt::Debug for KeywardLayer<S> {
             .field("environment", &self.config.ctx.environment)
             .field("api_key_header", &self.config.api_key_header)
             .field("trusted_proxies", &self.config.trusted_proxies)
+            .field("sessions", &self.config.sessions.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl<S> KeywardLayer<S> {
-    /// A layer checking credentials with `manager` for the `environment`
-    /// this server serves. Without [`require`](Self::require) it only
-    /// authenticates (any valid key or session).
-    pub fn new(manager: KeyManager<S>, environment: Environment) -> Self {
+    /// A layer checking keys with `verifier` for the `environment` this
+    /// server serves. Without [`require`](Self::require) it only
+    /// authenticates (any valid key).
+    ///
+    /// It needs only a [`KeyStore`]: session tokens are not recognised
+    /// (they are refused like any token that is no key, 401
+    /// `invalid_token`) and [`exchange`](Self::exchange) answers 500. For
+    /// sessions, build the layer with [`with_sessions`](Self::with_sessions).
+    ///
+    /// ```
+    /// use keyward::axum::KeywardLayer;
+    /// use keyward::{Environment, KeyManager, MemoryStore, PermissionRegistry, Policy, TokenFormat};
+    ///
+    /// let registry = PermissionRegistry::builder().permission("package:push").build().unwrap();
+    /// let manager = KeyManager::builder(
+    ///     MemoryStore::new(),
+    ///     TokenFormat::new("mkh", &["live"]).unwrap(),
+    ///     Policy::new(registry),
+    /// )
+    /// .build();
+    /// let auth = KeywardLayer::new(manager.verifier(), Environment::new("live").unwrap());
+    /// # let _ = auth;
+    /// ```
+    pub fn new(verifier: Verifier<S>, environment: Environment) -> Self {
+        Self::build(verifier, None, environment)
+    }
+
+    /// A layer that checks keys *and session tokens* with `manager` (built
+    /// with [`KeyManagerBuilder::sessions`](crate::KeyManagerBuilder::sessions)),
+    /// and whose [`exchange`](Self::exchange) issues sessions. Its store must
+    /// also be a [`SessionStore`]. A token with the session prefix is
+    /// checked as a session, anything else as a key. A manager built
+    /// without sessions gives a layer that behaves as [`new`](Self::new).
+    pub fn with_sessions(manager: KeyManager<S>, environment: Environment) -> Self
+    where
+        S: KeyStore + SessionStore,
+    {
+        let verifier = manager.verifier();
+        let sessions: Arc<dyn SessionAuth> = Arc::new(manager);
+        Self::build(verifier, Some(sessions), environment)
+    }
+
+    fn build(
+        verifier: Verifier<S>,
+        sessions: Option<Arc<dyn SessionAuth>>,
+        environment: Environment,
+    ) -> Self {
         let ctx = Arc::new(LayerContext {
             environment,
-            policy: manager.shared.policy.clone(),
-            clock: Arc::clone(&manager.shared.clock),
+            policy: verifier.shared.policy.clone(),
+            clock: Arc::clone(&verifier.shared.clock),
         });
         Self {
             config: Arc::new(Config {
-                manager,
+                verifier,
+                sessions,
                 ctx,
                 api_key_header: None,
                 trusted_proxies: Vec::new(),
@@ -124,7 +174,8 @@ impl<S> KeywardLayer<S> {
         if Arc::get_mut(&mut self.config).is_none() {
             let c = &self.config;
             self.config = Arc::new(Config {
-                manager: c.manager.clone(),
+                verifier: c.verifier.clone(),
+                sessions: c.sessions.clone(),
                 ctx: Arc::clone(&c.ctx),
                 api_key_header: c.api_key_header.clone(),
                 trusted_proxies: c.trusted_proxies.clone(),
@@ -158,7 +209,7 @@ impl<S> KeywardLayer<S> {
     /// let mut cargo = HeaderMap::new();
     /// cargo.insert(AUTHORIZATION, HeaderValue::from_static("mkh_live_abc"));
     /// // The layer reads credentials as read_credential does:
-    /// // KeywardLayer::new(manager, live).api_key_header(AUTHORIZATION)
+    /// // KeywardLayer::new(manager.verifier(), live).api_key_header(AUTHORIZATION)
     /// let credential = read_credential(&cargo, Some(&AUTHORIZATION), &format, &live).unwrap();
     /// assert_eq!(credential.source(), CredentialSource::RawAuthorization);
     /// // Not asked for: refused.
@@ -198,7 +249,7 @@ impl<S> KeywardLayer<S> {
     /// use axum::http::HeaderName;
     /// use keyward::axum::KeywardLayer;
     ///
-    /// let nuget = KeywardLayer::new(manager, Environment::new("live").unwrap())
+    /// let nuget = KeywardLayer::new(manager.verifier(), Environment::new("live").unwrap())
     ///     .api_key_header(HeaderName::from_static("x-nuget-apikey"))
     ///     .expiry_warning_header(HeaderName::from_static("x-nuget-warning"));
     /// # let _ = nuget;
@@ -260,7 +311,7 @@ impl<S> KeywardLayer<S> {
     ///     Policy::new(registry),
     /// )
     /// .build();
-    /// let auth = KeywardLayer::new(manager, Environment::new("live").unwrap());
+    /// let auth = KeywardLayer::new(manager.verifier(), Environment::new("live").unwrap());
     ///
     /// // Who owns a package is unknown: refused when built.
     /// let refused = auth.require(push).resource_param("name").unwrap_err();
@@ -288,23 +339,19 @@ impl<S> KeywardLayer<S> {
         Ok(self)
     }
 
-    /// The manager.
-    pub fn manager(&self) -> &KeyManager<S> {
-        &self.config.manager
+    /// The verifier that checks keys.
+    pub fn verifier(&self) -> &Verifier<S> {
+        &self.config.verifier
+    }
+
+    /// Whether session tokens are checked and issued (built with
+    /// [`with_sessions`](Self::with_sessions)).
+    pub fn has_sessions(&self) -> bool {
+        self.config.sessions.is_some()
     }
 
     /// The environment served.
     pub fn environment(&self) -> &Environment {
         &self.config.ctx.environment
-    }
-}
-
-impl<S, I> Layer<I> for KeywardLayer<S> {
-    type Service = RequireKey<S, I>;
-    fn layer(&self, inner: I) -> Self::Service {
-        RequireKey {
-            layer: self.clone(),
-            inner,
-        }
     }
 }

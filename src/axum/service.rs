@@ -14,7 +14,7 @@ use ::axum::http::request::Parts;
 use ::axum::http::{HeaderMap, HeaderValue, Request, StatusCode};
 use ::axum::response::{IntoResponse, Response};
 use chrono::TimeDelta;
-use tower::Service;
+use tower::{Layer, Service};
 
 use super::caller::Caller;
 use super::credential::{CredentialSource, RequestCredential, read_credential};
@@ -24,6 +24,16 @@ use super::rejection::KeywardRejection;
 use crate::policy::ResourceRef;
 use crate::session::{IssuedSession, SessionError, SessionStore};
 use crate::store::KeyStore;
+
+impl<S, I> Layer<I> for KeywardLayer<S> {
+    type Service = RequireKey<S, I>;
+    fn layer(&self, inner: I) -> Self::Service {
+        RequireKey {
+            layer: self.clone(),
+            inner,
+        }
+    }
+}
 
 /// The service made by [`KeywardLayer`].
 pub struct RequireKey<S, I> {
@@ -50,7 +60,7 @@ impl<S, I> fmt::Debug for RequireKey<S, I> {
 
 impl<S, I, B> Service<Request<B>> for RequireKey<S, I>
 where
-    S: KeyStore + SessionStore,
+    S: KeyStore,
     I: Service<Request<B>, Response = Response> + Clone + Send + 'static,
     I::Future: Send + 'static,
     B: Send + 'static,
@@ -85,13 +95,13 @@ where
     }
 }
 
-impl<S: KeyStore + SessionStore> KeywardLayer<S> {
+impl<S: KeyStore> KeywardLayer<S> {
     /// Reads the credential: Authorization (Bearer or Basic), then the API-key header.
     fn credential(&self, headers: &HeaderMap) -> Result<RequestCredential, KeywardRejection> {
         read_credential(
             headers,
             self.config.api_key_header.as_ref(),
-            self.config.manager.format(),
+            &self.config.verifier.shared.format,
             &self.config.ctx.environment,
         )
     }
@@ -115,16 +125,17 @@ impl<S: KeyStore + SessionStore> KeywardLayer<S> {
         let t = credential.expose_secret();
         // A Basic pair is always a key; a bare token may be a session token.
         let basic = credential.source() == CredentialSource::Basic;
-        let (key, session) = if !basic && config.manager.is_session_token(t) {
-            let s = config
-                .manager
-                .authenticate_session(t, env, client_ip)
+        let sessions = config.sessions.as_deref();
+        let session_auth = sessions.filter(|s| !basic && s.is_session_token(t));
+        let (key, session) = if let Some(sessions) = session_auth {
+            let s = sessions
+                .authenticate(t, env, client_ip)
                 .await
                 .map_err(|d| KeywardRejection::denied(&d, &config.ctx.policy, None))?;
             let id = s.session_id().clone();
             (s.into_key(), Some(id))
         } else {
-            let verifier = config.manager.verifier();
+            let verifier = &config.verifier;
             let key = match credential.pair_key_id() {
                 Some(id) => verifier.authenticate_pair(id, t, env, client_ip).await,
                 None => verifier.authenticate(t, env, client_ip).await,
@@ -188,10 +199,17 @@ impl<S: KeyStore + SessionStore> KeywardLayer<S> {
         );
         HeaderValue::from_str(&text).ok()
     }
+}
 
+impl<S: KeyStore + SessionStore> KeywardLayer<S> {
     /// Exchanges the key this request carries (Bearer, Basic pair or the
     /// API-key header) for a session token, for a `POST /session` handler
     /// (not behind the layer). A session token is refused with 403.
+    ///
+    /// Session routes need a store that is also a [`SessionStore`], and a
+    /// layer built with [`KeywardLayer::with_sessions`]; a layer built with
+    /// [`KeywardLayer::new`] answers 500 `server_error` ("Sessions are not
+    /// available on this server"), as a manager without sessions does.
     pub async fn exchange(
         &self,
         parts: &Parts,
@@ -201,16 +219,16 @@ impl<S: KeyStore + SessionStore> KeywardLayer<S> {
         let client_ip = self.client_ip(parts);
         let token = credential.expose_secret();
         let policy = &self.config.ctx.policy;
-        let manager = &self.config.manager;
         let environment = &self.config.ctx.environment;
-        let issued = match credential.pair_key_id() {
-            // An imported key's id and secret (not in the token format).
-            Some(id) => {
-                manager
-                    .exchange_pair(id, token, environment, ttl, client_ip)
+        let issued = match &self.config.sessions {
+            // An imported key's id and secret (not in the token format)
+            // is exchanged as a pair.
+            Some(sessions) => {
+                sessions
+                    .exchange(token, credential.pair_key_id(), environment, ttl, client_ip)
                     .await
             }
-            None => manager.exchange(token, environment, ttl, client_ip).await,
+            None => Err(SessionError::NotConfigured),
         };
         issued.map_err(|e| match e {
             SessionError::Denied(d) => KeywardRejection::denied(&d, policy, None),
