@@ -128,5 +128,5 @@ pub use credential::{
     CredentialSource, MAX_CREDENTIAL_HEADER_LEN, RequestCredential, read_credential,
 };
 pub use layer::{KeywardLayer, LayerError, WARNING_HEADER};
-pub use rejection::KeywardRejection;
+pub use rejection::{DEFAULT_REALM, KeywardRejection};
 pub use service::RequireKey;

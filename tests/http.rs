@@ -1510,3 +1510,185 @@ async fn sessions_are_checked_only_by_a_layer_built_with_them() {
             .contains("Sessions are not available")
     );
 }
+
+async fn maybe_me(caller: Option<Caller>) -> Response {
+    ::axum::Json(serde_json::json!({
+        "owner": caller.map(|c| c.owner().as_str().to_owned()),
+    }))
+    .into_response()
+}
+
+/// `Option<Caller>` is an extractor (axum 0.8's `OptionalFromRequestParts`):
+/// `None` without a caller, never a rejection; with `allow_anonymous`, a
+/// request without credentials reaches the handler, a bad credential is
+/// still 401, and a guard requiring a permission still refuses anonymity.
+#[tokio::test]
+async fn option_caller_serves_anonymous_requests_where_allowed() {
+    let s = start_server().await;
+    let key = s.push_key().await;
+    let push = registry().get("package:push").unwrap();
+    let auth = KeywardLayer::with_sessions(s.manager.clone(), s.live.clone());
+    let open = auth.clone().allow_anonymous();
+    let app = Router::new()
+        .merge(
+            Router::new()
+                .route("/open/me", get(maybe_me))
+                .route_layer(open.clone()),
+        )
+        .merge(
+            Router::new()
+                .route("/open/push", post(maybe_me))
+                .route_layer(open.require(push)),
+        )
+        .merge(
+            Router::new()
+                .route("/closed/me", get(maybe_me))
+                .route_layer(auth),
+        )
+        .route("/nolayer/me", get(maybe_me));
+    let base = serve(app).await;
+    let http = reqwest::Client::new();
+    let token = bearer(key.token.expose_secret());
+
+    let r = http.get(format!("{base}/open/me")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(body(r).await["owner"], serde_json::Value::Null);
+    let r = http
+        .get(format!("{base}/open/me"))
+        .header("authorization", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(body(r).await["owner"], OWNER);
+    let r = http
+        .get(format!("{base}/open/me"))
+        .header("authorization", "Bearer mkh_live_nonsense")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(www(&r).contains("invalid_token"));
+
+    let r = http.post(format!("{base}/open/push")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = http
+        .post(format!("{base}/open/push"))
+        .header("authorization", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // Without allow_anonymous the layer still answers 401.
+    let r = http.get(format!("{base}/closed/me")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // No layer: None, where `Caller` answers 500.
+    let r = http.get(format!("{base}/nolayer/me")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(body(r).await["owner"], serde_json::Value::Null);
+}
+
+/// The challenge's realm is the layer's setting (default `keyward`), in
+/// the layer's 401 and 403, in `exchange`'s answers and in
+/// `Caller::authorize`'s refusals; a realm that cannot be quoted is refused
+/// when the layer is built.
+#[tokio::test]
+async fn the_challenge_realm_is_configurable() {
+    let s = start_server().await;
+    let key = s.push_key().await;
+    let push = registry().get("package:push").unwrap();
+    let unlist = registry().get("package:unlist").unwrap();
+    let default = KeywardLayer::with_sessions(s.manager.clone(), s.live.clone());
+    for bad in [
+        "",
+        "say \"hi\"",
+        "back\\slash",
+        "tab\there",
+        "é",
+        &"r".repeat(65),
+    ] {
+        assert!(
+            matches!(default.clone().realm(bad), Err(LayerError::BadRealm { .. })),
+            "{bad:?}"
+        );
+    }
+    let custom = default.clone().realm("Contoso packages").unwrap();
+    async fn authorize_unlist(caller: Caller) -> Response {
+        let unlist = registry().get("package:unlist").unwrap();
+        match caller.authorize(unlist, None) {
+            Ok(()) => "ok".into_response(),
+            Err(rejection) => rejection.into_response(),
+        }
+    }
+    let app = Router::new()
+        .merge(
+            Router::new()
+                .route("/default/me", get(me))
+                .route_layer(default.clone()),
+        )
+        .merge(
+            Router::new()
+                .route("/custom/me", get(me))
+                .route_layer(custom.clone()),
+        )
+        .merge(
+            Router::new()
+                .route("/custom/unlist", post(ok))
+                .route_layer(custom.require(unlist)),
+        )
+        .merge(
+            Router::new()
+                .route("/custom/push", post(authorize_unlist))
+                .route_layer(custom.require(push)),
+        )
+        .route("/custom/session", post(exchange))
+        .with_state(custom);
+    let base = serve(app).await;
+    let http = reqwest::Client::new();
+    let token = bearer(key.token.expose_secret());
+
+    let r = http.get(format!("{base}/default/me")).send().await.unwrap();
+    assert_eq!(www(&r), "Bearer realm=\"keyward\"");
+    let r = http.get(format!("{base}/custom/me")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(www(&r), "Bearer realm=\"Contoso packages\"");
+    let r = http
+        .get(format!("{base}/custom/me"))
+        .header("authorization", "Bearer mkh_live_nonsense")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        www(&r),
+        "Bearer realm=\"Contoso packages\", error=\"invalid_token\""
+    );
+    let r = http
+        .post(format!("{base}/custom/unlist"))
+        .header("authorization", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        www(&r),
+        "Bearer realm=\"Contoso packages\", error=\"insufficient_scope\", scope=\"package:unlist\""
+    );
+    // Refused inside the handler by Caller::authorize.
+    let r = http
+        .post(format!("{base}/custom/push"))
+        .header("authorization", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(www(&r).starts_with("Bearer realm=\"Contoso packages\", error=\"insufficient_scope\""));
+    // The exchange endpoint of a layer with that realm.
+    let r = http
+        .post(format!("{base}/custom/session"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(www(&r), "Bearer realm=\"Contoso packages\"");
+}

@@ -1,10 +1,11 @@
 //! The [`Caller`] extractor: who the layer let in.
 
+use std::convert::Infallible;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use ::axum::extract::FromRequestParts;
+use ::axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use ::axum::http::request::Parts;
 
 use super::rejection::KeywardRejection;
@@ -14,10 +15,13 @@ use crate::token::{Environment, KeyId};
 use crate::verify::{CompiledKey, Denial, VerifiedKey, VerifyRequest};
 
 /// What the layer and the extractor share.
+#[derive(Clone)]
 pub(super) struct LayerContext {
     pub(super) environment: Environment,
     pub(super) policy: Policy,
     pub(super) clock: Arc<dyn Clock>,
+    /// The realm of `WWW-Authenticate` challenges.
+    pub(super) realm: Arc<str>,
 }
 
 /// The authenticated caller, put in the request extensions by
@@ -27,6 +31,23 @@ pub(super) struct LayerContext {
 ///
 /// Used without the layer, the extractor answers 500 with a message saying
 /// to add it.
+///
+/// `Option<Caller>` is the optional-auth extractor: `None` when the layer
+/// let the request through without a caller (a layer with
+/// [`allow_anonymous`](super::KeywardLayer::allow_anonymous) and a request
+/// that sent no credential) or when no layer ran; it never rejects.
+///
+/// ```
+/// use keyward::axum::Caller;
+///
+/// async fn packages(caller: Option<Caller>) -> String {
+///     match caller {
+///         Some(caller) => format!("{}'s packages, listed and unlisted", caller.owner()),
+///         None => "listed packages".to_owned(),
+///     }
+/// }
+/// # let _: axum::routing::MethodRouter = axum::routing::get(packages);
+/// ```
 #[derive(Clone)]
 pub struct Caller {
     pub(super) key: VerifiedKey,
@@ -95,6 +116,7 @@ impl Caller {
             .map_err(|reason| {
                 let denial = Denial::new(reason, Some(self.key.id().as_str()));
                 KeywardRejection::denied(&denial, &self.ctx.policy, Some(permission))
+                    .in_realm(&self.ctx.realm)
             })
     }
 }
@@ -108,5 +130,18 @@ impl<St: Send + Sync> FromRequestParts<St> for Caller {
             .get::<Caller>()
             .cloned()
             .ok_or_else(KeywardRejection::missing_layer)
+    }
+}
+
+/// `Option<Caller>`: the caller when the layer put one in the request,
+/// `None` otherwise; never a rejection.
+impl<St: Send + Sync> OptionalFromRequestParts<St> for Caller {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _state: &St,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        Ok(parts.extensions.get::<Caller>().cloned())
     }
 }

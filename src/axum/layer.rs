@@ -9,6 +9,7 @@ use ::axum::http::HeaderName;
 use ipnet::IpNet;
 
 use super::caller::LayerContext;
+use super::rejection::DEFAULT_REALM;
 use super::sessions::SessionAuth;
 use crate::manager::KeyManager;
 use crate::policy::Permission;
@@ -34,6 +35,7 @@ pub(super) struct Config<S> {
     pub(super) warn_within_days: u32,
     pub(super) warning_header: HeaderName,
     pub(super) resource_owner: Option<OwnerResolver>,
+    pub(super) allow_anonymous: bool,
 }
 
 #[derive(Clone)]
@@ -58,6 +60,16 @@ pub enum LayerError {
     NoOwnerResolver {
         /// The path parameter given.
         param: String,
+    },
+    /// [`KeywardLayer::realm`] with a realm that cannot be sent as an
+    /// HTTP quoted string (or is empty, or too long).
+    #[error(
+        "the realm {realm:?} cannot be sent in WWW-Authenticate: use 1 to 64 visible ASCII \
+         characters or spaces, without '\"' or '\\'"
+    )]
+    BadRealm {
+        /// The realm given (cut to the maximum length).
+        realm: String,
     },
     /// [`KeywardLayer::resource_param`] without [`KeywardLayer::require`]:
     /// the guard would check no permission on the resource.
@@ -96,11 +108,15 @@ impl<S> fmt::Debug for KeywardLayer<S> {
             .field("api_key_header", &self.config.api_key_header)
             .field("trusted_proxies", &self.config.trusted_proxies)
             .field("sessions", &self.config.sessions.is_some())
+            .field("allow_anonymous", &self.config.allow_anonymous)
             .finish_non_exhaustive()
     }
 }
 
 impl<S> KeywardLayer<S> {
+    /// The longest [`realm`](Self::realm), in bytes.
+    pub const MAX_REALM_LEN: usize = 64;
+
     /// A layer checking keys with `verifier` for the `environment` this
     /// server serves. Without [`require`](Self::require) it only
     /// authenticates (any valid key).
@@ -152,6 +168,7 @@ impl<S> KeywardLayer<S> {
             environment,
             policy: verifier.shared.policy.clone(),
             clock: Arc::clone(&verifier.shared.clock),
+            realm: Arc::from(DEFAULT_REALM),
         });
         Self {
             config: Arc::new(Config {
@@ -163,6 +180,7 @@ impl<S> KeywardLayer<S> {
                 warn_within_days: 10,
                 warning_header: HeaderName::from_static(WARNING_HEADER),
                 resource_owner: None,
+                allow_anonymous: false,
             }),
             requirement: None,
         }
@@ -182,6 +200,7 @@ impl<S> KeywardLayer<S> {
                 warn_within_days: c.warn_within_days,
                 warning_header: c.warning_header.clone(),
                 resource_owner: c.resource_owner.clone(),
+                allow_anonymous: c.allow_anonymous,
             });
         }
         match Arc::get_mut(&mut self.config) {
@@ -256,6 +275,78 @@ impl<S> KeywardLayer<S> {
     /// ```
     pub fn expiry_warning_header(mut self, name: HeaderName) -> Self {
         self.config_mut().warning_header = name;
+        self
+    }
+
+    /// The `realm` named in `WWW-Authenticate` challenges (default
+    /// [`DEFAULT_REALM`](super::DEFAULT_REALM), `keyward`), for 401 and 403
+    /// answers of this layer, of its [`exchange`](Self::exchange) and of
+    /// [`Caller::authorize`](super::Caller::authorize).
+    ///
+    /// # Errors
+    ///
+    /// [`LayerError::BadRealm`] when `realm` is empty, longer than 64
+    /// bytes, or holds a character other than visible ASCII and space, or
+    /// a `"` or `\` (it is sent as a quoted string).
+    ///
+    /// ```
+    /// # use keyward::{Environment, KeyManager, MemoryStore, PermissionRegistry, Policy, TokenFormat};
+    /// # let registry = PermissionRegistry::builder().permission("package:push").build().unwrap();
+    /// # let manager = KeyManager::builder(
+    /// #     MemoryStore::new(), TokenFormat::new("mkh", &["live"]).unwrap(), Policy::new(registry),
+    /// # ).build();
+    /// use keyward::axum::{KeywardLayer, LayerError};
+    ///
+    /// let auth = KeywardLayer::new(manager.verifier(), Environment::new("live").unwrap());
+    /// assert!(matches!(auth.clone().realm("say \"hi\""), Err(LayerError::BadRealm { .. })));
+    /// let auth = auth.realm("Contoso packages")?;
+    /// # let _ = auth;
+    /// # Ok::<(), LayerError>(())
+    /// ```
+    pub fn realm(mut self, realm: &str) -> Result<Self, LayerError> {
+        let ok = !realm.is_empty()
+            && realm.len() <= Self::MAX_REALM_LEN
+            && realm
+                .bytes()
+                .all(|b| (b == b' ' || b.is_ascii_graphic()) && b != b'"' && b != b'\\');
+        if !ok {
+            return Err(LayerError::BadRealm {
+                realm: realm.chars().take(Self::MAX_REALM_LEN).collect(),
+            });
+        }
+        Arc::make_mut(&mut self.config_mut().ctx).realm = Arc::from(realm);
+        Ok(self)
+    }
+
+    /// Lets a request that sends no credential at all through, with no
+    /// [`Caller`](super::Caller), for routes that serve anonymous callers
+    /// too; handlers take `Option<Caller>`. A credential that is sent is
+    /// checked as usual, and a bad one is refused (401), so a mistyped key
+    /// never silently browses as anonymous. Default: off (401).
+    ///
+    /// A guard made with [`require`](Self::require) still refuses an
+    /// anonymous request: a route that needs a permission needs a caller.
+    ///
+    /// ```
+    /// # use keyward::{Environment, KeyManager, MemoryStore, PermissionRegistry, Policy, TokenFormat};
+    /// # let registry = PermissionRegistry::builder().permission("package:push").build().unwrap();
+    /// # let manager = KeyManager::builder(
+    /// #     MemoryStore::new(), TokenFormat::new("mkh", &["live"]).unwrap(), Policy::new(registry),
+    /// # ).build();
+    /// use axum::{Router, routing::get};
+    /// use keyward::axum::{Caller, KeywardLayer};
+    ///
+    /// async fn packages(caller: Option<Caller>) -> &'static str {
+    ///     if caller.is_some() { "all of yours" } else { "the listed ones" }
+    /// }
+    /// let auth = KeywardLayer::new(manager.verifier(), Environment::new("live").unwrap());
+    /// let app: Router = Router::new()
+    ///     .route("/packages", get(packages))
+    ///     .route_layer(auth.allow_anonymous());
+    /// # let _ = app;
+    /// ```
+    pub fn allow_anonymous(mut self) -> Self {
+        self.config_mut().allow_anonymous = true;
         self
     }
 

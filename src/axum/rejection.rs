@@ -1,6 +1,7 @@
 //! The refusals as HTTP responses ([`KeywardRejection`]).
 
 use std::fmt;
+use std::sync::Arc;
 
 use ::axum::http::header::{AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use ::axum::http::{HeaderName, HeaderValue, StatusCode};
@@ -8,6 +9,22 @@ use ::axum::response::{IntoResponse, Response};
 
 use crate::policy::{Permission, Policy};
 use crate::verify::{Denial, DenialKind, DenialReason};
+
+/// The default `realm` of the `WWW-Authenticate` challenge (see
+/// [`KeywardLayer::realm`](super::KeywardLayer::realm)).
+pub const DEFAULT_REALM: &str = "keyward";
+
+/// The parts of an RFC 6750 challenge; the realm is added when the
+/// response is made.
+#[derive(Debug, Clone)]
+enum Challenge {
+    /// No credential was sent: no `error` (RFC 6750 §3.1).
+    Plain,
+    /// `error="invalid_token"`.
+    InvalidToken,
+    /// `error="insufficient_scope"`, with the permission when known.
+    InsufficientScope(Option<Box<str>>),
+}
 
 /// A refusal as an HTTP response: status, RFC 6750 `WWW-Authenticate`,
 /// `Retry-After` when throttled, and a JSON body `{"error", "message"}` that
@@ -18,7 +35,9 @@ pub struct KeywardRejection {
     status: StatusCode,
     error: &'static str,
     message: String,
-    www_authenticate: Option<String>,
+    challenge: Option<Challenge>,
+    /// `None`: [`DEFAULT_REALM`].
+    realm: Option<Arc<str>>,
     retry_after: Option<u64>,
     reason: Option<&'static str>,
 }
@@ -29,22 +48,41 @@ impl KeywardRejection {
             status,
             error,
             message,
-            www_authenticate: None,
+            challenge: None,
+            realm: None,
             retry_after: None,
             reason: None,
         }
     }
 
-    pub(super) fn challenge(mut self, error: Option<&str>, scope: Option<&str>) -> Self {
-        let mut value = String::from("Bearer realm=\"keyward\"");
-        if let Some(e) = error {
-            value.push_str(&format!(", error=\"{e}\""));
-        }
-        if let Some(s) = scope {
-            value.push_str(&format!(", scope=\"{s}\""));
-        }
-        self.www_authenticate = Some(value);
+    fn challenge(mut self, challenge: Challenge) -> Self {
+        self.challenge = Some(challenge);
         self
+    }
+
+    /// The realm its challenge names (the layer's setting).
+    pub(super) fn in_realm(mut self, realm: &Arc<str>) -> Self {
+        self.realm = Some(Arc::clone(realm));
+        self
+    }
+
+    /// The `WWW-Authenticate` value, when the refusal carries a challenge:
+    /// `Bearer realm="<realm>"`, then `error` and `scope` when known.
+    pub fn www_authenticate(&self) -> Option<String> {
+        let challenge = self.challenge.as_ref()?;
+        let realm = self.realm.as_deref().unwrap_or(DEFAULT_REALM);
+        let mut value = format!("Bearer realm=\"{realm}\"");
+        match challenge {
+            Challenge::Plain => {}
+            Challenge::InvalidToken => value.push_str(", error=\"invalid_token\""),
+            Challenge::InsufficientScope(scope) => {
+                value.push_str(", error=\"insufficient_scope\"");
+                if let Some(s) = scope {
+                    value.push_str(&format!(", scope=\"{s}\""));
+                }
+            }
+        }
+        Some(value)
     }
 
     pub(super) fn missing(header: Option<&HeaderName>) -> Self {
@@ -60,7 +98,7 @@ impl KeywardRejection {
                 "This endpoint needs an API key: send it as `Authorization: Bearer <key>`{extra}, or as HTTP Basic key_id:secret."
             ),
         )
-        .challenge(None, None)
+        .challenge(Challenge::Plain)
     }
 
     pub(super) fn malformed(what: &str) -> Self {
@@ -69,7 +107,7 @@ impl KeywardRejection {
             "invalid_token",
             format!("The credentials are malformed: {what}. Send the API key exactly as it was shown when it was created."),
         )
-        .challenge(Some("invalid_token"), None)
+        .challenge(Challenge::InvalidToken)
     }
 
     pub(super) fn unavailable() -> Self {
@@ -99,7 +137,7 @@ impl KeywardRejection {
             "insufficient_scope",
             "The owner of this resource could not be determined, so no key may use it here.".into(),
         )
-        .challenge(Some("insufficient_scope"), Some(scope))
+        .challenge(Challenge::InsufficientScope(Some(scope.into())))
     }
 
     pub(super) fn missing_layer() -> Self {
@@ -135,7 +173,7 @@ impl KeywardRejection {
                     }
                 };
                 Self::new(StatusCode::UNAUTHORIZED, "invalid_token", message.into())
-                    .challenge(Some("invalid_token"), None)
+                    .challenge(Challenge::InvalidToken)
             }
             DenialKind::Authorization => {
                 let scope = permission.map(|p| policy.permissions().name(p).to_owned());
@@ -149,8 +187,9 @@ impl KeywardRejection {
                     (PermissionMissing, None) => "This API key lacks the permission this operation needs.".to_owned(),
                     _ => "This API key does not cover this resource. Use a key whose scope includes it.".to_owned(),
                 };
-                Self::new(StatusCode::FORBIDDEN, "insufficient_scope", message)
-                    .challenge(Some("insufficient_scope"), scope.as_deref())
+                Self::new(StatusCode::FORBIDDEN, "insufficient_scope", message).challenge(
+                    Challenge::InsufficientScope(scope.as_deref().map(Into::into)),
+                )
             }
             DenialKind::Throttled => {
                 let mut r = Self::new(
@@ -171,6 +210,12 @@ impl KeywardRejection {
         };
         r.reason = Some(denial.reason.code());
         r
+    }
+
+    /// Whether the request sent no credential at all (the 401 whose
+    /// challenge has no `error`).
+    pub(super) fn is_missing_credentials(&self) -> bool {
+        self.error == "missing_credentials"
     }
 
     /// The HTTP status.
@@ -211,13 +256,11 @@ impl std::error::Error for KeywardRejection {}
 
 impl IntoResponse for KeywardRejection {
     fn into_response(self) -> Response {
+        let challenge = self.www_authenticate();
         let body = serde_json::json!({ "error": self.error, "message": self.message });
         let mut response = (self.status, ::axum::Json(body)).into_response();
         let headers = response.headers_mut();
-        if let Some(v) = self
-            .www_authenticate
-            .and_then(|v| HeaderValue::from_str(&v).ok())
-        {
+        if let Some(v) = challenge.and_then(|v| HeaderValue::from_str(&v).ok()) {
             headers.insert(WWW_AUTHENTICATE, v);
         }
         if let Some(secs) = self.retry_after {

@@ -81,7 +81,15 @@ where
             let (mut parts, body) = req.into_parts();
             let caller = match layer.check(&mut parts).await {
                 Ok(caller) => caller,
-                Err(rejection) => return Ok(rejection.into_response()),
+                Err(rejection) if rejection.is_missing_credentials() && layer.anonymous_ok() => {
+                    // No credential sent, and the route serves anonymous
+                    // callers: no Caller for the handler.
+                    return inner.call(Request::from_parts(parts, body)).await;
+                }
+                Err(rejection) => {
+                    let realm = &layer.config.ctx.realm;
+                    return Ok(rejection.in_realm(realm).into_response());
+                }
             };
             let warning = layer.expiry_warning(&caller);
             parts.extensions.insert(caller);
@@ -96,6 +104,12 @@ where
 }
 
 impl<S: KeyStore> KeywardLayer<S> {
+    /// Whether a request without any credential goes through: set with
+    /// `allow_anonymous`, and only where no permission is required.
+    fn anonymous_ok(&self) -> bool {
+        self.config.allow_anonymous && self.requirement.is_none()
+    }
+
     /// Reads the credential: Authorization (Bearer or Basic), then the API-key header.
     fn credential(&self, headers: &HeaderMap) -> Result<RequestCredential, KeywardRejection> {
         read_credential(
@@ -215,7 +229,10 @@ impl<S: KeyStore + SessionStore> KeywardLayer<S> {
         parts: &Parts,
         ttl: Option<Duration>,
     ) -> Result<IssuedSession, KeywardRejection> {
-        let credential = self.credential(&parts.headers)?;
+        let realm = &self.config.ctx.realm;
+        let credential = self
+            .credential(&parts.headers)
+            .map_err(|r| r.in_realm(realm))?;
         let client_ip = self.client_ip(parts);
         let token = credential.expose_secret();
         let policy = &self.config.ctx.policy;
@@ -265,5 +282,6 @@ impl<S: KeyStore + SessionStore> KeywardLayer<S> {
                 "Sessions are not available on this server.".into(),
             ),
         })
+        .map_err(|r| r.in_realm(realm))
     }
 }
