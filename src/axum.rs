@@ -114,11 +114,17 @@
 //! key that expires within [`KeywardLayer::expiry_warning_days`] days carries
 //! a [`WARNING_HEADER`] header (its name set by
 //! [`KeywardLayer::expiry_warning_header`]).
+//!
+//! **Management errors**: [`ManagementRejection`] turns a
+//! [`KeywardError`](crate::KeywardError) from a [`KeyManager`](crate::KeyManager)
+//! call into a response (400, 403, 404, 409, 429, 500 or 503, with a JSON
+//! body like the layer's), so a handler can return it with `?`.
 
 mod caller;
 mod credential;
 mod forwarded;
 mod layer;
+mod management;
 mod rejection;
 mod service;
 mod sessions;
@@ -128,5 +134,6 @@ pub use credential::{
     CredentialSource, MAX_CREDENTIAL_HEADER_LEN, RequestCredential, read_credential,
 };
 pub use layer::{KeywardLayer, LayerError, WARNING_HEADER};
+pub use management::ManagementRejection;
 pub use rejection::{DEFAULT_REALM, KeywardRejection};
 pub use service::RequireKey;
