@@ -1692,3 +1692,15 @@ async fn the_challenge_realm_is_configurable() {
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(www(&r), "Bearer realm=\"Contoso packages\"");
 }
+
+/// `with_sessions` over a manager built without sessions is a keys-only
+/// layer, and says so.
+#[tokio::test]
+async fn with_sessions_over_a_manager_without_sessions_has_none() {
+    let manager = KeyManager::builder(MemoryStore::new(), format(), policy())
+        .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
+        .build();
+    let live = Environment::new("live").unwrap();
+    assert!(!KeywardLayer::with_sessions(manager.clone(), live.clone()).has_sessions());
+    assert!(!KeywardLayer::new(manager.verifier(), live).has_sessions());
+}

@@ -155,8 +155,12 @@ impl<S> KeywardLayer<S> {
         S: KeyStore + SessionStore,
     {
         let verifier = manager.verifier();
-        let sessions: Arc<dyn SessionAuth> = Arc::new(manager);
-        Self::build(verifier, Some(sessions), environment)
+        // A manager built without sessions has none to give.
+        let sessions = manager
+            .session_format()
+            .is_some()
+            .then(|| Arc::new(manager) as Arc<dyn SessionAuth>);
+        Self::build(verifier, sessions, environment)
     }
 
     fn build(
@@ -435,8 +439,8 @@ impl<S> KeywardLayer<S> {
         &self.config.verifier
     }
 
-    /// Whether session tokens are checked and issued (built with
-    /// [`with_sessions`](Self::with_sessions)).
+    /// Whether session tokens are checked and issued: built with
+    /// [`with_sessions`](Self::with_sessions) from a manager that has them.
     pub fn has_sessions(&self) -> bool {
         self.config.sessions.is_some()
     }
