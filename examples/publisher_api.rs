@@ -60,7 +60,7 @@ use ::axum::http::{HeaderMap, HeaderName, StatusCode};
 use ::axum::response::{IntoResponse, Response};
 use ::axum::routing::{delete, get, patch, post, put};
 use ::axum::{Json, Router};
-use keyward::axum::{Caller, KeywardLayer};
+use keyward::axum::{Caller, KeywardLayer, ManagementRejection};
 use keyward::{
     Actor, Argon2Hasher, Environment, ExpiryChoice, ExpiryPolicy, KeyEdit, KeyId, KeyManager,
     KeyRecord, KeyStore, KeywardError, ListQuery, NewKey, OwnerId, PermissionGrant,
@@ -198,17 +198,10 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
         .into_response()
 }
 
+/// keyward's one mapping of management errors to HTTP answers (404, 409,
+/// 503, ...; 5xx bodies never carry the store's text).
 fn manager_error(e: KeywardError) -> Response {
-    let status = match &e {
-        KeywardError::NotFound(_) => StatusCode::NOT_FOUND,
-        KeywardError::NotAllowed { .. } => StatusCode::FORBIDDEN,
-        KeywardError::Policy(_) | KeywardError::UnknownEnvironment(_) => StatusCode::BAD_REQUEST,
-        KeywardError::Revoked(_)
-        | KeywardError::Expired(_)
-        | KeywardError::QuotaExceeded { .. } => StatusCode::CONFLICT,
-        _ => StatusCode::SERVICE_UNAVAILABLE,
-    };
-    error(status, e.to_string())
+    ManagementRejection::from(e).into_response()
 }
 
 // ---- key-protected endpoints ----
@@ -712,7 +705,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let packages: Packages = Arc::default();
     let owners = Arc::clone(&packages);
-    let auth = KeywardLayer::new(manager.clone(), live)
+    let auth = KeywardLayer::with_sessions(manager.clone(), live)
         .api_key_header(HeaderName::from_static("x-api-key"))
         .resource_owner(move |name: String| {
             let owner = owners
@@ -724,7 +717,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         });
     // cargo sends `Authorization: <token>` with no scheme: the cargo API
     // names Authorization as its API-key header (Bearer and Basic still work).
-    let crates = KeywardLayer::new(auth.manager().clone(), auth.environment().clone())
+    let crates = KeywardLayer::with_sessions(manager.clone(), auth.environment().clone())
         .api_key_header(AUTHORIZATION)
         .resource_owner({
             let owners = Arc::clone(&packages);

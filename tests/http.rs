@@ -97,7 +97,7 @@ async fn start_server() -> Server {
         .build();
     let registry = registry();
     let live = Environment::new("live").unwrap();
-    let auth = KeywardLayer::new(manager.clone(), live.clone())
+    let auth = KeywardLayer::with_sessions(manager.clone(), live.clone())
         .api_key_header(HeaderName::from_static("x-api-key"))
         .resource_owner(|name: String| async move {
             // Fabrikam's packages, and Contoso's existing Contoso.Tools;
@@ -108,7 +108,7 @@ async fn start_server() -> Server {
                 (name == "Contoso.Tools").then(|| OWNER.to_owned())
             }
         });
-    let proxied = KeywardLayer::new(manager.clone(), live.clone())
+    let proxied = KeywardLayer::with_sessions(manager.clone(), live.clone())
         .trusted_proxies(["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()]);
     let push = registry.get("package:push").unwrap();
     let del = registry.get("package:delete").unwrap();
@@ -398,7 +398,7 @@ async fn authorization_failures_are_403_insufficient_scope() {
 async fn a_resource_guard_without_an_owner_resolver_is_refused_when_built() {
     let s = start_server().await;
     let push = registry().get("package:push").unwrap();
-    let bare = KeywardLayer::new(s.manager.clone(), s.live.clone());
+    let bare = KeywardLayer::with_sessions(s.manager.clone(), s.live.clone());
     let refused = bare.require(push).resource_param("name").unwrap_err();
     assert_eq!(
         refused,
@@ -931,7 +931,7 @@ async fn expired_session_is_401() {
         .unwrap();
     let app = Router::new()
         .route("/me", get(me))
-        .route_layer(KeywardLayer::new(manager, live));
+        .route_layer(KeywardLayer::with_sessions(manager, live));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -1048,15 +1048,15 @@ async fn start_registry_server() -> Server {
         |name: String| async move { name.starts_with("fabrikam").then(|| "fabrikam".to_owned()) };
     let push = registry().get("package:push").unwrap();
     // cargo: `Authorization: <token>`, no scheme.
-    let crates = KeywardLayer::new(s.manager.clone(), s.live.clone())
+    let crates = KeywardLayer::with_sessions(s.manager.clone(), s.live.clone())
         .api_key_header(::axum::http::header::AUTHORIZATION)
         .resource_owner(owners);
     // NuGet: `X-NuGet-ApiKey`; only `X-NuGet-Warning` is shown to the user.
-    let nuget = KeywardLayer::new(s.manager.clone(), s.live.clone())
+    let nuget = KeywardLayer::with_sessions(s.manager.clone(), s.live.clone())
         .api_key_header(HeaderName::from_static("x-nuget-apikey"))
         .expiry_warning_header(HeaderName::from_static("x-nuget-warning"));
     // npm and curl: Bearer and Basic, the defaults.
-    let npm = KeywardLayer::new(s.manager.clone(), s.live.clone()).resource_owner(owners);
+    let npm = KeywardLayer::with_sessions(s.manager.clone(), s.live.clone()).resource_owner(owners);
     let app = Router::new()
         .route("/api/v1/crates/new", put(me))
         .route_layer(crates.require(push))
@@ -1334,4 +1334,373 @@ async fn the_forwarded_header_is_believed_only_from_trusted_proxies() {
     .await
     .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
+}
+
+/// Serves `app` on loopback with the peer address; returns the base URL.
+async fn serve(app: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        ::axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    format!("http://{addr}")
+}
+
+/// A custom store that implements [`KeyStore`] and nothing else (no
+/// [`SessionStore`]).
+struct KeysOnly(MemoryStore);
+
+impl KeyStore for KeysOnly {
+    async fn insert(
+        &self,
+        record: &KeyRecord,
+        quota: Option<QuotaCheck>,
+    ) -> Result<(), StoreError> {
+        self.0.insert(record, quota).await
+    }
+    async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        self.0.get(id).await
+    }
+    async fn list(&self, query: &ListQuery) -> Result<Vec<KeyRecord>, StoreError> {
+        self.0.list(query).await
+    }
+    async fn update(&self, record: &KeyRecord, expected_generation: u64) -> Result<(), StoreError> {
+        self.0.update(record, expected_generation).await
+    }
+    async fn delete(&self, id: &KeyId) -> Result<(), StoreError> {
+        self.0.delete(id).await
+    }
+    async fn record_usage(
+        &self,
+        id: &KeyId,
+        at: DateTime<Utc>,
+        ip: Option<std::net::IpAddr>,
+    ) -> Result<(), StoreError> {
+        self.0.record_usage(id, at, ip).await
+    }
+    async fn take_expiry_reminders(
+        &self,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        self.0.take_expiry_reminders(now, until, limit).await
+    }
+}
+
+/// The layer holds a `Verifier`, so a store that is only a `KeyStore`
+/// protects routes (before, the layer's service asked `SessionStore` too,
+/// and this did not compile).
+#[tokio::test]
+async fn the_layer_works_over_a_store_without_sessions() {
+    let manager = KeyManager::builder(KeysOnly(MemoryStore::new()), format(), policy())
+        .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
+        .build();
+    let key = manager
+        .create(
+            &keyward::Actor::system("tests"),
+            NewKey::new(OWNER, "live", "CI").permissions(PermissionGrant::only(["package:push"])),
+        )
+        .await
+        .unwrap();
+    let push = registry().get("package:push").unwrap();
+    let unlist = registry().get("package:unlist").unwrap();
+    let auth = KeywardLayer::new(manager.verifier(), Environment::new("live").unwrap());
+    assert!(!auth.has_sessions());
+    let app = Router::new()
+        .route("/me", get(me))
+        .route_layer(auth.clone())
+        .merge(
+            Router::new()
+                .route("/push", post(ok))
+                .route_layer(auth.require(push)),
+        )
+        .merge(
+            Router::new()
+                .route("/unlist", post(ok))
+                .route_layer(auth.require(unlist)),
+        );
+    let base = serve(app).await;
+    let http = reqwest::Client::new();
+    let token = bearer(key.token.expose_secret());
+    let r = http
+        .get(format!("{base}/me"))
+        .header("authorization", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(body(r).await["owner"], OWNER);
+    let r = http
+        .post(format!("{base}/push"))
+        .header("authorization", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = http
+        .post(format!("{base}/unlist"))
+        .header("authorization", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = http.get(format!("{base}/me")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
+
+/// Sessions are opt-in: a layer built with `KeywardLayer::new` over a
+/// manager that has sessions refuses session tokens (as a layer over a
+/// manager without sessions always did) and its `exchange` answers 500;
+/// `with_sessions` accepts them.
+#[tokio::test]
+async fn sessions_are_checked_only_by_a_layer_built_with_them() {
+    let s = start_server().await;
+    let key = s.push_key().await;
+    let session = s
+        .manager
+        .exchange(key.token.expose_secret(), &s.live, None, None)
+        .await
+        .unwrap();
+    let keys_only = KeywardLayer::new(s.manager.verifier(), s.live.clone());
+    let with = KeywardLayer::with_sessions(s.manager.clone(), s.live.clone());
+    assert!(!keys_only.has_sessions());
+    assert!(with.has_sessions());
+    let app = Router::new()
+        .merge(
+            Router::new()
+                .route("/keys/me", get(me))
+                .route_layer(keys_only.clone()),
+        )
+        .merge(Router::new().route("/both/me", get(me)).route_layer(with))
+        .route("/keys/session", post(exchange))
+        .with_state(keys_only);
+    let base = serve(app).await;
+    let http = reqwest::Client::new();
+    let get = |path: &str, token: &str| {
+        http.get(format!("{base}{path}"))
+            .header("authorization", bearer(token))
+            .send()
+    };
+    let session_token = session.token.expose_secret();
+    let r = get("/both/me", session_token).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(body(r).await["session"], session.session.id.as_str());
+    let r = get("/keys/me", session_token).await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(www(&r).contains("invalid_token"));
+    let r = get("/keys/me", key.token.expose_secret()).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = http
+        .post(format!("{base}/keys/session"))
+        .header("authorization", bearer(key.token.expose_secret()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        body(r).await["message"]
+            .as_str()
+            .unwrap()
+            .contains("Sessions are not available")
+    );
+}
+
+async fn maybe_me(caller: Option<Caller>) -> Response {
+    ::axum::Json(serde_json::json!({
+        "owner": caller.map(|c| c.owner().as_str().to_owned()),
+    }))
+    .into_response()
+}
+
+/// `Option<Caller>` is an extractor (axum 0.8's `OptionalFromRequestParts`):
+/// `None` without a caller, never a rejection; with `allow_anonymous`, a
+/// request without credentials reaches the handler, a bad credential is
+/// still 401, and a guard requiring a permission still refuses anonymity.
+#[tokio::test]
+async fn option_caller_serves_anonymous_requests_where_allowed() {
+    let s = start_server().await;
+    let key = s.push_key().await;
+    let push = registry().get("package:push").unwrap();
+    let auth = KeywardLayer::with_sessions(s.manager.clone(), s.live.clone());
+    let open = auth.clone().allow_anonymous();
+    let app = Router::new()
+        .merge(
+            Router::new()
+                .route("/open/me", get(maybe_me))
+                .route_layer(open.clone()),
+        )
+        .merge(
+            Router::new()
+                .route("/open/push", post(maybe_me))
+                .route_layer(open.require(push)),
+        )
+        .merge(
+            Router::new()
+                .route("/closed/me", get(maybe_me))
+                .route_layer(auth),
+        )
+        .route("/nolayer/me", get(maybe_me));
+    let base = serve(app).await;
+    let http = reqwest::Client::new();
+    let token = bearer(key.token.expose_secret());
+
+    let r = http.get(format!("{base}/open/me")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(body(r).await["owner"], serde_json::Value::Null);
+    let r = http
+        .get(format!("{base}/open/me"))
+        .header("authorization", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(body(r).await["owner"], OWNER);
+    let r = http
+        .get(format!("{base}/open/me"))
+        .header("authorization", "Bearer mkh_live_nonsense")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(www(&r).contains("invalid_token"));
+
+    let r = http.post(format!("{base}/open/push")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = http
+        .post(format!("{base}/open/push"))
+        .header("authorization", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // Without allow_anonymous the layer still answers 401.
+    let r = http.get(format!("{base}/closed/me")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // No layer: None, where `Caller` answers 500.
+    let r = http.get(format!("{base}/nolayer/me")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(body(r).await["owner"], serde_json::Value::Null);
+}
+
+/// The challenge's realm is the layer's setting (default `keyward`), in
+/// the layer's 401 and 403, in `exchange`'s answers and in
+/// `Caller::authorize`'s refusals; a realm that cannot be quoted is refused
+/// when the layer is built.
+#[tokio::test]
+async fn the_challenge_realm_is_configurable() {
+    let s = start_server().await;
+    let key = s.push_key().await;
+    let push = registry().get("package:push").unwrap();
+    let unlist = registry().get("package:unlist").unwrap();
+    let default = KeywardLayer::with_sessions(s.manager.clone(), s.live.clone());
+    for bad in [
+        "",
+        "say \"hi\"",
+        "back\\slash",
+        "tab\there",
+        "é",
+        &"r".repeat(65),
+    ] {
+        assert!(
+            matches!(default.clone().realm(bad), Err(LayerError::BadRealm { .. })),
+            "{bad:?}"
+        );
+    }
+    let custom = default.clone().realm("Contoso packages").unwrap();
+    async fn authorize_unlist(caller: Caller) -> Response {
+        let unlist = registry().get("package:unlist").unwrap();
+        match caller.authorize(unlist, None) {
+            Ok(()) => "ok".into_response(),
+            Err(rejection) => rejection.into_response(),
+        }
+    }
+    let app = Router::new()
+        .merge(
+            Router::new()
+                .route("/default/me", get(me))
+                .route_layer(default.clone()),
+        )
+        .merge(
+            Router::new()
+                .route("/custom/me", get(me))
+                .route_layer(custom.clone()),
+        )
+        .merge(
+            Router::new()
+                .route("/custom/unlist", post(ok))
+                .route_layer(custom.require(unlist)),
+        )
+        .merge(
+            Router::new()
+                .route("/custom/push", post(authorize_unlist))
+                .route_layer(custom.require(push)),
+        )
+        .route("/custom/session", post(exchange))
+        .with_state(custom);
+    let base = serve(app).await;
+    let http = reqwest::Client::new();
+    let token = bearer(key.token.expose_secret());
+
+    let r = http.get(format!("{base}/default/me")).send().await.unwrap();
+    assert_eq!(www(&r), "Bearer realm=\"keyward\"");
+    let r = http.get(format!("{base}/custom/me")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(www(&r), "Bearer realm=\"Contoso packages\"");
+    let r = http
+        .get(format!("{base}/custom/me"))
+        .header("authorization", "Bearer mkh_live_nonsense")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        www(&r),
+        "Bearer realm=\"Contoso packages\", error=\"invalid_token\""
+    );
+    let r = http
+        .post(format!("{base}/custom/unlist"))
+        .header("authorization", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        www(&r),
+        "Bearer realm=\"Contoso packages\", error=\"insufficient_scope\", scope=\"package:unlist\""
+    );
+    // Refused inside the handler by Caller::authorize.
+    let r = http
+        .post(format!("{base}/custom/push"))
+        .header("authorization", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(www(&r).starts_with("Bearer realm=\"Contoso packages\", error=\"insufficient_scope\""));
+    // The exchange endpoint of a layer with that realm.
+    let r = http
+        .post(format!("{base}/custom/session"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(www(&r), "Bearer realm=\"Contoso packages\"");
+}
+
+/// `with_sessions` over a manager built without sessions is a keys-only
+/// layer, and says so.
+#[tokio::test]
+async fn with_sessions_over_a_manager_without_sessions_has_none() {
+    let manager = KeyManager::builder(MemoryStore::new(), format(), policy())
+        .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
+        .build();
+    let live = Environment::new("live").unwrap();
+    assert!(!KeywardLayer::with_sessions(manager.clone(), live.clone()).has_sessions());
+    assert!(!KeywardLayer::new(manager.verifier(), live).has_sessions());
 }

@@ -1,0 +1,271 @@
+//! The refusals as HTTP responses ([`KeywardRejection`]).
+
+use std::fmt;
+use std::sync::Arc;
+
+use ::axum::http::header::{AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
+use ::axum::http::{HeaderName, HeaderValue, StatusCode};
+use ::axum::response::{IntoResponse, Response};
+
+use crate::policy::{Permission, Policy};
+use crate::verify::{Denial, DenialKind, DenialReason};
+
+/// The default `realm` of the `WWW-Authenticate` challenge (see
+/// [`KeywardLayer::realm`](super::KeywardLayer::realm)).
+pub const DEFAULT_REALM: &str = "keyward";
+
+/// The parts of an RFC 6750 challenge; the realm is added when the
+/// response is made.
+#[derive(Debug, Clone)]
+enum Challenge {
+    /// No credential was sent: no `error` (RFC 6750 §3.1).
+    Plain,
+    /// `error="invalid_token"`.
+    InvalidToken,
+    /// `error="insufficient_scope"`, with the permission when known.
+    InsufficientScope(Option<Box<str>>),
+}
+
+/// A refusal as an HTTP response: status, RFC 6750 `WWW-Authenticate`,
+/// `Retry-After` when throttled, and a JSON body `{"error", "message"}` that
+/// says what to do. Never contains a credential, and says the same for an
+/// unknown key id as for a wrong secret.
+#[derive(Debug, Clone)]
+pub struct KeywardRejection {
+    status: StatusCode,
+    error: &'static str,
+    message: String,
+    challenge: Option<Challenge>,
+    /// `None`: [`DEFAULT_REALM`].
+    realm: Option<Arc<str>>,
+    retry_after: Option<u64>,
+    reason: Option<&'static str>,
+}
+
+impl KeywardRejection {
+    pub(super) fn new(status: StatusCode, error: &'static str, message: String) -> Self {
+        Self {
+            status,
+            error,
+            message,
+            challenge: None,
+            realm: None,
+            retry_after: None,
+            reason: None,
+        }
+    }
+
+    fn challenge(mut self, challenge: Challenge) -> Self {
+        self.challenge = Some(challenge);
+        self
+    }
+
+    /// The realm its challenge names (the layer's setting).
+    pub(super) fn in_realm(mut self, realm: &Arc<str>) -> Self {
+        self.realm = Some(Arc::clone(realm));
+        self
+    }
+
+    /// The `WWW-Authenticate` value, when the refusal carries a challenge:
+    /// `Bearer realm="<realm>"`, then `error` and `scope` when known.
+    pub fn www_authenticate(&self) -> Option<String> {
+        let challenge = self.challenge.as_ref()?;
+        let realm = self.realm.as_deref().unwrap_or(DEFAULT_REALM);
+        let mut value = format!("Bearer realm=\"{realm}\"");
+        match challenge {
+            Challenge::Plain => {}
+            Challenge::InvalidToken => value.push_str(", error=\"invalid_token\""),
+            Challenge::InsufficientScope(scope) => {
+                value.push_str(", error=\"insufficient_scope\"");
+                if let Some(s) = scope {
+                    value.push_str(&format!(", scope=\"{s}\""));
+                }
+            }
+        }
+        Some(value)
+    }
+
+    pub(super) fn missing(header: Option<&HeaderName>) -> Self {
+        let extra = match header {
+            Some(h) if h == AUTHORIZATION => ", as `Authorization: <key>`".to_owned(),
+            Some(h) => format!(", in the {h} header"),
+            None => String::new(),
+        };
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "missing_credentials",
+            format!(
+                "This endpoint needs an API key: send it as `Authorization: Bearer <key>`{extra}, or as HTTP Basic key_id:secret."
+            ),
+        )
+        .challenge(Challenge::Plain)
+    }
+
+    pub(super) fn malformed(what: &str) -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            format!("The credentials are malformed: {what}. Send the API key exactly as it was shown when it was created."),
+        )
+        .challenge(Challenge::InvalidToken)
+    }
+
+    pub(super) fn unavailable() -> Self {
+        let mut r = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "The key could not be checked right now. Try again in a few seconds.".into(),
+        );
+        r.retry_after = Some(5);
+        r
+    }
+
+    pub(super) fn misconfigured() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "keyward is misconfigured on this route: a resource path parameter was required but not found \
+             (add the layer with Router::route_layer and check the parameter name)."
+                .into(),
+        )
+    }
+
+    pub(super) fn owner_unknown(permission: Permission, policy: &Policy) -> Self {
+        let scope = policy.permissions().name(permission);
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+            "The owner of this resource could not be determined, so no key may use it here.".into(),
+        )
+        .challenge(Challenge::InsufficientScope(Some(scope.into())))
+    }
+
+    pub(super) fn missing_layer() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "keyward::axum::Caller was used on a route without KeywardLayer: add the layer to this route \
+             (Router::route_layer(KeywardLayer::new(...)))."
+                .into(),
+        )
+    }
+
+    pub(super) fn denied(denial: &Denial, policy: &Policy, permission: Option<Permission>) -> Self {
+        use DenialReason::*;
+        let mut r = match denial.kind() {
+            DenialKind::Authentication => {
+                let message = match &denial.reason {
+                    Malformed(_) => {
+                        "The API key is malformed. Send it exactly as it was shown when it was created."
+                    }
+                    WrongEnvironment => {
+                        "This API key belongs to another environment. Use a key made for this one."
+                    }
+                    Revoked => "This API key was revoked. Create a new key.",
+                    Expired => {
+                        "This API key or session has expired. Create a new key, or exchange your key for a new session."
+                    }
+                    IpNotAllowed => {
+                        "This API key cannot be used from this address. Use it from an allowed network, or edit its IP allowlist."
+                    }
+                    _ => {
+                        "The API key is not valid. Check that it was copied whole, or create a new key."
+                    }
+                };
+                Self::new(StatusCode::UNAUTHORIZED, "invalid_token", message.into())
+                    .challenge(Challenge::InvalidToken)
+            }
+            DenialKind::Authorization => {
+                let scope = permission.map(|p| policy.permissions().name(p).to_owned());
+                let message = match (&denial.reason, &scope) {
+                    (SessionOnly, _) => {
+                        "This operation cannot be done with an API key or a session made from one; sign in as the owner's administrator.".to_owned()
+                    }
+                    (PermissionMissing, Some(s)) => {
+                        format!("This API key lacks the permission {s:?}. Create or edit a key with it.")
+                    }
+                    (PermissionMissing, None) => "This API key lacks the permission this operation needs.".to_owned(),
+                    _ => "This API key does not cover this resource. Use a key whose scope includes it.".to_owned(),
+                };
+                Self::new(StatusCode::FORBIDDEN, "insufficient_scope", message).challenge(
+                    Challenge::InsufficientScope(scope.as_deref().map(Into::into)),
+                )
+            }
+            DenialKind::Throttled => {
+                let mut r = Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "throttled",
+                    "Too many failed attempts with this key id. Wait before trying again.".into(),
+                );
+                r.retry_after = Some(denial.retry_after.map_or(1, |d| d.as_secs().max(1)));
+                r
+            }
+            DenialKind::Unavailable => {
+                let mut r = Self::unavailable();
+                if let Some(wait) = denial.retry_after {
+                    r.retry_after = Some(wait.as_secs().max(1));
+                }
+                r
+            }
+        };
+        r.reason = Some(denial.reason.code());
+        r
+    }
+
+    /// Whether the request sent no credential at all (the 401 whose
+    /// challenge has no `error`).
+    pub(super) fn is_missing_credentials(&self) -> bool {
+        self.error == "missing_credentials"
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The RFC 6750 / OAuth error code of the body (`invalid_token`, `insufficient_scope`, ...).
+    pub fn error(&self) -> &'static str {
+        self.error
+    }
+
+    /// The message for the caller.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The exact denial reason code for logs and metrics (not sent to the
+    /// caller), when the refusal came from a check.
+    pub fn reason(&self) -> Option<&'static str> {
+        self.reason
+    }
+}
+
+impl fmt::Display for KeywardRejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.error,
+            self.message
+        )
+    }
+}
+
+impl std::error::Error for KeywardRejection {}
+
+impl IntoResponse for KeywardRejection {
+    fn into_response(self) -> Response {
+        let challenge = self.www_authenticate();
+        let body = serde_json::json!({ "error": self.error, "message": self.message });
+        let mut response = (self.status, ::axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        if let Some(v) = challenge.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            headers.insert(WWW_AUTHENTICATE, v);
+        }
+        if let Some(secs) = self.retry_after {
+            headers.insert(RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
