@@ -86,16 +86,21 @@
 //! | curl, CI scripts | Bearer, `-u key_id:secret` (Basic) or an API-key header | none, or `api_key_header` |
 //!
 //! **Client address**: the TCP peer ([`ConnectInfo<SocketAddr>`](::axum::extract::ConnectInfo)). Only
-//! when the peer is in the trusted proxy ranges, `X-Forwarded-For` and the
-//! standard `Forwarded` header (RFC 7239: `for=` values quoted or not, IPv6
-//! in brackets, with ports) are read, from the right, skipping trusted hops,
-//! over all headers of that name, at most 32 entries. An entry that is not
-//! an address (`unknown`, an obfuscated `_name`, an element without
-//! `for=`, anything unparsable) makes the address unknown rather than
-//! falling back to a proxy's. When both headers are present they must name
-//! the same client, or the address is unknown: a proxy sets one, and a
-//! client could have forged the other. Without `ConnectInfo`, the address
-//! is unknown. An unknown address refuses keys with an IP allowlist.
+//! when the peer is in the trusted proxy ranges is the header the proxy
+//! writes read ([`ProxyHeaders`]: `X-Forwarded-For` by default, or the
+//! standard `Forwarded` header, RFC 7239: `for=` values quoted or not, IPv6
+//! in brackets, with ports; or both), from the right, skipping trusted
+//! hops, over all headers of that name, at most 32 entries. The other
+//! header is ignored: a proxy that writes one passes a client's forgery of
+//! the other through. An entry that is not an address (`unknown`, an
+//! obfuscated `_name`, an element without `for=`, anything unparsable)
+//! makes the address unknown rather than falling back to a proxy's. With
+//! [`ProxyHeaders::Both`], both headers present must name the same client,
+//! or the address is unknown. Without `ConnectInfo`, the address is
+//! unknown. An unknown address refuses keys with an IP allowlist, and
+//! checks without an address are not limited per client source (see
+//! [`VerifierConfig::source_failure_burst`](crate::VerifierConfig::source_failure_burst)):
+//! wire `ConnectInfo` and the right proxy header.
 //!
 //! **Responses**: 401 with `WWW-Authenticate: Bearer error="invalid_token"`
 //! for authentication failures (no `error` when no credential was sent),
@@ -133,6 +138,7 @@ pub use caller::Caller;
 pub use credential::{
     CredentialSource, MAX_CREDENTIAL_HEADER_LEN, RequestCredential, read_credential,
 };
+pub use forwarded::ProxyHeaders;
 pub use layer::{KeywardLayer, LayerError, WARNING_HEADER};
 pub use management::ManagementRejection;
 pub use rejection::{DEFAULT_REALM, KeywardRejection};

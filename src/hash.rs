@@ -73,16 +73,21 @@ impl HashScratch {
         self.blocks.capacity() * argon2::Block::SIZE
     }
 
-    /// Runs `f` on `count` blocks (grown if needed), then zeroes them: they
-    /// hold state derived from the secret.
+    /// Runs `f` on `count` blocks (grown if needed), then zeroes them, even
+    /// if `f` panics: they hold state derived from the secret.
     fn fill<R>(&mut self, count: usize, f: impl FnOnce(&mut [argon2::Block]) -> R) -> R {
         if self.blocks.len() < count {
             self.blocks.resize(count, argon2::Block::default());
         }
-        let blocks = &mut self.blocks[..count];
-        let result = f(blocks);
-        blocks.iter_mut().for_each(Zeroize::zeroize);
-        result
+        /// Zeroes the blocks when dropped: also when the hasher panics.
+        struct Wipe<'a>(&'a mut [argon2::Block]);
+        impl Drop for Wipe<'_> {
+            fn drop(&mut self) {
+                self.0.iter_mut().for_each(Zeroize::zeroize);
+            }
+        }
+        let wipe = Wipe(&mut self.blocks[..count]);
+        f(&mut *wipe.0)
     }
 }
 

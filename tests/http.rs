@@ -109,7 +109,9 @@ async fn start_server() -> Server {
             }
         });
     let proxied = KeywardLayer::with_sessions(manager.clone(), live.clone())
-        .trusted_proxies(["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()]);
+        .trusted_proxies(["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()])
+        // The test proxy writes both headers.
+        .proxy_headers(keyward::axum::ProxyHeaders::Both);
     let push = registry.get("package:push").unwrap();
     let del = registry.get("package:delete").unwrap();
     let app = Router::new()

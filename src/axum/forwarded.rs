@@ -7,6 +7,28 @@ use ::axum::http::HeaderMap;
 use ::axum::http::header::FORWARDED;
 use rfc7239::NodeName;
 
+/// Which headers of a trusted proxy are read for the client's address
+/// ([`KeywardLayer::proxy_headers`](super::KeywardLayer::proxy_headers)).
+///
+/// Read only the header your proxy writes. A proxy that sets one header
+/// (nginx's `$proxy_add_x_forwarded_for`, most load balancers: only
+/// `X-Forwarded-For`) passes a client's other header through unchanged, so
+/// a client could forge it; reading both would let any client make its
+/// address unknown, or name any address the allowlist and the per-source
+/// throttle would believe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ProxyHeaders {
+    /// `X-Forwarded-For` only; `Forwarded` is ignored (the default).
+    #[default]
+    XForwardedFor,
+    /// `Forwarded` (RFC 7239) only; `X-Forwarded-For` is ignored.
+    Forwarded,
+    /// Both, for proxies that write both: when both are present they must
+    /// name the same client, or the address is unknown.
+    Both,
+}
+
 /// Most entries walked, over all `X-Forwarded-For` (or all `Forwarded`)
 /// headers together; a longer chain of trusted hops makes the address unknown.
 pub(super) const MAX_FORWARDED_HOPS: usize = 32;
@@ -16,7 +38,7 @@ const X_FORWARDED_FOR: &str = "x-forwarded-for";
 /// The client's address for a request from `peer`.
 ///
 /// An untrusted peer is the client. A trusted peer's `X-Forwarded-For` and
-/// `Forwarded` headers are each walked from the right, skipping trusted
+/// `Forwarded` headers (those `read` names) are each walked from the right, skipping trusted
 /// hops; the first untrusted hop is the client (or the leftmost entry when
 /// every hop is trusted). `None` (unknown) when an entry on the way is not
 /// an address (unparsable, `unknown`, an obfuscated `_name`, an element
@@ -25,17 +47,21 @@ const X_FORWARDED_FOR: &str = "x-forwarded-for";
 pub(super) fn client_ip(
     peer: IpAddr,
     headers: &HeaderMap,
+    read: ProxyHeaders,
     is_trusted: impl Fn(IpAddr) -> bool,
 ) -> Option<IpAddr> {
     let peer = peer.to_canonical();
     if !is_trusted(peer) {
         return Some(peer);
     }
-    let xff = headers
-        .contains_key(X_FORWARDED_FOR)
+    let (read_xff, read_forwarded) = match read {
+        ProxyHeaders::XForwardedFor => (true, false),
+        ProxyHeaders::Forwarded => (false, true),
+        ProxyHeaders::Both => (true, true),
+    };
+    let xff = (read_xff && headers.contains_key(X_FORWARDED_FOR))
         .then(|| walk(peer, x_forwarded_for(headers), &is_trusted));
-    let forwarded = headers
-        .contains_key(FORWARDED)
+    let forwarded = (read_forwarded && headers.contains_key(FORWARDED))
         .then(|| walk(peer, forwarded(headers), &is_trusted));
     match (xff, forwarded) {
         (None, None) => Some(peer),
@@ -114,7 +140,7 @@ mod tests {
                 HeaderValue::from_str(value).unwrap(),
             );
         }
-        client_ip(ip("127.0.0.1"), &headers, |a| {
+        client_ip(ip("127.0.0.1"), &headers, ProxyHeaders::Both, |a| {
             a.is_loopback() || a == ip("::1")
         })
     }
@@ -213,8 +239,37 @@ mod tests {
         headers.insert("forwarded", HeaderValue::from_static("for=203.0.113.5"));
         headers.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.5"));
         assert_eq!(
-            client_ip(ip("198.51.100.7"), &headers, |a| a.is_loopback()),
+            client_ip(ip("198.51.100.7"), &headers, ProxyHeaders::Both, |a| {
+                a.is_loopback()
+            }),
             Some(ip("198.51.100.7"))
+        );
+    }
+
+    #[test]
+    fn only_the_headers_the_proxy_writes_are_read() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.5"));
+        // Forged by the client, passed through by a proxy that writes only
+        // X-Forwarded-For.
+        headers.insert("forwarded", HeaderValue::from_static("for=1.1.1.1"));
+        let trusted = |a: IpAddr| a.is_loopback();
+        let peer = ip("127.0.0.1");
+        assert_eq!(
+            client_ip(peer, &headers, ProxyHeaders::default(), trusted),
+            Some(ip("203.0.113.5"))
+        );
+        assert_eq!(
+            client_ip(peer, &headers, ProxyHeaders::Forwarded, trusted),
+            Some(ip("1.1.1.1"))
+        );
+        assert_eq!(client_ip(peer, &headers, ProxyHeaders::Both, trusted), None);
+        let mut only_forwarded = HeaderMap::new();
+        only_forwarded.insert("forwarded", HeaderValue::from_static("for=1.1.1.1"));
+        assert_eq!(
+            client_ip(peer, &only_forwarded, ProxyHeaders::XForwardedFor, trusted),
+            Some(peer),
+            "ignored: the proxy's own address"
         );
     }
 }

@@ -32,6 +32,7 @@ pub(super) struct Config<S> {
     pub(super) ctx: Arc<LayerContext>,
     pub(super) api_key_header: Option<HeaderName>,
     pub(super) trusted_proxies: Vec<IpNet>,
+    pub(super) proxy_headers: super::forwarded::ProxyHeaders,
     pub(super) warn_within_days: u32,
     pub(super) warning_header: HeaderName,
     pub(super) resource_owner: Option<OwnerResolver>,
@@ -181,6 +182,7 @@ impl<S> KeywardLayer<S> {
                 ctx,
                 api_key_header: None,
                 trusted_proxies: Vec::new(),
+                proxy_headers: Default::default(),
                 warn_within_days: 10,
                 warning_header: HeaderName::from_static(WARNING_HEADER),
                 resource_owner: None,
@@ -201,6 +203,7 @@ impl<S> KeywardLayer<S> {
                 ctx: Arc::clone(&c.ctx),
                 api_key_header: c.api_key_header.clone(),
                 trusted_proxies: c.trusted_proxies.clone(),
+                proxy_headers: c.proxy_headers,
                 warn_within_days: c.warn_within_days,
                 warning_header: c.warning_header.clone(),
                 resource_owner: c.resource_owner.clone(),
@@ -243,11 +246,19 @@ impl<S> KeywardLayer<S> {
         self
     }
 
-    /// Proxies whose `X-Forwarded-For` and `Forwarded` headers are believed
-    /// (default: none); see the [module documentation](crate::axum) for how they
-    /// are read.
+    /// Proxies whose forwarding headers are believed (default: none); see
+    /// the [module documentation](crate::axum) for how they are read, and
+    /// [`proxy_headers`](Self::proxy_headers) for which.
     pub fn trusted_proxies(mut self, ranges: impl IntoIterator<Item = IpNet>) -> Self {
         self.config_mut().trusted_proxies = ranges.into_iter().map(|n| n.trunc()).collect();
+        self
+    }
+
+    /// Which headers of a trusted proxy name the client (default:
+    /// `X-Forwarded-For` only). Choose the one your proxy writes: see
+    /// [`ProxyHeaders`](super::ProxyHeaders).
+    pub fn proxy_headers(mut self, read: super::ProxyHeaders) -> Self {
+        self.config_mut().proxy_headers = read;
         self
     }
 

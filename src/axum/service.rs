@@ -121,11 +121,12 @@ impl<S: KeyStore> KeywardLayer<S> {
     }
 
     /// The client's address: the peer, or, behind trusted proxies, what
-    /// `X-Forwarded-For` and `Forwarded` say (see [`forwarded::client_ip`]).
+    /// the headers of [`ProxyHeaders`](forwarded::ProxyHeaders) say (see
+    /// [`forwarded::client_ip`]).
     fn client_ip(&self, parts: &Parts) -> Option<IpAddr> {
         let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>()?.0.ip();
         let trusted = &self.config.trusted_proxies;
-        forwarded::client_ip(peer, &parts.headers, |ip| {
+        forwarded::client_ip(peer, &parts.headers, self.config.proxy_headers, |ip| {
             trusted.iter().any(|n| n.contains(&ip))
         })
     }
