@@ -154,7 +154,13 @@ impl HashPool {
             return Ok(());
         }
         let mine = st.queues.get(&lane).map_or(0, VecDeque::len);
-        let most = st.queues.values().map(VecDeque::len).max().unwrap_or(0);
+        let most = st
+            .queues
+            .iter()
+            .filter(|(l, _)| **l != Some(Source::MANAGEMENT))
+            .map(|(_, q)| q.len())
+            .max()
+            .unwrap_or(0);
         if most > mine + 1 {
             Ok(())
         } else {
@@ -177,9 +183,11 @@ impl HashPool {
                 // newest, if it holds more than this lane would after
                 // admission; otherwise this job is refused.
                 let mine = st.queues.get(&lane).map_or(0, VecDeque::len);
+                // Management calls are never pushed out.
                 let victim = st
                     .queues
                     .iter()
+                    .filter(|(l, _)| **l != Some(Source::MANAGEMENT))
                     .max_by_key(|(_, q)| q.len())
                     .map(|(l, q)| (*l, q.len()));
                 match victim {
@@ -188,6 +196,20 @@ impl HashPool {
                         st.waiting -= 1;
                     }
                     _ => return Err(inner.overloaded()),
+                }
+            }
+            if st.idle == 0 && st.spawned < inner.threads {
+                let worker = Arc::clone(inner);
+                let started = std::thread::Builder::new()
+                    .name("keyward-hash".into())
+                    .spawn(move || work(&worker));
+                if started.is_ok() {
+                    st.spawned += 1;
+                } else if st.spawned == 0 {
+                    // No thread to run it: refused now, not queued forever.
+                    return Err(PoolError::Hash(HashError::Failed(
+                        "no hashing thread could be started".into(),
+                    )));
                 }
             }
             let queue = st.queues.entry(lane).or_default();
@@ -199,18 +221,7 @@ impl HashPool {
                 st.fresh.push_back(lane);
             }
             st.waiting += 1;
-            if st.idle == 0 && st.spawned < inner.threads {
-                st.spawned += 1;
-                let worker = Arc::clone(inner);
-                let started = std::thread::Builder::new()
-                    .name("keyward-hash".into())
-                    .spawn(move || work(&worker));
-                if started.is_err() {
-                    st.spawned -= 1;
-                }
-            } else {
-                inner.work.notify_one();
-            }
+            inner.work.notify_one();
         }
         if let Some(job) = pushed_out {
             (job.run)(Turn::Refused(inner.overloaded()));
@@ -458,5 +469,45 @@ mod tests {
         );
         assert_eq!(p.run(None, |_, _| Ok(7)).await.unwrap(), 7);
         assert_eq!(p.inner.lock().spawned, 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn management_jobs_are_never_pushed_out() {
+        let p = Arc::new(pool(1, 2));
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let busy = tokio::spawn({
+            let p = Arc::clone(&p);
+            let g = Arc::clone(&gate);
+            async move { p.run(lane(1), blocker(g)).await }
+        });
+        while {
+            let st = p.inner.lock();
+            st.waiting != 0 || st.spawned == 0
+        } {
+            tokio::task::yield_now().await;
+        }
+        let management = Some(Source::MANAGEMENT);
+        let mut jobs = Vec::new();
+        for _ in 0..2 {
+            let p2 = Arc::clone(&p);
+            jobs.push(tokio::spawn(async move {
+                p2.run(management, |_, _| Ok(1)).await
+            }));
+        }
+        while p.waiting() < 2 {
+            tokio::task::yield_now().await;
+        }
+        // A client source finds the queue full of management jobs: it is
+        // refused, and no management job is pushed out.
+        assert!(matches!(
+            p.run(lane(3), |_, _| Ok(3)).await,
+            Err(PoolError::Overloaded { .. })
+        ));
+        assert!(p.admits(lane(3)).is_err());
+        open(&gate);
+        busy.await.unwrap().unwrap();
+        for j in jobs {
+            assert_eq!(j.await.unwrap().unwrap(), 1);
+        }
     }
 }

@@ -25,6 +25,11 @@ const MAX_BUCKETS_PER_SHARD: usize = 4096;
 pub(crate) struct Source(u128);
 
 impl Source {
+    /// keyward's own hashing for management calls (create, regenerate,
+    /// rotate, rehash): a lane of the hashing queue of its own, never pushed
+    /// out. No address maps to it (an IPv6 /64 has its low 64 bits clear).
+    pub(crate) const MANAGEMENT: Source = Source(u128::MAX);
+
     pub(crate) fn of(ip: IpAddr) -> Self {
         match ip {
             IpAddr::V4(v4) => Self(0xffff_0000_0000 | u128::from(u32::from(v4))),

@@ -590,7 +590,7 @@ impl<S: KeyStore> Shared<S> {
         R: Send + 'static,
         F: FnOnce(&dyn SecretHasher, &mut HashScratch) -> Result<R, HashError> + Send + 'static,
     {
-        Ok(self.hashing.run(None, f).await?)
+        Ok(self.hashing.run(Some(Source::MANAGEMENT), f).await?)
     }
 
     /// Forgets key `id` and this process's cached sessions of it, so their
@@ -992,14 +992,21 @@ impl<S: KeyStore> Verifier<S> {
         let source = client_ip.map(Source::of);
         // A throttled source or id is refused before the store is read: a
         // flood of wrong secrets then costs neither argon2 nor store round
-        // trips. A secret proven earlier skips both (no lockout).
+        // trips. A secret proven earlier skips both (no lockout). The
+        // source's token is taken here, before the read, so a burst of
+        // concurrent checks cannot all slip past a peek; it is given back
+        // when the secret proves right or the check could not be made.
+        let mut source_token = None;
         if proof.is_none() {
-            if let Some((wait, ())) = source.and_then(|s| shared.sources.peek(&s, now)) {
-                return Err(ColdDenial(
-                    DenialReason::Throttled,
-                    wait.to_std().ok(),
-                    None,
-                ));
+            if let Some(s) = source {
+                if let Err(wait) = shared.sources.try_acquire(&s, &(), now) {
+                    return Err(ColdDenial(
+                        DenialReason::Throttled,
+                        wait.to_std().ok(),
+                        None,
+                    ));
+                }
+                source_token = Some(s);
             }
             if let Some((wait, (owner, _))) =
                 shared.throttle.peek(id, now).filter(|(_, (_, e))| e == env)
@@ -1011,15 +1018,15 @@ impl<S: KeyStore> Verifier<S> {
                 ));
             }
         }
-        // An unknown id costs its source a token, as a wrong secret does:
+        let refund_source = || {
+            if let Some(s) = source_token {
+                shared.sources.refund(&s, now);
+            }
+        };
+        // An unknown id keeps its source's token, as a wrong secret does:
         // a source sending random ids is throttled like one sending wrong
         // secrets, and its flood stops reaching the store.
-        let unknown = || {
-            if let Some(s) = source {
-                let _ = shared.sources.try_acquire(&s, &(), now);
-            }
-            ColdDenial(DenialReason::UnknownKey, None, None)
-        };
+        let unknown = || ColdDenial(DenialReason::UnknownKey, None, None);
         let key_id = KeyId::new(id).map_err(|_| unknown())?;
         if shared.unknown.contains(id, now) {
             return Err(unknown());
@@ -1028,6 +1035,7 @@ impl<S: KeyStore> Verifier<S> {
         // is refused before it costs a store read.
         if proof.is_none() {
             if let Err(PoolError::Overloaded { retry_after }) = shared.hashing.admits(source) {
+                refund_source();
                 return Err(ColdDenial(
                     DenialReason::Overloaded,
                     Some(retry_after),
@@ -1044,7 +1052,10 @@ impl<S: KeyStore> Verifier<S> {
                     .insert(&key_id, shared.clock.now(), &shared.cache, epoch);
                 return Err(unknown());
             }
-            Err(_) => return Err(ColdDenial(DenialReason::StoreUnavailable, None, None)),
+            Err(_) => {
+                refund_source();
+                return Err(ColdDenial(DenialReason::StoreUnavailable, None, None));
+            }
         };
         if record.id != key_id || record.environment != *env {
             return Err(unknown());
@@ -1061,22 +1072,29 @@ impl<S: KeyStore> Verifier<S> {
                 // A proof against an older hash (regenerated, rehashed)
                 // skips the throttles, as the secret was right before, but
                 // not argon2.
-                if proof.is_none() {
+                let fingerprint = || shared.fingerprinter.fingerprint(secret.as_bytes());
+                if proof.is_some() {
+                    // Checked once: concurrent checks with this (perhaps
+                    // old, leaked) secret now take the throttled path.
+                    shared.cache.forget_proof(id, &fingerprint());
+                } else {
                     let tag = (record.owner.clone(), record.environment.clone());
-                    let throttled = |wait: TimeDelta| {
-                        ColdDenial(DenialReason::Throttled, wait.to_std().ok(), owner())
-                    };
-                    shared
-                        .throttle
-                        .try_acquire(&key_id, &tag, now)
-                        .map_err(throttled)?;
-                    if let Some(s) = source {
-                        if let Err(wait) = shared.sources.try_acquire(&s, &(), now) {
-                            shared.throttle.refund(&key_id, now);
-                            return Err(throttled(wait));
-                        }
+                    if let Err(wait) = shared.throttle.try_acquire(&key_id, &tag, now) {
+                        return Err(ColdDenial(
+                            DenialReason::Throttled,
+                            wait.to_std().ok(),
+                            owner(),
+                        ));
                     }
                 }
+                // Tokens go back when the secret proves right or could not
+                // be checked; only the tokens this check took.
+                let refund = || {
+                    if proof.is_none() {
+                        shared.throttle.refund(&key_id, now);
+                    }
+                    refund_source();
+                };
                 let phc = stored.to_owned();
                 let owned_secret = Zeroizing::new(secret.as_bytes().to_vec());
                 let verified = shared
@@ -1088,11 +1106,7 @@ impl<S: KeyStore> Verifier<S> {
                 let (ok, rehash) = match verified {
                     Ok(answer) => answer,
                     Err(e) => {
-                        // Not checked: the tokens go back.
-                        shared.throttle.refund(&key_id, now);
-                        if let Some(s) = source {
-                            shared.sources.refund(&s, now);
-                        }
+                        refund();
                         return Err(match e {
                             PoolError::Overloaded { retry_after } => {
                                 ColdDenial(DenialReason::Overloaded, Some(retry_after), owner())
@@ -1104,18 +1118,9 @@ impl<S: KeyStore> Verifier<S> {
                     }
                 };
                 if !ok {
-                    if proof.is_some() {
-                        // The proof no longer holds: the next try with this
-                        // secret is throttled like any wrong secret.
-                        let fingerprint = shared.fingerprinter.fingerprint(secret.as_bytes());
-                        shared.cache.forget_proof(id, &fingerprint);
-                    }
                     return Err(ColdDenial(DenialReason::WrongSecret, None, owner()));
                 }
-                shared.throttle.refund(&key_id, now);
-                if let Some(s) = source {
-                    shared.sources.refund(&s, now);
-                }
+                refund();
                 rehash
             }
         };

@@ -548,3 +548,77 @@ async fn invalidate_keeps_the_proof_and_forget_drops_it() {
     assert!(f.manager.verify(t, &f.req()).await.is_ok());
     assert_eq!(f.hash_verifies(), 2, "forget drops the proof");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrent_burst_from_one_source_reads_the_store_at_most_its_burst() {
+    let store = Arc::new(FaultyStore::new(MemoryStore::new()));
+    let f = fixture_with(Arc::clone(&store), policy(), VerifierConfig::default());
+    let burst = VerifierConfig::default().source_failure_burst as u64;
+    // Every read waits, so the whole burst is in flight at once.
+    store.delay(Op::Get, Duration::from_millis(50));
+    let verifier = f.manager.verifier();
+    let mut checks = Vec::new();
+    for _ in 0..200 {
+        let v = verifier.clone();
+        let live = f.live.clone();
+        let push = f.push();
+        checks.push(tokio::spawn(async move {
+            let random = format().generate(&live, &KeyId::generate());
+            let req = VerifyRequest::new(&live, push).client_ip(ip(5));
+            v.verify(random.expose_secret(), &req)
+                .await
+                .unwrap_err()
+                .reason
+        }));
+    }
+    let mut unknown = 0;
+    for c in checks {
+        match c.await.unwrap() {
+            DenialReason::UnknownKey => unknown += 1,
+            other => assert_eq!(other, DenialReason::Throttled),
+        }
+    }
+    assert_eq!(unknown, burst);
+    assert_eq!(
+        store.calls(Op::Get),
+        burst,
+        "the token is taken before the read"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_secret_after_a_regenerate_gets_one_argon2_run_then_the_throttle() {
+    let f = fixture();
+    let other = second_server(&f);
+    let created = f.push_key().await;
+    let old = created.token.expose_secret().to_owned();
+    assert!(f.manager.verify(&old, &f.req()).await.is_ok());
+    other.regenerate(&sys(), &created.key.id).await.unwrap();
+    f.clock.advance(TimeDelta::seconds(31));
+    let before = f.hash_verifies();
+    let verifier = f.manager.verifier();
+    let mut checks = Vec::new();
+    for i in 0..50 {
+        let v = verifier.clone();
+        let old = old.clone();
+        let live = f.live.clone();
+        let push = f.push();
+        checks.push(tokio::spawn(async move {
+            let req = VerifyRequest::new(&live, push).client_ip(ip(100 + i));
+            v.verify(&old, &req).await.unwrap_err().reason
+        }));
+    }
+    for c in checks {
+        let reason = c.await.unwrap();
+        assert!(matches!(
+            reason,
+            DenialReason::WrongSecret | DenialReason::Throttled
+        ));
+    }
+    let runs = f.hash_verifies() - before;
+    let bound = 1 + VerifierConfig::default().failure_burst as usize;
+    assert!(
+        runs <= bound,
+        "{runs} argon2 runs for a dead secret, bound {bound}"
+    );
+}
