@@ -22,8 +22,10 @@
 //! | `expiry` | sorted set, all scores 0 | `<expires_at>:<id>` of each key with an expiry, not revoked, not reminded |
 //!
 //! Times are stored as 20-digit decimal strings of microseconds shifted by
-//! 2^63, so that byte order is time order: Lua compares them as strings,
-//! exactly, whatever the year, and `expiry` is ordered by expiry, then id.
+//! 2^63, so that byte order is time order: Lua compares them as strings
+//! (equal-length digit strings, so the collation cannot matter), exactly,
+//! whatever the year, where a Lua number or a sorted-set score (a double)
+//! would lose microseconds past 2255, and `expiry` is ordered by expiry, then id.
 //! `None` is the empty string. `permissions`, `resources` and `ip_allowlist`
 //! are the JSON of their serde forms; `generation` is decimal text compared
 //! as text.
@@ -384,8 +386,9 @@ return 0
 );
 
 /// KEYS: expiry. ARGV: prefix, now, until, limit.
-/// Takes due keys in expiry order, marks them and returns
-/// `{ {id, field, value, ...}, ... }`.
+/// Takes due keys in expiry order, marks them (and drops them from
+/// `expiry`) and returns `{ {id, field, value, ...}, ... }`. Its work is
+/// bounded by `limit`, not by the size of the index.
 static TAKE_REMINDERS: Lua = Lua::new(
     r#"
 local taken = {}
@@ -394,19 +397,24 @@ if limit <= 0 then
   return taken
 end
 -- (now, until]: members sort as '<time>:<id>', and ';' sorts right after ':'.
-local due = redis.call('ZRANGEBYLEX', KEYS[1], '(' .. ARGV[2] .. ';', '[' .. ARGV[3] .. ';')
-for _, member in ipairs(due) do
-  local id = string.sub(member, 22)
-  local key = ARGV[1] .. 'key:' .. id
-  local f = redis.call('HMGET', key, 'revoked_at', 'reminded_at', 'expires_at')
-  redis.call('ZREM', KEYS[1], member)
-  if f[1] == '' and f[2] == '' and f[3] == string.sub(member, 1, 20) then
-    redis.call('HSET', key, 'reminded_at', ARGV[2])
-    local row = redis.call('HGETALL', key)
-    table.insert(row, 1, id)
-    table.insert(taken, row)
-    if #taken >= limit then
-      break
+-- Every member read is removed, so each round makes progress; the index
+-- holds only due keys, so a round of n members takes n keys.
+while #taken < limit do
+  local due = redis.call('ZRANGEBYLEX', KEYS[1], '(' .. ARGV[2] .. ';', '[' .. ARGV[3] .. ';',
+    'LIMIT', 0, limit - #taken)
+  if #due == 0 then
+    break
+  end
+  for _, member in ipairs(due) do
+    local id = string.sub(member, 22)
+    local key = ARGV[1] .. 'key:' .. id
+    local f = redis.call('HMGET', key, 'revoked_at', 'reminded_at', 'expires_at')
+    redis.call('ZREM', KEYS[1], member)
+    if f[1] == '' and f[2] == '' and f[3] == string.sub(member, 1, 20) then
+      redis.call('HSET', key, 'reminded_at', ARGV[2])
+      local row = redis.call('HGETALL', key)
+      table.insert(row, 1, id)
+      table.insert(taken, row)
     end
   end
 end
