@@ -134,6 +134,14 @@ impl ListQuery {
 /// Where keys live. Implement it for your database and prove it with the
 /// conformance suite (feature `testing`).
 ///
+/// `examples/redis_store.rs` in keyward's repository is a whole
+/// implementation written from the outside, with only the public API: a
+/// store over Redis whose atomic steps (the quota count and the insert, the
+/// compare-and-swap update, taking expiry reminders) are Lua scripts, and a
+/// `main` that runs `keyward::store::conformance::run_all` against it
+/// (`cargo run --all-features --example redis_store`). Start there to put
+/// keyward on your own database.
+///
 /// Methods return `impl Future + Send`, so implementations write `async fn`.
 /// Every method either does all it says or nothing; an error leaves the
 /// stored data as it was. Stores never see a secret, only its hash.
