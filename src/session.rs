@@ -39,13 +39,13 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use thiserror::Error;
 
-use crate::cache::{Cached, KeyCache};
 use crate::error::{InvalidValue, KeywardError, StoreError, TokenError};
 use crate::key::{KeyView, OwnerId};
 use crate::manager::KeyManager;
 use crate::policy::{Actor, IpAllowlist, ManagementAction, PermissionGrant, ResourceScope};
 use crate::store::KeyStore;
 use crate::token::{Environment, KeyId, MAX_PREFIX_LEN, Token, TokenFormat, check_chars};
+use crate::verify::{Cached, KeyCache};
 use crate::verify::{CompiledKey, Denial, DenialReason, VerifiedKey, VerifyRequest};
 
 /// Default lifetime of a session token: 15 minutes.
