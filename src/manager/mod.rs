@@ -23,6 +23,7 @@ mod import;
 mod inputs;
 mod lifecycle;
 mod operations;
+mod sessions;
 
 pub use builder::KeyManagerBuilder;
 pub use inputs::{CreatedKey, ImportKey, KeyEdit, NewKey, RotatedKey};
