@@ -78,7 +78,7 @@ impl<S: KeyStore> KeyManagerBuilder<S> {
     }
     /// Records the audit trail in `sink` (default: none). Every management
     /// action, refusal, session issued, aggregated authentication failure
-    /// and recorded use becomes an [`AuditEvent`].
+    /// and recorded use becomes an [`AuditEvent`](crate::AuditEvent).
     pub fn audit(mut self, sink: impl AuditSink) -> Self {
         self.audit = Some(Arc::new(sink));
         self

@@ -109,7 +109,7 @@ pub struct CreatedKey {
     pub key: KeyView,
 }
 
-/// The result of [`KeyManager::rotate`]: the successor (its token shown
+/// The result of [`KeyManager::rotate`](crate::KeyManager::rotate): the successor (its token shown
 /// once) and the old key, now expiring at the end of the grace period.
 #[derive(Debug)]
 pub struct RotatedKey {

@@ -432,10 +432,11 @@ impl<S: KeyStore> KeyManager<S> {
     /// revoked) or [`KeyManager::end_sessions`] again. Other processes drop
     /// their cached sessions of the key on the change feed (PostgreSQL) or
     /// within the verifier's cache TTL. Sessions are ended in the store by
-    /// managers built with [`KeyManagerBuilder::sessions`]; any manager
-    /// with sessions also refuses a session whose key is revoked when it
-    /// reads the session from the store, so a revoke by a manager without
-    /// sessions (or whose ending failed) stops them too.
+    /// managers built with
+    /// [`KeyManagerBuilder::sessions`](crate::KeyManagerBuilder::sessions);
+    /// any manager with sessions also refuses a session whose key is revoked
+    /// when it reads the session from the store, so a revoke by a manager
+    /// without sessions (or whose ending failed) stops them too.
     pub async fn revoke(&self, actor: &Actor, id: &KeyId) -> Result<KeyView, KeywardError> {
         crate::trace::manage_span(
             actor.id(),

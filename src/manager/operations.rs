@@ -154,7 +154,7 @@ impl<S: KeyStore> KeyManager<S> {
         self.shared.audit.dropped()
     }
 
-    /// Checks a token for a request; see [`Verifier`].
+    /// Checks a token for a request; see [`Verifier`](crate::Verifier).
     pub async fn verify(
         &self,
         token: &str,
@@ -164,7 +164,8 @@ impl<S: KeyStore> KeyManager<S> {
     }
 
     /// Checks a key id and secret given separately (HTTP Basic
-    /// `key_id:secret`, imported keys); see [`Verifier::verify_pair`].
+    /// `key_id:secret`, imported keys); see
+    /// [`Verifier::verify_pair`](crate::Verifier::verify_pair).
     pub async fn verify_pair(
         &self,
         key_id: &str,
