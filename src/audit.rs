@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
 use crate::key::OwnerId;
-use crate::throttle::Source;
+use crate::source::Source;
 use crate::token::KeyId;
 
 /// A boxed future, as [`AuditSink`] returns (so sinks can be trait objects).

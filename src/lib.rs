@@ -62,20 +62,17 @@
 pub mod audit;
 #[cfg(feature = "axum")]
 pub mod axum;
-mod cache;
 mod clock;
 mod error;
 mod hash;
-mod hash_pool;
 mod key;
 mod manager;
 pub mod policy;
 mod session;
+mod source;
 pub mod store;
-mod throttle;
 mod token;
 mod trace;
-mod usage;
 mod verify;
 
 /// The README's examples, compiled and run as doc tests.

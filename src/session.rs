@@ -19,17 +19,17 @@
 //!   environment, permissions, resources, IP allowlist) and expires at
 //!   `min(now + ttl, key expiry)`.
 //! * Revoking the key ends its sessions at once; regenerating or deleting
-//!   it leaves them valid until they expire ([`KeyManager::end_sessions`]
-//!   ends them for a deleted key).
+//!   it leaves them valid until they expire
+//!   ([`KeyManager::end_sessions`](crate::KeyManager::end_sessions) ends them
+//!   for a deleted key).
 //! * A session token can never be exchanged for another session.
 //! * A key holds at most [`SessionConfig::max_sessions_per_key`] live
 //!   sessions (an exchange at the cap is refused), and
-//!   [`KeyManager::purge_expired_sessions`], run on a timer, deletes the
-//!   rows of expired ones.
+//!   [`KeyManager::purge_expired_sessions`](crate::KeyManager::purge_expired_sessions),
+//!   run on a timer, deletes the rows of expired ones.
 
 use std::fmt;
 use std::future::Future;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,14 +39,12 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use thiserror::Error;
 
-use crate::cache::{Cached, KeyCache};
-use crate::error::{InvalidValue, KeywardError, StoreError, TokenError};
-use crate::key::{KeyView, OwnerId};
-use crate::manager::KeyManager;
-use crate::policy::{Actor, IpAllowlist, ManagementAction, PermissionGrant, ResourceScope};
-use crate::store::KeyStore;
+use crate::error::{InvalidValue, StoreError, TokenError};
+use crate::key::OwnerId;
+use crate::policy::{IpAllowlist, PermissionGrant, ResourceScope};
 use crate::token::{Environment, KeyId, MAX_PREFIX_LEN, Token, TokenFormat, check_chars};
-use crate::verify::{CompiledKey, Denial, DenialReason, VerifiedKey, VerifyRequest};
+use crate::verify::KeyCache;
+use crate::verify::{CompiledKey, Denial, VerifiedKey};
 
 /// Default lifetime of a session token: 15 minutes.
 pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(15 * 60);
@@ -165,7 +163,7 @@ pub enum SessionError {
 ///
 /// `Debug` prints `[REDACTED]`; there is no `Serialize`.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct SessionHash([u8; 32]);
+pub struct SessionHash(pub(crate) [u8; 32]);
 
 impl SessionHash {
     /// The hash of a session secret.
@@ -180,7 +178,7 @@ impl SessionHash {
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
-    fn matches(&self, other: &SessionHash) -> bool {
+    pub(crate) fn matches(&self, other: &SessionHash) -> bool {
         self.0.ct_eq(&other.0).into()
     }
 }
@@ -265,8 +263,8 @@ pub struct IssuedSession {
 /// key's id, [`VerifiedSession::session_id`] the session's.
 #[derive(Debug, Clone)]
 pub struct VerifiedSession {
-    key: VerifiedKey,
-    session_id: KeyId,
+    pub(crate) key: VerifiedKey,
+    pub(crate) session_id: KeyId,
 }
 
 impl VerifiedSession {
@@ -301,7 +299,7 @@ pub struct SessionCap {
     pub now: DateTime<Utc>,
 }
 
-/// Where sessions live. Same style as [`KeyStore`]: implementations write
+/// Where sessions live. Same style as [`KeyStore`](crate::KeyStore): implementations write
 /// `async fn`s, and every method does all it says or nothing.
 pub trait SessionStore: Send + Sync + 'static {
     /// Adds a session.
@@ -394,7 +392,7 @@ pub(crate) struct Sessions {
 impl Sessions {
     /// The lifetime of a new session: `requested` or the default, checked
     /// against zero and the maximum.
-    fn ttl(&self, requested: Option<Duration>) -> Result<Duration, SessionError> {
+    pub(crate) fn ttl(&self, requested: Option<Duration>) -> Result<Duration, SessionError> {
         let ttl = requested.unwrap_or(self.config.default_ttl);
         if ttl.is_zero() {
             return Err(SessionError::ZeroTtl);
@@ -451,526 +449,5 @@ impl Sessions {
                 TimeDelta::from_std(cache_ttl).unwrap_or(TimeDelta::MAX),
             )),
         }
-    }
-}
-
-const ID_ATTEMPTS: usize = 3;
-
-/// How many times an exchange proves the key: once, and once more when the
-/// key changed between the proof and the session's insert.
-const PROOF_ATTEMPTS: usize = 2;
-
-/// The refusal of an exchange whose key changed under it at every attempt:
-/// retryable, like a store that did not answer.
-fn changed_during_exchange() -> SessionError {
-    SessionError::Denied(Denial::new(DenialReason::StoreUnavailable, None))
-}
-
-/// The tracing event of a session check (ids and owner, never the token).
-fn session_traced(result: &Result<VerifiedSession, Denial>) {
-    match result {
-        Ok(s) => crate::trace::verified(s.key.id(), s.key.owner().as_str()),
-        Err(d) => crate::trace::denied(d.key_id.as_ref().map(KeyId::as_str), None, &d.reason),
-    }
-}
-
-impl<S: KeyStore + SessionStore> KeyManager<S> {
-    fn session_state(&self) -> Result<&Sessions, SessionError> {
-        self.sessions.as_deref().ok_or(SessionError::NotConfigured)
-    }
-
-    /// The session token format (`None` without [`SessionConfig`]).
-    pub fn session_format(&self) -> Option<&TokenFormat> {
-        self.sessions.as_deref().map(|s| &s.format)
-    }
-
-    /// Whether `token` starts with the session prefix (`<prefix>_`): which
-    /// of [`KeyManager::verify`] and [`KeyManager::verify_session`] to call.
-    pub fn is_session_token(&self, token: &str) -> bool {
-        self.sessions
-            .as_deref()
-            .is_some_and(|s| s.format.has_prefix(token))
-    }
-
-    /// Exchanges a key for a session token of `ttl` (default: the
-    /// configured default), checked like any key use in `environment` from
-    /// `client_ip`: valid secret, not revoked, not expired, IP allowed.
-    ///
-    /// A session token is refused ([`SessionError::SessionTokenGiven`]); a
-    /// `ttl` above the maximum is [`SessionError::TtlTooLong`]. The session
-    /// expires at the earlier of `now + ttl` and the key's expiry.
-    ///
-    /// ```
-    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
-    /// use keyward::*;
-    /// let registry = PermissionRegistry::builder().permission("package:push").build().unwrap();
-    /// let push = registry.get("package:push").unwrap();
-    /// let manager = KeyManager::builder(
-    ///     MemoryStore::new(),
-    ///     TokenFormat::new("mkh", &["live"]).unwrap(),
-    ///     Policy::new(registry),
-    /// )
-    /// .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
-    /// .sessions(SessionConfig::new("mkhs"))
-    /// .unwrap()
-    /// .build();
-    /// let admin = Actor::administrator("alice", OwnerId::new("contoso").unwrap());
-    /// let key = manager
-    ///     .create(&admin, NewKey::new("contoso", "live", "CI").permissions(PermissionGrant::All))
-    ///     .await
-    ///     .unwrap();
-    /// let live = Environment::new("live").unwrap();
-    /// let session = manager.exchange(key.token.expose_secret(), &live, None, None).await.unwrap();
-    /// assert!(session.token.expose_secret().starts_with("mkhs_live_"));
-    ///
-    /// let req = VerifyRequest::new(&live, push).resource("contoso", "Contoso.Tools");
-    /// let checked = manager.verify_session(session.token.expose_secret(), &req).await.unwrap();
-    /// assert_eq!(checked.id(), &key.key.id);
-    ///
-    /// // A session never mints another session.
-    /// let again = manager.exchange(session.token.expose_secret(), &live, None, None).await;
-    /// assert_eq!(again.unwrap_err(), SessionError::SessionTokenGiven);
-    /// # });
-    /// ```
-    pub async fn exchange(
-        &self,
-        token: &str,
-        environment: &Environment,
-        ttl: Option<Duration>,
-        client_ip: Option<IpAddr>,
-    ) -> Result<IssuedSession, SessionError> {
-        let sessions = self.session_state()?;
-        if sessions.format.has_prefix(token) {
-            return Err(SessionError::SessionTokenGiven);
-        }
-        let ttl = sessions.ttl(ttl)?;
-        for _ in 0..PROOF_ATTEMPTS {
-            let key = self
-                .verifier()
-                .authenticate(token, environment, client_ip)
-                .await
-                .map_err(SessionError::Denied)?;
-            if let Some(issued) = self.issue(sessions, &key, ttl, client_ip).await? {
-                return Ok(issued);
-            }
-        }
-        Err(changed_during_exchange())
-    }
-
-    /// Exchanges a key given as its id and secret separately (HTTP Basic
-    /// `key_id:secret`; an imported key's secret, which is not in keyward's
-    /// token format) for a session token, like [`KeyManager::exchange`].
-    /// The pair is checked as [`Verifier::authenticate_pair`](crate::Verifier::authenticate_pair)
-    /// checks it; a session's id and secret are never a key's, so they are
-    /// refused as an unknown key.
-    pub async fn exchange_pair(
-        &self,
-        key_id: &str,
-        secret: &str,
-        environment: &Environment,
-        ttl: Option<Duration>,
-        client_ip: Option<IpAddr>,
-    ) -> Result<IssuedSession, SessionError> {
-        let sessions = self.session_state()?;
-        let ttl = sessions.ttl(ttl)?;
-        for _ in 0..PROOF_ATTEMPTS {
-            let key = self
-                .verifier()
-                .authenticate_pair(key_id, secret, environment, client_ip)
-                .await
-                .map_err(SessionError::Denied)?;
-            if let Some(issued) = self.issue(sessions, &key, ttl, client_ip).await? {
-                return Ok(issued);
-            }
-        }
-        Err(changed_during_exchange())
-    }
-
-    /// Whether the key as stored now is still the key proven: not revoked,
-    /// not suspended, not deleted (each a refusal), and of the generation
-    /// the proof saw (`false` when it changed since: the proof may have come
-    /// from a cache a moment behind a change made elsewhere, a regenerated
-    /// secret among them, so it is dropped and the key proven again).
-    async fn still_current(&self, key: &VerifiedKey) -> Result<bool, SessionError> {
-        let refuse = |reason| {
-            Err(SessionError::Denied(Denial::new(
-                reason,
-                Some(key.id().as_str()),
-            )))
-        };
-        match self.shared.store.get(key.id()).await {
-            Ok(Some(r)) if r.revoked_at.is_some() => refuse(DenialReason::Revoked),
-            Ok(Some(r)) if r.suspended_at.is_some() => refuse(DenialReason::Suspended),
-            Ok(Some(r)) => {
-                let current = r.generation == key.generation();
-                if !current {
-                    self.shared.invalidate(key.id());
-                }
-                Ok(current)
-            }
-            Ok(None) => refuse(DenialReason::UnknownKey),
-            Err(e) => Err(SessionError::Store(e)),
-        }
-    }
-
-    /// Stores a new session for a key just proven, and returns its token;
-    /// `None` when the key changed since the proof (see `still_current`),
-    /// so the caller proves it again.
-    async fn issue(
-        &self,
-        sessions: &Sessions,
-        key: &VerifiedKey,
-        ttl: Duration,
-        client_ip: Option<IpAddr>,
-    ) -> Result<Option<IssuedSession>, SessionError> {
-        // Before anything is stored: a stale proof costs no session row.
-        if !self.still_current(key).await? {
-            return Ok(None);
-        }
-        let now = self.shared.clock.now();
-        // Checked: the TTL comes from the client (within the configured
-        // maximum, which may be huge); saturate instead of panicking.
-        let mut expires_at = TimeDelta::from_std(ttl)
-            .ok()
-            .and_then(|d| now.checked_add_signed(d))
-            .unwrap_or(DateTime::<Utc>::MAX_UTC);
-        if let Some(key_expiry) = key.expires_at() {
-            expires_at = expires_at.min(key_expiry);
-        }
-        let names = self.shared.policy.permissions().names(key.permissions());
-        let mut record = SessionRecord {
-            id: KeyId::generate(),
-            key_id: key.id().clone(),
-            owner: key.owner().clone(),
-            environment: key.environment().clone(),
-            key_name: key.name().to_owned(),
-            permissions: PermissionGrant::only(names),
-            resources: key.resources().clone(),
-            ip_allowlist: key.ip_allowlist().clone(),
-            created_at: now,
-            expires_at,
-            revoked: false,
-            secret_hash: SessionHash::from_bytes([0; 32]),
-        };
-        for _ in 0..ID_ATTEMPTS {
-            let token = sessions.format.generate(&record.environment, &record.id);
-            record.secret_hash = SessionHash::of(
-                sessions
-                    .format
-                    .parse(token.expose_secret())?
-                    .expose_secret(),
-            );
-            let cap = SessionCap {
-                max_live: sessions.config.max_sessions_per_key,
-                now,
-            };
-            let mut inserted = self.shared.store.insert_session(&record, Some(cap)).await;
-            if let Err(StoreError::Backend(_)) = inserted {
-                // A lost reply: the session is there with this hash, or not.
-                if let Ok(Some(stored)) = self.shared.store.get_session(&record.id).await {
-                    if stored.secret_hash.matches(&record.secret_hash) {
-                        inserted = Ok(());
-                    }
-                }
-            }
-            match inserted {
-                Ok(()) => {
-                    // Read the key again now that the session exists: a
-                    // revoke (or suspend, or regenerate) made elsewhere
-                    // between the check above and this insert ended the
-                    // key's sessions without seeing this one. Refused or
-                    // changed now: the stored session's token is never
-                    // returned, so nobody can ever use it (its row stays
-                    // until it expires).
-                    if !self.still_current(key).await? {
-                        return Ok(None);
-                    }
-                    self.audit_session(key, &record.id, client_ip).await;
-                    return Ok(Some(IssuedSession {
-                        token,
-                        session: record.view(),
-                    }));
-                }
-                Err(StoreError::DuplicateId(_)) => record.id = KeyId::generate(),
-                Err(StoreError::TooManySessions { key_id, limit }) => {
-                    return Err(SessionError::TooManySessions { key_id, limit });
-                }
-                Err(e) => return Err(SessionError::Store(e)),
-            }
-        }
-        Err(SessionError::Store(StoreError::DuplicateId(record.id)))
-    }
-
-    /// Checks a session token for `req`, like [`KeyManager::verify`] checks a
-    /// key: environment, expiry, IP allowlist, permission, resource — against
-    /// the snapshot taken at exchange time. Session-only permissions are
-    /// refused, since the snapshot holds only what the key was granted. A
-    /// session of a revoked key is refused ([`DenialReason::Revoked`]),
-    /// also when its sessions were not ended in the store.
-    ///
-    /// Denials before the session is found carry no key id; later ones
-    /// carry the key's id.
-    pub async fn verify_session(
-        &self,
-        token: &str,
-        req: &VerifyRequest<'_>,
-    ) -> Result<VerifiedSession, Denial> {
-        crate::trace::verify_span("session", self.verify_session_impl(token, req)).await
-    }
-
-    async fn verify_session_impl(
-        &self,
-        token: &str,
-        req: &VerifyRequest<'_>,
-    ) -> Result<VerifiedSession, Denial> {
-        let rule = self.shared.policy.resource_rule();
-        let result = self
-            .check_session(token, req.environment, |key, now| key.check(req, rule, now))
-            .await;
-        session_traced(&result);
-        result
-    }
-
-    /// Checks that a session token is valid in `environment` from
-    /// `client_ip`, without asking for a permission (see
-    /// [`Verifier::authenticate`](crate::Verifier::authenticate)).
-    pub async fn authenticate_session(
-        &self,
-        token: &str,
-        environment: &Environment,
-        client_ip: Option<IpAddr>,
-    ) -> Result<VerifiedSession, Denial> {
-        crate::trace::verify_span(
-            "session",
-            self.authenticate_session_impl(token, environment, client_ip),
-        )
-        .await
-    }
-
-    async fn authenticate_session_impl(
-        &self,
-        token: &str,
-        environment: &Environment,
-        client_ip: Option<IpAddr>,
-    ) -> Result<VerifiedSession, Denial> {
-        let result = self
-            .check_session(token, environment, |key, now| {
-                key.check_access(client_ip, now)
-            })
-            .await;
-        session_traced(&result);
-        result
-    }
-
-    async fn check_session(
-        &self,
-        token: &str,
-        environment: &Environment,
-        check: impl FnOnce(&CompiledKey, DateTime<Utc>) -> Result<(), DenialReason>,
-    ) -> Result<VerifiedSession, Denial> {
-        let Some(sessions) = self.sessions.as_deref() else {
-            return Err(Denial::new(
-                DenialReason::Malformed(TokenError::BadPrefix),
-                None,
-            ));
-        };
-        let parsed = sessions
-            .format
-            .parse(token)
-            .map_err(|e| Denial::new(DenialReason::Malformed(e), None))?;
-        let anonymous = |reason| Denial::new(reason, None);
-        if parsed.environment() != environment.as_str() {
-            return Err(anonymous(DenialReason::WrongEnvironment));
-        }
-        let hash = SessionHash::of(parsed.expose_secret());
-        let now = self.shared.clock.now();
-        let id = parsed.key_id();
-        let key = match sessions.cache.lookup(id, environment, || hash.0, now) {
-            Some(Cached::Live(key)) => key,
-            Some(Cached::Dead(reason, _)) => return Err(anonymous(reason)),
-            None => {
-                let session_id = KeyId::new(id).map_err(|_| anonymous(DenialReason::UnknownKey))?;
-                let epoch = sessions.cache.epoch();
-                let record = match self.shared.store.get_session(&session_id).await {
-                    Ok(Some(r)) => r,
-                    Ok(None) => return Err(anonymous(DenialReason::UnknownKey)),
-                    Err(_) => return Err(anonymous(DenialReason::StoreUnavailable)),
-                };
-                if record.id != session_id || record.environment != *environment {
-                    return Err(anonymous(DenialReason::UnknownKey));
-                }
-                if !record.secret_hash.matches(&hash) {
-                    return Err(anonymous(DenialReason::WrongSecret));
-                }
-                // The key revoked ends its sessions even where they were not
-                // ended in the store (a revoke by a manager built without
-                // sessions, or whose ending failed). A deleted key's
-                // sessions live on, as deleting leaves them.
-                let key_revoked = match self.shared.store.get(&record.key_id).await {
-                    Ok(key) => key.is_some_and(|k| k.revoked_at.is_some()),
-                    Err(_) => return Err(anonymous(DenialReason::StoreUnavailable)),
-                };
-                if record.revoked || key_revoked {
-                    sessions.cache.insert(
-                        &session_id,
-                        &record.environment,
-                        hash.0,
-                        Cached::Dead(DenialReason::Revoked, None),
-                        now,
-                        epoch,
-                    );
-                    return Err(Denial::new(
-                        DenialReason::Revoked,
-                        Some(record.key_id.as_str()),
-                    ));
-                }
-                let policy = &self.shared.policy;
-                let key = CompiledKey::from_parts(
-                    record.key_id.clone(),
-                    record.owner,
-                    record.environment,
-                    record.key_name,
-                    policy.permissions().resolve_stored(&record.permissions),
-                    record.resources,
-                    policy,
-                    record.ip_allowlist,
-                    Some(record.expires_at),
-                )
-                .map_err(|_| {
-                    Denial::new(DenialReason::CorruptRecord, Some(record.key_id.as_str()))
-                })?;
-                let key = Arc::new(key);
-                sessions.cache.insert(
-                    &session_id,
-                    key.environment(),
-                    hash.0,
-                    Cached::Live(Arc::clone(&key)),
-                    now,
-                    epoch,
-                );
-                key
-            }
-        };
-        match check(&key, now) {
-            Ok(()) => Ok(VerifiedSession {
-                session_id: KeyId::new(id).map_err(|_| anonymous(DenialReason::UnknownKey))?,
-                key: VerifiedKey::from_compiled(key, now),
-            }),
-            Err(reason) => Err(Denial::new(reason, Some(key.id().as_str()))),
-        }
-    }
-
-    /// Ends every session of the key `id` at once (in the store, and in this
-    /// process's session cache); returns how many were ended. Other
-    /// processes see it when they drop their cached sessions of the key:
-    /// at their next [`Verifier::invalidate`](crate::Verifier::invalidate)
-    /// of it (the PostgreSQL store announces the key on its change feed in
-    /// the same transaction, so servers listening to it drop them at once),
-    /// else when the entry expires (the verifier's `cache_ttl`).
-    ///
-    /// Needs an actor allowed to revoke the key: for a key already deleted,
-    /// of the owner stored with its sessions (its administrator, by
-    /// default). A key that is neither stored nor has sessions is
-    /// [`KeywardError::NotFound`].
-    pub async fn end_sessions(&self, actor: &Actor, id: &KeyId) -> Result<u64, KeywardError> {
-        crate::trace::manage_span(
-            actor.id(),
-            ManagementAction::Revoke,
-            Some(id),
-            self.end_sessions_impl(actor, id),
-        )
-        .await
-    }
-
-    async fn end_sessions_impl(&self, actor: &Actor, id: &KeyId) -> Result<u64, KeywardError> {
-        // Authorized by the key's owner; for a key already deleted, by the
-        // owner stored with its sessions (so its administrator can end them).
-        let owner = match self.shared.store.get(id).await {
-            Ok(Some(record)) => record.owner,
-            Ok(None) => self
-                .shared
-                .store
-                .session_owner(id)
-                .await
-                .map_err(KeywardError::from_store)?
-                .ok_or_else(|| KeywardError::NotFound(id.clone()))?,
-            Err(e) => return Err(KeywardError::from_store(e)),
-        };
-        self.allow(actor, ManagementAction::Revoke, &owner, Some(id))
-            .await?;
-        self.end_key_sessions(id)
-            .await
-            .map_err(KeywardError::from_store)
-    }
-
-    /// Revokes a key that was compromised: [`KeyManager::revoke`] (which
-    /// ends the key's sessions too), except that a key already revoked is
-    /// not an error: its sessions are ended (again) and its view returned.
-    /// The retry after [`KeywardError::SessionsNotEnded`].
-    pub async fn revoke_compromised(
-        &self,
-        actor: &Actor,
-        id: &KeyId,
-    ) -> Result<KeyView, KeywardError> {
-        crate::trace::manage_span(
-            actor.id(),
-            ManagementAction::Revoke,
-            Some(id),
-            self.revoke_compromised_impl(actor, id),
-        )
-        .await
-    }
-
-    async fn revoke_compromised_impl(
-        &self,
-        actor: &Actor,
-        id: &KeyId,
-    ) -> Result<KeyView, KeywardError> {
-        match self.revoke(actor, id).await {
-            Err(KeywardError::Revoked(_)) => {
-                let view = self.get(actor, id).await?;
-                self.end_sessions(actor, id).await.map_err(|e| match e {
-                    KeywardError::Store(source) => KeywardError::SessionsNotEnded {
-                        id: id.clone(),
-                        source,
-                    },
-                    other => other,
-                })?;
-                Ok(view)
-            }
-            other => other,
-        }
-    }
-
-    /// Deletes sessions that have expired (revoked ones included); returns
-    /// how many. Expired sessions are refused either way, but their rows
-    /// stay until purged: run it on a timer, on one server or on all (it is
-    /// one idempotent statement). Every few minutes suits the default
-    /// 15-minute lifetime:
-    ///
-    /// ```
-    /// # use keyward::*;
-    /// # fn schedule(manager: KeyManager<MemoryStore>) {
-    /// // At startup, in a tokio runtime (with tokio's "time" feature):
-    /// tokio::spawn(async move {
-    ///     let mut every = tokio::time::interval(std::time::Duration::from_secs(300));
-    ///     loop {
-    ///         every.tick().await;
-    ///         if let Err(e) = manager.purge_expired_sessions().await {
-    ///             eprintln!("session purge failed, retried next time: {e}");
-    ///         }
-    ///     }
-    /// });
-    /// # }
-    /// ```
-    ///
-    /// `examples/publisher_api.rs` does this every 5 minutes.
-    pub async fn purge_expired_sessions(&self) -> Result<u64, KeywardError> {
-        let now = self.shared.clock.now();
-        self.shared
-            .store
-            .delete_expired_sessions(now)
-            .await
-            .map_err(KeywardError::from_store)
     }
 }

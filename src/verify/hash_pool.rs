@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 
 use crate::error::HashError;
 use crate::hash::{HashScratch, SecretHasher};
-use crate::throttle::Source;
+use crate::source::Source;
 
 /// Why a job was not run.
 #[derive(Debug, Clone, PartialEq, Eq)]

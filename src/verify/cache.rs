@@ -9,10 +9,11 @@ use chrono::{DateTime, TimeDelta, Utc};
 use foldhash::fast::RandomState;
 use subtle::ConstantTimeEq;
 
+use super::compiled::CompiledKey;
+use super::denial::DenialReason;
 use crate::hash::FINGERPRINT_LEN;
 use crate::key::OwnerId;
 use crate::token::{Environment, KeyId};
-use crate::verify::{CompiledKey, DenialReason};
 
 const SHARDS: usize = 64;
 

@@ -1,0 +1,259 @@
+//! The inputs and outputs of management calls: [`NewKey`], [`KeyEdit`],
+//! [`ImportKey`], [`CreatedKey`], [`RotatedKey`].
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+
+use crate::key::{KeyKind, KeyView};
+use crate::policy::{ExpiryChoice, PermissionGrant, ResourceScope};
+use crate::token::Token;
+
+/// What to create: owner, environment, name, and the key's policy.
+///
+/// ```
+/// use keyward::{ExpiryChoice, NewKey, PermissionGrant, ResourceScope};
+/// let new = NewKey::new("contoso", "live", "GitHub Actions Production")
+///     .permissions(PermissionGrant::only(["package:push"]))
+///     .resources(ResourceScope::only(["AzureRM.DataFactory*"]))
+///     .expiry(ExpiryChoice::Days(90))
+///     .ip_allowlist(["203.0.113.0/24"]);
+/// assert_eq!(new.name, "GitHub Actions Production");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewKey {
+    /// The owner (publisher, organization).
+    pub owner: String,
+    /// The environment tag (`live`, `test`, ...).
+    pub environment: String,
+    /// A name for people ("Jenkins Pipeline").
+    pub name: String,
+    /// What the key may do. Must be set: the default grants nothing and is refused.
+    pub permissions: PermissionGrant,
+    /// Which resources it covers (default: all of the owner's).
+    pub resources: ResourceScope,
+    /// Its lifetime (`None`: the policy's default).
+    pub expiry: Option<ExpiryChoice>,
+    /// CIDR ranges it may be used from (empty: anywhere).
+    pub ip_allowlist: Vec<String>,
+}
+
+impl NewKey {
+    /// A key for `owner` in `environment` named `name`.
+    pub fn new(
+        owner: impl Into<String>,
+        environment: impl Into<String>,
+        name: impl Into<String>,
+    ) -> Self {
+        Self {
+            owner: owner.into(),
+            environment: environment.into(),
+            name: name.into(),
+            permissions: PermissionGrant::Only(Default::default()),
+            resources: ResourceScope::All,
+            expiry: None,
+            ip_allowlist: Vec::new(),
+        }
+    }
+    /// Sets the permissions.
+    pub fn permissions(mut self, grant: PermissionGrant) -> Self {
+        self.permissions = grant;
+        self
+    }
+    /// Sets the resource scope.
+    pub fn resources(mut self, scope: ResourceScope) -> Self {
+        self.resources = scope;
+        self
+    }
+    /// Sets the lifetime.
+    pub fn expiry(mut self, choice: ExpiryChoice) -> Self {
+        self.expiry = Some(choice);
+        self
+    }
+    /// Sets the IP allowlist.
+    pub fn ip_allowlist<I, S>(mut self, ranges: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.ip_allowlist = ranges.into_iter().map(Into::into).collect();
+        self
+    }
+}
+
+/// Changes to a key. Fields left `None` stay as they are.
+///
+/// The name and resources may always change; permissions, expiry and IP
+/// allowlist may always narrow, and widen only where the policy's
+/// [`EditPolicy`](crate::EditPolicy) allows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyEdit {
+    /// New name.
+    pub name: Option<String>,
+    /// New permissions.
+    pub permissions: Option<PermissionGrant>,
+    /// New resource scope.
+    pub resources: Option<ResourceScope>,
+    /// New lifetime, counted from the time of the edit.
+    pub expiry: Option<ExpiryChoice>,
+    /// New IP allowlist.
+    pub ip_allowlist: Option<Vec<String>>,
+}
+
+/// A key just created or regenerated: the full token, shown once, and the view.
+#[derive(Debug)]
+pub struct CreatedKey {
+    /// The full key. It is not stored anywhere: show it to its owner once.
+    pub token: Token,
+    /// The key as listings show it.
+    pub key: KeyView,
+}
+
+/// The result of [`KeyManager::rotate`](crate::KeyManager::rotate): the successor (its token shown
+/// once) and the old key, now expiring at the end of the grace period.
+#[derive(Debug)]
+pub struct RotatedKey {
+    /// The new key, with the old one's settings.
+    pub successor: CreatedKey,
+    /// The old key, with its new (earlier or unchanged) expiry.
+    pub previous: KeyView,
+}
+
+/// A key to bring over from another system, by its id and the SHA-256 (hex)
+/// of its secret, as crates.io-style and Unkey-style stores keep them.
+///
+/// The holder keeps using the secret they have: they present it with the
+/// key id ([`Verifier::verify_pair`](crate::Verifier::verify_pair), or
+/// HTTP Basic `key_id:secret` through the axum layer). On the first
+/// successful check the SHA-256 hash is replaced by an argon2id hash.
+///
+/// ```
+/// use keyward::{ImportKey, PermissionGrant};
+/// let scoped = ImportKey::scoped("K7x2Lq9", "contoso", "live", "old CI key",
+///         "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08")
+///     .permissions(PermissionGrant::only(["package:push"]));
+/// let legacy = ImportKey::legacy("Zr81", "contoso", "live", "2015 key",
+///         "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08");
+/// // The hash is not a secret, but it is never printed.
+/// assert!(!format!("{legacy:?}").contains("9f86d0"));
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct ImportKey {
+    /// The key's id in the other system (ASCII letters and digits).
+    pub id: String,
+    /// The owner.
+    pub owner: String,
+    /// The environment tag.
+    pub environment: String,
+    /// A name for people.
+    pub name: String,
+    /// Scoped (permissions, resources and expiry below) or legacy full-access.
+    pub kind: KeyKind,
+    /// Scoped keys: what the key may do.
+    pub permissions: PermissionGrant,
+    /// Scoped keys: which resources it covers.
+    pub resources: ResourceScope,
+    /// Scoped keys: when it expires (`None`: never).
+    pub expires_at: Option<DateTime<Utc>>,
+    /// CIDR ranges it may be used from (empty: anywhere).
+    pub ip_allowlist: Vec<String>,
+    /// When it was created in the other system (default: now).
+    pub created_at: Option<DateTime<Utc>>,
+    /// SHA-256 of the secret, 64 hexadecimal characters.
+    pub sha256_hex: String,
+}
+
+impl fmt::Debug for ImportKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ImportKey")
+            .field("id", &self.id)
+            .field("owner", &self.owner)
+            .field("environment", &self.environment)
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("permissions", &self.permissions)
+            .field("resources", &self.resources)
+            .field("expires_at", &self.expires_at)
+            .field("ip_allowlist", &self.ip_allowlist)
+            .field("created_at", &self.created_at)
+            .field("sha256_hex", &"[REDACTED]")
+            .finish()
+    }
+}
+
+impl ImportKey {
+    fn base(
+        kind: KeyKind,
+        id: impl Into<String>,
+        owner: impl Into<String>,
+        environment: impl Into<String>,
+        name: impl Into<String>,
+        sha256_hex: impl Into<String>,
+    ) -> Self {
+        Self {
+            id: id.into(),
+            owner: owner.into(),
+            environment: environment.into(),
+            name: name.into(),
+            kind,
+            permissions: PermissionGrant::Only(Default::default()),
+            resources: ResourceScope::All,
+            expires_at: None,
+            ip_allowlist: Vec::new(),
+            created_at: None,
+            sha256_hex: sha256_hex.into(),
+        }
+    }
+    /// A scoped key; set its permissions (required), resources and expiry.
+    pub fn scoped(
+        id: impl Into<String>,
+        owner: impl Into<String>,
+        environment: impl Into<String>,
+        name: impl Into<String>,
+        sha256_hex: impl Into<String>,
+    ) -> Self {
+        Self::base(KeyKind::Scoped, id, owner, environment, name, sha256_hex)
+    }
+    /// A legacy full-access key: every grantable permission, every resource
+    /// of the owner, never expires.
+    pub fn legacy(
+        id: impl Into<String>,
+        owner: impl Into<String>,
+        environment: impl Into<String>,
+        name: impl Into<String>,
+        sha256_hex: impl Into<String>,
+    ) -> Self {
+        let mut key = Self::base(KeyKind::Legacy, id, owner, environment, name, sha256_hex);
+        key.permissions = PermissionGrant::All;
+        key
+    }
+    /// Sets the permissions (scoped keys).
+    pub fn permissions(mut self, grant: PermissionGrant) -> Self {
+        self.permissions = grant;
+        self
+    }
+    /// Sets the resources (scoped keys).
+    pub fn resources(mut self, scope: ResourceScope) -> Self {
+        self.resources = scope;
+        self
+    }
+    /// Sets the expiry (scoped keys).
+    pub fn expires_at(mut self, at: DateTime<Utc>) -> Self {
+        self.expires_at = Some(at);
+        self
+    }
+    /// Sets the IP allowlist.
+    pub fn ip_allowlist<I, T>(mut self, ranges: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.ip_allowlist = ranges.into_iter().map(Into::into).collect();
+        self
+    }
+    /// Sets the creation time from the other system.
+    pub fn created_at(mut self, at: DateTime<Utc>) -> Self {
+        self.created_at = Some(at);
+        self
+    }
+}

@@ -1,0 +1,240 @@
+//! The cold path: a cache miss reads the store, throttles, proves the
+//! secret with argon2 and caches the answer.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use super::cache::{Cached, HashDigest, Proof};
+use super::compiled::CompiledKey;
+use super::denial::DenialReason;
+use super::hash_pool::PoolError;
+use super::shared::Shared;
+use crate::key::{KeyRecord, OwnerId};
+use crate::source::Source;
+use crate::store::KeyStore;
+use crate::token::{Environment, KeyId};
+
+/// Why a cold check failed, when to retry, and the key's owner where the
+/// key was found.
+pub(super) struct ColdDenial(
+    pub(super) DenialReason,
+    pub(super) Option<Duration>,
+    pub(super) Option<OwnerId>,
+);
+
+impl<S: KeyStore> Shared<S> {
+    /// The cache missed: read the store, prove the secret with argon2
+    /// (unless `proof` shows it was proven against the hash the store still
+    /// holds), cache.
+    pub(super) async fn cold(
+        &self,
+        id: &str,
+        env: &Environment,
+        secret: &str,
+        now: DateTime<Utc>,
+        client_ip: Option<IpAddr>,
+        proof: Option<Proof>,
+    ) -> Result<Arc<CompiledKey>, ColdDenial> {
+        let shared = self;
+        let source = client_ip.map(Source::of);
+        // A throttled source or id is refused before the store is read: a
+        // flood of wrong secrets then costs neither argon2 nor store round
+        // trips. A secret proven earlier skips both (no lockout). The
+        // source's token is taken here, before the read, so a burst of
+        // concurrent checks cannot all slip past a peek; it is given back
+        // when the secret proves right or the check could not be made.
+        let mut source_token = None;
+        if proof.is_none() {
+            if let Some(s) = source {
+                if let Err(wait) = shared.sources.try_acquire(&s, &(), now) {
+                    return Err(ColdDenial(
+                        DenialReason::Throttled,
+                        wait.to_std().ok(),
+                        None,
+                    ));
+                }
+                source_token = Some(s);
+            }
+            if let Some((wait, (owner, _))) =
+                shared.throttle.peek(id, now).filter(|(_, (_, e))| e == env)
+            {
+                return Err(ColdDenial(
+                    DenialReason::Throttled,
+                    wait.to_std().ok(),
+                    Some(owner),
+                ));
+            }
+        }
+        let refund_source = || {
+            if let Some(s) = source_token {
+                shared.sources.refund(&s, now);
+            }
+        };
+        // An unknown id keeps its source's token, as a wrong secret does:
+        // a source sending random ids is throttled like one sending wrong
+        // secrets, and its flood stops reaching the store.
+        let unknown = || ColdDenial(DenialReason::UnknownKey, None, None);
+        let key_id = KeyId::new(id).map_err(|_| unknown())?;
+        if shared.unknown.contains(id, now) {
+            return Err(unknown());
+        }
+        // A check that will need argon2 but could not get into the queue
+        // is refused before it costs a store read.
+        if proof.is_none() {
+            if let Err(PoolError::Overloaded { retry_after }) = shared.hashing.admits(source) {
+                refund_source();
+                return Err(ColdDenial(
+                    DenialReason::Overloaded,
+                    Some(retry_after),
+                    None,
+                ));
+            }
+        }
+        let epoch = shared.cache.epoch();
+        let record = match shared.store.get(&key_id).await {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                shared
+                    .unknown
+                    .insert(&key_id, shared.clock.now(), &shared.cache, epoch);
+                return Err(unknown());
+            }
+            Err(_) => {
+                refund_source();
+                return Err(ColdDenial(DenialReason::StoreUnavailable, None, None));
+            }
+        };
+        if record.id != key_id || record.environment != *env {
+            return Err(unknown());
+        }
+        // From here on the key exists: its owner sees the failures.
+        let owner = || Some(record.owner.clone());
+        let stored = record.secret_hash.as_str();
+        let digest: HashDigest = Sha256::digest(stored.as_bytes()).into();
+        let rehash = match &proof {
+            // Proven in this process against the hash the store still
+            // holds: the same secret matches it again, no argon2.
+            Some(p) if p.hash == digest => crate::hash::needs_replacing(&*shared.hasher, stored),
+            _ => {
+                // A proof against an older hash (regenerated, rehashed)
+                // skips the throttles, as the secret was right before, but
+                // not argon2.
+                let fingerprint = || shared.fingerprinter.fingerprint(secret.as_bytes());
+                if proof.is_some() {
+                    // Checked once: concurrent checks with this (perhaps
+                    // old, leaked) secret now take the throttled path.
+                    shared.cache.forget_proof(id, &fingerprint());
+                } else {
+                    let tag = (record.owner.clone(), record.environment.clone());
+                    if let Err(wait) = shared.throttle.try_acquire(&key_id, &tag, now) {
+                        return Err(ColdDenial(
+                            DenialReason::Throttled,
+                            wait.to_std().ok(),
+                            owner(),
+                        ));
+                    }
+                }
+                // Tokens go back when the secret proves right or could not
+                // be checked; only the tokens this check took.
+                let refund = || {
+                    if proof.is_none() {
+                        shared.throttle.refund(&key_id, now);
+                    }
+                    refund_source();
+                };
+                let phc = stored.to_owned();
+                let owned_secret = Zeroizing::new(secret.as_bytes().to_vec());
+                let verified = shared
+                    .hashing
+                    .run(source, move |h, scratch| {
+                        crate::hash::verify_stored(h, &owned_secret, &phc, scratch)
+                    })
+                    .await;
+                let (ok, rehash) = match verified {
+                    Ok(answer) => answer,
+                    Err(e) => {
+                        refund();
+                        return Err(match e {
+                            PoolError::Overloaded { retry_after } => {
+                                ColdDenial(DenialReason::Overloaded, Some(retry_after), owner())
+                            }
+                            PoolError::Hash(_) => {
+                                ColdDenial(DenialReason::CorruptRecord, None, owner())
+                            }
+                        });
+                    }
+                };
+                if !ok {
+                    return Err(ColdDenial(DenialReason::WrongSecret, None, owner()));
+                }
+                refund();
+                rehash
+            }
+        };
+        let fingerprint = shared.fingerprinter.fingerprint(secret.as_bytes());
+        let dead = if record.revoked_at.is_some() {
+            Some(DenialReason::Revoked)
+        } else if record.suspended_at.is_some() {
+            // Reversible: dropped from the cache by resume (and by the TTL).
+            Some(DenialReason::Suspended)
+        } else {
+            None
+        };
+        if let Some(reason) = dead {
+            shared.cache.insert_proven(
+                &key_id,
+                &record.environment,
+                fingerprint,
+                Cached::Dead(reason.clone(), owner()),
+                Some(digest),
+                shared.clock.now(),
+                epoch,
+            );
+            return Err(ColdDenial(reason, None, owner()));
+        }
+        let key = match proof.and_then(|p| p.key) {
+            // Nothing changed since it was compiled: no recompiling.
+            Some(key) if key.still_matches(&record, &shared.policy) => key,
+            _ => {
+                let mut compiled = CompiledKey::compile(&record, &shared.policy)
+                    .map_err(|_| ColdDenial(DenialReason::CorruptRecord, None, owner()))?;
+                compiled.usage = Some(shared.usage.cell(&record.id, &record.owner));
+                Arc::new(compiled)
+            }
+        };
+        shared.cache.insert_proven(
+            &key_id,
+            &record.environment,
+            fingerprint,
+            Cached::Live(Arc::clone(&key)),
+            Some(digest),
+            shared.clock.now(),
+            epoch,
+        );
+        if rehash {
+            self.rehash(record, secret).await;
+        }
+        Ok(key)
+    }
+
+    /// Replaces a hash made with weaker parameters. Best effort: a concurrent
+    /// change wins, and the next successful check tries again.
+    async fn rehash(&self, mut record: KeyRecord, secret: &str) {
+        let shared = self;
+        let owned_secret = Zeroizing::new(secret.as_bytes().to_vec());
+        if let Ok(phc) = shared
+            .run_hasher(move |h, scratch| h.hash_with(&owned_secret, scratch))
+            .await
+        {
+            let expected = record.generation;
+            record.secret_hash = crate::key::SecretHash::new(phc);
+            record.generation += 1;
+            let _ = shared.store.update(&record, expected).await;
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! [`VerifierConfig`]: the settings of the verifier's cache, throttle and
+//! hashing.
+
+use std::time::Duration;
+
+/// Settings of the verifier's cache, throttle and hashing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifierConfig {
+    /// Most keys cached (default 100 000).
+    pub cache_capacity: usize,
+    /// How long a key id the store did not have is refused without asking
+    /// the store again (default 5 s; zero turns it off), so a flood that
+    /// repeats unknown ids does not reach the store each time. At most
+    /// 65 536 ids are remembered. A key imported through *another* server
+    /// under an id this server just found missing is refused as unknown
+    /// for at most this long (imports and changes through this process,
+    /// and [`Verifier::invalidate`](crate::Verifier::invalidate), forget the id at once).
+    pub unknown_id_ttl: Duration,
+    /// How long a cached key is trusted without reading the store (default
+    /// 30 s): the bound on staleness when a change notification is lost.
+    /// After it, the next check re-reads the record; it runs argon2 again
+    /// only if the stored hash changed, so a longer TTL saves store reads,
+    /// not CPU.
+    pub cache_ttl: Duration,
+    /// Cold checks allowed at once for one key id before throttling (default 10).
+    pub failure_burst: u32,
+    /// One more cold check per this interval after the burst (default 6 s, 10 a minute).
+    pub failure_refill: Duration,
+    /// Failed cold checks (wrong secret, unknown id) allowed at once from
+    /// one client source (an IPv4 address or an IPv6 /64), over all key
+    /// ids, before that source is throttled (default 30). Only checks
+    /// that carry a client address count; a secret proven earlier in this
+    /// process is never throttled.
+    pub source_failure_burst: u32,
+    /// One more failed cold check per this interval for a source after its
+    /// burst (default 2 s, 30 a minute).
+    pub source_failure_refill: Duration,
+    /// Most argon2 computations at once (default: the number of CPUs): the
+    /// number of hashing threads, each holding `m_cost` KiB of memory
+    /// (19 MiB by default) for its whole life, reused by every check.
+    pub max_concurrent_hashes: usize,
+    /// Most checks waiting for a hashing thread (default 32 per thread).
+    /// When the queue is full, the client source holding the most waiting
+    /// checks gives up its newest one to a source holding fewer; if there
+    /// is none, the check is refused at once with
+    /// [`DenialReason::Overloaded`](crate::DenialReason::Overloaded) (HTTP 503 with `Retry-After`).
+    pub max_hash_queue: usize,
+    /// Longest a check waits for a hashing thread (default 2 s); beyond it
+    /// it is refused with [`DenialReason::Overloaded`](crate::DenialReason::Overloaded) without
+    /// running.
+    pub max_hash_wait: Duration,
+    /// A key in use causes at most one `last_used_at` write to the store
+    /// per this interval (default 60 s); checks never wait for it.
+    pub usage_interval: Duration,
+    /// Authentication failures are written to the audit trail aggregated:
+    /// one event per key id and reason per this window (default 60 s).
+    pub failure_window: Duration,
+}
+
+impl Default for VerifierConfig {
+    fn default() -> Self {
+        Self {
+            cache_capacity: 100_000,
+            cache_ttl: Duration::from_secs(30),
+            unknown_id_ttl: Duration::from_secs(5),
+            failure_burst: 10,
+            failure_refill: Duration::from_secs(6),
+            source_failure_burst: 30,
+            source_failure_refill: Duration::from_secs(2),
+            max_concurrent_hashes: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            max_hash_queue: 32 * std::thread::available_parallelism().map_or(2, |n| n.get()),
+            max_hash_wait: Duration::from_secs(2),
+            usage_interval: Duration::from_secs(60),
+            failure_window: Duration::from_secs(60),
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! The verification hot path: [`Verifier`], its request and its answers.
+//!
+//! Arrows point one way: `verifier` (the front) → `cold` (the cache miss)
+//! → `shared` (the state a manager and its verifiers share) → `cache`,
+//! `throttle`, `hash_pool`, `usage`, `config`; `compiled` → `request`,
+//! `denial`, `usage`; `cache` → `compiled`, `denial`.
+
+mod cache;
+mod cold;
+mod compiled;
+mod config;
+mod denial;
+mod hash_pool;
+mod request;
+mod shared;
+mod throttle;
+mod usage;
+mod verifier;
+
+pub(crate) use cache::{Cached, KeyCache};
+pub use compiled::{CompiledKey, VerifiedKey};
+pub use config::VerifierConfig;
+pub use denial::{Denial, DenialKind, DenialReason};
+pub use request::VerifyRequest;
+pub(crate) use shared::Shared;
+pub use verifier::{MAX_PAIR_SECRET_LEN, Verifier};

@@ -1,0 +1,128 @@
+//! [`Shared`]: the state a manager and its verifiers share.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::TimeDelta;
+
+use super::cache::{KeyCache, UnknownIds};
+use super::config::VerifierConfig;
+use super::hash_pool::HashPool;
+use super::throttle::{SourceThrottle, Throttle};
+use super::usage::{UsageTracker, UsageWrite};
+use crate::audit::{AuditAction, AuditEvent, AuditLog, AuditSink};
+use crate::clock::Clock;
+use crate::error::HashError;
+use crate::hash::{Fingerprinter, HashScratch, SecretHasher};
+use crate::policy::Policy;
+use crate::source::Source;
+use crate::store::KeyStore;
+use crate::token::{KeyId, TokenFormat};
+
+fn delta(d: Duration) -> TimeDelta {
+    TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)
+}
+
+/// State shared by a manager and its verifiers.
+pub(crate) struct Shared<S> {
+    pub(crate) store: S,
+    pub(crate) format: TokenFormat,
+    pub(crate) policy: Policy,
+    pub(crate) hasher: Arc<dyn SecretHasher>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(super) cache: KeyCache,
+    /// Ids the store recently did not have.
+    pub(super) unknown: UnknownIds,
+    pub(super) throttle: Throttle,
+    pub(super) sources: SourceThrottle,
+    /// The argon2 threads and their bounded, fair queue.
+    pub(super) hashing: HashPool,
+    pub(super) fingerprinter: Fingerprinter,
+    /// The manager's session cache, if it has sessions.
+    pub(super) session_cache: Option<Arc<KeyCache>>,
+    pub(crate) audit: AuditLog,
+    pub(crate) usage: UsageTracker,
+}
+
+impl<S: KeyStore> Shared<S> {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        store: S,
+        format: TokenFormat,
+        policy: Policy,
+        hasher: Arc<dyn SecretHasher>,
+        clock: Arc<dyn Clock>,
+        config: VerifierConfig,
+        audit: Option<Arc<dyn AuditSink>>,
+        session_cache: Option<Arc<KeyCache>>,
+    ) -> Self {
+        let now = clock.now();
+        Self {
+            audit: AuditLog::new(audit, delta(config.failure_window), now),
+            usage: UsageTracker::new(delta(config.usage_interval)),
+            store,
+            format,
+            policy,
+            hasher: Arc::clone(&hasher),
+            clock,
+            cache: KeyCache::new(config.cache_capacity, delta(config.cache_ttl)),
+            unknown: UnknownIds::new(delta(config.unknown_id_ttl)),
+            throttle: Throttle::new(config.failure_burst, delta(config.failure_refill)),
+            sources: SourceThrottle::new(
+                config.source_failure_burst,
+                delta(config.source_failure_refill),
+            ),
+            hashing: HashPool::new(
+                Arc::clone(&hasher),
+                config.max_concurrent_hashes,
+                config.max_hash_queue,
+                config.max_hash_wait,
+            ),
+            fingerprinter: Fingerprinter::random(),
+            session_cache,
+        }
+    }
+
+    /// Runs a hasher call on a hashing thread (see
+    /// [`VerifierConfig::max_concurrent_hashes`](crate::VerifierConfig::max_concurrent_hashes)),
+    /// for management calls.
+    pub(crate) async fn run_hasher<R, F>(&self, f: F) -> Result<R, HashError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&dyn SecretHasher, &mut HashScratch) -> Result<R, HashError> + Send + 'static,
+    {
+        Ok(self.hashing.run(Some(Source::MANAGEMENT), f).await?)
+    }
+
+    /// Forgets key `id` and this process's cached sessions of it, so their
+    /// next check reads the store (where a revoke ended them).
+    pub(crate) fn invalidate(&self, id: &KeyId) {
+        // The epoch bump (in `invalidate`) comes first: a check that found
+        // the id missing before this call cannot remember it afterwards.
+        self.cache.invalidate(id.as_str());
+        self.unknown.forget(id.as_str());
+        if let Some(sessions) = &self.session_cache {
+            sessions.invalidate_key(id);
+        }
+    }
+
+    /// Forgets every cached key and session.
+    pub(crate) fn invalidate_all(&self) {
+        self.cache.clear();
+        self.unknown.clear();
+        if let Some(sessions) = &self.session_cache {
+            sessions.clear();
+        }
+    }
+
+    /// The audit event for a usage write.
+    pub(crate) fn usage_event(&self, w: &UsageWrite) -> AuditEvent {
+        AuditEvent {
+            key_id: Some(w.id.clone()),
+            owner: Some(w.owner.clone()),
+            client_ip: w.ip,
+            detail: format!("used since {}", w.since.to_rfc3339()),
+            ..AuditEvent::new(w.at, AuditAction::Used)
+        }
+    }
+}

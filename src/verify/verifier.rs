@@ -1,0 +1,412 @@
+//! The [`Verifier`] front: parse, check the cache, fall back to the cold
+//! path, record the outcome.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::cache::{Cached, Lookup};
+use super::cold::ColdDenial;
+use super::compiled::{CompiledKey, VerifiedKey};
+use super::denial::{Denial, DenialReason};
+use super::request::VerifyRequest;
+use super::shared::Shared;
+use crate::error::TokenError;
+use crate::key::OwnerId;
+use crate::policy::ResourceRule;
+use crate::store::KeyStore;
+use crate::token::{Environment, KeyId};
+
+/// The longest secret [`Verifier::verify_pair`] accepts.
+pub const MAX_PAIR_SECRET_LEN: usize = 256;
+
+/// Checks tokens: parse, checksum and environment, then the cache, and only
+/// on a miss the store and argon2. Cheap to clone; get one from
+/// [`KeyManager::verifier`](crate::KeyManager::verifier).
+///
+/// **Cache.** After a key's secret was proven once, the verifier keeps the
+/// compiled policy and an HMAC-SHA256 fingerprint of the secret (under a
+/// per-process random key; never the secret) for
+/// [`VerifierConfig::cache_ttl`](crate::VerifierConfig::cache_ttl).
+/// A hit compares fingerprints in constant time and checks expiry and policy:
+/// about a microsecond. Revoke, regenerate, edit and delete through the
+/// manager invalidate the entry before they return; other processes call
+/// [`Verifier::invalidate`] from a change feed, and the TTL bounds the rest.
+///
+/// **Cold checks.** Unknown ids and bad checksums never reach argon2. Each
+/// cold check of an existing key takes a token from a per-id bucket
+/// ([`VerifierConfig::failure_burst`](crate::VerifierConfig::failure_burst)); a
+/// right secret gives it back, so only wrong secrets are throttled, and a
+/// caller whose right secret is cached is never slowed by them. At most
+/// [`VerifierConfig::max_concurrent_hashes`](crate::VerifierConfig::max_concurrent_hashes)
+/// argon2 computations run at once, on tokio's blocking threads
+/// (`spawn_blocking`) when called inside a tokio runtime, inline otherwise.
+///
+/// **Failures deny.** A store error or an unusable record is a denial
+/// ([`DenialKind::Unavailable`](crate::DenialKind::Unavailable)), never a pass.
+pub struct Verifier<S> {
+    pub(crate) shared: Arc<Shared<S>>,
+}
+
+impl<S> Clone for Verifier<S> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<S> fmt::Debug for Verifier<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Verifier").finish_non_exhaustive()
+    }
+}
+
+impl<S: KeyStore> Verifier<S> {
+    /// Checks `token` for `req`.
+    pub async fn verify(
+        &self,
+        token: &str,
+        req: &VerifyRequest<'_>,
+    ) -> Result<VerifiedKey, Denial> {
+        crate::trace::verify_span("key", self.verify_impl(token, req)).await
+    }
+
+    async fn verify_impl(
+        &self,
+        token: &str,
+        req: &VerifyRequest<'_>,
+    ) -> Result<VerifiedKey, Denial> {
+        let shared = &*self.shared;
+        let parsed = match shared.format.parse(token) {
+            Ok(p) => p,
+            Err(e) => return Err(self.deny(None, DenialReason::Malformed(e), None, req.client_ip)),
+        };
+        let id = parsed.key_id();
+        if parsed.environment() != req.environment.as_str() {
+            return Err(self.deny(
+                Some(id),
+                DenialReason::WrongEnvironment,
+                None,
+                req.client_ip,
+            ));
+        }
+        let rule = shared.policy.resource_rule();
+        self.check_with(
+            id,
+            parsed.expose_secret(),
+            req.environment,
+            req.client_ip,
+            |key, now| key.check(req, rule, now),
+        )
+        .await
+    }
+
+    /// Checks that `token` is a valid key of `environment` that may be used
+    /// now from `client_ip` (expiry, revocation, suspension, IP allowlist),
+    /// without asking for any permission: for "who am I" endpoints, and for
+    /// exchanging a key for a session. Same cache, throttle and denials as
+    /// [`Verifier::verify`].
+    pub async fn authenticate(
+        &self,
+        token: &str,
+        environment: &Environment,
+        client_ip: Option<IpAddr>,
+    ) -> Result<VerifiedKey, Denial> {
+        crate::trace::verify_span("key", self.authenticate_impl(token, environment, client_ip))
+            .await
+    }
+
+    async fn authenticate_impl(
+        &self,
+        token: &str,
+        environment: &Environment,
+        client_ip: Option<IpAddr>,
+    ) -> Result<VerifiedKey, Denial> {
+        let parsed = match self.shared.format.parse(token) {
+            Ok(p) => p,
+            Err(e) => return Err(self.deny(None, DenialReason::Malformed(e), None, client_ip)),
+        };
+        let id = parsed.key_id();
+        if parsed.environment() != environment.as_str() {
+            return Err(self.deny(Some(id), DenialReason::WrongEnvironment, None, client_ip));
+        }
+        self.check_with(
+            id,
+            parsed.expose_secret(),
+            environment,
+            client_ip,
+            |key, now| key.check_access(client_ip, now),
+        )
+        .await
+    }
+
+    /// Checks a key id and secret given separately, for `req`: HTTP Basic
+    /// `key_id:secret`, and keys imported from another system (whose
+    /// secrets need not follow this token format; see
+    /// [`ImportKey`](crate::ImportKey)). The secret must be 1 to
+    /// [`MAX_PAIR_SECRET_LEN`] visible ASCII characters and the id a valid
+    /// [`KeyId`](crate::KeyId); otherwise the denial is
+    /// [`DenialReason::Malformed`] without any store access. Then the same
+    /// cache, throttle, argon2 cap and denials as [`Verifier::verify`], and
+    /// the key must belong to `req.environment`.
+    pub async fn verify_pair(
+        &self,
+        key_id: &str,
+        secret: &str,
+        req: &VerifyRequest<'_>,
+    ) -> Result<VerifiedKey, Denial> {
+        crate::trace::verify_span("pair", self.verify_pair_impl(key_id, secret, req)).await
+    }
+
+    async fn verify_pair_impl(
+        &self,
+        key_id: &str,
+        secret: &str,
+        req: &VerifyRequest<'_>,
+    ) -> Result<VerifiedKey, Denial> {
+        self.check_pair_input(key_id, secret, req.client_ip)?;
+        let rule = self.shared.policy.resource_rule();
+        self.check_with(
+            key_id,
+            secret,
+            req.environment,
+            req.client_ip,
+            |key, now| key.check(req, rule, now),
+        )
+        .await
+    }
+
+    /// [`Verifier::authenticate`] for an id + secret pair (see
+    /// [`Verifier::verify_pair`]): valid, usable now from `client_ip`, no
+    /// permission asked.
+    pub async fn authenticate_pair(
+        &self,
+        key_id: &str,
+        secret: &str,
+        environment: &Environment,
+        client_ip: Option<IpAddr>,
+    ) -> Result<VerifiedKey, Denial> {
+        crate::trace::verify_span(
+            "pair",
+            self.authenticate_pair_impl(key_id, secret, environment, client_ip),
+        )
+        .await
+    }
+
+    async fn authenticate_pair_impl(
+        &self,
+        key_id: &str,
+        secret: &str,
+        environment: &Environment,
+        client_ip: Option<IpAddr>,
+    ) -> Result<VerifiedKey, Denial> {
+        self.check_pair_input(key_id, secret, client_ip)?;
+        self.check_with(key_id, secret, environment, client_ip, |key, now| {
+            key.check_access(client_ip, now)
+        })
+        .await
+    }
+
+    /// Refuses pair input no key could match, before any store access.
+    fn check_pair_input(
+        &self,
+        key_id: &str,
+        secret: &str,
+        client_ip: Option<IpAddr>,
+    ) -> Result<(), Denial> {
+        let malformed = |e| self.deny(None, DenialReason::Malformed(e), None, client_ip);
+        if key_id.is_empty() || secret.is_empty() {
+            return Err(malformed(TokenError::Empty));
+        }
+        for (len, max) in [
+            (key_id.len(), crate::token::MAX_KEY_ID_LEN),
+            (secret.len(), MAX_PAIR_SECRET_LEN),
+        ] {
+            if len > max {
+                return Err(malformed(TokenError::TooLong { len, max }));
+            }
+        }
+        if let Some(position) = key_id.bytes().position(|b| !b.is_ascii_alphanumeric()) {
+            return Err(malformed(TokenError::BadCharacter { position }));
+        }
+        if let Some(position) = secret.bytes().position(|b| !b.is_ascii_graphic()) {
+            return Err(malformed(TokenError::BadCharacter { position }));
+        }
+        Ok(())
+    }
+
+    /// Proves `secret` for key `id` (cache, else store and argon2), runs
+    /// `check` on the key, and records the outcome (usage or failure).
+    #[inline]
+    async fn check_with(
+        &self,
+        id: &str,
+        secret: &str,
+        environment: &Environment,
+        client_ip: Option<IpAddr>,
+        check: impl FnOnce(&CompiledKey, DateTime<Utc>) -> Result<(), DenialReason>,
+    ) -> Result<VerifiedKey, Denial> {
+        let shared = &*self.shared;
+        let mut now = shared.clock.now();
+        let fingerprint = || shared.fingerprinter.fingerprint(secret.as_bytes());
+        let proof = match shared.cache.lookup_proof(id, environment, fingerprint, now) {
+            Lookup::Hit(Cached::Live(key)) => Ok(key),
+            Lookup::Hit(Cached::Dead(reason, owner)) => {
+                return Err(self.deny_owned(Some(id), owner, reason, None, client_ip));
+            }
+            Lookup::Stale(proof) => Err(Some(proof)),
+            Lookup::Miss => Err(None),
+        };
+        let key = match proof {
+            Ok(key) => key,
+            Err(proof) => match shared
+                .cold(id, environment, secret, now, client_ip, proof)
+                .await
+            {
+                Ok(key) => {
+                    // The cold check may have waited (store, argon2 slot):
+                    // judge expiry at the time it ends.
+                    now = shared.clock.now();
+                    key
+                }
+                Err(ColdDenial(reason, retry, owner)) => {
+                    return Err(self.deny_owned(Some(id), owner, reason, retry, client_ip));
+                }
+            },
+        };
+        match check(&key, now) {
+            Ok(()) => {
+                self.used(&key, client_ip, now);
+                Ok(VerifiedKey::from_compiled(key, now))
+            }
+            Err(reason) => {
+                Err(self.deny_owned(Some(id), Some(key.owner.clone()), reason, None, client_ip))
+            }
+        }
+    }
+
+    /// Notes a successful use; starts a store write (never awaited) when
+    /// the key's usage interval has passed.
+    #[inline]
+    fn used(&self, key: &CompiledKey, client_ip: Option<IpAddr>, now: DateTime<Utc>) {
+        crate::trace::verified(&key.id, key.owner.as_str());
+        let Some(cell) = &key.usage else { return };
+        let Some(write) = cell.touch(now, client_ip, self.shared.usage.interval) else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                let shared = Arc::clone(&self.shared);
+                handle.spawn(async move {
+                    if let Err(e) = shared
+                        .store
+                        .record_usage(&write.id, write.at, write.ip)
+                        .await
+                    {
+                        crate::trace::usage_write_failed(&write.id, &e);
+                        shared.usage.restore(&write);
+                        return;
+                    }
+                    if shared.audit.enabled() {
+                        let event = shared.usage_event(&write);
+                        if let Err(e) = shared.audit.send(vec![event]).await {
+                            crate::trace::audit_failed(&e);
+                        }
+                    }
+                });
+            }
+            // No runtime to write from: keep it for the next flush.
+            Err(_) => self.shared.usage.restore(&write),
+        }
+    }
+
+    /// Builds a denial and counts it for the audit trail (aggregated), for
+    /// a key whose owner is not known.
+    fn deny(
+        &self,
+        id: Option<&str>,
+        reason: DenialReason,
+        retry_after: Option<Duration>,
+        client_ip: Option<IpAddr>,
+    ) -> Denial {
+        self.deny_owned(id, None, reason, retry_after, client_ip)
+    }
+
+    /// Builds a denial and counts it for the audit trail (aggregated). With
+    /// the owner where the key was found, so the owner's own audit queries
+    /// show the failed attempts on their keys.
+    fn deny_owned(
+        &self,
+        id: Option<&str>,
+        owner: Option<OwnerId>,
+        reason: DenialReason,
+        retry_after: Option<Duration>,
+        client_ip: Option<IpAddr>,
+    ) -> Denial {
+        crate::trace::denied(id, owner.as_ref().map(OwnerId::as_str), &reason);
+        let denial = Denial {
+            retry_after,
+            ..Denial::new(reason, id)
+        };
+        let shared = &*self.shared;
+        if shared.audit.enabled() {
+            let now = shared.clock.now();
+            if let Some(events) = shared.audit.failures.add(
+                denial.key_id.clone(),
+                owner,
+                denial.reason.code(),
+                client_ip,
+                now,
+            ) {
+                if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                    let shared = Arc::clone(&self.shared);
+                    handle.spawn(async move {
+                        if let Err(e) = shared.audit.send(events).await {
+                            crate::trace::audit_failed(&e);
+                        }
+                    });
+                }
+            }
+        }
+        denial
+    }
+
+    /// Forgets a key at once, and this process's cached sessions of it, so
+    /// their next check reads the store. Call it from a change feed when
+    /// another process changed the key.
+    pub fn invalidate(&self, id: &KeyId) {
+        self.shared.invalidate(id);
+    }
+
+    /// Like [`Verifier::invalidate`], and also forgets the proof that the
+    /// key's secret was checked (see
+    /// [`VerifierConfig::cache_ttl`](crate::VerifierConfig::cache_ttl)), so its
+    /// next check runs argon2 again. [`Verifier::invalidate`] is enough for
+    /// any change of a key; this is for benchmarks of the cold path, and
+    /// for an operator who wants a secret proven from scratch.
+    pub fn forget(&self, id: &KeyId) {
+        self.shared.invalidate(id);
+        self.shared.cache.remove(id.as_str());
+    }
+
+    /// Forgets every cached key and session (after a change feed reconnects,
+    /// for example).
+    pub fn invalidate_all(&self) {
+        self.shared.invalidate_all();
+    }
+
+    /// Number of keys the cache trusts without a store read (entries
+    /// invalidated are not counted; those past their TTL are until evicted).
+    pub fn cached_keys(&self) -> usize {
+        self.shared.cache.len()
+    }
+
+    /// The resource rule the verifier checks names with.
+    pub fn resource_rule(&self) -> &ResourceRule {
+        self.shared.policy.resource_rule()
+    }
+}
