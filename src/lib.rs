@@ -7,7 +7,7 @@
 //!
 //! ```
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
-//! use keyward::*;
+//! use keyward::prelude::*;
 //!
 //! // Once, at startup: the application's permissions, policy and token format.
 //! let registry = PermissionRegistry::builder()
@@ -77,6 +77,46 @@ mod token;
 mod trace;
 mod usage;
 mod verify;
+
+pub mod prelude {
+    //! The names a program needs in its first hour with keyward, without the
+    //! modules: the recommended import.
+    //!
+    //! ```
+    //! use keyward::prelude::*;
+    //! ```
+    //!
+    //! `use keyward::*` also brings in the modules `keyward::axum`,
+    //! `keyward::store`, `keyward::policy` and `keyward::audit`, so a file
+    //! that glob-imports the crate root and also uses the `axum` crate fails
+    //! to compile (`axum` is ambiguous). This module holds types and traits
+    //! only, no modules; anything else is one `keyward::Name` away.
+    //!
+    //! | for | names |
+    //! |---|---|
+    //! | setup | [`PermissionRegistry`], [`Permission`], [`Policy`], [`ExpiryPolicy`], [`ExpiryChoice`], [`TokenFormat`], [`Environment`] |
+    //! | keys | [`KeyManager`], [`NewKey`], [`CreatedKey`], [`KeyEdit`], [`PermissionGrant`], [`ResourceScope`], [`Token`], [`KeyView`], [`KeyStatus`], [`ListQuery`] |
+    //! | identities | [`Actor`], [`OwnerId`], [`KeyId`] |
+    //! | checks | [`Verifier`], [`VerifyRequest`], [`VerifiedKey`], [`Denial`], [`DenialKind`], [`DenialReason`] |
+    //! | storage | [`KeyStore`], [`MemoryStore`] |
+    //! | errors | [`KeywardError`] |
+    //! | tests | [`Argon2Hasher`], [`Argon2Params`], [`ManualClock`] |
+
+    pub use crate::clock::ManualClock;
+    pub use crate::error::KeywardError;
+    pub use crate::hash::{Argon2Hasher, Argon2Params};
+    pub use crate::key::{KeyStatus, KeyView, OwnerId};
+    pub use crate::manager::{CreatedKey, KeyEdit, KeyManager, NewKey};
+    pub use crate::policy::{
+        Actor, ExpiryChoice, ExpiryPolicy, Permission, PermissionGrant, PermissionRegistry, Policy,
+        ResourceScope,
+    };
+    pub use crate::store::{KeyStore, ListQuery, MemoryStore};
+    pub use crate::token::{Environment, KeyId, Token, TokenFormat};
+    pub use crate::verify::{
+        Denial, DenialKind, DenialReason, VerifiedKey, Verifier, VerifyRequest,
+    };
+}
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]
