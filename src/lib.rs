@@ -57,10 +57,12 @@
 //! the token format and the secret-scanner expression.
 
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
 
 pub mod audit;
 #[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod axum;
 mod cache;
 mod clock;
@@ -147,10 +149,13 @@ pub use session::{
     VerifiedSession,
 };
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
 pub use store::InvalidName;
 #[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use store::SqliteStore;
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use store::{ChangeListener, FeedStatus, PostgresStore};
 pub use store::{KeyStore, ListQuery, MemoryStore, QuotaCheck, due_for_reminder};
 pub use token::{
