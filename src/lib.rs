@@ -126,6 +126,11 @@ pub mod prelude {
 pub struct ReadmeDoctests;
 
 pub use audit::{AuditAction, AuditEvent, AuditQuery, AuditSink, MemoryAuditSink};
+/// The `chrono` keyward's API speaks (`DateTime<Utc>`, `TimeDelta`), so
+/// callers and test suites need not add it themselves:
+/// `use keyward::chrono::TimeDelta;`.
+#[doc(no_inline)]
+pub use chrono;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{HashError, InvalidValue, KeywardError, PolicyError, StoreError, TokenError};
 pub use hash::{
