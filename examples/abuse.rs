@@ -31,7 +31,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::TimeDelta;
-use keyward::*;
+use keyward::prelude::*;
+use keyward::{
+    AuditAction, AuditEvent, HashError, HashScratch, MemoryAuditSink, SecretHasher, VerifierConfig,
+};
 
 const ATTACK_SOURCES: u32 = 100;
 const SECONDS: u32 = 600;

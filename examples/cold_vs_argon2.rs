@@ -13,7 +13,7 @@
 use std::time::Instant;
 
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
-use keyward::*;
+use keyward::prelude::*;
 
 const ROUNDS: usize = 10;
 const PER_ROUND: usize = 6;

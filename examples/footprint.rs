@@ -16,10 +16,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 
 use chrono::{TimeDelta, Utc};
-use keyward::{
-    Argon2Hasher, Argon2Params, Environment, IpAllowlist, KeyId, KeyRecord, KeyStore, MemoryStore,
-    OwnerId, PermissionGrant, ResourceScope, SecretHash, SecretHasher,
-};
+use keyward::prelude::*;
+use keyward::{IpAllowlist, KeyRecord, SecretHash, SecretHasher};
 use rand::Rng;
 
 /// Counts live bytes and live allocations, then defers to the system allocator.

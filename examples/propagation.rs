@@ -16,7 +16,8 @@
 
 use std::time::{Duration, Instant};
 
-use keyward::*;
+use keyward::prelude::*;
+use keyward::{PostgresStore, VerifierConfig};
 
 const KEYS: usize = 100;
 const GIVE_UP: Duration = Duration::from_secs(5);

@@ -54,18 +54,17 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use ::axum::extract::{Path, Query, Request, State};
-use ::axum::http::header::AUTHORIZATION;
-use ::axum::http::{HeaderMap, HeaderName, StatusCode};
-use ::axum::response::{IntoResponse, Response};
-use ::axum::routing::{delete, get, patch, post, put};
-use ::axum::{Json, Router};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::http::{HeaderMap, HeaderName, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, patch, post, put};
+use axum::{Json, Router};
 use keyward::axum::{Caller, KeywardLayer, ManagementRejection};
+use keyward::prelude::*;
 use keyward::{
-    Actor, Argon2Hasher, Environment, ExpiryChoice, ExpiryPolicy, KeyEdit, KeyId, KeyManager,
-    KeyRecord, KeyStore, KeywardError, ListQuery, NewKey, OwnerId, PermissionGrant,
-    PermissionRegistry, Policy, PostgresStore, QuotaCheck, ResourceRef, ResourceScope, SessionCap,
-    SessionConfig, SessionRecord, SessionStore, SqliteStore, StoreError, TokenFormat,
+    KeyRecord, PostgresStore, QuotaCheck, ResourceRef, SessionCap, SessionConfig, SessionRecord,
+    SessionStore, SqliteStore, StoreError,
 };
 use serde::Deserialize;
 use serde_json::json;

@@ -2,7 +2,7 @@
 //!
 //! Run it with `cargo run --example quickstart`.
 
-use keyward::*;
+use keyward::prelude::*;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 

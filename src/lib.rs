@@ -7,7 +7,7 @@
 //!
 //! ```
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
-//! use keyward::*;
+//! use keyward::prelude::*;
 //!
 //! // Once, at startup: the application's permissions, policy and token format.
 //! let registry = PermissionRegistry::builder()
@@ -57,10 +57,12 @@
 //! the token format and the secret-scanner expression.
 
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
 
 pub mod audit;
 #[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod axum;
 mod clock;
 mod error;
@@ -75,12 +77,57 @@ mod token;
 mod trace;
 mod verify;
 
+pub mod prelude {
+    //! The names a program needs in its first hour with keyward, without the
+    //! modules: the recommended import.
+    //!
+    //! ```
+    //! use keyward::prelude::*;
+    //! ```
+    //!
+    //! `use keyward::*` also brings in the modules `keyward::axum`,
+    //! `keyward::store`, `keyward::policy` and `keyward::audit`, so a file
+    //! that glob-imports the crate root and also uses the `axum` crate fails
+    //! to compile (`axum` is ambiguous). This module holds types and traits
+    //! only, no modules; anything else is one `keyward::Name` away.
+    //!
+    //! | for | names |
+    //! |---|---|
+    //! | setup | [`PermissionRegistry`], [`Permission`], [`Policy`], [`ExpiryPolicy`], [`ExpiryChoice`], [`TokenFormat`], [`Environment`] |
+    //! | keys | [`KeyManager`], [`NewKey`], [`CreatedKey`], [`KeyEdit`], [`PermissionGrant`], [`ResourceScope`], [`Token`], [`KeyView`], [`KeyStatus`], [`ListQuery`] |
+    //! | identities | [`Actor`], [`OwnerId`], [`KeyId`] |
+    //! | checks | [`Verifier`], [`VerifyRequest`], [`VerifiedKey`], [`Denial`], [`DenialKind`], [`DenialReason`] |
+    //! | storage | [`KeyStore`], [`MemoryStore`] |
+    //! | errors | [`KeywardError`] |
+    //! | tests | [`Argon2Hasher`], [`Argon2Params`], [`ManualClock`] |
+
+    pub use crate::clock::ManualClock;
+    pub use crate::error::KeywardError;
+    pub use crate::hash::{Argon2Hasher, Argon2Params};
+    pub use crate::key::{KeyStatus, KeyView, OwnerId};
+    pub use crate::manager::{CreatedKey, KeyEdit, KeyManager, NewKey};
+    pub use crate::policy::{
+        Actor, ExpiryChoice, ExpiryPolicy, Permission, PermissionGrant, PermissionRegistry, Policy,
+        ResourceScope,
+    };
+    pub use crate::store::{KeyStore, ListQuery, MemoryStore};
+    pub use crate::token::{Environment, KeyId, Token, TokenFormat};
+    pub use crate::verify::{
+        Denial, DenialKind, DenialReason, VerifiedKey, Verifier, VerifyRequest,
+    };
+}
+
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
 pub use audit::{AuditAction, AuditEvent, AuditQuery, AuditSink, MemoryAuditSink};
+/// The `chrono` keyward's API speaks (`DateTime<Utc>`, `TimeDelta`), so
+/// callers and test suites need not add it themselves:
+/// `use keyward::chrono::TimeDelta;`.
+#[doc(no_inline)]
+pub use chrono;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{HashError, InvalidValue, KeywardError, PolicyError, StoreError, TokenError};
 pub use hash::{
@@ -104,10 +151,13 @@ pub use session::{
     VerifiedSession,
 };
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
 pub use store::InvalidName;
 #[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use store::SqliteStore;
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use store::{ChangeListener, FeedStatus, PostgresStore};
 pub use store::{KeyStore, ListQuery, MemoryStore, QuotaCheck, due_for_reminder};
 pub use token::{
