@@ -8,7 +8,6 @@
 use crate::error::{KeywardError, StoreError};
 use crate::policy::{ManagementAction, ManagementDenial};
 use crate::token::KeyId;
-use crate::verify::DenialReason;
 
 /// A successful check.
 #[inline]
@@ -26,13 +25,15 @@ pub(crate) fn verified(key_id: &KeyId, owner: &str) {
 
 /// A refused check (with the key's owner when the key was found).
 #[inline]
-pub(crate) fn denied(key_id: Option<&str>, owner: Option<&str>, reason: &DenialReason) {
+/// `reason` is the denial's stable code (`DenialReason::code`): this module
+/// imports nothing from `verify`, so the arrow points one way.
+pub(crate) fn denied(key_id: Option<&str>, owner: Option<&str>, reason: &'static str) {
     #[cfg(feature = "tracing")]
     tracing::info!(
         target: "keyward::verify",
         key_id = key_id.unwrap_or(""),
         owner = owner.unwrap_or(""),
-        reason = reason.code(),
+        reason,
         outcome = "denied"
     );
     #[cfg(not(feature = "tracing"))]

@@ -38,7 +38,7 @@ fn changed_during_exchange() -> SessionError {
 fn session_traced(result: &Result<VerifiedSession, Denial>) {
     match result {
         Ok(s) => crate::trace::verified(s.key.id(), s.key.owner().as_str()),
-        Err(d) => crate::trace::denied(d.key_id.as_ref().map(KeyId::as_str), None, &d.reason),
+        Err(d) => crate::trace::denied(d.key_id.as_ref().map(KeyId::as_str), None, d.reason.code()),
     }
 }
 

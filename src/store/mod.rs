@@ -274,3 +274,16 @@ pub fn due_for_reminder(r: &KeyRecord, now: DateTime<Utc>, until: DateTime<Utc>)
         && r.reminded_at.is_none()
         && r.expires_at.is_some_and(|e| e > now && e <= until)
 }
+
+/// What a change feed calls when another process changed keys, so this
+/// process stops trusting what it cached. [`Verifier`](crate::Verifier)
+/// implements it; a store's feed (such as
+/// [`PostgresStore::listen`](crate::PostgresStore::listen)) takes any
+/// implementation, so `store` does not depend on the verifier.
+pub trait Invalidate: Send + Sync + 'static {
+    /// Key `id` changed: its next check reads the store.
+    fn invalidate(&self, id: &KeyId);
+    /// Anything may have changed (notices were lost): every key's next
+    /// check reads the store.
+    fn invalidate_all(&self);
+}

@@ -15,8 +15,8 @@ use super::sql::{self, COLUMNS, InvalidName, boxed};
 use super::{KeyStore, ListQuery, QuotaCheck};
 use crate::error::StoreError;
 use crate::key::{KeyRecord, KeyStatus};
+use crate::store::Invalidate;
 use crate::token::KeyId;
-use crate::verify::Verifier;
 
 const DEFAULT_SCHEMA: &str = "public";
 const DEFAULT_TABLE: &str = "keyward_keys";
@@ -67,7 +67,7 @@ const FEED_MIN_UPTIME: Duration = Duration::from_secs(1);
 /// - **Change feed**: every update and delete that changes a row also runs
 ///   `pg_notify(channel, key_id)` in its transaction, so the notice goes out
 ///   exactly when the change is committed. [`listen`](Self::listen) feeds
-///   those notices to a [`Verifier`] in another process.
+///   those notices to a [`Verifier`](crate::Verifier) in another process.
 ///
 /// ```no_run
 /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
@@ -365,13 +365,14 @@ impl PostgresStore {
         tx.commit().await.map_err(err("commit migration"))
     }
 
-    /// Starts the change feed for `verifier`: a task holding its own
+    /// Starts the change feed for `verifier` (a [`Verifier`](crate::Verifier),
+    /// or anything [`Invalidate`]): a task holding its own
     /// connection (application name `keyward-change-feed`) that LISTENs on
-    /// [`channel`](Self::channel) and calls [`Verifier::invalidate`] for each
+    /// [`channel`](Self::channel) and calls [`Verifier::invalidate`](crate::Verifier::invalidate) for each
     /// notified key id.
     ///
     /// When the connection is lost, the task reconnects (with backoff from
-    /// 50 ms to 5 s) and then calls [`Verifier::invalidate_all`], since
+    /// 50 ms to 5 s) and then calls [`Verifier::invalidate_all`](crate::Verifier::invalidate_all), since
     /// notices sent while it was away are lost; the verifier's cache TTL
     /// bounds staleness while it cannot reconnect. Returns once the first
     /// LISTEN is in place, so every change committed after this returns
@@ -393,16 +394,16 @@ impl PostgresStore {
     /// # drop(feed);
     /// # Ok(()) }
     /// ```
-    pub async fn listen<S: KeyStore>(
+    pub async fn listen<T: Invalidate + Clone>(
         &self,
-        verifier: &Verifier<S>,
+        verifier: &T,
     ) -> Result<ChangeListener, StoreError> {
         boxed(self.listen_impl(verifier)).await
     }
 
-    async fn listen_impl<S: KeyStore>(
+    async fn listen_impl<T: Invalidate + Clone>(
         &self,
-        verifier: &Verifier<S>,
+        verifier: &T,
     ) -> Result<ChangeListener, StoreError> {
         let handle = tokio::runtime::Handle::try_current()
             .map_err(|_| StoreError::Backend("the change feed needs a tokio runtime".into()))?;
@@ -457,12 +458,12 @@ async fn open_feed(pool: &PgPool, channel: &str) -> Result<(PgListener, u32), sq
     Ok((listener, u32::try_from(pid).unwrap_or(0)))
 }
 
-async fn run_feed<S: KeyStore>(
+async fn run_feed<T: Invalidate>(
     options: PgConnectOptions,
     mut pool: PgPool,
     channel: String,
     first: PgListener,
-    verifier: Verifier<S>,
+    verifier: T,
     status: watch::Sender<FeedStatus>,
     ping: Duration,
 ) {
@@ -543,7 +544,7 @@ pub struct FeedStatus {
     /// Whether the feed's connection is up and listening.
     pub connected: bool,
     /// How many times it connected (1 at start; each reconnect adds one and
-    /// is followed by [`Verifier::invalidate_all`]).
+    /// is followed by [`Verifier::invalidate_all`](crate::Verifier::invalidate_all)).
     pub connections: u64,
     /// Notifications received so far.
     pub notifications: u64,

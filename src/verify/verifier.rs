@@ -347,7 +347,7 @@ impl<S: KeyStore> Verifier<S> {
         retry_after: Option<Duration>,
         client_ip: Option<IpAddr>,
     ) -> Denial {
-        crate::trace::denied(id, owner.as_ref().map(OwnerId::as_str), &reason);
+        crate::trace::denied(id, owner.as_ref().map(OwnerId::as_str), reason.code());
         let denial = Denial {
             retry_after,
             ..Denial::new(reason, id)
@@ -408,5 +408,14 @@ impl<S: KeyStore> Verifier<S> {
     /// The resource rule the verifier checks names with.
     pub fn resource_rule(&self) -> &ResourceRule {
         self.shared.policy.resource_rule()
+    }
+}
+
+impl<S: KeyStore> crate::store::Invalidate for Verifier<S> {
+    fn invalidate(&self, id: &KeyId) {
+        self.shared.invalidate(id);
+    }
+    fn invalidate_all(&self) {
+        self.shared.invalidate_all();
     }
 }
