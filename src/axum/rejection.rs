@@ -195,7 +195,7 @@ impl KeywardRejection {
                 let mut r = Self::new(
                     StatusCode::TOO_MANY_REQUESTS,
                     "throttled",
-                    "Too many failed attempts with this key id. Wait before trying again.".into(),
+                    "Too many failed attempts. Wait before trying again.".into(),
                 );
                 r.retry_after = Some(denial.retry_after.map_or(1, |d| d.as_secs().max(1)));
                 r
@@ -267,5 +267,45 @@ impl IntoResponse for KeywardRejection {
             headers.insert(RETRY_AFTER, HeaderValue::from(secs));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::PermissionRegistry;
+    use std::time::Duration;
+
+    fn response(reason: DenialReason, retry_after: Option<Duration>) -> Response {
+        let policy = Policy::new(
+            PermissionRegistry::builder()
+                .permission("p")
+                .build()
+                .unwrap(),
+        );
+        let denial = Denial {
+            reason,
+            key_id: None,
+            retry_after,
+        };
+        KeywardRejection::denied(&denial, &policy, None).into_response()
+    }
+
+    #[test]
+    fn overloaded_is_503_with_the_denials_retry_after() {
+        let r = response(DenialReason::Overloaded, Some(Duration::from_secs(7)));
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[RETRY_AFTER], "7");
+        // A store failure carries no retry time of its own: the default.
+        let r = response(DenialReason::StoreUnavailable, None);
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[RETRY_AFTER], "5");
+    }
+
+    #[test]
+    fn throttled_is_429_with_whole_seconds_to_wait() {
+        let r = response(DenialReason::Throttled, Some(Duration::from_millis(1500)));
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[RETRY_AFTER], "1");
     }
 }
