@@ -172,13 +172,7 @@ async fn a_check_that_waited_past_the_ttl_still_leaves_a_fresh_cache_entry() {
         .hasher(CountingHasher::new(counters.clone()))
         .verifier_config(config)
         .build();
-    let created = manager
-        .create(
-            &sys(),
-            NewKey::new(OWNER, "live", "CI").permissions(PermissionGrant::only(["package:push"])),
-        )
-        .await
-        .unwrap();
+    let created = push_key_of(&manager).await;
     let live = Environment::new("live").unwrap();
     let push = registry().get("package:push").unwrap();
     let req = VerifyRequest::new(&live, push);
@@ -195,6 +189,18 @@ async fn a_check_that_waited_past_the_ttl_still_leaves_a_fresh_cache_entry() {
         counters.verifies.load(std::sync::atomic::Ordering::SeqCst),
         1
     );
+}
+
+/// A live push key for all of OWNER's packages, made through `manager`
+/// (for tests whose manager is not a [`Fixture`]'s).
+async fn push_key_of<S: KeyStore>(manager: &KeyManager<S>) -> CreatedKey {
+    manager
+        .create(
+            &sys(),
+            NewKey::new(OWNER, "live", "CI").permissions(PermissionGrant::only(["package:push"])),
+        )
+        .await
+        .unwrap()
 }
 
 fn ip(i: u32) -> std::net::IpAddr {
@@ -364,13 +370,7 @@ async fn a_flood_from_one_source_neither_queues_without_bound_nor_delays_another
             .unwrap();
         targets.push(key.key.id.clone());
     }
-    let holder = manager
-        .create(
-            &sys(),
-            NewKey::new(OWNER, "live", "CI").permissions(PermissionGrant::only(["package:push"])),
-        )
-        .await
-        .unwrap();
+    let holder = push_key_of(&manager).await;
     let verifier = manager.verifier();
     let live = Environment::new("live").unwrap();
     let push = registry().get("package:push").unwrap();
@@ -433,13 +433,7 @@ async fn a_flood_of_random_ids_writes_a_bounded_number_of_audit_rows_and_store_r
         .clock(clock.clone())
         .audit_shared(sink.clone())
         .build();
-    let owned = manager
-        .create(
-            &sys(),
-            NewKey::new(OWNER, "live", "CI").permissions(PermissionGrant::only(["package:push"])),
-        )
-        .await
-        .unwrap();
+    let owned = push_key_of(&manager).await;
     let live = Environment::new("live").unwrap();
     let push = registry().get("package:push").unwrap();
     let reads_before = store.calls(Op::Get);

@@ -335,6 +335,28 @@ mod tests {
         }
     }
 
+    /// Starts a job from lane 1 that holds its thread until `gate` opens,
+    /// and returns once a thread runs it.
+    async fn occupy(
+        p: &Arc<HashPool>,
+        gate: &Arc<(Mutex<bool>, Condvar)>,
+    ) -> tokio::task::JoinHandle<Result<(), PoolError>> {
+        let busy = tokio::spawn({
+            let p = Arc::clone(p);
+            let g = Arc::clone(gate);
+            async move { p.run(lane(1), blocker(g)).await }
+        });
+        // Both read under one lock: read apart, the job could be submitted
+        // between the two reads and still be waiting.
+        while {
+            let st = p.inner.lock();
+            st.waiting != 0 || st.spawned == 0
+        } {
+            tokio::task::yield_now().await;
+        }
+        busy
+    }
+
     fn open(gate: &Arc<(Mutex<bool>, Condvar)>) {
         *gate.0.lock().unwrap() = true;
         gate.1.notify_all();
@@ -344,19 +366,7 @@ mod tests {
     async fn a_full_queue_refuses_the_flooding_source_and_admits_another() {
         let p = Arc::new(pool(1, 4));
         let gate = Arc::new((Mutex::new(false), Condvar::new()));
-        let busy = tokio::spawn({
-            let p = Arc::clone(&p);
-            let g = Arc::clone(&gate);
-            async move { p.run(lane(1), blocker(g)).await }
-        });
-        // Until the busy job runs (both read under one lock: read apart,
-        // the job could be submitted between them and still be waiting).
-        while {
-            let st = p.inner.lock();
-            st.waiting != 0 || st.spawned == 0
-        } {
-            tokio::task::yield_now().await;
-        }
+        let busy = occupy(&p, &gate).await;
         // Source 1 fills the queue.
         let mut flood = Vec::new();
         for _ in 0..4 {
@@ -475,17 +485,7 @@ mod tests {
     async fn management_jobs_are_never_pushed_out() {
         let p = Arc::new(pool(1, 2));
         let gate = Arc::new((Mutex::new(false), Condvar::new()));
-        let busy = tokio::spawn({
-            let p = Arc::clone(&p);
-            let g = Arc::clone(&gate);
-            async move { p.run(lane(1), blocker(g)).await }
-        });
-        while {
-            let st = p.inner.lock();
-            st.waiting != 0 || st.spawned == 0
-        } {
-            tokio::task::yield_now().await;
-        }
+        let busy = occupy(&p, &gate).await;
         let management = Some(Source::MANAGEMENT);
         let mut jobs = Vec::new();
         for _ in 0..2 {
