@@ -18,66 +18,59 @@ impl<S: KeyStore> KeyManager<S> {
     /// resource patterns, expiry and IP ranges. The store enforces the quota
     /// atomically.
     pub async fn create(&self, actor: &Actor, new: NewKey) -> Result<CreatedKey, KeywardError> {
-        crate::trace::manage_span(
-            actor.id(),
-            ManagementAction::Create,
-            None,
-            self.create_impl(actor, new),
-        )
-        .await
-    }
+        crate::trace::manage_span(actor.id(), ManagementAction::Create, None, async move {
+            let policy = &self.shared.policy;
+            let owner = OwnerId::new(&new.owner).map_err(PolicyError::from)?;
+            self.allow(actor, ManagementAction::Create, &owner, None)
+                .await?;
+            let environment = self.environment(&new.environment)?;
+            check_text("name", &new.name, MAX_NAME_LEN).map_err(PolicyError::from)?;
+            policy.permissions().resolve(&new.permissions)?;
+            policy.resource_rule().compile(&new.resources)?;
+            let expiry = policy.expiry().check(new.expiry)?;
+            let ip_allowlist = IpAllowlist::parse(&new.ip_allowlist)?;
 
-    async fn create_impl(&self, actor: &Actor, new: NewKey) -> Result<CreatedKey, KeywardError> {
-        let policy = &self.shared.policy;
-        let owner = OwnerId::new(&new.owner).map_err(PolicyError::from)?;
-        self.allow(actor, ManagementAction::Create, &owner, None)
-            .await?;
-        let environment = self.environment(&new.environment)?;
-        check_text("name", &new.name, MAX_NAME_LEN).map_err(PolicyError::from)?;
-        policy.permissions().resolve(&new.permissions)?;
-        policy.resource_rule().compile(&new.resources)?;
-        let expiry = policy.expiry().check(new.expiry)?;
-        let ip_allowlist = IpAllowlist::parse(&new.ip_allowlist)?;
-
-        let now = self.now();
-        let quota = policy.quota().map(|max_live| QuotaCheck { max_live, now });
-        let record = KeyRecord {
-            id: KeyId::generate(),
-            owner,
-            environment,
-            name: new.name,
-            kind: KeyKind::Scoped,
-            permissions: new.permissions,
-            resources: new.resources,
-            ip_allowlist,
-            created_at: now,
-            expires_at: expiry.expires_at(now),
-            revoked_at: None,
-            suspended_at: None,
-            last_used_at: None,
-            last_used_ip: None,
-            reminded_at: None,
-            generation: 1,
-            secret_hash: SecretHash::new(String::new()),
-        };
-        let created = self.insert_new(record, quota).await?;
-        self.audit(vec![self.event(
-            actor,
-            AuditAction::Created,
-            &created.1,
-            String::new(),
-        )])
-        .await;
-        crate::trace::management(
-            actor.id(),
-            ManagementAction::Create,
-            Some(&created.1.id),
-            Ok(()),
-        );
-        Ok(CreatedKey {
-            token: created.0,
-            key: created.1.view(now),
+            let now = self.now();
+            let quota = policy.quota().map(|max_live| QuotaCheck { max_live, now });
+            let record = KeyRecord {
+                id: KeyId::generate(),
+                owner,
+                environment,
+                name: new.name,
+                kind: KeyKind::Scoped,
+                permissions: new.permissions,
+                resources: new.resources,
+                ip_allowlist,
+                created_at: now,
+                expires_at: expiry.expires_at(now),
+                revoked_at: None,
+                suspended_at: None,
+                last_used_at: None,
+                last_used_ip: None,
+                reminded_at: None,
+                generation: 1,
+                secret_hash: SecretHash::new(String::new()),
+            };
+            let created = self.insert_new(record, quota).await?;
+            self.audit(vec![self.event(
+                actor,
+                AuditAction::Created,
+                &created.1,
+                String::new(),
+            )])
+            .await;
+            crate::trace::management(
+                actor.id(),
+                ManagementAction::Create,
+                Some(&created.1.id),
+                Ok(()),
+            );
+            Ok(CreatedKey {
+                token: created.0,
+                key: created.1.view(now),
+            })
         })
+        .await
     }
 
     /// Hashes a fresh token for `record` and inserts it, with a new id on

@@ -283,20 +283,15 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
         token: &str,
         req: &VerifyRequest<'_>,
     ) -> Result<VerifiedSession, Denial> {
-        crate::trace::verify_span("session", self.verify_session_impl(token, req)).await
-    }
-
-    async fn verify_session_impl(
-        &self,
-        token: &str,
-        req: &VerifyRequest<'_>,
-    ) -> Result<VerifiedSession, Denial> {
-        let rule = self.shared.policy.resource_rule();
-        let result = self
-            .check_session(token, req.environment, |key, now| key.check(req, rule, now))
-            .await;
-        session_traced(&result);
-        result
+        crate::trace::verify_span("session", async move {
+            let rule = self.shared.policy.resource_rule();
+            let result = self
+                .check_session(token, req.environment, |key, now| key.check(req, rule, now))
+                .await;
+            session_traced(&result);
+            result
+        })
+        .await
     }
 
     /// Checks that a session token is valid in `environment` from
@@ -308,26 +303,16 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
         environment: &Environment,
         client_ip: Option<IpAddr>,
     ) -> Result<VerifiedSession, Denial> {
-        crate::trace::verify_span(
-            "session",
-            self.authenticate_session_impl(token, environment, client_ip),
-        )
+        crate::trace::verify_span("session", async move {
+            let result = self
+                .check_session(token, environment, |key, now| {
+                    key.check_access(client_ip, now)
+                })
+                .await;
+            session_traced(&result);
+            result
+        })
         .await
-    }
-
-    async fn authenticate_session_impl(
-        &self,
-        token: &str,
-        environment: &Environment,
-        client_ip: Option<IpAddr>,
-    ) -> Result<VerifiedSession, Denial> {
-        let result = self
-            .check_session(token, environment, |key, now| {
-                key.check_access(client_ip, now)
-            })
-            .await;
-        session_traced(&result);
-        result
     }
 
     async fn check_session(
@@ -441,34 +426,27 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
     /// default). A key that is neither stored nor has sessions is
     /// [`KeywardError::NotFound`].
     pub async fn end_sessions(&self, actor: &Actor, id: &KeyId) -> Result<u64, KeywardError> {
-        crate::trace::manage_span(
-            actor.id(),
-            ManagementAction::Revoke,
-            Some(id),
-            self.end_sessions_impl(actor, id),
-        )
-        .await
-    }
-
-    async fn end_sessions_impl(&self, actor: &Actor, id: &KeyId) -> Result<u64, KeywardError> {
-        // Authorized by the key's owner; for a key already deleted, by the
-        // owner stored with its sessions (so its administrator can end them).
-        let owner = match self.shared.store.get(id).await {
-            Ok(Some(record)) => record.owner,
-            Ok(None) => self
-                .shared
-                .store
-                .session_owner(id)
+        crate::trace::manage_span(actor.id(), ManagementAction::Revoke, Some(id), async move {
+            // Authorized by the key's owner; for a key already deleted, by the
+            // owner stored with its sessions (so its administrator can end them).
+            let owner = match self.shared.store.get(id).await {
+                Ok(Some(record)) => record.owner,
+                Ok(None) => self
+                    .shared
+                    .store
+                    .session_owner(id)
+                    .await
+                    .map_err(KeywardError::from_store)?
+                    .ok_or_else(|| KeywardError::NotFound(id.clone()))?,
+                Err(e) => return Err(KeywardError::from_store(e)),
+            };
+            self.allow(actor, ManagementAction::Revoke, &owner, Some(id))
+                .await?;
+            self.end_key_sessions(id)
                 .await
-                .map_err(KeywardError::from_store)?
-                .ok_or_else(|| KeywardError::NotFound(id.clone()))?,
-            Err(e) => return Err(KeywardError::from_store(e)),
-        };
-        self.allow(actor, ManagementAction::Revoke, &owner, Some(id))
-            .await?;
-        self.end_key_sessions(id)
-            .await
-            .map_err(KeywardError::from_store)
+                .map_err(KeywardError::from_store)
+        })
+        .await
     }
 
     /// Revokes a key that was compromised: [`KeyManager::revoke`] (which
@@ -480,34 +458,23 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
         actor: &Actor,
         id: &KeyId,
     ) -> Result<KeyView, KeywardError> {
-        crate::trace::manage_span(
-            actor.id(),
-            ManagementAction::Revoke,
-            Some(id),
-            self.revoke_compromised_impl(actor, id),
-        )
-        .await
-    }
-
-    async fn revoke_compromised_impl(
-        &self,
-        actor: &Actor,
-        id: &KeyId,
-    ) -> Result<KeyView, KeywardError> {
-        match self.revoke(actor, id).await {
-            Err(KeywardError::Revoked(_)) => {
-                let view = self.get(actor, id).await?;
-                self.end_sessions(actor, id).await.map_err(|e| match e {
-                    KeywardError::Store(source) => KeywardError::SessionsNotEnded {
-                        id: id.clone(),
-                        source,
-                    },
-                    other => other,
-                })?;
-                Ok(view)
+        crate::trace::manage_span(actor.id(), ManagementAction::Revoke, Some(id), async move {
+            match self.revoke(actor, id).await {
+                Err(KeywardError::Revoked(_)) => {
+                    let view = self.get(actor, id).await?;
+                    self.end_sessions(actor, id).await.map_err(|e| match e {
+                        KeywardError::Store(source) => KeywardError::SessionsNotEnded {
+                            id: id.clone(),
+                            source,
+                        },
+                        other => other,
+                    })?;
+                    Ok(view)
+                }
+                other => other,
             }
-            other => other,
-        }
+        })
+        .await
     }
 
     /// Deletes sessions that have expired (revoked ones included); returns

@@ -72,36 +72,33 @@ impl<S: KeyStore> Verifier<S> {
         token: &str,
         req: &VerifyRequest<'_>,
     ) -> Result<VerifiedKey, Denial> {
-        crate::trace::verify_span("key", self.verify_impl(token, req)).await
-    }
-
-    async fn verify_impl(
-        &self,
-        token: &str,
-        req: &VerifyRequest<'_>,
-    ) -> Result<VerifiedKey, Denial> {
-        let shared = &*self.shared;
-        let parsed = match shared.format.parse(token) {
-            Ok(p) => p,
-            Err(e) => return Err(self.deny(None, DenialReason::Malformed(e), None, req.client_ip)),
-        };
-        let id = parsed.key_id();
-        if parsed.environment() != req.environment.as_str() {
-            return Err(self.deny(
-                Some(id),
-                DenialReason::WrongEnvironment,
-                None,
+        crate::trace::verify_span("key", async move {
+            let shared = &*self.shared;
+            let parsed = match shared.format.parse(token) {
+                Ok(p) => p,
+                Err(e) => {
+                    return Err(self.deny(None, DenialReason::Malformed(e), None, req.client_ip));
+                }
+            };
+            let id = parsed.key_id();
+            if parsed.environment() != req.environment.as_str() {
+                return Err(self.deny(
+                    Some(id),
+                    DenialReason::WrongEnvironment,
+                    None,
+                    req.client_ip,
+                ));
+            }
+            let rule = shared.policy.resource_rule();
+            self.check_with(
+                id,
+                parsed.expose_secret(),
+                req.environment,
                 req.client_ip,
-            ));
-        }
-        let rule = shared.policy.resource_rule();
-        self.check_with(
-            id,
-            parsed.expose_secret(),
-            req.environment,
-            req.client_ip,
-            |key, now| key.check(req, rule, now),
-        )
+                |key, now| key.check(req, rule, now),
+            )
+            .await
+        })
         .await
     }
 
@@ -116,31 +113,24 @@ impl<S: KeyStore> Verifier<S> {
         environment: &Environment,
         client_ip: Option<IpAddr>,
     ) -> Result<VerifiedKey, Denial> {
-        crate::trace::verify_span("key", self.authenticate_impl(token, environment, client_ip))
+        crate::trace::verify_span("key", async move {
+            let parsed = match self.shared.format.parse(token) {
+                Ok(p) => p,
+                Err(e) => return Err(self.deny(None, DenialReason::Malformed(e), None, client_ip)),
+            };
+            let id = parsed.key_id();
+            if parsed.environment() != environment.as_str() {
+                return Err(self.deny(Some(id), DenialReason::WrongEnvironment, None, client_ip));
+            }
+            self.check_with(
+                id,
+                parsed.expose_secret(),
+                environment,
+                client_ip,
+                |key, now| key.check_access(client_ip, now),
+            )
             .await
-    }
-
-    async fn authenticate_impl(
-        &self,
-        token: &str,
-        environment: &Environment,
-        client_ip: Option<IpAddr>,
-    ) -> Result<VerifiedKey, Denial> {
-        let parsed = match self.shared.format.parse(token) {
-            Ok(p) => p,
-            Err(e) => return Err(self.deny(None, DenialReason::Malformed(e), None, client_ip)),
-        };
-        let id = parsed.key_id();
-        if parsed.environment() != environment.as_str() {
-            return Err(self.deny(Some(id), DenialReason::WrongEnvironment, None, client_ip));
-        }
-        self.check_with(
-            id,
-            parsed.expose_secret(),
-            environment,
-            client_ip,
-            |key, now| key.check_access(client_ip, now),
-        )
+        })
         .await
     }
 
@@ -159,24 +149,18 @@ impl<S: KeyStore> Verifier<S> {
         secret: &str,
         req: &VerifyRequest<'_>,
     ) -> Result<VerifiedKey, Denial> {
-        crate::trace::verify_span("pair", self.verify_pair_impl(key_id, secret, req)).await
-    }
-
-    async fn verify_pair_impl(
-        &self,
-        key_id: &str,
-        secret: &str,
-        req: &VerifyRequest<'_>,
-    ) -> Result<VerifiedKey, Denial> {
-        self.check_pair_input(key_id, secret, req.client_ip)?;
-        let rule = self.shared.policy.resource_rule();
-        self.check_with(
-            key_id,
-            secret,
-            req.environment,
-            req.client_ip,
-            |key, now| key.check(req, rule, now),
-        )
+        crate::trace::verify_span("pair", async move {
+            self.check_pair_input(key_id, secret, req.client_ip)?;
+            let rule = self.shared.policy.resource_rule();
+            self.check_with(
+                key_id,
+                secret,
+                req.environment,
+                req.client_ip,
+                |key, now| key.check(req, rule, now),
+            )
+            .await
+        })
         .await
     }
 
@@ -190,23 +174,12 @@ impl<S: KeyStore> Verifier<S> {
         environment: &Environment,
         client_ip: Option<IpAddr>,
     ) -> Result<VerifiedKey, Denial> {
-        crate::trace::verify_span(
-            "pair",
-            self.authenticate_pair_impl(key_id, secret, environment, client_ip),
-        )
-        .await
-    }
-
-    async fn authenticate_pair_impl(
-        &self,
-        key_id: &str,
-        secret: &str,
-        environment: &Environment,
-        client_ip: Option<IpAddr>,
-    ) -> Result<VerifiedKey, Denial> {
-        self.check_pair_input(key_id, secret, client_ip)?;
-        self.check_with(key_id, secret, environment, client_ip, |key, now| {
-            key.check_access(client_ip, now)
+        crate::trace::verify_span("pair", async move {
+            self.check_pair_input(key_id, secret, client_ip)?;
+            self.check_with(key_id, secret, environment, client_ip, |key, now| {
+                key.check_access(client_ip, now)
+            })
+            .await
         })
         .await
     }
