@@ -52,19 +52,14 @@ impl<S: KeyStore> KeyManager<S> {
                 secret_hash: SecretHash::new(String::new()),
             };
             let created = self.insert_new(record, quota).await?;
-            self.audit(vec![self.event(
+            self.done_with(
                 actor,
+                ManagementAction::Create,
                 AuditAction::Created,
                 &created.1,
                 String::new(),
-            )])
+            )
             .await;
-            crate::trace::management(
-                actor.id(),
-                ManagementAction::Create,
-                Some(&created.1.id),
-                Ok(()),
-            );
             Ok(CreatedKey {
                 token: created.0,
                 key: created.1.view(now),

@@ -83,19 +83,14 @@ impl<S: KeyStore> KeyManager<S> {
                 Err(e) => return Err(KeywardError::from_store(e)),
             }
             self.shared.invalidate(&record.id);
-            self.audit(vec![self.event(
+            self.done_with(
                 actor,
+                ManagementAction::Import,
                 AuditAction::Imported,
                 &record,
                 record.kind.as_str().to_owned(),
-            )])
+            )
             .await;
-            crate::trace::management(
-                actor.id(),
-                ManagementAction::Import,
-                Some(&record.id),
-                Ok(()),
-            );
             Ok(record.view(now))
         })
         .await

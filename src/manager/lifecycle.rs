@@ -133,14 +133,14 @@ impl<S: KeyStore> KeyManager<S> {
             }
             let detail = changed_fields(&before, &record);
             let record = self.save(record).await?;
-            self.audit(vec![self.event(
+            self.done_with(
                 actor,
+                ManagementAction::Edit,
                 AuditAction::Edited,
                 &record,
                 detail,
-            )])
+            )
             .await;
-            crate::trace::management(actor.id(), ManagementAction::Edit, Some(id), Ok(()));
             Ok(self.view(&record, now))
         })
         .await
@@ -165,19 +165,14 @@ impl<S: KeyStore> KeyManager<S> {
                 let token = self.shared.format.generate(&record.environment, &record.id);
                 record.secret_hash = self.hash_token(&token).await?;
                 let record = self.save(record).await?;
-                self.audit(vec![self.event(
+                self.done_with(
                     actor,
+                    ManagementAction::Regenerate,
                     AuditAction::Regenerated,
                     &record,
                     String::new(),
-                )])
+                )
                 .await;
-                crate::trace::management(
-                    actor.id(),
-                    ManagementAction::Regenerate,
-                    Some(id),
-                    Ok(()),
-                );
                 Ok(CreatedKey {
                     token,
                     key: self.view(&record, self.now()),
@@ -291,7 +286,7 @@ impl<S: KeyStore> KeyManager<S> {
                 }
             };
             undo.shared = None;
-            self.audit(vec![
+            let events = vec![
                 self.event(
                     actor,
                     AuditAction::Rotated,
@@ -304,9 +299,8 @@ impl<S: KeyStore> KeyManager<S> {
                     &successor,
                     format!("rotated from {}", retired.id),
                 ),
-            ])
-            .await;
-            crate::trace::management(actor.id(), ManagementAction::Rotate, Some(id), Ok(()));
+            ];
+            self.done(actor, ManagementAction::Rotate, id, events).await;
             Ok(RotatedKey {
                 successor: CreatedKey {
                     token,
@@ -337,14 +331,14 @@ impl<S: KeyStore> KeyManager<S> {
                 let now = self.now();
                 record.suspended_at = Some(now);
                 let record = self.save(record).await?;
-                self.audit(vec![self.event(
+                self.done_with(
                     actor,
+                    ManagementAction::Suspend,
                     AuditAction::Suspended,
                     &record,
                     String::new(),
-                )])
+                )
                 .await;
-                crate::trace::management(actor.id(), ManagementAction::Suspend, Some(id), Ok(()));
                 Ok(self.view(&record, now))
             },
         )
@@ -361,14 +355,14 @@ impl<S: KeyStore> KeyManager<S> {
             }
             record.suspended_at = None;
             let record = self.save(record).await?;
-            self.audit(vec![self.event(
+            self.done_with(
                 actor,
+                ManagementAction::Resume,
                 AuditAction::Resumed,
                 &record,
                 String::new(),
-            )])
+            )
             .await;
-            crate::trace::management(actor.id(), ManagementAction::Resume, Some(id), Ok(()));
             Ok(self.view(&record, self.now()))
         })
         .await
@@ -400,12 +394,15 @@ impl<S: KeyStore> KeyManager<S> {
             let now = self.now();
             record.revoked_at = Some(now);
             let record = self.save(record).await?;
-            self.audit(vec![self.event(
+            // The revoke is done once saved; ending its sessions is the
+            // part a retry (`revoke_compromised`) can finish.
+            self.done_with(
                 actor,
+                ManagementAction::Revoke,
                 AuditAction::Revoked,
                 &record,
                 String::new(),
-            )])
+            )
             .await;
             self.end_key_sessions(id)
                 .await
@@ -413,7 +410,6 @@ impl<S: KeyStore> KeyManager<S> {
                     id: id.clone(),
                     source,
                 })?;
-            crate::trace::management(actor.id(), ManagementAction::Revoke, Some(id), Ok(()));
             Ok(self.view(&record, now))
         })
         .await
@@ -437,14 +433,14 @@ impl<S: KeyStore> KeyManager<S> {
                 }
             }
             result.map_err(KeywardError::from_store)?;
-            self.audit(vec![self.event(
+            self.done_with(
                 actor,
+                ManagementAction::Delete,
                 AuditAction::Deleted,
                 &record,
                 String::new(),
-            )])
+            )
             .await;
-            crate::trace::management(actor.id(), ManagementAction::Delete, Some(id), Ok(()));
             Ok(())
         })
         .await

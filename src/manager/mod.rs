@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use crate::audit::{AuditAction, AuditEvent};
 use crate::error::{KeywardError, PolicyError, StoreError};
 use crate::key::{KeyRecord, KeyStatus, KeyView, OwnerId, SecretHash};
-use crate::policy::{Actor, ManagementAction, ManagementPolicy, Policy};
+use crate::policy::{Actor, ManagementAction, ManagementDenial, ManagementPolicy, Policy};
 use crate::session::Sessions;
 use crate::store::KeyStore;
 use crate::token::{Environment, KeyId, Token, TokenFormat};
@@ -167,6 +167,32 @@ impl<S: KeyStore> KeyManager<S> {
         }
     }
 
+    /// The tail of a management operation that happened: its audit events
+    /// (a failing sink does not undo it), then its `done` trace event.
+    async fn done(
+        &self,
+        actor: &Actor,
+        action: ManagementAction,
+        key: &KeyId,
+        events: Vec<AuditEvent>,
+    ) {
+        self.audit(events).await;
+        crate::trace::management(actor.id(), action, Some(key), Ok(()));
+    }
+
+    /// [`done`](Self::done) with the one audit event `audited` about `record`.
+    async fn done_with(
+        &self,
+        actor: &Actor,
+        action: ManagementAction,
+        audited: AuditAction,
+        record: &KeyRecord,
+        detail: String,
+    ) {
+        let event = self.event(actor, audited, record, detail);
+        self.done(actor, action, &record.id, vec![event]).await;
+    }
+
     fn event(
         &self,
         actor: &Actor,
@@ -192,27 +218,12 @@ impl<S: KeyStore> KeyManager<S> {
         owner: &OwnerId,
         key: Option<&KeyId>,
     ) -> Result<(), KeywardError> {
-        match self.management.check(actor, action, owner) {
-            Ok(()) => Ok(()),
-            Err(denial) => {
-                self.audit(vec![AuditEvent {
-                    actor: Some(actor.id().to_owned()),
-                    owner: Some(owner.clone()),
-                    key_id: key.cloned(),
-                    client_ip: actor.client_ip(),
-                    detail: format!("{action}: {denial}"),
-                    ..AuditEvent::new(self.now(), AuditAction::ManagementDenied)
-                }])
-                .await;
-                crate::trace::management(actor.id(), action, key, Err(&denial));
-                Err(KeywardError::NotAllowed {
-                    actor: actor.id().to_owned(),
-                    action,
-                    owner: owner.clone(),
-                    denial,
-                })
-            }
-        }
+        let Err(denial) = self.management.check(actor, action, owner) else {
+            return Ok(());
+        };
+        let detail = format!("{action}: {denial}");
+        self.refused(actor, action, Some(owner), key, detail, denial)
+            .await
     }
 
     /// Asks the management policy about a call across owners
@@ -227,20 +238,39 @@ impl<S: KeyStore> KeyManager<S> {
         let Err(denial) = self.management.check_global(actor, action) else {
             return Ok(());
         };
+        let detail = format!("{action} across owners: {denial}");
+        self.refused(actor, action, None, key, detail, denial).await
+    }
+
+    /// The tail of a refusal: its audit event and trace event, and the
+    /// [`KeywardError::NotAllowed`] (owner `*` for a call across owners).
+    async fn refused(
+        &self,
+        actor: &Actor,
+        action: ManagementAction,
+        owner: Option<&OwnerId>,
+        key: Option<&KeyId>,
+        detail: String,
+        denial: ManagementDenial,
+    ) -> Result<(), KeywardError> {
         self.audit(vec![AuditEvent {
             actor: Some(actor.id().to_owned()),
-            owner: None,
+            owner: owner.cloned(),
             key_id: key.cloned(),
             client_ip: actor.client_ip(),
-            detail: format!("{action} across owners: {denial}"),
+            detail,
             ..AuditEvent::new(self.now(), AuditAction::ManagementDenied)
         }])
         .await;
         crate::trace::management(actor.id(), action, key, Err(&denial));
+        let owner = match owner {
+            Some(owner) => owner.clone(),
+            None => OwnerId::new("*").map_err(PolicyError::from)?,
+        };
         Err(KeywardError::NotAllowed {
             actor: actor.id().to_owned(),
             action,
-            owner: OwnerId::new("*").map_err(PolicyError::from)?,
+            owner,
             denial,
         })
     }
