@@ -2,9 +2,9 @@
 //! regeneration and rotation.
 
 use super::inputs::{CreatedKey, NewKey};
-use super::{ID_ATTEMPTS, KeyManager};
+use super::{KeyManager, insert_with_fresh_ids, read_back};
 use crate::audit::AuditAction;
-use crate::error::{KeywardError, PolicyError, StoreError};
+use crate::error::{KeywardError, PolicyError};
 use crate::key::{KeyKind, KeyRecord, MAX_NAME_LEN, OwnerId, SecretHash, check_text};
 use crate::policy::{Actor, IpAllowlist, ManagementAction};
 use crate::store::{KeyStore, QuotaCheck};
@@ -72,32 +72,27 @@ impl<S: KeyStore> KeyManager<S> {
     /// the (astronomically unlikely) clash.
     pub(super) async fn insert_new(
         &self,
-        mut record: KeyRecord,
+        record: KeyRecord,
         quota: Option<QuotaCheck>,
     ) -> Result<(Token, KeyRecord), KeywardError> {
-        for _ in 0..ID_ATTEMPTS {
+        let template = &record;
+        insert_with_fresh_ids(record.id.clone(), |id| async move {
+            let mut record = KeyRecord {
+                id,
+                ..template.clone()
+            };
             let token = self.shared.format.generate(&record.environment, &record.id);
             record.secret_hash = self.hash_token(&token).await?;
-            match self.shared.store.insert(&record, quota).await {
-                Ok(()) => return Ok((token, record)),
-                Err(StoreError::DuplicateId(_)) => record.id = KeyId::generate(),
-                // The reply may have been lost after the insert committed
-                // (a timeout, a dropped connection): if the record is there
-                // with this secret's hash, it is ours, and its token must
-                // not be lost.
-                Err(e @ StoreError::Backend(_)) => {
-                    return match self.shared.store.get(&record.id).await {
-                        Ok(Some(stored))
-                            if stored.secret_hash.as_str() == record.secret_hash.as_str() =>
-                        {
-                            Ok((token, record))
-                        }
-                        _ => Err(KeywardError::from_store(e)),
-                    };
-                }
-                Err(e) => return Err(KeywardError::from_store(e)),
-            }
-        }
-        Err(KeywardError::Store(StoreError::DuplicateId(record.id)))
+            let result = self.shared.store.insert(&record, quota).await;
+            // A lost reply: if the record is there with this secret's hash,
+            // it is ours, and its token must not be lost.
+            let landed = |stored: Option<KeyRecord>| {
+                stored.is_some_and(|s| s.secret_hash.as_str() == record.secret_hash.as_str())
+            };
+            let result = read_back(result, || self.shared.store.get(&record.id), landed).await;
+            Ok::<_, KeywardError>(result.map(|()| (token, record)))
+        })
+        .await?
+        .map_err(KeywardError::from_store)
     }
 }

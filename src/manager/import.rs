@@ -1,7 +1,7 @@
 //! Bringing keys over from another system: [`KeyManager::import`].
 
-use super::KeyManager;
 use super::inputs::ImportKey;
+use super::{KeyManager, read_back};
 use crate::audit::AuditAction;
 use crate::error::{KeywardError, PolicyError, StoreError};
 use crate::key::{KeyKind, KeyRecord, KeyView, MAX_NAME_LEN, OwnerId, SecretHash, check_text};
@@ -71,15 +71,13 @@ impl<S: KeyStore> KeyManager<S> {
                 secret_hash: SecretHash::new(format!("{}{hex}", crate::hash::SHA256_IMPORT_PREFIX)),
             };
             let quota = policy.quota().map(|max_live| QuotaCheck { max_live, now });
-            match self.shared.store.insert(&record, quota).await {
+            let result = self.shared.store.insert(&record, quota).await;
+            // A lost reply: if exactly this record is there, the import
+            // happened (a retry would now be refused as IdTaken).
+            let landed = |stored: Option<KeyRecord>| stored.as_ref() == Some(&record);
+            match read_back(result, || self.shared.store.get(&record.id), landed).await {
                 Ok(()) => {}
                 Err(StoreError::DuplicateId(id)) => return Err(KeywardError::IdTaken(id)),
-                // A lost reply: if exactly this record is there, the import
-                // happened (a retry would now be refused as IdTaken).
-                Err(e @ StoreError::Backend(_)) => match self.shared.store.get(&record.id).await {
-                    Ok(Some(stored)) if stored == record => {}
-                    _ => return Err(KeywardError::from_store(e)),
-                },
                 Err(e) => return Err(KeywardError::from_store(e)),
             }
             self.shared.invalidate(&record.id);

@@ -9,7 +9,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use super::inputs::{CreatedKey, KeyEdit, RotatedKey};
 use super::{KeyManager, MAX_WINDOW_DAYS, MIN_ROTATION_GRACE};
 use crate::audit::AuditAction;
-use crate::error::{KeywardError, PolicyError, StoreError};
+use crate::error::{KeywardError, PolicyError};
 use crate::key::{KeyKind, KeyRecord, KeyView, MAX_NAME_LEN, SecretHash, check_text};
 use crate::policy::{Actor, IpAllowlist, ManagementAction};
 use crate::store::{KeyStore, ListQuery, QuotaCheck};
@@ -423,16 +423,13 @@ impl<S: KeyStore> KeyManager<S> {
     pub async fn delete(&self, actor: &Actor, id: &KeyId) -> Result<(), KeywardError> {
         crate::trace::manage_span(actor.id(), ManagementAction::Delete, Some(id), async move {
             let record = self.load_for(actor, ManagementAction::Delete, id).await?;
-            let mut result = self.shared.store.delete(id).await;
+            let result = self.shared.store.delete(id).await;
             self.shared.invalidate(id);
             self.shared.usage.forget(id);
-            if let Err(StoreError::Backend(_)) = result {
-                // A lost reply: gone now means deleted.
-                if let Ok(None) = self.shared.store.get(id).await {
-                    result = Ok(());
-                }
-            }
-            result.map_err(KeywardError::from_store)?;
+            // A lost reply: gone now means deleted.
+            super::read_back(result, || self.shared.store.get(id), |s| s.is_none())
+                .await
+                .map_err(KeywardError::from_store)?;
             self.done_with(
                 actor,
                 ManagementAction::Delete,

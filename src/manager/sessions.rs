@@ -20,9 +20,7 @@ use crate::token::{Environment, KeyId, TokenFormat};
 use crate::verify::Cached;
 use crate::verify::{CompiledKey, Denial, DenialReason, VerifiedKey, VerifyRequest};
 
-use super::KeyManager;
-
-const ID_ATTEMPTS: usize = 3;
+use super::{KeyManager, insert_with_fresh_ids, read_back};
 
 /// How many times an exchange proves the key: once, and once more when the
 /// key changed between the proof and the session's insert.
@@ -206,7 +204,7 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
             expires_at = expires_at.min(key_expiry);
         }
         let names = self.shared.policy.permissions().names(key.permissions());
-        let mut record = SessionRecord {
+        let template = SessionRecord {
             id: KeyId::generate(),
             key_id: key.id().clone(),
             owner: key.owner().clone(),
@@ -220,7 +218,16 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
             revoked: false,
             secret_hash: SessionHash::from_bytes([0; 32]),
         };
-        for _ in 0..ID_ATTEMPTS {
+        let cap = SessionCap {
+            max_live: sessions.config.max_sessions_per_key,
+            now,
+        };
+        let template = &template;
+        let inserted = insert_with_fresh_ids(template.id.clone(), |id| async move {
+            let mut record = SessionRecord {
+                id,
+                ..template.clone()
+            };
             let token = sessions.format.generate(&record.environment, &record.id);
             record.secret_hash = SessionHash::of(
                 sessions
@@ -228,45 +235,37 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
                     .parse(token.expose_secret())?
                     .expose_secret(),
             );
-            let cap = SessionCap {
-                max_live: sessions.config.max_sessions_per_key,
-                now,
+            let result = self.shared.store.insert_session(&record, Some(cap)).await;
+            // A lost reply: the session is there with this hash, or not.
+            let landed = |stored: Option<SessionRecord>| {
+                stored.is_some_and(|s| s.secret_hash.matches(&record.secret_hash))
             };
-            let mut inserted = self.shared.store.insert_session(&record, Some(cap)).await;
-            if let Err(StoreError::Backend(_)) = inserted {
-                // A lost reply: the session is there with this hash, or not.
-                if let Ok(Some(stored)) = self.shared.store.get_session(&record.id).await {
-                    if stored.secret_hash.matches(&record.secret_hash) {
-                        inserted = Ok(());
-                    }
-                }
+            let result =
+                read_back(result, || self.shared.store.get_session(&record.id), landed).await;
+            Ok::<_, SessionError>(result.map(|()| (token, record)))
+        })
+        .await?;
+        let (token, record) = match inserted {
+            Ok(inserted) => inserted,
+            Err(StoreError::TooManySessions { key_id, limit }) => {
+                return Err(SessionError::TooManySessions { key_id, limit });
             }
-            match inserted {
-                Ok(()) => {
-                    // Read the key again now that the session exists: a
-                    // revoke (or suspend, or regenerate) made elsewhere
-                    // between the check above and this insert ended the
-                    // key's sessions without seeing this one. Refused or
-                    // changed now: the stored session's token is never
-                    // returned, so nobody can ever use it (its row stays
-                    // until it expires).
-                    if !self.still_current(key).await? {
-                        return Ok(None);
-                    }
-                    self.audit_session(key, &record.id, client_ip).await;
-                    return Ok(Some(IssuedSession {
-                        token,
-                        session: record.view(),
-                    }));
-                }
-                Err(StoreError::DuplicateId(_)) => record.id = KeyId::generate(),
-                Err(StoreError::TooManySessions { key_id, limit }) => {
-                    return Err(SessionError::TooManySessions { key_id, limit });
-                }
-                Err(e) => return Err(SessionError::Store(e)),
-            }
+            Err(e) => return Err(SessionError::Store(e)),
+        };
+        // Read the key again now that the session exists: a revoke (or
+        // suspend, or regenerate) made elsewhere between the check above
+        // and this insert ended the key's sessions without seeing this one.
+        // Refused or changed now: the stored session's token is never
+        // returned, so nobody can ever use it (its row stays until it
+        // expires).
+        if !self.still_current(key).await? {
+            return Ok(None);
         }
-        Err(SessionError::Store(StoreError::DuplicateId(record.id)))
+        self.audit_session(key, &record.id, client_ip).await;
+        Ok(Some(IssuedSession {
+            token,
+            session: record.view(),
+        }))
     }
 
     /// Checks a session token for `req`, like [`KeyManager::verify`] checks a
