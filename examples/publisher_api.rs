@@ -665,7 +665,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         TokenFormat::new("mkh", &["live", "test"])?,
         policy,
     )
-    .sessions(SessionConfig::new("mkhs"))?;
+    .sessions(SessionConfig::new("mkhs"));
     // The audit trail goes to the same database as the keys.
     builder = match &store {
         Store::Sqlite(s) => builder.audit(s.clone()),
@@ -677,7 +677,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             keyward::Argon2Params::insecure_for_tests(),
         ));
     }
-    let manager = builder.build();
+    let manager = builder.build()?;
     // Expired sessions are refused, but their rows stay until purged: purge
     // them every 5 minutes (on every server, if you like: it is one
     // idempotent statement). Each key holds at most 100 live sessions.

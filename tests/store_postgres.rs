@@ -43,6 +43,7 @@ fn manager<S: KeyStore>(store: S) -> KeyManager<S> {
     KeyManager::builder(store, format, policy)
         .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
         .build()
+        .unwrap()
 }
 
 fn live() -> Environment {
@@ -557,8 +558,8 @@ async fn compromise_revoke_ends_sessions_on_the_other_server() {
             )
             .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
             .sessions(SessionConfig::new("mkhs"))
-            .expect("sessions")
             .build()
+            .unwrap()
         };
         let a = with_sessions(store(&url, &schema).await);
         let b_store = store(&url, &schema).await;

@@ -25,7 +25,7 @@ mod lifecycle;
 mod operations;
 mod sessions;
 
-pub use builder::KeyManagerBuilder;
+pub use builder::{BuildError, KeyManagerBuilder};
 pub use inputs::{CreatedKey, ImportKey, KeyEdit, NewKey, RotatedKey};
 
 /// Ends every session of a key in the store: set when sessions are
@@ -56,7 +56,7 @@ pub(crate) type EndSessions<S> =
 ///     Policy::new(registry),
 /// )
 /// .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
-/// .build();
+/// .build().unwrap();
 ///
 /// let admin = Actor::administrator("alice", OwnerId::new("contoso").unwrap());
 /// let created = manager

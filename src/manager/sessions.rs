@@ -78,8 +78,7 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
     /// )
     /// .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
     /// .sessions(SessionConfig::new("mkhs"))
-    /// .unwrap()
-    /// .build();
+    /// .build().unwrap();
     /// let admin = Actor::administrator("alice", OwnerId::new("contoso").unwrap());
     /// let key = manager
     ///     .create(&admin, NewKey::new("contoso", "live", "CI").permissions(PermissionGrant::All))

@@ -388,7 +388,7 @@ impl PostgresStore {
     /// let store = PostgresStore::connect("postgres://app@db.internal/registry").await?;
     /// store.migrate().await?;
     /// # let (format, policy) = (TokenFormat::new("mkh", &["live"])?, Policy::new(PermissionRegistry::builder().permission("p").build()?));
-    /// let manager = KeyManager::builder(store.clone(), format, policy).build();
+    /// let manager = KeyManager::builder(store.clone(), format, policy).build().unwrap();
     /// let feed = store.listen(&manager.verifier()).await?;
     /// // ... serve requests; keep `feed` alive as long as the manager.
     /// # drop(feed);
