@@ -45,7 +45,8 @@ fn world() -> &'static World {
             ..VerifierConfig::default()
         })
         .sessions(SessionConfig::new("mkhs"))
-        .build().unwrap();
+        .build()
+        .unwrap();
         let live = Environment::new("live").expect("env");
         let created = rt
             .block_on(manager.create(
