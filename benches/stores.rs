@@ -91,7 +91,8 @@ fn bench_key<S: KeyStore + Clone>(rt: &Runtime, store: &S, hasher: Argon2Hasher)
             failure_burst: 1_000_000,
             ..VerifierConfig::default()
         })
-        .build();
+        .build()
+        .unwrap();
     let created = rt
         .block_on(
             manager.create(
@@ -124,7 +125,8 @@ fn setup<S: KeyStore + Clone>(rt: &Runtime, store: S) -> Setup<S> {
         Policy::new(registry()).with_quota(10).expect("quota"),
     )
     .hasher(cheap())
-    .build();
+    .build()
+    .unwrap();
     Setup {
         cheap: bench_key(rt, &store, cheap()),
         strong: bench_key(rt, &store, Argon2Hasher::default()),

@@ -168,7 +168,8 @@ fn bench_verify(c: &mut Criterion) {
             failure_burst: 1_000_000,
             ..VerifierConfig::default()
         })
-        .build();
+        .build()
+        .unwrap();
     // Same store, default throttle, refill slow enough that no token comes back during the run.
     let throttling = KeyManager::builder(Arc::clone(&store), format.clone(), policy.clone())
         .hasher(Argon2Hasher::default())
@@ -176,7 +177,8 @@ fn bench_verify(c: &mut Criterion) {
             failure_refill: Duration::from_secs(3600),
             ..VerifierConfig::default()
         })
-        .build();
+        .build()
+        .unwrap();
 
     let created = rt
         .block_on(
@@ -480,6 +482,7 @@ fn big_cache_manager(store: &Store) -> KeyManager<Store> {
             ..VerifierConfig::default()
         })
         .build()
+        .unwrap()
 }
 
 /// Verifies each key once (cheap argon2, on every core) so all of them are cached.

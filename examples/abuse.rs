@@ -128,7 +128,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )
     .verifier_config(config)
     .hasher(timed)
-    .build();
+    .build()?;
     // 1 000 flood targets: one real key, its record copied under new ids
     // (each insert would otherwise cost an argon2 hash).
     let template = manager
@@ -277,7 +277,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Policy::new(permissions()?),
         )
         .clock(clock.clone())
-        .build();
+        .build()?;
         let holder = manager
             .create(
                 &system,
@@ -320,7 +320,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Policy::new(permissions()?),
     )
     .audit_shared(sink.clone())
-    .build();
+    .build()?;
     for i in 0..RANDOM_CHECKS {
         let random = format.generate(&live, &KeyId::generate());
         let req = VerifyRequest::new(&live, push).client_ip(ip(i as u32 % 50));

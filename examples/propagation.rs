@@ -36,7 +36,7 @@ fn manager(store: PostgresStore) -> Result<KeyManager<PostgresStore>, Box<dyn st
             cache_ttl: Duration::from_secs(600),
             ..VerifierConfig::default()
         })
-        .build())
+        .build()?)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

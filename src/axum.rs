@@ -18,8 +18,7 @@
 //!     Policy::new(registry),
 //! )
 //! .sessions(SessionConfig::new("mkhs"))
-//! .unwrap()
-//! .build();
+//! .build().unwrap();
 //!
 //! // Who owns each package (your database): a guard on a path resource
 //! // needs this, or it cannot be built. `None` means no such package yet:

@@ -22,7 +22,7 @@
 //! let format = TokenFormat::new("mkh", &["live", "test"])?;
 //! let manager = KeyManager::builder(MemoryStore::new(), format, policy)
 //! #   .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
-//!     .build();
+//!     .build().unwrap();
 //!
 //! // A publisher's administrator creates a key for one family of packages.
 //! let admin = Actor::administrator("alice", OwnerId::new("contoso")?);
@@ -137,8 +137,8 @@ pub use key::{
     KeyKind, KeyRecord, KeyStatus, KeyView, MAX_NAME_LEN, MAX_OWNER_LEN, OwnerId, SecretHash,
 };
 pub use manager::{
-    CreatedKey, ImportKey, KeyEdit, KeyManager, KeyManagerBuilder, MIN_ROTATION_GRACE, NewKey,
-    RotatedKey,
+    BuildError, CreatedKey, ImportKey, KeyEdit, KeyManager, KeyManagerBuilder, MIN_ROTATION_GRACE,
+    NewKey, RotatedKey,
 };
 pub use policy::{
     Actor, CompiledScope, DefaultManagementPolicy, EditPolicy, ExpiryChoice, ExpiryPolicy,

@@ -1046,7 +1046,9 @@ async fn session_catalogue() {
     let build = |config: SessionConfig| {
         KeyManager::builder(MemoryStore::new(), format(), policy())
             .sessions(config)
+            .build()
             .map(drop)
+            .map_err(|e| e.kind().clone())
     };
     let cases: Vec<(&str, Result<(), SessionError>, SessionError)> = vec![
         (
@@ -1088,8 +1090,8 @@ async fn session_catalogue() {
     let manager = KeyManager::builder(std::sync::Arc::clone(&store), format(), policy())
         .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
         .sessions(SessionConfig::new("mkhs"))
-        .unwrap()
-        .build();
+        .build()
+        .unwrap();
     let key = manager
         .create(&keyward::Actor::system("tests"), base())
         .await

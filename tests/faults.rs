@@ -40,8 +40,8 @@ fn faulty_fixture() -> (Store, Fixture<Store>) {
     .hasher(CountingHasher::new(counters.clone()))
     .clock(clock.clone())
     .sessions(SessionConfig::new("mkhs"))
-    .expect("sessions")
-    .build();
+    .build()
+    .unwrap();
     let f = Fixture {
         manager,
         clock,
@@ -247,8 +247,8 @@ async fn a_cold_session_check_denies_on_every_fault_of_what_it_reads() {
             .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
             .clock(f.clock.clone())
             .sessions(SessionConfig::new("mkhs"))
-            .unwrap()
-            .build();
+            .build()
+            .unwrap();
         store.inject(Op::GetSession, fault);
         match bounded(fault, other.verify_session(token, &f.req())).await {
             None => assert_eq!(fault, Fault::Hang),

@@ -93,8 +93,8 @@ async fn start_server() -> Server {
             ..VerifierConfig::default()
         })
         .sessions(SessionConfig::new("mkhs"))
-        .expect("sessions")
-        .build();
+        .build()
+        .unwrap();
     let registry = registry();
     let live = Environment::new("live").unwrap();
     let auth = KeywardLayer::with_sessions(manager.clone(), live.clone())
@@ -917,8 +917,8 @@ async fn expired_session_is_401() {
         .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
         .clock(clock.clone())
         .sessions(SessionConfig::new("mkhs"))
-        .unwrap()
-        .build();
+        .build()
+        .unwrap();
     let live = Environment::new("live").unwrap();
     let key = manager
         .create(
@@ -1402,7 +1402,8 @@ impl KeyStore for KeysOnly {
 async fn the_layer_works_over_a_store_without_sessions() {
     let manager = KeyManager::builder(KeysOnly(MemoryStore::new()), format(), policy())
         .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
-        .build();
+        .build()
+        .unwrap();
     let key = manager
         .create(
             &keyward::Actor::system("tests"),
@@ -1701,7 +1702,8 @@ async fn the_challenge_realm_is_configurable() {
 async fn with_sessions_over_a_manager_without_sessions_has_none() {
     let manager = KeyManager::builder(MemoryStore::new(), format(), policy())
         .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
-        .build();
+        .build()
+        .unwrap();
     let live = Environment::new("live").unwrap();
     assert!(!KeywardLayer::with_sessions(manager.clone(), live.clone()).has_sessions());
     assert!(!KeywardLayer::new(manager.verifier(), live).has_sessions());

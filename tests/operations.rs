@@ -33,7 +33,8 @@ fn ops_with(policy: Policy, config: VerifierConfig) -> Ops {
         .clock(clock.clone())
         .verifier_config(config)
         .audit_shared(audit.clone())
-        .build();
+        .build()
+        .unwrap();
     Ops {
         manager,
         store,
@@ -1336,7 +1337,8 @@ async fn a_failing_audit_sink_keeps_events_for_later_and_never_fails_the_action(
     let manager = KeyManager::builder(MemoryStore::new(), format(), policy())
         .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
         .audit_shared(sink.clone())
-        .build();
+        .build()
+        .unwrap();
     let key = manager.create(&admin(), push_key()).await.unwrap();
     manager.revoke(&admin(), &key.key.id).await.unwrap();
     assert_eq!(manager.unsent_audit_events(), 2);
@@ -1412,9 +1414,9 @@ async fn audit_events_carry_the_callers_address_and_every_refusal() {
         .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
         .clock(ManualClock::new(start()))
         .sessions(SessionConfig::new("mkhs"))
-        .unwrap()
         .audit_shared(audit.clone())
-        .build();
+        .build()
+        .unwrap();
     let ip: std::net::IpAddr = "198.51.100.23".parse().unwrap();
     let admin = admin().with_client_ip(ip);
     let key = manager.create(&admin, push_key()).await.unwrap();

@@ -178,8 +178,8 @@ async fn life_cycle(l: &mut Ledger) {
         .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
         .audit_shared(audit.clone())
         .sessions(SessionConfig::new("mkhs"))
-        .unwrap()
-        .build();
+        .build()
+        .unwrap();
     let admin = Actor::administrator("alice", OwnerId::new(OWNER).unwrap());
     let live = Environment::new("live").unwrap();
     let registry = registry();

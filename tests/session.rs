@@ -24,8 +24,8 @@ fn sessions_fixture_with(config: SessionConfig) -> S {
         .hasher(CountingHasher::new(counters.clone()))
         .clock(clock.clone())
         .sessions(config)
-        .expect("session config")
-        .build();
+        .build()
+        .unwrap();
     S {
         f: Fixture {
             manager,
@@ -451,8 +451,8 @@ async fn a_revoke_whose_sessions_could_not_be_ended_says_so() {
     let manager = KeyManager::builder(Arc::clone(&store), format(), policy())
         .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
         .sessions(SessionConfig::new("mkhs"))
-        .unwrap()
-        .build();
+        .build()
+        .unwrap();
     let live = Environment::new("live").unwrap();
     let key = manager
         .create(
@@ -722,12 +722,77 @@ async fn an_imported_keys_pair_is_exchanged_with_exchange_pair() {
     );
 }
 
+/// `sessions(..)` is a plain builder step (settings may follow it); `build`
+/// names the setting that cannot work.
+#[test]
+fn build_names_the_session_setting_that_cannot_work() {
+    let build = |config: SessionConfig| {
+        KeyManager::builder(MemoryStore::new(), format(), policy())
+            .sessions(config)
+            .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
+            .build()
+            .map(drop)
+            .map_err(|e| (e.field(), e.kind().clone(), e.to_string()))
+    };
+    let mkhs = || SessionConfig::new("mkhs");
+    let cases = [
+        (
+            SessionConfig::new("mkh"),
+            "sessions.prefix",
+            SessionError::PrefixClash,
+        ),
+        (
+            SessionConfig {
+                default_ttl: Duration::ZERO,
+                ..mkhs()
+            },
+            "sessions.default_ttl",
+            SessionError::ZeroTtl,
+        ),
+        (
+            SessionConfig {
+                max_ttl: Duration::ZERO,
+                ..mkhs()
+            },
+            "sessions.max_ttl",
+            SessionError::ZeroTtl,
+        ),
+        (
+            SessionConfig {
+                default_ttl: Duration::from_secs(7200),
+                ..mkhs()
+            },
+            "sessions.default_ttl",
+            SessionError::DefaultAboveMax,
+        ),
+        (
+            SessionConfig {
+                max_sessions_per_key: 0,
+                ..mkhs()
+            },
+            "sessions.max_sessions_per_key",
+            SessionError::ZeroSessionCap,
+        ),
+    ];
+    for (config, field, kind) in cases {
+        let (got_field, got_kind, message) = build(config).unwrap_err();
+        assert_eq!((got_field, &got_kind), (field, &kind));
+        assert!(message.contains(field), "{message}");
+    }
+    let (field, kind, _) = build(SessionConfig::new("MKHS")).unwrap_err();
+    assert_eq!(field, "sessions.prefix");
+    assert!(matches!(kind, SessionError::Prefix(_)));
+    assert_eq!(build(mkhs()), Ok(()));
+}
+
 #[tokio::test]
 async fn configuration_is_checked() {
     let build = |config: SessionConfig| {
         KeyManager::builder(MemoryStore::new(), format(), policy())
             .sessions(config)
+            .build()
             .map(|_| ())
+            .map_err(|e| e.kind().clone())
     };
     assert_eq!(
         build(SessionConfig::new("mkh")),
@@ -785,8 +850,8 @@ async fn session_life<S: KeyStore + SessionStore>(store: S) {
         .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
         .clock(clock.clone())
         .sessions(SessionConfig::new("mkhs"))
-        .unwrap()
-        .build();
+        .build()
+        .unwrap();
     let live = Environment::new("live").unwrap();
     let push = registry().get("package:push").unwrap();
     let key = manager
@@ -988,8 +1053,8 @@ async fn postgres_sessions_migrate_race_hash_at_rest_and_corrupt_rows() {
             .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
             .clock(clock.clone())
             .sessions(SessionConfig::new("mkhs"))
-            .unwrap()
-            .build();
+            .build()
+            .unwrap();
         let live = Environment::new("live").unwrap();
         let key = manager
             .create(
@@ -1088,8 +1153,8 @@ async fn two_servers() -> (
         KeyManager::builder(Arc::clone(&store), format(), policy())
             .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
             .sessions(SessionConfig::new("mkhs"))
-            .expect("sessions")
             .build()
+            .unwrap()
     };
     let (a, b) = (server(), server());
     let key = a
@@ -1241,12 +1306,13 @@ async fn a_revoke_by_a_manager_without_sessions_still_stops_them() {
     let store = Arc::new(MemoryStore::new());
     let admin_server = KeyManager::builder(Arc::clone(&store), format(), policy())
         .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
-        .build();
+        .build()
+        .unwrap();
     let api_server = KeyManager::builder(Arc::clone(&store), format(), policy())
         .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
         .sessions(SessionConfig::new("mkhs"))
-        .unwrap()
-        .build();
+        .build()
+        .unwrap();
     let key = admin_server
         .create(
             &Actor::system("tests"),

@@ -56,6 +56,7 @@ fn manager<S: KeyStore>(store: S) -> KeyManager<S> {
     KeyManager::builder(store, format, policy)
         .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
         .build()
+        .unwrap()
 }
 
 /// The whole suite on a file in WAL mode with a pool of several connections,
@@ -568,7 +569,8 @@ async fn the_store_is_the_managers_audit_sink() {
     let m = KeyManager::builder(store.clone(), format, Policy::new(registry))
         .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
         .audit(store.clone())
-        .build();
+        .build()
+        .unwrap();
     let created = m
         .create(&admin(), new_key("audited"))
         .await

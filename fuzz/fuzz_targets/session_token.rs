@@ -45,8 +45,8 @@ fn world() -> &'static World {
             ..VerifierConfig::default()
         })
         .sessions(SessionConfig::new("mkhs"))
-        .expect("sessions")
-        .build();
+        .build()
+        .unwrap();
         let live = Environment::new("live").expect("env");
         let created = rt
             .block_on(manager.create(

@@ -47,7 +47,8 @@ fn world() -> &'static World {
                     failure_burst: u32::MAX,
                     ..VerifierConfig::default()
                 })
-                .build();
+                .build()
+                .unwrap();
         let created = rt
             .block_on(
                 manager.create(

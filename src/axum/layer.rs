@@ -137,7 +137,7 @@ impl<S> KeywardLayer<S> {
     ///     TokenFormat::new("mkh", &["live"]).unwrap(),
     ///     Policy::new(registry),
     /// )
-    /// .build();
+    /// .build().unwrap();
     /// let auth = KeywardLayer::new(manager.verifier(), Environment::new("live").unwrap());
     /// # let _ = auth;
     /// ```
@@ -279,7 +279,7 @@ impl<S> KeywardLayer<S> {
     /// # let registry = PermissionRegistry::builder().permission("package:push").build().unwrap();
     /// # let manager = KeyManager::builder(
     /// #     MemoryStore::new(), TokenFormat::new("mkh", &["live"]).unwrap(), Policy::new(registry),
-    /// # ).build();
+    /// # ).build().unwrap();
     /// use axum::http::HeaderName;
     /// use keyward::axum::KeywardLayer;
     ///
@@ -309,7 +309,7 @@ impl<S> KeywardLayer<S> {
     /// # let registry = PermissionRegistry::builder().permission("package:push").build().unwrap();
     /// # let manager = KeyManager::builder(
     /// #     MemoryStore::new(), TokenFormat::new("mkh", &["live"]).unwrap(), Policy::new(registry),
-    /// # ).build();
+    /// # ).build().unwrap();
     /// use keyward::axum::{KeywardLayer, LayerError};
     ///
     /// let auth = KeywardLayer::new(manager.verifier(), Environment::new("live").unwrap());
@@ -347,7 +347,7 @@ impl<S> KeywardLayer<S> {
     /// # let registry = PermissionRegistry::builder().permission("package:push").build().unwrap();
     /// # let manager = KeyManager::builder(
     /// #     MemoryStore::new(), TokenFormat::new("mkh", &["live"]).unwrap(), Policy::new(registry),
-    /// # ).build();
+    /// # ).build().unwrap();
     /// use axum::{Router, routing::get};
     /// use keyward::axum::{Caller, KeywardLayer};
     ///
@@ -416,7 +416,7 @@ impl<S> KeywardLayer<S> {
     ///     TokenFormat::new("mkh", &["live"]).unwrap(),
     ///     Policy::new(registry),
     /// )
-    /// .build();
+    /// .build().unwrap();
     /// let auth = KeywardLayer::new(manager.verifier(), Environment::new("live").unwrap());
     ///
     /// // Who owns a package is unknown: refused when built.

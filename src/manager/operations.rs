@@ -30,41 +30,29 @@ impl<S: KeyStore> KeyManager<S> {
         within_days: u32,
         limit: usize,
     ) -> Result<Vec<KeyView>, KeywardError> {
-        crate::trace::manage_span(
-            actor.id(),
-            ManagementAction::Remind,
-            None,
-            self.take_expiry_reminders_impl(actor, within_days, limit),
-        )
+        crate::trace::manage_span(actor.id(), ManagementAction::Remind, None, async move {
+            if !(1..=MAX_WINDOW_DAYS).contains(&i64::from(within_days)) {
+                return Err(PolicyError::BadReminderWindow.into());
+            }
+            self.allow_global(actor, ManagementAction::Remind, None)
+                .await?;
+            let now = self.now();
+            let until = now + TimeDelta::days(i64::from(within_days));
+            let records = self
+                .shared
+                .store
+                .take_expiry_reminders(now, until, limit.clamp(1, crate::store::MAX_PAGE_SIZE))
+                .await
+                .map_err(KeywardError::from_store)?;
+            // A key expired by idle expiry (which stores do not know) is expired,
+            // not about to expire: marked like the others, but not returned.
+            Ok(records
+                .iter()
+                .map(|r| self.view(r, now))
+                .filter(|v| v.status != KeyStatus::Expired)
+                .collect())
+        })
         .await
-    }
-
-    async fn take_expiry_reminders_impl(
-        &self,
-        actor: &Actor,
-        within_days: u32,
-        limit: usize,
-    ) -> Result<Vec<KeyView>, KeywardError> {
-        if !(1..=MAX_WINDOW_DAYS).contains(&i64::from(within_days)) {
-            return Err(PolicyError::BadReminderWindow.into());
-        }
-        self.allow_global(actor, ManagementAction::Remind, None)
-            .await?;
-        let now = self.now();
-        let until = now + TimeDelta::days(i64::from(within_days));
-        let records = self
-            .shared
-            .store
-            .take_expiry_reminders(now, until, limit.clamp(1, crate::store::MAX_PAGE_SIZE))
-            .await
-            .map_err(KeywardError::from_store)?;
-        // A key expired by idle expiry (which stores do not know) is expired,
-        // not about to expire: marked like the others, but not returned.
-        Ok(records
-            .iter()
-            .map(|r| self.view(r, now))
-            .filter(|v| v.status != KeyStatus::Expired)
-            .collect())
     }
 
     /// The audit trail matching `query` ("what did this key do between T1
@@ -77,45 +65,36 @@ impl<S: KeyStore> KeyManager<S> {
         actor: &Actor,
         query: AuditQuery,
     ) -> Result<Vec<AuditEvent>, KeywardError> {
-        crate::trace::manage_span(
-            actor.id(),
-            ManagementAction::View,
-            None,
-            self.audit_trail_impl(actor, query),
-        )
-        .await
-    }
+        crate::trace::manage_span(actor.id(), ManagementAction::View, None, async move {
+            let mut query = query;
 
-    async fn audit_trail_impl(
-        &self,
-        actor: &Actor,
-        mut query: AuditQuery,
-    ) -> Result<Vec<AuditEvent>, KeywardError> {
-        match (actor.owner(), &query.owner) {
-            (Some(own), _) => {
-                let owner = own.clone();
-                self.allow(actor, ManagementAction::View, &owner, None)
-                    .await?;
-                query.owner = Some(owner);
+            match (actor.owner(), &query.owner) {
+                (Some(own), _) => {
+                    let owner = own.clone();
+                    self.allow(actor, ManagementAction::View, &owner, None)
+                        .await?;
+                    query.owner = Some(owner);
+                }
+                (None, Some(owner)) => {
+                    let owner = owner.clone();
+                    self.allow(actor, ManagementAction::View, &owner, None)
+                        .await?;
+                }
+                (None, None) => {
+                    self.allow_global(actor, ManagementAction::View, None)
+                        .await?;
+                }
             }
-            (None, Some(owner)) => {
-                let owner = owner.clone();
-                self.allow(actor, ManagementAction::View, &owner, None)
-                    .await?;
-            }
-            (None, None) => {
-                self.allow_global(actor, ManagementAction::View, None)
-                    .await?;
-            }
-        }
-        // Pending aggregates first, so the answer includes recent activity;
-        // a failure here is kept for later and does not hide the trail.
-        let _ = self.flush().await;
-        self.shared
-            .audit
-            .query(&query)
-            .await
-            .map_err(KeywardError::from_store)
+            // Pending aggregates first, so the answer includes recent activity;
+            // a failure here is kept for later and does not hide the trail.
+            let _ = self.flush().await;
+            self.shared
+                .audit
+                .query(&query)
+                .await
+                .map_err(KeywardError::from_store)
+        })
+        .await
     }
 
     /// Writes everything pending: recorded uses not yet in the store, the

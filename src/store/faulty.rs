@@ -19,7 +19,7 @@
 //!     Policy::new(registry),
 //! )
 //! .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
-//! .build();
+//! .build().unwrap();
 //! let live = Environment::new("live").unwrap();
 //! let req = VerifyRequest::new(&live, push);
 //! let admin = Actor::administrator("alice", OwnerId::new("contoso").unwrap());

@@ -4,6 +4,7 @@
 //! always available; SQLite and PostgreSQL stores come with their features.
 //! Write your own by implementing the trait with `async fn`s.
 
+mod boxed;
 mod compact;
 mod memory;
 
@@ -34,6 +35,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
+pub use boxed::{BoxedSessionStore, BoxedStore, DynKeyStore, DynSessionStore};
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub use faulty::{Fault, FaultyStore, Op};

@@ -72,37 +72,10 @@ impl<S: KeyStore> Verifier<S> {
         token: &str,
         req: &VerifyRequest<'_>,
     ) -> Result<VerifiedKey, Denial> {
-        crate::trace::verify_span("key", self.verify_impl(token, req)).await
-    }
-
-    async fn verify_impl(
-        &self,
-        token: &str,
-        req: &VerifyRequest<'_>,
-    ) -> Result<VerifiedKey, Denial> {
-        let shared = &*self.shared;
-        let parsed = match shared.format.parse(token) {
-            Ok(p) => p,
-            Err(e) => return Err(self.deny(None, DenialReason::Malformed(e), None, req.client_ip)),
-        };
-        let id = parsed.key_id();
-        if parsed.environment() != req.environment.as_str() {
-            return Err(self.deny(
-                Some(id),
-                DenialReason::WrongEnvironment,
-                None,
-                req.client_ip,
-            ));
-        }
-        let rule = shared.policy.resource_rule();
-        self.check_with(
-            id,
-            parsed.expose_secret(),
-            req.environment,
-            req.client_ip,
-            |key, now| key.check(req, rule, now),
-        )
-        .await
+        let rule = self.shared.policy.resource_rule();
+        let check = |key: &CompiledKey, now| key.check(req, rule, now);
+        let checked = self.check_token(token, req.environment, req.client_ip, check);
+        crate::trace::verify_span("key", checked).await
     }
 
     /// Checks that `token` is a valid key of `environment` that may be used
@@ -116,32 +89,9 @@ impl<S: KeyStore> Verifier<S> {
         environment: &Environment,
         client_ip: Option<IpAddr>,
     ) -> Result<VerifiedKey, Denial> {
-        crate::trace::verify_span("key", self.authenticate_impl(token, environment, client_ip))
-            .await
-    }
-
-    async fn authenticate_impl(
-        &self,
-        token: &str,
-        environment: &Environment,
-        client_ip: Option<IpAddr>,
-    ) -> Result<VerifiedKey, Denial> {
-        let parsed = match self.shared.format.parse(token) {
-            Ok(p) => p,
-            Err(e) => return Err(self.deny(None, DenialReason::Malformed(e), None, client_ip)),
-        };
-        let id = parsed.key_id();
-        if parsed.environment() != environment.as_str() {
-            return Err(self.deny(Some(id), DenialReason::WrongEnvironment, None, client_ip));
-        }
-        self.check_with(
-            id,
-            parsed.expose_secret(),
-            environment,
-            client_ip,
-            |key, now| key.check_access(client_ip, now),
-        )
-        .await
+        let check = |key: &CompiledKey, now| key.check_access(client_ip, now);
+        let checked = self.check_token(token, environment, client_ip, check);
+        crate::trace::verify_span("key", checked).await
     }
 
     /// Checks a key id and secret given separately, for `req`: HTTP Basic
@@ -159,25 +109,10 @@ impl<S: KeyStore> Verifier<S> {
         secret: &str,
         req: &VerifyRequest<'_>,
     ) -> Result<VerifiedKey, Denial> {
-        crate::trace::verify_span("pair", self.verify_pair_impl(key_id, secret, req)).await
-    }
-
-    async fn verify_pair_impl(
-        &self,
-        key_id: &str,
-        secret: &str,
-        req: &VerifyRequest<'_>,
-    ) -> Result<VerifiedKey, Denial> {
-        self.check_pair_input(key_id, secret, req.client_ip)?;
         let rule = self.shared.policy.resource_rule();
-        self.check_with(
-            key_id,
-            secret,
-            req.environment,
-            req.client_ip,
-            |key, now| key.check(req, rule, now),
-        )
-        .await
+        let check = |key: &CompiledKey, now| key.check(req, rule, now);
+        let checked = self.check_pair(key_id, secret, req.environment, req.client_ip, check);
+        crate::trace::verify_span("pair", checked).await
     }
 
     /// [`Verifier::authenticate`] for an id + secret pair (see
@@ -190,25 +125,46 @@ impl<S: KeyStore> Verifier<S> {
         environment: &Environment,
         client_ip: Option<IpAddr>,
     ) -> Result<VerifiedKey, Denial> {
-        crate::trace::verify_span(
-            "pair",
-            self.authenticate_pair_impl(key_id, secret, environment, client_ip),
-        )
-        .await
+        let check = |key: &CompiledKey, now| key.check_access(client_ip, now);
+        let checked = self.check_pair(key_id, secret, environment, client_ip, check);
+        crate::trace::verify_span("pair", checked).await
     }
 
-    async fn authenticate_pair_impl(
+    /// Checks a token of keyward's format: parsed, of `environment`, then
+    /// proven and checked by [`Verifier::check_with`].
+    async fn check_token(
+        &self,
+        token: &str,
+        environment: &Environment,
+        client_ip: Option<IpAddr>,
+        check: impl FnOnce(&CompiledKey, DateTime<Utc>) -> Result<(), DenialReason>,
+    ) -> Result<VerifiedKey, Denial> {
+        let parsed = match self.shared.format.parse(token) {
+            Ok(p) => p,
+            Err(e) => return Err(self.deny(None, DenialReason::Malformed(e), None, client_ip)),
+        };
+        let id = parsed.key_id();
+        if parsed.environment() != environment.as_str() {
+            return Err(self.deny(Some(id), DenialReason::WrongEnvironment, None, client_ip));
+        }
+        self.check_with(id, parsed.expose_secret(), environment, client_ip, check)
+            .await
+    }
+
+    /// Checks an id + secret pair: the input rule
+    /// ([`Verifier::check_pair_input`]), then proven and checked by
+    /// [`Verifier::check_with`].
+    async fn check_pair(
         &self,
         key_id: &str,
         secret: &str,
         environment: &Environment,
         client_ip: Option<IpAddr>,
+        check: impl FnOnce(&CompiledKey, DateTime<Utc>) -> Result<(), DenialReason>,
     ) -> Result<VerifiedKey, Denial> {
         self.check_pair_input(key_id, secret, client_ip)?;
-        self.check_with(key_id, secret, environment, client_ip, |key, now| {
-            key.check_access(client_ip, now)
-        })
-        .await
+        self.check_with(key_id, secret, environment, client_ip, check)
+            .await
     }
 
     /// Refuses pair input no key could match, before any store access.

@@ -158,7 +158,8 @@ pub fn fixture_with<S: KeyStore>(store: S, policy: Policy, config: VerifierConfi
         .hasher(CountingHasher::new(counters.clone()))
         .clock(clock.clone())
         .verifier_config(config)
-        .build();
+        .build()
+        .unwrap();
     Fixture {
         manager,
         clock,
