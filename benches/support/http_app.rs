@@ -68,7 +68,8 @@ pub fn setup(rt: &tokio::runtime::Runtime) -> Setup {
     let store = Arc::new(MemoryStore::new());
     let manager = KeyManager::builder(store, format, Policy::new(registry))
         .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
-        .build();
+        .build()
+        .expect("manager");
     let created = rt
         .block_on(
             manager.create(
