@@ -6,53 +6,11 @@ use std::net::IpAddr;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::error::InvalidValue;
+use crate::ids::{Environment, KeyId, OwnerId};
 use crate::policy::{IpAllowlist, PermissionGrant, ResourceScope};
-use crate::token::{Environment, KeyId, string_newtype};
 
-/// Longest owner id.
-pub const MAX_OWNER_LEN: usize = 128;
 /// Longest key name.
 pub const MAX_NAME_LEN: usize = 100;
-
-string_newtype!(
-    /// The owner of keys and resources: a publisher, an organization, a user.
-    /// 1 to 128 characters, no control characters.
-    ///
-    /// ```
-    /// use keyward::OwnerId;
-    /// assert!(OwnerId::new("contoso").is_ok());
-    /// assert!(OwnerId::new("").is_err());
-    /// ```
-    OwnerId
-);
-
-impl OwnerId {
-    /// Validates and wraps an owner id.
-    pub fn new(s: &str) -> Result<Self, InvalidValue> {
-        check_text("owner", s, MAX_OWNER_LEN)?;
-        Ok(Self(s.into()))
-    }
-}
-
-/// Checks a free-text field: not empty or blank, not too long, no control characters.
-pub(crate) fn check_text(field: &'static str, s: &str, max: usize) -> Result<(), InvalidValue> {
-    if s.trim().is_empty() {
-        return Err(InvalidValue::Empty { field });
-    }
-    let len = s.chars().count();
-    if len > max {
-        return Err(InvalidValue::TooLong { field, len, max });
-    }
-    if let Some(ch) = s.chars().find(|c| c.is_control()) {
-        return Err(InvalidValue::BadCharacter {
-            field,
-            ch,
-            allowed: "printable characters",
-        });
-    }
-    Ok(())
-}
 
 /// The stored hash of a key's secret (an argon2id PHC string).
 ///

@@ -65,8 +65,8 @@ pub mod audit;
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod axum;
 mod clock;
-mod error;
 mod hash;
+mod ids;
 mod key;
 mod manager;
 pub mod policy;
@@ -102,16 +102,16 @@ pub mod prelude {
     //! | tests | [`Argon2Hasher`], [`Argon2Params`], [`ManualClock`] |
 
     pub use crate::clock::ManualClock;
-    pub use crate::error::KeywardError;
     pub use crate::hash::{Argon2Hasher, Argon2Params};
-    pub use crate::key::{KeyStatus, KeyView, OwnerId};
-    pub use crate::manager::{CreatedKey, KeyEdit, KeyManager, NewKey};
+    pub use crate::ids::{Environment, KeyId, OwnerId};
+    pub use crate::key::{KeyStatus, KeyView};
+    pub use crate::manager::{CreatedKey, KeyEdit, KeyManager, KeywardError, NewKey};
     pub use crate::policy::{
         Actor, ExpiryChoice, ExpiryPolicy, Permission, PermissionGrant, PermissionRegistry, Policy,
         ResourceScope,
     };
     pub use crate::store::{KeyStore, ListQuery, MemoryStore};
-    pub use crate::token::{Environment, KeyId, Token, TokenFormat};
+    pub use crate::token::{Token, TokenFormat};
     pub use crate::verify::{
         Denial, DenialKind, DenialReason, VerifiedKey, Verifier, VerifyRequest,
     };
@@ -122,28 +122,30 @@ pub mod prelude {
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
-pub use audit::{AuditAction, AuditEvent, AuditQuery, AuditSink, MemoryAuditSink};
+pub use audit::{AuditAction, AuditEvent, AuditQuery};
 /// The `chrono` keyward's API speaks (`DateTime<Utc>`, `TimeDelta`), so
 /// callers and test suites need not add it themselves:
 /// `use keyward::chrono::TimeDelta;`.
 #[doc(no_inline)]
 pub use chrono;
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use error::{HashError, InvalidValue, KeywardError, PolicyError, StoreError, TokenError};
 pub use hash::{
-    Argon2Hasher, Argon2Params, FINGERPRINT_LEN, Fingerprinter, HashScratch, Pepper, SecretHasher,
+    Argon2Hasher, Argon2Params, FINGERPRINT_LEN, Fingerprinter, HashError, HashScratch, Pepper,
+    SecretHasher,
 };
-pub use key::{
-    KeyKind, KeyRecord, KeyStatus, KeyView, MAX_NAME_LEN, MAX_OWNER_LEN, OwnerId, SecretHash,
+pub use ids::{
+    Environment, InvalidValue, KEY_ID_LEN, KeyId, MAX_KEY_ID_LEN, MAX_OWNER_LEN, OwnerId,
 };
+pub use key::{KeyKind, KeyRecord, KeyStatus, KeyView, MAX_NAME_LEN, SecretHash};
 pub use manager::{
-    CreatedKey, ImportKey, KeyEdit, KeyManager, KeyManagerBuilder, MIN_ROTATION_GRACE, NewKey,
-    RotatedKey,
+    CreatedKey, ImportKey, KeyEdit, KeyManager, KeyManagerBuilder, KeywardError,
+    MIN_ROTATION_GRACE, NewKey, RotatedKey,
 };
 pub use policy::{
     Actor, CompiledScope, DefaultManagementPolicy, EditPolicy, ExpiryChoice, ExpiryPolicy,
     IpAllowlist, ManagementAction, ManagementDenial, ManagementPolicy, Permission, PermissionGrant,
-    PermissionRegistry, PermissionSet, Policy, ResourceRef, ResourceRule, ResourceScope, Role,
+    PermissionRegistry, PermissionSet, Policy, PolicyError, ResourceRef, ResourceRule,
+    ResourceScope, Role,
 };
 pub use session::{
     DEFAULT_MAX_SESSION_TTL, DEFAULT_MAX_SESSIONS_PER_KEY, DEFAULT_SESSION_TTL, IssuedSession,
@@ -156,14 +158,14 @@ pub use store::InvalidName;
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use store::SqliteStore;
+pub use store::{
+    AuditSink, KeyStore, ListQuery, MemoryAuditSink, MemoryStore, QuotaCheck, StoreError,
+    due_for_reminder,
+};
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use store::{ChangeListener, FeedStatus, PostgresStore};
-pub use store::{KeyStore, ListQuery, MemoryStore, QuotaCheck, due_for_reminder};
-pub use token::{
-    BODY_LEN, CHECKSUM_LEN, Environment, KEY_ID_LEN, KeyId, MAX_KEY_ID_LEN, ParsedToken,
-    SECRET_LEN, Token, TokenFormat,
-};
+pub use token::{BODY_LEN, CHECKSUM_LEN, ParsedToken, SECRET_LEN, Token, TokenError, TokenFormat};
 pub use verify::{
     CompiledKey, Denial, DenialKind, DenialReason, MAX_PAIR_SECRET_LEN, VerifiedKey, Verifier,
     VerifierConfig, VerifyRequest,

@@ -39,10 +39,13 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use thiserror::Error;
 
-use crate::error::{InvalidValue, StoreError, TokenError};
-use crate::key::OwnerId;
+use crate::ids::InvalidValue;
+use crate::ids::OwnerId;
+use crate::ids::{Environment, KeyId, check_chars};
 use crate::policy::{IpAllowlist, PermissionGrant, ResourceScope};
-use crate::token::{Environment, KeyId, MAX_PREFIX_LEN, Token, TokenFormat, check_chars};
+use crate::store::StoreError;
+use crate::token::TokenError;
+use crate::token::{MAX_PREFIX_LEN, Token, TokenFormat};
 use crate::verify::KeyCache;
 use crate::verify::{CompiledKey, Denial, VerifiedKey};
 

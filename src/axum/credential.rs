@@ -9,7 +9,8 @@ use base64::Engine;
 use zeroize::Zeroizing;
 
 use super::rejection::KeywardRejection;
-use crate::token::{Environment, TokenFormat};
+use crate::ids::Environment;
+use crate::token::TokenFormat;
 
 /// Longest credential header value read, in bytes; longer is refused unread.
 pub const MAX_CREDENTIAL_HEADER_LEN: usize = 512;
@@ -183,7 +184,7 @@ fn parse_authorization(
         // Not this format's shape: an imported key's id and secret, checked
         // as a pair (the same limits as `Verifier::verify_pair`).
         let id_ok = !id.is_empty()
-            && id.len() <= crate::token::MAX_KEY_ID_LEN
+            && id.len() <= crate::ids::MAX_KEY_ID_LEN
             && id.bytes().all(|b| b.is_ascii_alphanumeric());
         let secret_ok = !secret.is_empty()
             && secret.len() <= crate::verify::MAX_PAIR_SECRET_LEN

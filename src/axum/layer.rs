@@ -11,11 +11,11 @@ use ipnet::IpNet;
 use super::caller::LayerContext;
 use super::rejection::DEFAULT_REALM;
 use super::sessions::SessionAuth;
+use crate::ids::Environment;
 use crate::manager::KeyManager;
 use crate::policy::Permission;
 use crate::session::SessionStore;
 use crate::store::KeyStore;
-use crate::token::Environment;
 use crate::verify::Verifier;
 
 /// The default response header that warns about a key expiring soon (like

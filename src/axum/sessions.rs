@@ -8,10 +8,10 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::time::Duration;
 
+use crate::ids::Environment;
 use crate::manager::KeyManager;
 use crate::session::{IssuedSession, SessionError, SessionStore, VerifiedSession};
 use crate::store::KeyStore;
-use crate::token::Environment;
 use crate::verify::Denial;
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -5,14 +5,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use super::{EndSessions, KeyManager};
-use crate::audit::AuditSink;
 use crate::clock::{Clock, SystemClock};
-use crate::error::StoreError;
 use crate::hash::{Argon2Hasher, SecretHasher};
+use crate::ids::KeyId;
 use crate::policy::{DefaultManagementPolicy, ManagementPolicy, Policy};
 use crate::session::{SessionConfig, SessionError, SessionStore, Sessions};
+use crate::store::AuditSink;
 use crate::store::KeyStore;
-use crate::token::{KeyId, TokenFormat};
+use crate::store::StoreError;
+use crate::token::TokenFormat;
 use crate::verify::{Shared, VerifierConfig};
 
 /// Builds a [`KeyManager`].

@@ -4,11 +4,15 @@
 use super::inputs::{CreatedKey, NewKey};
 use super::{ID_ATTEMPTS, KeyManager};
 use crate::audit::AuditAction;
-use crate::error::{KeywardError, PolicyError, StoreError};
-use crate::key::{KeyKind, KeyRecord, MAX_NAME_LEN, OwnerId, SecretHash, check_text};
+use crate::ids::KeyId;
+use crate::ids::{OwnerId, check_text};
+use crate::key::{KeyKind, KeyRecord, MAX_NAME_LEN, SecretHash};
+use crate::manager::KeywardError;
+use crate::policy::PolicyError;
 use crate::policy::{Actor, IpAllowlist, ManagementAction};
+use crate::store::StoreError;
 use crate::store::{KeyStore, QuotaCheck};
-use crate::token::{KeyId, Token};
+use crate::token::Token;
 
 impl<S: KeyStore> KeyManager<S> {
     /// Creates a key. The full token is in the result and nowhere else.

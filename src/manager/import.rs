@@ -3,11 +3,14 @@
 use super::KeyManager;
 use super::inputs::ImportKey;
 use crate::audit::AuditAction;
-use crate::error::{KeywardError, PolicyError, StoreError};
-use crate::key::{KeyKind, KeyRecord, KeyView, MAX_NAME_LEN, OwnerId, SecretHash, check_text};
+use crate::ids::KeyId;
+use crate::ids::{OwnerId, check_text};
+use crate::key::{KeyKind, KeyRecord, KeyView, MAX_NAME_LEN, SecretHash};
+use crate::manager::KeywardError;
+use crate::policy::PolicyError;
 use crate::policy::{Actor, IpAllowlist, ManagementAction, PermissionGrant, ResourceScope};
+use crate::store::StoreError;
 use crate::store::{KeyStore, QuotaCheck};
-use crate::token::KeyId;
 
 impl<S: KeyStore> KeyManager<S> {
     /// Imports a key from another system by its id and the SHA-256 (hex) of

@@ -9,11 +9,14 @@ use chrono::{DateTime, TimeDelta, Utc};
 use super::inputs::{CreatedKey, KeyEdit, RotatedKey};
 use super::{KeyManager, MAX_WINDOW_DAYS, MIN_ROTATION_GRACE};
 use crate::audit::AuditAction;
-use crate::error::{KeywardError, PolicyError, StoreError};
-use crate::key::{KeyKind, KeyRecord, KeyView, MAX_NAME_LEN, SecretHash, check_text};
+use crate::ids::KeyId;
+use crate::ids::check_text;
+use crate::key::{KeyKind, KeyRecord, KeyView, MAX_NAME_LEN, SecretHash};
+use crate::manager::KeywardError;
+use crate::policy::PolicyError;
 use crate::policy::{Actor, IpAllowlist, ManagementAction};
+use crate::store::StoreError;
 use crate::store::{KeyStore, ListQuery, QuotaCheck};
-use crate::token::KeyId;
 use crate::verify::Shared;
 
 /// Which fields an edit changed, for the audit trail.

@@ -9,16 +9,20 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::audit::{AuditAction, AuditEvent};
-use crate::error::{KeywardError, PolicyError, StoreError};
-use crate::key::{KeyRecord, KeyStatus, KeyView, OwnerId, SecretHash};
+use crate::ids::OwnerId;
+use crate::ids::{Environment, KeyId};
+use crate::key::{KeyRecord, KeyStatus, KeyView, SecretHash};
+use crate::policy::PolicyError;
 use crate::policy::{Actor, ManagementAction, ManagementPolicy, Policy};
 use crate::session::Sessions;
 use crate::store::KeyStore;
-use crate::token::{Environment, KeyId, Token, TokenFormat};
+use crate::store::StoreError;
+use crate::token::{Token, TokenFormat};
 use crate::verify::{Shared, Verifier};
 
 mod builder;
 mod create;
+mod error;
 mod import;
 mod inputs;
 mod lifecycle;
@@ -26,6 +30,7 @@ mod operations;
 mod sessions;
 
 pub use builder::KeyManagerBuilder;
+pub use error::KeywardError;
 pub use inputs::{CreatedKey, ImportKey, KeyEdit, NewKey, RotatedKey};
 
 /// Ends every session of a key in the store: set when sessions are

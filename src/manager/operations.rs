@@ -7,11 +7,12 @@ use chrono::TimeDelta;
 
 use super::{KeyManager, MAX_WINDOW_DAYS};
 use crate::audit::{AuditAction, AuditEvent, AuditQuery};
-use crate::error::{KeywardError, PolicyError};
+use crate::ids::KeyId;
 use crate::key::{KeyStatus, KeyView};
+use crate::manager::KeywardError;
+use crate::policy::PolicyError;
 use crate::policy::{Actor, ManagementAction};
 use crate::store::KeyStore;
-use crate::token::KeyId;
 use crate::verify::{Denial, VerifiedKey, VerifyRequest};
 
 impl<S: KeyStore> KeyManager<S> {

@@ -8,15 +8,18 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use crate::error::{KeywardError, StoreError, TokenError};
+use crate::ids::{Environment, KeyId};
 use crate::key::KeyView;
+use crate::manager::KeywardError;
 use crate::policy::{Actor, ManagementAction, PermissionGrant};
 use crate::session::{
     IssuedSession, SessionCap, SessionError, SessionHash, SessionRecord, SessionStore, Sessions,
     VerifiedSession,
 };
 use crate::store::KeyStore;
-use crate::token::{Environment, KeyId, TokenFormat};
+use crate::store::StoreError;
+use crate::token::TokenError;
+use crate::token::TokenFormat;
 use crate::verify::Cached;
 use crate::verify::{CompiledKey, Denial, DenialReason, VerifiedKey, VerifyRequest};
 

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::error::PolicyError;
+use crate::policy::PolicyError;
 
 /// Most ranges in one key's allowlist.
 pub const MAX_IP_RANGES: usize = 64;

@@ -1,6 +1,7 @@
 //! Policy: permissions, resource scope, expiry, IP allowlist, quota, edit rules.
 
 mod edit;
+mod error;
 mod expiry;
 mod ip;
 mod management;
@@ -8,6 +9,7 @@ mod permissions;
 mod resources;
 
 pub use edit::EditPolicy;
+pub use error::PolicyError;
 pub use expiry::{ExpiryChoice, ExpiryPolicy};
 pub use ip::{IpAllowlist, MAX_IP_RANGES};
 pub use management::{
@@ -18,8 +20,6 @@ pub use permissions::{
     PermissionSet,
 };
 pub use resources::{CompiledScope, ResourceRef, ResourceRule, ResourceScope};
-
-use crate::error::PolicyError;
 
 /// Everything the application decides about its keys, built once at startup.
 ///

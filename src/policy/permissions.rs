@@ -4,7 +4,8 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{InvalidValue, PolicyError};
+use crate::ids::InvalidValue;
+use crate::policy::PolicyError;
 
 /// The most permissions one registry can hold (one bit each in a `u64`).
 pub const MAX_PERMISSIONS: usize = 64;

@@ -60,11 +60,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::error::StoreError;
-use crate::key::{KeyRecord, OwnerId};
+use crate::ids::KeyId;
+use crate::ids::OwnerId;
+use crate::key::KeyRecord;
 use crate::session::{SessionCap, SessionRecord, SessionStore};
+use crate::store::StoreError;
 use crate::store::{KeyStore, ListQuery, QuotaCheck};
-use crate::token::KeyId;
 
 /// One store operation: one method of [`KeyStore`] or [`SessionStore`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

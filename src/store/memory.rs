@@ -11,10 +11,11 @@ use foldhash::fast::RandomState;
 
 use super::compact::CompactRecord;
 use super::{KeyStore, ListQuery, QuotaCheck};
-use crate::error::StoreError;
-use crate::key::{KeyRecord, OwnerId};
+use crate::ids::KeyId;
+use crate::ids::OwnerId;
+use crate::key::KeyRecord;
 use crate::session::{SessionCap, SessionRecord, SessionStore};
-use crate::token::KeyId;
+use crate::store::StoreError;
 
 const SHARDS: usize = 32;
 

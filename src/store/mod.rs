@@ -4,7 +4,9 @@
 //! always available; SQLite and PostgreSQL stores come with their features.
 //! Write your own by implementing the trait with `async fn`s.
 
+mod audit_sink;
 mod compact;
+mod error;
 mod memory;
 
 #[cfg(feature = "testing")]
@@ -36,6 +38,8 @@ use chrono::{DateTime, Utc};
 
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub use audit_sink::{AuditSink, MemoryAuditSink};
+pub use error::StoreError;
 pub use faulty::{Fault, FaultyStore, Op};
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
@@ -48,9 +52,9 @@ pub use sql::InvalidName;
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use sqlite::SqliteStore;
 
-use crate::error::StoreError;
-use crate::key::{KeyRecord, KeyStatus, OwnerId};
-use crate::token::{Environment, KeyId};
+use crate::ids::OwnerId;
+use crate::ids::{Environment, KeyId};
+use crate::key::{KeyRecord, KeyStatus};
 
 /// The largest page a listing returns.
 pub const MAX_PAGE_SIZE: usize = 1000;

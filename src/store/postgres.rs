@@ -13,10 +13,10 @@ use tokio::task::JoinHandle;
 
 use super::sql::{self, COLUMNS, InvalidName, boxed};
 use super::{KeyStore, ListQuery, QuotaCheck};
-use crate::error::StoreError;
+use crate::ids::KeyId;
 use crate::key::{KeyRecord, KeyStatus};
 use crate::store::Invalidate;
-use crate::token::KeyId;
+use crate::store::StoreError;
 
 const DEFAULT_SCHEMA: &str = "public";
 const DEFAULT_TABLE: &str = "keyward_keys";

@@ -5,8 +5,9 @@ use std::borrow::Cow;
 
 use super::PostgresStore;
 use super::sql::{self, AUDIT_COLUMNS, boxed};
-use crate::audit::{AuditEvent, AuditQuery, AuditSink, BoxFuture};
-use crate::error::StoreError;
+use crate::audit::{AuditEvent, AuditQuery, BoxFuture};
+use crate::store::AuditSink;
+use crate::store::StoreError;
 
 impl PostgresStore {
     fn audit_table(&self) -> String {

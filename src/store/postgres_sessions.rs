@@ -14,10 +14,10 @@ use sqlx::postgres::PgRow;
 
 use super::PostgresStore;
 use super::sql::{self, boxed};
-use crate::error::StoreError;
-use crate::key::OwnerId;
+use crate::ids::OwnerId;
+use crate::ids::{Environment, KeyId};
 use crate::session::{SessionCap, SessionHash, SessionRecord, SessionStore};
-use crate::token::{Environment, KeyId};
+use crate::store::StoreError;
 
 const COLUMNS: &str = "id, key_id, owner, environment, key_name, permissions, resources, ip_allowlist, \
                        created_at, expires_at, revoked, secret_hash";

@@ -13,9 +13,9 @@ use sqlx::sqlite::{
 
 use super::sql::{self, COLUMNS, InvalidName, boxed};
 use super::{KeyStore, ListQuery, QuotaCheck};
-use crate::error::StoreError;
+use crate::ids::KeyId;
 use crate::key::KeyRecord;
-use crate::token::KeyId;
+use crate::store::StoreError;
 
 /// The table name used unless [`SqliteStore::with_table`] says otherwise.
 const DEFAULT_TABLE: &str = "keyward_keys";

@@ -3,8 +3,9 @@
 
 use super::SqliteStore;
 use super::sql::{self, AUDIT_COLUMNS, boxed};
-use crate::audit::{AuditEvent, AuditQuery, AuditSink, BoxFuture};
-use crate::error::StoreError;
+use crate::audit::{AuditEvent, AuditQuery, BoxFuture};
+use crate::store::AuditSink;
+use crate::store::StoreError;
 
 impl SqliteStore {
     fn audit_table(&self) -> String {

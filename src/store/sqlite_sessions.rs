@@ -8,10 +8,10 @@ use sqlx::sqlite::SqliteRow;
 
 use super::SqliteStore;
 use super::sql::{self, boxed};
-use crate::error::StoreError;
-use crate::key::OwnerId;
+use crate::ids::KeyId;
+use crate::ids::OwnerId;
 use crate::session::{SessionCap, SessionHash, SessionRecord, SessionStore};
-use crate::token::KeyId;
+use crate::store::StoreError;
 
 const COLUMNS: &str = "id, key_id, owner, environment, key_name, permissions, resources, ip_allowlist, \
                        created_at, expires_at, revoked, secret_hash";

@@ -10,12 +10,13 @@ use chrono::{DateTime, TimeDelta, Utc};
 use super::denial::DenialReason;
 use super::request::VerifyRequest;
 use super::usage::UsageCell;
-use crate::error::PolicyError;
-use crate::key::{KeyKind, KeyRecord, OwnerId};
+use crate::ids::OwnerId;
+use crate::ids::{Environment, KeyId};
+use crate::key::{KeyKind, KeyRecord};
+use crate::policy::PolicyError;
 use crate::policy::{
     CompiledScope, IpAllowlist, PermissionSet, Policy, ResourceRule, ResourceScope,
 };
-use crate::token::{Environment, KeyId};
 
 /// A key with its policy decoded and compiled, as the verifier caches it.
 #[derive(Debug)]

@@ -4,8 +4,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::error::TokenError;
-use crate::token::KeyId;
+use crate::ids::KeyId;
+use crate::token::TokenError;
 
 /// Whether a denial is about who the caller is, what they may do, a flood,
 /// or keyward not being able to decide. Maps to HTTP 401, 403, 429 and 503.

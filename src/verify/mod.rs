@@ -5,6 +5,7 @@
 //! `throttle`, `hash_pool`, `usage`, `config`; `compiled` → `request`,
 //! `denial`, `usage`; `cache` → `compiled`, `denial`.
 
+mod audit_log;
 mod cache;
 mod cold;
 mod compiled;

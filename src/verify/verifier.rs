@@ -14,11 +14,11 @@ use super::compiled::{CompiledKey, VerifiedKey};
 use super::denial::{Denial, DenialReason};
 use super::request::VerifyRequest;
 use super::shared::Shared;
-use crate::error::TokenError;
-use crate::key::OwnerId;
+use crate::ids::OwnerId;
+use crate::ids::{Environment, KeyId};
 use crate::policy::ResourceRule;
 use crate::store::KeyStore;
-use crate::token::{Environment, KeyId};
+use crate::token::TokenError;
 
 /// The longest secret [`Verifier::verify_pair`] accepts.
 pub const MAX_PAIR_SECRET_LEN: usize = 256;
@@ -223,7 +223,7 @@ impl<S: KeyStore> Verifier<S> {
             return Err(malformed(TokenError::Empty));
         }
         for (len, max) in [
-            (key_id.len(), crate::token::MAX_KEY_ID_LEN),
+            (key_id.len(), crate::ids::MAX_KEY_ID_LEN),
             (secret.len(), MAX_PAIR_SECRET_LEN),
         ] {
             if len > max {

@@ -13,7 +13,9 @@ use rand::{RngCore, TryRngCore};
 use sha2::Sha256;
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::error::HashError;
+mod error;
+
+pub use error::HashError;
 
 /// Turns a secret into a string safe to store, and checks a secret against it.
 ///
