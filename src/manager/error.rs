@@ -22,9 +22,11 @@ pub enum KeywardError {
     /// A token or key id did not parse.
     #[error(transparent)]
     Token(#[from] TokenError),
-    /// The store failed or refused.
+    /// The store failed or refused. A store's `NotFound` and
+    /// `QuotaExceeded` are never here: they become [`KeywardError::NotFound`]
+    /// and [`KeywardError::QuotaExceeded`] (see `From<StoreError>`).
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
     /// Hashing failed.
     #[error(transparent)]
     Hash(#[from] HashError),
@@ -120,8 +122,18 @@ impl KeywardError {
         }
     }
 
-    /// Maps store errors that have a manager-level meaning to their own variants.
+    /// The one conversion from a store error, by name: the same as
+    /// `KeywardError::from` (and a bare `?`).
     pub(crate) fn from_store(err: StoreError) -> Self {
+        Self::from(err)
+    }
+}
+
+/// The one mapping from store errors: the ones with a manager-level meaning
+/// get their own variants, the rest are [`KeywardError::Store`]. A bare `?`
+/// and [`KeywardError::from_store`] both come here, so they always agree.
+impl From<StoreError> for KeywardError {
+    fn from(err: StoreError) -> Self {
         match err {
             StoreError::NotFound(id) => KeywardError::NotFound(id),
             StoreError::QuotaExceeded { limit } => KeywardError::QuotaExceeded { limit },
@@ -137,5 +149,70 @@ impl crate::trace::TracedError for KeywardError {
             KeywardError::NotAllowed { .. } => None,
             other => Some(other.code()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn every_store_error() -> Vec<StoreError> {
+        let id = || KeyId::new("abc123").unwrap();
+        vec![
+            StoreError::NotFound(id()),
+            StoreError::DuplicateId(id()),
+            StoreError::Conflict {
+                id: id(),
+                expected: 1,
+                found: 2,
+            },
+            StoreError::QuotaExceeded { limit: 3 },
+            StoreError::TooManySessions {
+                key_id: id(),
+                limit: 4,
+            },
+            StoreError::Corrupt {
+                id: "abc123".into(),
+                field: "owner",
+                reason: "empty".into(),
+            },
+            StoreError::Backend("down".into()),
+        ]
+    }
+
+    fn with_question_mark(err: StoreError) -> Result<(), KeywardError> {
+        Err(err)?;
+        Ok(())
+    }
+
+    #[test]
+    fn a_bare_question_mark_and_from_store_give_the_same_variant() {
+        for err in every_store_error() {
+            let by_name = KeywardError::from_store(err.clone());
+            assert_eq!(
+                with_question_mark(err.clone()),
+                Err(by_name.clone()),
+                "{err:?}"
+            );
+            assert_eq!(KeywardError::from(err.clone()), by_name, "{err:?}");
+        }
+    }
+
+    #[test]
+    fn store_errors_with_a_manager_meaning_get_their_own_variant() {
+        let id = KeyId::new("abc123").unwrap();
+        assert_eq!(
+            KeywardError::from(StoreError::NotFound(id.clone())),
+            KeywardError::NotFound(id)
+        );
+        assert_eq!(
+            KeywardError::from(StoreError::QuotaExceeded { limit: 3 }),
+            KeywardError::QuotaExceeded { limit: 3 }
+        );
+        let backend = StoreError::Backend("down".into());
+        assert_eq!(
+            KeywardError::from(backend.clone()),
+            KeywardError::Store(backend)
+        );
     }
 }
