@@ -149,8 +149,7 @@ pub use policy::{
 };
 pub use session::{
     DEFAULT_MAX_SESSION_TTL, DEFAULT_MAX_SESSIONS_PER_KEY, DEFAULT_SESSION_TTL, IssuedSession,
-    SessionCap, SessionConfig, SessionError, SessionHash, SessionRecord, SessionStore, SessionView,
-    VerifiedSession,
+    SessionCap, SessionConfig, SessionHash, SessionRecord, SessionView,
 };
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
@@ -159,14 +158,14 @@ pub use store::InvalidName;
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use store::SqliteStore;
 pub use store::{
-    AuditSink, KeyStore, ListQuery, MemoryAuditSink, MemoryStore, QuotaCheck, StoreError,
-    due_for_reminder,
+    AuditSink, KeyStore, ListQuery, MemoryAuditSink, MemoryStore, QuotaCheck, SessionStore,
+    StoreError, due_for_reminder,
 };
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use store::{ChangeListener, FeedStatus, PostgresStore};
 pub use token::{BODY_LEN, CHECKSUM_LEN, ParsedToken, SECRET_LEN, Token, TokenError, TokenFormat};
 pub use verify::{
-    CompiledKey, Denial, DenialKind, DenialReason, MAX_PAIR_SECRET_LEN, VerifiedKey, Verifier,
-    VerifierConfig, VerifyRequest,
+    CompiledKey, Denial, DenialKind, DenialReason, MAX_PAIR_SECRET_LEN, SessionError, VerifiedKey,
+    VerifiedSession, Verifier, VerifierConfig, VerifyRequest,
 };

@@ -14,8 +14,8 @@ use super::sessions::SessionAuth;
 use crate::ids::Environment;
 use crate::manager::KeyManager;
 use crate::policy::Permission;
-use crate::session::SessionStore;
 use crate::store::KeyStore;
+use crate::store::SessionStore;
 use crate::verify::Verifier;
 
 /// The default response header that warns about a key expiring soon (like

@@ -9,11 +9,13 @@ use crate::clock::{Clock, SystemClock};
 use crate::hash::{Argon2Hasher, SecretHasher};
 use crate::ids::KeyId;
 use crate::policy::{DefaultManagementPolicy, ManagementPolicy, Policy};
-use crate::session::{SessionConfig, SessionError, SessionStore, Sessions};
+use crate::session::SessionConfig;
 use crate::store::AuditSink;
 use crate::store::KeyStore;
+use crate::store::SessionStore;
 use crate::store::StoreError;
 use crate::token::TokenFormat;
+use crate::verify::{SessionError, Sessions};
 use crate::verify::{Shared, VerifierConfig};
 
 /// Builds a [`KeyManager`].

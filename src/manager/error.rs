@@ -131,7 +131,7 @@ impl KeywardError {
 
 /// The one mapping from store errors: the ones with a manager-level meaning
 /// get their own variants, the rest are [`KeywardError::Store`]. A bare `?`
-/// and [`KeywardError::from_store`] both come here, so they always agree.
+/// and `KeywardError::from_store` both come here, so they always agree.
 impl From<StoreError> for KeywardError {
     fn from(err: StoreError) -> Self {
         match err {

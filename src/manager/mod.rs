@@ -14,10 +14,10 @@ use crate::ids::{Environment, KeyId};
 use crate::key::{KeyRecord, KeyStatus, KeyView, SecretHash};
 use crate::policy::PolicyError;
 use crate::policy::{Actor, ManagementAction, ManagementPolicy, Policy};
-use crate::session::Sessions;
 use crate::store::KeyStore;
 use crate::store::StoreError;
 use crate::token::{Token, TokenFormat};
+use crate::verify::Sessions;
 use crate::verify::{Shared, Verifier};
 
 mod builder;

@@ -63,7 +63,8 @@ use chrono::{DateTime, Utc};
 use crate::ids::KeyId;
 use crate::ids::OwnerId;
 use crate::key::KeyRecord;
-use crate::session::{SessionCap, SessionRecord, SessionStore};
+use crate::session::{SessionCap, SessionRecord};
+use crate::store::SessionStore;
 use crate::store::StoreError;
 use crate::store::{KeyStore, ListQuery, QuotaCheck};
 

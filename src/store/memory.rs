@@ -14,7 +14,8 @@ use super::{KeyStore, ListQuery, QuotaCheck};
 use crate::ids::KeyId;
 use crate::ids::OwnerId;
 use crate::key::KeyRecord;
-use crate::session::{SessionCap, SessionRecord, SessionStore};
+use crate::session::{SessionCap, SessionRecord};
+use crate::store::SessionStore;
 use crate::store::StoreError;
 
 const SHARDS: usize = 32;

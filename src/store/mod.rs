@@ -21,6 +21,7 @@ mod postgres;
 mod postgres_audit;
 #[cfg(feature = "postgres")]
 mod postgres_sessions;
+mod sessions;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
 #[cfg(feature = "sqlite")]
@@ -45,6 +46,7 @@ pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use postgres::{ChangeListener, FeedStatus, PostgresStore};
+pub use sessions::SessionStore;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
 pub use sql::InvalidName;

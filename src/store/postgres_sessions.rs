@@ -16,7 +16,8 @@ use super::PostgresStore;
 use super::sql::{self, boxed};
 use crate::ids::OwnerId;
 use crate::ids::{Environment, KeyId};
-use crate::session::{SessionCap, SessionHash, SessionRecord, SessionStore};
+use crate::session::{SessionCap, SessionHash, SessionRecord};
+use crate::store::SessionStore;
 use crate::store::StoreError;
 
 const COLUMNS: &str = "id, key_id, owner, environment, key_name, permissions, resources, ip_allowlist, \

@@ -10,7 +10,8 @@ use super::SqliteStore;
 use super::sql::{self, boxed};
 use crate::ids::KeyId;
 use crate::ids::OwnerId;
-use crate::session::{SessionCap, SessionHash, SessionRecord, SessionStore};
+use crate::session::{SessionCap, SessionHash, SessionRecord};
+use crate::store::SessionStore;
 use crate::store::StoreError;
 
 const COLUMNS: &str = "id, key_id, owner, environment, key_name, permissions, resources, ip_allowlist, \

@@ -10,7 +10,8 @@ use super::fixtures::*;
 use crate::ids::KeyId;
 use crate::ids::OwnerId;
 use crate::policy::{IpAllowlist, PermissionGrant, ResourceScope};
-use crate::session::{SessionCap, SessionHash, SessionRecord, SessionStore};
+use crate::session::{SessionCap, SessionHash, SessionRecord};
+use crate::store::SessionStore;
 use crate::store::StoreError;
 
 /// A window start of its own for [`session_store_conformance`]: in the
