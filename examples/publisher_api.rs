@@ -63,8 +63,9 @@ use axum::{Json, Router};
 use keyward::axum::{Caller, KeywardLayer, ManagementRejection};
 use keyward::prelude::*;
 use keyward::{
-    KeyRecord, PostgresStore, QuotaCheck, ResourceRef, SessionCap, SessionConfig, SessionRecord,
-    SessionStore, SqliteStore, StoreError,
+    PostgresStore, SqliteStore, key::KeyRecord, policy::ResourceRef, session::SessionCap,
+    session::SessionConfig, session::SessionRecord, store::QuotaCheck, store::SessionStore,
+    store::StoreError,
 };
 use serde::Deserialize;
 use serde_json::json;

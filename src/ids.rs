@@ -12,13 +12,13 @@ use thiserror::Error;
 use zeroize::Zeroizing;
 
 /// Length of a generated key id, in characters.
-pub const KEY_ID_LEN: usize = 12;
+pub(crate) const KEY_ID_LEN: usize = 12;
 /// Longest environment tag.
-pub const MAX_ENVIRONMENT_LEN: usize = 16;
-/// Longest key id accepted anywhere (generated ids are [`KEY_ID_LEN`] long).
-pub const MAX_KEY_ID_LEN: usize = 64;
+pub(crate) const MAX_ENVIRONMENT_LEN: usize = 16;
+/// Longest key id accepted anywhere (generated ids are [`TokenFormat::KEY_ID_LEN`](crate::TokenFormat::KEY_ID_LEN) long).
+pub(crate) const MAX_KEY_ID_LEN: usize = 64;
 /// Longest owner id.
-pub const MAX_OWNER_LEN: usize = 128;
+pub(crate) const MAX_OWNER_LEN: usize = 128;
 
 /// A configuration value (prefix, environment, key id, owner, name) was invalid.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -137,6 +137,9 @@ string_newtype!(
 );
 
 impl Environment {
+    /// Longest environment tag, in characters.
+    pub const MAX_LEN: usize = MAX_ENVIRONMENT_LEN;
+
     /// Validates and wraps an environment tag.
     pub fn new(s: &str) -> Result<Self, InvalidValue> {
         check_chars(
@@ -153,12 +156,16 @@ impl Environment {
 string_newtype!(
     /// The public id of a key: the store's lookup key, shown in listings and logs.
     ///
-    /// Generated ids are [`KEY_ID_LEN`] random base62 characters; ids of
-    /// imported keys may be up to [`MAX_KEY_ID_LEN`] ASCII letters and digits.
+    /// Generated ids are [`TokenFormat::KEY_ID_LEN`](crate::TokenFormat::KEY_ID_LEN) random base62 characters; ids of
+    /// imported keys may be up to [`KeyId::MAX_LEN`] ASCII letters and digits.
     KeyId
 );
 
 impl KeyId {
+    /// Longest key id accepted anywhere, in characters (generated ids are
+    /// [`TokenFormat::KEY_ID_LEN`](crate::TokenFormat::KEY_ID_LEN) long).
+    pub const MAX_LEN: usize = MAX_KEY_ID_LEN;
+
     /// Validates and wraps a key id.
     ///
     /// ```
@@ -177,7 +184,7 @@ impl KeyId {
         Ok(Self(s.into()))
     }
 
-    /// A fresh random id of [`KEY_ID_LEN`] characters from the OS generator.
+    /// A fresh random id of [`TokenFormat::KEY_ID_LEN`](crate::TokenFormat::KEY_ID_LEN) characters from the OS generator.
     pub fn generate() -> Self {
         Self(random_base62(KEY_ID_LEN).as_str().into())
     }
@@ -205,6 +212,9 @@ string_newtype!(
 );
 
 impl OwnerId {
+    /// Longest owner id, in characters.
+    pub const MAX_LEN: usize = MAX_OWNER_LEN;
+
     /// Validates and wraps an owner id.
     pub fn new(s: &str) -> Result<Self, InvalidValue> {
         check_text("owner", s, MAX_OWNER_LEN)?;

@@ -10,7 +10,7 @@ use crate::ids::{Environment, KeyId, OwnerId};
 use crate::policy::{IpAllowlist, PermissionGrant, ResourceScope};
 
 /// Longest key name.
-pub const MAX_NAME_LEN: usize = 100;
+pub(crate) const MAX_NAME_LEN: usize = 100;
 
 /// The stored hash of a key's secret (an argon2id PHC string).
 ///
@@ -128,6 +128,9 @@ pub struct KeyRecord {
 }
 
 impl KeyRecord {
+    /// Longest key name, in characters.
+    pub const MAX_NAME_LEN: usize = MAX_NAME_LEN;
+
     /// The status at time `now`: revoked, then expired, then suspended.
     pub fn status(&self, now: DateTime<Utc>) -> KeyStatus {
         if self.revoked_at.is_some() {

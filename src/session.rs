@@ -8,7 +8,7 @@
 //! A session token has the same shape as a key ([`TokenFormat`]) under its
 //! own prefix, chosen by the application (`mkhs` beside the key prefix
 //! `mkh`), so scanners and logs can tell them apart, and a key parser
-//! refuses a session token unread ([`TokenError::BadPrefix`](crate::TokenError::BadPrefix),
+//! refuses a session token unread ([`TokenError::BadPrefix`](crate::token::TokenError::BadPrefix),
 //! or `TooLong` when the session prefix is the longer) and the other way round.
 //!
 //! * The secret is 256 bits from the operating system's generator, so the
@@ -49,11 +49,11 @@ pub const DEFAULT_MAX_SESSION_TTL: Duration = Duration::from_secs(60 * 60);
 /// [`SessionConfig::max_sessions_per_key`]).
 pub const DEFAULT_MAX_SESSIONS_PER_KEY: u32 = 100;
 
-/// Session settings, given to [`KeyManagerBuilder::sessions`](crate::KeyManagerBuilder::sessions).
+/// Session settings, given to [`KeyManagerBuilder::sessions`](crate::manager::KeyManagerBuilder::sessions).
 ///
 /// ```
 /// use std::time::Duration;
-/// use keyward::SessionConfig;
+/// use keyward::session::SessionConfig;
 /// let config = SessionConfig {
 ///     max_ttl: Duration::from_secs(30 * 60),
 ///     ..SessionConfig::new("mkhs")

@@ -22,13 +22,13 @@ use zeroize::Zeroizing;
 use crate::ids::{Environment, InvalidValue, KEY_ID_LEN, KeyId, check_chars, random_base62};
 
 /// Length of the secret part, in characters (base62, 256 bits of entropy).
-pub const SECRET_LEN: usize = 43;
+pub(crate) const SECRET_LEN: usize = 43;
 /// Length of the checksum, in characters (base62 of a CRC32).
-pub const CHECKSUM_LEN: usize = 6;
+pub(crate) const CHECKSUM_LEN: usize = 6;
 /// Length of the part after `<prefix>_<env>_`.
-pub const BODY_LEN: usize = KEY_ID_LEN + SECRET_LEN + CHECKSUM_LEN;
+pub(crate) const BODY_LEN: usize = KEY_ID_LEN + SECRET_LEN + CHECKSUM_LEN;
 /// Longest prefix an application may choose.
-pub const MAX_PREFIX_LEN: usize = 16;
+pub(crate) const MAX_PREFIX_LEN: usize = 16;
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
 /// Why a token (or a piece of one) could not be parsed.
@@ -148,7 +148,7 @@ impl fmt::Debug for ParsedToken<'_> {
 /// The application's token format: its prefix and its environments.
 ///
 /// ```
-/// use keyward::{Environment, KeyId, TokenFormat, TokenError};
+/// use keyward::{Environment, KeyId, TokenFormat, token::TokenError};
 /// let format = TokenFormat::new("mkh", &["live", "test"]).unwrap();
 /// let token = format.generate(&Environment::new("test").unwrap(), &KeyId::generate());
 /// let parsed = format.parse(token.expose_secret()).unwrap();
@@ -165,6 +165,19 @@ pub struct TokenFormat {
     prefix: Box<str>,
     environments: Vec<Environment>,
     max_len: usize,
+}
+
+impl TokenFormat {
+    /// Length of a generated key id, in characters.
+    pub const KEY_ID_LEN: usize = KEY_ID_LEN;
+    /// Length of the secret part, in characters (base62, 256 bits of entropy).
+    pub const SECRET_LEN: usize = SECRET_LEN;
+    /// Length of the checksum, in characters (base62 of a CRC32).
+    pub const CHECKSUM_LEN: usize = CHECKSUM_LEN;
+    /// Length of the part after `<prefix>_<env>_`: key id, secret and checksum.
+    pub const BODY_LEN: usize = BODY_LEN;
+    /// Longest prefix an application may choose, in characters.
+    pub const MAX_PREFIX_LEN: usize = MAX_PREFIX_LEN;
 }
 
 impl TokenFormat {
@@ -241,7 +254,7 @@ impl TokenFormat {
     /// the operating system's generator.
     ///
     /// The id should come from [`KeyId::generate`]: a token only parses with
-    /// a [`KEY_ID_LEN`]-character id.
+    /// a [`TokenFormat::KEY_ID_LEN`]-character id.
     pub fn generate(&self, environment: &Environment, id: &KeyId) -> Token {
         let secret = random_base62(SECRET_LEN);
         self.assemble(environment, id, &secret)
@@ -264,12 +277,12 @@ impl TokenFormat {
     /// example from HTTP Basic `key_id:secret`), with its checksum, so the
     /// pair is checked exactly like the token.
     ///
-    /// The key id must be [`KEY_ID_LEN`] and the secret [`SECRET_LEN`] ASCII
+    /// The key id must be [`TokenFormat::KEY_ID_LEN`] and the secret [`TokenFormat::SECRET_LEN`] ASCII
     /// letters or digits, and the environment one of this format's. The
     /// errors never contain the input.
     ///
     /// ```
-    /// use keyward::{Environment, KeyId, TokenFormat, TokenError};
+    /// use keyward::{Environment, KeyId, TokenFormat, token::TokenError};
     /// let format = TokenFormat::new("mkh", &["live", "test"]).unwrap();
     /// let live = Environment::new("live").unwrap();
     /// let token = format.generate(&live, &KeyId::generate());

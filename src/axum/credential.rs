@@ -33,7 +33,7 @@ pub enum CredentialSource {
 /// A credential read from request headers by [`read_credential`]: the token
 /// to check (for Basic, the token rebuilt from the key id and secret), or,
 /// for a Basic pair whose secret does not follow the token format (a key
-/// imported from another system, see [`ImportKey`](crate::ImportKey)), the
+/// imported from another system, see [`ImportKey`](crate::manager::ImportKey)), the
 /// key id and that secret. Zeroized on drop; `Debug` shows only its source.
 pub struct RequestCredential {
     token: Zeroizing<String>,

@@ -146,7 +146,7 @@ impl<S> KeywardLayer<S> {
     }
 
     /// A layer that checks keys *and session tokens* with `manager` (built
-    /// with [`KeyManagerBuilder::sessions`](crate::KeyManagerBuilder::sessions)),
+    /// with [`KeyManagerBuilder::sessions`](crate::manager::KeyManagerBuilder::sessions)),
     /// and whose [`exchange`](Self::exchange) issues sessions. Its store must
     /// also be a [`SessionStore`]. A token with the session prefix is
     /// checked as a session, anything else as a key. A manager built

@@ -17,7 +17,7 @@ use crate::store::StoreError;
 /// ```
 /// use axum::Json;
 /// use keyward::axum::ManagementRejection;
-/// use keyward::{Actor, KeyId, KeyManager, KeyView, MemoryStore};
+/// use keyward::{Actor, KeyId, KeyManager, key::KeyView, MemoryStore};
 ///
 /// async fn get_key(
 ///     manager: KeyManager<MemoryStore>,

@@ -206,7 +206,7 @@ impl fmt::Debug for Pepper {
 /// The argon2id [`SecretHasher`].
 ///
 /// ```
-/// use keyward::{Argon2Hasher, Argon2Params, SecretHasher};
+/// use keyward::{hash::Argon2Hasher, Argon2Params, hash::SecretHasher};
 /// let hasher = Argon2Hasher::new(Argon2Params::insecure_for_tests());
 /// let phc = hasher.hash(b"s3cret").unwrap();
 /// assert!(phc.starts_with("$argon2id$v=19$m=8,t=1,p=1$"));
@@ -422,12 +422,12 @@ impl SecretHasher for Argon2Hasher {
 }
 
 /// Length of a cache fingerprint in bytes.
-pub const FINGERPRINT_LEN: usize = 32;
+pub(crate) const FINGERPRINT_LEN: usize = 32;
 
 /// A keyed fingerprint of a secret: HMAC-SHA256 under a random key made when
 /// the process starts (or given). The verifier's cache keeps this, never the
 /// secret, and compares it in constant time.
-pub struct Fingerprinter {
+pub(crate) struct Fingerprinter {
     mac: Hmac<Sha256>,
 }
 
@@ -462,7 +462,7 @@ impl fmt::Debug for Fingerprinter {
 
 /// How an imported key's SHA-256 hash is stored until its first successful
 /// check replaces it with an argon2id hash: `$sha256$<64 hex>`.
-pub const SHA256_IMPORT_PREFIX: &str = "$sha256$";
+pub(crate) const SHA256_IMPORT_PREFIX: &str = "$sha256$";
 
 /// Checks a secret against a stored hash: an imported `$sha256$` hash
 /// (compared in constant time), anything else through `hasher`. Returns
@@ -582,5 +582,20 @@ mod import_tests {
             unknown.verify_with(b"right", &stored[2], &mut scratch),
             Err(HashError::UnknownPepper(_))
         ));
+    }
+}
+
+#[cfg(test)]
+mod fingerprint_tests {
+    use super::*;
+
+    #[test]
+    fn a_fingerprinter_prints_no_key_and_depends_on_it() {
+        let printed = format!("{:?}", Fingerprinter::with_key(b"fingerprint-key"));
+        assert_eq!(printed, "Fingerprinter([REDACTED])");
+        let a = Fingerprinter::with_key(b"one").fingerprint(b"secret");
+        let b = Fingerprinter::with_key(b"two").fingerprint(b"secret");
+        assert_ne!(a, b);
+        assert_eq!(a, Fingerprinter::with_key(b"one").fingerprint(b"secret"));
     }
 }

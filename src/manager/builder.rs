@@ -47,6 +47,7 @@ impl<S: KeyStore + SessionStore> KeyManagerBuilder<S> {
     ///
     /// ```
     /// use keyward::*;
+    /// use keyward::{session::SessionConfig, verify::SessionError};
     /// let builder = || KeyManager::builder(
     ///     MemoryStore::new(),
     ///     TokenFormat::new("mkh", &["live"]).unwrap(),
@@ -81,7 +82,7 @@ impl<S: KeyStore> KeyManagerBuilder<S> {
     }
     /// Records the audit trail in `sink` (default: none). Every management
     /// action, refusal, session issued, aggregated authentication failure
-    /// and recorded use becomes an [`AuditEvent`](crate::AuditEvent).
+    /// and recorded use becomes an [`AuditEvent`](crate::audit::AuditEvent).
     pub fn audit(mut self, sink: impl AuditSink) -> Self {
         self.audit = Some(Arc::new(sink));
         self

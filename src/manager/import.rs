@@ -15,10 +15,10 @@ use crate::store::{KeyStore, QuotaCheck};
 impl<S: KeyStore> KeyManager<S> {
     /// Imports a key from another system by its id and the SHA-256 (hex) of
     /// its secret; see [`ImportKey`]. Administrators only under the default
-    /// [`ManagementPolicy`](crate::ManagementPolicy) (or [`Actor::system`], for a migration job).
+    /// [`ManagementPolicy`](crate::policy::ManagementPolicy) (or [`Actor::system`], for a migration job).
     ///
-    /// A scoped key's expiry must fit the [`ExpiryPolicy`](crate::ExpiryPolicy)
-    /// ([`ExpiryPolicy::check_expires_at`](crate::ExpiryPolicy::check_expires_at):
+    /// A scoped key's expiry must fit the [`ExpiryPolicy`](crate::policy::ExpiryPolicy)
+    /// ([`ExpiryPolicy::check_expires_at`](crate::policy::ExpiryPolicy::check_expires_at):
     /// never expiring only where "never" is allowed, else
     /// [`PolicyError::NeverNotAllowed`]; no more than the maximum from now,
     /// else [`PolicyError::ExpiryNotAllowed`]). Legacy full-access keys,

@@ -218,7 +218,7 @@ impl<S: KeyStore> KeyManager<S> {
     /// Rotates a key with overlap: creates a successor with the same
     /// owner, environment, name, permissions, resources, IP allowlist and
     /// lifetime length (counted from now, never longer than the
-    /// [`ExpiryPolicy`](crate::ExpiryPolicy)'s maximum; a key that never
+    /// [`ExpiryPolicy`](crate::policy::ExpiryPolicy)'s maximum; a key that never
     /// expires gets a successor that never expires only where "never" is
     /// still allowed, else the policy's default), returns its token once,
     /// and makes the old key expire after `grace` (never later than its own
@@ -436,7 +436,7 @@ impl<S: KeyStore> KeyManager<S> {
     /// their cached sessions of the key on the change feed (PostgreSQL) or
     /// within the verifier's cache TTL. Sessions are ended in the store by
     /// managers built with
-    /// [`KeyManagerBuilder::sessions`](crate::KeyManagerBuilder::sessions);
+    /// [`KeyManagerBuilder::sessions`](crate::manager::KeyManagerBuilder::sessions);
     /// any manager with sessions also refuses a session whose key is revoked
     /// when it reads the session from the store, so a revoke by a manager
     /// without sessions (or whose ending failed) stops them too.

@@ -34,7 +34,7 @@ pub use error::KeywardError;
 pub use inputs::{CreatedKey, ImportKey, KeyEdit, NewKey, RotatedKey};
 
 /// Ends every session of a key in the store: set when sessions are
-/// configured (the store is then a [`SessionStore`](crate::SessionStore)), so that
+/// configured (the store is then a [`SessionStore`](crate::store::SessionStore)), so that
 /// [`KeyManager::revoke`], which needs only a [`KeyStore`], ends them too.
 pub(crate) type EndSessions<S> =
     for<'a> fn(
@@ -53,6 +53,7 @@ pub(crate) type EndSessions<S> =
 /// ```
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// use keyward::*;
+/// use keyward::{hash::Argon2Hasher, policy::ManagementDenial, policy::PermissionGrant};
 /// let registry = PermissionRegistry::builder().permission("package:push").build().unwrap();
 /// let push = registry.get("package:push").unwrap();
 /// let manager = KeyManager::builder(

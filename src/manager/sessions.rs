@@ -48,7 +48,7 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
         self.sessions.as_deref().ok_or(SessionError::NotConfigured)
     }
 
-    /// The session token format (`None` without [`SessionConfig`](crate::SessionConfig)).
+    /// The session token format (`None` without [`SessionConfig`](crate::session::SessionConfig)).
     pub fn session_format(&self) -> Option<&TokenFormat> {
         self.sessions.as_deref().map(|s| &s.format)
     }
@@ -72,6 +72,7 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
     /// ```
     /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
     /// use keyward::*;
+    /// use keyward::{hash::Argon2Hasher, policy::PermissionGrant, session::SessionConfig, verify::SessionError};
     /// let registry = PermissionRegistry::builder().permission("package:push").build().unwrap();
     /// let push = registry.get("package:push").unwrap();
     /// let manager = KeyManager::builder(

@@ -34,7 +34,7 @@ pub enum StoreError {
         limit: u32,
     },
     /// The key already has the maximum number of live sessions
-    /// ([`SessionCap`](crate::SessionCap)); nothing was stored.
+    /// ([`SessionCap`](crate::session::SessionCap)); nothing was stored.
     #[error("key {key_id} already has {limit} live sessions")]
     TooManySessions {
         /// The key whose sessions are at the cap.

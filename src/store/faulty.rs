@@ -9,6 +9,7 @@
 //! use std::time::Duration;
 //! use keyward::store::{FaultyStore, Op};
 //! use keyward::*;
+//! use keyward::{hash::Argon2Hasher, policy::PermissionGrant};
 //!
 //! let store = Arc::new(FaultyStore::new(MemoryStore::new()));
 //! let registry = PermissionRegistry::builder().permission("package:push").build().unwrap();

@@ -75,7 +75,7 @@ pub struct QuotaCheck {
 /// one status, ordered by id, a page at a time.
 ///
 /// ```
-/// use keyward::{ListQuery, KeyStatus, OwnerId};
+/// use keyward::{store::ListQuery, key::KeyStatus, OwnerId};
 /// let q = ListQuery::new(OwnerId::new("contoso").unwrap())
 ///     .status(KeyStatus::Revoked)
 ///     .limit(50);

@@ -117,7 +117,7 @@ fn without_nul(s: &str) -> Cow<'_, str> {
 ///
 /// ```no_run
 /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
-/// use keyward::{AuditQuery, AuditSink, KeyId, PostgresStore};
+/// use keyward::{audit::AuditQuery, store::AuditSink, KeyId, PostgresStore};
 /// let store = PostgresStore::connect("postgres://app@db.internal/registry").await?;
 /// store.migrate().await?;
 /// // After a leak: what did this key do between T1 and T2?

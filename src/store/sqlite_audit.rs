@@ -94,7 +94,7 @@ impl SqliteStore {
 ///
 /// ```
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
-/// use keyward::{AuditAction, AuditEvent, AuditQuery, AuditSink, SqliteStore};
+/// use keyward::{audit::AuditAction, audit::AuditEvent, audit::AuditQuery, store::AuditSink, SqliteStore};
 /// let store = SqliteStore::in_memory().await?;
 /// store.migrate().await?;
 /// store.record(&[AuditEvent::new(chrono::Utc::now(), AuditAction::Created)]).await?;

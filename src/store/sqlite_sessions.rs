@@ -94,10 +94,10 @@ fn decode(row: &SqliteRow) -> Result<SessionRecord, StoreError> {
         key_id: KeyId::new(&text("key_id")?).map_err(|e| corrupt("key_id", e.to_string()))?,
         owner: text("owner")?
             .parse()
-            .map_err(|e: crate::InvalidValue| corrupt("owner", e.to_string()))?,
+            .map_err(|e: crate::ids::InvalidValue| corrupt("owner", e.to_string()))?,
         environment: text("environment")?
             .parse()
-            .map_err(|e: crate::InvalidValue| corrupt("environment", e.to_string()))?,
+            .map_err(|e: crate::ids::InvalidValue| corrupt("environment", e.to_string()))?,
         key_name: text("key_name")?,
         permissions: serde_json::from_str(&text("permissions")?)
             .map_err(|e| corrupt("permissions", e.to_string()))?,

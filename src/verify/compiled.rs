@@ -41,6 +41,10 @@ pub struct CompiledKey {
 impl CompiledKey {
     /// Decodes and compiles a stored record under `policy` (its idle-expiry
     /// rule included).
+    ///
+    /// Not part of the API (hidden): public only so that `benches/verify.rs`
+    /// can build its SHA-256 baseline map; keyward compiles keys itself.
+    #[doc(hidden)]
     pub fn compile(record: &KeyRecord, policy: &Policy) -> Result<Self, PolicyError> {
         let deadline = Self::deadline_of(record, policy);
         Ok(Self {

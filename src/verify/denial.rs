@@ -57,7 +57,7 @@ pub enum DenialReason {
     /// The store failed; denied to be safe.
     StoreUnavailable,
     /// Too many checks are waiting for argon2; refused at once rather than
-    /// queued (see [`VerifierConfig::max_hash_queue`](crate::VerifierConfig::max_hash_queue)); try
+    /// queued (see [`VerifierConfig::max_hash_queue`](crate::verify::VerifierConfig::max_hash_queue)); try
     /// again after
     /// [`Denial::retry_after`].
     Overloaded,

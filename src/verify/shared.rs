@@ -87,7 +87,7 @@ impl<S: KeyStore> Shared<S> {
     }
 
     /// Runs a hasher call on a hashing thread (see
-    /// [`VerifierConfig::max_concurrent_hashes`](crate::VerifierConfig::max_concurrent_hashes)),
+    /// [`VerifierConfig::max_concurrent_hashes`](crate::verify::VerifierConfig::max_concurrent_hashes)),
     /// for management calls.
     pub(crate) async fn run_hasher<R, F>(&self, f: F) -> Result<R, HashError>
     where
