@@ -5,7 +5,7 @@
 //! mkhs_live_<session id 12><secret 43><checksum 6>
 //! ```
 //!
-//! A session token has the same shape as a key ([`TokenFormat`]) under its
+//! A session token has the same shape as a key ([`TokenFormat`](crate::TokenFormat)) under its
 //! own prefix, chosen by the application (`mkhs` beside the key prefix
 //! `mkh`), so scanners and logs can tell them apart, and a key parser
 //! refuses a session token unread ([`TokenError::BadPrefix`](crate::token::TokenError::BadPrefix),
