@@ -27,6 +27,13 @@
 //!   sessions (an exchange at the cap is refused), and
 //!   [`KeyManager::purge_expired_sessions`](crate::KeyManager::purge_expired_sessions),
 //!   run on a timer, deletes the rows of expired ones.
+//!
+//! This module holds the session data only. The check of a session token,
+//! its answer [`VerifiedSession`](crate::verify::VerifiedSession) and
+//! [`SessionError`](crate::verify::SessionError) are in [`verify`](crate::verify);
+//! the storage trait [`SessionStore`](crate::store::SessionStore) is in
+//! [`store`](crate::store); the operations (`exchange`, `verify_session`,
+//! `end_sessions`, ...) are methods of [`KeyManager`](crate::KeyManager).
 
 use std::fmt;
 use std::time::Duration;
