@@ -39,10 +39,10 @@ use criterion::{
     BatchSize, BenchmarkGroup, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
 };
 use keyward::{
-    Argon2Hasher, Argon2Params, Environment, IpAllowlist, KeyId, KeyManager, KeyRecord, KeyStore,
-    ListQuery, MemoryStore, NewKey, OwnerId, PermissionGrant, PermissionRegistry, Policy,
-    PostgresStore, ResourceScope, SecretHash, SecretHasher, SqliteStore, TokenFormat,
-    VerifierConfig, VerifyRequest,
+    Argon2Params, Environment, KeyId, KeyManager, KeyStore, MemoryStore, NewKey, OwnerId,
+    PermissionRegistry, Policy, PostgresStore, SqliteStore, TokenFormat, VerifyRequest,
+    hash::Argon2Hasher, hash::SecretHasher, key::KeyRecord, key::SecretHash, policy::IpAllowlist,
+    policy::PermissionGrant, policy::ResourceScope, store::ListQuery, verify::VerifierConfig,
 };
 use rand::Rng;
 use tokio::runtime::Runtime;
@@ -176,7 +176,7 @@ impl Filler {
             suspended_at: None,
             last_used_ip: None,
             reminded_at: None,
-            kind: keyward::KeyKind::Scoped,
+            kind: keyward::key::KeyKind::Scoped,
             last_used_at: None,
             generation: 1,
             secret_hash: SecretHash::new(self.phc.clone()),

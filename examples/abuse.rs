@@ -33,7 +33,8 @@ use std::time::{Duration, Instant};
 use chrono::TimeDelta;
 use keyward::prelude::*;
 use keyward::{
-    AuditAction, AuditEvent, HashError, HashScratch, MemoryAuditSink, SecretHasher, VerifierConfig,
+    audit::AuditAction, audit::AuditEvent, hash::HashError, hash::HashScratch, hash::SecretHasher,
+    store::MemoryAuditSink, verify::VerifierConfig,
 };
 
 const ATTACK_SOURCES: u32 = 100;

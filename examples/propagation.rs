@@ -17,7 +17,7 @@
 use std::time::{Duration, Instant};
 
 use keyward::prelude::*;
-use keyward::{PostgresStore, VerifierConfig};
+use keyward::{PostgresStore, verify::VerifierConfig};
 
 const KEYS: usize = 100;
 const GIVE_UP: Duration = Duration::from_secs(5);

@@ -6,53 +6,11 @@ use std::net::IpAddr;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::error::InvalidValue;
+use crate::ids::{Environment, KeyId, OwnerId};
 use crate::policy::{IpAllowlist, PermissionGrant, ResourceScope};
-use crate::token::{Environment, KeyId, string_newtype};
 
-/// Longest owner id.
-pub const MAX_OWNER_LEN: usize = 128;
 /// Longest key name.
-pub const MAX_NAME_LEN: usize = 100;
-
-string_newtype!(
-    /// The owner of keys and resources: a publisher, an organization, a user.
-    /// 1 to 128 characters, no control characters.
-    ///
-    /// ```
-    /// use keyward::OwnerId;
-    /// assert!(OwnerId::new("contoso").is_ok());
-    /// assert!(OwnerId::new("").is_err());
-    /// ```
-    OwnerId
-);
-
-impl OwnerId {
-    /// Validates and wraps an owner id.
-    pub fn new(s: &str) -> Result<Self, InvalidValue> {
-        check_text("owner", s, MAX_OWNER_LEN)?;
-        Ok(Self(s.into()))
-    }
-}
-
-/// Checks a free-text field: not empty or blank, not too long, no control characters.
-pub(crate) fn check_text(field: &'static str, s: &str, max: usize) -> Result<(), InvalidValue> {
-    if s.trim().is_empty() {
-        return Err(InvalidValue::Empty { field });
-    }
-    let len = s.chars().count();
-    if len > max {
-        return Err(InvalidValue::TooLong { field, len, max });
-    }
-    if let Some(ch) = s.chars().find(|c| c.is_control()) {
-        return Err(InvalidValue::BadCharacter {
-            field,
-            ch,
-            allowed: "printable characters",
-        });
-    }
-    Ok(())
-}
+pub(crate) const MAX_NAME_LEN: usize = 100;
 
 /// The stored hash of a key's secret (an argon2id PHC string).
 ///
@@ -218,6 +176,9 @@ mod secret_hash_serde {
 }
 
 impl KeyRecord {
+    /// Longest key name, in characters.
+    pub const MAX_NAME_LEN: usize = MAX_NAME_LEN;
+
     /// The status at time `now`: revoked, then expired, then suspended.
     pub fn status(&self, now: DateTime<Utc>) -> KeyStatus {
         if self.revoked_at.is_some() {

@@ -13,6 +13,10 @@ use chrono::TimeDelta;
 use common::*;
 use keyward::store::{FaultyStore, Op};
 use keyward::*;
+use keyward::{
+    audit::AuditAction, audit::AuditEvent, clock::Clock, manager::ImportKey, policy::EditPolicy,
+    policy::PermissionGrant, store::MemoryAuditSink, verify::VerifierConfig,
+};
 
 /// A second server on the same store and clock: its own verifier cache, no
 /// change feed (so only the TTL carries its changes to the first one).

@@ -17,6 +17,12 @@ use chrono::{DateTime, TimeDelta, Utc};
 use common::*;
 use keyward::axum::{Caller, KeywardLayer, LayerError, WARNING_HEADER};
 use keyward::*;
+use keyward::{
+    hash::Argon2Hasher, key::KeyRecord, manager::ImportKey, policy::ExpiryChoice,
+    policy::PermissionGrant, policy::ResourceScope, session::DEFAULT_MAX_SESSIONS_PER_KEY,
+    session::SessionCap, session::SessionConfig, session::SessionRecord, store::ListQuery,
+    store::QuotaCheck, store::SessionStore, store::StoreError, verify::VerifierConfig,
+};
 use reqwest::StatusCode;
 
 type Store = Arc<FlakyStore<MemoryStore>>;
@@ -277,7 +283,11 @@ async fn authentication_failures_are_401_invalid_token_and_say_nothing_about_ids
     let wrong = s
         .manager
         .format()
-        .from_pair(&s.live, parsed.key_id(), &"W".repeat(SECRET_LEN))
+        .from_pair(
+            &s.live,
+            parsed.key_id(),
+            &"W".repeat(keyward::TokenFormat::SECRET_LEN),
+        )
         .unwrap();
     let unknown = s.manager.format().generate(&s.live, &KeyId::generate());
     let mut bodies = Vec::new();
@@ -453,7 +463,11 @@ async fn throttled_is_429_with_retry_after() {
     let wrong = s
         .manager
         .format()
-        .from_pair(&s.live, parsed.key_id(), &"W".repeat(SECRET_LEN))
+        .from_pair(
+            &s.live,
+            parsed.key_id(),
+            &"W".repeat(keyward::TokenFormat::SECRET_LEN),
+        )
         .unwrap();
     let mut statuses = Vec::new();
     let mut retry = None;

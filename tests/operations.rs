@@ -12,6 +12,15 @@ use std::time::Duration;
 use chrono::TimeDelta;
 use common::*;
 use keyward::*;
+use keyward::{
+    audit::AuditAction, audit::AuditEvent, audit::AuditQuery, hash::Argon2Hasher,
+    ids::InvalidValue, key::KeyKind, key::KeyRecord, key::KeyStatus, manager::ImportKey,
+    manager::MIN_ROTATION_GRACE, policy::EditPolicy, policy::ExpiryChoice, policy::ExpiryPolicy,
+    policy::ManagementAction, policy::ManagementDenial, policy::PermissionGrant,
+    policy::PolicyError, policy::ResourceScope, session::SessionConfig, store::AuditSink,
+    store::ListQuery, store::MemoryAuditSink, store::StoreError, token::TokenError,
+    verify::DenialKind, verify::MAX_PAIR_SECRET_LEN, verify::VerifierConfig,
+};
 
 type Store = Arc<FlakyStore<MemoryStore>>;
 
@@ -1255,7 +1264,11 @@ async fn a_flood_of_failures_is_aggregated_not_logged_one_by_one() {
     let key = o.manager.create(&admin(), push_key()).await.unwrap();
     let parsed = format().parse(key.token.expose_secret()).unwrap();
     let wrong = format()
-        .from_pair(&o.live, parsed.key_id(), &"A".repeat(keyward::SECRET_LEN))
+        .from_pair(
+            &o.live,
+            parsed.key_id(),
+            &"A".repeat(keyward::TokenFormat::SECRET_LEN),
+        )
         .unwrap();
     for _ in 0..100 {
         assert!(o.check(&wrong).await.is_err());

@@ -2,8 +2,12 @@
 
 mod common;
 
-use keyward::policy::{MAX_IP_RANGES, MAX_PERMISSIONS};
 use keyward::*;
+use keyward::{
+    hash::Argon2Hasher, hash::HashError, hash::Pepper, hash::SecretHasher, ids::InvalidValue,
+    policy::ExpiryChoice, policy::ExpiryPolicy, policy::IpAllowlist, policy::PermissionGrant,
+    policy::PolicyError, policy::ResourceRule, policy::ResourceScope,
+};
 
 #[test]
 fn implications_are_transitive_and_all_means_every_grantable_permission() {
@@ -68,13 +72,13 @@ fn registry_errors_name_the_permission() {
         PolicyError::Invalid(InvalidValue::BadCharacter { ch: 'P', .. })
     ));
     let mut many = PermissionRegistry::builder();
-    for i in 0..=MAX_PERMISSIONS {
+    for i in 0..=keyward::PermissionRegistry::MAX_PERMISSIONS {
         many = many.permission(&format!("p{i}"));
     }
     assert_eq!(
         many.build().unwrap_err(),
         PolicyError::TooManyPermissions {
-            max: MAX_PERMISSIONS
+            max: keyward::PermissionRegistry::MAX_PERMISSIONS
         }
     );
 }
@@ -344,14 +348,14 @@ fn bad_cidrs_are_named() {
             "{bad}"
         );
     }
-    let many: Vec<String> = (0..=MAX_IP_RANGES)
+    let many: Vec<String> = (0..=keyward::policy::IpAllowlist::MAX_RANGES)
         .map(|i| format!("10.0.{i}.0/24"))
         .collect();
     assert_eq!(
         IpAllowlist::parse(&many).unwrap_err(),
         PolicyError::TooManyCidrs {
-            count: MAX_IP_RANGES + 1,
-            max: MAX_IP_RANGES
+            count: keyward::policy::IpAllowlist::MAX_RANGES + 1,
+            max: keyward::policy::IpAllowlist::MAX_RANGES
         }
     );
 }

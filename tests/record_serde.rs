@@ -2,6 +2,8 @@
 //! Redis) and comes back equal; invalid values are refused on the way in.
 
 use keyward::chrono::{DateTime, TimeDelta, Utc};
+use keyward::key::{KeyKind, KeyRecord, SecretHash};
+use keyward::policy::{IpAllowlist, PermissionGrant, ResourceScope};
 use keyward::*;
 
 fn at(s: &str) -> DateTime<Utc> {

@@ -8,6 +8,13 @@ use std::time::Duration;
 use chrono::TimeDelta;
 use common::*;
 use keyward::*;
+use keyward::{
+    hash::Argon2Hasher, key::KeyStatus, manager::ImportKey, policy::ExpiryChoice,
+    policy::IpAllowlist, policy::ManagementDenial, policy::PermissionGrant, policy::ResourceScope,
+    session::IssuedSession, session::SessionConfig, session::SessionHash, session::SessionRecord,
+    store::SessionStore, store::StoreError, token::TokenError, verify::DenialKind,
+    verify::SessionError,
+};
 
 struct S {
     f: Fixture,
@@ -571,7 +578,7 @@ async fn wrong_unknown_and_malformed_session_tokens() {
         .from_pair(
             &f.live,
             session.session.id.as_str(),
-            &"A".repeat(SECRET_LEN),
+            &"A".repeat(keyward::TokenFormat::SECRET_LEN),
         )
         .unwrap();
     let d = f
@@ -642,7 +649,11 @@ async fn an_id_and_secret_pair_is_exchanged_like_its_token() {
     let wrong = f
         .manager
         .format()
-        .from_pair(&f.live, parsed.key_id(), &"b".repeat(SECRET_LEN))
+        .from_pair(
+            &f.live,
+            parsed.key_id(),
+            &"b".repeat(keyward::TokenFormat::SECRET_LEN),
+        )
         .unwrap();
     let err = f
         .manager

@@ -4,6 +4,9 @@
 #![cfg(feature = "testing")]
 
 use keyward::MemoryStore;
+use keyward::hash::Argon2Hasher;
+use keyward::policy::PermissionGrant;
+use keyward::session::SessionConfig;
 use keyward::store::{BoxedSessionStore, BoxedStore};
 
 // One test per contract item, through the boxed key store.

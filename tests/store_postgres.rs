@@ -13,6 +13,12 @@ mod postgres;
 use std::time::{Duration, Instant};
 
 use keyward::*;
+use keyward::{
+    audit::AuditAction, audit::AuditEvent, audit::AuditQuery, hash::Argon2Hasher, key::KeyKind,
+    key::KeyRecord, key::SecretHash, policy::IpAllowlist, policy::PermissionGrant,
+    policy::ResourceScope, session::SessionConfig, store::AuditSink, store::ListQuery,
+    store::QuotaCheck, store::StoreError,
+};
 use postgres::with_schema;
 
 async fn store(url: &str, schema: &str) -> PostgresStore {

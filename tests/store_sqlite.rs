@@ -5,6 +5,11 @@
 use std::path::PathBuf;
 
 use keyward::*;
+use keyward::{
+    audit::AuditAction, audit::AuditEvent, audit::AuditQuery, hash::Argon2Hasher, key::KeyKind,
+    policy::PermissionGrant, store::AuditSink, store::ListQuery, store::StoreError,
+    verify::DenialKind,
+};
 
 async fn memory_store() -> SqliteStore {
     let store = SqliteStore::in_memory()

@@ -9,6 +9,11 @@ use std::time::Duration;
 use chrono::TimeDelta;
 use common::*;
 use keyward::*;
+use keyward::{
+    hash::Argon2Hasher, key::SecretHash, policy::EditPolicy, policy::ExpiryChoice,
+    policy::PermissionGrant, policy::ResourceScope, store::StoreError, verify::DenialKind,
+    verify::VerifierConfig,
+};
 
 #[tokio::test]
 async fn a_cache_hit_costs_no_argon2_and_each_change_is_seen_on_the_next_check() {

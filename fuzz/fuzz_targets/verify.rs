@@ -16,6 +16,9 @@
 use std::sync::OnceLock;
 
 use keyward::*;
+use keyward::{
+    hash::Argon2Hasher, policy::PermissionGrant, policy::ResourceScope, verify::VerifierConfig,
+};
 use libfuzzer_sys::fuzz_target;
 
 struct World {

@@ -11,11 +11,11 @@ use ipnet::IpNet;
 use super::caller::LayerContext;
 use super::rejection::DEFAULT_REALM;
 use super::sessions::SessionAuth;
+use crate::ids::Environment;
 use crate::manager::KeyManager;
 use crate::policy::Permission;
-use crate::session::SessionStore;
 use crate::store::KeyStore;
-use crate::token::Environment;
+use crate::store::SessionStore;
 use crate::verify::Verifier;
 
 /// The default response header that warns about a key expiring soon (like
@@ -146,7 +146,7 @@ impl<S> KeywardLayer<S> {
     }
 
     /// A layer that checks keys *and session tokens* with `manager` (built
-    /// with [`KeyManagerBuilder::sessions`](crate::KeyManagerBuilder::sessions)),
+    /// with [`KeyManagerBuilder::sessions`](crate::manager::KeyManagerBuilder::sessions)),
     /// and whose [`exchange`](Self::exchange) issues sessions. Its store must
     /// also be a [`SessionStore`]. A token with the session prefix is
     /// checked as a session, anything else as a key. A manager built

@@ -6,14 +6,17 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use super::{EndSessions, KeyManager};
-use crate::audit::AuditSink;
 use crate::clock::{Clock, SystemClock};
-use crate::error::StoreError;
 use crate::hash::{Argon2Hasher, SecretHasher};
+use crate::ids::KeyId;
 use crate::policy::{DefaultManagementPolicy, ManagementPolicy, Policy};
-use crate::session::{SessionConfig, SessionError, SessionStore, Sessions};
+use crate::session::SessionConfig;
+use crate::store::AuditSink;
 use crate::store::KeyStore;
-use crate::token::{KeyId, TokenFormat};
+use crate::store::SessionStore;
+use crate::store::StoreError;
+use crate::token::TokenFormat;
+use crate::verify::{SessionError, Sessions};
 use crate::verify::{Shared, VerifierConfig};
 
 /// Builds a [`KeyManager`].
@@ -46,6 +49,7 @@ impl<S: KeyStore + SessionStore> KeyManagerBuilder<S> {
     ///
     /// ```
     /// use keyward::*;
+    /// use keyward::{session::SessionConfig, verify::SessionError};
     /// let builder = || KeyManager::builder(
     ///     MemoryStore::new(),
     ///     TokenFormat::new("mkh", &["live"]).unwrap(),
@@ -130,7 +134,7 @@ impl<S: KeyStore> KeyManagerBuilder<S> {
     }
     /// Records the audit trail in `sink` (default: none). Every management
     /// action, refusal, session issued, aggregated authentication failure
-    /// and recorded use becomes an [`AuditEvent`](crate::AuditEvent).
+    /// and recorded use becomes an [`AuditEvent`](crate::audit::AuditEvent).
     pub fn audit(mut self, sink: impl AuditSink) -> Self {
         self.audit = Some(Arc::new(sink));
         self

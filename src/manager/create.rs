@@ -4,11 +4,14 @@
 use super::inputs::{CreatedKey, NewKey};
 use super::{KeyManager, insert_with_fresh_ids, read_back};
 use crate::audit::AuditAction;
-use crate::error::{KeywardError, PolicyError};
-use crate::key::{KeyKind, KeyRecord, MAX_NAME_LEN, OwnerId, SecretHash, check_text};
+use crate::ids::KeyId;
+use crate::ids::{OwnerId, check_text};
+use crate::key::{KeyKind, KeyRecord, MAX_NAME_LEN, SecretHash};
+use crate::manager::KeywardError;
+use crate::policy::PolicyError;
 use crate::policy::{Actor, IpAllowlist, ManagementAction};
 use crate::store::{KeyStore, QuotaCheck};
-use crate::token::{KeyId, Token};
+use crate::token::Token;
 
 impl<S: KeyStore> KeyManager<S> {
     /// Creates a key. The full token is in the result and nowhere else.

@@ -3,19 +3,22 @@
 use super::inputs::ImportKey;
 use super::{KeyManager, read_back};
 use crate::audit::AuditAction;
-use crate::error::{KeywardError, PolicyError, StoreError};
-use crate::key::{KeyKind, KeyRecord, KeyView, MAX_NAME_LEN, OwnerId, SecretHash, check_text};
+use crate::ids::KeyId;
+use crate::ids::{OwnerId, check_text};
+use crate::key::{KeyKind, KeyRecord, KeyView, MAX_NAME_LEN, SecretHash};
+use crate::manager::KeywardError;
+use crate::policy::PolicyError;
 use crate::policy::{Actor, IpAllowlist, ManagementAction, PermissionGrant, ResourceScope};
+use crate::store::StoreError;
 use crate::store::{KeyStore, QuotaCheck};
-use crate::token::KeyId;
 
 impl<S: KeyStore> KeyManager<S> {
     /// Imports a key from another system by its id and the SHA-256 (hex) of
     /// its secret; see [`ImportKey`]. Administrators only under the default
-    /// [`ManagementPolicy`](crate::ManagementPolicy) (or [`Actor::system`], for a migration job).
+    /// [`ManagementPolicy`](crate::policy::ManagementPolicy) (or [`Actor::system`], for a migration job).
     ///
-    /// A scoped key's expiry must fit the [`ExpiryPolicy`](crate::ExpiryPolicy)
-    /// ([`ExpiryPolicy::check_expires_at`](crate::ExpiryPolicy::check_expires_at):
+    /// A scoped key's expiry must fit the [`ExpiryPolicy`](crate::policy::ExpiryPolicy)
+    /// ([`ExpiryPolicy::check_expires_at`](crate::policy::ExpiryPolicy::check_expires_at):
     /// never expiring only where "never" is allowed, else
     /// [`PolicyError::NeverNotAllowed`]; no more than the maximum from now,
     /// else [`PolicyError::ExpiryNotAllowed`]). Legacy full-access keys,

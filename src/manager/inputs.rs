@@ -39,7 +39,7 @@ macro_rules! policy_setters {
 /// What to create: owner, environment, name, and the key's policy.
 ///
 /// ```
-/// use keyward::{ExpiryChoice, NewKey, PermissionGrant, ResourceScope};
+/// use keyward::{policy::ExpiryChoice, NewKey, policy::PermissionGrant, policy::ResourceScope};
 /// let new = NewKey::new("contoso", "live", "GitHub Actions Production")
 ///     .permissions(PermissionGrant::only(["package:push"]))
 ///     .resources(ResourceScope::only(["AzureRM.DataFactory*"]))
@@ -94,7 +94,7 @@ impl NewKey {
 ///
 /// The name and resources may always change; permissions, expiry and IP
 /// allowlist may always narrow, and widen only where the policy's
-/// [`EditPolicy`](crate::EditPolicy) allows.
+/// [`EditPolicy`](crate::policy::EditPolicy) allows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeyEdit {
     /// New name.
@@ -137,7 +137,7 @@ pub struct RotatedKey {
 /// successful check the SHA-256 hash is replaced by an argon2id hash.
 ///
 /// ```
-/// use keyward::{ImportKey, PermissionGrant};
+/// use keyward::{manager::ImportKey, policy::PermissionGrant};
 /// let scoped = ImportKey::scoped("K7x2Lq9", "contoso", "live", "old CI key",
 ///         "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08")
 ///     .permissions(PermissionGrant::only(["package:push"]));

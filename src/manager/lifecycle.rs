@@ -9,11 +9,13 @@ use chrono::{DateTime, TimeDelta, Utc};
 use super::inputs::{CreatedKey, KeyEdit, RotatedKey};
 use super::{KeyManager, MAX_WINDOW_DAYS, MIN_ROTATION_GRACE};
 use crate::audit::AuditAction;
-use crate::error::{KeywardError, PolicyError};
-use crate::key::{KeyKind, KeyRecord, KeyView, MAX_NAME_LEN, SecretHash, check_text};
+use crate::ids::KeyId;
+use crate::ids::check_text;
+use crate::key::{KeyKind, KeyRecord, KeyView, MAX_NAME_LEN, SecretHash};
+use crate::manager::KeywardError;
+use crate::policy::PolicyError;
 use crate::policy::{Actor, IpAllowlist, ManagementAction};
 use crate::store::{KeyStore, ListQuery, QuotaCheck};
-use crate::token::KeyId;
 use crate::verify::Shared;
 
 /// Which fields an edit changed, for the audit trail.
@@ -185,7 +187,7 @@ impl<S: KeyStore> KeyManager<S> {
     /// Rotates a key with overlap: creates a successor with the same
     /// owner, environment, name, permissions, resources, IP allowlist and
     /// lifetime length (counted from now, never longer than the
-    /// [`ExpiryPolicy`](crate::ExpiryPolicy)'s maximum; a key that never
+    /// [`ExpiryPolicy`](crate::policy::ExpiryPolicy)'s maximum; a key that never
     /// expires gets a successor that never expires only where "never" is
     /// still allowed, else the policy's default), returns its token once,
     /// and makes the old key expire after `grace` (never later than its own
@@ -381,7 +383,7 @@ impl<S: KeyStore> KeyManager<S> {
     /// their cached sessions of the key on the change feed (PostgreSQL) or
     /// within the verifier's cache TTL. Sessions are ended in the store by
     /// managers built with
-    /// [`KeyManagerBuilder::sessions`](crate::KeyManagerBuilder::sessions);
+    /// [`KeyManagerBuilder::sessions`](crate::manager::KeyManagerBuilder::sessions);
     /// any manager with sessions also refuses a session whose key is revoked
     /// when it reads the session from the store, so a revoke by a manager
     /// without sessions (or whose ending failed) stops them too.

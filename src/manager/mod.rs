@@ -9,16 +9,21 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::audit::{AuditAction, AuditEvent};
-use crate::error::{KeywardError, PolicyError, StoreError};
-use crate::key::{KeyRecord, KeyStatus, KeyView, OwnerId, SecretHash};
-use crate::policy::{Actor, ManagementAction, ManagementDenial, ManagementPolicy, Policy};
-use crate::session::Sessions;
+use crate::ids::OwnerId;
+use crate::ids::{Environment, KeyId};
+use crate::key::{KeyRecord, KeyStatus, KeyView, SecretHash};
+use crate::policy::ManagementDenial;
+use crate::policy::PolicyError;
+use crate::policy::{Actor, ManagementAction, ManagementPolicy, Policy};
 use crate::store::KeyStore;
-use crate::token::{Environment, KeyId, Token, TokenFormat};
+use crate::store::StoreError;
+use crate::token::{Token, TokenFormat};
+use crate::verify::Sessions;
 use crate::verify::{Shared, Verifier};
 
 mod builder;
 mod create;
+mod error;
 mod import;
 mod inputs;
 mod lifecycle;
@@ -26,10 +31,11 @@ mod operations;
 mod sessions;
 
 pub use builder::{BuildError, KeyManagerBuilder};
+pub use error::KeywardError;
 pub use inputs::{CreatedKey, ImportKey, KeyEdit, NewKey, RotatedKey};
 
 /// Ends every session of a key in the store: set when sessions are
-/// configured (the store is then a [`SessionStore`](crate::SessionStore)), so that
+/// configured (the store is then a [`SessionStore`](crate::store::SessionStore)), so that
 /// [`KeyManager::revoke`], which needs only a [`KeyStore`], ends them too.
 pub(crate) type EndSessions<S> =
     for<'a> fn(
@@ -48,6 +54,7 @@ pub(crate) type EndSessions<S> =
 /// ```
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// use keyward::*;
+/// use keyward::{hash::Argon2Hasher, policy::ManagementDenial, policy::PermissionGrant};
 /// let registry = PermissionRegistry::builder().permission("package:push").build().unwrap();
 /// let push = registry.get("package:push").unwrap();
 /// let manager = KeyManager::builder(

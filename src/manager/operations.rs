@@ -7,11 +7,12 @@ use chrono::TimeDelta;
 
 use super::{KeyManager, MAX_WINDOW_DAYS};
 use crate::audit::{AuditAction, AuditEvent, AuditQuery};
-use crate::error::{KeywardError, PolicyError};
+use crate::ids::KeyId;
 use crate::key::{KeyStatus, KeyView};
+use crate::manager::KeywardError;
+use crate::policy::PolicyError;
 use crate::policy::{Actor, ManagementAction};
 use crate::store::KeyStore;
-use crate::token::KeyId;
 use crate::verify::{Denial, VerifiedKey, VerifyRequest};
 
 impl<S: KeyStore> KeyManager<S> {
@@ -20,7 +21,7 @@ impl<S: KeyStore> KeyManager<S> {
     /// two workers calling at once, each key comes back once). Keys already
     /// expired are not returned. For a scheduled job; needs an actor allowed
     /// to act across owners
-    /// ([`ManagementPolicy::check_global`](crate::ManagementPolicy::check_global)).
+    /// ([`ManagementPolicy::check_global`](crate::policy::ManagementPolicy::check_global)).
     ///
     /// Unlike the other writes, this one cannot be read back: if the store's
     /// reply is lost after it marked keys, those keys are not reminded.
@@ -59,7 +60,7 @@ impl<S: KeyStore> KeyManager<S> {
     /// and T2": `AuditQuery::key(id).between(t1, t2)`). An actor of an
     /// owner sees only that owner's events (the query's owner is set to
     /// theirs); reading across owners needs
-    /// [`ManagementPolicy::check_global`](crate::ManagementPolicy::check_global).
+    /// [`ManagementPolicy::check_global`](crate::policy::ManagementPolicy::check_global).
     pub async fn audit_trail(
         &self,
         actor: &Actor,

@@ -1,24 +1,25 @@
 //! The manager's session operations: exchanging a key for a session,
 //! checking session tokens, ending sessions and purging expired ones. The
-//! session types and the [`SessionStore`] trait live in `crate::session`.
+//! session data lives in `crate::session`, the [`SessionStore`] trait in
+//! `crate::store`, and the check of a session token in `crate::verify`.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use crate::error::{KeywardError, StoreError, TokenError};
+use crate::ids::{Environment, KeyId};
 use crate::key::KeyView;
+use crate::manager::KeywardError;
 use crate::policy::{Actor, ManagementAction, PermissionGrant};
-use crate::session::{
-    IssuedSession, SessionCap, SessionError, SessionHash, SessionRecord, SessionStore, Sessions,
-    VerifiedSession,
-};
+use crate::session::{IssuedSession, SessionCap, SessionHash, SessionRecord};
 use crate::store::KeyStore;
-use crate::token::{Environment, KeyId, TokenFormat};
-use crate::verify::Cached;
+use crate::store::SessionStore;
+use crate::store::StoreError;
+use crate::token::TokenError;
+use crate::token::TokenFormat;
 use crate::verify::{CompiledKey, Denial, DenialReason, VerifiedKey, VerifyRequest};
+use crate::verify::{SessionError, Sessions, VerifiedSession};
 
 use super::{KeyManager, insert_with_fresh_ids, read_back};
 
@@ -45,7 +46,7 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
         self.sessions.as_deref().ok_or(SessionError::NotConfigured)
     }
 
-    /// The session token format (`None` without [`SessionConfig`](crate::SessionConfig)).
+    /// The session token format (`None` without [`SessionConfig`](crate::session::SessionConfig)).
     pub fn session_format(&self) -> Option<&TokenFormat> {
         self.sessions.as_deref().map(|s| &s.format)
     }
@@ -69,6 +70,7 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
     /// ```
     /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
     /// use keyward::*;
+    /// use keyward::{hash::Argon2Hasher, policy::PermissionGrant, session::SessionConfig, verify::SessionError};
     /// let registry = PermissionRegistry::builder().permission("package:push").build().unwrap();
     /// let push = registry.get("package:push").unwrap();
     /// let manager = KeyManager::builder(
@@ -325,90 +327,9 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
                 None,
             ));
         };
-        let parsed = sessions
-            .format
-            .parse(token)
-            .map_err(|e| Denial::new(DenialReason::Malformed(e), None))?;
-        let anonymous = |reason| Denial::new(reason, None);
-        if parsed.environment() != environment.as_str() {
-            return Err(anonymous(DenialReason::WrongEnvironment));
-        }
-        let hash = SessionHash::of(parsed.expose_secret());
-        let now = self.shared.clock.now();
-        let id = parsed.key_id();
-        let key = match sessions.cache.lookup(id, environment, || hash.0, now) {
-            Some(Cached::Live(key)) => key,
-            Some(Cached::Dead(reason, _)) => return Err(anonymous(reason)),
-            None => {
-                let session_id = KeyId::new(id).map_err(|_| anonymous(DenialReason::UnknownKey))?;
-                let epoch = sessions.cache.epoch();
-                let record = match self.shared.store.get_session(&session_id).await {
-                    Ok(Some(r)) => r,
-                    Ok(None) => return Err(anonymous(DenialReason::UnknownKey)),
-                    Err(_) => return Err(anonymous(DenialReason::StoreUnavailable)),
-                };
-                if record.id != session_id || record.environment != *environment {
-                    return Err(anonymous(DenialReason::UnknownKey));
-                }
-                if !record.secret_hash.matches(&hash) {
-                    return Err(anonymous(DenialReason::WrongSecret));
-                }
-                // The key revoked ends its sessions even where they were not
-                // ended in the store (a revoke by a manager built without
-                // sessions, or whose ending failed). A deleted key's
-                // sessions live on, as deleting leaves them.
-                let key_revoked = match self.shared.store.get(&record.key_id).await {
-                    Ok(key) => key.is_some_and(|k| k.revoked_at.is_some()),
-                    Err(_) => return Err(anonymous(DenialReason::StoreUnavailable)),
-                };
-                if record.revoked || key_revoked {
-                    sessions.cache.insert(
-                        &session_id,
-                        &record.environment,
-                        hash.0,
-                        Cached::Dead(DenialReason::Revoked, None),
-                        now,
-                        epoch,
-                    );
-                    return Err(Denial::new(
-                        DenialReason::Revoked,
-                        Some(record.key_id.as_str()),
-                    ));
-                }
-                let policy = &self.shared.policy;
-                let key = CompiledKey::from_parts(
-                    record.key_id.clone(),
-                    record.owner,
-                    record.environment,
-                    record.key_name,
-                    policy.permissions().resolve_stored(&record.permissions),
-                    record.resources,
-                    policy,
-                    record.ip_allowlist,
-                    Some(record.expires_at),
-                )
-                .map_err(|_| {
-                    Denial::new(DenialReason::CorruptRecord, Some(record.key_id.as_str()))
-                })?;
-                let key = Arc::new(key);
-                sessions.cache.insert(
-                    &session_id,
-                    key.environment(),
-                    hash.0,
-                    Cached::Live(Arc::clone(&key)),
-                    now,
-                    epoch,
-                );
-                key
-            }
-        };
-        match check(&key, now) {
-            Ok(()) => Ok(VerifiedSession {
-                session_id: KeyId::new(id).map_err(|_| anonymous(DenialReason::UnknownKey))?,
-                key: VerifiedKey::from_compiled(key, now),
-            }),
-            Err(reason) => Err(Denial::new(reason, Some(key.id().as_str()))),
-        }
+        sessions
+            .check(&self.shared, token, environment, check)
+            .await
     }
 
     /// Ends every session of the key `id` at once (in the store, and in this

@@ -5,10 +5,10 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::error::PolicyError;
+use crate::policy::PolicyError;
 
 /// Most ranges in one key's allowlist.
-pub const MAX_IP_RANGES: usize = 64;
+pub(crate) const MAX_IP_RANGES: usize = 64;
 
 /// The networks a key may be used from. Empty means anywhere.
 ///
@@ -16,7 +16,7 @@ pub const MAX_IP_RANGES: usize = 64;
 /// reports IPv4 clients) matches its IPv4 range.
 ///
 /// ```
-/// use keyward::IpAllowlist;
+/// use keyward::policy::IpAllowlist;
 /// let list = IpAllowlist::parse(&["10.0.0.0/8", "2001:db8::/32", "192.0.2.7"]).unwrap();
 /// assert!(list.allows("10.1.2.3".parse().unwrap()));
 /// assert!(list.allows("::ffff:10.1.2.3".parse().unwrap()));
@@ -32,6 +32,9 @@ pub struct IpAllowlist {
 }
 
 impl IpAllowlist {
+    /// Most CIDR ranges one allowlist may hold.
+    pub const MAX_RANGES: usize = MAX_IP_RANGES;
+
     /// Allows every address.
     pub fn any() -> Self {
         Self::default()

@@ -3,7 +3,7 @@
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Serialize};
 
-use crate::error::PolicyError;
+use crate::policy::PolicyError;
 
 const GLOB_CHARS: &[char] = &['*', '?', '[', ']', '{', '}', '\\', '!', ','];
 
@@ -25,7 +25,7 @@ impl ResourceScope {
     /// A selection of names and patterns.
     ///
     /// ```
-    /// use keyward::ResourceScope;
+    /// use keyward::policy::ResourceScope;
     /// let scope = ResourceScope::only(["AzureRM.DataFactory*", "AzureRM.Profile"]);
     /// assert!(matches!(scope, ResourceScope::Only(ref v) if v.len() == 2));
     /// ```
@@ -61,7 +61,7 @@ impl<'a> ResourceRef<'a> {
 /// Patterns may additionally hold `*` and `?`.
 ///
 /// ```
-/// use keyward::{ResourceRule, ResourceScope};
+/// use keyward::{policy::ResourceRule, policy::ResourceScope};
 /// let rule = ResourceRule::default();
 /// let scope = rule.compile(&ResourceScope::only(["AzureRM.DataFactory*"])).unwrap();
 /// assert!(scope.matches("AzureRm.DataFactoryV2.Netcore")); // case-insensitive, future names

@@ -16,11 +16,11 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use super::{KeyStore, ListQuery, QuotaCheck};
+use super::{SessionStore, StoreError};
 use crate::audit::BoxFuture;
-use crate::error::StoreError;
-use crate::key::{KeyRecord, OwnerId};
-use crate::session::{SessionCap, SessionRecord, SessionStore};
-use crate::token::KeyId;
+use crate::ids::{KeyId, OwnerId};
+use crate::key::KeyRecord;
+use crate::session::{SessionCap, SessionRecord};
 
 /// [`KeyStore`] in object-safe form: every method returns a boxed future.
 /// Implemented for every [`KeyStore`]; use it through [`BoxedStore`].

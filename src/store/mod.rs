@@ -4,8 +4,10 @@
 //! always available; SQLite and PostgreSQL stores come with their features.
 //! Write your own by implementing the trait with `async fn`s.
 
+mod audit_sink;
 mod boxed;
 mod compact;
+mod error;
 mod memory;
 
 #[cfg(feature = "testing")]
@@ -20,6 +22,7 @@ mod postgres;
 mod postgres_audit;
 #[cfg(feature = "postgres")]
 mod postgres_sessions;
+mod sessions;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
 #[cfg(feature = "sqlite")]
@@ -35,14 +38,17 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-pub use boxed::{BoxedSessionStore, BoxedStore, DynKeyStore, DynSessionStore};
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub use audit_sink::{AuditSink, MemoryAuditSink};
+pub use boxed::{BoxedSessionStore, BoxedStore, DynKeyStore, DynSessionStore};
+pub use error::StoreError;
 pub use faulty::{Fault, FaultyStore, Op};
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use postgres::{ChangeListener, FeedStatus, PostgresStore};
+pub use sessions::SessionStore;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
 pub use sql::InvalidName;
@@ -50,9 +56,9 @@ pub use sql::InvalidName;
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use sqlite::SqliteStore;
 
-use crate::error::StoreError;
-use crate::key::{KeyRecord, KeyStatus, OwnerId};
-use crate::token::{Environment, KeyId};
+use crate::ids::OwnerId;
+use crate::ids::{Environment, KeyId};
+use crate::key::{KeyRecord, KeyStatus};
 
 /// The largest page a listing returns.
 pub const MAX_PAGE_SIZE: usize = 1000;
@@ -71,7 +77,7 @@ pub struct QuotaCheck {
 /// one status, ordered by id, a page at a time.
 ///
 /// ```
-/// use keyward::{ListQuery, KeyStatus, OwnerId};
+/// use keyward::{store::ListQuery, key::KeyStatus, OwnerId};
 /// let q = ListQuery::new(OwnerId::new("contoso").unwrap())
 ///     .status(KeyStatus::Revoked)
 ///     .limit(50);

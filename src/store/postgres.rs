@@ -13,10 +13,10 @@ use tokio::task::JoinHandle;
 
 use super::sql::{self, COLUMNS, InvalidName, boxed};
 use super::{KeyStore, ListQuery, QuotaCheck};
-use crate::error::StoreError;
+use crate::ids::KeyId;
 use crate::key::{KeyRecord, KeyStatus};
 use crate::store::Invalidate;
-use crate::token::KeyId;
+use crate::store::StoreError;
 
 const DEFAULT_SCHEMA: &str = "public";
 const DEFAULT_TABLE: &str = "keyward_keys";
@@ -44,7 +44,7 @@ const FEED_MIN_UPTIME: Duration = Duration::from_secs(1);
 ///   `(owner, environment)` of unrevoked keys for the quota count.
 ///   Permissions, resources and the IP allowlist are JSON text; times are
 ///   `BIGINT` microseconds since the epoch.
-/// - **Sessions**: the store is also a [`SessionStore`](crate::SessionStore),
+/// - **Sessions**: the store is also a [`SessionStore`](crate::store::SessionStore),
 ///   in `<table>_sessions` (same schema), created by [`migrate`](Self::migrate).
 /// - **Migrations** ([`migrate`](Self::migrate)) are embedded, run under a
 ///   transaction-scoped advisory lock and use `IF NOT EXISTS`: safe to run on
@@ -61,7 +61,7 @@ const FEED_MIN_UPTIME: Duration = Duration::from_secs(1);
 /// - **Expiry reminders** are taken by one `UPDATE ... RETURNING` over rows
 ///   selected `FOR UPDATE SKIP LOCKED` (a partial index on `expires_at`
 ///   finds them), so concurrent callers, on any server, never get the same key.
-/// - **Audit trail**: the store is also an [`AuditSink`](crate::AuditSink)
+/// - **Audit trail**: the store is also an [`AuditSink`](crate::store::AuditSink)
 ///   writing `<table>_audit` (indexed by key and time, owner and time), so
 ///   one database keeps both: `KeyManager::builder(store.clone(), ..).audit(store.clone())`.
 /// - **Change feed**: every update and delete that changes a row also runs

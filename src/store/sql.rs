@@ -21,11 +21,12 @@ use sqlx::Row;
 use thiserror::Error;
 
 use crate::audit::{AuditAction, AuditEvent};
-use crate::error::StoreError;
-use crate::key::{KeyKind, KeyRecord, OwnerId, SecretHash};
+use crate::ids::OwnerId;
+use crate::ids::{Environment, KeyId};
+use crate::key::{KeyKind, KeyRecord, SecretHash};
 use crate::policy::{IpAllowlist, PermissionGrant, ResourceScope};
 use crate::session::{SessionCap, SessionHash, SessionRecord};
-use crate::token::{Environment, KeyId};
+use crate::store::StoreError;
 
 /// Longest SQL identifier accepted (PostgreSQL's limit).
 pub(crate) const MAX_IDENT_LEN: usize = 63;

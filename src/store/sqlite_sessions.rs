@@ -8,10 +8,9 @@ use sqlx::sqlite::SqliteRow;
 
 use super::SqliteStore;
 use super::sql::{self, boxed};
-use crate::error::StoreError;
-use crate::key::OwnerId;
-use crate::session::{SessionCap, SessionRecord, SessionStore};
-use crate::token::KeyId;
+use crate::ids::{KeyId, OwnerId};
+use crate::session::{SessionCap, SessionRecord};
+use crate::store::{SessionStore, StoreError};
 
 const COLUMNS: &str = sql::SESSION_COLUMNS;
 

@@ -12,8 +12,8 @@ use subtle::ConstantTimeEq;
 use super::compiled::CompiledKey;
 use super::denial::DenialReason;
 use crate::hash::FINGERPRINT_LEN;
-use crate::key::OwnerId;
-use crate::token::{Environment, KeyId};
+use crate::ids::OwnerId;
+use crate::ids::{Environment, KeyId};
 
 const SHARDS: usize = 64;
 

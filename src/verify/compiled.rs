@@ -10,12 +10,13 @@ use chrono::{DateTime, TimeDelta, Utc};
 use super::denial::DenialReason;
 use super::request::VerifyRequest;
 use super::usage::UsageCell;
-use crate::error::PolicyError;
-use crate::key::{KeyKind, KeyRecord, OwnerId};
+use crate::ids::OwnerId;
+use crate::ids::{Environment, KeyId};
+use crate::key::{KeyKind, KeyRecord};
+use crate::policy::PolicyError;
 use crate::policy::{
     CompiledScope, IpAllowlist, PermissionSet, Policy, ResourceRule, ResourceScope,
 };
-use crate::token::{Environment, KeyId};
 
 /// A key with its policy decoded and compiled, as the verifier caches it.
 #[derive(Debug)]
@@ -40,6 +41,10 @@ pub struct CompiledKey {
 impl CompiledKey {
     /// Decodes and compiles a stored record under `policy` (its idle-expiry
     /// rule included).
+    ///
+    /// Not part of the API (hidden): public only so that `benches/verify.rs`
+    /// can build its SHA-256 baseline map; keyward compiles keys itself.
+    #[doc(hidden)]
     pub fn compile(record: &KeyRecord, policy: &Policy) -> Result<Self, PolicyError> {
         let deadline = Self::deadline_of(record, policy);
         Ok(Self {
