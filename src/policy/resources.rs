@@ -125,7 +125,7 @@ impl ResourceRule {
         let entries = match scope {
             ResourceScope::All => {
                 return Ok(CompiledScope {
-                    program: None,
+                    data: None,
                     case_insensitive: self.case_insensitive,
                 });
             }
@@ -140,7 +140,7 @@ impl ResourceRule {
                 max: self.max_entries,
             });
         }
-        let mut program = Vec::new();
+        let (mut program, mut texts) = (Vec::new(), Vec::new());
         for (index, entry) in entries.iter().enumerate() {
             if entry.is_empty() {
                 return Err(PolicyError::EmptyPattern { index });
@@ -162,10 +162,11 @@ impl ResourceRule {
                     ch,
                 });
             }
-            wildcard::compile_into(entry, self.case_insensitive, &mut program);
+            wildcard::compile_into(entry, self.case_insensitive, &mut program, &mut texts);
         }
+        wildcard::end_program(&mut program, &texts);
         Ok(CompiledScope {
-            program: Some(program.into_boxed_slice()),
+            data: Some(program.into_boxed_slice()),
             case_insensitive: self.case_insensitive,
         })
     }
@@ -187,27 +188,26 @@ impl ResourceRule {
 
 /// A resource selection compiled once per key.
 ///
-/// All of a key's patterns live in one byte string (one allocation, about
-/// as many bytes as the patterns have characters): `*` and `?` compiled for
-/// exactly that language, ASCII case folded at compile time, no regular
-/// expression and no automaton per pattern. Matching allocates nothing and
-/// gives the answers the `globset` crate gives for the same patterns
-/// (case-insensitive as the rule says, `*` across `.` and `/`, anchored at
-/// both ends, `?` one byte).
+/// All of a key's patterns live in one allocation, a few bytes more than
+/// their text (which it also gives back, [`CompiledScope::patterns`]): `*`
+/// and `?` compiled for exactly that language (no regular expression, no
+/// automaton per pattern). Matching allocates nothing and gives the answers
+/// the `globset` crate gives for the same patterns (case-insensitive as the
+/// rule says, `*` across `.` and `/`, anchored at both ends, `?` one byte).
 #[derive(Clone, PartialEq, Eq)]
 pub struct CompiledScope {
-    /// `None`: every resource.
-    program: Option<Box<[u8]>>,
+    /// `None`: every resource. Else the program (`policy/wildcard.rs`).
+    data: Option<Box<[u8]>>,
     case_insensitive: bool,
 }
 
 impl std::fmt::Debug for CompiledScope {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.program {
+        match &self.data {
             None => f.write_str("CompiledScope::All"),
-            Some(program) => f
+            Some(_) => f
                 .debug_struct("CompiledScope")
-                .field("bytes", &program.len())
+                .field("patterns", &self.patterns().collect::<Vec<_>>())
                 .field("case_insensitive", &self.case_insensitive)
                 .finish(),
         }
@@ -218,14 +218,39 @@ impl CompiledScope {
     /// Whether the scope covers a resource with this name (of the key's owner).
     #[inline]
     pub fn matches(&self, name: &str) -> bool {
-        match &self.program {
+        match &self.data {
             None => true,
-            Some(program) => wildcard::matches_any(program, self.case_insensitive, name.as_bytes()),
+            Some(data) => wildcard::matches_any(data, self.case_insensitive, name.as_bytes()),
         }
     }
 
     /// Whether the scope covers every resource of the owner.
     pub fn is_all(&self) -> bool {
-        self.program.is_none()
+        self.data.is_none()
+    }
+
+    /// The names and patterns as granted, in order (none for all resources).
+    ///
+    /// ```
+    /// use keyward::{ResourceRule, ResourceScope};
+    /// let scope = ResourceScope::only(["AzureRM.DataFactory*", "AzureRM.Profile"]);
+    /// let compiled = ResourceRule::default().compile(&scope).unwrap();
+    /// assert!(compiled.patterns().eq(["AzureRM.DataFactory*", "AzureRM.Profile"]));
+    /// assert_eq!(compiled.to_scope(), scope);
+    /// ```
+    pub fn patterns(&self) -> impl Iterator<Item = &str> {
+        self.data
+            .as_deref()
+            .into_iter()
+            .flat_map(wildcard::patterns)
+    }
+
+    /// The selection as granted.
+    pub fn to_scope(&self) -> ResourceScope {
+        if self.is_all() {
+            ResourceScope::All
+        } else {
+            ResourceScope::Only(self.patterns().map(str::to_owned).collect())
+        }
     }
 }

@@ -1,14 +1,20 @@
 //! The compact `*`/`?` matcher behind [`CompiledScope`](super::CompiledScope).
 //!
 //! A key's patterns compile into one byte string (one allocation): each
-//! pattern is a LEB128 token count followed by its tokens, one byte each.
-//! Literal bytes are the pattern's UTF-8 bytes (ASCII-lowercased at compile
-//! time when matching ignores case); the wildcards use bytes that never occur
-//! in UTF-8:
+//! pattern is a LEB128 header (its token count and two flags) followed by
+//! its tokens, one byte each; a header of 0 ends the program. Literal bytes
+//! are the pattern's UTF-8 bytes, which never include `*` or `?`, so those
+//! two are their own tokens and a pattern without `**` compiles to exactly
+//! its own text: the program then doubles as the patterns as granted (the
+//! *verbatim* flag), and only other patterns are also kept as text, after
+//! the end mark. Tokens:
 //!
 //! - [`STAR`] (`*`): any run of bytes, `/` included;
 //! - [`ANY`] (`?`): exactly one byte;
-//! - [`DIR_STAR`]: any run of bytes that is empty or ends with `/`.
+//! - [`DIR_STAR`] (a byte that never occurs in UTF-8): any run of bytes that
+//!   is empty or ends with `/`;
+//! - any other byte: itself, or when matching ignores case, itself with
+//!   ASCII letters folded (`u8::eq_ignore_ascii_case`, no table).
 //!
 //! The answers are exactly those of the `globset` configuration keyward used
 //! before (`case_insensitive(rule)`, `literal_separator(false)`,
@@ -37,9 +43,9 @@
 //! name or follows the `/` the pattern puts before it.
 
 /// `*`: any run of bytes.
-const STAR: u8 = 0xFF;
+const STAR: u8 = b'*';
 /// `?`: exactly one byte.
-const ANY: u8 = 0xFE;
+const ANY: u8 = b'?';
 /// globset's recursive `**/`: any run of bytes that is empty or ends with `/`.
 const DIR_STAR: u8 = 0xFD;
 
@@ -193,8 +199,20 @@ fn blind_to_dot_dot(tokens: &[Token]) -> bool {
     false
 }
 
-/// Appends the compiled form of one validated `pattern` to `program`.
-pub(super) fn compile_into(pattern: &str, case_insensitive: bool, program: &mut Vec<u8>) {
+/// Header flag: globset's `..` blind spot applies (see [`blind_to_dot_dot`]).
+const BLIND: usize = 1;
+/// Header flag: the tokens are the pattern's text.
+const VERBATIM: usize = 2;
+
+/// Appends the compiled form of one validated `pattern` (no `,`, `*` and `?`
+/// only as wildcards) to `program`, and its text to `texts` unless the
+/// compiled form is that text.
+pub(super) fn compile_into(
+    pattern: &str,
+    case_insensitive: bool,
+    program: &mut Vec<u8>,
+    texts: &mut Vec<u8>,
+) {
     let tokens = tokens(pattern);
     let blind = !case_insensitive && blind_to_dot_dot(&tokens);
     let mut code: Vec<u8> = Vec::with_capacity(pattern.len() + 2);
@@ -216,13 +234,7 @@ pub(super) fn compile_into(pattern: &str, case_insensitive: bool, program: &mut 
             match token {
                 Token::Literal(c) => {
                     let mut buf = [0u8; 4];
-                    for &b in c.encode_utf8(&mut buf).as_bytes() {
-                        code.push(if case_insensitive {
-                            b.to_ascii_lowercase()
-                        } else {
-                            b
-                        });
-                    }
+                    code.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
                 }
                 Token::Any => code.push(ANY),
                 Token::ZeroOrMore => push_star(&mut code, STAR),
@@ -238,8 +250,16 @@ pub(super) fn compile_into(pattern: &str, case_insensitive: bool, program: &mut 
             }
         }
     }
-    // The header: the token count, doubled, plus the `..` flag.
-    let mut len = code.len() * 2 + usize::from(blind);
+    let verbatim = code == pattern.as_bytes();
+    if !verbatim {
+        if !texts.is_empty() {
+            texts.push(b',');
+        }
+        texts.extend_from_slice(pattern.as_bytes());
+    }
+    // The header: the token count times 4, plus the flags.
+    let mut len =
+        code.len() * 4 + if blind { BLIND } else { 0 } + if verbatim { VERBATIM } else { 0 };
     loop {
         let byte = (len & 0x7F) as u8;
         len >>= 7;
@@ -252,12 +272,38 @@ pub(super) fn compile_into(pattern: &str, case_insensitive: bool, program: &mut 
     program.extend_from_slice(&code);
 }
 
-/// Whether any pattern of `program` (built by [`compile_into`]) matches `name`.
+/// Ends a program (a header of 0: no pattern is empty) and appends the
+/// texts of its patterns that are not verbatim, joined by `,`.
+pub(super) fn end_program(program: &mut Vec<u8>, texts: &[u8]) {
+    program.push(0);
+    program.extend_from_slice(texts);
+}
+
+/// The patterns of a program as granted, in order.
+pub(super) fn patterns(data: &[u8]) -> impl Iterator<Item = &str> {
+    let mut rest = data;
+    let mut verbatim: Vec<Option<&[u8]>> = Vec::new();
+    while let Some((code, flags, tail)) = next_pattern(rest) {
+        verbatim.push((flags & VERBATIM != 0).then_some(code));
+        rest = tail;
+    }
+    let texts = match rest.split_first() {
+        Some((0, tail)) => tail,
+        _ => &[],
+    };
+    let mut others = texts.split(|&b| b == b',');
+    verbatim
+        .into_iter()
+        .filter_map(move |v| std::str::from_utf8(v.or_else(|| others.next())?).ok())
+}
+
+/// Whether any pattern of `program` (built by [`compile_into`]) matches
+/// `name`; the program ends at its end mark.
 #[inline]
 pub(super) fn matches_any(program: &[u8], case_insensitive: bool, name: &[u8]) -> bool {
     let mut rest = program;
-    while let Some((pattern, blind, tail)) = next_pattern(rest) {
-        let hit = if blind && (name == b".." || name.ends_with(b"/..")) {
+    while let Some((pattern, flags, tail)) = next_pattern(rest) {
+        let hit = if flags & BLIND != 0 && (name == b".." || name.ends_with(b"/..")) {
             false
         } else if case_insensitive {
             matches_one::<true>(pattern, name)
@@ -272,22 +318,25 @@ pub(super) fn matches_any(program: &[u8], case_insensitive: bool, name: &[u8]) -
     false
 }
 
-/// Splits the first pattern (and its `..` flag) off `program`; `None` at
-/// the end (or if the program were malformed).
+/// Splits the first pattern (and its flags) off `program`; `None` at the
+/// end mark (or if the program were malformed).
 #[inline]
-fn next_pattern(program: &[u8]) -> Option<(&[u8], bool, &[u8])> {
+fn next_pattern(program: &[u8]) -> Option<(&[u8], usize, &[u8])> {
     let mut header = 0usize;
     let mut shift = 0u32;
     for (i, &b) in program.iter().enumerate() {
         header |= usize::from(b & 0x7F).checked_shl(shift)?;
         if b & 0x80 == 0 {
+            if header == 0 {
+                return None;
+            }
             let body = program.get(i + 1..)?;
-            let len = header / 2;
+            let len = header / 4;
             if len > body.len() {
                 return None;
             }
             let (pattern, tail) = body.split_at(len);
-            return Some((pattern, header % 2 == 1, tail));
+            return Some((pattern, header % 4, tail));
         }
         shift += 7;
     }
@@ -321,8 +370,12 @@ fn matches_one<const FOLD: bool>(pattern: &[u8], name: &[u8]) -> bool {
             }
             Some(&token) => {
                 if let Some(&b) = name.get(t) {
-                    let b = if FOLD { b.to_ascii_lowercase() } else { b };
-                    if token == ANY || token == b {
+                    let hit = if FOLD {
+                        token.eq_ignore_ascii_case(&b)
+                    } else {
+                        token == b
+                    };
+                    if hit || token == ANY {
                         p += 1;
                         t += 1;
                         continue;
@@ -351,8 +404,10 @@ mod tests {
     use super::*;
 
     fn matches(pattern: &str, ci: bool, name: &str) -> bool {
-        let mut program = Vec::new();
-        compile_into(pattern, ci, &mut program);
+        let (mut program, mut texts) = (Vec::new(), Vec::new());
+        compile_into(pattern, ci, &mut program, &mut texts);
+        end_program(&mut program, &texts);
+        assert!(patterns(&program).eq([pattern]));
         matches_any(&program, ci, name.as_bytes())
     }
 
@@ -407,7 +462,8 @@ mod tests {
     fn malformed_programs_match_nothing() {
         assert!(!matches_any(&[0x85], true, b"a"));
         assert!(!matches_any(&[0xFF; 12], true, b"a"));
-        assert!(!matches_any(&[6, b'a'], true, b"a"));
+        assert!(!matches_any(&[12, b'a'], true, b"a"));
+        assert_eq!(patterns(&[12, b'a']).count(), 0);
     }
 
     #[test]
