@@ -229,7 +229,8 @@ fn measure(patterns: usize, keys: usize) {
     let manager = KeyManager::builder(Arc::clone(&store), format, Policy::new(registry()))
         .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
         .verifier_config(VerifierConfig {
-            cache_capacity: keys.max(100_000),
+            // Room for every key: the cache is 64 shards of capacity / 64 each.
+            cache_capacity: keys * 2,
             cache_ttl: Duration::from_secs(24 * 3600),
             failure_burst: 1_000_000,
             usage_interval: Duration::from_secs(24 * 3600),
