@@ -171,10 +171,25 @@ impl ResourceRule {
         })
     }
 
-    /// Checks a resource name (not a pattern) against the rule.
+    /// Checks a resource name (not a pattern) against the rule: not empty,
+    /// at most `max_len` characters, only allowed characters.
+    ///
+    /// [`CompiledKey::check`](crate::CompiledKey::check) checks the
+    /// requested name with this before matching it, which also bounds the
+    /// matching work a request can cause.
     pub fn check_name(&self, name: &str) -> Result<(), PolicyError> {
         if name.is_empty() {
             return Err(PolicyError::EmptyPattern { index: 0 });
+        }
+        if name.len() > self.max_len {
+            let len = name.chars().count();
+            if len > self.max_len {
+                return Err(PolicyError::PatternTooLong {
+                    pattern: name.chars().take(self.max_len).collect(),
+                    len,
+                    max: self.max_len,
+                });
+            }
         }
         if let Some(ch) = name.chars().find(|c| !self.allowed(*c)) {
             return Err(PolicyError::PatternBadCharacter {
@@ -216,6 +231,10 @@ impl std::fmt::Debug for CompiledScope {
 
 impl CompiledScope {
     /// Whether the scope covers a resource with this name (of the key's owner).
+    ///
+    /// At most n × m steps per pattern for a name of n bytes and a pattern
+    /// of m (linear for patterns with at most one `*`); check untrusted
+    /// names with [`ResourceRule::check_name`] first, which bounds n.
     #[inline]
     pub fn matches(&self, name: &str) -> bool {
         match &self.data {
