@@ -174,9 +174,8 @@ impl ResourceRule {
     /// Checks a resource name (not a pattern) against the rule: not empty,
     /// at most `max_len` characters, only allowed characters.
     ///
-    /// [`CompiledKey::check`](crate::CompiledKey::check) checks the
-    /// requested name with this before matching it, which also bounds the
-    /// matching work a request can cause.
+    /// `CompiledKey::check` checks the requested name with this before
+    /// matching it, which also bounds the matching work a request can cause.
     pub fn check_name(&self, name: &str) -> Result<(), PolicyError> {
         if name.is_empty() {
             return Err(PolicyError::EmptyPattern { index: 0 });

@@ -36,8 +36,11 @@
 //!
 //! Matching is the greedy two-pointer algorithm that backtracks to the last
 //! star only: no allocation, O(n·m) steps in the worst case for a name of n
-//! bytes and a pattern of m tokens (with the default rule, n ≤ 128 and
-//! m ≤ 512), linear for patterns with at most one star. Backtracking to the
+//! bytes and a pattern of m tokens, linear for patterns with at most one
+//! star. With the default rule (ASCII, at most 128 characters, names
+//! checked with `ResourceRule::check_name` before matching) n, m ≤ 128:
+//! at most 16,384 steps per pattern; other extra characters take up to 4
+//! bytes each. Backtracking to the
 //! last star only is exact for [`DIR_STAR`] too: a non-empty run of it ends
 //! just after a `/` wherever it began, and an empty one either starts the
 //! name or follows the `/` the pattern puts before it.
