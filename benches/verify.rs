@@ -403,10 +403,10 @@ fn fast_token(rng: &mut impl Rng, format: &TokenFormat, live: &Environment, id: 
 /// with the cheapest argon2 parameters, so warming a cache costs tens of
 /// microseconds per key instead of tens of milliseconds. Runs on every core.
 ///
-/// The keys cover all of their owner's resources: a compiled glob set takes
-/// 7 to 22 KB per key (see `benches/README.md`), so a million cached keys with
-/// patterns would need gigabytes; this group measures the cache's map, and
-/// `verify/cached_hit` measures the glob check.
+/// The keys cover all of their owner's resources: this group measures the
+/// cache's map, and `verify/cached_hit` measures the pattern check. (Until
+/// 2026-12-02 a compiled glob set took 7 to 22 KB per key, so a million
+/// cached keys with patterns would have needed gigabytes.)
 fn population(
     n: usize,
     store: &MemoryStore,

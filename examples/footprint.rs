@@ -1,6 +1,7 @@
 //! Memory per stored key: fills a `MemoryStore` with 1,000,000 realistic
 //! records and prints the bytes the allocator handed out for them, divided by
-//! the number of keys.
+//! the number of keys. (`examples/cache_footprint.rs` measures a key in the
+//! verifier's cache.)
 //!
 //! ```text
 //! cargo run --release --example footprint

@@ -459,3 +459,34 @@ fn ipv4_clients_match_ipv6_ranges_over_the_mapped_space() {
     let v4 = IpAllowlist::parse(&["0.0.0.0/0"]).unwrap();
     assert!(!v4.allows("2001:db8::1".parse().unwrap()));
 }
+
+#[test]
+fn names_longer_than_the_rule_allows_are_refused_before_matching() {
+    let rule = ResourceRule::default();
+    assert!(rule.check_name(&"a".repeat(128)).is_ok());
+    assert_eq!(
+        rule.check_name(&"a".repeat(129)).unwrap_err(),
+        PolicyError::PatternTooLong {
+            pattern: "a".repeat(128),
+            len: 129,
+            max: 128
+        }
+    );
+    // Counted in characters, as patterns are.
+    let rule = ResourceRule::default().extra_chars(".-_é").unwrap();
+    assert!(rule.check_name(&"é".repeat(128)).is_ok());
+    assert!(rule.check_name(&"é".repeat(129)).is_err());
+}
+
+#[test]
+fn a_compiled_scope_gives_back_its_patterns_as_granted() {
+    let rule = ResourceRule::default().extra_chars(".-_/").unwrap();
+    let entries = ["AzureRM.DataFactory*", "a/**/b", "**", "Tool?", "x***y"];
+    let scope = ResourceScope::only(entries);
+    let compiled = rule.compile(&scope).unwrap();
+    assert!(compiled.patterns().eq(entries));
+    assert_eq!(compiled.to_scope(), scope);
+    let all = rule.compile(&ResourceScope::All).unwrap();
+    assert_eq!(all.patterns().count(), 0);
+    assert_eq!(all.to_scope(), ResourceScope::All);
+}

@@ -160,7 +160,7 @@ async fn the_session_carries_the_key_snapshot() {
     let checked = f.manager.verify_session(t, &ok).await.unwrap();
     assert_eq!(
         checked.resources(),
-        &ResourceScope::only(["AzureRM.DataFactory*"])
+        ResourceScope::only(["AzureRM.DataFactory*"])
     );
     // Implied permission carried over.
     let implied = VerifyRequest {

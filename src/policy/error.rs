@@ -71,7 +71,9 @@ pub enum PolicyError {
         /// The first character that is not allowed.
         ch: char,
     },
-    /// globset refused the pattern.
+    /// globset refused the pattern (no longer produced: since keyward
+    /// compiles patterns itself, every pattern that passes the character
+    /// checks compiles).
     #[error("resource pattern {pattern:?} is not a valid glob: {reason}")]
     InvalidGlob {
         /// The pattern.

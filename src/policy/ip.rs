@@ -28,7 +28,8 @@ pub(crate) const MAX_IP_RANGES: usize = 64;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct IpAllowlist {
-    nets: Vec<IpNet>,
+    /// Sorted, deduplicated; a boxed slice, as a cached key holds one.
+    nets: Box<[IpNet]>,
 }
 
 impl IpAllowlist {
@@ -62,7 +63,9 @@ impl IpAllowlist {
         let mut nets: Vec<IpNet> = nets.into_iter().map(|n| n.trunc()).collect();
         nets.sort();
         nets.dedup();
-        Self { nets }
+        Self {
+            nets: nets.into_boxed_slice(),
+        }
     }
 
     /// The networks.

@@ -7,6 +7,7 @@ mod ip;
 mod management;
 mod permissions;
 mod resources;
+mod wildcard;
 
 pub use edit::EditPolicy;
 pub use error::PolicyError;

@@ -24,10 +24,10 @@ pub struct CompiledKey {
     pub(super) id: KeyId,
     pub(super) owner: OwnerId,
     environment: Environment,
-    name: String,
+    name: Box<str>,
     permissions: PermissionSet,
+    /// The compiled resource scope, which also keeps the patterns as granted.
     scope: CompiledScope,
-    resources: ResourceScope,
     ip_allowlist: IpAllowlist,
     expires_at: Option<DateTime<Utc>>,
     /// The earlier of the expiry and the idle-expiry deadline: the one
@@ -51,10 +51,9 @@ impl CompiledKey {
             id: record.id.clone(),
             owner: record.owner.clone(),
             environment: record.environment.clone(),
-            name: record.name.clone(),
+            name: record.name.as_str().into(),
             permissions: policy.permissions().resolve_stored(&record.permissions),
             scope: policy.resource_rule().compile(&record.resources)?,
-            resources: record.resources.clone(),
             ip_allowlist: record.ip_allowlist.clone(),
             expires_at: record.expires_at,
             deadline,
@@ -100,10 +99,9 @@ impl CompiledKey {
             id,
             owner,
             environment,
-            name,
+            name: name.into_boxed_str(),
             permissions,
             scope: policy.resource_rule().compile(&resources)?,
-            resources,
             ip_allowlist,
             expires_at,
             deadline: expires_at,
@@ -186,9 +184,10 @@ impl CompiledKey {
     pub fn scope(&self) -> &CompiledScope {
         &self.scope
     }
-    /// The resource scope as granted (names and patterns).
-    pub fn resources(&self) -> &ResourceScope {
-        &self.resources
+    /// The resource scope as granted (names and patterns), rebuilt from the
+    /// compiled scope, which keeps them (a cached key holds them once).
+    pub fn resources(&self) -> ResourceScope {
+        self.scope.to_scope()
     }
     /// The IP allowlist (empty: anywhere).
     pub fn ip_allowlist(&self) -> &IpAllowlist {
