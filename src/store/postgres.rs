@@ -246,7 +246,7 @@ impl PostgresStore {
     /// pool yourself and use [`from_pool`](Self::from_pool).
     ///
     /// ```no_run
-    /// # async fn run() -> Result<(), keyward::StoreError> {
+    /// # async fn run() -> Result<(), keyward::store::StoreError> {
     /// use std::time::Duration;
     /// use keyward::PostgresStore;
     /// let store = PostgresStore::connect_with(
