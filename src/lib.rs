@@ -75,6 +75,7 @@ mod source;
 pub mod store;
 mod token;
 mod trace;
+pub mod trusted;
 mod verify;
 
 pub mod prelude {

@@ -6,6 +6,8 @@
 
 mod compact;
 mod memory;
+mod memory_trusted;
+mod trusted;
 
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
@@ -47,6 +49,7 @@ pub use sql::InvalidName;
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use sqlite::SqliteStore;
+pub use trusted::TrustStore;
 
 use crate::error::StoreError;
 use crate::key::{KeyRecord, KeyStatus, OwnerId};
