@@ -21,6 +21,8 @@ mod postgres;
 mod postgres_audit;
 #[cfg(feature = "postgres")]
 mod postgres_sessions;
+#[cfg(feature = "postgres")]
+mod postgres_trusted;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
 #[cfg(feature = "sqlite")]
@@ -29,6 +31,8 @@ mod sqlite;
 mod sqlite_audit;
 #[cfg(feature = "sqlite")]
 mod sqlite_sessions;
+#[cfg(feature = "sqlite")]
+mod sqlite_trusted;
 
 use std::future::Future;
 use std::net::IpAddr;

@@ -111,8 +111,8 @@ impl<S: KeyStore + TrustStore> KeyManager<S> {
     /// (administrators only, by default).
     ///
     /// # Errors
-    /// [`KeywardError::NotFound`] (also for another owner's policy is
-    /// refused as [`KeywardError::NotAllowed`]); [`KeywardError::Store`];
+    /// [`KeywardError::NotFound`]; [`KeywardError::NotAllowed`] (another
+    /// owner's policy, or not an administrator); [`KeywardError::Store`];
     /// [`KeywardError::SessionsNotEnded`] when the policy is deleted but
     /// ending its sessions failed (they still expire within the session
     /// lifetime).
