@@ -383,14 +383,14 @@ async fn audience_and_claims_must_match() {
             ClaimName::RepositoryOwner,
         ),
         (
-            "job_workflow_ref",
+            "workflow_ref",
             json!("octo-org/widgets/.github/workflows/ci.yml@refs/heads/main"),
-            ClaimName::JobWorkflowRef,
+            ClaimName::WorkflowRef,
         ),
         (
-            "job_workflow_ref",
+            "workflow_ref",
             json!("evil-org/shared/.github/workflows/release.yml@refs/heads/main"),
-            ClaimName::JobWorkflowRef,
+            ClaimName::WorkflowRef,
         ),
         ("environment", json!("staging"), ClaimName::Environment),
         ("environment", Value::Null, ClaimName::Environment),
@@ -651,4 +651,50 @@ fn key_sets_are_checked() {
             .is_err()
     );
     assert!(trusted.set_issuer_keys(GITHUB_ACTIONS_ISSUER, &ok).is_ok());
+}
+
+/// Two servers (managers) sharing one SQLite database: the policy one
+/// registers is used by the other, and a token exchanged on one is a
+/// replay on the other.
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn a_replay_is_refused_across_servers_sharing_a_store() {
+    let store = SqliteStore::in_memory().await.unwrap();
+    store.migrate().await.unwrap();
+    let server = |store: SqliteStore| {
+        KeyManager::builder(
+            store,
+            TokenFormat::new("mkh", &["live"]).unwrap(),
+            Policy::new(registry()),
+        )
+        .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
+        .clock(ManualClock::new(start()))
+        .sessions(SessionConfig::new("mkhs"))
+        .unwrap()
+        .build()
+    };
+    let (one, two) = (server(store.clone()), server(store));
+    let admin = Actor::administrator("alice", OwnerId::new("contoso").unwrap());
+    let policy = one.create_trust_policy(&admin, new_policy()).await.unwrap();
+    let trusted = TrustedPublishing::new(TrustConfig::default()).unwrap();
+    trusted
+        .set_issuer_keys(GITHUB_ACTIONS_ISSUER, &jwks(&[rsa_key()]))
+        .unwrap();
+    let token = rsa_key().sign(&claims("shared"));
+    let issued = trusted.exchange(&two, &token, None).await.unwrap();
+    assert_eq!(issued.policy_id, policy.id);
+    let again = trusted
+        .exchange(&one, &token, None)
+        .await
+        .map(|s| s.policy_id);
+    assert_eq!(again, Err(TrustError::Replayed));
+    // The session issued by one server is checked by the other.
+    let live = Environment::new("live").unwrap();
+    let push = one.policy().permissions().get("package:push").unwrap();
+    let req = VerifyRequest::new(&live, push).resource("contoso", "widgets");
+    assert!(
+        one.verify_session(issued.session.token.expose_secret(), &req)
+            .await
+            .is_ok()
+    );
 }

@@ -4,8 +4,9 @@
 //! trusted publishing, PyPI's GitHub publisher, NuGet's federated
 //! credentials): the owner is pinned by its numeric id as well as its name,
 //! the repository is `owner/name` compared without case, the workflow file
-//! is read from `job_workflow_ref` (`owner/repo/.github/workflows/file@ref`)
-//! and must be a file of the same repository, the environment is compared
+//! is read from `workflow_ref` (`owner/repo/.github/workflows/file@ref`, the
+//! top-level workflow of the run, as crates.io reads it) and must be a file
+//! of the same repository, the environment is compared
 //! without case and only when the policy names one, the ref exactly.
 
 use serde::{Deserialize, Serialize};
@@ -34,7 +35,12 @@ pub struct TokenClaims {
     /// `repository_owner_id`.
     #[serde(default)]
     pub repository_owner_id: Option<String>,
-    /// `job_workflow_ref` (`owner/repo/.github/workflows/file.yml@ref`).
+    /// `workflow_ref` (`owner/repo/.github/workflows/file.yml@ref`): the
+    /// run's top-level workflow.
+    #[serde(default)]
+    pub workflow_ref: Option<String>,
+    /// `job_workflow_ref`: the workflow file running the job (another
+    /// repository's, for a reusable workflow). Audited, not matched.
     #[serde(default)]
     pub job_workflow_ref: Option<String>,
     /// `environment`.
@@ -56,8 +62,8 @@ pub enum ClaimName {
     RepositoryOwnerId,
     /// `repository`.
     Repository,
-    /// `job_workflow_ref`.
-    JobWorkflowRef,
+    /// `workflow_ref`.
+    WorkflowRef,
     /// `environment`.
     Environment,
     /// `ref`.
@@ -70,7 +76,7 @@ impl std::fmt::Display for ClaimName {
             ClaimName::RepositoryOwner => "repository_owner",
             ClaimName::RepositoryOwnerId => "repository_owner_id",
             ClaimName::Repository => "repository",
-            ClaimName::JobWorkflowRef => "job_workflow_ref",
+            ClaimName::WorkflowRef => "workflow_ref",
             ClaimName::Environment => "environment",
             ClaimName::Ref => "ref",
         })
@@ -117,18 +123,20 @@ fn match_github(policy: &GitHubClaims, token: &TokenClaims) -> Result<(), ClaimE
     if !repository.eq_ignore_ascii_case(&expected_repository) {
         return Err(Mismatch(ClaimName::Repository));
     }
-    // `owner/repo/.github/workflows/release.yml@refs/tags/v1`: the file of
-    // the workflow that runs the job, in this very repository (a reusable
-    // workflow of another repository does not match).
-    let workflow_ref = need(&token.job_workflow_ref, ClaimName::JobWorkflowRef)?;
+    // `owner/repo/.github/workflows/release.yml@refs/tags/v1`: the run's
+    // top-level workflow file, in this very repository (it may call
+    // reusable workflows of other repositories: the repository's own file
+    // decides that). Split at the first `@`: a policy's file name has none,
+    // so `nested@evil.yml@ref` matches no policy.
+    let workflow_ref = need(&token.workflow_ref, ClaimName::WorkflowRef)?;
     let Some((path, _at)) = workflow_ref.split_once('@') else {
-        return Err(Mismatch(ClaimName::JobWorkflowRef));
+        return Err(Mismatch(ClaimName::WorkflowRef));
     };
     let Some((repo_part, file)) = path.split_once("/.github/workflows/") else {
-        return Err(Mismatch(ClaimName::JobWorkflowRef));
+        return Err(Mismatch(ClaimName::WorkflowRef));
     };
     if !repo_part.eq_ignore_ascii_case(&expected_repository) || file != policy.workflow {
-        return Err(Mismatch(ClaimName::JobWorkflowRef));
+        return Err(Mismatch(ClaimName::WorkflowRef));
     }
     if let Some(env) = &policy.environment {
         let token_env = need(&token.environment, ClaimName::Environment)?;
@@ -158,7 +166,9 @@ pub struct MatchedClaims {
     pub repository: Option<String>,
     /// `repository_owner_id`.
     pub repository_owner_id: Option<String>,
-    /// `job_workflow_ref`.
+    /// `workflow_ref`.
+    pub workflow_ref: Option<String>,
+    /// `job_workflow_ref`, if present.
     pub job_workflow_ref: Option<String>,
     /// `environment`, if present.
     pub environment: Option<String>,
@@ -176,6 +186,7 @@ impl MatchedClaims {
             subject: token.sub.clone(),
             repository: token.repository.clone(),
             repository_owner_id: token.repository_owner_id.clone(),
+            workflow_ref: token.workflow_ref.clone(),
             job_workflow_ref: token.job_workflow_ref.clone(),
             environment: token.environment.clone(),
             git_ref: token.git_ref.clone(),
@@ -190,6 +201,7 @@ impl MatchedClaims {
             ("sub", &self.subject),
             ("repository", &self.repository),
             ("repository_owner_id", &self.repository_owner_id),
+            ("workflow_ref", &self.workflow_ref),
             ("job_workflow_ref", &self.job_workflow_ref),
             ("environment", &self.environment),
             ("ref", &self.git_ref),
@@ -220,7 +232,7 @@ mod tests {
             repository: Some("octo-org/widgets".into()),
             repository_owner: Some("octo-org".into()),
             repository_owner_id: Some("1234".into()),
-            job_workflow_ref: Some(
+            workflow_ref: Some(
                 "octo-org/widgets/.github/workflows/release.yml@refs/tags/v1".into(),
             ),
             environment: Some("Release".into()),
@@ -270,15 +282,27 @@ mod tests {
             "other/shared/.github/workflows/release.yml@refs/heads/main",
             "octo-org/widgets/.github/workflows/sub/release.yml@refs/tags/v1",
             "octo-org/widgets/release.yml@refs/tags/v1",
+            "octo-org/widgets/.github/workflows/nested@release.yml@refs/tags/v1",
+            "octo-org/widgets/.github/workflows/@refs/tags/v1",
         ] {
             let mut t = token();
-            t.job_workflow_ref = Some(bad.into());
+            t.workflow_ref = Some(bad.into());
             assert_eq!(
                 match_claims(&policy(), &t),
-                Err(ClaimError::Mismatch(ClaimName::JobWorkflowRef)),
+                Err(ClaimError::Mismatch(ClaimName::WorkflowRef)),
                 "{bad}"
             );
         }
+        // An `@` in the ref after the file name is the ref's business.
+        let mut t = token();
+        t.workflow_ref =
+            Some("octo-org/widgets/.github/workflows/release.yml@refs/heads/a@b.yml".into());
+        assert_eq!(match_claims(&policy(), &t), Ok(()));
+        // A reusable workflow of another repository running the job: the
+        // top-level workflow is what the policy names.
+        t.job_workflow_ref =
+            Some("other/shared/.github/workflows/publish.yml@refs/heads/main".into());
+        assert_eq!(match_claims(&policy(), &t), Ok(()));
     }
 
     #[test]

@@ -112,7 +112,7 @@ pub struct GitHubClaims {
     /// `owner/name`).
     pub repository_name: String,
     /// The workflow file name under `.github/workflows/` (e.g.
-    /// `release.yml`), matched against `job_workflow_ref`.
+    /// `release.yml`), matched against `workflow_ref` (the run's top-level workflow).
     pub workflow: String,
     /// The deployment environment (`environment`) the job must run in, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
