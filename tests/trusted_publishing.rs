@@ -343,6 +343,10 @@ async fn times_are_checked_with_a_bounded_leeway() {
         w.refused(&rsa_key().sign(&c), TrustError::MissingClaim(missing))
             .await;
     }
+    let mut c = claims("t6");
+    c["jti"] = json!(" ");
+    w.refused(&rsa_key().sign(&c), TrustError::MissingClaim("jti"))
+        .await;
     let mut c = claims("t7");
     c["exp"] = json!("tomorrow");
     w.refused(

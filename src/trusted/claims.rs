@@ -29,6 +29,9 @@ pub struct TokenClaims {
     /// `repository` (`owner/name`).
     #[serde(default)]
     pub repository: Option<String>,
+    /// `repository_id`.
+    #[serde(default)]
+    pub repository_id: Option<String>,
     /// `repository_owner`.
     #[serde(default)]
     pub repository_owner: Option<String>,
@@ -62,6 +65,8 @@ pub enum ClaimName {
     RepositoryOwnerId,
     /// `repository`.
     Repository,
+    /// `repository_id`.
+    RepositoryId,
     /// `workflow_ref`.
     WorkflowRef,
     /// `environment`.
@@ -76,6 +81,7 @@ impl std::fmt::Display for ClaimName {
             ClaimName::RepositoryOwner => "repository_owner",
             ClaimName::RepositoryOwnerId => "repository_owner_id",
             ClaimName::Repository => "repository",
+            ClaimName::RepositoryId => "repository_id",
             ClaimName::WorkflowRef => "workflow_ref",
             ClaimName::Environment => "environment",
             ClaimName::Ref => "ref",
@@ -101,7 +107,7 @@ pub fn match_claims(claims: &TrustClaims, token: &TokenClaims) -> Result<(), Cla
 
 fn need(value: &Option<String>, name: ClaimName) -> Result<&str, ClaimError> {
     match value.as_deref() {
-        Some(v) if !v.is_empty() => Ok(v),
+        Some(v) if !v.trim().is_empty() => Ok(v),
         _ => Err(ClaimError::Missing(name)),
     }
 }
@@ -122,6 +128,11 @@ fn match_github(policy: &GitHubClaims, token: &TokenClaims) -> Result<(), ClaimE
     let expected_repository = format!("{}/{}", policy.repository_owner, policy.repository_name);
     if !repository.eq_ignore_ascii_case(&expected_repository) {
         return Err(Mismatch(ClaimName::Repository));
+    }
+    if let Some(id) = &policy.repository_id {
+        if need(&token.repository_id, ClaimName::RepositoryId)? != id {
+            return Err(Mismatch(ClaimName::RepositoryId));
+        }
     }
     // `owner/repo/.github/workflows/release.yml@refs/tags/v1`: the run's
     // top-level workflow file, in this very repository (it may call
@@ -254,6 +265,30 @@ mod tests {
         assert_eq!(
             match_claims(&policy(), &t),
             Err(ClaimError::Missing(ClaimName::RepositoryOwnerId))
+        );
+    }
+
+    #[test]
+    fn a_pinned_repository_id_is_matched_exactly() {
+        let TrustClaims::GitHub(base) = policy();
+        let pinned = TrustClaims::GitHub(base.repository_id("98765"));
+        let mut t = token();
+        assert_eq!(
+            match_claims(&pinned, &t),
+            Err(ClaimError::Missing(ClaimName::RepositoryId))
+        );
+        t.repository_id = Some("98765".into());
+        assert_eq!(match_claims(&pinned, &t), Ok(()));
+        t.repository_id = Some("987650".into());
+        assert_eq!(
+            match_claims(&pinned, &t),
+            Err(ClaimError::Mismatch(ClaimName::RepositoryId))
+        );
+        // Blank is missing, as NuGet's validator has it.
+        t.repository_id = Some(" ".into());
+        assert_eq!(
+            match_claims(&pinned, &t),
+            Err(ClaimError::Missing(ClaimName::RepositoryId))
         );
     }
 

@@ -183,9 +183,10 @@ impl TrustedPublishing {
         )?;
         let claims = verified.claims;
         let jti = match claims.jti.as_deref() {
-            Some(j) if !j.is_empty() && j.len() <= 256 => j.to_owned(),
-            Some(j) if !j.is_empty() => return Err(TrustError::Malformed("jti is too long")),
-            _ => return Err(TrustError::MissingClaim("jti")),
+            Some(j) if j.trim().is_empty() => return Err(TrustError::MissingClaim("jti")),
+            Some(j) if j.len() <= 256 => j.to_owned(),
+            Some(_) => return Err(TrustError::Malformed("jti is too long")),
+            None => return Err(TrustError::MissingClaim("jti")),
         };
         let Some(lookup) = claims.repository_owner_id.as_deref() else {
             return Err(TrustError::MissingClaim("repository_owner_id"));

@@ -114,6 +114,11 @@ pub struct GitHubClaims {
     /// The workflow file name under `.github/workflows/` (e.g.
     /// `release.yml`), matched against `workflow_ref` (the run's top-level workflow).
     pub workflow: String,
+    /// The repository's numeric id (`repository_id`), if pinned: a
+    /// repository deleted and created again under the same name has
+    /// another id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository_id: Option<String>,
     /// The deployment environment (`environment`) the job must run in, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub environment: Option<String>,
@@ -145,9 +150,15 @@ impl GitHubClaims {
             repository_owner_id: repository_owner_id.into(),
             repository_name: repository_name.into(),
             workflow: workflow.into(),
+            repository_id: None,
             environment: None,
             git_ref: None,
         }
+    }
+    /// Requires this repository id.
+    pub fn repository_id(mut self, id: impl Into<String>) -> Self {
+        self.repository_id = Some(id.into());
+        self
     }
     /// Requires this deployment environment.
     pub fn environment(mut self, environment: impl Into<String>) -> Self {
@@ -204,6 +215,11 @@ impl GitHubClaims {
                 ch: self.workflow.chars().last().unwrap_or('.'),
                 allowed: "a file name ending in .yml or .yaml",
             });
+        }
+        if let Some(id) = &self.repository_id {
+            field("repository id", id, Self::MAX_ID_LEN, "ASCII digits", |c| {
+                c.is_ascii_digit()
+            })?;
         }
         if let Some(env) = &self.environment {
             field(
