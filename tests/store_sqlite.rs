@@ -125,8 +125,10 @@ async fn url_form_and_custom_table_and_persistence() {
             "registry_api_keys",
             "registry_api_keys_audit",
             "registry_api_keys_ids",
+            "registry_api_keys_jtis",
             "registry_api_keys_migrations",
             "registry_api_keys_sessions",
+            "registry_api_keys_trust",
             "sqlite_sequence"
         ]
     );
