@@ -217,6 +217,9 @@ async fn rs256_and_es256_tokens_get_a_session_with_the_policy_grant() {
 
         let live = Environment::new("live").unwrap();
         let token = issued.session.token.expose_secret();
+        // The session token's secret is in no Debug output.
+        let secret = &token[token.len() - 49..token.len() - 6];
+        assert!(!format!("{issued:?}").contains(secret));
         let ok = VerifyRequest::new(&live, w.push).resource("contoso", "widgets-core");
         let session = w.manager.verify_session(token, &ok).await.unwrap();
         assert_eq!(session.owner().as_str(), "contoso");
@@ -470,6 +473,13 @@ async fn hostile_tokens_get_typed_errors() {
         jsonwebtoken::encode(&h, &claims("h"), &EncodingKey::from_secret(n.as_bytes())).unwrap();
     w.refused(&token, TrustError::DisallowedAlgorithm("HS256".into()))
         .await;
+    // A header's control characters never reach the error.
+    let header = URL_SAFE_NO_PAD.encode("{\"alg\":\"x\\u001b[31m\",\"kid\":\"k\"}");
+    let got = w
+        .exchange(&format!("{header}.{body}."))
+        .await
+        .map(|s| s.policy_id);
+    assert_eq!(got, Err(TrustError::DisallowedAlgorithm("x?[31m".into())));
     for junk in ["", "a.b", "a.b.c.d", "!!!.???.###", "e30.e30.e30"] {
         let got = w.exchange(junk).await.map(|s| s.policy_id);
         assert!(

@@ -117,6 +117,16 @@ pub(crate) struct Unverified {
     pub(crate) issuer: String,
 }
 
+/// At most `max` characters of a value the caller sent, control
+/// characters replaced, for an error message.
+fn printable(value: &str, max: usize) -> String {
+    value
+        .chars()
+        .take(max)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
 fn part(token: &str, index: usize) -> Result<Vec<u8>, TrustError> {
     let text = token
         .split('.')
@@ -143,11 +153,7 @@ pub(crate) fn peek(token: &str) -> Result<Unverified, TrustError> {
     let alg = match alg {
         "RS256" => Algorithm::RS256,
         "ES256" => Algorithm::ES256,
-        other => {
-            return Err(TrustError::DisallowedAlgorithm(
-                other.chars().take(16).collect(),
-            ));
-        }
+        other => return Err(TrustError::DisallowedAlgorithm(printable(other, 16))),
     };
     let kid = match header.kid {
         Some(serde_json::Value::String(s)) if !s.is_empty() && s.len() <= 256 => s,
@@ -213,7 +219,7 @@ pub(crate) fn verify(
         .keys
         .get(&head.kid)
         .filter(|(alg, _)| *alg == head.alg)
-        .ok_or_else(|| TrustError::UnknownKeyId(head.kid.chars().take(64).collect()))?;
+        .ok_or_else(|| TrustError::UnknownKeyId(printable(&head.kid, 64)))?;
     let mut validation = Validation::new(*alg);
     validation.validate_exp = false;
     validation.validate_nbf = false;
