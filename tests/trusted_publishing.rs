@@ -712,3 +712,90 @@ async fn a_replay_is_refused_across_servers_sharing_a_store() {
             .is_ok()
     );
 }
+
+/// A fetcher handing out whatever key set the test put in, counting calls.
+struct Fetcher {
+    jwks: Arc<std::sync::Mutex<Result<String, String>>>,
+    calls: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl trusted::JwksFetcher for Fetcher {
+    fn fetch<'a>(
+        &'a self,
+        issuer: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send + 'a>>
+    {
+        assert_eq!(
+            issuer, GITHUB_ACTIONS_ISSUER,
+            "only named issuers are fetched"
+        );
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let jwks = self.jwks.lock().unwrap().clone();
+        Box::pin(async move { jwks })
+    }
+}
+
+#[tokio::test]
+async fn key_sets_are_fetched_once_and_again_on_rotation() {
+    let mut w = world().await;
+    let first = ec_signer("first");
+    let jwks = Arc::new(std::sync::Mutex::new(Ok(jwks(&[&first]))));
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let fetcher = |min_refresh| {
+        TrustedPublishing::new(TrustConfig::default())
+            .unwrap()
+            .with_fetcher(
+                Fetcher {
+                    jwks: Arc::clone(&jwks),
+                    calls: Arc::clone(&calls),
+                },
+                &[GITHUB_ACTIONS_ISSUER],
+                min_refresh,
+            )
+            .unwrap()
+    };
+    let count = || calls.load(std::sync::atomic::Ordering::SeqCst);
+    w.trusted = fetcher(Duration::ZERO);
+    assert!(w.exchange(&first.sign(&claims("f1"))).await.is_ok());
+    assert!(w.exchange(&first.sign(&claims("f2"))).await.is_ok());
+    assert_eq!(count(), 1, "a cached key set is not fetched again");
+    // Another issuer is never fetched.
+    let mut c = claims("f3");
+    c["iss"] = json!("https://gitlab.example");
+    w.refused(&first.sign(&c), TrustError::UnknownIssuer).await;
+    assert_eq!(count(), 1);
+    // The issuer rotates: a new kid makes it fetch again.
+    let second = ec_signer("second");
+    *jwks.lock().unwrap() = Ok(self::jwks(&[&first, &second]));
+    assert!(w.exchange(&second.sign(&claims("f4"))).await.is_ok());
+    assert_eq!(count(), 2);
+    // A failing fetch keeps the cached keys.
+    *jwks.lock().unwrap() = Err("503".into());
+    w.refused(
+        &ec_signer("nope").sign(&claims("f5")),
+        TrustError::UnknownKeyId("nope".into()),
+    )
+    .await;
+    assert!(w.exchange(&first.sign(&claims("f6"))).await.is_ok());
+
+    // With a refresh interval, made-up kids cost one fetch per interval.
+    w.trusted = fetcher(Duration::from_secs(3600));
+    *jwks.lock().unwrap() = Ok(self::jwks(&[&first]));
+    let before = count();
+    for i in 0..5 {
+        w.refused(
+            &ec_signer("made-up").sign(&claims(&format!("r{i}"))),
+            TrustError::UnknownKeyId("made-up".into()),
+        )
+        .await;
+    }
+    assert_eq!(count(), before + 1);
+    // And a failing first fetch is a typed error.
+    *jwks.lock().unwrap() = Err("connection refused".into());
+    w.trusted = fetcher(Duration::ZERO);
+    let got = w
+        .exchange(&first.sign(&claims("r9")))
+        .await
+        .map(|s| s.policy_id);
+    assert!(matches!(got, Err(TrustError::BadKeySet(_))), "{got:?}");
+}

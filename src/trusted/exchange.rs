@@ -10,7 +10,8 @@ use chrono::{DateTime, TimeDelta, Utc};
 
 use super::claims::{ClaimError, MatchedClaims, match_claims};
 use super::error::TrustError;
-use super::keys::{IssuerKeys, peek, verify};
+use super::fetch::{Fetching, JwksFetcher};
+use super::keys::{IssuerKeys, Unverified, peek, verify};
 use super::policy::{TrustPolicy, check_issuer};
 use crate::audit::{AuditAction, AuditEvent};
 use crate::error::StoreError;
@@ -71,6 +72,7 @@ pub struct TrustedSession {
 pub struct TrustedPublishing {
     config: TrustConfig,
     issuers: RwLock<HashMap<String, Arc<IssuerKeys>>>,
+    fetching: Option<Fetching>,
 }
 
 impl std::fmt::Debug for TrustedPublishing {
@@ -105,7 +107,88 @@ impl TrustedPublishing {
         Ok(Self {
             config,
             issuers: RwLock::new(HashMap::new()),
+            fetching: None,
         })
+    }
+
+    /// Fetches the key sets of `issuers` through `fetcher` when needed: an
+    /// issuer without keys yet, or a token naming a `kid` the cached set
+    /// lacks (the issuer rotated its keys). At most one fetch per issuer
+    /// per `min_refresh` (one at a time), so a flood of tokens with made-up
+    /// `kid`s costs one fetch per interval; other issuers are never
+    /// fetched. A failed fetch keeps the keys cached before.
+    ///
+    /// # Errors
+    /// [`TrustError::Malformed`] for an issuer that is not an https URL,
+    /// [`TrustError::BadKeySet`] for more than
+    /// [`TrustedPublishing::MAX_ISSUERS`].
+    pub fn with_fetcher(
+        mut self,
+        fetcher: impl JwksFetcher,
+        issuers: &[&str],
+        min_refresh: Duration,
+    ) -> Result<Self, TrustError> {
+        if issuers.len() > Self::MAX_ISSUERS {
+            return Err(TrustError::BadKeySet(format!(
+                "at most {} issuers",
+                Self::MAX_ISSUERS
+            )));
+        }
+        for issuer in issuers {
+            check_issuer(issuer)
+                .map_err(|_| TrustError::Malformed("issuer is not an https URL"))?;
+        }
+        self.fetching = Some(Fetching {
+            fetcher: Box::new(fetcher),
+            issuers: issuers.iter().map(|i| (*i).to_owned()).collect(),
+            min_refresh,
+            last: tokio::sync::Mutex::new(HashMap::new()),
+        });
+        Ok(self)
+    }
+
+    fn cached(&self, issuer: &str) -> Option<Arc<IssuerKeys>> {
+        self.issuers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(issuer)
+            .cloned()
+    }
+
+    /// The issuer's keys, fetched first when a fetcher is set and the cache
+    /// has none or lacks the token's `kid`.
+    async fn keys_for(&self, head: &Unverified) -> Result<Arc<IssuerKeys>, TrustError> {
+        let cached = self.cached(&head.issuer);
+        if let Some(keys) = cached.as_ref().filter(|k| k.has(&head.kid)) {
+            return Ok(Arc::clone(keys));
+        }
+        let Some(fetching) = &self.fetching else {
+            return cached.ok_or(TrustError::UnknownIssuer);
+        };
+        let mut last = fetching.last.lock().await;
+        // Fetched by another exchange while this one waited?
+        if let Some(keys) = self.cached(&head.issuer).filter(|k| k.has(&head.kid)) {
+            return Ok(keys);
+        }
+        if fetching.due(&mut last, &head.issuer) {
+            let fetched = fetching.fetcher.fetch(&head.issuer).await;
+            match fetched {
+                Ok(json) => match self.set_issuer_keys(&head.issuer, &json) {
+                    Ok(()) => {}
+                    Err(e) if self.cached(&head.issuer).is_none() => return Err(e),
+                    Err(_) => {}
+                },
+                Err(reason) if self.cached(&head.issuer).is_none() => {
+                    return Err(TrustError::BadKeySet(format!(
+                        "fetching the key set failed: {}",
+                        reason.chars().take(200).collect::<String>()
+                    )));
+                }
+                Err(_) => {}
+            }
+        }
+        drop(last);
+        self.cached(&head.issuer).ok_or(TrustError::UnknownIssuer)
     }
 
     /// Sets (or replaces) the key set of `issuer` from its JWKS document.
@@ -165,13 +248,7 @@ impl TrustedPublishing {
             .as_deref()
             .ok_or(TrustError::Session(SessionError::NotConfigured))?;
         let head = peek(token)?;
-        let keys = self
-            .issuers
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&head.issuer)
-            .cloned()
-            .ok_or(TrustError::UnknownIssuer)?;
+        let keys = self.keys_for(&head).await?;
         let now = manager.shared.clock.now();
         let verified = verify(
             token,

@@ -28,6 +28,11 @@ pub(crate) struct IssuerKeys {
 }
 
 impl IssuerKeys {
+    /// Whether the set holds a key with this `kid`.
+    pub(crate) fn has(&self, kid: &str) -> bool {
+        self.keys.contains_key(kid)
+    }
+
     /// Reads a JWKS document; keeps RSA keys (for RS256, at least 2048
     /// bits) and P-256 keys (for ES256) that carry a `kid` and are not
     /// marked for another use or algorithm. Errors: not a JWKS, too large,

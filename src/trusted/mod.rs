@@ -8,7 +8,7 @@
 //!   the permissions and resources the sessions get.
 //! * [`TrustedPublishing::exchange`] (feature `trusted-publishing`) checks
 //!   the token's signature against the issuer's keys (JWKS supplied by the
-//!   application), its times with a bounded leeway, its audience and the
+//!   application, or fetched through its [`JwksFetcher`] and cached), its times with a bounded leeway, its audience and the
 //!   policy's claims, refuses a `jti` already used (in the store, so on
 //!   every server), and issues a session token of the policy's owner.
 //!
@@ -21,6 +21,8 @@ mod error;
 #[cfg(feature = "trusted-publishing")]
 mod exchange;
 #[cfg(feature = "trusted-publishing")]
+mod fetch;
+#[cfg(feature = "trusted-publishing")]
 mod keys;
 mod manage;
 mod policy;
@@ -32,4 +34,7 @@ pub use error::{TrustError, TrustResult};
 #[cfg(feature = "trusted-publishing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "trusted-publishing")))]
 pub use exchange::{TrustConfig, TrustedPublishing, TrustedSession};
+#[cfg(feature = "trusted-publishing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "trusted-publishing")))]
+pub use fetch::JwksFetcher;
 pub use policy::{GITHUB_ACTIONS_ISSUER, GitHubClaims, NewTrustPolicy, TrustClaims, TrustPolicy};
