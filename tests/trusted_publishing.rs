@@ -799,3 +799,34 @@ async fn key_sets_are_fetched_once_and_again_on_rotation() {
         .map(|s| s.policy_id);
     assert!(matches!(got, Err(TrustError::BadKeySet(_))), "{got:?}");
 }
+
+/// Anyone may register a policy naming any repository: another owner's
+/// policy for the same workflow makes a plain exchange ambiguous (nothing
+/// issued), and naming the owner picks its policy only.
+#[tokio::test]
+async fn policies_of_two_owners_for_one_repository() {
+    let w = world().await;
+    let mallory = Actor::administrator("mallory", OwnerId::new("fabrikam").unwrap());
+    let mut theirs = new_policy();
+    theirs.owner = "fabrikam".into();
+    w.manager
+        .create_trust_policy(&mallory, theirs)
+        .await
+        .unwrap();
+    w.refused(&rsa_key().sign(&claims("o1")), TrustError::AmbiguousOwner)
+        .await;
+    let contoso = OwnerId::new("contoso").unwrap();
+    let issued = w
+        .trusted
+        .exchange_for(&w.manager, &rsa_key().sign(&claims("o2")), &contoso, None)
+        .await
+        .unwrap();
+    assert_eq!(issued.session.session.owner, contoso);
+    let nobody = OwnerId::new("northwind").unwrap();
+    let got = w
+        .trusted
+        .exchange_for(&w.manager, &rsa_key().sign(&claims("o3")), &nobody, None)
+        .await
+        .map(|s| s.policy_id);
+    assert_eq!(got, Err(TrustError::NoPolicy));
+}

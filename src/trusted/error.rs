@@ -75,6 +75,10 @@ pub enum TrustError {
         /// The claim.
         claim: ClaimName,
     },
+    /// Policies of more than one owner match the token; nothing was
+    /// issued. Name the owner ([`TrustedPublishing::exchange_for`](super::TrustedPublishing::exchange_for)).
+    #[error("trust policies of several owners match the token; name the owner")]
+    AmbiguousOwner,
     /// The token's `jti` was already exchanged: a token is used once.
     #[error("the token was already used")]
     Replayed,

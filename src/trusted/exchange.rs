@@ -15,6 +15,7 @@ use super::keys::{IssuerKeys, Unverified, peek, verify};
 use super::policy::{TrustPolicy, check_issuer};
 use crate::audit::{AuditAction, AuditEvent};
 use crate::error::StoreError;
+use crate::key::OwnerId;
 use crate::manager::{ID_ATTEMPTS, KeyManager};
 use crate::policy::{IpAllowlist, PermissionGrant};
 use crate::session::{
@@ -229,12 +230,47 @@ impl TrustedPublishing {
     /// policy's permissions and resources (checked again against the
     /// application's policy) and audited with the matched claims.
     ///
+    /// When policies of several owners match the token (anyone may
+    /// register a policy naming any repository), nothing is issued:
+    /// [`TrustError::AmbiguousOwner`]; the client then names the owner
+    /// through [`TrustedPublishing::exchange_for`]. Among one owner's
+    /// matching policies, the first by id is used.
+    ///
     /// # Errors
     /// A [`TrustError`] naming what was wrong; nothing is issued.
     pub async fn exchange<S: KeyStore + SessionStore + TrustStore>(
         &self,
         manager: &KeyManager<S>,
         token: &str,
+        client_ip: Option<IpAddr>,
+    ) -> Result<TrustedSession, TrustError> {
+        self.exchange_impl(manager, token, None, client_ip).await
+    }
+
+    /// [`TrustedPublishing::exchange`] for a session of `owner` only: only
+    /// `owner`'s policies are considered (the client names the account it
+    /// publishes as), so another owner's policy naming the same repository
+    /// neither wins nor makes the exchange ambiguous.
+    ///
+    /// # Errors
+    /// As [`TrustedPublishing::exchange`]; [`TrustError::NoPolicy`] when
+    /// `owner` has no policy for the token's identity.
+    pub async fn exchange_for<S: KeyStore + SessionStore + TrustStore>(
+        &self,
+        manager: &KeyManager<S>,
+        token: &str,
+        owner: &OwnerId,
+        client_ip: Option<IpAddr>,
+    ) -> Result<TrustedSession, TrustError> {
+        self.exchange_impl(manager, token, Some(owner), client_ip)
+            .await
+    }
+
+    async fn exchange_impl<S: KeyStore + SessionStore + TrustStore>(
+        &self,
+        manager: &KeyManager<S>,
+        token: &str,
+        owner: Option<&OwnerId>,
         client_ip: Option<IpAddr>,
     ) -> Result<TrustedSession, TrustError> {
         if token.len() > Self::MAX_TOKEN_BYTES {
@@ -269,7 +305,10 @@ impl TrustedPublishing {
             return Err(TrustError::MissingClaim("repository_owner_id"));
         };
         let store = manager.store();
-        let candidates = store.find_trust_policies(&head.issuer, lookup).await?;
+        let mut candidates = store.find_trust_policies(&head.issuer, lookup).await?;
+        if let Some(owner) = owner {
+            candidates.retain(|p| p.owner == *owner);
+        }
         if candidates.is_empty() {
             return Err(TrustError::NoPolicy);
         }
@@ -282,10 +321,13 @@ impl TrustedPublishing {
             }
             audience_seen = true;
             match match_claims(&policy.claims, &claims) {
-                Ok(()) => {
-                    matched = Some(policy);
-                    break;
-                }
+                Ok(()) => match &matched {
+                    None => matched = Some(policy),
+                    Some(first) if first.owner != policy.owner => {
+                        return Err(TrustError::AmbiguousOwner);
+                    }
+                    Some(_) => {}
+                },
                 Err(e) => {
                     first_error.get_or_insert(e);
                 }
