@@ -29,6 +29,20 @@ impl<S: KeyStore + TrustStore> KeyManager<S> {
         actor: &Actor,
         new: NewTrustPolicy,
     ) -> Result<TrustPolicy, KeywardError> {
+        crate::trace::manage_span(
+            actor.id(),
+            ManagementAction::Trust,
+            None,
+            self.create_trust_policy_impl(actor, new),
+        )
+        .await
+    }
+
+    async fn create_trust_policy_impl(
+        &self,
+        actor: &Actor,
+        new: NewTrustPolicy,
+    ) -> Result<TrustPolicy, KeywardError> {
         let owner = OwnerId::new(&new.owner).map_err(PolicyError::from)?;
         self.allow(actor, ManagementAction::Trust, &owner, None)
             .await?;
@@ -117,6 +131,20 @@ impl<S: KeyStore + TrustStore> KeyManager<S> {
     /// ending its sessions failed (they still expire within the session
     /// lifetime).
     pub async fn delete_trust_policy(&self, actor: &Actor, id: &KeyId) -> Result<(), KeywardError> {
+        crate::trace::manage_span(
+            actor.id(),
+            ManagementAction::Trust,
+            Some(id),
+            self.delete_trust_policy_impl(actor, id),
+        )
+        .await
+    }
+
+    async fn delete_trust_policy_impl(
+        &self,
+        actor: &Actor,
+        id: &KeyId,
+    ) -> Result<(), KeywardError> {
         let record = self
             .store()
             .get_trust_policy(id)
