@@ -804,6 +804,42 @@ async fn key_sets_are_fetched_once_and_again_on_rotation() {
 /// policy for the same workflow makes a plain exchange ambiguous (nothing
 /// issued), and naming the owner picks its policy only.
 #[tokio::test]
+async fn the_most_specific_policy_of_an_owner_wins_and_sub_is_checked() {
+    let w = world().await;
+    // A second, general policy of the same owner with a wider grant: the
+    // policy pinned to the environment is used for a token from it.
+    let mut general = new_policy().permissions(PermissionGrant::only(["package:unlist"]));
+    general.claims = trusted::TrustClaims::GitHub(GitHubClaims::new(
+        "Octo-Org",
+        "1234",
+        "Widgets",
+        "release.yml",
+    ));
+    let general = w
+        .manager
+        .create_trust_policy(&w.admin, general)
+        .await
+        .unwrap();
+    let issued = w.exchange(&rsa_key().sign(&claims("s1"))).await.unwrap();
+    assert_ne!(issued.policy_id, general.id);
+    // Outside the environment, only the general policy matches.
+    let mut c = claims("s2");
+    c.as_object_mut().unwrap().remove("environment");
+    let issued = w.exchange(&rsa_key().sign(&c)).await.unwrap();
+    assert_eq!(issued.policy_id, general.id);
+    // A subject naming another repository is refused.
+    let mut c = claims("s3");
+    c["sub"] = json!("repo:octo-org/other:environment:release");
+    w.refused(
+        &rsa_key().sign(&c),
+        TrustError::ClaimMismatch {
+            claim: ClaimName::Subject,
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn policies_of_two_owners_for_one_repository() {
     let w = world().await;
     let mallory = Actor::administrator("mallory", OwnerId::new("fabrikam").unwrap());

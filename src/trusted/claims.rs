@@ -73,6 +73,8 @@ pub enum ClaimName {
     Environment,
     /// `ref`.
     Ref,
+    /// `sub`.
+    Subject,
 }
 
 impl std::fmt::Display for ClaimName {
@@ -85,6 +87,7 @@ impl std::fmt::Display for ClaimName {
             ClaimName::WorkflowRef => "workflow_ref",
             ClaimName::Environment => "environment",
             ClaimName::Ref => "ref",
+            ClaimName::Subject => "sub",
         })
     }
 }
@@ -128,6 +131,14 @@ fn match_github(policy: &GitHubClaims, token: &TokenClaims) -> Result<(), ClaimE
     let expected_repository = format!("{}/{}", policy.repository_owner, policy.repository_name);
     if !repository.eq_ignore_ascii_case(&expected_repository) {
         return Err(Mismatch(ClaimName::Repository));
+    }
+    // `repo:owner/name:…` (PyPI checks it too): the subject names the same
+    // repository, without case.
+    let sub = need(&token.sub, ClaimName::Subject)?;
+    let mut parts = sub.splitn(3, ':');
+    let (kind, repo) = (parts.next(), parts.next());
+    if kind != Some("repo") || !repo.is_some_and(|r| r.eq_ignore_ascii_case(&expected_repository)) {
+        return Err(Mismatch(ClaimName::Subject));
     }
     if let Some(id) = &policy.repository_id {
         if need(&token.repository_id, ClaimName::RepositoryId)? != id {
@@ -243,6 +254,7 @@ mod tests {
             repository: Some("octo-org/widgets".into()),
             repository_owner: Some("octo-org".into()),
             repository_owner_id: Some("1234".into()),
+            sub: Some("repo:octo-org/widgets:environment:Release".into()),
             workflow_ref: Some(
                 "octo-org/widgets/.github/workflows/release.yml@refs/tags/v1".into(),
             ),
@@ -265,6 +277,28 @@ mod tests {
         assert_eq!(
             match_claims(&policy(), &t),
             Err(ClaimError::Missing(ClaimName::RepositoryOwnerId))
+        );
+    }
+
+    #[test]
+    fn the_subject_names_the_same_repository() {
+        let mut t = token();
+        t.sub = Some("REPO:octo-org/widgets".into());
+        assert_eq!(
+            match_claims(&policy(), &t),
+            Err(ClaimError::Mismatch(ClaimName::Subject))
+        );
+        t.sub = Some("repo:Octo-Org/Widgets".into());
+        assert_eq!(match_claims(&policy(), &t), Ok(()));
+        t.sub = Some("repo:octo-org/widgets-fork:ref:refs/heads/main".into());
+        assert_eq!(
+            match_claims(&policy(), &t),
+            Err(ClaimError::Mismatch(ClaimName::Subject))
+        );
+        t.sub = None;
+        assert_eq!(
+            match_claims(&policy(), &t),
+            Err(ClaimError::Missing(ClaimName::Subject))
         );
     }
 

@@ -234,7 +234,8 @@ impl TrustedPublishing {
     /// register a policy naming any repository), nothing is issued:
     /// [`TrustError::AmbiguousOwner`]; the client then names the owner
     /// through [`TrustedPublishing::exchange_for`]. Among one owner's
-    /// matching policies, the first by id is used.
+    /// matching policies, the one pinning the most optional claims
+    /// (repository id, environment, ref) is used, the first by id on a tie.
     ///
     /// # Errors
     /// A [`TrustError`] naming what was wrong; nothing is issued.
@@ -325,6 +326,11 @@ impl TrustedPublishing {
                     None => matched = Some(policy),
                     Some(first) if first.owner != policy.owner => {
                         return Err(TrustError::AmbiguousOwner);
+                    }
+                    // Candidates come by id: a later one wins only when
+                    // it pins more claims.
+                    Some(first) if policy.claims.specificity() > first.claims.specificity() => {
+                        matched = Some(policy);
                     }
                     Some(_) => {}
                 },

@@ -87,6 +87,14 @@ impl TrustClaims {
             TrustClaims::GitHub(c) => c.validate(),
         }
     }
+
+    /// See [`GitHubClaims`]' specificity: more pinned claims, more specific.
+    #[cfg_attr(not(feature = "trusted-publishing"), allow(dead_code))]
+    pub(crate) fn specificity(&self) -> usize {
+        match self {
+            TrustClaims::GitHub(c) => c.specificity(),
+        }
+    }
 }
 
 /// What a GitHub Actions token must carry to match.
@@ -169,6 +177,16 @@ impl GitHubClaims {
     pub fn git_ref(mut self, git_ref: impl Into<String>) -> Self {
         self.git_ref = Some(git_ref.into());
         self
+    }
+
+    /// How many optional claims the policy pins (repository id,
+    /// environment, ref): among one owner's matching policies the most
+    /// specific one is used (as PyPI prefers a publisher bound to the
+    /// token's environment).
+    pub(crate) fn specificity(&self) -> usize {
+        usize::from(self.repository_id.is_some())
+            + usize::from(self.environment.is_some())
+            + usize::from(self.git_ref.is_some())
     }
 
     fn validate(&self) -> Result<(), InvalidValue> {
