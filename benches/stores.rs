@@ -39,10 +39,10 @@ use criterion::{
     BatchSize, BenchmarkGroup, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
 };
 use keyward::{
-    Argon2Hasher, Argon2Params, Environment, IpAllowlist, KeyId, KeyManager, KeyRecord, KeyStore,
-    ListQuery, MemoryStore, NewKey, OwnerId, PermissionGrant, PermissionRegistry, Policy,
-    PostgresStore, ResourceScope, SecretHash, SecretHasher, SqliteStore, TokenFormat,
-    VerifierConfig, VerifyRequest,
+    Argon2Params, Environment, KeyId, KeyManager, KeyStore, MemoryStore, NewKey, OwnerId,
+    PermissionRegistry, Policy, PostgresStore, SqliteStore, TokenFormat, VerifyRequest,
+    hash::Argon2Hasher, hash::SecretHasher, key::KeyRecord, key::SecretHash, policy::IpAllowlist,
+    policy::PermissionGrant, policy::ResourceScope, store::ListQuery, verify::VerifierConfig,
 };
 use rand::Rng;
 use tokio::runtime::Runtime;
@@ -91,7 +91,8 @@ fn bench_key<S: KeyStore + Clone>(rt: &Runtime, store: &S, hasher: Argon2Hasher)
             failure_burst: 1_000_000,
             ..VerifierConfig::default()
         })
-        .build();
+        .build()
+        .unwrap();
     let created = rt
         .block_on(
             manager.create(
@@ -124,7 +125,8 @@ fn setup<S: KeyStore + Clone>(rt: &Runtime, store: S) -> Setup<S> {
         Policy::new(registry()).with_quota(10).expect("quota"),
     )
     .hasher(cheap())
-    .build();
+    .build()
+    .unwrap();
     Setup {
         cheap: bench_key(rt, &store, cheap()),
         strong: bench_key(rt, &store, Argon2Hasher::default()),
@@ -174,7 +176,7 @@ impl Filler {
             suspended_at: None,
             last_used_ip: None,
             reminded_at: None,
-            kind: keyward::KeyKind::Scoped,
+            kind: keyward::key::KeyKind::Scoped,
             last_used_at: None,
             generation: 1,
             secret_hash: SecretHash::new(self.phc.clone()),

@@ -25,10 +25,11 @@ use argon2::password_hash::{PasswordHash, PasswordVerifier};
 use chrono::{TimeDelta, Utc};
 use criterion::{BatchSize, Criterion, SamplingMode, criterion_group, criterion_main};
 use keyward::{
-    Argon2Hasher, Argon2Params, Clock, CompiledKey, DenialReason, Environment, IpAllowlist, KeyId,
-    KeyManager, KeyRecord, KeyStore, MemoryStore, NewKey, OwnerId, Permission, PermissionGrant,
-    PermissionRegistry, Policy, ResourceScope, SecretHash, SecretHasher, SystemClock, TokenFormat,
-    Verifier, VerifierConfig, VerifyRequest,
+    Argon2Params, DenialReason, Environment, KeyId, KeyManager, KeyStore, MemoryStore, NewKey,
+    OwnerId, Permission, PermissionRegistry, Policy, TokenFormat, Verifier, VerifyRequest,
+    clock::Clock, clock::SystemClock, hash::Argon2Hasher, hash::SecretHasher, key::KeyRecord,
+    key::SecretHash, policy::IpAllowlist, policy::PermissionGrant, policy::ResourceScope,
+    verify::CompiledKey, verify::VerifierConfig,
 };
 use rand::Rng;
 use sha2::{Digest, Sha256};
@@ -103,7 +104,7 @@ fn live() -> Environment {
 }
 
 fn random_id(rng: &mut impl Rng) -> KeyId {
-    let id: String = (0..keyward::KEY_ID_LEN)
+    let id: String = (0..keyward::TokenFormat::KEY_ID_LEN)
         .map(|_| char::from(rng.sample(rand::distr::Alphanumeric)))
         .collect();
     KeyId::new(&id).expect("id")
@@ -126,7 +127,7 @@ fn filler(rng: &mut impl Rng, i: usize, phc: &str, live: &Environment) -> KeyRec
         suspended_at: None,
         last_used_ip: None,
         reminded_at: None,
-        kind: keyward::KeyKind::Scoped,
+        kind: keyward::key::KeyKind::Scoped,
         last_used_at: None,
         generation: 1,
         secret_hash: SecretHash::new(phc.to_owned()),
@@ -168,7 +169,8 @@ fn bench_verify(c: &mut Criterion) {
             failure_burst: 1_000_000,
             ..VerifierConfig::default()
         })
-        .build();
+        .build()
+        .unwrap();
     // Same store, default throttle, refill slow enough that no token comes back during the run.
     let throttling = KeyManager::builder(Arc::clone(&store), format.clone(), policy.clone())
         .hasher(Argon2Hasher::default())
@@ -176,7 +178,8 @@ fn bench_verify(c: &mut Criterion) {
             failure_refill: Duration::from_secs(3600),
             ..VerifierConfig::default()
         })
-        .build();
+        .build()
+        .unwrap();
 
     let created = rt
         .block_on(
@@ -382,9 +385,12 @@ impl Sampled {
 fn fast_token(rng: &mut impl Rng, format: &TokenFormat, live: &Environment, id: &KeyId) -> String {
     const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
     let mut s = format!("{}_{}_{}", format.prefix(), live, id);
-    s.extend((0..keyward::SECRET_LEN).map(|_| char::from(rng.sample(rand::distr::Alphanumeric))));
+    s.extend(
+        (0..keyward::TokenFormat::SECRET_LEN)
+            .map(|_| char::from(rng.sample(rand::distr::Alphanumeric))),
+    );
     let mut n = crc32fast::hash(s.as_bytes());
-    let mut sum = [b'0'; keyward::CHECKSUM_LEN];
+    let mut sum = [b'0'; keyward::TokenFormat::CHECKSUM_LEN];
     for slot in sum.iter_mut().rev() {
         *slot = BASE62[(n % 62) as usize];
         n /= 62;
@@ -397,10 +403,10 @@ fn fast_token(rng: &mut impl Rng, format: &TokenFormat, live: &Environment, id: 
 /// with the cheapest argon2 parameters, so warming a cache costs tens of
 /// microseconds per key instead of tens of milliseconds. Runs on every core.
 ///
-/// The keys cover all of their owner's resources: a compiled glob set takes
-/// 7 to 22 KB per key (see `benches/README.md`), so a million cached keys with
-/// patterns would need gigabytes; this group measures the cache's map, and
-/// `verify/cached_hit` measures the glob check.
+/// The keys cover all of their owner's resources: this group measures the
+/// cache's map, and `verify/cached_hit` measures the pattern check. (Until
+/// 2026-12-02 a compiled glob set took 7 to 22 KB per key, so a million
+/// cached keys with patterns would have needed gigabytes.)
 fn population(
     n: usize,
     store: &MemoryStore,
@@ -445,7 +451,7 @@ fn population(
                             suspended_at: None,
                             last_used_ip: None,
                             reminded_at: None,
-                            kind: keyward::KeyKind::Scoped,
+                            kind: keyward::key::KeyKind::Scoped,
                             last_used_at: None,
                             generation: 1,
                             secret_hash: SecretHash::new(
@@ -480,6 +486,7 @@ fn big_cache_manager(store: &Store) -> KeyManager<Store> {
             ..VerifierConfig::default()
         })
         .build()
+        .unwrap()
 }
 
 /// Verifies each key once (cheap argon2, on every core) so all of them are cached.

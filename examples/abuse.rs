@@ -33,7 +33,8 @@ use std::time::{Duration, Instant};
 use chrono::TimeDelta;
 use keyward::prelude::*;
 use keyward::{
-    AuditAction, AuditEvent, HashError, HashScratch, MemoryAuditSink, SecretHasher, VerifierConfig,
+    audit::AuditAction, audit::AuditEvent, hash::HashError, hash::HashScratch, hash::SecretHasher,
+    store::MemoryAuditSink, verify::VerifierConfig,
 };
 
 const ATTACK_SOURCES: u32 = 100;
@@ -128,7 +129,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )
     .verifier_config(config)
     .hasher(timed)
-    .build();
+    .build()?;
     // 1 000 flood targets: one real key, its record copied under new ids
     // (each insert would otherwise cost an argon2 hash).
     let template = manager
@@ -277,7 +278,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Policy::new(permissions()?),
         )
         .clock(clock.clone())
-        .build();
+        .build()?;
         let holder = manager
             .create(
                 &system,
@@ -320,7 +321,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Policy::new(permissions()?),
     )
     .audit_shared(sink.clone())
-    .build();
+    .build()?;
     for i in 0..RANDOM_CHECKS {
         let random = format.generate(&live, &KeyId::generate());
         let req = VerifyRequest::new(&live, push).client_ip(ip(i as u32 % 50));

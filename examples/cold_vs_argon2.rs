@@ -27,7 +27,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let format = TokenFormat::new("mkh", &["live"])?;
     // Default argon2id parameters, as in production and in benches/verify.rs.
     let manager =
-        KeyManager::builder(MemoryStore::new(), format.clone(), Policy::new(registry)).build();
+        KeyManager::builder(MemoryStore::new(), format.clone(), Policy::new(registry)).build()?;
     // The benchmark's key: 10 patterns, 4 CIDRs.
     let patterns = [
         "AzureRM.DataFactory*",

@@ -1,6 +1,7 @@
 //! Memory per stored key: fills a `MemoryStore` with 1,000,000 realistic
 //! records and prints the bytes the allocator handed out for them, divided by
-//! the number of keys.
+//! the number of keys. (`examples/cache_footprint.rs` measures a key in the
+//! verifier's cache.)
 //!
 //! ```text
 //! cargo run --release --example footprint
@@ -17,7 +18,7 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 
 use chrono::{TimeDelta, Utc};
 use keyward::prelude::*;
-use keyward::{IpAllowlist, KeyRecord, SecretHash, SecretHasher};
+use keyward::{hash::SecretHasher, key::KeyRecord, key::SecretHash, policy::IpAllowlist};
 use rand::Rng;
 
 /// Counts live bytes and live allocations, then defers to the system allocator.
@@ -84,7 +85,7 @@ fn main() {
 
     let records: Vec<KeyRecord> = (0..KEYS)
         .map(|i| {
-            let id: String = (0..keyward::KEY_ID_LEN)
+            let id: String = (0..keyward::TokenFormat::KEY_ID_LEN)
                 .map(|_| char::from(rng.sample(rand::distr::Alphanumeric)))
                 .collect();
             KeyRecord {
@@ -110,7 +111,7 @@ fn main() {
                 suspended_at: None,
                 last_used_ip: None,
                 reminded_at: None,
-                kind: keyward::KeyKind::Scoped,
+                kind: keyward::key::KeyKind::Scoped,
                 last_used_at: None,
                 generation: 1,
                 secret_hash: SecretHash::new(phc.clone()),

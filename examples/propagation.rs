@@ -17,7 +17,7 @@
 use std::time::{Duration, Instant};
 
 use keyward::prelude::*;
-use keyward::{PostgresStore, VerifierConfig};
+use keyward::{PostgresStore, verify::VerifierConfig};
 
 const KEYS: usize = 100;
 const GIVE_UP: Duration = Duration::from_secs(5);
@@ -36,7 +36,7 @@ fn manager(store: PostgresStore) -> Result<KeyManager<PostgresStore>, Box<dyn st
             cache_ttl: Duration::from_secs(600),
             ..VerifierConfig::default()
         })
-        .build())
+        .build()?)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

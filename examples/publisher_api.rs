@@ -62,93 +62,15 @@ use axum::routing::{delete, get, patch, post, put};
 use axum::{Json, Router};
 use keyward::axum::{Caller, KeywardLayer, ManagementRejection};
 use keyward::prelude::*;
-use keyward::{
-    KeyRecord, PostgresStore, QuotaCheck, ResourceRef, SessionCap, SessionConfig, SessionRecord,
-    SessionStore, SqliteStore, StoreError,
-};
+use keyward::store::{AuditSink, BoxedSessionStore};
+use keyward::{PostgresStore, SqliteStore, policy::ResourceRef, session::SessionConfig};
 use serde::Deserialize;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
-/// The store the server runs on: SQLite (embedded) or PostgreSQL (shared).
-#[derive(Clone)]
-enum Store {
-    Sqlite(SqliteStore),
-    Postgres(PostgresStore),
-}
-
-/// Runs `$body` with `$s` bound to the inner store.
-macro_rules! on_store {
-    ($store:expr, $s:ident => $body:expr) => {
-        match $store {
-            Store::Sqlite($s) => $body,
-            Store::Postgres($s) => $body,
-        }
-    };
-}
-
-impl KeyStore for Store {
-    async fn insert(
-        &self,
-        record: &KeyRecord,
-        quota: Option<QuotaCheck>,
-    ) -> Result<(), StoreError> {
-        on_store!(self, s => s.insert(record, quota).await)
-    }
-    async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        on_store!(self, s => s.get(id).await)
-    }
-    async fn list(&self, query: &ListQuery) -> Result<Vec<KeyRecord>, StoreError> {
-        on_store!(self, s => s.list(query).await)
-    }
-    async fn update(&self, record: &KeyRecord, expected_generation: u64) -> Result<(), StoreError> {
-        on_store!(self, s => s.update(record, expected_generation).await)
-    }
-    async fn delete(&self, id: &KeyId) -> Result<(), StoreError> {
-        on_store!(self, s => s.delete(id).await)
-    }
-    async fn record_usage(
-        &self,
-        id: &KeyId,
-        at: chrono::DateTime<chrono::Utc>,
-        ip: Option<std::net::IpAddr>,
-    ) -> Result<(), StoreError> {
-        on_store!(self, s => s.record_usage(id, at, ip).await)
-    }
-    async fn take_expiry_reminders(
-        &self,
-        now: chrono::DateTime<chrono::Utc>,
-        until: chrono::DateTime<chrono::Utc>,
-        limit: usize,
-    ) -> Result<Vec<KeyRecord>, StoreError> {
-        on_store!(self, s => s.take_expiry_reminders(now, until, limit).await)
-    }
-}
-
-impl SessionStore for Store {
-    async fn insert_session(
-        &self,
-        record: &SessionRecord,
-        cap: Option<SessionCap>,
-    ) -> Result<(), StoreError> {
-        on_store!(self, s => s.insert_session(record, cap).await)
-    }
-    async fn session_owner(&self, key_id: &KeyId) -> Result<Option<OwnerId>, StoreError> {
-        on_store!(self, s => s.session_owner(key_id).await)
-    }
-    async fn get_session(&self, id: &KeyId) -> Result<Option<SessionRecord>, StoreError> {
-        on_store!(self, s => s.get_session(id).await)
-    }
-    async fn revoke_sessions(&self, key_id: &KeyId) -> Result<u64, StoreError> {
-        on_store!(self, s => s.revoke_sessions(key_id).await)
-    }
-    async fn delete_expired_sessions(
-        &self,
-        now: chrono::DateTime<chrono::Utc>,
-    ) -> Result<u64, StoreError> {
-        on_store!(self, s => s.delete_expired_sessions(now).await)
-    }
-}
+/// The store the server runs on, chosen at startup: SQLite (embedded) or
+/// PostgreSQL (shared), behind one type.
+type Store = BoxedSessionStore;
 
 type Manager = KeyManager<Store>;
 
@@ -617,33 +539,46 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(s) if !s.is_empty() => (s, false),
         _ => (random_secret(), true),
     };
-    let (store, db) = match postgres_url {
-        Some(url) => {
-            let schema =
-                std::env::var("KEYWARD_DATABASE_SCHEMA").unwrap_or_else(|_| "public".into());
-            let store = PostgresStore::connect(&url).await?.with_schema(&schema)?;
-            store.migrate().await?; // keys and sessions tables
-            let db = format!(
-                "PostgreSQL, tables {schema}.{0} and {schema}.{0}_sessions",
-                store.table()
-            );
-            (Store::Postgres(store), db)
-        }
-        None => {
-            let path = match std::env::var("KEYWARD_DATABASE") {
-                Ok(path) => path,
-                Err(_) => {
-                    let dir = std::env::temp_dir()
-                        .join(format!("keyward-publisher-{}", std::process::id()));
-                    std::fs::create_dir_all(&dir)?;
-                    dir.join("keys.db").to_string_lossy().into_owned()
-                }
-            };
-            let store = SqliteStore::connect(&path).await?;
-            store.migrate().await?;
-            (Store::Sqlite(store), format!("SQLite, {path}"))
-        }
-    };
+    // The store, the audit trail (in the same database) and, with
+    // PostgreSQL, the store whose change feed this server follows.
+    let (store, audit, feed, db): (Store, Arc<dyn AuditSink>, Option<PostgresStore>, String) =
+        match postgres_url {
+            Some(url) => {
+                let schema =
+                    std::env::var("KEYWARD_DATABASE_SCHEMA").unwrap_or_else(|_| "public".into());
+                let store = PostgresStore::connect(&url).await?.with_schema(&schema)?;
+                store.migrate().await?; // keys and sessions tables
+                let db = format!(
+                    "PostgreSQL, tables {schema}.{0} and {schema}.{0}_sessions",
+                    store.table()
+                );
+                (
+                    BoxedSessionStore::new(store.clone()),
+                    Arc::new(store.clone()),
+                    Some(store),
+                    db,
+                )
+            }
+            None => {
+                let path = match std::env::var("KEYWARD_DATABASE") {
+                    Ok(path) => path,
+                    Err(_) => {
+                        let dir = std::env::temp_dir()
+                            .join(format!("keyward-publisher-{}", std::process::id()));
+                        std::fs::create_dir_all(&dir)?;
+                        dir.join("keys.db").to_string_lossy().into_owned()
+                    }
+                };
+                let store = SqliteStore::connect(&path).await?;
+                store.migrate().await?;
+                (
+                    BoxedSessionStore::new(store.clone()),
+                    Arc::new(store),
+                    None,
+                    format!("SQLite, {path}"),
+                )
+            }
+        };
 
     let registry = PermissionRegistry::builder()
         .permission("package:push-new")
@@ -665,19 +600,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         TokenFormat::new("mkh", &["live", "test"])?,
         policy,
     )
-    .sessions(SessionConfig::new("mkhs"))?;
-    // The audit trail goes to the same database as the keys.
-    builder = match &store {
-        Store::Sqlite(s) => builder.audit(s.clone()),
-        Store::Postgres(s) => builder.audit(s.clone()),
-    };
+    .sessions(SessionConfig::new("mkhs"))
+    .audit_shared(audit);
     if std::env::var("KEYWARD_FAST_HASH").is_ok_and(|v| v == "1") {
         // For demos and tests only: cheap argon2 parameters.
         builder = builder.hasher(Argon2Hasher::new(
             keyward::Argon2Params::insecure_for_tests(),
         ));
     }
-    let manager = builder.build();
+    let manager = builder.build()?;
     // Expired sessions are refused, but their rows stay until purged: purge
     // them every 5 minutes (on every server, if you like: it is one
     // idempotent statement). Each key holds at most 100 live sessions.
@@ -693,9 +624,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     // With PostgreSQL, other servers may share the database: follow their
     // changes (kept alive until the server stops).
-    let _feed = match &store {
-        Store::Postgres(pg) => Some(pg.listen(&manager.verifier()).await?),
-        Store::Sqlite(_) => None,
+    let _feed = match &feed {
+        Some(pg) => Some(pg.listen(&manager.verifier()).await?),
+        None => None,
     };
     let live = Environment::new("live")?;
 

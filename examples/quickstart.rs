@@ -56,7 +56,7 @@ async fn main() -> Result<()> {
         format.scanner_regex()
     );
 
-    let manager = KeyManager::builder(MemoryStore::new(), format, policy).build();
+    let manager = KeyManager::builder(MemoryStore::new(), format, policy).build()?;
     let live = Environment::new("live")?;
     let test = Environment::new("test")?;
 

@@ -51,8 +51,9 @@ use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
 use keyward::{
-    Environment, IpAllowlist, KeyId, KeyKind, KeyRecord, KeyStore, ListQuery, OwnerId,
-    PermissionGrant, QuotaCheck, ResourceScope, SecretHash, StoreError,
+    Environment, KeyId, KeyStore, OwnerId, key::KeyKind, key::KeyRecord, key::SecretHash,
+    policy::IpAllowlist, policy::PermissionGrant, policy::ResourceScope, store::ListQuery,
+    store::QuotaCheck, store::StoreError,
 };
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;

@@ -1,23 +1,22 @@
 //! The audit trail: an event for every management action, aggregated
-//! authentication failures and usage, and the [`AuditSink`] that keeps them.
+//! authentication failures and usage. The sink that keeps them is
+//! [`AuditSink`](crate::store::AuditSink), in `store`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::error::StoreError;
-use crate::key::OwnerId;
+use crate::ids::KeyId;
+use crate::ids::OwnerId;
 use crate::source::Source;
-use crate::token::KeyId;
 
-/// A boxed future, as [`AuditSink`] returns (so sinks can be trait objects).
+/// A boxed future, as [`AuditSink`](crate::store::AuditSink) returns (so sinks can be trait objects).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// What happened.
@@ -204,67 +203,6 @@ impl AuditQuery {
     }
 }
 
-/// Where audit events go. Returns boxed futures so a sink can be shared as a
-/// trait object; write `Box::pin(async move { ... })`.
-pub trait AuditSink: Send + Sync + 'static {
-    /// Appends events.
-    fn record<'a>(&'a self, events: &'a [AuditEvent]) -> BoxFuture<'a, Result<(), StoreError>>;
-    /// Reads events, oldest first.
-    fn query<'a>(
-        &'a self,
-        query: &'a AuditQuery,
-    ) -> BoxFuture<'a, Result<Vec<AuditEvent>, StoreError>>;
-}
-
-/// An [`AuditSink`] in memory, for tests and single-process deployments.
-#[derive(Debug, Default)]
-pub struct MemoryAuditSink {
-    events: Mutex<Vec<AuditEvent>>,
-}
-
-impl MemoryAuditSink {
-    /// An empty sink.
-    pub fn new() -> Self {
-        Self::default()
-    }
-    /// Every event recorded so far.
-    pub fn events(&self) -> Vec<AuditEvent> {
-        self.events
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-}
-
-impl AuditSink for MemoryAuditSink {
-    fn record<'a>(&'a self, events: &'a [AuditEvent]) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
-            self.events
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .extend_from_slice(events);
-            Ok(())
-        })
-    }
-
-    fn query<'a>(
-        &'a self,
-        query: &'a AuditQuery,
-    ) -> BoxFuture<'a, Result<Vec<AuditEvent>, StoreError>> {
-        Box::pin(async move {
-            let events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
-            let mut out: Vec<AuditEvent> = events
-                .iter()
-                .filter(|e| query.matches(e))
-                .cloned()
-                .collect();
-            out.sort_by_key(|e| e.at);
-            out.truncate(query.limit);
-            Ok(out)
-        })
-    }
-}
-
 /// Most distinct (key, reason) pairs of existing keys kept between flushes;
 /// beyond it, failures are counted in one overflow event, so a flood of
 /// distinct ids cannot grow memory or the log without bound.
@@ -423,90 +361,6 @@ impl FailureAggregator {
         w.started = now;
         events.sort_by_key(|e| e.at);
         events
-    }
-}
-
-/// Most events kept for a retry while the sink fails; beyond it the oldest
-/// are dropped and counted ([`AuditLog::dropped`]).
-const MAX_UNSENT: usize = 10_000;
-
-/// The manager's side of the audit trail: the sink, the events a failing
-/// sink could not take yet, and the failure aggregator.
-pub(crate) struct AuditLog {
-    sink: Option<Arc<dyn AuditSink>>,
-    unsent: Mutex<VecDeque<AuditEvent>>,
-    dropped: AtomicU64,
-    pub(crate) failures: FailureAggregator,
-}
-
-impl AuditLog {
-    pub(crate) fn new(
-        sink: Option<Arc<dyn AuditSink>>,
-        window: TimeDelta,
-        now: DateTime<Utc>,
-    ) -> Self {
-        Self {
-            sink,
-            unsent: Mutex::new(VecDeque::new()),
-            dropped: AtomicU64::new(0),
-            failures: FailureAggregator::new(window, now),
-        }
-    }
-
-    /// Whether a sink is configured.
-    pub(crate) fn enabled(&self) -> bool {
-        self.sink.is_some()
-    }
-
-    /// Writes `events` (after any kept from earlier failures). On failure
-    /// they are kept for the next attempt and the error is returned.
-    pub(crate) async fn send(&self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
-        let Some(sink) = &self.sink else {
-            return Ok(());
-        };
-        let batch: Vec<AuditEvent> = {
-            let mut unsent = self.unsent.lock().unwrap_or_else(PoisonError::into_inner);
-            unsent.drain(..).chain(events).collect()
-        };
-        if batch.is_empty() {
-            return Ok(());
-        }
-        match sink.record(&batch).await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let mut unsent = self.unsent.lock().unwrap_or_else(PoisonError::into_inner);
-                // Older events first, then anything queued meanwhile.
-                let newer: Vec<AuditEvent> = unsent.drain(..).collect();
-                unsent.extend(batch);
-                unsent.extend(newer);
-                while unsent.len() > MAX_UNSENT {
-                    unsent.pop_front();
-                    self.dropped.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e)
-            }
-        }
-    }
-
-    /// Events waiting for a failing sink.
-    pub(crate) fn unsent(&self) -> usize {
-        self.unsent
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
-    }
-
-    /// Events dropped because a failing sink's backlog was full.
-    pub(crate) fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
-    }
-
-    /// Reads events from the sink (empty without one).
-    pub(crate) async fn query(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, StoreError> {
-        match &self.sink {
-            Some(sink) => sink.query(query).await,
-            None => Ok(Vec::new()),
-        }
     }
 }
 

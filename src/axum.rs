@@ -7,7 +7,7 @@
 //! use std::net::SocketAddr;
 //! use std::sync::Arc;
 //! use axum::{Router, routing::{get, post}, http::HeaderName};
-//! use keyward::{Environment, KeyManager, MemoryStore, PermissionRegistry, Policy, SessionConfig, TokenFormat};
+//! use keyward::{Environment, KeyManager, MemoryStore, PermissionRegistry, Policy, session::SessionConfig, TokenFormat};
 //! use keyward::axum::{Caller, KeywardLayer};
 //!
 //! let registry = PermissionRegistry::builder().permission("package:push").build().unwrap();
@@ -18,8 +18,7 @@
 //!     Policy::new(registry),
 //! )
 //! .sessions(SessionConfig::new("mkhs"))
-//! .unwrap()
-//! .build();
+//! .build().unwrap();
 //!
 //! // Who owns each package (your database): a guard on a path resource
 //! // needs this, or it cannot be built. `None` means no such package yet:
@@ -60,7 +59,7 @@
 //! so [`KeywardLayer::new`] works over any [`KeyStore`](crate::KeyStore)
 //! and checks keys. Session tokens are opt-in:
 //! [`KeywardLayer::with_sessions`] takes a [`KeyManager`](crate::KeyManager)
-//! whose store is also a [`SessionStore`](crate::SessionStore) (the bundled
+//! whose store is also a [`SessionStore`](crate::store::SessionStore) (the bundled
 //! stores are); then a token with the session prefix is checked as a
 //! session, anything else as a key, and [`KeywardLayer::exchange`] issues
 //! sessions. Without it, a session token is refused like any token that is
@@ -99,7 +98,7 @@
 //! or the address is unknown. Without `ConnectInfo`, the address is
 //! unknown. An unknown address refuses keys with an IP allowlist, and
 //! checks without an address are not limited per client source (see
-//! [`VerifierConfig::source_failure_burst`](crate::VerifierConfig::source_failure_burst)):
+//! [`VerifierConfig::source_failure_burst`](crate::verify::VerifierConfig::source_failure_burst)):
 //! wire `ConnectInfo` and the right proxy header.
 //!
 //! **Responses**: 401 with `WWW-Authenticate: Bearer error="invalid_token"`
@@ -111,7 +110,7 @@
 //! What a response does show: a client source throttled for its failures
 //! gets 429 whether the id it sent exists or not, but the per-id throttle
 //! exists only for existing ids, so after
-//! [`failure_burst`](crate::VerifierConfig::failure_burst) wrong secrets
+//! [`failure_burst`](crate::verify::VerifierConfig::failure_burst) wrong secrets
 //! for one id, a 429 shows that the id exists. Key ids are public by design
 //! (in the token, listings, logs, Basic pairs), so this reveals nothing
 //! secret; the secret, revoked, expired and suspended states are only told

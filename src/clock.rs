@@ -25,7 +25,7 @@ impl Clock for SystemClock {
 /// A clock that only moves when told to. Clones share the same time.
 ///
 /// ```
-/// use keyward::{Clock, ManualClock};
+/// use keyward::{clock::Clock, ManualClock};
 /// use chrono::TimeDelta;
 /// let clock = ManualClock::new("2026-01-01T00:00:00Z".parse().unwrap());
 /// let shared = clock.clone();

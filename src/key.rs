@@ -6,58 +6,17 @@ use std::net::IpAddr;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::error::InvalidValue;
+use crate::ids::{Environment, KeyId, OwnerId};
 use crate::policy::{IpAllowlist, PermissionGrant, ResourceScope};
-use crate::token::{Environment, KeyId, string_newtype};
 
-/// Longest owner id.
-pub const MAX_OWNER_LEN: usize = 128;
 /// Longest key name.
-pub const MAX_NAME_LEN: usize = 100;
-
-string_newtype!(
-    /// The owner of keys and resources: a publisher, an organization, a user.
-    /// 1 to 128 characters, no control characters.
-    ///
-    /// ```
-    /// use keyward::OwnerId;
-    /// assert!(OwnerId::new("contoso").is_ok());
-    /// assert!(OwnerId::new("").is_err());
-    /// ```
-    OwnerId
-);
-
-impl OwnerId {
-    /// Validates and wraps an owner id.
-    pub fn new(s: &str) -> Result<Self, InvalidValue> {
-        check_text("owner", s, MAX_OWNER_LEN)?;
-        Ok(Self(s.into()))
-    }
-}
-
-/// Checks a free-text field: not empty or blank, not too long, no control characters.
-pub(crate) fn check_text(field: &'static str, s: &str, max: usize) -> Result<(), InvalidValue> {
-    if s.trim().is_empty() {
-        return Err(InvalidValue::Empty { field });
-    }
-    let len = s.chars().count();
-    if len > max {
-        return Err(InvalidValue::TooLong { field, len, max });
-    }
-    if let Some(ch) = s.chars().find(|c| c.is_control()) {
-        return Err(InvalidValue::BadCharacter {
-            field,
-            ch,
-            allowed: "printable characters",
-        });
-    }
-    Ok(())
-}
+pub(crate) const MAX_NAME_LEN: usize = 100;
 
 /// The stored hash of a key's secret (an argon2id PHC string).
 ///
 /// Not a secret, but never shown: `Debug` prints `[REDACTED]` and there is no
-/// `Serialize`, so it cannot end up in a listing or a log.
+/// `Serialize`, so it cannot end up in a listing or a log. (A whole
+/// [`KeyRecord`], the store's form, serializes it; see there.)
 #[derive(Clone, PartialEq, Eq)]
 pub struct SecretHash(String);
 
@@ -128,7 +87,38 @@ impl KeyKind {
 
 /// A key as the store keeps it. Stores read and write every field; the
 /// manager decides how they change.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// # Serialization
+///
+/// `Serialize` and `Deserialize` (serde), so a store over a document
+/// database or Redis can write a record whole (as JSON, say) instead of
+/// copying its fields by hand. The contract:
+///
+/// - A record never carries a secret: not the token, not the secret, not a
+///   fingerprint of it. What it holds of the secret is
+///   [`secret_hash`](KeyRecord::secret_hash), the argon2id PHC string (or,
+///   for an imported key, its `sha256$` form). A hash is not a secret, as a
+///   database column of it is not, but it must not be shown to users: a
+///   serialized record is the store's form, for the store only; what a
+///   listing or an API shows is [`KeyView`] (no hash). [`SecretHash`] alone
+///   still has no `Serialize`: only the record writes it.
+/// - Field names are the Rust names (`id`, `owner`, ..., `secret_hash`);
+///   times are RFC 3339 strings (chrono's serde form), ids and names
+///   strings, `permissions`, `resources` and `ip_allowlist` their own serde
+///   forms (the ones the SQL stores write as JSON).
+/// - Deserializing checks what the types check (an id, owner or
+///   environment that is not valid is an error), as reading a row does.
+///
+/// ```
+/// # use keyward::*;
+/// # fn roundtrip(record: &KeyRecord) -> Result<(), serde_json::Error> {
+/// let json = serde_json::to_string(record)?;
+/// let back: KeyRecord = serde_json::from_str(&json)?;
+/// assert_eq!(&back, record);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyRecord {
     /// Public id, the lookup key.
     pub id: KeyId,
@@ -166,10 +156,29 @@ pub struct KeyRecord {
     /// Bumped by every change; updates compare-and-swap on it.
     pub generation: u64,
     /// Hash of the secret.
+    #[serde(with = "secret_hash_serde")]
     pub secret_hash: SecretHash,
 }
 
+/// The record's `secret_hash` as its string; [`SecretHash`] has no serde
+/// of its own, so a hash alone cannot be serialized into a response.
+mod secret_hash_serde {
+    use super::SecretHash;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(hash: &SecretHash, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(hash.as_str())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SecretHash, D::Error> {
+        String::deserialize(d).map(SecretHash::new)
+    }
+}
+
 impl KeyRecord {
+    /// Longest key name, in characters.
+    pub const MAX_NAME_LEN: usize = MAX_NAME_LEN;
+
     /// The status at time `now`: revoked, then expired, then suspended.
     pub fn status(&self, now: DateTime<Utc>) -> KeyStatus {
         if self.revoked_at.is_some() {

@@ -22,7 +22,7 @@
 //! let format = TokenFormat::new("mkh", &["live", "test"])?;
 //! let manager = KeyManager::builder(MemoryStore::new(), format, policy)
 //! #   .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
-//!     .build();
+//!     .build().unwrap();
 //!
 //! // A publisher's administrator creates a key for one family of packages.
 //! let admin = Actor::administrator("alice", OwnerId::new("contoso")?);
@@ -53,6 +53,27 @@
 //! # }).unwrap();
 //! ```
 //!
+//! ## Where things are
+//!
+//! The crate root holds what a program needs in its first hour (and
+//! [`prelude`] the same for a glob import); everything else is under its
+//! module:
+//!
+//! | module | holds |
+//! |---|---|
+//! | [`ids`] | [`KeyId`], [`OwnerId`], [`Environment`], [`ids::InvalidValue`] |
+//! | [`token`] | [`TokenFormat`] and its length limits, [`Token`], [`token::TokenError`] |
+//! | [`hash`] | [`hash::Argon2Hasher`], [`Argon2Params`], peppers, [`hash::HashError`] |
+//! | [`policy`] | [`Policy`], permissions, resource scopes, expiry, IP allowlists, [`policy::PolicyError`] |
+//! | [`key`] | the stored [`key::KeyRecord`] and the [`key::KeyView`] APIs show |
+//! | [`session`] | session data: [`session::SessionConfig`], [`session::SessionRecord`], ... |
+//! | [`audit`] | audit events and queries |
+//! | [`store`] | [`KeyStore`], [`store::SessionStore`], [`store::AuditSink`], the stores, [`store::StoreError`] |
+//! | [`verify`] | [`Verifier`], [`VerifyRequest`], [`Denial`], session checks |
+//! | [`manager`] | [`KeyManager`], its inputs and [`KeywardError`] |
+//! | [`clock`] | [`clock::Clock`], [`ManualClock`] for tests |
+//! | `axum` | the tower layer and handlers (feature `axum`) |
+//!
 //! See `docs/DESIGN.md` in the repository for the design, and the README for
 //! the token format and the secret-scanner expression.
 
@@ -64,19 +85,20 @@ pub mod audit;
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod axum;
-mod clock;
-mod error;
-mod hash;
-mod key;
-mod manager;
+pub mod clock;
+pub mod hash;
+pub mod ids;
+pub mod key;
+pub mod manager;
 pub mod policy;
-mod session;
+pub mod session;
 mod source;
 pub mod store;
-mod token;
+pub mod token;
 mod trace;
+mod trust_policy;
 pub mod trusted;
-mod verify;
+pub mod verify;
 
 pub mod prelude {
     //! The names a program needs in its first hour with keyward, without the
@@ -86,11 +108,12 @@ pub mod prelude {
     //! use keyward::prelude::*;
     //! ```
     //!
-    //! `use keyward::*` also brings in the modules `keyward::axum`,
-    //! `keyward::store`, `keyward::policy` and `keyward::audit`, so a file
+    //! `use keyward::*` also brings in the modules (`keyward::axum`,
+    //! `keyward::store`, `keyward::policy`, `keyward::token`, ...), so a file
     //! that glob-imports the crate root and also uses the `axum` crate fails
     //! to compile (`axum` is ambiguous). This module holds types and traits
-    //! only, no modules; anything else is one `keyward::Name` away.
+    //! only, no modules; anything else is under its module
+    //! (`keyward::store::StoreError`, `keyward::session::SessionConfig`).
     //!
     //! | for | names |
     //! |---|---|
@@ -103,16 +126,16 @@ pub mod prelude {
     //! | tests | [`Argon2Hasher`], [`Argon2Params`], [`ManualClock`] |
 
     pub use crate::clock::ManualClock;
-    pub use crate::error::KeywardError;
     pub use crate::hash::{Argon2Hasher, Argon2Params};
-    pub use crate::key::{KeyStatus, KeyView, OwnerId};
-    pub use crate::manager::{CreatedKey, KeyEdit, KeyManager, NewKey};
+    pub use crate::ids::{Environment, KeyId, OwnerId};
+    pub use crate::key::{KeyStatus, KeyView};
+    pub use crate::manager::{CreatedKey, KeyEdit, KeyManager, KeywardError, NewKey};
     pub use crate::policy::{
         Actor, ExpiryChoice, ExpiryPolicy, Permission, PermissionGrant, PermissionRegistry, Policy,
         ResourceScope,
     };
     pub use crate::store::{KeyStore, ListQuery, MemoryStore};
-    pub use crate::token::{Environment, KeyId, Token, TokenFormat};
+    pub use crate::token::{Token, TokenFormat};
     pub use crate::verify::{
         Denial, DenialKind, DenialReason, VerifiedKey, Verifier, VerifyRequest,
     };
@@ -123,49 +146,36 @@ pub mod prelude {
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
-pub use audit::{AuditAction, AuditEvent, AuditQuery, AuditSink, MemoryAuditSink};
 /// The `chrono` keyward's API speaks (`DateTime<Utc>`, `TimeDelta`), so
 /// callers and test suites need not add it themselves:
 /// `use keyward::chrono::TimeDelta;`.
 #[doc(no_inline)]
 pub use chrono;
-pub use clock::{Clock, ManualClock, SystemClock};
-pub use error::{HashError, InvalidValue, KeywardError, PolicyError, StoreError, TokenError};
-pub use hash::{
-    Argon2Hasher, Argon2Params, FINGERPRINT_LEN, Fingerprinter, HashScratch, Pepper, SecretHasher,
-};
-pub use key::{
-    KeyKind, KeyRecord, KeyStatus, KeyView, MAX_NAME_LEN, MAX_OWNER_LEN, OwnerId, SecretHash,
-};
-pub use manager::{
-    CreatedKey, ImportKey, KeyEdit, KeyManager, KeyManagerBuilder, MIN_ROTATION_GRACE, NewKey,
-    RotatedKey,
-};
-pub use policy::{
-    Actor, CompiledScope, DefaultManagementPolicy, EditPolicy, ExpiryChoice, ExpiryPolicy,
-    IpAllowlist, ManagementAction, ManagementDenial, ManagementPolicy, Permission, PermissionGrant,
-    PermissionRegistry, PermissionSet, Policy, ResourceRef, ResourceRule, ResourceScope, Role,
-};
-pub use session::{
-    DEFAULT_MAX_SESSION_TTL, DEFAULT_MAX_SESSIONS_PER_KEY, DEFAULT_SESSION_TTL, IssuedSession,
-    SessionCap, SessionConfig, SessionError, SessionHash, SessionRecord, SessionStore, SessionView,
-    VerifiedSession,
-};
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-#[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
-pub use store::InvalidName;
-#[cfg(feature = "sqlite")]
-#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
-pub use store::SqliteStore;
+
+// The front door: what a program needs in its first hour. Everything else
+// is under its module (`keyward::store::StoreError`, `keyward::policy::ResourceScope`,
+// `keyward::session::SessionConfig`, ...).
+#[doc(inline)]
+pub use clock::ManualClock;
+#[doc(inline)]
+pub use hash::Argon2Params;
+#[doc(inline)]
+pub use ids::{Environment, KeyId, OwnerId};
+#[doc(inline)]
+pub use manager::{CreatedKey, KeyEdit, KeyManager, KeywardError, NewKey};
+#[doc(inline)]
+pub use policy::{Actor, Permission, PermissionRegistry, Policy};
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
-pub use store::{ChangeListener, FeedStatus, PostgresStore};
-pub use store::{KeyStore, ListQuery, MemoryStore, QuotaCheck, due_for_reminder};
-pub use token::{
-    BODY_LEN, CHECKSUM_LEN, Environment, KEY_ID_LEN, KeyId, MAX_KEY_ID_LEN, ParsedToken,
-    SECRET_LEN, Token, TokenFormat,
-};
-pub use verify::{
-    CompiledKey, Denial, DenialKind, DenialReason, MAX_PAIR_SECRET_LEN, VerifiedKey, Verifier,
-    VerifierConfig, VerifyRequest,
-};
+#[doc(inline)]
+pub use store::PostgresStore;
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+#[doc(inline)]
+pub use store::SqliteStore;
+#[doc(inline)]
+pub use store::{KeyStore, MemoryStore};
+#[doc(inline)]
+pub use token::{Token, TokenFormat};
+#[doc(inline)]
+pub use verify::{Denial, DenialReason, VerifiedKey, Verifier, VerifyRequest};

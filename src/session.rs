@@ -5,10 +5,10 @@
 //! mkhs_live_<session id 12><secret 43><checksum 6>
 //! ```
 //!
-//! A session token has the same shape as a key ([`TokenFormat`]) under its
+//! A session token has the same shape as a key ([`TokenFormat`](crate::TokenFormat)) under its
 //! own prefix, chosen by the application (`mkhs` beside the key prefix
 //! `mkh`), so scanners and logs can tell them apart, and a key parser
-//! refuses a session token unread ([`TokenError::BadPrefix`](crate::TokenError::BadPrefix),
+//! refuses a session token unread ([`TokenError::BadPrefix`](crate::token::TokenError::BadPrefix),
 //! or `TooLong` when the session prefix is the longer) and the other way round.
 //!
 //! * The secret is 256 bits from the operating system's generator, so the
@@ -27,24 +27,26 @@
 //!   sessions (an exchange at the cap is refused), and
 //!   [`KeyManager::purge_expired_sessions`](crate::KeyManager::purge_expired_sessions),
 //!   run on a timer, deletes the rows of expired ones.
+//!
+//! This module holds the session data only. The check of a session token,
+//! its answer [`VerifiedSession`](crate::verify::VerifiedSession) and
+//! [`SessionError`](crate::verify::SessionError) are in [`verify`](crate::verify);
+//! the storage trait [`SessionStore`](crate::store::SessionStore) is in
+//! [`store`](crate::store); the operations (`exchange`, `verify_session`,
+//! `end_sessions`, ...) are methods of [`KeyManager`](crate::KeyManager).
 
 use std::fmt;
-use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use thiserror::Error;
 
-use crate::error::{InvalidValue, StoreError, TokenError};
-use crate::key::OwnerId;
+use crate::ids::OwnerId;
+use crate::ids::{Environment, KeyId};
 use crate::policy::{IpAllowlist, PermissionGrant, ResourceScope};
-use crate::token::{Environment, KeyId, MAX_PREFIX_LEN, Token, TokenFormat, check_chars};
-use crate::verify::KeyCache;
-use crate::verify::{CompiledKey, Denial, VerifiedKey};
+use crate::token::Token;
 
 /// Default lifetime of a session token: 15 minutes.
 pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(15 * 60);
@@ -54,11 +56,11 @@ pub const DEFAULT_MAX_SESSION_TTL: Duration = Duration::from_secs(60 * 60);
 /// [`SessionConfig::max_sessions_per_key`]).
 pub const DEFAULT_MAX_SESSIONS_PER_KEY: u32 = 100;
 
-/// Session settings, given to [`KeyManagerBuilder::sessions`](crate::KeyManagerBuilder::sessions).
+/// Session settings, given to [`KeyManagerBuilder::sessions`](crate::manager::KeyManagerBuilder::sessions).
 ///
 /// ```
 /// use std::time::Duration;
-/// use keyward::SessionConfig;
+/// use keyward::session::SessionConfig;
 /// let config = SessionConfig {
 ///     max_ttl: Duration::from_secs(30 * 60),
 ///     ..SessionConfig::new("mkhs")
@@ -73,11 +75,11 @@ pub struct SessionConfig {
     /// Lifetime when the caller does not ask for one (default 15 minutes).
     pub default_ttl: Duration,
     /// Longest lifetime a caller may ask for (default 1 hour); longer is
-    /// refused with [`SessionError::TtlTooLong`].
+    /// refused with [`SessionError::TtlTooLong`](crate::verify::SessionError::TtlTooLong).
     pub max_ttl: Duration,
     /// Most live (not revoked, not expired) sessions one key may have at
     /// once (default [`DEFAULT_MAX_SESSIONS_PER_KEY`], at least 1). At the
-    /// cap, an exchange is refused with [`SessionError::TooManySessions`]
+    /// cap, an exchange is refused with [`SessionError::TooManySessions`](crate::verify::SessionError::TooManySessions)
     /// (the sessions already issued keep working); a slot frees when a
     /// session expires or the key's sessions are ended. Refusing rather than
     /// ending the oldest keeps a client that exchanges too often from
@@ -101,65 +103,7 @@ impl SessionConfig {
     }
 }
 
-/// Why a session could not be created, or sessions could not be configured.
-///
-/// Never carries a token or secret.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[non_exhaustive]
-pub enum SessionError {
-    /// The key was refused (see the denial's kind for 401/403/429/503).
-    #[error("the key was refused: {0}")]
-    Denied(Denial),
-    /// A session token was given where a key is required: a session can
-    /// never mint another session.
-    #[error("a session token cannot be exchanged for another session; use an API key")]
-    SessionTokenGiven,
-    /// The requested lifetime is longer than the configured maximum.
-    #[error("a session lifetime of {requested:?} was requested, the maximum is {max:?}")]
-    TtlTooLong {
-        /// What was asked for.
-        requested: Duration,
-        /// The maximum.
-        max: Duration,
-    },
-    /// A lifetime of zero was requested or configured.
-    #[error("a session lifetime must be longer than zero")]
-    ZeroTtl,
-    /// The configured default lifetime is longer than the maximum.
-    #[error("the default session lifetime is longer than the maximum")]
-    DefaultAboveMax,
-    /// The key already has [`SessionConfig::max_sessions_per_key`] live
-    /// sessions; nothing was stored. Reuse a session until it expires (or
-    /// end the key's sessions).
-    #[error("key {key_id} already has {limit} live sessions, the most one key may have")]
-    TooManySessions {
-        /// The key.
-        key_id: KeyId,
-        /// The cap.
-        limit: u32,
-    },
-    /// [`SessionConfig::max_sessions_per_key`] is zero: no session could
-    /// ever be issued.
-    #[error("the cap of live sessions per key must be at least 1")]
-    ZeroSessionCap,
-    /// The session prefix is invalid.
-    #[error("invalid session prefix: {0}")]
-    Prefix(InvalidValue),
-    /// The session prefix equals the key prefix, so the two could not be told apart.
-    #[error("the session prefix must differ from the key prefix")]
-    PrefixClash,
-    /// The manager was built without [`SessionConfig`].
-    #[error("sessions are not configured")]
-    NotConfigured,
-    /// A generated token did not parse (a bug; nothing was stored).
-    #[error(transparent)]
-    Token(#[from] TokenError),
-    /// The store failed; no session was created.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-/// SHA-256 of a session secret: what a [`SessionStore`] keeps.
+/// SHA-256 of a session secret: what a [`SessionStore`](crate::store::SessionStore) keeps.
 ///
 /// `Debug` prints `[REDACTED]`; there is no `Serialize`.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -258,38 +202,7 @@ pub struct IssuedSession {
     pub session: SessionView,
 }
 
-/// A session token that passed a check. Derefs to the [`CompiledKey`]
-/// snapshot, so it has the same accessors as [`VerifiedKey`]; `id()` is the
-/// key's id, [`VerifiedSession::session_id`] the session's.
-#[derive(Debug, Clone)]
-pub struct VerifiedSession {
-    pub(crate) key: VerifiedKey,
-    pub(crate) session_id: KeyId,
-}
-
-impl VerifiedSession {
-    /// The session id.
-    pub fn session_id(&self) -> &KeyId {
-        &self.session_id
-    }
-    /// The key snapshot as a [`VerifiedKey`].
-    pub fn key(&self) -> &VerifiedKey {
-        &self.key
-    }
-    /// The key snapshot, owned.
-    pub fn into_key(self) -> VerifiedKey {
-        self.key
-    }
-}
-
-impl std::ops::Deref for VerifiedSession {
-    type Target = CompiledKey;
-    fn deref(&self) -> &CompiledKey {
-        &self.key
-    }
-}
-
-/// At most `max_live` live sessions of one key: what [`SessionStore::insert_session`]
+/// At most `max_live` live sessions of one key: what [`SessionStore::insert_session`](crate::store::SessionStore::insert_session)
 /// holds while inserting (see [`SessionConfig::max_sessions_per_key`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionCap {
@@ -297,157 +210,4 @@ pub struct SessionCap {
     pub max_live: u32,
     /// The time at which "live" (not revoked, `expires_at` after it) is judged.
     pub now: DateTime<Utc>,
-}
-
-/// Where sessions live. Same style as [`KeyStore`](crate::KeyStore): implementations write
-/// `async fn`s, and every method does all it says or nothing.
-pub trait SessionStore: Send + Sync + 'static {
-    /// Adds a session.
-    ///
-    /// Errors: [`StoreError::DuplicateId`] if the id exists;
-    /// [`StoreError::TooManySessions`] if `cap` is given and the key
-    /// `record.key_id` already has `cap.max_live` live sessions (not
-    /// revoked, expiring after `cap.now`). The count and the insert are one
-    /// atomic step: under any number of concurrent inserts, the cap is never
-    /// exceeded. A refused insert writes nothing.
-    fn insert_session(
-        &self,
-        record: &SessionRecord,
-        cap: Option<SessionCap>,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// The session with this id, or `None` (revoked and expired ones are
-    /// returned until deleted).
-    fn get_session(
-        &self,
-        id: &KeyId,
-    ) -> impl Future<Output = Result<Option<SessionRecord>, StoreError>> + Send;
-
-    /// The owner stored with the sessions of the key `key_id` (all of a
-    /// key's sessions carry its owner), or `None` when the store holds no
-    /// session of it (revoked and expired ones count until deleted). Lets
-    /// the owner's administrator end the sessions of a key already deleted.
-    fn session_owner(
-        &self,
-        key_id: &KeyId,
-    ) -> impl Future<Output = Result<Option<OwnerId>, StoreError>> + Send;
-
-    /// Marks every session of the key `key_id` revoked; returns how many
-    /// were not revoked before.
-    fn revoke_sessions(
-        &self,
-        key_id: &KeyId,
-    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
-
-    /// Deletes sessions that expired at or before `now`; returns how many.
-    fn delete_expired_sessions(
-        &self,
-        now: DateTime<Utc>,
-    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
-}
-
-impl<S: SessionStore> SessionStore for Arc<S> {
-    fn insert_session(
-        &self,
-        record: &SessionRecord,
-        cap: Option<SessionCap>,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        (**self).insert_session(record, cap)
-    }
-    fn get_session(
-        &self,
-        id: &KeyId,
-    ) -> impl Future<Output = Result<Option<SessionRecord>, StoreError>> + Send {
-        (**self).get_session(id)
-    }
-    fn session_owner(
-        &self,
-        key_id: &KeyId,
-    ) -> impl Future<Output = Result<Option<OwnerId>, StoreError>> + Send {
-        (**self).session_owner(key_id)
-    }
-    fn revoke_sessions(
-        &self,
-        key_id: &KeyId,
-    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
-        (**self).revoke_sessions(key_id)
-    }
-    fn delete_expired_sessions(
-        &self,
-        now: DateTime<Utc>,
-    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
-        (**self).delete_expired_sessions(now)
-    }
-}
-
-/// The manager's session state: format, settings and the session cache.
-pub(crate) struct Sessions {
-    pub(crate) format: TokenFormat,
-    pub(crate) config: SessionConfig,
-    /// Shared with the verifier, whose key invalidations (local changes and
-    /// the change feed) also drop the cached sessions of that key.
-    pub(crate) cache: Arc<KeyCache>,
-}
-
-impl Sessions {
-    /// The lifetime of a new session: `requested` or the default, checked
-    /// against zero and the maximum.
-    pub(crate) fn ttl(&self, requested: Option<Duration>) -> Result<Duration, SessionError> {
-        let ttl = requested.unwrap_or(self.config.default_ttl);
-        if ttl.is_zero() {
-            return Err(SessionError::ZeroTtl);
-        }
-        if ttl > self.config.max_ttl {
-            return Err(SessionError::TtlTooLong {
-                requested: ttl,
-                max: self.config.max_ttl,
-            });
-        }
-        Ok(ttl)
-    }
-
-    /// Validates `config` against the key format.
-    pub(crate) fn check_config(
-        config: &SessionConfig,
-        keys: &TokenFormat,
-    ) -> Result<(), SessionError> {
-        check_chars(
-            "session prefix",
-            &config.prefix,
-            MAX_PREFIX_LEN,
-            "lowercase ASCII letters and digits",
-            |c| c.is_ascii_lowercase() || c.is_ascii_digit(),
-        )
-        .map_err(SessionError::Prefix)?;
-        if config.prefix == keys.prefix() {
-            return Err(SessionError::PrefixClash);
-        }
-        if config.default_ttl.is_zero() || config.max_ttl.is_zero() {
-            return Err(SessionError::ZeroTtl);
-        }
-        if config.default_ttl > config.max_ttl {
-            return Err(SessionError::DefaultAboveMax);
-        }
-        if config.max_sessions_per_key == 0 {
-            return Err(SessionError::ZeroSessionCap);
-        }
-        Ok(())
-    }
-
-    /// State for a checked config.
-    pub(crate) fn new(
-        config: SessionConfig,
-        keys: &TokenFormat,
-        capacity: usize,
-        cache_ttl: Duration,
-    ) -> Self {
-        Self {
-            format: keys.with_prefix(&config.prefix),
-            config,
-            cache: Arc::new(KeyCache::new(
-                capacity,
-                TimeDelta::from_std(cache_ttl).unwrap_or(TimeDelta::MAX),
-            )),
-        }
-    }
 }

@@ -16,169 +16,62 @@
 
 use std::fmt;
 
-use rand::distr::Alphanumeric;
-use rand::rngs::OsRng;
-use rand::{Rng, TryRngCore};
+use thiserror::Error;
 use zeroize::Zeroizing;
 
-use crate::error::{InvalidValue, TokenError};
+use crate::ids::{Environment, InvalidValue, KEY_ID_LEN, KeyId, check_chars, random_base62};
 
-/// Length of a generated key id, in characters.
-pub const KEY_ID_LEN: usize = 12;
 /// Length of the secret part, in characters (base62, 256 bits of entropy).
-pub const SECRET_LEN: usize = 43;
+pub(crate) const SECRET_LEN: usize = 43;
 /// Length of the checksum, in characters (base62 of a CRC32).
-pub const CHECKSUM_LEN: usize = 6;
+pub(crate) const CHECKSUM_LEN: usize = 6;
 /// Length of the part after `<prefix>_<env>_`.
-pub const BODY_LEN: usize = KEY_ID_LEN + SECRET_LEN + CHECKSUM_LEN;
+pub(crate) const BODY_LEN: usize = KEY_ID_LEN + SECRET_LEN + CHECKSUM_LEN;
 /// Longest prefix an application may choose.
-pub const MAX_PREFIX_LEN: usize = 16;
-/// Longest environment tag.
-pub const MAX_ENVIRONMENT_LEN: usize = 16;
-/// Longest key id accepted anywhere (generated ids are [`KEY_ID_LEN`] long).
-pub const MAX_KEY_ID_LEN: usize = 64;
-
+pub(crate) const MAX_PREFIX_LEN: usize = 16;
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
-pub(crate) fn check_chars(
-    field: &'static str,
-    value: &str,
-    max: usize,
-    allowed: &'static str,
-    ok: impl Fn(char) -> bool,
-) -> Result<(), InvalidValue> {
-    if value.is_empty() {
-        return Err(InvalidValue::Empty { field });
-    }
-    let len = value.chars().count();
-    if len > max {
-        return Err(InvalidValue::TooLong { field, len, max });
-    }
-    if let Some(ch) = value.chars().find(|c| !ok(*c)) {
-        return Err(InvalidValue::BadCharacter { field, ch, allowed });
-    }
-    Ok(())
-}
-
-macro_rules! string_newtype {
-    ($(#[$m:meta])* $name:ident) => {
-        $(#[$m])*
-        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
-        #[serde(try_from = "String", into = "String")]
-        pub struct $name(Box<str>);
-
-        impl $name {
-            /// The value as a string slice.
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-        impl std::fmt::Debug for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                std::fmt::Debug::fmt(&*self.0, f)
-            }
-        }
-        impl AsRef<str> for $name {
-            fn as_ref(&self) -> &str {
-                &self.0
-            }
-        }
-        impl std::borrow::Borrow<str> for $name {
-            fn borrow(&self) -> &str {
-                &self.0
-            }
-        }
-        impl From<$name> for String {
-            fn from(v: $name) -> String {
-                v.0.into()
-            }
-        }
-        impl TryFrom<String> for $name {
-            type Error = InvalidValue;
-            fn try_from(s: String) -> Result<Self, InvalidValue> {
-                $name::new(&s)
-            }
-        }
-        impl std::str::FromStr for $name {
-            type Err = InvalidValue;
-            fn from_str(s: &str) -> Result<Self, InvalidValue> {
-                $name::new(s)
-            }
-        }
-    };
-}
-pub(crate) use string_newtype;
-
-string_newtype!(
-    /// An environment tag such as `live` or `test`: 1 to 16 lowercase ASCII letters or digits.
-    ///
-    /// ```
-    /// use keyward::Environment;
-    /// assert!(Environment::new("live").is_ok());
-    /// assert!(Environment::new("Live").is_err());
-    /// ```
-    Environment
-);
-
-impl Environment {
-    /// Validates and wraps an environment tag.
-    pub fn new(s: &str) -> Result<Self, InvalidValue> {
-        check_chars(
-            "environment",
-            s,
-            MAX_ENVIRONMENT_LEN,
-            "lowercase ASCII letters and digits",
-            |c| c.is_ascii_lowercase() || c.is_ascii_digit(),
-        )?;
-        Ok(Self(s.into()))
-    }
-}
-
-string_newtype!(
-    /// The public id of a key: the store's lookup key, shown in listings and logs.
-    ///
-    /// Generated ids are [`KEY_ID_LEN`] random base62 characters; ids of
-    /// imported keys may be up to [`MAX_KEY_ID_LEN`] ASCII letters and digits.
-    KeyId
-);
-
-impl KeyId {
-    /// Validates and wraps a key id.
-    ///
-    /// ```
-    /// use keyward::KeyId;
-    /// assert!(KeyId::new("Q2x8bV0aP1rT").is_ok());
-    /// assert!(KeyId::new("no spaces").is_err());
-    /// ```
-    pub fn new(s: &str) -> Result<Self, InvalidValue> {
-        check_chars(
-            "key id",
-            s,
-            MAX_KEY_ID_LEN,
-            "ASCII letters and digits",
-            |c| c.is_ascii_alphanumeric(),
-        )?;
-        Ok(Self(s.into()))
-    }
-
-    /// A fresh random id of [`KEY_ID_LEN`] characters from the OS generator.
-    pub fn generate() -> Self {
-        Self(random_base62(KEY_ID_LEN).as_str().into())
-    }
-}
-
-fn random_base62(len: usize) -> Zeroizing<String> {
-    let mut rng = OsRng.unwrap_err();
-    let mut s = Zeroizing::new(String::with_capacity(len));
-    for _ in 0..len {
-        s.push(char::from(rng.sample(Alphanumeric)));
-    }
-    s
+/// Why a token (or a piece of one) could not be parsed.
+///
+/// None of the variants carries any part of the token, so the error can be
+/// logged without leaking what the caller sent.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum TokenError {
+    /// The token was empty.
+    #[error("the token is empty")]
+    Empty,
+    /// The token is longer than any token this format can produce; it was not read.
+    #[error("the token is {len} bytes long, more than the maximum of {max}")]
+    TooLong {
+        /// Length of what was received, in bytes.
+        len: usize,
+        /// The longest token the format accepts.
+        max: usize,
+    },
+    /// A character outside `[A-Za-z0-9_]` (or outside the part's own alphabet).
+    #[error("the token has a character that is not allowed at byte {position}")]
+    BadCharacter {
+        /// Byte offset of the first offending character.
+        position: usize,
+    },
+    /// The token does not start with the application's prefix.
+    #[error("the token does not start with the expected prefix")]
+    BadPrefix,
+    /// The environment tag is not one the application configured.
+    #[error("the token names an unknown environment")]
+    UnknownEnvironment,
+    /// The part after the environment has the wrong length.
+    #[error("the token body is {found} characters long, expected {expected}")]
+    BadLength {
+        /// The length the format requires.
+        expected: usize,
+        /// The length received.
+        found: usize,
+    },
+    /// The CRC32 checksum does not match: a typo or a made-up string.
+    #[error("the token checksum does not match")]
+    BadChecksum,
 }
 
 /// A full API key: the one value that grants access.
@@ -255,7 +148,7 @@ impl fmt::Debug for ParsedToken<'_> {
 /// The application's token format: its prefix and its environments.
 ///
 /// ```
-/// use keyward::{Environment, KeyId, TokenFormat, TokenError};
+/// use keyward::{Environment, KeyId, TokenFormat, token::TokenError};
 /// let format = TokenFormat::new("mkh", &["live", "test"]).unwrap();
 /// let token = format.generate(&Environment::new("test").unwrap(), &KeyId::generate());
 /// let parsed = format.parse(token.expose_secret()).unwrap();
@@ -272,6 +165,19 @@ pub struct TokenFormat {
     prefix: Box<str>,
     environments: Vec<Environment>,
     max_len: usize,
+}
+
+impl TokenFormat {
+    /// Length of a generated key id, in characters.
+    pub const KEY_ID_LEN: usize = KEY_ID_LEN;
+    /// Length of the secret part, in characters (base62, 256 bits of entropy).
+    pub const SECRET_LEN: usize = SECRET_LEN;
+    /// Length of the checksum, in characters (base62 of a CRC32).
+    pub const CHECKSUM_LEN: usize = CHECKSUM_LEN;
+    /// Length of the part after `<prefix>_<env>_`: key id, secret and checksum.
+    pub const BODY_LEN: usize = BODY_LEN;
+    /// Longest prefix an application may choose, in characters.
+    pub const MAX_PREFIX_LEN: usize = MAX_PREFIX_LEN;
 }
 
 impl TokenFormat {
@@ -348,7 +254,7 @@ impl TokenFormat {
     /// the operating system's generator.
     ///
     /// The id should come from [`KeyId::generate`]: a token only parses with
-    /// a [`KEY_ID_LEN`]-character id.
+    /// a [`TokenFormat::KEY_ID_LEN`]-character id.
     pub fn generate(&self, environment: &Environment, id: &KeyId) -> Token {
         let secret = random_base62(SECRET_LEN);
         self.assemble(environment, id, &secret)
@@ -371,12 +277,12 @@ impl TokenFormat {
     /// example from HTTP Basic `key_id:secret`), with its checksum, so the
     /// pair is checked exactly like the token.
     ///
-    /// The key id must be [`KEY_ID_LEN`] and the secret [`SECRET_LEN`] ASCII
+    /// The key id must be [`TokenFormat::KEY_ID_LEN`] and the secret [`TokenFormat::SECRET_LEN`] ASCII
     /// letters or digits, and the environment one of this format's. The
     /// errors never contain the input.
     ///
     /// ```
-    /// use keyward::{Environment, KeyId, TokenFormat, TokenError};
+    /// use keyward::{Environment, KeyId, TokenFormat, token::TokenError};
     /// let format = TokenFormat::new("mkh", &["live", "test"]).unwrap();
     /// let live = Environment::new("live").unwrap();
     /// let token = format.generate(&live, &KeyId::generate());

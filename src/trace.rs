@@ -5,9 +5,9 @@
 //! Never a token, a secret, a hash or a fingerprint: the functions here take
 //! none of them, so a secret cannot reach a subscriber by mistake.
 
-use crate::error::{KeywardError, StoreError};
+use crate::ids::KeyId;
 use crate::policy::{ManagementAction, ManagementDenial};
-use crate::token::KeyId;
+use crate::store::StoreError;
 
 /// A successful check.
 #[inline]
@@ -57,16 +57,26 @@ pub(crate) async fn verify_span<F: std::future::Future>(kind: &'static str, fut:
     }
 }
 
+/// What [`manage_span`] records of a management call's error: its stable
+/// code, or `None` when the error has its own event. Implemented by the
+/// manager's error, so this module imports nothing from `manager`.
+pub(crate) trait TracedError {
+    /// The error's code for the span's outcome, or `None` to record nothing.
+    #[cfg_attr(not(feature = "tracing"), allow(dead_code))]
+    fn trace_code(&self) -> Option<&'static str>;
+}
+
 /// Runs a management call inside a `keyward.manage` span (actor, action,
 /// key id), and records its outcome: done, or the error's kind.
-pub(crate) async fn manage_span<T, F>(
+pub(crate) async fn manage_span<T, E, F>(
     actor: &str,
     action: ManagementAction,
     key_id: Option<&KeyId>,
     fut: F,
-) -> Result<T, KeywardError>
+) -> Result<T, E>
 where
-    F: std::future::Future<Output = Result<T, KeywardError>>,
+    E: TracedError,
+    F: std::future::Future<Output = Result<T, E>>,
 {
     #[cfg(feature = "tracing")]
     {
@@ -82,13 +92,11 @@ where
         let _entered = span.enter();
         match &result {
             Ok(_) => tracing::debug!(target: "keyward::manage", outcome = "ok"),
-            // `NotAllowed` has its own event (with the policy's reason).
-            Err(KeywardError::NotAllowed { .. }) => {}
-            Err(e) => tracing::info!(
-                target: "keyward::manage",
-                outcome = "error",
-                error = e.code()
-            ),
+            Err(e) => {
+                if let Some(code) = e.trace_code() {
+                    tracing::info!(target: "keyward::manage", outcome = "error", error = code)
+                }
+            }
         }
         result
     }

@@ -13,6 +13,10 @@ use chrono::TimeDelta;
 use common::*;
 use keyward::store::{FaultyStore, Op};
 use keyward::*;
+use keyward::{
+    audit::AuditAction, audit::AuditEvent, clock::Clock, manager::ImportKey, policy::EditPolicy,
+    policy::PermissionGrant, store::MemoryAuditSink, verify::VerifierConfig,
+};
 
 /// A second server on the same store and clock: its own verifier cache, no
 /// change feed (so only the TTL carries its changes to the first one).
@@ -25,6 +29,7 @@ fn second_server(f: &Fixture) -> KeyManager<Arc<MemoryStore>> {
     .hasher(CountingHasher::new(Counters::default()))
     .clock(f.clock.clone())
     .build()
+    .unwrap()
 }
 
 #[tokio::test]
@@ -171,7 +176,8 @@ async fn a_check_that_waited_past_the_ttl_still_leaves_a_fresh_cache_entry() {
     let manager = KeyManager::builder(Arc::clone(&store), format(), policy())
         .hasher(CountingHasher::new(counters.clone()))
         .verifier_config(config)
-        .build();
+        .build()
+        .unwrap();
     let created = push_key_of(&manager).await;
     let live = Environment::new("live").unwrap();
     let push = registry().get("package:push").unwrap();
@@ -357,7 +363,8 @@ async fn a_flood_from_one_source_neither_queues_without_bound_nor_delays_another
             Duration::from_millis(20),
         ))
         .verifier_config(config)
-        .build();
+        .build()
+        .unwrap();
     let mut targets = Vec::new();
     for i in 0..20 {
         let key = manager
@@ -432,7 +439,8 @@ async fn a_flood_of_random_ids_writes_a_bounded_number_of_audit_rows_and_store_r
         .hasher(CountingHasher::new(Counters::default()))
         .clock(clock.clone())
         .audit_shared(sink.clone())
-        .build();
+        .build()
+        .unwrap();
     let owned = push_key_of(&manager).await;
     let live = Environment::new("live").unwrap();
     let push = registry().get("package:push").unwrap();

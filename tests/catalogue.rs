@@ -6,6 +6,12 @@ use common::*;
 use std::time::Duration;
 
 use keyward::*;
+use keyward::{
+    hash::Argon2Hasher, ids::InvalidValue, policy::EditPolicy, policy::ExpiryChoice,
+    policy::ExpiryPolicy, policy::IpAllowlist, policy::PermissionGrant, policy::PolicyError,
+    policy::ResourceRule, policy::ResourceScope, session::IssuedSession, session::SessionConfig,
+    token::TokenError, verify::DenialKind, verify::SessionError, verify::VerifierConfig,
+};
 
 fn base() -> NewKey {
     NewKey::new(OWNER, "live", "CI").permissions(PermissionGrant::only(["package:push"]))
@@ -16,7 +22,7 @@ async fn create_catalogue() {
     let f = fixture();
     f.push_key().await; // something to keep unchanged
     let before = snapshot(f.manager.store(), OWNER).await;
-    let long_name = "n".repeat(MAX_NAME_LEN + 1);
+    let long_name = "n".repeat(keyward::key::KeyRecord::MAX_NAME_LEN + 1);
     let cases: Vec<(&str, NewKey, KeywardError)> = vec![
         (
             "empty owner",
@@ -63,8 +69,8 @@ async fn create_catalogue() {
             },
             PolicyError::Invalid(InvalidValue::TooLong {
                 field: "name",
-                len: MAX_NAME_LEN + 1,
-                max: MAX_NAME_LEN,
+                len: keyward::key::KeyRecord::MAX_NAME_LEN + 1,
+                max: keyward::key::KeyRecord::MAX_NAME_LEN,
             })
             .into(),
         ),
@@ -327,7 +333,11 @@ async fn token_catalogue() {
     let flipped_last = with_char(&t, last, if t.ends_with('A') { 'B' } else { 'A' });
     let other_id = format().generate(&f.live, &KeyId::generate());
     let wrong_secret = format()
-        .from_pair(&f.live, key.key.id.as_str(), &"s".repeat(SECRET_LEN))
+        .from_pair(
+            &f.live,
+            key.key.id.as_str(),
+            &"s".repeat(keyward::TokenFormat::SECRET_LEN),
+        )
         .unwrap();
     let test_key = format().generate(&f.test, &key.key.id);
     let malformed = |e| DenialReason::Malformed(e);
@@ -377,8 +387,8 @@ async fn token_catalogue() {
             "body one character short",
             t[..last].to_owned(),
             malformed(TokenError::BadLength {
-                expected: BODY_LEN,
-                found: BODY_LEN - 1,
+                expected: keyward::TokenFormat::BODY_LEN,
+                found: keyward::TokenFormat::BODY_LEN - 1,
             }),
         ),
         (
@@ -416,8 +426,8 @@ async fn token_catalogue() {
 fn key_pair_catalogue() {
     let format = format();
     let live = Environment::new("live").unwrap();
-    let id = "a".repeat(KEY_ID_LEN);
-    let secret = "b".repeat(SECRET_LEN);
+    let id = "a".repeat(keyward::TokenFormat::KEY_ID_LEN);
+    let secret = "b".repeat(keyward::TokenFormat::SECRET_LEN);
     let cases: Vec<(&str, &str, String, String, TokenError)> = vec![
         (
             "empty id",
@@ -439,7 +449,7 @@ fn key_pair_catalogue() {
             "abc".into(),
             secret.clone(),
             TokenError::BadLength {
-                expected: KEY_ID_LEN,
+                expected: keyward::TokenFormat::KEY_ID_LEN,
                 found: 3,
             },
         ),
@@ -449,8 +459,8 @@ fn key_pair_catalogue() {
             id.clone(),
             format!("{secret}b"),
             TokenError::BadLength {
-                expected: SECRET_LEN,
-                found: SECRET_LEN + 1,
+                expected: keyward::TokenFormat::SECRET_LEN,
+                found: keyward::TokenFormat::SECRET_LEN + 1,
             },
         ),
         (
@@ -459,7 +469,7 @@ fn key_pair_catalogue() {
             id.clone(),
             format!("_{}", &secret[1..]),
             TokenError::BadCharacter {
-                position: KEY_ID_LEN,
+                position: keyward::TokenFormat::KEY_ID_LEN,
             },
         ),
     ];
@@ -652,13 +662,13 @@ async fn owner_and_name_catalogue() {
         (
             "owner too long",
             NewKey {
-                owner: "o".repeat(MAX_OWNER_LEN + 1),
+                owner: "o".repeat(keyward::OwnerId::MAX_LEN + 1),
                 ..base()
             },
             PolicyError::Invalid(InvalidValue::TooLong {
                 field: "owner",
-                len: MAX_OWNER_LEN + 1,
-                max: MAX_OWNER_LEN,
+                len: keyward::OwnerId::MAX_LEN + 1,
+                max: keyward::OwnerId::MAX_LEN,
             })
             .into(),
         ),
@@ -1046,7 +1056,9 @@ async fn session_catalogue() {
     let build = |config: SessionConfig| {
         KeyManager::builder(MemoryStore::new(), format(), policy())
             .sessions(config)
+            .build()
             .map(drop)
+            .map_err(|e| e.kind().clone())
     };
     let cases: Vec<(&str, Result<(), SessionError>, SessionError)> = vec![
         (
@@ -1088,8 +1100,8 @@ async fn session_catalogue() {
     let manager = KeyManager::builder(std::sync::Arc::clone(&store), format(), policy())
         .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
         .sessions(SessionConfig::new("mkhs"))
-        .unwrap()
-        .build();
+        .build()
+        .unwrap();
     let key = manager
         .create(&keyward::Actor::system("tests"), base())
         .await
@@ -1131,7 +1143,7 @@ async fn session_catalogue() {
     }
     assert!(matches!(
         manager.exchange("mkh_live_short", &live, None, None).await,
-        Err(SessionError::Denied(d)) if d.reason == DenialReason::Malformed(TokenError::BadLength { expected: BODY_LEN, found: 5 })
+        Err(SessionError::Denied(d)) if d.reason == DenialReason::Malformed(TokenError::BadLength { expected: keyward::TokenFormat::BODY_LEN, found: 5 })
     ));
     assert_eq!(snapshot(&store, OWNER).await, before);
 }
@@ -1165,10 +1177,20 @@ fn header_catalogue() {
     let long = format!("Bearer {}", "a".repeat(600));
     // A short alphanumeric id is a valid imported key's id (checked as a
     // pair), so these are the pairs no key can have.
-    let pair_bad_id = format!("Basic {}", b64(&format!("ab-c:{}", "s".repeat(SECRET_LEN))));
+    let pair_bad_id = format!(
+        "Basic {}",
+        b64(&format!(
+            "ab-c:{}",
+            "s".repeat(keyward::TokenFormat::SECRET_LEN)
+        ))
+    );
     let pair_long_id = format!(
         "Basic {}",
-        b64(&format!("{}:{}", "a".repeat(65), "s".repeat(SECRET_LEN)))
+        b64(&format!(
+            "{}:{}",
+            "a".repeat(65),
+            "s".repeat(keyward::TokenFormat::SECRET_LEN)
+        ))
     );
     let pair_empty_secret = format!("Basic {}", b64("abc:"));
     let pair_blank_secret = format!("Basic {}", b64("abc:se cret"));

@@ -10,8 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use keyward::store::{Fault, FaultyStore, Op};
 use keyward::*;
+use keyward::{
+    hash::Argon2Hasher, key::KeyKind, manager::ImportKey, policy::EditPolicy,
+    policy::PermissionGrant, policy::ResourceScope, session::SessionConfig, store::Fault,
+    store::FaultyStore, store::ListQuery, store::Op, store::SessionStore, store::StoreError,
+    verify::DenialKind, verify::SessionError, verify::VerifierConfig,
+};
 
 type Store = Arc<FaultyStore<MemoryStore>>;
 
@@ -40,8 +45,8 @@ fn faulty_fixture() -> (Store, Fixture<Store>) {
     .hasher(CountingHasher::new(counters.clone()))
     .clock(clock.clone())
     .sessions(SessionConfig::new("mkhs"))
-    .expect("sessions")
-    .build();
+    .build()
+    .unwrap();
     let f = Fixture {
         manager,
         clock,
@@ -193,7 +198,11 @@ async fn a_cached_key_verifies_until_its_entry_expires_then_denies() {
     f.manager.verify(token, &f.req()).await.unwrap();
     store.fail_all();
     let wrong = format()
-        .from_pair(&f.live, created.key.id.as_str(), &"x".repeat(SECRET_LEN))
+        .from_pair(
+            &f.live,
+            created.key.id.as_str(),
+            &"x".repeat(keyward::TokenFormat::SECRET_LEN),
+        )
         .unwrap();
     assert!(
         f.manager
@@ -247,8 +256,8 @@ async fn a_cold_session_check_denies_on_every_fault_of_what_it_reads() {
             .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
             .clock(f.clock.clone())
             .sessions(SessionConfig::new("mkhs"))
-            .unwrap()
-            .build();
+            .build()
+            .unwrap();
         store.inject(Op::GetSession, fault);
         match bounded(fault, other.verify_session(token, &f.req())).await {
             None => assert_eq!(fault, Fault::Hang),
@@ -798,7 +807,11 @@ async fn a_throttled_id_is_refused_without_reading_the_store() {
     let format = f.manager.format().clone();
     let parsed = format.parse(key.token.expose_secret()).unwrap();
     let wrong = format
-        .from_pair(&f.live, parsed.key_id(), &"W".repeat(keyward::SECRET_LEN))
+        .from_pair(
+            &f.live,
+            parsed.key_id(),
+            &"W".repeat(keyward::TokenFormat::SECRET_LEN),
+        )
         .unwrap();
     let mut throttled = false;
     for _ in 0..50 {

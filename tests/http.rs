@@ -17,6 +17,12 @@ use chrono::{DateTime, TimeDelta, Utc};
 use common::*;
 use keyward::axum::{Caller, KeywardLayer, LayerError, WARNING_HEADER};
 use keyward::*;
+use keyward::{
+    hash::Argon2Hasher, key::KeyRecord, manager::ImportKey, policy::ExpiryChoice,
+    policy::PermissionGrant, policy::ResourceScope, session::DEFAULT_MAX_SESSIONS_PER_KEY,
+    session::SessionCap, session::SessionConfig, session::SessionRecord, store::ListQuery,
+    store::QuotaCheck, store::SessionStore, store::StoreError, verify::VerifierConfig,
+};
 use reqwest::StatusCode;
 
 type Store = Arc<FlakyStore<MemoryStore>>;
@@ -93,8 +99,8 @@ async fn start_server() -> Server {
             ..VerifierConfig::default()
         })
         .sessions(SessionConfig::new("mkhs"))
-        .expect("sessions")
-        .build();
+        .build()
+        .unwrap();
     let registry = registry();
     let live = Environment::new("live").unwrap();
     let auth = KeywardLayer::with_sessions(manager.clone(), live.clone())
@@ -277,7 +283,11 @@ async fn authentication_failures_are_401_invalid_token_and_say_nothing_about_ids
     let wrong = s
         .manager
         .format()
-        .from_pair(&s.live, parsed.key_id(), &"W".repeat(SECRET_LEN))
+        .from_pair(
+            &s.live,
+            parsed.key_id(),
+            &"W".repeat(keyward::TokenFormat::SECRET_LEN),
+        )
         .unwrap();
     let unknown = s.manager.format().generate(&s.live, &KeyId::generate());
     let mut bodies = Vec::new();
@@ -453,7 +463,11 @@ async fn throttled_is_429_with_retry_after() {
     let wrong = s
         .manager
         .format()
-        .from_pair(&s.live, parsed.key_id(), &"W".repeat(SECRET_LEN))
+        .from_pair(
+            &s.live,
+            parsed.key_id(),
+            &"W".repeat(keyward::TokenFormat::SECRET_LEN),
+        )
         .unwrap();
     let mut statuses = Vec::new();
     let mut retry = None;
@@ -917,8 +931,8 @@ async fn expired_session_is_401() {
         .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
         .clock(clock.clone())
         .sessions(SessionConfig::new("mkhs"))
-        .unwrap()
-        .build();
+        .build()
+        .unwrap();
     let live = Environment::new("live").unwrap();
     let key = manager
         .create(
@@ -1402,7 +1416,8 @@ impl KeyStore for KeysOnly {
 async fn the_layer_works_over_a_store_without_sessions() {
     let manager = KeyManager::builder(KeysOnly(MemoryStore::new()), format(), policy())
         .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
-        .build();
+        .build()
+        .unwrap();
     let key = manager
         .create(
             &keyward::Actor::system("tests"),
@@ -1701,7 +1716,8 @@ async fn the_challenge_realm_is_configurable() {
 async fn with_sessions_over_a_manager_without_sessions_has_none() {
     let manager = KeyManager::builder(MemoryStore::new(), format(), policy())
         .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
-        .build();
+        .build()
+        .unwrap();
     let live = Environment::new("live").unwrap();
     assert!(!KeywardLayer::with_sessions(manager.clone(), live.clone()).has_sessions());
     assert!(!KeywardLayer::new(manager.verifier(), live).has_sessions());

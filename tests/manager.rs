@@ -5,6 +5,11 @@ mod common;
 use chrono::TimeDelta;
 use common::*;
 use keyward::*;
+use keyward::{
+    key::KeyStatus, policy::EditPolicy, policy::ExpiryChoice, policy::ExpiryPolicy,
+    policy::PermissionGrant, policy::PolicyError, policy::ResourceScope, store::ListQuery,
+    token::TokenError, verify::DenialKind, verify::VerifierConfig,
+};
 
 #[tokio::test]
 async fn create_returns_the_token_once_and_stores_only_a_hash() {

@@ -12,6 +12,15 @@ use std::time::Duration;
 use chrono::TimeDelta;
 use common::*;
 use keyward::*;
+use keyward::{
+    audit::AuditAction, audit::AuditEvent, audit::AuditQuery, hash::Argon2Hasher,
+    ids::InvalidValue, key::KeyKind, key::KeyRecord, key::KeyStatus, manager::ImportKey,
+    manager::MIN_ROTATION_GRACE, policy::EditPolicy, policy::ExpiryChoice, policy::ExpiryPolicy,
+    policy::ManagementAction, policy::ManagementDenial, policy::PermissionGrant,
+    policy::PolicyError, policy::ResourceScope, session::SessionConfig, store::AuditSink,
+    store::ListQuery, store::MemoryAuditSink, store::StoreError, token::TokenError,
+    verify::DenialKind, verify::MAX_PAIR_SECRET_LEN, verify::VerifierConfig,
+};
 
 type Store = Arc<FlakyStore<MemoryStore>>;
 
@@ -33,7 +42,8 @@ fn ops_with(policy: Policy, config: VerifierConfig) -> Ops {
         .clock(clock.clone())
         .verifier_config(config)
         .audit_shared(audit.clone())
-        .build();
+        .build()
+        .unwrap();
     Ops {
         manager,
         store,
@@ -1254,7 +1264,11 @@ async fn a_flood_of_failures_is_aggregated_not_logged_one_by_one() {
     let key = o.manager.create(&admin(), push_key()).await.unwrap();
     let parsed = format().parse(key.token.expose_secret()).unwrap();
     let wrong = format()
-        .from_pair(&o.live, parsed.key_id(), &"A".repeat(keyward::SECRET_LEN))
+        .from_pair(
+            &o.live,
+            parsed.key_id(),
+            &"A".repeat(keyward::TokenFormat::SECRET_LEN),
+        )
         .unwrap();
     for _ in 0..100 {
         assert!(o.check(&wrong).await.is_err());
@@ -1336,7 +1350,8 @@ async fn a_failing_audit_sink_keeps_events_for_later_and_never_fails_the_action(
     let manager = KeyManager::builder(MemoryStore::new(), format(), policy())
         .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
         .audit_shared(sink.clone())
-        .build();
+        .build()
+        .unwrap();
     let key = manager.create(&admin(), push_key()).await.unwrap();
     manager.revoke(&admin(), &key.key.id).await.unwrap();
     assert_eq!(manager.unsent_audit_events(), 2);
@@ -1412,9 +1427,9 @@ async fn audit_events_carry_the_callers_address_and_every_refusal() {
         .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
         .clock(ManualClock::new(start()))
         .sessions(SessionConfig::new("mkhs"))
-        .unwrap()
         .audit_shared(audit.clone())
-        .build();
+        .build()
+        .unwrap();
     let ip: std::net::IpAddr = "198.51.100.23".parse().unwrap();
     let admin = admin().with_client_ip(ip);
     let key = manager.create(&admin, push_key()).await.unwrap();

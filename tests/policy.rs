@@ -2,8 +2,12 @@
 
 mod common;
 
-use keyward::policy::{MAX_IP_RANGES, MAX_PERMISSIONS};
 use keyward::*;
+use keyward::{
+    hash::Argon2Hasher, hash::HashError, hash::Pepper, hash::SecretHasher, ids::InvalidValue,
+    policy::ExpiryChoice, policy::ExpiryPolicy, policy::IpAllowlist, policy::PermissionGrant,
+    policy::PolicyError, policy::ResourceRule, policy::ResourceScope,
+};
 
 #[test]
 fn implications_are_transitive_and_all_means_every_grantable_permission() {
@@ -68,13 +72,13 @@ fn registry_errors_name_the_permission() {
         PolicyError::Invalid(InvalidValue::BadCharacter { ch: 'P', .. })
     ));
     let mut many = PermissionRegistry::builder();
-    for i in 0..=MAX_PERMISSIONS {
+    for i in 0..=keyward::PermissionRegistry::MAX_PERMISSIONS {
         many = many.permission(&format!("p{i}"));
     }
     assert_eq!(
         many.build().unwrap_err(),
         PolicyError::TooManyPermissions {
-            max: MAX_PERMISSIONS
+            max: keyward::PermissionRegistry::MAX_PERMISSIONS
         }
     );
 }
@@ -344,14 +348,14 @@ fn bad_cidrs_are_named() {
             "{bad}"
         );
     }
-    let many: Vec<String> = (0..=MAX_IP_RANGES)
+    let many: Vec<String> = (0..=keyward::policy::IpAllowlist::MAX_RANGES)
         .map(|i| format!("10.0.{i}.0/24"))
         .collect();
     assert_eq!(
         IpAllowlist::parse(&many).unwrap_err(),
         PolicyError::TooManyCidrs {
-            count: MAX_IP_RANGES + 1,
-            max: MAX_IP_RANGES
+            count: keyward::policy::IpAllowlist::MAX_RANGES + 1,
+            max: keyward::policy::IpAllowlist::MAX_RANGES
         }
     );
 }
@@ -454,4 +458,35 @@ fn ipv4_clients_match_ipv6_ranges_over_the_mapped_space() {
     // An IPv4-only list never matches a plain IPv6 client.
     let v4 = IpAllowlist::parse(&["0.0.0.0/0"]).unwrap();
     assert!(!v4.allows("2001:db8::1".parse().unwrap()));
+}
+
+#[test]
+fn names_longer_than_the_rule_allows_are_refused_before_matching() {
+    let rule = ResourceRule::default();
+    assert!(rule.check_name(&"a".repeat(128)).is_ok());
+    assert_eq!(
+        rule.check_name(&"a".repeat(129)).unwrap_err(),
+        PolicyError::PatternTooLong {
+            pattern: "a".repeat(128),
+            len: 129,
+            max: 128
+        }
+    );
+    // Counted in characters, as patterns are.
+    let rule = ResourceRule::default().extra_chars(".-_é").unwrap();
+    assert!(rule.check_name(&"é".repeat(128)).is_ok());
+    assert!(rule.check_name(&"é".repeat(129)).is_err());
+}
+
+#[test]
+fn a_compiled_scope_gives_back_its_patterns_as_granted() {
+    let rule = ResourceRule::default().extra_chars(".-_/").unwrap();
+    let entries = ["AzureRM.DataFactory*", "a/**/b", "**", "Tool?", "x***y"];
+    let scope = ResourceScope::only(entries);
+    let compiled = rule.compile(&scope).unwrap();
+    assert!(compiled.patterns().eq(entries));
+    assert_eq!(compiled.to_scope(), scope);
+    let all = rule.compile(&ResourceScope::All).unwrap();
+    assert_eq!(all.patterns().count(), 0);
+    assert_eq!(all.to_scope(), ResourceScope::All);
 }

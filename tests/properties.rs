@@ -7,6 +7,11 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use chrono::{DateTime, Days, Utc};
 use keyward::*;
+use keyward::{
+    policy::EditPolicy, policy::ExpiryChoice, policy::IpAllowlist, policy::PermissionGrant,
+    policy::PolicyError, policy::ResourceRule, policy::ResourceScope, token::TokenError,
+    verify::VerifierConfig,
+};
 use proptest::prelude::*;
 
 const TOKEN_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_";
@@ -224,7 +229,7 @@ fn every_single_character_change_of_every_position_is_refused() {
         for _ in 0..8 {
             let token = format.generate(&env, &KeyId::generate());
             let original: Vec<char> = token.expose_secret().chars().collect();
-            let body_start = original.len() - BODY_LEN;
+            let body_start = original.len() - keyward::TokenFormat::BODY_LEN;
             assert!(format.parse(token.expose_secret()).is_ok());
             for pos in 0..original.len() {
                 for &c in &alphabet {

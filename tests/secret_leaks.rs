@@ -14,6 +14,10 @@ use std::time::Duration;
 
 use common::*;
 use keyward::*;
+use keyward::{
+    hash::Argon2Hasher, manager::ImportKey, policy::PermissionGrant, session::SessionConfig,
+    store::ListQuery, store::MemoryAuditSink, store::SessionStore,
+};
 
 /// A `tracing` writer into a shared buffer.
 #[derive(Clone, Default)]
@@ -70,8 +74,9 @@ impl Ledger {
             .and_then(|rest| rest.split_once('_'))
             .map(|(_env, body)| body)
             .unwrap_or_else(|| panic!("not a {prefix} token: {full}"));
-        assert_eq!(body.len(), BODY_LEN, "{full}");
-        let secret = &body[KEY_ID_LEN..KEY_ID_LEN + SECRET_LEN];
+        assert_eq!(body.len(), keyward::TokenFormat::BODY_LEN, "{full}");
+        let secret = &body[keyward::TokenFormat::KEY_ID_LEN
+            ..keyward::TokenFormat::KEY_ID_LEN + keyward::TokenFormat::SECRET_LEN];
         self.secret(secret);
         self.secrets.push(full.to_owned());
         secret.to_owned()
@@ -152,7 +157,7 @@ fn a_whole_life_cycle_prints_no_secret_and_no_hash() {
     // ...and nothing that could be used to authenticate.
     // Five tokens (created, wrong, regenerated, successor, session) with
     // every window of their secrets, besides imported secrets and hashes.
-    let windows = SECRET_LEN - WINDOW + 1;
+    let windows = keyward::TokenFormat::SECRET_LEN - WINDOW + 1;
     assert!(
         l.secrets.len() > 5 * windows,
         "the ledger collected the secrets"
@@ -178,8 +183,8 @@ async fn life_cycle(l: &mut Ledger) {
         .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
         .audit_shared(audit.clone())
         .sessions(SessionConfig::new("mkhs"))
-        .unwrap()
-        .build();
+        .build()
+        .unwrap();
     let admin = Actor::administrator("alice", OwnerId::new(OWNER).unwrap());
     let live = Environment::new("live").unwrap();
     let registry = registry();
@@ -218,7 +223,11 @@ async fn life_cycle(l: &mut Ledger) {
         .unwrap();
     l.debug(&ok);
     let wrong = format()
-        .from_pair(&live, parsed.key_id(), &"B".repeat(SECRET_LEN))
+        .from_pair(
+            &live,
+            parsed.key_id(),
+            &"B".repeat(keyward::TokenFormat::SECRET_LEN),
+        )
         .unwrap();
     l.token(&wrong);
     for _ in 0..12 {

@@ -8,6 +8,13 @@ use std::time::Duration;
 use chrono::TimeDelta;
 use common::*;
 use keyward::*;
+use keyward::{
+    hash::Argon2Hasher, key::KeyStatus, manager::ImportKey, policy::ExpiryChoice,
+    policy::IpAllowlist, policy::ManagementDenial, policy::PermissionGrant, policy::ResourceScope,
+    session::IssuedSession, session::SessionConfig, session::SessionHash, session::SessionRecord,
+    store::SessionStore, store::StoreError, token::TokenError, verify::DenialKind,
+    verify::SessionError,
+};
 
 struct S {
     f: Fixture,
@@ -24,8 +31,8 @@ fn sessions_fixture_with(config: SessionConfig) -> S {
         .hasher(CountingHasher::new(counters.clone()))
         .clock(clock.clone())
         .sessions(config)
-        .expect("session config")
-        .build();
+        .build()
+        .unwrap();
     S {
         f: Fixture {
             manager,
@@ -153,7 +160,7 @@ async fn the_session_carries_the_key_snapshot() {
     let checked = f.manager.verify_session(t, &ok).await.unwrap();
     assert_eq!(
         checked.resources(),
-        &ResourceScope::only(["AzureRM.DataFactory*"])
+        ResourceScope::only(["AzureRM.DataFactory*"])
     );
     // Implied permission carried over.
     let implied = VerifyRequest {
@@ -451,8 +458,8 @@ async fn a_revoke_whose_sessions_could_not_be_ended_says_so() {
     let manager = KeyManager::builder(Arc::clone(&store), format(), policy())
         .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
         .sessions(SessionConfig::new("mkhs"))
-        .unwrap()
-        .build();
+        .build()
+        .unwrap();
     let live = Environment::new("live").unwrap();
     let key = manager
         .create(
@@ -571,7 +578,7 @@ async fn wrong_unknown_and_malformed_session_tokens() {
         .from_pair(
             &f.live,
             session.session.id.as_str(),
-            &"A".repeat(SECRET_LEN),
+            &"A".repeat(keyward::TokenFormat::SECRET_LEN),
         )
         .unwrap();
     let d = f
@@ -642,7 +649,11 @@ async fn an_id_and_secret_pair_is_exchanged_like_its_token() {
     let wrong = f
         .manager
         .format()
-        .from_pair(&f.live, parsed.key_id(), &"b".repeat(SECRET_LEN))
+        .from_pair(
+            &f.live,
+            parsed.key_id(),
+            &"b".repeat(keyward::TokenFormat::SECRET_LEN),
+        )
         .unwrap();
     let err = f
         .manager
@@ -722,12 +733,77 @@ async fn an_imported_keys_pair_is_exchanged_with_exchange_pair() {
     );
 }
 
+/// `sessions(..)` is a plain builder step (settings may follow it); `build`
+/// names the setting that cannot work.
+#[test]
+fn build_names_the_session_setting_that_cannot_work() {
+    let build = |config: SessionConfig| {
+        KeyManager::builder(MemoryStore::new(), format(), policy())
+            .sessions(config)
+            .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
+            .build()
+            .map(drop)
+            .map_err(|e| (e.field(), e.kind().clone(), e.to_string()))
+    };
+    let mkhs = || SessionConfig::new("mkhs");
+    let cases = [
+        (
+            SessionConfig::new("mkh"),
+            "sessions.prefix",
+            SessionError::PrefixClash,
+        ),
+        (
+            SessionConfig {
+                default_ttl: Duration::ZERO,
+                ..mkhs()
+            },
+            "sessions.default_ttl",
+            SessionError::ZeroTtl,
+        ),
+        (
+            SessionConfig {
+                max_ttl: Duration::ZERO,
+                ..mkhs()
+            },
+            "sessions.max_ttl",
+            SessionError::ZeroTtl,
+        ),
+        (
+            SessionConfig {
+                default_ttl: Duration::from_secs(7200),
+                ..mkhs()
+            },
+            "sessions.default_ttl",
+            SessionError::DefaultAboveMax,
+        ),
+        (
+            SessionConfig {
+                max_sessions_per_key: 0,
+                ..mkhs()
+            },
+            "sessions.max_sessions_per_key",
+            SessionError::ZeroSessionCap,
+        ),
+    ];
+    for (config, field, kind) in cases {
+        let (got_field, got_kind, message) = build(config).unwrap_err();
+        assert_eq!((got_field, &got_kind), (field, &kind));
+        assert!(message.contains(field), "{message}");
+    }
+    let (field, kind, _) = build(SessionConfig::new("MKHS")).unwrap_err();
+    assert_eq!(field, "sessions.prefix");
+    assert!(matches!(kind, SessionError::Prefix(_)));
+    assert_eq!(build(mkhs()), Ok(()));
+}
+
 #[tokio::test]
 async fn configuration_is_checked() {
     let build = |config: SessionConfig| {
         KeyManager::builder(MemoryStore::new(), format(), policy())
             .sessions(config)
+            .build()
             .map(|_| ())
+            .map_err(|e| e.kind().clone())
     };
     assert_eq!(
         build(SessionConfig::new("mkh")),
@@ -785,8 +861,8 @@ async fn session_life<S: KeyStore + SessionStore>(store: S) {
         .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
         .clock(clock.clone())
         .sessions(SessionConfig::new("mkhs"))
-        .unwrap()
-        .build();
+        .build()
+        .unwrap();
     let live = Environment::new("live").unwrap();
     let push = registry().get("package:push").unwrap();
     let key = manager
@@ -988,8 +1064,8 @@ async fn postgres_sessions_migrate_race_hash_at_rest_and_corrupt_rows() {
             .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
             .clock(clock.clone())
             .sessions(SessionConfig::new("mkhs"))
-            .unwrap()
-            .build();
+            .build()
+            .unwrap();
         let live = Environment::new("live").unwrap();
         let key = manager
             .create(
@@ -1088,8 +1164,8 @@ async fn two_servers() -> (
         KeyManager::builder(Arc::clone(&store), format(), policy())
             .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
             .sessions(SessionConfig::new("mkhs"))
-            .expect("sessions")
             .build()
+            .unwrap()
     };
     let (a, b) = (server(), server());
     let key = a
@@ -1241,12 +1317,13 @@ async fn a_revoke_by_a_manager_without_sessions_still_stops_them() {
     let store = Arc::new(MemoryStore::new());
     let admin_server = KeyManager::builder(Arc::clone(&store), format(), policy())
         .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
-        .build();
+        .build()
+        .unwrap();
     let api_server = KeyManager::builder(Arc::clone(&store), format(), policy())
         .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
         .sessions(SessionConfig::new("mkhs"))
-        .unwrap()
-        .build();
+        .build()
+        .unwrap();
     let key = admin_server
         .create(
             &Actor::system("tests"),

@@ -55,7 +55,8 @@ fn every_check_is_named() {
 
 #[tokio::test]
 async fn memory_audit_sink_conformance() {
-    keyward::store::conformance::audit_sink_conformance(keyward::MemoryAuditSink::new()).await;
+    keyward::store::conformance::audit_sink_conformance(keyward::store::MemoryAuditSink::new())
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -13,6 +13,12 @@ mod postgres;
 use std::time::{Duration, Instant};
 
 use keyward::*;
+use keyward::{
+    audit::AuditAction, audit::AuditEvent, audit::AuditQuery, hash::Argon2Hasher, key::KeyKind,
+    key::KeyRecord, key::SecretHash, policy::IpAllowlist, policy::PermissionGrant,
+    policy::ResourceScope, session::SessionConfig, store::AuditSink, store::ListQuery,
+    store::QuotaCheck, store::StoreError,
+};
 use postgres::with_schema;
 
 async fn store(url: &str, schema: &str) -> PostgresStore {
@@ -43,6 +49,7 @@ fn manager<S: KeyStore>(store: S) -> KeyManager<S> {
     KeyManager::builder(store, format, policy)
         .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
         .build()
+        .unwrap()
 }
 
 fn live() -> Environment {
@@ -557,8 +564,8 @@ async fn compromise_revoke_ends_sessions_on_the_other_server() {
             )
             .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
             .sessions(SessionConfig::new("mkhs"))
-            .expect("sessions")
             .build()
+            .unwrap()
         };
         let a = with_sessions(store(&url, &schema).await);
         let b_store = store(&url, &schema).await;
@@ -876,6 +883,58 @@ async fn trust_store_conformance() {
         .await
         .expect("count");
         assert_eq!(left, 0, "trust policies left behind");
+    })
+    .await;
+}
+
+/// `connect_with` sizes the pool as told and names its connections by the
+/// URL's `application_name`; `connect` keeps its defaults; a bad URL or an
+/// unreachable server is a typed error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_with_sizes_the_pool_and_names_its_connections() {
+    with_schema(|url, schema| async move {
+        let separator = if url.contains('?') { '&' } else { '?' };
+        let named = format!("{url}{separator}application_name=keyward-pool-test");
+        let store = PostgresStore::connect_with(
+            PostgresStore::pool_options()
+                .max_connections(3)
+                .min_connections(0),
+            &named,
+        )
+        .await
+        .expect("connect_with")
+        .with_schema(&schema)
+        .expect("schema name");
+        assert_eq!(store.pool().options().get_max_connections(), 3);
+        let name: String = sqlx::query_scalar(
+            "SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+        )
+        .fetch_one(store.pool())
+        .await
+        .expect("application_name");
+        assert_eq!(name, "keyward-pool-test");
+        // The store works as one from `connect`.
+        store.migrate().await.expect("migrate");
+        let manager = manager(store.clone());
+        let created = manager
+            .create(&admin(), new_key("pool"))
+            .await
+            .expect("create");
+        assert!(
+            KeyStore::get(&store, &created.key.id)
+                .await
+                .expect("get")
+                .is_some()
+        );
+        store.pool().close().await;
+
+        let default = PostgresStore::connect(&url).await.expect("connect");
+        assert_eq!(default.pool().options().get_max_connections(), 16);
+        default.pool().close().await;
+
+        let bad =
+            PostgresStore::connect_with(PostgresStore::pool_options(), "mysql://nowhere").await;
+        assert!(matches!(bad, Err(StoreError::Backend(_))));
     })
     .await;
 }

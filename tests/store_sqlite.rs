@@ -5,6 +5,11 @@
 use std::path::PathBuf;
 
 use keyward::*;
+use keyward::{
+    audit::AuditAction, audit::AuditEvent, audit::AuditQuery, hash::Argon2Hasher, key::KeyKind,
+    policy::PermissionGrant, store::AuditSink, store::ListQuery, store::StoreError,
+    verify::DenialKind,
+};
 
 async fn memory_store() -> SqliteStore {
     let store = SqliteStore::in_memory()
@@ -56,6 +61,7 @@ fn manager<S: KeyStore>(store: S) -> KeyManager<S> {
     KeyManager::builder(store, format, policy)
         .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
         .build()
+        .unwrap()
 }
 
 /// The whole suite on a file in WAL mode with a pool of several connections,
@@ -570,7 +576,8 @@ async fn the_store_is_the_managers_audit_sink() {
     let m = KeyManager::builder(store.clone(), format, Policy::new(registry))
         .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
         .audit(store.clone())
-        .build();
+        .build()
+        .unwrap();
     let created = m
         .create(&admin(), new_key("audited"))
         .await

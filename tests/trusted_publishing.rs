@@ -9,6 +9,11 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{TimeDelta, TimeZone, Utc};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use keyward::audit::AuditAction;
+use keyward::hash::Argon2Hasher;
+use keyward::policy::{ManagementDenial, PermissionGrant, ResourceScope};
+use keyward::session::SessionConfig;
+use keyward::store::MemoryAuditSink;
 use keyward::trusted::{
     ClaimName, GITHUB_ACTIONS_ISSUER, GitHubClaims, NewTrustPolicy, TrustConfig, TrustError,
     TrustPolicy, TrustedPublishing,
@@ -140,8 +145,8 @@ async fn world_with(session: SessionConfig) -> World {
     .clock(clock.clone())
     .audit_shared(audit.clone())
     .sessions(session)
-    .unwrap()
-    .build();
+    .build()
+    .unwrap();
     let trusted = TrustedPublishing::new(TrustConfig::default()).unwrap();
     let ec = ec_signer("ec-1");
     trusted
@@ -684,8 +689,8 @@ async fn a_replay_is_refused_across_servers_sharing_a_store() {
         .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
         .clock(ManualClock::new(start()))
         .sessions(SessionConfig::new("mkhs"))
-        .unwrap()
         .build()
+        .unwrap()
     };
     let (one, two) = (server(store.clone()), server(store));
     let admin = Actor::administrator("alice", OwnerId::new("contoso").unwrap());

@@ -9,6 +9,11 @@ use std::time::Duration;
 use chrono::TimeDelta;
 use common::*;
 use keyward::*;
+use keyward::{
+    hash::Argon2Hasher, key::SecretHash, policy::EditPolicy, policy::ExpiryChoice,
+    policy::PermissionGrant, policy::ResourceScope, store::StoreError, verify::DenialKind,
+    verify::VerifierConfig,
+};
 
 #[tokio::test]
 async fn a_cache_hit_costs_no_argon2_and_each_change_is_seen_on_the_next_check() {
@@ -277,7 +282,8 @@ async fn capped_manager(
         max_concurrent_hashes: 2,
         ..VerifierConfig::default()
     })
-    .build();
+    .build()
+    .unwrap();
     let mut tokens = Vec::new();
     for i in 0..keys {
         let created = manager
@@ -359,7 +365,8 @@ async fn a_cached_key_of_one_environment_is_refused_in_another() {
         Policy::new(registry()),
     )
     .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
-    .build();
+    .build()
+    .unwrap();
     let created = manager
         .create(
             &keyward::Actor::system("tests"),
@@ -491,11 +498,13 @@ async fn weak_hashes_are_upgraded_on_a_successful_check() {
     let store = Arc::new(MemoryStore::new());
     let weak = KeyManager::builder(Arc::clone(&store), format(), policy())
         .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
-        .build();
+        .build()
+        .unwrap();
     let created = weak.push_key_for_test().await;
     let stronger = KeyManager::builder(Arc::clone(&store), format(), policy())
         .hasher(Argon2Hasher::new(Argon2Params::new(64, 2, 1).unwrap()))
-        .build();
+        .build()
+        .unwrap();
     let live = Environment::new("live").unwrap();
     let req = VerifyRequest::new(&live, registry().get("package:push").unwrap());
     assert!(

@@ -2,7 +2,7 @@
 //! allows its own network address.
 #![no_main]
 
-use keyward::IpAllowlist;
+use keyward::policy::IpAllowlist;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

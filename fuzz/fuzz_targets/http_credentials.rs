@@ -61,9 +61,9 @@ fuzz_target!(|data: &[u8]| {
                     // Any other pair is an imported key's id and secret,
                     // within the limits `Verifier::verify_pair` checks.
                     Some(id) => {
-                        assert!(!id.is_empty() && id.len() <= keyward::MAX_KEY_ID_LEN);
+                        assert!(!id.is_empty() && id.len() <= keyward::KeyId::MAX_LEN);
                         assert!(id.bytes().all(|b| b.is_ascii_alphanumeric()));
-                        assert!(token.len() <= keyward::MAX_PAIR_SECRET_LEN);
+                        assert!(token.len() <= keyward::verify::MAX_PAIR_SECRET_LEN);
                         assert!(token.bytes().all(|b| b.is_ascii_graphic()));
                     }
                 },

@@ -2,7 +2,7 @@
 //! a pattern without wildcards matches exactly itself (ignoring ASCII case).
 #![no_main]
 
-use keyward::{ResourceRule, ResourceScope};
+use keyward::{policy::ResourceRule, policy::ResourceScope};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

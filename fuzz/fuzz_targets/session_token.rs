@@ -11,6 +11,9 @@
 use std::sync::OnceLock;
 
 use keyward::*;
+use keyward::{
+    hash::Argon2Hasher, policy::PermissionGrant, session::SessionConfig, verify::VerifierConfig,
+};
 use libfuzzer_sys::fuzz_target;
 
 struct World {
@@ -45,8 +48,8 @@ fn world() -> &'static World {
             ..VerifierConfig::default()
         })
         .sessions(SessionConfig::new("mkhs"))
-        .expect("sessions")
-        .build();
+        .build()
+        .unwrap();
         let live = Environment::new("live").expect("env");
         let created = rt
             .block_on(manager.create(
@@ -110,8 +113,11 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Ok(parsed) = w.format.parse(&token) {
         assert!(token.starts_with("mkhs_"));
-        assert_eq!(parsed.key_id().len(), KEY_ID_LEN);
-        assert_eq!(parsed.expose_secret().len(), SECRET_LEN);
+        assert_eq!(parsed.key_id().len(), keyward::TokenFormat::KEY_ID_LEN);
+        assert_eq!(
+            parsed.expose_secret().len(),
+            keyward::TokenFormat::SECRET_LEN
+        );
     }
     let req = VerifyRequest::new(&w.live, w.push).resource("contoso", "Contoso.Tools");
     if w.rt

@@ -1,7 +1,7 @@
 //! Token parsing never panics, and whatever parses has the documented shape.
 #![no_main]
 
-use keyward::{BODY_LEN, KEY_ID_LEN, SECRET_LEN, TokenFormat};
+use keyward::TokenFormat;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -13,8 +13,14 @@ fuzz_target!(|data: &[u8]| {
         assert!(s.len() <= format.max_len());
         assert!(s.starts_with("mkh_"));
         assert!(parsed.environment() == "live" || parsed.environment() == "test");
-        assert_eq!(parsed.key_id().len(), KEY_ID_LEN);
-        assert_eq!(parsed.expose_secret().len(), SECRET_LEN);
-        assert_eq!(s.len(), 4 + parsed.environment().len() + 1 + BODY_LEN);
+        assert_eq!(parsed.key_id().len(), keyward::TokenFormat::KEY_ID_LEN);
+        assert_eq!(
+            parsed.expose_secret().len(),
+            keyward::TokenFormat::SECRET_LEN
+        );
+        assert_eq!(
+            s.len(),
+            4 + parsed.environment().len() + 1 + keyward::TokenFormat::BODY_LEN
+        );
     }
 });

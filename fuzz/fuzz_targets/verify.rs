@@ -16,6 +16,9 @@
 use std::sync::OnceLock;
 
 use keyward::*;
+use keyward::{
+    hash::Argon2Hasher, policy::PermissionGrant, policy::ResourceScope, verify::VerifierConfig,
+};
 use libfuzzer_sys::fuzz_target;
 
 struct World {
@@ -47,7 +50,8 @@ fn world() -> &'static World {
                     failure_burst: u32::MAX,
                     ..VerifierConfig::default()
                 })
-                .build();
+                .build()
+                .unwrap();
         let created = rt
             .block_on(
                 manager.create(

@@ -10,8 +10,8 @@ use ::axum::http::request::Parts;
 
 use super::rejection::KeywardRejection;
 use crate::clock::Clock;
+use crate::ids::{Environment, KeyId};
 use crate::policy::{Permission, Policy, ResourceRef};
-use crate::token::{Environment, KeyId};
 use crate::verify::{CompiledKey, Denial, VerifiedKey, VerifyRequest};
 
 /// What the layer and the extractor share.

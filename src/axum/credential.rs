@@ -9,7 +9,8 @@ use base64::Engine;
 use zeroize::Zeroizing;
 
 use super::rejection::KeywardRejection;
-use crate::token::{Environment, TokenFormat};
+use crate::ids::Environment;
+use crate::token::TokenFormat;
 
 /// Longest credential header value read, in bytes; longer is refused unread.
 pub const MAX_CREDENTIAL_HEADER_LEN: usize = 512;
@@ -32,7 +33,7 @@ pub enum CredentialSource {
 /// A credential read from request headers by [`read_credential`]: the token
 /// to check (for Basic, the token rebuilt from the key id and secret), or,
 /// for a Basic pair whose secret does not follow the token format (a key
-/// imported from another system, see [`ImportKey`](crate::ImportKey)), the
+/// imported from another system, see [`ImportKey`](crate::manager::ImportKey)), the
 /// key id and that secret. Zeroized on drop; `Debug` shows only its source.
 pub struct RequestCredential {
     token: Zeroizing<String>,
@@ -183,7 +184,7 @@ fn parse_authorization(
         // Not this format's shape: an imported key's id and secret, checked
         // as a pair (the same limits as `Verifier::verify_pair`).
         let id_ok = !id.is_empty()
-            && id.len() <= crate::token::MAX_KEY_ID_LEN
+            && id.len() <= crate::ids::MAX_KEY_ID_LEN
             && id.bytes().all(|b| b.is_ascii_alphanumeric());
         let secret_ok = !secret.is_empty()
             && secret.len() <= crate::verify::MAX_PAIR_SECRET_LEN

@@ -11,11 +11,11 @@ use ipnet::IpNet;
 use super::caller::LayerContext;
 use super::rejection::DEFAULT_REALM;
 use super::sessions::SessionAuth;
+use crate::ids::Environment;
 use crate::manager::KeyManager;
 use crate::policy::Permission;
-use crate::session::SessionStore;
 use crate::store::KeyStore;
-use crate::token::Environment;
+use crate::store::SessionStore;
 use crate::verify::Verifier;
 
 /// The default response header that warns about a key expiring soon (like
@@ -137,7 +137,7 @@ impl<S> KeywardLayer<S> {
     ///     TokenFormat::new("mkh", &["live"]).unwrap(),
     ///     Policy::new(registry),
     /// )
-    /// .build();
+    /// .build().unwrap();
     /// let auth = KeywardLayer::new(manager.verifier(), Environment::new("live").unwrap());
     /// # let _ = auth;
     /// ```
@@ -146,7 +146,7 @@ impl<S> KeywardLayer<S> {
     }
 
     /// A layer that checks keys *and session tokens* with `manager` (built
-    /// with [`KeyManagerBuilder::sessions`](crate::KeyManagerBuilder::sessions)),
+    /// with [`KeyManagerBuilder::sessions`](crate::manager::KeyManagerBuilder::sessions)),
     /// and whose [`exchange`](Self::exchange) issues sessions. Its store must
     /// also be a [`SessionStore`]. A token with the session prefix is
     /// checked as a session, anything else as a key. A manager built
@@ -279,7 +279,7 @@ impl<S> KeywardLayer<S> {
     /// # let registry = PermissionRegistry::builder().permission("package:push").build().unwrap();
     /// # let manager = KeyManager::builder(
     /// #     MemoryStore::new(), TokenFormat::new("mkh", &["live"]).unwrap(), Policy::new(registry),
-    /// # ).build();
+    /// # ).build().unwrap();
     /// use axum::http::HeaderName;
     /// use keyward::axum::KeywardLayer;
     ///
@@ -309,7 +309,7 @@ impl<S> KeywardLayer<S> {
     /// # let registry = PermissionRegistry::builder().permission("package:push").build().unwrap();
     /// # let manager = KeyManager::builder(
     /// #     MemoryStore::new(), TokenFormat::new("mkh", &["live"]).unwrap(), Policy::new(registry),
-    /// # ).build();
+    /// # ).build().unwrap();
     /// use keyward::axum::{KeywardLayer, LayerError};
     ///
     /// let auth = KeywardLayer::new(manager.verifier(), Environment::new("live").unwrap());
@@ -347,7 +347,7 @@ impl<S> KeywardLayer<S> {
     /// # let registry = PermissionRegistry::builder().permission("package:push").build().unwrap();
     /// # let manager = KeyManager::builder(
     /// #     MemoryStore::new(), TokenFormat::new("mkh", &["live"]).unwrap(), Policy::new(registry),
-    /// # ).build();
+    /// # ).build().unwrap();
     /// use axum::{Router, routing::get};
     /// use keyward::axum::{Caller, KeywardLayer};
     ///
@@ -416,7 +416,7 @@ impl<S> KeywardLayer<S> {
     ///     TokenFormat::new("mkh", &["live"]).unwrap(),
     ///     Policy::new(registry),
     /// )
-    /// .build();
+    /// .build().unwrap();
     /// let auth = KeywardLayer::new(manager.verifier(), Environment::new("live").unwrap());
     ///
     /// // Who owns a package is unknown: refused when built.

@@ -7,7 +7,8 @@ use ::axum::http::header::RETRY_AFTER;
 use ::axum::http::{HeaderValue, StatusCode};
 use ::axum::response::{IntoResponse, Response};
 
-use crate::error::{KeywardError, StoreError};
+use crate::manager::KeywardError;
+use crate::store::StoreError;
 
 /// A [`KeyManager`](crate::KeyManager) error as an HTTP response: a status
 /// for each kind of error and a JSON body `{"error", "message"}` whose
@@ -16,7 +17,7 @@ use crate::error::{KeywardError, StoreError};
 /// ```
 /// use axum::Json;
 /// use keyward::axum::ManagementRejection;
-/// use keyward::{Actor, KeyId, KeyManager, KeyView, MemoryStore};
+/// use keyward::{Actor, KeyId, KeyManager, key::KeyView, MemoryStore};
 ///
 /// async fn get_key(
 ///     manager: KeyManager<MemoryStore>,
@@ -139,10 +140,12 @@ impl IntoResponse for ManagementRejection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::{HashError, PolicyError, TokenError};
-    use crate::key::OwnerId;
+    use crate::hash::HashError;
+    use crate::ids::KeyId;
+    use crate::ids::OwnerId;
+    use crate::policy::PolicyError;
     use crate::policy::{ManagementAction, ManagementDenial};
-    use crate::token::KeyId;
+    use crate::token::TokenError;
 
     fn id() -> KeyId {
         KeyId::new("abc123").unwrap()

@@ -22,8 +22,10 @@ use super::forwarded;
 use super::layer::KeywardLayer;
 use super::rejection::KeywardRejection;
 use crate::policy::ResourceRef;
-use crate::session::{IssuedSession, SessionError, SessionStore};
+use crate::session::IssuedSession;
 use crate::store::KeyStore;
+use crate::store::SessionStore;
+use crate::verify::SessionError;
 
 impl<S, I> Layer<I> for KeywardLayer<S> {
     type Service = RequireKey<S, I>;

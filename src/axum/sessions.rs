@@ -8,11 +8,13 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::time::Duration;
 
+use crate::ids::Environment;
 use crate::manager::KeyManager;
-use crate::session::{IssuedSession, SessionError, SessionStore, VerifiedSession};
+use crate::session::IssuedSession;
 use crate::store::KeyStore;
-use crate::token::Environment;
+use crate::store::SessionStore;
 use crate::verify::Denial;
+use crate::verify::{SessionError, VerifiedSession};
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

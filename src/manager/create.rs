@@ -2,13 +2,16 @@
 //! regeneration and rotation.
 
 use super::inputs::{CreatedKey, NewKey};
-use super::{ID_ATTEMPTS, KeyManager};
+use super::{KeyManager, insert_with_fresh_ids, read_back};
 use crate::audit::AuditAction;
-use crate::error::{KeywardError, PolicyError, StoreError};
-use crate::key::{KeyKind, KeyRecord, MAX_NAME_LEN, OwnerId, SecretHash, check_text};
+use crate::ids::KeyId;
+use crate::ids::{OwnerId, check_text};
+use crate::key::{KeyKind, KeyRecord, MAX_NAME_LEN, SecretHash};
+use crate::manager::KeywardError;
+use crate::policy::PolicyError;
 use crate::policy::{Actor, IpAllowlist, ManagementAction};
 use crate::store::{KeyStore, QuotaCheck};
-use crate::token::{KeyId, Token};
+use crate::token::Token;
 
 impl<S: KeyStore> KeyManager<S> {
     /// Creates a key. The full token is in the result and nowhere else.
@@ -18,98 +21,81 @@ impl<S: KeyStore> KeyManager<S> {
     /// resource patterns, expiry and IP ranges. The store enforces the quota
     /// atomically.
     pub async fn create(&self, actor: &Actor, new: NewKey) -> Result<CreatedKey, KeywardError> {
-        crate::trace::manage_span(
-            actor.id(),
-            ManagementAction::Create,
-            None,
-            self.create_impl(actor, new),
-        )
-        .await
-    }
+        crate::trace::manage_span(actor.id(), ManagementAction::Create, None, async move {
+            let policy = &self.shared.policy;
+            let owner = OwnerId::new(&new.owner).map_err(PolicyError::from)?;
+            self.allow(actor, ManagementAction::Create, &owner, None)
+                .await?;
+            let environment = self.environment(&new.environment)?;
+            check_text("name", &new.name, MAX_NAME_LEN).map_err(PolicyError::from)?;
+            policy.permissions().resolve(&new.permissions)?;
+            policy.resource_rule().compile(&new.resources)?;
+            let expiry = policy.expiry().check(new.expiry)?;
+            let ip_allowlist = IpAllowlist::parse(&new.ip_allowlist)?;
 
-    async fn create_impl(&self, actor: &Actor, new: NewKey) -> Result<CreatedKey, KeywardError> {
-        let policy = &self.shared.policy;
-        let owner = OwnerId::new(&new.owner).map_err(PolicyError::from)?;
-        self.allow(actor, ManagementAction::Create, &owner, None)
-            .await?;
-        let environment = self.environment(&new.environment)?;
-        check_text("name", &new.name, MAX_NAME_LEN).map_err(PolicyError::from)?;
-        policy.permissions().resolve(&new.permissions)?;
-        policy.resource_rule().compile(&new.resources)?;
-        let expiry = policy.expiry().check(new.expiry)?;
-        let ip_allowlist = IpAllowlist::parse(&new.ip_allowlist)?;
-
-        let now = self.now();
-        let quota = policy.quota().map(|max_live| QuotaCheck { max_live, now });
-        let record = KeyRecord {
-            id: KeyId::generate(),
-            owner,
-            environment,
-            name: new.name,
-            kind: KeyKind::Scoped,
-            permissions: new.permissions,
-            resources: new.resources,
-            ip_allowlist,
-            created_at: now,
-            expires_at: expiry.expires_at(now),
-            revoked_at: None,
-            suspended_at: None,
-            last_used_at: None,
-            last_used_ip: None,
-            reminded_at: None,
-            generation: 1,
-            secret_hash: SecretHash::new(String::new()),
-        };
-        let created = self.insert_new(record, quota).await?;
-        self.audit(vec![self.event(
-            actor,
-            AuditAction::Created,
-            &created.1,
-            String::new(),
-        )])
-        .await;
-        crate::trace::management(
-            actor.id(),
-            ManagementAction::Create,
-            Some(&created.1.id),
-            Ok(()),
-        );
-        Ok(CreatedKey {
-            token: created.0,
-            key: created.1.view(now),
+            let now = self.now();
+            let quota = policy.quota().map(|max_live| QuotaCheck { max_live, now });
+            let record = KeyRecord {
+                id: KeyId::generate(),
+                owner,
+                environment,
+                name: new.name,
+                kind: KeyKind::Scoped,
+                permissions: new.permissions,
+                resources: new.resources,
+                ip_allowlist,
+                created_at: now,
+                expires_at: expiry.expires_at(now),
+                revoked_at: None,
+                suspended_at: None,
+                last_used_at: None,
+                last_used_ip: None,
+                reminded_at: None,
+                generation: 1,
+                secret_hash: SecretHash::new(String::new()),
+            };
+            let created = self.insert_new(record, quota).await?;
+            self.done_with(
+                actor,
+                ManagementAction::Create,
+                AuditAction::Created,
+                &created.1,
+                String::new(),
+            )
+            .await;
+            Ok(CreatedKey {
+                token: created.0,
+                key: created.1.view(now),
+            })
         })
+        .await
     }
 
     /// Hashes a fresh token for `record` and inserts it, with a new id on
     /// the (astronomically unlikely) clash.
     pub(super) async fn insert_new(
         &self,
-        mut record: KeyRecord,
+        record: KeyRecord,
         quota: Option<QuotaCheck>,
     ) -> Result<(Token, KeyRecord), KeywardError> {
-        for _ in 0..ID_ATTEMPTS {
+        let template = &record;
+        insert_with_fresh_ids(record.id.clone(), |id| async move {
+            let mut record = KeyRecord {
+                id,
+                ..template.clone()
+            };
             let token = self.shared.format.generate(&record.environment, &record.id);
             record.secret_hash = self.hash_token(&token).await?;
-            match self.shared.store.insert(&record, quota).await {
-                Ok(()) => return Ok((token, record)),
-                Err(StoreError::DuplicateId(_)) => record.id = KeyId::generate(),
-                // The reply may have been lost after the insert committed
-                // (a timeout, a dropped connection): if the record is there
-                // with this secret's hash, it is ours, and its token must
-                // not be lost.
-                Err(e @ StoreError::Backend(_)) => {
-                    return match self.shared.store.get(&record.id).await {
-                        Ok(Some(stored))
-                            if stored.secret_hash.as_str() == record.secret_hash.as_str() =>
-                        {
-                            Ok((token, record))
-                        }
-                        _ => Err(KeywardError::from_store(e)),
-                    };
-                }
-                Err(e) => return Err(KeywardError::from_store(e)),
-            }
-        }
-        Err(KeywardError::Store(StoreError::DuplicateId(record.id)))
+            let result = self.shared.store.insert(&record, quota).await;
+            // A lost reply: if the record is there with this secret's hash,
+            // it is ours, and its token must not be lost.
+            let landed = |stored: Option<KeyRecord>| {
+                stored.is_some_and(|s| s.secret_hash.as_str() == record.secret_hash.as_str())
+            };
+            let result = read_back(result, || self.shared.store.get(&record.id), landed).await;
+            Ok::<_, KeywardError>(result.map(|()| (token, record)))
+        })
+        .await?
+        .map_err(KeywardError::from_store)
     }
 }

@@ -1,21 +1,24 @@
 //! Bringing keys over from another system: [`KeyManager::import`].
 
-use super::KeyManager;
 use super::inputs::ImportKey;
+use super::{KeyManager, read_back};
 use crate::audit::AuditAction;
-use crate::error::{KeywardError, PolicyError, StoreError};
-use crate::key::{KeyKind, KeyRecord, KeyView, MAX_NAME_LEN, OwnerId, SecretHash, check_text};
+use crate::ids::KeyId;
+use crate::ids::{OwnerId, check_text};
+use crate::key::{KeyKind, KeyRecord, KeyView, MAX_NAME_LEN, SecretHash};
+use crate::manager::KeywardError;
+use crate::policy::PolicyError;
 use crate::policy::{Actor, IpAllowlist, ManagementAction, PermissionGrant, ResourceScope};
+use crate::store::StoreError;
 use crate::store::{KeyStore, QuotaCheck};
-use crate::token::KeyId;
 
 impl<S: KeyStore> KeyManager<S> {
     /// Imports a key from another system by its id and the SHA-256 (hex) of
     /// its secret; see [`ImportKey`]. Administrators only under the default
-    /// [`ManagementPolicy`](crate::ManagementPolicy) (or [`Actor::system`], for a migration job).
+    /// [`ManagementPolicy`](crate::policy::ManagementPolicy) (or [`Actor::system`], for a migration job).
     ///
-    /// A scoped key's expiry must fit the [`ExpiryPolicy`](crate::ExpiryPolicy)
-    /// ([`ExpiryPolicy::check_expires_at`](crate::ExpiryPolicy::check_expires_at):
+    /// A scoped key's expiry must fit the [`ExpiryPolicy`](crate::policy::ExpiryPolicy)
+    /// ([`ExpiryPolicy::check_expires_at`](crate::policy::ExpiryPolicy::check_expires_at):
     /// never expiring only where "never" is allowed, else
     /// [`PolicyError::NeverNotAllowed`]; no more than the maximum from now,
     /// else [`PolicyError::ExpiryNotAllowed`]). Legacy full-access keys,
@@ -27,84 +30,70 @@ impl<S: KeyStore> KeyManager<S> {
     /// used in this store (a deleted key's id included):
     /// [`KeywardError::IdTaken`]. A refusal stores nothing.
     pub async fn import(&self, actor: &Actor, key: ImportKey) -> Result<KeyView, KeywardError> {
-        crate::trace::manage_span(
-            actor.id(),
-            ManagementAction::Import,
-            None,
-            self.import_impl(actor, key),
-        )
-        .await
-    }
-
-    async fn import_impl(&self, actor: &Actor, key: ImportKey) -> Result<KeyView, KeywardError> {
-        let policy = &self.shared.policy;
-        let owner = OwnerId::new(&key.owner).map_err(PolicyError::from)?;
-        self.allow(actor, ManagementAction::Import, &owner, None)
-            .await?;
-        let id = KeyId::new(&key.id).map_err(PolicyError::from)?;
-        let environment = self.environment(&key.environment)?;
-        check_text("name", &key.name, MAX_NAME_LEN).map_err(PolicyError::from)?;
-        let hex = key.sha256_hex.to_ascii_lowercase();
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(KeywardError::BadImportHash(id));
-        }
-        let now = self.now();
-        let (permissions, resources, expires_at) = match key.kind {
-            // The documented exception: full access, never expires.
-            KeyKind::Legacy => (PermissionGrant::All, ResourceScope::All, None),
-            KeyKind::Scoped => {
-                policy.permissions().resolve(&key.permissions)?;
-                policy.resource_rule().compile(&key.resources)?;
-                policy.expiry().check_expires_at(now, key.expires_at)?;
-                (key.permissions, key.resources, key.expires_at)
+        crate::trace::manage_span(actor.id(), ManagementAction::Import, None, async move {
+            let policy = &self.shared.policy;
+            let owner = OwnerId::new(&key.owner).map_err(PolicyError::from)?;
+            self.allow(actor, ManagementAction::Import, &owner, None)
+                .await?;
+            let id = KeyId::new(&key.id).map_err(PolicyError::from)?;
+            let environment = self.environment(&key.environment)?;
+            check_text("name", &key.name, MAX_NAME_LEN).map_err(PolicyError::from)?;
+            let hex = key.sha256_hex.to_ascii_lowercase();
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(KeywardError::BadImportHash(id));
             }
-        };
-        let ip_allowlist = IpAllowlist::parse(&key.ip_allowlist)?;
-        let record = KeyRecord {
-            id,
-            owner,
-            environment,
-            name: key.name,
-            kind: key.kind,
-            permissions,
-            resources,
-            ip_allowlist,
-            created_at: key.created_at.unwrap_or(now),
-            expires_at,
-            revoked_at: None,
-            suspended_at: None,
-            last_used_at: None,
-            last_used_ip: None,
-            reminded_at: None,
-            generation: 1,
-            secret_hash: SecretHash::new(format!("{}{hex}", crate::hash::SHA256_IMPORT_PREFIX)),
-        };
-        let quota = policy.quota().map(|max_live| QuotaCheck { max_live, now });
-        match self.shared.store.insert(&record, quota).await {
-            Ok(()) => {}
-            Err(StoreError::DuplicateId(id)) => return Err(KeywardError::IdTaken(id)),
+            let now = self.now();
+            let (permissions, resources, expires_at) = match key.kind {
+                // The documented exception: full access, never expires.
+                KeyKind::Legacy => (PermissionGrant::All, ResourceScope::All, None),
+                KeyKind::Scoped => {
+                    policy.permissions().resolve(&key.permissions)?;
+                    policy.resource_rule().compile(&key.resources)?;
+                    policy.expiry().check_expires_at(now, key.expires_at)?;
+                    (key.permissions, key.resources, key.expires_at)
+                }
+            };
+            let ip_allowlist = IpAllowlist::parse(&key.ip_allowlist)?;
+            let record = KeyRecord {
+                id,
+                owner,
+                environment,
+                name: key.name,
+                kind: key.kind,
+                permissions,
+                resources,
+                ip_allowlist,
+                created_at: key.created_at.unwrap_or(now),
+                expires_at,
+                revoked_at: None,
+                suspended_at: None,
+                last_used_at: None,
+                last_used_ip: None,
+                reminded_at: None,
+                generation: 1,
+                secret_hash: SecretHash::new(format!("{}{hex}", crate::hash::SHA256_IMPORT_PREFIX)),
+            };
+            let quota = policy.quota().map(|max_live| QuotaCheck { max_live, now });
+            let result = self.shared.store.insert(&record, quota).await;
             // A lost reply: if exactly this record is there, the import
             // happened (a retry would now be refused as IdTaken).
-            Err(e @ StoreError::Backend(_)) => match self.shared.store.get(&record.id).await {
-                Ok(Some(stored)) if stored == record => {}
-                _ => return Err(KeywardError::from_store(e)),
-            },
-            Err(e) => return Err(KeywardError::from_store(e)),
-        }
-        self.shared.invalidate(&record.id);
-        self.audit(vec![self.event(
-            actor,
-            AuditAction::Imported,
-            &record,
-            record.kind.as_str().to_owned(),
-        )])
-        .await;
-        crate::trace::management(
-            actor.id(),
-            ManagementAction::Import,
-            Some(&record.id),
-            Ok(()),
-        );
-        Ok(record.view(now))
+            let landed = |stored: Option<KeyRecord>| stored.as_ref() == Some(&record);
+            match read_back(result, || self.shared.store.get(&record.id), landed).await {
+                Ok(()) => {}
+                Err(StoreError::DuplicateId(id)) => return Err(KeywardError::IdTaken(id)),
+                Err(e) => return Err(KeywardError::from_store(e)),
+            }
+            self.shared.invalidate(&record.id);
+            self.done_with(
+                actor,
+                ManagementAction::Import,
+                AuditAction::Imported,
+                &record,
+                record.kind.as_str().to_owned(),
+            )
+            .await;
+            Ok(record.view(now))
+        })
+        .await
     }
 }

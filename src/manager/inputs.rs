@@ -9,10 +9,37 @@ use crate::key::{KeyKind, KeyView};
 use crate::policy::{ExpiryChoice, PermissionGrant, ResourceScope};
 use crate::token::Token;
 
+/// The setters [`NewKey`] and [`ImportKey`] share: their `permissions`,
+/// `resources` and `ip_allowlist` fields are the same (`$which` says which
+/// keys a setting applies to, in its doc).
+macro_rules! policy_setters {
+    ($which:literal) => {
+        #[doc = concat!("Sets the permissions", $which, ".")]
+        pub fn permissions(mut self, grant: PermissionGrant) -> Self {
+            self.permissions = grant;
+            self
+        }
+        #[doc = concat!("Sets the resource scope", $which, ".")]
+        pub fn resources(mut self, scope: ResourceScope) -> Self {
+            self.resources = scope;
+            self
+        }
+        /// Sets the IP allowlist (CIDR ranges; empty: anywhere).
+        pub fn ip_allowlist<I, S>(mut self, ranges: I) -> Self
+        where
+            I: IntoIterator<Item = S>,
+            S: Into<String>,
+        {
+            self.ip_allowlist = ranges.into_iter().map(Into::into).collect();
+            self
+        }
+    };
+}
+
 /// What to create: owner, environment, name, and the key's policy.
 ///
 /// ```
-/// use keyward::{ExpiryChoice, NewKey, PermissionGrant, ResourceScope};
+/// use keyward::{policy::ExpiryChoice, NewKey, policy::PermissionGrant, policy::ResourceScope};
 /// let new = NewKey::new("contoso", "live", "GitHub Actions Production")
 ///     .permissions(PermissionGrant::only(["package:push"]))
 ///     .resources(ResourceScope::only(["AzureRM.DataFactory*"]))
@@ -55,28 +82,10 @@ impl NewKey {
             ip_allowlist: Vec::new(),
         }
     }
-    /// Sets the permissions.
-    pub fn permissions(mut self, grant: PermissionGrant) -> Self {
-        self.permissions = grant;
-        self
-    }
-    /// Sets the resource scope.
-    pub fn resources(mut self, scope: ResourceScope) -> Self {
-        self.resources = scope;
-        self
-    }
+    policy_setters!("");
     /// Sets the lifetime.
     pub fn expiry(mut self, choice: ExpiryChoice) -> Self {
         self.expiry = Some(choice);
-        self
-    }
-    /// Sets the IP allowlist.
-    pub fn ip_allowlist<I, S>(mut self, ranges: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.ip_allowlist = ranges.into_iter().map(Into::into).collect();
         self
     }
 }
@@ -85,7 +94,7 @@ impl NewKey {
 ///
 /// The name and resources may always change; permissions, expiry and IP
 /// allowlist may always narrow, and widen only where the policy's
-/// [`EditPolicy`](crate::EditPolicy) allows.
+/// [`EditPolicy`](crate::policy::EditPolicy) allows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeyEdit {
     /// New name.
@@ -128,7 +137,7 @@ pub struct RotatedKey {
 /// successful check the SHA-256 hash is replaced by an argon2id hash.
 ///
 /// ```
-/// use keyward::{ImportKey, PermissionGrant};
+/// use keyward::{manager::ImportKey, policy::PermissionGrant};
 /// let scoped = ImportKey::scoped("K7x2Lq9", "contoso", "live", "old CI key",
 ///         "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08")
 ///     .permissions(PermissionGrant::only(["package:push"]));
@@ -227,28 +236,10 @@ impl ImportKey {
         key.permissions = PermissionGrant::All;
         key
     }
-    /// Sets the permissions (scoped keys).
-    pub fn permissions(mut self, grant: PermissionGrant) -> Self {
-        self.permissions = grant;
-        self
-    }
-    /// Sets the resources (scoped keys).
-    pub fn resources(mut self, scope: ResourceScope) -> Self {
-        self.resources = scope;
-        self
-    }
+    policy_setters!(" (scoped keys)");
     /// Sets the expiry (scoped keys).
     pub fn expires_at(mut self, at: DateTime<Utc>) -> Self {
         self.expires_at = Some(at);
-        self
-    }
-    /// Sets the IP allowlist.
-    pub fn ip_allowlist<I, T>(mut self, ranges: I) -> Self
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<String>,
-    {
-        self.ip_allowlist = ranges.into_iter().map(Into::into).collect();
         self
     }
     /// Sets the creation time from the other system.

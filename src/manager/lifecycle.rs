@@ -9,11 +9,13 @@ use chrono::{DateTime, TimeDelta, Utc};
 use super::inputs::{CreatedKey, KeyEdit, RotatedKey};
 use super::{KeyManager, MAX_WINDOW_DAYS, MIN_ROTATION_GRACE};
 use crate::audit::AuditAction;
-use crate::error::{KeywardError, PolicyError, StoreError};
-use crate::key::{KeyKind, KeyRecord, KeyView, MAX_NAME_LEN, SecretHash, check_text};
+use crate::ids::KeyId;
+use crate::ids::check_text;
+use crate::key::{KeyKind, KeyRecord, KeyView, MAX_NAME_LEN, SecretHash};
+use crate::manager::KeywardError;
+use crate::policy::PolicyError;
 use crate::policy::{Actor, IpAllowlist, ManagementAction};
 use crate::store::{KeyStore, ListQuery, QuotaCheck};
-use crate::token::KeyId;
 use crate::verify::Shared;
 
 /// Which fields an edit changed, for the audit trail.
@@ -40,18 +42,11 @@ fn changed_fields(old: &KeyRecord, new: &KeyRecord) -> String {
 impl<S: KeyStore> KeyManager<S> {
     /// The key with this id.
     pub async fn get(&self, actor: &Actor, id: &KeyId) -> Result<KeyView, KeywardError> {
-        crate::trace::manage_span(
-            actor.id(),
-            ManagementAction::View,
-            Some(id),
-            self.get_impl(actor, id),
-        )
+        crate::trace::manage_span(actor.id(), ManagementAction::View, Some(id), async move {
+            let record = self.load_for(actor, ManagementAction::View, id).await?;
+            Ok(self.view(&record, self.now()))
+        })
         .await
-    }
-
-    async fn get_impl(&self, actor: &Actor, id: &KeyId) -> Result<KeyView, KeywardError> {
-        let record = self.load_for(actor, ManagementAction::View, id).await?;
-        Ok(self.view(&record, self.now()))
     }
 
     /// One page of an owner's keys, revoked ones included (filter with
@@ -62,30 +57,21 @@ impl<S: KeyStore> KeyManager<S> {
         actor: &Actor,
         query: ListQuery,
     ) -> Result<Vec<KeyView>, KeywardError> {
-        crate::trace::manage_span(
-            actor.id(),
-            ManagementAction::View,
-            None,
-            self.list_impl(actor, query),
-        )
-        .await
-    }
+        crate::trace::manage_span(actor.id(), ManagementAction::View, None, async move {
+            let mut query = query;
 
-    async fn list_impl(
-        &self,
-        actor: &Actor,
-        mut query: ListQuery,
-    ) -> Result<Vec<KeyView>, KeywardError> {
-        self.allow(actor, ManagementAction::View, &query.owner, None)
-            .await?;
-        query.now = self.now();
-        let records = self
-            .shared
-            .store
-            .list(&query)
-            .await
-            .map_err(KeywardError::from_store)?;
-        Ok(records.iter().map(|r| self.view(r, query.now)).collect())
+            self.allow(actor, ManagementAction::View, &query.owner, None)
+                .await?;
+            query.now = self.now();
+            let records = self
+                .shared
+                .store
+                .list(&query)
+                .await
+                .map_err(KeywardError::from_store)?;
+            Ok(records.iter().map(|r| self.view(r, query.now)).collect())
+        })
+        .await
     }
 
     /// Edits a key. Takes effect for the very next check in this process.
@@ -96,82 +82,70 @@ impl<S: KeyStore> KeyManager<S> {
         id: &KeyId,
         edit: KeyEdit,
     ) -> Result<KeyView, KeywardError> {
-        crate::trace::manage_span(
-            actor.id(),
-            ManagementAction::Edit,
-            Some(id),
-            self.edit_impl(actor, id, edit),
-        )
+        crate::trace::manage_span(actor.id(), ManagementAction::Edit, Some(id), async move {
+            let policy = &self.shared.policy;
+            let mut record = self.load_for(actor, ManagementAction::Edit, id).await?;
+            self.changeable(&record)?;
+            if record.kind == KeyKind::Legacy {
+                return Err(KeywardError::Legacy(id.clone(), "edited"));
+            }
+            let before = record.clone();
+            let now = self.now();
+            if let Some(name) = edit.name {
+                check_text("name", &name, MAX_NAME_LEN).map_err(PolicyError::from)?;
+                record.name = name;
+            }
+            if let Some(grant) = edit.permissions {
+                let new = policy.permissions().resolve(&grant)?;
+                let old = policy.permissions().resolve_stored(&record.permissions);
+                if !policy.edits().widen_permissions && !old.is_superset(new) {
+                    let added = policy.permissions().names(new.without(old));
+                    let name = added.first().copied().unwrap_or_default().to_owned();
+                    return Err(PolicyError::PermissionWidening { name }.into());
+                }
+                record.permissions = grant;
+            }
+            if let Some(scope) = edit.resources {
+                policy.resource_rule().compile(&scope)?;
+                record.resources = scope;
+            }
+            if let Some(choice) = edit.expiry {
+                let choice = policy.expiry().check(Some(choice))?;
+                let new = choice.expires_at(now);
+                let narrower = match (new, record.expires_at) {
+                    (_, None) => true,
+                    (None, Some(_)) => false,
+                    (Some(n), Some(o)) => n <= o,
+                };
+                if !narrower && !policy.edits().extend_expiry {
+                    return Err(PolicyError::ExpiryExtension.into());
+                }
+                if new != record.expires_at {
+                    // A new expiry deserves its own reminder.
+                    record.reminded_at = None;
+                }
+                record.expires_at = new;
+            }
+            if let Some(ranges) = edit.ip_allowlist {
+                let list = IpAllowlist::parse(&ranges)?;
+                if !list.is_within(&record.ip_allowlist) && !policy.edits().widen_ip_allowlist {
+                    return Err(PolicyError::IpWidening.into());
+                }
+                record.ip_allowlist = list;
+            }
+            let detail = changed_fields(&before, &record);
+            let record = self.save(record).await?;
+            self.done_with(
+                actor,
+                ManagementAction::Edit,
+                AuditAction::Edited,
+                &record,
+                detail,
+            )
+            .await;
+            Ok(self.view(&record, now))
+        })
         .await
-    }
-
-    async fn edit_impl(
-        &self,
-        actor: &Actor,
-        id: &KeyId,
-        edit: KeyEdit,
-    ) -> Result<KeyView, KeywardError> {
-        let policy = &self.shared.policy;
-        let mut record = self.load_for(actor, ManagementAction::Edit, id).await?;
-        self.changeable(&record)?;
-        if record.kind == KeyKind::Legacy {
-            return Err(KeywardError::Legacy(id.clone(), "edited"));
-        }
-        let before = record.clone();
-        let now = self.now();
-        if let Some(name) = edit.name {
-            check_text("name", &name, MAX_NAME_LEN).map_err(PolicyError::from)?;
-            record.name = name;
-        }
-        if let Some(grant) = edit.permissions {
-            let new = policy.permissions().resolve(&grant)?;
-            let old = policy.permissions().resolve_stored(&record.permissions);
-            if !policy.edits().widen_permissions && !old.is_superset(new) {
-                let added = policy.permissions().names(new.without(old));
-                let name = added.first().copied().unwrap_or_default().to_owned();
-                return Err(PolicyError::PermissionWidening { name }.into());
-            }
-            record.permissions = grant;
-        }
-        if let Some(scope) = edit.resources {
-            policy.resource_rule().compile(&scope)?;
-            record.resources = scope;
-        }
-        if let Some(choice) = edit.expiry {
-            let choice = policy.expiry().check(Some(choice))?;
-            let new = choice.expires_at(now);
-            let narrower = match (new, record.expires_at) {
-                (_, None) => true,
-                (None, Some(_)) => false,
-                (Some(n), Some(o)) => n <= o,
-            };
-            if !narrower && !policy.edits().extend_expiry {
-                return Err(PolicyError::ExpiryExtension.into());
-            }
-            if new != record.expires_at {
-                // A new expiry deserves its own reminder.
-                record.reminded_at = None;
-            }
-            record.expires_at = new;
-        }
-        if let Some(ranges) = edit.ip_allowlist {
-            let list = IpAllowlist::parse(&ranges)?;
-            if !list.is_within(&record.ip_allowlist) && !policy.edits().widen_ip_allowlist {
-                return Err(PolicyError::IpWidening.into());
-            }
-            record.ip_allowlist = list;
-        }
-        let detail = changed_fields(&before, &record);
-        let record = self.save(record).await?;
-        self.audit(vec![self.event(
-            actor,
-            AuditAction::Edited,
-            &record,
-            detail,
-        )])
-        .await;
-        crate::trace::management(actor.id(), ManagementAction::Edit, Some(id), Ok(()));
-        Ok(self.view(&record, now))
     }
 
     /// Gives the key a new secret: same id and settings; the old secret is
@@ -182,40 +156,38 @@ impl<S: KeyStore> KeyManager<S> {
             actor.id(),
             ManagementAction::Regenerate,
             Some(id),
-            self.regenerate_impl(actor, id),
+            async move {
+                let mut record = self
+                    .load_for(actor, ManagementAction::Regenerate, id)
+                    .await?;
+                self.changeable(&record)?;
+                if record.kind == KeyKind::Legacy {
+                    return Err(KeywardError::Legacy(id.clone(), "regenerated"));
+                }
+                let token = self.shared.format.generate(&record.environment, &record.id);
+                record.secret_hash = self.hash_token(&token).await?;
+                let record = self.save(record).await?;
+                self.done_with(
+                    actor,
+                    ManagementAction::Regenerate,
+                    AuditAction::Regenerated,
+                    &record,
+                    String::new(),
+                )
+                .await;
+                Ok(CreatedKey {
+                    token,
+                    key: self.view(&record, self.now()),
+                })
+            },
         )
         .await
-    }
-
-    async fn regenerate_impl(&self, actor: &Actor, id: &KeyId) -> Result<CreatedKey, KeywardError> {
-        let mut record = self
-            .load_for(actor, ManagementAction::Regenerate, id)
-            .await?;
-        self.changeable(&record)?;
-        if record.kind == KeyKind::Legacy {
-            return Err(KeywardError::Legacy(id.clone(), "regenerated"));
-        }
-        let token = self.shared.format.generate(&record.environment, &record.id);
-        record.secret_hash = self.hash_token(&token).await?;
-        let record = self.save(record).await?;
-        self.audit(vec![self.event(
-            actor,
-            AuditAction::Regenerated,
-            &record,
-            String::new(),
-        )])
-        .await;
-        crate::trace::management(actor.id(), ManagementAction::Regenerate, Some(id), Ok(()));
-        Ok(CreatedKey {
-            token,
-            key: self.view(&record, self.now()),
-        })
     }
 
     /// Rotates a key with overlap: creates a successor with the same
     /// owner, environment, name, permissions, resources, IP allowlist and
     /// lifetime length (counted from now, never longer than the
-    /// [`ExpiryPolicy`](crate::ExpiryPolicy)'s maximum; a key that never
+    /// [`ExpiryPolicy`](crate::policy::ExpiryPolicy)'s maximum; a key that never
     /// expires gets a successor that never expires only where "never" is
     /// still allowed, else the policy's default), returns its token once,
     /// and makes the old key expire after `grace` (never later than its own
@@ -243,116 +215,103 @@ impl<S: KeyStore> KeyManager<S> {
         id: &KeyId,
         grace: Duration,
     ) -> Result<RotatedKey, KeywardError> {
-        crate::trace::manage_span(
-            actor.id(),
-            ManagementAction::Rotate,
-            Some(id),
-            self.rotate_impl(actor, id, grace),
-        )
-        .await
-    }
-
-    async fn rotate_impl(
-        &self,
-        actor: &Actor,
-        id: &KeyId,
-        grace: Duration,
-    ) -> Result<RotatedKey, KeywardError> {
-        let old = self.load_for(actor, ManagementAction::Rotate, id).await?;
-        if grace < MIN_ROTATION_GRACE {
-            // Ends the old key's access almost at once: a revoke in effect.
-            self.allow(actor, ManagementAction::Revoke, &old.owner, Some(id))
-                .await?;
-        }
-        self.changeable(&old)?;
-        if old.kind == KeyKind::Legacy {
-            return Err(KeywardError::Legacy(id.clone(), "rotated"));
-        }
-        if old.suspended_at.is_some() {
-            return Err(KeywardError::Suspended(id.clone()));
-        }
-        let grace = TimeDelta::from_std(grace)
-            .ok()
-            .filter(|g| *g <= TimeDelta::days(MAX_WINDOW_DAYS))
-            .ok_or(PolicyError::BadGracePeriod)?;
-        let now = self.now();
-        // Checked: an imported or unrestricted key may expire near the end
-        // of time, and `+` would panic there.
-        let later = |d: TimeDelta| {
-            now.checked_add_signed(d)
-                .unwrap_or(DateTime::<Utc>::MAX_UTC)
-        };
-        // The old key's lifetime length, never longer than the policy's
-        // maximum: its creation time may come from another system (an
-        // import dated decades back).
-        let expires_at = self.shared.policy.expiry().successor_expiry(
-            now,
-            old.expires_at
-                .map(|e| e.signed_duration_since(old.created_at)),
-        );
-        let successor = KeyRecord {
-            id: KeyId::generate(),
-            created_at: now,
-            expires_at,
-            revoked_at: None,
-            suspended_at: None,
-            last_used_at: None,
-            last_used_ip: None,
-            reminded_at: None,
-            generation: 1,
-            secret_hash: SecretHash::new(String::new()),
-            ..old.clone()
-        };
-        let quota = self.shared.policy.quota().map(|q| QuotaCheck {
-            max_live: q.saturating_add(1),
-            now,
-        });
-        let (token, successor) = self.insert_new(successor, quota).await?;
-        // Until the old key is retired, dropping this future deletes the
-        // successor (whose token nobody would ever see).
-        let mut undo = UndoInsert {
-            shared: Some(Arc::clone(&self.shared)),
-            id: successor.id.clone(),
-        };
-        let mut retired = old.clone();
-        let end = later(grace);
-        retired.expires_at = Some(old.expires_at.map_or(end, |e| e.min(end)));
-        let retired = match self.save(retired).await {
-            Ok(r) => r,
-            Err(e) => {
-                // Undo: nothing half-done. The guard stays armed until the
-                // delete returned, so a drop during it still deletes. If
-                // even that fails, the successor stays unusable: its token
-                // is never returned.
-                let _ = self.shared.store.delete(&successor.id).await;
-                undo.shared = None;
-                return Err(e);
+        crate::trace::manage_span(actor.id(), ManagementAction::Rotate, Some(id), async move {
+            let old = self.load_for(actor, ManagementAction::Rotate, id).await?;
+            if grace < MIN_ROTATION_GRACE {
+                // Ends the old key's access almost at once: a revoke in effect.
+                self.allow(actor, ManagementAction::Revoke, &old.owner, Some(id))
+                    .await?;
             }
-        };
-        undo.shared = None;
-        self.audit(vec![
-            self.event(
-                actor,
-                AuditAction::Rotated,
-                &retired,
-                format!("successor {}", successor.id),
-            ),
-            self.event(
-                actor,
-                AuditAction::Created,
-                &successor,
-                format!("rotated from {}", retired.id),
-            ),
-        ])
-        .await;
-        crate::trace::management(actor.id(), ManagementAction::Rotate, Some(id), Ok(()));
-        Ok(RotatedKey {
-            successor: CreatedKey {
-                token,
-                key: self.view(&successor, now),
-            },
-            previous: self.view(&retired, now),
+            self.changeable(&old)?;
+            if old.kind == KeyKind::Legacy {
+                return Err(KeywardError::Legacy(id.clone(), "rotated"));
+            }
+            if old.suspended_at.is_some() {
+                return Err(KeywardError::Suspended(id.clone()));
+            }
+            let grace = TimeDelta::from_std(grace)
+                .ok()
+                .filter(|g| *g <= TimeDelta::days(MAX_WINDOW_DAYS))
+                .ok_or(PolicyError::BadGracePeriod)?;
+            let now = self.now();
+            // Checked: an imported or unrestricted key may expire near the end
+            // of time, and `+` would panic there.
+            let later = |d: TimeDelta| {
+                now.checked_add_signed(d)
+                    .unwrap_or(DateTime::<Utc>::MAX_UTC)
+            };
+            // The old key's lifetime length, never longer than the policy's
+            // maximum: its creation time may come from another system (an
+            // import dated decades back).
+            let expires_at = self.shared.policy.expiry().successor_expiry(
+                now,
+                old.expires_at
+                    .map(|e| e.signed_duration_since(old.created_at)),
+            );
+            let successor = KeyRecord {
+                id: KeyId::generate(),
+                created_at: now,
+                expires_at,
+                revoked_at: None,
+                suspended_at: None,
+                last_used_at: None,
+                last_used_ip: None,
+                reminded_at: None,
+                generation: 1,
+                secret_hash: SecretHash::new(String::new()),
+                ..old.clone()
+            };
+            let quota = self.shared.policy.quota().map(|q| QuotaCheck {
+                max_live: q.saturating_add(1),
+                now,
+            });
+            let (token, successor) = self.insert_new(successor, quota).await?;
+            // Until the old key is retired, dropping this future deletes the
+            // successor (whose token nobody would ever see).
+            let mut undo = UndoInsert {
+                shared: Some(Arc::clone(&self.shared)),
+                id: successor.id.clone(),
+            };
+            let mut retired = old.clone();
+            let end = later(grace);
+            retired.expires_at = Some(old.expires_at.map_or(end, |e| e.min(end)));
+            let retired = match self.save(retired).await {
+                Ok(r) => r,
+                Err(e) => {
+                    // Undo: nothing half-done. The guard stays armed until the
+                    // delete returned, so a drop during it still deletes. If
+                    // even that fails, the successor stays unusable: its token
+                    // is never returned.
+                    let _ = self.shared.store.delete(&successor.id).await;
+                    undo.shared = None;
+                    return Err(e);
+                }
+            };
+            undo.shared = None;
+            let events = vec![
+                self.event(
+                    actor,
+                    AuditAction::Rotated,
+                    &retired,
+                    format!("successor {}", successor.id),
+                ),
+                self.event(
+                    actor,
+                    AuditAction::Created,
+                    &successor,
+                    format!("rotated from {}", retired.id),
+                ),
+            ];
+            self.done(actor, ManagementAction::Rotate, id, events).await;
+            Ok(RotatedKey {
+                successor: CreatedKey {
+                    token,
+                    key: self.view(&successor, now),
+                },
+                previous: self.view(&retired, now),
+            })
         })
+        .await
     }
 
     /// Suspends a key: refused with [`DenialReason::Suspended`](crate::DenialReason::Suspended)
@@ -365,59 +324,50 @@ impl<S: KeyStore> KeyManager<S> {
             actor.id(),
             ManagementAction::Suspend,
             Some(id),
-            self.suspend_impl(actor, id),
+            async move {
+                let mut record = self.load_for(actor, ManagementAction::Suspend, id).await?;
+                self.changeable(&record)?;
+                if record.suspended_at.is_some() {
+                    return Err(KeywardError::Suspended(id.clone()));
+                }
+                let now = self.now();
+                record.suspended_at = Some(now);
+                let record = self.save(record).await?;
+                self.done_with(
+                    actor,
+                    ManagementAction::Suspend,
+                    AuditAction::Suspended,
+                    &record,
+                    String::new(),
+                )
+                .await;
+                Ok(self.view(&record, now))
+            },
         )
         .await
-    }
-
-    async fn suspend_impl(&self, actor: &Actor, id: &KeyId) -> Result<KeyView, KeywardError> {
-        let mut record = self.load_for(actor, ManagementAction::Suspend, id).await?;
-        self.changeable(&record)?;
-        if record.suspended_at.is_some() {
-            return Err(KeywardError::Suspended(id.clone()));
-        }
-        let now = self.now();
-        record.suspended_at = Some(now);
-        let record = self.save(record).await?;
-        self.audit(vec![self.event(
-            actor,
-            AuditAction::Suspended,
-            &record,
-            String::new(),
-        )])
-        .await;
-        crate::trace::management(actor.id(), ManagementAction::Suspend, Some(id), Ok(()));
-        Ok(self.view(&record, now))
     }
 
     /// Resumes a suspended key. Errors: [`KeywardError::NotSuspended`].
     pub async fn resume(&self, actor: &Actor, id: &KeyId) -> Result<KeyView, KeywardError> {
-        crate::trace::manage_span(
-            actor.id(),
-            ManagementAction::Resume,
-            Some(id),
-            self.resume_impl(actor, id),
-        )
+        crate::trace::manage_span(actor.id(), ManagementAction::Resume, Some(id), async move {
+            let mut record = self.load_for(actor, ManagementAction::Resume, id).await?;
+            self.changeable(&record)?;
+            if record.suspended_at.is_none() {
+                return Err(KeywardError::NotSuspended(id.clone()));
+            }
+            record.suspended_at = None;
+            let record = self.save(record).await?;
+            self.done_with(
+                actor,
+                ManagementAction::Resume,
+                AuditAction::Resumed,
+                &record,
+                String::new(),
+            )
+            .await;
+            Ok(self.view(&record, self.now()))
+        })
         .await
-    }
-
-    async fn resume_impl(&self, actor: &Actor, id: &KeyId) -> Result<KeyView, KeywardError> {
-        let mut record = self.load_for(actor, ManagementAction::Resume, id).await?;
-        self.changeable(&record)?;
-        if record.suspended_at.is_none() {
-            return Err(KeywardError::NotSuspended(id.clone()));
-        }
-        record.suspended_at = None;
-        let record = self.save(record).await?;
-        self.audit(vec![self.event(
-            actor,
-            AuditAction::Resumed,
-            &record,
-            String::new(),
-        )])
-        .await;
-        crate::trace::management(actor.id(), ManagementAction::Resume, Some(id), Ok(()));
-        Ok(self.view(&record, self.now()))
     }
 
     /// Revokes a key, permanently: it stays listed as revoked and can never
@@ -433,43 +383,38 @@ impl<S: KeyStore> KeyManager<S> {
     /// their cached sessions of the key on the change feed (PostgreSQL) or
     /// within the verifier's cache TTL. Sessions are ended in the store by
     /// managers built with
-    /// [`KeyManagerBuilder::sessions`](crate::KeyManagerBuilder::sessions);
+    /// [`KeyManagerBuilder::sessions`](crate::manager::KeyManagerBuilder::sessions);
     /// any manager with sessions also refuses a session whose key is revoked
     /// when it reads the session from the store, so a revoke by a manager
     /// without sessions (or whose ending failed) stops them too.
     pub async fn revoke(&self, actor: &Actor, id: &KeyId) -> Result<KeyView, KeywardError> {
-        crate::trace::manage_span(
-            actor.id(),
-            ManagementAction::Revoke,
-            Some(id),
-            self.revoke_impl(actor, id),
-        )
+        crate::trace::manage_span(actor.id(), ManagementAction::Revoke, Some(id), async move {
+            let mut record = self.load_for(actor, ManagementAction::Revoke, id).await?;
+            if record.revoked_at.is_some() {
+                return Err(KeywardError::Revoked(id.clone()));
+            }
+            let now = self.now();
+            record.revoked_at = Some(now);
+            let record = self.save(record).await?;
+            // The revoke is done once saved; ending its sessions is the
+            // part a retry (`revoke_compromised`) can finish.
+            self.done_with(
+                actor,
+                ManagementAction::Revoke,
+                AuditAction::Revoked,
+                &record,
+                String::new(),
+            )
+            .await;
+            self.end_key_sessions(id)
+                .await
+                .map_err(|source| KeywardError::SessionsNotEnded {
+                    id: id.clone(),
+                    source,
+                })?;
+            Ok(self.view(&record, now))
+        })
         .await
-    }
-
-    async fn revoke_impl(&self, actor: &Actor, id: &KeyId) -> Result<KeyView, KeywardError> {
-        let mut record = self.load_for(actor, ManagementAction::Revoke, id).await?;
-        if record.revoked_at.is_some() {
-            return Err(KeywardError::Revoked(id.clone()));
-        }
-        let now = self.now();
-        record.revoked_at = Some(now);
-        let record = self.save(record).await?;
-        self.audit(vec![self.event(
-            actor,
-            AuditAction::Revoked,
-            &record,
-            String::new(),
-        )])
-        .await;
-        self.end_key_sessions(id)
-            .await
-            .map_err(|source| KeywardError::SessionsNotEnded {
-                id: id.clone(),
-                source,
-            })?;
-        crate::trace::management(actor.id(), ManagementAction::Revoke, Some(id), Ok(()));
-        Ok(self.view(&record, now))
     }
 
     /// Deletes a key: gone from listings, refused from the next check on.
@@ -478,36 +423,26 @@ impl<S: KeyStore> KeyManager<S> {
     /// (as regenerating leaves them); revoke the key first to end them, or
     /// end them afterwards with [`KeyManager::end_sessions`].
     pub async fn delete(&self, actor: &Actor, id: &KeyId) -> Result<(), KeywardError> {
-        crate::trace::manage_span(
-            actor.id(),
-            ManagementAction::Delete,
-            Some(id),
-            self.delete_impl(actor, id),
-        )
-        .await
-    }
-
-    async fn delete_impl(&self, actor: &Actor, id: &KeyId) -> Result<(), KeywardError> {
-        let record = self.load_for(actor, ManagementAction::Delete, id).await?;
-        let mut result = self.shared.store.delete(id).await;
-        self.shared.invalidate(id);
-        self.shared.usage.forget(id);
-        if let Err(StoreError::Backend(_)) = result {
+        crate::trace::manage_span(actor.id(), ManagementAction::Delete, Some(id), async move {
+            let record = self.load_for(actor, ManagementAction::Delete, id).await?;
+            let result = self.shared.store.delete(id).await;
+            self.shared.invalidate(id);
+            self.shared.usage.forget(id);
             // A lost reply: gone now means deleted.
-            if let Ok(None) = self.shared.store.get(id).await {
-                result = Ok(());
-            }
-        }
-        result.map_err(KeywardError::from_store)?;
-        self.audit(vec![self.event(
-            actor,
-            AuditAction::Deleted,
-            &record,
-            String::new(),
-        )])
-        .await;
-        crate::trace::management(actor.id(), ManagementAction::Delete, Some(id), Ok(()));
-        Ok(())
+            super::read_back(result, || self.shared.store.get(id), |s| s.is_none())
+                .await
+                .map_err(KeywardError::from_store)?;
+            self.done_with(
+                actor,
+                ManagementAction::Delete,
+                AuditAction::Deleted,
+                &record,
+                String::new(),
+            )
+            .await;
+            Ok(())
+        })
+        .await
     }
 }
 

@@ -9,27 +9,33 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::audit::{AuditAction, AuditEvent};
-use crate::error::{KeywardError, PolicyError, StoreError};
-use crate::key::{KeyRecord, KeyStatus, KeyView, OwnerId, SecretHash};
+use crate::ids::OwnerId;
+use crate::ids::{Environment, KeyId};
+use crate::key::{KeyRecord, KeyStatus, KeyView, SecretHash};
+use crate::policy::ManagementDenial;
+use crate::policy::PolicyError;
 use crate::policy::{Actor, ManagementAction, ManagementPolicy, Policy};
-use crate::session::Sessions;
 use crate::store::KeyStore;
-use crate::token::{Environment, KeyId, Token, TokenFormat};
+use crate::store::StoreError;
+use crate::token::{Token, TokenFormat};
+use crate::verify::Sessions;
 use crate::verify::{Shared, Verifier};
 
 mod builder;
 mod create;
+mod error;
 mod import;
 mod inputs;
 mod lifecycle;
 mod operations;
 mod sessions;
 
-pub use builder::KeyManagerBuilder;
+pub use builder::{BuildError, KeyManagerBuilder};
+pub use error::KeywardError;
 pub use inputs::{CreatedKey, ImportKey, KeyEdit, NewKey, RotatedKey};
 
 /// Ends every session of a key in the store: set when sessions are
-/// configured (the store is then a [`SessionStore`](crate::SessionStore)), so that
+/// configured (the store is then a [`SessionStore`](crate::store::SessionStore)), so that
 /// [`KeyManager::revoke`], which needs only a [`KeyStore`], ends them too.
 pub(crate) type EndSessions<S> =
     for<'a> fn(
@@ -48,6 +54,7 @@ pub(crate) type EndSessions<S> =
 /// ```
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// use keyward::*;
+/// use keyward::{hash::Argon2Hasher, policy::ManagementDenial, policy::PermissionGrant};
 /// let registry = PermissionRegistry::builder().permission("package:push").build().unwrap();
 /// let push = registry.get("package:push").unwrap();
 /// let manager = KeyManager::builder(
@@ -56,7 +63,7 @@ pub(crate) type EndSessions<S> =
 ///     Policy::new(registry),
 /// )
 /// .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
-/// .build();
+/// .build().unwrap();
 ///
 /// let admin = Actor::administrator("alice", OwnerId::new("contoso").unwrap());
 /// let created = manager
@@ -102,7 +109,53 @@ impl<S> fmt::Debug for KeyManager<S> {
     }
 }
 
+/// How many ids an insert tries (see [`insert_with_fresh_ids`]).
 pub(crate) const ID_ATTEMPTS: usize = 3;
+
+/// A store write whose reply may have been lost: on a backend error (a
+/// timeout, a dropped connection: the write may have committed before it),
+/// reads the record back with `read` and counts the write as done when
+/// `landed` says the stored state is the one written. Any other outcome,
+/// and a failing read-back, is `result` unchanged.
+async fn read_back<T, Fut>(
+    result: Result<(), StoreError>,
+    read: impl FnOnce() -> Fut,
+    landed: impl FnOnce(T) -> bool,
+) -> Result<(), StoreError>
+where
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    if let Err(StoreError::Backend(_)) = &result {
+        if let Ok(stored) = read().await {
+            if landed(stored) {
+                return Ok(());
+            }
+        }
+    }
+    result
+}
+
+/// Inserts under a fresh id: `insert(id)` stores its item under `id` (its
+/// own errors, a hash failing, in the outer result; the store's reply in
+/// the inner one). The store saying the id exists
+/// ([`StoreError::DuplicateId`], astronomically unlikely for generated
+/// ids) gets another try with a new id, [`ID_ATTEMPTS`] tries in all.
+async fn insert_with_fresh_ids<T, E, Fut>(
+    first: KeyId,
+    mut insert: impl FnMut(KeyId) -> Fut,
+) -> Result<Result<T, StoreError>, E>
+where
+    Fut: Future<Output = Result<Result<T, StoreError>, E>>,
+{
+    let mut id = first;
+    for _ in 0..ID_ATTEMPTS {
+        match insert(id.clone()).await? {
+            Err(StoreError::DuplicateId(_)) => id = KeyId::generate(),
+            other => return Ok(other),
+        }
+    }
+    Ok(Err(StoreError::DuplicateId(id)))
+}
 
 /// The shortest rotation grace period that is not an end of the old key's
 /// access: 24 hours, time for its integrations to switch. A rotation with a
@@ -167,6 +220,32 @@ impl<S: KeyStore> KeyManager<S> {
         }
     }
 
+    /// The tail of a management operation that happened: its audit events
+    /// (a failing sink does not undo it), then its `done` trace event.
+    async fn done(
+        &self,
+        actor: &Actor,
+        action: ManagementAction,
+        key: &KeyId,
+        events: Vec<AuditEvent>,
+    ) {
+        self.audit(events).await;
+        crate::trace::management(actor.id(), action, Some(key), Ok(()));
+    }
+
+    /// [`done`](Self::done) with the one audit event `audited` about `record`.
+    async fn done_with(
+        &self,
+        actor: &Actor,
+        action: ManagementAction,
+        audited: AuditAction,
+        record: &KeyRecord,
+        detail: String,
+    ) {
+        let event = self.event(actor, audited, record, detail);
+        self.done(actor, action, &record.id, vec![event]).await;
+    }
+
     fn event(
         &self,
         actor: &Actor,
@@ -192,27 +271,12 @@ impl<S: KeyStore> KeyManager<S> {
         owner: &OwnerId,
         key: Option<&KeyId>,
     ) -> Result<(), KeywardError> {
-        match self.management.check(actor, action, owner) {
-            Ok(()) => Ok(()),
-            Err(denial) => {
-                self.audit(vec![AuditEvent {
-                    actor: Some(actor.id().to_owned()),
-                    owner: Some(owner.clone()),
-                    key_id: key.cloned(),
-                    client_ip: actor.client_ip(),
-                    detail: format!("{action}: {denial}"),
-                    ..AuditEvent::new(self.now(), AuditAction::ManagementDenied)
-                }])
-                .await;
-                crate::trace::management(actor.id(), action, key, Err(&denial));
-                Err(KeywardError::NotAllowed {
-                    actor: actor.id().to_owned(),
-                    action,
-                    owner: owner.clone(),
-                    denial,
-                })
-            }
-        }
+        let Err(denial) = self.management.check(actor, action, owner) else {
+            return Ok(());
+        };
+        let detail = format!("{action}: {denial}");
+        self.refused(actor, action, Some(owner), key, detail, denial)
+            .await
     }
 
     /// Asks the management policy about a call across owners
@@ -227,20 +291,39 @@ impl<S: KeyStore> KeyManager<S> {
         let Err(denial) = self.management.check_global(actor, action) else {
             return Ok(());
         };
+        let detail = format!("{action} across owners: {denial}");
+        self.refused(actor, action, None, key, detail, denial).await
+    }
+
+    /// The tail of a refusal: its audit event and trace event, and the
+    /// [`KeywardError::NotAllowed`] (owner `*` for a call across owners).
+    async fn refused(
+        &self,
+        actor: &Actor,
+        action: ManagementAction,
+        owner: Option<&OwnerId>,
+        key: Option<&KeyId>,
+        detail: String,
+        denial: ManagementDenial,
+    ) -> Result<(), KeywardError> {
         self.audit(vec![AuditEvent {
             actor: Some(actor.id().to_owned()),
-            owner: None,
+            owner: owner.cloned(),
             key_id: key.cloned(),
             client_ip: actor.client_ip(),
-            detail: format!("{action} across owners: {denial}"),
+            detail,
             ..AuditEvent::new(self.now(), AuditAction::ManagementDenied)
         }])
         .await;
         crate::trace::management(actor.id(), action, key, Err(&denial));
+        let owner = match owner {
+            Some(owner) => owner.clone(),
+            None => OwnerId::new("*").map_err(PolicyError::from)?,
+        };
         Err(KeywardError::NotAllowed {
             actor: actor.id().to_owned(),
             action,
-            owner: OwnerId::new("*").map_err(PolicyError::from)?,
+            owner,
             denial,
         })
     }
@@ -292,25 +375,107 @@ impl<S: KeyStore> KeyManager<S> {
     async fn save(&self, mut record: KeyRecord) -> Result<KeyRecord, KeywardError> {
         let expected = record.generation;
         record.generation += 1;
-        let mut result = self.shared.store.update(&record, expected).await;
+        let result = self.shared.store.update(&record, expected).await;
         // Invalidate even on error: the write may have happened before a timeout.
         self.shared.invalidate(&record.id);
-        if let Err(StoreError::Backend(_)) = result {
-            // A lost reply: if the store holds exactly this record (usage
-            // aside, which updates never write), the update happened.
-            if let Ok(Some(mut stored)) = self.shared.store.get(&record.id).await {
+        // A lost reply: if the store holds exactly this record (usage aside,
+        // which updates never write), the update happened.
+        let landed = |stored: Option<KeyRecord>| {
+            stored.is_some_and(|mut stored| {
                 stored.last_used_at = record.last_used_at;
                 stored.last_used_ip = record.last_used_ip;
-                if stored == record {
-                    result = Ok(());
-                }
-            }
-        }
-        result.map_err(KeywardError::from_store)?;
+                stored == record
+            })
+        };
+        read_back(result, || self.shared.store.get(&record.id), landed)
+            .await
+            .map_err(KeywardError::from_store)?;
         Ok(record)
     }
 
     fn view(&self, record: &KeyRecord, now: DateTime<Utc>) -> KeyView {
         record.view_with_idle(now, self.shared.policy.idle_expiry())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run<F: Future>(fut: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(fut)
+    }
+
+    #[test]
+    fn a_clash_gets_a_fresh_id_and_the_last_clash_is_the_error() {
+        let first = KeyId::generate();
+        let mut tried = Vec::new();
+        let result: Result<Result<KeyId, StoreError>, ()> =
+            run(insert_with_fresh_ids(first.clone(), |id| {
+                tried.push(id.clone());
+                let clash = tried.len() < 3;
+                async move {
+                    Ok(if clash {
+                        Err(StoreError::DuplicateId(id))
+                    } else {
+                        Ok(id)
+                    })
+                }
+            }));
+        assert_eq!(tried.len(), 3);
+        assert_eq!(tried[0], first);
+        assert_ne!(tried[1], tried[0]);
+        assert_eq!(result, Ok(Ok(tried[2].clone())));
+
+        let mut tries = 0;
+        let result: Result<Result<(), StoreError>, ()> =
+            run(insert_with_fresh_ids(KeyId::generate(), |id| {
+                tries += 1;
+                async move { Ok(Err(StoreError::DuplicateId(id))) }
+            }));
+        assert_eq!(tries, ID_ATTEMPTS);
+        assert!(matches!(result, Ok(Err(StoreError::DuplicateId(_)))));
+
+        // Other store errors and the caller's own errors end the loop at once.
+        let mut tries = 0;
+        let result: Result<Result<(), StoreError>, &str> =
+            run(insert_with_fresh_ids(KeyId::generate(), |_| {
+                tries += 1;
+                async { Err("hash failed") }
+            }));
+        assert_eq!((tries, result), (1, Err("hash failed")));
+    }
+
+    #[test]
+    fn only_a_lost_reply_is_read_back_and_only_a_landed_write_counts() {
+        let backend = || Err(StoreError::Backend("timeout".into()));
+        let landed = run(read_back(backend(), || async { Ok(7) }, |n| n == 7));
+        assert_eq!(landed, Ok(()));
+        let other = run(read_back(backend(), || async { Ok(8) }, |n| n == 7));
+        assert_eq!(other, backend());
+        let unreadable = run(read_back(
+            backend(),
+            || async { Err::<i32, _>(StoreError::Backend("down".into())) },
+            |_| true,
+        ));
+        assert_eq!(unreadable, backend());
+        let mut read = false;
+        let refused = run(read_back(
+            Err(StoreError::DuplicateId(KeyId::generate())),
+            || {
+                read = true;
+                async { Ok(()) }
+            },
+            |()| true,
+        ));
+        assert!(matches!(refused, Err(StoreError::DuplicateId(_))));
+        assert!(!read, "only a backend error is read back");
+        assert_eq!(
+            run(read_back(Ok(()), || async { Ok(()) }, |()| false)),
+            Ok(())
+        );
     }
 }

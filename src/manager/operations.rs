@@ -7,11 +7,12 @@ use chrono::TimeDelta;
 
 use super::{KeyManager, MAX_WINDOW_DAYS};
 use crate::audit::{AuditAction, AuditEvent, AuditQuery};
-use crate::error::{KeywardError, PolicyError};
+use crate::ids::KeyId;
 use crate::key::{KeyStatus, KeyView};
+use crate::manager::KeywardError;
+use crate::policy::PolicyError;
 use crate::policy::{Actor, ManagementAction};
 use crate::store::KeyStore;
-use crate::token::KeyId;
 use crate::verify::{Denial, VerifiedKey, VerifyRequest};
 
 impl<S: KeyStore> KeyManager<S> {
@@ -20,7 +21,7 @@ impl<S: KeyStore> KeyManager<S> {
     /// two workers calling at once, each key comes back once). Keys already
     /// expired are not returned. For a scheduled job; needs an actor allowed
     /// to act across owners
-    /// ([`ManagementPolicy::check_global`](crate::ManagementPolicy::check_global)).
+    /// ([`ManagementPolicy::check_global`](crate::policy::ManagementPolicy::check_global)).
     ///
     /// Unlike the other writes, this one cannot be read back: if the store's
     /// reply is lost after it marked keys, those keys are not reminded.
@@ -30,92 +31,71 @@ impl<S: KeyStore> KeyManager<S> {
         within_days: u32,
         limit: usize,
     ) -> Result<Vec<KeyView>, KeywardError> {
-        crate::trace::manage_span(
-            actor.id(),
-            ManagementAction::Remind,
-            None,
-            self.take_expiry_reminders_impl(actor, within_days, limit),
-        )
+        crate::trace::manage_span(actor.id(), ManagementAction::Remind, None, async move {
+            if !(1..=MAX_WINDOW_DAYS).contains(&i64::from(within_days)) {
+                return Err(PolicyError::BadReminderWindow.into());
+            }
+            self.allow_global(actor, ManagementAction::Remind, None)
+                .await?;
+            let now = self.now();
+            let until = now + TimeDelta::days(i64::from(within_days));
+            let records = self
+                .shared
+                .store
+                .take_expiry_reminders(now, until, limit.clamp(1, crate::store::MAX_PAGE_SIZE))
+                .await
+                .map_err(KeywardError::from_store)?;
+            // A key expired by idle expiry (which stores do not know) is expired,
+            // not about to expire: marked like the others, but not returned.
+            Ok(records
+                .iter()
+                .map(|r| self.view(r, now))
+                .filter(|v| v.status != KeyStatus::Expired)
+                .collect())
+        })
         .await
-    }
-
-    async fn take_expiry_reminders_impl(
-        &self,
-        actor: &Actor,
-        within_days: u32,
-        limit: usize,
-    ) -> Result<Vec<KeyView>, KeywardError> {
-        if !(1..=MAX_WINDOW_DAYS).contains(&i64::from(within_days)) {
-            return Err(PolicyError::BadReminderWindow.into());
-        }
-        self.allow_global(actor, ManagementAction::Remind, None)
-            .await?;
-        let now = self.now();
-        let until = now + TimeDelta::days(i64::from(within_days));
-        let records = self
-            .shared
-            .store
-            .take_expiry_reminders(now, until, limit.clamp(1, crate::store::MAX_PAGE_SIZE))
-            .await
-            .map_err(KeywardError::from_store)?;
-        // A key expired by idle expiry (which stores do not know) is expired,
-        // not about to expire: marked like the others, but not returned.
-        Ok(records
-            .iter()
-            .map(|r| self.view(r, now))
-            .filter(|v| v.status != KeyStatus::Expired)
-            .collect())
     }
 
     /// The audit trail matching `query` ("what did this key do between T1
     /// and T2": `AuditQuery::key(id).between(t1, t2)`). An actor of an
     /// owner sees only that owner's events (the query's owner is set to
     /// theirs); reading across owners needs
-    /// [`ManagementPolicy::check_global`](crate::ManagementPolicy::check_global).
+    /// [`ManagementPolicy::check_global`](crate::policy::ManagementPolicy::check_global).
     pub async fn audit_trail(
         &self,
         actor: &Actor,
         query: AuditQuery,
     ) -> Result<Vec<AuditEvent>, KeywardError> {
-        crate::trace::manage_span(
-            actor.id(),
-            ManagementAction::View,
-            None,
-            self.audit_trail_impl(actor, query),
-        )
-        .await
-    }
+        crate::trace::manage_span(actor.id(), ManagementAction::View, None, async move {
+            let mut query = query;
 
-    async fn audit_trail_impl(
-        &self,
-        actor: &Actor,
-        mut query: AuditQuery,
-    ) -> Result<Vec<AuditEvent>, KeywardError> {
-        match (actor.owner(), &query.owner) {
-            (Some(own), _) => {
-                let owner = own.clone();
-                self.allow(actor, ManagementAction::View, &owner, None)
-                    .await?;
-                query.owner = Some(owner);
+            match (actor.owner(), &query.owner) {
+                (Some(own), _) => {
+                    let owner = own.clone();
+                    self.allow(actor, ManagementAction::View, &owner, None)
+                        .await?;
+                    query.owner = Some(owner);
+                }
+                (None, Some(owner)) => {
+                    let owner = owner.clone();
+                    self.allow(actor, ManagementAction::View, &owner, None)
+                        .await?;
+                }
+                (None, None) => {
+                    self.allow_global(actor, ManagementAction::View, None)
+                        .await?;
+                }
             }
-            (None, Some(owner)) => {
-                let owner = owner.clone();
-                self.allow(actor, ManagementAction::View, &owner, None)
-                    .await?;
-            }
-            (None, None) => {
-                self.allow_global(actor, ManagementAction::View, None)
-                    .await?;
-            }
-        }
-        // Pending aggregates first, so the answer includes recent activity;
-        // a failure here is kept for later and does not hide the trail.
-        let _ = self.flush().await;
-        self.shared
-            .audit
-            .query(&query)
-            .await
-            .map_err(KeywardError::from_store)
+            // Pending aggregates first, so the answer includes recent activity;
+            // a failure here is kept for later and does not hide the trail.
+            let _ = self.flush().await;
+            self.shared
+                .audit
+                .query(&query)
+                .await
+                .map_err(KeywardError::from_store)
+        })
+        .await
     }
 
     /// Writes everything pending: recorded uses not yet in the store, the

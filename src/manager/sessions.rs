@@ -1,28 +1,27 @@
 //! The manager's session operations: exchanging a key for a session,
 //! checking session tokens, ending sessions and purging expired ones. The
-//! session types and the [`SessionStore`] trait live in `crate::session`.
+//! session data lives in `crate::session`, the [`SessionStore`] trait in
+//! `crate::store`, and the check of a session token in `crate::verify`.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use crate::error::{KeywardError, StoreError, TokenError};
+use crate::ids::{Environment, KeyId};
 use crate::key::KeyView;
+use crate::manager::KeywardError;
 use crate::policy::{Actor, ManagementAction, PermissionGrant};
-use crate::session::{
-    IssuedSession, SessionCap, SessionError, SessionHash, SessionRecord, SessionStore, Sessions,
-    VerifiedSession,
-};
+use crate::session::{IssuedSession, SessionCap, SessionHash, SessionRecord};
 use crate::store::KeyStore;
-use crate::token::{Environment, KeyId, TokenFormat};
-use crate::verify::Cached;
+use crate::store::SessionStore;
+use crate::store::StoreError;
+use crate::token::TokenError;
+use crate::token::TokenFormat;
 use crate::verify::{CompiledKey, Denial, DenialReason, VerifiedKey, VerifyRequest};
+use crate::verify::{SessionError, Sessions, VerifiedSession};
 
-use super::KeyManager;
-
-const ID_ATTEMPTS: usize = 3;
+use super::{KeyManager, insert_with_fresh_ids, read_back};
 
 /// How many times an exchange proves the key: once, and once more when the
 /// key changed between the proof and the session's insert.
@@ -47,7 +46,7 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
         self.sessions.as_deref().ok_or(SessionError::NotConfigured)
     }
 
-    /// The session token format (`None` without [`SessionConfig`](crate::SessionConfig)).
+    /// The session token format (`None` without [`SessionConfig`](crate::session::SessionConfig)).
     pub fn session_format(&self) -> Option<&TokenFormat> {
         self.sessions.as_deref().map(|s| &s.format)
     }
@@ -71,6 +70,7 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
     /// ```
     /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
     /// use keyward::*;
+    /// use keyward::{hash::Argon2Hasher, policy::PermissionGrant, session::SessionConfig, verify::SessionError};
     /// let registry = PermissionRegistry::builder().permission("package:push").build().unwrap();
     /// let push = registry.get("package:push").unwrap();
     /// let manager = KeyManager::builder(
@@ -80,8 +80,7 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
     /// )
     /// .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
     /// .sessions(SessionConfig::new("mkhs"))
-    /// .unwrap()
-    /// .build();
+    /// .build().unwrap();
     /// let admin = Actor::administrator("alice", OwnerId::new("contoso").unwrap());
     /// let key = manager
     ///     .create(&admin, NewKey::new("contoso", "live", "CI").permissions(PermissionGrant::All))
@@ -206,7 +205,7 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
             expires_at = expires_at.min(key_expiry);
         }
         let names = self.shared.policy.permissions().names(key.permissions());
-        let mut record = SessionRecord {
+        let template = SessionRecord {
             id: KeyId::generate(),
             key_id: key.id().clone(),
             owner: key.owner().clone(),
@@ -220,7 +219,16 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
             revoked: false,
             secret_hash: SessionHash::from_bytes([0; 32]),
         };
-        for _ in 0..ID_ATTEMPTS {
+        let cap = SessionCap {
+            max_live: sessions.config.max_sessions_per_key,
+            now,
+        };
+        let template = &template;
+        let inserted = insert_with_fresh_ids(template.id.clone(), |id| async move {
+            let mut record = SessionRecord {
+                id,
+                ..template.clone()
+            };
             let token = sessions.format.generate(&record.environment, &record.id);
             record.secret_hash = SessionHash::of(
                 sessions
@@ -228,45 +236,37 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
                     .parse(token.expose_secret())?
                     .expose_secret(),
             );
-            let cap = SessionCap {
-                max_live: sessions.config.max_sessions_per_key,
-                now,
+            let result = self.shared.store.insert_session(&record, Some(cap)).await;
+            // A lost reply: the session is there with this hash, or not.
+            let landed = |stored: Option<SessionRecord>| {
+                stored.is_some_and(|s| s.secret_hash.matches(&record.secret_hash))
             };
-            let mut inserted = self.shared.store.insert_session(&record, Some(cap)).await;
-            if let Err(StoreError::Backend(_)) = inserted {
-                // A lost reply: the session is there with this hash, or not.
-                if let Ok(Some(stored)) = self.shared.store.get_session(&record.id).await {
-                    if stored.secret_hash.matches(&record.secret_hash) {
-                        inserted = Ok(());
-                    }
-                }
+            let result =
+                read_back(result, || self.shared.store.get_session(&record.id), landed).await;
+            Ok::<_, SessionError>(result.map(|()| (token, record)))
+        })
+        .await?;
+        let (token, record) = match inserted {
+            Ok(inserted) => inserted,
+            Err(StoreError::TooManySessions { key_id, limit }) => {
+                return Err(SessionError::TooManySessions { key_id, limit });
             }
-            match inserted {
-                Ok(()) => {
-                    // Read the key again now that the session exists: a
-                    // revoke (or suspend, or regenerate) made elsewhere
-                    // between the check above and this insert ended the
-                    // key's sessions without seeing this one. Refused or
-                    // changed now: the stored session's token is never
-                    // returned, so nobody can ever use it (its row stays
-                    // until it expires).
-                    if !self.still_current(key).await? {
-                        return Ok(None);
-                    }
-                    self.audit_session(key, &record.id, client_ip).await;
-                    return Ok(Some(IssuedSession {
-                        token,
-                        session: record.view(),
-                    }));
-                }
-                Err(StoreError::DuplicateId(_)) => record.id = KeyId::generate(),
-                Err(StoreError::TooManySessions { key_id, limit }) => {
-                    return Err(SessionError::TooManySessions { key_id, limit });
-                }
-                Err(e) => return Err(SessionError::Store(e)),
-            }
+            Err(e) => return Err(SessionError::Store(e)),
+        };
+        // Read the key again now that the session exists: a revoke (or
+        // suspend, or regenerate) made elsewhere between the check above
+        // and this insert ended the key's sessions without seeing this one.
+        // Refused or changed now: the stored session's token is never
+        // returned, so nobody can ever use it (its row stays until it
+        // expires).
+        if !self.still_current(key).await? {
+            return Ok(None);
         }
-        Err(SessionError::Store(StoreError::DuplicateId(record.id)))
+        self.audit_session(key, &record.id, client_ip).await;
+        Ok(Some(IssuedSession {
+            token,
+            session: record.view(),
+        }))
     }
 
     /// Checks a session token for `req`, like [`KeyManager::verify`] checks a
@@ -283,20 +283,15 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
         token: &str,
         req: &VerifyRequest<'_>,
     ) -> Result<VerifiedSession, Denial> {
-        crate::trace::verify_span("session", self.verify_session_impl(token, req)).await
-    }
-
-    async fn verify_session_impl(
-        &self,
-        token: &str,
-        req: &VerifyRequest<'_>,
-    ) -> Result<VerifiedSession, Denial> {
-        let rule = self.shared.policy.resource_rule();
-        let result = self
-            .check_session(token, req.environment, |key, now| key.check(req, rule, now))
-            .await;
-        session_traced(&result);
-        result
+        crate::trace::verify_span("session", async move {
+            let rule = self.shared.policy.resource_rule();
+            let result = self
+                .check_session(token, req.environment, |key, now| key.check(req, rule, now))
+                .await;
+            session_traced(&result);
+            result
+        })
+        .await
     }
 
     /// Checks that a session token is valid in `environment` from
@@ -308,26 +303,16 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
         environment: &Environment,
         client_ip: Option<IpAddr>,
     ) -> Result<VerifiedSession, Denial> {
-        crate::trace::verify_span(
-            "session",
-            self.authenticate_session_impl(token, environment, client_ip),
-        )
+        crate::trace::verify_span("session", async move {
+            let result = self
+                .check_session(token, environment, |key, now| {
+                    key.check_access(client_ip, now)
+                })
+                .await;
+            session_traced(&result);
+            result
+        })
         .await
-    }
-
-    async fn authenticate_session_impl(
-        &self,
-        token: &str,
-        environment: &Environment,
-        client_ip: Option<IpAddr>,
-    ) -> Result<VerifiedSession, Denial> {
-        let result = self
-            .check_session(token, environment, |key, now| {
-                key.check_access(client_ip, now)
-            })
-            .await;
-        session_traced(&result);
-        result
     }
 
     async fn check_session(
@@ -342,90 +327,9 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
                 None,
             ));
         };
-        let parsed = sessions
-            .format
-            .parse(token)
-            .map_err(|e| Denial::new(DenialReason::Malformed(e), None))?;
-        let anonymous = |reason| Denial::new(reason, None);
-        if parsed.environment() != environment.as_str() {
-            return Err(anonymous(DenialReason::WrongEnvironment));
-        }
-        let hash = SessionHash::of(parsed.expose_secret());
-        let now = self.shared.clock.now();
-        let id = parsed.key_id();
-        let key = match sessions.cache.lookup(id, environment, || hash.0, now) {
-            Some(Cached::Live(key)) => key,
-            Some(Cached::Dead(reason, _)) => return Err(anonymous(reason)),
-            None => {
-                let session_id = KeyId::new(id).map_err(|_| anonymous(DenialReason::UnknownKey))?;
-                let epoch = sessions.cache.epoch();
-                let record = match self.shared.store.get_session(&session_id).await {
-                    Ok(Some(r)) => r,
-                    Ok(None) => return Err(anonymous(DenialReason::UnknownKey)),
-                    Err(_) => return Err(anonymous(DenialReason::StoreUnavailable)),
-                };
-                if record.id != session_id || record.environment != *environment {
-                    return Err(anonymous(DenialReason::UnknownKey));
-                }
-                if !record.secret_hash.matches(&hash) {
-                    return Err(anonymous(DenialReason::WrongSecret));
-                }
-                // The key revoked ends its sessions even where they were not
-                // ended in the store (a revoke by a manager built without
-                // sessions, or whose ending failed). A deleted key's
-                // sessions live on, as deleting leaves them.
-                let key_revoked = match self.shared.store.get(&record.key_id).await {
-                    Ok(key) => key.is_some_and(|k| k.revoked_at.is_some()),
-                    Err(_) => return Err(anonymous(DenialReason::StoreUnavailable)),
-                };
-                if record.revoked || key_revoked {
-                    sessions.cache.insert(
-                        &session_id,
-                        &record.environment,
-                        hash.0,
-                        Cached::Dead(DenialReason::Revoked, None),
-                        now,
-                        epoch,
-                    );
-                    return Err(Denial::new(
-                        DenialReason::Revoked,
-                        Some(record.key_id.as_str()),
-                    ));
-                }
-                let policy = &self.shared.policy;
-                let key = CompiledKey::from_parts(
-                    record.key_id.clone(),
-                    record.owner,
-                    record.environment,
-                    record.key_name,
-                    policy.permissions().resolve_stored(&record.permissions),
-                    record.resources,
-                    policy,
-                    record.ip_allowlist,
-                    Some(record.expires_at),
-                )
-                .map_err(|_| {
-                    Denial::new(DenialReason::CorruptRecord, Some(record.key_id.as_str()))
-                })?;
-                let key = Arc::new(key);
-                sessions.cache.insert(
-                    &session_id,
-                    key.environment(),
-                    hash.0,
-                    Cached::Live(Arc::clone(&key)),
-                    now,
-                    epoch,
-                );
-                key
-            }
-        };
-        match check(&key, now) {
-            Ok(()) => Ok(VerifiedSession {
-                session_id: KeyId::new(id).map_err(|_| anonymous(DenialReason::UnknownKey))?,
-                key: VerifiedKey::from_compiled(key, now),
-            }),
-            Err(reason) => Err(Denial::new(reason, Some(key.id().as_str()))),
-        }
+        sessions
+            .check(&self.shared, token, environment, check)
+            .await
     }
 
     /// Ends every session of the key `id` at once (in the store, and in this
@@ -441,34 +345,27 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
     /// default). A key that is neither stored nor has sessions is
     /// [`KeywardError::NotFound`].
     pub async fn end_sessions(&self, actor: &Actor, id: &KeyId) -> Result<u64, KeywardError> {
-        crate::trace::manage_span(
-            actor.id(),
-            ManagementAction::Revoke,
-            Some(id),
-            self.end_sessions_impl(actor, id),
-        )
-        .await
-    }
-
-    async fn end_sessions_impl(&self, actor: &Actor, id: &KeyId) -> Result<u64, KeywardError> {
-        // Authorized by the key's owner; for a key already deleted, by the
-        // owner stored with its sessions (so its administrator can end them).
-        let owner = match self.shared.store.get(id).await {
-            Ok(Some(record)) => record.owner,
-            Ok(None) => self
-                .shared
-                .store
-                .session_owner(id)
+        crate::trace::manage_span(actor.id(), ManagementAction::Revoke, Some(id), async move {
+            // Authorized by the key's owner; for a key already deleted, by the
+            // owner stored with its sessions (so its administrator can end them).
+            let owner = match self.shared.store.get(id).await {
+                Ok(Some(record)) => record.owner,
+                Ok(None) => self
+                    .shared
+                    .store
+                    .session_owner(id)
+                    .await
+                    .map_err(KeywardError::from_store)?
+                    .ok_or_else(|| KeywardError::NotFound(id.clone()))?,
+                Err(e) => return Err(KeywardError::from_store(e)),
+            };
+            self.allow(actor, ManagementAction::Revoke, &owner, Some(id))
+                .await?;
+            self.end_key_sessions(id)
                 .await
-                .map_err(KeywardError::from_store)?
-                .ok_or_else(|| KeywardError::NotFound(id.clone()))?,
-            Err(e) => return Err(KeywardError::from_store(e)),
-        };
-        self.allow(actor, ManagementAction::Revoke, &owner, Some(id))
-            .await?;
-        self.end_key_sessions(id)
-            .await
-            .map_err(KeywardError::from_store)
+                .map_err(KeywardError::from_store)
+        })
+        .await
     }
 
     /// Revokes a key that was compromised: [`KeyManager::revoke`] (which
@@ -480,34 +377,23 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
         actor: &Actor,
         id: &KeyId,
     ) -> Result<KeyView, KeywardError> {
-        crate::trace::manage_span(
-            actor.id(),
-            ManagementAction::Revoke,
-            Some(id),
-            self.revoke_compromised_impl(actor, id),
-        )
-        .await
-    }
-
-    async fn revoke_compromised_impl(
-        &self,
-        actor: &Actor,
-        id: &KeyId,
-    ) -> Result<KeyView, KeywardError> {
-        match self.revoke(actor, id).await {
-            Err(KeywardError::Revoked(_)) => {
-                let view = self.get(actor, id).await?;
-                self.end_sessions(actor, id).await.map_err(|e| match e {
-                    KeywardError::Store(source) => KeywardError::SessionsNotEnded {
-                        id: id.clone(),
-                        source,
-                    },
-                    other => other,
-                })?;
-                Ok(view)
+        crate::trace::manage_span(actor.id(), ManagementAction::Revoke, Some(id), async move {
+            match self.revoke(actor, id).await {
+                Err(KeywardError::Revoked(_)) => {
+                    let view = self.get(actor, id).await?;
+                    self.end_sessions(actor, id).await.map_err(|e| match e {
+                        KeywardError::Store(source) => KeywardError::SessionsNotEnded {
+                            id: id.clone(),
+                            source,
+                        },
+                        other => other,
+                    })?;
+                    Ok(view)
+                }
+                other => other,
             }
-            other => other,
-        }
+        })
+        .await
     }
 
     /// Deletes sessions that have expired (revoked ones included); returns

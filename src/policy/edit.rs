@@ -7,7 +7,7 @@
 /// The default forbids every widening (as package galleries do).
 ///
 /// ```
-/// use keyward::EditPolicy;
+/// use keyward::policy::EditPolicy;
 /// let strict = EditPolicy::default();
 /// assert!(!strict.widen_permissions);
 /// let open = EditPolicy { widen_permissions: true, ..EditPolicy::default() };

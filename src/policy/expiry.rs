@@ -3,7 +3,7 @@
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::error::PolicyError;
+use crate::policy::PolicyError;
 
 /// A lifetime chosen when a key is created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,7 +19,7 @@ impl ExpiryChoice {
     /// When a key created at `created` with this choice expires.
     ///
     /// ```
-    /// use keyward::ExpiryChoice;
+    /// use keyward::policy::ExpiryChoice;
     /// let created = "2028-02-28T12:00:00Z".parse().unwrap();
     /// let at = ExpiryChoice::Days(1).expires_at(created).unwrap();
     /// assert_eq!(at.to_rfc3339(), "2028-02-29T12:00:00+00:00"); // leap day
@@ -42,7 +42,7 @@ impl ExpiryChoice {
 /// "90 days / 1 year / never", default 90 days:
 ///
 /// ```
-/// use keyward::{ExpiryChoice, ExpiryPolicy};
+/// use keyward::{policy::ExpiryChoice, policy::ExpiryPolicy};
 /// let policy = ExpiryPolicy::choices(&[90, 365], true, ExpiryChoice::Days(90)).unwrap();
 /// assert_eq!(policy.check(None).unwrap(), ExpiryChoice::Days(90));
 /// assert_eq!(policy.check(Some(ExpiryChoice::Never)).unwrap(), ExpiryChoice::Never);
@@ -52,7 +52,7 @@ impl ExpiryChoice {
 /// "1 / 90 / 180 / 270 / 365 days", default 365, never is not allowed:
 ///
 /// ```
-/// use keyward::{ExpiryChoice, ExpiryPolicy};
+/// use keyward::{policy::ExpiryChoice, policy::ExpiryPolicy};
 /// let policy = ExpiryPolicy::choices(&[1, 90, 180, 270, 365], false, ExpiryChoice::Days(365)).unwrap();
 /// assert_eq!(policy.check(None).unwrap(), ExpiryChoice::Days(365));
 /// assert!(policy.check(Some(ExpiryChoice::Never)).is_err());
@@ -61,7 +61,7 @@ impl ExpiryChoice {
 /// Any number of days up to a maximum:
 ///
 /// ```
-/// use keyward::{ExpiryChoice, ExpiryPolicy};
+/// use keyward::{policy::ExpiryChoice, policy::ExpiryPolicy};
 /// let policy = ExpiryPolicy::up_to(400, ExpiryChoice::Days(30)).unwrap();
 /// assert!(policy.check(Some(ExpiryChoice::Days(399))).is_ok());
 /// assert!(policy.check(Some(ExpiryChoice::Days(401))).is_err());
@@ -193,7 +193,7 @@ impl ExpiryPolicy {
     ///
     /// ```
     /// use chrono::{TimeDelta, Utc};
-    /// use keyward::{ExpiryChoice, ExpiryPolicy, PolicyError};
+    /// use keyward::{policy::ExpiryChoice, policy::ExpiryPolicy, policy::PolicyError};
     /// let policy = ExpiryPolicy::up_to(365, ExpiryChoice::Days(90)).unwrap();
     /// let now = Utc::now();
     /// assert!(policy.check_expires_at(now, Some(now + TimeDelta::days(365))).is_ok());

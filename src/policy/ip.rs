@@ -5,10 +5,10 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::error::PolicyError;
+use crate::policy::PolicyError;
 
 /// Most ranges in one key's allowlist.
-pub const MAX_IP_RANGES: usize = 64;
+pub(crate) const MAX_IP_RANGES: usize = 64;
 
 /// The networks a key may be used from. Empty means anywhere.
 ///
@@ -16,7 +16,7 @@ pub const MAX_IP_RANGES: usize = 64;
 /// reports IPv4 clients) matches its IPv4 range.
 ///
 /// ```
-/// use keyward::IpAllowlist;
+/// use keyward::policy::IpAllowlist;
 /// let list = IpAllowlist::parse(&["10.0.0.0/8", "2001:db8::/32", "192.0.2.7"]).unwrap();
 /// assert!(list.allows("10.1.2.3".parse().unwrap()));
 /// assert!(list.allows("::ffff:10.1.2.3".parse().unwrap()));
@@ -28,10 +28,14 @@ pub const MAX_IP_RANGES: usize = 64;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct IpAllowlist {
-    nets: Vec<IpNet>,
+    /// Sorted, deduplicated; a boxed slice, as a cached key holds one.
+    nets: Box<[IpNet]>,
 }
 
 impl IpAllowlist {
+    /// Most CIDR ranges one allowlist may hold.
+    pub const MAX_RANGES: usize = MAX_IP_RANGES;
+
     /// Allows every address.
     pub fn any() -> Self {
         Self::default()
@@ -59,7 +63,9 @@ impl IpAllowlist {
         let mut nets: Vec<IpNet> = nets.into_iter().map(|n| n.trunc()).collect();
         nets.sort();
         nets.dedup();
-        Self { nets }
+        Self {
+            nets: nets.into_boxed_slice(),
+        }
     }
 
     /// The networks.

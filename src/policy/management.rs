@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::key::OwnerId;
+use crate::ids::OwnerId;
 
 /// The role of a person (or system) managing keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -207,12 +207,12 @@ pub trait ManagementPolicy: Send + Sync + 'static {
 /// The default policy: administrators may manage their owner's keys;
 /// managers only when granted API access, and never end a key's access
 /// (revoke, delete, regenerate, or rotate with a grace shorter than
-/// [`MIN_ROTATION_GRACE`](crate::MIN_ROTATION_GRACE)) nor import keys, nor
+/// [`MIN_ROTATION_GRACE`](crate::manager::MIN_ROTATION_GRACE)) nor import keys, nor
 /// register or delete trust policies (a standing grant to a CI identity);
 /// nobody may touch another owner's keys; [`Role::System`] may do everything.
 ///
 /// ```
-/// use keyward::{Actor, DefaultManagementPolicy, ManagementAction, ManagementDenial, ManagementPolicy, OwnerId};
+/// use keyward::{Actor, policy::DefaultManagementPolicy, policy::ManagementAction, policy::ManagementDenial, policy::ManagementPolicy, OwnerId};
 /// let contoso = OwnerId::new("contoso").unwrap();
 /// let policy = DefaultManagementPolicy;
 /// let manager = Actor::manager("bob", contoso.clone(), true);

@@ -1,30 +1,30 @@
 //! Policy: permissions, resource scope, expiry, IP allowlist, quota, edit rules.
 
 mod edit;
+mod error;
 mod expiry;
 mod ip;
 mod management;
 mod permissions;
 mod resources;
+mod wildcard;
 
 pub use edit::EditPolicy;
+pub use error::PolicyError;
 pub use expiry::{ExpiryChoice, ExpiryPolicy};
-pub use ip::{IpAllowlist, MAX_IP_RANGES};
+pub use ip::IpAllowlist;
 pub use management::{
     Actor, DefaultManagementPolicy, ManagementAction, ManagementDenial, ManagementPolicy, Role,
 };
 pub use permissions::{
-    MAX_PERMISSIONS, Permission, PermissionGrant, PermissionRegistry, PermissionRegistryBuilder,
-    PermissionSet,
+    Permission, PermissionGrant, PermissionRegistry, PermissionRegistryBuilder, PermissionSet,
 };
 pub use resources::{CompiledScope, ResourceRef, ResourceRule, ResourceScope};
-
-use crate::error::PolicyError;
 
 /// Everything the application decides about its keys, built once at startup.
 ///
 /// ```
-/// use keyward::{ExpiryChoice, ExpiryPolicy, PermissionRegistry, Policy};
+/// use keyward::{policy::ExpiryChoice, policy::ExpiryPolicy, PermissionRegistry, Policy};
 /// let registry = PermissionRegistry::builder()
 ///     .permission_implying("package:push", &["package:push-new"])
 ///     .permission("package:push-new")
@@ -92,9 +92,9 @@ impl Policy {
     /// Keys unused for `days` days (counted from their last recorded use,
     /// or their creation if never used) are treated as expired: refused
     /// with [`DenialReason::Expired`](crate::DenialReason::Expired) and
-    /// listed as [`KeyStatus::Expired`](crate::KeyStatus::Expired). Uses are
+    /// listed as [`KeyStatus::Expired`](crate::key::KeyStatus::Expired). Uses are
     /// recorded at most once per usage interval
-    /// ([`VerifierConfig::usage_interval`](crate::VerifierConfig::usage_interval)),
+    /// ([`VerifierConfig::usage_interval`](crate::verify::VerifierConfig::usage_interval)),
     /// so choose `days` much longer than it. Store-side status filters and
     /// the quota do not apply it: an idle key counts against the quota
     /// until it is revoked or deleted.

@@ -4,10 +4,11 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{InvalidValue, PolicyError};
+use crate::ids::InvalidValue;
+use crate::policy::PolicyError;
 
 /// The most permissions one registry can hold (one bit each in a `u64`).
-pub const MAX_PERMISSIONS: usize = 64;
+pub(crate) const MAX_PERMISSIONS: usize = 64;
 const MAX_PERMISSION_NAME_LEN: usize = 64;
 
 /// A registered permission: a bit, plus whether only a session may use it.
@@ -72,7 +73,7 @@ impl PermissionGrant {
     /// A grant of these names.
     ///
     /// ```
-    /// use keyward::PermissionGrant;
+    /// use keyward::policy::PermissionGrant;
     /// let g = PermissionGrant::only(["package:push", "analytics:read"]);
     /// assert!(matches!(g, PermissionGrant::Only(ref s) if s.len() == 2));
     /// ```
@@ -223,7 +224,7 @@ fn validate_name(name: &str) -> Result<(), PolicyError> {
 /// The application's permissions, built once at startup.
 ///
 /// ```
-/// use keyward::{PermissionGrant, PermissionRegistry};
+/// use keyward::{policy::PermissionGrant, PermissionRegistry};
 /// let registry = PermissionRegistry::builder()
 ///     .permission("package:push-new")
 ///     .permission_implying("package:push", &["package:push-new"])
@@ -248,6 +249,9 @@ pub struct PermissionRegistry {
 }
 
 impl PermissionRegistry {
+    /// Most permissions one registry may hold (the bits of its set).
+    pub const MAX_PERMISSIONS: usize = MAX_PERMISSIONS;
+
     /// Starts a registry.
     pub fn builder() -> PermissionRegistryBuilder {
         PermissionRegistryBuilder::default()

@@ -1,9 +1,9 @@
 //! Resource scope: all of an owner's resources, or names and glob patterns.
 
-use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Serialize};
 
-use crate::error::PolicyError;
+use super::wildcard;
+use crate::policy::PolicyError;
 
 const GLOB_CHARS: &[char] = &['*', '?', '[', ']', '{', '}', '\\', '!', ','];
 
@@ -25,7 +25,7 @@ impl ResourceScope {
     /// A selection of names and patterns.
     ///
     /// ```
-    /// use keyward::ResourceScope;
+    /// use keyward::policy::ResourceScope;
     /// let scope = ResourceScope::only(["AzureRM.DataFactory*", "AzureRM.Profile"]);
     /// assert!(matches!(scope, ResourceScope::Only(ref v) if v.len() == 2));
     /// ```
@@ -61,7 +61,7 @@ impl<'a> ResourceRef<'a> {
 /// Patterns may additionally hold `*` and `?`.
 ///
 /// ```
-/// use keyward::{ResourceRule, ResourceScope};
+/// use keyward::{policy::ResourceRule, policy::ResourceScope};
 /// let rule = ResourceRule::default();
 /// let scope = rule.compile(&ResourceScope::only(["AzureRM.DataFactory*"])).unwrap();
 /// assert!(scope.matches("AzureRm.DataFactoryV2.Netcore")); // case-insensitive, future names
@@ -123,7 +123,12 @@ impl ResourceRule {
     /// Checks every entry and compiles the selection into one matcher.
     pub fn compile(&self, scope: &ResourceScope) -> Result<CompiledScope, PolicyError> {
         let entries = match scope {
-            ResourceScope::All => return Ok(CompiledScope { set: None }),
+            ResourceScope::All => {
+                return Ok(CompiledScope {
+                    data: None,
+                    case_insensitive: self.case_insensitive,
+                });
+            }
             ResourceScope::Only(entries) => entries,
         };
         if entries.is_empty() {
@@ -135,7 +140,7 @@ impl ResourceRule {
                 max: self.max_entries,
             });
         }
-        let mut builder = GlobSetBuilder::new();
+        let (mut program, mut texts) = (Vec::new(), Vec::new());
         for (index, entry) in entries.iter().enumerate() {
             if entry.is_empty() {
                 return Err(PolicyError::EmptyPattern { index });
@@ -157,28 +162,33 @@ impl ResourceRule {
                     ch,
                 });
             }
-            let glob = GlobBuilder::new(entry)
-                .case_insensitive(self.case_insensitive)
-                .literal_separator(false)
-                .backslash_escape(false)
-                .build()
-                .map_err(|e| PolicyError::InvalidGlob {
-                    pattern: entry.clone(),
-                    reason: e.kind().to_string(),
-                })?;
-            builder.add(glob);
+            wildcard::compile_into(entry, self.case_insensitive, &mut program, &mut texts);
         }
-        let set = builder.build().map_err(|e| PolicyError::InvalidGlob {
-            pattern: entries.join(","),
-            reason: e.kind().to_string(),
-        })?;
-        Ok(CompiledScope { set: Some(set) })
+        wildcard::end_program(&mut program, &texts);
+        Ok(CompiledScope {
+            data: Some(program.into_boxed_slice()),
+            case_insensitive: self.case_insensitive,
+        })
     }
 
-    /// Checks a resource name (not a pattern) against the rule.
+    /// Checks a resource name (not a pattern) against the rule: not empty,
+    /// at most `max_len` characters, only allowed characters.
+    ///
+    /// `CompiledKey::check` checks the requested name with this before
+    /// matching it, which also bounds the matching work a request can cause.
     pub fn check_name(&self, name: &str) -> Result<(), PolicyError> {
         if name.is_empty() {
             return Err(PolicyError::EmptyPattern { index: 0 });
+        }
+        if name.len() > self.max_len {
+            let len = name.chars().count();
+            if len > self.max_len {
+                return Err(PolicyError::PatternTooLong {
+                    pattern: name.chars().take(self.max_len).collect(),
+                    len,
+                    max: self.max_len,
+                });
+            }
         }
         if let Some(ch) = name.chars().find(|c| !self.allowed(*c)) {
             return Err(PolicyError::PatternBadCharacter {
@@ -190,24 +200,75 @@ impl ResourceRule {
     }
 }
 
-/// A resource selection compiled once per key; matching is one globset call.
-#[derive(Debug, Clone)]
+/// A resource selection compiled once per key.
+///
+/// All of a key's patterns live in one allocation, a few bytes more than
+/// their text (which it also gives back, [`CompiledScope::patterns`]): `*`
+/// and `?` compiled for exactly that language (no regular expression, no
+/// automaton per pattern). Matching allocates nothing and gives the answers
+/// the `globset` crate gives for the same patterns (case-insensitive as the
+/// rule says, `*` across `.` and `/`, anchored at both ends, `?` one byte).
+#[derive(Clone, PartialEq, Eq)]
 pub struct CompiledScope {
-    set: Option<GlobSet>,
+    /// `None`: every resource. Else the program (`policy/wildcard.rs`).
+    data: Option<Box<[u8]>>,
+    case_insensitive: bool,
+}
+
+impl std::fmt::Debug for CompiledScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.data {
+            None => f.write_str("CompiledScope::All"),
+            Some(_) => f
+                .debug_struct("CompiledScope")
+                .field("patterns", &self.patterns().collect::<Vec<_>>())
+                .field("case_insensitive", &self.case_insensitive)
+                .finish(),
+        }
+    }
 }
 
 impl CompiledScope {
     /// Whether the scope covers a resource with this name (of the key's owner).
+    ///
+    /// At most n × m steps per pattern for a name of n bytes and a pattern
+    /// of m (linear for patterns with at most one `*`); check untrusted
+    /// names with [`ResourceRule::check_name`] first, which bounds n.
     #[inline]
     pub fn matches(&self, name: &str) -> bool {
-        match &self.set {
+        match &self.data {
             None => true,
-            Some(set) => set.is_match(name),
+            Some(data) => wildcard::matches_any(data, self.case_insensitive, name.as_bytes()),
         }
     }
 
     /// Whether the scope covers every resource of the owner.
     pub fn is_all(&self) -> bool {
-        self.set.is_none()
+        self.data.is_none()
+    }
+
+    /// The names and patterns as granted, in order (none for all resources).
+    ///
+    /// ```
+    /// use keyward::{ResourceRule, ResourceScope};
+    /// let scope = ResourceScope::only(["AzureRM.DataFactory*", "AzureRM.Profile"]);
+    /// let compiled = ResourceRule::default().compile(&scope).unwrap();
+    /// assert!(compiled.patterns().eq(["AzureRM.DataFactory*", "AzureRM.Profile"]));
+    /// assert_eq!(compiled.to_scope(), scope);
+    /// ```
+    pub fn patterns(&self) -> impl Iterator<Item = &str> {
+        self.data
+            .as_deref()
+            .into_iter()
+            .flat_map(wildcard::patterns)
+    }
+
+    /// The selection as granted.
+    pub fn to_scope(&self) -> ResourceScope {
+        if self.is_all() {
+            ResourceScope::All
+        } else {
+            ResourceScope::Only(self.patterns().map(str::to_owned).collect())
+        }
     }
 }

@@ -13,10 +13,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use chrono::{DateTime, Utc};
 use ipnet::IpNet;
 
-use crate::error::StoreError;
-use crate::key::{KeyKind, KeyRecord, OwnerId, SecretHash};
+use crate::ids::OwnerId;
+use crate::ids::{Environment, KeyId};
+use crate::key::{KeyKind, KeyRecord, SecretHash};
 use crate::policy::{IpAllowlist, PermissionGrant, ResourceScope};
-use crate::token::{Environment, KeyId};
+use crate::store::StoreError;
 
 /// The count written for "all" (permissions or resources); a list of `n`
 /// items is written as `n + 1`.

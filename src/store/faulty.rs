@@ -9,6 +9,7 @@
 //! use std::time::Duration;
 //! use keyward::store::{FaultyStore, Op};
 //! use keyward::*;
+//! use keyward::{hash::Argon2Hasher, policy::PermissionGrant};
 //!
 //! let store = Arc::new(FaultyStore::new(MemoryStore::new()));
 //! let registry = PermissionRegistry::builder().permission("package:push").build().unwrap();
@@ -19,7 +20,7 @@
 //!     Policy::new(registry),
 //! )
 //! .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
-//! .build();
+//! .build().unwrap();
 //! let live = Environment::new("live").unwrap();
 //! let req = VerifyRequest::new(&live, push);
 //! let admin = Actor::administrator("alice", OwnerId::new("contoso").unwrap());
@@ -60,11 +61,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::error::StoreError;
-use crate::key::{KeyRecord, OwnerId};
-use crate::session::{SessionCap, SessionRecord, SessionStore};
+use crate::ids::KeyId;
+use crate::ids::OwnerId;
+use crate::key::KeyRecord;
+use crate::session::{SessionCap, SessionRecord};
+use crate::store::SessionStore;
+use crate::store::StoreError;
 use crate::store::{KeyStore, ListQuery, QuotaCheck};
-use crate::token::KeyId;
 
 /// One store operation: one method of [`KeyStore`] or [`SessionStore`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -11,10 +11,12 @@ use foldhash::fast::RandomState;
 
 use super::compact::CompactRecord;
 use super::{KeyStore, ListQuery, QuotaCheck};
-use crate::error::StoreError;
-use crate::key::{KeyRecord, OwnerId};
-use crate::session::{SessionCap, SessionRecord, SessionStore};
-use crate::token::KeyId;
+use crate::ids::KeyId;
+use crate::ids::OwnerId;
+use crate::key::KeyRecord;
+use crate::session::{SessionCap, SessionRecord};
+use crate::store::SessionStore;
+use crate::store::StoreError;
 
 const SHARDS: usize = 32;
 

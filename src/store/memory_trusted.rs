@@ -8,10 +8,10 @@ use chrono::{DateTime, Utc};
 
 use super::MemoryStore;
 use super::trusted::TrustStore;
-use crate::error::StoreError;
-use crate::key::OwnerId;
-use crate::token::KeyId;
-use crate::trusted::TrustPolicy;
+use crate::ids::KeyId;
+use crate::ids::OwnerId;
+use crate::store::StoreError;
+use crate::trust_policy::TrustPolicy;
 
 /// The trusted-publishing tables of a [`MemoryStore`].
 #[derive(Debug, Default)]

@@ -4,7 +4,10 @@
 //! always available; SQLite and PostgreSQL stores come with their features.
 //! Write your own by implementing the trait with `async fn`s.
 
+mod audit_sink;
+mod boxed;
 mod compact;
+mod error;
 mod memory;
 mod memory_trusted;
 mod trusted;
@@ -23,6 +26,7 @@ mod postgres_audit;
 mod postgres_sessions;
 #[cfg(feature = "postgres")]
 mod postgres_trusted;
+mod sessions;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
 #[cfg(feature = "sqlite")]
@@ -42,11 +46,15 @@ use chrono::{DateTime, Utc};
 
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub use audit_sink::{AuditSink, MemoryAuditSink};
+pub use boxed::{BoxedSessionStore, BoxedStore, DynKeyStore, DynSessionStore};
+pub use error::StoreError;
 pub use faulty::{Fault, FaultyStore, Op};
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use postgres::{ChangeListener, FeedStatus, PostgresStore};
+pub use sessions::SessionStore;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
 pub use sql::InvalidName;
@@ -55,9 +63,9 @@ pub use sql::InvalidName;
 pub use sqlite::SqliteStore;
 pub use trusted::TrustStore;
 
-use crate::error::StoreError;
-use crate::key::{KeyRecord, KeyStatus, OwnerId};
-use crate::token::{Environment, KeyId};
+use crate::ids::OwnerId;
+use crate::ids::{Environment, KeyId};
+use crate::key::{KeyRecord, KeyStatus};
 
 /// The largest page a listing returns.
 pub const MAX_PAGE_SIZE: usize = 1000;
@@ -76,7 +84,7 @@ pub struct QuotaCheck {
 /// one status, ordered by id, a page at a time.
 ///
 /// ```
-/// use keyward::{ListQuery, KeyStatus, OwnerId};
+/// use keyward::{store::ListQuery, key::KeyStatus, OwnerId};
 /// let q = ListQuery::new(OwnerId::new("contoso").unwrap())
 ///     .status(KeyStatus::Revoked)
 ///     .limit(50);

@@ -13,10 +13,10 @@ use tokio::task::JoinHandle;
 
 use super::sql::{self, COLUMNS, InvalidName, boxed};
 use super::{KeyStore, ListQuery, QuotaCheck};
-use crate::error::StoreError;
+use crate::ids::KeyId;
 use crate::key::{KeyRecord, KeyStatus};
 use crate::store::Invalidate;
-use crate::token::KeyId;
+use crate::store::StoreError;
 
 const DEFAULT_SCHEMA: &str = "public";
 const DEFAULT_TABLE: &str = "keyward_keys";
@@ -44,7 +44,7 @@ const FEED_MIN_UPTIME: Duration = Duration::from_secs(1);
 ///   `(owner, environment)` of unrevoked keys for the quota count.
 ///   Permissions, resources and the IP allowlist are JSON text; times are
 ///   `BIGINT` microseconds since the epoch.
-/// - **Sessions**: the store is also a [`SessionStore`](crate::SessionStore),
+/// - **Sessions**: the store is also a [`SessionStore`](crate::store::SessionStore),
 ///   in `<table>_sessions` (same schema), created by [`migrate`](Self::migrate).
 /// - **Migrations** ([`migrate`](Self::migrate)) are embedded, run under a
 ///   transaction-scoped advisory lock and use `IF NOT EXISTS`: safe to run on
@@ -61,7 +61,7 @@ const FEED_MIN_UPTIME: Duration = Duration::from_secs(1);
 /// - **Expiry reminders** are taken by one `UPDATE ... RETURNING` over rows
 ///   selected `FOR UPDATE SKIP LOCKED` (a partial index on `expires_at`
 ///   finds them), so concurrent callers, on any server, never get the same key.
-/// - **Audit trail**: the store is also an [`AuditSink`](crate::AuditSink)
+/// - **Audit trail**: the store is also an [`AuditSink`](crate::store::AuditSink)
 ///   writing `<table>_audit` (indexed by key and time, owner and time), so
 ///   one database keeps both: `KeyManager::builder(store.clone(), ..).audit(store.clone())`.
 /// - **Change feed**: every update and delete that changes a row also runs
@@ -220,19 +220,56 @@ fn channel_name(schema: &str, table: &str) -> String {
 
 impl PostgresStore {
     /// Connects a pool of up to 16 connections to `url`
-    /// (`postgres://user@host:5432/db`). Fails at once if the server cannot
-    /// be reached. Run [`migrate`](Self::migrate) before first use.
+    /// (`postgres://user@host:5432/db`), with [`pool_options`](Self::pool_options).
+    /// Fails at once if the server cannot be reached. Run
+    /// [`migrate`](Self::migrate) before first use. To size the pool or name
+    /// the connections, see [`connect_with`](Self::connect_with).
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let pool = PgPoolOptions::new()
+        Self::connect_with(Self::pool_options(), url).await
+    }
+
+    /// The pool settings [`connect`](Self::connect) uses, to start from:
+    /// up to 16 connections, 5 s to wait for one.
+    pub fn pool_options() -> PgPoolOptions {
+        PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(5))
+    }
+
+    /// Connects a pool with your settings (size, timeouts, lifetimes) to
+    /// `url`. Fails at once if the server cannot be reached.
+    ///
+    /// Connections are named by the URL's `application_name` parameter, so
+    /// `pg_stat_activity` tells this server's connections from others'
+    /// (the change feed's own connection is always
+    /// `keyward-change-feed`). For settings a URL cannot carry, build the
+    /// pool yourself and use [`from_pool`](Self::from_pool).
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), keyward::StoreError> {
+    /// use std::time::Duration;
+    /// use keyward::PostgresStore;
+    /// let store = PostgresStore::connect_with(
+    ///     PostgresStore::pool_options()
+    ///         .max_connections(64)
+    ///         .min_connections(4)
+    ///         .idle_timeout(Duration::from_secs(600)),
+    ///     "postgres://app@db.internal:5432/registry?application_name=publisher-api",
+    /// )
+    /// .await?;
+    /// # let _ = store; Ok(()) }
+    /// ```
+    pub async fn connect_with(options: PgPoolOptions, url: &str) -> Result<Self, StoreError> {
+        let pool = options
             .connect(url)
             .await
             .map_err(err("connect to PostgreSQL"))?;
         Ok(Self::from_pool(pool))
     }
 
-    /// A store over a pool you configured yourself.
+    /// A store over a pool you configured yourself (connection options
+    /// included: `PgConnectOptions::application_name` names its
+    /// connections), or one shared with the rest of the program.
     pub fn from_pool(pool: PgPool) -> Self {
         Self {
             pool,
@@ -390,7 +427,7 @@ impl PostgresStore {
     /// let store = PostgresStore::connect("postgres://app@db.internal/registry").await?;
     /// store.migrate().await?;
     /// # let (format, policy) = (TokenFormat::new("mkh", &["live"])?, Policy::new(PermissionRegistry::builder().permission("p").build()?));
-    /// let manager = KeyManager::builder(store.clone(), format, policy).build();
+    /// let manager = KeyManager::builder(store.clone(), format, policy).build().unwrap();
     /// let feed = store.listen(&manager.verifier()).await?;
     /// // ... serve requests; keep `feed` alive as long as the manager.
     /// # drop(feed);

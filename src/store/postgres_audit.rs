@@ -5,8 +5,9 @@ use std::borrow::Cow;
 
 use super::PostgresStore;
 use super::sql::{self, AUDIT_COLUMNS, boxed};
-use crate::audit::{AuditEvent, AuditQuery, AuditSink, BoxFuture};
-use crate::error::StoreError;
+use crate::audit::{AuditEvent, AuditQuery, BoxFuture};
+use crate::store::AuditSink;
+use crate::store::StoreError;
 
 impl PostgresStore {
     fn audit_table(&self) -> String {
@@ -116,7 +117,7 @@ fn without_nul(s: &str) -> Cow<'_, str> {
 ///
 /// ```no_run
 /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
-/// use keyward::{AuditQuery, AuditSink, KeyId, PostgresStore};
+/// use keyward::{audit::AuditQuery, store::AuditSink, KeyId, PostgresStore};
 /// let store = PostgresStore::connect("postgres://app@db.internal/registry").await?;
 /// store.migrate().await?;
 /// // After a leak: what did this key do between T1 and T2?

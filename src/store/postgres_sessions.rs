@@ -14,13 +14,11 @@ use sqlx::postgres::PgRow;
 
 use super::PostgresStore;
 use super::sql::{self, boxed};
-use crate::error::StoreError;
-use crate::key::OwnerId;
-use crate::session::{SessionCap, SessionHash, SessionRecord, SessionStore};
-use crate::token::{Environment, KeyId};
+use crate::ids::{KeyId, OwnerId};
+use crate::session::{SessionCap, SessionRecord};
+use crate::store::{SessionStore, StoreError};
 
-const COLUMNS: &str = "id, key_id, owner, environment, key_name, permissions, resources, ip_allowlist, \
-                       created_at, expires_at, revoked, secret_hash";
+const COLUMNS: &str = sql::SESSION_COLUMNS;
 
 /// Migration 2 of [`PostgresStore::migrate`]: the sessions table, an index
 /// on the key id (to end a key's sessions) and one on the expiry (to purge).
@@ -64,67 +62,8 @@ impl PostgresStore {
     }
 }
 
-fn json<T: serde::Serialize>(field: &str, v: &T) -> Result<String, StoreError> {
-    serde_json::to_string(v).map_err(|e| StoreError::Backend(format!("cannot encode {field}: {e}")))
-}
-
-/// A printable, bounded form of a stored id for error messages.
-fn printable(raw: &str) -> String {
-    raw.chars()
-        .take(64)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
-}
-
 fn decode(row: &PgRow) -> Result<SessionRecord, StoreError> {
-    let raw_id: String = row.try_get("id").map_err(|e| StoreError::Corrupt {
-        id: "?".into(),
-        field: "id",
-        reason: e.to_string(),
-    })?;
-    let corrupt = |field: &'static str, reason: String| StoreError::Corrupt {
-        id: printable(&raw_id),
-        field,
-        reason,
-    };
-    let text = |field: &'static str| -> Result<String, StoreError> {
-        row.try_get::<String, _>(field)
-            .map_err(|e| corrupt(field, e.to_string()))
-    };
-    let time = |field: &'static str| -> Result<DateTime<Utc>, StoreError> {
-        let v: i64 = row
-            .try_get(field)
-            .map_err(|e| corrupt(field, e.to_string()))?;
-        DateTime::from_timestamp_micros(v)
-            .ok_or_else(|| corrupt(field, format!("{v} microseconds is out of range")))
-    };
-    // The hash is checked for its length only; its bytes are never quoted.
-    let hash: Vec<u8> = row
-        .try_get("secret_hash")
-        .map_err(|_| corrupt("secret_hash", "not bytes".into()))?;
-    let hash: [u8; 32] = hash
-        .try_into()
-        .map_err(|_| corrupt("secret_hash", "not 32 bytes".into()))?;
-    Ok(SessionRecord {
-        id: KeyId::new(&raw_id).map_err(|e| corrupt("id", e.to_string()))?,
-        key_id: KeyId::new(&text("key_id")?).map_err(|e| corrupt("key_id", e.to_string()))?,
-        owner: OwnerId::new(&text("owner")?).map_err(|e| corrupt("owner", e.to_string()))?,
-        environment: Environment::new(&text("environment")?)
-            .map_err(|e| corrupt("environment", e.to_string()))?,
-        key_name: text("key_name")?,
-        permissions: serde_json::from_str(&text("permissions")?)
-            .map_err(|e| corrupt("permissions", e.to_string()))?,
-        resources: serde_json::from_str(&text("resources")?)
-            .map_err(|e| corrupt("resources", e.to_string()))?,
-        ip_allowlist: serde_json::from_str(&text("ip_allowlist")?)
-            .map_err(|e| corrupt("ip_allowlist", e.to_string()))?,
-        created_at: time("created_at")?,
-        expires_at: time("expires_at")?,
-        revoked: row
-            .try_get::<bool, _>("revoked")
-            .map_err(|e| corrupt("revoked", e.to_string()))?,
-        secret_hash: SessionHash::from_bytes(hash),
-    })
+    sql::decode_session(row, |row| row.try_get::<bool, _>("revoked"))
 }
 
 /// Every method is one statement or one transaction (atomic); the futures are boxed
@@ -136,9 +75,7 @@ impl SessionStore for PostgresStore {
         cap: Option<SessionCap>,
     ) -> Result<(), StoreError> {
         let t = self.sessions();
-        let permissions = json("permissions", &record.permissions)?;
-        let resources = json("resources", &record.resources)?;
-        let ips = json("ip_allowlist", &record.ip_allowlist)?;
+        let json = sql::session_json(record)?;
         boxed(async move {
             let mut tx = self
                 .pool()
@@ -161,12 +98,7 @@ impl SessionStore for PostgresStore {
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(|e| sql::backend("count live sessions", e))?;
-                if live >= i64::from(cap.max_live) {
-                    return Err(StoreError::TooManySessions {
-                        key_id: record.key_id.clone(),
-                        limit: cap.max_live,
-                    });
-                }
+                sql::within_session_cap(record, cap, live)?;
             }
             let result = sqlx::query(&format!(
                 "INSERT INTO {t} ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
@@ -176,25 +108,19 @@ impl SessionStore for PostgresStore {
             .bind(record.owner.as_str())
             .bind(record.environment.as_str())
             .bind(&record.key_name)
-            .bind(&permissions)
-            .bind(&resources)
-            .bind(&ips)
+            .bind(&json.permissions)
+            .bind(&json.resources)
+            .bind(&json.ip_allowlist)
             .bind(sql::micros(record.created_at))
             .bind(sql::micros(record.expires_at))
             .bind(record.revoked)
             .bind(&record.secret_hash.as_bytes()[..])
             .execute(&mut *tx)
             .await;
-            match result {
-                Ok(_) => tx
-                    .commit()
-                    .await
-                    .map_err(|e| sql::backend("commit a session", e)),
-                Err(ref e) if sql::is_unique_violation(e) => {
-                    Err(StoreError::DuplicateId(record.id.clone()))
-                }
-                Err(e) => Err(sql::backend("insert a session", e)),
-            }
+            sql::session_inserted(result, record)?;
+            tx.commit()
+                .await
+                .map_err(|e| sql::backend("commit a session", e))
         })
         .await
     }

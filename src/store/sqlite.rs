@@ -13,9 +13,9 @@ use sqlx::sqlite::{
 
 use super::sql::{self, COLUMNS, InvalidName, boxed};
 use super::{KeyStore, ListQuery, QuotaCheck};
-use crate::error::StoreError;
+use crate::ids::KeyId;
 use crate::key::KeyRecord;
-use crate::token::KeyId;
+use crate::store::StoreError;
 
 /// The table name used unless [`SqliteStore::with_table`] says otherwise.
 const DEFAULT_TABLE: &str = "keyward_keys";
@@ -45,7 +45,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// - **Expiry reminders** are taken by one `UPDATE ... RETURNING` under
 ///   SQLite's write lock (a partial index on `expires_at` finds the due
 ///   keys), so concurrent callers never get the same key.
-/// - **Audit trail**: the store is also an [`AuditSink`](crate::AuditSink)
+/// - **Audit trail**: the store is also an [`AuditSink`](crate::store::AuditSink)
 ///   writing `<table>_audit` (indexed by key and time, owner and time), so
 ///   one database keeps both: `KeyManager::builder(store.clone(), ..).audit(store.clone())`.
 ///
@@ -182,7 +182,7 @@ impl SqliteStore {
     /// before first use.
     ///
     /// ```no_run
-    /// # async fn f() -> Result<(), keyward::StoreError> {
+    /// # async fn f() -> Result<(), keyward::store::StoreError> {
     /// let store = keyward::SqliteStore::connect("/var/lib/registry/keys.db").await?;
     /// store.migrate().await?;
     /// # Ok(()) }

@@ -3,8 +3,9 @@
 
 use super::SqliteStore;
 use super::sql::{self, AUDIT_COLUMNS, boxed};
-use crate::audit::{AuditEvent, AuditQuery, AuditSink, BoxFuture};
-use crate::error::StoreError;
+use crate::audit::{AuditEvent, AuditQuery, BoxFuture};
+use crate::store::AuditSink;
+use crate::store::StoreError;
 
 impl SqliteStore {
     fn audit_table(&self) -> String {
@@ -93,7 +94,7 @@ impl SqliteStore {
 ///
 /// ```
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
-/// use keyward::{AuditAction, AuditEvent, AuditQuery, AuditSink, SqliteStore};
+/// use keyward::{audit::AuditAction, audit::AuditEvent, audit::AuditQuery, store::AuditSink, SqliteStore};
 /// let store = SqliteStore::in_memory().await?;
 /// store.migrate().await?;
 /// store.record(&[AuditEvent::new(chrono::Utc::now(), AuditAction::Created)]).await?;

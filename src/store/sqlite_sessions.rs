@@ -8,13 +8,11 @@ use sqlx::sqlite::SqliteRow;
 
 use super::SqliteStore;
 use super::sql::{self, boxed};
-use crate::error::StoreError;
-use crate::key::OwnerId;
-use crate::session::{SessionCap, SessionHash, SessionRecord, SessionStore};
-use crate::token::KeyId;
+use crate::ids::{KeyId, OwnerId};
+use crate::session::{SessionCap, SessionRecord};
+use crate::store::{SessionStore, StoreError};
 
-const COLUMNS: &str = "id, key_id, owner, environment, key_name, permissions, resources, ip_allowlist, \
-                       created_at, expires_at, revoked, secret_hash";
+const COLUMNS: &str = sql::SESSION_COLUMNS;
 
 impl SqliteStore {
     fn sessions_table(&self) -> String {
@@ -59,59 +57,8 @@ impl SqliteStore {
     }
 }
 
-fn json<T: serde::Serialize>(field: &str, v: &T) -> Result<String, StoreError> {
-    serde_json::to_string(v).map_err(|e| StoreError::Backend(format!("cannot encode {field}: {e}")))
-}
-
 fn decode(row: &SqliteRow) -> Result<SessionRecord, StoreError> {
-    let id: String = row
-        .try_get("id")
-        .map_err(|e| sql::backend("read a session", e))?;
-    let corrupt = |field: &'static str, reason: String| StoreError::Corrupt {
-        id: id.clone(),
-        field,
-        reason,
-    };
-    let text = |field: &'static str| -> Result<String, StoreError> {
-        row.try_get::<String, _>(field)
-            .map_err(|e| corrupt(field, e.to_string()))
-    };
-    let time = |field: &'static str| -> Result<DateTime<Utc>, StoreError> {
-        let v: i64 = row
-            .try_get(field)
-            .map_err(|e| corrupt(field, e.to_string()))?;
-        DateTime::from_timestamp_micros(v).ok_or_else(|| corrupt(field, "out of range".into()))
-    };
-    let hash: Vec<u8> = row
-        .try_get("secret_hash")
-        .map_err(|e| corrupt("secret_hash", e.to_string()))?;
-    let hash: [u8; 32] = hash
-        .try_into()
-        .map_err(|_| corrupt("secret_hash", "not 32 bytes".into()))?;
-    Ok(SessionRecord {
-        id: KeyId::new(&id).map_err(|e| corrupt("id", e.to_string()))?,
-        key_id: KeyId::new(&text("key_id")?).map_err(|e| corrupt("key_id", e.to_string()))?,
-        owner: text("owner")?
-            .parse()
-            .map_err(|e: crate::InvalidValue| corrupt("owner", e.to_string()))?,
-        environment: text("environment")?
-            .parse()
-            .map_err(|e: crate::InvalidValue| corrupt("environment", e.to_string()))?,
-        key_name: text("key_name")?,
-        permissions: serde_json::from_str(&text("permissions")?)
-            .map_err(|e| corrupt("permissions", e.to_string()))?,
-        resources: serde_json::from_str(&text("resources")?)
-            .map_err(|e| corrupt("resources", e.to_string()))?,
-        ip_allowlist: serde_json::from_str(&text("ip_allowlist")?)
-            .map_err(|e| corrupt("ip_allowlist", e.to_string()))?,
-        created_at: time("created_at")?,
-        expires_at: time("expires_at")?,
-        revoked: row
-            .try_get::<i64, _>("revoked")
-            .map_err(|e| corrupt("revoked", e.to_string()))?
-            != 0,
-        secret_hash: SessionHash::from_bytes(hash),
-    })
+    sql::decode_session(row, |row| row.try_get::<i64, _>("revoked").map(|r| r != 0))
 }
 
 impl SessionStore for SqliteStore {
@@ -121,9 +68,7 @@ impl SessionStore for SqliteStore {
         cap: Option<SessionCap>,
     ) -> Result<(), StoreError> {
         let t = self.sessions_table();
-        let permissions = json("permissions", &record.permissions)?;
-        let resources = json("resources", &record.resources)?;
-        let ips = json("ip_allowlist", &record.ip_allowlist)?;
+        let json = sql::session_json(record)?;
         boxed(async move {
             // IMMEDIATE takes the write lock now: the count below cannot go stale.
             let mut tx = self
@@ -140,12 +85,7 @@ impl SessionStore for SqliteStore {
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(|e| sql::backend("count live sessions", e))?;
-                if live >= i64::from(cap.max_live) {
-                    return Err(StoreError::TooManySessions {
-                        key_id: record.key_id.clone(),
-                        limit: cap.max_live,
-                    });
-                }
+                sql::within_session_cap(record, cap, live)?;
             }
             let result = sqlx::query(&format!(
                 "INSERT INTO \"{t}\" ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -155,25 +95,19 @@ impl SessionStore for SqliteStore {
             .bind(record.owner.as_str())
             .bind(record.environment.as_str())
             .bind(&record.key_name)
-            .bind(&permissions)
-            .bind(&resources)
-            .bind(&ips)
+            .bind(&json.permissions)
+            .bind(&json.resources)
+            .bind(&json.ip_allowlist)
             .bind(sql::micros(record.created_at))
             .bind(sql::micros(record.expires_at))
             .bind(i64::from(record.revoked))
             .bind(&record.secret_hash.as_bytes()[..])
             .execute(&mut *tx)
             .await;
-            match result {
-                Ok(_) => tx
-                    .commit()
-                    .await
-                    .map_err(|e| sql::backend("commit a session", e)),
-                Err(ref e) if sql::is_unique_violation(e) => {
-                    Err(StoreError::DuplicateId(record.id.clone()))
-                }
-                Err(e) => Err(sql::backend("insert a session", e)),
-            }
+            sql::session_inserted(result, record)?;
+            tx.commit()
+                .await
+                .map_err(|e| sql::backend("commit a session", e))
         })
         .await
     }

@@ -10,10 +10,10 @@ use sqlx::sqlite::SqliteRow;
 use super::SqliteStore;
 use super::sql::{self, boxed};
 use super::trusted::TrustStore;
-use crate::error::StoreError;
-use crate::key::OwnerId;
-use crate::token::KeyId;
-use crate::trusted::TrustPolicy;
+use crate::ids::KeyId;
+use crate::ids::OwnerId;
+use crate::store::StoreError;
+use crate::trust_policy::TrustPolicy;
 
 impl SqliteStore {
     fn trust_tables(&self) -> (String, String) {

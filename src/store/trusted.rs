@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use crate::error::StoreError;
-use crate::key::OwnerId;
-use crate::token::KeyId;
-use crate::trusted::TrustPolicy;
+use crate::ids::KeyId;
+use crate::ids::OwnerId;
+use crate::store::StoreError;
+use crate::trust_policy::TrustPolicy;
 
 /// Trust policies (trusted publishing) and the `jti`s of exchanged tokens.
 /// Same style as [`KeyStore`](crate::KeyStore): `async fn`s, and every

@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::policy::{GitHubClaims, TrustClaims};
+use crate::trust_policy::{GitHubClaims, TrustClaims};
 
 /// The claims of an OIDC token that keyward reads, after its signature,
 /// times and audience were checked. Unknown claims are ignored.

@@ -5,8 +5,9 @@ use std::time::Duration;
 use thiserror::Error;
 
 use super::claims::ClaimName;
-use crate::error::{PolicyError, StoreError};
-use crate::session::SessionError;
+use crate::policy::PolicyError;
+use crate::store::StoreError;
+use crate::verify::SessionError;
 
 /// Why an OIDC token was refused, or trusted publishing could not be set up.
 ///

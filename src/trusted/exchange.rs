@@ -12,17 +12,17 @@ use super::claims::{ClaimError, MatchedClaims, match_claims};
 use super::error::TrustError;
 use super::fetch::{Fetching, JwksFetcher};
 use super::keys::{IssuerKeys, Unverified, peek, verify};
-use super::policy::{TrustPolicy, check_issuer};
 use crate::audit::{AuditAction, AuditEvent};
-use crate::error::StoreError;
-use crate::key::OwnerId;
+use crate::ids::KeyId;
+use crate::ids::OwnerId;
 use crate::manager::{ID_ATTEMPTS, KeyManager};
 use crate::policy::{IpAllowlist, PermissionGrant};
-use crate::session::{
-    IssuedSession, SessionCap, SessionError, SessionHash, SessionRecord, SessionStore,
-};
+use crate::session::{IssuedSession, SessionCap, SessionHash, SessionRecord};
+use crate::store::SessionStore;
+use crate::store::StoreError;
 use crate::store::{KeyStore, TrustStore};
-use crate::token::KeyId;
+use crate::trust_policy::{TrustPolicy, check_issuer};
+use crate::verify::SessionError;
 
 /// Settings of [`TrustedPublishing`].
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,14 +1,16 @@
 //! Registering, listing and deleting trust policies through
 //! [`KeyManager`], under its [`ManagementPolicy`](crate::ManagementPolicy).
 
-use super::policy::{NewTrustPolicy, TrustPolicy, check_audience, check_issuer};
 use crate::audit::{AuditAction, AuditEvent};
-use crate::error::{KeywardError, PolicyError, StoreError};
-use crate::key::{OwnerId, check_text};
+use crate::ids::KeyId;
+use crate::ids::{OwnerId, check_text};
+use crate::manager::KeywardError;
 use crate::manager::{ID_ATTEMPTS, KeyManager};
+use crate::policy::PolicyError;
 use crate::policy::{Actor, ManagementAction};
+use crate::store::StoreError;
 use crate::store::{KeyStore, TrustStore};
-use crate::token::KeyId;
+use crate::trust_policy::{NewTrustPolicy, TrustPolicy, check_audience, check_issuer};
 
 impl<S: KeyStore + TrustStore> KeyManager<S> {
     /// Registers a trust policy: tokens of its issuer and audience whose

@@ -25,8 +25,10 @@ mod fetch;
 #[cfg(feature = "trusted-publishing")]
 mod keys;
 mod manage;
-mod policy;
 
+pub use crate::trust_policy::{
+    GITHUB_ACTIONS_ISSUER, GitHubClaims, NewTrustPolicy, TrustClaims, TrustPolicy,
+};
 pub use claims::{ClaimError, ClaimName, MatchedClaims, TokenClaims, match_claims};
 #[cfg(feature = "trusted-publishing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "trusted-publishing")))]
@@ -37,4 +39,3 @@ pub use exchange::{TrustConfig, TrustedPublishing, TrustedSession};
 #[cfg(feature = "trusted-publishing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "trusted-publishing")))]
 pub use fetch::JwksFetcher;
-pub use policy::{GITHUB_ACTIONS_ISSUER, GitHubClaims, NewTrustPolicy, TrustClaims, TrustPolicy};

@@ -12,8 +12,8 @@ use subtle::ConstantTimeEq;
 use super::compiled::CompiledKey;
 use super::denial::DenialReason;
 use crate::hash::FINGERPRINT_LEN;
-use crate::key::OwnerId;
-use crate::token::{Environment, KeyId};
+use crate::ids::OwnerId;
+use crate::ids::{Environment, KeyId};
 
 const SHARDS: usize = 64;
 
@@ -52,12 +52,57 @@ pub(crate) struct Proof {
     pub(crate) key: Option<Arc<CompiledKey>>,
 }
 
-struct Entry {
-    fingerprint: [u8; FINGERPRINT_LEN],
+/// An entry's state and environment, in 16 bytes: a live key of its own
+/// environment (nearly every entry) is only its `Arc`; anything else is
+/// boxed. A cached key is a hot, repeated thing: every byte of the map's
+/// slot counts (issue 14).
+enum Stored {
+    /// A live key, cached under its own environment.
+    Live(Arc<CompiledKey>),
+    /// A refusal, or a key cached under another environment.
+    Other(Box<(Cached, Environment)>),
+}
+
+impl Stored {
+    fn new(state: Cached, environment: &Environment) -> Self {
+        match state {
+            Cached::Live(key) if key.environment() == environment => Self::Live(key),
+            state => Self::Other(Box::new((state, environment.clone()))),
+        }
+    }
+
     /// The environment of the key (or session): a hit for another
     /// environment is a miss, so the store decides, exactly as when cold.
-    environment: Environment,
-    state: Cached,
+    fn environment(&self) -> &Environment {
+        match self {
+            Self::Live(key) => key.environment(),
+            Self::Other(other) => &other.1,
+        }
+    }
+
+    fn state(&self) -> Cached {
+        match self {
+            Self::Live(key) => Cached::Live(Arc::clone(key)),
+            Self::Other(other) => other.0.clone(),
+        }
+    }
+
+    /// The live key, if the state is one.
+    fn key(&self) -> Option<&Arc<CompiledKey>> {
+        match self {
+            Self::Live(key) => Some(key),
+            Self::Other(other) => match &other.0 {
+                Cached::Live(key) => Some(key),
+                Cached::Dead(..) => None,
+            },
+        }
+    }
+}
+
+struct Entry {
+    fingerprint: [u8; FINGERPRINT_LEN],
+    /// The state, with the environment it was cached for.
+    state: Stored,
     /// When the entry was inserted (not when the check that made it began).
     cached_at: DateTime<Utc>,
     /// The stored hash the fingerprint was proven against (`None` for
@@ -116,11 +161,11 @@ impl KeyCache {
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         let entry = shard.get(id)?;
-        if !self.is_fresh(entry, now) || entry.environment != *environment {
+        if !self.is_fresh(entry, now) || entry.state.environment() != environment {
             return None;
         }
         if bool::from(entry.fingerprint.ct_eq(&fingerprint())) {
-            Some(entry.state.clone())
+            Some(entry.state.state())
         } else {
             None
         }
@@ -149,20 +194,18 @@ impl KeyCache {
         let Some(entry) = shard.get(id) else {
             return Lookup::Miss;
         };
-        if entry.environment != *environment || !bool::from(entry.fingerprint.ct_eq(&fingerprint()))
+        if entry.state.environment() != environment
+            || !bool::from(entry.fingerprint.ct_eq(&fingerprint()))
         {
             return Lookup::Miss;
         }
         if self.is_fresh(entry, now) {
-            return Lookup::Hit(entry.state.clone());
+            return Lookup::Hit(entry.state.state());
         }
         match entry.proof {
             Some(hash) => Lookup::Stale(Proof {
                 hash,
-                key: match &entry.state {
-                    Cached::Live(key) => Some(Arc::clone(key)),
-                    Cached::Dead(..) => None,
-                },
+                key: entry.state.key().cloned(),
             }),
             None => Lookup::Miss,
         }
@@ -239,8 +282,7 @@ impl KeyCache {
             id.clone(),
             Entry {
                 fingerprint,
-                environment: environment.clone(),
-                state,
+                state: Stored::new(state, environment),
                 cached_at: now,
                 proof,
                 stale: false,
@@ -272,7 +314,7 @@ impl KeyCache {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         for shard in &*self.shards {
             let mut shard = shard.write().unwrap_or_else(PoisonError::into_inner);
-            shard.retain(|_, e| !matches!(&e.state, Cached::Live(k) if k.id() == key_id));
+            shard.retain(|_, e| e.state.key().is_none_or(|k| k.id() != key_id));
         }
     }
 

@@ -14,10 +14,11 @@ use super::compiled::CompiledKey;
 use super::denial::DenialReason;
 use super::hash_pool::PoolError;
 use super::shared::Shared;
-use crate::key::{KeyRecord, OwnerId};
+use crate::ids::OwnerId;
+use crate::ids::{Environment, KeyId};
+use crate::key::KeyRecord;
 use crate::source::Source;
 use crate::store::KeyStore;
-use crate::token::{Environment, KeyId};
 
 /// Why a cold check failed, when to retry, and the key's owner where the
 /// key was found.

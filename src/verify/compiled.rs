@@ -10,12 +10,13 @@ use chrono::{DateTime, TimeDelta, Utc};
 use super::denial::DenialReason;
 use super::request::VerifyRequest;
 use super::usage::UsageCell;
-use crate::error::PolicyError;
-use crate::key::{KeyKind, KeyRecord, OwnerId};
+use crate::ids::OwnerId;
+use crate::ids::{Environment, KeyId};
+use crate::key::{KeyKind, KeyRecord};
+use crate::policy::PolicyError;
 use crate::policy::{
     CompiledScope, IpAllowlist, PermissionSet, Policy, ResourceRule, ResourceScope,
 };
-use crate::token::{Environment, KeyId};
 
 /// A key with its policy decoded and compiled, as the verifier caches it.
 #[derive(Debug)]
@@ -23,10 +24,10 @@ pub struct CompiledKey {
     pub(super) id: KeyId,
     pub(super) owner: OwnerId,
     environment: Environment,
-    name: String,
+    name: Box<str>,
     permissions: PermissionSet,
+    /// The compiled resource scope, which also keeps the patterns as granted.
     scope: CompiledScope,
-    resources: ResourceScope,
     ip_allowlist: IpAllowlist,
     expires_at: Option<DateTime<Utc>>,
     /// The earlier of the expiry and the idle-expiry deadline: the one
@@ -40,16 +41,19 @@ pub struct CompiledKey {
 impl CompiledKey {
     /// Decodes and compiles a stored record under `policy` (its idle-expiry
     /// rule included).
+    ///
+    /// Not part of the API (hidden): public only so that `benches/verify.rs`
+    /// can build its SHA-256 baseline map; keyward compiles keys itself.
+    #[doc(hidden)]
     pub fn compile(record: &KeyRecord, policy: &Policy) -> Result<Self, PolicyError> {
         let deadline = Self::deadline_of(record, policy);
         Ok(Self {
             id: record.id.clone(),
             owner: record.owner.clone(),
             environment: record.environment.clone(),
-            name: record.name.clone(),
+            name: record.name.as_str().into(),
             permissions: policy.permissions().resolve_stored(&record.permissions),
             scope: policy.resource_rule().compile(&record.resources)?,
-            resources: record.resources.clone(),
             ip_allowlist: record.ip_allowlist.clone(),
             expires_at: record.expires_at,
             deadline,
@@ -95,10 +99,9 @@ impl CompiledKey {
             id,
             owner,
             environment,
-            name,
+            name: name.into_boxed_str(),
             permissions,
             scope: policy.resource_rule().compile(&resources)?,
-            resources,
             ip_allowlist,
             expires_at,
             deadline: expires_at,
@@ -181,9 +184,10 @@ impl CompiledKey {
     pub fn scope(&self) -> &CompiledScope {
         &self.scope
     }
-    /// The resource scope as granted (names and patterns).
-    pub fn resources(&self) -> &ResourceScope {
-        &self.resources
+    /// The resource scope as granted (names and patterns), rebuilt from the
+    /// compiled scope, which keeps them (a cached key holds them once).
+    pub fn resources(&self) -> ResourceScope {
+        self.scope.to_scope()
     }
     /// The IP allowlist (empty: anywhere).
     pub fn ip_allowlist(&self) -> &IpAllowlist {

@@ -4,8 +4,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::error::TokenError;
-use crate::token::KeyId;
+use crate::ids::KeyId;
+use crate::token::TokenError;
 
 /// Whether a denial is about who the caller is, what they may do, a flood,
 /// or keyward not being able to decide. Maps to HTTP 401, 403, 429 and 503.
@@ -57,7 +57,7 @@ pub enum DenialReason {
     /// The store failed; denied to be safe.
     StoreUnavailable,
     /// Too many checks are waiting for argon2; refused at once rather than
-    /// queued (see [`VerifierConfig::max_hash_queue`](crate::VerifierConfig::max_hash_queue)); try
+    /// queued (see [`VerifierConfig::max_hash_queue`](crate::verify::VerifierConfig::max_hash_queue)); try
     /// again after
     /// [`Denial::retry_after`].
     Overloaded,

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::error::HashError;
+use crate::hash::HashError;
 use crate::hash::{HashScratch, SecretHasher};
 use crate::source::Source;
 

@@ -5,6 +5,7 @@
 //! `throttle`, `hash_pool`, `usage`, `config`; `compiled` → `request`,
 //! `denial`, `usage`; `cache` → `compiled`, `denial`.
 
+mod audit_log;
 mod cache;
 mod cold;
 mod compiled;
@@ -12,15 +13,17 @@ mod config;
 mod denial;
 mod hash_pool;
 mod request;
+mod session;
 mod shared;
 mod throttle;
 mod usage;
 mod verifier;
 
-pub(crate) use cache::{Cached, KeyCache};
 pub use compiled::{CompiledKey, VerifiedKey};
 pub use config::VerifierConfig;
 pub use denial::{Denial, DenialKind, DenialReason};
 pub use request::VerifyRequest;
+pub(crate) use session::Sessions;
+pub use session::{SessionError, VerifiedSession};
 pub(crate) use shared::Shared;
 pub use verifier::{MAX_PAIR_SECRET_LEN, Verifier};

@@ -2,8 +2,8 @@
 
 use std::net::IpAddr;
 
+use crate::ids::Environment;
 use crate::policy::{Permission, ResourceRef};
-use crate::token::Environment;
 
 /// What a request needs: the environment it is served in, a permission, and
 /// optionally the resource it acts on and the client's address.

@@ -10,14 +10,17 @@ use super::config::VerifierConfig;
 use super::hash_pool::HashPool;
 use super::throttle::{SourceThrottle, Throttle};
 use super::usage::{UsageTracker, UsageWrite};
-use crate::audit::{AuditAction, AuditEvent, AuditLog, AuditSink};
+use crate::audit::{AuditAction, AuditEvent};
 use crate::clock::Clock;
-use crate::error::HashError;
+use crate::hash::HashError;
 use crate::hash::{Fingerprinter, HashScratch, SecretHasher};
+use crate::ids::KeyId;
 use crate::policy::Policy;
 use crate::source::Source;
+use crate::store::AuditSink;
 use crate::store::KeyStore;
-use crate::token::{KeyId, TokenFormat};
+use crate::token::TokenFormat;
+use crate::verify::audit_log::AuditLog;
 
 fn delta(d: Duration) -> TimeDelta {
     TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)
@@ -84,7 +87,7 @@ impl<S: KeyStore> Shared<S> {
     }
 
     /// Runs a hasher call on a hashing thread (see
-    /// [`VerifierConfig::max_concurrent_hashes`](crate::VerifierConfig::max_concurrent_hashes)),
+    /// [`VerifierConfig::max_concurrent_hashes`](crate::verify::VerifierConfig::max_concurrent_hashes)),
     /// for management calls.
     pub(crate) async fn run_hasher<R, F>(&self, f: F) -> Result<R, HashError>
     where

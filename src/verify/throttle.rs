@@ -10,9 +10,9 @@ use std::sync::{Mutex, PoisonError};
 use chrono::{DateTime, TimeDelta, Utc};
 use foldhash::fast::RandomState;
 
-use crate::key::OwnerId;
+use crate::ids::OwnerId;
+use crate::ids::{Environment, KeyId};
 use crate::source::Source;
-use crate::token::{Environment, KeyId};
 
 const SHARDS: usize = 16;
 const MAX_BUCKETS_PER_SHARD: usize = 4096;

@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use chrono::{DateTime, TimeDelta, Utc};
 use foldhash::fast::RandomState;
 
-use crate::key::OwnerId;
-use crate::token::KeyId;
+use crate::ids::KeyId;
+use crate::ids::OwnerId;
 
 const SHARDS: usize = 16;
 const NEVER: i64 = i64::MIN;

@@ -14,11 +14,11 @@ use super::compiled::{CompiledKey, VerifiedKey};
 use super::denial::{Denial, DenialReason};
 use super::request::VerifyRequest;
 use super::shared::Shared;
-use crate::error::TokenError;
-use crate::key::OwnerId;
+use crate::ids::OwnerId;
+use crate::ids::{Environment, KeyId};
 use crate::policy::ResourceRule;
 use crate::store::KeyStore;
-use crate::token::{Environment, KeyId};
+use crate::token::TokenError;
 
 /// The longest secret [`Verifier::verify_pair`] accepts.
 pub const MAX_PAIR_SECRET_LEN: usize = 256;
@@ -30,7 +30,7 @@ pub const MAX_PAIR_SECRET_LEN: usize = 256;
 /// **Cache.** After a key's secret was proven once, the verifier keeps the
 /// compiled policy and an HMAC-SHA256 fingerprint of the secret (under a
 /// per-process random key; never the secret) for
-/// [`VerifierConfig::cache_ttl`](crate::VerifierConfig::cache_ttl).
+/// [`VerifierConfig::cache_ttl`](crate::verify::VerifierConfig::cache_ttl).
 /// A hit compares fingerprints in constant time and checks expiry and policy:
 /// about a microsecond. Revoke, regenerate, edit and delete through the
 /// manager invalidate the entry before they return; other processes call
@@ -38,15 +38,15 @@ pub const MAX_PAIR_SECRET_LEN: usize = 256;
 ///
 /// **Cold checks.** Unknown ids and bad checksums never reach argon2. Each
 /// cold check of an existing key takes a token from a per-id bucket
-/// ([`VerifierConfig::failure_burst`](crate::VerifierConfig::failure_burst)); a
+/// ([`VerifierConfig::failure_burst`](crate::verify::VerifierConfig::failure_burst)); a
 /// right secret gives it back, so only wrong secrets are throttled, and a
 /// caller whose right secret is cached is never slowed by them. At most
-/// [`VerifierConfig::max_concurrent_hashes`](crate::VerifierConfig::max_concurrent_hashes)
+/// [`VerifierConfig::max_concurrent_hashes`](crate::verify::VerifierConfig::max_concurrent_hashes)
 /// argon2 computations run at once, on tokio's blocking threads
 /// (`spawn_blocking`) when called inside a tokio runtime, inline otherwise.
 ///
 /// **Failures deny.** A store error or an unusable record is a denial
-/// ([`DenialKind::Unavailable`](crate::DenialKind::Unavailable)), never a pass.
+/// ([`DenialKind::Unavailable`](crate::verify::DenialKind::Unavailable)), never a pass.
 pub struct Verifier<S> {
     pub(crate) shared: Arc<Shared<S>>,
 }
@@ -72,37 +72,10 @@ impl<S: KeyStore> Verifier<S> {
         token: &str,
         req: &VerifyRequest<'_>,
     ) -> Result<VerifiedKey, Denial> {
-        crate::trace::verify_span("key", self.verify_impl(token, req)).await
-    }
-
-    async fn verify_impl(
-        &self,
-        token: &str,
-        req: &VerifyRequest<'_>,
-    ) -> Result<VerifiedKey, Denial> {
-        let shared = &*self.shared;
-        let parsed = match shared.format.parse(token) {
-            Ok(p) => p,
-            Err(e) => return Err(self.deny(None, DenialReason::Malformed(e), None, req.client_ip)),
-        };
-        let id = parsed.key_id();
-        if parsed.environment() != req.environment.as_str() {
-            return Err(self.deny(
-                Some(id),
-                DenialReason::WrongEnvironment,
-                None,
-                req.client_ip,
-            ));
-        }
-        let rule = shared.policy.resource_rule();
-        self.check_with(
-            id,
-            parsed.expose_secret(),
-            req.environment,
-            req.client_ip,
-            |key, now| key.check(req, rule, now),
-        )
-        .await
+        let rule = self.shared.policy.resource_rule();
+        let check = |key: &CompiledKey, now| key.check(req, rule, now);
+        let checked = self.check_token(token, req.environment, req.client_ip, check);
+        crate::trace::verify_span("key", checked).await
     }
 
     /// Checks that `token` is a valid key of `environment` that may be used
@@ -116,38 +89,15 @@ impl<S: KeyStore> Verifier<S> {
         environment: &Environment,
         client_ip: Option<IpAddr>,
     ) -> Result<VerifiedKey, Denial> {
-        crate::trace::verify_span("key", self.authenticate_impl(token, environment, client_ip))
-            .await
-    }
-
-    async fn authenticate_impl(
-        &self,
-        token: &str,
-        environment: &Environment,
-        client_ip: Option<IpAddr>,
-    ) -> Result<VerifiedKey, Denial> {
-        let parsed = match self.shared.format.parse(token) {
-            Ok(p) => p,
-            Err(e) => return Err(self.deny(None, DenialReason::Malformed(e), None, client_ip)),
-        };
-        let id = parsed.key_id();
-        if parsed.environment() != environment.as_str() {
-            return Err(self.deny(Some(id), DenialReason::WrongEnvironment, None, client_ip));
-        }
-        self.check_with(
-            id,
-            parsed.expose_secret(),
-            environment,
-            client_ip,
-            |key, now| key.check_access(client_ip, now),
-        )
-        .await
+        let check = |key: &CompiledKey, now| key.check_access(client_ip, now);
+        let checked = self.check_token(token, environment, client_ip, check);
+        crate::trace::verify_span("key", checked).await
     }
 
     /// Checks a key id and secret given separately, for `req`: HTTP Basic
     /// `key_id:secret`, and keys imported from another system (whose
     /// secrets need not follow this token format; see
-    /// [`ImportKey`](crate::ImportKey)). The secret must be 1 to
+    /// [`ImportKey`](crate::manager::ImportKey)). The secret must be 1 to
     /// [`MAX_PAIR_SECRET_LEN`] visible ASCII characters and the id a valid
     /// [`KeyId`](crate::KeyId); otherwise the denial is
     /// [`DenialReason::Malformed`] without any store access. Then the same
@@ -159,25 +109,10 @@ impl<S: KeyStore> Verifier<S> {
         secret: &str,
         req: &VerifyRequest<'_>,
     ) -> Result<VerifiedKey, Denial> {
-        crate::trace::verify_span("pair", self.verify_pair_impl(key_id, secret, req)).await
-    }
-
-    async fn verify_pair_impl(
-        &self,
-        key_id: &str,
-        secret: &str,
-        req: &VerifyRequest<'_>,
-    ) -> Result<VerifiedKey, Denial> {
-        self.check_pair_input(key_id, secret, req.client_ip)?;
         let rule = self.shared.policy.resource_rule();
-        self.check_with(
-            key_id,
-            secret,
-            req.environment,
-            req.client_ip,
-            |key, now| key.check(req, rule, now),
-        )
-        .await
+        let check = |key: &CompiledKey, now| key.check(req, rule, now);
+        let checked = self.check_pair(key_id, secret, req.environment, req.client_ip, check);
+        crate::trace::verify_span("pair", checked).await
     }
 
     /// [`Verifier::authenticate`] for an id + secret pair (see
@@ -190,25 +125,46 @@ impl<S: KeyStore> Verifier<S> {
         environment: &Environment,
         client_ip: Option<IpAddr>,
     ) -> Result<VerifiedKey, Denial> {
-        crate::trace::verify_span(
-            "pair",
-            self.authenticate_pair_impl(key_id, secret, environment, client_ip),
-        )
-        .await
+        let check = |key: &CompiledKey, now| key.check_access(client_ip, now);
+        let checked = self.check_pair(key_id, secret, environment, client_ip, check);
+        crate::trace::verify_span("pair", checked).await
     }
 
-    async fn authenticate_pair_impl(
+    /// Checks a token of keyward's format: parsed, of `environment`, then
+    /// proven and checked by [`Verifier::check_with`].
+    async fn check_token(
+        &self,
+        token: &str,
+        environment: &Environment,
+        client_ip: Option<IpAddr>,
+        check: impl FnOnce(&CompiledKey, DateTime<Utc>) -> Result<(), DenialReason>,
+    ) -> Result<VerifiedKey, Denial> {
+        let parsed = match self.shared.format.parse(token) {
+            Ok(p) => p,
+            Err(e) => return Err(self.deny(None, DenialReason::Malformed(e), None, client_ip)),
+        };
+        let id = parsed.key_id();
+        if parsed.environment() != environment.as_str() {
+            return Err(self.deny(Some(id), DenialReason::WrongEnvironment, None, client_ip));
+        }
+        self.check_with(id, parsed.expose_secret(), environment, client_ip, check)
+            .await
+    }
+
+    /// Checks an id + secret pair: the input rule
+    /// ([`Verifier::check_pair_input`]), then proven and checked by
+    /// [`Verifier::check_with`].
+    async fn check_pair(
         &self,
         key_id: &str,
         secret: &str,
         environment: &Environment,
         client_ip: Option<IpAddr>,
+        check: impl FnOnce(&CompiledKey, DateTime<Utc>) -> Result<(), DenialReason>,
     ) -> Result<VerifiedKey, Denial> {
         self.check_pair_input(key_id, secret, client_ip)?;
-        self.check_with(key_id, secret, environment, client_ip, |key, now| {
-            key.check_access(client_ip, now)
-        })
-        .await
+        self.check_with(key_id, secret, environment, client_ip, check)
+            .await
     }
 
     /// Refuses pair input no key could match, before any store access.
@@ -223,7 +179,7 @@ impl<S: KeyStore> Verifier<S> {
             return Err(malformed(TokenError::Empty));
         }
         for (len, max) in [
-            (key_id.len(), crate::token::MAX_KEY_ID_LEN),
+            (key_id.len(), crate::ids::MAX_KEY_ID_LEN),
             (secret.len(), MAX_PAIR_SECRET_LEN),
         ] {
             if len > max {
@@ -384,7 +340,7 @@ impl<S: KeyStore> Verifier<S> {
 
     /// Like [`Verifier::invalidate`], and also forgets the proof that the
     /// key's secret was checked (see
-    /// [`VerifierConfig::cache_ttl`](crate::VerifierConfig::cache_ttl)), so its
+    /// [`VerifierConfig::cache_ttl`](crate::verify::VerifierConfig::cache_ttl)), so its
     /// next check runs argon2 again. [`Verifier::invalidate`] is enough for
     /// any change of a key; this is for benchmarks of the cold path, and
     /// for an operator who wants a secret proven from scratch.

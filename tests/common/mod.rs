@@ -6,6 +6,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chrono::{DateTime, Utc};
 use keyward::*;
+use keyward::{
+    hash::Argon2Hasher, hash::HashError, hash::SecretHasher, key::KeyRecord, policy::ExpiryChoice,
+    policy::ExpiryPolicy, policy::PermissionGrant, store::ListQuery, store::QuotaCheck,
+    store::StoreError, verify::VerifierConfig,
+};
 
 pub const OWNER: &str = "contoso";
 
@@ -158,7 +163,8 @@ pub fn fixture_with<S: KeyStore>(store: S, policy: Policy, config: VerifierConfi
         .hasher(CountingHasher::new(counters.clone()))
         .clock(clock.clone())
         .verifier_config(config)
-        .build();
+        .build()
+        .unwrap();
     Fixture {
         manager,
         clock,

@@ -1,9 +1,10 @@
 //! The audit sink check.
 
 use super::fixtures::*;
-use crate::audit::{AuditAction, AuditEvent, AuditQuery, AuditSink};
-use crate::key::OwnerId;
-use crate::token::KeyId;
+use crate::audit::{AuditAction, AuditEvent, AuditQuery};
+use crate::ids::KeyId;
+use crate::ids::OwnerId;
+use crate::store::AuditSink;
 
 /// Checks an [`AuditSink`]: one batch recorded, then read back by key, by
 /// owner, by owner and time range (`from` inclusive, `to` exclusive), by time

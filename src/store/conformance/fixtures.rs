@@ -5,11 +5,12 @@ use std::net::IpAddr;
 
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 
-use crate::error::StoreError;
-use crate::key::{KeyKind, KeyRecord, OwnerId, SecretHash};
+use crate::ids::OwnerId;
+use crate::ids::{Environment, KeyId};
+use crate::key::{KeyKind, KeyRecord, SecretHash};
 use crate::policy::{IpAllowlist, PermissionGrant, ResourceScope};
+use crate::store::StoreError;
 use crate::store::{KeyStore, ListQuery, QuotaCheck};
-use crate::token::{Environment, KeyId};
 
 /// A fixed instant with whole microseconds, far from any real clock, so that
 /// a store judging status by its own clock instead of `now` is caught.

@@ -3,9 +3,9 @@
 use chrono::{DateTime, Utc};
 
 use super::fixtures::*;
+use crate::ids::KeyId;
 use crate::key::{KeyRecord, KeyStatus};
 use crate::store::KeyStore;
-use crate::token::KeyId;
 
 /// A revoked record stays: `get` returns it with `revoked_at`, the
 /// unfiltered listing and the `Revoked` filter include it, the `Active`

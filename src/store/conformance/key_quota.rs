@@ -6,7 +6,7 @@ use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 
 use super::fixtures::*;
-use crate::error::StoreError;
+use crate::store::StoreError;
 use crate::store::{KeyStore, QuotaCheck};
 
 /// The quota counts live keys per owner **and** environment: with quota 2,

@@ -8,9 +8,9 @@ use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 
 use super::fixtures::*;
-use crate::error::StoreError;
 use crate::key::KeyRecord;
 use crate::store::KeyStore;
+use crate::store::StoreError;
 
 /// `take_expiry_reminders(now, until, limit)` returns exactly the keys that
 /// expire in `(now, until]`, are not revoked and not yet reminded (suspended

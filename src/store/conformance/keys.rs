@@ -6,10 +6,10 @@ use std::net::IpAddr;
 use chrono::{DateTime, TimeDelta, Utc};
 
 use super::fixtures::*;
-use crate::error::StoreError;
+use crate::ids::KeyId;
 use crate::key::KeyKind;
 use crate::store::KeyStore;
-use crate::token::KeyId;
+use crate::store::StoreError;
 
 /// Every field of an inserted record comes back from `get` exactly: grants,
 /// scopes, IPv4 and IPv6 ranges, optional times to the microsecond, a

@@ -123,7 +123,7 @@
 //!
 //! ```
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
-//! keyward::store::conformance::audit_sink_conformance(keyward::MemoryAuditSink::new()).await;
+//! keyward::store::conformance::audit_sink_conformance(keyward::store::MemoryAuditSink::new()).await;
 //! # });
 //! ```
 //!
@@ -161,7 +161,7 @@ use std::future::Future;
 
 use super::KeyStore;
 #[cfg(doc)]
-use crate::{AuditSink, SessionStore, StoreError};
+use crate::{store::AuditSink, store::SessionStore, store::StoreError};
 
 mod audit;
 mod fixtures;

@@ -8,7 +8,10 @@ use crate::MemoryStore;
 #[should_panic(expected = "audit_sink_conformance")]
 async fn audit_conformance_catches_a_lossy_sink() {
     use crate::audit::BoxFuture;
-    use crate::{AuditEvent, AuditQuery, AuditSink, MemoryAuditSink, StoreError};
+    use crate::{
+        audit::AuditEvent, audit::AuditQuery, store::AuditSink, store::MemoryAuditSink,
+        store::StoreError,
+    };
 
     struct DropsAddresses(MemoryAuditSink);
     impl AuditSink for DropsAddresses {
@@ -37,7 +40,10 @@ async fn audit_conformance_catches_a_lossy_sink() {
 
 /// A [`MemoryStore`] whose session methods can be broken one at a time.
 mod broken {
-    use crate::{KeyId, MemoryStore, OwnerId, SessionCap, SessionRecord, SessionStore, StoreError};
+    use crate::{
+        KeyId, MemoryStore, OwnerId, session::SessionCap, session::SessionRecord,
+        store::SessionStore, store::StoreError,
+    };
     use chrono::{DateTime, Utc};
 
     pub enum Bug {
@@ -135,28 +141,31 @@ struct IgnoresQuota(MemoryStore);
 impl crate::KeyStore for IgnoresQuota {
     async fn insert(
         &self,
-        record: &crate::KeyRecord,
-        _quota: Option<crate::QuotaCheck>,
-    ) -> Result<(), crate::StoreError> {
+        record: &crate::key::KeyRecord,
+        _quota: Option<crate::store::QuotaCheck>,
+    ) -> Result<(), crate::store::StoreError> {
         self.0.insert(record, None).await
     }
-    async fn get(&self, id: &crate::KeyId) -> Result<Option<crate::KeyRecord>, crate::StoreError> {
+    async fn get(
+        &self,
+        id: &crate::KeyId,
+    ) -> Result<Option<crate::key::KeyRecord>, crate::store::StoreError> {
         self.0.get(id).await
     }
     async fn list(
         &self,
-        query: &crate::ListQuery,
-    ) -> Result<Vec<crate::KeyRecord>, crate::StoreError> {
+        query: &crate::store::ListQuery,
+    ) -> Result<Vec<crate::key::KeyRecord>, crate::store::StoreError> {
         self.0.list(query).await
     }
     async fn update(
         &self,
-        record: &crate::KeyRecord,
+        record: &crate::key::KeyRecord,
         expected_generation: u64,
-    ) -> Result<(), crate::StoreError> {
+    ) -> Result<(), crate::store::StoreError> {
         self.0.update(record, expected_generation).await
     }
-    async fn delete(&self, id: &crate::KeyId) -> Result<(), crate::StoreError> {
+    async fn delete(&self, id: &crate::KeyId) -> Result<(), crate::store::StoreError> {
         self.0.delete(id).await
     }
     async fn record_usage(
@@ -164,7 +173,7 @@ impl crate::KeyStore for IgnoresQuota {
         id: &crate::KeyId,
         at: chrono::DateTime<chrono::Utc>,
         ip: Option<std::net::IpAddr>,
-    ) -> Result<(), crate::StoreError> {
+    ) -> Result<(), crate::store::StoreError> {
         self.0.record_usage(id, at, ip).await
     }
     async fn take_expiry_reminders(
@@ -172,7 +181,7 @@ impl crate::KeyStore for IgnoresQuota {
         now: chrono::DateTime<chrono::Utc>,
         until: chrono::DateTime<chrono::Utc>,
         limit: usize,
-    ) -> Result<Vec<crate::KeyRecord>, crate::StoreError> {
+    ) -> Result<Vec<crate::key::KeyRecord>, crate::store::StoreError> {
         self.0.take_expiry_reminders(now, until, limit).await
     }
 }

@@ -6,9 +6,10 @@ use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
 
+use crate::store::StoreError;
 use crate::store::TrustStore;
-use crate::trusted::TrustPolicy;
-use crate::{KeyId, MemoryStore, OwnerId, StoreError};
+use crate::trust_policy::TrustPolicy;
+use crate::{KeyId, MemoryStore, OwnerId};
 
 #[derive(Clone, Copy)]
 enum Bug {

@@ -7,11 +7,12 @@ use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 
 use super::fixtures::*;
-use crate::error::StoreError;
-use crate::key::OwnerId;
+use crate::ids::KeyId;
+use crate::ids::OwnerId;
 use crate::policy::{IpAllowlist, PermissionGrant, ResourceScope};
-use crate::session::{SessionCap, SessionHash, SessionRecord, SessionStore};
-use crate::token::KeyId;
+use crate::session::{SessionCap, SessionHash, SessionRecord};
+use crate::store::SessionStore;
+use crate::store::StoreError;
 
 /// A window start of its own for [`session_store_conformance`]: in the
 /// distant past (between the years 1200 and 1700, at a random minute with

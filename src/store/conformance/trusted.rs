@@ -7,12 +7,12 @@ use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 
 use super::fixtures::*;
-use crate::error::StoreError;
-use crate::key::OwnerId;
+use crate::ids::KeyId;
+use crate::ids::OwnerId;
 use crate::policy::{PermissionGrant, ResourceScope};
+use crate::store::StoreError;
 use crate::store::TrustStore;
-use crate::token::KeyId;
-use crate::trusted::{GitHubClaims, TrustClaims, TrustPolicy};
+use crate::trust_policy::{GitHubClaims, TrustClaims, TrustPolicy};
 
 const C: &str = "trust_store_conformance";
 

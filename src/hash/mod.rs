@@ -7,13 +7,16 @@ use std::fmt;
 
 use argon2::password_hash::{PasswordHash, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
-use hmac::{Hmac, Mac};
+use rand::TryRngCore;
 use rand::rngs::OsRng;
-use rand::{RngCore, TryRngCore};
 use sha2::Sha256;
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::error::HashError;
+mod error;
+mod fingerprint;
+
+pub use error::HashError;
+pub(crate) use fingerprint::{FINGERPRINT_LEN, Fingerprinter};
 
 /// Turns a secret into a string safe to store, and checks a secret against it.
 ///
@@ -204,7 +207,7 @@ impl fmt::Debug for Pepper {
 /// The argon2id [`SecretHasher`].
 ///
 /// ```
-/// use keyward::{Argon2Hasher, Argon2Params, SecretHasher};
+/// use keyward::{hash::Argon2Hasher, Argon2Params, hash::SecretHasher};
 /// let hasher = Argon2Hasher::new(Argon2Params::insecure_for_tests());
 /// let phc = hasher.hash(b"s3cret").unwrap();
 /// assert!(phc.starts_with("$argon2id$v=19$m=8,t=1,p=1$"));
@@ -419,48 +422,9 @@ impl SecretHasher for Argon2Hasher {
     }
 }
 
-/// Length of a cache fingerprint in bytes.
-pub const FINGERPRINT_LEN: usize = 32;
-
-/// A keyed fingerprint of a secret: HMAC-SHA256 under a random key made when
-/// the process starts (or given). The verifier's cache keeps this, never the
-/// secret, and compares it in constant time.
-pub struct Fingerprinter {
-    mac: Hmac<Sha256>,
-}
-
-impl Fingerprinter {
-    /// A fingerprinter with a fresh random 256-bit key from the OS generator.
-    pub fn random() -> Self {
-        let mut key = Zeroizing::new([0u8; 32]);
-        OsRng.unwrap_err().fill_bytes(&mut *key);
-        Self::with_key(&*key)
-    }
-
-    /// A fingerprinter with a given key (for benchmarks and tests).
-    pub fn with_key(key: &[u8]) -> Self {
-        // HMAC accepts keys of any length, so this cannot fail.
-        let mac = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
-        Self { mac }
-    }
-
-    /// The fingerprint of `secret`.
-    pub fn fingerprint(&self, secret: &[u8]) -> [u8; FINGERPRINT_LEN] {
-        let mut mac = self.mac.clone();
-        mac.update(secret);
-        mac.finalize().into_bytes().into()
-    }
-}
-
-impl fmt::Debug for Fingerprinter {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Fingerprinter([REDACTED])")
-    }
-}
-
 /// How an imported key's SHA-256 hash is stored until its first successful
 /// check replaces it with an argon2id hash: `$sha256$<64 hex>`.
-pub const SHA256_IMPORT_PREFIX: &str = "$sha256$";
+pub(crate) const SHA256_IMPORT_PREFIX: &str = "$sha256$";
 
 /// Checks a secret against a stored hash: an imported `$sha256$` hash
 /// (compared in constant time), anything else through `hasher`. Returns

@@ -1,13 +1,13 @@
-//! Trust policies: which CI identity may exchange its OIDC token for a
+//! Trust policies (re-exported as `keyward::trusted::TrustPolicy`, ...): which CI identity may exchange its OIDC token for a
 //! session token of which owner, with which permissions and resources.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::error::InvalidValue;
-use crate::key::OwnerId;
+use crate::ids::InvalidValue;
+use crate::ids::OwnerId;
+use crate::ids::{Environment, KeyId};
 use crate::policy::{PermissionGrant, ResourceScope};
-use crate::token::{Environment, KeyId};
 
 /// The issuer of GitHub Actions' OIDC tokens.
 pub const GITHUB_ACTIONS_ISSUER: &str = "https://token.actions.githubusercontent.com";

@@ -1,0 +1,242 @@
+//! The ground floor: the ids every other module speaks ([`KeyId`],
+//! [`OwnerId`], [`Environment`]) and the error of a value that does not fit
+//! one ([`InvalidValue`]).
+//!
+//! This module imports nothing from the rest of the crate: every other module
+//! may import it, and it never imports them back.
+
+use rand::distr::Alphanumeric;
+use rand::rngs::OsRng;
+use rand::{Rng, TryRngCore};
+use thiserror::Error;
+use zeroize::Zeroizing;
+
+/// Length of a generated key id, in characters.
+pub(crate) const KEY_ID_LEN: usize = 12;
+/// Longest environment tag.
+pub(crate) const MAX_ENVIRONMENT_LEN: usize = 16;
+/// Longest key id accepted anywhere (generated ids are [`TokenFormat::KEY_ID_LEN`](crate::TokenFormat::KEY_ID_LEN) long).
+pub(crate) const MAX_KEY_ID_LEN: usize = 64;
+/// Longest owner id.
+pub(crate) const MAX_OWNER_LEN: usize = 128;
+
+/// A configuration value (prefix, environment, key id, owner, name) was invalid.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum InvalidValue {
+    /// The value is empty.
+    #[error("{field} is empty")]
+    Empty {
+        /// Which field.
+        field: &'static str,
+    },
+    /// The value is longer than allowed.
+    #[error("{field} is {len} characters long, the maximum is {max}")]
+    TooLong {
+        /// Which field.
+        field: &'static str,
+        /// Its length in characters.
+        len: usize,
+        /// The maximum.
+        max: usize,
+    },
+    /// The value holds a character it may not hold.
+    #[error("{field} contains the character {ch:?}, allowed: {allowed}")]
+    BadCharacter {
+        /// Which field.
+        field: &'static str,
+        /// The first character that is not allowed.
+        ch: char,
+        /// A description of the allowed characters.
+        allowed: &'static str,
+    },
+}
+
+pub(crate) fn check_chars(
+    field: &'static str,
+    value: &str,
+    max: usize,
+    allowed: &'static str,
+    ok: impl Fn(char) -> bool,
+) -> Result<(), InvalidValue> {
+    if value.is_empty() {
+        return Err(InvalidValue::Empty { field });
+    }
+    let len = value.chars().count();
+    if len > max {
+        return Err(InvalidValue::TooLong { field, len, max });
+    }
+    if let Some(ch) = value.chars().find(|c| !ok(*c)) {
+        return Err(InvalidValue::BadCharacter { field, ch, allowed });
+    }
+    Ok(())
+}
+
+macro_rules! string_newtype {
+    ($(#[$m:meta])* $name:ident) => {
+        $(#[$m])*
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(Box<str>);
+
+        impl $name {
+            /// The value as a string slice.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                std::fmt::Debug::fmt(&*self.0, f)
+            }
+        }
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+        impl From<$name> for String {
+            fn from(v: $name) -> String {
+                v.0.into()
+            }
+        }
+        impl TryFrom<String> for $name {
+            type Error = InvalidValue;
+            fn try_from(s: String) -> Result<Self, InvalidValue> {
+                $name::new(&s)
+            }
+        }
+        impl std::str::FromStr for $name {
+            type Err = InvalidValue;
+            fn from_str(s: &str) -> Result<Self, InvalidValue> {
+                $name::new(s)
+            }
+        }
+    };
+}
+
+string_newtype!(
+    /// An environment tag such as `live` or `test`: 1 to 16 lowercase ASCII letters or digits.
+    ///
+    /// ```
+    /// use keyward::Environment;
+    /// assert!(Environment::new("live").is_ok());
+    /// assert!(Environment::new("Live").is_err());
+    /// ```
+    Environment
+);
+
+impl Environment {
+    /// Longest environment tag, in characters.
+    pub const MAX_LEN: usize = MAX_ENVIRONMENT_LEN;
+
+    /// Validates and wraps an environment tag.
+    pub fn new(s: &str) -> Result<Self, InvalidValue> {
+        check_chars(
+            "environment",
+            s,
+            MAX_ENVIRONMENT_LEN,
+            "lowercase ASCII letters and digits",
+            |c| c.is_ascii_lowercase() || c.is_ascii_digit(),
+        )?;
+        Ok(Self(s.into()))
+    }
+}
+
+string_newtype!(
+    /// The public id of a key: the store's lookup key, shown in listings and logs.
+    ///
+    /// Generated ids are [`TokenFormat::KEY_ID_LEN`](crate::TokenFormat::KEY_ID_LEN) random base62 characters; ids of
+    /// imported keys may be up to [`KeyId::MAX_LEN`] ASCII letters and digits.
+    KeyId
+);
+
+impl KeyId {
+    /// Longest key id accepted anywhere, in characters (generated ids are
+    /// [`TokenFormat::KEY_ID_LEN`](crate::TokenFormat::KEY_ID_LEN) long).
+    pub const MAX_LEN: usize = MAX_KEY_ID_LEN;
+
+    /// Validates and wraps a key id.
+    ///
+    /// ```
+    /// use keyward::KeyId;
+    /// assert!(KeyId::new("Q2x8bV0aP1rT").is_ok());
+    /// assert!(KeyId::new("no spaces").is_err());
+    /// ```
+    pub fn new(s: &str) -> Result<Self, InvalidValue> {
+        check_chars(
+            "key id",
+            s,
+            MAX_KEY_ID_LEN,
+            "ASCII letters and digits",
+            |c| c.is_ascii_alphanumeric(),
+        )?;
+        Ok(Self(s.into()))
+    }
+
+    /// A fresh random id of [`TokenFormat::KEY_ID_LEN`](crate::TokenFormat::KEY_ID_LEN) characters from the OS generator.
+    pub fn generate() -> Self {
+        Self(random_base62(KEY_ID_LEN).as_str().into())
+    }
+}
+
+pub(crate) fn random_base62(len: usize) -> Zeroizing<String> {
+    let mut rng = OsRng.unwrap_err();
+    let mut s = Zeroizing::new(String::with_capacity(len));
+    for _ in 0..len {
+        s.push(char::from(rng.sample(Alphanumeric)));
+    }
+    s
+}
+
+string_newtype!(
+    /// The owner of keys and resources: a publisher, an organization, a user.
+    /// 1 to 128 characters, no control characters.
+    ///
+    /// ```
+    /// use keyward::OwnerId;
+    /// assert!(OwnerId::new("contoso").is_ok());
+    /// assert!(OwnerId::new("").is_err());
+    /// ```
+    OwnerId
+);
+
+impl OwnerId {
+    /// Longest owner id, in characters.
+    pub const MAX_LEN: usize = MAX_OWNER_LEN;
+
+    /// Validates and wraps an owner id.
+    pub fn new(s: &str) -> Result<Self, InvalidValue> {
+        check_text("owner", s, MAX_OWNER_LEN)?;
+        Ok(Self(s.into()))
+    }
+}
+
+/// Checks a free-text field: not empty or blank, not too long, no control characters.
+pub(crate) fn check_text(field: &'static str, s: &str, max: usize) -> Result<(), InvalidValue> {
+    if s.trim().is_empty() {
+        return Err(InvalidValue::Empty { field });
+    }
+    let len = s.chars().count();
+    if len > max {
+        return Err(InvalidValue::TooLong { field, len, max });
+    }
+    if let Some(ch) = s.chars().find(|c| c.is_control()) {
+        return Err(InvalidValue::BadCharacter {
+            field,
+            ch,
+            allowed: "printable characters",
+        });
+    }
+    Ok(())
+}
