@@ -96,6 +96,8 @@ mod source;
 pub mod store;
 pub mod token;
 mod trace;
+mod trust_policy;
+pub mod trusted;
 pub mod verify;
 
 pub mod prelude {
