@@ -68,6 +68,9 @@ mod clock;
 mod error;
 mod hash;
 mod key;
+#[cfg(feature = "leak-reports")]
+#[cfg_attr(docsrs, doc(cfg(feature = "leak-reports")))]
+pub mod leak;
 mod manager;
 pub mod policy;
 mod session;

@@ -21,6 +21,8 @@ mod builder;
 mod create;
 mod import;
 mod inputs;
+#[cfg(feature = "leak-reports")]
+mod leaks;
 mod lifecycle;
 mod operations;
 mod sessions;
