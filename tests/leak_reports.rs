@@ -842,6 +842,46 @@ async fn rotated_scanner_keys_are_swapped_in_place() {
     assert_eq!(labels[0].label, LeakLabel::TruePositive);
 }
 
+/// The signed sample request of GitHub's partner-program page, checked
+/// against the public key GitHub published under that identifier: the
+/// real wire format (a Go-made DER signature over the raw body) verifies,
+/// and answers `false_positive` for its made-up token.
+#[tokio::test]
+async fn githubs_documented_sample_request_verifies() {
+    let document = json!({"public_keys": [{
+        "key_identifier": "bcb53661c06b4728e59d897fb6165d5c9cda0fd9cdf9d09ead458168deb7518c",
+        "key": "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEYAGMWO8XgCamYKMJS6jc/qgvSlAd\nAjPuDPRcXU22YxgBrz+zoN19MzuRyW87qEt9/AmtoNP5GrobzUvQSyJFVw==\n-----END PUBLIC KEY-----\n",
+        "is_current": true,
+    }]});
+    let keys = ScannerKeys::from_github_json(document.to_string().as_bytes()).unwrap();
+    let body = br#"[{"source":"commit","token":"some_token","type":"some_type","url":"https://example.com/base-repo-url/"}]"#;
+    let signature = "MEQCIQDaMKqrGnE27S0kgMrEK0eYBmyG0LeZismAEz/BgZyt7AIfXt9fErtRS4XaeSt/AO1RtBY66YcAdjxji410VQV4xg==";
+    keys.verify(Some(KEY_ID), Some(signature), body).unwrap();
+    // One byte more (a trailing newline, as a re-serializer might add): refused.
+    let mut changed = body.to_vec();
+    changed.push(b'\n');
+    assert_eq!(
+        keys.verify(Some(KEY_ID), Some(signature), &changed),
+        Err(LeakReportError::BadSignature)
+    );
+
+    let s = scanner();
+    let reports = LeakReports::new(keys);
+    let labels = s
+        .manager
+        .handle_leak_report(&reports, Some(KEY_ID), Some(signature), body)
+        .await
+        .unwrap();
+    assert_eq!(
+        labels,
+        vec![TokenLabel {
+            token_hash: sha256_hex("some_token"),
+            token_type: "some_type".into(),
+            label: LeakLabel::FalsePositive,
+        }]
+    );
+}
+
 #[cfg(feature = "axum")]
 mod route {
     use super::*;
@@ -977,4 +1017,64 @@ async fn a_flagging_notifier_runs_once_per_revoked_key() {
             .unwrap();
     }
     assert!(flagged.load(Ordering::SeqCst));
+}
+
+mod hostile {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Any signed body, any header values: an answer or a typed error,
+        /// never a panic, and never a key revoked without its token.
+        #[test]
+        fn any_signed_bytes_get_an_answer_or_a_typed_error(
+            body in proptest::collection::vec(any::<u8>(), 0..512),
+            json_ish in "\\[(\\{\"token\":\"[a-z_0-9]{0,80}\"(,\"type\":\"[a-z]{0,8}\")?\\},?){0,6}\\]",
+            id in proptest::option::of("[ -~]{0,80}"),
+            sig in proptest::option::of("[A-Za-z0-9+/=]{0,200}"),
+        ) {
+            runtime().block_on(async {
+                let s = scanner_with(|r| r.max_entries(4));
+                let key = s.key().await;
+                for body in [body.clone(), json_ish.clone().into_bytes()] {
+                    let signature = sign(&s.github, &body);
+                    match s.send(&body).await {
+                        Ok(labels) => {
+                            for l in &labels {
+                                prop_assert_eq!(l.label, LeakLabel::FalsePositive);
+                            }
+                        }
+                        Err(e) => prop_assert!(
+                            matches!(
+                                e,
+                                LeakReportError::MalformedReport { .. }
+                                    | LeakReportError::TooManyEntries { .. }
+                            ),
+                            "{:?}",
+                            e
+                        ),
+                    }
+                    let unsigned = s
+                        .manager
+                        .handle_leak_report(&s.reports, id.as_deref(), sig.as_deref(), &body)
+                        .await;
+                    if sig.as_deref() != Some(signature.as_str()) {
+                        prop_assert!(unsigned.unwrap_err().is_unauthenticated());
+                    }
+                }
+                prop_assert_eq!(s.status(&key).await, KeyStatus::Active);
+                prop_assert!(s.notices.lock().unwrap().is_empty());
+                Ok(())
+            })?;
+        }
+    }
 }
