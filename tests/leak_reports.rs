@@ -1078,3 +1078,65 @@ mod hostile {
         }
     }
 }
+
+/// The same flow on the SQLite store, which is also the audit sink and the
+/// session store: the revoke, its audit row and the ended sessions land in
+/// the database.
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn on_sqlite_the_revoke_audit_row_and_ended_sessions_are_stored() {
+    let store = SqliteStore::in_memory().await.expect("open");
+    store.migrate().await.expect("migrate");
+    let manager = KeyManager::builder(store.clone(), common::format(), common::policy())
+        .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
+        .audit(store.clone())
+        .sessions(SessionConfig::new("mkhs"))
+        .build()
+        .unwrap();
+    let key = manager
+        .create(
+            &sys(),
+            NewKey::new(OWNER, "live", "CI").permissions(PermissionGrant::All),
+        )
+        .await
+        .unwrap();
+    let live = Environment::new("live").unwrap();
+    let token = key.token.expose_secret();
+    let session = manager.exchange(token, &live, None, None).await.unwrap();
+    let github = signing_key();
+    let reports = LeakReports::new(ScannerKeys::new().with_pem(KEY_ID, &pem(&github)).unwrap());
+    let body = serde_json::to_vec(&[entry(token)]).unwrap();
+    let answer = |body: Vec<u8>| {
+        let (manager, reports, github) = (&manager, &reports, &github);
+        async move {
+            manager
+                .handle_leak_report(reports, Some(KEY_ID), Some(&sign(github, &body)), &body)
+                .await
+                .unwrap()
+        }
+    };
+    let first = answer(body.clone()).await;
+    assert_eq!(first[0].label, LeakLabel::TruePositive);
+    assert_eq!(answer(body).await, first);
+
+    let record = store.get(&key.key.id).await.unwrap().unwrap();
+    assert!(record.revoked_at.is_some());
+    let stored = store
+        .get_session(&session.session.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(stored.revoked);
+    manager.flush().await.unwrap();
+    let trail = manager
+        .audit_trail(&sys(), AuditQuery::key(key.key.id.clone()))
+        .await
+        .unwrap();
+    let leaks: Vec<_> = trail
+        .iter()
+        .filter(|e| e.actor.as_deref() == Some(LeakReports::ACTOR))
+        .collect();
+    assert_eq!(leaks.len(), 1, "{trail:?}");
+    assert_eq!(leaks[0].action, AuditAction::Revoked);
+    assert!(leaks[0].detail.contains("source=commit"));
+}
