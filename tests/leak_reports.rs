@@ -969,6 +969,15 @@ mod route {
         let (status, _, json) = post(&s, reports.clone(), &signed(&big), big).await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(json["error"], "body_too_large");
+        // A declared length over the bound: refused before reading.
+        let mut declared = signed(b"[]");
+        declared.push(("content-length", "10000000".into()));
+        let (status, _, json) = post(&s, reports.clone(), &declared, b"[]".to_vec()).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(
+            json["message"].as_str().unwrap().contains("10000000"),
+            "{json}"
+        );
 
         // The store down: 503 with Retry-After, the store's text not shown.
         s.store.fail_reads.store(true, Ordering::SeqCst);

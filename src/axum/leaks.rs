@@ -82,6 +82,11 @@ async fn handle<S: KeyStore>(
 ) -> Response {
     let (parts, body): (_, Body) = request.into_parts();
     let max = reports.body_limit();
+    // A declared length over the bound is refused before reading a byte.
+    let declared = header(&parts.headers, "content-length").and_then(|v| v.parse::<usize>().ok());
+    if let Some(len) = declared.filter(|len| *len > max) {
+        return rejection(&LeakReportError::BodyTooLarge { len, max });
+    }
     let Ok(body) = to_bytes(body, max).await else {
         return rejection(&LeakReportError::BodyTooLarge {
             len: max.saturating_add(1),
