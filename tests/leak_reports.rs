@@ -1149,3 +1149,70 @@ async fn on_sqlite_the_revoke_audit_row_and_ended_sessions_are_stored() {
     assert_eq!(leaks[0].action, AuditAction::Revoked);
     assert!(leaks[0].detail.contains("source=commit"));
 }
+
+/// Argon2 busy past the queue's wait bound: the report is refused as
+/// retryable (never answered `false_positive`), nothing is revoked, and
+/// the same report succeeds once argon2 is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_argon2_queue_is_a_retryable_error_that_revokes_nothing() {
+    let counters = Counters::default();
+    let config = VerifierConfig {
+        max_concurrent_hashes: 1,
+        max_hash_wait: std::time::Duration::from_millis(200),
+        ..VerifierConfig::default()
+    };
+    let manager = KeyManager::builder(MemoryStore::new(), common::format(), common::policy())
+        .hasher(CountingHasher::with_delay(
+            counters.clone(),
+            std::time::Duration::from_millis(1000),
+        ))
+        .verifier_config(config)
+        .build()
+        .unwrap();
+    let create = |name: &'static str| {
+        let manager = manager.clone();
+        async move {
+            manager
+                .create(
+                    &sys(),
+                    NewKey::new(OWNER, "live", name).permissions(PermissionGrant::All),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let (busy, leaked) = (create("busy").await, create("leaked").await);
+    let github = signing_key();
+    let reports = LeakReports::new(ScannerKeys::new().with_pem(KEY_ID, &pem(&github)).unwrap());
+    let body = serde_json::to_vec(&[entry(leaked.token.expose_secret())]).unwrap();
+    let signature = sign(&github, &body);
+
+    // Keep the one hashing thread busy for a second.
+    let verifier = manager.verifier();
+    let token = busy.token.expose_secret().to_owned();
+    let live = Environment::new("live").unwrap();
+    let running = tokio::spawn(async move { verifier.authenticate(&token, &live, None).await });
+    while counters.running.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    let e = manager
+        .handle_leak_report(&reports, Some(KEY_ID), Some(&signature), &body)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, LeakReportError::Hashing(_)), "{e:?}");
+    assert!(e.is_retryable());
+    assert_eq!(e.code(), "overloaded");
+    let status = |id: KeyId| {
+        let manager = manager.clone();
+        async move { manager.get(&sys(), &id).await.unwrap().status }
+    };
+    assert_eq!(status(leaked.key.id.clone()).await, KeyStatus::Active);
+
+    running.await.unwrap().expect("the busy key was checked");
+    let labels = manager
+        .handle_leak_report(&reports, Some(KEY_ID), Some(&signature), &body)
+        .await
+        .unwrap();
+    assert_eq!(labels[0].label, LeakLabel::TruePositive);
+    assert_eq!(status(leaked.key.id.clone()).await, KeyStatus::Revoked);
+}
