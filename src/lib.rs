@@ -89,6 +89,9 @@ pub mod clock;
 pub mod hash;
 pub mod ids;
 pub mod key;
+#[cfg(feature = "leak-reports")]
+#[cfg_attr(docsrs, doc(cfg(feature = "leak-reports")))]
+pub mod leak;
 pub mod manager;
 pub mod policy;
 pub mod session;

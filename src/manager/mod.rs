@@ -26,6 +26,8 @@ mod create;
 mod error;
 mod import;
 mod inputs;
+#[cfg(feature = "leak-reports")]
+mod leaks;
 mod lifecycle;
 mod operations;
 mod sessions;
