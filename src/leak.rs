@@ -40,7 +40,10 @@
 //! ```
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! use base64::Engine;
+//! use keyward::hash::Argon2Hasher;
+//! use keyward::key::KeyStatus;
 //! use keyward::leak::{LeakLabel, LeakNotice, LeakReports, ScannerKeys};
+//! use keyward::policy::PermissionGrant;
 //! use keyward::*;
 //! use p256::ecdsa::{Signature, SigningKey, signature::Signer};
 //! use p256::pkcs8::{EncodePublicKey, LineEnding};

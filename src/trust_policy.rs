@@ -300,7 +300,7 @@ pub(crate) fn field(
 ///
 /// ```
 /// use keyward::trusted::{GitHubClaims, NewTrustPolicy};
-/// use keyward::PermissionGrant;
+/// use keyward::policy::PermissionGrant;
 /// let new = NewTrustPolicy::github(
 ///     "contoso", "live", "release from GitHub", "registry.example",
 ///     GitHubClaims::new("contoso", "4242", "widgets", "release.yml"),
