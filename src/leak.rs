@@ -22,8 +22,8 @@
 //!    checksum) is a `false_positive`, and nothing changes: **a report
 //!    never revokes a key without its secret**;
 //! 4. a proven key is revoked (bypassing the
-//!    [`ManagementPolicy`](crate::ManagementPolicy): the secret is the
-//!    proof), audited as [`AuditAction::Revoked`](crate::AuditAction::Revoked)
+//!    [`ManagementPolicy`](crate::policy::ManagementPolicy): the secret is the
+//!    proof), audited as [`AuditAction::Revoked`](crate::audit::AuditAction::Revoked)
 //!    by the actor [`LeakReports::ACTOR`] with the scanner's type, source and
 //!    URL in the detail (never the token), dropped from the verifier cache,
 //!    its owner told through the [`LeakNotifier`], and its sessions ended;
