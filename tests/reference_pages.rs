@@ -14,9 +14,9 @@ use chrono::{DateTime, TimeDelta, Utc};
 use common::*;
 use keyward::*;
 use keyward::{
-    clock::Clock, hash::Argon2Hasher, key::KeyStatus, policy::EditPolicy, policy::ExpiryChoice,
-    policy::ExpiryPolicy, policy::PermissionGrant, policy::PolicyError, policy::ResourceScope,
-    session::SessionConfig, store::ListQuery,
+    audit::AuditAction, clock::Clock, hash::Argon2Hasher, key::KeyStatus, policy::EditPolicy,
+    policy::ExpiryChoice, policy::ExpiryPolicy, policy::PermissionGrant, policy::PolicyError,
+    policy::ResourceScope, session::SessionConfig, store::ListQuery, store::MemoryAuditSink,
 };
 
 fn admin() -> Actor {
@@ -40,16 +40,26 @@ struct Page {
     manager: KeyManager<Arc<MemoryStore>>,
     store: Arc<MemoryStore>,
     clock: ManualClock,
+    audit: Arc<MemoryAuditSink>,
     live: Environment,
 }
 
 fn page(policy: Policy) -> Page {
     let store = Arc::new(MemoryStore::new());
     let clock = ManualClock::new(start());
+    let audit = Arc::new(MemoryAuditSink::new());
+    let manager = KeyManager::builder(Arc::clone(&store), format(), policy)
+        .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
+        .clock(clock.clone())
+        .sessions(SessionConfig::new("mkhs"))
+        .audit_shared(audit.clone())
+        .build()
+        .unwrap();
     Page {
-        manager: manager_with(Arc::clone(&store), policy, clock.clone()),
+        manager,
         store,
         clock,
+        audit,
         live: Environment::new("live").unwrap(),
     }
 }
@@ -143,6 +153,21 @@ async fn the_gallery_regenerates_an_expired_key_with_a_fresh_lifetime() {
     assert!(
         p.check(&key.token).await.is_err(),
         "the old value stays dead"
+    );
+    let regenerated: Vec<String> = p
+        .audit
+        .events()
+        .into_iter()
+        .filter(|e| e.action == AuditAction::Regenerated)
+        .map(|e| e.detail)
+        .collect();
+    assert_eq!(
+        regenerated,
+        vec![format!(
+            "renewed after expiry, expires {}",
+            (now + TimeDelta::days(90)).to_rfc3339()
+        )],
+        "the audit trail says the key was renewed, and until when"
     );
 }
 
