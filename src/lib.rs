@@ -89,6 +89,9 @@ pub mod clock;
 pub mod hash;
 pub mod ids;
 pub mod key;
+#[cfg(feature = "leak-reports")]
+#[cfg_attr(docsrs, doc(cfg(feature = "leak-reports")))]
+pub mod leak;
 pub mod manager;
 pub mod policy;
 pub mod session;
@@ -96,6 +99,8 @@ mod source;
 pub mod store;
 pub mod token;
 mod trace;
+mod trust_policy;
+pub mod trusted;
 pub mod verify;
 
 pub mod prelude {

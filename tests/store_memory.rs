@@ -58,3 +58,8 @@ async fn memory_audit_sink_conformance() {
     keyward::store::conformance::audit_sink_conformance(keyward::store::MemoryAuditSink::new())
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_trust_store_conformance() {
+    keyward::store::conformance::trust_store_conformance(MemoryStore::new()).await;
+}

@@ -869,6 +869,23 @@ async fn nul_in_audit_text_does_not_fail_the_batch() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn trust_store_conformance() {
+    with_schema(|url, schema| async move {
+        let store = store(&url, &schema).await;
+        store.migrate().await.expect("migrate twice");
+        keyward::store::conformance::trust_store_conformance(store.clone()).await;
+        let left: i64 = sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM \"{schema}\".keyward_keys_trust"
+        ))
+        .fetch_one(store.pool())
+        .await
+        .expect("count");
+        assert_eq!(left, 0, "trust policies left behind");
+    })
+    .await;
+}
+
 /// `connect_with` sizes the pool as told and names its connections by the
 /// URL's `application_name`; `connect` keeps its defaults; a bad URL or an
 /// unreachable server is a typed error.

@@ -26,6 +26,8 @@ mod create;
 mod error;
 mod import;
 mod inputs;
+#[cfg(feature = "leak-reports")]
+mod leaks;
 mod lifecycle;
 mod operations;
 mod sessions;
@@ -110,7 +112,7 @@ impl<S> fmt::Debug for KeyManager<S> {
 }
 
 /// How many ids an insert tries (see [`insert_with_fresh_ids`]).
-const ID_ATTEMPTS: usize = 3;
+pub(crate) const ID_ATTEMPTS: usize = 3;
 
 /// A store write whose reply may have been lost: on a backend error (a
 /// timeout, a dropped connection: the write may have committed before it),

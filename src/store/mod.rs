@@ -9,6 +9,8 @@ mod boxed;
 mod compact;
 mod error;
 mod memory;
+mod memory_trusted;
+mod trusted;
 
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
@@ -22,6 +24,8 @@ mod postgres;
 mod postgres_audit;
 #[cfg(feature = "postgres")]
 mod postgres_sessions;
+#[cfg(feature = "postgres")]
+mod postgres_trusted;
 mod sessions;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
@@ -31,6 +35,8 @@ mod sqlite;
 mod sqlite_audit;
 #[cfg(feature = "sqlite")]
 mod sqlite_sessions;
+#[cfg(feature = "sqlite")]
+mod sqlite_trusted;
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -55,6 +61,7 @@ pub use sql::InvalidName;
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use sqlite::SqliteStore;
+pub use trusted::TrustStore;
 
 use crate::ids::OwnerId;
 use crate::ids::{Environment, KeyId};

@@ -246,7 +246,7 @@ impl PostgresStore {
     /// pool yourself and use [`from_pool`](Self::from_pool).
     ///
     /// ```no_run
-    /// # async fn run() -> Result<(), keyward::StoreError> {
+    /// # async fn run() -> Result<(), keyward::store::StoreError> {
     /// use std::time::Duration;
     /// use keyward::PostgresStore;
     /// let store = PostgresStore::connect_with(
@@ -336,13 +336,15 @@ impl PostgresStore {
         &self.pool
     }
 
-    /// Creates the schema, the table and its indexes, and the sessions table
-    /// (`<table>_sessions`), if missing. Safe to run twice and from several
+    /// Creates the schema, the table and its indexes, the sessions table
+    /// (`<table>_sessions`) and the trust tables
+    /// ([`migrate_trust`](Self::migrate_trust)), if missing. Safe to run twice and from several
     /// processes at once: everything runs in one
     /// transaction holding an advisory lock, applied steps are recorded in
     /// `<table>_migrations` and every statement uses `IF NOT EXISTS`.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        boxed(self.migrate_impl()).await
+        boxed(self.migrate_impl()).await?;
+        self.migrate_trust().await
     }
 
     async fn migrate_impl(&self) -> Result<(), StoreError> {

@@ -262,13 +262,15 @@ impl SqliteStore {
         &self.pool
     }
 
-    /// Creates or upgrades the table and its indexes, and the sessions table
-    /// ([`migrate_sessions`](Self::migrate_sessions)). Idempotent: applied
+    /// Creates or upgrades the table and its indexes, the sessions table
+    /// ([`migrate_sessions`](Self::migrate_sessions)) and the trust tables
+    /// ([`migrate_trust`](Self::migrate_trust)). Idempotent: applied
     /// steps are recorded in `<table>_migrations` and skipped, all in one
     /// write transaction, so concurrent calls are safe.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         boxed(self.migrate_impl()).await?;
-        self.migrate_sessions().await
+        self.migrate_sessions().await?;
+        self.migrate_trust().await
     }
 
     async fn migrate_impl(&self) -> Result<(), StoreError> {

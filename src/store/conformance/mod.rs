@@ -75,6 +75,16 @@
 //! | [`take_expiry_reminders_once_under_concurrency`] | two callers taking in small batches get each of 50 keys once in total |
 //! | [`list_and_quota_apply_idle_expiry`] | with `idle_expiry`, a key unused that long is listed as expired and does not count against the quota |
 //!
+//! # Trust stores
+//!
+//! [`trust_store_conformance`] checks a [`TrustStore`](crate::store::TrustStore)
+//! (trusted publishing): policies round-trip and are found by id, owner
+//! and issuer with lookup value, the per-owner cap holds under 16
+//! concurrent inserts, and `claim_jti` lets exactly one of 32 concurrent
+//! claims of one token id win (a store that reads then writes fails it).
+//! It deletes its policies before it returns; its token ids live in a
+//! window of the distant past and are purged.
+//!
 //! # What the suite leaves behind
 //!
 //! Every owner id the suite writes starts with [`OWNER_PREFIX`]
@@ -163,7 +173,10 @@ mod key_reminders;
 mod keys;
 #[cfg(test)]
 mod selftest;
+#[cfg(test)]
+mod selftest_trusted;
 mod sessions;
+mod trusted;
 
 pub use audit::audit_sink_conformance;
 pub use key_idle::*;
@@ -172,6 +185,7 @@ pub use key_quota::*;
 pub use key_reminders::*;
 pub use keys::*;
 pub use sessions::session_store_conformance;
+pub use trusted::trust_store_conformance;
 
 /// The prefix of every owner id the suite writes: `conformance-` and a
 /// random key id. See "What the suite leaves behind" above.
