@@ -117,8 +117,7 @@ async fn quota_holds_across_pools() {
             };
             set.spawn(async move {
                 barrier.wait().await;
-                s.insert(&record, Some(QuotaCheck { max_live: 3, now }))
-                    .await
+                s.insert(&record, Some(QuotaCheck::new(3, now))).await
             });
         }
         let mut ok = 0;

@@ -93,8 +93,9 @@ impl NewKey {
 /// Changes to a key. Fields left `None` stay as they are.
 ///
 /// The name and resources may always change; permissions, expiry and IP
-/// allowlist may always narrow, and widen only where the policy's
-/// [`EditPolicy`](crate::policy::EditPolicy) allows.
+/// allowlist may narrow unless the policy's
+/// [`EditPolicy`](crate::policy::EditPolicy) freezes them, and widen only
+/// where it allows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeyEdit {
     /// New name.

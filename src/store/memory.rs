@@ -146,7 +146,7 @@ impl KeyStore for MemoryStore {
                 Some(ids) => self
                     .records(ids)?
                     .iter()
-                    .filter(|r| r.environment == record.environment && r.is_live(q.now))
+                    .filter(|r| r.environment == record.environment && q.counts(r))
                     .count(),
                 None => 0,
             };

@@ -111,8 +111,8 @@ impl Queries {
         Self {
             lock_owner: "SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))".to_owned(),
             count_live: format!(
-                "SELECT COUNT(*) FROM {q} WHERE owner = $1 AND environment = $2 \
-                 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $3)"
+                "SELECT COUNT(*) FROM {q} WHERE owner = $1 AND environment = $2 AND {}",
+                sql::live_condition("$3", "$4")
             ),
             insert: format!(
                 "INSERT INTO {q} ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
@@ -645,6 +645,7 @@ impl PostgresStore {
                 .bind(e.owner)
                 .bind(e.environment)
                 .bind(sql::micros(q.now))
+                .bind(sql::idle_cutoff(q.now, q.idle_expiry))
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(err("count live keys"))?;
@@ -719,9 +720,13 @@ impl PostgresStore {
         }
         let needs_now = query.status.is_some_and(|s| s != KeyStatus::Revoked);
         if let Some(status) = query.status {
-            let now = if needs_now { next() } else { String::new() };
+            let (now, cut) = if needs_now {
+                (next(), next())
+            } else {
+                (String::new(), String::new())
+            };
             text.push_str(" AND ");
-            text.push_str(&sql::status_condition(status, &now));
+            text.push_str(&sql::status_condition(status, &now, &cut));
         }
         text.push_str(&format!(" ORDER BY id LIMIT {}", next()));
         let mut q = sqlx::query(&text).bind(query.owner.as_str());
@@ -733,6 +738,7 @@ impl PostgresStore {
         }
         if needs_now {
             q = q.bind(sql::micros(query.now));
+            q = q.bind(sql::idle_cutoff(query.now, query.idle_expiry));
         }
         q = q.bind(i64::try_from(query.limit).unwrap_or(i64::MAX));
         let rows = q.fetch_all(&self.pool).await.map_err(err("list"))?;

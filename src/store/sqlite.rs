@@ -87,8 +87,8 @@ impl Queries {
             ),
             insert_id: format!("INSERT INTO \"{ids}\" (id) VALUES (?)"),
             count_live: format!(
-                "SELECT COUNT(*) FROM \"{t}\" WHERE owner = ? AND environment = ? \
-                 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)"
+                "SELECT COUNT(*) FROM \"{t}\" WHERE owner = ? AND environment = ? AND {}",
+                sql::live_condition("?", "?")
             ),
             get: format!("SELECT {COLUMNS} FROM \"{t}\" WHERE id = ?"),
             update: format!(
@@ -341,6 +341,7 @@ impl SqliteStore {
                 .bind(e.owner)
                 .bind(e.environment)
                 .bind(sql::micros(q.now))
+                .bind(sql::idle_cutoff(q.now, q.idle_expiry))
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(err("count live keys"))?;
@@ -409,7 +410,7 @@ impl SqliteStore {
         }
         if let Some(status) = query.status {
             text.push_str(" AND ");
-            text.push_str(&sql::status_condition(status, "?"));
+            text.push_str(&sql::status_condition(status, "?", "?"));
         }
         text.push_str(" ORDER BY id LIMIT ?");
         let mut q = sqlx::query(&text).bind(query.owner.as_str());
@@ -424,6 +425,7 @@ impl SqliteStore {
             .is_some_and(|s| s != crate::key::KeyStatus::Revoked)
         {
             q = q.bind(sql::micros(query.now));
+            q = q.bind(sql::idle_cutoff(query.now, query.idle_expiry));
         }
         q = q.bind(i64::try_from(query.limit).unwrap_or(i64::MAX));
         let rows = q.fetch_all(&self.pool).await.map_err(err("list"))?;

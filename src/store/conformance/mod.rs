@@ -73,6 +73,7 @@
 //! | [`quota_counts_suspended_keys`] | a suspended key still counts against the quota |
 //! | [`take_expiry_reminders_returns_due_keys`] | exactly the due keys, by expiry, up to `limit`, marked, generation kept |
 //! | [`take_expiry_reminders_once_under_concurrency`] | two callers taking in small batches get each of 50 keys once in total |
+//! | [`list_and_quota_apply_idle_expiry`] | with `idle_expiry`, a key unused that long is listed as expired and does not count against the quota |
 //!
 //! # Trust stores
 //!
@@ -165,6 +166,7 @@ use crate::{store::AuditSink, store::SessionStore, store::StoreError};
 
 mod audit;
 mod fixtures;
+mod key_idle;
 mod key_lists;
 mod key_quota;
 mod key_reminders;
@@ -177,6 +179,7 @@ mod sessions;
 mod trusted;
 
 pub use audit::audit_sink_conformance;
+pub use key_idle::*;
 pub use key_lists::*;
 pub use key_quota::*;
 pub use key_reminders::*;
@@ -222,7 +225,8 @@ macro_rules! __keyward_key_checks {
             list_filters_suspended_and_active,
             quota_counts_suspended_keys,
             take_expiry_reminders_returns_due_keys,
-            take_expiry_reminders_once_under_concurrency
+            take_expiry_reminders_once_under_concurrency,
+            list_and_quota_apply_idle_expiry
         }
     };
 }
