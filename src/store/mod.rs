@@ -44,11 +44,11 @@ use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-#[cfg(feature = "testing")]
-#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub use audit_sink::{AuditSink, MemoryAuditSink};
 pub use boxed::{BoxedSessionStore, BoxedStore, DynKeyStore, DynSessionStore};
 pub use error::StoreError;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub use faulty::{Fault, FaultyStore, Op};
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
