@@ -409,6 +409,7 @@ async fn admin_edit(
         resources: body.resources.map(ResourceScope::only),
         expiry: body.expiry_days.map(ExpiryChoice::Days),
         ip_allowlist: body.ip_allowlist,
+        ..KeyEdit::default()
     };
     match app.manager.edit(&app.admin(), &id, edit).await {
         Ok(view) => Json(json!({ "key": view })).into_response(),

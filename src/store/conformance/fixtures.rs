@@ -54,6 +54,8 @@ pub(super) fn record(owner: &OwnerId, environment: &str) -> KeyRecord {
         permissions: PermissionGrant::All,
         resources: ResourceScope::All,
         ip_allowlist: IpAllowlist::any(),
+        external_id: None,
+        metadata: Default::default(),
         created_at: t0(),
         expires_at: None,
         revoked_at: None,
