@@ -279,3 +279,22 @@ impl std::ops::Deref for VerifiedKey {
         &self.0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cached key pays one pointer for its external id and metadata, and
+    /// handing the metadata out copies a pointer.
+    #[test]
+    fn labels_cost_one_pointer() {
+        assert_eq!(
+            std::mem::size_of::<Option<Arc<Labels>>>(),
+            std::mem::size_of::<usize>()
+        );
+        assert_eq!(
+            std::mem::size_of::<Metadata>(),
+            std::mem::size_of::<usize>()
+        );
+    }
+}
