@@ -110,8 +110,7 @@ impl Metadata {
                 });
             }
         };
-        let map_value = Value::Object(map);
-        if depth_exceeds(&map_value, Self::MAX_DEPTH) {
+        if depth_exceeds(&map, Self::MAX_DEPTH) {
             return Err(MetadataError::TooDeep {
                 max: Self::MAX_DEPTH,
             });
@@ -122,19 +121,17 @@ impl Metadata {
         };
         // Writing stops with an error at the bound, so a huge value is
         // never serialized whole.
-        if serde_json::to_writer(&mut counter, &map_value).is_err() || counter.len > Self::MAX_BYTES
-        {
+        if serde_json::to_writer(&mut counter, &map).is_err() || counter.len > Self::MAX_BYTES {
             return Err(MetadataError::TooLarge {
                 len: counter.len,
                 max: Self::MAX_BYTES,
             });
         }
-        match map_value {
-            Value::Object(map) if map.is_empty() => Ok(Self(None)),
-            Value::Object(map) => Ok(Self(Some(Arc::new(map)))),
-            // Built as an object just above.
-            _ => Ok(Self(None)),
-        }
+        Ok(if map.is_empty() {
+            Self(None)
+        } else {
+            Self(Some(Arc::new(map)))
+        })
     }
 
     /// Parses and checks JSON text.
@@ -235,10 +232,10 @@ fn kind_of(v: &Value) -> &'static str {
     }
 }
 
-/// Whether objects and arrays nest deeper than `max` (a scalar is depth 0).
-/// Iterative, so no input can exhaust the stack.
-fn depth_exceeds(root: &Value, max: usize) -> bool {
-    let mut stack: Vec<(&Value, usize)> = vec![(root, 1)];
+/// Whether objects and arrays nest deeper than `max`, the top-level object
+/// being depth 1. Iterative, so no input can exhaust the stack.
+fn depth_exceeds(root: &Map<String, Value>, max: usize) -> bool {
+    let mut stack: Vec<(&Value, usize)> = root.values().map(|v| (v, 2)).collect();
     while let Some((v, depth)) = stack.pop() {
         let children: Box<dyn Iterator<Item = &Value>> = match v {
             Value::Object(m) => Box::new(m.values()),
@@ -248,11 +245,7 @@ fn depth_exceeds(root: &Value, max: usize) -> bool {
         if depth > max {
             return true;
         }
-        for child in children {
-            if matches!(child, Value::Object(_) | Value::Array(_)) {
-                stack.push((child, depth + 1));
-            }
-        }
+        stack.extend(children.map(|child| (child, depth + 1)));
     }
     false
 }
