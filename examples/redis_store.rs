@@ -144,6 +144,16 @@ fn enc_time(t: DateTime<Utc>) -> String {
     format!("{shifted:020}")
 }
 
+/// The quota's idle cutoff, encoded: a key whose last use (or creation, if
+/// never used) is at or before it is expired for being unused
+/// (`QuotaCheck::counts`). Empty without idle expiry.
+fn idle_cutoff(q: QuotaCheck) -> String {
+    q.idle_expiry
+        .and_then(|idle| q.now.checked_sub_signed(idle))
+        .map(enc_time)
+        .unwrap_or_default()
+}
+
 fn enc_opt_time(t: Option<DateTime<Utc>>) -> String {
     t.map(enc_time).unwrap_or_default()
 }
@@ -322,7 +332,9 @@ fn glob_escape(s: &str) -> String {
 
 /// KEYS: ids, record hash, owner set, expiry.
 /// ARGV: prefix, id, max_live ("" for no quota), now, environment,
-/// expiry member ("" for none), then field/value pairs.
+/// expiry member ("" for none), idle cutoff ("" for no idle expiry: a key
+/// last used, or created if never used, at or before it is expired and does
+/// not count), then field/value pairs.
 /// Returns "ok", "dup" or "quota".
 static INSERT: Lua = Lua::new(
     r#"
@@ -332,8 +344,14 @@ end
 if ARGV[3] ~= '' then
   local live = 0
   for _, id in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
-    local f = redis.call('HMGET', ARGV[1] .. 'key:' .. id, 'environment', 'revoked_at', 'expires_at')
-    if f[1] == ARGV[5] and f[2] == '' and (f[3] == '' or f[3] > ARGV[4]) then
+    local f = redis.call('HMGET', ARGV[1] .. 'key:' .. id, 'environment', 'revoked_at', 'expires_at',
+      'created_at', 'last_used_at')
+    local since = f[4]
+    if f[5] and f[5] ~= '' and f[5] > f[4] then
+      since = f[5]
+    end
+    if f[1] == ARGV[5] and f[2] == '' and (f[3] == '' or f[3] > ARGV[4])
+      and (ARGV[7] == '' or since > ARGV[7]) then
       live = live + 1
     end
   end
@@ -342,7 +360,7 @@ if ARGV[3] ~= '' then
   end
 end
 redis.call('SADD', KEYS[1], ARGV[2])
-redis.call('HSET', KEYS[2], unpack(ARGV, 7))
+redis.call('HSET', KEYS[2], unpack(ARGV, 8))
 redis.call('ZADD', KEYS[3], 0, ARGV[2])
 if ARGV[6] ~= '' then
   redis.call('ZADD', KEYS[4], 0, ARGV[6])
@@ -540,7 +558,8 @@ impl KeyStore for RedisStore {
             .arg(quota.map(|q| q.max_live.to_string()).unwrap_or_default())
             .arg(quota.map(|q| enc_time(q.now)).unwrap_or_default())
             .arg(record.environment.as_str())
-            .arg(expiry_member(record));
+            .arg(expiry_member(record))
+            .arg(quota.map(idle_cutoff).unwrap_or_default());
         for (k, v) in fields(record, true)? {
             script.arg(k).arg(v);
         }

@@ -49,11 +49,15 @@ pub enum AuditAction {
     AuthenticationFailed,
     /// The key was used successfully (aggregated: see [`AuditEvent::count`]).
     Used,
+    /// A trust policy (trusted publishing) was registered; `key_id` is its id.
+    TrustPolicyCreated,
+    /// A trust policy was deleted; `key_id` is its id.
+    TrustPolicyDeleted,
 }
 
 impl AuditAction {
     /// Every action, in declaration order.
-    pub const ALL: [AuditAction; 13] = [
+    pub const ALL: [AuditAction; 15] = [
         AuditAction::Created,
         AuditAction::Imported,
         AuditAction::Edited,
@@ -67,6 +71,8 @@ impl AuditAction {
         AuditAction::ManagementDenied,
         AuditAction::AuthenticationFailed,
         AuditAction::Used,
+        AuditAction::TrustPolicyCreated,
+        AuditAction::TrustPolicyDeleted,
     ];
 
     /// The stable name sinks store (`created`, `session_issued`, ...).
@@ -85,6 +91,8 @@ impl AuditAction {
             AuditAction::ManagementDenied => "management_denied",
             AuditAction::AuthenticationFailed => "authentication_failed",
             AuditAction::Used => "used",
+            AuditAction::TrustPolicyCreated => "trust_policy_created",
+            AuditAction::TrustPolicyDeleted => "trust_policy_deleted",
         }
     }
 

@@ -128,6 +128,8 @@ mod caller;
 mod credential;
 mod forwarded;
 mod layer;
+#[cfg(feature = "leak-reports")]
+mod leaks;
 mod management;
 mod rejection;
 mod service;
@@ -139,6 +141,9 @@ pub use credential::{
 };
 pub use forwarded::ProxyHeaders;
 pub use layer::{KeywardLayer, LayerError, WARNING_HEADER};
+#[cfg(feature = "leak-reports")]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "axum", feature = "leak-reports"))))]
+pub use leaks::{KEY_IDENTIFIER_HEADER, SIGNATURE_HEADER, leak_report_route};
 pub use management::ManagementRejection;
 pub use rejection::{DEFAULT_REALM, KeywardRejection};
 pub use service::RequireKey;

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 
 /// A source of the current time. keyward never reads the time any other way,
 /// so expiry, cache lifetimes and throttling can be tested without sleeping.
@@ -12,14 +12,27 @@ pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> DateTime<Utc>;
 }
 
-/// The operating system's clock.
+/// The operating system's clock, read in whole microseconds: the precision
+/// keyward's SQL stores keep, so a time taken here (a key's creation, a
+/// revocation) reads back from any store exactly as it was taken.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> DateTime<Utc> {
-        Utc::now()
+        to_micros(Utc::now())
     }
+}
+
+/// `at` truncated to whole microseconds, the precision keyward keeps.
+///
+/// ```
+/// use keyward::clock::to_micros;
+/// let at = "2026-01-01T00:00:00.123456789Z".parse().unwrap();
+/// assert_eq!(to_micros(at).to_rfc3339(), "2026-01-01T00:00:00.123456+00:00");
+/// ```
+pub fn to_micros(at: DateTime<Utc>) -> DateTime<Utc> {
+    at.trunc_subsecs(6)
 }
 
 /// A clock that only moves when told to. Clones share the same time.

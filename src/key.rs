@@ -114,7 +114,7 @@ impl KeyKind {
 ///   environment that is not valid is an error), as reading a row does.
 ///
 /// ```
-/// # use keyward::*;
+/// # use keyward::key::KeyRecord;
 /// # fn roundtrip(record: &KeyRecord) -> Result<(), serde_json::Error> {
 /// let json = serde_json::to_string(record)?;
 /// let back: KeyRecord = serde_json::from_str(&json)?;

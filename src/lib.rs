@@ -90,6 +90,9 @@ pub mod clock;
 pub mod hash;
 pub mod ids;
 pub mod key;
+#[cfg(feature = "leak-reports")]
+#[cfg_attr(docsrs, doc(cfg(feature = "leak-reports")))]
+pub mod leak;
 pub mod manager;
 pub mod metadata;
 pub mod policy;
@@ -98,6 +101,8 @@ mod source;
 pub mod store;
 pub mod token;
 mod trace;
+mod trust_policy;
+pub mod trusted;
 pub mod verify;
 
 pub mod prelude {

@@ -50,11 +50,16 @@ async fn session_conformance_on_a_store_shared_with_the_key_checks() {
 
 #[test]
 fn every_check_is_named() {
-    assert_eq!(keyward::store::conformance::CHECKS.len(), 28);
+    assert_eq!(keyward::store::conformance::CHECKS.len(), 29);
 }
 
 #[tokio::test]
 async fn memory_audit_sink_conformance() {
     keyward::store::conformance::audit_sink_conformance(keyward::store::MemoryAuditSink::new())
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_trust_store_conformance() {
+    keyward::store::conformance::trust_store_conformance(MemoryStore::new()).await;
 }

@@ -119,8 +119,7 @@ async fn quota_holds_across_pools() {
             };
             set.spawn(async move {
                 barrier.wait().await;
-                s.insert(&record, Some(QuotaCheck { max_live: 3, now }))
-                    .await
+                s.insert(&record, Some(QuotaCheck::new(3, now))).await
             });
         }
         let mut ok = 0;
@@ -877,6 +876,23 @@ async fn nul_in_audit_text_does_not_fail_the_batch() {
         assert_eq!(got[0].detail, "x\u{FFFD}");
         assert_eq!(got[0].count, i64::MAX as u64, "counts saturate");
         assert_eq!(got[1], plain);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn trust_store_conformance() {
+    with_schema(|url, schema| async move {
+        let store = store(&url, &schema).await;
+        store.migrate().await.expect("migrate twice");
+        keyward::store::conformance::trust_store_conformance(store.clone()).await;
+        let left: i64 = sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM \"{schema}\".keyward_keys_trust"
+        ))
+        .fetch_one(store.pool())
+        .await
+        .expect("count");
+        assert_eq!(left, 0, "trust policies left behind");
     })
     .await;
 }

@@ -131,8 +131,10 @@ async fn url_form_and_custom_table_and_persistence() {
             "registry_api_keys",
             "registry_api_keys_audit",
             "registry_api_keys_ids",
+            "registry_api_keys_jtis",
             "registry_api_keys_migrations",
             "registry_api_keys_sessions",
+            "registry_api_keys_trust",
             "sqlite_sequence"
         ]
     );
@@ -592,4 +594,20 @@ async fn the_store_is_the_managers_audit_sink() {
         .map(|e| e.action)
         .collect();
     assert_eq!(actions, [AuditAction::Created, AuditAction::Revoked]);
+}
+
+/// Trust policies and used token ids on a WAL file with several
+/// connections, so concurrent jti claims race real connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn trust_store_conformance_on_a_wal_file() {
+    let db = TempDb::new();
+    let store = SqliteStore::connect(db.path()).await.expect("open");
+    store.migrate().await.expect("migrate");
+    store.migrate().await.expect("migrate twice");
+    keyward::store::conformance::trust_store_conformance(store.clone()).await;
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM keyward_keys_trust")
+        .fetch_one(store.pool())
+        .await
+        .expect("count");
+    assert_eq!(left, 0, "trust policies left behind");
 }

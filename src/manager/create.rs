@@ -36,7 +36,9 @@ impl<S: KeyStore> KeyManager<S> {
             let metadata = checked_metadata(new.metadata)?;
 
             let now = self.now();
-            let quota = policy.quota().map(|max_live| QuotaCheck { max_live, now });
+            let quota = policy
+                .quota()
+                .map(|max_live| QuotaCheck::new(max_live, now).idle_expiry(policy.idle_expiry()));
             let record = KeyRecord {
                 id: KeyId::generate(),
                 owner,

@@ -77,7 +77,9 @@ impl<S: KeyStore> KeyManager<S> {
                 generation: 1,
                 secret_hash: SecretHash::new(format!("{}{hex}", crate::hash::SHA256_IMPORT_PREFIX)),
             };
-            let quota = policy.quota().map(|max_live| QuotaCheck { max_live, now });
+            let quota = policy
+                .quota()
+                .map(|max_live| QuotaCheck::new(max_live, now).idle_expiry(policy.idle_expiry()));
             let result = self.shared.store.insert(&record, quota).await;
             // A lost reply: if exactly this record is there, the import
             // happened (a retry would now be refused as IdTaken).

@@ -121,8 +121,9 @@ impl NewKey {
 /// Changes to a key. Fields left `None` stay as they are.
 ///
 /// The name, resources, external id and metadata may always change;
-/// permissions, expiry and IP allowlist may always narrow, and widen only
-/// where the policy's [`EditPolicy`](crate::policy::EditPolicy) allows.
+/// permissions, expiry and IP allowlist may narrow unless the policy's
+/// [`EditPolicy`](crate::policy::EditPolicy) freezes them, and widen only
+/// where it allows.
 ///
 /// ```
 /// use keyward::KeyEdit;

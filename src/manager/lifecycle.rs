@@ -11,7 +11,7 @@ use super::{KeyManager, MAX_WINDOW_DAYS, MIN_ROTATION_GRACE};
 use crate::audit::AuditAction;
 use crate::ids::KeyId;
 use crate::ids::check_text;
-use crate::key::{KeyKind, KeyRecord, KeyView, MAX_NAME_LEN, SecretHash};
+use crate::key::{KeyKind, KeyRecord, KeyStatus, KeyView, MAX_NAME_LEN, SecretHash};
 use crate::manager::KeywardError;
 use crate::policy::PolicyError;
 use crate::policy::{Actor, IpAllowlist, ManagementAction};
@@ -69,6 +69,7 @@ impl<S: KeyStore> KeyManager<S> {
             self.allow(actor, ManagementAction::View, &query.owner, None)
                 .await?;
             query.now = self.now();
+            query.idle_expiry = self.shared.policy.idle_expiry();
             let records = self
                 .shared
                 .store
@@ -122,6 +123,12 @@ impl<S: KeyStore> KeyManager<S> {
                 record.name = name;
             }
             if let Some(grant) = edit.permissions {
+                if policy.edits().freeze_permissions && grant != record.permissions {
+                    return Err(PolicyError::Frozen {
+                        setting: "permissions",
+                    }
+                    .into());
+                }
                 let new = policy.permissions().resolve(&grant)?;
                 let old = policy.permissions().resolve_stored(&record.permissions);
                 if !policy.edits().widen_permissions && !old.is_superset(new) {
@@ -136,6 +143,9 @@ impl<S: KeyStore> KeyManager<S> {
                 record.resources = scope;
             }
             if let Some(choice) = edit.expiry {
+                if policy.edits().freeze_expiry {
+                    return Err(PolicyError::Frozen { setting: "expiry" }.into());
+                }
                 let choice = policy.expiry().check(Some(choice))?;
                 let new = choice.expires_at(now);
                 let narrower = match (new, record.expires_at) {
@@ -154,6 +164,12 @@ impl<S: KeyStore> KeyManager<S> {
             }
             if let Some(ranges) = edit.ip_allowlist {
                 let list = IpAllowlist::parse(&ranges)?;
+                if policy.edits().freeze_ip_allowlist && list != record.ip_allowlist {
+                    return Err(PolicyError::Frozen {
+                        setting: "IP allowlist",
+                    }
+                    .into());
+                }
                 if !list.is_within(&record.ip_allowlist) && !policy.edits().widen_ip_allowlist {
                     return Err(PolicyError::IpWidening.into());
                 }
@@ -183,6 +199,26 @@ impl<S: KeyStore> KeyManager<S> {
     /// Gives the key a new secret: same id and settings; the old secret is
     /// refused from the next check on. Returns the new token, once. Session
     /// tokens already exchanged stay valid until they expire.
+    ///
+    /// An expired key (by its expiry, or for being unused under
+    /// [`Policy::with_idle_expiry`](crate::Policy::with_idle_expiry)) is
+    /// [`KeywardError::Expired`], unless the policy's
+    /// [`ExpiryPolicy::with_regenerate_expired`](crate::policy::ExpiryPolicy::with_regenerate_expired)
+    /// allows it (a package gallery: "After expiration, the key is
+    /// unusable. [...] You can generate a new key value"). Then the key
+    /// starts a fresh lifetime at the regeneration: `created_at` becomes
+    /// now, and the expiry is its old lifetime length from now (never longer
+    /// than the policy's maximum; a key that never expired keeps never
+    /// expiring only where "never" is still allowed, else the default
+    /// choice), with a new expiry reminder. A renewed key counts against the
+    /// quota again: with the owner at the quota in that environment it is
+    /// [`KeywardError::QuotaExceeded`] (counted before the write, so unlike
+    /// an insert not atomic against a concurrent create). Revoked keys are
+    /// never regenerated ([`KeywardError::Revoked`]).
+    ///
+    /// A developer portal's "regenerate", which gives "a new pair of the
+    /// application ID and application secret", is
+    /// [`KeyManager::regenerate_pair`].
     pub async fn regenerate(&self, actor: &Actor, id: &KeyId) -> Result<CreatedKey, KeywardError> {
         crate::trace::manage_span(
             actor.id(),
@@ -192,9 +228,31 @@ impl<S: KeyStore> KeyManager<S> {
                 let mut record = self
                     .load_for(actor, ManagementAction::Regenerate, id)
                     .await?;
-                self.changeable(&record)?;
+                let now = self.now();
+                let expiry = self.shared.policy.expiry();
+                let renew = match self.status(&record, now) {
+                    KeyStatus::Expired if expiry.regenerates_expired() => true,
+                    _ => {
+                        self.changeable(&record)?;
+                        false
+                    }
+                };
                 if record.kind == KeyKind::Legacy {
                     return Err(KeywardError::Legacy(id.clone(), "regenerated"));
+                }
+                let mut detail = String::new();
+                if renew {
+                    self.renewal_fits_quota(&record, now).await?;
+                    let lifetime = record
+                        .expires_at
+                        .map(|e| e.signed_duration_since(record.created_at));
+                    record.expires_at = expiry.successor_expiry(now, lifetime);
+                    record.created_at = now;
+                    record.reminded_at = None;
+                    detail = match record.expires_at {
+                        Some(at) => format!("renewed after expiry, expires {}", at.to_rfc3339()),
+                        None => "renewed after expiry, never expires".to_owned(),
+                    };
                 }
                 let token = self.shared.format.generate(&record.environment, &record.id);
                 record.secret_hash = self.hash_token(&token).await?;
@@ -204,16 +262,77 @@ impl<S: KeyStore> KeyManager<S> {
                     ManagementAction::Regenerate,
                     AuditAction::Regenerated,
                     &record,
-                    String::new(),
+                    detail,
                 )
                 .await;
                 Ok(CreatedKey {
                     token,
-                    key: self.view(&record, self.now()),
+                    key: self.view(&record, now),
                 })
             },
         )
         .await
+    }
+
+    /// Whether renewing the expired `record` keeps its owner within the
+    /// quota in its environment (see [`KeyManager::regenerate`]).
+    async fn renewal_fits_quota(
+        &self,
+        record: &KeyRecord,
+        now: DateTime<Utc>,
+    ) -> Result<(), KeywardError> {
+        let Some(limit) = self.shared.policy.quota() else {
+            return Ok(());
+        };
+        let mut live = 0usize;
+        for status in [KeyStatus::Active, KeyStatus::Suspended] {
+            let mut query = ListQuery::new(record.owner.clone())
+                .environment(record.environment.clone())
+                .status(status)
+                .limit(usize::try_from(limit).unwrap_or(usize::MAX));
+            query.now = now;
+            query.idle_expiry = self.shared.policy.idle_expiry();
+            live += self
+                .shared
+                .store
+                .list(&query)
+                .await
+                .map_err(KeywardError::from_store)?
+                .len();
+        }
+        if live >= usize::try_from(limit).unwrap_or(usize::MAX) {
+            return Err(KeywardError::QuotaExceeded { limit });
+        }
+        Ok(())
+    }
+
+    /// A developer portal's "regenerate": "Regenerating the key will result
+    /// in a new pair of the application ID and application secret", and
+    /// "the previous pair can no longer be used to obtain a session token",
+    /// while "any session tokens obtained from the previous key will remain
+    /// valid, until those session tokens expire".
+    ///
+    /// Exactly [`KeyManager::rotate`] with a zero grace period: a successor
+    /// with a new id and secret (same owner, environment, name, permissions,
+    /// resources and IP allowlist, and lifetime length) is returned once, and
+    /// the old key expires at once (it stays listed as
+    /// [`KeyStatus::Expired`]; its sessions are not ended). Being an end of
+    /// the old key's access, it needs the [`ManagementPolicy`](crate::policy::ManagementPolicy)'s
+    /// permission to [`Rotate`](ManagementAction::Rotate) and to
+    /// [`Revoke`](ManagementAction::Revoke) (administrators, by default).
+    /// The old key is expired, not revoked: under
+    /// [`ExpiryPolicy::with_regenerate_expired`](crate::policy::ExpiryPolicy::with_regenerate_expired)
+    /// a later [`KeyManager::regenerate`] of the old id would renew it;
+    /// [`KeyManager::revoke`] it (which ends its sessions) or
+    /// [`KeyManager::delete`] it when that must never happen.
+    ///
+    /// To keep the id and change only the secret, use [`KeyManager::regenerate`].
+    pub async fn regenerate_pair(
+        &self,
+        actor: &Actor,
+        id: &KeyId,
+    ) -> Result<RotatedKey, KeywardError> {
+        self.rotate(actor, id, Duration::ZERO).await
     }
 
     /// Rotates a key with overlap: creates a successor with the same
@@ -293,9 +412,9 @@ impl<S: KeyStore> KeyManager<S> {
                 secret_hash: SecretHash::new(String::new()),
                 ..old.clone()
             };
-            let quota = self.shared.policy.quota().map(|q| QuotaCheck {
-                max_live: q.saturating_add(1),
-                now,
+            let quota = self.shared.policy.quota().map(|q| {
+                QuotaCheck::new(q.saturating_add(1), now)
+                    .idle_expiry(self.shared.policy.idle_expiry())
             });
             let (token, successor) = self.insert_new(successor, quota).await?;
             // Until the old key is retired, dropping this future deletes the

@@ -26,6 +26,8 @@ mod create;
 mod error;
 mod import;
 mod inputs;
+#[cfg(feature = "leak-reports")]
+mod leaks;
 mod lifecycle;
 mod operations;
 mod sessions;
@@ -110,7 +112,7 @@ impl<S> fmt::Debug for KeyManager<S> {
 }
 
 /// How many ids an insert tries (see [`insert_with_fresh_ids`]).
-const ID_ATTEMPTS: usize = 3;
+pub(crate) const ID_ATTEMPTS: usize = 3;
 
 /// A store write whose reply may have been lost: on a backend error (a
 /// timeout, a dropped connection: the write may have committed before it),
@@ -190,8 +192,11 @@ impl<S: KeyStore> KeyManager<S> {
         &self.shared.policy
     }
 
+    /// The time of a management call, taken once per call and truncated
+    /// to whole microseconds (whatever the clock gives), the precision the
+    /// SQL stores keep: a view returned by a call equals a later `get`.
     fn now(&self) -> DateTime<Utc> {
-        self.shared.clock.now()
+        crate::clock::to_micros(self.shared.clock.now())
     }
 
     fn environment(&self, tag: &str) -> Result<Environment, KeywardError> {
@@ -362,9 +367,10 @@ impl<S: KeyStore> KeyManager<S> {
     }
 
     /// Checks that a key may still change: not revoked, not expired
-    /// (suspended keys may be edited and regenerated).
+    /// (suspended keys may be edited and regenerated). Expired as a check
+    /// says it: by its expiry or for being unused (idle expiry).
     fn changeable(&self, record: &KeyRecord) -> Result<(), KeywardError> {
-        match record.status(self.now()) {
+        match self.status(record, self.now()) {
             KeyStatus::Active | KeyStatus::Suspended => Ok(()),
             KeyStatus::Revoked => Err(KeywardError::Revoked(record.id.clone())),
             KeyStatus::Expired => Err(KeywardError::Expired(record.id.clone())),
@@ -391,6 +397,12 @@ impl<S: KeyStore> KeyManager<S> {
             .await
             .map_err(KeywardError::from_store)?;
         Ok(record)
+    }
+
+    /// A key's status at `now` under the policy's idle expiry: what a check,
+    /// a view and the store's filters say.
+    fn status(&self, record: &KeyRecord, now: DateTime<Utc>) -> KeyStatus {
+        record.status_with_idle(now, self.shared.policy.idle_expiry())
     }
 
     fn view(&self, record: &KeyRecord, now: DateTime<Utc>) -> KeyView {

@@ -194,7 +194,7 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
         if !self.still_current(key).await? {
             return Ok(None);
         }
-        let now = self.shared.clock.now();
+        let now = self.now();
         // Checked: the TTL comes from the client (within the configured
         // maximum, which may be huge); saturate instead of panicking.
         let mut expires_at = TimeDelta::from_std(ttl)
@@ -420,7 +420,7 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
     ///
     /// `examples/publisher_api.rs` does this every 5 minutes.
     pub async fn purge_expired_sessions(&self) -> Result<u64, KeywardError> {
-        let now = self.shared.clock.now();
+        let now = self.now();
         self.shared
             .store
             .delete_expired_sessions(now)

@@ -145,6 +145,13 @@ pub enum PolicyError {
     /// An edit adds IP ranges (widening) and the policy forbids it.
     #[error("the IP allowlist cannot be widened after creation")]
     IpWidening,
+    /// An edit changes a setting that the edit policy fixes at creation
+    /// ([`EditPolicy::frozen`](crate::policy::EditPolicy::frozen)).
+    #[error("the {setting} of a key cannot be changed once the key is created")]
+    Frozen {
+        /// The setting: `permissions`, `expiry` or `IP allowlist`.
+        setting: &'static str,
+    },
     /// The quota setting is invalid (zero).
     #[error("a quota must allow at least one key")]
     ZeroQuota,

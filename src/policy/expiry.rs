@@ -72,6 +72,7 @@ pub struct ExpiryPolicy {
     max_days: Option<u32>,
     allow_never: bool,
     default: ExpiryChoice,
+    regenerate_expired: bool,
 }
 
 impl Default for ExpiryPolicy {
@@ -82,6 +83,7 @@ impl Default for ExpiryPolicy {
             max_days: Some(365),
             allow_never: false,
             default: ExpiryChoice::Days(365),
+            regenerate_expired: false,
         }
     }
 }
@@ -112,6 +114,7 @@ impl ExpiryPolicy {
             days: Some(days),
             allow_never,
             default,
+            regenerate_expired: false,
         };
         policy.check_default()
     }
@@ -128,6 +131,7 @@ impl ExpiryPolicy {
             max_days: Some(max_days),
             allow_never: false,
             default,
+            regenerate_expired: false,
         }
         .check_default()
     }
@@ -139,6 +143,7 @@ impl ExpiryPolicy {
             max_days: None,
             allow_never: true,
             default: ExpiryChoice::Never,
+            regenerate_expired: false,
         }
     }
 
@@ -154,6 +159,38 @@ impl ExpiryPolicy {
         }
         self.max_days = Some(max_days);
         self.check_default()
+    }
+
+    /// Whether [`KeyManager::regenerate`](crate::KeyManager::regenerate)
+    /// may give an **expired** key a new value (a package gallery: "After
+    /// expiration, the key is unusable. [...] You can generate a new key
+    /// value"). The new value gets a fresh lifetime: the key's own lifetime
+    /// length counted from the regeneration, within this policy (as a
+    /// rotation's successor gets, see
+    /// [`KeyManager::rotate`](crate::KeyManager::rotate)); a key expired
+    /// for being unused ([`Policy::with_idle_expiry`](crate::Policy::with_idle_expiry))
+    /// is renewed the same way.
+    ///
+    /// Off by default: an expired key stays expired and regenerating it is
+    /// [`KeywardError::Expired`](crate::KeywardError::Expired), so a policy
+    /// that forgets the setting never brings a key back to life. Revoked keys
+    /// are never regenerated.
+    ///
+    /// ```
+    /// use keyward::policy::ExpiryPolicy;
+    /// assert!(!ExpiryPolicy::default().regenerates_expired());
+    /// let gallery = ExpiryPolicy::default().with_regenerate_expired(true);
+    /// assert!(gallery.regenerates_expired());
+    /// ```
+    pub fn with_regenerate_expired(mut self, allow: bool) -> Self {
+        self.regenerate_expired = allow;
+        self
+    }
+
+    /// Whether an expired key may be regenerated (see
+    /// [`with_regenerate_expired`](Self::with_regenerate_expired)).
+    pub fn regenerates_expired(&self) -> bool {
+        self.regenerate_expired
     }
 
     fn check_default(self) -> Result<Self, PolicyError> {

@@ -125,6 +125,9 @@ pub enum ManagementAction {
     Import,
     /// Take expiry reminders (across owners).
     Remind,
+    /// Register or delete a trust policy (trusted publishing); listing
+    /// them is [`ManagementAction::View`].
+    Trust,
 }
 
 impl fmt::Display for ManagementAction {
@@ -141,6 +144,7 @@ impl fmt::Display for ManagementAction {
             ManagementAction::Delete => "delete",
             ManagementAction::Import => "import",
             ManagementAction::Remind => "remind",
+            ManagementAction::Trust => "register trust policies for",
         };
         f.write_str(s)
     }
@@ -203,7 +207,8 @@ pub trait ManagementPolicy: Send + Sync + 'static {
 /// The default policy: administrators may manage their owner's keys;
 /// managers only when granted API access, and never end a key's access
 /// (revoke, delete, regenerate, or rotate with a grace shorter than
-/// [`MIN_ROTATION_GRACE`](crate::manager::MIN_ROTATION_GRACE)) nor import keys;
+/// [`MIN_ROTATION_GRACE`](crate::manager::MIN_ROTATION_GRACE)) nor import keys, nor
+/// register or delete trust policies (a standing grant to a CI identity);
 /// nobody may touch another owner's keys; [`Role::System`] may do everything.
 ///
 /// ```
@@ -261,6 +266,7 @@ impl ManagementPolicy for DefaultManagementPolicy {
                         | ManagementAction::Delete
                         | ManagementAction::Regenerate
                         | ManagementAction::Import
+                        | ManagementAction::Trust
                 ) =>
             {
                 Err(ManagementDenial::AdministratorOnly)

@@ -95,9 +95,14 @@ impl Policy {
     /// listed as [`KeyStatus::Expired`](crate::key::KeyStatus::Expired). Uses are
     /// recorded at most once per usage interval
     /// ([`VerifierConfig::usage_interval`](crate::verify::VerifierConfig::usage_interval)),
-    /// so choose `days` much longer than it. Store-side status filters and
-    /// the quota do not apply it: an idle key counts against the quota
-    /// until it is revoked or deleted.
+    /// so choose `days` much longer than it. Listings, their status filter
+    /// and the quota apply it too ([`KeyManager`](crate::KeyManager) passes
+    /// it to the store as [`ListQuery::idle_expiry`](crate::store::ListQuery)
+    /// and [`QuotaCheck::idle_expiry`](crate::store::QuotaCheck)): an idle
+    /// key is listed under Expired only and frees its quota slot, as a
+    /// check says. An idle key can be brought back only where
+    /// [`ExpiryPolicy::with_regenerate_expired`] allows
+    /// ([`KeyManager::regenerate`](crate::KeyManager::regenerate)).
     ///
     /// ```
     /// use keyward::{PermissionRegistry, Policy};

@@ -266,9 +266,10 @@ forward_key_store!(BoxedStore);
 /// Any store with sessions ([`KeyStore`] + [`SessionStore`]), chosen at run
 /// time: both traits, forwarding each call to the store it holds, so a
 /// `KeyManager<BoxedSessionStore>` can be built with
-/// [`sessions`](crate::KeyManagerBuilder::sessions). Cheap to clone.
+/// [`sessions`](crate::manager::KeyManagerBuilder::sessions). Cheap to clone.
 ///
 /// ```
+/// use keyward::session::SessionConfig;
 /// use keyward::store::{BoxedSessionStore, MemoryStore};
 /// use keyward::*;
 /// let store = BoxedSessionStore::new(MemoryStore::new()); // or SQLite, PostgreSQL

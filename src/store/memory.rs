@@ -41,6 +41,7 @@ pub struct MemoryStore {
     by_owner: Mutex<Index>,
     hasher: RandomState,
     sessions: RwLock<SessionMap>,
+    pub(super) trusted: Mutex<super::memory_trusted::TrustTables>,
 }
 
 /// Sessions by id, and the ids of each key's sessions (to count, end and
@@ -85,6 +86,7 @@ impl MemoryStore {
             by_owner: Mutex::new(Index::default()),
             hasher: RandomState::default(),
             sessions: RwLock::new(SessionMap::default()),
+            trusted: Mutex::new(Default::default()),
         }
     }
 
@@ -144,7 +146,7 @@ impl KeyStore for MemoryStore {
                 Some(ids) => self
                     .records(ids)?
                     .iter()
-                    .filter(|r| r.environment == record.environment && r.is_live(q.now))
+                    .filter(|r| r.environment == record.environment && q.counts(r))
                     .count(),
                 None => 0,
             };

@@ -9,6 +9,8 @@ mod boxed;
 mod compact;
 mod error;
 mod memory;
+mod memory_trusted;
+mod trusted;
 
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
@@ -22,6 +24,8 @@ mod postgres;
 mod postgres_audit;
 #[cfg(feature = "postgres")]
 mod postgres_sessions;
+#[cfg(feature = "postgres")]
+mod postgres_trusted;
 mod sessions;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
@@ -31,12 +35,14 @@ mod sqlite;
 mod sqlite_audit;
 #[cfg(feature = "sqlite")]
 mod sqlite_sessions;
+#[cfg(feature = "sqlite")]
+mod sqlite_trusted;
 
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
@@ -55,6 +61,7 @@ pub use sql::InvalidName;
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use sqlite::SqliteStore;
+pub use trusted::TrustStore;
 
 use crate::ids::OwnerId;
 use crate::ids::{Environment, ExternalId, KeyId};
@@ -65,12 +72,65 @@ pub const MAX_PAGE_SIZE: usize = 1000;
 
 /// A quota to hold while inserting: at most `max_live` live keys for the new
 /// record's owner and environment, counting the new one.
+///
+/// Live means neither revoked nor expired at `now`, expired as a check says
+/// it: by `expires_at`, or, when `idle_expiry` is given, for being unused
+/// that long ([`KeyRecord::status_with_idle`]; [`QuotaCheck::counts`]). A
+/// suspended key counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QuotaCheck {
     /// The most live keys allowed.
     pub max_live: u32,
     /// The time at which "live" (not revoked, not expired) is judged.
     pub now: DateTime<Utc>,
+    /// The policy's idle expiry
+    /// ([`Policy::idle_expiry`](crate::Policy::idle_expiry)): a key whose
+    /// last use (or creation, if never used) is this long before `now` is
+    /// expired and does not count. [`KeyManager`](crate::KeyManager) sets it.
+    pub idle_expiry: Option<TimeDelta>,
+}
+
+impl QuotaCheck {
+    /// At most `max_live` live keys at `now`, with no idle expiry.
+    pub fn new(max_live: u32, now: DateTime<Utc>) -> Self {
+        Self {
+            max_live,
+            now,
+            idle_expiry: None,
+        }
+    }
+
+    /// Keys unused for `idle` do not count (sets the `idle_expiry` field).
+    pub fn idle_expiry(mut self, idle: Option<TimeDelta>) -> Self {
+        self.idle_expiry = idle;
+        self
+    }
+
+    /// Whether `r` counts against this quota (its owner and environment
+    /// aside): live at `now` under `idle_expiry`.
+    ///
+    /// ```
+    /// use chrono::TimeDelta;
+    /// use keyward::store::QuotaCheck;
+    /// # use keyward::{key::*, policy::*, *};
+    /// # let created: chrono::DateTime<chrono::Utc> = "2026-01-01T00:00:00Z".parse().unwrap();
+    /// # let r = KeyRecord { id: KeyId::generate(), owner: OwnerId::new("o").unwrap(),
+    /// #   environment: Environment::new("live").unwrap(), name: "n".into(), kind: KeyKind::Scoped,
+    /// #   permissions: PermissionGrant::All, resources: ResourceScope::All,
+    /// #   ip_allowlist: IpAllowlist::default(), created_at: created, expires_at: None,
+    /// #   revoked_at: None, suspended_at: None, last_used_at: None, last_used_ip: None,
+    /// #   reminded_at: None, generation: 1, secret_hash: SecretHash::new(String::new()) };
+    /// // `r` was created on 2026-01-01 and never used.
+    /// let later = created + TimeDelta::days(100);
+    /// assert!(QuotaCheck::new(3, later).counts(&r));
+    /// assert!(!QuotaCheck::new(3, later).idle_expiry(Some(TimeDelta::days(90))).counts(&r));
+    /// ```
+    pub fn counts(&self, r: &KeyRecord) -> bool {
+        matches!(
+            r.status_with_idle(self.now, self.idle_expiry),
+            KeyStatus::Active | KeyStatus::Suspended
+        )
+    }
 }
 
 /// Which keys a listing returns: one owner's, optionally one environment,
@@ -110,6 +170,14 @@ pub struct ListQuery {
     /// The time the status filter is judged at. [`KeyManager`](crate::KeyManager)
     /// sets it from its clock.
     pub now: DateTime<Utc>,
+    /// The policy's idle expiry
+    /// ([`Policy::idle_expiry`](crate::Policy::idle_expiry)): for the status
+    /// filter, a key neither revoked nor past its expiry whose last use (or
+    /// creation, if never used) is this long before `now` is
+    /// [`KeyStatus::Expired`], not active or suspended
+    /// ([`KeyRecord::status_with_idle`]), as a check says.
+    /// [`KeyManager`](crate::KeyManager) sets it from its policy.
+    pub idle_expiry: Option<TimeDelta>,
 }
 
 impl ListQuery {
@@ -123,8 +191,15 @@ impl ListQuery {
             external_id: None,
             after: None,
             limit: 100,
-            now: Utc::now(),
+            now: crate::clock::to_micros(Utc::now()),
+            idle_expiry: None,
         }
+    }
+    /// Judges the status filter under this idle expiry (see
+    /// [`ListQuery::idle_expiry`](ListQuery#structfield.idle_expiry)).
+    pub fn idle_expiry(mut self, idle: Option<TimeDelta>) -> Self {
+        self.idle_expiry = idle;
+        self
     }
     /// Only this environment.
     pub fn environment(mut self, env: Environment) -> Self {
@@ -171,7 +246,9 @@ impl ListQuery {
                 .environment
                 .as_ref()
                 .is_none_or(|e| *e == r.environment)
-            && self.status.is_none_or(|s| r.status(self.now) == s)
+            && self
+                .status
+                .is_none_or(|s| r.status_with_idle(self.now, self.idle_expiry) == s)
             && self
                 .name_prefix
                 .as_deref()
@@ -203,7 +280,8 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Errors: [`StoreError::DuplicateId`] if the id exists or ever existed
     /// (a deleted id is remembered and never reused);
     /// [`StoreError::QuotaExceeded`] if `quota` is given and the owner already
-    /// has `max_live` live keys in the record's environment. The count and
+    /// has `max_live` live keys in the record's environment, live as
+    /// [`QuotaCheck::counts`] says (idle expiry included). The count and
     /// the insert are one atomic step: under any number of concurrent
     /// inserts, the quota is never exceeded.
     fn insert(
@@ -217,7 +295,9 @@ pub trait KeyStore: Send + Sync + 'static {
     fn get(&self, id: &KeyId)
     -> impl Future<Output = Result<Option<KeyRecord>, StoreError>> + Send;
 
-    /// The records matching `query`, ordered by id ascending, at most `query.limit`.
+    /// The records matching `query`, ordered by id ascending, at most
+    /// `query.limit`: exactly those [`ListQuery::matches`] accepts (the
+    /// status filter judged at `query.now` under `query.idle_expiry`).
     fn list(
         &self,
         query: &ListQuery,

@@ -112,8 +112,8 @@ impl Queries {
         Self {
             lock_owner: "SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))".to_owned(),
             count_live: format!(
-                "SELECT COUNT(*) FROM {q} WHERE owner = $1 AND environment = $2 \
-                 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $3)"
+                "SELECT COUNT(*) FROM {q} WHERE owner = $1 AND environment = $2 AND {}",
+                sql::live_condition("$3", "$4")
             ),
             insert: format!(
                 "INSERT INTO {q} ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
@@ -256,7 +256,7 @@ impl PostgresStore {
     /// pool yourself and use [`from_pool`](Self::from_pool).
     ///
     /// ```no_run
-    /// # async fn run() -> Result<(), keyward::StoreError> {
+    /// # async fn run() -> Result<(), keyward::store::StoreError> {
     /// use std::time::Duration;
     /// use keyward::PostgresStore;
     /// let store = PostgresStore::connect_with(
@@ -346,13 +346,15 @@ impl PostgresStore {
         &self.pool
     }
 
-    /// Creates the schema, the table and its indexes, and the sessions table
-    /// (`<table>_sessions`), if missing. Safe to run twice and from several
+    /// Creates the schema, the table and its indexes, the sessions table
+    /// (`<table>_sessions`) and the trust tables
+    /// ([`migrate_trust`](Self::migrate_trust)), if missing. Safe to run twice and from several
     /// processes at once: everything runs in one
     /// transaction holding an advisory lock, applied steps are recorded in
     /// `<table>_migrations` and every statement uses `IF NOT EXISTS`.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        boxed(self.migrate_impl()).await
+        boxed(self.migrate_impl()).await?;
+        self.migrate_trust().await
     }
 
     async fn migrate_impl(&self) -> Result<(), StoreError> {
@@ -654,6 +656,7 @@ impl PostgresStore {
                 .bind(e.owner)
                 .bind(e.environment)
                 .bind(sql::micros(q.now))
+                .bind(sql::idle_cutoff(q.now, q.idle_expiry))
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(err("count live keys"))?;

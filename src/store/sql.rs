@@ -422,7 +422,8 @@ pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
 /// The conditions of a listing or count past `owner = <first placeholder>`,
 /// each starting with ` AND `, placeholders from `next`. Binds go in this
 /// order: environment; name prefix twice; external id; `after` (only with
-/// `paged`); `now` (only when the second value is true).
+/// `paged`); `now` then the idle cutoff (only when the second value is
+/// true).
 pub(crate) fn list_conditions(
     query: &ListQuery,
     paged: bool,
@@ -446,9 +447,13 @@ pub(crate) fn list_conditions(
         .status
         .is_some_and(|s| s != crate::key::KeyStatus::Revoked);
     if let Some(status) = query.status {
-        let now = if needs_now { next() } else { String::new() };
+        let (now, cut) = if needs_now {
+            (next(), next())
+        } else {
+            (String::new(), String::new())
+        };
         text.push_str(" AND ");
-        text.push_str(&status_condition(status, &now));
+        text.push_str(&status_condition(status, &now, &cut));
     }
     (text, needs_now)
 }
@@ -474,27 +479,65 @@ macro_rules! bind_list_conditions {
         }
         if $needs_now {
             q = q.bind($crate::store::sql::micros(query.now));
+            q = q.bind($crate::store::sql::idle_cutoff(
+                query.now,
+                query.idle_expiry,
+            ));
         }
         q
     }};
 }
 pub(crate) use bind_list_conditions;
 
-/// The SQL condition for a status at a bound `now` (given as the placeholder
-/// text, used at most once), in the order of [`KeyRecord::status`]: revoked,
-/// then expired, then suspended, then active.
-pub(crate) fn status_condition(status: crate::key::KeyStatus, now: &str) -> String {
+/// A key's idle-expiry "since" in SQL: its last use, or its creation if
+/// never used (or if the use is recorded before the creation), as
+/// [`KeyRecord::idle_deadline`](crate::key::KeyRecord::idle_deadline) counts it.
+const IDLE_SINCE: &str =
+    "(CASE WHEN last_used_at > created_at THEN last_used_at ELSE created_at END)";
+
+/// The idle-expiry cutoff in microseconds for a status judged at `now`
+/// under `idle`: a key whose [`IDLE_SINCE`] is at or before it is expired
+/// for being unused (`since + idle <= now`). Without idle expiry, and when
+/// `now - idle` is before the earliest time, `i64::MIN`, which no key's
+/// time is at or before.
+pub(crate) fn idle_cutoff(now: DateTime<Utc>, idle: Option<chrono::TimeDelta>) -> i64 {
+    idle.and_then(|idle| now.checked_sub_signed(idle))
+        .map_or(i64::MIN, micros)
+}
+
+/// The SQL condition for a status at a bound `now` and idle cutoff `cut`
+/// ([`idle_cutoff`]; both given as placeholder text, each used at most
+/// once, `now` first), in the order of
+/// [`KeyRecord::status_with_idle`](crate::key::KeyRecord::status_with_idle):
+/// revoked, then expired (by expiry, or unused since the cutoff), then
+/// suspended, then active.
+pub(crate) fn status_condition(status: crate::key::KeyStatus, now: &str, cut: &str) -> String {
     use crate::key::KeyStatus::*;
     match status {
         Active => format!(
-            "revoked_at IS NULL AND (expires_at IS NULL OR expires_at > {now}) AND suspended_at IS NULL"
+            "revoked_at IS NULL AND (expires_at IS NULL OR expires_at > {now}) AND suspended_at IS NULL \
+             AND {IDLE_SINCE} > {cut}"
         ),
         Suspended => format!(
-            "revoked_at IS NULL AND (expires_at IS NULL OR expires_at > {now}) AND suspended_at IS NOT NULL"
+            "revoked_at IS NULL AND (expires_at IS NULL OR expires_at > {now}) AND suspended_at IS NOT NULL \
+             AND {IDLE_SINCE} > {cut}"
         ),
-        Expired => format!("revoked_at IS NULL AND expires_at IS NOT NULL AND expires_at <= {now}"),
+        Expired => format!(
+            "revoked_at IS NULL AND ((expires_at IS NOT NULL AND expires_at <= {now}) \
+             OR {IDLE_SINCE} <= {cut})"
+        ),
         Revoked => "revoked_at IS NOT NULL".to_owned(),
     }
+}
+
+/// The SQL condition for a key counting against a quota at a bound `now`
+/// and idle cutoff `cut` (each used once, `now` first): neither revoked nor
+/// expired, suspended or not (see
+/// [`QuotaCheck::counts`](crate::store::QuotaCheck::counts)).
+pub(crate) fn live_condition(now: &str, cut: &str) -> String {
+    format!(
+        "revoked_at IS NULL AND (expires_at IS NULL OR expires_at > {now}) AND {IDLE_SINCE} > {cut}"
+    )
 }
 
 /// The columns of a session row, in this order, in both SQL stores.
@@ -625,15 +668,38 @@ mod tests {
     }
 
     #[test]
-    fn status_conditions_bind_now_once_except_revoked() {
+    fn status_conditions_bind_now_and_cutoff_once_except_revoked() {
         use crate::key::KeyStatus::*;
-        // The stores bind `now` once for every status but Revoked.
+        // The stores bind `now`, then the idle cutoff, once each for every
+        // status but Revoked.
         for status in [Active, Suspended, Expired] {
-            assert_eq!(status_condition(status, "$9").matches("$9").count(), 1);
+            let text = status_condition(status, "$8", "$9");
+            assert_eq!(text.matches("$8").count(), 1);
+            assert_eq!(text.matches("$9").count(), 1);
+            assert!(text.find("$8") < text.find("$9"), "now comes first");
         }
-        assert_eq!(status_condition(Revoked, "$9").matches("$9").count(), 0);
-        assert!(status_condition(Active, "?").contains("suspended_at IS NULL"));
-        assert!(status_condition(Suspended, "?").contains("suspended_at IS NOT NULL"));
+        assert_eq!(
+            status_condition(Revoked, "$8", "$9").matches('$').count(),
+            0
+        );
+        assert!(status_condition(Active, "?", "?").contains("suspended_at IS NULL"));
+        assert!(status_condition(Suspended, "?", "?").contains("suspended_at IS NOT NULL"));
+        let live = live_condition("$3", "$4");
+        assert!(live.find("$3") < live.find("$4"));
+        assert_eq!(live.matches('$').count(), 2);
+    }
+
+    #[test]
+    fn the_idle_cutoff_is_now_minus_idle_and_min_without_it() {
+        let now: DateTime<Utc> = "2026-01-01T00:00:00Z".parse().unwrap();
+        assert_eq!(idle_cutoff(now, None), i64::MIN);
+        let day = chrono::TimeDelta::days(1);
+        assert_eq!(idle_cutoff(now, Some(day)), micros(now - day));
+        assert_eq!(
+            idle_cutoff(DateTime::<Utc>::MIN_UTC, Some(day)),
+            i64::MIN,
+            "before the earliest time no key is idle"
+        );
     }
 
     #[test]

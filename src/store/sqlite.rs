@@ -87,8 +87,8 @@ impl Queries {
             ),
             insert_id: format!("INSERT INTO \"{ids}\" (id) VALUES (?)"),
             count_live: format!(
-                "SELECT COUNT(*) FROM \"{t}\" WHERE owner = ? AND environment = ? \
-                 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)"
+                "SELECT COUNT(*) FROM \"{t}\" WHERE owner = ? AND environment = ? AND {}",
+                sql::live_condition("?", "?")
             ),
             get: format!("SELECT {COLUMNS} FROM \"{t}\" WHERE id = ?"),
             update: format!(
@@ -270,13 +270,15 @@ impl SqliteStore {
         &self.pool
     }
 
-    /// Creates or upgrades the table and its indexes, and the sessions table
-    /// ([`migrate_sessions`](Self::migrate_sessions)). Idempotent: applied
+    /// Creates or upgrades the table and its indexes, the sessions table
+    /// ([`migrate_sessions`](Self::migrate_sessions)) and the trust tables
+    /// ([`migrate_trust`](Self::migrate_trust)). Idempotent: applied
     /// steps are recorded in `<table>_migrations` and skipped, all in one
     /// write transaction, so concurrent calls are safe.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         boxed(self.migrate_impl()).await?;
-        self.migrate_sessions().await
+        self.migrate_sessions().await?;
+        self.migrate_trust().await
     }
 
     async fn migrate_impl(&self) -> Result<(), StoreError> {
@@ -348,6 +350,7 @@ impl SqliteStore {
                 .bind(e.owner)
                 .bind(e.environment)
                 .bind(sql::micros(q.now))
+                .bind(sql::idle_cutoff(q.now, q.idle_expiry))
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(err("count live keys"))?;

@@ -118,10 +118,7 @@ pub(super) fn query(owner: &OwnerId) -> ListQuery {
 }
 
 pub(super) fn quota(max_live: u32) -> Option<QuotaCheck> {
-    Some(QuotaCheck {
-        max_live,
-        now: t0(),
-    })
+    Some(QuotaCheck::new(max_live, t0()))
 }
 
 pub(super) async fn must_get<S: KeyStore>(store: &S, id: &KeyId, check: &str) -> KeyRecord {

@@ -70,10 +70,7 @@ pub async fn quota_frees_slot_on_revoke_and_expiry<S: KeyStore>(store: S) {
         Err(StoreError::QuotaExceeded { limit: 2 }),
         "{C}: quota full again after the freed slot was used"
     );
-    let later = Some(QuotaCheck {
-        max_live: 2,
-        now: t0() + secs(60),
-    });
+    let later = Some(QuotaCheck::new(2, t0() + secs(60)));
     must_insert(&store, &d, later, C).await;
     let mut already_expired = record(&o, "live");
     already_expired.expires_at = Some(t0() - secs(1));

@@ -77,6 +77,17 @@
 //! | [`list_filters_name_prefix`] | exact, case-sensitive prefix; `%`, `_`, `\` plain; paging and `count` agree |
 //! | [`list_filters_external_id`] | exact match, combines with the other filters; paging and `count` agree |
 //! | [`count_matches_the_filters`] | the owner's keys passing the filters, status at `query.now`, `after` and `limit` ignored |
+//! | [`list_and_quota_apply_idle_expiry`] | with `idle_expiry`, a key unused that long is listed and counted as expired and does not count against the quota |
+//!
+//! # Trust stores
+//!
+//! [`trust_store_conformance`] checks a [`TrustStore`](crate::store::TrustStore)
+//! (trusted publishing): policies round-trip and are found by id, owner
+//! and issuer with lookup value, the per-owner cap holds under 16
+//! concurrent inserts, and `claim_jti` lets exactly one of 32 concurrent
+//! claims of one token id win (a store that reads then writes fails it).
+//! It deletes its policies before it returns; its token ids live in a
+//! window of the distant past and are purged.
 //!
 //! # What the suite leaves behind
 //!
@@ -159,6 +170,7 @@ use crate::{store::AuditSink, store::SessionStore, store::StoreError};
 
 mod audit;
 mod fixtures;
+mod key_idle;
 mod key_labels;
 mod key_lists;
 mod key_quota;
@@ -166,15 +178,20 @@ mod key_reminders;
 mod keys;
 #[cfg(test)]
 mod selftest;
+#[cfg(test)]
+mod selftest_trusted;
 mod sessions;
+mod trusted;
 
 pub use audit::audit_sink_conformance;
+pub use key_idle::*;
 pub use key_labels::*;
 pub use key_lists::*;
 pub use key_quota::*;
 pub use key_reminders::*;
 pub use keys::*;
 pub use sessions::session_store_conformance;
+pub use trusted::trust_store_conformance;
 
 /// The prefix of every owner id the suite writes: `conformance-` and a
 /// random key id. See "What the suite leaves behind" above.
@@ -218,7 +235,8 @@ macro_rules! __keyward_key_checks {
             external_id_and_metadata_roundtrip,
             list_filters_name_prefix,
             list_filters_external_id,
-            count_matches_the_filters
+            count_matches_the_filters,
+            list_and_quota_apply_idle_expiry
         }
     };
 }
