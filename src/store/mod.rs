@@ -119,7 +119,8 @@ impl QuotaCheck {
     /// #   permissions: PermissionGrant::All, resources: ResourceScope::All,
     /// #   ip_allowlist: IpAllowlist::default(), created_at: created, expires_at: None,
     /// #   revoked_at: None, suspended_at: None, last_used_at: None, last_used_ip: None,
-    /// #   reminded_at: None, generation: 1, secret_hash: SecretHash::new(String::new()) };
+    /// #   reminded_at: None, external_id: None, metadata: Default::default(), generation: 1,
+    /// #   secret_hash: SecretHash::new(String::new()) };
     /// // `r` was created on 2026-01-01 and never used.
     /// let later = created + TimeDelta::days(100);
     /// assert!(QuotaCheck::new(3, later).counts(&r));
