@@ -170,6 +170,8 @@ impl Filler {
             permissions: PermissionGrant::only(["package:push", "package:unlist"]),
             resources: ResourceScope::All,
             ip_allowlist: IpAllowlist::any(),
+            external_id: None,
+            metadata: Default::default(),
             created_at: chrono::DateTime::from_timestamp_micros(self.created_at).expect("time"),
             expires_at: None,
             revoked_at: None,

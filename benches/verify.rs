@@ -121,6 +121,8 @@ fn filler(rng: &mut impl Rng, i: usize, phc: &str, live: &Environment) -> KeyRec
         permissions: PermissionGrant::only(["package:push", "package:unlist"]),
         resources: ResourceScope::All,
         ip_allowlist: IpAllowlist::any(),
+        external_id: None,
+        metadata: Default::default(),
         created_at: now,
         expires_at: Some(now + TimeDelta::days(365)),
         revoked_at: None,
@@ -445,6 +447,8 @@ fn population(
                                 (i >> 8) & 0xff
                             )])
                             .expect("cidr"),
+                            external_id: None,
+                            metadata: Default::default(),
                             created_at: now,
                             expires_at: Some(now + TimeDelta::days(365)),
                             revoked_at: None,

@@ -213,6 +213,8 @@ fn measure(patterns: usize, keys: usize) {
             permissions: PermissionGrant::only(["package:push", "package:unlist"]),
             resources: resources.clone(),
             ip_allowlist: ip_allowlist.clone(),
+            external_id: None,
+            metadata: Default::default(),
             created_at: now,
             expires_at: Some(now + TimeDelta::days(365)),
             revoked_at: None,

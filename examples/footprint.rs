@@ -105,6 +105,8 @@ fn main() {
                     i % 256
                 )])
                 .expect("cidr"),
+                external_id: None,
+                metadata: Default::default(),
                 created_at: now,
                 expires_at: Some(now + TimeDelta::days(365)),
                 revoked_at: None,

@@ -43,7 +43,9 @@
 //! `package:unlist`), both taking cargo's `Authorization: <token>`;
 //! `GET /-/whoami` (`npm whoami`, Bearer).
 //!
-//! Administrator (`X-Admin-Secret`): `POST /admin/keys`, `GET /admin/keys`,
+//! Administrator (`X-Admin-Secret`): `POST /admin/keys` (optional
+//! `external_id` and `metadata`), `GET /admin/keys` (a page, `?name_prefix=`,
+//! `?external_id=`, `?after=`, `?limit=`, and the `total` matching),
 //! `PATCH /admin/keys/{id}`, `POST /admin/keys/{id}/regenerate`,
 //! `POST /admin/keys/{id}/revoke` (ends its sessions too;
 //! `{"compromised": true}` also accepts a key already revoked and ends its
@@ -345,6 +347,10 @@ struct CreateBody {
     expiry_days: Option<u32>,
     #[serde(default)]
     ip_allowlist: Vec<String>,
+    /// The application's id for the key (a CI job, a ticket).
+    external_id: Option<String>,
+    /// A JSON object (at most 4 KiB): shown in listings, never a secret.
+    metadata: Option<serde_json::Value>,
 }
 
 async fn admin_create(
@@ -362,6 +368,12 @@ async fn admin_create(
     if let Some(days) = body.expiry_days {
         new = new.expiry(ExpiryChoice::Days(days));
     }
+    if let Some(id) = body.external_id {
+        new = new.external_id(id);
+    }
+    if let Some(object) = body.metadata {
+        new = new.metadata(object);
+    }
     match app.manager.create(&app.admin(), new).await {
         Ok(created) => (
             StatusCode::CREATED,
@@ -372,13 +384,47 @@ async fn admin_create(
     }
 }
 
-async fn admin_list(State(app): State<App>, headers: HeaderMap) -> Response {
+#[derive(Deserialize)]
+struct ListParams {
+    name_prefix: Option<String>,
+    external_id: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// One page of the owner's keys (`?name_prefix=&external_id=&after=&limit=`)
+/// and the total matching the filters, for a console's pagination.
+async fn admin_list(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Query(params): Query<ListParams>,
+) -> Response {
     require_admin!(app, headers);
     let Ok(owner) = OwnerId::new(&app.owner) else {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "bad owner");
     };
-    match app.manager.list(&app.admin(), ListQuery::new(owner)).await {
-        Ok(keys) => Json(json!({ "keys": keys })).into_response(),
+    let mut query = ListQuery::new(owner).limit(params.limit.unwrap_or(50));
+    if let Some(prefix) = params.name_prefix {
+        query = query.name_prefix(prefix);
+    }
+    if let Some(x) = params.external_id {
+        match keyward::ids::ExternalId::new(&x) {
+            Ok(x) => query = query.external_id(x),
+            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        }
+    }
+    if let Some(after) = params.after {
+        match KeyId::new(&after) {
+            Ok(after) => query = query.after(after),
+            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        }
+    }
+    let total = match app.manager.count(&app.admin(), &query).await {
+        Ok(n) => n,
+        Err(e) => return manager_error(e),
+    };
+    match app.manager.list(&app.admin(), query).await {
+        Ok(keys) => Json(json!({ "keys": keys, "total": total })).into_response(),
         Err(e) => manager_error(e),
     }
 }
@@ -390,6 +436,10 @@ struct EditBody {
     resources: Option<Vec<String>>,
     expiry_days: Option<u32>,
     ip_allowlist: Option<Vec<String>>,
+    /// A new external id (this example sets it; `KeyEdit` can also clear it).
+    external_id: Option<String>,
+    /// A new metadata object, replacing the old one (`{}` empties it).
+    metadata: Option<serde_json::Value>,
 }
 
 async fn admin_edit(
@@ -409,6 +459,8 @@ async fn admin_edit(
         resources: body.resources.map(ResourceScope::only),
         expiry: body.expiry_days.map(ExpiryChoice::Days),
         ip_allowlist: body.ip_allowlist,
+        external_id: body.external_id.map(Some),
+        metadata: body.metadata,
     };
     match app.manager.edit(&app.admin(), &id, edit).await {
         Ok(view) => Json(json!({ "key": view })).into_response(),

@@ -51,9 +51,9 @@ use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
 use keyward::{
-    Environment, KeyId, KeyStore, OwnerId, key::KeyKind, key::KeyRecord, key::SecretHash,
-    policy::IpAllowlist, policy::PermissionGrant, policy::ResourceScope, store::ListQuery,
-    store::QuotaCheck, store::StoreError,
+    Environment, KeyId, KeyStore, OwnerId, ids::ExternalId, key::KeyKind, key::KeyRecord,
+    key::SecretHash, metadata::Metadata, policy::IpAllowlist, policy::PermissionGrant,
+    policy::ResourceScope, store::ListQuery, store::QuotaCheck, store::StoreError,
 };
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
@@ -198,6 +198,21 @@ fn fields(r: &KeyRecord, with_usage: bool) -> Result<Vec<(&'static str, String)>
         ("reminded_at", enc_opt_time(r.reminded_at)),
         ("generation", r.generation.to_string()),
         ("secret_hash", r.secret_hash.as_str().to_owned()),
+        (
+            "external_id",
+            r.external_id
+                .as_ref()
+                .map(|x| x.to_string())
+                .unwrap_or_default(),
+        ),
+        (
+            "metadata",
+            if r.metadata.is_empty() {
+                String::new()
+            } else {
+                r.metadata.to_json()
+            },
+        ),
     ];
     if with_usage {
         f.push(("last_used_at", enc_opt_time(r.last_used_at)));
@@ -242,6 +257,15 @@ fn decode(id: &str, h: &HashMap<String, String>) -> Result<Option<KeyRecord>, St
                 .map_err(|e| corrupt(id, "last_used_ip", e))?,
         ),
     };
+    // Hashes written before these fields existed have neither.
+    let external_id = match h.get("external_id").map(String::as_str) {
+        None | Some("") => None,
+        Some(x) => Some(ExternalId::new(x).map_err(|e| corrupt(id, "external_id", e))?),
+    };
+    let metadata = match h.get("metadata").map(String::as_str) {
+        None | Some("") => Metadata::default(),
+        Some(m) => Metadata::parse(m).map_err(|e| corrupt(id, "metadata", e))?,
+    };
     Ok(Some(KeyRecord {
         id: KeyId::new(id).map_err(|e| corrupt(id, "id", e))?,
         owner: OwnerId::new(get("owner")?).map_err(|e| corrupt(id, "owner", e))?,
@@ -252,6 +276,8 @@ fn decode(id: &str, h: &HashMap<String, String>) -> Result<Option<KeyRecord>, St
         permissions,
         resources,
         ip_allowlist,
+        external_id,
+        metadata,
         created_at: dec_time(id, "created_at", get("created_at")?)?,
         expires_at: dec_opt_time(id, "expires_at", get("expires_at")?)?,
         revoked_at: dec_opt_time(id, "revoked_at", get("revoked_at")?)?,
@@ -460,6 +486,61 @@ impl Lua {
     }
 }
 
+impl RedisStore {
+    /// Walks the owner's records in id (byte) order from past `after`, a
+    /// batch at a time, until `visit` says stop (returns `false`). Listing
+    /// and counting both filter with `ListQuery`'s own `matches*`, so every
+    /// filter (name prefix, external id, ...) is the same as in keyward's
+    /// stores.
+    async fn walk(
+        &self,
+        query: &ListQuery,
+        after: Option<&KeyId>,
+        mut visit: impl FnMut(KeyRecord) -> bool,
+    ) -> Result<(), StoreError> {
+        const BATCH: usize = 256;
+        let mut conn = self.conn.clone();
+        let owner_key = self.owner_key(&query.owner);
+        let mut from = match after {
+            Some(after) => format!("({after}"),
+            None => "-".to_owned(),
+        };
+        loop {
+            let ids: Vec<String> = redis::cmd("ZRANGEBYLEX")
+                .arg(&owner_key)
+                .arg(&from)
+                .arg("+")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(BATCH)
+                .query_async(&mut conn)
+                .await
+                .map_err(backend)?;
+            if ids.is_empty() {
+                return Ok(());
+            }
+            let mut pipe = redis::pipe();
+            for id in &ids {
+                pipe.hgetall(self.key(id));
+            }
+            let hashes: Vec<HashMap<String, String>> =
+                pipe.query_async(&mut conn).await.map_err(backend)?;
+            for (id, h) in ids.iter().zip(&hashes) {
+                // A record deleted since the range was read is skipped.
+                if let Some(r) = decode(id, h)? {
+                    if !visit(r) {
+                        return Ok(());
+                    }
+                }
+            }
+            match ids.last() {
+                Some(last) if ids.len() == BATCH => from = format!("({last}"),
+                _ => return Ok(()),
+            }
+        }
+    }
+}
+
 impl KeyStore for RedisStore {
     async fn insert(
         &self,
@@ -507,52 +588,27 @@ impl KeyStore for RedisStore {
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Vec<KeyRecord>, StoreError> {
-        // Walk the owner's ids in byte order, a batch at a time, keeping
-        // those that match, until the page is full.
-        const BATCH: usize = 256;
-        let mut conn = self.conn.clone();
-        let owner_key = self.owner_key(&query.owner);
-        let mut from = match &query.after {
-            Some(after) => format!("({after}"),
-            None => "-".to_owned(),
-        };
         let mut out = Vec::new();
-        loop {
-            let ids: Vec<String> = redis::cmd("ZRANGEBYLEX")
-                .arg(&owner_key)
-                .arg(&from)
-                .arg("+")
-                .arg("LIMIT")
-                .arg(0)
-                .arg(BATCH)
-                .query_async(&mut conn)
-                .await
-                .map_err(backend)?;
-            if ids.is_empty() {
-                return Ok(out);
+        self.walk(query, query.after.as_ref(), |r| {
+            if query.matches(&r) {
+                out.push(r);
             }
-            let mut pipe = redis::pipe();
-            for id in &ids {
-                pipe.hgetall(self.key(id));
+            out.len() < query.limit
+        })
+        .await?;
+        Ok(out)
+    }
+
+    async fn count(&self, query: &ListQuery) -> Result<u64, StoreError> {
+        let mut n = 0u64;
+        self.walk(query, None, |r| {
+            if query.matches_filters(&r) {
+                n += 1;
             }
-            let hashes: Vec<HashMap<String, String>> =
-                pipe.query_async(&mut conn).await.map_err(backend)?;
-            for (id, h) in ids.iter().zip(&hashes) {
-                // A record deleted since the range was read is skipped.
-                if let Some(r) = decode(id, h)? {
-                    if query.matches(&r) {
-                        out.push(r);
-                        if out.len() >= query.limit {
-                            return Ok(out);
-                        }
-                    }
-                }
-            }
-            match ids.last() {
-                Some(last) if ids.len() == BATCH => from = format!("({last}"),
-                _ => return Ok(out),
-            }
-        }
+            true
+        })
+        .await?;
+        Ok(n)
     }
 
     async fn update(&self, record: &KeyRecord, expected_generation: u64) -> Result<(), StoreError> {

@@ -1,6 +1,6 @@
 //! The ground floor: the ids every other module speaks ([`KeyId`],
-//! [`OwnerId`], [`Environment`]) and the error of a value that does not fit
-//! one ([`InvalidValue`]).
+//! [`OwnerId`], [`Environment`], the application's [`ExternalId`]) and the
+//! error of a value that does not fit one ([`InvalidValue`]).
 //!
 //! This module imports nothing from the rest of the crate: every other module
 //! may import it, and it never imports them back.
@@ -19,6 +19,8 @@ pub(crate) const MAX_ENVIRONMENT_LEN: usize = 16;
 pub(crate) const MAX_KEY_ID_LEN: usize = 64;
 /// Longest owner id.
 pub(crate) const MAX_OWNER_LEN: usize = 128;
+/// Longest external id.
+pub(crate) const MAX_EXTERNAL_ID_LEN: usize = 128;
 
 /// A configuration value (prefix, environment, key id, owner, name) was invalid.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -218,6 +220,43 @@ impl OwnerId {
     /// Validates and wraps an owner id.
     pub fn new(s: &str) -> Result<Self, InvalidValue> {
         check_text("owner", s, MAX_OWNER_LEN)?;
+        Ok(Self(s.into()))
+    }
+}
+
+string_newtype!(
+    /// An id the application chose for a key (its own record's id, a CI
+    /// job, a customer's reference): 1 to 128 characters, not blank, no
+    /// control characters. Compared exactly (case-sensitive).
+    ///
+    /// Not unique: several keys of an owner may share one (a rotated key and
+    /// its successor do, during the grace period). Listing by external id
+    /// ([`ListQuery::external_id`](crate::store::ListQuery::external_id))
+    /// returns all of them, ordered by key id. It is shown to whoever can
+    /// list the key: never a secret.
+    ///
+    /// ```
+    /// use keyward::ids::ExternalId;
+    /// assert!(ExternalId::new("ci-pipeline/4211").is_ok());
+    /// assert!(ExternalId::new("").is_err());
+    /// assert!(ExternalId::new("tab\there").is_err());
+    /// ```
+    ExternalId
+);
+
+impl ExternalId {
+    /// Longest external id, in characters.
+    pub const MAX_LEN: usize = MAX_EXTERNAL_ID_LEN;
+
+    /// Validates and wraps an external id.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidValue`] naming the field `external_id`: `Empty` when empty
+    /// or blank, `TooLong` past [`ExternalId::MAX_LEN`], `BadCharacter` for
+    /// a control character.
+    pub fn new(s: &str) -> Result<Self, InvalidValue> {
+        check_text("external_id", s, MAX_EXTERNAL_ID_LEN)?;
         Ok(Self(s.into()))
     }
 }

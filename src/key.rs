@@ -6,7 +6,8 @@ use std::net::IpAddr;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{Environment, KeyId, OwnerId};
+use crate::ids::{Environment, ExternalId, KeyId, OwnerId};
+use crate::metadata::Metadata;
 use crate::policy::{IpAllowlist, PermissionGrant, ResourceScope};
 
 /// Longest key name.
@@ -105,7 +106,10 @@ impl KeyKind {
 /// - Field names are the Rust names (`id`, `owner`, ..., `secret_hash`);
 ///   times are RFC 3339 strings (chrono's serde form), ids and names
 ///   strings, `permissions`, `resources` and `ip_allowlist` their own serde
-///   forms (the ones the SQL stores write as JSON).
+///   forms (the ones the SQL stores write as JSON), `metadata` the JSON
+///   object itself, `external_id` a string or `null`.
+/// - `external_id` and `metadata` may be missing (records written before
+///   they existed): they read as `None` and the empty object.
 /// - Deserializing checks what the types check (an id, owner or
 ///   environment that is not valid is an error), as reading a row does.
 ///
@@ -136,6 +140,14 @@ pub struct KeyRecord {
     pub resources: ResourceScope,
     /// Networks the key may be used from.
     pub ip_allowlist: IpAllowlist,
+    /// The application's id for the key (not unique; see [`ExternalId`]).
+    /// Absent from records written before it existed: `None`.
+    #[serde(default)]
+    pub external_id: Option<ExternalId>,
+    /// The application's metadata (never a secret). Absent from records
+    /// written before it existed: empty.
+    #[serde(default)]
+    pub metadata: Metadata,
     /// When the key was created.
     pub created_at: DateTime<Utc>,
     /// When the key expires (`None`: never).
@@ -243,6 +255,8 @@ impl KeyRecord {
             permissions: self.permissions.clone(),
             resources: self.resources.clone(),
             ip_allowlist: self.ip_allowlist.clone(),
+            external_id: self.external_id.clone(),
+            metadata: self.metadata.clone(),
             created_at: self.created_at,
             expires_at: self.expires_at,
             revoked_at: self.revoked_at,
@@ -273,6 +287,12 @@ pub struct KeyView {
     pub resources: ResourceScope,
     /// Networks the key may be used from (empty: anywhere).
     pub ip_allowlist: IpAllowlist,
+    /// The application's id for the key, if it gave one.
+    #[serde(default)]
+    pub external_id: Option<ExternalId>,
+    /// The application's metadata (a JSON object; `{}` when none).
+    #[serde(default)]
+    pub metadata: Metadata,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Expiry (`None`: never).

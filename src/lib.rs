@@ -61,7 +61,8 @@
 //!
 //! | module | holds |
 //! |---|---|
-//! | [`ids`] | [`KeyId`], [`OwnerId`], [`Environment`], [`ids::InvalidValue`] |
+//! | [`ids`] | [`KeyId`], [`OwnerId`], [`Environment`], [`ids::ExternalId`], [`ids::InvalidValue`] |
+//! | [`metadata`] | a key's application metadata, [`metadata::Metadata`], and [`metadata::MetadataError`] |
 //! | [`token`] | [`TokenFormat`] and its length limits, [`Token`], [`token::TokenError`] |
 //! | [`hash`] | [`hash::Argon2Hasher`], [`Argon2Params`], peppers, [`hash::HashError`] |
 //! | [`policy`] | [`Policy`], permissions, resource scopes, expiry, IP allowlists, [`policy::PolicyError`] |
@@ -93,6 +94,7 @@ pub mod key;
 #[cfg_attr(docsrs, doc(cfg(feature = "leak-reports")))]
 pub mod leak;
 pub mod manager;
+pub mod metadata;
 pub mod policy;
 pub mod session;
 mod source;

@@ -388,6 +388,8 @@ async fn run(call: Call, f: &Fixture<Store>, key: &CreatedKey) -> Result<(), Str
                     expires_at: None,
                     ip_allowlist: Vec::new(),
                     created_at: None,
+                    external_id: None,
+                    metadata: None,
                     sha256_hex: "ab".repeat(32),
                 },
             )

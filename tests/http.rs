@@ -1385,6 +1385,9 @@ impl KeyStore for KeysOnly {
     async fn list(&self, query: &ListQuery) -> Result<Vec<KeyRecord>, StoreError> {
         self.0.list(query).await
     }
+    async fn count(&self, query: &ListQuery) -> Result<u64, StoreError> {
+        self.0.count(query).await
+    }
     async fn update(&self, record: &KeyRecord, expected_generation: u64) -> Result<(), StoreError> {
         self.0.update(record, expected_generation).await
     }

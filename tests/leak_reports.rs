@@ -61,6 +61,10 @@ impl KeyStore for Flaky {
         check(&self.fail_reads)?;
         self.inner.list(query).await
     }
+    async fn count(&self, query: &ListQuery) -> Result<u64, StoreError> {
+        check(&self.fail_reads)?;
+        self.inner.count(query).await
+    }
     async fn update(&self, record: &KeyRecord, expected_generation: u64) -> Result<(), StoreError> {
         check(&self.fail_writes)?;
         self.inner.update(record, expected_generation).await

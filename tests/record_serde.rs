@@ -20,6 +20,8 @@ fn full_record() -> KeyRecord {
         permissions: PermissionGrant::only(["package:push", "analytics:read"]),
         resources: ResourceScope::only(["Contoso.*", "Tools"]),
         ip_allowlist: IpAllowlist::parse(&["10.0.0.0/8", "2001:db8::/32"]).unwrap(),
+        external_id: Some(ids::ExternalId::new("crm/Account 17").unwrap()),
+        metadata: metadata::Metadata::parse(r#"{"ticket": 4211, "tags": ["ci", "prod"]}"#).unwrap(),
         created_at: at("2026-01-01T00:00:00.123456Z"),
         expires_at: Some(at("2026-04-01T00:00:00Z")),
         revoked_at: Some(at("2026-03-01T00:00:00Z")),
@@ -45,6 +47,8 @@ fn a_record_round_trips_through_json() {
         last_used_at: None,
         last_used_ip: None,
         reminded_at: None,
+        external_id: None,
+        metadata: Default::default(),
         ..full_record()
     };
     for record in [full_record(), empty] {
@@ -72,12 +76,14 @@ fn the_json_names_every_field_and_holds_the_hash_not_a_secret() {
             "created_at",
             "environment",
             "expires_at",
+            "external_id",
             "generation",
             "id",
             "ip_allowlist",
             "kind",
             "last_used_at",
             "last_used_ip",
+            "metadata",
             "name",
             "owner",
             "permissions",
@@ -106,6 +112,9 @@ fn invalid_values_are_refused_when_read() {
         ("created_at", serde_json::json!("yesterday")),
         ("last_used_ip", serde_json::json!("10.0.0.256")),
         ("generation", serde_json::json!(-1)),
+        ("external_id", serde_json::json!("")),
+        ("metadata", serde_json::json!([1, 2])),
+        ("metadata", serde_json::json!({ "x": "a".repeat(5000) })),
     ] {
         let mut value = good.clone();
         value[field] = bad;
@@ -114,7 +123,19 @@ fn invalid_values_are_refused_when_read() {
             "{field} accepted"
         );
     }
-    let mut missing = good;
+    let mut missing = good.clone();
     missing.as_object_mut().unwrap().remove("secret_hash");
     assert!(serde_json::from_value::<KeyRecord>(missing).is_err());
+}
+
+#[test]
+fn records_written_before_external_ids_and_metadata_still_read() {
+    let mut old = serde_json::to_value(full_record()).unwrap();
+    let object = old.as_object_mut().unwrap();
+    object.remove("external_id");
+    object.remove("metadata");
+    let back: KeyRecord = serde_json::from_value(old).unwrap();
+    assert_eq!(back.external_id, None);
+    assert!(back.metadata.is_empty());
+    assert_eq!(back.name, full_record().name);
 }

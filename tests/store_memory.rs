@@ -50,7 +50,7 @@ async fn session_conformance_on_a_store_shared_with_the_key_checks() {
 
 #[test]
 fn every_check_is_named() {
-    assert_eq!(keyward::store::conformance::CHECKS.len(), 25);
+    assert_eq!(keyward::store::conformance::CHECKS.len(), 29);
 }
 
 #[tokio::test]

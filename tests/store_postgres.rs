@@ -106,6 +106,8 @@ async fn quota_holds_across_pools() {
                 permissions: PermissionGrant::All,
                 resources: ResourceScope::All,
                 ip_allowlist: IpAllowlist::any(),
+                external_id: None,
+                metadata: Default::default(),
                 created_at: now,
                 expires_at: None,
                 revoked_at: None,
@@ -151,7 +153,11 @@ async fn migrate_twice_and_from_two_pools_at_once() {
                 .fetch_all(a.pool())
                 .await
                 .expect("versions");
-        assert_eq!(versions, [1, 2, 3, 4], "keys, sessions, operations, audit");
+        assert_eq!(
+            versions,
+            [1, 2, 3, 4, 5],
+            "keys, sessions, operations, audit, external ids and metadata"
+        );
         let indexes_of = |table: &'static str| {
             let pool = a.pool().clone();
             let schema = schema.clone();
@@ -172,6 +178,7 @@ async fn migrate_twice_and_from_two_pools_at_once() {
             [
                 "keyward_keys_expiry",
                 "keyward_keys_owner_env",
+                "keyward_keys_owner_ext",
                 "keyward_keys_owner_id",
                 "keyward_keys_pkey"
             ]
@@ -679,6 +686,8 @@ async fn reminders_are_taken_once_across_pools() {
                 permissions: PermissionGrant::All,
                 resources: ResourceScope::All,
                 ip_allowlist: IpAllowlist::any(),
+                external_id: None,
+                metadata: Default::default(),
                 created_at: now,
                 expires_at: Some(now + chrono::TimeDelta::hours(1 + i % 5)),
                 revoked_at: None,
@@ -822,6 +831,8 @@ async fn migration_upgrades_a_version_1_schema() {
             (None, None, None)
         );
         assert_eq!((old.name.as_str(), old.generation), ("from v1", 3));
+        assert_eq!(old.external_id, None, "no external id before version 5");
+        assert!(old.metadata.is_empty(), "no metadata before version 5");
         store.delete(&id).await.expect("delete");
         assert_eq!(
             store.insert(&old, None).await,
@@ -834,7 +845,7 @@ async fn migration_upgrades_a_version_1_schema() {
         .fetch_all(store.pool())
         .await
         .expect("versions");
-        assert_eq!(versions, [1, 2, 3, 4]);
+        assert_eq!(versions, [1, 2, 3, 4, 5]);
     })
     .await;
 }

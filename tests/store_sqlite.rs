@@ -165,7 +165,7 @@ async fn url_form_and_custom_table_and_persistence() {
         .fetch_all(reopened.pool())
         .await
         .expect("versions");
-    assert_eq!(versions, [1, 2, 3]);
+    assert_eq!(versions, [1, 2, 3, 4]);
 }
 
 #[tokio::test]
@@ -529,6 +529,8 @@ async fn migration_upgrades_a_version_1_database() {
         (None, None, None)
     );
     assert_eq!((old.name.as_str(), old.generation), ("from v1", 3));
+    assert_eq!(old.external_id, None, "no external id before version 4");
+    assert!(old.metadata.is_empty(), "no metadata before version 4");
     assert_eq!(
         old.last_used_at.map(|t| t.timestamp_micros()),
         Some(1_800_000_001_000_000)
@@ -544,7 +546,7 @@ async fn migration_upgrades_a_version_1_database() {
             .fetch_all(store.pool())
             .await
             .expect("versions");
-    assert_eq!(versions, [1, 2, 3]);
+    assert_eq!(versions, [1, 2, 3, 4]);
 }
 
 /// Migrating from several connections at once applies each step once.
@@ -561,7 +563,7 @@ async fn concurrent_migrations_apply_each_step_once() {
             .fetch_all(a.pool())
             .await
             .expect("versions");
-    assert_eq!(versions, [1, 2, 3]);
+    assert_eq!(versions, [1, 2, 3, 4]);
 }
 
 /// A manager writing its audit trail into the same SQLite database.

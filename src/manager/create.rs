@@ -1,7 +1,7 @@
 //! Creating keys: [`KeyManager::create`] and the insert it shares with
 //! regeneration and rotation.
 
-use super::inputs::{CreatedKey, NewKey};
+use super::inputs::{CreatedKey, NewKey, checked_external_id, checked_metadata};
 use super::{KeyManager, insert_with_fresh_ids, read_back};
 use crate::audit::AuditAction;
 use crate::ids::KeyId;
@@ -18,7 +18,7 @@ impl<S: KeyStore> KeyManager<S> {
     ///
     /// Everything is validated before anything is stored: owner, environment,
     /// name, permissions (unknown or session-only names are refused),
-    /// resource patterns, expiry and IP ranges. The store enforces the quota
+    /// resource patterns, expiry, IP ranges, external id and metadata. The store enforces the quota
     /// atomically.
     pub async fn create(&self, actor: &Actor, new: NewKey) -> Result<CreatedKey, KeywardError> {
         crate::trace::manage_span(actor.id(), ManagementAction::Create, None, async move {
@@ -32,6 +32,8 @@ impl<S: KeyStore> KeyManager<S> {
             policy.resource_rule().compile(&new.resources)?;
             let expiry = policy.expiry().check(new.expiry)?;
             let ip_allowlist = IpAllowlist::parse(&new.ip_allowlist)?;
+            let external_id = checked_external_id(new.external_id.as_deref())?;
+            let metadata = checked_metadata(new.metadata)?;
 
             let now = self.now();
             let quota = policy
@@ -46,6 +48,8 @@ impl<S: KeyStore> KeyManager<S> {
                 permissions: new.permissions,
                 resources: new.resources,
                 ip_allowlist,
+                external_id,
+                metadata,
                 created_at: now,
                 expires_at: expiry.expires_at(now),
                 revoked_at: None,

@@ -1,6 +1,6 @@
 //! Bringing keys over from another system: [`KeyManager::import`].
 
-use super::inputs::ImportKey;
+use super::inputs::{ImportKey, checked_external_id, checked_metadata};
 use super::{KeyManager, read_back};
 use crate::audit::AuditAction;
 use crate::ids::KeyId;
@@ -54,6 +54,8 @@ impl<S: KeyStore> KeyManager<S> {
                 }
             };
             let ip_allowlist = IpAllowlist::parse(&key.ip_allowlist)?;
+            let external_id = checked_external_id(key.external_id.as_deref())?;
+            let metadata = checked_metadata(key.metadata)?;
             let record = KeyRecord {
                 id,
                 owner,
@@ -63,6 +65,8 @@ impl<S: KeyStore> KeyManager<S> {
                 permissions,
                 resources,
                 ip_allowlist,
+                external_id,
+                metadata,
                 created_at: key.created_at.unwrap_or(now),
                 expires_at,
                 revoked_at: None,

@@ -5,13 +5,15 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 
+use crate::ids::ExternalId;
 use crate::key::{KeyKind, KeyView};
-use crate::policy::{ExpiryChoice, PermissionGrant, ResourceScope};
+use crate::metadata::Metadata;
+use crate::policy::{ExpiryChoice, PermissionGrant, PolicyError, ResourceScope};
 use crate::token::Token;
 
 /// The setters [`NewKey`] and [`ImportKey`] share: their `permissions`,
-/// `resources` and `ip_allowlist` fields are the same (`$which` says which
-/// keys a setting applies to, in its doc).
+/// `resources`, `ip_allowlist`, `external_id` and `metadata` fields are the
+/// same (`$which` says which keys a setting applies to, in its doc).
 macro_rules! policy_setters {
     ($which:literal) => {
         #[doc = concat!("Sets the permissions", $which, ".")]
@@ -31,6 +33,21 @@ macro_rules! policy_setters {
             S: Into<String>,
         {
             self.ip_allowlist = ranges.into_iter().map(Into::into).collect();
+            self
+        }
+        /// Sets the application's id for the key (checked as
+        /// [`ExternalId::new`](crate::ids::ExternalId::new) when the call runs).
+        pub fn external_id(mut self, id: impl Into<String>) -> Self {
+            self.external_id = Some(id.into());
+            self
+        }
+        /// Sets the metadata: a JSON object (checked as
+        /// [`Metadata::from_value`](crate::metadata::Metadata::from_value)
+        /// when the call runs). For JSON text, parse it with
+        /// [`Metadata::parse`](crate::metadata::Metadata::parse) and pass
+        /// [`Metadata::to_value`](crate::metadata::Metadata::to_value).
+        pub fn metadata(mut self, object: serde_json::Value) -> Self {
+            self.metadata = Some(object);
             self
         }
     };
@@ -63,6 +80,15 @@ pub struct NewKey {
     pub expiry: Option<ExpiryChoice>,
     /// CIDR ranges it may be used from (empty: anywhere).
     pub ip_allowlist: Vec<String>,
+    /// The application's id for the key (see [`ExternalId`](crate::ids::ExternalId);
+    /// checked when the call runs, [`PolicyError::Invalid`](crate::policy::PolicyError::Invalid)
+    /// naming `external_id`).
+    pub external_id: Option<String>,
+    /// The application's metadata, a JSON object within
+    /// [`Metadata`](crate::metadata::Metadata)'s bounds (checked when the
+    /// call runs: [`PolicyError::Metadata`](crate::policy::PolicyError::Metadata)).
+    /// Never a secret: listings show it.
+    pub metadata: Option<serde_json::Value>,
 }
 
 impl NewKey {
@@ -80,6 +106,8 @@ impl NewKey {
             resources: ResourceScope::All,
             expiry: None,
             ip_allowlist: Vec::new(),
+            external_id: None,
+            metadata: None,
         }
     }
     policy_setters!("");
@@ -92,10 +120,20 @@ impl NewKey {
 
 /// Changes to a key. Fields left `None` stay as they are.
 ///
-/// The name and resources may always change; permissions, expiry and IP
-/// allowlist may narrow unless the policy's
+/// The name, resources, external id and metadata may always change;
+/// permissions, expiry and IP allowlist may narrow unless the policy's
 /// [`EditPolicy`](crate::policy::EditPolicy) freezes them, and widen only
 /// where it allows.
+///
+/// ```
+/// use keyward::KeyEdit;
+/// let edit = KeyEdit {
+///     metadata: Some(serde_json::json!({"ticket": 4212})), // replaces the whole object
+///     external_id: Some(None),                             // removes the external id
+///     ..KeyEdit::default()
+/// };
+/// # let _ = edit;
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeyEdit {
     /// New name.
@@ -108,6 +146,10 @@ pub struct KeyEdit {
     pub expiry: Option<ExpiryChoice>,
     /// New IP allowlist.
     pub ip_allowlist: Option<Vec<String>>,
+    /// New external id: `Some(Some(id))` sets it, `Some(None)` removes it.
+    pub external_id: Option<Option<String>>,
+    /// New metadata, replacing the old object whole (`{}` empties it).
+    pub metadata: Option<serde_json::Value>,
 }
 
 /// A key just created or regenerated: the full token, shown once, and the view.
@@ -169,6 +211,10 @@ pub struct ImportKey {
     pub ip_allowlist: Vec<String>,
     /// When it was created in the other system (default: now).
     pub created_at: Option<DateTime<Utc>>,
+    /// The application's id for the key (as [`NewKey::external_id`]).
+    pub external_id: Option<String>,
+    /// The application's metadata (as [`NewKey::metadata`]).
+    pub metadata: Option<serde_json::Value>,
     /// SHA-256 of the secret, 64 hexadecimal characters.
     pub sha256_hex: String,
 }
@@ -186,6 +232,8 @@ impl fmt::Debug for ImportKey {
             .field("expires_at", &self.expires_at)
             .field("ip_allowlist", &self.ip_allowlist)
             .field("created_at", &self.created_at)
+            .field("external_id", &self.external_id)
+            .field("metadata", &self.metadata)
             .field("sha256_hex", &"[REDACTED]")
             .finish()
     }
@@ -211,6 +259,8 @@ impl ImportKey {
             expires_at: None,
             ip_allowlist: Vec::new(),
             created_at: None,
+            external_id: None,
+            metadata: None,
             sha256_hex: sha256_hex.into(),
         }
     }
@@ -248,4 +298,17 @@ impl ImportKey {
         self.created_at = Some(at);
         self
     }
+}
+
+/// Checks an input's external id (the error names `external_id`).
+pub(super) fn checked_external_id(id: Option<&str>) -> Result<Option<ExternalId>, PolicyError> {
+    Ok(id.map(ExternalId::new).transpose()?)
+}
+
+/// Checks an input's metadata (the error names `metadata`); `None` is empty.
+pub(super) fn checked_metadata(object: Option<serde_json::Value>) -> Result<Metadata, PolicyError> {
+    Ok(object
+        .map(Metadata::from_value)
+        .transpose()?
+        .unwrap_or_default())
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use super::inputs::{CreatedKey, KeyEdit, RotatedKey};
+use super::inputs::{CreatedKey, KeyEdit, RotatedKey, checked_external_id, checked_metadata};
 use super::{KeyManager, MAX_WINDOW_DAYS, MIN_ROTATION_GRACE};
 use crate::audit::AuditAction;
 use crate::ids::KeyId;
@@ -35,6 +35,12 @@ fn changed_fields(old: &KeyRecord, new: &KeyRecord) -> String {
     }
     if old.ip_allowlist != new.ip_allowlist {
         fields.push("ip_allowlist");
+    }
+    if old.external_id != new.external_id {
+        fields.push("external_id");
+    }
+    if old.metadata != new.metadata {
+        fields.push("metadata");
     }
     fields.join(", ")
 }
@@ -71,6 +77,26 @@ impl<S: KeyStore> KeyManager<S> {
                 .await
                 .map_err(KeywardError::from_store)?;
             Ok(records.iter().map(|r| self.view(r, query.now)).collect())
+        })
+        .await
+    }
+
+    /// How many of an owner's keys match `query`'s filters (environment,
+    /// status, name prefix, external id), for a console's pagination; its
+    /// `after` and `limit` are ignored. Status is judged at the manager's
+    /// clock. The count and a following [`list`](Self::list) are two reads:
+    /// keys created or deleted in between make them disagree.
+    pub async fn count(&self, actor: &Actor, query: &ListQuery) -> Result<u64, KeywardError> {
+        crate::trace::manage_span(actor.id(), ManagementAction::View, None, async move {
+            self.allow(actor, ManagementAction::View, &query.owner, None)
+                .await?;
+            let mut query = query.clone();
+            query.now = self.now();
+            self.shared
+                .store
+                .count(&query)
+                .await
+                .map_err(KeywardError::from_store)
         })
         .await
     }
@@ -148,6 +174,12 @@ impl<S: KeyStore> KeyManager<S> {
                     return Err(PolicyError::IpWidening.into());
                 }
                 record.ip_allowlist = list;
+            }
+            if let Some(external_id) = edit.external_id {
+                record.external_id = checked_external_id(external_id.as_deref())?;
+            }
+            if let Some(object) = edit.metadata {
+                record.metadata = checked_metadata(Some(object))?;
             }
             let detail = changed_fields(&before, &record);
             let record = self.save(record).await?;

@@ -12,6 +12,10 @@ pub enum PolicyError {
     /// A field such as the key name or owner is invalid.
     #[error(transparent)]
     Invalid(#[from] InvalidValue),
+    /// The metadata is not JSON, not an object, too large or too deep
+    /// (the field is always `metadata`).
+    #[error(transparent)]
+    Metadata(#[from] crate::metadata::MetadataError),
     /// A permission name that the registry does not know.
     #[error("unknown permission {name:?}")]
     UnknownPermission {

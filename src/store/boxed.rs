@@ -38,6 +38,8 @@ pub trait DynKeyStore: Send + Sync + 'static {
         &'a self,
         query: &'a ListQuery,
     ) -> BoxFuture<'a, Result<Vec<KeyRecord>, StoreError>>;
+    /// [`KeyStore::count`].
+    fn count<'a>(&'a self, query: &'a ListQuery) -> BoxFuture<'a, Result<u64, StoreError>>;
     /// [`KeyStore::update`].
     fn update<'a>(
         &'a self,
@@ -78,6 +80,9 @@ impl<S: KeyStore> DynKeyStore for S {
         query: &'a ListQuery,
     ) -> BoxFuture<'a, Result<Vec<KeyRecord>, StoreError>> {
         Box::pin(KeyStore::list(self, query))
+    }
+    fn count<'a>(&'a self, query: &'a ListQuery) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(KeyStore::count(self, query))
     }
     fn update<'a>(
         &'a self,
@@ -180,6 +185,9 @@ macro_rules! forward_key_store {
             }
             async fn list(&self, query: &ListQuery) -> Result<Vec<KeyRecord>, StoreError> {
                 self.0.list(query).await
+            }
+            async fn count(&self, query: &ListQuery) -> Result<u64, StoreError> {
+                self.0.count(query).await
             }
             async fn update(
                 &self,

@@ -14,8 +14,9 @@ use chrono::{DateTime, Utc};
 use ipnet::IpNet;
 
 use crate::ids::OwnerId;
-use crate::ids::{Environment, KeyId};
+use crate::ids::{Environment, ExternalId, KeyId};
 use crate::key::{KeyKind, KeyRecord, SecretHash};
+use crate::metadata::Metadata;
 use crate::policy::{IpAllowlist, PermissionGrant, ResourceScope};
 use crate::store::StoreError;
 
@@ -32,7 +33,8 @@ pub(super) struct CompactRecord {
     /// count, then per network the family 4 or 6, its octets and its prefix
     /// length); the kind (0 scoped, 1 legacy); created, revoked and
     /// suspended times (a flag byte for the optional ones, then seconds as
-    /// 8 bytes little-endian and nanoseconds as 4).
+    /// 8 bytes little-endian and nanoseconds as 4); the external id (a flag
+    /// byte, then the string); the metadata's compact JSON (empty for `{}`).
     blob: Box<[u8]>,
     pub(super) generation: u64,
     pub(super) expires_at: Option<DateTime<Utc>>,
@@ -95,6 +97,19 @@ impl CompactRecord {
         w.time(r.created_at);
         w.optional_time(r.revoked_at);
         w.optional_time(r.suspended_at);
+        match &r.external_id {
+            None => w.0.push(0),
+            Some(x) => {
+                w.0.push(1);
+                w.str(x.as_str()).ok_or_else(|| too_big("external_id"))?;
+            }
+        }
+        if r.metadata.is_empty() {
+            w.uint(0);
+        } else {
+            w.str(&r.metadata.to_json())
+                .ok_or_else(|| too_big("metadata"))?;
+        }
         Ok(Self {
             blob: w.0.into_boxed_slice(),
             generation: r.generation,
@@ -142,8 +157,20 @@ impl CompactRecord {
         let created_at = r.time().ok_or_else(|| corrupt("created_at"))?;
         let revoked_at = r.optional_time().ok_or_else(|| corrupt("revoked_at"))?;
         let suspended_at = r.optional_time().ok_or_else(|| corrupt("suspended_at"))?;
+        let external_id = match r.bytes(1).and_then(|b| b.first().copied()) {
+            Some(0) => None,
+            Some(1) => {
+                let x = r.str().ok_or_else(|| corrupt("external_id"))?;
+                Some(ExternalId::new(x).map_err(|_| corrupt("external_id"))?)
+            }
+            _ => return Err(corrupt("external_id")),
+        };
+        let metadata = match r.str().ok_or_else(|| corrupt("metadata"))? {
+            "" => Metadata::EMPTY,
+            json => Metadata::parse(json).map_err(|_| corrupt("metadata"))?,
+        };
         if !r.0.is_empty() {
-            return Err(corrupt("suspended_at"));
+            return Err(corrupt("metadata"));
         }
         Ok(KeyRecord {
             id: id.clone(),
@@ -154,6 +181,8 @@ impl CompactRecord {
             permissions,
             resources,
             ip_allowlist: IpAllowlist::from_nets(nets),
+            external_id,
+            metadata,
             created_at,
             expires_at: self.expires_at,
             revoked_at,
@@ -302,6 +331,8 @@ mod tests {
             permissions: PermissionGrant::only(["package:push", "analytics:read"]),
             resources: ResourceScope::only(["AzureRM.DataFactory*", "", "Ünïcode"]),
             ip_allowlist: IpAllowlist::parse(&["203.0.113.0/24", "2001:db8::/32", "::/0"]).unwrap(),
+            external_id: Some(ExternalId::new("ext/Ünï 1").unwrap()),
+            metadata: Metadata::parse(r#"{"a":[1,{"b":null}],"ü":"x"}"#).unwrap(),
             created_at: t,
             expires_at: Some(t + chrono::TimeDelta::days(90)),
             revoked_at: Some(DateTime::<Utc>::MAX_UTC),
@@ -325,6 +356,8 @@ mod tests {
             resources: ResourceScope::All,
             ip_allowlist: IpAllowlist::any(),
             kind: KeyKind::Scoped,
+            external_id: None,
+            metadata: Metadata::EMPTY,
             ..record()
         };
         let packed = CompactRecord::encode(&all).unwrap();

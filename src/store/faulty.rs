@@ -79,6 +79,8 @@ pub enum Op {
     Get,
     /// [`KeyStore::list`].
     List,
+    /// [`KeyStore::count`].
+    Count,
     /// [`KeyStore::update`].
     Update,
     /// [`KeyStore::delete`].
@@ -105,6 +107,7 @@ impl Op {
         Op::Insert,
         Op::Get,
         Op::List,
+        Op::Count,
         Op::Update,
         Op::Delete,
         Op::RecordUsage,
@@ -118,7 +121,10 @@ impl Op {
 
     /// The operations that read and change nothing.
     pub fn is_read(self) -> bool {
-        matches!(self, Op::Get | Op::List | Op::GetSession | Op::SessionOwner)
+        matches!(
+            self,
+            Op::Get | Op::List | Op::Count | Op::GetSession | Op::SessionOwner
+        )
     }
 }
 
@@ -316,6 +322,11 @@ impl<S: KeyStore> KeyStore for FaultyStore<S> {
         self.before(Op::List).await?;
         let result = self.inner.list(query).await;
         self.after(Op::List, result)
+    }
+    async fn count(&self, query: &ListQuery) -> Result<u64, StoreError> {
+        self.before(Op::Count).await?;
+        let result = self.inner.count(query).await;
+        self.after(Op::Count, result)
     }
     async fn update(&self, record: &KeyRecord, expected_generation: u64) -> Result<(), StoreError> {
         self.before(Op::Update).await?;

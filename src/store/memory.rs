@@ -208,6 +208,25 @@ impl KeyStore for MemoryStore {
         Ok(out)
     }
 
+    async fn count(&self, query: &ListQuery) -> Result<u64, StoreError> {
+        let ids: Vec<KeyId> = {
+            let index = self.by_owner.lock().unwrap_or_else(PoisonError::into_inner);
+            match index.owners.get(&query.owner) {
+                None => return Ok(0),
+                Some(ids) => ids.iter().cloned().collect(),
+            }
+        };
+        let mut n = 0u64;
+        for id in &ids {
+            if let Some(r) = self.get_sync(id)? {
+                if query.matches_filters(&r) {
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+
     async fn update(&self, record: &KeyRecord, expected_generation: u64) -> Result<(), StoreError> {
         let mut packed = CompactRecord::encode(record)?;
         let mut shard = self

@@ -64,7 +64,7 @@ pub use sqlite::SqliteStore;
 pub use trusted::TrustStore;
 
 use crate::ids::OwnerId;
-use crate::ids::{Environment, KeyId};
+use crate::ids::{Environment, ExternalId, KeyId};
 use crate::key::{KeyRecord, KeyStatus};
 
 /// The largest page a listing returns.
@@ -119,7 +119,8 @@ impl QuotaCheck {
     /// #   permissions: PermissionGrant::All, resources: ResourceScope::All,
     /// #   ip_allowlist: IpAllowlist::default(), created_at: created, expires_at: None,
     /// #   revoked_at: None, suspended_at: None, last_used_at: None, last_used_ip: None,
-    /// #   reminded_at: None, generation: 1, secret_hash: SecretHash::new(String::new()) };
+    /// #   reminded_at: None, external_id: None, metadata: Default::default(), generation: 1,
+    /// #   secret_hash: SecretHash::new(String::new()) };
     /// // `r` was created on 2026-01-01 and never used.
     /// let later = created + TimeDelta::days(100);
     /// assert!(QuotaCheck::new(3, later).counts(&r));
@@ -133,13 +134,21 @@ impl QuotaCheck {
     }
 }
 
-/// Which keys a listing returns: one owner's, optionally one environment and
-/// one status, ordered by id, a page at a time.
+/// Which keys a listing returns: one owner's, optionally one environment,
+/// one status, a name prefix and an external id, ordered by id, a page at a
+/// time. [`KeyStore::count`] counts the keys that pass the same filters.
+///
+/// The name prefix is compared exactly, character for character:
+/// case-sensitive, and `%`, `_`, `*` or `\` in it are plain characters (SQL
+/// stores must not hand it to `LIKE` unescaped). The empty prefix matches
+/// every name. The external id is compared exactly too.
 ///
 /// ```
-/// use keyward::{store::ListQuery, key::KeyStatus, OwnerId};
+/// use keyward::{store::ListQuery, key::KeyStatus, ids::ExternalId, OwnerId};
 /// let q = ListQuery::new(OwnerId::new("contoso").unwrap())
 ///     .status(KeyStatus::Revoked)
+///     .name_prefix("GitHub ")
+///     .external_id(ExternalId::new("pipeline-17").unwrap())
 ///     .limit(50);
 /// assert_eq!(q.limit, 50);
 /// ```
@@ -151,6 +160,10 @@ pub struct ListQuery {
     pub environment: Option<Environment>,
     /// Only keys with this status at `now`.
     pub status: Option<KeyStatus>,
+    /// Only keys whose name starts with this (exactly; see above).
+    pub name_prefix: Option<String>,
+    /// Only keys with this external id.
+    pub external_id: Option<ExternalId>,
     /// Only ids greater than this one (the last id of the previous page).
     pub after: Option<KeyId>,
     /// At most this many (1 to [`MAX_PAGE_SIZE`]).
@@ -175,6 +188,8 @@ impl ListQuery {
             owner,
             environment: None,
             status: None,
+            name_prefix: None,
+            external_id: None,
             after: None,
             limit: 100,
             now: crate::clock::to_micros(Utc::now()),
@@ -197,6 +212,16 @@ impl ListQuery {
         self.status = Some(status);
         self
     }
+    /// Only names starting with `prefix` (case-sensitive, no wildcards).
+    pub fn name_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.name_prefix = Some(prefix.into());
+        self
+    }
+    /// Only keys with this external id.
+    pub fn external_id(mut self, id: ExternalId) -> Self {
+        self.external_id = Some(id);
+        self
+    }
     /// The page after this id.
     pub fn after(mut self, id: KeyId) -> Self {
         self.after = Some(id);
@@ -208,8 +233,15 @@ impl ListQuery {
         self
     }
 
-    /// Whether a record passes the filters (not the paging).
+    /// Whether a record passes the filters and comes after
+    /// [`after`](ListQuery::after) (not the limit): what [`KeyStore::list`] returns.
     pub fn matches(&self, r: &KeyRecord) -> bool {
+        self.matches_filters(r) && self.after.as_ref().is_none_or(|a| r.id > *a)
+    }
+
+    /// Whether a record passes the filters, paging aside: what
+    /// [`KeyStore::count`] counts.
+    pub fn matches_filters(&self, r: &KeyRecord) -> bool {
         r.owner == self.owner
             && self
                 .environment
@@ -218,7 +250,14 @@ impl ListQuery {
             && self
                 .status
                 .is_none_or(|s| r.status_with_idle(self.now, self.idle_expiry) == s)
-            && self.after.as_ref().is_none_or(|a| r.id > *a)
+            && self
+                .name_prefix
+                .as_deref()
+                .is_none_or(|p| r.name.starts_with(p))
+            && self
+                .external_id
+                .as_ref()
+                .is_none_or(|x| r.external_id.as_ref() == Some(x))
     }
 }
 
@@ -264,6 +303,11 @@ pub trait KeyStore: Send + Sync + 'static {
         &self,
         query: &ListQuery,
     ) -> impl Future<Output = Result<Vec<KeyRecord>, StoreError>> + Send;
+
+    /// How many records pass `query`'s filters (owner, environment, status,
+    /// name prefix, external id), ignoring its `after` and `limit`: the
+    /// total a paged listing shows.
+    fn count(&self, query: &ListQuery) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Replaces the record with `record.id` if its stored generation is still
     /// `expected_generation` (compare-and-swap); `record.generation` is the
@@ -327,6 +371,9 @@ impl<S: KeyStore> KeyStore for Arc<S> {
         query: &ListQuery,
     ) -> impl Future<Output = Result<Vec<KeyRecord>, StoreError>> + Send {
         (**self).list(query)
+    }
+    fn count(&self, query: &ListQuery) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        (**self).count(query)
     }
     fn update(
         &self,

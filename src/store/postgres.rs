@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use super::sql::{self, COLUMNS, InvalidName, boxed};
 use super::{KeyStore, ListQuery, QuotaCheck};
 use crate::ids::KeyId;
-use crate::key::{KeyRecord, KeyStatus};
+use crate::key::KeyRecord;
 use crate::store::Invalidate;
 use crate::store::StoreError;
 
@@ -102,6 +102,7 @@ struct Queries {
     generation_of: String,
     delete: String,
     list_base: String,
+    count_base: String,
 }
 
 impl Queries {
@@ -116,7 +117,7 @@ impl Queries {
             ),
             insert: format!(
                 "INSERT INTO {q} ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
-                 $13, $14, $15, $16, $17)"
+                 $13, $14, $15, $16, $17, $18, $19)"
             ),
             insert_id: format!("INSERT INTO {ids} (id) VALUES ($1)"),
             record_usage: format!(
@@ -138,12 +139,13 @@ impl Queries {
             update: format!(
                 "UPDATE {q} SET owner = $1, environment = $2, name = $3, kind = $4, permissions = $5, \
                  resources = $6, ip_allowlist = $7, created_at = $8, expires_at = $9, revoked_at = $10, \
-                 suspended_at = $11, reminded_at = $12, generation = $13, secret_hash = $14 \
-                 WHERE id = $15 AND generation = $16"
+                 suspended_at = $11, reminded_at = $12, generation = $13, secret_hash = $14, \
+                 external_id = $15, metadata = $16 WHERE id = $17 AND generation = $18"
             ),
             generation_of: format!("SELECT generation FROM {q} WHERE id = $1"),
             delete: format!("DELETE FROM {q} WHERE id = $1"),
             list_base: format!("SELECT {COLUMNS} FROM {q} WHERE owner = $1"),
+            count_base: format!("SELECT COUNT(*) FROM {q} WHERE owner = $1"),
         }
     }
 }
@@ -202,6 +204,14 @@ const MIGRATIONS: &[(i64, &str)] = &[
     );
     CREATE INDEX IF NOT EXISTS \"{audit_key}\" ON \"{s}\".\"{audit}\" (key_id, at);
     CREATE INDEX IF NOT EXISTS \"{audit_owner}\" ON \"{s}\".\"{audit}\" (owner, at);",
+    ),
+    // The application's external id and metadata (NULL: none, empty).
+    (
+        5,
+        "ALTER TABLE \"{s}\".\"{t}\" ADD COLUMN IF NOT EXISTS external_id TEXT COLLATE \"C\";
+    ALTER TABLE \"{s}\".\"{t}\" ADD COLUMN IF NOT EXISTS metadata TEXT;
+    CREATE INDEX IF NOT EXISTS \"{owner_ext}\" ON \"{s}\".\"{t}\" (owner, external_id)
+        WHERE external_id IS NOT NULL;",
     ),
 ];
 
@@ -384,6 +394,7 @@ impl PostgresStore {
                 .replace("{audit}", &sql::derived_ident(t, "audit"))
                 .replace("{audit_key}", &sql::derived_ident(t, "audit_key_at"))
                 .replace("{audit_owner}", &sql::derived_ident(t, "audit_owner_at"))
+                .replace("{owner_ext}", &sql::derived_ident(t, "owner_ext"))
                 .replace("{s}", s)
                 .replace("{t}", t);
             for statement in ddl.split(';').map(str::trim).filter(|s| !s.is_empty()) {
@@ -685,6 +696,8 @@ impl PostgresStore {
             .bind(e.reminded_at)
             .bind(e.generation)
             .bind(e.secret_hash)
+            .bind(e.external_id)
+            .bind(&e.metadata)
             .execute(&mut *tx)
             .await;
         match result {
@@ -706,43 +719,37 @@ impl PostgresStore {
     }
 
     async fn list_impl(&self, query: &ListQuery) -> Result<Vec<KeyRecord>, StoreError> {
-        let mut text = self.queries.list_base.clone();
         let mut n = 1;
         let mut next = || {
             n += 1;
             format!("${n}")
         };
-        if query.environment.is_some() {
-            text.push_str(&format!(" AND environment = {}", next()));
-        }
-        if query.after.is_some() {
-            text.push_str(&format!(" AND id > {}", next()));
-        }
-        let needs_now = query.status.is_some_and(|s| s != KeyStatus::Revoked);
-        if let Some(status) = query.status {
-            let (now, cut) = if needs_now {
-                (next(), next())
-            } else {
-                (String::new(), String::new())
-            };
-            text.push_str(" AND ");
-            text.push_str(&sql::status_condition(status, &now, &cut));
-        }
-        text.push_str(&format!(" ORDER BY id LIMIT {}", next()));
-        let mut q = sqlx::query(&text).bind(query.owner.as_str());
-        if let Some(env) = &query.environment {
-            q = q.bind(env.as_str());
-        }
-        if let Some(after) = &query.after {
-            q = q.bind(after.as_str());
-        }
-        if needs_now {
-            q = q.bind(sql::micros(query.now));
-            q = q.bind(sql::idle_cutoff(query.now, query.idle_expiry));
-        }
-        q = q.bind(i64::try_from(query.limit).unwrap_or(i64::MAX));
+        let (conditions, needs_now) = sql::list_conditions(query, true, &mut next);
+        let limit = next();
+        let text = format!(
+            "{}{conditions} ORDER BY id LIMIT {limit}",
+            self.queries.list_base
+        );
+        let q = sqlx::query(&text).bind(query.owner.as_str());
+        let q = sql::bind_list_conditions!(q, query, true, needs_now)
+            .bind(i64::try_from(query.limit).unwrap_or(i64::MAX));
         let rows = q.fetch_all(&self.pool).await.map_err(err("list"))?;
         rows.iter().map(sql::decode).collect()
+    }
+
+    async fn count_impl(&self, query: &ListQuery) -> Result<u64, StoreError> {
+        let mut n = 1;
+        let (conditions, needs_now) = sql::list_conditions(query, false, || {
+            n += 1;
+            format!("${n}")
+        });
+        let text = format!("{}{conditions}", self.queries.count_base);
+        let q = sqlx::query_scalar(&text).bind(query.owner.as_str());
+        let n: i64 = sql::bind_list_conditions!(q, query, false, needs_now)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(err("count"))?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     async fn update_impl(
@@ -768,6 +775,8 @@ impl PostgresStore {
             .bind(e.reminded_at)
             .bind(e.generation)
             .bind(e.secret_hash)
+            .bind(e.external_id)
+            .bind(&e.metadata)
             .bind(e.id)
             .bind(expected)
             .execute(&mut *tx)
@@ -865,6 +874,9 @@ impl KeyStore for PostgresStore {
     }
     async fn list(&self, query: &ListQuery) -> Result<Vec<KeyRecord>, StoreError> {
         boxed(self.list_impl(query)).await
+    }
+    async fn count(&self, query: &ListQuery) -> Result<u64, StoreError> {
+        boxed(self.count_impl(query)).await
     }
     async fn update(&self, record: &KeyRecord, expected_generation: u64) -> Result<(), StoreError> {
         boxed(self.update_impl(record, expected_generation)).await

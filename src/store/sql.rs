@@ -8,7 +8,11 @@
 //! [`ResourceScope`] and [`IpAllowlist`]); `last_used_ip` as the address's
 //! text form; `created_at`, `expires_at`, `revoked_at`, `suspended_at`,
 //! `last_used_at`, `reminded_at` as integer microseconds since the Unix epoch
-//! (UTC); `generation` as a 64-bit integer.
+//! (UTC); `generation` as a 64-bit integer; `external_id` as text or NULL;
+//! `metadata` as the object's compact JSON text, NULL when empty.
+//!
+//! A listing's name prefix is compared with `substr(name, 1, length(?)) = ?`,
+//! not `LIKE`: exact and case-sensitive, with nothing to escape.
 //!
 //! Audit events (see [`AuditEvent`]) are rows of `<table>_audit`: `at` in
 //! microseconds, `action` as [`AuditAction::as_str`], `client_ip` as text,
@@ -22,11 +26,12 @@ use thiserror::Error;
 
 use crate::audit::{AuditAction, AuditEvent};
 use crate::ids::OwnerId;
-use crate::ids::{Environment, KeyId};
+use crate::ids::{Environment, ExternalId, KeyId};
 use crate::key::{KeyKind, KeyRecord, SecretHash};
+use crate::metadata::Metadata;
 use crate::policy::{IpAllowlist, PermissionGrant, ResourceScope};
 use crate::session::{SessionCap, SessionHash, SessionRecord};
-use crate::store::StoreError;
+use crate::store::{ListQuery, StoreError};
 
 /// Longest SQL identifier accepted (PostgreSQL's limit).
 pub(crate) const MAX_IDENT_LEN: usize = 63;
@@ -95,7 +100,7 @@ pub(crate) fn derived_ident(base: &str, suffix: &str) -> String {
 /// The columns, in the order every SELECT lists them.
 pub(crate) const COLUMNS: &str = "id, owner, environment, name, kind, permissions, resources, ip_allowlist, \
      created_at, expires_at, revoked_at, suspended_at, last_used_at, last_used_ip, reminded_at, \
-     generation, secret_hash";
+     generation, secret_hash, external_id, metadata";
 
 /// A record encoded for binding.
 pub(crate) struct Encoded<'a> {
@@ -116,6 +121,8 @@ pub(crate) struct Encoded<'a> {
     pub reminded_at: Option<i64>,
     pub generation: i64,
     pub secret_hash: &'a str,
+    pub external_id: Option<&'a str>,
+    pub metadata: Option<String>,
 }
 
 fn to_json<T: serde::Serialize>(field: &str, v: &T) -> Result<String, StoreError> {
@@ -151,6 +158,8 @@ pub(crate) fn encode(r: &KeyRecord) -> Result<Encoded<'_>, StoreError> {
         reminded_at: r.reminded_at.map(micros),
         generation: generation_to_sql(r.generation)?,
         secret_hash: r.secret_hash.as_str(),
+        external_id: r.external_id.as_ref().map(|x| x.as_str()),
+        metadata: (!r.metadata.is_empty()).then(|| r.metadata.to_json()),
     })
 }
 
@@ -246,6 +255,18 @@ where
             format!("{generation_raw} is negative"),
         )
     })?;
+    let external_id = row
+        .try_get::<Option<String>, _>("external_id")
+        .map_err(|e| corrupt(id_str, "external_id", e))?
+        .map(|x| ExternalId::new(&x).map_err(|e| corrupt(id_str, "external_id", e)))
+        .transpose()?;
+    let metadata = match row
+        .try_get::<Option<String>, _>("metadata")
+        .map_err(|e| corrupt(id_str, "metadata", e))?
+    {
+        None => Metadata::EMPTY,
+        Some(text) => Metadata::parse(&text).map_err(|e| corrupt(id_str, "metadata", e))?,
+    };
     // The hash is checked only for being text; its content is never quoted.
     let secret_hash = SecretHash::new(
         row.try_get::<String, _>("secret_hash")
@@ -260,6 +281,8 @@ where
         permissions,
         resources,
         ip_allowlist,
+        external_id,
+        metadata,
         created_at,
         expires_at,
         revoked_at,
@@ -395,6 +418,76 @@ pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
     e.as_database_error()
         .is_some_and(|d| d.is_unique_violation())
 }
+
+/// The conditions of a listing or count past `owner = <first placeholder>`,
+/// each starting with ` AND `, placeholders from `next`. Binds go in this
+/// order: environment; name prefix twice; external id; `after` (only with
+/// `paged`); `now` then the idle cutoff (only when the second value is
+/// true).
+pub(crate) fn list_conditions(
+    query: &ListQuery,
+    paged: bool,
+    mut next: impl FnMut() -> String,
+) -> (String, bool) {
+    let mut text = String::new();
+    if query.environment.is_some() {
+        text.push_str(&format!(" AND environment = {}", next()));
+    }
+    if query.name_prefix.is_some() {
+        let (a, b) = (next(), next());
+        text.push_str(&format!(" AND substr(name, 1, length({a})) = {b}"));
+    }
+    if query.external_id.is_some() {
+        text.push_str(&format!(" AND external_id = {}", next()));
+    }
+    if paged && query.after.is_some() {
+        text.push_str(&format!(" AND id > {}", next()));
+    }
+    let needs_now = query
+        .status
+        .is_some_and(|s| s != crate::key::KeyStatus::Revoked);
+    if let Some(status) = query.status {
+        let (now, cut) = if needs_now {
+            (next(), next())
+        } else {
+            (String::new(), String::new())
+        };
+        text.push_str(" AND ");
+        text.push_str(&status_condition(status, &now, &cut));
+    }
+    (text, needs_now)
+}
+
+/// Binds [`list_conditions`]' values (after the owner), in its order.
+macro_rules! bind_list_conditions {
+    ($q:expr, $query:expr, $paged:expr, $needs_now:expr) => {{
+        let query: &$crate::store::ListQuery = $query;
+        let mut q = $q;
+        if let Some(env) = &query.environment {
+            q = q.bind(env.as_str());
+        }
+        if let Some(prefix) = &query.name_prefix {
+            q = q.bind(prefix.as_str()).bind(prefix.as_str());
+        }
+        if let Some(x) = &query.external_id {
+            q = q.bind(x.as_str());
+        }
+        if $paged {
+            if let Some(after) = &query.after {
+                q = q.bind(after.as_str());
+            }
+        }
+        if $needs_now {
+            q = q.bind($crate::store::sql::micros(query.now));
+            q = q.bind($crate::store::sql::idle_cutoff(
+                query.now,
+                query.idle_expiry,
+            ));
+        }
+        q
+    }};
+}
+pub(crate) use bind_list_conditions;
 
 /// A key's idle-expiry "since" in SQL: its last use, or its creation if
 /// never used (or if the use is recorded before the creation), as

@@ -31,7 +31,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 ///   so the database lives as long as the store.
 /// - **Schema**: a key table (default `keyward_keys`, see
 ///   [`with_table`](SqliteStore::with_table)) with indexes on
-///   `(owner, id)` and `(owner, environment)`, created by
+///   `(owner, id)`, `(owner, environment)` and `(owner, external_id)`, created by
 ///   [`migrate`](SqliteStore::migrate). Permissions, resources and the IP
 ///   allowlist are JSON text; times are integer microseconds since the epoch.
 /// - **Quota**: the live-key count and the insert run in one
@@ -83,7 +83,7 @@ impl Queries {
         let ids = sql::derived_ident(t, "ids");
         Self {
             insert: format!(
-                "INSERT INTO \"{t}\" ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                "INSERT INTO \"{t}\" ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             ),
             insert_id: format!("INSERT INTO \"{ids}\" (id) VALUES (?)"),
             count_live: format!(
@@ -94,8 +94,8 @@ impl Queries {
             update: format!(
                 "UPDATE \"{t}\" SET owner = ?, environment = ?, name = ?, kind = ?, permissions = ?, \
                  resources = ?, ip_allowlist = ?, created_at = ?, expires_at = ?, revoked_at = ?, \
-                 suspended_at = ?, reminded_at = ?, generation = ?, secret_hash = ? \
-                 WHERE id = ? AND generation = ?"
+                 suspended_at = ?, reminded_at = ?, generation = ?, secret_hash = ?, \
+                 external_id = ?, metadata = ? WHERE id = ? AND generation = ?"
             ),
             generation_of: format!("SELECT generation FROM \"{t}\" WHERE id = ?"),
             delete: format!("DELETE FROM \"{t}\" WHERE id = ?"),
@@ -168,6 +168,14 @@ const MIGRATIONS: &[(i64, &str)] = &[
     );
     CREATE INDEX IF NOT EXISTS \"{audit_key}\" ON \"{audit}\" (key_id, at);
     CREATE INDEX IF NOT EXISTS \"{audit_owner}\" ON \"{audit}\" (owner, at);",
+    ),
+    // The application's external id and metadata (NULL: none, empty).
+    (
+        4,
+        "ALTER TABLE \"{t}\" ADD COLUMN external_id TEXT;
+    ALTER TABLE \"{t}\" ADD COLUMN metadata TEXT;
+    CREATE INDEX IF NOT EXISTS \"{owner_ext}\" ON \"{t}\" (owner, external_id)
+        WHERE external_id IS NOT NULL;",
     ),
 ];
 
@@ -303,6 +311,7 @@ impl SqliteStore {
                 .replace("{audit}", &sql::derived_ident(t, "audit"))
                 .replace("{audit_key}", &sql::derived_ident(t, "audit_key_at"))
                 .replace("{audit_owner}", &sql::derived_ident(t, "audit_owner_at"))
+                .replace("{owner_ext}", &sql::derived_ident(t, "owner_ext"))
                 .replace("{t}", t);
             for statement in ddl.split(';').map(str::trim).filter(|s| !s.is_empty()) {
                 sqlx::query(statement)
@@ -380,6 +389,8 @@ impl SqliteStore {
             .bind(e.reminded_at)
             .bind(e.generation)
             .bind(e.secret_hash)
+            .bind(e.external_id)
+            .bind(&e.metadata)
             .execute(&mut *tx)
             .await;
         match result {
@@ -401,35 +412,30 @@ impl SqliteStore {
     }
 
     async fn list_impl(&self, query: &ListQuery) -> Result<Vec<KeyRecord>, StoreError> {
-        let mut text = format!("SELECT {COLUMNS} FROM \"{}\" WHERE owner = ?", self.table);
-        if query.environment.is_some() {
-            text.push_str(" AND environment = ?");
-        }
-        if query.after.is_some() {
-            text.push_str(" AND id > ?");
-        }
-        if let Some(status) = query.status {
-            text.push_str(" AND ");
-            text.push_str(&sql::status_condition(status, "?", "?"));
-        }
-        text.push_str(" ORDER BY id LIMIT ?");
-        let mut q = sqlx::query(&text).bind(query.owner.as_str());
-        if let Some(env) = &query.environment {
-            q = q.bind(env.as_str());
-        }
-        if let Some(after) = &query.after {
-            q = q.bind(after.as_str());
-        }
-        if query
-            .status
-            .is_some_and(|s| s != crate::key::KeyStatus::Revoked)
-        {
-            q = q.bind(sql::micros(query.now));
-            q = q.bind(sql::idle_cutoff(query.now, query.idle_expiry));
-        }
-        q = q.bind(i64::try_from(query.limit).unwrap_or(i64::MAX));
+        let (conditions, needs_now) = sql::list_conditions(query, true, || "?".to_owned());
+        let text = format!(
+            "SELECT {COLUMNS} FROM \"{}\" WHERE owner = ?{conditions} ORDER BY id LIMIT ?",
+            self.table
+        );
+        let q = sqlx::query(&text).bind(query.owner.as_str());
+        let q = sql::bind_list_conditions!(q, query, true, needs_now)
+            .bind(i64::try_from(query.limit).unwrap_or(i64::MAX));
         let rows = q.fetch_all(&self.pool).await.map_err(err("list"))?;
         rows.iter().map(sql::decode).collect()
+    }
+
+    async fn count_impl(&self, query: &ListQuery) -> Result<u64, StoreError> {
+        let (conditions, needs_now) = sql::list_conditions(query, false, || "?".to_owned());
+        let text = format!(
+            "SELECT COUNT(*) FROM \"{}\" WHERE owner = ?{conditions}",
+            self.table
+        );
+        let q = sqlx::query_scalar(&text).bind(query.owner.as_str());
+        let n: i64 = sql::bind_list_conditions!(q, query, false, needs_now)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(err("count"))?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     async fn update_impl(
@@ -454,6 +460,8 @@ impl SqliteStore {
             .bind(e.reminded_at)
             .bind(e.generation)
             .bind(e.secret_hash)
+            .bind(e.external_id)
+            .bind(&e.metadata)
             .bind(e.id)
             .bind(expected)
             .execute(&self.pool)
@@ -558,6 +566,9 @@ impl KeyStore for SqliteStore {
     }
     async fn list(&self, query: &ListQuery) -> Result<Vec<KeyRecord>, StoreError> {
         boxed(self.list_impl(query)).await
+    }
+    async fn count(&self, query: &ListQuery) -> Result<u64, StoreError> {
+        boxed(self.count_impl(query)).await
     }
     async fn update(&self, record: &KeyRecord, expected_generation: u64) -> Result<(), StoreError> {
         boxed(self.update_impl(record, expected_generation)).await

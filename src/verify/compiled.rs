@@ -10,9 +10,11 @@ use chrono::{DateTime, TimeDelta, Utc};
 use super::denial::DenialReason;
 use super::request::VerifyRequest;
 use super::usage::UsageCell;
+use crate::ids::ExternalId;
 use crate::ids::OwnerId;
 use crate::ids::{Environment, KeyId};
 use crate::key::{KeyKind, KeyRecord};
+use crate::metadata::Metadata;
 use crate::policy::PolicyError;
 use crate::policy::{
     CompiledScope, IpAllowlist, PermissionSet, Policy, ResourceRule, ResourceScope,
@@ -36,6 +38,28 @@ pub struct CompiledKey {
     kind: KeyKind,
     generation: u64,
     pub(super) usage: Option<Arc<UsageCell>>,
+    /// The external id and metadata, when the key has either: one pointer
+    /// in the cached entry, nothing allocated for keys without them.
+    labels: Option<Arc<Labels>>,
+}
+
+/// What the application attached to a key (see [`CompiledKey::external_id`]).
+#[derive(Debug)]
+struct Labels {
+    external_id: Option<ExternalId>,
+    metadata: Metadata,
+}
+
+impl Labels {
+    fn of(record: &KeyRecord) -> Option<Arc<Self>> {
+        if record.external_id.is_none() && record.metadata.is_empty() {
+            return None;
+        }
+        Some(Arc::new(Self {
+            external_id: record.external_id.clone(),
+            metadata: record.metadata.clone(),
+        }))
+    }
 }
 
 impl CompiledKey {
@@ -60,6 +84,7 @@ impl CompiledKey {
             kind: record.kind,
             generation: record.generation,
             usage: None,
+            labels: Labels::of(record),
         })
     }
 
@@ -108,6 +133,7 @@ impl CompiledKey {
             kind: KeyKind::Scoped,
             generation: 0,
             usage: None,
+            labels: None,
         })
     }
 
@@ -210,6 +236,22 @@ impl CompiledKey {
     pub fn generation(&self) -> u64 {
         self.generation
     }
+    /// The application's id for the key, if it gave one. `None` for a key
+    /// checked through a session token (sessions keep a snapshot of the
+    /// key's policy only: read the key with
+    /// [`KeyManager::get`](crate::KeyManager::get) for it).
+    pub fn external_id(&self) -> Option<&ExternalId> {
+        self.labels.as_ref().and_then(|l| l.external_id.as_ref())
+    }
+    /// The application's metadata (empty when none). Shared with the
+    /// cache, not copied. Empty for a key checked through a session token
+    /// (see [`external_id`](Self::external_id)).
+    pub fn metadata(&self) -> &Metadata {
+        match &self.labels {
+            Some(l) => &l.metadata,
+            None => &Metadata::EMPTY,
+        }
+    }
 }
 
 /// A key that passed a check, with its remaining lifetime at the time of
@@ -235,5 +277,24 @@ impl std::ops::Deref for VerifiedKey {
     type Target = CompiledKey;
     fn deref(&self) -> &CompiledKey {
         &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cached key pays one pointer for its external id and metadata, and
+    /// handing the metadata out copies a pointer.
+    #[test]
+    fn labels_cost_one_pointer() {
+        assert_eq!(
+            std::mem::size_of::<Option<Arc<Labels>>>(),
+            std::mem::size_of::<usize>()
+        );
+        assert_eq!(
+            std::mem::size_of::<Metadata>(),
+            std::mem::size_of::<usize>()
+        );
     }
 }

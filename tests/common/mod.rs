@@ -233,6 +233,10 @@ impl<S: KeyStore> KeyStore for FlakyStore<S> {
         self.check(&self.fail_reads)?;
         self.inner.list(query).await
     }
+    async fn count(&self, query: &ListQuery) -> Result<u64, StoreError> {
+        self.check(&self.fail_reads)?;
+        self.inner.count(query).await
+    }
     async fn update(&self, record: &KeyRecord, expected_generation: u64) -> Result<(), StoreError> {
         self.check(&self.fail_writes)?;
         self.inner.update(record, expected_generation).await

@@ -6,8 +6,9 @@ use std::net::IpAddr;
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 
 use crate::ids::OwnerId;
-use crate::ids::{Environment, KeyId};
+use crate::ids::{Environment, ExternalId, KeyId};
 use crate::key::{KeyKind, KeyRecord, SecretHash};
+use crate::metadata::Metadata;
 use crate::policy::{IpAllowlist, PermissionGrant, ResourceScope};
 use crate::store::StoreError;
 use crate::store::{KeyStore, ListQuery, QuotaCheck};
@@ -54,6 +55,8 @@ pub(super) fn record(owner: &OwnerId, environment: &str) -> KeyRecord {
         permissions: PermissionGrant::All,
         resources: ResourceScope::All,
         ip_allowlist: IpAllowlist::any(),
+        external_id: None,
+        metadata: Default::default(),
         created_at: t0(),
         expires_at: None,
         revoked_at: None,
@@ -82,6 +85,12 @@ pub(super) fn full_record(owner: &OwnerId) -> KeyRecord {
     r.last_used_ip = Some(ip("2001:db8:85a3::8a2e:370:7334"));
     r.reminded_at = Some(t0() - secs(60) + TimeDelta::microseconds(3));
     r.generation = (1 << 40) + 7;
+    r.external_id = Some(ExternalId::new("Ext 'ïd' \"%_\" 🚀").expect("valid external id"));
+    r.metadata = Metadata::parse(
+        r#"{"pipeline": "release", "n": 4211, "f": 1.5, "ok": true, "none": null,
+            "nested": {"list": [1, "two", {"three": []}]}, "ünï": "\"quotes\" \\ back"}"#,
+    )
+    .expect("valid metadata");
     r
 }
 

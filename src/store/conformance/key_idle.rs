@@ -16,6 +16,7 @@ use crate::store::{KeyStore, QuotaCheck};
 /// ([`KeyRecord::status_with_idle`], [`QuotaCheck::counts`]). A key
 /// exactly at the window is expired; a microsecond inside it is not. A
 /// recorded use brings a key back. Without `idle_expiry`, nothing changes.
+/// [`KeyStore::count`] agrees with the listing, idle window included.
 pub async fn list_and_quota_apply_idle_expiry<S: KeyStore>(store: S) {
     const C: &str = "list_and_quota_apply_idle_expiry";
     let idle = TimeDelta::days(10);
@@ -100,6 +101,15 @@ pub async fn list_and_quota_apply_idle_expiry<S: KeyStore>(store: S) {
             &listed(*status, Some(idle)).await,
             ids,
             "{C}: {status:?} at t0 with a 10-day idle expiry"
+        );
+        let counted = store
+            .count(&query(&o).status(*status).idle_expiry(Some(idle)))
+            .await
+            .unwrap_or_else(|e| panic!("{C}: count failed: {e}"));
+        assert_eq!(
+            counted,
+            ids.len() as u64,
+            "{C}: {status:?}: count agrees with list under the idle expiry"
         );
         let by_rule: Vec<&KeyRecord> = all
             .iter()

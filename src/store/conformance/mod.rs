@@ -73,7 +73,11 @@
 //! | [`quota_counts_suspended_keys`] | a suspended key still counts against the quota |
 //! | [`take_expiry_reminders_returns_due_keys`] | exactly the due keys, by expiry, up to `limit`, marked, generation kept |
 //! | [`take_expiry_reminders_once_under_concurrency`] | two callers taking in small batches get each of 50 keys once in total |
-//! | [`list_and_quota_apply_idle_expiry`] | with `idle_expiry`, a key unused that long is listed as expired and does not count against the quota |
+//! | [`external_id_and_metadata_roundtrip`] | written by `insert`, replaced and removed by `update`; metadata at its size bound fits |
+//! | [`list_filters_name_prefix`] | exact, case-sensitive prefix; `%`, `_`, `\` plain; paging and `count` agree |
+//! | [`list_filters_external_id`] | exact match, combines with the other filters; paging and `count` agree |
+//! | [`count_matches_the_filters`] | the owner's keys passing the filters, status at `query.now`, `after` and `limit` ignored |
+//! | [`list_and_quota_apply_idle_expiry`] | with `idle_expiry`, a key unused that long is listed and counted as expired and does not count against the quota |
 //!
 //! # Trust stores
 //!
@@ -167,6 +171,7 @@ use crate::{store::AuditSink, store::SessionStore, store::StoreError};
 mod audit;
 mod fixtures;
 mod key_idle;
+mod key_labels;
 mod key_lists;
 mod key_quota;
 mod key_reminders;
@@ -180,6 +185,7 @@ mod trusted;
 
 pub use audit::audit_sink_conformance;
 pub use key_idle::*;
+pub use key_labels::*;
 pub use key_lists::*;
 pub use key_quota::*;
 pub use key_reminders::*;
@@ -226,6 +232,10 @@ macro_rules! __keyward_key_checks {
             quota_counts_suspended_keys,
             take_expiry_reminders_returns_due_keys,
             take_expiry_reminders_once_under_concurrency,
+            external_id_and_metadata_roundtrip,
+            list_filters_name_prefix,
+            list_filters_external_id,
+            count_matches_the_filters,
             list_and_quota_apply_idle_expiry
         }
     };

@@ -158,6 +158,12 @@ impl crate::KeyStore for IgnoresQuota {
     ) -> Result<Vec<crate::key::KeyRecord>, crate::store::StoreError> {
         self.0.list(query).await
     }
+    async fn count(
+        &self,
+        query: &crate::store::ListQuery,
+    ) -> Result<u64, crate::store::StoreError> {
+        self.0.count(query).await
+    }
     async fn update(
         &self,
         record: &crate::key::KeyRecord,
