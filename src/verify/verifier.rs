@@ -28,7 +28,7 @@ pub const MAX_PAIR_SECRET_LEN: usize = 256;
 /// [`KeyManager::verifier`](crate::KeyManager::verifier).
 ///
 /// **Cache.** After a key's secret was proven once, the verifier keeps the
-/// compiled policy and an HMAC-SHA256 fingerprint of the secret (under a
+/// compiled policy and a keyed SHA-256 fingerprint of the secret (under a
 /// per-process random key; never the secret) for
 /// [`VerifierConfig::cache_ttl`](crate::verify::VerifierConfig::cache_ttl).
 /// A hit compares fingerprints in constant time and checks expiry and policy:
