@@ -80,10 +80,11 @@ impl<S: KeyStore> Shared<S> {
         // a source sending random ids is throttled like one sending wrong
         // secrets, and its flood stops reaching the store.
         let unknown = || ColdDenial(DenialReason::UnknownKey, None, None);
-        let key_id = KeyId::new(id).map_err(|_| unknown())?;
+        // Remembered as unknown: refused before a `KeyId` is even made.
         if shared.unknown.contains(id, now) {
             return Err(unknown());
         }
+        let key_id = KeyId::new(id).map_err(|_| unknown())?;
         // A check that will need argon2 but could not get into the queue
         // is refused before it costs a store read.
         if proof.is_none() {

@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -36,6 +37,11 @@ pub struct CompiledKey {
     kind: KeyKind,
     generation: u64,
     pub(super) usage: Option<Arc<UsageCell>>,
+    /// Until when (microseconds) a use of this key changes nothing in its
+    /// usage cell ([`UsageCell::quiet_until`]): read with the key's other
+    /// fields, so most hits never load the cell. Written only when it
+    /// changes (at most about once a second per key).
+    pub(super) usage_quiet_until: AtomicI64,
 }
 
 impl CompiledKey {
@@ -60,6 +66,7 @@ impl CompiledKey {
             kind: record.kind,
             generation: record.generation,
             usage: None,
+            usage_quiet_until: AtomicI64::new(i64::MIN),
         })
     }
 
@@ -108,6 +115,7 @@ impl CompiledKey {
             kind: KeyKind::Scoped,
             generation: 0,
             usage: None,
+            usage_quiet_until: AtomicI64::new(i64::MIN),
         })
     }
 
