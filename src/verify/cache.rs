@@ -72,12 +72,13 @@ impl Stored {
         }
     }
 
-    /// The environment of the key (or session): a hit for another
+    /// Whether the key (or session) is of `environment`: a hit for another
     /// environment is a miss, so the store decides, exactly as when cold.
-    fn environment(&self) -> &Environment {
+    #[inline]
+    fn is_for(&self, environment: &Environment) -> bool {
         match self {
-            Self::Live(key) => key.environment(),
-            Self::Other(other) => &other.1,
+            Self::Live(key) => key.is_environment(environment),
+            Self::Other(other) => other.1 == *environment,
         }
     }
 
@@ -233,7 +234,7 @@ impl KeyCache {
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         let entry = shard.get(id.as_bytes())?;
-        if !self.is_fresh(entry, now) || entry.state.environment() != environment {
+        if !self.is_fresh(entry, now) || !entry.state.is_for(environment) {
             return None;
         }
         if bool::from(entry.fingerprint.ct_eq(&fingerprint())) {
@@ -266,8 +267,7 @@ impl KeyCache {
         let Some(entry) = shard.get(id.as_bytes()) else {
             return Lookup::Miss;
         };
-        if entry.state.environment() != environment
-            || !bool::from(entry.fingerprint.ct_eq(&fingerprint()))
+        if !entry.state.is_for(environment) || !bool::from(entry.fingerprint.ct_eq(&fingerprint()))
         {
             return Lookup::Miss;
         }
