@@ -220,20 +220,22 @@ impl<S: KeyStore> Verifier<S> {
         };
         let key = match proof {
             Ok(key) => key,
-            Err(proof) => match shared
-                .cold(id, environment, secret, now, client_ip, proof)
-                .await
-            {
-                Ok(key) => {
-                    // The cold check may have waited (store, argon2 slot):
-                    // judge expiry at the time it ends.
-                    now = shared.clock.now();
-                    key
+            // Boxed: the cold path's state (store read, argon2 queue) is
+            // kilobytes, and inline it would make every check's future,
+            // cached hits included, that large to build and move.
+            Err(proof) => {
+                match Box::pin(shared.cold(id, environment, secret, now, client_ip, proof)).await {
+                    Ok(key) => {
+                        // The cold check may have waited (store, argon2 slot):
+                        // judge expiry at the time it ends.
+                        now = shared.clock.now();
+                        key
+                    }
+                    Err(ColdDenial(reason, retry, owner)) => {
+                        return Err(self.deny_owned(Some(id), owner, reason, retry, client_ip));
+                    }
                 }
-                Err(ColdDenial(reason, retry, owner)) => {
-                    return Err(self.deny_owned(Some(id), owner, reason, retry, client_ip));
-                }
-            },
+            }
         };
         match check(&key, now) {
             Ok(()) => {
