@@ -275,7 +275,7 @@ impl CompiledScope {
     /// The names and patterns as granted, in order (none for all resources).
     ///
     /// ```
-    /// use keyward::{ResourceRule, ResourceScope};
+    /// use keyward::policy::{ResourceRule, ResourceScope};
     /// let scope = ResourceScope::only(["AzureRM.DataFactory*", "AzureRM.Profile"]);
     /// let compiled = ResourceRule::default().compile(&scope).unwrap();
     /// assert!(compiled.patterns().eq(["AzureRM.DataFactory*", "AzureRM.Profile"]));
