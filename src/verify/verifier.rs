@@ -224,7 +224,17 @@ impl<S: KeyStore> Verifier<S> {
             // kilobytes, and inline it would make every check's future,
             // cached hits included, that large to build and move.
             Err(proof) => {
-                match Box::pin(shared.cold(id, environment, secret, now, client_ip, proof)).await {
+                // Throttles and the unknown-id memory first, without an
+                // allocation: a flood of them never builds the box.
+                let admitted = match shared.admit(id, environment, now, client_ip, proof.is_some())
+                {
+                    Ok(admitted) => admitted,
+                    Err(ColdDenial(reason, retry, owner)) => {
+                        return Err(self.deny_owned(Some(id), owner, reason, retry, client_ip));
+                    }
+                };
+                let cold = shared.cold(id, environment, secret, now, client_ip, proof, admitted);
+                match Box::pin(cold).await {
                     Ok(key) => {
                         // The cold check may have waited (store, argon2 slot):
                         // judge expiry at the time it ends.
