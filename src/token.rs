@@ -348,7 +348,63 @@ impl TokenFormat {
 
     /// Parses a token: length bound first, then characters, prefix,
     /// environment, body length and checksum. Reads nothing from any store.
+    ///
+    /// A well-formed token is read in one pass (prefix, environment,
+    /// body characters, then the CRC); anything else is parsed again step
+    /// by step, so the error names the first thing that was wrong.
+    #[inline]
     pub fn parse<'a>(&self, token: &'a str) -> Result<ParsedToken<'a>, TokenError> {
+        match self.parse_well_formed(token) {
+            Some(parsed) => parsed,
+            None => self.parse_stepwise(token),
+        }
+    }
+
+    /// The one-pass parse of a token whose shape is right: `None` when
+    /// anything but the checksum is wrong (the caller then finds which).
+    /// Only `BadChecksum` is returned from here: every check the step-wise
+    /// parse makes before the checksum passed.
+    #[inline]
+    fn parse_well_formed<'a>(&self, token: &'a str) -> Option<Result<ParsedToken<'a>, TokenError>> {
+        let bytes = token.as_bytes();
+        let prefix = self.prefix.as_bytes();
+        if bytes.len() > self.max_len
+            || !bytes.starts_with(prefix)
+            || bytes.get(prefix.len()) != Some(&b'_')
+        {
+            return None;
+        }
+        let env_start = prefix.len() + 1;
+        let body_start = bytes.len().checked_sub(BODY_LEN)?;
+        let env_end = body_start.checked_sub(1)?;
+        if env_end <= env_start || bytes[env_end] != b'_' {
+            return None;
+        }
+        let env = token.get(env_start..env_end)?;
+        // A configured tag holds only lowercase letters and digits.
+        self.environment(env)?;
+        let body = &bytes[body_start..];
+        // No early exit: a fixed 61 lookups the compiler can unroll.
+        if !body
+            .iter()
+            .fold(true, |ok, b| ok & BODY_BYTES[usize::from(*b)])
+        {
+            return None;
+        }
+        let (signed, sum) = bytes.split_at(bytes.len() - CHECKSUM_LEN);
+        if encode_checksum(crc32fast::hash(signed)) != sum {
+            return Some(Err(TokenError::BadChecksum));
+        }
+        let secret_start = body_start + KEY_ID_LEN;
+        Some(Ok(ParsedToken {
+            environment: env,
+            key_id: token.get(body_start..secret_start)?,
+            secret: token.get(secret_start..secret_start + SECRET_LEN)?,
+        }))
+    }
+
+    /// The step-by-step parse, for the precise error.
+    fn parse_stepwise<'a>(&self, token: &'a str) -> Result<ParsedToken<'a>, TokenError> {
         let bytes = token.as_bytes();
         if bytes.is_empty() {
             return Err(TokenError::Empty);
@@ -407,6 +463,17 @@ static TOKEN_BYTES: [bool; 256] = {
     table
 };
 
+/// Which bytes a token's body (key id, secret, checksum) may hold: `[A-Za-z0-9]`.
+static BODY_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = (b as u8).is_ascii_alphanumeric();
+        b += 1;
+    }
+    table
+};
+
 /// Encodes a CRC32 as 6 base62 digits, most significant first (62^6 > 2^32).
 fn encode_checksum(mut n: u32) -> [u8; CHECKSUM_LEN] {
     let mut out = [b'0'; CHECKSUM_LEN];
@@ -420,6 +487,58 @@ fn encode_checksum(mut n: u32) -> [u8; CHECKSUM_LEN] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The one-pass parse and the step-wise one agree on every token built
+    /// from pieces that are right or wrong in one way.
+    #[test]
+    fn the_one_pass_parse_agrees_with_the_stepwise_one() {
+        let format = TokenFormat::new("mkh", &["live", "test", "t"]).unwrap();
+        let live = Environment::new("live").unwrap();
+        let good = format
+            .generate(&live, &KeyId::new("Q2x8bV0aP1rT").unwrap())
+            .expose_secret()
+            .to_owned();
+        let body = &good["mkh_live_".len()..];
+        let mut inputs: Vec<String> = vec![
+            good.clone(),
+            String::new(),
+            "mkh".into(),
+            "mkh_".into(),
+            "mkh_live_".into(),
+            format!("mkh__{body}"),
+            format!("mkh_t_{body}"),
+            format!("mkh_tes_{body}"),
+            format!("mkh_Live_{body}"),
+            format!("mk_live_{body}"),
+            format!("mkhx_live_{body}"),
+            format!("mkh_live{body}"),
+            format!("mkh_live_{}", &body[1..]),
+            format!("mkh_live_{body}0"),
+            format!("mkh_live__{}", &body[1..]),
+            format!("mkh_live_live_{body}"),
+            format!("mkh_test_{body}"),
+            format!("{good}{good}"),
+        ];
+        for i in 0..good.len() {
+            for c in ['_', 'a', '0', '-', 'Z'] {
+                let mut t = good.clone().into_bytes();
+                t[i] = c as u8;
+                inputs.push(String::from_utf8(t).unwrap());
+            }
+            let mut t = good.clone();
+            t.replace_range(i..i + 1, "é");
+            inputs.push(t);
+        }
+        for t in &inputs {
+            let one = format
+                .parse(t)
+                .map(|p| format!("{p:?}/{}", p.expose_secret()));
+            let step = format
+                .parse_stepwise(t)
+                .map(|p| format!("{p:?}/{}", p.expose_secret()));
+            assert_eq!(one, step, "{t:?}");
+        }
+    }
 
     #[test]
     fn checksum_encoding_is_fixed_width_and_distinct() {

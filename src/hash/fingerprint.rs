@@ -1,43 +1,71 @@
-//! The cache fingerprint: a keyed HMAC-SHA256 of a secret (crate-internal).
+//! The cache fingerprint: a keyed SHA-256 of a secret (crate-internal).
+//!
+//! The fingerprint is SHA-256 over one 64-byte block of per-process random
+//! key, then the secret. The state after the key block is computed once,
+//! so a fingerprint of a token's 43-character secret costs one compression
+//! (HMAC-SHA256, used before 2026-12-02, costs two: inner and outer).
+//!
+//! Why a keyed prefix is enough here, though it is not a general MAC: a
+//! fingerprint never leaves the process (it is not sent, logged or
+//! stored), so nobody can extend one (the length-extension weakness of
+//! `SHA-256(key ‖ message)` needs a tag to start from). What the cache
+//! needs is that a different secret has a different fingerprint (SHA-256
+//! collision resistance) and that a copy of the process memory does not
+//! allow checking guesses of low-entropy imported secrets offline without
+//! the 512-bit key, which sits next to it but is never in a fingerprint.
 
 use std::fmt;
 
-use hmac::{Hmac, Mac};
 use rand::rngs::OsRng;
 use rand::{RngCore, TryRngCore};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 /// Length of a cache fingerprint in bytes.
 pub(crate) const FINGERPRINT_LEN: usize = 32;
 
-/// A keyed fingerprint of a secret: HMAC-SHA256 under a random key made when
-/// the process starts (or given). The verifier's cache keeps this, never the
-/// secret, and compares it in constant time.
+/// Length of the key block, one SHA-256 block.
+const KEY_BLOCK: usize = 64;
+
+/// A keyed fingerprint of a secret: SHA-256 of a random key block made when
+/// the process starts (or derived from a given key) followed by the secret.
+/// The verifier's cache keeps this, never the secret, and compares it in
+/// constant time.
 pub(crate) struct Fingerprinter {
-    mac: Hmac<Sha256>,
+    /// SHA-256 after absorbing the key block (one compression done, empty
+    /// buffer): cloned for each fingerprint.
+    keyed: Sha256,
 }
 
 impl Fingerprinter {
-    /// A fingerprinter with a fresh random 256-bit key from the OS generator.
+    /// A fingerprinter with a fresh random 512-bit key block from the OS generator.
     pub fn random() -> Self {
-        let mut key = Zeroizing::new([0u8; 32]);
-        OsRng.unwrap_err().fill_bytes(&mut *key);
-        Self::with_key(&*key)
+        let mut block = Zeroizing::new([0u8; KEY_BLOCK]);
+        OsRng.unwrap_err().fill_bytes(&mut *block);
+        Self::with_block(&block)
     }
 
-    /// A fingerprinter with a given key (for benchmarks and tests).
+    /// A fingerprinter with a given key (for tests): the key block is
+    /// SHA-256 of the key, zero-padded to a block.
+    #[cfg(test)]
     pub fn with_key(key: &[u8]) -> Self {
-        // HMAC accepts keys of any length, so this cannot fail.
-        let mac = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
-        Self { mac }
+        let mut block = Zeroizing::new([0u8; KEY_BLOCK]);
+        block[..32].copy_from_slice(&Sha256::digest(key));
+        Self::with_block(&block)
+    }
+
+    fn with_block(block: &[u8; KEY_BLOCK]) -> Self {
+        let mut keyed = Sha256::new();
+        keyed.update(block);
+        Self { keyed }
     }
 
     /// The fingerprint of `secret`.
+    #[inline]
     pub fn fingerprint(&self, secret: &[u8]) -> [u8; FINGERPRINT_LEN] {
-        let mut mac = self.mac.clone();
-        mac.update(secret);
-        mac.finalize().into_bytes().into()
+        let mut hash = self.keyed.clone();
+        hash.update(secret);
+        hash.finalize().into()
     }
 }
 
@@ -59,5 +87,22 @@ mod fingerprint_tests {
         let b = Fingerprinter::with_key(b"two").fingerprint(b"secret");
         assert_ne!(a, b);
         assert_eq!(a, Fingerprinter::with_key(b"one").fingerprint(b"secret"));
+        assert_ne!(a, Fingerprinter::with_key(b"one").fingerprint(b"secreT"));
+        assert_ne!(a, Fingerprinter::with_key(b"one").fingerprint(b"secret2"));
+    }
+
+    #[test]
+    fn the_fingerprint_is_sha256_of_the_key_block_then_the_secret() {
+        let mut block = [0u8; KEY_BLOCK];
+        block[..32].copy_from_slice(&Sha256::digest(b"k"));
+        let mut whole = block.to_vec();
+        whole.extend_from_slice(b"a 43-character secret would go right here..");
+        let expected: [u8; 32] = Sha256::digest(&whole).into();
+        let got = Fingerprinter::with_key(b"k")
+            .fingerprint(b"a 43-character secret would go right here..");
+        assert_eq!(got, expected);
+        // Not the plain SHA-256 of the secret: the key matters.
+        let plain: [u8; 32] = Sha256::digest(b"a 43-character secret would go right here..").into();
+        assert_ne!(got, plain);
     }
 }

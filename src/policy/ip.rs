@@ -89,13 +89,15 @@ impl IpAllowlist {
         // see the IPv4 form, IPv6 ranges (`::ffff:0:0/96`, `::/0`) the
         // mapped one.
         let canonical = ip.to_canonical();
-        let mapped = match canonical {
-            IpAddr::V4(v4) => IpAddr::V6(v4.to_ipv6_mapped()),
-            v6 => v6,
+        let (v4, mapped) = match canonical {
+            IpAddr::V4(v4) => (Some(v4), v4.to_ipv6_mapped()),
+            IpAddr::V6(v6) => (None, v6),
         };
-        self.nets
-            .iter()
-            .any(|n| n.contains(&canonical) || n.contains(&mapped))
+        // One containment test per range, of the form the range can hold.
+        self.nets.iter().any(|n| match n {
+            IpNet::V4(n) => v4.is_some_and(|a| n.contains(&a)),
+            IpNet::V6(n) => n.contains(&mapped),
+        })
     }
 
     /// Whether every address `self` allows is allowed by `other` too.

@@ -72,15 +72,28 @@ impl<'a> ResourceRef<'a> {
 pub struct ResourceRule {
     max_len: usize,
     extra_chars: Vec<char>,
+    /// The allowed ASCII characters (letters, digits and the ASCII extra
+    /// characters), bit *c* for character *c*: one test per byte in
+    /// [`ResourceRule::check_name`] instead of a scan of `extra_chars`.
+    ascii_allowed: u128,
     case_insensitive: bool,
     max_entries: usize,
 }
 
+/// The bit mask of ASCII letters and digits plus the ASCII characters of `extra`.
+fn ascii_mask(extra: &[char]) -> u128 {
+    (0u8..128)
+        .filter(|b| b.is_ascii_alphanumeric() || extra.contains(&char::from(*b)))
+        .fold(0, |mask, b| mask | (1u128 << b))
+}
+
 impl Default for ResourceRule {
     fn default() -> Self {
+        let extra_chars = vec!['.', '-', '_'];
         Self {
             max_len: 128,
-            extra_chars: vec!['.', '-', '_'],
+            ascii_allowed: ascii_mask(&extra_chars),
+            extra_chars,
             case_insensitive: true,
             max_entries: 100,
         }
@@ -95,6 +108,7 @@ impl ResourceRule {
             return Err(PolicyError::GlobCharInRule { ch });
         }
         self.extra_chars = chars.chars().collect();
+        self.ascii_allowed = ascii_mask(&self.extra_chars);
         Ok(self)
     }
 
@@ -117,7 +131,10 @@ impl ResourceRule {
     }
 
     fn allowed(&self, c: char) -> bool {
-        c.is_ascii_alphanumeric() || self.extra_chars.contains(&c)
+        match u8::try_from(c) {
+            Ok(b) if b < 128 => self.ascii_allowed & (1u128 << b) != 0,
+            _ => self.extra_chars.contains(&c),
+        }
     }
 
     /// Checks every entry and compiles the selection into one matcher.
@@ -179,6 +196,14 @@ impl ResourceRule {
     pub fn check_name(&self, name: &str) -> Result<(), PolicyError> {
         if name.is_empty() {
             return Err(PolicyError::EmptyPattern { index: 0 });
+        }
+        // The usual name: ASCII, allowed, short enough (one bit test per byte).
+        if name.len() <= self.max_len
+            && name
+                .bytes()
+                .all(|b| b < 128 && self.ascii_allowed & (1u128 << b) != 0)
+        {
+            return Ok(());
         }
         if name.len() > self.max_len {
             let len = name.chars().count();

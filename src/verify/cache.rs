@@ -1,7 +1,8 @@
 //! The verifier's cache: proven keys by id, with a keyed fingerprint of the secret.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -71,12 +72,13 @@ impl Stored {
         }
     }
 
-    /// The environment of the key (or session): a hit for another
+    /// Whether the key (or session) is of `environment`: a hit for another
     /// environment is a miss, so the store decides, exactly as when cold.
-    fn environment(&self) -> &Environment {
+    #[inline]
+    fn is_for(&self, environment: &Environment) -> bool {
         match self {
-            Self::Live(key) => key.environment(),
-            Self::Other(other) => &other.1,
+            Self::Live(key) => key.is_environment(environment),
+            Self::Other(other) => other.1 == *environment,
         }
     }
 
@@ -112,7 +114,78 @@ struct Entry {
     stale: bool,
 }
 
-type Shard = RwLock<HashMap<KeyId, Entry, RandomState>>;
+/// Longest id kept inline in a map slot (generated ids are 12 bytes).
+const INLINE_ID: usize = 22;
+
+/// A key id as the map's key: the bytes inline in the slot for ids of up to
+/// [`INLINE_ID`] bytes (every generated id), so a lookup by `&str` compares
+/// bytes in the slot it already loaded, with no pointer to a heap string to
+/// follow and no `KeyId` to allocate; longer (imported) ids are boxed.
+/// 24 bytes, as a `KeyId` is with its heap string.
+#[derive(Clone)]
+enum SlotId {
+    Inline { len: u8, bytes: [u8; INLINE_ID] },
+    Boxed(Box<[u8]>),
+}
+
+impl SlotId {
+    fn new(id: &str) -> Self {
+        let b = id.as_bytes();
+        if b.len() <= INLINE_ID {
+            let mut bytes = [0u8; INLINE_ID];
+            bytes[..b.len()].copy_from_slice(b);
+            // `b.len() <= 22`, so the cast is exact.
+            Self::Inline {
+                len: b.len() as u8,
+                bytes,
+            }
+        } else {
+            Self::Boxed(b.into())
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::Inline { len, bytes } => bytes.get(..usize::from(*len)).unwrap_or(&[]),
+            Self::Boxed(b) => b,
+        }
+    }
+}
+
+// Hash and equality are those of the bytes, so the map can be asked with
+// a borrowed `&[u8]` (the `Borrow` contract).
+impl Hash for SlotId {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
+}
+
+impl PartialEq for SlotId {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for SlotId {}
+
+impl Borrow<[u8]> for SlotId {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+/// One shard, alone on its cache lines: a read lock writes the lock word,
+/// and two threads on neighbouring shards would otherwise share the line
+/// that holds both shards' locks and table headers (false sharing).
+#[repr(align(128))]
+struct Shard(RwLock<HashMap<SlotId, Entry, RandomState>>);
+
+impl std::ops::Deref for Shard {
+    type Target = RwLock<HashMap<SlotId, Entry, RandomState>>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
 
 /// A bounded, sharded map from key id to proven state.
 ///
@@ -132,7 +205,7 @@ impl KeyCache {
     pub(crate) fn new(capacity: usize, ttl: TimeDelta) -> Self {
         Self {
             shards: (0..SHARDS)
-                .map(|_| RwLock::new(HashMap::default()))
+                .map(|_| Shard(RwLock::new(HashMap::default())))
                 .collect(),
             per_shard: capacity.div_ceil(SHARDS).max(1),
             ttl,
@@ -160,8 +233,8 @@ impl KeyCache {
             .shard(id)
             .read()
             .unwrap_or_else(PoisonError::into_inner);
-        let entry = shard.get(id)?;
-        if !self.is_fresh(entry, now) || entry.state.environment() != environment {
+        let entry = shard.get(id.as_bytes())?;
+        if !self.is_fresh(entry, now) || !entry.state.is_for(environment) {
             return None;
         }
         if bool::from(entry.fingerprint.ct_eq(&fingerprint())) {
@@ -191,11 +264,10 @@ impl KeyCache {
             .shard(id)
             .read()
             .unwrap_or_else(PoisonError::into_inner);
-        let Some(entry) = shard.get(id) else {
+        let Some(entry) = shard.get(id.as_bytes()) else {
             return Lookup::Miss;
         };
-        if entry.state.environment() != environment
-            || !bool::from(entry.fingerprint.ct_eq(&fingerprint()))
+        if !entry.state.is_for(environment) || !bool::from(entry.fingerprint.ct_eq(&fingerprint()))
         {
             return Lookup::Miss;
         }
@@ -219,10 +291,10 @@ impl KeyCache {
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         if shard
-            .get(id)
+            .get(id.as_bytes())
             .is_some_and(|e| bool::from(e.fingerprint.ct_eq(fingerprint)))
         {
-            shard.remove(id);
+            shard.remove(id.as_bytes());
         }
     }
 
@@ -268,7 +340,7 @@ impl KeyCache {
         if self.epoch.load(Ordering::Acquire) != seen_epoch {
             return;
         }
-        if shard.len() >= self.per_shard && !shard.contains_key(id) {
+        if shard.len() >= self.per_shard && !shard.contains_key(id.as_str().as_bytes()) {
             // Entries past their TTL go first (their proofs with them).
             shard.retain(|_, e| self.is_fresh(e, now));
             if shard.len() >= self.per_shard {
@@ -279,7 +351,7 @@ impl KeyCache {
             }
         }
         shard.insert(
-            id.clone(),
+            SlotId::new(id.as_str()),
             Entry {
                 fingerprint,
                 state: Stored::new(state, environment),
@@ -300,7 +372,7 @@ impl KeyCache {
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        if let Some(entry) = shard.get_mut(id) {
+        if let Some(entry) = shard.get_mut(id.as_bytes()) {
             entry.stale = true;
         }
     }
@@ -325,7 +397,7 @@ impl KeyCache {
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        shard.remove(id);
+        shard.remove(id.as_bytes());
     }
 
     /// Stops trusting every entry at once (proofs are kept, as by
@@ -442,5 +514,75 @@ impl UnknownIds {
                 .unwrap_or_else(PoisonError::into_inner)
                 .clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap()
+    }
+
+    #[test]
+    fn inline_and_boxed_ids_are_found_by_str_and_only_by_their_own() {
+        let cache = KeyCache::new(100, TimeDelta::seconds(30));
+        let env = Environment::new("live").unwrap();
+        let short = "Q2x8bV0aP1rT";
+        let edge = "a".repeat(INLINE_ID);
+        let long = "b".repeat(INLINE_ID + 1);
+        for (i, id) in [short, edge.as_str(), long.as_str()]
+            .into_iter()
+            .enumerate()
+        {
+            let reason = if i == 0 {
+                DenialReason::Revoked
+            } else {
+                DenialReason::Suspended
+            };
+            cache.insert(
+                &KeyId::new(id).unwrap(),
+                &env,
+                [i as u8; FINGERPRINT_LEN],
+                Cached::Dead(reason, None),
+                t(0),
+                cache.epoch(),
+            );
+        }
+        assert_eq!(cache.len(), 3);
+        for (i, id) in [short, edge.as_str(), long.as_str()]
+            .into_iter()
+            .enumerate()
+        {
+            let hit = cache.lookup(id, &env, || [i as u8; FINGERPRINT_LEN], t(1));
+            assert!(matches!(hit, Some(Cached::Dead(..))), "{id}");
+            // Another secret's fingerprint is a miss.
+            let other = cache.lookup(id, &env, || [9; FINGERPRINT_LEN], t(1));
+            assert!(other.is_none(), "{id}");
+        }
+        // A prefix or an extension of a cached id is another id.
+        for id in [
+            &short[..11],
+            "Q2x8bV0aP1rTx",
+            &edge[..INLINE_ID - 1],
+            &long[1..],
+        ] {
+            assert!(
+                cache
+                    .lookup(id, &env, || [0; FINGERPRINT_LEN], t(1))
+                    .is_none()
+            );
+        }
+        cache.remove(&long);
+        cache.remove(short);
+        assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn each_shard_has_its_own_cache_lines() {
+        assert_eq!(std::mem::align_of::<Shard>(), 128);
+        assert!(std::mem::size_of::<Shard>() % 128 == 0);
+        assert_eq!(std::mem::size_of::<SlotId>(), 24);
     }
 }

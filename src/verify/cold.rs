@@ -20,6 +20,11 @@ use crate::key::KeyRecord;
 use crate::source::Source;
 use crate::store::KeyStore;
 
+/// A cold check let through by [`Shared::admit`], with the source's
+/// throttle token it took (given back when the secret proves right or the
+/// check could not be made).
+pub(super) struct Admitted(Option<Source>);
+
 /// Why a cold check failed, when to retry, and the key's owner where the
 /// key was found.
 pub(super) struct ColdDenial(
@@ -29,18 +34,20 @@ pub(super) struct ColdDenial(
 );
 
 impl<S: KeyStore> Shared<S> {
-    /// The cache missed: read the store, prove the secret with argon2
-    /// (unless `proof` shows it was proven against the hash the store still
-    /// holds), cache.
-    pub(super) async fn cold(
+    /// The first, synchronous steps of a cold check: the source's and the
+    /// id's throttles (unless the secret was proven before), then the
+    /// memory of unknown ids. Done before the cold path's future is built
+    /// (it is boxed), so a flood of throttled sources or remembered unknown
+    /// ids is answered without an allocation; the source's token taken
+    /// here goes to [`Shared::cold`].
+    pub(super) fn admit(
         &self,
         id: &str,
         env: &Environment,
-        secret: &str,
         now: DateTime<Utc>,
         client_ip: Option<IpAddr>,
-        proof: Option<Proof>,
-    ) -> Result<Arc<CompiledKey>, ColdDenial> {
+        proven: bool,
+    ) -> Result<Admitted, ColdDenial> {
         let shared = self;
         let source = client_ip.map(Source::of);
         // A throttled source or id is refused before the store is read: a
@@ -50,7 +57,7 @@ impl<S: KeyStore> Shared<S> {
         // concurrent checks cannot all slip past a peek; it is given back
         // when the secret proves right or the check could not be made.
         let mut source_token = None;
-        if proof.is_none() {
+        if !proven {
             if let Some(s) = source {
                 if let Err(wait) = shared.sources.try_acquire(&s, &(), now) {
                     return Err(ColdDenial(
@@ -71,19 +78,40 @@ impl<S: KeyStore> Shared<S> {
                 ));
             }
         }
+        // An unknown id keeps its source's token, as a wrong secret does:
+        // a source sending random ids is throttled like one sending wrong
+        // secrets, and its flood stops reaching the store. Remembered as
+        // unknown: refused before a `KeyId` is even made.
+        if shared.unknown.contains(id, now) {
+            return Err(ColdDenial(DenialReason::UnknownKey, None, None));
+        }
+        Ok(Admitted(source_token))
+    }
+
+    /// The cache missed and [`Shared::admit`] let the check through: read
+    /// the store, prove the secret with argon2 (unless `proof` shows it was
+    /// proven against the hash the store still holds), cache.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn cold(
+        &self,
+        id: &str,
+        env: &Environment,
+        secret: &str,
+        now: DateTime<Utc>,
+        client_ip: Option<IpAddr>,
+        proof: Option<Proof>,
+        admitted: Admitted,
+    ) -> Result<Arc<CompiledKey>, ColdDenial> {
+        let shared = self;
+        let source = client_ip.map(Source::of);
+        let source_token = admitted.0;
         let refund_source = || {
             if let Some(s) = source_token {
                 shared.sources.refund(&s, now);
             }
         };
-        // An unknown id keeps its source's token, as a wrong secret does:
-        // a source sending random ids is throttled like one sending wrong
-        // secrets, and its flood stops reaching the store.
         let unknown = || ColdDenial(DenialReason::UnknownKey, None, None);
         let key_id = KeyId::new(id).map_err(|_| unknown())?;
-        if shared.unknown.contains(id, now) {
-            return Err(unknown());
-        }
         // A check that will need argon2 but could not get into the queue
         // is refused before it costs a store read.
         if proof.is_none() {

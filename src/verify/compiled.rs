@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -20,11 +21,42 @@ use crate::policy::{
     CompiledScope, IpAllowlist, PermissionSet, Policy, ResourceRule, ResourceScope,
 };
 
+/// A string of at most 16 bytes packed into a `u128` (zero-padded), or 0
+/// when longer. For a string without NUL bytes (a validated owner or
+/// environment) the length is where the padding starts, so
+/// [`same_as_tag`] compares an untrusted string with it exactly: a check
+/// compares one inline word instead of following a pointer to a heap
+/// string that is likely cold in the CPU caches (issue 14).
+#[inline]
+pub(super) fn tag16(s: &str) -> u128 {
+    let b = s.as_bytes();
+    if b.len() > 16 {
+        return 0;
+    }
+    let mut bytes = [0u8; 16];
+    bytes[..b.len()].copy_from_slice(b);
+    u128::from_le_bytes(bytes)
+}
+
+/// Whether `s` is the string packed in `tag` (non-zero, from a string
+/// without NUL bytes): same packed bytes and same length, so an input with
+/// trailing NUL bytes is not taken for the shorter string.
+#[inline]
+fn same_as_tag(s: &str, tag: u128) -> bool {
+    let len = 16 - (tag.leading_zeros() / 8) as usize;
+    s.len() == len && tag16(s) == tag
+}
+
 /// A key with its policy decoded and compiled, as the verifier caches it.
 #[derive(Debug)]
 pub struct CompiledKey {
     pub(super) id: KeyId,
     pub(super) owner: OwnerId,
+    /// [`tag16`] of the owner and of the environment, read on every check
+    /// with the key's other fields (0: longer than 16 bytes, compare the
+    /// strings).
+    owner_tag: u128,
+    environment_tag: u128,
     environment: Environment,
     name: Box<str>,
     permissions: PermissionSet,
@@ -38,6 +70,11 @@ pub struct CompiledKey {
     kind: KeyKind,
     generation: u64,
     pub(super) usage: Option<Arc<UsageCell>>,
+    /// Until when (microseconds) a use of this key changes nothing in its
+    /// usage cell ([`UsageCell::quiet_until`]): read with the key's other
+    /// fields, so most hits never load the cell. Written only when it
+    /// changes (at most about once a second per key).
+    pub(super) usage_quiet_until: AtomicI64,
     /// The external id and metadata, when the key has either: one pointer
     /// in the cached entry, nothing allocated for keys without them.
     labels: Option<Arc<Labels>>,
@@ -74,6 +111,8 @@ impl CompiledKey {
         Ok(Self {
             id: record.id.clone(),
             owner: record.owner.clone(),
+            owner_tag: tag16(record.owner.as_str()),
+            environment_tag: tag16(record.environment.as_str()),
             environment: record.environment.clone(),
             name: record.name.as_str().into(),
             permissions: policy.permissions().resolve_stored(&record.permissions),
@@ -85,6 +124,7 @@ impl CompiledKey {
             generation: record.generation,
             usage: None,
             labels: Labels::of(record),
+            usage_quiet_until: AtomicI64::new(i64::MIN),
         })
     }
 
@@ -121,6 +161,8 @@ impl CompiledKey {
         expires_at: Option<DateTime<Utc>>,
     ) -> Result<Self, PolicyError> {
         Ok(Self {
+            owner_tag: tag16(owner.as_str()),
+            environment_tag: tag16(environment.as_str()),
             id,
             owner,
             environment,
@@ -134,6 +176,7 @@ impl CompiledKey {
             generation: 0,
             usage: None,
             labels: None,
+            usage_quiet_until: AtomicI64::new(i64::MIN),
         })
     }
 
@@ -174,7 +217,7 @@ impl CompiledKey {
             return Err(DenialReason::PermissionMissing);
         }
         if let Some(res) = req.resource {
-            if res.owner != self.owner.as_str() {
+            if !self.is_owner(res.owner) {
                 return Err(DenialReason::OtherOwner);
             }
             if !self.scope.is_all()
@@ -184,6 +227,27 @@ impl CompiledKey {
             }
         }
         Ok(())
+    }
+
+    /// Whether the key belongs to `owner` (the packed copy when it fits).
+    #[inline]
+    fn is_owner(&self, owner: &str) -> bool {
+        if self.owner_tag != 0 {
+            same_as_tag(owner, self.owner_tag)
+        } else {
+            owner == self.owner.as_str()
+        }
+    }
+
+    /// Whether the key is of `environment` (the packed copy when it fits,
+    /// which every environment does: at most 16 characters).
+    #[inline]
+    pub(super) fn is_environment(&self, environment: &Environment) -> bool {
+        if self.environment_tag != 0 {
+            same_as_tag(environment.as_str(), self.environment_tag)
+        } else {
+            self.environment == *environment
+        }
     }
 
     /// The key id.
@@ -296,5 +360,34 @@ mod tests {
             std::mem::size_of::<Metadata>(),
             std::mem::size_of::<usize>()
         );
+    }
+
+    #[test]
+    fn packed_strings_compare_exactly() {
+        for key in ["a", "live", "publisher-000042", "publisher-0000420"] {
+            let tag = tag16(key);
+            let same = |s: &str| {
+                if tag != 0 {
+                    same_as_tag(s, tag)
+                } else {
+                    s == key
+                }
+            };
+            assert!(same(key), "{key}");
+            for other in [
+                String::new(),
+                format!("{key}\0"),
+                format!("{key}\0\0"),
+                format!("\0{key}"),
+                format!("{key}x"),
+                key[..key.len() - 1].to_owned(),
+                key.to_uppercase(),
+                "publisher-000043".to_owned(),
+                "x".repeat(17),
+            ] {
+                assert!(!same(&other) || other == key, "{key:?} vs {other:?}");
+            }
+        }
+        assert_eq!(tag16(&"x".repeat(17)), 0, "too long: not packed");
     }
 }

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -28,7 +29,7 @@ pub const MAX_PAIR_SECRET_LEN: usize = 256;
 /// [`KeyManager::verifier`](crate::KeyManager::verifier).
 ///
 /// **Cache.** After a key's secret was proven once, the verifier keeps the
-/// compiled policy and an HMAC-SHA256 fingerprint of the secret (under a
+/// compiled policy and a keyed SHA-256 fingerprint of the secret (under a
 /// per-process random key; never the secret) for
 /// [`VerifierConfig::cache_ttl`](crate::verify::VerifierConfig::cache_ttl).
 /// A hit compares fingerprints in constant time and checks expiry and policy:
@@ -219,20 +220,32 @@ impl<S: KeyStore> Verifier<S> {
         };
         let key = match proof {
             Ok(key) => key,
-            Err(proof) => match shared
-                .cold(id, environment, secret, now, client_ip, proof)
-                .await
-            {
-                Ok(key) => {
-                    // The cold check may have waited (store, argon2 slot):
-                    // judge expiry at the time it ends.
-                    now = shared.clock.now();
-                    key
+            // Boxed: the cold path's state (store read, argon2 queue) is
+            // kilobytes, and inline it would make every check's future,
+            // cached hits included, that large to build and move.
+            Err(proof) => {
+                // Throttles and the unknown-id memory first, without an
+                // allocation: a flood of them never builds the box.
+                let admitted = match shared.admit(id, environment, now, client_ip, proof.is_some())
+                {
+                    Ok(admitted) => admitted,
+                    Err(ColdDenial(reason, retry, owner)) => {
+                        return Err(self.deny_owned(Some(id), owner, reason, retry, client_ip));
+                    }
+                };
+                let cold = shared.cold(id, environment, secret, now, client_ip, proof, admitted);
+                match Box::pin(cold).await {
+                    Ok(key) => {
+                        // The cold check may have waited (store, argon2 slot):
+                        // judge expiry at the time it ends.
+                        now = shared.clock.now();
+                        key
+                    }
+                    Err(ColdDenial(reason, retry, owner)) => {
+                        return Err(self.deny_owned(Some(id), owner, reason, retry, client_ip));
+                    }
                 }
-                Err(ColdDenial(reason, retry, owner)) => {
-                    return Err(self.deny_owned(Some(id), owner, reason, retry, client_ip));
-                }
-            },
+            }
         };
         match check(&key, now) {
             Ok(()) => {
@@ -247,37 +260,52 @@ impl<S: KeyStore> Verifier<S> {
 
     /// Notes a successful use; starts a store write (never awaited) when
     /// the key's usage interval has passed.
+    ///
+    /// Most hits end at the first test: within the second of the key's
+    /// last noted use and before its next write is due, a use changes
+    /// nothing, and the key's own copy of that bound is read with its other
+    /// fields (no load of the usage cell, no write to any shared line).
     #[inline]
     fn used(&self, key: &CompiledKey, client_ip: Option<IpAddr>, now: DateTime<Utc>) {
         crate::trace::verified(&key.id, key.owner.as_str());
+        let now_us = now.timestamp_micros();
+        if now_us < key.usage_quiet_until.load(Ordering::Relaxed) {
+            return;
+        }
         let Some(cell) = &key.usage else { return };
-        let Some(write) = cell.touch(now, client_ip, self.shared.usage.interval) else {
+        let interval = self.shared.usage.interval;
+        let due = cell.note(now, client_ip, interval);
+        let quiet = cell.quiet_until(interval);
+        if key.usage_quiet_until.load(Ordering::Relaxed) != quiet {
+            key.usage_quiet_until.store(quiet, Ordering::Relaxed);
+        }
+        if !due {
+            return;
+        }
+        // No runtime to write from: the use stays pending in the cell for
+        // the next flush (nothing taken, nothing to put back).
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                let shared = Arc::clone(&self.shared);
-                handle.spawn(async move {
-                    if let Err(e) = shared
-                        .store
-                        .record_usage(&write.id, write.at, write.ip)
-                        .await
-                    {
-                        crate::trace::usage_write_failed(&write.id, &e);
-                        shared.usage.restore(&write);
-                        return;
-                    }
-                    if shared.audit.enabled() {
-                        let event = shared.usage_event(&write);
-                        if let Err(e) = shared.audit.send(vec![event]).await {
-                            crate::trace::audit_failed(&e);
-                        }
-                    }
-                });
+        let Some(write) = cell.take() else { return };
+        let shared = Arc::clone(&self.shared);
+        handle.spawn(async move {
+            if let Err(e) = shared
+                .store
+                .record_usage(&write.id, write.at, write.ip)
+                .await
+            {
+                crate::trace::usage_write_failed(&write.id, &e);
+                shared.usage.restore(&write);
+                return;
             }
-            // No runtime to write from: keep it for the next flush.
-            Err(_) => self.shared.usage.restore(&write),
-        }
+            if shared.audit.enabled() {
+                let event = shared.usage_event(&write);
+                if let Err(e) = shared.audit.send(vec![event]).await {
+                    crate::trace::audit_failed(&e);
+                }
+            }
+        });
     }
 
     /// Builds a denial and counts it for the audit trail (aggregated), for
