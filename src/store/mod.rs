@@ -23,12 +23,18 @@ mod postgres;
 #[cfg(feature = "postgres")]
 mod postgres_audit;
 #[cfg(feature = "postgres")]
+mod postgres_feed;
+#[cfg(feature = "postgres")]
+mod postgres_schema;
+#[cfg(feature = "postgres")]
 mod postgres_sessions;
 #[cfg(feature = "postgres")]
 mod postgres_trusted;
 mod sessions;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql_sessions;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 #[cfg(feature = "sqlite")]
@@ -53,7 +59,10 @@ pub use faulty::{Fault, FaultyStore, Op};
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
-pub use postgres::{ChangeListener, FeedStatus, PostgresStore};
+pub use postgres::PostgresStore;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use postgres_feed::{ChangeListener, FeedStatus};
 pub use sessions::SessionStore;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]

@@ -14,11 +14,12 @@ use sqlx::postgres::PgRow;
 
 use super::PostgresStore;
 use super::sql::{self, boxed};
+use super::sql_sessions;
 use crate::ids::{KeyId, OwnerId};
 use crate::session::{SessionCap, SessionRecord};
 use crate::store::{SessionStore, StoreError};
 
-const COLUMNS: &str = sql::SESSION_COLUMNS;
+const COLUMNS: &str = sql_sessions::SESSION_COLUMNS;
 
 /// Migration 2 of [`PostgresStore::migrate`]: the sessions table, an index
 /// on the key id (to end a key's sessions) and one on the expiry (to purge).
@@ -63,7 +64,7 @@ impl PostgresStore {
 }
 
 fn decode(row: &PgRow) -> Result<SessionRecord, StoreError> {
-    sql::decode_session(row, |row| row.try_get::<bool, _>("revoked"))
+    sql_sessions::decode_session(row, |row| row.try_get::<bool, _>("revoked"))
 }
 
 /// Every method is one statement or one transaction (atomic); the futures are boxed
@@ -75,7 +76,7 @@ impl SessionStore for PostgresStore {
         cap: Option<SessionCap>,
     ) -> Result<(), StoreError> {
         let t = self.sessions();
-        let json = sql::session_json(record)?;
+        let json = sql_sessions::session_json(record)?;
         boxed(async move {
             let mut tx = self
                 .pool()
@@ -98,7 +99,7 @@ impl SessionStore for PostgresStore {
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(|e| sql::backend("count live sessions", e))?;
-                sql::within_session_cap(record, cap, live)?;
+                sql_sessions::within_session_cap(record, cap, live)?;
             }
             let result = sqlx::query(&format!(
                 "INSERT INTO {t} ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
@@ -117,7 +118,7 @@ impl SessionStore for PostgresStore {
             .bind(&record.secret_hash.as_bytes()[..])
             .execute(&mut *tx)
             .await;
-            sql::session_inserted(result, record)?;
+            sql_sessions::session_inserted(result, record)?;
             tx.commit()
                 .await
                 .map_err(|e| sql::backend("commit a session", e))

@@ -8,11 +8,12 @@ use sqlx::sqlite::SqliteRow;
 
 use super::SqliteStore;
 use super::sql::{self, boxed};
+use super::sql_sessions;
 use crate::ids::{KeyId, OwnerId};
 use crate::session::{SessionCap, SessionRecord};
 use crate::store::{SessionStore, StoreError};
 
-const COLUMNS: &str = sql::SESSION_COLUMNS;
+const COLUMNS: &str = sql_sessions::SESSION_COLUMNS;
 
 impl SqliteStore {
     fn sessions_table(&self) -> String {
@@ -58,7 +59,7 @@ impl SqliteStore {
 }
 
 fn decode(row: &SqliteRow) -> Result<SessionRecord, StoreError> {
-    sql::decode_session(row, |row| row.try_get::<i64, _>("revoked").map(|r| r != 0))
+    sql_sessions::decode_session(row, |row| row.try_get::<i64, _>("revoked").map(|r| r != 0))
 }
 
 impl SessionStore for SqliteStore {
@@ -68,7 +69,7 @@ impl SessionStore for SqliteStore {
         cap: Option<SessionCap>,
     ) -> Result<(), StoreError> {
         let t = self.sessions_table();
-        let json = sql::session_json(record)?;
+        let json = sql_sessions::session_json(record)?;
         boxed(async move {
             // IMMEDIATE takes the write lock now: the count below cannot go stale.
             let mut tx = self
@@ -85,7 +86,7 @@ impl SessionStore for SqliteStore {
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(|e| sql::backend("count live sessions", e))?;
-                sql::within_session_cap(record, cap, live)?;
+                sql_sessions::within_session_cap(record, cap, live)?;
             }
             let result = sqlx::query(&format!(
                 "INSERT INTO \"{t}\" ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -104,7 +105,7 @@ impl SessionStore for SqliteStore {
             .bind(&record.secret_hash.as_bytes()[..])
             .execute(&mut *tx)
             .await;
-            sql::session_inserted(result, record)?;
+            sql_sessions::session_inserted(result, record)?;
             tx.commit()
                 .await
                 .map_err(|e| sql::backend("commit a session", e))
