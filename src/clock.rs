@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
+use chrono::{DateTime, TimeDelta, Timelike, Utc};
 
 /// A source of the current time. keyward never reads the time any other way,
 /// so expiry, cache lifetimes and throttling can be tested without sleeping.
@@ -32,7 +32,11 @@ impl Clock for SystemClock {
 /// assert_eq!(to_micros(at).to_rfc3339(), "2026-01-01T00:00:00.123456+00:00");
 /// ```
 pub fn to_micros(at: DateTime<Utc>) -> DateTime<Utc> {
-    at.trunc_subsecs(6)
+    // Setting the nanosecond field is a field write; `trunc_subsecs(6)`
+    // does date arithmetic, and this runs on every check (SystemClock::now).
+    // A leap second's nanoseconds (1e9 and up) stay in range when truncated.
+    at.with_nanosecond(at.nanosecond() / 1_000 * 1_000)
+        .unwrap_or(at)
 }
 
 /// A clock that only moves when told to. Clones share the same time.
@@ -74,5 +78,38 @@ impl Clock for ManualClock {
     fn now(&self) -> DateTime<Utc> {
         DateTime::from_timestamp_micros(self.micros.load(Ordering::SeqCst))
             .unwrap_or(DateTime::<Utc>::MAX_UTC)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{NaiveDate, SubsecRound};
+
+    use super::*;
+
+    /// The fast truncation gives what chrono's `trunc_subsecs(6)` gives,
+    /// leap seconds and the ends of the range included.
+    #[test]
+    fn to_micros_truncates_like_chrono() {
+        let day = NaiveDate::from_ymd_opt(2016, 12, 31).unwrap();
+        let mut times = vec![
+            DateTime::<Utc>::MIN_UTC,
+            DateTime::<Utc>::MAX_UTC,
+            DateTime::from_timestamp(0, 0).unwrap(),
+            DateTime::from_timestamp(-1, 999_999_999).unwrap(),
+            day.and_hms_nano_opt(23, 59, 59, 1_999_999_999)
+                .unwrap()
+                .and_utc(),
+            day.and_hms_nano_opt(23, 59, 59, 1_000_000_001)
+                .unwrap()
+                .and_utc(),
+        ];
+        for nanos in [0, 1, 999, 1_000, 123_456_789, 999_999_999] {
+            times.push(DateTime::from_timestamp(1_764_633_600, nanos).unwrap());
+        }
+        for at in times {
+            assert_eq!(to_micros(at), at.trunc_subsecs(6), "{at:?}");
+            assert_eq!(to_micros(at).nanosecond() % 1_000, 0, "{at:?}");
+        }
     }
 }

@@ -13,6 +13,7 @@ use crate::clock::Clock;
 use crate::ids::{Environment, KeyId};
 use crate::policy::{Permission, Policy, ResourceRef};
 use crate::verify::{CompiledKey, Denial, VerifiedKey, VerifyRequest};
+use chrono::{DateTime, Utc};
 
 /// What the layer and the extractor share.
 #[derive(Clone)]
@@ -104,13 +105,23 @@ impl Caller {
         permission: Permission,
         resource: Option<ResourceRef<'_>>,
     ) -> Result<(), KeywardRejection> {
+        self.authorize_at(permission, resource, self.ctx.clock.now())
+    }
+
+    /// [`Caller::authorize`] at a time already read (the layer reads the
+    /// clock once per request).
+    pub(super) fn authorize_at(
+        &self,
+        permission: Permission,
+        resource: Option<ResourceRef<'_>>,
+        now: DateTime<Utc>,
+    ) -> Result<(), KeywardRejection> {
         let req = VerifyRequest {
             environment: &self.ctx.environment,
             permission,
             resource,
             client_ip: self.client_ip,
         };
-        let now = self.ctx.clock.now();
         self.key
             .check(&req, self.ctx.policy.resource_rule(), now)
             .map_err(|reason| {

@@ -13,7 +13,7 @@ use ::axum::extract::{ConnectInfo, FromRequestParts, RawPathParams};
 use ::axum::http::request::Parts;
 use ::axum::http::{HeaderMap, HeaderValue, Request, StatusCode};
 use ::axum::response::{IntoResponse, Response};
-use chrono::TimeDelta;
+use chrono::{DateTime, TimeDelta, Utc};
 use tower::{Layer, Service};
 
 use super::caller::Caller;
@@ -81,7 +81,10 @@ where
         let layer = self.layer.clone();
         Box::pin(async move {
             let (mut parts, body) = req.into_parts();
-            let caller = match layer.check(&mut parts).await {
+            // One clock read per request, for the route's check and the
+            // expiry warning (the verifier reads its own).
+            let now = layer.config.ctx.clock.now();
+            let caller = match layer.check(&mut parts, now).await {
                 Ok(caller) => caller,
                 Err(rejection) if rejection.is_missing_credentials() && layer.anonymous_ok() => {
                     // No credential sent, and the route serves anonymous
@@ -93,7 +96,7 @@ where
                     return Ok(rejection.in_realm(realm).into_response());
                 }
             };
-            let warning = layer.expiry_warning(&caller);
+            let warning = layer.expiry_warning(&caller, now);
             parts.extensions.insert(caller);
             let mut response = inner.call(Request::from_parts(parts, body)).await?;
             if let Some(value) = warning {
@@ -134,7 +137,11 @@ impl<S: KeyStore> KeywardLayer<S> {
     }
 
     /// Authenticates (and authorizes, when the route requires it) a request.
-    async fn check(&self, parts: &mut Parts) -> Result<Caller, KeywardRejection> {
+    async fn check(
+        &self,
+        parts: &mut Parts,
+        now: DateTime<Utc>,
+    ) -> Result<Caller, KeywardRejection> {
         let credential = self.credential(&parts.headers)?;
         let client_ip = self.client_ip(parts);
         let config = &*self.config;
@@ -168,7 +175,7 @@ impl<S: KeyStore> KeywardLayer<S> {
         };
         if let Some(req) = &self.requirement {
             match &req.resource_param {
-                None => caller.authorize(req.permission, None)?,
+                None => caller.authorize_at(req.permission, None, now)?,
                 Some(param) => {
                     let params = RawPathParams::from_request_parts(parts, &())
                         .await
@@ -189,20 +196,20 @@ impl<S: KeyStore> KeywardLayer<S> {
                     let owner = resolve(name.clone())
                         .await
                         .unwrap_or_else(|| caller.owner().as_str().to_owned());
-                    caller.authorize(req.permission, Some(ResourceRef::new(&owner, &name)))?;
+                    let resource = Some(ResourceRef::new(&owner, &name));
+                    caller.authorize_at(req.permission, resource, now)?;
                 }
             }
         }
         Ok(caller)
     }
 
-    fn expiry_warning(&self, caller: &Caller) -> Option<HeaderValue> {
+    fn expiry_warning(&self, caller: &Caller, now: DateTime<Utc>) -> Option<HeaderValue> {
         let days = self.config.warn_within_days;
         if days == 0 || caller.session.is_some() {
             return None;
         }
         let expires = caller.expires_at()?;
-        let now = self.config.ctx.clock.now();
         if expires - now > TimeDelta::days(i64::from(days)) {
             return None;
         }
