@@ -49,7 +49,23 @@
 //! `PATCH /admin/keys/{id}`, `POST /admin/keys/{id}/regenerate`,
 //! `POST /admin/keys/{id}/revoke` (ends its sessions too;
 //! `{"compromised": true}` also accepts a key already revoked and ends its
-//! sessions again), `DELETE /admin/keys/{id}`, `DELETE /admin/packages/{name}`.
+//! sessions again), `DELETE /admin/keys/{id}`, `DELETE /admin/packages/{name}`,
+//! `POST /admin/keys/{id}/rotate` `{"grace_hours"}` (a successor; the old key
+//! works until the grace ends, default 24 hours), `POST /admin/keys/{id}/suspend`,
+//! `POST /admin/keys/{id}/resume`, `GET /admin/keys/{id}/audit` (the key's
+//! audit trail) and `GET /admin/audit` (the owner's).
+//!
+//! Keys are created in an environment (`"environment": "live"`, the default,
+//! or `"test"`: tokens `mkh_live_...` and `mkh_test_...`), at most 3 live
+//! keys per owner and environment, like the developer portal (409 beyond;
+//! revoked and expired keys free their slot). This API accepts live keys only.
+//!
+//! A manager (`X-Manager-Secret`: `KEYWARD_MANAGER_SECRET`; no manager if
+//! unset) uses the same `/admin/keys` routes as a manager with API access:
+//! creates, lists, edits, rotates (a grace of at least a day), suspends,
+//! resumes and reads the audit trail, but revoking, deleting, regenerating
+//! and a rotation with a shorter grace are the administrator's (403), as is
+//! deleting a package.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -62,6 +78,7 @@ use axum::http::{HeaderMap, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch, post, put};
 use axum::{Json, Router};
+use keyward::audit::AuditQuery;
 use keyward::axum::{Caller, KeywardLayer, ManagementRejection};
 use keyward::prelude::*;
 use keyward::store::{AuditSink, BoxedSessionStore};
@@ -95,6 +112,8 @@ struct App {
     registry: PermissionRegistry,
     owner: String,
     admin_secret: Arc<str>,
+    /// The manager's secret (`X-Manager-Secret`), if one is configured.
+    manager_secret: Option<Arc<str>>,
     /// This server's address, for the cargo index's `config.json`.
     base_url: Arc<str>,
 }
@@ -106,6 +125,30 @@ impl App {
             "admin",
             OwnerId::new(&self.owner).unwrap_or_else(|_| unreachable!("checked at startup")),
         )
+    }
+}
+
+/// Who is calling the management routes: the administrator
+/// (`X-Admin-Secret`) or the manager (`X-Manager-Secret`, a manager with API
+/// access: creates, edits, rotates with a grace of at least a day, suspends,
+/// resumes and reads the audit trail, but cannot revoke, delete, regenerate
+/// or import: 403).
+fn actor(app: &App, headers: &HeaderMap) -> Option<Actor> {
+    if is_admin(app, headers) {
+        return Some(app.admin());
+    }
+    let matches = |secret: &str| {
+        headers
+            .get("x-manager-secret")
+            .is_some_and(|v| bool::from(v.as_bytes().ct_eq(secret.as_bytes())))
+    };
+    match &app.manager_secret {
+        Some(secret) if matches(secret) => Some(Actor::manager(
+            "manager",
+            OwnerId::new(&app.owner).unwrap_or_else(|_| unreachable!("checked at startup")),
+            true,
+        )),
+        _ => None,
     }
 }
 
@@ -315,6 +358,21 @@ fn is_admin(app: &App, headers: &HeaderMap) -> bool {
         .is_some_and(|v| bool::from(v.as_bytes().ct_eq(app.admin_secret.as_bytes())))
 }
 
+macro_rules! require_actor {
+    ($app:expr, $headers:expr) => {
+        match actor(&$app, &$headers) {
+            Some(actor) => actor,
+            None => {
+                return error(
+                    StatusCode::UNAUTHORIZED,
+                    "send the administrator secret in X-Admin-Secret \
+                     or the manager's in X-Manager-Secret",
+                )
+            }
+        }
+    };
+}
+
 macro_rules! require_admin {
     ($app:expr, $headers:expr) => {
         if !is_admin(&$app, &$headers) {
@@ -327,10 +385,10 @@ macro_rules! require_admin {
 }
 
 /// Loads a key of the administrator's owner; other owners' keys are "not found".
-async fn own_key(app: &App, id: &str) -> Result<KeyId, Response> {
+async fn own_key(app: &App, actor: &Actor, id: &str) -> Result<KeyId, Response> {
     let not_found = || error(StatusCode::NOT_FOUND, "no such key");
     let id = KeyId::new(id).map_err(|_| not_found())?;
-    match app.manager.get(&app.admin(), &id).await {
+    match app.manager.get(actor, &id).await {
         Ok(view) if view.owner.as_str() == app.owner => Ok(id),
         Ok(_) | Err(KeywardError::NotFound(_) | KeywardError::NotAllowed { .. }) => {
             Err(not_found())
@@ -345,6 +403,8 @@ struct CreateBody {
     permissions: Vec<String>,
     resources: Option<Vec<String>>,
     expiry_days: Option<u32>,
+    /// `live` (the default) or `test`: at most 3 keys per environment.
+    environment: Option<String>,
     #[serde(default)]
     ip_allowlist: Vec<String>,
     /// The application's id for the key (a CI job, a ticket).
@@ -358,8 +418,9 @@ async fn admin_create(
     headers: HeaderMap,
     Json(body): Json<CreateBody>,
 ) -> Response {
-    require_admin!(app, headers);
-    let mut new = NewKey::new(app.owner.clone(), "live", body.name)
+    let actor = require_actor!(app, headers);
+    let environment = body.environment.unwrap_or_else(|| "live".into());
+    let mut new = NewKey::new(app.owner.clone(), environment, body.name)
         .permissions(PermissionGrant::only(body.permissions))
         .ip_allowlist(body.ip_allowlist);
     if let Some(resources) = body.resources {
@@ -374,7 +435,7 @@ async fn admin_create(
     if let Some(object) = body.metadata {
         new = new.metadata(object);
     }
-    match app.manager.create(&app.admin(), new).await {
+    match app.manager.create(&actor, new).await {
         Ok(created) => (
             StatusCode::CREATED,
             Json(json!({ "token": created.token.expose_secret(), "key": created.key })),
@@ -399,7 +460,7 @@ async fn admin_list(
     headers: HeaderMap,
     Query(params): Query<ListParams>,
 ) -> Response {
-    require_admin!(app, headers);
+    let actor = require_actor!(app, headers);
     let Ok(owner) = OwnerId::new(&app.owner) else {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "bad owner");
     };
@@ -419,11 +480,11 @@ async fn admin_list(
             Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
         }
     }
-    let total = match app.manager.count(&app.admin(), &query).await {
+    let total = match app.manager.count(&actor, &query).await {
         Ok(n) => n,
         Err(e) => return manager_error(e),
     };
-    match app.manager.list(&app.admin(), query).await {
+    match app.manager.list(&actor, query).await {
         Ok(keys) => Json(json!({ "keys": keys, "total": total })).into_response(),
         Err(e) => manager_error(e),
     }
@@ -448,8 +509,8 @@ async fn admin_edit(
     Path(id): Path<String>,
     Json(body): Json<EditBody>,
 ) -> Response {
-    require_admin!(app, headers);
-    let id = match own_key(&app, &id).await {
+    let actor = require_actor!(app, headers);
+    let id = match own_key(&app, &actor, &id).await {
         Ok(id) => id,
         Err(r) => return r,
     };
@@ -462,7 +523,7 @@ async fn admin_edit(
         external_id: body.external_id.map(Some),
         metadata: body.metadata,
     };
-    match app.manager.edit(&app.admin(), &id, edit).await {
+    match app.manager.edit(&actor, &id, edit).await {
         Ok(view) => Json(json!({ "key": view })).into_response(),
         Err(e) => manager_error(e),
     }
@@ -473,12 +534,12 @@ async fn admin_regenerate(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    require_admin!(app, headers);
-    let id = match own_key(&app, &id).await {
+    let actor = require_actor!(app, headers);
+    let id = match own_key(&app, &actor, &id).await {
         Ok(id) => id,
         Err(r) => return r,
     };
-    match app.manager.regenerate(&app.admin(), &id).await {
+    match app.manager.regenerate(&actor, &id).await {
         Ok(created) => Json(json!({ "token": created.token.expose_secret(), "key": created.key }))
             .into_response(),
         Err(e) => manager_error(e),
@@ -497,16 +558,16 @@ async fn admin_revoke(
     Path(id): Path<String>,
     body: Option<Json<RevokeBody>>,
 ) -> Response {
-    require_admin!(app, headers);
-    let id = match own_key(&app, &id).await {
+    let actor = require_actor!(app, headers);
+    let id = match own_key(&app, &actor, &id).await {
         Ok(id) => id,
         Err(r) => return r,
     };
     let compromised = body.map(|Json(b)| b.compromised).unwrap_or_default();
     let result = if compromised {
-        app.manager.revoke_compromised(&app.admin(), &id).await
+        app.manager.revoke_compromised(&actor, &id).await
     } else {
-        app.manager.revoke(&app.admin(), &id).await
+        app.manager.revoke(&actor, &id).await
     };
     match result {
         Ok(view) => Json(json!({ "key": view, "sessions_ended": true })).into_response(),
@@ -519,13 +580,115 @@ async fn admin_delete_key(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    require_admin!(app, headers);
-    let id = match own_key(&app, &id).await {
+    let actor = require_actor!(app, headers);
+    let id = match own_key(&app, &actor, &id).await {
         Ok(id) => id,
         Err(r) => return r,
     };
-    match app.manager.delete(&app.admin(), &id).await {
+    match app.manager.delete(&actor, &id).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => manager_error(e),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct RotateBody {
+    /// How long the old key keeps working (default 1 day, the least a
+    /// manager may choose; shorter is a revoke, for the administrator).
+    grace_hours: Option<u64>,
+}
+
+/// Rotate with grace: a successor with the same settings, and the old key
+/// working until the grace ends (both count towards the quota meanwhile).
+async fn admin_rotate(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Option<Json<RotateBody>>,
+) -> Response {
+    let actor = require_actor!(app, headers);
+    let id = match own_key(&app, &actor, &id).await {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let hours = body.and_then(|Json(b)| b.grace_hours).unwrap_or(24);
+    let grace = Duration::from_secs(hours.saturating_mul(3600));
+    match app.manager.rotate(&actor, &id, grace).await {
+        Ok(rotated) => (
+            StatusCode::CREATED,
+            Json(json!({
+                "token": rotated.successor.token.expose_secret(),
+                "key": rotated.successor.key,
+                "previous": rotated.previous,
+            })),
+        )
+            .into_response(),
+        Err(e) => manager_error(e),
+    }
+}
+
+/// Suspends a key (reversible: refused until resumed).
+async fn admin_suspend(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let actor = require_actor!(app, headers);
+    let id = match own_key(&app, &actor, &id).await {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    match app.manager.suspend(&actor, &id).await {
+        Ok(view) => Json(json!({ "key": view })).into_response(),
+        Err(e) => manager_error(e),
+    }
+}
+
+async fn admin_resume(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let actor = require_actor!(app, headers);
+    let id = match own_key(&app, &actor, &id).await {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    match app.manager.resume(&actor, &id).await {
+        Ok(view) => Json(json!({ "key": view })).into_response(),
+        Err(e) => manager_error(e),
+    }
+}
+
+/// The audit trail of one key.
+async fn admin_key_audit(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let actor = require_actor!(app, headers);
+    let id = match own_key(&app, &actor, &id).await {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    match app.manager.audit_trail(&actor, AuditQuery::key(id)).await {
+        Ok(events) => Json(json!({ "events": events })).into_response(),
+        Err(e) => manager_error(e),
+    }
+}
+
+/// The audit trail of the whole owner (every key, every actor).
+async fn admin_owner_audit(State(app): State<App>, headers: HeaderMap) -> Response {
+    let actor = require_actor!(app, headers);
+    let Ok(owner) = OwnerId::new(&app.owner) else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "bad owner");
+    };
+    match app
+        .manager
+        .audit_trail(&actor, AuditQuery::owner(owner))
+        .await
+    {
+        Ok(events) => Json(json!({ "events": events })).into_response(),
         Err(e) => manager_error(e),
     }
 }
@@ -641,7 +804,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .session_only("package:delete")
         .build()?;
     let policy = Policy::new(registry.clone())
-        .with_quota(10)?
+        .with_quota(3)? // per owner and environment, like the developer portal
         .with_expiry(ExpiryPolicy::choices(
             &[1, 90, 365],
             true,
@@ -661,6 +824,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ));
     }
     let manager = builder.build()?;
+    let manager_secret = std::env::var("KEYWARD_MANAGER_SECRET")
+        .ok()
+        .filter(|s| !s.is_empty());
     // Expired sessions are refused, but their rows stay until purged: purge
     // them every 5 minutes (on every server, if you like: it is one
     // idempotent statement). Each key holds at most 100 live sessions.
@@ -724,6 +890,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         registry: registry.clone(),
         owner: owner.clone(),
         admin_secret: admin_secret.clone().into(),
+        manager_secret: manager_secret.map(Into::into),
         base_url: base_url.clone().into(),
     };
 
@@ -782,6 +949,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .route("/admin/keys/{id}/regenerate", post(admin_regenerate))
         .route("/admin/keys/{id}/revoke", post(admin_revoke))
+        .route("/admin/keys/{id}/rotate", post(admin_rotate))
+        .route("/admin/keys/{id}/suspend", post(admin_suspend))
+        .route("/admin/keys/{id}/resume", post(admin_resume))
+        .route("/admin/keys/{id}/audit", get(admin_key_audit))
+        .route("/admin/audit", get(admin_owner_audit))
         .route("/admin/packages/{name}", delete(admin_delete_package))
         .with_state(app_state);
 
