@@ -66,13 +66,34 @@
 //! resumes and reads the audit trail, but revoking, deleting, regenerating
 //! and a rotation with a shorter grace are the administrator's (403), as is
 //! deleting a package.
+//!
+//! Trusted publishing: `POST /admin/trust-policies` (the administrator only;
+//! `{"name", "audience", "repository_owner", "repository_owner_id",
+//! "repository_name", "workflow", "github_environment"?, "environment"?,
+//! "permissions", "resources"?}`), `GET /admin/trust-policies`,
+//! `DELETE /admin/trust-policies/{id}` (ends its sessions), and
+//! `POST /trusted-publishing/exchange` `{"token": <the CI job's OIDC JWT>}`
+//! (no key: 201 with a 30-minute session token of the policy's grant, or
+//! 401 naming what was wrong). GitHub's JWKS is read from the file named by
+//! `KEYWARD_GITHUB_JWKS` (fetched by the operator; without it every exchange
+//! is refused).
+//!
+//! GitHub secret scanning: `POST /secret-scanning/leaks` (no key: GitHub
+//! signs its reports; 401 for a missing or wrong signature). Its keys are
+//! read from the file named by `KEYWARD_SCANNER_KEYS` (the document at
+//! `https://api.github.com/meta/public_keys/secret_scanning`; without it
+//! every report is refused). A proven leak revokes the key and prints a
+//! notice (a real registry emails the owner).
+//!
+//! Every 5 minutes the server purges expired sessions and the expired ids
+//! of exchanged OIDC tokens.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -80,8 +101,12 @@ use axum::routing::{delete, get, patch, post, put};
 use axum::{Json, Router};
 use keyward::audit::AuditQuery;
 use keyward::axum::{Caller, KeywardLayer, ManagementRejection};
+use keyward::leak::{LeakReports, ScannerKeys};
 use keyward::prelude::*;
 use keyward::store::{AuditSink, BoxedSessionStore};
+use keyward::trusted::{
+    GITHUB_ACTIONS_ISSUER, GitHubClaims, NewTrustPolicy, TrustConfig, TrustError, TrustedPublishing,
+};
 use keyward::{PostgresStore, SqliteStore, policy::ResourceRef, session::SessionConfig};
 use serde::Deserialize;
 use serde_json::json;
@@ -92,6 +117,43 @@ use subtle::ConstantTimeEq;
 type Store = BoxedSessionStore;
 
 type Manager = KeyManager<Store>;
+
+/// Trust policies and their exchange need the store's `TrustStore`, which
+/// `BoxedSessionStore` does not forward: a second manager over the same
+/// database, through the concrete store.
+#[derive(Clone)]
+enum TrustManager {
+    Sqlite(KeyManager<SqliteStore>),
+    Postgres(KeyManager<PostgresStore>),
+}
+
+macro_rules! on_trust {
+    ($t:expr, $m:ident => $e:expr) => {
+        match $t {
+            TrustManager::Sqlite($m) => $e,
+            TrustManager::Postgres($m) => $e,
+        }
+    };
+}
+
+/// The manager's settings, for either store.
+fn build_manager<S: keyward::store::KeyStore + keyward::store::SessionStore>(
+    store: S,
+    policy: Policy,
+    audit: Arc<dyn AuditSink>,
+) -> Result<KeyManager<S>, Box<dyn std::error::Error>> {
+    let mut builder =
+        KeyManager::builder(store, TokenFormat::new("mkh", &["live", "test"])?, policy)
+            .sessions(SessionConfig::new("mkhs"))
+            .audit_shared(audit);
+    if std::env::var("KEYWARD_FAST_HASH").is_ok_and(|v| v == "1") {
+        // For demos and tests only: cheap argon2 parameters.
+        builder = builder.hasher(Argon2Hasher::new(
+            keyward::Argon2Params::insecure_for_tests(),
+        ));
+    }
+    Ok(builder.build()?)
+}
 
 #[derive(Default)]
 struct Package {
@@ -112,6 +174,8 @@ struct App {
     registry: PermissionRegistry,
     owner: String,
     admin_secret: Arc<str>,
+    trust: TrustManager,
+    trusted: Arc<TrustedPublishing>,
     /// The manager's secret (`X-Manager-Secret`), if one is configured.
     manager_secret: Option<Arc<str>>,
     /// This server's address, for the cargo index's `config.json`.
@@ -693,6 +757,124 @@ async fn admin_owner_audit(State(app): State<App>, headers: HeaderMap) -> Respon
     }
 }
 
+// ---- trusted publishing ----
+
+#[derive(Deserialize)]
+struct TrustBody {
+    name: String,
+    /// The sessions' environment (default `live`).
+    environment: Option<String>,
+    /// The `aud` the CI job asks its token for.
+    audience: String,
+    repository_owner: String,
+    repository_owner_id: String,
+    repository_name: String,
+    /// The workflow file, e.g. `release.yml`.
+    workflow: String,
+    /// The GitHub deployment environment the job must run in, if any.
+    github_environment: Option<String>,
+    permissions: Vec<String>,
+    resources: Option<Vec<String>>,
+}
+
+/// Registers a trust policy (the administrator only: 403 for the manager).
+async fn trust_create(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Json(body): Json<TrustBody>,
+) -> Response {
+    let actor = require_actor!(app, headers);
+    let mut claims = GitHubClaims::new(
+        body.repository_owner,
+        body.repository_owner_id,
+        body.repository_name,
+        body.workflow,
+    );
+    if let Some(environment) = body.github_environment {
+        claims = claims.environment(environment);
+    }
+    let mut new = NewTrustPolicy::github(
+        app.owner.clone(),
+        body.environment.unwrap_or_else(|| "live".into()),
+        body.name,
+        body.audience,
+        claims,
+    )
+    .permissions(PermissionGrant::only(body.permissions));
+    if let Some(resources) = body.resources {
+        new = new.resources(ResourceScope::only(resources));
+    }
+    match on_trust!(&app.trust, m => m.create_trust_policy(&actor, new).await) {
+        Ok(policy) => (StatusCode::CREATED, Json(json!({ "policy": policy }))).into_response(),
+        Err(e) => manager_error(e),
+    }
+}
+
+async fn trust_list(State(app): State<App>, headers: HeaderMap) -> Response {
+    let actor = require_actor!(app, headers);
+    let Ok(owner) = OwnerId::new(&app.owner) else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "bad owner");
+    };
+    match on_trust!(&app.trust, m => m.list_trust_policies(&actor, &owner).await) {
+        Ok(policies) => Json(json!({ "policies": policies })).into_response(),
+        Err(e) => manager_error(e),
+    }
+}
+
+/// Deletes a trust policy, ending the sessions issued through it.
+async fn trust_delete(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let actor = require_actor!(app, headers);
+    let Ok(id) = KeyId::new(&id) else {
+        return error(StatusCode::NOT_FOUND, "no such trust policy");
+    };
+    match on_trust!(&app.trust, m => m.delete_trust_policy(&actor, &id).await) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => manager_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct ExchangeBody {
+    /// The CI job's OIDC identity token (a JWT).
+    token: String,
+}
+
+/// The CI job's exchange: its OIDC token for a session token of this owner
+/// (30 minutes, the policy's grant). Every refusal names what was wrong:
+/// 401 for the token, 503 when the store is unavailable.
+async fn trusted_exchange(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Json(body): Json<ExchangeBody>,
+) -> Response {
+    let Ok(owner) = OwnerId::new(&app.owner) else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "bad owner");
+    };
+    let result = on_trust!(&app.trust, m => {
+        app.trusted.exchange_for(m, &body.token, &owner, Some(peer.ip())).await
+    });
+    match result {
+        Ok(issued) => (
+            StatusCode::CREATED,
+            Json(json!({
+                "token": issued.session.token.expose_secret(),
+                "session": issued.session.session,
+                "policy_id": issued.policy_id,
+            })),
+        )
+            .into_response(),
+        Err(e @ (TrustError::Store(_) | TrustError::Session(_))) => {
+            eprintln!("trusted publishing exchange failed: {e}");
+            error(StatusCode::SERVICE_UNAVAILABLE, "try again later")
+        }
+        Err(e) => error(StatusCode::UNAUTHORIZED, e.to_string()),
+    }
+}
+
 async fn admin_delete_package(
     State(app): State<App>,
     headers: HeaderMap,
@@ -756,44 +938,52 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     // The store, the audit trail (in the same database) and, with
     // PostgreSQL, the store whose change feed this server follows.
-    let (store, audit, feed, db): (Store, Arc<dyn AuditSink>, Option<PostgresStore>, String) =
-        match postgres_url {
-            Some(url) => {
-                let schema =
-                    std::env::var("KEYWARD_DATABASE_SCHEMA").unwrap_or_else(|_| "public".into());
-                let store = PostgresStore::connect(&url).await?.with_schema(&schema)?;
-                store.migrate().await?; // keys and sessions tables
-                let db = format!(
-                    "PostgreSQL, tables {schema}.{0} and {schema}.{0}_sessions",
-                    store.table()
-                );
-                (
-                    BoxedSessionStore::new(store.clone()),
-                    Arc::new(store.clone()),
-                    Some(store),
-                    db,
-                )
-            }
-            None => {
-                let path = match std::env::var("KEYWARD_DATABASE") {
-                    Ok(path) => path,
-                    Err(_) => {
-                        let dir = std::env::temp_dir()
-                            .join(format!("keyward-publisher-{}", std::process::id()));
-                        std::fs::create_dir_all(&dir)?;
-                        dir.join("keys.db").to_string_lossy().into_owned()
-                    }
-                };
-                let store = SqliteStore::connect(&path).await?;
-                store.migrate().await?;
-                (
-                    BoxedSessionStore::new(store.clone()),
-                    Arc::new(store),
-                    None,
-                    format!("SQLite, {path}"),
-                )
-            }
-        };
+    #[allow(clippy::type_complexity)]
+    let (store, audit, feed, db, concrete): (
+        Store,
+        Arc<dyn AuditSink>,
+        Option<PostgresStore>,
+        String,
+        Result<SqliteStore, PostgresStore>,
+    ) = match postgres_url {
+        Some(url) => {
+            let schema =
+                std::env::var("KEYWARD_DATABASE_SCHEMA").unwrap_or_else(|_| "public".into());
+            let store = PostgresStore::connect(&url).await?.with_schema(&schema)?;
+            store.migrate().await?; // keys and sessions tables
+            let db = format!(
+                "PostgreSQL, tables {schema}.{0} and {schema}.{0}_sessions",
+                store.table()
+            );
+            (
+                BoxedSessionStore::new(store.clone()),
+                Arc::new(store.clone()),
+                Some(store.clone()),
+                db,
+                Err(store),
+            )
+        }
+        None => {
+            let path = match std::env::var("KEYWARD_DATABASE") {
+                Ok(path) => path,
+                Err(_) => {
+                    let dir = std::env::temp_dir()
+                        .join(format!("keyward-publisher-{}", std::process::id()));
+                    std::fs::create_dir_all(&dir)?;
+                    dir.join("keys.db").to_string_lossy().into_owned()
+                }
+            };
+            let store = SqliteStore::connect(&path).await?;
+            store.migrate().await?;
+            (
+                BoxedSessionStore::new(store.clone()),
+                Arc::new(store.clone()),
+                None,
+                format!("SQLite, {path}"),
+                Ok(store),
+            )
+        }
+    };
 
     let registry = PermissionRegistry::builder()
         .permission("package:push-new")
@@ -810,20 +1000,37 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             true,
             ExpiryChoice::Days(90),
         )?);
-    let mut builder = KeyManager::builder(
-        store.clone(),
-        TokenFormat::new("mkh", &["live", "test"])?,
-        policy,
-    )
-    .sessions(SessionConfig::new("mkhs"))
-    .audit_shared(audit);
-    if std::env::var("KEYWARD_FAST_HASH").is_ok_and(|v| v == "1") {
-        // For demos and tests only: cheap argon2 parameters.
-        builder = builder.hasher(Argon2Hasher::new(
-            keyward::Argon2Params::insecure_for_tests(),
-        ));
+    let manager = build_manager(store.clone(), policy.clone(), Arc::clone(&audit))?;
+    let trust = match concrete {
+        Ok(sqlite) => TrustManager::Sqlite(build_manager(sqlite, policy, audit)?),
+        Err(pg) => TrustManager::Postgres(build_manager(pg, policy, audit)?),
+    };
+    // The issuer's key set (GitHub's JWKS, fetched by the operator:
+    // https://token.actions.githubusercontent.com/.well-known/jwks):
+    // `KEYWARD_GITHUB_JWKS` names the file. Without it every exchange is
+    // refused (unknown issuer).
+    let trusted = Arc::new(TrustedPublishing::new(TrustConfig::default())?);
+    if let Ok(path) = std::env::var("KEYWARD_GITHUB_JWKS") {
+        trusted.set_issuer_keys(GITHUB_ACTIONS_ISSUER, &std::fs::read_to_string(path)?)?;
     }
-    let manager = builder.build()?;
+    // GitHub's secret scanning keys (the document at
+    // https://api.github.com/meta/public_keys/secret_scanning, fetched by
+    // the operator): `KEYWARD_SCANNER_KEYS` names the file. Without it every
+    // report is refused (401).
+    let scanner_keys = match std::env::var("KEYWARD_SCANNER_KEYS") {
+        Ok(path) => ScannerKeys::from_github_json(&std::fs::read(path)?)?,
+        Err(_) => ScannerKeys::new(),
+    };
+    let leak_reports = Arc::new(LeakReports::new(scanner_keys).notifier(
+        |n: keyward::leak::LeakNotice| async move {
+            // A real registry emails the owner.
+            println!(
+                "leaked key {} ({}) of {} found at {} and revoked",
+                n.key_name, n.key_id, n.owner, n.url
+            );
+        },
+    ));
+
     let manager_secret = std::env::var("KEYWARD_MANAGER_SECRET")
         .ok()
         .filter(|s| !s.is_empty());
@@ -831,12 +1038,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // them every 5 minutes (on every server, if you like: it is one
     // idempotent statement). Each key holds at most 100 live sessions.
     let purger = manager.clone();
+    let (jti_purger, jti_manager) = (Arc::clone(&trusted), trust.clone());
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(5 * 60));
         loop {
             every.tick().await;
             if let Err(e) = purger.purge_expired_sessions().await {
                 eprintln!("session purge failed, retried in 5 minutes: {e}");
+            }
+            // The exchanged tokens' ids, kept until they expire (replays).
+            if let Err(e) = on_trust!(&jti_manager, m => jti_purger.purge_expired_jtis(m).await) {
+                eprintln!("token id purge failed, retried in 5 minutes: {e}");
             }
         }
     });
@@ -883,6 +1095,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .get(name)
             .ok_or_else(|| format!("{name} is not registered"))
     };
+    let leak_manager = manager.clone();
     let app_state = App {
         manager,
         auth: auth.clone(),
@@ -890,6 +1103,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         registry: registry.clone(),
         owner: owner.clone(),
         admin_secret: admin_secret.clone().into(),
+        trust,
+        trusted,
         manager_secret: manager_secret.map(Into::into),
         base_url: base_url.clone().into(),
     };
@@ -954,8 +1169,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/admin/keys/{id}/resume", post(admin_resume))
         .route("/admin/keys/{id}/audit", get(admin_key_audit))
         .route("/admin/audit", get(admin_owner_audit))
+        .route("/admin/trust-policies", post(trust_create).get(trust_list))
+        .route("/admin/trust-policies/{id}", delete(trust_delete))
+        .route("/trusted-publishing/exchange", post(trusted_exchange))
         .route("/admin/packages/{name}", delete(admin_delete_package))
-        .with_state(app_state);
+        .with_state(app_state)
+        // Outside any key-checking layer: GitHub signs its reports.
+        .route(
+            "/secret-scanning/leaks",
+            keyward::axum::leak_report_route(leak_manager, leak_reports),
+        );
 
     println!("publisher API on {base_url}");
     println!("database: {db}");
