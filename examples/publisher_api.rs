@@ -2,8 +2,8 @@
 //! by keyward.
 //!
 //! ```sh
-//! cargo run --example publisher_api --features axum,sqlite,postgres -- 8080
-//! cargo run --example publisher_api --features axum,sqlite,postgres -- 8080 \
+//! cargo run --example publisher_api --all-features -- 8080
+//! cargo run --example publisher_api --all-features -- 8080 \
 //!     --postgres postgres://app@127.0.0.1:5432/registry
 //! ```
 //!
