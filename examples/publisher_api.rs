@@ -85,6 +85,10 @@
 //! every report is refused). A proven leak revokes the key and prints a
 //! notice (a real registry emails the owner).
 //!
+//! `POST /admin/expiry-reminders?within_days=N` (the administrator): the
+//! keys expiring within N days (default 10), each returned once, for a
+//! daily reminder job.
+//!
 //! Every 5 minutes the server purges expired sessions and the expired ids
 //! of exchanged OIDC tokens.
 
@@ -757,6 +761,38 @@ async fn admin_owner_audit(State(app): State<App>, headers: HeaderMap) -> Respon
     }
 }
 
+#[derive(Deserialize)]
+struct ReminderParams {
+    within_days: Option<u32>,
+}
+
+/// Keys expiring within `within_days` (default 10), each returned once: what
+/// a daily job emails to their owners. Run here by the administrator, as
+/// the application (taking reminders is across owners); this example has
+/// one owner.
+async fn admin_expiry_reminders(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Query(params): Query<ReminderParams>,
+) -> Response {
+    require_admin!(app, headers);
+    let system = Actor::system("expiry-reminders");
+    match app
+        .manager
+        .take_expiry_reminders(&system, params.within_days.unwrap_or(10), 100)
+        .await
+    {
+        Ok(keys) => {
+            let keys: Vec<_> = keys
+                .into_iter()
+                .filter(|k| k.owner.as_str() == app.owner)
+                .collect();
+            Json(json!({ "keys": keys })).into_response()
+        }
+        Err(e) => manager_error(e),
+    }
+}
+
 // ---- trusted publishing ----
 
 #[derive(Deserialize)]
@@ -1169,6 +1205,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/admin/keys/{id}/resume", post(admin_resume))
         .route("/admin/keys/{id}/audit", get(admin_key_audit))
         .route("/admin/audit", get(admin_owner_audit))
+        .route("/admin/expiry-reminders", post(admin_expiry_reminders))
         .route("/admin/trust-policies", post(trust_create).get(trust_list))
         .route("/admin/trust-policies/{id}", delete(trust_delete))
         .route("/trusted-publishing/exchange", post(trusted_exchange))
