@@ -89,6 +89,10 @@
 //! keys expiring within N days (default 10), each returned once, for a
 //! daily reminder job.
 //!
+//! `POST /admin/keys/import` `{"id", "name", "sha256", "permissions",
+//! "resources"?, "environment"?}` (the administrator): a key from another
+//! system, its holder keeping the secret (HTTP Basic `id:secret`).
+//!
 //! Every 5 minutes the server purges expired sessions and the expired ids
 //! of exchanged OIDC tokens.
 
@@ -762,6 +766,44 @@ async fn admin_owner_audit(State(app): State<App>, headers: HeaderMap) -> Respon
 }
 
 #[derive(Deserialize)]
+struct ImportBody {
+    /// The key's id in the old system (kept: holders send `id:secret`).
+    id: String,
+    name: String,
+    /// The SHA-256 (hex) of the secret, as the old system stored it.
+    sha256: String,
+    permissions: Vec<String>,
+    resources: Option<Vec<String>>,
+    environment: Option<String>,
+}
+
+/// Brings a key over from another system (the administrator only: 403 for
+/// the manager). Its holder keeps their secret, sent as HTTP Basic
+/// `id:secret`; the first check replaces the SHA-256 with argon2id.
+async fn admin_import(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Json(body): Json<ImportBody>,
+) -> Response {
+    let actor = require_actor!(app, headers);
+    let mut key = keyward::manager::ImportKey::scoped(
+        body.id,
+        app.owner.clone(),
+        body.environment.unwrap_or_else(|| "live".into()),
+        body.name,
+        body.sha256,
+    )
+    .permissions(PermissionGrant::only(body.permissions));
+    if let Some(resources) = body.resources {
+        key = key.resources(ResourceScope::only(resources));
+    }
+    match app.manager.import(&actor, key).await {
+        Ok(view) => (StatusCode::CREATED, Json(json!({ "key": view }))).into_response(),
+        Err(e) => manager_error(e),
+    }
+}
+
+#[derive(Deserialize)]
 struct ReminderParams {
     within_days: Option<u32>,
 }
@@ -1206,6 +1248,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/admin/keys/{id}/audit", get(admin_key_audit))
         .route("/admin/audit", get(admin_owner_audit))
         .route("/admin/expiry-reminders", post(admin_expiry_reminders))
+        .route("/admin/keys/import", post(admin_import))
         .route("/admin/trust-policies", post(trust_create).get(trust_list))
         .route("/admin/trust-policies/{id}", delete(trust_delete))
         .route("/trusted-publishing/exchange", post(trusted_exchange))
