@@ -2,8 +2,8 @@
 //! by keyward.
 //!
 //! ```sh
-//! cargo run --example publisher_api --features axum,sqlite,postgres -- 8080
-//! cargo run --example publisher_api --features axum,sqlite,postgres -- 8080 \
+//! cargo run --example publisher_api --all-features -- 8080
+//! cargo run --example publisher_api --all-features -- 8080 \
 //!     --postgres postgres://app@127.0.0.1:5432/registry
 //! ```
 //!
@@ -49,22 +49,72 @@
 //! `PATCH /admin/keys/{id}`, `POST /admin/keys/{id}/regenerate`,
 //! `POST /admin/keys/{id}/revoke` (ends its sessions too;
 //! `{"compromised": true}` also accepts a key already revoked and ends its
-//! sessions again), `DELETE /admin/keys/{id}`, `DELETE /admin/packages/{name}`.
+//! sessions again), `DELETE /admin/keys/{id}`, `DELETE /admin/packages/{name}`,
+//! `POST /admin/keys/{id}/rotate` `{"grace_hours"}` (a successor; the old key
+//! works until the grace ends, default 24 hours), `POST /admin/keys/{id}/suspend`,
+//! `POST /admin/keys/{id}/resume`, `GET /admin/keys/{id}/audit` (the key's
+//! audit trail) and `GET /admin/audit` (the owner's).
+//!
+//! Keys are created in an environment (`"environment": "live"`, the default,
+//! or `"test"`: tokens `mkh_live_...` and `mkh_test_...`), at most 3 live
+//! keys per owner and environment, like the developer portal (409 beyond;
+//! revoked and expired keys free their slot). This API accepts live keys only.
+//!
+//! A manager (`X-Manager-Secret`: `KEYWARD_MANAGER_SECRET`; no manager if
+//! unset) uses the same `/admin/keys` routes as a manager with API access:
+//! creates, lists, edits, rotates (a grace of at least a day), suspends,
+//! resumes and reads the audit trail, but revoking, deleting, regenerating
+//! and a rotation with a shorter grace are the administrator's (403), as is
+//! deleting a package.
+//!
+//! Trusted publishing: `POST /admin/trust-policies` (the administrator only;
+//! `{"name", "audience", "repository_owner", "repository_owner_id",
+//! "repository_name", "workflow", "github_environment"?, "environment"?,
+//! "permissions", "resources"?}`), `GET /admin/trust-policies`,
+//! `DELETE /admin/trust-policies/{id}` (ends its sessions), and
+//! `POST /trusted-publishing/exchange` `{"token": <the CI job's OIDC JWT>}`
+//! (no key: 201 with a 30-minute session token of the policy's grant, or
+//! 401 naming what was wrong). GitHub's JWKS is read from the file named by
+//! `KEYWARD_GITHUB_JWKS` (fetched by the operator; without it every exchange
+//! is refused).
+//!
+//! GitHub secret scanning: `POST /secret-scanning/leaks` (no key: GitHub
+//! signs its reports; 401 for a missing or wrong signature). Its keys are
+//! read from the file named by `KEYWARD_SCANNER_KEYS` (the document at
+//! `https://api.github.com/meta/public_keys/secret_scanning`; without it
+//! every report is refused). A proven leak revokes the key and prints a
+//! notice (a real registry emails the owner).
+//!
+//! `POST /admin/expiry-reminders?within_days=N` (the administrator): the
+//! keys expiring within N days (default 10), each returned once, for a
+//! daily reminder job.
+//!
+//! `POST /admin/keys/import` `{"id", "name", "sha256", "permissions",
+//! "resources"?, "environment"?}` (the administrator): a key from another
+//! system, its holder keeping the secret (HTTP Basic `id:secret`).
+//!
+//! Every 5 minutes the server purges expired sessions and the expired ids
+//! of exchanged OIDC tokens.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch, post, put};
 use axum::{Json, Router};
+use keyward::audit::AuditQuery;
 use keyward::axum::{Caller, KeywardLayer, ManagementRejection};
+use keyward::leak::{LeakReports, ScannerKeys};
 use keyward::prelude::*;
 use keyward::store::{AuditSink, BoxedSessionStore};
+use keyward::trusted::{
+    GITHUB_ACTIONS_ISSUER, GitHubClaims, NewTrustPolicy, TrustConfig, TrustError, TrustedPublishing,
+};
 use keyward::{PostgresStore, SqliteStore, policy::ResourceRef, session::SessionConfig};
 use serde::Deserialize;
 use serde_json::json;
@@ -75,6 +125,43 @@ use subtle::ConstantTimeEq;
 type Store = BoxedSessionStore;
 
 type Manager = KeyManager<Store>;
+
+/// Trust policies and their exchange need the store's `TrustStore`, which
+/// `BoxedSessionStore` does not forward: a second manager over the same
+/// database, through the concrete store.
+#[derive(Clone)]
+enum TrustManager {
+    Sqlite(KeyManager<SqliteStore>),
+    Postgres(KeyManager<PostgresStore>),
+}
+
+macro_rules! on_trust {
+    ($t:expr, $m:ident => $e:expr) => {
+        match $t {
+            TrustManager::Sqlite($m) => $e,
+            TrustManager::Postgres($m) => $e,
+        }
+    };
+}
+
+/// The manager's settings, for either store.
+fn build_manager<S: keyward::store::KeyStore + keyward::store::SessionStore>(
+    store: S,
+    policy: Policy,
+    audit: Arc<dyn AuditSink>,
+) -> Result<KeyManager<S>, Box<dyn std::error::Error>> {
+    let mut builder =
+        KeyManager::builder(store, TokenFormat::new("mkh", &["live", "test"])?, policy)
+            .sessions(SessionConfig::new("mkhs"))
+            .audit_shared(audit);
+    if std::env::var("KEYWARD_FAST_HASH").is_ok_and(|v| v == "1") {
+        // For demos and tests only: cheap argon2 parameters.
+        builder = builder.hasher(Argon2Hasher::new(
+            keyward::Argon2Params::insecure_for_tests(),
+        ));
+    }
+    Ok(builder.build()?)
+}
 
 #[derive(Default)]
 struct Package {
@@ -95,6 +182,10 @@ struct App {
     registry: PermissionRegistry,
     owner: String,
     admin_secret: Arc<str>,
+    trust: TrustManager,
+    trusted: Arc<TrustedPublishing>,
+    /// The manager's secret (`X-Manager-Secret`), if one is configured.
+    manager_secret: Option<Arc<str>>,
     /// This server's address, for the cargo index's `config.json`.
     base_url: Arc<str>,
 }
@@ -106,6 +197,30 @@ impl App {
             "admin",
             OwnerId::new(&self.owner).unwrap_or_else(|_| unreachable!("checked at startup")),
         )
+    }
+}
+
+/// Who is calling the management routes: the administrator
+/// (`X-Admin-Secret`) or the manager (`X-Manager-Secret`, a manager with API
+/// access: creates, edits, rotates with a grace of at least a day, suspends,
+/// resumes and reads the audit trail, but cannot revoke, delete, regenerate
+/// or import: 403).
+fn actor(app: &App, headers: &HeaderMap) -> Option<Actor> {
+    if is_admin(app, headers) {
+        return Some(app.admin());
+    }
+    let matches = |secret: &str| {
+        headers
+            .get("x-manager-secret")
+            .is_some_and(|v| bool::from(v.as_bytes().ct_eq(secret.as_bytes())))
+    };
+    match &app.manager_secret {
+        Some(secret) if matches(secret) => Some(Actor::manager(
+            "manager",
+            OwnerId::new(&app.owner).unwrap_or_else(|_| unreachable!("checked at startup")),
+            true,
+        )),
+        _ => None,
     }
 }
 
@@ -315,6 +430,21 @@ fn is_admin(app: &App, headers: &HeaderMap) -> bool {
         .is_some_and(|v| bool::from(v.as_bytes().ct_eq(app.admin_secret.as_bytes())))
 }
 
+macro_rules! require_actor {
+    ($app:expr, $headers:expr) => {
+        match actor(&$app, &$headers) {
+            Some(actor) => actor,
+            None => {
+                return error(
+                    StatusCode::UNAUTHORIZED,
+                    "send the administrator secret in X-Admin-Secret \
+                     or the manager's in X-Manager-Secret",
+                )
+            }
+        }
+    };
+}
+
 macro_rules! require_admin {
     ($app:expr, $headers:expr) => {
         if !is_admin(&$app, &$headers) {
@@ -327,10 +457,10 @@ macro_rules! require_admin {
 }
 
 /// Loads a key of the administrator's owner; other owners' keys are "not found".
-async fn own_key(app: &App, id: &str) -> Result<KeyId, Response> {
+async fn own_key(app: &App, actor: &Actor, id: &str) -> Result<KeyId, Response> {
     let not_found = || error(StatusCode::NOT_FOUND, "no such key");
     let id = KeyId::new(id).map_err(|_| not_found())?;
-    match app.manager.get(&app.admin(), &id).await {
+    match app.manager.get(actor, &id).await {
         Ok(view) if view.owner.as_str() == app.owner => Ok(id),
         Ok(_) | Err(KeywardError::NotFound(_) | KeywardError::NotAllowed { .. }) => {
             Err(not_found())
@@ -345,6 +475,8 @@ struct CreateBody {
     permissions: Vec<String>,
     resources: Option<Vec<String>>,
     expiry_days: Option<u32>,
+    /// `live` (the default) or `test`: at most 3 keys per environment.
+    environment: Option<String>,
     #[serde(default)]
     ip_allowlist: Vec<String>,
     /// The application's id for the key (a CI job, a ticket).
@@ -358,8 +490,9 @@ async fn admin_create(
     headers: HeaderMap,
     Json(body): Json<CreateBody>,
 ) -> Response {
-    require_admin!(app, headers);
-    let mut new = NewKey::new(app.owner.clone(), "live", body.name)
+    let actor = require_actor!(app, headers);
+    let environment = body.environment.unwrap_or_else(|| "live".into());
+    let mut new = NewKey::new(app.owner.clone(), environment, body.name)
         .permissions(PermissionGrant::only(body.permissions))
         .ip_allowlist(body.ip_allowlist);
     if let Some(resources) = body.resources {
@@ -374,7 +507,7 @@ async fn admin_create(
     if let Some(object) = body.metadata {
         new = new.metadata(object);
     }
-    match app.manager.create(&app.admin(), new).await {
+    match app.manager.create(&actor, new).await {
         Ok(created) => (
             StatusCode::CREATED,
             Json(json!({ "token": created.token.expose_secret(), "key": created.key })),
@@ -399,7 +532,7 @@ async fn admin_list(
     headers: HeaderMap,
     Query(params): Query<ListParams>,
 ) -> Response {
-    require_admin!(app, headers);
+    let actor = require_actor!(app, headers);
     let Ok(owner) = OwnerId::new(&app.owner) else {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "bad owner");
     };
@@ -419,11 +552,11 @@ async fn admin_list(
             Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
         }
     }
-    let total = match app.manager.count(&app.admin(), &query).await {
+    let total = match app.manager.count(&actor, &query).await {
         Ok(n) => n,
         Err(e) => return manager_error(e),
     };
-    match app.manager.list(&app.admin(), query).await {
+    match app.manager.list(&actor, query).await {
         Ok(keys) => Json(json!({ "keys": keys, "total": total })).into_response(),
         Err(e) => manager_error(e),
     }
@@ -448,8 +581,8 @@ async fn admin_edit(
     Path(id): Path<String>,
     Json(body): Json<EditBody>,
 ) -> Response {
-    require_admin!(app, headers);
-    let id = match own_key(&app, &id).await {
+    let actor = require_actor!(app, headers);
+    let id = match own_key(&app, &actor, &id).await {
         Ok(id) => id,
         Err(r) => return r,
     };
@@ -462,7 +595,7 @@ async fn admin_edit(
         external_id: body.external_id.map(Some),
         metadata: body.metadata,
     };
-    match app.manager.edit(&app.admin(), &id, edit).await {
+    match app.manager.edit(&actor, &id, edit).await {
         Ok(view) => Json(json!({ "key": view })).into_response(),
         Err(e) => manager_error(e),
     }
@@ -473,12 +606,12 @@ async fn admin_regenerate(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    require_admin!(app, headers);
-    let id = match own_key(&app, &id).await {
+    let actor = require_actor!(app, headers);
+    let id = match own_key(&app, &actor, &id).await {
         Ok(id) => id,
         Err(r) => return r,
     };
-    match app.manager.regenerate(&app.admin(), &id).await {
+    match app.manager.regenerate(&actor, &id).await {
         Ok(created) => Json(json!({ "token": created.token.expose_secret(), "key": created.key }))
             .into_response(),
         Err(e) => manager_error(e),
@@ -497,16 +630,16 @@ async fn admin_revoke(
     Path(id): Path<String>,
     body: Option<Json<RevokeBody>>,
 ) -> Response {
-    require_admin!(app, headers);
-    let id = match own_key(&app, &id).await {
+    let actor = require_actor!(app, headers);
+    let id = match own_key(&app, &actor, &id).await {
         Ok(id) => id,
         Err(r) => return r,
     };
     let compromised = body.map(|Json(b)| b.compromised).unwrap_or_default();
     let result = if compromised {
-        app.manager.revoke_compromised(&app.admin(), &id).await
+        app.manager.revoke_compromised(&actor, &id).await
     } else {
-        app.manager.revoke(&app.admin(), &id).await
+        app.manager.revoke(&actor, &id).await
     };
     match result {
         Ok(view) => Json(json!({ "key": view, "sessions_ended": true })).into_response(),
@@ -519,14 +652,304 @@ async fn admin_delete_key(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    require_admin!(app, headers);
-    let id = match own_key(&app, &id).await {
+    let actor = require_actor!(app, headers);
+    let id = match own_key(&app, &actor, &id).await {
         Ok(id) => id,
         Err(r) => return r,
     };
-    match app.manager.delete(&app.admin(), &id).await {
+    match app.manager.delete(&actor, &id).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => manager_error(e),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct RotateBody {
+    /// How long the old key keeps working (default 1 day, the least a
+    /// manager may choose; shorter is a revoke, for the administrator).
+    grace_hours: Option<u64>,
+}
+
+/// Rotate with grace: a successor with the same settings, and the old key
+/// working until the grace ends (both count towards the quota meanwhile).
+async fn admin_rotate(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Option<Json<RotateBody>>,
+) -> Response {
+    let actor = require_actor!(app, headers);
+    let id = match own_key(&app, &actor, &id).await {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let hours = body.and_then(|Json(b)| b.grace_hours).unwrap_or(24);
+    let grace = Duration::from_secs(hours.saturating_mul(3600));
+    match app.manager.rotate(&actor, &id, grace).await {
+        Ok(rotated) => (
+            StatusCode::CREATED,
+            Json(json!({
+                "token": rotated.successor.token.expose_secret(),
+                "key": rotated.successor.key,
+                "previous": rotated.previous,
+            })),
+        )
+            .into_response(),
+        Err(e) => manager_error(e),
+    }
+}
+
+/// Suspends a key (reversible: refused until resumed).
+async fn admin_suspend(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let actor = require_actor!(app, headers);
+    let id = match own_key(&app, &actor, &id).await {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    match app.manager.suspend(&actor, &id).await {
+        Ok(view) => Json(json!({ "key": view })).into_response(),
+        Err(e) => manager_error(e),
+    }
+}
+
+async fn admin_resume(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let actor = require_actor!(app, headers);
+    let id = match own_key(&app, &actor, &id).await {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    match app.manager.resume(&actor, &id).await {
+        Ok(view) => Json(json!({ "key": view })).into_response(),
+        Err(e) => manager_error(e),
+    }
+}
+
+/// The audit trail of one key.
+async fn admin_key_audit(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let actor = require_actor!(app, headers);
+    let id = match own_key(&app, &actor, &id).await {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    match app.manager.audit_trail(&actor, AuditQuery::key(id)).await {
+        Ok(events) => Json(json!({ "events": events })).into_response(),
+        Err(e) => manager_error(e),
+    }
+}
+
+/// The audit trail of the whole owner (every key, every actor).
+async fn admin_owner_audit(State(app): State<App>, headers: HeaderMap) -> Response {
+    let actor = require_actor!(app, headers);
+    let Ok(owner) = OwnerId::new(&app.owner) else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "bad owner");
+    };
+    match app
+        .manager
+        .audit_trail(&actor, AuditQuery::owner(owner))
+        .await
+    {
+        Ok(events) => Json(json!({ "events": events })).into_response(),
+        Err(e) => manager_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct ImportBody {
+    /// The key's id in the old system (kept: holders send `id:secret`).
+    id: String,
+    name: String,
+    /// The SHA-256 (hex) of the secret, as the old system stored it.
+    sha256: String,
+    permissions: Vec<String>,
+    resources: Option<Vec<String>>,
+    environment: Option<String>,
+}
+
+/// Brings a key over from another system (the administrator only: 403 for
+/// the manager). Its holder keeps their secret, sent as HTTP Basic
+/// `id:secret`; the first check replaces the SHA-256 with argon2id.
+async fn admin_import(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Json(body): Json<ImportBody>,
+) -> Response {
+    let actor = require_actor!(app, headers);
+    let mut key = keyward::manager::ImportKey::scoped(
+        body.id,
+        app.owner.clone(),
+        body.environment.unwrap_or_else(|| "live".into()),
+        body.name,
+        body.sha256,
+    )
+    .permissions(PermissionGrant::only(body.permissions));
+    if let Some(resources) = body.resources {
+        key = key.resources(ResourceScope::only(resources));
+    }
+    match app.manager.import(&actor, key).await {
+        Ok(view) => (StatusCode::CREATED, Json(json!({ "key": view }))).into_response(),
+        Err(e) => manager_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct ReminderParams {
+    within_days: Option<u32>,
+}
+
+/// Keys expiring within `within_days` (default 10), each returned once: what
+/// a daily job emails to their owners. Run here by the administrator, as
+/// the application (taking reminders is across owners); this example has
+/// one owner.
+async fn admin_expiry_reminders(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Query(params): Query<ReminderParams>,
+) -> Response {
+    require_admin!(app, headers);
+    let system = Actor::system("expiry-reminders");
+    match app
+        .manager
+        .take_expiry_reminders(&system, params.within_days.unwrap_or(10), 100)
+        .await
+    {
+        Ok(keys) => {
+            let keys: Vec<_> = keys
+                .into_iter()
+                .filter(|k| k.owner.as_str() == app.owner)
+                .collect();
+            Json(json!({ "keys": keys })).into_response()
+        }
+        Err(e) => manager_error(e),
+    }
+}
+
+// ---- trusted publishing ----
+
+#[derive(Deserialize)]
+struct TrustBody {
+    name: String,
+    /// The sessions' environment (default `live`).
+    environment: Option<String>,
+    /// The `aud` the CI job asks its token for.
+    audience: String,
+    repository_owner: String,
+    repository_owner_id: String,
+    repository_name: String,
+    /// The workflow file, e.g. `release.yml`.
+    workflow: String,
+    /// The GitHub deployment environment the job must run in, if any.
+    github_environment: Option<String>,
+    permissions: Vec<String>,
+    resources: Option<Vec<String>>,
+}
+
+/// Registers a trust policy (the administrator only: 403 for the manager).
+async fn trust_create(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Json(body): Json<TrustBody>,
+) -> Response {
+    let actor = require_actor!(app, headers);
+    let mut claims = GitHubClaims::new(
+        body.repository_owner,
+        body.repository_owner_id,
+        body.repository_name,
+        body.workflow,
+    );
+    if let Some(environment) = body.github_environment {
+        claims = claims.environment(environment);
+    }
+    let mut new = NewTrustPolicy::github(
+        app.owner.clone(),
+        body.environment.unwrap_or_else(|| "live".into()),
+        body.name,
+        body.audience,
+        claims,
+    )
+    .permissions(PermissionGrant::only(body.permissions));
+    if let Some(resources) = body.resources {
+        new = new.resources(ResourceScope::only(resources));
+    }
+    match on_trust!(&app.trust, m => m.create_trust_policy(&actor, new).await) {
+        Ok(policy) => (StatusCode::CREATED, Json(json!({ "policy": policy }))).into_response(),
+        Err(e) => manager_error(e),
+    }
+}
+
+async fn trust_list(State(app): State<App>, headers: HeaderMap) -> Response {
+    let actor = require_actor!(app, headers);
+    let Ok(owner) = OwnerId::new(&app.owner) else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "bad owner");
+    };
+    match on_trust!(&app.trust, m => m.list_trust_policies(&actor, &owner).await) {
+        Ok(policies) => Json(json!({ "policies": policies })).into_response(),
+        Err(e) => manager_error(e),
+    }
+}
+
+/// Deletes a trust policy, ending the sessions issued through it.
+async fn trust_delete(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let actor = require_actor!(app, headers);
+    let Ok(id) = KeyId::new(&id) else {
+        return error(StatusCode::NOT_FOUND, "no such trust policy");
+    };
+    match on_trust!(&app.trust, m => m.delete_trust_policy(&actor, &id).await) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => manager_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct ExchangeBody {
+    /// The CI job's OIDC identity token (a JWT).
+    token: String,
+}
+
+/// The CI job's exchange: its OIDC token for a session token of this owner
+/// (30 minutes, the policy's grant). Every refusal names what was wrong:
+/// 401 for the token, 503 when the store is unavailable.
+async fn trusted_exchange(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Json(body): Json<ExchangeBody>,
+) -> Response {
+    let Ok(owner) = OwnerId::new(&app.owner) else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "bad owner");
+    };
+    let result = on_trust!(&app.trust, m => {
+        app.trusted.exchange_for(m, &body.token, &owner, Some(peer.ip())).await
+    });
+    match result {
+        Ok(issued) => (
+            StatusCode::CREATED,
+            Json(json!({
+                "token": issued.session.token.expose_secret(),
+                "session": issued.session.session,
+                "policy_id": issued.policy_id,
+            })),
+        )
+            .into_response(),
+        Err(e @ (TrustError::Store(_) | TrustError::Session(_))) => {
+            eprintln!("trusted publishing exchange failed: {e}");
+            error(StatusCode::SERVICE_UNAVAILABLE, "try again later")
+        }
+        Err(e) => error(StatusCode::UNAUTHORIZED, e.to_string()),
     }
 }
 
@@ -593,44 +1016,52 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     // The store, the audit trail (in the same database) and, with
     // PostgreSQL, the store whose change feed this server follows.
-    let (store, audit, feed, db): (Store, Arc<dyn AuditSink>, Option<PostgresStore>, String) =
-        match postgres_url {
-            Some(url) => {
-                let schema =
-                    std::env::var("KEYWARD_DATABASE_SCHEMA").unwrap_or_else(|_| "public".into());
-                let store = PostgresStore::connect(&url).await?.with_schema(&schema)?;
-                store.migrate().await?; // keys and sessions tables
-                let db = format!(
-                    "PostgreSQL, tables {schema}.{0} and {schema}.{0}_sessions",
-                    store.table()
-                );
-                (
-                    BoxedSessionStore::new(store.clone()),
-                    Arc::new(store.clone()),
-                    Some(store),
-                    db,
-                )
-            }
-            None => {
-                let path = match std::env::var("KEYWARD_DATABASE") {
-                    Ok(path) => path,
-                    Err(_) => {
-                        let dir = std::env::temp_dir()
-                            .join(format!("keyward-publisher-{}", std::process::id()));
-                        std::fs::create_dir_all(&dir)?;
-                        dir.join("keys.db").to_string_lossy().into_owned()
-                    }
-                };
-                let store = SqliteStore::connect(&path).await?;
-                store.migrate().await?;
-                (
-                    BoxedSessionStore::new(store.clone()),
-                    Arc::new(store),
-                    None,
-                    format!("SQLite, {path}"),
-                )
-            }
-        };
+    #[allow(clippy::type_complexity)]
+    let (store, audit, feed, db, concrete): (
+        Store,
+        Arc<dyn AuditSink>,
+        Option<PostgresStore>,
+        String,
+        Result<SqliteStore, PostgresStore>,
+    ) = match postgres_url {
+        Some(url) => {
+            let schema =
+                std::env::var("KEYWARD_DATABASE_SCHEMA").unwrap_or_else(|_| "public".into());
+            let store = PostgresStore::connect(&url).await?.with_schema(&schema)?;
+            store.migrate().await?; // keys and sessions tables
+            let db = format!(
+                "PostgreSQL, tables {schema}.{0} and {schema}.{0}_sessions",
+                store.table()
+            );
+            (
+                BoxedSessionStore::new(store.clone()),
+                Arc::new(store.clone()),
+                Some(store.clone()),
+                db,
+                Err(store),
+            )
+        }
+        None => {
+            let path = match std::env::var("KEYWARD_DATABASE") {
+                Ok(path) => path,
+                Err(_) => {
+                    let dir = std::env::temp_dir()
+                        .join(format!("keyward-publisher-{}", std::process::id()));
+                    std::fs::create_dir_all(&dir)?;
+                    dir.join("keys.db").to_string_lossy().into_owned()
+                }
+            };
+            let store = SqliteStore::connect(&path).await?;
+            store.migrate().await?;
+            (
+                BoxedSessionStore::new(store.clone()),
+                Arc::new(store.clone()),
+                None,
+                format!("SQLite, {path}"),
+                Ok(store),
+            )
+        }
+    };
 
     let registry = PermissionRegistry::builder()
         .permission("package:push-new")
@@ -641,36 +1072,61 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .session_only("package:delete")
         .build()?;
     let policy = Policy::new(registry.clone())
-        .with_quota(10)?
+        .with_quota(3)? // per owner and environment, like the developer portal
         .with_expiry(ExpiryPolicy::choices(
             &[1, 90, 365],
             true,
             ExpiryChoice::Days(90),
         )?);
-    let mut builder = KeyManager::builder(
-        store.clone(),
-        TokenFormat::new("mkh", &["live", "test"])?,
-        policy,
-    )
-    .sessions(SessionConfig::new("mkhs"))
-    .audit_shared(audit);
-    if std::env::var("KEYWARD_FAST_HASH").is_ok_and(|v| v == "1") {
-        // For demos and tests only: cheap argon2 parameters.
-        builder = builder.hasher(Argon2Hasher::new(
-            keyward::Argon2Params::insecure_for_tests(),
-        ));
+    let manager = build_manager(store.clone(), policy.clone(), Arc::clone(&audit))?;
+    let trust = match concrete {
+        Ok(sqlite) => TrustManager::Sqlite(build_manager(sqlite, policy, audit)?),
+        Err(pg) => TrustManager::Postgres(build_manager(pg, policy, audit)?),
+    };
+    // The issuer's key set (GitHub's JWKS, fetched by the operator:
+    // https://token.actions.githubusercontent.com/.well-known/jwks):
+    // `KEYWARD_GITHUB_JWKS` names the file. Without it every exchange is
+    // refused (unknown issuer).
+    let trusted = Arc::new(TrustedPublishing::new(TrustConfig::default())?);
+    if let Ok(path) = std::env::var("KEYWARD_GITHUB_JWKS") {
+        trusted.set_issuer_keys(GITHUB_ACTIONS_ISSUER, &std::fs::read_to_string(path)?)?;
     }
-    let manager = builder.build()?;
+    // GitHub's secret scanning keys (the document at
+    // https://api.github.com/meta/public_keys/secret_scanning, fetched by
+    // the operator): `KEYWARD_SCANNER_KEYS` names the file. Without it every
+    // report is refused (401).
+    let scanner_keys = match std::env::var("KEYWARD_SCANNER_KEYS") {
+        Ok(path) => ScannerKeys::from_github_json(&std::fs::read(path)?)?,
+        Err(_) => ScannerKeys::new(),
+    };
+    let leak_reports = Arc::new(LeakReports::new(scanner_keys).notifier(
+        |n: keyward::leak::LeakNotice| async move {
+            // A real registry emails the owner.
+            println!(
+                "leaked key {} ({}) of {} found at {} and revoked",
+                n.key_name, n.key_id, n.owner, n.url
+            );
+        },
+    ));
+
+    let manager_secret = std::env::var("KEYWARD_MANAGER_SECRET")
+        .ok()
+        .filter(|s| !s.is_empty());
     // Expired sessions are refused, but their rows stay until purged: purge
     // them every 5 minutes (on every server, if you like: it is one
     // idempotent statement). Each key holds at most 100 live sessions.
     let purger = manager.clone();
+    let (jti_purger, jti_manager) = (Arc::clone(&trusted), trust.clone());
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(5 * 60));
         loop {
             every.tick().await;
             if let Err(e) = purger.purge_expired_sessions().await {
                 eprintln!("session purge failed, retried in 5 minutes: {e}");
+            }
+            // The exchanged tokens' ids, kept until they expire (replays).
+            if let Err(e) = on_trust!(&jti_manager, m => jti_purger.purge_expired_jtis(m).await) {
+                eprintln!("token id purge failed, retried in 5 minutes: {e}");
             }
         }
     });
@@ -717,6 +1173,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .get(name)
             .ok_or_else(|| format!("{name} is not registered"))
     };
+    let leak_manager = manager.clone();
     let app_state = App {
         manager,
         auth: auth.clone(),
@@ -724,6 +1181,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         registry: registry.clone(),
         owner: owner.clone(),
         admin_secret: admin_secret.clone().into(),
+        trust,
+        trusted,
+        manager_secret: manager_secret.map(Into::into),
         base_url: base_url.clone().into(),
     };
 
@@ -782,8 +1242,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .route("/admin/keys/{id}/regenerate", post(admin_regenerate))
         .route("/admin/keys/{id}/revoke", post(admin_revoke))
+        .route("/admin/keys/{id}/rotate", post(admin_rotate))
+        .route("/admin/keys/{id}/suspend", post(admin_suspend))
+        .route("/admin/keys/{id}/resume", post(admin_resume))
+        .route("/admin/keys/{id}/audit", get(admin_key_audit))
+        .route("/admin/audit", get(admin_owner_audit))
+        .route("/admin/expiry-reminders", post(admin_expiry_reminders))
+        .route("/admin/keys/import", post(admin_import))
+        .route("/admin/trust-policies", post(trust_create).get(trust_list))
+        .route("/admin/trust-policies/{id}", delete(trust_delete))
+        .route("/trusted-publishing/exchange", post(trusted_exchange))
         .route("/admin/packages/{name}", delete(admin_delete_package))
-        .with_state(app_state);
+        .with_state(app_state)
+        // Outside any key-checking layer: GitHub signs its reports.
+        .route(
+            "/secret-scanning/leaks",
+            keyward::axum::leak_report_route(leak_manager, leak_reports),
+        );
 
     println!("publisher API on {base_url}");
     println!("database: {db}");
