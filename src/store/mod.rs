@@ -284,6 +284,66 @@ impl ListQuery {
 /// Methods return `impl Future + Send`, so implementations write `async fn`.
 /// Every method either does all it says or nothing; an error leaves the
 /// stored data as it was. Stores never see a secret, only its hash.
+///
+/// A whole implementation, small because it wraps another store (a
+/// decorator that counts reads is itself a store); a store of your own
+/// writes the same eight `async fn`s against its database:
+///
+/// ```
+/// use std::net::IpAddr;
+/// use std::sync::atomic::{AtomicU64, Ordering};
+///
+/// use keyward::chrono::{DateTime, Utc};
+/// use keyward::key::KeyRecord;
+/// use keyward::store::{ListQuery, QuotaCheck, StoreError};
+/// use keyward::{KeyId, KeyStore, MemoryStore};
+///
+/// #[derive(Default)]
+/// struct CountingStore {
+///     inner: MemoryStore,
+///     reads: AtomicU64,
+/// }
+///
+/// impl KeyStore for CountingStore {
+///     async fn insert(&self, record: &KeyRecord, quota: Option<QuotaCheck>) -> Result<(), StoreError> {
+///         self.inner.insert(record, quota).await
+///     }
+///     async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+///         self.reads.fetch_add(1, Ordering::Relaxed);
+///         self.inner.get(id).await
+///     }
+///     async fn list(&self, query: &ListQuery) -> Result<Vec<KeyRecord>, StoreError> {
+///         self.inner.list(query).await
+///     }
+///     async fn count(&self, query: &ListQuery) -> Result<u64, StoreError> {
+///         self.inner.count(query).await
+///     }
+///     async fn update(&self, record: &KeyRecord, expected_generation: u64) -> Result<(), StoreError> {
+///         self.inner.update(record, expected_generation).await
+///     }
+///     async fn delete(&self, id: &KeyId) -> Result<(), StoreError> {
+///         self.inner.delete(id).await
+///     }
+///     async fn record_usage(&self, id: &KeyId, at: DateTime<Utc>, ip: Option<IpAddr>) -> Result<(), StoreError> {
+///         self.inner.record_usage(id, at, ip).await
+///     }
+///     async fn take_expiry_reminders(
+///         &self,
+///         now: DateTime<Utc>,
+///         until: DateTime<Utc>,
+///         limit: usize,
+///     ) -> Result<Vec<KeyRecord>, StoreError> {
+///         self.inner.take_expiry_reminders(now, until, limit).await
+///     }
+/// }
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let store = CountingStore::default();
+/// let missing = KeyId::new("AbCdEf123456").unwrap();
+/// assert_eq!(store.get(&missing).await.unwrap(), None);
+/// assert_eq!(store.reads.load(Ordering::Relaxed), 1);
+/// # });
+/// ```
 pub trait KeyStore: Send + Sync + 'static {
     /// Adds a new record.
     ///

@@ -43,11 +43,59 @@ pub const MAX_PAIR_SECRET_LEN: usize = 256;
 /// right secret gives it back, so only wrong secrets are throttled, and a
 /// caller whose right secret is cached is never slowed by them. At most
 /// [`VerifierConfig::max_concurrent_hashes`](crate::verify::VerifierConfig::max_concurrent_hashes)
-/// argon2 computations run at once, on tokio's blocking threads
-/// (`spawn_blocking`) when called inside a tokio runtime, inline otherwise.
+/// argon2 computations run at once, on keyward's own hashing threads,
+/// behind a bounded queue that is fair across client sources (beyond it a
+/// check is refused as [`DenialReason::Overloaded`](crate::DenialReason::Overloaded)).
 ///
 /// **Failures deny.** A store error or an unusable record is a denial
 /// ([`DenialKind::Unavailable`](crate::verify::DenialKind::Unavailable)), never a pass.
+///
+/// A check, the [`VerifiedKey`](crate::VerifiedKey) it gives, and a
+/// [`Denial`](crate::Denial):
+///
+/// ```
+/// use keyward::prelude::*;
+/// use keyward::verify::DenialKind;
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let registry = PermissionRegistry::builder()
+///     .permission("package:push")
+///     .permission("package:unlist")
+///     .build()
+///     .unwrap();
+/// let push = registry.get("package:push").unwrap();
+/// let unlist = registry.get("package:unlist").unwrap();
+/// let manager = KeyManager::builder(
+///     MemoryStore::new(),
+///     TokenFormat::new("mkh", &["live"]).unwrap(),
+///     Policy::new(registry),
+/// )
+/// .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
+/// .build()
+/// .unwrap();
+/// let created = manager
+///     .create(
+///         &Actor::system("docs"),
+///         NewKey::new("contoso", "live", "CI").permissions(PermissionGrant::only(["package:push"])),
+///     )
+///     .await
+///     .unwrap();
+/// let token = created.token.expose_secret();
+/// let verifier = manager.verifier();
+/// let live = Environment::new("live").unwrap();
+///
+/// let key = verifier.verify(token, &VerifyRequest::new(&live, push)).await.unwrap();
+/// assert_eq!(key.owner().as_str(), "contoso");
+/// assert_eq!(key.id(), &created.key.id);
+///
+/// let refused = verifier.verify(token, &VerifyRequest::new(&live, unlist)).await.unwrap_err();
+/// assert_eq!(refused.kind(), DenialKind::Authorization);
+/// assert_eq!(refused.key_id.as_ref(), Some(&created.key.id));
+///
+/// let garbage = verifier.verify("mkh_live_nope", &VerifyRequest::new(&live, push)).await.unwrap_err();
+/// assert_eq!(garbage.reason.code(), "malformed");
+/// assert_eq!(garbage.kind(), DenialKind::Authentication);
+/// # });
+/// ```
 pub struct Verifier<S> {
     pub(crate) shared: Arc<Shared<S>>,
 }
