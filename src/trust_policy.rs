@@ -4,9 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::ids::InvalidValue;
-use crate::ids::OwnerId;
-use crate::ids::{Environment, KeyId};
+use crate::ids::{Environment, InvalidValue, KeyId, OwnerId, check_chars};
 use crate::policy::{PermissionGrant, ResourceScope};
 
 /// The issuer of GitHub Actions' OIDC tokens.
@@ -190,21 +188,21 @@ impl GitHubClaims {
     }
 
     fn validate(&self) -> Result<(), InvalidValue> {
-        field(
+        check_chars(
             "repository owner",
             &self.repository_owner,
             Self::MAX_OWNER_LEN,
             "ASCII letters, digits and '-'",
             |c| c.is_ascii_alphanumeric() || c == '-',
         )?;
-        field(
+        check_chars(
             "repository owner id",
             &self.repository_owner_id,
             Self::MAX_ID_LEN,
             "ASCII digits",
             |c| c.is_ascii_digit(),
         )?;
-        field(
+        check_chars(
             "repository name",
             &self.repository_name,
             Self::MAX_REPOSITORY_LEN,
@@ -218,7 +216,7 @@ impl GitHubClaims {
                 allowed: "a name other than '.' or '..'",
             });
         }
-        field(
+        check_chars(
             "workflow",
             &self.workflow,
             Self::MAX_FIELD_LEN,
@@ -235,12 +233,12 @@ impl GitHubClaims {
             });
         }
         if let Some(id) = &self.repository_id {
-            field("repository id", id, Self::MAX_ID_LEN, "ASCII digits", |c| {
+            check_chars("repository id", id, Self::MAX_ID_LEN, "ASCII digits", |c| {
                 c.is_ascii_digit()
             })?;
         }
         if let Some(env) = &self.environment {
-            field(
+            check_chars(
                 "environment",
                 env,
                 Self::MAX_FIELD_LEN,
@@ -256,7 +254,7 @@ impl GitHubClaims {
             }
         }
         if let Some(r) = &self.git_ref {
-            field(
+            check_chars(
                 "git ref",
                 r,
                 Self::MAX_FIELD_LEN,
@@ -273,27 +271,6 @@ impl GitHubClaims {
         }
         Ok(())
     }
-}
-
-/// Checks a non-empty field of at most `max` characters, each `ok`.
-pub(crate) fn field(
-    field: &'static str,
-    value: &str,
-    max: usize,
-    allowed: &'static str,
-    ok: impl Fn(char) -> bool,
-) -> Result<(), InvalidValue> {
-    if value.is_empty() {
-        return Err(InvalidValue::Empty { field });
-    }
-    let len = value.chars().count();
-    if len > max {
-        return Err(InvalidValue::TooLong { field, len, max });
-    }
-    if let Some(ch) = value.chars().find(|c| !ok(*c)) {
-        return Err(InvalidValue::BadCharacter { field, ch, allowed });
-    }
-    Ok(())
 }
 
 /// What an application asks to register: [`KeyManager::create_trust_policy`](crate::KeyManager::create_trust_policy).
@@ -367,7 +344,7 @@ impl NewTrustPolicy {
 
 /// Checks an issuer URL: `https://`, printable ASCII, bounded.
 pub(crate) fn check_issuer(issuer: &str) -> Result<(), InvalidValue> {
-    field(
+    check_chars(
         "issuer",
         issuer,
         TrustPolicy::MAX_ISSUER_LEN,
@@ -386,7 +363,7 @@ pub(crate) fn check_issuer(issuer: &str) -> Result<(), InvalidValue> {
 
 /// Checks an audience: printable ASCII, bounded.
 pub(crate) fn check_audience(audience: &str) -> Result<(), InvalidValue> {
-    field(
+    check_chars(
         "audience",
         audience,
         TrustPolicy::MAX_AUDIENCE_LEN,

@@ -142,7 +142,7 @@ where
 /// the inner one). The store saying the id exists
 /// ([`StoreError::DuplicateId`], astronomically unlikely for generated
 /// ids) gets another try with a new id, [`ID_ATTEMPTS`] tries in all.
-async fn insert_with_fresh_ids<T, E, Fut>(
+pub(crate) async fn insert_with_fresh_ids<T, E, Fut>(
     first: KeyId,
     mut insert: impl FnMut(KeyId) -> Fut,
 ) -> Result<Result<T, StoreError>, E>

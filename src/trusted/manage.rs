@@ -1,14 +1,15 @@
 //! Registering, listing and deleting trust policies through
 //! [`KeyManager`], under its [`ManagementPolicy`](crate::ManagementPolicy).
 
+use std::convert::Infallible;
+
 use crate::audit::{AuditAction, AuditEvent};
 use crate::ids::KeyId;
 use crate::ids::{OwnerId, check_text};
 use crate::manager::KeywardError;
-use crate::manager::{ID_ATTEMPTS, KeyManager};
+use crate::manager::{KeyManager, insert_with_fresh_ids};
 use crate::policy::PolicyError;
 use crate::policy::{Actor, ManagementAction};
-use crate::store::StoreError;
 use crate::store::{KeyStore, TrustStore};
 use crate::trust_policy::{NewTrustPolicy, TrustPolicy, check_audience, check_issuer};
 
@@ -63,7 +64,7 @@ impl<S: KeyStore + TrustStore> KeyManager<S> {
         policy.permissions().resolve(&new.permissions)?;
         policy.resource_rule().compile(&new.resources)?;
 
-        let mut record = TrustPolicy {
+        let first = TrustPolicy {
             id: KeyId::generate(),
             owner,
             environment,
@@ -76,24 +77,24 @@ impl<S: KeyStore + TrustStore> KeyManager<S> {
             created_at: self.shared.clock.now(),
             created_by: actor.id().to_owned(),
         };
-        let mut inserted = Err(StoreError::DuplicateId(record.id.clone()));
-        for _ in 0..ID_ATTEMPTS {
-            inserted = self
-                .store()
-                .insert_trust_policy(&record, TrustPolicy::MAX_PER_OWNER)
-                .await;
-            match inserted {
-                Err(StoreError::DuplicateId(_)) => record.id = KeyId::generate(),
-                _ => break,
+        // A clash of generated ids gets new ids (the manager's one loop);
+        // the per-owner cap is the store's QuotaExceeded, mapped by `From`.
+        let record = insert_with_fresh_ids(first.id.clone(), |id| {
+            let candidate = TrustPolicy {
+                id,
+                ..first.clone()
+            };
+            async move {
+                let stored = self
+                    .store()
+                    .insert_trust_policy(&candidate, TrustPolicy::MAX_PER_OWNER)
+                    .await;
+                Ok::<_, Infallible>(stored.map(|()| candidate))
             }
-        }
-        match inserted {
-            Ok(()) => {}
-            Err(StoreError::QuotaExceeded { limit }) => {
-                return Err(KeywardError::QuotaExceeded { limit });
-            }
-            Err(e) => return Err(KeywardError::from_store(e)),
-        }
+        })
+        .await
+        .unwrap_or_else(|never| match never {})
+        .map_err(KeywardError::from)?;
         self.trust_audit(
             actor,
             AuditAction::TrustPolicyCreated,
