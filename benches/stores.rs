@@ -172,6 +172,7 @@ impl Filler {
             ip_allowlist: IpAllowlist::any(),
             external_id: None,
             metadata: Default::default(),
+            usage: Default::default(),
             created_at: chrono::DateTime::from_timestamp_micros(self.created_at).expect("time"),
             expires_at: None,
             revoked_at: None,

@@ -215,6 +215,7 @@ fn measure(patterns: usize, keys: usize) {
             ip_allowlist: ip_allowlist.clone(),
             external_id: None,
             metadata: Default::default(),
+            usage: Default::default(),
             created_at: now,
             expires_at: Some(now + TimeDelta::days(365)),
             revoked_at: None,

@@ -107,6 +107,7 @@ fn main() {
                 .expect("cidr"),
                 external_id: None,
                 metadata: Default::default(),
+                usage: Default::default(),
                 created_at: now,
                 expires_at: Some(now + TimeDelta::days(365)),
                 revoked_at: None,

@@ -183,6 +183,12 @@ fn json<T: serde::Serialize>(field: &str, v: &T) -> Result<String, StoreError> {
 /// The hash fields written by `insert` and `update` (`update` leaves
 /// `last_used_at` and `last_used_ip` out).
 fn fields(r: &KeyRecord, with_usage: bool) -> Result<Vec<(&'static str, String)>, StoreError> {
+    // This example does not implement usage controls (the lease
+    // operations keep their refusing defaults): a metered or rate-limited
+    // key is refused rather than stored without its controls.
+    if !r.usage.is_empty() {
+        return Err(StoreError::Unsupported("usage controls"));
+    }
     let mut f = vec![
         ("owner", r.owner.to_string()),
         ("environment", r.environment.to_string()),
@@ -278,6 +284,7 @@ fn decode(id: &str, h: &HashMap<String, String>) -> Result<Option<KeyRecord>, St
         ip_allowlist,
         external_id,
         metadata,
+        usage: Default::default(),
         created_at: dec_time(id, "created_at", get("created_at")?)?,
         expires_at: dec_opt_time(id, "expires_at", get("expires_at")?)?,
         revoked_at: dec_opt_time(id, "revoked_at", get("revoked_at")?)?,

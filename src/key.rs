@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{Environment, ExternalId, KeyId, OwnerId};
 use crate::metadata::Metadata;
 use crate::policy::{IpAllowlist, PermissionGrant, ResourceScope};
+use crate::usage::UsageControls;
 
 /// Longest key name.
 pub(crate) const MAX_NAME_LEN: usize = 100;
@@ -108,7 +109,9 @@ impl KeyKind {
 ///   strings, `permissions`, `resources` and `ip_allowlist` their own serde
 ///   forms (the ones the SQL stores write as JSON), `metadata` the JSON
 ///   object itself, `external_id` a string or `null`.
-/// - `external_id` and `metadata` may be missing (records written before
+/// - `usage` is [`UsageControls`]' serde form (limits as
+///   `{name, limit, window_us}`, credits with their refill).
+/// - `external_id`, `metadata` and `usage` may be missing (records written before
 ///   they existed): they read as `None` and the empty object.
 /// - Deserializing checks what the types check (an id, owner or
 ///   environment that is not valid is an error), as reading a row does.
@@ -148,6 +151,12 @@ pub struct KeyRecord {
     /// written before it existed: empty.
     #[serde(default)]
     pub metadata: Metadata,
+    /// Rate limits and credits. Absent from records written before they
+    /// existed: none. [`KeyStore::update`](crate::KeyStore::update) writes
+    /// the limits and the credits' refill, and turns credits on or off,
+    /// but never changes an existing balance (see [`Credits`](crate::usage::Credits)).
+    #[serde(default)]
+    pub usage: UsageControls,
     /// When the key was created.
     pub created_at: DateTime<Utc>,
     /// When the key expires (`None`: never).
@@ -257,6 +266,7 @@ impl KeyRecord {
             ip_allowlist: self.ip_allowlist.clone(),
             external_id: self.external_id.clone(),
             metadata: self.metadata.clone(),
+            usage: self.usage.clone(),
             created_at: self.created_at,
             expires_at: self.expires_at,
             revoked_at: self.revoked_at,
@@ -293,6 +303,8 @@ pub struct KeyView {
     /// The application's metadata (a JSON object; `{}` when none).
     #[serde(default)]
     pub metadata: Metadata,
+    /// Rate limits and credits (the balance as the store last had it).
+    pub usage: UsageControls,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Expiry (`None`: never).

@@ -72,6 +72,7 @@
 //! | [`store`] | [`KeyStore`], [`store::SessionStore`], [`store::AuditSink`], the stores, [`store::StoreError`] |
 //! | [`verify`] | [`Verifier`], [`VerifyRequest`], [`Denial`], session checks |
 //! | [`manager`] | [`KeyManager`], its inputs and [`KeywardError`] |
+//! | [`usage`] | per-key rate limits and usage credits: [`usage::RateLimit`], [`usage::Credits`], [`usage::UsageError`] |
 //! | [`clock`] | [`clock::Clock`], [`ManualClock`] for tests |
 //! | `axum` | the tower layer and handlers (feature `axum`) |
 //!
@@ -103,6 +104,7 @@ pub mod token;
 mod trace;
 mod trust_policy;
 pub mod trusted;
+pub mod usage;
 pub mod verify;
 
 pub mod prelude {

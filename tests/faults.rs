@@ -390,6 +390,7 @@ async fn run(call: Call, f: &Fixture<Store>, key: &CreatedKey) -> Result<(), Str
                     created_at: None,
                     external_id: None,
                     metadata: None,
+                    usage: Default::default(),
                     sha256_hex: "ab".repeat(32),
                 },
             )

@@ -498,6 +498,7 @@ async fn rotating_a_key_that_expires_at_the_end_of_time_does_not_panic() {
                 expires_at: Some(far),
                 ip_allowlist: Vec::new(),
                 created_at: Some(start() - TimeDelta::days(400)),
+                usage: Default::default(),
                 external_id: None,
                 metadata: None,
                 sha256_hex: sha256_hex("legacy-secret"),

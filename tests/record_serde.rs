@@ -22,6 +22,7 @@ fn full_record() -> KeyRecord {
         ip_allowlist: IpAllowlist::parse(&["10.0.0.0/8", "2001:db8::/32"]).unwrap(),
         external_id: Some(ids::ExternalId::new("crm/Account 17").unwrap()),
         metadata: metadata::Metadata::parse(r#"{"ticket": 4211, "tags": ["ci", "prod"]}"#).unwrap(),
+        usage: Default::default(),
         created_at: at("2026-01-01T00:00:00.123456Z"),
         expires_at: Some(at("2026-04-01T00:00:00Z")),
         revoked_at: Some(at("2026-03-01T00:00:00Z")),
@@ -49,6 +50,7 @@ fn a_record_round_trips_through_json() {
         reminded_at: None,
         external_id: None,
         metadata: Default::default(),
+        usage: Default::default(),
         ..full_record()
     };
     for record in [full_record(), empty] {
@@ -92,6 +94,7 @@ fn the_json_names_every_field_and_holds_the_hash_not_a_secret() {
             "revoked_at",
             "secret_hash",
             "suspended_at",
+            "usage",
         ]
     );
     assert_eq!(object["id"], "K7x2Lq9");

@@ -55,9 +55,11 @@ impl ManagementRejection {
     pub fn status(&self) -> StatusCode {
         use KeywardError as E;
         match &self.error {
-            E::Policy(_) | E::Token(_) | E::UnknownEnvironment(_) | E::BadImportHash(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            E::Policy(_)
+            | E::Token(_)
+            | E::Usage(_)
+            | E::UnknownEnvironment(_)
+            | E::BadImportHash(_) => StatusCode::BAD_REQUEST,
             E::NotAllowed { .. } => StatusCode::FORBIDDEN,
             E::NotFound(_) => StatusCode::NOT_FOUND,
             E::Revoked(_)
@@ -72,6 +74,7 @@ impl ManagementRejection {
             }
             E::Store(StoreError::TooManySessions { .. }) => StatusCode::TOO_MANY_REQUESTS,
             E::Hash(_) | E::Store(StoreError::Corrupt { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
+            E::Store(StoreError::Unsupported(_)) => StatusCode::NOT_IMPLEMENTED,
             E::Store(_) | E::SessionsNotEnded { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }

@@ -1,7 +1,7 @@
 //! Creating keys: [`KeyManager::create`] and the insert it shares with
 //! regeneration and rotation.
 
-use super::inputs::{CreatedKey, NewKey, checked_external_id, checked_metadata};
+use super::inputs::{CreatedKey, NewKey, checked_external_id, checked_metadata, started_usage};
 use super::{KeyManager, insert_with_fresh_ids, read_back};
 use crate::audit::AuditAction;
 use crate::ids::KeyId;
@@ -50,6 +50,7 @@ impl<S: KeyStore> KeyManager<S> {
                 ip_allowlist,
                 external_id,
                 metadata,
+                usage: started_usage(new.usage, now),
                 created_at: now,
                 expires_at: expiry.expires_at(now),
                 revoked_at: None,

@@ -4,6 +4,7 @@
 //! and never carries a secret, a token or a hash: they are safe to log and to
 //! show to the person who made the request.
 
+use crate::usage::UsageError;
 use thiserror::Error;
 
 use crate::hash::HashError;
@@ -30,6 +31,11 @@ pub enum KeywardError {
     /// Hashing failed.
     #[error(transparent)]
     Hash(#[from] HashError),
+    /// A rate limit, credit amount or refill was invalid (the error names
+    /// the field), or a credit change would pass the maximum; nothing
+    /// changed.
+    #[error(transparent)]
+    Usage(#[from] UsageError),
     /// No key with this id (for this owner).
     #[error("no key with id {0}")]
     NotFound(KeyId),
@@ -107,6 +113,7 @@ impl KeywardError {
             KeywardError::Token(_) => "token",
             KeywardError::Store(_) => "store",
             KeywardError::Hash(_) => "hash",
+            KeywardError::Usage(_) => "usage",
             KeywardError::NotFound(_) => "not_found",
             KeywardError::Revoked(_) => "revoked",
             KeywardError::Expired(_) => "expired",
@@ -137,6 +144,7 @@ impl From<StoreError> for KeywardError {
         match err {
             StoreError::NotFound(id) => KeywardError::NotFound(id),
             StoreError::QuotaExceeded { limit } => KeywardError::QuotaExceeded { limit },
+            StoreError::Usage { error, .. } => KeywardError::Usage(error),
             other => KeywardError::Store(other),
         }
     }

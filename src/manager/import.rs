@@ -1,6 +1,6 @@
 //! Bringing keys over from another system: [`KeyManager::import`].
 
-use super::inputs::{ImportKey, checked_external_id, checked_metadata};
+use super::inputs::{ImportKey, checked_external_id, checked_metadata, started_usage};
 use super::{KeyManager, read_back};
 use crate::audit::AuditAction;
 use crate::ids::KeyId;
@@ -67,6 +67,7 @@ impl<S: KeyStore> KeyManager<S> {
                 ip_allowlist,
                 external_id,
                 metadata,
+                usage: started_usage(key.usage, now),
                 created_at: key.created_at.unwrap_or(now),
                 expires_at,
                 revoked_at: None,

@@ -10,6 +10,7 @@ use crate::key::{KeyKind, KeyView};
 use crate::metadata::Metadata;
 use crate::policy::{ExpiryChoice, PermissionGrant, PolicyError, ResourceScope};
 use crate::token::Token;
+use crate::usage::{Credits, RateLimits, UsageControls};
 
 /// The setters [`NewKey`] and [`ImportKey`] share: their `permissions`,
 /// `resources`, `ip_allowlist`, `external_id` and `metadata` fields are the
@@ -48,6 +49,22 @@ macro_rules! policy_setters {
         /// [`Metadata::to_value`](crate::metadata::Metadata::to_value).
         pub fn metadata(mut self, object: serde_json::Value) -> Self {
             self.metadata = Some(object);
+            self
+        }
+        /// Sets the rate limits (see [`RateLimits`](crate::usage::RateLimits)).
+        pub fn rate_limits(mut self, limits: RateLimits) -> Self {
+            self.usage.rate_limits = limits;
+            self
+        }
+        /// Meters the key with `credits` (see [`Credits`](crate::usage::Credits)):
+        /// its starting balance and refill. A refill's first period is the one
+        /// the key is created in (no refill at once).
+        pub fn credits(mut self, credits: Credits) -> Self {
+            self.usage.credits = Some(Credits {
+                leased: 0,
+                refilled_for: None,
+                ..credits
+            });
             self
         }
     };
@@ -89,6 +106,8 @@ pub struct NewKey {
     /// call runs: [`PolicyError::Metadata`](crate::policy::PolicyError::Metadata)).
     /// Never a secret: listings show it.
     pub metadata: Option<serde_json::Value>,
+    /// Rate limits and credits (default: none).
+    pub usage: UsageControls,
 }
 
 impl NewKey {
@@ -108,6 +127,7 @@ impl NewKey {
             ip_allowlist: Vec::new(),
             external_id: None,
             metadata: None,
+            usage: UsageControls::default(),
         }
     }
     policy_setters!("");
@@ -215,6 +235,8 @@ pub struct ImportKey {
     pub external_id: Option<String>,
     /// The application's metadata (as [`NewKey::metadata`]).
     pub metadata: Option<serde_json::Value>,
+    /// Rate limits and credits (as [`NewKey::usage`]).
+    pub usage: UsageControls,
     /// SHA-256 of the secret, 64 hexadecimal characters.
     pub sha256_hex: String,
 }
@@ -234,6 +256,7 @@ impl fmt::Debug for ImportKey {
             .field("created_at", &self.created_at)
             .field("external_id", &self.external_id)
             .field("metadata", &self.metadata)
+            .field("usage", &self.usage)
             .field("sha256_hex", &"[REDACTED]")
             .finish()
     }
@@ -261,6 +284,7 @@ impl ImportKey {
             created_at: None,
             external_id: None,
             metadata: None,
+            usage: UsageControls::default(),
             sha256_hex: sha256_hex.into(),
         }
     }
@@ -311,4 +335,14 @@ pub(super) fn checked_metadata(object: Option<serde_json::Value>) -> Result<Meta
         .map(Metadata::from_value)
         .transpose()?
         .unwrap_or_default())
+}
+
+/// A new key's usage controls as stored: no leases yet, and a refill's
+/// first period the one the key starts in.
+pub(super) fn started_usage(mut usage: UsageControls, now: DateTime<Utc>) -> UsageControls {
+    if let Some(c) = usage.credits.as_mut() {
+        c.leased = 0;
+        c.refilled_for = c.refill.map(|r| r.period_start(now));
+    }
+    usage
 }

@@ -13,6 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use chrono::{DateTime, Utc};
 use ipnet::IpNet;
 
+use super::memory_usage::UsageState;
 use crate::ids::OwnerId;
 use crate::ids::{Environment, ExternalId, KeyId};
 use crate::key::{KeyKind, KeyRecord, SecretHash};
@@ -41,6 +42,9 @@ pub(super) struct CompactRecord {
     pub(super) last_used_at: Option<DateTime<Utc>>,
     pub(super) last_used_ip: Option<IpAddr>,
     pub(super) reminded_at: Option<DateTime<Utc>>,
+    /// Limits, credits and limit states: changed by leases without an
+    /// update; `None` (one word) for a key with neither.
+    pub(super) usage: Option<Box<UsageState>>,
 }
 
 /// The blob holds the secret hash: never printed.
@@ -117,6 +121,7 @@ impl CompactRecord {
             last_used_at: r.last_used_at,
             last_used_ip: r.last_used_ip,
             reminded_at: r.reminded_at,
+            usage: UsageState::new(&r.usage),
         })
     }
 
@@ -183,6 +188,11 @@ impl CompactRecord {
             ip_allowlist: IpAllowlist::from_nets(nets),
             external_id,
             metadata,
+            usage: self
+                .usage
+                .as_ref()
+                .map(|u| u.controls.clone())
+                .unwrap_or_default(),
             created_at,
             expires_at: self.expires_at,
             revoked_at,
@@ -333,6 +343,16 @@ mod tests {
             ip_allowlist: IpAllowlist::parse(&["203.0.113.0/24", "2001:db8::/32", "::/0"]).unwrap(),
             external_id: Some(ExternalId::new("ext/Ünï 1").unwrap()),
             metadata: Metadata::parse(r#"{"a":[1,{"b":null}],"ü":"x"}"#).unwrap(),
+            usage: crate::usage::UsageControls {
+                rate_limits: crate::usage::RateLimits::new([crate::usage::RateLimit::new(
+                    "publish",
+                    10,
+                    std::time::Duration::from_secs(3600),
+                )
+                .unwrap()])
+                .unwrap(),
+                credits: Some(crate::usage::Credits::new(7).unwrap()),
+            },
             created_at: t,
             expires_at: Some(t + chrono::TimeDelta::days(90)),
             revoked_at: Some(DateTime::<Utc>::MAX_UTC),
@@ -358,6 +378,7 @@ mod tests {
             kind: KeyKind::Scoped,
             external_id: None,
             metadata: Metadata::EMPTY,
+            usage: Default::default(),
             ..record()
         };
         let packed = CompactRecord::encode(&all).unwrap();

@@ -3,6 +3,7 @@
 use thiserror::Error;
 
 use crate::ids::KeyId;
+use crate::usage::UsageError;
 
 /// A store could not do what was asked.
 ///
@@ -51,6 +52,19 @@ pub enum StoreError {
         field: &'static str,
         /// Why.
         reason: String,
+    },
+    /// The store does not implement this operation (a custom store written
+    /// before usage controls existed): denied, never passed.
+    #[error("this store does not support {0}")]
+    Unsupported(&'static str),
+    /// A usage change would break a bound (a credit sum over the maximum);
+    /// nothing changed.
+    #[error("key {id}: {error}")]
+    Usage {
+        /// The key.
+        id: KeyId,
+        /// What was wrong.
+        error: UsageError,
     },
     /// The backend failed (connection lost, timeout, query error).
     #[error("store backend error: {0}")]

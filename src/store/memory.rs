@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use foldhash::fast::RandomState;
 
 use super::compact::CompactRecord;
+use super::memory_usage::UsageState;
 use super::{KeyStore, ListQuery, QuotaCheck};
 use crate::ids::KeyId;
 use crate::ids::OwnerId;
@@ -17,6 +18,9 @@ use crate::key::KeyRecord;
 use crate::session::{SessionCap, SessionRecord};
 use crate::store::SessionStore;
 use crate::store::StoreError;
+use crate::usage::{
+    CreditChange, CreditGrant, Credits, LimitName, RateGrant, RateLease, RefillDue,
+};
 
 const SHARDS: usize = 32;
 
@@ -90,7 +94,7 @@ impl MemoryStore {
         }
     }
 
-    fn shard(&self, id: &KeyId) -> &RwLock<HashMap<KeyId, CompactRecord, RandomState>> {
+    pub(super) fn shard(&self, id: &KeyId) -> &RwLock<HashMap<KeyId, CompactRecord, RandomState>> {
         &self.shards[(self.hasher.hash_one(id.as_str()) as usize) % SHARDS]
     }
 
@@ -245,6 +249,7 @@ impl KeyStore for MemoryStore {
         }
         packed.last_used_at = stored.last_used_at;
         packed.last_used_ip = stored.last_used_ip;
+        packed.usage = UsageState::merged(stored.usage.as_deref(), &record.usage);
         *stored = packed;
         Ok(())
     }
@@ -296,6 +301,46 @@ impl KeyStore for MemoryStore {
             }
         }
         Ok(())
+    }
+
+    async fn lease_credits(
+        &self,
+        id: &KeyId,
+        want: u64,
+        refill: Option<RefillDue>,
+    ) -> Result<Option<CreditGrant>, StoreError> {
+        self.lease_credits_sync(id, want, refill)
+    }
+
+    async fn settle_credits(
+        &self,
+        id: &KeyId,
+        returned: u64,
+        spent: u64,
+    ) -> Result<(), StoreError> {
+        self.settle_credits_sync(id, returned, spent)
+    }
+
+    async fn change_credits(
+        &self,
+        id: &KeyId,
+        change: CreditChange,
+    ) -> Result<Option<Credits>, StoreError> {
+        self.change_credits_sync(id, change)
+    }
+
+    async fn lease_rate(&self, id: &KeyId, lease: &RateLease) -> Result<RateGrant, StoreError> {
+        self.lease_rate_sync(id, lease)
+    }
+
+    async fn return_rate(
+        &self,
+        id: &KeyId,
+        name: &LimitName,
+        tokens: u32,
+        interval_us: u64,
+    ) -> Result<(), StoreError> {
+        self.return_rate_sync(id, name, tokens, interval_us)
     }
 
     async fn take_expiry_reminders(

@@ -10,6 +10,7 @@ mod compact;
 mod error;
 mod memory;
 mod memory_trusted;
+mod memory_usage;
 mod trusted;
 
 #[cfg(feature = "testing")]
@@ -75,6 +76,9 @@ pub use trusted::TrustStore;
 use crate::ids::OwnerId;
 use crate::ids::{Environment, ExternalId, KeyId};
 use crate::key::{KeyRecord, KeyStatus};
+use crate::usage::{
+    CreditChange, CreditGrant, Credits, LimitName, RateGrant, RateLease, RefillDue,
+};
 
 /// The largest page a listing returns.
 pub const MAX_PAGE_SIZE: usize = 1000;
@@ -128,7 +132,8 @@ impl QuotaCheck {
     /// #   permissions: PermissionGrant::All, resources: ResourceScope::All,
     /// #   ip_allowlist: IpAllowlist::default(), created_at: created, expires_at: None,
     /// #   revoked_at: None, suspended_at: None, last_used_at: None, last_used_ip: None,
-    /// #   reminded_at: None, external_id: None, metadata: Default::default(), generation: 1,
+    /// #   reminded_at: None, external_id: None, metadata: Default::default(),
+    /// #   usage: Default::default(), generation: 1,
     /// #   secret_hash: SecretHash::new(String::new()) };
     /// // `r` was created on 2026-01-01 and never used.
     /// let later = created + TimeDelta::days(100);
@@ -419,6 +424,85 @@ pub trait KeyStore: Send + Sync + 'static {
         until: DateTime<Utc>,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<KeyRecord>, StoreError>> + Send;
+    /// Leases up to `want` credits of key `id` in one atomic step: first,
+    /// if `refill` is given and the balance was last refilled for a period
+    /// before `refill.period_start` (or never), the balance becomes
+    /// `refill.amount` and `refilled_for` that start; then
+    /// `granted = min(want, remaining)` moves from `remaining` to `leased`.
+    /// With any number of concurrent callers the grants never sum to more
+    /// than the balance. `Ok(None)`: the key carries no credits.
+    /// Errors: [`StoreError::NotFound`]. The default refuses
+    /// ([`StoreError::Unsupported`]): a store without usage controls denies
+    /// metered keys instead of letting them spend without bound.
+    fn lease_credits(
+        &self,
+        id: &KeyId,
+        want: u64,
+        refill: Option<RefillDue>,
+    ) -> impl Future<Output = Result<Option<CreditGrant>, StoreError>> + Send {
+        let _ = (id, want, refill);
+        async { Err(StoreError::Unsupported("usage credits")) }
+    }
+
+    /// Settles leased credits of key `id`: `returned` unspent credits go
+    /// back to `remaining`, and `leased` falls by `returned + spent`
+    /// (never below zero). A key without credits, or a missing one, is
+    /// not an error (nothing happens). Returned credits never push
+    /// `remaining` past [`Credits::MAX`](crate::usage::Credits::MAX).
+    fn settle_credits(
+        &self,
+        id: &KeyId,
+        returned: u64,
+        spent: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = (id, returned, spent);
+        async { Err(StoreError::Unsupported("usage credits")) }
+    }
+
+    /// Changes key `id`'s balance (management), atomically, and returns
+    /// the credits after the change; `Ok(None)`: the key carries no
+    /// credits (nothing changed). Does not bump the generation.
+    /// Errors: [`StoreError::NotFound`]; [`StoreError::Usage`] when an
+    /// [`CreditChange::Add`] would pass [`Credits::MAX`](crate::usage::Credits::MAX)
+    /// (nothing changed).
+    fn change_credits(
+        &self,
+        id: &KeyId,
+        change: CreditChange,
+    ) -> impl Future<Output = Result<Option<Credits>, StoreError>> + Send {
+        let _ = (id, change);
+        async { Err(StoreError::Unsupported("usage credits")) }
+    }
+
+    /// Takes up to `lease.want` tokens of key `id`'s limit `lease.name` in
+    /// one atomic step, by [`gcra_take`](crate::usage::gcra_take) over the
+    /// limit's stored theoretical arrival time (none yet: a full bucket).
+    /// With any number of concurrent callers the tokens granted are
+    /// exactly those one caller taking them in turn would get.
+    /// Errors: [`StoreError::NotFound`]. The default refuses
+    /// ([`StoreError::Unsupported`]).
+    fn lease_rate(
+        &self,
+        id: &KeyId,
+        lease: &RateLease,
+    ) -> impl Future<Output = Result<RateGrant, StoreError>> + Send {
+        let _ = (id, lease);
+        async { Err(StoreError::Unsupported("rate limits")) }
+    }
+
+    /// Gives back `tokens` unspent tokens of key `id`'s limit `name`: its
+    /// theoretical arrival time moves back by `tokens × interval_us`. A
+    /// missing key or limit state is not an error (nothing happens).
+    fn return_rate(
+        &self,
+        id: &KeyId,
+        name: &LimitName,
+        tokens: u32,
+        interval_us: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = (id, name, tokens, interval_us);
+        async { Err(StoreError::Unsupported("rate limits")) }
+    }
 }
 
 impl<S: KeyStore> KeyStore for Arc<S> {
@@ -469,6 +553,45 @@ impl<S: KeyStore> KeyStore for Arc<S> {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<KeyRecord>, StoreError>> + Send {
         (**self).take_expiry_reminders(now, until, limit)
+    }
+    fn lease_credits(
+        &self,
+        id: &KeyId,
+        want: u64,
+        refill: Option<RefillDue>,
+    ) -> impl Future<Output = Result<Option<CreditGrant>, StoreError>> + Send {
+        (**self).lease_credits(id, want, refill)
+    }
+    fn settle_credits(
+        &self,
+        id: &KeyId,
+        returned: u64,
+        spent: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).settle_credits(id, returned, spent)
+    }
+    fn change_credits(
+        &self,
+        id: &KeyId,
+        change: CreditChange,
+    ) -> impl Future<Output = Result<Option<Credits>, StoreError>> + Send {
+        (**self).change_credits(id, change)
+    }
+    fn lease_rate(
+        &self,
+        id: &KeyId,
+        lease: &RateLease,
+    ) -> impl Future<Output = Result<RateGrant, StoreError>> + Send {
+        (**self).lease_rate(id, lease)
+    }
+    fn return_rate(
+        &self,
+        id: &KeyId,
+        name: &LimitName,
+        tokens: u32,
+        interval_us: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).return_rate(id, name, tokens, interval_us)
     }
 }
 

@@ -139,6 +139,11 @@ pub(crate) fn generation_to_sql(g: u64) -> Result<i64, StoreError> {
 }
 
 pub(crate) fn encode(r: &KeyRecord) -> Result<Encoded<'_>, StoreError> {
+    // Until the SQL stores keep usage controls, a record with any is
+    // refused rather than stored without them (fail closed).
+    if !r.usage.is_empty() {
+        return Err(StoreError::Unsupported("usage controls"));
+    }
     Ok(Encoded {
         id: r.id.as_str(),
         owner: r.owner.as_str(),
@@ -282,6 +287,7 @@ where
         ip_allowlist,
         external_id,
         metadata,
+        usage: Default::default(),
         created_at,
         expires_at,
         revoked_at,

@@ -57,6 +57,7 @@ pub(super) fn record(owner: &OwnerId, environment: &str) -> KeyRecord {
         ip_allowlist: IpAllowlist::any(),
         external_id: None,
         metadata: Default::default(),
+        usage: Default::default(),
         created_at: t0(),
         expires_at: None,
         revoked_at: None,
