@@ -34,6 +34,9 @@ impl<S: KeyStore> KeyManager<S> {
             let ip_allowlist = IpAllowlist::parse(&new.ip_allowlist)?;
             let external_id = checked_external_id(new.external_id.as_deref())?;
             let metadata = checked_metadata(new.metadata)?;
+            self.shared
+                .policy
+                .check_rate_limits(&new.usage.rate_limits)?;
 
             let now = self.now();
             let quota = policy

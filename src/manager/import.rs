@@ -56,6 +56,9 @@ impl<S: KeyStore> KeyManager<S> {
             let ip_allowlist = IpAllowlist::parse(&key.ip_allowlist)?;
             let external_id = checked_external_id(key.external_id.as_deref())?;
             let metadata = checked_metadata(key.metadata)?;
+            self.shared
+                .policy
+                .check_rate_limits(&key.usage.rate_limits)?;
             let record = KeyRecord {
                 id,
                 owner,

@@ -21,6 +21,8 @@ pub use permissions::{
 };
 pub use resources::{CompiledScope, ResourceRef, ResourceRule, ResourceScope};
 
+use crate::usage::{LimitName, RateLimits, UsageError};
+
 /// Everything the application decides about its keys, built once at startup.
 ///
 /// ```
@@ -44,6 +46,7 @@ pub struct Policy {
     edits: EditPolicy,
     quota: Option<u32>,
     idle_expiry: Option<chrono::TimeDelta>,
+    rate_limit_names: Vec<LimitName>,
 }
 
 impl Policy {
@@ -58,6 +61,7 @@ impl Policy {
             edits: EditPolicy::default(),
             quota: None,
             idle_expiry: None,
+            rate_limit_names: Vec::new(),
         }
     }
 
@@ -116,6 +120,62 @@ impl Policy {
         }
         self.idle_expiry = Some(chrono::TimeDelta::days(i64::from(days)));
         Ok(self)
+    }
+
+    /// The names of the rate limits the application uses (`requests`,
+    /// `publish`): keys may carry only these, and a request may spend only
+    /// these. A name outside the list is refused, naming it, where a key is
+    /// created or edited ([`UsageError::UnknownLimit`]) and where a request
+    /// spends it, so a typo fails closed instead of leaving a key
+    /// unlimited. At most 4 × [`RateLimits::MAX`] names.
+    ///
+    /// ```
+    /// use keyward::{PermissionRegistry, Policy};
+    /// let registry = PermissionRegistry::builder().permission("p").build().unwrap();
+    /// let policy = Policy::new(registry).with_rate_limits(["requests", "publish"]).unwrap();
+    /// assert!(policy.rate_limit_name("publish").is_some());
+    /// assert!(policy.rate_limit_name("publsh").is_none());
+    /// ```
+    pub fn with_rate_limits<'a>(
+        mut self,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Self, UsageError> {
+        let mut v = names
+            .into_iter()
+            .map(LimitName::new)
+            .collect::<Result<Vec<_>, _>>()?;
+        v.sort();
+        v.dedup();
+        if v.len() > RateLimits::MAX * 4 {
+            return Err(UsageError::TooManyLimits {
+                count: v.len(),
+                max: RateLimits::MAX * 4,
+            });
+        }
+        self.rate_limit_names = v;
+        Ok(self)
+    }
+
+    /// The declared rate limit named `name`, if it is one.
+    pub fn rate_limit_name(&self, name: &str) -> Option<&LimitName> {
+        self.rate_limit_names
+            .binary_search_by(|n| n.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.rate_limit_names[i])
+    }
+
+    /// Refuses `limits` naming a limit not declared with
+    /// [`Policy::with_rate_limits`] ([`UsageError::UnknownLimit`]).
+    pub fn check_rate_limits(&self, limits: &RateLimits) -> Result<(), UsageError> {
+        match limits
+            .iter()
+            .find(|l| self.rate_limit_name(l.name().as_str()).is_none())
+        {
+            Some(l) => Err(UsageError::UnknownLimit {
+                name: l.name().as_str().into(),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// The idle-expiry period, if any.

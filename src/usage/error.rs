@@ -48,6 +48,13 @@ pub enum UsageError {
         /// The window.
         window: Duration,
     },
+    /// A limit the policy does not declare
+    /// ([`Policy::with_rate_limits`](crate::Policy::with_rate_limits)).
+    #[error("rate limit {name}: not one of the policy's rate limits")]
+    UnknownLimit {
+        /// The name given.
+        name: Box<str>,
+    },
     /// Two limits of one key have the same name.
     #[error("rate limits: {name} is given twice")]
     DuplicateLimit {
