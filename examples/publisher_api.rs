@@ -594,6 +594,7 @@ async fn admin_edit(
         ip_allowlist: body.ip_allowlist,
         external_id: body.external_id.map(Some),
         metadata: body.metadata,
+        ..KeyEdit::default()
     };
     match app.manager.edit(&actor, &id, edit).await {
         Ok(view) => Json(json!({ "key": view })).into_response(),
