@@ -382,8 +382,7 @@ impl<S: KeyStore> KeyManager<S> {
     /// fails (or the call is cancelled), the balance is given back to the
     /// old key. The old key keeps no refill, and during its grace period
     /// spends only what verifiers had already leased from it: later checks
-    /// with it are denied for
-    /// [`UsageExhausted`](crate::DenialReason::UsageExhausted).
+    /// with it are denied as `DenialReason::UsageExhausted`.
     pub async fn rotate(
         &self,
         actor: &Actor,
