@@ -659,12 +659,28 @@ struct Failing<S> {
     inner: S,
     fail_inserts: AtomicBool,
     fail_updates: AtomicBool,
+    /// Inserts never finish (a hung database), so the call can be dropped.
+    hang_inserts: AtomicBool,
+}
+
+impl<S> Failing<S> {
+    fn new(inner: S) -> Self {
+        Self {
+            inner,
+            fail_inserts: AtomicBool::new(false),
+            fail_updates: AtomicBool::new(false),
+            hang_inserts: AtomicBool::new(false),
+        }
+    }
 }
 
 impl<S: KeyStore> KeyStore for Failing<S> {
     async fn insert(&self, r: &KeyRecord, q: Option<QuotaCheck>) -> Result<(), StoreError> {
         if self.fail_inserts.load(Ordering::SeqCst) {
             return Err(StoreError::DuplicateId(r.id.clone()));
+        }
+        if self.hang_inserts.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
         }
         self.inner.insert(r, q).await
     }
@@ -733,11 +749,7 @@ impl<S: KeyStore> KeyStore for Failing<S> {
 
 #[tokio::test]
 async fn a_failed_rotation_gives_the_balance_back() {
-    let c = ctx_with(Failing {
-        inner: MemoryStore::new(),
-        fail_inserts: AtomicBool::new(false),
-        fail_updates: AtomicBool::new(false),
-    });
+    let c = ctx_with(Failing::new(MemoryStore::new()));
     let key = c.create(metered_key()).await;
     let id = key.key.id.clone();
     let store = c.manager.store();
@@ -826,4 +838,74 @@ async fn rotation_racing_leases_creates_nothing<S: KeyStore + 'static>(c: Ctx<S>
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rotation_racing_leases_creates_nothing_on_memory() {
     rotation_racing_leases_creates_nothing(memory()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_dropped_mid_way_gives_the_balance_back() {
+    let c = Arc::new(ctx_with(Failing::new(MemoryStore::new())));
+    let key = c.create(metered_key()).await;
+    let id = key.key.id.clone();
+    c.manager.store().hang_inserts.store(true, Ordering::SeqCst);
+    let rotation = {
+        let (c, id) = (Arc::clone(&c), id.clone());
+        tokio::spawn(async move { c.manager.regenerate_pair(&sys(), &id).await })
+    };
+    // The balance is taken before the successor's insert, which hangs.
+    for _ in 0..2_000 {
+        if c.credits(&id).await.remaining == 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let taken = c.credits(&id).await;
+    assert_eq!((taken.remaining, taken.leased), (0, 1_000));
+    // The caller gives up (a timeout, a client gone): the future is dropped.
+    rotation.abort();
+    assert!(rotation.await.unwrap_err().is_cancelled());
+    // Its guard gives the balance back (on a spawned task).
+    let mut back = taken;
+    for _ in 0..2_000 {
+        back = c.credits(&id).await;
+        if back.remaining == 1_000 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!((back.remaining, back.leased), (1_000, 0));
+    assert_eq!(c.all_records().await.len(), 1, "no successor");
+}
+
+#[tokio::test]
+async fn an_import_with_a_balance_is_the_applications() {
+    let c = memory();
+    let import = || {
+        keyward::manager::ImportKey::scoped(
+            "K7x2Lq9",
+            OWNER,
+            "live",
+            "old CI key",
+            sha256_hex("old-secret"),
+        )
+        .permissions(PermissionGrant::only(["package:push"]))
+        .credits(Credits::new(70).unwrap())
+    };
+    not_allowed_usage(c.manager.import(&admin(), import()).await);
+    assert!(c.all_records().await.is_empty());
+    let view = c.manager.import(&sys(), import()).await.unwrap();
+    assert_eq!(view.usage.credits.map(|c| c.remaining), Some(70));
+    // An edit's audit detail names what changed.
+    c.manager
+        .edit(
+            &sys(),
+            &view.id,
+            KeyEdit {
+                rate_limits: Some(limits([limit("publish", 1, 60)])),
+                credits: Some(None),
+                ..KeyEdit::default()
+            },
+        )
+        .await
+        .unwrap();
+    let edited = c.events(AuditAction::Edited);
+    assert_eq!(edited.last().unwrap().detail, "rate_limits, credits");
 }
