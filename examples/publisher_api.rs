@@ -93,6 +93,20 @@
 //! "resources"?, "environment"?}` (the administrator): a key from another
 //! system, its holder keeping the secret (HTTP Basic `id:secret`).
 //!
+//! Usage controls: the policy declares two rate limits, `requests` and
+//! `publish`. `POST /admin/keys` and `PATCH /admin/keys/{id}` take
+//! `"rate_limits": [{"name", "limit", "window_secs"}]` and `"credits":
+//! {"remaining", "refill"?: {"amount", "every": "day" | "month", "day"?}}`
+//! (`"credits": null` in an edit stops metering; on a metered key an edit
+//! changes only the refill). `GET /admin/keys/{id}/credits` reads the
+//! balance; `PUT` `{"remaining"}` sets it and `POST` `{"add"}` adds to it.
+//! The marketplace sells usage, so the publisher's administrator and
+//! manager may narrow limits and read the balance, but only the marketplace
+//! itself (`X-Operator-Secret`: `KEYWARD_OPERATOR_SECRET`, or a random
+//! secret printed at startup; it acts as the application, for any owner)
+//! may give credits or widen limits (403 otherwise). Bad input is 400,
+//! naming the field.
+//!
 //! Every 5 minutes the server purges expired sessions and the expired ids
 //! of exchanged OIDC tokens.
 
@@ -115,8 +129,11 @@ use keyward::store::{AuditSink, BoxedSessionStore};
 use keyward::trusted::{
     GITHUB_ACTIONS_ISSUER, GitHubClaims, NewTrustPolicy, TrustConfig, TrustError, TrustedPublishing,
 };
+use keyward::usage::{
+    CreditChange, Credits, RateLimit, RateLimits, Refill, RefillInterval, UsageError,
+};
 use keyward::{PostgresStore, SqliteStore, policy::ResourceRef, session::SessionConfig};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
@@ -186,6 +203,9 @@ struct App {
     trusted: Arc<TrustedPublishing>,
     /// The manager's secret (`X-Manager-Secret`), if one is configured.
     manager_secret: Option<Arc<str>>,
+    /// The marketplace operator's secret (`X-Operator-Secret`): acts as the
+    /// application itself, which alone gives usage (credits, wider limits).
+    operator_secret: Arc<str>,
     /// This server's address, for the cargo index's `config.json`.
     base_url: Arc<str>,
 }
@@ -201,19 +221,25 @@ impl App {
 }
 
 /// Who is calling the management routes: the administrator
-/// (`X-Admin-Secret`) or the manager (`X-Manager-Secret`, a manager with API
+/// (`X-Admin-Secret`), the manager (`X-Manager-Secret`, a manager with API
 /// access: creates, edits, rotates with a grace of at least a day, suspends,
 /// resumes and reads the audit trail, but cannot revoke, delete, regenerate
-/// or import: 403).
+/// or import: 403), or the marketplace operator (`X-Operator-Secret`, the
+/// application itself: also gives credits and widens rate limits).
 fn actor(app: &App, headers: &HeaderMap) -> Option<Actor> {
     if is_admin(app, headers) {
         return Some(app.admin());
     }
-    let matches = |secret: &str| {
+    let header_is = |name: &str, secret: &str| {
         headers
-            .get("x-manager-secret")
+            .get(name)
             .is_some_and(|v| bool::from(v.as_bytes().ct_eq(secret.as_bytes())))
     };
+    if header_is("x-operator-secret", &app.operator_secret) {
+        // The marketplace itself: the one that sells usage.
+        return Some(Actor::system("marketplace"));
+    }
+    let matches = |secret: &str| header_is("x-manager-secret", secret);
     match &app.manager_secret {
         Some(secret) if matches(secret) => Some(Actor::manager(
             "manager",
@@ -483,6 +509,98 @@ struct CreateBody {
     external_id: Option<String>,
     /// A JSON object (at most 4 KiB): shown in listings, never a secret.
     metadata: Option<serde_json::Value>,
+    /// `[{"name": "publish", "limit": 10, "window_secs": 3600}]`.
+    rate_limits: Option<Vec<LimitBody>>,
+    /// `{"remaining": 1000, "refill": {"amount": 1000, "every": "month", "day": 1}}`
+    /// (the marketplace operator only).
+    credits: Option<CreditsBody>,
+}
+
+/// One rate limit as the API takes it. Numbers are read as JSON numbers
+/// and checked here, so a negative or fractional one is a 400 naming the
+/// field rather than a deserializer's message.
+#[derive(Deserialize)]
+struct LimitBody {
+    name: String,
+    limit: f64,
+    window_secs: f64,
+}
+
+#[derive(Deserialize)]
+struct RefillBody {
+    amount: f64,
+    every: String,
+    day: Option<f64>,
+}
+
+#[derive(Deserialize)]
+struct CreditsBody {
+    remaining: f64,
+    refill: Option<RefillBody>,
+}
+
+/// A whole number for `field`, at most `max` (negative, fractional and
+/// larger ones are refused, naming the field).
+fn whole(field: &'static str, value: f64, max: u64) -> Result<u64, String> {
+    if value < 0.0 {
+        return Err(UsageError::NegativeCredits {
+            field,
+            // Saturating float-to-int conversion: the message shows the value.
+            value: value as i64,
+        }
+        .to_string());
+    }
+    if value.fract() != 0.0 {
+        return Err(format!("{field}: {value} is not a whole number"));
+    }
+    // Exact up to 2^53, past every maximum used here.
+    if value > max as f64 {
+        return Err(format!("{field}: {value} is above the maximum {max}"));
+    }
+    Ok(value as u64)
+}
+
+fn parse_limits(body: Vec<LimitBody>) -> Result<RateLimits, String> {
+    let mut limits = Vec::with_capacity(body.len());
+    for l in body {
+        let limit = whole("rate_limits[].limit", l.limit, u64::from(u32::MAX))?;
+        let window = Duration::try_from_secs_f64(l.window_secs).map_err(|_| {
+            format!(
+                "rate limit {}: window_secs {} is not a duration",
+                l.name, l.window_secs
+            )
+        })?;
+        let limit = u32::try_from(limit).map_err(|e| e.to_string())?;
+        limits.push(RateLimit::new(&l.name, limit, window).map_err(|e| e.to_string())?);
+    }
+    RateLimits::new(limits).map_err(|e| e.to_string())
+}
+
+fn parse_credits(body: CreditsBody) -> Result<Credits, String> {
+    let remaining = whole("credits.remaining", body.remaining, Credits::MAX)?;
+    let mut credits = Credits::new(remaining).map_err(|e| e.to_string())?;
+    if let Some(r) = body.refill {
+        let amount = whole("credits.refill.amount", r.amount, Credits::MAX)?;
+        let interval = match (r.every.as_str(), r.day) {
+            ("day", None) => RefillInterval::Day,
+            ("day", Some(_)) => {
+                return Err("credits.refill.day: only for \"every\": \"month\"".into());
+            }
+            ("month", day) => {
+                let day = whole("credits.refill.day", day.unwrap_or(1.0), 31)?;
+                RefillInterval::Month {
+                    day: u32::try_from(day).map_err(|e| e.to_string())?,
+                }
+            }
+            (other, _) => {
+                return Err(format!(
+                    "credits.refill.every: {other:?} is not \"day\" or \"month\""
+                ));
+            }
+        };
+        credits = credits.with_refill(Refill::new(interval, amount).map_err(|e| e.to_string())?);
+    }
+    Ok(credits)
 }
 
 async fn admin_create(
@@ -506,6 +624,18 @@ async fn admin_create(
     }
     if let Some(object) = body.metadata {
         new = new.metadata(object);
+    }
+    if let Some(limits) = body.rate_limits {
+        match parse_limits(limits) {
+            Ok(limits) => new = new.rate_limits(limits),
+            Err(message) => return error(StatusCode::BAD_REQUEST, message),
+        }
+    }
+    if let Some(credits) = body.credits {
+        match parse_credits(credits) {
+            Ok(credits) => new = new.credits(credits),
+            Err(message) => return error(StatusCode::BAD_REQUEST, message),
+        }
     }
     match app.manager.create(&actor, new).await {
         Ok(created) => (
@@ -573,6 +703,18 @@ struct EditBody {
     external_id: Option<String>,
     /// A new metadata object, replacing the old one (`{}` empties it).
     metadata: Option<serde_json::Value>,
+    /// New rate limits, replacing the old ones (`[]`: none).
+    rate_limits: Option<Vec<LimitBody>>,
+    /// Metering: `null` stops it; an object starts it, or on a metered key
+    /// changes only the refill. Missing: unchanged.
+    #[serde(default, deserialize_with = "present")]
+    credits: Option<Option<CreditsBody>>,
+}
+
+/// A field that is there, `null` included (`Some(None)`); a missing one
+/// is the `#[serde(default)]` `None`.
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
 }
 
 async fn admin_edit(
@@ -586,6 +728,18 @@ async fn admin_edit(
         Ok(id) => id,
         Err(r) => return r,
     };
+    let rate_limits = match body.rate_limits.map(parse_limits).transpose() {
+        Ok(limits) => limits,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    let credits = match body
+        .credits
+        .map(|c| c.map(parse_credits).transpose())
+        .transpose()
+    {
+        Ok(credits) => credits,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
     let edit = KeyEdit {
         name: body.name,
         permissions: body.permissions.map(PermissionGrant::only),
@@ -594,9 +748,83 @@ async fn admin_edit(
         ip_allowlist: body.ip_allowlist,
         external_id: body.external_id.map(Some),
         metadata: body.metadata,
+        rate_limits,
+        credits,
     };
     match app.manager.edit(&actor, &id, edit).await {
         Ok(view) => Json(json!({ "key": view })).into_response(),
+        Err(e) => manager_error(e),
+    }
+}
+
+/// The key's credits (`null`: not metered): the administrator, the
+/// manager and the operator may read them.
+async fn admin_credits(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let actor = require_actor!(app, headers);
+    let id = match own_key(&app, &actor, &id).await {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    match app.manager.credits(&actor, &id).await {
+        Ok(credits) => Json(json!({ "credits": credits })).into_response(),
+        Err(e) => manager_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct SetCreditsBody {
+    remaining: f64,
+}
+
+#[derive(Deserialize)]
+struct AddCreditsBody {
+    add: f64,
+}
+
+/// `PUT` `{"remaining": n}`: sets the balance (the operator only).
+async fn admin_set_credits(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(body): Json<SetCreditsBody>,
+) -> Response {
+    let change = whole("remaining", body.remaining, Credits::MAX).map(CreditChange::Set);
+    change_credits(app, headers, id, change).await
+}
+
+/// `POST` `{"add": n}`: adds to the balance (the operator only).
+async fn admin_add_credits(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(body): Json<AddCreditsBody>,
+) -> Response {
+    let change = whole("add", body.add, Credits::MAX).map(CreditChange::Add);
+    change_credits(app, headers, id, change).await
+}
+
+async fn change_credits(
+    app: App,
+    headers: HeaderMap,
+    id: String,
+    change: Result<CreditChange, String>,
+) -> Response {
+    let actor = require_actor!(app, headers);
+    let id = match own_key(&app, &actor, &id).await {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let result = match change {
+        Ok(CreditChange::Set(n)) => app.manager.set_credits(&actor, &id, n).await,
+        Ok(CreditChange::Add(n)) => app.manager.add_credits(&actor, &id, n).await,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    match result {
+        Ok(credits) => Json(json!({ "credits": credits })).into_response(),
         Err(e) => manager_error(e),
     }
 }
@@ -1067,6 +1295,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .session_only("package:delete")
         .build()?;
     let policy = Policy::new(registry.clone())
+        .with_rate_limits(["requests", "publish"])? // the limits a key may carry
         .with_quota(3)? // per owner and environment, like the developer portal
         .with_expiry(ExpiryPolicy::choices(
             &[1, 90, 365],
@@ -1107,6 +1336,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let manager_secret = std::env::var("KEYWARD_MANAGER_SECRET")
         .ok()
         .filter(|s| !s.is_empty());
+    let (operator_secret, operator_generated) = match std::env::var("KEYWARD_OPERATOR_SECRET") {
+        Ok(s) if !s.is_empty() => (s, false),
+        _ => (random_secret(), true),
+    };
     // Expired sessions are refused, but their rows stay until purged: purge
     // them every 5 minutes (on every server, if you like: it is one
     // idempotent statement). Each key holds at most 100 live sessions.
@@ -1179,6 +1412,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         trust,
         trusted,
         manager_secret: manager_secret.map(Into::into),
+        operator_secret: operator_secret.clone().into(),
         base_url: base_url.clone().into(),
     };
 
@@ -1241,6 +1475,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/admin/keys/{id}/suspend", post(admin_suspend))
         .route("/admin/keys/{id}/resume", post(admin_resume))
         .route("/admin/keys/{id}/audit", get(admin_key_audit))
+        .route(
+            "/admin/keys/{id}/credits",
+            get(admin_credits)
+                .put(admin_set_credits)
+                .post(admin_add_credits),
+        )
         .route("/admin/audit", get(admin_owner_audit))
         .route("/admin/expiry-reminders", post(admin_expiry_reminders))
         .route("/admin/keys/import", post(admin_import))
@@ -1260,6 +1500,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("owner: {owner}");
     if generated {
         println!("administrator secret (X-Admin-Secret): {admin_secret}");
+    }
+    if operator_generated {
+        println!("marketplace operator secret (X-Operator-Secret): {operator_secret}");
     }
     ::axum::serve(
         listener,

@@ -53,11 +53,16 @@ pub enum AuditAction {
     TrustPolicyCreated,
     /// A trust policy was deleted; `key_id` is its id.
     TrustPolicyDeleted,
+    /// A key's credit balance was set; `detail` gives the new balance.
+    CreditsSet,
+    /// Credits were added to a key's balance; `detail` gives the amount
+    /// and the balance after.
+    CreditsAdded,
 }
 
 impl AuditAction {
     /// Every action, in declaration order.
-    pub const ALL: [AuditAction; 15] = [
+    pub const ALL: [AuditAction; 17] = [
         AuditAction::Created,
         AuditAction::Imported,
         AuditAction::Edited,
@@ -73,6 +78,8 @@ impl AuditAction {
         AuditAction::Used,
         AuditAction::TrustPolicyCreated,
         AuditAction::TrustPolicyDeleted,
+        AuditAction::CreditsSet,
+        AuditAction::CreditsAdded,
     ];
 
     /// The stable name sinks store (`created`, `session_issued`, ...).
@@ -93,6 +100,8 @@ impl AuditAction {
             AuditAction::Used => "used",
             AuditAction::TrustPolicyCreated => "trust_policy_created",
             AuditAction::TrustPolicyDeleted => "trust_policy_deleted",
+            AuditAction::CreditsSet => "credits_set",
+            AuditAction::CreditsAdded => "credits_added",
         }
     }
 

@@ -34,7 +34,7 @@ use crate::store::StoreError;
 /// | `Policy`, `Token`, `UnknownEnvironment`, `BadImportHash` | 400 Bad Request |
 /// | `NotAllowed` | 403 Forbidden |
 /// | `NotFound` | 404 Not Found |
-/// | `Revoked`, `Expired`, `Suspended`, `NotSuspended`, `Legacy`, `IdTaken`, `QuotaExceeded`, `Store(Conflict \| DuplicateId)` | 409 Conflict |
+/// | `Revoked`, `Expired`, `Suspended`, `NotSuspended`, `Legacy`, `IdTaken`, `NotMetered`, `QuotaExceeded`, `Store(Conflict \| DuplicateId)` | 409 Conflict |
 /// | `Store(TooManySessions)` | 429 Too Many Requests |
 /// | `Hash`, `Store(Corrupt)` | 500 Internal Server Error |
 /// | other `Store` errors, `SessionsNotEnded` | 503 Service Unavailable, `Retry-After: 5` |
@@ -68,6 +68,7 @@ impl ManagementRejection {
             | E::NotSuspended(_)
             | E::Legacy(..)
             | E::IdTaken(_)
+            | E::NotMetered(_)
             | E::QuotaExceeded { .. }
             | E::Store(StoreError::Conflict { .. } | StoreError::DuplicateId(_)) => {
                 StatusCode::CONFLICT

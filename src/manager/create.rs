@@ -20,6 +20,13 @@ impl<S: KeyStore> KeyManager<S> {
     /// name, permissions (unknown or session-only names are refused),
     /// resource patterns, expiry, IP ranges, external id and metadata. The store enforces the quota
     /// atomically.
+    ///
+    /// Rate limits ([`NewKey::rate_limits`]) must be declared by the policy
+    /// ([`Policy::with_rate_limits`](crate::Policy::with_rate_limits)). A
+    /// starting balance ([`NewKey::credits`]) is usage given, so it also
+    /// needs [`ManagementAction::Usage`] (the application itself only, by
+    /// default): a publisher's administrator creates unmetered keys, or
+    /// the application creates metered ones.
     pub async fn create(&self, actor: &Actor, new: NewKey) -> Result<CreatedKey, KeywardError> {
         crate::trace::manage_span(actor.id(), ManagementAction::Create, None, async move {
             let policy = &self.shared.policy;
@@ -37,6 +44,11 @@ impl<S: KeyStore> KeyManager<S> {
             self.shared
                 .policy
                 .check_rate_limits(&new.usage.rate_limits)?;
+            if new.usage.credits.is_some() {
+                // A balance is usage given: the application's to give.
+                self.allow(actor, ManagementAction::Usage, &owner, None)
+                    .await?;
+            }
 
             let now = self.now();
             let quota = policy

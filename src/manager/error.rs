@@ -39,6 +39,10 @@ pub enum KeywardError {
     /// No key with this id (for this owner).
     #[error("no key with id {0}")]
     NotFound(KeyId),
+    /// The key carries no credits, so it has no balance to set or add to:
+    /// meter it first ([`KeyEdit::credits`](crate::KeyEdit::credits)).
+    #[error("key {0} is not metered (it carries no credits)")]
+    NotMetered(KeyId),
     /// The key is revoked; revocation is permanent.
     #[error("key {0} is revoked and cannot be changed or re-enabled")]
     Revoked(KeyId),
@@ -115,6 +119,7 @@ impl KeywardError {
             KeywardError::Hash(_) => "hash",
             KeywardError::Usage(_) => "usage",
             KeywardError::NotFound(_) => "not_found",
+            KeywardError::NotMetered(_) => "not_metered",
             KeywardError::Revoked(_) => "revoked",
             KeywardError::Expired(_) => "expired",
             KeywardError::UnknownEnvironment(_) => "unknown_environment",

@@ -28,7 +28,9 @@ impl<S: KeyStore> KeyManager<S> {
     /// the quota's number of live keys in the environment (raise the quota,
     /// or revoke keys, before migrating more). The id must never have been
     /// used in this store (a deleted key's id included):
-    /// [`KeywardError::IdTaken`]. A refusal stores nothing.
+    /// [`KeywardError::IdTaken`]. Usage controls as in
+    /// [`KeyManager::create`]: a balance also needs
+    /// [`ManagementAction::Usage`]. A refusal stores nothing.
     pub async fn import(&self, actor: &Actor, key: ImportKey) -> Result<KeyView, KeywardError> {
         crate::trace::manage_span(actor.id(), ManagementAction::Import, None, async move {
             let policy = &self.shared.policy;
@@ -59,6 +61,11 @@ impl<S: KeyStore> KeyManager<S> {
             self.shared
                 .policy
                 .check_rate_limits(&key.usage.rate_limits)?;
+            if key.usage.credits.is_some() {
+                // A balance is usage given: the application's to give.
+                self.allow(actor, ManagementAction::Usage, &owner, None)
+                    .await?;
+            }
             let record = KeyRecord {
                 id,
                 owner,

@@ -58,7 +58,9 @@ macro_rules! policy_setters {
         }
         /// Meters the key with `credits` (see [`Credits`](crate::usage::Credits)):
         /// its starting balance and refill. A refill's first period is the one
-        /// the key is created in (no refill at once).
+        /// the key is created in (no refill at once). Giving a balance needs
+        /// [`ManagementAction::Usage`](crate::policy::ManagementAction::Usage)
+        /// (the application itself only, by default).
         pub fn credits(mut self, credits: Credits) -> Self {
             self.usage.credits = Some(Credits {
                 leased: 0,
@@ -145,6 +147,20 @@ impl NewKey {
 /// [`EditPolicy`](crate::policy::EditPolicy) freezes them, and widen only
 /// where it allows.
 ///
+/// Usage controls: `rate_limits` replaces the key's limits (every name
+/// declared with [`Policy::with_rate_limits`](crate::Policy::with_rate_limits)).
+/// `credits: Some(None)` stops metering the key; `Some(Some(c))` on a key
+/// without credits meters it, starting with `c`'s balance and refill; on a
+/// metered key it changes only the refill (`c.remaining` is ignored: a
+/// balance changes only through [`KeyManager::set_credits`] and
+/// [`KeyManager::add_credits`], atomically against verifiers' leases).
+/// Narrowing them is always allowed; widening them needs
+/// [`ManagementAction::Usage`](crate::policy::ManagementAction::Usage)
+/// (see [`EditPolicy`](crate::policy::EditPolicy)).
+///
+/// [`KeyManager::set_credits`]: crate::KeyManager::set_credits
+/// [`KeyManager::add_credits`]: crate::KeyManager::add_credits
+///
 /// ```
 /// use keyward::KeyEdit;
 /// let edit = KeyEdit {
@@ -170,6 +186,11 @@ pub struct KeyEdit {
     pub external_id: Option<Option<String>>,
     /// New metadata, replacing the old object whole (`{}` empties it).
     pub metadata: Option<serde_json::Value>,
+    /// New rate limits, replacing the old ones whole (empty: none).
+    pub rate_limits: Option<RateLimits>,
+    /// Metering: `Some(None)` stops it; `Some(Some(c))` starts it with
+    /// `c`, or on a metered key changes only its refill (see above).
+    pub credits: Option<Option<Credits>>,
 }
 
 /// A key just created or regenerated: the full token, shown once, and the view.

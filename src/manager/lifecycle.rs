@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
+use super::credits::{changed_usage, edit_usage};
 use super::inputs::{CreatedKey, KeyEdit, RotatedKey, checked_external_id, checked_metadata};
 use super::{KeyManager, MAX_WINDOW_DAYS, MIN_ROTATION_GRACE};
 use crate::audit::AuditAction;
@@ -16,6 +17,7 @@ use crate::manager::KeywardError;
 use crate::policy::PolicyError;
 use crate::policy::{Actor, IpAllowlist, ManagementAction};
 use crate::store::{KeyStore, ListQuery, QuotaCheck};
+use crate::usage::UsageControls;
 use crate::verify::Shared;
 
 /// Which fields an edit changed, for the audit trail.
@@ -42,6 +44,7 @@ fn changed_fields(old: &KeyRecord, new: &KeyRecord) -> String {
     if old.metadata != new.metadata {
         fields.push("metadata");
     }
+    changed_usage(old, new, &mut fields);
     fields.join(", ")
 }
 
@@ -103,6 +106,12 @@ impl<S: KeyStore> KeyManager<S> {
 
     /// Edits a key. Takes effect for the very next check in this process.
     /// Legacy keys cannot be edited ([`KeywardError::Legacy`]).
+    ///
+    /// Rate limits and metering ([`KeyEdit::rate_limits`],
+    /// [`KeyEdit::credits`]) may always narrow; an edit that widens them
+    /// also needs [`ManagementAction::Usage`] (the application itself
+    /// only, by default), else [`KeywardError::NotAllowed`] (audited) and
+    /// nothing changes. An edit never changes a balance.
     pub async fn edit(
         &self,
         actor: &Actor,
@@ -180,6 +189,10 @@ impl<S: KeyStore> KeyManager<S> {
             }
             if let Some(object) = edit.metadata {
                 record.metadata = checked_metadata(Some(object))?;
+            }
+            if edit_usage(policy, &mut record, edit.rate_limits, edit.credits, now)? {
+                self.allow(actor, ManagementAction::Usage, &record.owner, Some(id))
+                    .await?;
             }
             let detail = changed_fields(&before, &record);
             let record = self.save(record).await?;
@@ -360,6 +373,16 @@ impl<S: KeyStore> KeyManager<S> {
     /// future, a timeout) between the two writes, the successor is deleted
     /// again and the error returned. Legacy and suspended keys cannot be
     /// rotated.
+    ///
+    /// Usage controls: the successor gets the same rate limits and refill,
+    /// and the old key's balance moves to it exactly once. The balance is
+    /// taken in one atomic lease (a refill due is applied first, so the
+    /// period is not refilled twice), the successor is inserted with it,
+    /// and the take is then settled as spent; if the insert or the retiring
+    /// fails (or the call is cancelled), the balance is given back to the
+    /// old key. The old key keeps no refill, and during its grace period
+    /// spends only what verifiers had already leased from it: later checks
+    /// with it are denied as `DenialReason::UsageExhausted`.
     pub async fn rotate(
         &self,
         actor: &Actor,
@@ -399,8 +422,22 @@ impl<S: KeyStore> KeyManager<S> {
                 old.expires_at
                     .map(|e| e.signed_duration_since(old.created_at)),
             );
+            // The balance moves to the successor: taken here, given back
+            // (by `undo`, or below) if the successor is not kept.
+            let balance = self.take_balance(&old, now).await?;
+            let moved = balance.as_ref().map_or(0, |c| c.remaining);
+            let mut undo = UndoRotation {
+                shared: Some(Arc::clone(&self.shared)),
+                successor: None,
+                old: old.id.clone(),
+                moved,
+            };
             let successor = KeyRecord {
                 id: KeyId::generate(),
+                usage: UsageControls {
+                    rate_limits: old.usage.rate_limits.clone(),
+                    credits: balance,
+                },
                 created_at: now,
                 expires_at,
                 revoked_at: None,
@@ -416,16 +453,26 @@ impl<S: KeyStore> KeyManager<S> {
                 QuotaCheck::new(q.saturating_add(1), now)
                     .idle_expiry(self.shared.policy.idle_expiry())
             });
-            let (token, successor) = self.insert_new(successor, quota).await?;
+            let (token, successor) = match self.insert_new(successor, quota).await {
+                Ok(inserted) => inserted,
+                Err(e) => {
+                    // Disarmed first: a drop during the give-back strands
+                    // the balance rather than giving it back twice.
+                    undo.shared = None;
+                    self.give_back(&old.id, moved).await;
+                    return Err(e);
+                }
+            };
             // Until the old key is retired, dropping this future deletes the
             // successor (whose token nobody would ever see).
-            let mut undo = UndoInsert {
-                shared: Some(Arc::clone(&self.shared)),
-                id: successor.id.clone(),
-            };
+            undo.successor = Some(successor.id.clone());
             let mut retired = old.clone();
             let end = later(grace);
             retired.expires_at = Some(old.expires_at.map_or(end, |e| e.min(end)));
+            if let Some(c) = retired.usage.credits.as_mut() {
+                // The successor refills now; the old key spends out its leases.
+                c.refill = None;
+            }
             let retired = match self.save(retired).await {
                 Ok(r) => r,
                 Err(e) => {
@@ -435,10 +482,17 @@ impl<S: KeyStore> KeyManager<S> {
                     // is never returned.
                     let _ = self.shared.store.delete(&successor.id).await;
                     undo.shared = None;
+                    self.give_back(&old.id, moved).await;
                     return Err(e);
                 }
             };
             undo.shared = None;
+            if moved > 0 {
+                // The take is spent: it lives on in the successor. Should
+                // this fail, the old key's `leased` stays too high, which
+                // strands nothing spendable.
+                let _ = self.shared.store.settle_credits(&old.id, 0, moved).await;
+            }
             let events = vec![
                 self.event(
                     actor,
@@ -597,25 +651,47 @@ impl<S: KeyStore> KeyManager<S> {
     }
 }
 
-/// Deletes a rotation's successor when the rotation is dropped before it
-/// retired the old key (see [`KeyManager::rotate`]). Disarmed by taking
-/// `shared`.
-struct UndoInsert<S: KeyStore> {
-    shared: Option<Arc<Shared<S>>>,
-    id: KeyId,
+impl<S: KeyStore> KeyManager<S> {
+    /// Gives a rotation's taken balance back to the old key (the
+    /// successor was not kept).
+    async fn give_back(&self, old: &KeyId, moved: u64) {
+        if moved > 0 {
+            // Failing, the credits stay in the old key's `leased`: stranded,
+            // never created twice.
+            let _ = self.shared.store.settle_credits(old, moved, 0).await;
+        }
+    }
 }
 
-impl<S: KeyStore> Drop for UndoInsert<S> {
+/// Undoes a rotation dropped before it retired the old key (see
+/// [`KeyManager::rotate`]): deletes the successor, if inserted, and gives
+/// the taken balance back to the old key. Disarmed by taking `shared`.
+struct UndoRotation<S: KeyStore> {
+    shared: Option<Arc<Shared<S>>>,
+    successor: Option<KeyId>,
+    old: KeyId,
+    moved: u64,
+}
+
+impl<S: KeyStore> Drop for UndoRotation<S> {
     fn drop(&mut self) {
         let Some(shared) = self.shared.take() else {
             return;
         };
-        let id = self.id.clone();
-        // Without a runtime there is nothing to run the delete on; the
-        // successor's token was never returned, so it can never be used.
+        let successor = self.successor.take();
+        let old = self.old.clone();
+        let moved = self.moved;
+        // Without a runtime there is nothing to run the undo on; the
+        // successor's token was never returned, so it can never be used,
+        // and the balance stays in the old key's `leased` (stranded).
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
-                let _ = shared.store.delete(&id).await;
+                if let Some(id) = successor {
+                    let _ = shared.store.delete(&id).await;
+                }
+                if moved > 0 {
+                    let _ = shared.store.settle_credits(&old, moved, 0).await;
+                }
             });
         }
     }

@@ -23,6 +23,7 @@ use crate::verify::{Shared, Verifier};
 
 mod builder;
 mod create;
+mod credits;
 mod error;
 mod import;
 mod inputs;
@@ -390,6 +391,12 @@ impl<S: KeyStore> KeyManager<S> {
             stored.is_some_and(|mut stored| {
                 stored.last_used_at = record.last_used_at;
                 stored.last_used_ip = record.last_used_ip;
+                // Leases move a balance meanwhile; an update never writes it.
+                if let (Some(s), Some(r)) = (stored.usage.credits.as_mut(), &record.usage.credits) {
+                    s.remaining = r.remaining;
+                    s.leased = r.leased;
+                    s.refilled_for = r.refilled_for;
+                }
                 stored == record
             })
         };

@@ -7,6 +7,16 @@
 ///
 /// The default forbids every widening and freezes nothing.
 ///
+/// A key's usage controls (rate limits and credits) are outside these
+/// flags: narrowing them (a lower limit, a longer window, a limit added, a
+/// smaller or no refill) is always allowed; widening them (a higher limit,
+/// a shorter window, a limit removed, metering turned on or off, a more
+/// generous refill) and changing a balance need the
+/// [`ManagementPolicy`](crate::policy::ManagementPolicy)'s permission for
+/// [`ManagementAction::Usage`](crate::policy::ManagementAction::Usage):
+/// the application itself only, by default, since a marketplace sells
+/// usage.
+///
 /// ```
 /// use keyward::policy::EditPolicy;
 /// let strict = EditPolicy::default();

@@ -128,6 +128,14 @@ pub enum ManagementAction {
     /// Register or delete a trust policy (trusted publishing); listing
     /// them is [`ManagementAction::View`].
     Trust,
+    /// Give a key more usage: set or add to its credits, or widen its
+    /// usage controls in an edit (raise, lengthen or remove a rate limit,
+    /// turn metering on or off, give it a more generous refill). Narrowing
+    /// them is [`ManagementAction::Edit`]; reading the balance is
+    /// [`ManagementAction::View`]. The application itself only, by
+    /// default: a marketplace sells usage, so its customers' own
+    /// administrators may not give it to themselves.
+    Usage,
 }
 
 impl fmt::Display for ManagementAction {
@@ -145,6 +153,7 @@ impl fmt::Display for ManagementAction {
             ManagementAction::Import => "import",
             ManagementAction::Remind => "remind",
             ManagementAction::Trust => "register trust policies for",
+            ManagementAction::Usage => "give usage (credits, wider rate limits) to",
         };
         f.write_str(s)
     }
@@ -163,6 +172,10 @@ pub enum ManagementDenial {
     AdministratorOnly,
     /// Only the application itself ([`Role::System`]) may do this across owners.
     SystemOnly,
+    /// Only the application itself ([`Role::System`]) may do this, even for
+    /// an owner's own keys (by default: [`ManagementAction::Usage`], giving
+    /// credits or wider rate limits, which a marketplace sells).
+    ApplicationOnly,
 }
 
 impl fmt::Display for ManagementDenial {
@@ -172,6 +185,7 @@ impl fmt::Display for ManagementDenial {
             ManagementDenial::NoApiAccess => "the manager has not been granted API access",
             ManagementDenial::AdministratorOnly => "only an administrator may do this",
             ManagementDenial::SystemOnly => "only the application itself may do this across owners",
+            ManagementDenial::ApplicationOnly => "only the application itself may do this",
         })
     }
 }
@@ -209,7 +223,10 @@ pub trait ManagementPolicy: Send + Sync + 'static {
 /// (revoke, delete, regenerate, or rotate with a grace shorter than
 /// [`MIN_ROTATION_GRACE`](crate::manager::MIN_ROTATION_GRACE)) nor import keys, nor
 /// register or delete trust policies (a standing grant to a CI identity);
-/// nobody may touch another owner's keys; [`Role::System`] may do everything.
+/// nobody may touch another owner's keys; nobody but [`Role::System`] may
+/// give a key usage ([`ManagementAction::Usage`]: credits, wider rate
+/// limits), which a marketplace sells ([`ManagementDenial::ApplicationOnly`]);
+/// [`Role::System`] may do everything.
 ///
 /// ```
 /// use keyward::{Actor, policy::DefaultManagementPolicy, policy::ManagementAction, policy::ManagementDenial, policy::ManagementPolicy, OwnerId};
@@ -233,6 +250,13 @@ pub trait ManagementPolicy: Send + Sync + 'static {
 ///     policy.check(&manager, ManagementAction::Import, &contoso),
 ///     Err(ManagementDenial::AdministratorOnly)
 /// );
+/// // A publisher's own administrator may not give its keys credits.
+/// let admin = Actor::administrator("alice", contoso.clone());
+/// assert_eq!(
+///     policy.check(&admin, ManagementAction::Usage, &contoso),
+///     Err(ManagementDenial::ApplicationOnly)
+/// );
+/// assert!(policy.check(&Actor::system("billing"), ManagementAction::Usage, &contoso).is_ok());
 /// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DefaultManagementPolicy;
@@ -251,6 +275,8 @@ impl ManagementPolicy for DefaultManagementPolicy {
             return Err(ManagementDenial::OtherOwner);
         }
         match actor.role {
+            // Usage is sold: only the application gives it.
+            _ if action == ManagementAction::Usage => Err(ManagementDenial::ApplicationOnly),
             Role::Administrator | Role::System => Ok(()),
             Role::Manager { api_access: false } => Err(ManagementDenial::NoApiAccess),
             // Ending a key's access is for administrators: revoking,
