@@ -36,6 +36,8 @@ mod sessions;
 mod sql;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql_sessions;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql_usage;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 #[cfg(feature = "sqlite")]
