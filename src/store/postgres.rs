@@ -433,14 +433,7 @@ impl PostgresStore {
             .await
             .map_err(err("update"))?;
         if done.rows_affected() == 1 {
-            let prune = self.queries.usage.prune_rates(&record.usage.rate_limits);
-            let mut q = sqlx::query(&prune).bind(e.id);
-            for limit in &record.usage.rate_limits {
-                q = q.bind(limit.name().as_str());
-            }
-            q.execute(&mut *tx)
-                .await
-                .map_err(err("delete states of removed limits"))?;
+            self.prune_rates(&mut tx, record).await?;
             notify(&mut tx, &self.channel, e.id).await?;
             return tx.commit().await.map_err(err("commit update"));
         }
@@ -561,7 +554,7 @@ impl KeyStore for PostgresStore {
     sql_usage::usage_trait_methods!();
 }
 
-sql_usage::usage_operations!(PostgresStore);
+sql_usage::usage_operations!(PostgresStore, sqlx::PgConnection);
 
 /// Queues a change notice; PostgreSQL sends it when the transaction commits.
 async fn notify(tx: &mut sqlx::PgConnection, channel: &str, id: &str) -> Result<(), StoreError> {

@@ -385,10 +385,29 @@ impl UsageQueries {
 
 /// The usage operations of a SQL store, written once: expands to inherent
 /// `*_impl` methods of `$store`, which has `pool` and
-/// `queries.usage: UsageQueries`.
+/// `queries.usage: UsageQueries`, and whose connections are `$conn`.
 macro_rules! usage_operations {
-    ($store:ty) => {
+    ($store:ty, $conn:ty) => {
         impl $store {
+            /// In an update's transaction: deletes the states of limits
+            /// `record` no longer carries.
+            async fn prune_rates(
+                &self,
+                tx: &mut $conn,
+                record: &$crate::key::KeyRecord,
+            ) -> Result<(), StoreError> {
+                let limits = &record.usage.rate_limits;
+                let text = self.queries.usage.prune_rates(limits);
+                let mut q = sqlx::query(&text).bind(record.id.as_str());
+                for limit in limits {
+                    q = q.bind(limit.name().as_str());
+                }
+                q.execute(tx)
+                    .await
+                    .map_err(|e| super::sql::backend("delete states of removed limits", e))?;
+                Ok(())
+            }
+
             async fn lease_credits_impl(
                 &self,
                 id: &$crate::ids::KeyId,

@@ -514,14 +514,7 @@ impl SqliteStore {
             .await
             .map_err(err("update"))?;
         if done.rows_affected() == 1 {
-            let prune = self.queries.usage.prune_rates(&record.usage.rate_limits);
-            let mut q = sqlx::query(&prune).bind(e.id);
-            for limit in &record.usage.rate_limits {
-                q = q.bind(limit.name().as_str());
-            }
-            q.execute(&mut *tx)
-                .await
-                .map_err(err("delete states of removed limits"))?;
+            self.prune_rates(&mut tx, record).await?;
             return tx.commit().await.map_err(err("commit update"));
         }
         let found: Option<i64> = sqlx::query_scalar(&self.queries.generation_of)
@@ -660,4 +653,4 @@ impl KeyStore for SqliteStore {
     sql_usage::usage_trait_methods!();
 }
 
-sql_usage::usage_operations!(SqliteStore);
+sql_usage::usage_operations!(SqliteStore, sqlx::SqliteConnection);

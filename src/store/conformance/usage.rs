@@ -88,6 +88,8 @@ fn rate(name: &LimitName, limit: &RateLimit, want: u32, now_us: i64) -> RateLeas
 ///   store that reads then writes fails it);
 /// - rate leases follow [`gcra_take`] step by step, also under 32
 ///   concurrent leasers; a return gives the tokens back;
+/// - `update` drops the state of a limit it removes (added back, it starts
+///   full) and keeps the others';
 /// - a deleted key's state does not come back through get, list or leases.
 ///
 /// Uses its own random owners and deletes its keys before it returns.
@@ -110,6 +112,7 @@ pub async fn usage_conformance<S: KeyStore>(store: S) {
     concurrent_credit_leases(&store, &owner).await;
     rate_leases_follow_gcra(&*store, &owner).await;
     concurrent_rate_leases(&store, &owner).await;
+    removed_limits_start_full(&*store, &owner).await;
     deleted_state_does_not_leak(&*store, &owner).await;
     delete_keys_of(&*store, &[&owner], C).await;
 }
@@ -651,6 +654,57 @@ async fn concurrent_rate_leases<S: KeyStore>(store: &Arc<S>, owner: &OwnerId) {
         Some(last.tat_us),
         tat,
         "{C}: after concurrent rate leases the bucket must be where leases in turn leave it"
+    );
+}
+
+async fn removed_limits_start_full<S: KeyStore>(store: &S, owner: &OwnerId) {
+    let both = limits(&[("requests", 2, 1), ("publish", 2, 60)]);
+    let r = metered(
+        owner,
+        UsageControls {
+            rate_limits: both.clone(),
+            credits: None,
+        },
+    );
+    must_insert(store, &r, None, C).await;
+    let now = t0().timestamp_micros();
+    for limit in &both {
+        let g = store
+            .lease_rate(&r.id, &rate(limit.name(), limit, 2, now))
+            .await
+            .expect("lease");
+        assert_eq!(g.granted, 2, "{C}: a fresh bucket must be full");
+    }
+    // Remove `publish`, then add it back: its bucket starts full again;
+    // `requests`, kept throughout, stays empty.
+    let mut without = r.clone();
+    without.generation += 1;
+    without.usage.rate_limits = limits(&[("requests", 2, 1)]);
+    store.update(&without, r.generation).await.expect("update");
+    let mut again = without.clone();
+    again.generation += 1;
+    again.usage.rate_limits = both.clone();
+    store
+        .update(&again, without.generation)
+        .await
+        .expect("update");
+    let publish = both.get("publish").expect("limit");
+    let requests = both.get("requests").expect("limit");
+    let g = store
+        .lease_rate(&r.id, &rate(publish.name(), publish, 2, now))
+        .await
+        .expect("lease");
+    assert_eq!(
+        g.granted, 2,
+        "{C}: update must drop the state of a limit the key no longer carries"
+    );
+    let g = store
+        .lease_rate(&r.id, &rate(requests.name(), requests, 1, now))
+        .await
+        .expect("lease");
+    assert_eq!(
+        g.granted, 0,
+        "{C}: update must keep the state of a limit the key still carries"
     );
 }
 
