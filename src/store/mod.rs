@@ -38,6 +38,8 @@ mod sql;
 mod sql_sessions;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql_usage;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql_usage_ops;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 #[cfg(feature = "sqlite")]

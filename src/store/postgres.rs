@@ -10,7 +10,8 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use super::sql::{self, COLUMNS, InvalidName, boxed};
-use super::sql_usage::{self, Dialect, UPDATE_USAGE_SET, UsageQueries};
+use super::sql_usage::{Dialect, UPDATE_USAGE_SET, UsageQueries};
+use super::sql_usage_ops;
 use super::{KeyStore, ListQuery, QuotaCheck};
 use crate::ids::KeyId;
 use crate::key::KeyRecord;
@@ -41,9 +42,14 @@ const MIN_FEED_PING: Duration = Duration::from_millis(100);
 ///   lock on (table, owner, environment), counts the live keys and inserts
 ///   in the same transaction, so inserts racing from any number of
 ///   connections or servers never exceed it.
-/// - **Updates** compare-and-swap on `generation` and never write the
-///   usage columns; [`record_usage`](KeyStore::record_usage) is one
+/// - **Updates** compare-and-swap on `generation` and never write
+///   `last_used_at`/`last_used_ip`; [`record_usage`](KeyStore::record_usage) is one
 ///   conditional `UPDATE` that never moves `last_used_at` backwards.
+/// - **Usage controls** (rate limits, credits): columns of the key table
+///   and `<table>_rates` for the limits' states; every lease, settle and
+///   change is one atomic statement, so any number of servers sharing the
+///   database never overspend, and `update` never changes a balance (see
+///   `docs/DESIGN.md`, "Usage controls in the stores").
 /// - **Ids are never reused**: every insert also claims the id in
 ///   `<table>_ids`, in the same transaction, and delete leaves it there.
 /// - **Expiry reminders** are taken by one `UPDATE ... RETURNING` over rows
@@ -551,10 +557,10 @@ impl KeyStore for PostgresStore {
     ) -> Result<Vec<KeyRecord>, StoreError> {
         boxed(self.take_expiry_reminders_impl(now, until, limit)).await
     }
-    sql_usage::usage_trait_methods!();
+    sql_usage_ops::usage_trait_methods!();
 }
 
-sql_usage::usage_operations!(PostgresStore, sqlx::PgConnection);
+sql_usage_ops::usage_operations!(PostgresStore, sqlx::PgConnection);
 
 /// Queues a change notice; PostgreSQL sends it when the transaction commits.
 async fn notify(tx: &mut sqlx::PgConnection, channel: &str, id: &str) -> Result<(), StoreError> {

@@ -12,7 +12,8 @@ use sqlx::sqlite::{
 };
 
 use super::sql::{self, COLUMNS, InvalidName, boxed};
-use super::sql_usage::{self, Dialect, UPDATE_USAGE_SET, UsageQueries};
+use super::sql_usage::{Dialect, UPDATE_USAGE_SET, UsageQueries};
+use super::sql_usage_ops;
 use super::{KeyStore, ListQuery, QuotaCheck};
 use crate::ids::KeyId;
 use crate::key::KeyRecord;
@@ -39,8 +40,13 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 ///   `BEGIN IMMEDIATE` transaction, which holds SQLite's single write lock,
 ///   so concurrent inserts can never exceed the quota.
 /// - **Updates** compare-and-swap on the `generation` column and never
-///   write the usage columns; [`record_usage`](KeyStore::record_usage) is
+///   write `last_used_at`/`last_used_ip`; [`record_usage`](KeyStore::record_usage) is
 ///   one conditional `UPDATE` that never moves `last_used_at` backwards.
+/// - **Usage controls** (rate limits, credits): columns of the key table
+///   and `<table>_rates` for the limits' states; every lease, settle and
+///   change is one atomic statement, so any number of servers sharing the
+///   database never overspend, and `update` never changes a balance (see
+///   `docs/DESIGN.md`, "Usage controls in the stores").
 /// - **Ids are never reused**: every insert also claims the id in
 ///   `<table>_ids`, in the same transaction, and delete leaves it there.
 /// - **Expiry reminders** are taken by one `UPDATE ... RETURNING` under
@@ -650,7 +656,7 @@ impl KeyStore for SqliteStore {
     ) -> Result<Vec<KeyRecord>, StoreError> {
         boxed(self.take_expiry_reminders_impl(now, until, limit)).await
     }
-    sql_usage::usage_trait_methods!();
+    sql_usage_ops::usage_trait_methods!();
 }
 
-sql_usage::usage_operations!(SqliteStore, sqlx::SqliteConnection);
+sql_usage_ops::usage_operations!(SqliteStore, sqlx::SqliteConnection);

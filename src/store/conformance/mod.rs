@@ -207,6 +207,8 @@ mod selftest_usage;
 mod sessions;
 mod trusted;
 mod usage;
+mod usage_credits;
+mod usage_rates;
 
 pub use audit::audit_sink_conformance;
 pub use key_idle::*;
