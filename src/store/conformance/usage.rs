@@ -85,7 +85,7 @@ pub(super) fn rate(name: &LimitName, limit: &RateLimit, want: u32, now_us: i64) 
 ///   (settle, return);
 /// - 32 concurrent leasers get grants summing exactly to the balance (a
 ///   store that reads then writes fails it);
-/// - rate leases follow [`gcra_take`] step by step, also under 32
+/// - rate leases follow [`gcra_take`](crate::usage::gcra_take) step by step, also under 32
 ///   concurrent leasers; a return gives the tokens back;
 /// - `update` drops the state of a limit it removes (added back, it starts
 ///   full) and keeps the others';
