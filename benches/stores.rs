@@ -15,6 +15,10 @@
 //! - `store_list_1k`: one `KeyStore::list` page of 1,000 keys of one owner.
 //! - `store_get_1m`: `KeyStore::get` by id among 1,000,000 rows (memory and
 //!   PostgreSQL), rotating over 1,000 random ids.
+//! - `store_lease_credits`: `KeyStore::lease_credits` of one credit from a
+//!   key whose balance never runs dry (one atomic `UPDATE ... RETURNING`).
+//! - `store_lease_rate`: `KeyStore::lease_rate` of one token of a limit (one
+//!   upsert computing the GCRA step).
 //!
 //! PostgreSQL: `KEYWARD_TEST_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`); the run works in a fresh
@@ -459,6 +463,80 @@ fn list_1k<S: KeyStore>(
     });
 }
 
+/// A key with a balance that never runs dry and one rate limit.
+fn metered_key<S: KeyStore>(rt: &Runtime, store: &S, filler: &Filler) -> KeyRecord {
+    use keyward::usage::{Credits, RateLimit, RateLimits, UsageControls};
+    let mut r = filler.record(KeyId::generate().as_str(), "metered", 0);
+    r.usage = UsageControls {
+        rate_limits: RateLimits::new([
+            RateLimit::new("requests", 1_000, Duration::from_secs(1)).expect("limit")
+        ])
+        .expect("limits"),
+        credits: Some(Credits::new(Credits::MAX).expect("credits")),
+    };
+    rt.block_on(store.insert(&r, None))
+        .expect("insert the metered key");
+    r
+}
+
+fn lease_credits<S: KeyStore>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    rt: &Runtime,
+    name: &str,
+    store: &S,
+    key: &KeyRecord,
+) {
+    let first = rt
+        .block_on(store.lease_credits(&key.id, 1, None))
+        .expect("lease");
+    assert_eq!(first.map(|g| g.granted), Some(1), "{name}");
+    group.bench_function(name, |b| {
+        b.to_async(rt).iter(|| async {
+            store
+                .lease_credits(black_box(&key.id), 1, None)
+                .await
+                .expect("lease")
+        })
+    });
+}
+
+fn lease_rate<S: KeyStore>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    rt: &Runtime,
+    name: &str,
+    store: &S,
+    key: &KeyRecord,
+) {
+    let limit = key
+        .usage
+        .rate_limits
+        .get("requests")
+        .expect("limit")
+        .clone();
+    let lease = move || keyward::usage::RateLease {
+        name: limit.name().clone(),
+        want: 1,
+        now_us: Utc::now().timestamp_micros(),
+        interval_us: limit.interval_us(),
+        burst_us: limit.burst_us(),
+    };
+    let first = rt
+        .block_on(store.lease_rate(&key.id, &lease()))
+        .expect("lease");
+    assert_eq!(first.granted, 1, "{name}");
+    group.bench_function(name, |b| {
+        b.to_async(rt).iter(|| {
+            let l = lease();
+            async move {
+                store
+                    .lease_rate(black_box(&key.id), &l)
+                    .await
+                    .expect("lease")
+            }
+        })
+    });
+}
+
 fn get_1m<S: KeyStore>(
     group: &mut BenchmarkGroup<'_, WallTime>,
     rt: &Runtime,
@@ -525,6 +603,22 @@ fn bench_stores(c: &mut Criterion) {
     let mut group = c.benchmark_group("store_list_1k");
     group.throughput(Throughput::Elements(LIST_KEYS as u64));
     each_store!(stores, |name, s| list_1k(&mut group, &rt, name, &s.store));
+    group.finish();
+
+    let mut group = c.benchmark_group("store_lease_credits");
+    group.throughput(Throughput::Elements(1));
+    each_store!(stores, |name, s| {
+        let key = metered_key(&rt, &s.store, &filler);
+        lease_credits(&mut group, &rt, name, &s.store, &key)
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("store_lease_rate");
+    group.throughput(Throughput::Elements(1));
+    each_store!(stores, |name, s| {
+        let key = metered_key(&rt, &s.store, &filler);
+        lease_rate(&mut group, &rt, name, &s.store, &key)
+    });
     group.finish();
 
     // Argon2 at default parameters: tens of ms per check, so few samples.

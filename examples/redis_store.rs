@@ -35,6 +35,16 @@
 //! compare-and-swap update, delete, record_usage, take_expiry_reminders.
 //! `get` and `list` are plain reads.
 //!
+//! # Usage controls: refused
+//!
+//! This store does not keep rate limits or credits. An insert or update of a
+//! record with any is refused with `StoreError::Unsupported`, and the lease
+//! operations keep [`KeyStore`]'s refusing defaults, so a metered key can
+//! never be created here, nor spend without bound (fail closed). `main` runs
+//! the key checks (`run_all`) and not `usage_conformance`, which such a store
+//! fails by design. Keeping them would take a Lua script per operation, as
+//! the SQL stores take one statement each (see `docs/DESIGN.md`).
+//!
 //! # What it leaves behind
 //!
 //! Everything is under the store's prefix. [`RedisStore::destroy`] deletes

@@ -21,7 +21,15 @@ async fn boxed_session_store_passes_key_and_session_checks() {
         async move { store }
     })
     .await;
-    keyward::store::conformance::session_store_conformance(store).await;
+    keyward::store::conformance::session_store_conformance(store.clone()).await;
+    keyward::store::conformance::usage_conformance(store).await;
+}
+
+/// The usage operations go through the boxed store (which forwards them;
+/// the trait's defaults would refuse them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn boxed_store_passes_the_usage_checks() {
+    keyward::store::conformance::usage_conformance(BoxedStore::new(MemoryStore::new())).await;
 }
 
 /// The boxed store forwards to the store it holds: what one writes, the

@@ -8,6 +8,7 @@
 //! in a fresh schema with a random name and drops it at the end, pass or fail.
 #![cfg(all(feature = "postgres", feature = "testing"))]
 
+mod gcra_cases;
 mod postgres;
 
 use std::time::{Duration, Instant};
@@ -67,8 +68,13 @@ async fn conformance() {
         .await;
         keyward::store::conformance::audit_sink_conformance(store.clone()).await;
         keyward::store::conformance::session_store_conformance(store.clone()).await;
-        // A passing suite leaves no key and no session behind.
-        for table in ["keyward_keys", "keyward_keys_sessions"] {
+        keyward::store::conformance::usage_conformance(store.clone()).await;
+        // A passing suite leaves no key, no session and no rate-limit state behind.
+        for table in [
+            "keyward_keys",
+            "keyward_keys_sessions",
+            "keyward_keys_rates",
+        ] {
             let left: i64 =
                 sqlx::query_scalar(&format!("SELECT COUNT(*) FROM \"{schema}\".{table}"))
                     .fetch_one(store.pool())
@@ -138,6 +144,153 @@ async fn quota_holds_across_pools() {
     .await;
 }
 
+/// The one-statement rate lease computes exactly `usage::gcra_take`, from
+/// any stored state.
+#[tokio::test]
+async fn rate_leases_compute_exactly_gcra_take() {
+    with_schema(|url, schema| async move {
+        let store = store(&url, &schema).await;
+        let pool = store.pool().clone();
+        gcra_cases::check(&store, |id, name, tat| {
+            let (pool, schema) = (pool.clone(), schema.clone());
+            async move {
+                sqlx::query(&format!(
+                    "INSERT INTO \"{schema}\".keyward_keys_rates (key_id, name, tat) VALUES ($1, $2, $3)"
+                ))
+                .bind(id)
+                .bind(name)
+                .bind(tat)
+                .execute(&pool)
+                .await
+                .expect("write a bucket state");
+            }
+        })
+        .await;
+        store.pool().close().await;
+    })
+    .await;
+}
+
+/// Eight "servers" (each its own pool) lease one key's credits and one
+/// limit's tokens at once, each lease one statement: the credit grants sum
+/// to exactly the balance, the token grants to exactly the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leases_are_exact_across_pools() {
+    use keyward::usage::{Credits, RateLease, RateLimit, RateLimits, UsageControls};
+    with_schema(|url, schema| async move {
+        let first = store(&url, &schema).await;
+        let limit = RateLimit::new("requests", 1_000, Duration::from_secs(3_600)).expect("limit");
+        let id = KeyId::generate();
+        let record = KeyRecord {
+            secret_hash: SecretHash::new(format!("$argon2id$v=19$m=8,t=1,p=1$c2FsdA${id}")),
+            id: id.clone(),
+            owner: OwnerId::new("contoso").expect("owner"),
+            environment: live(),
+            name: "metered".into(),
+            kind: KeyKind::Scoped,
+            permissions: PermissionGrant::All,
+            resources: ResourceScope::All,
+            ip_allowlist: IpAllowlist::any(),
+            external_id: None,
+            metadata: Default::default(),
+            usage: UsageControls {
+                rate_limits: RateLimits::new([limit.clone()]).expect("limits"),
+                credits: Some(Credits::new(10_000).expect("credits")),
+            },
+            created_at: chrono::Utc::now(),
+            expires_at: None,
+            revoked_at: None,
+            suspended_at: None,
+            last_used_at: None,
+            last_used_ip: None,
+            reminded_at: None,
+            generation: 1,
+        };
+        first.insert(&record, None).await.expect("insert");
+        let now_us = chrono::Utc::now().timestamp_micros();
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(8));
+        let mut servers = tokio::task::JoinSet::new();
+        for server in 0..8u64 {
+            let (url, schema, id, limit) = (url.clone(), schema.clone(), id.clone(), limit.clone());
+            let barrier = std::sync::Arc::clone(&barrier);
+            servers.spawn(async move {
+                let s = PostgresStore::connect_with(
+                    PostgresStore::pool_options().max_connections(2),
+                    &url,
+                )
+                .await
+                .expect("connect")
+                .with_schema(&schema)
+                .expect("schema");
+                barrier.wait().await;
+                let (mut credits, mut tokens) = (0u64, 0u64);
+                loop {
+                    // Blocks of different sizes per server.
+                    let g = s
+                        .lease_credits(&id, 37 + server * 11, None)
+                        .await
+                        .expect("lease");
+                    let g = g.expect("metered");
+                    let t = s
+                        .lease_rate(
+                            &id,
+                            &RateLease {
+                                name: limit.name().clone(),
+                                want: 7,
+                                now_us,
+                                interval_us: limit.interval_us(),
+                                burst_us: limit.burst_us(),
+                            },
+                        )
+                        .await
+                        .expect("lease rate");
+                    credits += g.granted;
+                    tokens += u64::from(t.granted);
+                    if g.granted == 0 && t.granted == 0 {
+                        break;
+                    }
+                }
+                s.pool().close().await;
+                (credits, tokens)
+            });
+        }
+        let (mut credits, mut tokens) = (0, 0);
+        while let Some(r) = servers.join_next().await {
+            let (c, t) = r.expect("server");
+            credits += c;
+            tokens += t;
+        }
+        assert_eq!(
+            credits, 10_000,
+            "credit grants across servers sum to the balance"
+        );
+        assert_eq!(
+            tokens, 1_000,
+            "token grants across servers sum to the bucket"
+        );
+        let c = first
+            .get(&id)
+            .await
+            .expect("get")
+            .expect("kept")
+            .usage
+            .credits
+            .expect("credits");
+        assert_eq!((c.remaining, c.leased), (0, 10_000));
+        first.delete(&id).await.expect("delete");
+        let left: i64 = sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM \"{schema}\".keyward_keys_rates WHERE key_id = $1"
+        ))
+        .bind(id.as_str())
+        .fetch_one(first.pool())
+        .await
+        .expect("count");
+        assert_eq!(left, 0, "the key's rate state is deleted with it");
+        first.pool().close().await;
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn migrate_twice_and_from_two_pools_at_once() {
     with_schema(|url, schema| async move {
@@ -156,8 +309,8 @@ async fn migrate_twice_and_from_two_pools_at_once() {
                 .expect("versions");
         assert_eq!(
             versions,
-            [1, 2, 3, 4, 5],
-            "keys, sessions, operations, audit, external ids and metadata"
+            [1, 2, 3, 4, 5, 6],
+            "keys, sessions, operations, audit, external ids and metadata, usage controls"
         );
         let indexes_of = |table: &'static str| {
             let pool = a.pool().clone();
@@ -847,7 +1000,8 @@ async fn migration_upgrades_a_version_1_schema() {
         .fetch_all(store.pool())
         .await
         .expect("versions");
-        assert_eq!(versions, [1, 2, 3, 4, 5]);
+        assert_eq!(versions, [1, 2, 3, 4, 5, 6]);
+        assert!(old.usage.is_empty(), "no usage controls before version 6");
     })
     .await;
 }

@@ -2,6 +2,8 @@
 //! migrations, table names, corrupt rows and failure behaviour.
 #![cfg(all(feature = "sqlite", feature = "testing"))]
 
+mod gcra_cases;
+
 use std::path::PathBuf;
 
 use keyward::*;
@@ -83,9 +85,15 @@ async fn conformance_on_a_wal_file() {
     .await;
     keyward::store::conformance::audit_sink_conformance(store.clone()).await;
     keyward::store::conformance::session_store_conformance(store.clone()).await;
-    // A passing suite leaves no key and no session behind (the audit trail,
-    // which has no delete, keeps events of `conformance-` owners).
-    for table in ["keyward_keys", "keyward_keys_sessions"] {
+    keyward::store::conformance::usage_conformance(store.clone()).await;
+    // A passing suite leaves no key, no session and no rate-limit state
+    // behind (the audit trail, which has no delete, keeps events of
+    // `conformance-` owners).
+    for table in [
+        "keyward_keys",
+        "keyward_keys_sessions",
+        "keyward_keys_rates",
+    ] {
         let left: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
             .fetch_one(store.pool())
             .await
@@ -97,6 +105,92 @@ async fn conformance_on_a_wal_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_sink_conformance_in_memory() {
     keyward::store::conformance::audit_sink_conformance(memory_store().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn usage_conformance_in_memory() {
+    keyward::store::conformance::usage_conformance(memory_store().await).await;
+}
+
+/// The one-statement rate lease computes exactly `usage::gcra_take`, from
+/// any stored state.
+#[tokio::test]
+async fn rate_leases_compute_exactly_gcra_take() {
+    let store = memory_store().await;
+    let pool = store.pool().clone();
+    gcra_cases::check(&store, |id, name, tat| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query("INSERT INTO keyward_keys_rates (key_id, name, tat) VALUES (?, ?, ?)")
+                .bind(id)
+                .bind(name)
+                .bind(tat)
+                .execute(&pool)
+                .await
+                .expect("write a bucket state");
+        }
+    })
+    .await;
+}
+
+/// Usage columns written behind the store's back that do not decode are
+/// `StoreError::Corrupt` naming the column; an upgraded row without them
+/// reads as a key without usage controls.
+#[tokio::test]
+async fn corrupt_usage_columns_are_errors() {
+    let store = memory_store().await;
+    let created = manager(store.clone())
+        .create(&admin(), new_key("metered"))
+        .await
+        .expect("create");
+    let id = created.key.id.clone();
+    assert!(
+        store
+            .get(&id)
+            .await
+            .expect("get")
+            .expect("row")
+            .usage
+            .is_empty()
+    );
+    for (column, value) in [
+        (
+            "rate_limits",
+            "'[{\"name\":\"r\",\"limit\":0,\"window_us\":1}]'",
+        ),
+        ("credits_remaining", "-1"),
+        ("credits_remaining", "9007199254740992"),
+        (
+            "credits_refill",
+            "'{\"amount\":5,\"every\":\"month\",\"day\":31}'",
+        ),
+        ("credits_refilled_for", "9223372036854775807"),
+    ] {
+        let with_credits = if column.starts_with("credits_") && column != "credits_remaining" {
+            ", credits_remaining = 5"
+        } else {
+            ""
+        };
+        sqlx::query(&format!(
+            "UPDATE keyward_keys SET {column} = {value}{with_credits} WHERE id = ?"
+        ))
+        .bind(id.as_str())
+        .execute(store.pool())
+        .await
+        .expect("break the row");
+        match store.get(&id).await {
+            Err(StoreError::Corrupt { field, .. }) => assert_eq!(field, column, "{value}"),
+            other => panic!("{column} = {value}: expected Corrupt, got {other:?}"),
+        }
+        sqlx::query(
+            "UPDATE keyward_keys SET rate_limits = NULL, credits_remaining = NULL, \
+             credits_refill = NULL, credits_refilled_for = NULL WHERE id = ?",
+        )
+        .bind(id.as_str())
+        .execute(store.pool())
+        .await
+        .expect("repair the row");
+    }
 }
 
 #[tokio::test]
@@ -133,6 +227,7 @@ async fn url_form_and_custom_table_and_persistence() {
             "registry_api_keys_ids",
             "registry_api_keys_jtis",
             "registry_api_keys_migrations",
+            "registry_api_keys_rates",
             "registry_api_keys_sessions",
             "registry_api_keys_trust",
             "sqlite_sequence"
@@ -165,7 +260,7 @@ async fn url_form_and_custom_table_and_persistence() {
         .fetch_all(reopened.pool())
         .await
         .expect("versions");
-    assert_eq!(versions, [1, 2, 3, 4]);
+    assert_eq!(versions, [1, 2, 3, 4, 5]);
 }
 
 #[tokio::test]
@@ -546,7 +641,7 @@ async fn migration_upgrades_a_version_1_database() {
             .fetch_all(store.pool())
             .await
             .expect("versions");
-    assert_eq!(versions, [1, 2, 3, 4]);
+    assert_eq!(versions, [1, 2, 3, 4, 5]);
 }
 
 /// Migrating from several connections at once applies each step once.
@@ -563,7 +658,7 @@ async fn concurrent_migrations_apply_each_step_once() {
             .fetch_all(a.pool())
             .await
             .expect("versions");
-    assert_eq!(versions, [1, 2, 3, 4]);
+    assert_eq!(versions, [1, 2, 3, 4, 5]);
 }
 
 /// A manager writing its audit trail into the same SQLite database.

@@ -21,6 +21,9 @@ use crate::audit::BoxFuture;
 use crate::ids::{KeyId, OwnerId};
 use crate::key::KeyRecord;
 use crate::session::{SessionCap, SessionRecord};
+use crate::usage::{
+    CreditChange, CreditGrant, Credits, LimitName, RateGrant, RateLease, RefillDue,
+};
 
 /// [`KeyStore`] in object-safe form: every method returns a boxed future.
 /// Implemented for every [`KeyStore`]; use it through [`BoxedStore`].
@@ -62,6 +65,40 @@ pub trait DynKeyStore: Send + Sync + 'static {
         until: DateTime<Utc>,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<KeyRecord>, StoreError>>;
+    /// [`KeyStore::lease_credits`].
+    fn lease_credits<'a>(
+        &'a self,
+        id: &'a KeyId,
+        want: u64,
+        refill: Option<RefillDue>,
+    ) -> BoxFuture<'a, Result<Option<CreditGrant>, StoreError>>;
+    /// [`KeyStore::settle_credits`].
+    fn settle_credits<'a>(
+        &'a self,
+        id: &'a KeyId,
+        returned: u64,
+        spent: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// [`KeyStore::change_credits`].
+    fn change_credits<'a>(
+        &'a self,
+        id: &'a KeyId,
+        change: CreditChange,
+    ) -> BoxFuture<'a, Result<Option<Credits>, StoreError>>;
+    /// [`KeyStore::lease_rate`].
+    fn lease_rate<'a>(
+        &'a self,
+        id: &'a KeyId,
+        lease: &'a RateLease,
+    ) -> BoxFuture<'a, Result<RateGrant, StoreError>>;
+    /// [`KeyStore::return_rate`].
+    fn return_rate<'a>(
+        &'a self,
+        id: &'a KeyId,
+        name: &'a LimitName,
+        tokens: u32,
+        interval_us: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
 }
 
 impl<S: KeyStore> DynKeyStore for S {
@@ -109,6 +146,45 @@ impl<S: KeyStore> DynKeyStore for S {
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<KeyRecord>, StoreError>> {
         Box::pin(KeyStore::take_expiry_reminders(self, now, until, limit))
+    }
+    fn lease_credits<'a>(
+        &'a self,
+        id: &'a KeyId,
+        want: u64,
+        refill: Option<RefillDue>,
+    ) -> BoxFuture<'a, Result<Option<CreditGrant>, StoreError>> {
+        Box::pin(KeyStore::lease_credits(self, id, want, refill))
+    }
+    fn settle_credits<'a>(
+        &'a self,
+        id: &'a KeyId,
+        returned: u64,
+        spent: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(KeyStore::settle_credits(self, id, returned, spent))
+    }
+    fn change_credits<'a>(
+        &'a self,
+        id: &'a KeyId,
+        change: CreditChange,
+    ) -> BoxFuture<'a, Result<Option<Credits>, StoreError>> {
+        Box::pin(KeyStore::change_credits(self, id, change))
+    }
+    fn lease_rate<'a>(
+        &'a self,
+        id: &'a KeyId,
+        lease: &'a RateLease,
+    ) -> BoxFuture<'a, Result<RateGrant, StoreError>> {
+        Box::pin(KeyStore::lease_rate(self, id, lease))
+    }
+    fn return_rate<'a>(
+        &'a self,
+        id: &'a KeyId,
+        name: &'a LimitName,
+        tokens: u32,
+        interval_us: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(KeyStore::return_rate(self, id, name, tokens, interval_us))
     }
 }
 
@@ -214,6 +290,45 @@ macro_rules! forward_key_store {
                 limit: usize,
             ) -> Result<Vec<KeyRecord>, StoreError> {
                 self.0.take_expiry_reminders(now, until, limit).await
+            }
+            async fn lease_credits(
+                &self,
+                id: &KeyId,
+                want: u64,
+                refill: Option<RefillDue>,
+            ) -> Result<Option<CreditGrant>, StoreError> {
+                self.0.lease_credits(id, want, refill).await
+            }
+            async fn settle_credits(
+                &self,
+                id: &KeyId,
+                returned: u64,
+                spent: u64,
+            ) -> Result<(), StoreError> {
+                self.0.settle_credits(id, returned, spent).await
+            }
+            async fn change_credits(
+                &self,
+                id: &KeyId,
+                change: CreditChange,
+            ) -> Result<Option<Credits>, StoreError> {
+                self.0.change_credits(id, change).await
+            }
+            async fn lease_rate(
+                &self,
+                id: &KeyId,
+                lease: &RateLease,
+            ) -> Result<RateGrant, StoreError> {
+                self.0.lease_rate(id, lease).await
+            }
+            async fn return_rate(
+                &self,
+                id: &KeyId,
+                name: &LimitName,
+                tokens: u32,
+                interval_us: u64,
+            ) -> Result<(), StoreError> {
+                self.0.return_rate(id, name, tokens, interval_us).await
             }
         }
     };

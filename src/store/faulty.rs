@@ -68,6 +68,9 @@ use crate::session::{SessionCap, SessionRecord};
 use crate::store::SessionStore;
 use crate::store::StoreError;
 use crate::store::{KeyStore, ListQuery, QuotaCheck};
+use crate::usage::{
+    CreditChange, CreditGrant, Credits, LimitName, RateGrant, RateLease, RefillDue,
+};
 
 /// One store operation: one method of [`KeyStore`] or [`SessionStore`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -99,6 +102,16 @@ pub enum Op {
     DeleteExpiredSessions,
     /// [`SessionStore::session_owner`].
     SessionOwner,
+    /// [`KeyStore::lease_credits`].
+    LeaseCredits,
+    /// [`KeyStore::settle_credits`].
+    SettleCredits,
+    /// [`KeyStore::change_credits`].
+    ChangeCredits,
+    /// [`KeyStore::lease_rate`].
+    LeaseRate,
+    /// [`KeyStore::return_rate`].
+    ReturnRate,
 }
 
 impl Op {
@@ -117,6 +130,11 @@ impl Op {
         Op::RevokeSessions,
         Op::DeleteExpiredSessions,
         Op::SessionOwner,
+        Op::LeaseCredits,
+        Op::SettleCredits,
+        Op::ChangeCredits,
+        Op::LeaseRate,
+        Op::ReturnRate,
     ];
 
     /// The operations that read and change nothing.
@@ -357,6 +375,51 @@ impl<S: KeyStore> KeyStore for FaultyStore<S> {
         self.before(Op::TakeExpiryReminders).await?;
         let result = self.inner.take_expiry_reminders(now, until, limit).await;
         self.after(Op::TakeExpiryReminders, result)
+    }
+    async fn lease_credits(
+        &self,
+        id: &KeyId,
+        want: u64,
+        refill: Option<RefillDue>,
+    ) -> Result<Option<CreditGrant>, StoreError> {
+        self.before(Op::LeaseCredits).await?;
+        let result = self.inner.lease_credits(id, want, refill).await;
+        self.after(Op::LeaseCredits, result)
+    }
+    async fn settle_credits(
+        &self,
+        id: &KeyId,
+        returned: u64,
+        spent: u64,
+    ) -> Result<(), StoreError> {
+        self.before(Op::SettleCredits).await?;
+        let result = self.inner.settle_credits(id, returned, spent).await;
+        self.after(Op::SettleCredits, result)
+    }
+    async fn change_credits(
+        &self,
+        id: &KeyId,
+        change: CreditChange,
+    ) -> Result<Option<Credits>, StoreError> {
+        self.before(Op::ChangeCredits).await?;
+        let result = self.inner.change_credits(id, change).await;
+        self.after(Op::ChangeCredits, result)
+    }
+    async fn lease_rate(&self, id: &KeyId, lease: &RateLease) -> Result<RateGrant, StoreError> {
+        self.before(Op::LeaseRate).await?;
+        let result = self.inner.lease_rate(id, lease).await;
+        self.after(Op::LeaseRate, result)
+    }
+    async fn return_rate(
+        &self,
+        id: &KeyId,
+        name: &LimitName,
+        tokens: u32,
+        interval_us: u64,
+    ) -> Result<(), StoreError> {
+        self.before(Op::ReturnRate).await?;
+        let result = self.inner.return_rate(id, name, tokens, interval_us).await;
+        self.after(Op::ReturnRate, result)
     }
 }
 

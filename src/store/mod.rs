@@ -36,6 +36,10 @@ mod sessions;
 mod sql;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql_sessions;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql_usage;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql_usage_ops;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 #[cfg(feature = "sqlite")]

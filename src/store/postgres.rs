@@ -10,6 +10,8 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use super::sql::{self, COLUMNS, InvalidName, boxed};
+use super::sql_usage::{Dialect, UPDATE_USAGE_SET, UsageQueries};
+use super::sql_usage_ops;
 use super::{KeyStore, ListQuery, QuotaCheck};
 use crate::ids::KeyId;
 use crate::key::KeyRecord;
@@ -40,9 +42,14 @@ const MIN_FEED_PING: Duration = Duration::from_millis(100);
 ///   lock on (table, owner, environment), counts the live keys and inserts
 ///   in the same transaction, so inserts racing from any number of
 ///   connections or servers never exceed it.
-/// - **Updates** compare-and-swap on `generation` and never write the
-///   usage columns; [`record_usage`](KeyStore::record_usage) is one
+/// - **Updates** compare-and-swap on `generation` and never write
+///   `last_used_at`/`last_used_ip`; [`record_usage`](KeyStore::record_usage) is one
 ///   conditional `UPDATE` that never moves `last_used_at` backwards.
+/// - **Usage controls** (rate limits, credits): columns of the key table
+///   and `<table>_rates` for the limits' states; every lease, settle and
+///   change is one atomic statement, so any number of servers sharing the
+///   database never overspend, and `update` never changes a balance (see
+///   `docs/DESIGN.md`, "Usage controls in the stores").
 /// - **Ids are never reused**: every insert also claims the id in
 ///   `<table>_ids`, in the same transaction, and delete leaves it there.
 /// - **Expiry reminders** are taken by one `UPDATE ... RETURNING` over rows
@@ -90,12 +97,14 @@ pub(super) struct Queries {
     delete: String,
     list_base: String,
     count_base: String,
+    pub(super) usage: UsageQueries,
 }
 
 impl Queries {
     fn new(s: &str, t: &str) -> Self {
         let q = format!("\"{s}\".\"{t}\"");
         let ids = format!("\"{s}\".\"{}\"", sql::derived_ident(t, "ids"));
+        let rates = format!("\"{s}\".\"{}\"", sql::derived_ident(t, "rates"));
         Self {
             lock_owner: "SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))".to_owned(),
             count_live: format!(
@@ -104,7 +113,7 @@ impl Queries {
             ),
             insert: format!(
                 "INSERT INTO {q} ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
-                 $13, $14, $15, $16, $17, $18, $19)"
+                 $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)"
             ),
             insert_id: format!("INSERT INTO {ids} (id) VALUES ($1)"),
             record_usage: format!(
@@ -127,12 +136,14 @@ impl Queries {
                 "UPDATE {q} SET owner = $1, environment = $2, name = $3, kind = $4, permissions = $5, \
                  resources = $6, ip_allowlist = $7, created_at = $8, expires_at = $9, revoked_at = $10, \
                  suspended_at = $11, reminded_at = $12, generation = $13, secret_hash = $14, \
-                 external_id = $15, metadata = $16 WHERE id = $17 AND generation = $18"
+                 external_id = $15, metadata = $16, {UPDATE_USAGE_SET} \
+                 WHERE id = $17 AND generation = $18"
             ),
             generation_of: format!("SELECT generation FROM {q} WHERE id = $1"),
             delete: format!("DELETE FROM {q} WHERE id = $1"),
             list_base: format!("SELECT {COLUMNS} FROM {q} WHERE owner = $1"),
             count_base: format!("SELECT COUNT(*) FROM {q} WHERE owner = $1"),
+            usage: UsageQueries::new(Dialect::Postgres, &q, &rates),
         }
     }
 }
@@ -333,6 +344,11 @@ impl PostgresStore {
             .bind(e.secret_hash)
             .bind(e.external_id)
             .bind(&e.metadata)
+            .bind(&e.usage.rate_limits)
+            .bind(e.usage.credits_remaining)
+            .bind(e.usage.credits_leased)
+            .bind(&e.usage.credits_refill)
+            .bind(e.usage.credits_refilled_for)
             .execute(&mut *tx)
             .await;
         match result {
@@ -414,10 +430,16 @@ impl PostgresStore {
             .bind(&e.metadata)
             .bind(e.id)
             .bind(expected)
+            .bind(&e.usage.rate_limits)
+            .bind(&e.usage.credits_refill)
+            .bind(e.usage.credits_remaining)
+            .bind(e.usage.credits_leased)
+            .bind(e.usage.credits_refilled_for)
             .execute(&mut *tx)
             .await
             .map_err(err("update"))?;
         if done.rows_affected() == 1 {
+            self.prune_rates(&mut tx, record).await?;
             notify(&mut tx, &self.channel, e.id).await?;
             return tx.commit().await.map_err(err("commit update"));
         }
@@ -535,7 +557,10 @@ impl KeyStore for PostgresStore {
     ) -> Result<Vec<KeyRecord>, StoreError> {
         boxed(self.take_expiry_reminders_impl(now, until, limit)).await
     }
+    sql_usage_ops::usage_trait_methods!();
 }
+
+sql_usage_ops::usage_operations!(PostgresStore, sqlx::PgConnection);
 
 /// Queues a change notice; PostgreSQL sends it when the transaction commits.
 async fn notify(tx: &mut sqlx::PgConnection, channel: &str, id: &str) -> Result<(), StoreError> {

@@ -68,6 +68,25 @@ const MIGRATIONS: &[(i64, &str)] = &[
     CREATE INDEX IF NOT EXISTS \"{owner_ext}\" ON \"{s}\".\"{t}\" (owner, external_id)
         WHERE external_id IS NOT NULL;",
     ),
+    // Usage controls: the limits and credits of a key (`sql_usage`) and
+    // the state of each limit leased from, deleted with its key (the
+    // foreign key also makes a lease racing the key's delete wait for it).
+    (
+        6,
+        "ALTER TABLE \"{s}\".\"{t}\" ADD COLUMN IF NOT EXISTS rate_limits TEXT;
+    ALTER TABLE \"{s}\".\"{t}\" ADD COLUMN IF NOT EXISTS credits_remaining BIGINT;
+    ALTER TABLE \"{s}\".\"{t}\" ADD COLUMN IF NOT EXISTS credits_leased BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE \"{s}\".\"{t}\" ADD COLUMN IF NOT EXISTS credits_refill TEXT;
+    ALTER TABLE \"{s}\".\"{t}\" ADD COLUMN IF NOT EXISTS credits_refilled_for BIGINT;
+    ALTER TABLE \"{s}\".\"{t}\" ADD COLUMN IF NOT EXISTS credits_last_grant BIGINT NOT NULL DEFAULT 0;
+    CREATE TABLE IF NOT EXISTS \"{s}\".\"{rates}\" (
+        key_id TEXT COLLATE \"C\" NOT NULL REFERENCES \"{s}\".\"{t}\" (id) ON DELETE CASCADE,
+        name TEXT COLLATE \"C\" NOT NULL,
+        tat BIGINT NOT NULL,
+        last_grant BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (key_id, name)
+    );",
+    ),
 ];
 
 impl PostgresStore {
@@ -120,6 +139,7 @@ impl PostgresStore {
                 .replace("{audit_key}", &sql::derived_ident(t, "audit_key_at"))
                 .replace("{audit_owner}", &sql::derived_ident(t, "audit_owner_at"))
                 .replace("{owner_ext}", &sql::derived_ident(t, "owner_ext"))
+                .replace("{rates}", &sql::derived_ident(t, "rates"))
                 .replace("{s}", s)
                 .replace("{t}", t);
             for statement in ddl.split(';').map(str::trim).filter(|s| !s.is_empty()) {

@@ -9,7 +9,8 @@
 //! text form; `created_at`, `expires_at`, `revoked_at`, `suspended_at`,
 //! `last_used_at`, `reminded_at` as integer microseconds since the Unix epoch
 //! (UTC); `generation` as a 64-bit integer; `external_id` as text or NULL;
-//! `metadata` as the object's compact JSON text, NULL when empty.
+//! `metadata` as the object's compact JSON text, NULL when empty; the usage
+//! controls as `sql_usage` describes them.
 //!
 //! A listing's name prefix is compared with `substr(name, 1, length(?)) = ?`,
 //! not `LIKE`: exact and case-sensitive, with nothing to escape.
@@ -31,6 +32,8 @@ use crate::key::{KeyKind, KeyRecord, SecretHash};
 use crate::metadata::Metadata;
 use crate::policy::{IpAllowlist, PermissionGrant, ResourceScope};
 use crate::store::{ListQuery, StoreError};
+
+use super::sql_usage::{EncodedUsage, decode_usage, encode_usage};
 
 /// Longest SQL identifier accepted (PostgreSQL's limit).
 pub(crate) const MAX_IDENT_LEN: usize = 63;
@@ -99,7 +102,8 @@ pub(crate) fn derived_ident(base: &str, suffix: &str) -> String {
 /// The columns, in the order every SELECT lists them.
 pub(crate) const COLUMNS: &str = "id, owner, environment, name, kind, permissions, resources, ip_allowlist, \
      created_at, expires_at, revoked_at, suspended_at, last_used_at, last_used_ip, reminded_at, \
-     generation, secret_hash, external_id, metadata";
+     generation, secret_hash, external_id, metadata, \
+     rate_limits, credits_remaining, credits_leased, credits_refill, credits_refilled_for";
 
 /// A record encoded for binding.
 pub(crate) struct Encoded<'a> {
@@ -122,6 +126,7 @@ pub(crate) struct Encoded<'a> {
     pub secret_hash: &'a str,
     pub external_id: Option<&'a str>,
     pub metadata: Option<String>,
+    pub usage: EncodedUsage,
 }
 
 pub(super) fn to_json<T: serde::Serialize>(field: &str, v: &T) -> Result<String, StoreError> {
@@ -139,11 +144,6 @@ pub(crate) fn generation_to_sql(g: u64) -> Result<i64, StoreError> {
 }
 
 pub(crate) fn encode(r: &KeyRecord) -> Result<Encoded<'_>, StoreError> {
-    // Until the SQL stores keep usage controls, a record with any is
-    // refused rather than stored without them (fail closed).
-    if !r.usage.is_empty() {
-        return Err(StoreError::Unsupported("usage controls"));
-    }
     Ok(Encoded {
         id: r.id.as_str(),
         owner: r.owner.as_str(),
@@ -164,6 +164,7 @@ pub(crate) fn encode(r: &KeyRecord) -> Result<Encoded<'_>, StoreError> {
         secret_hash: r.secret_hash.as_str(),
         external_id: r.external_id.as_ref().map(|x| x.as_str()),
         metadata: (!r.metadata.is_empty()).then(|| r.metadata.to_json()),
+        usage: encode_usage(&r.usage)?,
     })
 }
 
@@ -287,7 +288,7 @@ where
         ip_allowlist,
         external_id,
         metadata,
-        usage: Default::default(),
+        usage: decode_usage(row, id_str)?,
         created_at,
         expires_at,
         revoked_at,
@@ -548,6 +549,11 @@ pub(crate) fn live_condition(now: &str, cut: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_columns_end_with_the_usage_columns() {
+        assert!(COLUMNS.ends_with(crate::store::sql_usage::USAGE_COLUMNS));
+    }
 
     #[test]
     fn identifiers() {

@@ -12,6 +12,8 @@ use sqlx::sqlite::{
 };
 
 use super::sql::{self, COLUMNS, InvalidName, boxed};
+use super::sql_usage::{Dialect, UPDATE_USAGE_SET, UsageQueries};
+use super::sql_usage_ops;
 use super::{KeyStore, ListQuery, QuotaCheck};
 use crate::ids::KeyId;
 use crate::key::KeyRecord;
@@ -38,8 +40,13 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 ///   `BEGIN IMMEDIATE` transaction, which holds SQLite's single write lock,
 ///   so concurrent inserts can never exceed the quota.
 /// - **Updates** compare-and-swap on the `generation` column and never
-///   write the usage columns; [`record_usage`](KeyStore::record_usage) is
+///   write `last_used_at`/`last_used_ip`; [`record_usage`](KeyStore::record_usage) is
 ///   one conditional `UPDATE` that never moves `last_used_at` backwards.
+/// - **Usage controls** (rate limits, credits): columns of the key table
+///   and `<table>_rates` for the limits' states; every lease, settle and
+///   change is one atomic statement, so any number of servers sharing the
+///   database never overspend, and `update` never changes a balance (see
+///   `docs/DESIGN.md`, "Usage controls in the stores").
 /// - **Ids are never reused**: every insert also claims the id in
 ///   `<table>_ids`, in the same transaction, and delete leaves it there.
 /// - **Expiry reminders** are taken by one `UPDATE ... RETURNING` under
@@ -76,14 +83,17 @@ struct Queries {
     delete: String,
     record_usage: String,
     take_reminders: String,
+    usage: UsageQueries,
 }
 
 impl Queries {
     fn new(t: &str) -> Self {
         let ids = sql::derived_ident(t, "ids");
+        let rates = sql::derived_ident(t, "rates");
         Self {
             insert: format!(
-                "INSERT INTO \"{t}\" ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                "INSERT INTO \"{t}\" ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, \
+                 ?, ?, ?, ?, ?)"
             ),
             insert_id: format!("INSERT INTO \"{ids}\" (id) VALUES (?)"),
             count_live: format!(
@@ -91,11 +101,13 @@ impl Queries {
                 sql::live_condition("?", "?")
             ),
             get: format!("SELECT {COLUMNS} FROM \"{t}\" WHERE id = ?"),
+            // `$n` placeholders (sqlx binds them by number): the usage
+            // clauses are shared with PostgreSQL.
             update: format!(
-                "UPDATE \"{t}\" SET owner = ?, environment = ?, name = ?, kind = ?, permissions = ?, \
-                 resources = ?, ip_allowlist = ?, created_at = ?, expires_at = ?, revoked_at = ?, \
-                 suspended_at = ?, reminded_at = ?, generation = ?, secret_hash = ?, \
-                 external_id = ?, metadata = ? WHERE id = ? AND generation = ?"
+                "UPDATE \"{t}\" SET owner = $1, environment = $2, name = $3, kind = $4, permissions = $5, \
+                 resources = $6, ip_allowlist = $7, created_at = $8, expires_at = $9, revoked_at = $10, \
+                 suspended_at = $11, reminded_at = $12, generation = $13, secret_hash = $14, \
+                 external_id = $15, metadata = $16, {UPDATE_USAGE_SET} WHERE id = $17 AND generation = $18"
             ),
             generation_of: format!("SELECT generation FROM \"{t}\" WHERE id = ?"),
             delete: format!("DELETE FROM \"{t}\" WHERE id = ?"),
@@ -110,6 +122,11 @@ impl Queries {
                  SELECT id FROM \"{t}\" WHERE revoked_at IS NULL AND reminded_at IS NULL \
                  AND expires_at > ? AND expires_at <= ? ORDER BY expires_at, id LIMIT ?) \
                  RETURNING {COLUMNS}"
+            ),
+            usage: UsageQueries::new(
+                Dialect::Sqlite,
+                &format!("\"{t}\""),
+                &format!("\"{rates}\""),
             ),
         }
     }
@@ -176,6 +193,25 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ALTER TABLE \"{t}\" ADD COLUMN metadata TEXT;
     CREATE INDEX IF NOT EXISTS \"{owner_ext}\" ON \"{t}\" (owner, external_id)
         WHERE external_id IS NOT NULL;",
+    ),
+    // Usage controls: the limits and credits of a key (`sql_usage`) and
+    // the state of each limit leased from (deleted with the key, in the
+    // delete's transaction).
+    (
+        5,
+        "ALTER TABLE \"{t}\" ADD COLUMN rate_limits TEXT;
+    ALTER TABLE \"{t}\" ADD COLUMN credits_remaining INTEGER;
+    ALTER TABLE \"{t}\" ADD COLUMN credits_leased INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE \"{t}\" ADD COLUMN credits_refill TEXT;
+    ALTER TABLE \"{t}\" ADD COLUMN credits_refilled_for INTEGER;
+    ALTER TABLE \"{t}\" ADD COLUMN credits_last_grant INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE IF NOT EXISTS \"{rates}\" (
+        key_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        tat INTEGER NOT NULL,
+        last_grant INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (key_id, name)
+    ) WITHOUT ROWID;",
     ),
 ];
 
@@ -312,6 +348,7 @@ impl SqliteStore {
                 .replace("{audit_key}", &sql::derived_ident(t, "audit_key_at"))
                 .replace("{audit_owner}", &sql::derived_ident(t, "audit_owner_at"))
                 .replace("{owner_ext}", &sql::derived_ident(t, "owner_ext"))
+                .replace("{rates}", &sql::derived_ident(t, "rates"))
                 .replace("{t}", t);
             for statement in ddl.split(';').map(str::trim).filter(|s| !s.is_empty()) {
                 sqlx::query(statement)
@@ -391,6 +428,11 @@ impl SqliteStore {
             .bind(e.secret_hash)
             .bind(e.external_id)
             .bind(&e.metadata)
+            .bind(&e.usage.rate_limits)
+            .bind(e.usage.credits_remaining)
+            .bind(e.usage.credits_leased)
+            .bind(&e.usage.credits_refill)
+            .bind(e.usage.credits_refilled_for)
             .execute(&mut *tx)
             .await;
         match result {
@@ -445,6 +487,11 @@ impl SqliteStore {
     ) -> Result<(), StoreError> {
         let e = sql::encode(record)?;
         let expected = sql::generation_to_sql(expected_generation)?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(err("begin update"))?;
         let done = sqlx::query(&self.queries.update)
             .bind(e.owner)
             .bind(e.environment)
@@ -464,15 +511,21 @@ impl SqliteStore {
             .bind(&e.metadata)
             .bind(e.id)
             .bind(expected)
-            .execute(&self.pool)
+            .bind(&e.usage.rate_limits)
+            .bind(&e.usage.credits_refill)
+            .bind(e.usage.credits_remaining)
+            .bind(e.usage.credits_leased)
+            .bind(e.usage.credits_refilled_for)
+            .execute(&mut *tx)
             .await
             .map_err(err("update"))?;
         if done.rows_affected() == 1 {
-            return Ok(());
+            self.prune_rates(&mut tx, record).await?;
+            return tx.commit().await.map_err(err("commit update"));
         }
         let found: Option<i64> = sqlx::query_scalar(&self.queries.generation_of)
             .bind(e.id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(err("read generation"))?;
         Err(match found {
@@ -486,15 +539,26 @@ impl SqliteStore {
     }
 
     async fn delete_impl(&self, id: &KeyId) -> Result<(), StoreError> {
+        // The key's rate-limit states go with it, in one transaction.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(err("begin delete"))?;
         let done = sqlx::query(&self.queries.delete)
             .bind(id.as_str())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(err("delete"))?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(id.clone()));
         }
-        Ok(())
+        sqlx::query(&self.queries.usage.delete_rates)
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(err("delete rate states"))?;
+        tx.commit().await.map_err(err("commit delete"))
     }
 
     async fn record_usage_impl(
@@ -592,4 +656,7 @@ impl KeyStore for SqliteStore {
     ) -> Result<Vec<KeyRecord>, StoreError> {
         boxed(self.take_expiry_reminders_impl(now, until, limit)).await
     }
+    sql_usage_ops::usage_trait_methods!();
 }
+
+sql_usage_ops::usage_operations!(SqliteStore, sqlx::SqliteConnection);

@@ -89,6 +89,28 @@
 //! It deletes its policies before it returns; its token ids live in a
 //! window of the distant past and are purged.
 //!
+//! # Usage controls
+//!
+//! [`usage_conformance`] checks a store's usage controls (rate limits and
+//! credits, see [`keyward::usage`](crate::usage)): they round-trip through
+//! insert, get and list; `update` changes limits and refill and turns
+//! credits on and off but never touches an existing balance; credit leases
+//! grant `min(want, remaining)`, refill once per period, and 32 concurrent
+//! leasers get exactly the balance (a store that reads then writes fails
+//! it); settle and change keep their rules (an `Add` past the maximum is
+//! refused, nothing changed); rate leases follow
+//! [`gcra_take`](crate::usage::gcra_take) step by step and under 32
+//! concurrent leasers; a deleted key's state does not come back. It is
+//! separate from [`run_all`]: a store without usage controls (the
+//! [`KeyStore`] defaults refuse them, fail closed) still passes the key
+//! checks. Run it beside them:
+//!
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! keyward::store::conformance::usage_conformance(keyward::MemoryStore::new()).await;
+//! # });
+//! ```
+//!
 //! # What the suite leaves behind
 //!
 //! Every owner id the suite writes starts with [`OWNER_PREFIX`]
@@ -180,8 +202,13 @@ mod keys;
 mod selftest;
 #[cfg(test)]
 mod selftest_trusted;
+#[cfg(test)]
+mod selftest_usage;
 mod sessions;
 mod trusted;
+mod usage;
+mod usage_credits;
+mod usage_rates;
 
 pub use audit::audit_sink_conformance;
 pub use key_idle::*;
@@ -192,6 +219,7 @@ pub use key_reminders::*;
 pub use keys::*;
 pub use sessions::session_store_conformance;
 pub use trusted::trust_store_conformance;
+pub use usage::usage_conformance;
 
 /// The prefix of every owner id the suite writes: `conformance-` and a
 /// random key id. See "What the suite leaves behind" above.
