@@ -95,10 +95,11 @@ async fn faulty_usage_operations_fail_and_change_nothing() {
     ))
     .build()
     .unwrap();
-    let admin = keyward::Actor::administrator("alice", keyward::OwnerId::new("contoso").unwrap());
+    // A starting balance is the application's to give (ManagementAction::Usage).
+    let app = keyward::Actor::system("billing");
     let created = manager
         .create(
-            &admin,
+            &app,
             keyward::NewKey::new("contoso", "live", "CI")
                 .permissions(PermissionGrant::All)
                 .credits(Credits::new(10).unwrap()),
