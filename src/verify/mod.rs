@@ -12,6 +12,7 @@ mod compiled;
 mod config;
 mod denial;
 mod hash_pool;
+mod ledger;
 mod request;
 mod session;
 mod shared;
@@ -21,8 +22,8 @@ mod verifier;
 
 pub use compiled::{CompiledKey, VerifiedKey};
 pub use config::VerifierConfig;
-pub use denial::{Denial, DenialKind, DenialReason};
-pub use request::VerifyRequest;
+pub use denial::{Denial, DenialKind, DenialReason, RateLimitStatus};
+pub use request::{Spending, VerifyRequest};
 pub(crate) use session::Sessions;
 pub use session::{SessionError, VerifiedSession};
 pub(crate) use shared::Shared;
