@@ -2,8 +2,9 @@
 //!
 //! Arrows point one way: `verifier` (the front) → `cold` (the cache miss)
 //! → `shared` (the state a manager and its verifiers share) → `cache`,
-//! `throttle`, `hash_pool`, `usage`, `config`; `compiled` → `request`,
-//! `denial`, `usage`; `cache` → `compiled`, `denial`.
+//! `throttle`, `hash_pool`, `usage`, `ledger`, `config`; `compiled` →
+//! `request`, `denial`, `usage`, `ledger`; `cache` → `compiled`, `denial`;
+//! `ledger` (the local usage ledger) → `denial`, `request`.
 
 mod audit_log;
 mod cache;

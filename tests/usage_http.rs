@@ -1,0 +1,134 @@
+//! Rate limits and credits through the axum layer: 429 with `Retry-After`
+//! and the `RateLimit-Policy` / `RateLimit` fields, 402 for spent credits,
+//! 500 for a spend the policy does not declare, the fields on successes
+//! when asked, and a refused request spends nothing.
+#![cfg(feature = "axum")]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::axum::Router;
+use ::axum::body::Body;
+use ::axum::http::{Request, StatusCode, header};
+use ::axum::routing::get;
+use keyward::axum::{Caller, KeywardLayer};
+use keyward::prelude::*;
+use keyward::usage::{Credits, RateLimit, RateLimits};
+use tower::ServiceExt;
+
+async fn ok(caller: Caller) -> String {
+    caller.id().as_str().to_owned()
+}
+
+struct Fixture {
+    manager: KeyManager<Arc<MemoryStore>>,
+    app: Router,
+}
+
+fn fixture() -> Fixture {
+    let registry = PermissionRegistry::builder()
+        .permission("package:push")
+        .permission("search")
+        .build()
+        .unwrap();
+    let push = registry.get("package:push").unwrap();
+    let search = registry.get("search").unwrap();
+    let policy = Policy::new(registry)
+        .with_rate_limits(["publish"])
+        .unwrap();
+    let manager = KeyManager::builder(
+        Arc::new(MemoryStore::new()),
+        TokenFormat::new("mkh", &["live"]).unwrap(),
+        policy,
+    )
+    .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
+    .clock(ManualClock::new("2026-01-01T00:00:00Z".parse().unwrap()))
+    .build()
+    .unwrap();
+    let auth = KeywardLayer::new(manager.verifier(), Environment::new("live").unwrap())
+        .rate_limit_headers(true);
+    let app = Router::new()
+        .route(
+            "/publish",
+            get(ok).route_layer(auth.require(push).spend("publish", 1)),
+        )
+        .route(
+            "/search",
+            get(ok).route_layer(auth.require(search).credits(2)),
+        )
+        .route(
+            "/typo",
+            get(ok).route_layer(auth.require(search).spend("publsh", 1)),
+        );
+    Fixture { manager, app }
+}
+
+impl Fixture {
+    async fn key(&self, usage: impl FnOnce(NewKey) -> NewKey) -> String {
+        let new = NewKey::new("contoso", "live", "ci")
+            .permissions(PermissionGrant::only(["package:push", "search"]));
+        let created = self
+            .manager
+            .create(&Actor::system("tests"), usage(new))
+            .await
+            .unwrap();
+        created.token.expose_secret().to_owned()
+    }
+
+    async fn get(&self, path: &str, token: &str) -> ::axum::response::Response {
+        let req = Request::get(path)
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap();
+        self.app.clone().oneshot(req).await.unwrap()
+    }
+}
+
+#[tokio::test]
+async fn a_spent_limit_is_429_with_retry_after_and_the_draft_fields() {
+    let f = fixture();
+    let publish = RateLimit::new("publish", 2, Duration::from_secs(3600)).unwrap();
+    let token = f
+        .key(|n| n.rate_limits(RateLimits::new([publish]).unwrap()))
+        .await;
+    let first = f.get("/publish", &token).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(first.headers()["ratelimit-policy"], "\"publish\";q=2;w=3600");
+    assert_eq!(first.headers()["ratelimit"], "\"publish\";r=1;t=1800");
+    assert_eq!(f.get("/publish", &token).await.status(), StatusCode::OK);
+    let denied = f.get("/publish", &token).await;
+    assert_eq!(denied.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(denied.headers()[header::RETRY_AFTER], "1800");
+    assert_eq!(denied.headers()["ratelimit-policy"], "\"publish\";q=2;w=3600");
+    assert_eq!(denied.headers()["ratelimit"], "\"publish\";r=0;t=3600");
+    // A route that does not spend it is not limited.
+    assert_eq!(f.get("/search", &token).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn spent_credits_are_402_and_a_refused_request_spends_nothing() {
+    let f = fixture();
+    let token = f.key(|n| n.credits(Credits::new(5).unwrap())).await;
+    // Each /search costs 2: two pass, the third is refused.
+    assert_eq!(f.get("/search", &token).await.status(), StatusCode::OK);
+    assert_eq!(f.get("/search", &token).await.status(), StatusCode::OK);
+    let refused = f.get("/search", &token).await;
+    assert_eq!(refused.status(), StatusCode::PAYMENT_REQUIRED);
+    let body = ::axum::body::to_bytes(refused.into_body(), 4096).await.unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["error"], "usage_exhausted");
+    // The last credit is still there: /publish charges the default 1.
+    assert_eq!(f.get("/publish", &token).await.status(), StatusCode::OK);
+    assert_eq!(
+        f.get("/publish", &token).await.status(),
+        StatusCode::PAYMENT_REQUIRED
+    );
+}
+
+#[tokio::test]
+async fn an_undeclared_spend_is_a_500() {
+    let f = fixture();
+    let token = f.key(|n| n).await;
+    let r = f.get("/typo", &token).await;
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+}
