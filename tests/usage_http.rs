@@ -33,9 +33,7 @@ fn fixture() -> Fixture {
         .unwrap();
     let push = registry.get("package:push").unwrap();
     let search = registry.get("search").unwrap();
-    let policy = Policy::new(registry)
-        .with_rate_limits(["publish"])
-        .unwrap();
+    let policy = Policy::new(registry).with_rate_limits(["publish"]).unwrap();
     let manager = KeyManager::builder(
         Arc::new(MemoryStore::new()),
         TokenFormat::new("mkh", &["live"]).unwrap(),
@@ -93,13 +91,19 @@ async fn a_spent_limit_is_429_with_retry_after_and_the_draft_fields() {
         .await;
     let first = f.get("/publish", &token).await;
     assert_eq!(first.status(), StatusCode::OK);
-    assert_eq!(first.headers()["ratelimit-policy"], "\"publish\";q=2;w=3600");
+    assert_eq!(
+        first.headers()["ratelimit-policy"],
+        "\"publish\";q=2;w=3600"
+    );
     assert_eq!(first.headers()["ratelimit"], "\"publish\";r=1;t=1800");
     assert_eq!(f.get("/publish", &token).await.status(), StatusCode::OK);
     let denied = f.get("/publish", &token).await;
     assert_eq!(denied.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(denied.headers()[header::RETRY_AFTER], "1800");
-    assert_eq!(denied.headers()["ratelimit-policy"], "\"publish\";q=2;w=3600");
+    assert_eq!(
+        denied.headers()["ratelimit-policy"],
+        "\"publish\";q=2;w=3600"
+    );
     assert_eq!(denied.headers()["ratelimit"], "\"publish\";r=0;t=3600");
     // A route that does not spend it is not limited.
     assert_eq!(f.get("/search", &token).await.status(), StatusCode::OK);
@@ -114,7 +118,9 @@ async fn spent_credits_are_402_and_a_refused_request_spends_nothing() {
     assert_eq!(f.get("/search", &token).await.status(), StatusCode::OK);
     let refused = f.get("/search", &token).await;
     assert_eq!(refused.status(), StatusCode::PAYMENT_REQUIRED);
-    let body = ::axum::body::to_bytes(refused.into_body(), 4096).await.unwrap();
+    let body = ::axum::body::to_bytes(refused.into_body(), 4096)
+        .await
+        .unwrap();
     let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(body["error"], "usage_exhausted");
     // The last credit is still there: /publish charges the default 1.

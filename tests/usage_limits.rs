@@ -150,7 +150,11 @@ async fn credits_are_spent_exactly_to_zero_then_usage_exhausted() {
         match v.verify(&token, &req).await {
             Ok(key) => {
                 passed += 1;
-                assert_eq!(key.credits_remaining(), Some(250 - passed), "this server's view");
+                assert_eq!(
+                    key.credits_remaining(),
+                    Some(250 - passed),
+                    "this server's view"
+                );
             }
             Err(d) => break d,
         }
@@ -171,7 +175,9 @@ async fn credits_are_spent_exactly_to_zero_then_usage_exhausted() {
         .unwrap();
     f.clock.advance(TimeDelta::seconds(2));
     let cost2 = f.req().credits(2);
-    v.verify(&token, &cost2).await.expect("two added, two spent");
+    v.verify(&token, &cost2)
+        .await
+        .expect("two added, two spent");
     assert_eq!(
         v.verify(&token, &req).await.unwrap_err().reason,
         DenialReason::UsageExhausted
@@ -181,7 +187,9 @@ async fn credits_are_spent_exactly_to_zero_then_usage_exhausted() {
 #[tokio::test]
 async fn a_refill_applies_exactly_once_per_period() {
     let f = fixture();
-    let daily = Credits::new(3).unwrap().with_refill(Refill::daily(3).unwrap());
+    let daily = Credits::new(3)
+        .unwrap()
+        .with_refill(Refill::daily(3).unwrap());
     let (token, id) = f.key(vec![], Some(daily)).await;
     let v = f.manager.verifier();
     let req = f.req();
@@ -216,7 +224,9 @@ async fn a_refill_applies_exactly_once_per_period() {
     assert_eq!((c.remaining, c.leased), (0, 0));
 
     // Monthly on day 28, over February's end.
-    let monthly = Credits::new(2).unwrap().with_refill(Refill::monthly(28, 2).unwrap());
+    let monthly = Credits::new(2)
+        .unwrap()
+        .with_refill(Refill::monthly(28, 2).unwrap());
     let (token, _) = f.key(vec![], Some(monthly)).await;
     f.clock.set("2026-02-27T12:00:00Z".parse().unwrap());
     let mut passed = 0;
@@ -231,7 +241,10 @@ async fn a_refill_applies_exactly_once_per_period() {
     }
     assert_eq!(passed, 2, "refilled on the 28th");
     f.clock.set("2026-03-27T23:59:59Z".parse().unwrap());
-    assert!(v.verify(&token, &req).await.is_err(), "not before the next 28th");
+    assert!(
+        v.verify(&token, &req).await.is_err(),
+        "not before the next 28th"
+    );
 }
 
 #[tokio::test]
@@ -266,7 +279,10 @@ async fn a_denial_spends_nothing_anywhere() {
     assert_eq!(f.credits(&id).await.remaining, 97);
     // Credits short: the rate limit is not spent either.
     let (token, _) = f
-        .key(vec![per_second("requests", 3)], Some(Credits::new(1).unwrap()))
+        .key(
+            vec![per_second("requests", 3)],
+            Some(Credits::new(1).unwrap()),
+        )
         .await;
     let pricey = f.req().spend("requests", 1).credits(2);
     for _ in 0..5 {
@@ -285,10 +301,7 @@ async fn bad_spends_are_typed_and_name_the_limit() {
     let (plain, _) = f.key(vec![], None).await;
     let v = f.manager.verifier();
     for t in [&token, &plain] {
-        let d = v
-            .verify(t, &f.req().spend("publsh", 1))
-            .await
-            .unwrap_err();
+        let d = v.verify(t, &f.req().spend("publsh", 1)).await.unwrap_err();
         assert_eq!(d.kind(), DenialKind::Misuse);
         assert_eq!(
             d.reason,
@@ -327,7 +340,10 @@ async fn bad_spends_are_typed_and_name_the_limit() {
 async fn store_failures_while_leasing_deny() {
     let f = fixture();
     let (token, _) = f
-        .key(vec![per_second("requests", 10)], Some(Credits::new(10).unwrap()))
+        .key(
+            vec![per_second("requests", 10)],
+            Some(Credits::new(10).unwrap()),
+        )
         .await;
     let (limited, _) = f.key(vec![per_second("requests", 10)], None).await;
     let v = f.manager.verifier();

@@ -14,6 +14,11 @@ use crate::verify::{Denial, DenialKind, DenialReason, RateLimitStatus};
 /// [`KeywardLayer::realm`](super::KeywardLayer::realm)).
 pub const DEFAULT_REALM: &str = "keyward";
 
+/// Seconds for `Retry-After`, saturating.
+fn secs32(secs: u64) -> u32 {
+    u32::try_from(secs).unwrap_or(u32::MAX)
+}
+
 /// The parts of an RFC 6750 challenge; the realm is added when the
 /// response is made.
 #[derive(Debug, Clone)]
@@ -38,7 +43,8 @@ pub struct KeywardRejection {
     challenge: Option<Challenge>,
     /// `None`: [`DEFAULT_REALM`].
     realm: Option<Arc<str>>,
-    retry_after: Option<u64>,
+    /// Whole seconds (a `u32` keeps the rejection small: 136 years).
+    retry_after: Option<u32>,
     reason: Option<&'static str>,
     /// The spent limit of a [`DenialReason::RateLimited`], for the
     /// `RateLimit` header fields.
@@ -201,7 +207,7 @@ impl KeywardRejection {
                     "throttled",
                     "Too many failed attempts. Wait before trying again.".into(),
                 );
-                r.retry_after = Some(denial.retry_after.map_or(1, |d| d.as_secs().max(1)));
+                r.retry_after = Some(secs32(denial.retry_after.map_or(1, |d| d.as_secs().max(1))));
                 r
             }
             DenialKind::Limited => {
@@ -210,7 +216,11 @@ impl KeywardRejection {
                     "rate_limited",
                     "This API key's rate limit is spent. Wait the Retry-After seconds before trying again.".into(),
                 );
-                r.retry_after = Some(denial.retry_after.map_or(1, |d| super::rate_headers::ceil_secs(d).max(1)));
+                r.retry_after = Some(secs32(
+                    denial
+                        .retry_after
+                        .map_or(1, |d| super::rate_headers::ceil_secs(d).max(1)),
+                ));
                 if let RateLimited(status) = &denial.reason {
                     r.rate = Some(status.clone());
                 }
@@ -220,20 +230,24 @@ impl KeywardRejection {
                 let mut r = Self::new(
                     StatusCode::PAYMENT_REQUIRED,
                     "usage_exhausted",
-                    "This API key's usage credits are spent. Add credits, or wait for its refill.".into(),
+                    "This API key's usage credits are spent. Add credits, or wait for its refill."
+                        .into(),
                 );
-                r.retry_after = denial.retry_after.map(|d| super::rate_headers::ceil_secs(d).max(1));
+                r.retry_after = denial
+                    .retry_after
+                    .map(|d| secs32(super::rate_headers::ceil_secs(d).max(1)));
                 r
             }
             DenialKind::Misuse => Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "server_error",
-                "This route spends a rate limit its policy does not declare (see the server log).".into(),
+                "This route spends a rate limit its policy does not declare (see the server log)."
+                    .into(),
             ),
             DenialKind::Unavailable => {
                 let mut r = Self::unavailable();
                 if let Some(wait) = denial.retry_after {
-                    r.retry_after = Some(wait.as_secs().max(1));
+                    r.retry_after = Some(secs32(wait.as_secs().max(1)));
                 }
                 r
             }

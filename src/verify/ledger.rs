@@ -217,11 +217,7 @@ impl KeyLedger {
     /// Checks every spend against the local blocks, then takes them all, or
     /// takes nothing.
     pub(crate) fn try_spend(&self, m: &Metering, spending: &Spending<'_>, now_us: i64) -> Outcome {
-        let cost = if m.metered {
-            spending.credit_cost()
-        } else {
-            0
-        };
+        let cost = if m.metered { spending.credit_cost() } else { 0 };
         let mut st = self.lock();
         let (spends, n) = merged(&st, spending);
         let mut short = false;
@@ -264,10 +260,7 @@ impl KeyLedger {
             let l = &mut st.limits[j];
             l.tokens -= c;
             l.spent_since_lease = l.spent_since_lease.saturating_add(c);
-            let remaining = l
-                .tokens
-                .saturating_add(l.store_room)
-                .min(l.limit.limit());
+            let remaining = l.tokens.saturating_add(l.store_room).min(l.limit.limit());
             if aligned && seen.rate.is_none_or(|(_, r, _)| remaining < r) {
                 let (remaining, reset_us) = l.status(remaining);
                 seen.rate = Some((u8::try_from(j).unwrap_or(u8::MAX), remaining, reset_us));
@@ -309,11 +302,7 @@ pub(crate) async fn top_up<S: KeyStore>(
     let ledger = &*m.ledger;
     let _leasing = ledger.leasing.lock().await;
     let now_us = now.timestamp_micros();
-    let cost = if m.metered {
-        spending.credit_cost()
-    } else {
-        0
-    };
+    let cost = if m.metered { spending.credit_cost() } else { 0 };
     let mut asks: Vec<RateAsk> = Vec::new();
     let mut forfeit = (0u64, 0u64);
     let mut credit_want = 0u64;
@@ -359,7 +348,10 @@ pub(crate) async fn top_up<S: KeyStore>(
             });
             if now_us >= c.period_end_us && c.period_end_us != NEVER {
                 // A block of an older refill period is forfeited, not spent.
-                forfeit = (std::mem::take(&mut c.local), std::mem::take(&mut c.unsettled));
+                forfeit = (
+                    std::mem::take(&mut c.local),
+                    std::mem::take(&mut c.unsettled),
+                );
                 c.exhausted_until_us = NEVER;
             }
             let fresh = now_us < c.period_end_us;
@@ -598,14 +590,16 @@ impl Ledgers {
                 }
                 (credits, rate)
             };
-            if credits != (0, 0) {
-                if store
+            if credits != (0, 0)
+                && store
                     .settle_credits(&ledger.id, credits.0, credits.1)
                     .await
                     .is_err()
-                {
-                    ledger.lock().orphans.credits = credits;
-                }
+            {
+                // Kept for the next sweep.
+                let mut st = ledger.lock();
+                let o = &mut st.orphans.credits;
+                *o = (o.0.saturating_add(credits.0), o.1.saturating_add(credits.1));
             }
             for (name, tokens, interval_us) in rate {
                 let _ = store

@@ -161,11 +161,11 @@ impl<'a> Spending<'a> {
                 reason: "more than 4 limits spent by one request",
             });
         }
-        self.limits()
-            .find(|(_, cost)| *cost == 0)
-            .map(|(name, _)| crate::usage::UsageError::BadSpend {
+        self.limits().find(|(_, cost)| *cost == 0).map(|(name, _)| {
+            crate::usage::UsageError::BadSpend {
                 name: name.into(),
                 reason: "a cost of 0",
-            })
+            }
+        })
     }
 }

@@ -325,7 +325,13 @@ impl<S: KeyStore> Verifier<S> {
             }
         };
         if let Err(reason) = check(&key, now) {
-            return Err(self.deny_owned(Some(id), Some(key.owner.clone()), reason, None, client_ip));
+            return Err(self.deny_owned(
+                Some(id),
+                Some(key.owner.clone()),
+                reason,
+                None,
+                client_ip,
+            ));
         }
         let mut seen = UsageSeen::default();
         if let Some(spending) = spending {
@@ -422,7 +428,11 @@ impl<S: KeyStore> Verifier<S> {
     /// state weakly: it ends when the last manager and verifier are gone.
     fn start_sweeper(&self) {
         let shared = &*self.shared;
-        if shared.ledgers.sweeper.load(std::sync::atomic::Ordering::Relaxed) {
+        if shared
+            .ledgers
+            .sweeper
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
             return;
         }
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
@@ -432,7 +442,8 @@ impl<S: KeyStore> Verifier<S> {
             return;
         }
         let weak = Arc::downgrade(&self.shared);
-        let tick = (shared.ledgers.idle / 2).clamp(Duration::from_millis(10), Duration::from_secs(5));
+        let tick =
+            (shared.ledgers.idle / 2).clamp(Duration::from_millis(10), Duration::from_secs(5));
         handle.spawn(async move {
             loop {
                 tokio::time::sleep(tick).await;

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use chrono::{DateTime, Utc};
 use keyward::key::KeyRecord;
 use keyward::store::{ListQuery, QuotaCheck, StoreError};
-use keyward::usage::{CreditChange, CreditGrant, Credits, LimitName, RateGrant, RateLease, RefillDue};
+use keyward::usage::{
+    CreditChange, CreditGrant, Credits, LimitName, RateGrant, RateLease, RefillDue,
+};
 use keyward::{KeyId, KeyStore};
 
 /// Counts of the usage operations.
@@ -57,7 +59,11 @@ impl<S> Counted<S> {
 }
 
 impl<S: KeyStore> KeyStore for Counted<S> {
-    async fn insert(&self, record: &KeyRecord, quota: Option<QuotaCheck>) -> Result<(), StoreError> {
+    async fn insert(
+        &self,
+        record: &KeyRecord,
+        quota: Option<QuotaCheck>,
+    ) -> Result<(), StoreError> {
         self.inner.insert(record, quota).await
     }
     async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
@@ -101,7 +107,12 @@ impl<S: KeyStore> KeyStore for Counted<S> {
         self.usage_op(&self.counts.lease_credits)?;
         self.inner.lease_credits(id, want, refill).await
     }
-    async fn settle_credits(&self, id: &KeyId, returned: u64, spent: u64) -> Result<(), StoreError> {
+    async fn settle_credits(
+        &self,
+        id: &KeyId,
+        returned: u64,
+        spent: u64,
+    ) -> Result<(), StoreError> {
         self.usage_op(&self.counts.settle_credits)?;
         self.inner.settle_credits(id, returned, spent).await
     }
