@@ -336,7 +336,15 @@ impl<S: KeyStore> Verifier<S> {
         let mut seen = UsageSeen::default();
         if let Some(spending) = spending {
             if key.metering.is_some() || spending.has_limits() {
-                match self.spend(&key, spending, now).await {
+                let spent = match self.spend_local(&key, spending, now) {
+                    Ok(Some(s)) => Ok(s),
+                    // Boxed, as the cold path: leasing awaits the store,
+                    // and inline its state would make every check's
+                    // future that large.
+                    Ok(None) => Box::pin(self.spend_leasing(&key, spending, now)).await,
+                    Err(e) => Err(e),
+                };
+                match spent {
                     Ok(s) => seen = s,
                     Err((reason, retry)) => {
                         let owner = Some(key.owner.clone());
@@ -350,27 +358,49 @@ impl<S: KeyStore> Verifier<S> {
     }
 
     /// Spends what `spending` asks of a proven key that passed its policy
-    /// check: every named limit must be one the policy declares (else the
-    /// application erred), then the local blocks are checked and taken
-    /// together, leasing from the store only when one is short.
+    /// check from the local blocks: every named limit must be one the
+    /// policy declares (else the application erred), then the blocks are
+    /// checked and taken together. `Ok(None)`: a block is short, lease
+    /// ([`Verifier::spend_leasing`]).
+    #[inline]
+    fn spend_local(
+        &self,
+        key: &CompiledKey,
+        spending: &Spending<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<UsageSeen>, (DenialReason, Option<Duration>)> {
+        let shared = &*self.shared;
+        if spending.has_limits() {
+            if let Some(e) = spending.malformed() {
+                return Err((DenialReason::BadSpend(e), None));
+            }
+            if let Some((name, _)) = spending
+                .limits()
+                .find(|(name, _)| shared.policy.rate_limit_name(name).is_none())
+            {
+                let error = UsageError::UnknownLimit { name: name.into() };
+                return Err((DenialReason::BadSpend(error), None));
+            }
+        }
+        let Some(m) = &key.metering else {
+            return Ok(Some(UsageSeen::default()));
+        };
+        match m.ledger.try_spend(m, spending, now.timestamp_micros()) {
+            Outcome::Spent(seen) => Ok(Some(seen)),
+            Outcome::Denied(reason, retry) => Err((reason, retry)),
+            Outcome::Short => Ok(None),
+        }
+    }
+
+    /// [`Verifier::spend_local`] found a block short: lease, then spend.
     #[cold]
-    async fn spend(
+    async fn spend_leasing(
         &self,
         key: &CompiledKey,
         spending: &Spending<'_>,
         now: DateTime<Utc>,
     ) -> Result<UsageSeen, (DenialReason, Option<Duration>)> {
         let shared = &*self.shared;
-        if let Some(e) = spending.malformed() {
-            return Err((DenialReason::BadSpend(e), None));
-        }
-        if let Some((name, _)) = spending
-            .limits()
-            .find(|(name, _)| shared.policy.rate_limit_name(name).is_none())
-        {
-            let error = UsageError::UnknownLimit { name: name.into() };
-            return Err((DenialReason::BadSpend(error), None));
-        }
         let Some(m) = &key.metering else {
             return Ok(UsageSeen::default());
         };
@@ -378,20 +408,19 @@ impl<S: KeyStore> Verifier<S> {
         // A few rounds: a block leased here may be spent by concurrent
         // checks of the same key before this one takes from it.
         for _ in 0..4 {
+            top_up(
+                &shared.store,
+                m,
+                spending,
+                now,
+                shared.ledgers.max_credit_block,
+            )
+            .await
+            .map_err(|reason| (reason, None))?;
             match m.ledger.try_spend(m, spending, now_us) {
                 Outcome::Spent(seen) => return Ok(seen),
                 Outcome::Denied(reason, retry) => return Err((reason, retry)),
-                Outcome::Short => {
-                    top_up(
-                        &shared.store,
-                        m,
-                        spending,
-                        now,
-                        shared.ledgers.max_credit_block,
-                    )
-                    .await
-                    .map_err(|reason| (reason, None))?;
-                }
+                Outcome::Short => {}
             }
         }
         Err((DenialReason::Overloaded, Some(Duration::from_secs(1))))
@@ -411,7 +440,12 @@ impl<S: KeyStore> Verifier<S> {
             return Ok(key);
         }
         let now = self.shared.clock.now();
-        match self.spend(&key, spending, now).await {
+        let spent = match self.spend_local(&key, spending, now) {
+            Ok(Some(s)) => Ok(s),
+            Ok(None) => self.spend_leasing(&key, spending, now).await,
+            Err(e) => Err(e),
+        };
+        match spent {
             Ok(seen) => Ok(key.with_usage(seen)),
             Err((reason, retry)) => Err(self.deny_owned(
                 Some(key.id().as_str()),
