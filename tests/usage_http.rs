@@ -138,3 +138,57 @@ async fn an_undeclared_spend_is_a_500() {
     let r = f.get("/typo", &token).await;
     assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
 }
+
+#[tokio::test]
+async fn a_session_spends_its_keys_credits() {
+    let registry = PermissionRegistry::builder()
+        .permission("search")
+        .build()
+        .unwrap();
+    let search = registry.get("search").unwrap();
+    let manager = KeyManager::builder(
+        Arc::new(MemoryStore::new()),
+        TokenFormat::new("mkh", &["live"]).unwrap(),
+        Policy::new(registry),
+    )
+    .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
+    .sessions(keyward::session::SessionConfig::new("mkhs"))
+    .build()
+    .unwrap();
+    let live = Environment::new("live").unwrap();
+    let auth = KeywardLayer::with_sessions(manager.clone(), live.clone());
+    let app = Router::new().route("/search", get(ok).route_layer(auth.require(search)));
+    let created = manager
+        .create(
+            &Actor::system("tests"),
+            NewKey::new("contoso", "live", "ci")
+                .permissions(PermissionGrant::only(["search"]))
+                .credits(Credits::new(3).unwrap()),
+        )
+        .await
+        .unwrap();
+    let key = created.token.expose_secret().to_owned();
+    let session = manager
+        .exchange(&key, &live, None, None)
+        .await
+        .unwrap()
+        .token
+        .expose_secret()
+        .to_owned();
+    let call = |token: String| {
+        let app = app.clone();
+        async move {
+            let req = Request::get("/search")
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .body(Body::empty())
+                .unwrap();
+            app.oneshot(req).await.unwrap().status()
+        }
+    };
+    // The key and its session share the key's 3 credits.
+    assert_eq!(call(session.clone()).await, StatusCode::OK);
+    assert_eq!(call(key.clone()).await, StatusCode::OK);
+    assert_eq!(call(session.clone()).await, StatusCode::OK);
+    assert_eq!(call(session).await, StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(call(key).await, StatusCode::PAYMENT_REQUIRED);
+}

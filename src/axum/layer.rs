@@ -406,8 +406,8 @@ impl<S> KeywardLayer<S> {
     /// key is charged 1 credit per request unless [`credits`](Self::credits)
     /// says otherwise. A spent limit answers 429 with `Retry-After` and the
     /// `RateLimit-Policy` / `RateLimit` fields; spent credits answer 402; a
-    /// name the policy does not declare answers 500. Requests with a
-    /// session token spend nothing (sessions carry no usage controls).
+    /// name the policy does not declare answers 500. A request with a session
+    /// token spends its key's limits and credits.
     ///
     /// ```
     /// use keyward::axum::KeywardLayer;

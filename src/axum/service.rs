@@ -210,14 +210,12 @@ impl<S: KeyStore> KeywardLayer<S> {
             }
         }
         // Usage controls are spent last, once the key may do this: a
-        // refused request spends nothing.
-        if caller.session.is_none() {
-            caller.key = config
-                .verifier
-                .charge(caller.key.clone(), &self.spending, client_ip)
-                .await
-                .map_err(|d| KeywardRejection::denied(&d, &config.ctx.policy, None))?;
-        }
+        // refused request spends nothing. A session spends its key's.
+        caller.key = config
+            .verifier
+            .charge(caller.key.clone(), &self.spending, client_ip)
+            .await
+            .map_err(|d| KeywardRejection::denied(&d, &config.ctx.policy, None))?;
         Ok(caller)
     }
 

@@ -439,6 +439,10 @@ impl<S: KeyStore> Verifier<S> {
         if key.metering.is_none() && !spending.has_limits() {
             return Ok(key);
         }
+        if key.metering.is_some() {
+            // Sessions reach a key's ledger without the key's cold path.
+            self.start_sweeper();
+        }
         let now = self.shared.clock.now();
         let spent = match self.spend_local(&key, spending, now) {
             Ok(Some(s)) => Ok(s),
