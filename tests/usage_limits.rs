@@ -432,3 +432,39 @@ async fn store_round_trips_per_thousand_checks() {
     println!("usage store round trips per 1,000 checks: {trips}");
     assert!(trips <= 20, "{trips} round trips per 1,000 checks");
 }
+
+/// An edit of a key's limits (a new generation) reaches the ledger when
+/// the key is next compiled: the new limit applies, the old tokens of a
+/// changed limit are not spent under it.
+#[tokio::test]
+async fn an_edited_limit_applies_after_invalidation() {
+    let f = fixture();
+    let (token, id) = f.key(vec![per_second("requests", 10)], None).await;
+    let v = f.manager.verifier();
+    let req = f.req().spend("requests", 1);
+    for _ in 0..3 {
+        v.verify(&token, &req).await.unwrap();
+    }
+    let mut record = f.store.inner.get(&id).await.unwrap().unwrap();
+    let generation = record.generation;
+    record.usage.rate_limits =
+        RateLimits::new([RateLimit::new("requests", 2, Duration::from_secs(10)).unwrap()]).unwrap();
+    record.generation += 1;
+    f.store.inner.update(&record, generation).await.unwrap();
+    v.invalidate(&id);
+    let mut passed = 0;
+    let denial = loop {
+        match v.verify(&token, &req).await {
+            Ok(key) => {
+                passed += 1;
+                assert_eq!(key.rate_limit().unwrap().limit, 2);
+            }
+            Err(d) => break d,
+        }
+        assert!(passed <= 2, "more than the new limit");
+    };
+    let DenialReason::RateLimited(status) = denial.reason else {
+        panic!("{denial:?}")
+    };
+    assert_eq!((status.limit, status.window), (2, Duration::from_secs(10)));
+}
