@@ -23,6 +23,8 @@ async fn ok(caller: Caller) -> String {
 struct Fixture {
     manager: KeyManager<Arc<MemoryStore>>,
     app: Router,
+    auth: KeywardLayer<Arc<MemoryStore>>,
+    search: Permission,
 }
 
 fn fixture() -> Fixture {
@@ -48,17 +50,18 @@ fn fixture() -> Fixture {
     let app = Router::new()
         .route(
             "/publish",
-            get(ok).route_layer(auth.require(push).spend("publish", 1)),
+            get(ok).route_layer(auth.require(push).spend("publish", 1).unwrap()),
         )
         .route(
             "/search",
             get(ok).route_layer(auth.require(search).credits(2)),
-        )
-        .route(
-            "/typo",
-            get(ok).route_layer(auth.require(search).spend("publsh", 1)),
         );
-    Fixture { manager, app }
+    Fixture {
+        manager,
+        app,
+        auth,
+        search,
+    }
 }
 
 impl Fixture {
@@ -132,11 +135,20 @@ async fn spent_credits_are_402_and_a_refused_request_spends_nothing() {
 }
 
 #[tokio::test]
-async fn an_undeclared_spend_is_a_500() {
+async fn an_undeclared_spend_fails_when_the_route_is_built() {
     let f = fixture();
-    let token = f.key(|n| n).await;
-    let r = f.get("/typo", &token).await;
-    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    for (name, cost) in [("publsh", 1), ("publish", 0)] {
+        let refused = f.auth.require(f.search).spend(name, cost).unwrap_err();
+        assert!(
+            matches!(&refused, keyward::axum::LayerError::BadSpend { name: n, .. } if n == name),
+            "{refused:?}"
+        );
+    }
+    let mut guard = f.auth.require(f.search);
+    for _ in 0..4 {
+        guard = guard.spend("publish", 1).unwrap();
+    }
+    assert!(guard.spend("publish", 1).is_err(), "a fifth limit");
 }
 
 #[tokio::test]

@@ -74,6 +74,15 @@ pub enum LayerError {
         /// The realm given (cut to the maximum length).
         realm: String,
     },
+    /// [`KeywardLayer::spend`] of a limit the policy does not declare, a
+    /// cost of 0, or more than [`Spending::MAX`] limits on one route.
+    #[error("the route cannot spend {name:?}: {reason}")]
+    BadSpend {
+        /// The limit's name as given.
+        name: String,
+        /// What was wrong.
+        reason: &'static str,
+    },
     /// [`KeywardLayer::resource_param`] without [`KeywardLayer::require`]:
     /// the guard would check no permission on the resource.
     #[error("resource_param({param:?}) needs a permission: call KeywardLayer::require first")]
@@ -405,9 +414,15 @@ impl<S> KeywardLayer<S> {
     /// [`VerifyRequest::spend`](crate::VerifyRequest::spend). A metered
     /// key is charged 1 credit per request unless [`credits`](Self::credits)
     /// says otherwise. A spent limit answers 429 with `Retry-After` and the
-    /// `RateLimit-Policy` / `RateLimit` fields; spent credits answer 402; a
-    /// name the policy does not declare answers 500. A request with a session
-    /// token spends its key's limits and credits.
+    /// `RateLimit-Policy` / `RateLimit` fields; spent credits answer 402.
+    /// A request with a session token spends its key's limits and credits.
+    ///
+    /// # Errors
+    ///
+    /// [`LayerError::BadSpend`] when the policy does not declare `name`
+    /// ([`Policy::with_rate_limits`](crate::Policy::with_rate_limits)), for
+    /// a cost of 0, or a fifth limit on one route: the route fails at
+    /// startup instead of answering 500 on every request.
     ///
     /// ```
     /// use keyward::axum::KeywardLayer;
@@ -421,12 +436,26 @@ impl<S> KeywardLayer<S> {
     ///     .unwrap();
     /// let auth = KeywardLayer::new(manager.verifier(), Environment::new("live").unwrap())
     ///     .rate_limit_headers(true);
-    /// let publish_route = auth.require(push).spend("publish", 1);
+    /// let publish_route = auth.require(push).spend("publish", 1).unwrap();
+    /// assert!(auth.require(push).spend("publsh", 1).is_err()); // not declared
     /// # let _ = publish_route;
     /// ```
-    pub fn spend(mut self, name: &'static str, cost: u32) -> Self {
+    pub fn spend(mut self, name: &'static str, cost: u32) -> Result<Self, LayerError> {
+        let bad = |reason| LayerError::BadSpend {
+            name: name.to_owned(),
+            reason,
+        };
+        if self.config.ctx.policy.rate_limit_name(name).is_none() {
+            return Err(bad("the policy does not declare this rate limit"));
+        }
+        if cost == 0 {
+            return Err(bad("a cost of 0"));
+        }
+        if self.spending.limits().count() >= Spending::MAX {
+            return Err(bad("more than 4 limits spent by one route"));
+        }
         self.spending.push(name, cost);
-        self
+        Ok(self)
     }
 
     /// This layer charging `cost` credits to a metered key per request
