@@ -10,6 +10,13 @@
 //! - `scale/*`: cached hits with 1k, 100k and 1M keys in the cache, each
 //!   check on a key drawn at random from the whole cached population.
 //! - `threads/*`: a fixed batch of 10,000 cached checks on one or two threads.
+//! - `usage/*`: cached hits of two keys of the same shape (10 patterns, 4
+//!   CIDRs) in a small store: `cached_hit_plain` without usage controls,
+//!   `cached_hit_limited` spending a generous rate limit and one credit per
+//!   check (default `VerifierConfig`: credit blocks of up to 100, rate
+//!   leases valid 1 s), so the steady state spends from local blocks. An
+//!   interleaved ratio of the two (alternating batches, same run) is
+//!   printed to stderr.
 //!
 //! Run with `cargo bench --bench verify`; see `benches/README.md`.
 
@@ -617,6 +624,91 @@ fn bench_scale_and_threads(c: &mut Criterion) {
     group.finish();
 }
 
+/// Cached hits with and without usage controls, same key shape.
+fn bench_usage(c: &mut Criterion) {
+    use keyward::usage::{Credits, RateLimit, RateLimits};
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let live = live();
+    let registry = registry();
+    let push = registry.get("package:push").expect("push");
+    let policy = Policy::new(registry)
+        .with_rate_limits(["requests"])
+        .expect("limits");
+    let store: Store = Arc::new(MemoryStore::new());
+    let manager = KeyManager::builder(Arc::clone(&store), format(), policy)
+        .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
+        .build()
+        .unwrap();
+    let new_key = || {
+        NewKey::new(OWNER, "live", "GitHub Actions Production")
+            .permissions(PermissionGrant::only(["package:push", "analytics:read"]))
+            .resources(ResourceScope::only(PATTERNS))
+            .ip_allowlist(CIDRS)
+    };
+    let actor = keyward::Actor::system("bench");
+    let plain = rt
+        .block_on(manager.create(&actor, new_key()))
+        .expect("create");
+    let generous = RateLimit::new("requests", 1_000_000_000, Duration::from_secs(3600)).unwrap();
+    let limited = rt
+        .block_on(
+            manager.create(
+                &actor,
+                new_key()
+                    .rate_limits(RateLimits::new([generous]).unwrap())
+                    .credits(Credits::new(Credits::MAX).unwrap()),
+            ),
+        )
+        .expect("create");
+    let plain = plain.token.expose_secret().to_owned();
+    let limited = limited.token.expose_secret().to_owned();
+    let ip: IpAddr = CLIENT_IP.parse().expect("ip");
+    let req = VerifyRequest::new(&live, push)
+        .resource(OWNER, RESOURCE)
+        .client_ip(ip);
+    let spending = req.spend("requests", 1);
+    let verifier = manager.verifier();
+    let _guard = rt.enter();
+    for _ in 0..1_000 {
+        block_on(verifier.verify(&plain, &req)).expect("plain");
+        let key = block_on(verifier.verify(&limited, &spending)).expect("limited");
+        assert!(key.rate_limit().is_some() && key.credits_remaining().is_some());
+    }
+
+    // Interleaved: alternating batches, the ratio of each pair, the median.
+    let batch = |token: &str, r: &VerifyRequest<'_>| {
+        let t = Instant::now();
+        for _ in 0..20_000 {
+            black_box(block_on(verifier.verify(black_box(token), r)).expect("hit"));
+        }
+        t.elapsed().as_secs_f64()
+    };
+    let mut ratios: Vec<f64> = (0..15)
+        .map(|_| {
+            let p = batch(&plain, &req);
+            let l = batch(&limited, &spending);
+            l / p
+        })
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let p = batch(&plain, &req) / 20_000.0 * 1e9;
+    eprintln!(
+        "usage: cached_hit_limited / cached_hit_plain, interleaved: median {:.2}x (min {:.2}x, max {:.2}x; plain ~{p:.0} ns)",
+        ratios[ratios.len() / 2],
+        ratios[0],
+        ratios[ratios.len() - 1],
+    );
+
+    let mut group = c.benchmark_group("usage");
+    group.bench_function("cached_hit_plain", |b| {
+        b.iter(|| block_on(verifier.verify(black_box(&plain), &req)).expect("plain"))
+    });
+    group.bench_function("cached_hit_limited", |b| {
+        b.iter(|| block_on(verifier.verify(black_box(&limited), &spending)).expect("limited"))
+    });
+    group.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_secs(1))
@@ -626,6 +718,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_verify, bench_scale_and_threads
+    targets = bench_verify, bench_scale_and_threads, bench_usage
 }
 criterion_main!(benches);

@@ -17,7 +17,9 @@ fn say_denial(what: &str, result: std::result::Result<VerifiedKey, Denial>) {
             let status = match d.kind() {
                 DenialKind::Authentication => "401",
                 DenialKind::Authorization => "403",
-                DenialKind::Throttled => "429",
+                DenialKind::Throttled | DenialKind::Limited => "429",
+                DenialKind::Exhausted => "402",
+                DenialKind::Misuse => "500",
                 DenialKind::Unavailable => "503",
             };
             println!(

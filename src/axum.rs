@@ -131,6 +131,7 @@ mod layer;
 #[cfg(feature = "leak-reports")]
 mod leaks;
 mod management;
+mod rate_headers;
 mod rejection;
 mod service;
 mod sessions;
@@ -145,5 +146,6 @@ pub use layer::{KeywardLayer, LayerError, WARNING_HEADER};
 #[cfg_attr(docsrs, doc(cfg(all(feature = "axum", feature = "leak-reports"))))]
 pub use leaks::{KEY_IDENTIFIER_HEADER, SIGNATURE_HEADER, leak_report_route};
 pub use management::ManagementRejection;
+pub use rate_headers::{RATELIMIT, RATELIMIT_POLICY, rate_limit_fields};
 pub use rejection::{DEFAULT_REALM, KeywardRejection};
 pub use service::RequireKey;

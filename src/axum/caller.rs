@@ -121,6 +121,7 @@ impl Caller {
             permission,
             resource,
             client_ip: self.client_ip,
+            spending: Default::default(),
         };
         self.key
             .check(&req, self.ctx.policy.resource_rule(), now)

@@ -16,7 +16,7 @@ use crate::manager::KeyManager;
 use crate::policy::Permission;
 use crate::store::KeyStore;
 use crate::store::SessionStore;
-use crate::verify::Verifier;
+use crate::verify::{Spending, Verifier};
 
 /// The default response header that warns about a key expiring soon (like
 /// NuGet's `X-NuGet-Warning`; see [`KeywardLayer::expiry_warning_header`]).
@@ -37,6 +37,8 @@ pub(super) struct Config<S> {
     pub(super) warning_header: HeaderName,
     pub(super) resource_owner: Option<OwnerResolver>,
     pub(super) allow_anonymous: bool,
+    /// Whether successful responses carry the `RateLimit` header fields.
+    pub(super) rate_limit_headers: bool,
 }
 
 #[derive(Clone)]
@@ -72,6 +74,15 @@ pub enum LayerError {
         /// The realm given (cut to the maximum length).
         realm: String,
     },
+    /// [`KeywardLayer::spend`] of a limit the policy does not declare, a
+    /// cost of 0, or more than [`Spending::MAX`] limits on one route.
+    #[error("the route cannot spend {name:?}: {reason}")]
+    BadSpend {
+        /// The limit's name as given.
+        name: String,
+        /// What was wrong.
+        reason: &'static str,
+    },
     /// [`KeywardLayer::resource_param`] without [`KeywardLayer::require`]:
     /// the guard would check no permission on the resource.
     #[error("resource_param({param:?}) needs a permission: call KeywardLayer::require first")]
@@ -91,6 +102,8 @@ pub enum LayerError {
 pub struct KeywardLayer<S> {
     pub(super) config: Arc<Config<S>>,
     pub(super) requirement: Option<Requirement>,
+    /// What each request through this copy spends (see [`KeywardLayer::spend`]).
+    pub(super) spending: Spending<'static>,
 }
 
 impl<S> Clone for KeywardLayer<S> {
@@ -98,6 +111,7 @@ impl<S> Clone for KeywardLayer<S> {
         Self {
             config: Arc::clone(&self.config),
             requirement: self.requirement.clone(),
+            spending: self.spending,
         }
     }
 }
@@ -187,8 +201,10 @@ impl<S> KeywardLayer<S> {
                 warning_header: HeaderName::from_static(WARNING_HEADER),
                 resource_owner: None,
                 allow_anonymous: false,
+                rate_limit_headers: false,
             }),
             requirement: None,
+            spending: Spending::default(),
         }
     }
 
@@ -208,6 +224,7 @@ impl<S> KeywardLayer<S> {
                 warning_header: c.warning_header.clone(),
                 resource_owner: c.resource_owner.clone(),
                 allow_anonymous: c.allow_anonymous,
+                rate_limit_headers: c.rate_limit_headers,
             });
         }
         match Arc::get_mut(&mut self.config) {
@@ -388,7 +405,73 @@ impl<S> KeywardLayer<S> {
                 permission,
                 resource_param: None,
             }),
+            spending: self.spending,
         }
+    }
+
+    /// This layer spending `cost` of the rate limit `name` on each request
+    /// that passes (for one route, with `Router::route_layer`); see
+    /// [`VerifyRequest::spend`](crate::VerifyRequest::spend). A metered
+    /// key is charged 1 credit per request unless [`credits`](Self::credits)
+    /// says otherwise. A spent limit answers 429 with `Retry-After` and the
+    /// `RateLimit-Policy` / `RateLimit` fields; spent credits answer 402.
+    /// A request with a session token spends its key's limits and credits.
+    ///
+    /// # Errors
+    ///
+    /// [`LayerError::BadSpend`] when the policy does not declare `name`
+    /// ([`Policy::with_rate_limits`](crate::Policy::with_rate_limits)), for
+    /// a cost of 0, or a fifth limit on one route: the route fails at
+    /// startup instead of answering 500 on every request.
+    ///
+    /// ```
+    /// use keyward::axum::KeywardLayer;
+    /// use keyward::{Environment, KeyManager, MemoryStore, PermissionRegistry, Policy, TokenFormat};
+    ///
+    /// let registry = PermissionRegistry::builder().permission("package:push").build().unwrap();
+    /// let push = registry.get("package:push").unwrap();
+    /// let policy = Policy::new(registry).with_rate_limits(["publish"]).unwrap();
+    /// let manager = KeyManager::builder(MemoryStore::new(), TokenFormat::new("mkh", &["live"]).unwrap(), policy)
+    ///     .build()
+    ///     .unwrap();
+    /// let auth = KeywardLayer::new(manager.verifier(), Environment::new("live").unwrap())
+    ///     .rate_limit_headers(true);
+    /// let publish_route = auth.require(push).spend("publish", 1).unwrap();
+    /// assert!(auth.require(push).spend("publsh", 1).is_err()); // not declared
+    /// # let _ = publish_route;
+    /// ```
+    pub fn spend(mut self, name: &'static str, cost: u32) -> Result<Self, LayerError> {
+        let bad = |reason| LayerError::BadSpend {
+            name: name.to_owned(),
+            reason,
+        };
+        if self.config.ctx.policy.rate_limit_name(name).is_none() {
+            return Err(bad("the policy does not declare this rate limit"));
+        }
+        if cost == 0 {
+            return Err(bad("a cost of 0"));
+        }
+        if self.spending.limits().count() >= Spending::MAX {
+            return Err(bad("more than 4 limits spent by one route"));
+        }
+        self.spending.push(name, cost);
+        Ok(self)
+    }
+
+    /// This layer charging `cost` credits to a metered key per request
+    /// (default 1; 0: free); see [`VerifyRequest::credits`](crate::VerifyRequest::credits).
+    pub fn credits(mut self, cost: u64) -> Self {
+        self.spending.set_credits(cost);
+        self
+    }
+
+    /// Whether successful responses carry the `RateLimit-Policy` and
+    /// `RateLimit` header fields of the limit the request spent (the one
+    /// with the fewest requests left; default off). Denials by a rate
+    /// limit always carry them.
+    pub fn rate_limit_headers(mut self, on: bool) -> Self {
+        self.config_mut().rate_limit_headers = on;
+        self
     }
 
     /// Checks the permission against the resource named by the path

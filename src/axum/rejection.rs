@@ -8,11 +8,16 @@ use ::axum::http::{HeaderName, HeaderValue, StatusCode};
 use ::axum::response::{IntoResponse, Response};
 
 use crate::policy::{Permission, Policy};
-use crate::verify::{Denial, DenialKind, DenialReason};
+use crate::verify::{Denial, DenialKind, DenialReason, RateLimitStatus};
 
 /// The default `realm` of the `WWW-Authenticate` challenge (see
 /// [`KeywardLayer::realm`](super::KeywardLayer::realm)).
 pub const DEFAULT_REALM: &str = "keyward";
+
+/// Seconds for `Retry-After`, saturating.
+fn secs32(secs: u64) -> u32 {
+    u32::try_from(secs).unwrap_or(u32::MAX)
+}
 
 /// The parts of an RFC 6750 challenge; the realm is added when the
 /// response is made.
@@ -38,8 +43,12 @@ pub struct KeywardRejection {
     challenge: Option<Challenge>,
     /// `None`: [`DEFAULT_REALM`].
     realm: Option<Arc<str>>,
-    retry_after: Option<u64>,
+    /// Whole seconds (a `u32` keeps the rejection small: 136 years).
+    retry_after: Option<u32>,
     reason: Option<&'static str>,
+    /// The spent limit of a [`DenialReason::RateLimited`], for the
+    /// `RateLimit` header fields.
+    rate: Option<Box<RateLimitStatus>>,
 }
 
 impl KeywardRejection {
@@ -52,6 +61,7 @@ impl KeywardRejection {
             realm: None,
             retry_after: None,
             reason: None,
+            rate: None,
         }
     }
 
@@ -197,13 +207,47 @@ impl KeywardRejection {
                     "throttled",
                     "Too many failed attempts. Wait before trying again.".into(),
                 );
-                r.retry_after = Some(denial.retry_after.map_or(1, |d| d.as_secs().max(1)));
+                r.retry_after = Some(secs32(denial.retry_after.map_or(1, |d| d.as_secs().max(1))));
                 r
             }
+            DenialKind::Limited => {
+                let mut r = Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "This API key's rate limit is spent. Wait the Retry-After seconds before trying again.".into(),
+                );
+                r.retry_after = Some(secs32(
+                    denial
+                        .retry_after
+                        .map_or(1, |d| super::rate_headers::ceil_secs(d).max(1)),
+                ));
+                if let RateLimited(status) = &denial.reason {
+                    r.rate = Some(status.clone());
+                }
+                r
+            }
+            DenialKind::Exhausted => {
+                let mut r = Self::new(
+                    StatusCode::PAYMENT_REQUIRED,
+                    "usage_exhausted",
+                    "This API key's usage credits are spent. Add credits, or wait for its refill."
+                        .into(),
+                );
+                r.retry_after = denial
+                    .retry_after
+                    .map(|d| secs32(super::rate_headers::ceil_secs(d).max(1)));
+                r
+            }
+            DenialKind::Misuse => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "This route spends a rate limit its policy does not declare (see the server log)."
+                    .into(),
+            ),
             DenialKind::Unavailable => {
                 let mut r = Self::unavailable();
                 if let Some(wait) = denial.retry_after {
-                    r.retry_after = Some(wait.as_secs().max(1));
+                    r.retry_after = Some(secs32(wait.as_secs().max(1)));
                 }
                 r
             }
@@ -266,6 +310,9 @@ impl IntoResponse for KeywardRejection {
         if let Some(secs) = self.retry_after {
             headers.insert(RETRY_AFTER, HeaderValue::from(secs));
         }
+        if let Some(status) = &self.rate {
+            super::rate_headers::insert(headers, status);
+        }
         response
     }
 }
@@ -300,6 +347,31 @@ mod tests {
         let r = response(DenialReason::StoreUnavailable, None);
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(r.headers()[RETRY_AFTER], "5");
+    }
+
+    #[test]
+    fn rate_limited_is_429_with_retry_after_rounded_up_and_the_fields() {
+        let status = RateLimitStatus {
+            name: crate::usage::LimitName::new("publish").unwrap(),
+            limit: 10,
+            window: Duration::from_secs(3600),
+            remaining: 0,
+            reset: Duration::from_secs(3600),
+        };
+        let r = response(
+            DenialReason::RateLimited(Box::new(status)),
+            Some(Duration::from_millis(359_500)),
+        );
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[RETRY_AFTER], "360");
+        assert_eq!(r.headers()["ratelimit-policy"], "\"publish\";q=10;w=3600");
+        assert_eq!(r.headers()["ratelimit"], "\"publish\";r=0;t=3600");
+        let r = response(DenialReason::UsageExhausted, None);
+        assert_eq!(r.status(), StatusCode::PAYMENT_REQUIRED);
+        assert!(r.headers().get(RETRY_AFTER).is_none());
+        let bad = crate::usage::UsageError::UnknownLimit { name: "x".into() };
+        let r = response(DenialReason::BadSpend(bad), None);
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 
     #[test]

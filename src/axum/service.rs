@@ -97,11 +97,19 @@ where
                 }
             };
             let warning = layer.expiry_warning(&caller, now);
+            let rate = if layer.config.rate_limit_headers {
+                caller.key.rate_limit()
+            } else {
+                None
+            };
             parts.extensions.insert(caller);
             let mut response = inner.call(Request::from_parts(parts, body)).await?;
             if let Some(value) = warning {
                 let name = layer.config.warning_header.clone();
                 response.headers_mut().insert(name, value);
+            }
+            if let Some(status) = rate {
+                super::rate_headers::insert(response.headers_mut(), &status);
             }
             Ok(response)
         })
@@ -167,7 +175,7 @@ impl<S: KeyStore> KeywardLayer<S> {
             .map_err(|d| KeywardRejection::denied(&d, &config.ctx.policy, None))?;
             (key, None)
         };
-        let caller = Caller {
+        let mut caller = Caller {
             key,
             session,
             client_ip,
@@ -201,6 +209,13 @@ impl<S: KeyStore> KeywardLayer<S> {
                 }
             }
         }
+        // Usage controls are spent last, once the key may do this: a
+        // refused request spends nothing. A session spends its key's.
+        caller.key = config
+            .verifier
+            .charge(caller.key.clone(), &self.spending, client_ip)
+            .await
+            .map_err(|d| KeywardRejection::denied(&d, &config.ctx.policy, None))?;
         Ok(caller)
     }
 

@@ -233,6 +233,7 @@ impl<S: KeyStore> Shared<S> {
                 let mut compiled = CompiledKey::compile(&record, &shared.policy)
                     .map_err(|_| ColdDenial(DenialReason::CorruptRecord, None, owner()))?;
                 compiled.usage = Some(shared.usage.cell(&record.id, &record.owner));
+                compiled.metering = shared.ledgers.metering(&record);
                 Arc::new(compiled)
             }
         };

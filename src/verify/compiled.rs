@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use super::denial::DenialReason;
+use super::denial::{DenialReason, RateLimitStatus};
+use super::ledger::{Metering, UsageSeen};
 use super::request::VerifyRequest;
 use super::usage::UsageCell;
 use crate::ids::ExternalId;
@@ -75,6 +76,9 @@ pub struct CompiledKey {
     /// fields, so most hits never load the cell. Written only when it
     /// changes (at most about once a second per key).
     pub(super) usage_quiet_until: AtomicI64,
+    /// The key's rate limits and credits and its local ledger, when it has
+    /// usage controls (one pointer; `None` for most keys).
+    pub(super) metering: Option<Arc<Metering>>,
     /// The external id and metadata, when the key has either: one pointer
     /// in the cached entry, nothing allocated for keys without them.
     labels: Option<Arc<Labels>>,
@@ -123,6 +127,7 @@ impl CompiledKey {
             kind: record.kind,
             generation: record.generation,
             usage: None,
+            metering: None,
             labels: Labels::of(record),
             usage_quiet_until: AtomicI64::new(i64::MIN),
         })
@@ -175,6 +180,7 @@ impl CompiledKey {
             kind: KeyKind::Scoped,
             generation: 0,
             usage: None,
+            metering: None,
             labels: None,
             usage_quiet_until: AtomicI64::new(i64::MIN),
         })
@@ -319,14 +325,65 @@ impl CompiledKey {
 }
 
 /// A key that passed a check, with its remaining lifetime at the time of
-/// the check. Cheap to clone; derefs to [`CompiledKey`].
+/// the check and what the check spent. Cheap to clone; derefs to
+/// [`CompiledKey`].
 #[derive(Debug, Clone)]
-pub struct VerifiedKey(Arc<CompiledKey>, Option<TimeDelta>);
+pub struct VerifiedKey(Arc<CompiledKey>, Option<TimeDelta>, UsageSeen);
 
 impl VerifiedKey {
     pub(crate) fn from_compiled(key: Arc<CompiledKey>, now: DateTime<Utc>) -> Self {
         let remaining = key.deadline.map(|d| d - now);
-        Self(key, remaining)
+        Self(key, remaining, UsageSeen::default())
+    }
+
+    pub(crate) fn with_usage(mut self, seen: UsageSeen) -> Self {
+        self.2 = seen;
+        self
+    }
+
+    /// The rate limit this check spent that has the fewest requests left
+    /// (`None` when it spent none), for the `RateLimit` response header
+    /// fields. This server's view: its local tokens plus the room the
+    /// store's bucket had at its last lease.
+    ///
+    /// ```
+    /// # use keyward::prelude::*;
+    /// # use keyward::usage::RateLimit;
+    /// # use std::time::Duration;
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let registry = PermissionRegistry::builder().permission("package:push").build().unwrap();
+    /// let policy = Policy::new(registry.clone()).with_rate_limits(["publish"]).unwrap();
+    /// let manager = KeyManager::builder(MemoryStore::new(), TokenFormat::new("mkh", &["live"]).unwrap(), policy)
+    ///     .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
+    ///     .build()
+    ///     .unwrap();
+    /// let publish = RateLimit::new("publish", 10, Duration::from_secs(3600)).unwrap();
+    /// let created = manager
+    ///     .create(
+    ///         &Actor::system("docs"),
+    ///         NewKey::new("contoso", "live", "CI")
+    ///             .permissions(PermissionGrant::only(["package:push"]))
+    ///             .rate_limits(keyward::usage::RateLimits::new([publish]).unwrap()),
+    ///     )
+    ///     .await
+    ///     .unwrap();
+    /// let live = Environment::new("live").unwrap();
+    /// let req = VerifyRequest::new(&live, registry.get("package:push").unwrap()).spend("publish", 1);
+    /// let key = manager.verifier().verify(created.token.expose_secret(), &req).await.unwrap();
+    /// let status = key.rate_limit().unwrap();
+    /// assert_eq!((status.name.as_str(), status.limit, status.remaining), ("publish", 10, 9));
+    /// # });
+    /// ```
+    pub fn rate_limit(&self) -> Option<RateLimitStatus> {
+        let m = self.0.metering.as_ref()?;
+        self.2.rate_status(&m.limits)
+    }
+
+    /// The credits left after this check, for a metered key (`None`
+    /// otherwise). This server's view: its local block plus what the store
+    /// had left at its last lease (other servers may have spent since).
+    pub fn credits_remaining(&self) -> Option<u64> {
+        self.2.credits
     }
 
     /// How long the key had left when it was checked (`None`: it never

@@ -55,6 +55,22 @@ pub struct VerifierConfig {
     /// Authentication failures are written to the audit trail aggregated:
     /// one event per key id and reason per this window (default 60 s).
     pub failure_window: Duration,
+    /// The most credits this process leases from the store at once for one
+    /// key (default 100). Blocks adapt to the key's spend rate (about one
+    /// second of spending, at least 1, and at most an eighth of what the
+    /// store has left), up to this. **Stranded bound:** a server that
+    /// crashes strands at most its unspent block per key, so at most this
+    /// many credits per key and crashed server stay `leased` in the store
+    /// and are never spent; a graceful shutdown awaits
+    /// [`Verifier::release_usage`](crate::Verifier::release_usage) and
+    /// strands none.
+    pub max_credit_block: u64,
+    /// A key unused this long gives its unspent credits and rate-limit
+    /// tokens back to the store (default 10 s), from a sweeper task that
+    /// runs while a tokio runtime does (every half of this, at most every
+    /// 5 s); the sweeper also settles the credits spent since its last
+    /// run, so the store's `leased` catches up.
+    pub usage_idle: Duration,
 }
 
 impl Default for VerifierConfig {
@@ -72,6 +88,8 @@ impl Default for VerifierConfig {
             max_hash_wait: Duration::from_secs(2),
             usage_interval: Duration::from_secs(60),
             failure_window: Duration::from_secs(60),
+            max_credit_block: 100,
+            usage_idle: Duration::from_secs(10),
         }
     }
 }

@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use crate::ids::KeyId;
 use crate::token::TokenError;
+use crate::usage::{LimitName, UsageError};
 
 /// Whether a denial is about who the caller is, what they may do, a flood,
-/// or keyward not being able to decide. Maps to HTTP 401, 403, 429 and 503.
+/// a usage control, an application bug, or keyward not being able to
+/// decide. Maps to HTTP 401, 403, 429, 429, 402, 500 and 503.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DenialKind {
     /// The credential is not valid here (HTTP 401).
@@ -19,6 +21,34 @@ pub enum DenialKind {
     Throttled,
     /// The store failed or a record is unusable; denied to be safe (HTTP 503).
     Unavailable,
+    /// A rate limit of the key is spent (HTTP 429 with `Retry-After` and
+    /// the `RateLimit` header fields).
+    Limited,
+    /// The key's usage credits are spent (HTTP 402 Payment Required: more
+    /// credits must be bought or the refill awaited; a 429 would invite
+    /// clients to retry in a loop).
+    Exhausted,
+    /// The application asked for something its policy does not declare
+    /// (a spend of an unknown limit): a bug, not the caller's fault (HTTP 500).
+    Misuse,
+}
+
+/// A rate limit's state as this server sees it: for the `RateLimit`
+/// header fields, in [`DenialReason::RateLimited`] and
+/// [`VerifiedKey::rate_limit`](crate::VerifiedKey::rate_limit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitStatus {
+    /// The limit's name.
+    pub name: LimitName,
+    /// Requests per window.
+    pub limit: u32,
+    /// The window.
+    pub window: Duration,
+    /// Requests left now (0 on a denial). This server's view: its local
+    /// tokens plus the room the store's bucket had at its last lease.
+    pub remaining: u32,
+    /// How long until the bucket is full again (this server's view).
+    pub reset: Duration,
 }
 
 /// Why a request was refused. Kept whole for the audit trail; tell the
@@ -63,6 +93,16 @@ pub enum DenialReason {
     Overloaded,
     /// The stored record or hash could not be used; denied to be safe.
     CorruptRecord,
+    /// A rate limit of the key is spent: the limit's state, and
+    /// [`Denial::retry_after`] says when the request would pass.
+    RateLimited(Box<RateLimitStatus>),
+    /// The key's credits cannot cover the request's cost.
+    /// [`Denial::retry_after`] is the time until the next refill, when the
+    /// key has one.
+    UsageExhausted,
+    /// The request spends a limit the policy does not declare, a cost of
+    /// 0, or too many limits: an application bug, refused whatever the key.
+    BadSpend(UsageError),
 }
 
 impl DenialReason {
@@ -77,6 +117,9 @@ impl DenialReason {
             }
             Throttled => DenialKind::Throttled,
             StoreUnavailable | CorruptRecord | Overloaded => DenialKind::Unavailable,
+            RateLimited(_) => DenialKind::Limited,
+            UsageExhausted => DenialKind::Exhausted,
+            BadSpend(_) => DenialKind::Misuse,
         }
     }
 
@@ -100,6 +143,9 @@ impl DenialReason {
             StoreUnavailable => "store_unavailable",
             Overloaded => "overloaded",
             CorruptRecord => "corrupt_record",
+            RateLimited(_) => "rate_limited",
+            UsageExhausted => "usage_exhausted",
+            BadSpend(_) => "bad_spend",
         }
     }
 }
@@ -108,6 +154,8 @@ impl fmt::Display for DenialReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DenialReason::Malformed(e) => write!(f, "malformed token: {e}"),
+            DenialReason::RateLimited(s) => write!(f, "rate limit {} spent", s.name),
+            DenialReason::BadSpend(e) => write!(f, "bad spend: {e}"),
             other => f.write_str(other.code()),
         }
     }
@@ -120,8 +168,9 @@ pub struct Denial {
     pub reason: DenialReason,
     /// The key id the token named (when it parsed).
     pub key_id: Option<KeyId>,
-    /// For [`DenialReason::Throttled`] and [`DenialReason::Overloaded`]:
-    /// when a new attempt may be made.
+    /// For [`DenialReason::Throttled`], [`DenialReason::Overloaded`] and
+    /// [`DenialReason::RateLimited`] (and [`DenialReason::UsageExhausted`]
+    /// of a key with a refill): when a new attempt may be made.
     pub retry_after: Option<Duration>,
 }
 

@@ -2,8 +2,9 @@
 //!
 //! Arrows point one way: `verifier` (the front) → `cold` (the cache miss)
 //! → `shared` (the state a manager and its verifiers share) → `cache`,
-//! `throttle`, `hash_pool`, `usage`, `config`; `compiled` → `request`,
-//! `denial`, `usage`; `cache` → `compiled`, `denial`.
+//! `throttle`, `hash_pool`, `usage`, `ledger`, `config`; `compiled` →
+//! `request`, `denial`, `usage`, `ledger`; `cache` → `compiled`, `denial`;
+//! `ledger` (the local usage ledger) → `denial`, `request`.
 
 mod audit_log;
 mod cache;
@@ -12,6 +13,7 @@ mod compiled;
 mod config;
 mod denial;
 mod hash_pool;
+mod ledger;
 mod request;
 mod session;
 mod shared;
@@ -21,8 +23,8 @@ mod verifier;
 
 pub use compiled::{CompiledKey, VerifiedKey};
 pub use config::VerifierConfig;
-pub use denial::{Denial, DenialKind, DenialReason};
-pub use request::VerifyRequest;
+pub use denial::{Denial, DenialKind, DenialReason, RateLimitStatus};
+pub use request::{Spending, VerifyRequest};
 pub(crate) use session::Sessions;
 pub use session::{SessionError, VerifiedSession};
 pub(crate) use shared::Shared;

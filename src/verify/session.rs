@@ -219,10 +219,11 @@ impl Sessions {
                 // ended in the store (a revoke by a manager built without
                 // sessions, or whose ending failed). A deleted key's
                 // sessions live on, as deleting leaves them.
-                let key_revoked = match shared.store.get(&record.key_id).await {
-                    Ok(key) => key.is_some_and(|k| k.revoked_at.is_some()),
+                let key_record = match shared.store.get(&record.key_id).await {
+                    Ok(key) => key,
                     Err(_) => return Err(anonymous(DenialReason::StoreUnavailable)),
                 };
+                let key_revoked = key_record.as_ref().is_some_and(|k| k.revoked_at.is_some());
                 if record.revoked || key_revoked {
                     self.cache.insert(
                         &session_id,
@@ -238,7 +239,7 @@ impl Sessions {
                     ));
                 }
                 let policy = &shared.policy;
-                let key = CompiledKey::from_parts(
+                let mut key = CompiledKey::from_parts(
                     record.key_id.clone(),
                     record.owner,
                     record.environment,
@@ -252,6 +253,11 @@ impl Sessions {
                 .map_err(|_| {
                     Denial::new(DenialReason::CorruptRecord, Some(record.key_id.as_str()))
                 })?;
+                // A session spends its key's usage controls, from the same
+                // ledger as the key (the axum layer charges it).
+                key.metering = key_record
+                    .filter(|k| k.id == record.key_id)
+                    .and_then(|k| shared.ledgers.metering(&k));
                 let key = Arc::new(key);
                 self.cache.insert(
                     &session_id,

@@ -8,6 +8,7 @@ use chrono::TimeDelta;
 use super::cache::{KeyCache, UnknownIds};
 use super::config::VerifierConfig;
 use super::hash_pool::HashPool;
+use super::ledger::Ledgers;
 use super::throttle::{SourceThrottle, Throttle};
 use super::usage::{UsageTracker, UsageWrite};
 use crate::audit::{AuditAction, AuditEvent};
@@ -45,6 +46,8 @@ pub(crate) struct Shared<S> {
     pub(super) session_cache: Option<Arc<KeyCache>>,
     pub(crate) audit: AuditLog,
     pub(crate) usage: UsageTracker,
+    /// The local usage ledgers (rate limits and credits).
+    pub(crate) ledgers: Ledgers,
 }
 
 impl<S: KeyStore> Shared<S> {
@@ -63,6 +66,7 @@ impl<S: KeyStore> Shared<S> {
         Self {
             audit: AuditLog::new(audit, delta(config.failure_window), now),
             usage: UsageTracker::new(delta(config.usage_interval)),
+            ledgers: Ledgers::new(config.max_credit_block, config.usage_idle),
             store,
             format,
             policy,

@@ -13,13 +13,15 @@ use super::cache::{Cached, Lookup};
 use super::cold::ColdDenial;
 use super::compiled::{CompiledKey, VerifiedKey};
 use super::denial::{Denial, DenialReason};
-use super::request::VerifyRequest;
+use super::ledger::{Outcome, UsageSeen, top_up};
+use super::request::{Spending, VerifyRequest};
 use super::shared::Shared;
 use crate::ids::OwnerId;
 use crate::ids::{Environment, KeyId};
 use crate::policy::ResourceRule;
 use crate::store::KeyStore;
 use crate::token::TokenError;
+use crate::usage::UsageError;
 
 /// The longest secret [`Verifier::verify_pair`] accepts.
 pub const MAX_PAIR_SECRET_LEN: usize = 256;
@@ -123,7 +125,13 @@ impl<S: KeyStore> Verifier<S> {
     ) -> Result<VerifiedKey, Denial> {
         let rule = self.shared.policy.resource_rule();
         let check = |key: &CompiledKey, now| key.check(req, rule, now);
-        let checked = self.check_token(token, req.environment, req.client_ip, check);
+        let checked = self.check_token(
+            token,
+            req.environment,
+            req.client_ip,
+            Some(&req.spending),
+            check,
+        );
         crate::trace::verify_span("key", checked).await
     }
 
@@ -139,7 +147,7 @@ impl<S: KeyStore> Verifier<S> {
         client_ip: Option<IpAddr>,
     ) -> Result<VerifiedKey, Denial> {
         let check = |key: &CompiledKey, now| key.check_access(client_ip, now);
-        let checked = self.check_token(token, environment, client_ip, check);
+        let checked = self.check_token(token, environment, client_ip, None, check);
         crate::trace::verify_span("key", checked).await
     }
 
@@ -160,7 +168,14 @@ impl<S: KeyStore> Verifier<S> {
     ) -> Result<VerifiedKey, Denial> {
         let rule = self.shared.policy.resource_rule();
         let check = |key: &CompiledKey, now| key.check(req, rule, now);
-        let checked = self.check_pair(key_id, secret, req.environment, req.client_ip, check);
+        let checked = self.check_pair(
+            key_id,
+            secret,
+            req.environment,
+            req.client_ip,
+            Some(&req.spending),
+            check,
+        );
         crate::trace::verify_span("pair", checked).await
     }
 
@@ -175,7 +190,7 @@ impl<S: KeyStore> Verifier<S> {
         client_ip: Option<IpAddr>,
     ) -> Result<VerifiedKey, Denial> {
         let check = |key: &CompiledKey, now| key.check_access(client_ip, now);
-        let checked = self.check_pair(key_id, secret, environment, client_ip, check);
+        let checked = self.check_pair(key_id, secret, environment, client_ip, None, check);
         crate::trace::verify_span("pair", checked).await
     }
 
@@ -186,6 +201,7 @@ impl<S: KeyStore> Verifier<S> {
         token: &str,
         environment: &Environment,
         client_ip: Option<IpAddr>,
+        spending: Option<&Spending<'_>>,
         check: impl FnOnce(&CompiledKey, DateTime<Utc>) -> Result<(), DenialReason>,
     ) -> Result<VerifiedKey, Denial> {
         let parsed = match self.shared.format.parse(token) {
@@ -196,8 +212,15 @@ impl<S: KeyStore> Verifier<S> {
         if parsed.environment() != environment.as_str() {
             return Err(self.deny(Some(id), DenialReason::WrongEnvironment, None, client_ip));
         }
-        self.check_with(id, parsed.expose_secret(), environment, client_ip, check)
-            .await
+        self.check_with(
+            id,
+            parsed.expose_secret(),
+            environment,
+            client_ip,
+            spending,
+            check,
+        )
+        .await
     }
 
     /// Checks an id + secret pair: the input rule
@@ -209,10 +232,11 @@ impl<S: KeyStore> Verifier<S> {
         secret: &str,
         environment: &Environment,
         client_ip: Option<IpAddr>,
+        spending: Option<&Spending<'_>>,
         check: impl FnOnce(&CompiledKey, DateTime<Utc>) -> Result<(), DenialReason>,
     ) -> Result<VerifiedKey, Denial> {
         self.check_pair_input(key_id, secret, client_ip)?;
-        self.check_with(key_id, secret, environment, client_ip, check)
+        self.check_with(key_id, secret, environment, client_ip, spending, check)
             .await
     }
 
@@ -245,7 +269,8 @@ impl<S: KeyStore> Verifier<S> {
     }
 
     /// Proves `secret` for key `id` (cache, else store and argon2), runs
-    /// `check` on the key, and records the outcome (usage or failure).
+    /// `check` on the key, spends what `spending` asks of its usage
+    /// controls, and records the outcome (usage or failure).
     #[inline]
     async fn check_with(
         &self,
@@ -253,6 +278,7 @@ impl<S: KeyStore> Verifier<S> {
         secret: &str,
         environment: &Environment,
         client_ip: Option<IpAddr>,
+        spending: Option<&Spending<'_>>,
         check: impl FnOnce(&CompiledKey, DateTime<Utc>) -> Result<(), DenialReason>,
     ) -> Result<VerifiedKey, Denial> {
         let shared = &*self.shared;
@@ -287,6 +313,9 @@ impl<S: KeyStore> Verifier<S> {
                         // The cold check may have waited (store, argon2 slot):
                         // judge expiry at the time it ends.
                         now = shared.clock.now();
+                        if key.metering.is_some() {
+                            self.start_sweeper();
+                        }
                         key
                     }
                     Err(ColdDenial(reason, retry, owner)) => {
@@ -295,15 +324,213 @@ impl<S: KeyStore> Verifier<S> {
                 }
             }
         };
-        match check(&key, now) {
-            Ok(()) => {
-                self.used(&key, client_ip, now);
-                Ok(VerifiedKey::from_compiled(key, now))
-            }
-            Err(reason) => {
-                Err(self.deny_owned(Some(id), Some(key.owner.clone()), reason, None, client_ip))
+        if let Err(reason) = check(&key, now) {
+            return Err(self.deny_owned(
+                Some(id),
+                Some(key.owner.clone()),
+                reason,
+                None,
+                client_ip,
+            ));
+        }
+        let mut seen = UsageSeen::default();
+        if let Some(spending) = spending {
+            if key.metering.is_some() || spending.has_limits() {
+                let spent = match self.spend_local(&key, spending, now) {
+                    Ok(Some(s)) => Ok(s),
+                    // Boxed, as the cold path: leasing awaits the store,
+                    // and inline its state would make every check's
+                    // future that large.
+                    Ok(None) => Box::pin(self.spend_leasing(&key, spending, now)).await,
+                    Err(e) => Err(e),
+                };
+                match spent {
+                    Ok(s) => seen = s,
+                    Err((reason, retry)) => {
+                        let owner = Some(key.owner.clone());
+                        return Err(self.deny_owned(Some(id), owner, reason, retry, client_ip));
+                    }
+                }
             }
         }
+        self.used(&key, client_ip, now);
+        Ok(VerifiedKey::from_compiled(key, now).with_usage(seen))
+    }
+
+    /// Spends what `spending` asks of a proven key that passed its policy
+    /// check from the local blocks: every named limit must be one the
+    /// policy declares (else the application erred), then the blocks are
+    /// checked and taken together. `Ok(None)`: a block is short, lease
+    /// ([`Verifier::spend_leasing`]).
+    #[inline]
+    fn spend_local(
+        &self,
+        key: &CompiledKey,
+        spending: &Spending<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<UsageSeen>, (DenialReason, Option<Duration>)> {
+        let shared = &*self.shared;
+        if spending.has_limits() {
+            if let Some(e) = spending.malformed() {
+                return Err((DenialReason::BadSpend(e), None));
+            }
+            if let Some((name, _)) = spending
+                .limits()
+                .find(|(name, _)| shared.policy.rate_limit_name(name).is_none())
+            {
+                let error = UsageError::UnknownLimit { name: name.into() };
+                return Err((DenialReason::BadSpend(error), None));
+            }
+        }
+        let Some(m) = &key.metering else {
+            return Ok(Some(UsageSeen::default()));
+        };
+        match m.ledger.try_spend(m, spending, now.timestamp_micros()) {
+            Outcome::Spent(seen) => Ok(Some(seen)),
+            Outcome::Denied(reason, retry) => Err((reason, retry)),
+            Outcome::Short => Ok(None),
+        }
+    }
+
+    /// [`Verifier::spend_local`] found a block short: lease, then spend.
+    #[cold]
+    async fn spend_leasing(
+        &self,
+        key: &CompiledKey,
+        spending: &Spending<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<UsageSeen, (DenialReason, Option<Duration>)> {
+        let shared = &*self.shared;
+        let Some(m) = &key.metering else {
+            return Ok(UsageSeen::default());
+        };
+        let now_us = now.timestamp_micros();
+        // A few rounds: a block leased here may be spent by concurrent
+        // checks of the same key before this one takes from it.
+        for _ in 0..4 {
+            top_up(
+                &shared.store,
+                m,
+                spending,
+                now,
+                shared.ledgers.max_credit_block,
+            )
+            .await
+            .map_err(|reason| (reason, None))?;
+            match m.ledger.try_spend(m, spending, now_us) {
+                Outcome::Spent(seen) => return Ok(seen),
+                Outcome::Denied(reason, retry) => return Err((reason, retry)),
+                Outcome::Short => {}
+            }
+        }
+        Err((DenialReason::Overloaded, Some(Duration::from_secs(1))))
+    }
+
+    /// Spends `spending` for a key that already passed its checks (the axum
+    /// layer authenticates, authorizes, then spends), with the same rules
+    /// and denials as [`Verifier::verify`].
+    #[cfg(feature = "axum")]
+    pub(crate) async fn charge(
+        &self,
+        key: VerifiedKey,
+        spending: &Spending<'_>,
+        client_ip: Option<IpAddr>,
+    ) -> Result<VerifiedKey, Denial> {
+        if key.metering.is_none() && !spending.has_limits() {
+            return Ok(key);
+        }
+        if key.metering.is_some() {
+            // Sessions reach a key's ledger without the key's cold path.
+            self.start_sweeper();
+        }
+        let now = self.shared.clock.now();
+        let spent = match self.spend_local(&key, spending, now) {
+            Ok(Some(s)) => Ok(s),
+            Ok(None) => self.spend_leasing(&key, spending, now).await,
+            Err(e) => Err(e),
+        };
+        match spent {
+            Ok(seen) => Ok(key.with_usage(seen)),
+            Err((reason, retry)) => Err(self.deny_owned(
+                Some(key.id().as_str()),
+                Some(key.owner.clone()),
+                reason,
+                retry,
+                client_ip,
+            )),
+        }
+    }
+
+    /// Starts the task that gives idle keys' credits and tokens back to the
+    /// store (once, when a tokio runtime exists). It holds the verifier's
+    /// state weakly: it ends when the last manager and verifier are gone.
+    fn start_sweeper(&self) {
+        let shared = &*self.shared;
+        if shared
+            .ledgers
+            .sweeper
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if !shared.ledgers.claim_sweeper() {
+            return;
+        }
+        let weak = Arc::downgrade(&self.shared);
+        let tick =
+            (shared.ledgers.idle / 2).clamp(Duration::from_millis(10), Duration::from_secs(5));
+        handle.spawn(async move {
+            loop {
+                tokio::time::sleep(tick).await;
+                let Some(shared) = weak.upgrade() else { return };
+                let now_us = shared.clock.now().timestamp_micros();
+                shared.ledgers.sweep(&shared.store, now_us, false).await;
+            }
+        });
+    }
+
+    /// Gives every unspent credit and rate-limit token this process leased
+    /// back to the store, and settles the credits it spent. Await it at
+    /// graceful shutdown (after the server stopped taking requests): a
+    /// process that ends without it strands at most its unspent block per
+    /// metered key ([`VerifierConfig::max_credit_block`](crate::verify::VerifierConfig::max_credit_block)),
+    /// which stays `leased` in the store. Checks after it lease again.
+    ///
+    /// ```
+    /// # use keyward::prelude::*;
+    /// # use keyward::usage::Credits;
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let registry = PermissionRegistry::builder().permission("search").build().unwrap();
+    /// let store = std::sync::Arc::new(MemoryStore::new());
+    /// let manager = KeyManager::builder(store.clone(), TokenFormat::new("mkh", &["live"]).unwrap(), Policy::new(registry.clone()))
+    ///     .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
+    ///     .build()
+    ///     .unwrap();
+    /// let created = manager
+    ///     .create(
+    ///         &Actor::system("docs"),
+    ///         NewKey::new("contoso", "live", "search")
+    ///             .permissions(PermissionGrant::only(["search"]))
+    ///             .credits(Credits::new(1_000).unwrap()),
+    ///     )
+    ///     .await
+    ///     .unwrap();
+    /// let live = Environment::new("live").unwrap();
+    /// let req = VerifyRequest::new(&live, registry.get("search").unwrap()).credits(3);
+    /// let verifier = manager.verifier();
+    /// verifier.verify(created.token.expose_secret(), &req).await.unwrap();
+    /// verifier.release_usage().await;
+    /// let credits = store.get(&created.key.id).await.unwrap().unwrap().usage.credits.unwrap();
+    /// assert_eq!((credits.remaining, credits.leased), (997, 0));
+    /// # });
+    /// ```
+    pub async fn release_usage(&self) {
+        let shared = &*self.shared;
+        let now_us = shared.clock.now().timestamp_micros();
+        shared.ledgers.sweep(&shared.store, now_us, true).await;
     }
 
     /// Notes a successful use; starts a store write (never awaited) when

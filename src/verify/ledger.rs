@@ -1,0 +1,491 @@
+//! The local usage ledger: per key, the credits and rate-limit tokens this
+//! process leased from the store and spends in memory.
+//!
+//! A [`KeyLedger`] exists only for a key whose secret this process proved
+//! and that carries usage controls (so nobody without a secret can grow the
+//! map; it is bounded by the cache capacity plus the keys awaiting a sweep).
+//! Each compiled copy of the key holds a [`Metering`] with an `Arc` to it,
+//! so a cached check finds it without a map lookup; the ledger outlives
+//! cache entries and is reconfigured when the key's generation changes.
+//!
+//! Spending ([`KeyLedger::try_spend`]) is one short lock: check every
+//! spend, then take them all, or take nothing. When a local block is short
+//! the verifier calls [`top_up`] (in `lease.rs`: one lease in flight per
+//! key) and tries again; the store is never asked while the local blocks
+//! suffice. [`Ledgers::sweep`] gives back what idle keys hold.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use foldhash::fast::RandomState;
+
+use super::denial::{DenialReason, RateLimitStatus};
+use super::request::Spending;
+use crate::ids::KeyId;
+use crate::key::KeyRecord;
+use crate::store::KeyStore;
+use crate::usage::{LimitName, RateLimit, RateLimits, Refill};
+
+mod lease;
+
+pub(crate) use lease::top_up;
+
+const SHARDS: usize = 16;
+const NEVER: i64 = i64::MIN;
+/// How long a key whose credits ran out is denied without asking the
+/// store again.
+const EXHAUSTED_BACKOFF_US: i64 = 1_000_000;
+/// The window over which a credit block should last (rate × this).
+const CREDIT_BLOCK_SPAN_US: i64 = 1_000_000;
+
+/// How long a rate-limit lease may be spent after it was granted:
+/// `min(window / 10, 1 s)` (at least 1 µs). The error bound across servers
+/// is this over the window: at most 10 % of the limit.
+pub(crate) fn lease_span_us(limit: &RateLimit) -> i64 {
+    i64::try_from((limit.window_us() / 10).clamp(1, 1_000_000)).unwrap_or(1_000_000)
+}
+
+/// What a compiled key needs to spend: its ledger and its controls as of
+/// its generation.
+#[derive(Debug)]
+pub(crate) struct Metering {
+    pub(crate) ledger: Arc<KeyLedger>,
+    pub(crate) limits: RateLimits,
+    pub(crate) metered: bool,
+    pub(crate) refill: Option<Refill>,
+    generation: u64,
+}
+
+/// What a successful spend saw, for the response's headers.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct UsageSeen {
+    /// The spent limit with the least remaining: its index in the key's
+    /// limits, requests remaining, microseconds until full.
+    pub(crate) rate: Option<(u8, u32, u64)>,
+    /// Credits: local block plus the store's remaining at the last lease.
+    pub(crate) credits: Option<u64>,
+}
+
+impl UsageSeen {
+    /// The rate-limit status of a spend, from the key's limits.
+    pub(crate) fn rate_status(&self, limits: &RateLimits) -> Option<RateLimitStatus> {
+        let (i, remaining, reset_us) = self.rate?;
+        let l = limits.iter().nth(usize::from(i))?;
+        Some(RateLimitStatus {
+            name: l.name().clone(),
+            limit: l.limit(),
+            window: l.window(),
+            remaining,
+            reset: Duration::from_micros(reset_us),
+        })
+    }
+}
+
+/// One limit's local tokens.
+#[derive(Debug)]
+struct LimitLedger {
+    limit: RateLimit,
+    /// Tokens leased and not spent, spendable until `expires_us`.
+    tokens: u32,
+    expires_us: i64,
+    granted_at_us: i64,
+    spent_since_lease: u32,
+    /// Denied locally until then (the store granted too few).
+    blocked_until_us: i64,
+    /// Tokens the store's bucket had left after the last lease.
+    store_room: u32,
+}
+
+impl LimitLedger {
+    fn new(limit: RateLimit) -> Self {
+        Self {
+            limit,
+            tokens: 0,
+            expires_us: NEVER,
+            granted_at_us: NEVER,
+            spent_since_lease: 0,
+            blocked_until_us: NEVER,
+            store_room: 0,
+        }
+    }
+
+    fn status(&self, remaining: u32) -> (u32, u64) {
+        let missing = u64::from(self.limit.limit().saturating_sub(remaining));
+        (remaining, missing.saturating_mul(self.limit.interval_us()))
+    }
+
+    /// Tokens to lease: the spend rate over the lease span, at least 1, at
+    /// most a quarter of the limit.
+    fn block(&self, now_us: i64) -> u32 {
+        let max = (self.limit.limit() / 4).max(1);
+        if self.granted_at_us == NEVER {
+            return 1;
+        }
+        let elapsed = now_us.saturating_sub(self.granted_at_us);
+        if elapsed <= 0 {
+            return max;
+        }
+        let span = lease_span_us(&self.limit);
+        let est = i64::from(self.spent_since_lease).saturating_mul(span) / elapsed + 1;
+        u32::try_from(est.clamp(1, i64::from(max))).unwrap_or(max)
+    }
+}
+
+/// The local credits.
+#[derive(Debug, Default)]
+struct CreditLedger {
+    /// Leased, not spent.
+    local: u64,
+    /// Spent, not yet settled with the store.
+    unsettled: u64,
+    /// The end of the refill period the local block belongs to
+    /// (`i64::MAX`: no refill; `NEVER`: no block yet).
+    period_end_us: i64,
+    store_remaining: u64,
+    exhausted_until_us: i64,
+    leased_at_us: i64,
+    spent_since_lease: u64,
+}
+
+/// Work left by a reconfiguration: what a dropped limit or credit block
+/// held, for the sweeper to give back.
+#[derive(Debug, Default)]
+struct Orphans {
+    rate: Vec<(LimitName, u32, u64)>,
+    credits: (u64, u64),
+}
+
+#[derive(Debug)]
+struct State {
+    generation: u64,
+    limits: Vec<LimitLedger>,
+    credits: Option<CreditLedger>,
+    last_spend_us: i64,
+    orphans: Orphans,
+}
+
+impl State {
+    fn find(&self, name: &str) -> Option<usize> {
+        self.limits
+            .binary_search_by(|l| l.limit.name().as_str().cmp(name))
+            .ok()
+    }
+}
+
+/// One key's local ledger.
+#[derive(Debug)]
+pub(crate) struct KeyLedger {
+    id: KeyId,
+    state: Mutex<State>,
+    /// Held while leasing or settling: one store call sequence per key.
+    leasing: tokio::sync::Mutex<()>,
+}
+
+/// Why a spend did not happen at once.
+pub(crate) enum Outcome {
+    Spent(UsageSeen),
+    /// A local block is short: [`top_up`], then try again.
+    Short,
+    Denied(DenialReason, Option<Duration>),
+}
+
+fn us_to_duration(us: i64) -> Duration {
+    Duration::from_micros(u64::try_from(us).unwrap_or(0))
+}
+
+/// The spends of a request merged per limit of the ledger: (index, cost).
+fn merged(st: &State, spending: &Spending<'_>) -> ([(usize, u32); Spending::MAX], usize) {
+    let mut out = [(usize::MAX, 0u32); Spending::MAX];
+    let mut n = 0;
+    for (name, cost) in spending.limits() {
+        let Some(j) = st.find(name) else { continue };
+        match out[..n].iter_mut().find(|(k, _)| *k == j) {
+            Some(slot) => slot.1 = slot.1.saturating_add(cost),
+            None => {
+                out[n] = (j, cost);
+                n += 1;
+            }
+        }
+    }
+    (out, n)
+}
+
+impl KeyLedger {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Checks every spend against the local blocks, then takes them all, or
+    /// takes nothing.
+    pub(crate) fn try_spend(&self, m: &Metering, spending: &Spending<'_>, now_us: i64) -> Outcome {
+        let cost = if m.metered { spending.credit_cost() } else { 0 };
+        let mut st = self.lock();
+        let (spends, n) = merged(&st, spending);
+        let mut short = false;
+        for &(j, c) in &spends[..n] {
+            let l = &st.limits[j];
+            if l.blocked_until_us > now_us {
+                let (remaining, reset_us) = l.status(0);
+                let status = RateLimitStatus {
+                    name: l.limit.name().clone(),
+                    limit: l.limit.limit(),
+                    window: l.limit.window(),
+                    remaining,
+                    reset: Duration::from_micros(reset_us),
+                };
+                let wait = us_to_duration(l.blocked_until_us - now_us);
+                return Outcome::Denied(DenialReason::RateLimited(Box::new(status)), Some(wait));
+            }
+            if l.expires_us <= now_us || l.tokens < c {
+                short = true;
+            }
+        }
+        if cost > 0 {
+            match &st.credits {
+                Some(c) if now_us < c.period_end_us && c.local >= cost => {}
+                Some(c) if now_us < c.period_end_us && c.exhausted_until_us > now_us => {
+                    let wait = (c.period_end_us != i64::MAX)
+                        .then(|| us_to_duration(c.period_end_us - now_us));
+                    return Outcome::Denied(DenialReason::UsageExhausted, wait);
+                }
+                _ => short = true,
+            }
+        }
+        if short {
+            return Outcome::Short;
+        }
+        // Every spend fits: take them all.
+        let aligned = st.generation == m.generation;
+        let mut seen = UsageSeen::default();
+        for &(j, c) in &spends[..n] {
+            let l = &mut st.limits[j];
+            l.tokens -= c;
+            l.spent_since_lease = l.spent_since_lease.saturating_add(c);
+            let remaining = l.tokens.saturating_add(l.store_room).min(l.limit.limit());
+            if aligned && seen.rate.is_none_or(|(_, r, _)| remaining < r) {
+                let (remaining, reset_us) = l.status(remaining);
+                seen.rate = Some((u8::try_from(j).unwrap_or(u8::MAX), remaining, reset_us));
+            }
+        }
+        if m.metered {
+            if let Some(c) = &mut st.credits {
+                c.local -= cost;
+                c.unsettled = c.unsettled.saturating_add(cost);
+                c.spent_since_lease = c.spent_since_lease.saturating_add(cost);
+                seen.credits = Some(c.local.saturating_add(c.store_remaining));
+            }
+        }
+        st.last_spend_us = now_us;
+        Outcome::Spent(seen)
+    }
+}
+
+type Shard = Mutex<HashMap<KeyId, Arc<KeyLedger>, RandomState>>;
+
+/// Every ledger of this process.
+pub(crate) struct Ledgers {
+    shards: Box<[Shard]>,
+    hasher: RandomState,
+    pub(crate) max_credit_block: u64,
+    pub(crate) idle: Duration,
+    pub(crate) sweeper: AtomicBool,
+}
+
+impl Ledgers {
+    pub(crate) fn new(max_credit_block: u64, idle: Duration) -> Self {
+        Self {
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::default()))
+                .collect(),
+            hasher: RandomState::default(),
+            max_credit_block: max_credit_block.max(1),
+            idle,
+            sweeper: AtomicBool::new(false),
+        }
+    }
+
+    fn shard(&self, id: &KeyId) -> MutexGuard<'_, HashMap<KeyId, Arc<KeyLedger>, RandomState>> {
+        self.shards[(self.hasher.hash_one(id.as_str()) as usize) % SHARDS]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The metering of a proven key with usage controls (`None` without
+    /// them), its ledger created or reconfigured for the record's
+    /// generation. Called on the cold path only.
+    pub(crate) fn metering(&self, record: &KeyRecord) -> Option<Arc<Metering>> {
+        let usage = &record.usage;
+        if usage.is_empty() {
+            return None;
+        }
+        let ledger = {
+            let mut map = self.shard(&record.id);
+            Arc::clone(map.entry(record.id.clone()).or_insert_with(|| {
+                Arc::new(KeyLedger {
+                    id: record.id.clone(),
+                    state: Mutex::new(State {
+                        generation: u64::MAX,
+                        limits: Vec::new(),
+                        credits: None,
+                        last_spend_us: NEVER,
+                        orphans: Orphans::default(),
+                    }),
+                    leasing: tokio::sync::Mutex::new(()),
+                })
+            }))
+        };
+        {
+            let mut st = ledger.lock();
+            if st.generation != record.generation {
+                reconfigure(&mut st, record);
+            }
+        }
+        Some(Arc::new(Metering {
+            ledger,
+            limits: usage.rate_limits.clone(),
+            metered: usage.credits.is_some(),
+            refill: usage.credits.as_ref().and_then(|c| c.refill),
+            generation: record.generation,
+        }))
+    }
+
+    /// Every ledger; those no cached key holds and with nothing to give
+    /// back are dropped from the map.
+    fn snapshot(&self) -> Vec<Arc<KeyLedger>> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let mut map = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            map.retain(|_, l| {
+                let keep = Arc::strong_count(l) > 1 || !l.lock().is_empty();
+                if keep {
+                    out.push(Arc::clone(l));
+                }
+                keep
+            });
+        }
+        out
+    }
+
+    /// Gives back to the store what idle keys hold (every key when `all`),
+    /// returns expired rate tokens, and settles the credits spent since the
+    /// last sweep. Store errors leave the credits in the ledger for the
+    /// next sweep.
+    pub(crate) async fn sweep<S: KeyStore>(&self, store: &S, now_us: i64, all: bool) {
+        let idle_us = i64::try_from(self.idle.as_micros()).unwrap_or(i64::MAX);
+        for ledger in self.snapshot() {
+            let _leasing = ledger.leasing.lock().await;
+            let (credits, rate) = {
+                let mut st = ledger.lock();
+                let idle = all || now_us.saturating_sub(st.last_spend_us) >= idle_us;
+                let mut credits = std::mem::take(&mut st.orphans.credits);
+                let mut rate = std::mem::take(&mut st.orphans.rate);
+                if let Some(c) = &mut st.credits {
+                    credits.1 = credits.1.saturating_add(std::mem::take(&mut c.unsettled));
+                    if idle {
+                        credits.0 = credits.0.saturating_add(std::mem::take(&mut c.local));
+                        c.leased_at_us = NEVER;
+                    }
+                }
+                for l in &mut st.limits {
+                    if l.tokens > 0 && (idle || l.expires_us <= now_us) {
+                        rate.push((
+                            l.limit.name().clone(),
+                            std::mem::take(&mut l.tokens),
+                            l.limit.interval_us(),
+                        ));
+                        l.expires_us = NEVER;
+                    }
+                }
+                (credits, rate)
+            };
+            if credits != (0, 0)
+                && store
+                    .settle_credits(&ledger.id, credits.0, credits.1)
+                    .await
+                    .is_err()
+            {
+                // Kept for the next sweep.
+                let mut st = ledger.lock();
+                let o = &mut st.orphans.credits;
+                *o = (o.0.saturating_add(credits.0), o.1.saturating_add(credits.1));
+            }
+            for (name, tokens, interval_us) in rate {
+                let _ = store
+                    .return_rate(&ledger.id, &name, tokens, interval_us)
+                    .await;
+            }
+        }
+    }
+}
+
+impl State {
+    fn is_empty(&self) -> bool {
+        self.orphans.credits == (0, 0)
+            && self.orphans.rate.is_empty()
+            && self
+                .credits
+                .as_ref()
+                .is_none_or(|c| c.local == 0 && c.unsettled == 0)
+            && self.limits.iter().all(|l| l.tokens == 0)
+    }
+}
+
+/// Aligns a ledger with a record's controls: limits that did not change
+/// keep their tokens; the tokens of changed or removed limits, and the
+/// credits of a key no longer metered, go to the sweeper to give back.
+fn reconfigure(st: &mut State, record: &KeyRecord) {
+    let usage = &record.usage;
+    let mut old = std::mem::take(&mut st.limits);
+    for limit in usage.rate_limits.iter() {
+        let kept = old
+            .iter()
+            .position(|l| l.limit == *limit)
+            .map(|i| old.swap_remove(i));
+        st.limits
+            .push(kept.unwrap_or_else(|| LimitLedger::new(limit.clone())));
+    }
+    for l in old {
+        if l.tokens > 0 {
+            st.orphans
+                .rate
+                .push((l.limit.name().clone(), l.tokens, l.limit.interval_us()));
+        }
+    }
+    if usage.credits.is_none() {
+        if let Some(c) = st.credits.take() {
+            st.orphans.credits.0 = st.orphans.credits.0.saturating_add(c.local);
+            st.orphans.credits.1 = st.orphans.credits.1.saturating_add(c.unsettled);
+        }
+    } else if let Some(c) = &mut st.credits {
+        // The refill may have changed: the block's period is judged again
+        // at the next lease.
+        if c.period_end_us != NEVER && usage.credits.as_ref().and_then(|c| c.refill).is_none() {
+            c.period_end_us = i64::MAX;
+        }
+    }
+    st.generation = record.generation;
+}
+
+impl Ledgers {
+    /// Marks the sweeper started; `true` for the one caller that should
+    /// start it.
+    pub(crate) fn claim_sweeper(&self) -> bool {
+        !self.sweeper.swap(true, Ordering::AcqRel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_span_is_a_tenth_of_the_window_at_most_a_second() {
+        let l = RateLimit::new("r", 100, Duration::from_secs(1)).unwrap();
+        assert_eq!(lease_span_us(&l), 100_000);
+        let h = RateLimit::new("h", 10, Duration::from_secs(3600)).unwrap();
+        assert_eq!(lease_span_us(&h), 1_000_000);
+    }
+}

@@ -1,0 +1,294 @@
+//! Many servers, one database: 8 verifiers (each its own `KeyManager` over
+//! its own store handle) spend one key's 10,000 credits concurrently and
+//! spend exactly 10,000; with one killed mid-way, at most its unspent block
+//! is stranded (still `leased` in the store). And 4 verifiers sharing a
+//! rate limit of 100 per second admit, in every one-second window, at most
+//! what one GCRA would plus 10 %.
+//!
+//! Written once, generic over the store: run on a shared `MemoryStore`
+//! here, and on PostgreSQL when `KEYWARD_TEST_POSTGRES_URL` is set (skipped
+//! otherwise, failing when `KEYWARD_REQUIRE_POSTGRES=1`).
+
+#[cfg(all(feature = "postgres", feature = "testing"))]
+mod postgres;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyward::chrono::{DateTime, TimeDelta, Utc};
+use keyward::prelude::*;
+use keyward::usage::{Credits, RateLimit, RateLimits};
+use keyward::verify::VerifierConfig;
+
+const CREDITS: u64 = 10_000;
+const SERVERS: usize = 8;
+/// `VerifierConfig::max_credit_block` (the default): the most a killed
+/// server strands.
+const MAX_BLOCK: u64 = 100;
+
+fn registry() -> PermissionRegistry {
+    PermissionRegistry::builder()
+        .permission("search")
+        .build()
+        .expect("registry")
+}
+
+fn server<S: KeyStore>(store: S, clock: Option<ManualClock>) -> KeyManager<S> {
+    let policy = Policy::new(registry())
+        .with_rate_limits(["requests"])
+        .expect("limits");
+    let mut b = KeyManager::builder(store, TokenFormat::new("mkh", &["live"]).unwrap(), policy)
+        .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
+        .verifier_config(VerifierConfig {
+            max_credit_block: MAX_BLOCK,
+            ..VerifierConfig::default()
+        });
+    if let Some(c) = clock {
+        b = b.clock(c);
+    }
+    b.build().expect("manager")
+}
+
+async fn credits_of<S: KeyStore>(store: &S, id: &KeyId) -> Credits {
+    store
+        .get(id)
+        .await
+        .expect("get")
+        .expect("key")
+        .usage
+        .credits
+        .expect("credits")
+}
+
+/// Spends on `verifier` until its credits are exhausted (or `stop_after`
+/// successes); returns the successes.
+async fn spend<S: KeyStore>(verifier: Verifier<S>, token: String, stop_after: u64) -> u64 {
+    let registry = registry();
+    let live = Environment::new("live").unwrap();
+    let req = VerifyRequest::new(&live, registry.get("search").unwrap());
+    let mut passed = 0;
+    while passed < stop_after {
+        match verifier.verify(&token, &req).await {
+            Ok(_) => passed += 1,
+            Err(d) if d.reason == DenialReason::UsageExhausted => break,
+            Err(d) => panic!("unexpected denial: {d:?}"),
+        }
+    }
+    passed
+}
+
+/// The exactness run over stores made by `handle` (each call: a new handle
+/// on the same database). With `kill`, server 0 spends 500 while the
+/// others run and is dropped without releasing.
+async fn exactness<S, F, Fut>(handle: F, kill: bool)
+where
+    S: KeyStore + Clone,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    let admin_store = handle().await;
+    let admin = server(admin_store.clone(), None);
+    let created = admin
+        .create(
+            &Actor::system("tests"),
+            NewKey::new("contoso", "live", "shared")
+                .permissions(PermissionGrant::only(["search"]))
+                .credits(Credits::new(CREDITS).unwrap()),
+        )
+        .await
+        .expect("create");
+    let token = created.token.expose_secret().to_owned();
+    let id = created.key.id.clone();
+
+    let mut servers = Vec::new();
+    for _ in 0..SERVERS {
+        servers.push(server(handle().await, None));
+    }
+    // The victim runs beside the others, and after 500 successes is
+    // killed: dropped with its block, without release_usage.
+    let victim = if kill {
+        let victim = servers.remove(0);
+        // Proven before the race (its first check is a cold one), so it
+        // holds a leased block when the others start.
+        let first = spend(victim.verifier(), token.clone(), 1).await;
+        let token = token.clone();
+        Some(tokio::spawn(async move {
+            let n = first + spend(victim.verifier(), token, 499).await;
+            drop(victim);
+            n
+        }))
+    } else {
+        None
+    };
+    let tasks: Vec<_> = servers
+        .iter()
+        .map(|m| tokio::spawn(spend(m.verifier(), token.clone(), u64::MAX)))
+        .collect();
+    let mut total = 0;
+    if let Some(v) = victim {
+        let killed = v.await.expect("victim");
+        // Usually killed at 500; on a slow machine the others may exhaust
+        // the balance first (then it strands what it still holds).
+        assert!((1..=500).contains(&killed), "{killed}");
+        total += killed;
+    }
+    for t in tasks {
+        total += t.await.expect("task");
+    }
+    assert!(total <= CREDITS, "overspent: {total}");
+    let c = credits_of(&admin_store, &id).await;
+    assert_eq!(c.remaining, 0, "{c:?}");
+    for m in &servers {
+        m.verifier().release_usage().await;
+    }
+    let c = credits_of(&admin_store, &id).await;
+    if kill {
+        let stranded = CREDITS - total;
+        assert!(
+            stranded <= MAX_BLOCK,
+            "stranded {stranded} > the bound {MAX_BLOCK}"
+        );
+        assert!(
+            c.leased >= stranded,
+            "the store shows what is stranded: {c:?}, {stranded}"
+        );
+        assert_eq!(c.remaining, 0);
+    } else {
+        assert_eq!(total, CREDITS, "exactly the balance");
+        assert_eq!((c.remaining, c.leased), (0, 0), "{c:?}");
+    }
+}
+
+fn t0() -> DateTime<Utc> {
+    "2026-01-01T00:00:00Z".parse().unwrap()
+}
+
+/// 4 servers on one store share a limit of 100 per second; every
+/// millisecond each tries one request. In every one-second window the
+/// servers admit at most one GCRA's worth plus 10 % of the limit.
+async fn rate_across_servers<S, F, Fut>(handle: F)
+where
+    S: KeyStore + Clone,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    let clock = ManualClock::new(t0());
+    let admin = server(handle().await, Some(clock.clone()));
+    let limit = RateLimit::new("requests", 100, Duration::from_secs(1)).unwrap();
+    let created = admin
+        .create(
+            &Actor::system("tests"),
+            NewKey::new("contoso", "live", "shared")
+                .permissions(PermissionGrant::only(["search"]))
+                .rate_limits(RateLimits::new([limit]).unwrap()),
+        )
+        .await
+        .expect("create");
+    let token = created.token.expose_secret().to_owned();
+    let mut verifiers = Vec::new();
+    for _ in 0..4 {
+        verifiers.push(server(handle().await, Some(clock.clone())));
+    }
+    let registry = registry();
+    let live = Environment::new("live").unwrap();
+    let req = VerifyRequest::new(&live, registry.get("search").unwrap()).spend("requests", 1);
+    let steps = 5_000; // 5 s of 1 ms
+    let mut admitted_at = Vec::new();
+    for step in 0..steps {
+        for m in &verifiers {
+            match m.verifier().verify(&token, &req).await {
+                Ok(_) => admitted_at.push(step),
+                Err(d) if d.reason.code() == "rate_limited" => {}
+                Err(d) => panic!("unexpected denial: {d:?}"),
+            }
+        }
+        clock.advance(TimeDelta::milliseconds(1));
+    }
+    // One GCRA (burst 100, one per 10 ms) admits at most 100 + L / 10 ms
+    // in a window of L ms (199 in a second) while its burst lasts, and 100
+    // (101 with both ends) in any window once the burst is spent: from the
+    // first second on under this flood.
+    let window = 1_000;
+    let mut worst_steady = 0;
+    for a in 0..(steps - window) {
+        let n = admitted_at
+            .iter()
+            .filter(|&&t| t >= a && t < a + window)
+            .count();
+        let one_gcra = if a < window { 199 } else { 100 };
+        assert!(
+            n <= one_gcra + 10,
+            "window at {a} ms: {n} admitted, one GCRA: {one_gcra}"
+        );
+        if a >= window {
+            worst_steady = worst_steady.max(n);
+        }
+    }
+    println!(
+        "rate across 4 servers: {} admitted in 5 s, worst steady 1 s window {worst_steady}",
+        admitted_at.len()
+    );
+    assert!(worst_steady <= 110, "{worst_steady}");
+    let total = admitted_at.len();
+    assert!(total <= 100 + 500 + 10, "{total} in 5 s");
+    assert!(total >= 500, "the limit is not starved: {total}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eight_servers_spend_exactly_the_balance_memory() {
+    let store = Arc::new(MemoryStore::new());
+    exactness(|| std::future::ready(Arc::clone(&store)), false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_server_strands_at_most_its_block_memory() {
+    let store = Arc::new(MemoryStore::new());
+    exactness(|| std::future::ready(Arc::clone(&store)), true).await;
+}
+
+#[tokio::test]
+async fn rate_limit_across_four_servers_memory() {
+    let store = Arc::new(MemoryStore::new());
+    rate_across_servers(|| std::future::ready(Arc::clone(&store))).await;
+}
+
+#[cfg(all(feature = "postgres", feature = "testing"))]
+mod on_postgres {
+    use super::*;
+    use keyward::PostgresStore;
+
+    async fn handle(url: &str, schema: &str) -> PostgresStore {
+        let store = PostgresStore::connect(url)
+            .await
+            .expect("connect")
+            .with_schema(schema)
+            .expect("schema name");
+        store.migrate().await.expect("migrate");
+        store
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn eight_servers_spend_exactly_the_balance_postgres() {
+        super::postgres::with_schema(|url, schema| async move {
+            exactness(|| handle(&url, &schema), false).await;
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_killed_server_strands_at_most_its_block_postgres() {
+        super::postgres::with_schema(|url, schema| async move {
+            exactness(|| handle(&url, &schema), true).await;
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rate_limit_across_four_servers_postgres() {
+        super::postgres::with_schema(|url, schema| async move {
+            rate_across_servers(|| handle(&url, &schema)).await;
+        })
+        .await;
+    }
+}
