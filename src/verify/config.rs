@@ -38,6 +38,27 @@ pub struct VerifierConfig {
     /// Most argon2 computations at once (default: the number of CPUs): the
     /// number of hashing threads, each holding `m_cost` KiB of memory
     /// (19 MiB by default) for its whole life, reused by every check.
+    ///
+    /// On Linux the hashing threads run at the lowest normal priority
+    /// (nice 19; the rest of the process is untouched), so argon2 only
+    /// takes CPU that other work leaves over. The trade-off, measured with
+    /// `examples/cold_load.rs` on 2 vCPUs (see `benches/README.md`):
+    ///
+    /// - cached checks keep their throughput under a saturating stream of
+    ///   cold checks (about 1.0 of idle, against 0.5 at normal priority
+    ///   with this cap, and 0.66 with a cap of 1: a smaller cap alone does
+    ///   not protect them);
+    /// - with CPU to spare, cold checks run at full speed on up to this
+    ///   many threads, hence the default of one per CPU;
+    /// - while the host's CPUs are saturated (by cached checks or by any
+    ///   other process), cold checks get only a few percent of a core:
+    ///   they slow down a lot, and those that wait longer than
+    ///   `max_hash_wait` are refused as
+    ///   [`DenialReason::Overloaded`](crate::DenialReason::Overloaded)
+    ///   (HTTP 503 with `Retry-After`), never let through.
+    ///
+    /// Elsewhere the hashing threads keep normal priority, and a lower cap
+    /// is the only lever (it does not reach the same protection).
     pub max_concurrent_hashes: usize,
     /// Most checks waiting for a hashing thread (default 32 per thread).
     /// When the queue is full, the client source holding the most waiting
