@@ -45,15 +45,16 @@ pub struct VerifierConfig {
     /// `examples/cold_load.rs` on 2 vCPUs (see `benches/README.md`):
     ///
     /// - cached checks keep their throughput under a saturating stream of
-    ///   cold checks (about 1.0 of idle, against 0.5 at normal priority
-    ///   with this cap, and 0.66 with a cap of 1: a smaller cap alone does
-    ///   not protect them);
+    ///   cold checks (0.965–1.05 of idle, against 0.50–0.65 at normal
+    ///   priority with this cap, and 0.62–0.67 with a cap of 1: a smaller
+    ///   cap alone does not protect them);
     /// - with CPU to spare, cold checks run at full speed on up to this
     ///   many threads, hence the default of one per CPU;
     /// - while the host's CPUs are saturated (by cached checks or by any
-    ///   other process), cold checks get only a few percent of a core:
-    ///   they slow down a lot, and those that wait longer than
-    ///   `max_hash_wait` are refused as
+    ///   other process), cold checks get about 1.4 % of a core per
+    ///   thread (measured: 0.7–1.9 a second instead of 42–60, each taking
+    ///   1.2–1.8 s with the default argon2 parameters), and those that
+    ///   wait longer than `max_hash_wait` are refused as
     ///   [`DenialReason::Overloaded`](crate::DenialReason::Overloaded)
     ///   (HTTP 503 with `Retry-After`), never let through.
     ///
