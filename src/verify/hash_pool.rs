@@ -1,6 +1,7 @@
 //! The hashing threads: a fixed set of threads that run argon2, each
-//! reusing its own memory, fed by a bounded queue that is fair across client
-//! sources.
+//! reusing its own memory, at the lowest normal priority on Linux (so
+//! cached checks are never starved, issue 14 §4), fed by a bounded queue
+//! that is fair across client sources.
 //!
 //! Hand-written rather than tokio's blocking pool plus a semaphore, for
 //! three things neither gives (issue 10): a bound on the waiters and on the
