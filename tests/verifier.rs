@@ -299,9 +299,83 @@ async fn capped_manager(
     (counters, manager, tokens)
 }
 
+/// A hasher whose verifies wait, each, until two have run at once (or
+/// `GATE_LIMIT` passed), then hold their thread for a while: whether the
+/// cap of 2 is reached no longer depends on how fast the test's tasks
+/// are scheduled, and a third thread, if the pool started one, would be
+/// caught running beside the two.
+struct GatedHasher {
+    inner: Argon2Hasher,
+    counters: Counters,
+    pair: std::sync::Mutex<bool>,
+    paired: std::sync::Condvar,
+}
+
+/// How long a verify waits for a second one: only a pool that never runs
+/// two at once waits this long (and then fails the test).
+const GATE_LIMIT: Duration = Duration::from_secs(10);
+
+impl keyward::hash::SecretHasher for GatedHasher {
+    fn hash(&self, secret: &[u8]) -> Result<String, keyward::hash::HashError> {
+        self.inner.hash(secret)
+    }
+    fn verify(&self, secret: &[u8], stored: &str) -> Result<bool, keyward::hash::HashError> {
+        self.counters.verifies.fetch_add(1, Ordering::SeqCst);
+        let now = self.counters.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.counters.max_running.fetch_max(now, Ordering::SeqCst);
+        {
+            let mut paired = self.pair.lock().unwrap();
+            if now >= 2 {
+                *paired = true;
+                self.paired.notify_all();
+            }
+            let _ = self
+                .paired
+                .wait_timeout_while(paired, GATE_LIMIT, |paired| !*paired)
+                .unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        let r = self.inner.verify(secret, stored);
+        self.counters.running.fetch_sub(1, Ordering::SeqCst);
+        r
+    }
+    fn needs_rehash(&self, stored: &str) -> bool {
+        self.inner.needs_rehash(stored)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_concurrent_argon2_cap_holds() {
-    let (counters, manager, tokens) = capped_manager(12, Duration::from_millis(20)).await;
+    let counters = Counters::default();
+    let manager = KeyManager::builder(
+        Arc::new(MemoryStore::new()),
+        format(),
+        Policy::new(registry()),
+    )
+    .hasher(GatedHasher {
+        inner: Argon2Hasher::new(Argon2Params::insecure_for_tests()),
+        counters: counters.clone(),
+        pair: std::sync::Mutex::new(false),
+        paired: std::sync::Condvar::new(),
+    })
+    .clock(ManualClock::new(start()))
+    .verifier_config(VerifierConfig {
+        max_concurrent_hashes: 2,
+        ..VerifierConfig::default()
+    })
+    .build()
+    .unwrap();
+    let mut tokens = Vec::new();
+    for i in 0..12 {
+        let created = manager
+            .create(
+                &keyward::Actor::system("tests"),
+                NewKey::new(format!("owner{i}"), "live", "k").permissions(PermissionGrant::All),
+            )
+            .await
+            .unwrap();
+        tokens.push(created.token.expose_secret().to_owned());
+    }
     let push = registry().get("package:push").unwrap();
     let mut tasks = Vec::new();
     for t in tokens {

@@ -38,6 +38,28 @@ pub struct VerifierConfig {
     /// Most argon2 computations at once (default: the number of CPUs): the
     /// number of hashing threads, each holding `m_cost` KiB of memory
     /// (19 MiB by default) for its whole life, reused by every check.
+    ///
+    /// On Linux the hashing threads run at the lowest normal priority
+    /// (nice 19; the rest of the process is untouched), so argon2 only
+    /// takes CPU that other work leaves over. The trade-off, measured with
+    /// `examples/cold_load.rs` on 2 vCPUs (see `benches/README.md`):
+    ///
+    /// - cached checks keep their throughput under a saturating stream of
+    ///   cold checks (0.965–1.05 of idle, against 0.50–0.65 at normal
+    ///   priority with this cap, and 0.62–0.67 with a cap of 1: a smaller
+    ///   cap alone does not protect them);
+    /// - with CPU to spare, cold checks run at full speed on up to this
+    ///   many threads, hence the default of one per CPU;
+    /// - while the host's CPUs are saturated (by cached checks or by any
+    ///   other process), cold checks get about 1.4 % of a core per
+    ///   thread (measured: 0.7–1.9 a second instead of 42–60, each taking
+    ///   1.2–1.8 s with the default argon2 parameters), and those that
+    ///   wait longer than `max_hash_wait` are refused as
+    ///   [`DenialReason::Overloaded`](crate::DenialReason::Overloaded)
+    ///   (HTTP 503 with `Retry-After`), never let through.
+    ///
+    /// Elsewhere the hashing threads keep normal priority, and a lower cap
+    /// is the only lever (it does not reach the same protection).
     pub max_concurrent_hashes: usize,
     /// Most checks waiting for a hashing thread (default 32 per thread).
     /// When the queue is full, the client source holding the most waiting

@@ -1,6 +1,7 @@
 //! The hashing threads: a fixed set of threads that run argon2, each
-//! reusing its own memory, fed by a bounded queue that is fair across client
-//! sources.
+//! reusing its own memory, at the lowest normal priority on Linux (so
+//! cached checks are never starved, issue 14 §4), fed by a bounded queue
+//! that is fair across client sources.
 //!
 //! Hand-written rather than tokio's blocking pool plus a semaphore, for
 //! three things neither gives (issue 10): a bound on the waiters and on the
@@ -286,6 +287,7 @@ fn next(inner: &Inner) -> Option<Job> {
 
 /// A hashing thread: its own scratch memory for its whole life.
 fn work(inner: &Inner) {
+    lower_priority();
     let mut scratch = HashScratch::new();
     while let Some(job) = next(inner) {
         if job.enqueued.elapsed() > inner.max_wait {
@@ -300,6 +302,38 @@ fn work(inner: &Inner) {
         }));
     }
 }
+
+/// Puts the calling hashing thread at the lowest normal priority (nice 19),
+/// so argon2 takes only the CPU that checks needing none leave over: with
+/// every core busy, a nice-0 thread gets about 98.5 % of a core shared with
+/// a hashing thread (CFS weights 1024 and 15), and a cached check's
+/// throughput stays at least 0.9 of what it is without cold checks (issue
+/// 14 §4, `examples/cold_load.rs`); with cores to spare, argon2 runs at full
+/// speed. The price: when the host's CPUs are saturated (by this process or
+/// any other), cold checks slow down, and those that wait longer than
+/// `max_hash_wait` are refused as overloaded.
+///
+/// Linux only, where a thread's nice value is its own (`setpriority` on the
+/// calling thread): elsewhere the same call would lower the whole process.
+/// A failure leaves the thread as it was (only speed is at stake).
+#[cfg(target_os = "linux")]
+fn lower_priority() {
+    use thread_priority::ThreadPriority;
+    use thread_priority::unix::{
+        NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy,
+        thread_native_id,
+    };
+    // `Min` under SCHED_OTHER is nice 19; lowering needs no privilege.
+    let _ = set_thread_priority_and_policy(
+        thread_native_id(),
+        ThreadPriority::Min,
+        ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other),
+    );
+}
+
+/// Elsewhere hashing threads keep the priority they started with.
+#[cfg(not(target_os = "linux"))]
+fn lower_priority() {}
 
 #[cfg(test)]
 mod tests {
@@ -479,6 +513,29 @@ mod tests {
         );
         assert_eq!(p.run(None, |_, _| Ok(7)).await.unwrap(), 7);
         assert_eq!(p.inner.lock().spawned, 2);
+    }
+
+    /// The nice value of the calling thread, from `/proc/thread-self/stat`
+    /// (field 19; fields counted after the parenthesised command name).
+    #[cfg(target_os = "linux")]
+    fn own_nice() -> Option<i32> {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
+        let after_name = stat.rsplit_once(')')?.1;
+        after_name.split_whitespace().nth(16)?.parse().ok()
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn hashing_threads_run_at_the_lowest_priority_and_the_caller_does_not() {
+        let p = pool(1, 4);
+        let before = own_nice().expect("own nice value");
+        let hashing = p.run(None, |_, _| Ok(own_nice())).await.unwrap();
+        assert_eq!(hashing, Some(19));
+        assert_eq!(
+            own_nice(),
+            Some(before),
+            "only the hashing thread is lowered"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
