@@ -285,7 +285,7 @@ impl KeyCache {
 
     /// Forgets the entry of `id` if it still holds `fingerprint` (a proof
     /// that no longer holds: the stored hash changed and the secret failed).
-    pub(crate) fn forget_proof(&self, id: &str, fingerprint: &[u8; FINGERPRINT_LEN]) {
+    pub(crate) fn forget_proof(&self, id: &str, fingerprint: &[u8; FINGERPRINT_LEN]) -> bool {
         let mut shard = self
             .shard(id)
             .write()
@@ -295,7 +295,9 @@ impl KeyCache {
             .is_some_and(|e| bool::from(e.fingerprint.ct_eq(fingerprint)))
         {
             shard.remove(id.as_bytes());
+            return true;
         }
+        false
     }
 
     /// The epoch to pass to [`KeyCache::insert`]; read it before reading the store.

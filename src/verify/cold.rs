@@ -154,11 +154,13 @@ impl<S: KeyStore> Shared<S> {
                 // skips the throttles, as the secret was right before, but
                 // not argon2.
                 let fingerprint = || shared.fingerprinter.fingerprint(secret.as_bytes());
-                if proof.is_some() {
-                    // Checked once: concurrent checks with this (perhaps
-                    // old, leaked) secret now take the throttled path.
-                    shared.cache.forget_proof(id, &fingerprint());
-                } else {
+                // Checked once: only the check that removes the proof skips
+                // the id's bucket. Concurrent checks with this (perhaps old,
+                // leaked) secret all read the proof before the first removed
+                // it; they take the throttled path like any unproven secret.
+                let first_with_proof =
+                    proof.is_some() && shared.cache.forget_proof(id, &fingerprint());
+                if !first_with_proof {
                     let tag = (record.owner.clone(), record.environment.clone());
                     if let Err(wait) = shared.throttle.try_acquire(&key_id, &tag, now) {
                         return Err(ColdDenial(
@@ -171,7 +173,7 @@ impl<S: KeyStore> Shared<S> {
                 // Tokens go back when the secret proves right or could not
                 // be checked; only the tokens this check took.
                 let refund = || {
-                    if proof.is_none() {
+                    if !first_with_proof {
                         shared.throttle.refund(&key_id, now);
                     }
                     refund_source();
