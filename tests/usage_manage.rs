@@ -2,8 +2,8 @@
 //! credits at create and edit (narrowing for owners, widening for the
 //! application only), reading, setting and adding a balance (audited), and
 //! rotation moving a balance exactly once. The checks are generic over the
-//! store; they run on `MemoryStore` here (the SQL stores are held to the
-//! same store contract by the conformance suite).
+//! store; they run on `MemoryStore`, most also on SQLite (the SQL stores
+//! are held to the same store contract by the conformance suite).
 
 mod common;
 
@@ -53,6 +53,12 @@ fn ctx_with<S: KeyStore>(store: S) -> Ctx<S> {
 
 fn memory() -> Ctx<Arc<MemoryStore>> {
     ctx_with(Arc::new(MemoryStore::new()))
+}
+
+async fn sqlite() -> Ctx<Arc<SqliteStore>> {
+    let store = SqliteStore::in_memory().await.expect("sqlite");
+    store.migrate().await.expect("migrate");
+    ctx_with(Arc::new(store))
 }
 
 fn admin() -> Actor {
@@ -490,6 +496,81 @@ async fn edits_keep_the_balance_and_leases<S: KeyStore>(c: Ctx<S>) {
 #[tokio::test]
 async fn edits_keep_the_balance_and_leases_on_memory() {
     edits_keep_the_balance_and_leases(memory()).await;
+}
+
+/// A refill added to a metered key starts with the current period: the
+/// balance is refilled at the next period's first lease, not at once.
+async fn a_refill_added_later_waits_for_the_next_period<S: KeyStore>(c: Ctx<S>) {
+    let key = c.create(push_key().credits(Credits::new(5).unwrap())).await;
+    let id = key.key.id.clone();
+    let daily = Refill::daily(100).unwrap();
+    c.manager
+        .edit(
+            &sys(),
+            &id,
+            KeyEdit {
+                credits: Some(Some(Credits::new(0).unwrap().with_refill(daily))),
+                ..KeyEdit::default()
+            },
+        )
+        .await
+        .unwrap();
+    let credits = c.credits(&id).await;
+    assert_eq!(credits.remaining, 5);
+    assert_eq!(
+        credits.refilled_for,
+        Some(daily.period_start(c.clock.now()))
+    );
+    let store = c.manager.store();
+    let due = credits.refill_due(c.clock.now());
+    let grant = store.lease_credits(&id, 50, due).await.unwrap().unwrap();
+    assert_eq!(
+        grant.granted, 5,
+        "no refill within the period the refill was added in"
+    );
+    c.clock.advance(chrono::TimeDelta::days(1));
+    let due = credits.refill_due(c.clock.now());
+    let grant = store.lease_credits(&id, 50, due).await.unwrap().unwrap();
+    assert_eq!(
+        (grant.granted, grant.remaining),
+        (50, 50),
+        "refilled once, the next day"
+    );
+}
+
+#[tokio::test]
+async fn a_refill_added_later_waits_for_the_next_period_on_memory() {
+    a_refill_added_later_waits_for_the_next_period(memory()).await;
+}
+
+#[tokio::test]
+async fn a_refill_added_later_waits_for_the_next_period_on_sqlite() {
+    a_refill_added_later_waits_for_the_next_period(sqlite().await).await;
+}
+
+#[tokio::test]
+async fn edits_keep_the_balance_and_leases_on_sqlite() {
+    edits_keep_the_balance_and_leases(sqlite().await).await;
+}
+
+#[tokio::test]
+async fn created_controls_read_back_on_sqlite() {
+    created_controls_read_back(sqlite().await).await;
+}
+
+#[tokio::test]
+async fn bad_input_is_typed_and_stores_nothing_on_sqlite() {
+    bad_input_is_typed_and_stores_nothing(sqlite().await).await;
+}
+
+#[tokio::test]
+async fn balance_changes_are_the_applications_and_audited_on_sqlite() {
+    balance_changes_are_the_applications_and_audited(sqlite().await).await;
+}
+
+#[tokio::test]
+async fn rotation_moves_the_balance_once_on_sqlite() {
+    rotation_moves_the_balance_once(sqlite().await).await;
 }
 
 // ---- set, add, read -------------------------------------------------------

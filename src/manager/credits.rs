@@ -192,6 +192,12 @@ pub(super) fn edit_usage(
             }
             (Some(mut old), Some(new)) => {
                 widens |= !refill_narrows(new.refill.as_ref(), old.refill.as_ref());
+                // A refill added to a metered key starts with the current
+                // period: the balance is refilled at the next period, not
+                // at once (the store keeps a period it already has).
+                if old.refilled_for.is_none() {
+                    old.refilled_for = new.refill.map(|r| r.period_start(now));
+                }
                 old.refill = new.refill;
                 record.usage.credits = Some(old);
             }

@@ -43,6 +43,8 @@ impl UsageState {
             (None, Some(n)) => Some(n.clone()),
             (Some(o), Some(n)) => Some(Credits {
                 refill: n.refill,
+                // Set only where none was (a refill added to a metered key).
+                refilled_for: o.refilled_for.or(n.refilled_for),
                 ..o.clone()
             }),
         };

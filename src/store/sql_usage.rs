@@ -40,7 +40,9 @@ const CREDIT_COLUMNS: &str =
 /// The `SET` clauses of a key update for the usage columns, placeholders
 /// `$19` to `$23` (see [`EncodedUsage`] for the binding order): the limits
 /// and the refill are replaced; credits are turned on (with the record's
-/// balance) or off; an existing balance, its leases and its refill period
+/// balance) or off; a refill period is set only where none was (a refill
+/// added to a metered key starts with the current period, so it does not
+/// refill at once); an existing balance, its leases and its refill period
 /// are never touched (they change only by the atomic operations, which a
 /// read-modify-write update racing them would undo).
 pub(crate) const UPDATE_USAGE_SET: &str = "rate_limits = $19, credits_refill = $20, \
@@ -48,7 +50,7 @@ pub(crate) const UPDATE_USAGE_SET: &str = "rate_limits = $19, credits_refill = $
      credits_leased = CASE WHEN $21 IS NULL THEN 0 WHEN credits_remaining IS NULL THEN $22 \
      ELSE credits_leased END, \
      credits_refilled_for = CASE WHEN $21 IS NULL THEN NULL WHEN credits_remaining IS NULL THEN $23 \
-     ELSE credits_refilled_for END";
+     ELSE COALESCE(credits_refilled_for, $23) END";
 
 /// The SQL dialect of a statement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
