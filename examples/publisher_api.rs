@@ -107,6 +107,20 @@
 //! may give credits or widen limits (403 otherwise). Bad input is 400,
 //! naming the field.
 //!
+//! Spending: every key-protected request spends 1 of the key's `requests`
+//! limit, a push also 1 of `publish`, and a metered key pays 1 credit (a
+//! key without a limit or credits pays nothing for it; a session spends its
+//! key's; a refused request spends nothing). Successful answers carry the
+//! `RateLimit-Policy` and `RateLimit` fields (IETF draft) of the spent
+//! limit with the fewest requests left, e.g. `"publish";q=10;w=3600` and
+//! `"publish";r=9;t=360`, and a metered key's balance in
+//! `X-Credits-Remaining` (`credits_remaining` in `GET /me`). A spent limit
+//! is 429 with `Retry-After` and both fields; spent credits are 402
+//! `usage_exhausted` until the marketplace adds some or the refill comes.
+//! On Ctrl-C or SIGTERM the server finishes the requests under way and
+//! gives the credits and tokens it leased back to the store
+//! (`Verifier::release_usage`) before it exits.
+//!
 //! Every 5 minutes the server purges expired sessions and the expired ids
 //! of exchanged OIDC tokens.
 
@@ -117,7 +131,8 @@ use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::header::AUTHORIZATION;
-use axum::http::{HeaderMap, HeaderName, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch, post, put};
 use axum::{Json, Router};
@@ -372,8 +387,65 @@ async fn me(caller: Caller) -> Response {
         "resources": caller.resources(),
         "expires_at": caller.expires_at(),
         "session_id": caller.session_id(),
+        // A metered key's balance after this request (null: unmetered).
+        "credits_remaining": caller.key().credits_remaining(),
     }))
     .into_response()
+}
+
+/// The response header naming a metered key's credits left after the
+/// request (this server's view: its leased block plus what the store had at
+/// its last lease; other servers may have spent since).
+const CREDITS_HEADER: HeaderName = HeaderName::from_static("x-credits-remaining");
+
+/// Inside the key-checking layer (it runs after it, so the `Caller` is
+/// there): puts a metered key's remaining credits on the answer.
+async fn credits_header(request: Request, next: Next) -> Response {
+    let remaining = request
+        .extensions()
+        .get::<Caller>()
+        .and_then(|c| c.key().credits_remaining());
+    let mut response = next.run(request).await;
+    if let Some(left) = remaining {
+        response
+            .headers_mut()
+            .insert(CREDITS_HEADER, HeaderValue::from(left));
+    }
+    response
+}
+
+/// `routes` behind `guard`, answers carrying the credits header.
+fn guarded(routes: Router<App>, guard: KeywardLayer<Store>) -> Router<App> {
+    routes
+        .route_layer(middleware::from_fn(credits_header))
+        .route_layer(guard)
+}
+
+/// Ctrl-C or SIGTERM: the server stops taking requests, finishes those
+/// under way, then gives back the usage it leased.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            // No Ctrl-C handler: wait for SIGTERM only.
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
 }
 
 #[derive(Deserialize)]
@@ -1371,8 +1443,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let packages: Packages = Arc::default();
     let owners = Arc::clone(&packages);
+    // Successful answers carry the `RateLimit-Policy` and `RateLimit`
+    // fields of the limit the request spent that has the fewest left (a
+    // spent limit's 429 always does).
     let auth = KeywardLayer::with_sessions(manager.clone(), live)
         .api_key_header(HeaderName::from_static("x-api-key"))
+        .rate_limit_headers(true)
         .resource_owner(move |name: String| {
             let owner = owners
                 .lock()
@@ -1385,6 +1461,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // names Authorization as its API-key header (Bearer and Basic still work).
     let crates = KeywardLayer::with_sessions(manager.clone(), auth.environment().clone())
         .api_key_header(AUTHORIZATION)
+        .rate_limit_headers(true)
         .resource_owner({
             let owners = Arc::clone(&packages);
             move |name: String| {
@@ -1402,6 +1479,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .ok_or_else(|| format!("{name} is not registered"))
     };
     let leak_manager = manager.clone();
+    let verifier = manager.verifier();
     let app_state = App {
         manager,
         auth: auth.clone(),
@@ -1416,53 +1494,58 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         base_url: base_url.clone().into(),
     };
 
-    let on_package = |permission| auth.require(permission).resource_param("name");
+    // Usage: every key-protected request spends 1 of the key's `requests`
+    // limit, a publish also 1 of `publish` (a key without that limit pays
+    // nothing for it), and a metered key pays 1 credit per request. The
+    // layer spends only once the key may do this: a refused request
+    // spends nothing.
+    let api = auth.clone().spend("requests", 1)?;
+    let cargo_api = crates.clone().spend("requests", 1)?;
+    let on_package = |permission| api.require(permission).resource_param("name");
+    // The push route checks push-new on the package before it spends (push
+    // implies push-new), so a push outside the key's scope or to another
+    // owner's package spends nothing; the handler then asks for push on a
+    // package that exists. A key holding only push-new that pushes to its
+    // own existing package has spent its publish when the handler refuses
+    // it (403): the layer cannot spend after a handler's own check.
+    let publish = on_package(perm("package:push-new")?)?.spend("publish", 1)?;
+    let route = |path: &str, handler| Router::new().route(path, handler);
     let app = Router::new()
-        .route("/packages/{name}/versions", post(push_version))
-        .route("/me", get(me))
-        .route_layer(auth.clone())
-        .merge(
-            Router::new()
-                .route("/packages/{name}/metadata", put(update_metadata))
-                .route_layer(on_package(perm("package:metadata")?)?),
-        )
-        .merge(
-            Router::new()
-                .route("/packages/{name}/unlist", post(unlist))
-                .route_layer(on_package(perm("package:unlist")?)?),
-        )
-        .merge(
-            Router::new()
-                .route("/packages/{name}/analytics", get(analytics))
-                .route_layer(on_package(perm("analytics:read")?)?),
-        )
-        .merge(
-            Router::new()
-                .route("/packages/{name}", delete(delete_package_with_key))
-                .route_layer(on_package(perm("package:delete")?)?),
-        )
+        .merge(guarded(
+            route("/packages/{name}/versions", post(push_version)),
+            publish,
+        ))
+        .merge(guarded(route("/me", get(me)), api.clone()))
+        .merge(guarded(
+            route("/packages/{name}/metadata", put(update_metadata)),
+            on_package(perm("package:metadata")?)?,
+        ))
+        .merge(guarded(
+            route("/packages/{name}/unlist", post(unlist)),
+            on_package(perm("package:unlist")?)?,
+        ))
+        .merge(guarded(
+            route("/packages/{name}/analytics", get(analytics)),
+            on_package(perm("analytics:read")?)?,
+        ))
+        .merge(guarded(
+            route("/packages/{name}", delete(delete_package_with_key)),
+            on_package(perm("package:delete")?)?,
+        ))
         // cargo (a registry named in .cargo/config.toml with
         // index = "sparse+<base>/index/") and npm (--registry <base>/).
         .route("/index/config.json", get(cargo_index_config))
-        .merge(
-            Router::new()
-                .route("/api/v1/crates/{name}/owners", get(cargo_owners))
-                .route_layer(crates.clone()),
-        )
-        .merge(
-            Router::new()
-                .route("/api/v1/crates/{name}/{version}/yank", delete(cargo_yank))
-                .route_layer(
-                    crates
-                        .require(perm("package:unlist")?)
-                        .resource_param("name")?,
-                ),
-        )
-        .merge(
-            Router::new()
-                .route("/-/whoami", get(npm_whoami))
-                .route_layer(auth.clone()),
-        )
+        .merge(guarded(
+            route("/api/v1/crates/{name}/owners", get(cargo_owners)),
+            cargo_api.clone(),
+        ))
+        .merge(guarded(
+            route("/api/v1/crates/{name}/{version}/yank", delete(cargo_yank)),
+            cargo_api
+                .require(perm("package:unlist")?)
+                .resource_param("name")?,
+        ))
+        .merge(guarded(route("/-/whoami", get(npm_whoami)), api.clone()))
         .route("/session", post(create_session))
         .route("/admin/keys", post(admin_create).get(admin_list))
         .route(
@@ -1508,6 +1591,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
+    .with_graceful_shutdown(shutdown_signal())
     .await?;
+    // The server takes no more requests: give the credits and rate-limit
+    // tokens this process leased back to the store (without it they stay
+    // `leased` there, at most one block per metered key).
+    verifier.release_usage().await;
+    println!("stopped; leased usage given back");
     Ok(())
 }
