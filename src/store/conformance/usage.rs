@@ -200,8 +200,29 @@ async fn update_keeps_the_balance<S: KeyStore>(store: &S, owner: &OwnerId) {
     let c = got.usage.credits.clone().expect("credits kept");
     assert_eq!(
         (c.remaining, c.leased, c.refilled_for),
-        (6, 4, None),
-        "{C}: update must never change an existing balance, its leases or its refill period"
+        (6, 4, Some(day(5))),
+        "{C}: update must never change an existing balance or its leases, and sets a refill \
+         period only where none was (a refill added to a metered key)"
+    );
+    // A refill period once set is never changed by an update.
+    let mut again = got.clone();
+    again.generation += 1;
+    if let Some(c) = again.usage.credits.as_mut() {
+        c.refilled_for = Some(day(9));
+    }
+    store
+        .update(&again, got.generation)
+        .await
+        .unwrap_or_else(|e| panic!("{C}: update failed: {e}"));
+    let c = must_get(store, &r.id, C)
+        .await
+        .usage
+        .credits
+        .expect("credits kept");
+    assert_eq!(
+        c.refilled_for,
+        Some(day(5)),
+        "{C}: update must never change an existing refill period"
     );
     assert_eq!(
         c.refill,
@@ -210,6 +231,7 @@ async fn update_keeps_the_balance<S: KeyStore>(store: &S, owner: &OwnerId) {
     );
 
     // Credits off, then on again with the record's balance.
+    let got = must_get(store, &r.id, C).await;
     let mut off = got.clone();
     off.generation += 1;
     off.usage.credits = None;
