@@ -206,12 +206,21 @@ async fn a_cost_above_the_balance_does_not_lease_the_whole_balance() {
         .unwrap()
         .unwrap();
     assert_eq!(g.granted, 500);
-    // A check this server can pay still passes, and everything is
+    // Checks the balance can pay still pass at the same instant, beyond
+    // the block kept (no "exhausted" backoff for them), and everything is
     // accounted for once released.
-    v.verify(&token, &f.req()).await.unwrap();
+    for _ in 0..5 {
+        v.verify(&token, &f.req()).await.unwrap();
+    }
+    // The oversized cost is still denied.
+    let denied = v
+        .verify(&token, &f.req().credits(2_000_000))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.reason, DenialReason::UsageExhausted);
     v.release_usage().await;
     let after = f.credits(&id).await;
-    assert_eq!(after.remaining + after.leased, 1_000_000 - 1, "{after:?}");
+    assert_eq!(after.remaining + after.leased, 1_000_000 - 5, "{after:?}");
     assert_eq!(after.leased, 500, "{after:?}");
 }
 

@@ -145,7 +145,12 @@ struct CreditLedger {
     /// (`i64::MAX`: no refill; `NEVER`: no block yet).
     period_end_us: i64,
     store_remaining: u64,
+    /// Until then, a cost above `exhausted_room` is denied without asking
+    /// the store (it granted too little).
     exhausted_until_us: i64,
+    /// What the store and this ledger had together at that denial: a
+    /// cheaper request may still pass.
+    exhausted_room: u64,
     leased_at_us: i64,
     spent_since_lease: u64,
 }
@@ -253,7 +258,7 @@ impl KeyLedger {
         if cost > 0 {
             match &st.credits {
                 Some(c) if now_us < c.period_end_us && c.local >= cost => {}
-                Some(c) if now_us < c.period_end_us && c.exhausted_until_us > now_us => {
+                Some(c) if now_us < c.period_end_us && c.backing_off(cost, now_us) => {
                     let wait = (c.period_end_us != i64::MAX)
                         .then(|| us_to_duration(c.period_end_us - now_us));
                     return Outcome::Denied(DenialReason::UsageExhausted, wait);
@@ -435,6 +440,14 @@ impl Ledgers {
                     .await;
             }
         }
+    }
+}
+
+impl CreditLedger {
+    /// Whether a spend of `cost` is denied by the backoff after the store
+    /// granted too little.
+    fn backing_off(&self, cost: u64, now_us: i64) -> bool {
+        self.exhausted_until_us > now_us && cost > self.exhausted_room
     }
 }
 

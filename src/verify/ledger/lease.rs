@@ -86,7 +86,7 @@ pub(crate) async fn top_up<S: KeyStore>(
                 c.exhausted_until_us = NEVER;
             }
             let fresh = now_us < c.period_end_us;
-            if !(fresh && (c.local >= cost || c.exhausted_until_us > now_us)) {
+            if !(fresh && (c.local >= cost || c.backing_off(cost, now_us))) {
                 let est = if c.leased_at_us == NEVER {
                     1
                 } else {
@@ -200,6 +200,7 @@ pub(crate) async fn top_up<S: KeyStore>(
                 let back = granted.saturating_sub(credit_block).min(c.local);
                 c.local -= back;
                 c.store_remaining = c.store_remaining.saturating_add(back);
+                c.exhausted_room = c.local.saturating_add(c.store_remaining);
                 back
             } else {
                 0
