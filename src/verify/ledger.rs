@@ -544,4 +544,82 @@ mod tests {
         let h = RateLimit::new("h", 10, Duration::from_secs(3600)).unwrap();
         assert_eq!(lease_span_us(&h), 1_000_000);
     }
+
+    /// A key still in use (not idle) whose block belongs to an ended
+    /// refill period: the periodic sweep forfeits the block (settled as
+    /// spent) instead of keeping it to give back into the new period.
+    #[tokio::test]
+    async fn the_sweep_forfeits_a_busy_keys_old_period_block() {
+        use crate::ids::{Environment, OwnerId};
+        use crate::key::{KeyKind, SecretHash};
+        use crate::policy::{IpAllowlist, PermissionGrant, ResourceScope};
+        use crate::store::MemoryStore;
+        use crate::usage::{Credits, RefillDue, UsageControls};
+        use chrono::{DateTime, TimeDelta, Utc};
+
+        let start: DateTime<Utc> = "2026-01-10T23:59:00Z".parse().unwrap();
+        let refill = Refill::daily(1_000).unwrap();
+        let id = KeyId::generate();
+        let record = KeyRecord {
+            secret_hash: SecretHash::new("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into()),
+            id: id.clone(),
+            owner: OwnerId::new("contoso").unwrap(),
+            environment: Environment::new("live").unwrap(),
+            name: "metered".into(),
+            kind: KeyKind::Scoped,
+            permissions: PermissionGrant::All,
+            resources: ResourceScope::All,
+            ip_allowlist: IpAllowlist::any(),
+            external_id: None,
+            metadata: Default::default(),
+            usage: UsageControls {
+                rate_limits: Default::default(),
+                credits: Some(Credits::new(1_000).unwrap().with_refill(refill)),
+            },
+            created_at: start,
+            expires_at: None,
+            revoked_at: None,
+            suspended_at: None,
+            last_used_at: None,
+            last_used_ip: None,
+            reminded_at: None,
+            generation: 1,
+        };
+        let store = MemoryStore::new();
+        store.insert(&record, None).await.unwrap();
+        let credits = |r: Option<KeyRecord>| r.unwrap().usage.credits.unwrap();
+
+        let ledgers = Ledgers::new(100, Duration::from_secs(3600));
+        let m = ledgers.metering(&record).unwrap();
+        let spending = Spending::default();
+        let now_us = start.timestamp_micros();
+        // Two spends at the same instant: the second leases a full block.
+        for _ in 0..2 {
+            assert!(matches!(
+                m.ledger.try_spend(&m, &spending, now_us),
+                Outcome::Short
+            ));
+            top_up(&store, &m, &spending, start, 100).await.unwrap();
+            assert!(matches!(
+                m.ledger.try_spend(&m, &spending, now_us),
+                Outcome::Spent(_)
+            ));
+        }
+        assert_eq!(credits(store.get(&id).await.unwrap()).leased, 101);
+        // Past midnight another server's lease refills the balance.
+        let later = start + TimeDelta::minutes(2);
+        let due = RefillDue {
+            amount: 1_000,
+            period_start: refill.period_start(later),
+        };
+        store.lease_credits(&id, 1, Some(due)).await.unwrap();
+        // Not idle (1 h): only the old period makes the sweep act.
+        ledgers.sweep(&store, later.timestamp_micros(), false).await;
+        let c = credits(store.get(&id).await.unwrap());
+        assert_eq!((c.remaining, c.leased), (999, 1), "{c:?}");
+        // Nothing is left to give back into the new period.
+        ledgers.sweep(&store, later.timestamp_micros(), true).await;
+        let c = credits(store.get(&id).await.unwrap());
+        assert_eq!((c.remaining, c.leased), (999, 1), "{c:?}");
+    }
 }
