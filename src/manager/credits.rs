@@ -116,6 +116,7 @@ impl<S: KeyStore> KeyManager<S> {
                 .map_err(KeywardError::from_store)?;
             // A verifier's cached view of the key shows its balance.
             self.shared.invalidate(id);
+            self.shared.ledgers.balance_changed(id);
             let after = after.ok_or_else(|| KeywardError::NotMetered(id.clone()))?;
             let (audited, detail) = match change {
                 CreditChange::Set(n) => (AuditAction::CreditsSet, format!("set to {n}")),

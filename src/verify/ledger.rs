@@ -145,17 +145,29 @@ struct CreditLedger {
     /// (`i64::MAX`: no refill; `NEVER`: no block yet).
     period_end_us: i64,
     store_remaining: u64,
+    /// Until then, a cost above `exhausted_room` is denied without asking
+    /// the store (it granted too little).
     exhausted_until_us: i64,
+    /// What the store and this ledger had together at that denial: a
+    /// cheaper request may still pass.
+    exhausted_room: u64,
     leased_at_us: i64,
     spent_since_lease: u64,
 }
 
-/// Work left by a reconfiguration: what a dropped limit or credit block
-/// held, for the sweeper to give back.
+/// Work left for the sweeper: the tokens of a dropped limit to give back,
+/// and credits to settle as spent.
 #[derive(Debug, Default)]
 struct Orphans {
     rate: Vec<(LimitName, u32, u64)>,
-    credits: (u64, u64),
+    /// Credits to settle as spent (`settle_credits(id, 0, n)`: the store's
+    /// `leased` falls, nothing returns to `remaining`): the block of a key
+    /// no longer metered, and what a settle that failed carried. A settle
+    /// that failed may have committed (its reply lost), so it is never
+    /// sent again with credits to return: sent twice, that would mint
+    /// them. Sent as spent, twice or not, it mints nothing; at worst the
+    /// returned part stays out of `remaining` (stranded).
+    credits: u64,
 }
 
 #[derive(Debug)]
@@ -246,7 +258,7 @@ impl KeyLedger {
         if cost > 0 {
             match &st.credits {
                 Some(c) if now_us < c.period_end_us && c.local >= cost => {}
-                Some(c) if now_us < c.period_end_us && c.exhausted_until_us > now_us => {
+                Some(c) if now_us < c.period_end_us && c.backing_off(cost, now_us) => {
                     let wait = (c.period_end_us != i64::MAX)
                         .then(|| us_to_duration(c.period_end_us - now_us));
                     return Outcome::Denied(DenialReason::UsageExhausted, wait);
@@ -371,8 +383,9 @@ impl Ledgers {
 
     /// Gives back to the store what idle keys hold (every key when `all`),
     /// returns expired rate tokens, and settles the credits spent since the
-    /// last sweep. Store errors leave the credits in the ledger for the
-    /// next sweep.
+    /// last sweep. A block whose refill period has ended is forfeited
+    /// (settled as spent), idle or not. A settle that fails is settled
+    /// again by the next sweep, all of it as spent: it may have committed.
     pub(crate) async fn sweep<S: KeyStore>(&self, store: &S, now_us: i64, all: bool) {
         let idle_us = i64::try_from(self.idle.as_micros()).unwrap_or(i64::MAX);
         for ledger in self.snapshot() {
@@ -380,12 +393,22 @@ impl Ledgers {
             let (credits, rate) = {
                 let mut st = ledger.lock();
                 let idle = all || now_us.saturating_sub(st.last_spend_us) >= idle_us;
-                let mut credits = std::mem::take(&mut st.orphans.credits);
+                // (returned, spent)
+                let mut credits = (0u64, std::mem::take(&mut st.orphans.credits));
                 let mut rate = std::mem::take(&mut st.orphans.rate);
                 if let Some(c) = &mut st.credits {
                     credits.1 = credits.1.saturating_add(std::mem::take(&mut c.unsettled));
-                    if idle {
-                        credits.0 = credits.0.saturating_add(std::mem::take(&mut c.local));
+                    // A block of a refill period that has ended is
+                    // forfeited, never returned into the new period's
+                    // balance (the refill set it).
+                    let stale = c.period_end_us != NEVER && now_us >= c.period_end_us;
+                    if idle || stale {
+                        let local = std::mem::take(&mut c.local);
+                        if stale {
+                            credits.1 = credits.1.saturating_add(local);
+                        } else {
+                            credits.0 = credits.0.saturating_add(local);
+                        }
                         c.leased_at_us = NEVER;
                     }
                 }
@@ -407,10 +430,9 @@ impl Ledgers {
                     .await
                     .is_err()
             {
-                // Kept for the next sweep.
-                let mut st = ledger.lock();
-                let o = &mut st.orphans.credits;
-                *o = (o.0.saturating_add(credits.0), o.1.saturating_add(credits.1));
+                // It may have committed: the next sweep settles all of it
+                // as spent (see `Orphans::credits`).
+                ledger.spent_later(credits.0.saturating_add(credits.1));
             }
             for (name, tokens, interval_us) in rate {
                 let _ = store
@@ -421,9 +443,25 @@ impl Ledgers {
     }
 }
 
+impl CreditLedger {
+    /// Whether a spend of `cost` is denied by the backoff after the store
+    /// granted too little.
+    fn backing_off(&self, cost: u64, now_us: i64) -> bool {
+        self.exhausted_until_us > now_us && cost > self.exhausted_room
+    }
+}
+
+impl KeyLedger {
+    /// Leaves `n` credits for the sweeper to settle as spent.
+    fn spent_later(&self, n: u64) {
+        let mut st = self.lock();
+        st.orphans.credits = st.orphans.credits.saturating_add(n);
+    }
+}
+
 impl State {
     fn is_empty(&self) -> bool {
-        self.orphans.credits == (0, 0)
+        self.orphans.credits == 0
             && self.orphans.rate.is_empty()
             && self
                 .credits
@@ -434,8 +472,10 @@ impl State {
 }
 
 /// Aligns a ledger with a record's controls: limits that did not change
-/// keep their tokens; the tokens of changed or removed limits, and the
-/// credits of a key no longer metered, go to the sweeper to give back.
+/// keep their tokens; the tokens of changed or removed limits go to the
+/// sweeper to give back, and the block of a key no longer metered to be
+/// settled as spent (the store dropped its credits; were they turned on
+/// again, a returned block would add to the new balance).
 fn reconfigure(st: &mut State, record: &KeyRecord) {
     let usage = &record.usage;
     let mut old = std::mem::take(&mut st.limits);
@@ -456,8 +496,11 @@ fn reconfigure(st: &mut State, record: &KeyRecord) {
     }
     if usage.credits.is_none() {
         if let Some(c) = st.credits.take() {
-            st.orphans.credits.0 = st.orphans.credits.0.saturating_add(c.local);
-            st.orphans.credits.1 = st.orphans.credits.1.saturating_add(c.unsettled);
+            st.orphans.credits = st
+                .orphans
+                .credits
+                .saturating_add(c.local)
+                .saturating_add(c.unsettled);
         }
     } else if let Some(c) = &mut st.credits {
         // The refill may have changed: the block's period is judged again
@@ -470,6 +513,19 @@ fn reconfigure(st: &mut State, record: &KeyRecord) {
 }
 
 impl Ledgers {
+    /// The manager changed the store's balance of `id` (set or added
+    /// credits): a key this process found exhausted leases again at its
+    /// next check instead of after its backoff. (Other processes ask the
+    /// store again when their backoff of at most 1 s ends.)
+    pub(crate) fn balance_changed(&self, id: &KeyId) {
+        let ledger = self.shard(id).get(id).map(Arc::clone);
+        if let Some(ledger) = ledger {
+            if let Some(c) = &mut ledger.lock().credits {
+                c.exhausted_until_us = NEVER;
+            }
+        }
+    }
+
     /// Marks the sweeper started; `true` for the one caller that should
     /// start it.
     pub(crate) fn claim_sweeper(&self) -> bool {
@@ -487,5 +543,83 @@ mod tests {
         assert_eq!(lease_span_us(&l), 100_000);
         let h = RateLimit::new("h", 10, Duration::from_secs(3600)).unwrap();
         assert_eq!(lease_span_us(&h), 1_000_000);
+    }
+
+    /// A key still in use (not idle) whose block belongs to an ended
+    /// refill period: the periodic sweep forfeits the block (settled as
+    /// spent) instead of keeping it to give back into the new period.
+    #[tokio::test]
+    async fn the_sweep_forfeits_a_busy_keys_old_period_block() {
+        use crate::ids::{Environment, OwnerId};
+        use crate::key::{KeyKind, SecretHash};
+        use crate::policy::{IpAllowlist, PermissionGrant, ResourceScope};
+        use crate::store::MemoryStore;
+        use crate::usage::{Credits, RefillDue, UsageControls};
+        use chrono::{DateTime, TimeDelta, Utc};
+
+        let start: DateTime<Utc> = "2026-01-10T23:59:00Z".parse().unwrap();
+        let refill = Refill::daily(1_000).unwrap();
+        let id = KeyId::generate();
+        let record = KeyRecord {
+            secret_hash: SecretHash::new("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into()),
+            id: id.clone(),
+            owner: OwnerId::new("contoso").unwrap(),
+            environment: Environment::new("live").unwrap(),
+            name: "metered".into(),
+            kind: KeyKind::Scoped,
+            permissions: PermissionGrant::All,
+            resources: ResourceScope::All,
+            ip_allowlist: IpAllowlist::any(),
+            external_id: None,
+            metadata: Default::default(),
+            usage: UsageControls {
+                rate_limits: Default::default(),
+                credits: Some(Credits::new(1_000).unwrap().with_refill(refill)),
+            },
+            created_at: start,
+            expires_at: None,
+            revoked_at: None,
+            suspended_at: None,
+            last_used_at: None,
+            last_used_ip: None,
+            reminded_at: None,
+            generation: 1,
+        };
+        let store = MemoryStore::new();
+        store.insert(&record, None).await.unwrap();
+        let credits = |r: Option<KeyRecord>| r.unwrap().usage.credits.unwrap();
+
+        let ledgers = Ledgers::new(100, Duration::from_secs(3600));
+        let m = ledgers.metering(&record).unwrap();
+        let spending = Spending::default();
+        let now_us = start.timestamp_micros();
+        // Two spends at the same instant: the second leases a full block.
+        for _ in 0..2 {
+            assert!(matches!(
+                m.ledger.try_spend(&m, &spending, now_us),
+                Outcome::Short
+            ));
+            top_up(&store, &m, &spending, start, 100).await.unwrap();
+            assert!(matches!(
+                m.ledger.try_spend(&m, &spending, now_us),
+                Outcome::Spent(_)
+            ));
+        }
+        assert_eq!(credits(store.get(&id).await.unwrap()).leased, 101);
+        // Past midnight another server's lease refills the balance.
+        let later = start + TimeDelta::minutes(2);
+        let due = RefillDue {
+            amount: 1_000,
+            period_start: refill.period_start(later),
+        };
+        store.lease_credits(&id, 1, Some(due)).await.unwrap();
+        // Not idle (1 h): only the old period makes the sweep act.
+        ledgers.sweep(&store, later.timestamp_micros(), false).await;
+        let c = credits(store.get(&id).await.unwrap());
+        assert_eq!((c.remaining, c.leased), (999, 1), "{c:?}");
+        // Nothing is left to give back into the new period.
+        ledgers.sweep(&store, later.timestamp_micros(), true).await;
+        let c = credits(store.get(&id).await.unwrap());
+        assert_eq!((c.remaining, c.leased), (999, 1), "{c:?}");
     }
 }

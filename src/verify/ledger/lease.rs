@@ -36,6 +36,7 @@ pub(crate) async fn top_up<S: KeyStore>(
     let mut asks: Vec<RateAsk> = Vec::new();
     let mut forfeit = (0u64, 0u64);
     let mut credit_want = 0u64;
+    let mut credit_block = 0u64;
     {
         let mut st = ledger.lock();
         let (spends, n) = merged(&st, spending);
@@ -85,7 +86,7 @@ pub(crate) async fn top_up<S: KeyStore>(
                 c.exhausted_until_us = NEVER;
             }
             let fresh = now_us < c.period_end_us;
-            if !(fresh && (c.local >= cost || c.exhausted_until_us > now_us)) {
+            if !(fresh && (c.local >= cost || c.backing_off(cost, now_us))) {
                 let est = if c.leased_at_us == NEVER {
                     1
                 } else {
@@ -103,6 +104,7 @@ pub(crate) async fn top_up<S: KeyStore>(
                 if c.leased_at_us != NEVER {
                     block = block.min((c.store_remaining / 8).max(1));
                 }
+                credit_block = block;
                 credit_want = block.max(cost.saturating_sub(c.local));
             }
         }
@@ -156,10 +158,12 @@ pub(crate) async fn top_up<S: KeyStore>(
     }
     if forfeit != (0, 0) {
         // Settled as spent: the store's `leased` falls, nothing returns to
-        // `remaining` (the refill set a new balance).
-        let _ = store
-            .settle_credits(&ledger.id, 0, forfeit.0.saturating_add(forfeit.1))
-            .await;
+        // `remaining` (the refill set a new balance). Failed: the sweeper
+        // settles it (as spent, which is safe to send twice).
+        let n = forfeit.0.saturating_add(forfeit.1);
+        if store.settle_credits(&ledger.id, 0, n).await.is_err() {
+            ledger.spent_later(n);
+        }
     }
     if credit_want > 0 {
         let refill = m.refill.map(|r| crate::usage::RefillDue {
@@ -170,24 +174,48 @@ pub(crate) async fn top_up<S: KeyStore>(
             .lease_credits(&ledger.id, credit_want, refill)
             .await
             .map_err(|_| DenialReason::StoreUnavailable)?;
-        let mut st = ledger.lock();
-        let c = st.credits.get_or_insert_with(CreditLedger::default);
-        // The store's `None` (no credits there): nothing granted, denied
-        // until the compiled key is refreshed (fail closed).
-        let (granted, remaining) = grant.map_or((0, 0), |g| (g.granted, g.remaining));
-        let period_end = match (m.refill, refill) {
-            (Some(r), Some(due)) => period_end_us(&r, due.period_start),
-            _ => i64::MAX,
+        let give_back = {
+            let mut st = ledger.lock();
+            let c = st.credits.get_or_insert_with(CreditLedger::default);
+            // The store's `None` (no credits there): nothing granted, denied
+            // until the compiled key is refreshed (fail closed).
+            let (granted, remaining) = grant.map_or((0, 0), |g| (g.granted, g.remaining));
+            let period_end = match (m.refill, refill) {
+                (Some(r), Some(due)) => period_end_us(&r, due.period_start),
+                _ => i64::MAX,
+            };
+            if c.period_end_us != period_end {
+                c.period_end_us = period_end;
+            }
+            c.local = c.local.saturating_add(granted);
+            c.store_remaining = remaining;
+            c.leased_at_us = now_us;
+            c.spent_since_lease = 0;
+            if c.local < cost {
+                c.exhausted_until_us = now_us.saturating_add(EXHAUSTED_BACKOFF_US);
+                // Denied: of a grant sized for this cost, only a normal
+                // block stays here; the rest goes back at once, so neither
+                // a crash nor the other servers' view of the balance pays
+                // for a request that could not pass.
+                let back = granted.saturating_sub(credit_block).min(c.local);
+                c.local -= back;
+                c.store_remaining = c.store_remaining.saturating_add(back);
+                c.exhausted_room = c.local.saturating_add(c.store_remaining);
+                back
+            } else {
+                0
+            }
         };
-        if c.period_end_us != period_end {
-            c.period_end_us = period_end;
-        }
-        c.local = c.local.saturating_add(granted);
-        c.store_remaining = remaining;
-        c.leased_at_us = now_us;
-        c.spent_since_lease = 0;
-        if c.local < cost {
-            c.exhausted_until_us = now_us.saturating_add(EXHAUSTED_BACKOFF_US);
+        // A give-back whose outcome is unknown is never sent again with
+        // credits to return (it may have committed): the sweeper settles
+        // it as spent.
+        if give_back > 0
+            && store
+                .settle_credits(&ledger.id, give_back, 0)
+                .await
+                .is_err()
+        {
+            ledger.spent_later(give_back);
         }
     }
     Ok(())
