@@ -742,6 +742,10 @@ struct Failing<S> {
     fail_updates: AtomicBool,
     /// Inserts never finish (a hung database), so the call can be dropped.
     hang_inserts: AtomicBool,
+    /// Inserts commit, then their reply never arrives.
+    hang_after_inserts: AtomicBool,
+    /// How many inserts hang now.
+    hung: AtomicU64,
 }
 
 impl<S> Failing<S> {
@@ -751,6 +755,8 @@ impl<S> Failing<S> {
             fail_inserts: AtomicBool::new(false),
             fail_updates: AtomicBool::new(false),
             hang_inserts: AtomicBool::new(false),
+            hang_after_inserts: AtomicBool::new(false),
+            hung: AtomicU64::new(0),
         }
     }
 }
@@ -761,9 +767,15 @@ impl<S: KeyStore> KeyStore for Failing<S> {
             return Err(StoreError::DuplicateId(r.id.clone()));
         }
         if self.hang_inserts.load(Ordering::SeqCst) {
+            self.hung.fetch_add(1, Ordering::SeqCst);
             std::future::pending::<()>().await;
         }
-        self.inner.insert(r, q).await
+        let result = self.inner.insert(r, q).await;
+        if self.hang_after_inserts.load(Ordering::SeqCst) {
+            self.hung.fetch_add(1, Ordering::SeqCst);
+            std::future::pending::<()>().await;
+        }
+        result
     }
     async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
         self.inner.get(id).await
@@ -923,7 +935,20 @@ async fn rotation_racing_leases_creates_nothing_on_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_dropped_mid_way_gives_the_balance_back() {
-    let c = Arc::new(ctx_with(Failing::new(MemoryStore::new())));
+    a_rotation_dropped_mid_way_gives_the_balance_back_on(MemoryStore::new()).await;
+}
+
+/// On SQLite too: the guard's placeholder for the successor's id, then its
+/// delete, rely on the store never inserting a deleted id again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_dropped_mid_way_gives_the_balance_back_on_sqlite() {
+    let store = SqliteStore::in_memory().await.expect("sqlite");
+    store.migrate().await.expect("migrate");
+    a_rotation_dropped_mid_way_gives_the_balance_back_on(store).await;
+}
+
+async fn a_rotation_dropped_mid_way_gives_the_balance_back_on<S: KeyStore + 'static>(store: S) {
+    let c = Arc::new(ctx_with(Failing::new(store)));
     let key = c.create(metered_key()).await;
     let id = key.key.id.clone();
     c.manager.store().hang_inserts.store(true, Ordering::SeqCst);
@@ -932,26 +957,20 @@ async fn a_rotation_dropped_mid_way_gives_the_balance_back() {
         tokio::spawn(async move { c.manager.regenerate_pair(&sys(), &id).await })
     };
     // The balance is taken before the successor's insert, which hangs.
-    for _ in 0..2_000 {
-        if c.credits(&id).await.remaining == 0 {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
+    let store = c.manager.store();
+    assert!(eventually(|| async { store.hung.load(Ordering::SeqCst) == 1 }).await);
     let taken = c.credits(&id).await;
     assert_eq!((taken.remaining, taken.leased), (0, 1_000));
-    // The caller gives up (a timeout, a client gone): the future is dropped.
+    // The database answers again (the insert sent stays unanswered), and
+    // the caller gives up (a timeout, a client gone): the future is
+    // dropped. The guard (on a spawned task) first takes the successor's
+    // id, in case the cancelled insert still lands, then gives the balance
+    // back.
+    store.hang_inserts.store(false, Ordering::SeqCst);
     rotation.abort();
     assert!(rotation.await.unwrap_err().is_cancelled());
-    // Its guard gives the balance back (on a spawned task).
-    let mut back = taken;
-    for _ in 0..2_000 {
-        back = c.credits(&id).await;
-        if back.remaining == 1_000 {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
+    assert!(eventually(|| async { c.credits(&id).await.remaining == 1_000 }).await);
+    let back = c.credits(&id).await;
     assert_eq!((back.remaining, back.leased), (1_000, 0));
     assert_eq!(c.all_records().await.len(), 1, "no successor");
 }
@@ -989,4 +1008,269 @@ async fn an_import_with_a_balance_is_the_applications() {
         .unwrap();
     let edited = c.events(AuditAction::Edited);
     assert_eq!(edited.last().unwrap().detail, "rate_limits, credits");
+}
+
+// ---- review findings (regressions) ----------------------------------------
+
+/// Waits until `done` holds. The bound (a minute) only keeps a broken
+/// build from hanging; nothing here measures speed.
+async fn eventually<F: std::future::Future<Output = bool>>(mut done: impl FnMut() -> F) -> bool {
+    for _ in 0..60_000 {
+        if done().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    false
+}
+
+/// The sum of every key's spendable balance (`remaining`) and of every
+/// key's balance and leases.
+async fn balances<S: KeyStore>(c: &Ctx<S>) -> (u64, u64) {
+    let records = c.all_records().await;
+    let credits = records.iter().filter_map(|r| r.usage.credits.as_ref());
+    let spendable = credits.clone().map(|c| c.remaining).sum();
+    let held = credits.map(|c| c.remaining + c.leased).sum();
+    (spendable, held)
+}
+
+fn default_usage() -> keyward::usage::UsageControls {
+    keyward::usage::UsageControls {
+        rate_limits: limits([limit("requests", 100, 1)]),
+        credits: Some(Credits::new(0).unwrap()),
+    }
+}
+
+/// F1: with a default, a publisher's administrator cannot create or import
+/// a key that is never charged nor limited; without one nothing changed.
+#[tokio::test]
+async fn the_policy_default_meters_keys_an_administrator_creates() {
+    let policy = usage_policy().with_default_usage(default_usage()).unwrap();
+    let manager = KeyManager::builder(Arc::new(MemoryStore::new()), format(), policy)
+        .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
+        .build()
+        .unwrap();
+    let live = Environment::new("live").unwrap();
+    let push = registry().get("package:push").unwrap();
+    let req = VerifyRequest::new(&live, push);
+
+    // No usage controls given: the default, without asking for Usage.
+    let key = manager.create(&admin(), push_key()).await.unwrap();
+    assert_eq!(key.key.usage, default_usage());
+    let denial = manager
+        .verify(key.token.expose_secret(), &req)
+        .await
+        .expect_err("metered at 0: nothing to spend");
+    assert_eq!(denial.reason, DenialReason::UsageExhausted);
+
+    // Looser than the default: the application's to give.
+    let count = |m: &KeyManager<Arc<MemoryStore>>| {
+        let mut q = ListQuery::new(OwnerId::new(OWNER).unwrap()).limit(100);
+        q.now = Utc::now();
+        let store = Arc::clone(m.store());
+        async move { store.list(&q).await.unwrap().len() }
+    };
+    let unmetered = push_key().rate_limits(limits([limit("requests", 100, 1)]));
+    not_allowed_usage(manager.create(&admin(), unmetered.clone()).await);
+    let unlimited = push_key().credits(Credits::new(0).unwrap());
+    not_allowed_usage(manager.create(&admin(), unlimited).await);
+    let wider = push_key()
+        .rate_limits(limits([limit("requests", 101, 1)]))
+        .credits(Credits::new(0).unwrap());
+    not_allowed_usage(manager.create(&admin(), wider).await);
+    let richer = push_key()
+        .rate_limits(limits([limit("requests", 100, 1)]))
+        .credits(Credits::new(1).unwrap());
+    not_allowed_usage(manager.create(&admin(), richer).await);
+    assert_eq!(count(&manager).await, 1, "nothing stored");
+
+    // Tighter than the default: anyone who may create.
+    let tighter = push_key()
+        .rate_limits(limits([limit("requests", 10, 1), limit("publish", 1, 60)]))
+        .credits(Credits::new(0).unwrap());
+    manager.create(&admin(), tighter).await.unwrap();
+    // The application gives what it likes.
+    let given = manager.create(&sys(), unmetered).await.unwrap();
+    assert_eq!(given.key.usage.credits, None);
+    manager.delete(&sys(), &given.key.id).await.unwrap(); // the quota is 3
+
+    // Imports too.
+    let import = keyward::manager::ImportKey::scoped(
+        "K7x2Lq9",
+        OWNER,
+        "live",
+        "old CI key",
+        sha256_hex("old-secret"),
+    )
+    .permissions(PermissionGrant::only(["package:push"]));
+    let view = manager.import(&admin(), import).await.unwrap();
+    assert_eq!(view.usage, default_usage());
+}
+
+/// F2: a session check spends its key's credits as a key check does.
+#[tokio::test]
+async fn session_checks_spend_the_keys_credits() {
+    let manager = KeyManager::builder(Arc::new(MemoryStore::new()), format(), usage_policy())
+        .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
+        .sessions(keyward::session::SessionConfig::new("mkhs"))
+        .build()
+        .unwrap();
+    let live = Environment::new("live").unwrap();
+    let push = registry().get("package:push").unwrap();
+    let key = manager
+        .create(&sys(), push_key().credits(Credits::new(7).unwrap()))
+        .await
+        .unwrap();
+    let session = manager
+        .exchange(key.token.expose_secret(), &live, None, None)
+        .await
+        .unwrap();
+    let token = session.token.expose_secret();
+    let req = VerifyRequest::new(&live, push).credits(5);
+    manager.verify_session(token, &req).await.expect("5 of 7");
+    let denial = manager
+        .verify_session(token, &req)
+        .await
+        .expect_err("2 left, costs 5");
+    assert_eq!(denial.reason, DenialReason::UsageExhausted);
+    let cheap = VerifyRequest::new(&live, push).credits(2);
+    manager.verify_session(token, &cheap).await.expect("2 of 2");
+    let one = VerifyRequest::new(&live, push);
+    let denial = manager.verify_session(token, &one).await.unwrap_err();
+    assert_eq!(denial.reason, DenialReason::UsageExhausted);
+    // An undeclared limit is refused (fails closed), as for a key check.
+    let typo = VerifyRequest::new(&live, push).spend("publsh", 1);
+    let denial = manager.verify_session(token, &typo).await.unwrap_err();
+    assert!(
+        matches!(denial.reason, DenialReason::BadSpend(_)),
+        "{denial:?}"
+    );
+    // Everything was charged to the key's balance (leased to this process).
+    manager.verifier().release_usage().await;
+    let left = manager.store().get(&key.key.id).await.unwrap().unwrap();
+    assert_eq!(left.usage.credits.unwrap().remaining, 0);
+}
+
+/// F3(a): a rotation dropped after the successor's insert committed but
+/// before its reply: the successor is deleted before the balance goes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_dropped_after_the_insert_committed_keeps_one_balance() {
+    let c = Arc::new(ctx_with(Failing::new(MemoryStore::new())));
+    let key = c.create(metered_key()).await;
+    let id = key.key.id.clone();
+    c.manager
+        .store()
+        .hang_after_inserts
+        .store(true, Ordering::SeqCst);
+    let rotation = {
+        let (c, id) = (Arc::clone(&c), id.clone());
+        tokio::spawn(async move { c.manager.regenerate_pair(&sys(), &id).await })
+    };
+    // The successor lands, its reply never comes.
+    let store = c.manager.store();
+    assert!(eventually(|| async { store.hung.load(Ordering::SeqCst) == 1 }).await);
+    assert_eq!(c.all_records().await.len(), 2);
+    rotation.abort();
+    assert!(rotation.await.unwrap_err().is_cancelled());
+    c.manager
+        .store()
+        .hang_after_inserts
+        .store(false, Ordering::SeqCst);
+    // The guard deletes the successor, then gives the balance back.
+    assert!(eventually(|| async { c.credits(&id).await.remaining == 1_000 }).await);
+    let records = c.all_records().await;
+    assert_eq!(records.len(), 1, "the successor is gone");
+    assert_eq!(balances(&c).await, (1_000, 1_000));
+}
+
+/// F3(b): the successor's insert committed, its reply was lost and it
+/// cannot be read back: the balance stays stranded in the old key rather
+/// than given back while the orphan successor holds it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_whose_insert_cannot_be_resolved_never_doubles_the_balance() {
+    use keyward::store::{Fault, FaultyStore, Op};
+    let c = Arc::new(ctx_with(Arc::new(FaultyStore::new(MemoryStore::new()))));
+    let key = c.create(metered_key()).await;
+    let id = key.key.id.clone();
+    let store = Arc::clone(c.manager.store());
+    // The take is held while the faults below are put in place (once it
+    // started, the rotation's own read is done).
+    store.inject(Op::LeaseCredits, Fault::Delay(Duration::from_secs(2)));
+    let leases = store.calls(Op::LeaseCredits);
+    let rotation = {
+        let (c, id) = (Arc::clone(&c), id.clone());
+        tokio::spawn(async move { c.manager.regenerate_pair(&sys(), &id).await })
+    };
+    while store.calls(Op::LeaseCredits) == leases {
+        tokio::task::yield_now().await;
+    }
+    store.heal_op(Op::LeaseCredits);
+    store.inject(Op::Insert, Fault::LostReply);
+    store.fail(Op::Get);
+    assert!(
+        rotation.await.unwrap().is_err(),
+        "the rotation reports failure"
+    );
+    store.heal();
+    // The orphan successor (whose token nobody saw) holds the balance; the
+    // old key's take stays stranded in its `leased`, never given back.
+    let records = c.all_records().await;
+    assert_eq!(records.len(), 2, "the insert landed");
+    let old = c.credits(&id).await;
+    assert_eq!((old.remaining, old.leased), (0, 1_000));
+    assert_eq!(balances(&c).await, (1_000, 2_000), "spendable once");
+    // Later checks with the old key find nothing to spend.
+    let live = Environment::new("live").unwrap();
+    let push = registry().get("package:push").unwrap();
+    let denial = c
+        .manager
+        .verify(key.token.expose_secret(), &VerifyRequest::new(&live, push))
+        .await
+        .unwrap_err();
+    assert_eq!(denial.reason, DenialReason::UsageExhausted);
+}
+
+/// F7: a balance above `Credits::MAX`, set through the public fields or
+/// read from JSON, is refused naming `credits.remaining`, and nothing stored.
+#[tokio::test]
+async fn balances_above_the_maximum_are_refused() {
+    let c = memory();
+    let huge = Credits {
+        remaining: u64::MAX,
+        ..Credits::new(0).unwrap()
+    };
+    let too_large = |r: Result<_, KeywardError>| match r {
+        Err(KeywardError::Usage(UsageError::CreditsTooLarge {
+            field: "credits.remaining",
+            ..
+        })) => {}
+        other => panic!("expected CreditsTooLarge for credits.remaining, got {other:?}"),
+    };
+    too_large(
+        c.manager
+            .create(&sys(), push_key().credits(huge.clone()))
+            .await
+            .map(|_| ()),
+    );
+    let import = keyward::manager::ImportKey::scoped(
+        "K7x2Lq9",
+        OWNER,
+        "live",
+        "old CI key",
+        sha256_hex("old-secret"),
+    )
+    .permissions(PermissionGrant::only(["package:push"]))
+    .credits(huge.clone());
+    too_large(c.manager.import(&sys(), import).await.map(|_| ()));
+    assert!(c.all_records().await.is_empty());
+    let key = c.create(push_key()).await;
+    let edit = KeyEdit {
+        credits: Some(Some(huge)),
+        ..KeyEdit::default()
+    };
+    too_large(c.manager.edit(&sys(), &key.key.id, edit).await.map(|_| ()));
+    assert_eq!(c.record(&key.key.id).await.usage.credits, None);
+    let json = r#"{"remaining":18446744073709551615}"#;
+    let e = serde_json::from_str::<Credits>(json).unwrap_err();
+    assert!(e.to_string().contains("credits.remaining"), "{e}");
 }

@@ -1,6 +1,7 @@
 //! Creating keys: [`KeyManager::create`] and the insert it shares with
 //! regeneration and rotation.
 
+use super::credits::new_key_usage;
 use super::inputs::{CreatedKey, NewKey, checked_external_id, checked_metadata, started_usage};
 use super::{KeyManager, insert_with_fresh_ids, read_back};
 use crate::audit::AuditAction;
@@ -23,10 +24,15 @@ impl<S: KeyStore> KeyManager<S> {
     ///
     /// Rate limits ([`NewKey::rate_limits`]) must be declared by the policy
     /// ([`Policy::with_rate_limits`](crate::Policy::with_rate_limits)). A
-    /// starting balance ([`NewKey::credits`]) is usage given, so it also
-    /// needs [`ManagementAction::Usage`] (the application itself only, by
-    /// default): a publisher's administrator creates unmetered keys, or
-    /// the application creates metered ones.
+    /// key given no usage controls gets the policy's default
+    /// ([`Policy::with_default_usage`](crate::Policy::with_default_usage)),
+    /// if it has one. Usage controls looser than the default (without a
+    /// default: any starting balance, [`NewKey::credits`]) are usage given,
+    /// so they also need [`ManagementAction::Usage`] (the application
+    /// itself only, by default): a publisher's administrator creates keys
+    /// at most as free as the default, the application any. A balance
+    /// above [`Credits::MAX`](crate::usage::Credits::MAX) is
+    /// [`KeywardError::Usage`] naming `credits.remaining`.
     pub async fn create(&self, actor: &Actor, new: NewKey) -> Result<CreatedKey, KeywardError> {
         crate::trace::manage_span(actor.id(), ManagementAction::Create, None, async move {
             let policy = &self.shared.policy;
@@ -41,11 +47,11 @@ impl<S: KeyStore> KeyManager<S> {
             let ip_allowlist = IpAllowlist::parse(&new.ip_allowlist)?;
             let external_id = checked_external_id(new.external_id.as_deref())?;
             let metadata = checked_metadata(new.metadata)?;
-            self.shared
-                .policy
-                .check_rate_limits(&new.usage.rate_limits)?;
-            if new.usage.credits.is_some() {
-                // A balance is usage given: the application's to give.
+            // No usage controls given: the policy's default. Looser than
+            // the default (a balance, without one) is usage given: the
+            // application's to give.
+            let (usage, looser) = new_key_usage(policy, new.usage)?;
+            if looser {
                 self.allow(actor, ManagementAction::Usage, &owner, None)
                     .await?;
             }
@@ -65,7 +71,7 @@ impl<S: KeyStore> KeyManager<S> {
                 ip_allowlist,
                 external_id,
                 metadata,
-                usage: started_usage(new.usage, now),
+                usage: started_usage(usage, now),
                 created_at: now,
                 expires_at: expiry.expires_at(now),
                 revoked_at: None,

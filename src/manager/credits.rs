@@ -12,7 +12,7 @@ use crate::key::KeyRecord;
 use crate::manager::KeywardError;
 use crate::policy::{Actor, ManagementAction, Policy};
 use crate::store::KeyStore;
-use crate::usage::{CreditChange, Credits, RateLimits, Refill};
+use crate::usage::{CreditChange, Credits, RateLimits, Refill, UsageControls};
 
 impl<S: KeyStore> KeyManager<S> {
     /// The key's credits as the store holds them now (`None`: the key is
@@ -184,6 +184,7 @@ pub(super) fn edit_usage(
             (Some(_), None) => widens = true,
             (None, Some(new)) => {
                 // Turning metering on gives a balance.
+                new.check()?;
                 widens = true;
                 record.usage.credits = Some(Credits {
                     leased: 0,
@@ -213,8 +214,28 @@ fn refill_narrows(new: Option<&Refill>, old: Option<&Refill>) -> bool {
     match (new, old) {
         (None, _) => true,
         (Some(_), None) => false,
-        (Some(n), Some(o)) => n.interval() == o.interval() && n.amount() <= o.amount(),
+        (Some(n), Some(o)) => n.narrows(o),
     }
+}
+
+/// A new key's usage controls (create, import): the policy's default
+/// ([`Policy::with_default_usage`]) when none are given; with whether they
+/// are looser than the default, which needs [`ManagementAction::Usage`].
+/// A balance above [`Credits::MAX`] is refused, naming `credits.remaining`.
+pub(super) fn new_key_usage(
+    policy: &Policy,
+    usage: UsageControls,
+) -> Result<(UsageControls, bool), KeywardError> {
+    policy.check_rate_limits(&usage.rate_limits)?;
+    if let Some(c) = &usage.credits {
+        c.check()?;
+    }
+    let usage = match policy.default_usage() {
+        Some(default) if usage.is_empty() => default.clone(),
+        _ => usage,
+    };
+    let looser = !policy.usage_within_default(&usage);
+    Ok((usage, looser))
 }
 
 /// The usage fields an edit changed, for the audit trail.

@@ -1,5 +1,6 @@
 //! Bringing keys over from another system: [`KeyManager::import`].
 
+use super::credits::new_key_usage;
 use super::inputs::{ImportKey, checked_external_id, checked_metadata, started_usage};
 use super::{KeyManager, read_back};
 use crate::audit::AuditAction;
@@ -29,7 +30,8 @@ impl<S: KeyStore> KeyManager<S> {
     /// or revoke keys, before migrating more). The id must never have been
     /// used in this store (a deleted key's id included):
     /// [`KeywardError::IdTaken`]. Usage controls as in
-    /// [`KeyManager::create`]: a balance also needs
+    /// [`KeyManager::create`]: none given, the policy's default; looser
+    /// than the default (without one: a balance) also needs
     /// [`ManagementAction::Usage`]. A refusal stores nothing.
     pub async fn import(&self, actor: &Actor, key: ImportKey) -> Result<KeyView, KeywardError> {
         crate::trace::manage_span(actor.id(), ManagementAction::Import, None, async move {
@@ -58,11 +60,11 @@ impl<S: KeyStore> KeyManager<S> {
             let ip_allowlist = IpAllowlist::parse(&key.ip_allowlist)?;
             let external_id = checked_external_id(key.external_id.as_deref())?;
             let metadata = checked_metadata(key.metadata)?;
-            self.shared
-                .policy
-                .check_rate_limits(&key.usage.rate_limits)?;
-            if key.usage.credits.is_some() {
-                // A balance is usage given: the application's to give.
+            // No usage controls given: the policy's default. Looser than
+            // the default (a balance, without one) is usage given: the
+            // application's to give.
+            let (usage, looser) = new_key_usage(policy, key.usage)?;
+            if looser {
                 self.allow(actor, ManagementAction::Usage, &owner, None)
                     .await?;
             }
@@ -77,7 +79,7 @@ impl<S: KeyStore> KeyManager<S> {
                 ip_allowlist,
                 external_id,
                 metadata,
-                usage: started_usage(key.usage, now),
+                usage: started_usage(usage, now),
                 created_at: key.created_at.unwrap_or(now),
                 expires_at,
                 revoked_at: None,

@@ -60,7 +60,9 @@ macro_rules! policy_setters {
         /// its starting balance and refill. A refill's first period is the one
         /// the key is created in (no refill at once). Giving a balance needs
         /// [`ManagementAction::Usage`](crate::policy::ManagementAction::Usage)
-        /// (the application itself only, by default).
+        /// (the application itself only, by default), unless it is no looser
+        /// than the policy's default
+        /// ([`Policy::with_default_usage`](crate::Policy::with_default_usage)).
         pub fn credits(mut self, credits: Credits) -> Self {
             self.usage.credits = Some(Credits {
                 leased: 0,

@@ -8,6 +8,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 
 use super::credits::{changed_usage, edit_usage};
 use super::inputs::{CreatedKey, KeyEdit, RotatedKey, checked_external_id, checked_metadata};
+use super::successor::UndoRotation;
 use super::{KeyManager, MAX_WINDOW_DAYS, MIN_ROTATION_GRACE};
 use crate::audit::AuditAction;
 use crate::ids::KeyId;
@@ -18,7 +19,6 @@ use crate::policy::PolicyError;
 use crate::policy::{Actor, IpAllowlist, ManagementAction};
 use crate::store::{KeyStore, ListQuery, QuotaCheck};
 use crate::usage::UsageControls;
-use crate::verify::Shared;
 
 /// Which fields an edit changed, for the audit trail.
 fn changed_fields(old: &KeyRecord, new: &KeyRecord) -> String {
@@ -379,8 +379,14 @@ impl<S: KeyStore> KeyManager<S> {
     /// taken in one atomic lease (a refill due is applied first, so the
     /// period is not refilled twice), the successor is inserted with it,
     /// and the take is then settled as spent; if the insert or the retiring
-    /// fails (or the call is cancelled), the balance is given back to the
-    /// old key. The old key keeps no refill, and during its grace period
+    /// fails (or the call is cancelled), the successor is deleted and the
+    /// balance given back to the old key, only once the successor is read
+    /// back as gone: the balance is never in two keys. (A cancelled insert
+    /// could still land, so its id is first taken by a revoked placeholder
+    /// deleted at once: a deleted id is never inserted again.) When that
+    /// cannot be known (the store does not answer), the balance stays in
+    /// the old key's `leased`, stranded rather than doubled (an orphan
+    /// successor keeps it; its token was never returned). The old key keeps no refill, and during its grace period
     /// spends only what verifiers had already leased from it: later checks
     /// with it are denied as `DenialReason::UsageExhausted`.
     pub async fn rotate(
@@ -426,12 +432,7 @@ impl<S: KeyStore> KeyManager<S> {
             // (by `undo`, or below) if the successor is not kept.
             let balance = self.take_balance(&old, now).await?;
             let moved = balance.as_ref().map_or(0, |c| c.remaining);
-            let mut undo = UndoRotation {
-                shared: Some(Arc::clone(&self.shared)),
-                successor: None,
-                old: old.id.clone(),
-                moved,
-            };
+            let mut undo = UndoRotation::new(Arc::clone(&self.shared), old.id.clone(), moved);
             let successor = KeyRecord {
                 id: KeyId::generate(),
                 usage: UsageControls {
@@ -453,19 +454,11 @@ impl<S: KeyStore> KeyManager<S> {
                 QuotaCheck::new(q.saturating_add(1), now)
                     .idle_expiry(self.shared.policy.idle_expiry())
             });
-            let (token, successor) = match self.insert_new(successor, quota).await {
-                Ok(inserted) => inserted,
-                Err(e) => {
-                    // Disarmed first: a drop during the give-back strands
-                    // the balance rather than giving it back twice.
-                    undo.shared = None;
-                    self.give_back(&old.id, moved).await;
-                    return Err(e);
-                }
-            };
             // Until the old key is retired, dropping this future deletes the
-            // successor (whose token nobody would ever see).
-            undo.successor = Some(successor.id.clone());
+            // successor (whose token nobody would ever see) before the
+            // balance goes back; the guard knows the successor's id before
+            // its insert is sent.
+            let (token, successor) = self.insert_successor(successor, quota, &mut undo).await?;
             let mut retired = old.clone();
             let end = later(grace);
             retired.expires_at = Some(old.expires_at.map_or(end, |e| e.min(end)));
@@ -476,13 +469,14 @@ impl<S: KeyStore> KeyManager<S> {
             let retired = match self.save(retired).await {
                 Ok(r) => r,
                 Err(e) => {
-                    // Undo: nothing half-done. The guard stays armed until the
-                    // delete returned, so a drop during it still deletes. If
-                    // even that fails, the successor stays unusable: its token
-                    // is never returned.
-                    let _ = self.shared.store.delete(&successor.id).await;
+                    // Undo: nothing half-done. The successor is deleted and
+                    // read back before the balance goes back; if that
+                    // cannot be confirmed, the balance stays stranded in the
+                    // old key's `leased` (the successor's token is never
+                    // returned). Disarmed first: a drop during the undo
+                    // strands rather than gives back twice.
                     undo.shared = None;
-                    self.give_back(&old.id, moved).await;
+                    self.abandon_successor(&successor, &old.id, moved).await;
                     return Err(e);
                 }
             };
@@ -648,51 +642,5 @@ impl<S: KeyStore> KeyManager<S> {
             Ok(())
         })
         .await
-    }
-}
-
-impl<S: KeyStore> KeyManager<S> {
-    /// Gives a rotation's taken balance back to the old key (the
-    /// successor was not kept).
-    async fn give_back(&self, old: &KeyId, moved: u64) {
-        if moved > 0 {
-            // Failing, the credits stay in the old key's `leased`: stranded,
-            // never created twice.
-            let _ = self.shared.store.settle_credits(old, moved, 0).await;
-        }
-    }
-}
-
-/// Undoes a rotation dropped before it retired the old key (see
-/// [`KeyManager::rotate`]): deletes the successor, if inserted, and gives
-/// the taken balance back to the old key. Disarmed by taking `shared`.
-struct UndoRotation<S: KeyStore> {
-    shared: Option<Arc<Shared<S>>>,
-    successor: Option<KeyId>,
-    old: KeyId,
-    moved: u64,
-}
-
-impl<S: KeyStore> Drop for UndoRotation<S> {
-    fn drop(&mut self) {
-        let Some(shared) = self.shared.take() else {
-            return;
-        };
-        let successor = self.successor.take();
-        let old = self.old.clone();
-        let moved = self.moved;
-        // Without a runtime there is nothing to run the undo on; the
-        // successor's token was never returned, so it can never be used,
-        // and the balance stays in the old key's `leased` (stranded).
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                if let Some(id) = successor {
-                    let _ = shared.store.delete(&id).await;
-                }
-                if moved > 0 {
-                    let _ = shared.store.settle_credits(&old, moved, 0).await;
-                }
-            });
-        }
     }
 }

@@ -32,6 +32,7 @@ mod leaks;
 mod lifecycle;
 mod operations;
 mod sessions;
+mod successor;
 
 pub use builder::{BuildError, KeyManagerBuilder};
 pub use error::KeywardError;

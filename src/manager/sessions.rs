@@ -278,6 +278,17 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
     ///
     /// Denials before the session is found carry no key id; later ones
     /// carry the key's id.
+    ///
+    /// A session spends its key's usage controls: what `req` spends
+    /// ([`VerifyRequest::spend`], [`VerifyRequest::credits`]; 1 credit on a
+    /// metered key by default) is charged to the key as
+    /// [`Verifier::verify`](crate::Verifier::verify) charges it, once the
+    /// check passed (a refused check spends nothing), with the same
+    /// denials ([`DenialReason::RateLimited`],
+    /// [`DenialReason::UsageExhausted`]). The exchange itself
+    /// ([`KeyManager::exchange`]) spends nothing; checking a session with
+    /// [`KeyManager::authenticate_session`] spends nothing either (as
+    /// [`Verifier::authenticate`](crate::Verifier::authenticate)).
     pub async fn verify_session(
         &self,
         token: &str,
@@ -288,6 +299,16 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
             let result = self
                 .check_session(token, req.environment, |key, now| key.check(req, rule, now))
                 .await;
+            let result = match result {
+                Ok(session) => {
+                    let VerifiedSession { key, session_id } = session;
+                    self.verifier()
+                        .charge(key, &req.spending, req.client_ip)
+                        .await
+                        .map(|key| VerifiedSession { key, session_id })
+                }
+                Err(denial) => Err(denial),
+            };
             session_traced(&result);
             result
         })

@@ -1,5 +1,6 @@
 //! Policy: permissions, resource scope, expiry, IP allowlist, quota, edit rules.
 
+mod default_usage;
 mod edit;
 mod error;
 mod expiry;
@@ -21,7 +22,7 @@ pub use permissions::{
 };
 pub use resources::{CompiledScope, ResourceRef, ResourceRule, ResourceScope};
 
-use crate::usage::{LimitName, RateLimits, UsageError};
+use crate::usage::{LimitName, RateLimits, UsageControls, UsageError};
 
 /// Everything the application decides about its keys, built once at startup.
 ///
@@ -47,12 +48,13 @@ pub struct Policy {
     quota: Option<u32>,
     idle_expiry: Option<chrono::TimeDelta>,
     rate_limit_names: Vec<LimitName>,
+    default_usage: Option<UsageControls>,
 }
 
 impl Policy {
     /// A policy with these permissions, the default resource rule, the
     /// default expiry policy (1/90/180/270/365 days, default 365), no quota,
-    /// and no widening edits.
+    /// no widening edits, and no default usage controls.
     pub fn new(permissions: PermissionRegistry) -> Self {
         Self {
             permissions,
@@ -62,6 +64,7 @@ impl Policy {
             quota: None,
             idle_expiry: None,
             rate_limit_names: Vec::new(),
+            default_usage: None,
         }
     }
 

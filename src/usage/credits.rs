@@ -21,7 +21,13 @@ use super::error::UsageError;
 /// assert_eq!(credits.remaining, 10_000);
 /// assert!(Credits::new(Credits::MAX + 1).is_err()); // names `credits.remaining`
 /// ```
+///
+/// Amounts are at most [`Credits::MAX`]: a deserialized balance above it is
+/// refused (naming `credits.remaining` or `credits.leased`), and
+/// [`KeyManager::create`](crate::KeyManager::create), `import` and `edit`
+/// refuse one set through the public fields ([`Credits::check`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "CreditsForm")]
 pub struct Credits {
     /// Credits left in the store.
     pub remaining: u64,
@@ -35,6 +41,32 @@ pub struct Credits {
     /// (set at creation, so a new key is not refilled at once).
     #[serde(default)]
     pub refilled_for: Option<DateTime<Utc>>,
+}
+
+/// [`Credits`] as read, before its amounts are checked.
+#[derive(Deserialize)]
+struct CreditsForm {
+    remaining: u64,
+    #[serde(default)]
+    leased: u64,
+    #[serde(default)]
+    refill: Option<Refill>,
+    #[serde(default)]
+    refilled_for: Option<DateTime<Utc>>,
+}
+
+impl TryFrom<CreditsForm> for Credits {
+    type Error = UsageError;
+    fn try_from(f: CreditsForm) -> Result<Self, UsageError> {
+        let credits = Credits {
+            remaining: f.remaining,
+            leased: f.leased,
+            refill: f.refill,
+            refilled_for: f.refilled_for,
+        };
+        credits.check()?;
+        Ok(credits)
+    }
 }
 
 impl Credits {
@@ -51,6 +83,22 @@ impl Credits {
             refill: None,
             refilled_for: None,
         })
+    }
+
+    /// Checks the amounts (the fields are public): `remaining` and
+    /// `leased` at most [`Credits::MAX`], else
+    /// [`UsageError::CreditsTooLarge`] naming `credits.remaining` or
+    /// `credits.leased`.
+    ///
+    /// ```
+    /// use keyward::usage::Credits;
+    /// let huge = Credits { remaining: u64::MAX, ..Credits::new(0).unwrap() };
+    /// assert!(huge.check().is_err());
+    /// assert!(Credits::new(5).unwrap().check().is_ok());
+    /// ```
+    pub fn check(&self) -> Result<(), UsageError> {
+        check_amount("credits.remaining", self.remaining)?;
+        check_amount("credits.leased", self.leased)
     }
 
     /// With `refill`.
@@ -156,6 +204,20 @@ impl Refill {
             }
         }
         Ok(Self { amount, interval })
+    }
+
+    /// Whether this refill is no more generous than `other`: the same
+    /// interval with at most its amount (another interval counts as more).
+    ///
+    /// ```
+    /// use keyward::usage::Refill;
+    /// let daily = |n| Refill::daily(n).unwrap();
+    /// assert!(daily(4).narrows(&daily(5)));
+    /// assert!(!daily(6).narrows(&daily(5)));
+    /// assert!(!Refill::monthly(1, 5).unwrap().narrows(&daily(5)));
+    /// ```
+    pub fn narrows(&self, other: &Refill) -> bool {
+        self.interval == other.interval && self.amount <= other.amount
     }
 
     /// The balance a refill sets.
@@ -309,6 +371,21 @@ mod tests {
                 value: -5
             })
         );
+        let huge = r#"{"remaining":18446744073709551615}"#;
+        let e = serde_json::from_str::<Credits>(huge)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("credits.remaining"), "{e}");
+        let leased = format!(r#"{{"remaining":1,"leased":{}}}"#, Credits::MAX + 1);
+        let e = serde_json::from_str::<Credits>(&leased)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("credits.leased"), "{e}");
+        let ok = Credits::new(Credits::MAX)
+            .unwrap()
+            .with_refill(Refill::daily(3).unwrap());
+        let json = serde_json::to_string(&ok).unwrap();
+        assert_eq!(serde_json::from_str::<Credits>(&json).unwrap(), ok);
         let bad = r#"{"amount":5,"every":"month","day":31}"#;
         assert!(serde_json::from_str::<Refill>(bad).is_err());
         let good = Refill::monthly(3, 5).unwrap();

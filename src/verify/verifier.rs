@@ -428,8 +428,8 @@ impl<S: KeyStore> Verifier<S> {
 
     /// Spends `spending` for a key that already passed its checks (the axum
     /// layer authenticates, authorizes, then spends), with the same rules
-    /// and denials as [`Verifier::verify`].
-    #[cfg(feature = "axum")]
+    /// and denials as [`Verifier::verify`]; so does
+    /// [`KeyManager::verify_session`](crate::KeyManager::verify_session).
     pub(crate) async fn charge(
         &self,
         key: VerifiedKey,
