@@ -233,7 +233,12 @@ impl<S: KeyStore> KeywardLayer<S> {
             match &req.resource_param {
                 None => caller.authorize_at(req.permission, None, now)?,
                 Some(param) => {
-                    let name = resource_name(parts, param)?;
+                    let params = path_params(parts)?;
+                    let name = params
+                        .iter()
+                        .find(|(k, _)| *k == &**param)
+                        .map(|(_, v)| v)
+                        .ok_or_else(KeywardRejection::misconfigured)?;
                     // `resource_param` refuses to build a guard without a
                     // resolver; should one ever run without, it denies.
                     let Some(resolve) = &config.resource_owner else {
@@ -242,16 +247,16 @@ impl<S: KeyStore> KeywardLayer<S> {
                             &config.ctx.policy,
                         ));
                     };
-                    let mut owner = resolve(name.clone());
+                    let mut owner = resolve(name.to_owned());
                     match poll_now(owner.as_mut()) {
                         Poll::Ready(owner) => {
-                            authorize_resource(&caller, req.permission, &name, owner, now)?
+                            authorize_resource(&caller, req.permission, name, owner, now)?
                         }
                         Poll::Pending => {
                             return Ok(Err(Pending::Owner {
                                 caller,
                                 permission: req.permission,
-                                name,
+                                name: name.to_owned(),
                                 owner,
                             }));
                         }
@@ -472,19 +477,15 @@ impl<S: KeyStore + SessionStore> KeywardLayer<S> {
     }
 }
 
-/// The value of the path parameter `param` (a missing one is a 500: the
-/// layer was not added with `Router::route_layer`, or the name is wrong).
-fn resource_name(parts: &mut Parts, param: &str) -> Result<String, KeywardRejection> {
+/// The route's path parameters (missing ones are a 500: the layer was not
+/// added with `Router::route_layer`).
+fn path_params(parts: &mut Parts) -> Result<RawPathParams, KeywardRejection> {
     // Ready at once: axum put the parameters in the extensions.
     let params = std::pin::pin!(RawPathParams::from_request_parts(parts, &()));
-    let Poll::Ready(Ok(params)) = poll_now(params) else {
-        return Err(KeywardRejection::misconfigured());
-    };
-    params
-        .iter()
-        .find(|(k, _)| *k == param)
-        .map(|(_, v)| v.to_owned())
-        .ok_or_else(KeywardRejection::misconfigured)
+    match poll_now(params) {
+        Poll::Ready(Ok(params)) => Ok(params),
+        _ => Err(KeywardRejection::misconfigured()),
+    }
 }
 
 /// Checks `permission` on the resource `name`, owned by `owner` (`None`:
