@@ -127,6 +127,7 @@
 mod caller;
 mod credential;
 mod forwarded;
+mod future;
 mod layer;
 #[cfg(feature = "leak-reports")]
 mod leaks;
@@ -141,6 +142,7 @@ pub use credential::{
     CredentialSource, MAX_CREDENTIAL_HEADER_LEN, RequestCredential, read_credential,
 };
 pub use forwarded::ProxyHeaders;
+pub use future::ResponseFuture;
 pub use layer::{KeywardLayer, LayerError, WARNING_HEADER};
 #[cfg(feature = "leak-reports")]
 #[cfg_attr(docsrs, doc(cfg(all(feature = "axum", feature = "leak-reports"))))]

@@ -47,13 +47,38 @@ pub(crate) async fn verify_span<F: std::future::Future>(kind: &'static str, fut:
     #[cfg(feature = "tracing")]
     {
         use tracing::Instrument;
-        fut.instrument(tracing::debug_span!(target: "keyward::verify", "keyward.verify", kind))
-            .await
+        let span = tracing::debug_span!(target: "keyward::verify", "keyward.verify", kind);
+        // No subscriber wants the span: no `Instrumented` wrapper to enter
+        // and leave on every poll.
+        if span.is_disabled() {
+            return fut.await;
+        }
+        fut.instrument(span).await
     }
     #[cfg(not(feature = "tracing"))]
     {
         let _ = kind;
         fut.await
+    }
+}
+
+/// [`verify_span`] for a check that ends without waiting (the axum
+/// layer's cached path): runs `f` inside the span when one is wanted.
+#[cfg(feature = "axum")]
+#[inline]
+pub(crate) fn in_verify_span<R>(kind: &'static str, f: impl FnOnce() -> R) -> R {
+    #[cfg(feature = "tracing")]
+    {
+        let span = tracing::debug_span!(target: "keyward::verify", "keyward.verify", kind);
+        if span.is_disabled() {
+            return f();
+        }
+        span.in_scope(f)
+    }
+    #[cfg(not(feature = "tracing"))]
+    {
+        let _ = kind;
+        f()
     }
 }
 

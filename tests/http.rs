@@ -1725,3 +1725,216 @@ async fn with_sessions_over_a_manager_without_sessions_has_none() {
     assert!(!KeywardLayer::with_sessions(manager.clone(), live.clone()).has_sessions());
     assert!(!KeywardLayer::new(manager.verifier(), live).has_sessions());
 }
+
+/// A router served without `into_make_service_with_connect_info` gives the
+/// layer no client address, so the per-source failure limit could not
+/// apply: the layer fails closed (500, reason `no_client_address`), for
+/// good and bad keys alike and for `exchange`, unless built
+/// `without_client_addresses`.
+#[tokio::test]
+async fn requests_without_a_client_address_are_refused_unless_opted_out() {
+    use tower::ServiceExt;
+    let manager = KeyManager::builder(MemoryStore::new(), format(), policy())
+        .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
+        .sessions(SessionConfig::new("mkhs"))
+        .build()
+        .unwrap();
+    let key = manager
+        .create(
+            &keyward::Actor::system("tests"),
+            NewKey::new(OWNER, "live", "CI").permissions(PermissionGrant::only(["package:push"])),
+        )
+        .await
+        .unwrap();
+    let token = bearer(key.token.expose_secret());
+    let live = Environment::new("live").unwrap();
+    let strict = KeywardLayer::with_sessions(manager.clone(), live.clone());
+    let lax = strict.clone().without_client_addresses();
+    let app = |auth: KeywardLayer<MemoryStore>| {
+        Router::new()
+            .route("/me", get(me))
+            .route_layer(auth.clone())
+            .route("/session", post(session_exchange))
+            .with_state(auth)
+    };
+    let send = |app: Router, path: &str, token: Option<&str>, peer: Option<SocketAddr>| {
+        let mut req =
+            ::axum::http::Request::builder().method(if path == "/me" { "GET" } else { "POST" });
+        req = req.uri(path);
+        if let Some(t) = token {
+            req = req.header("authorization", t);
+        }
+        let mut req = req.body(::axum::body::Body::empty()).unwrap();
+        if let Some(peer) = peer {
+            req.extensions_mut()
+                .insert(::axum::extract::ConnectInfo(peer));
+        }
+        async move {
+            let r = app.oneshot(req).await.unwrap();
+            let status = r.status();
+            let bytes = ::axum::body::to_bytes(r.into_body(), 1 << 16)
+                .await
+                .unwrap();
+            let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            (status.as_u16(), json)
+        }
+    };
+    let peer: SocketAddr = "192.0.2.7:40000".parse().unwrap();
+    for path in ["/me", "/session"] {
+        // Fail closed: no address, no check (a good key as a bad one).
+        for t in [
+            token.as_str(),
+            "Bearer mkh_live_00000000000000000000000000000000",
+        ] {
+            let (status, json) = send(app(strict.clone()), path, Some(t), None).await;
+            assert_eq!(status, 500, "{path}: {json}");
+            assert_eq!(json["error"], "server_error");
+            let message = json["message"].as_str().unwrap();
+            assert!(
+                message.contains("into_make_service_with_connect_info"),
+                "{message}"
+            );
+            assert!(message.contains("without_client_addresses"), "{message}");
+        }
+        // With the peer's address: served.
+        let (status, _) = send(app(strict.clone()), path, Some(&token), Some(peer)).await;
+        assert_eq!(status, 200, "{path}");
+        // Opted out: served without an address.
+        let (status, _) = send(app(lax.clone()), path, Some(&token), None).await;
+        assert_eq!(status, 200, "{path}");
+    }
+    // The handler sees which address was used (none when opted out).
+    let (_, json) = send(app(strict.clone()), "/me", Some(&token), Some(peer)).await;
+    assert_eq!(json["ip"], "192.0.2.7");
+    let (_, json) = send(app(lax), "/me", Some(&token), None).await;
+    assert_eq!(json["ip"], serde_json::Value::Null);
+    // No credential at all: still the plain 401, not the 500.
+    let (status, _) = send(app(strict), "/me", None, None).await;
+    assert_eq!(status, 401);
+}
+
+async fn session_exchange(State(auth): State<KeywardLayer<MemoryStore>>, req: Request) -> Response {
+    let (parts, _) = req.into_parts();
+    match auth.exchange(&parts, None).await {
+        Ok(_) => StatusCode::OK.into_response(),
+        Err(rejection) => rejection.into_response(),
+    }
+}
+
+/// The layer finishes a check without waiting when it can (a cached key,
+/// a resolver that answers at once); a resolver that waits moves the rest
+/// of the check to the request's task, with the same answers: the caller's
+/// own and new packages pass, another owner's is 403, on the first
+/// (cold) request of a key and on the cached ones after it.
+#[tokio::test]
+async fn a_resource_owner_resolver_that_waits_guards_the_same() {
+    use tower::ServiceExt;
+    let manager = KeyManager::builder(MemoryStore::new(), format(), policy())
+        .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
+        .build()
+        .unwrap();
+    let key = manager
+        .create(
+            &keyward::Actor::system("tests"),
+            NewKey::new(OWNER, "live", "CI")
+                .permissions(PermissionGrant::All)
+                .resources(ResourceScope::only(["*"])),
+        )
+        .await
+        .unwrap();
+    let token = bearer(key.token.expose_secret());
+    let push = registry().get("package:push").unwrap();
+    let auth = KeywardLayer::new(manager.verifier(), Environment::new("live").unwrap())
+        .resource_owner(|name: String| async move {
+            // Answers only after yielding to the runtime once.
+            tokio::task::yield_now().await;
+            if name.starts_with("Fabrikam.") {
+                Some("fabrikam".to_owned())
+            } else {
+                (name == "Contoso.Tools").then(|| OWNER.to_owned())
+            }
+        });
+    let app = Router::new()
+        .route("/packages/{name}/versions", post(ok))
+        .route_layer(auth.require(push).resource_param("name").unwrap());
+    let peer: SocketAddr = "192.0.2.7:40000".parse().unwrap();
+    let send = |name: &str| {
+        let mut req = ::axum::http::Request::post(format!("/packages/{name}/versions"))
+            .header("authorization", &token)
+            .body(::axum::body::Body::empty())
+            .unwrap();
+        req.extensions_mut()
+            .insert(::axum::extract::ConnectInfo(peer));
+        let app = app.clone();
+        async move { app.oneshot(req).await.unwrap().status().as_u16() }
+    };
+    for _ in 0..2 {
+        assert_eq!(send("Fabrikam.Lib").await, 403);
+        assert_eq!(send("Contoso.Tools").await, 200);
+        assert_eq!(send("Brand.New").await, 200);
+    }
+}
+
+/// With the `tracing` feature and a subscriber that wants it, a check
+/// through the layer runs inside a `keyward.verify` span whether it had
+/// to wait (the first, cold request) or ended at once (the cached ones).
+#[cfg(feature = "tracing")]
+#[tokio::test]
+async fn the_layers_checks_are_traced_cold_and_cached() {
+    use std::io::Write;
+    use std::sync::Mutex;
+    use tower::ServiceExt;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'a self) -> Captured {
+            self.clone()
+        }
+    }
+    let logs = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let manager = KeyManager::builder(MemoryStore::new(), format(), policy())
+        .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
+        .build()
+        .unwrap();
+    let key = manager
+        .create(
+            &keyward::Actor::system("tests"),
+            NewKey::new(OWNER, "live", "CI").permissions(PermissionGrant::only(["package:push"])),
+        )
+        .await
+        .unwrap();
+    let auth = KeywardLayer::new(manager.verifier(), Environment::new("live").unwrap())
+        .without_client_addresses();
+    let app = Router::new().route("/me", get(me)).route_layer(auth);
+    for _ in 0..3 {
+        let req = ::axum::http::Request::get("/me")
+            .header("authorization", bearer(key.token.expose_secret()))
+            .body(::axum::body::Body::empty())
+            .unwrap();
+        assert_eq!(app.clone().oneshot(req).await.unwrap().status(), 200);
+    }
+    let traced = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let granted_in_span = traced
+        .lines()
+        .filter(|l| l.contains("keyward.verify{kind=\"key\"}") && l.contains("outcome=\"granted\""))
+        .count();
+    assert_eq!(granted_in_span, 3, "{traced}");
+}

@@ -45,7 +45,9 @@ fn fixture() -> Fixture {
     .clock(ManualClock::new("2026-01-01T00:00:00Z".parse().unwrap()))
     .build()
     .unwrap();
+    // Served in-process (oneshot): no client address.
     let auth = KeywardLayer::new(manager.verifier(), Environment::new("live").unwrap())
+        .without_client_addresses()
         .rate_limit_headers(true);
     let app = Router::new()
         .route(
@@ -168,7 +170,8 @@ async fn a_session_spends_its_keys_credits() {
     .build()
     .unwrap();
     let live = Environment::new("live").unwrap();
-    let auth = KeywardLayer::with_sessions(manager.clone(), live.clone());
+    let auth =
+        KeywardLayer::with_sessions(manager.clone(), live.clone()).without_client_addresses();
     let app = Router::new().route("/search", get(ok).route_layer(auth.require(search)));
     let created = manager
         .create(

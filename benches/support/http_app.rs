@@ -35,7 +35,8 @@ const CIDRS: [&str; 4] = [
     "2001:db8::/32",
     "203.0.113.0/24",
 ];
-const OWNER: &str = "publisher-000042";
+/// The key's owner (and of every resource, as the resolver says).
+pub const OWNER: &str = "publisher-000042";
 
 async fn ok() -> &'static str {
     "ok"
@@ -53,6 +54,12 @@ pub struct Setup {
     pub token: String,
     /// A client address inside the key's allowlist.
     pub client: SocketAddr,
+    /// The layer's verifier, for the check alone (read by `benches/http.rs`).
+    #[allow(dead_code)]
+    pub verifier: Verifier<Arc<MemoryStore>>,
+    /// The permission the protected routes require (likewise).
+    #[allow(dead_code)]
+    pub push: Permission,
 }
 
 /// Builds the router with one key (insecure argon2 parameters: the key is
@@ -105,6 +112,8 @@ pub fn setup(rt: &tokio::runtime::Runtime) -> Setup {
         router,
         token: created.token.expose_secret().to_owned(),
         client: "127.0.0.1:51234".parse().expect("addr"),
+        verifier: manager.verifier(),
+        push,
     }
 }
 

@@ -68,6 +68,53 @@ impl fmt::Debug for RequestCredential {
     }
 }
 
+/// A credential as read by the layer: borrowed from the header when it is
+/// the token as sent (nothing to copy or zeroize), owned and zeroized on
+/// drop when it was decoded (Basic). [`read_credential`] copies it into a
+/// [`RequestCredential`].
+pub(super) struct HeaderCredential<'a> {
+    token: TokenText<'a>,
+    pair_id: Option<String>,
+    source: CredentialSource,
+}
+
+/// The token of a [`HeaderCredential`].
+enum TokenText<'a> {
+    /// As sent, in the request's header.
+    Header(&'a str),
+    /// Decoded from the header (Basic): a copy, zeroized on drop.
+    Decoded(Zeroizing<String>),
+}
+
+impl HeaderCredential<'_> {
+    /// The token, or the secret of a foreign pair.
+    pub(super) fn expose_secret(&self) -> &str {
+        match &self.token {
+            TokenText::Header(t) => t,
+            TokenText::Decoded(t) => t,
+        }
+    }
+    /// For a Basic pair whose secret is not in the token format: the key id.
+    pub(super) fn pair_key_id(&self) -> Option<&str> {
+        self.pair_id.as_deref()
+    }
+    /// Which header and scheme it came from.
+    pub(super) fn source(&self) -> CredentialSource {
+        self.source
+    }
+    fn into_owned(self) -> RequestCredential {
+        let token = match self.token {
+            TokenText::Header(t) => Zeroizing::new(t.to_owned()),
+            TokenText::Decoded(t) => t,
+        };
+        RequestCredential {
+            token,
+            pair_id: self.pair_id,
+            source: self.source,
+        }
+    }
+}
+
 /// Reads the credential from request headers exactly as [`KeywardLayer`](super::KeywardLayer)
 /// does, without checking it against any store: `Authorization` (Bearer, or
 /// Basic `key_id:secret` rebuilt into a token of `format` in `environment`),
@@ -106,6 +153,17 @@ pub fn read_credential(
     format: &TokenFormat,
     environment: &Environment,
 ) -> Result<RequestCredential, KeywardRejection> {
+    read_header_credential(headers, api_key_header, format, environment)
+        .map(HeaderCredential::into_owned)
+}
+
+/// [`read_credential`] without copying a token sent as is.
+pub(super) fn read_header_credential<'a>(
+    headers: &'a HeaderMap,
+    api_key_header: Option<&HeaderName>,
+    format: &TokenFormat,
+    environment: &Environment,
+) -> Result<HeaderCredential<'a>, KeywardRejection> {
     let mut auth = headers.get_all(AUTHORIZATION).iter();
     if let Some(value) = auth.next() {
         if auth.next().is_some() {
@@ -124,8 +182,8 @@ pub fn read_credential(
             if token.is_empty() {
                 return Err(KeywardRejection::malformed("the API key header is empty"));
             }
-            return Ok(RequestCredential {
-                token: Zeroizing::new(token.to_owned()),
+            return Ok(HeaderCredential {
+                token: TokenText::Header(token),
                 pair_id: None,
                 source: CredentialSource::ApiKeyHeader,
             });
@@ -136,12 +194,12 @@ pub fn read_credential(
 
 /// Reads an Authorization value: Bearer, Basic, or, when `raw` (the
 /// application named Authorization as its API-key header), a bare token.
-fn parse_authorization(
-    value: &HeaderValue,
+fn parse_authorization<'a>(
+    value: &'a HeaderValue,
     raw: bool,
     format: &TokenFormat,
     environment: &Environment,
-) -> Result<RequestCredential, KeywardRejection> {
+) -> Result<HeaderCredential<'a>, KeywardRejection> {
     let text = header_text(value)?.trim();
     if text.is_empty() {
         return Err(KeywardRejection::malformed(
@@ -156,8 +214,8 @@ fn parse_authorization(
                 "the Bearer credential is empty",
             ));
         }
-        return Ok(RequestCredential {
-            token: Zeroizing::new(rest.to_owned()),
+        return Ok(HeaderCredential {
+            token: TokenText::Header(rest),
             pair_id: None,
             source: CredentialSource::Bearer,
         });
@@ -175,8 +233,8 @@ fn parse_authorization(
             KeywardRejection::malformed("the Basic credential is not key_id:secret")
         })?;
         if let Ok(token) = format.from_pair(environment, id, secret) {
-            return Ok(RequestCredential {
-                token: Zeroizing::new(token.expose_secret().to_owned()),
+            return Ok(HeaderCredential {
+                token: TokenText::Decoded(Zeroizing::new(token.expose_secret().to_owned())),
                 pair_id: None,
                 source: CredentialSource::Basic,
             });
@@ -194,16 +252,16 @@ fn parse_authorization(
                 "the Basic credential is not a valid key_id:secret pair",
             ));
         }
-        return Ok(RequestCredential {
-            token: Zeroizing::new(secret.to_owned()),
+        return Ok(HeaderCredential {
+            token: TokenText::Decoded(Zeroizing::new(secret.to_owned())),
             pair_id: Some(id.to_owned()),
             source: CredentialSource::Basic,
         });
     }
     if raw && rest.is_empty() {
         // One word that is no scheme: the token itself (cargo's form).
-        return Ok(RequestCredential {
-            token: Zeroizing::new(text.to_owned()),
+        return Ok(HeaderCredential {
+            token: TokenText::Header(text),
             pair_id: None,
             source: CredentialSource::RawAuthorization,
         });

@@ -21,7 +21,7 @@ use crate::verify::{Spending, Verifier};
 /// The default response header that warns about a key expiring soon (like
 /// NuGet's `X-NuGet-Warning`; see [`KeywardLayer::expiry_warning_header`]).
 pub const WARNING_HEADER: &str = "x-keyward-warning";
-type OwnerFuture = Pin<Box<dyn Future<Output = Option<String>> + Send>>;
+pub(super) type OwnerFuture = Pin<Box<dyn Future<Output = Option<String>> + Send>>;
 pub(super) type OwnerResolver = Arc<dyn Fn(String) -> OwnerFuture + Send + Sync>;
 
 pub(super) struct Config<S> {
@@ -39,6 +39,9 @@ pub(super) struct Config<S> {
     pub(super) allow_anonymous: bool,
     /// Whether successful responses carry the `RateLimit` header fields.
     pub(super) rate_limit_headers: bool,
+    /// Set by [`KeywardLayer::without_client_addresses`]: a request
+    /// without `ConnectInfo` is checked with no address instead of refused.
+    pub(super) no_client_addresses: bool,
 }
 
 #[derive(Clone)]
@@ -202,6 +205,7 @@ impl<S> KeywardLayer<S> {
                 resource_owner: None,
                 allow_anonymous: false,
                 rate_limit_headers: false,
+                no_client_addresses: false,
             }),
             requirement: None,
             spending: Spending::default(),
@@ -225,6 +229,7 @@ impl<S> KeywardLayer<S> {
                 resource_owner: c.resource_owner.clone(),
                 allow_anonymous: c.allow_anonymous,
                 rate_limit_headers: c.rate_limit_headers,
+                no_client_addresses: c.no_client_addresses,
             });
         }
         match Arc::get_mut(&mut self.config) {
@@ -379,6 +384,41 @@ impl<S> KeywardLayer<S> {
     /// ```
     pub fn allow_anonymous(mut self) -> Self {
         self.config_mut().allow_anonymous = true;
+        self
+    }
+
+    /// Checks requests that carry no client address
+    /// ([`ConnectInfo<SocketAddr>`](::axum::extract::ConnectInfo)) with no
+    /// address, instead of refusing them. **This drops the per-source
+    /// failure limit**
+    /// ([`VerifierConfig::source_failure_burst`](crate::verify::VerifierConfig::source_failure_burst))
+    /// for those requests, and keys with an IP allowlist are refused.
+    ///
+    /// By default the layer fails closed: a request without `ConnectInfo`
+    /// (the server was not started with
+    /// `into_make_service_with_connect_info::<SocketAddr>()`) that sends a
+    /// credential is answered 500 `server_error` (reason
+    /// `no_client_address`), and so is [`exchange`](Self::exchange). Opt
+    /// out only where no address can be had (in-process calls, tests), or
+    /// where another layer limits failures per source.
+    ///
+    /// ```
+    /// # use keyward::{Environment, KeyManager, MemoryStore, PermissionRegistry, Policy, TokenFormat};
+    /// # let registry = PermissionRegistry::builder().permission("package:push").build().unwrap();
+    /// # let manager = KeyManager::builder(
+    /// #     MemoryStore::new(), TokenFormat::new("mkh", &["live"]).unwrap(), Policy::new(registry),
+    /// # ).build().unwrap();
+    /// use axum::{Router, routing::get};
+    /// use keyward::axum::KeywardLayer;
+    ///
+    /// // Served in-process (tower::ServiceExt::oneshot): no peer address.
+    /// let auth = KeywardLayer::new(manager.verifier(), Environment::new("live").unwrap())
+    ///     .without_client_addresses();
+    /// let app: Router = Router::new().route("/", get(|| async { "ok" })).route_layer(auth);
+    /// # let _ = app;
+    /// ```
+    pub fn without_client_addresses(mut self) -> Self {
+        self.config_mut().no_client_addresses = true;
         self
     }
 

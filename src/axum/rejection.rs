@@ -140,6 +140,22 @@ impl KeywardRejection {
         )
     }
 
+    /// The request carries no client address (no `ConnectInfo`), and the
+    /// layer was not told to go without ([`KeywardLayer::without_client_addresses`](super::KeywardLayer::without_client_addresses)).
+    pub(super) fn no_client_address() -> Self {
+        let mut r = Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "keyward is misconfigured on this server: requests carry no client address, so failures \
+             could not be limited per source (serve the router with \
+             into_make_service_with_connect_info::<SocketAddr>(), or opt out with \
+             KeywardLayer::without_client_addresses)."
+                .into(),
+        );
+        r.reason = Some("no_client_address");
+        r
+    }
+
     pub(super) fn owner_unknown(permission: Permission, policy: &Policy) -> Self {
         let scope = policy.permissions().name(permission);
         Self::new(

@@ -2,9 +2,7 @@
 //! exchanges keys for sessions.
 
 use std::fmt;
-use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -17,15 +15,16 @@ use chrono::{DateTime, TimeDelta, Utc};
 use tower::{Layer, Service};
 
 use super::caller::Caller;
-use super::credential::{CredentialSource, RequestCredential, read_credential};
+use super::credential::{CredentialSource, HeaderCredential, read_header_credential};
 use super::forwarded;
-use super::layer::KeywardLayer;
+use super::future::{Extra, ResponseFuture, poll_now};
+use super::layer::{KeywardLayer, OwnerFuture};
 use super::rejection::KeywardRejection;
-use crate::policy::ResourceRef;
+use crate::policy::{Permission, ResourceRef};
 use crate::session::IssuedSession;
 use crate::store::KeyStore;
 use crate::store::SessionStore;
-use crate::verify::SessionError;
+use crate::verify::{Denial, SessionError};
 
 impl<S, I> Layer<I> for KeywardLayer<S> {
     type Service = RequireKey<S, I>;
@@ -69,51 +68,72 @@ where
 {
     type Response = Response;
     type Error = I::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, I::Error>> + Send>>;
+    type Future = ResponseFuture<I::Future, I::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        let (mut parts, body) = req.into_parts();
+        // One clock read per request, for the key's check, the route's
+        // and the expiry warning (a check that waits reads its own).
+        let now = self.layer.config.ctx.clock.now();
+        // The usual case (a cached key, a resolver that answers at once,
+        // nothing to lease) ends here, without a boxed future.
+        let pending = match self.layer.check_now(&mut parts, now) {
+            Ok(Ok(caller)) => {
+                let extra = self.layer.extra_headers(&caller, now);
+                parts.extensions.insert(caller);
+                let fut = self.inner.call(Request::from_parts(parts, body));
+                return ResponseFuture::inner(fut, extra);
+            }
+            Err(rejection) => {
+                if rejection.is_missing_credentials() && self.layer.anonymous_ok() {
+                    // No credential sent, and the route serves anonymous
+                    // callers: no Caller for the handler.
+                    let fut = self.inner.call(Request::from_parts(parts, body));
+                    return ResponseFuture::inner(fut, Extra::default());
+                }
+                let realm = &self.layer.config.ctx.realm;
+                return ResponseFuture::ready(rejection.in_realm(realm).into_response());
+            }
+            Ok(Err(pending)) => pending,
+        };
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let layer = self.layer.clone();
-        Box::pin(async move {
-            let (mut parts, body) = req.into_parts();
-            // One clock read per request, for the route's check and the
-            // expiry warning (the verifier reads its own).
-            let now = layer.config.ctx.clock.now();
-            let caller = match layer.check(&mut parts, now).await {
+        ResponseFuture::slow(Box::pin(async move {
+            let caller = match layer.finish(&mut parts, now, pending).await {
                 Ok(caller) => caller,
-                Err(rejection) if rejection.is_missing_credentials() && layer.anonymous_ok() => {
-                    // No credential sent, and the route serves anonymous
-                    // callers: no Caller for the handler.
-                    return inner.call(Request::from_parts(parts, body)).await;
-                }
                 Err(rejection) => {
                     let realm = &layer.config.ctx.realm;
                     return Ok(rejection.in_realm(realm).into_response());
                 }
             };
-            let warning = layer.expiry_warning(&caller, now);
-            let rate = if layer.config.rate_limit_headers {
-                caller.key.rate_limit()
-            } else {
-                None
-            };
+            let mut extra = layer.extra_headers(&caller, now);
             parts.extensions.insert(caller);
             let mut response = inner.call(Request::from_parts(parts, body)).await?;
-            if let Some(value) = warning {
-                let name = layer.config.warning_header.clone();
-                response.headers_mut().insert(name, value);
-            }
-            if let Some(status) = rate {
-                super::rate_headers::insert(response.headers_mut(), &status);
-            }
+            extra.apply(&mut response);
             Ok(response)
-        })
+        }))
     }
+}
+
+/// What is left of a check that could not end without waiting.
+enum Pending {
+    /// Nothing was decided (a session token, or a key the cache cannot
+    /// prove): the whole check, awaited.
+    Check,
+    /// The key is proven; the owner of the resource is being resolved.
+    Owner {
+        caller: Caller,
+        permission: Permission,
+        name: String,
+        owner: OwnerFuture,
+    },
+    /// Proven and authorized: its usage controls are to be spent.
+    Charge { caller: Caller },
 }
 
 impl<S: KeyStore> KeywardLayer<S> {
@@ -123,9 +143,13 @@ impl<S: KeyStore> KeywardLayer<S> {
         self.config.allow_anonymous && self.requirement.is_none()
     }
 
-    /// Reads the credential: Authorization (Bearer or Basic), then the API-key header.
-    fn credential(&self, headers: &HeaderMap) -> Result<RequestCredential, KeywardRejection> {
-        read_credential(
+    /// Reads the credential: Authorization (Bearer or Basic), then the
+    /// API-key header; a token sent as is stays borrowed from the header.
+    fn credential<'h>(
+        &self,
+        headers: &'h HeaderMap,
+    ) -> Result<HeaderCredential<'h>, KeywardRejection> {
+        read_header_credential(
             headers,
             self.config.api_key_header.as_ref(),
             &self.config.verifier.shared.format,
@@ -135,63 +159,85 @@ impl<S: KeyStore> KeywardLayer<S> {
 
     /// The client's address: the peer, or, behind trusted proxies, what
     /// the headers of [`ProxyHeaders`](forwarded::ProxyHeaders) say (see
-    /// [`forwarded::client_ip`]).
-    fn client_ip(&self, parts: &Parts) -> Option<IpAddr> {
-        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>()?.0.ip();
+    /// [`forwarded::client_ip`]). Without `ConnectInfo` the request is
+    /// refused (fail closed: no per-source failure limit could apply),
+    /// unless the layer was built
+    /// [`without_client_addresses`](KeywardLayer::without_client_addresses).
+    fn client_ip(&self, parts: &Parts) -> Result<Option<IpAddr>, KeywardRejection> {
+        let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() else {
+            return if self.config.no_client_addresses {
+                Ok(None)
+            } else {
+                Err(KeywardRejection::no_client_address())
+            };
+        };
         let trusted = &self.config.trusted_proxies;
-        forwarded::client_ip(peer, &parts.headers, self.config.proxy_headers, |ip| {
-            trusted.iter().any(|n| n.contains(&ip))
-        })
+        Ok(forwarded::client_ip(
+            peer.ip(),
+            &parts.headers,
+            self.config.proxy_headers,
+            |ip| trusted.iter().any(|n| n.contains(&ip)),
+        ))
     }
 
-    /// Authenticates (and authorizes, when the route requires it) a request.
-    async fn check(
+    /// Authenticates and authorizes a request as far as it can without
+    /// waiting: `Ok(Err(pending))` says what is left for
+    /// [`finish`](Self::finish).
+    fn check_now(
         &self,
         parts: &mut Parts,
         now: DateTime<Utc>,
-    ) -> Result<Caller, KeywardRejection> {
-        let credential = self.credential(&parts.headers)?;
-        let client_ip = self.client_ip(parts);
+    ) -> Result<Result<Caller, Pending>, KeywardRejection> {
         let config = &*self.config;
-        let env = &config.ctx.environment;
-        let t = credential.expose_secret();
-        // A Basic pair is always a key; a bare token may be a session token.
-        let basic = credential.source() == CredentialSource::Basic;
-        let sessions = config.sessions.as_deref();
-        let session_auth = sessions.filter(|s| !basic && s.is_session_token(t));
-        let (key, session) = if let Some(sessions) = session_auth {
-            let s = sessions
-                .authenticate(t, env, client_ip)
-                .await
-                .map_err(|d| KeywardRejection::denied(&d, &config.ctx.policy, None))?;
-            let id = s.session_id().clone();
-            (s.into_key(), Some(id))
-        } else {
-            let verifier = &config.verifier;
-            let key = match credential.pair_key_id() {
-                Some(id) => verifier.authenticate_pair(id, t, env, client_ip).await,
-                None => verifier.authenticate(t, env, client_ip).await,
+        let (key, client_ip) = {
+            let credential = self.credential(&parts.headers)?;
+            let client_ip = self.client_ip(parts)?;
+            let t = credential.expose_secret();
+            // A Basic pair is always a key; a bare token may be a session token.
+            let basic = credential.source() == CredentialSource::Basic;
+            if let Some(sessions) = config.sessions.as_deref() {
+                if !basic && sessions.is_session_token(t) {
+                    return Ok(Err(Pending::Check));
+                }
             }
-            .map_err(|d| KeywardRejection::denied(&d, &config.ctx.policy, None))?;
-            (key, None)
+            let env = &config.ctx.environment;
+            let pair = credential.pair_key_id();
+            match config
+                .verifier
+                .authenticate_cached(pair, t, env, client_ip, now)
+            {
+                // Not in the cache: the cold path, awaited.
+                None => return Ok(Err(Pending::Check)),
+                Some(checked) => (checked.map_err(|d| self.denied(&d))?, client_ip),
+            }
         };
-        let mut caller = Caller {
+        let caller = Caller {
             key,
-            session,
+            session: None,
             client_ip,
             ctx: Arc::clone(&config.ctx),
         };
+        self.authorize_now(caller, parts, now)
+    }
+
+    /// Authorizes a proven caller for this route (its permission, and the
+    /// resource in the path), as far as it can without waiting.
+    fn authorize_now(
+        &self,
+        caller: Caller,
+        parts: &mut Parts,
+        now: DateTime<Utc>,
+    ) -> Result<Result<Caller, Pending>, KeywardRejection> {
+        let config = &*self.config;
         if let Some(req) = &self.requirement {
             match &req.resource_param {
                 None => caller.authorize_at(req.permission, None, now)?,
                 Some(param) => {
-                    let params = RawPathParams::from_request_parts(parts, &())
-                        .await
-                        .map_err(|_| KeywardRejection::misconfigured())?;
+                    let params = path_params(parts)?;
                     let name = params
                         .iter()
                         .find(|(k, _)| *k == &**param)
-                        .map(|(_, v)| v.to_owned())
+                        .map(|(_, v)| v)
                         .ok_or_else(KeywardRejection::misconfigured)?;
                     // `resource_param` refuses to build a guard without a
                     // resolver; should one ever run without, it denies.
@@ -201,22 +247,142 @@ impl<S: KeyStore> KeywardLayer<S> {
                             &config.ctx.policy,
                         ));
                     };
-                    let owner = resolve(name.clone())
-                        .await
-                        .unwrap_or_else(|| caller.owner().as_str().to_owned());
-                    let resource = Some(ResourceRef::new(&owner, &name));
-                    caller.authorize_at(req.permission, resource, now)?;
+                    let mut owner = resolve(name.to_owned());
+                    match poll_now(owner.as_mut()) {
+                        Poll::Ready(owner) => {
+                            authorize_resource(&caller, req.permission, name, owner, now)?
+                        }
+                        Poll::Pending => {
+                            return Ok(Err(Pending::Owner {
+                                caller,
+                                permission: req.permission,
+                                name: name.to_owned(),
+                                owner,
+                            }));
+                        }
+                    }
                 }
             }
         }
         // Usage controls are spent last, once the key may do this: a
         // refused request spends nothing. A session spends its key's.
-        caller.key = config
+        if config.verifier.charges(&caller.key, &self.spending) {
+            return Ok(Err(Pending::Charge { caller }));
+        }
+        Ok(Ok(caller))
+    }
+
+    /// The rest of a check that had to wait.
+    async fn finish(
+        &self,
+        parts: &mut Parts,
+        now: DateTime<Utc>,
+        mut pending: Pending,
+    ) -> Result<Caller, KeywardRejection> {
+        loop {
+            pending = match pending {
+                Pending::Check => {
+                    let caller = self.authenticate(parts).await?;
+                    match self.authorize_now(caller, parts, now)? {
+                        Ok(caller) => return Ok(caller),
+                        Err(Pending::Check) => return Err(KeywardRejection::unavailable()),
+                        Err(rest) => rest,
+                    }
+                }
+                Pending::Owner {
+                    caller,
+                    permission,
+                    name,
+                    owner,
+                } => {
+                    let owner = owner.await;
+                    authorize_resource(&caller, permission, &name, owner, now)?;
+                    if !self.config.verifier.charges(&caller.key, &self.spending) {
+                        return Ok(caller);
+                    }
+                    Pending::Charge { caller }
+                }
+                Pending::Charge { caller } => return self.charge(caller).await,
+            };
+        }
+    }
+
+    /// Authenticates a request, waiting as needed (a session token, a key
+    /// the cache cannot prove).
+    async fn authenticate(&self, parts: &Parts) -> Result<Caller, KeywardRejection> {
+        let credential = self.credential(&parts.headers)?;
+        let client_ip = self.client_ip(parts)?;
+        let config = &*self.config;
+        let env = &config.ctx.environment;
+        let t = credential.expose_secret();
+        let basic = credential.source() == CredentialSource::Basic;
+        let sessions = config.sessions.as_deref();
+        let session_auth = sessions.filter(|s| !basic && s.is_session_token(t));
+        let (key, session) = if let Some(sessions) = session_auth {
+            let s = sessions
+                .authenticate(t, env, client_ip)
+                .await
+                .map_err(|d| self.denied(&d))?;
+            let id = s.session_id().clone();
+            (s.into_key(), Some(id))
+        } else {
+            let verifier = &config.verifier;
+            let key = match credential.pair_key_id() {
+                Some(id) => verifier.authenticate_pair(id, t, env, client_ip).await,
+                None => verifier.authenticate(t, env, client_ip).await,
+            }
+            .map_err(|d| self.denied(&d))?;
+            (key, None)
+        };
+        Ok(Caller {
+            key,
+            session,
+            client_ip,
+            ctx: Arc::clone(&config.ctx),
+        })
+    }
+
+    /// Spends this route's usage controls for an authorized caller.
+    async fn charge(&self, caller: Caller) -> Result<Caller, KeywardRejection> {
+        let Caller {
+            key,
+            session,
+            client_ip,
+            ctx,
+        } = caller;
+        let key = self
+            .config
             .verifier
-            .charge(caller.key.clone(), &self.spending, client_ip)
+            .charge(key, &self.spending, client_ip)
             .await
-            .map_err(|d| KeywardRejection::denied(&d, &config.ctx.policy, None))?;
-        Ok(caller)
+            .map_err(|d| self.denied(&d))?;
+        Ok(Caller {
+            key,
+            session,
+            client_ip,
+            ctx,
+        })
+    }
+
+    /// A denial of the verifier as the layer's refusal.
+    fn denied(&self, denial: &Denial) -> KeywardRejection {
+        KeywardRejection::denied(denial, &self.config.ctx.policy, None)
+    }
+
+    /// The headers a successful response gets: the expiry warning and, when
+    /// asked for, the `RateLimit` fields.
+    fn extra_headers(&self, caller: &Caller, now: DateTime<Utc>) -> Extra {
+        let config = &*self.config;
+        Extra {
+            warning: self
+                .expiry_warning(caller, now)
+                .map(|value| (config.warning_header.clone(), value)),
+            rate: if config.rate_limit_headers {
+                caller.key.rate_limit()
+            } else {
+                None
+            },
+        }
     }
 
     fn expiry_warning(&self, caller: &Caller, now: DateTime<Utc>) -> Option<HeaderValue> {
@@ -258,7 +424,7 @@ impl<S: KeyStore + SessionStore> KeywardLayer<S> {
         let credential = self
             .credential(&parts.headers)
             .map_err(|r| r.in_realm(realm))?;
-        let client_ip = self.client_ip(parts);
+        let client_ip = self.client_ip(parts).map_err(|r| r.in_realm(realm))?;
         let token = credential.expose_secret();
         let policy = &self.config.ctx.policy;
         let environment = &self.config.ctx.environment;
@@ -309,4 +475,29 @@ impl<S: KeyStore + SessionStore> KeywardLayer<S> {
         })
         .map_err(|r| r.in_realm(realm))
     }
+}
+
+/// The route's path parameters (missing ones are a 500: the layer was not
+/// added with `Router::route_layer`).
+fn path_params(parts: &mut Parts) -> Result<RawPathParams, KeywardRejection> {
+    // Ready at once: axum put the parameters in the extensions.
+    let params = std::pin::pin!(RawPathParams::from_request_parts(parts, &()));
+    match poll_now(params) {
+        Poll::Ready(Ok(params)) => Ok(params),
+        _ => Err(KeywardRejection::misconfigured()),
+    }
+}
+
+/// Checks `permission` on the resource `name`, owned by `owner` (`None`:
+/// nobody holds it yet, so it would be the caller's own).
+fn authorize_resource(
+    caller: &Caller,
+    permission: Permission,
+    name: &str,
+    owner: Option<String>,
+    now: DateTime<Utc>,
+) -> Result<(), KeywardRejection> {
+    let owner = owner.unwrap_or_else(|| caller.owner().as_str().to_owned());
+    let resource = Some(ResourceRef::new(&owner, name));
+    caller.authorize_at(permission, resource, now)
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::cache::{Cached, Lookup};
+use super::cache::{Cached, Lookup, Proof};
 use super::cold::ColdDenial;
 use super::compiled::{CompiledKey, VerifiedKey};
 use super::denial::{Denial, DenialReason};
@@ -283,16 +283,7 @@ impl<S: KeyStore> Verifier<S> {
     ) -> Result<VerifiedKey, Denial> {
         let shared = &*self.shared;
         let mut now = shared.clock.now();
-        let fingerprint = || shared.fingerprinter.fingerprint(secret.as_bytes());
-        let proof = match shared.cache.lookup_proof(id, environment, fingerprint, now) {
-            Lookup::Hit(Cached::Live(key)) => Ok(key),
-            Lookup::Hit(Cached::Dead(reason, owner)) => {
-                return Err(self.deny_owned(Some(id), owner, reason, None, client_ip));
-            }
-            Lookup::Stale(proof) => Err(Some(proof)),
-            Lookup::Miss => Err(None),
-        };
-        let key = match proof {
+        let key = match self.cached_proof(id, secret, environment, client_ip, now)? {
             Ok(key) => key,
             // Boxed: the cold path's state (store read, argon2 queue) is
             // kilobytes, and inline it would make every check's future,
@@ -324,15 +315,7 @@ impl<S: KeyStore> Verifier<S> {
                 }
             }
         };
-        if let Err(reason) = check(&key, now) {
-            return Err(self.deny_owned(
-                Some(id),
-                Some(key.owner.clone()),
-                reason,
-                None,
-                client_ip,
-            ));
-        }
+        self.judge(&key, id, client_ip, now, check)?;
         let mut seen = UsageSeen::default();
         if let Some(spending) = spending {
             if key.metering.is_some() || spending.has_limits() {
@@ -355,6 +338,109 @@ impl<S: KeyStore> Verifier<S> {
         }
         self.used(&key, client_ip, now);
         Ok(VerifiedKey::from_compiled(key, now).with_usage(seen))
+    }
+
+    /// The cache's answer for `id` and `secret`, without waiting and
+    /// without side effects unless it decides: `Ok(Ok(key))` proven,
+    /// `Ok(Err(proof))` the cold path must prove it (a stale proof, or
+    /// none), `Err` a cached refusal (recorded as a failure).
+    #[inline]
+    fn cached_proof(
+        &self,
+        id: &str,
+        secret: &str,
+        environment: &Environment,
+        client_ip: Option<IpAddr>,
+        now: DateTime<Utc>,
+    ) -> Result<Result<Arc<CompiledKey>, Option<Proof>>, Denial> {
+        let shared = &*self.shared;
+        let fingerprint = || shared.fingerprinter.fingerprint(secret.as_bytes());
+        match shared.cache.lookup_proof(id, environment, fingerprint, now) {
+            Lookup::Hit(Cached::Live(key)) => Ok(Ok(key)),
+            Lookup::Hit(Cached::Dead(reason, owner)) => {
+                Err(self.deny_owned(Some(id), owner, reason, None, client_ip))
+            }
+            Lookup::Stale(proof) => Ok(Err(Some(proof))),
+            Lookup::Miss => Ok(Err(None)),
+        }
+    }
+
+    /// Runs `check` on a proven key; a refusal is recorded.
+    #[inline]
+    fn judge(
+        &self,
+        key: &CompiledKey,
+        id: &str,
+        client_ip: Option<IpAddr>,
+        now: DateTime<Utc>,
+        check: impl FnOnce(&CompiledKey, DateTime<Utc>) -> Result<(), DenialReason>,
+    ) -> Result<(), Denial> {
+        check(key, now).map_err(|reason| {
+            self.deny_owned(Some(id), Some(key.owner.clone()), reason, None, client_ip)
+        })
+    }
+
+    /// [`Verifier::authenticate`] (`pair_id: None`) or
+    /// [`Verifier::authenticate_pair`] when the answer needs no waiting: a
+    /// malformed credential, a cached refusal, or a cached key (then judged
+    /// and its use recorded, as the async check does). `None`, having
+    /// recorded nothing: the key must be proven by the cold path; call the
+    /// async method. `now` is the caller's clock read (the layer reads it
+    /// once per request).
+    #[cfg(feature = "axum")]
+    pub(crate) fn authenticate_cached(
+        &self,
+        pair_id: Option<&str>,
+        secret: &str,
+        environment: &Environment,
+        client_ip: Option<IpAddr>,
+        now: DateTime<Utc>,
+    ) -> Option<Result<VerifiedKey, Denial>> {
+        let kind = if pair_id.is_some() { "pair" } else { "key" };
+        crate::trace::in_verify_span(kind, || {
+            let parsed;
+            let (id, secret) = match pair_id {
+                Some(id) => {
+                    if let Err(d) = self.check_pair_input(id, secret, client_ip) {
+                        return Some(Err(d));
+                    }
+                    (id, secret)
+                }
+                None => {
+                    parsed = match self.shared.format.parse(secret) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            let reason = DenialReason::Malformed(e);
+                            return Some(Err(self.deny(None, reason, None, client_ip)));
+                        }
+                    };
+                    let id = parsed.key_id();
+                    if parsed.environment() != environment.as_str() {
+                        let reason = DenialReason::WrongEnvironment;
+                        return Some(Err(self.deny(Some(id), reason, None, client_ip)));
+                    }
+                    (id, parsed.expose_secret())
+                }
+            };
+            let key = match self.cached_proof(id, secret, environment, client_ip, now) {
+                Ok(Ok(key)) => key,
+                Ok(Err(_)) => return None,
+                Err(d) => return Some(Err(d)),
+            };
+            let check = |key: &CompiledKey, now| key.check_access(client_ip, now);
+            if let Err(d) = self.judge(&key, id, client_ip, now, check) {
+                return Some(Err(d));
+            }
+            self.used(&key, client_ip, now);
+            Some(Ok(VerifiedKey::from_compiled(key, now)))
+        })
+    }
+
+    /// Whether [`Verifier::charge`] has anything to spend for `key`: a
+    /// metered key, or a route that spends rate limits.
+    #[cfg(feature = "axum")]
+    pub(crate) fn charges(&self, key: &VerifiedKey, spending: &Spending<'_>) -> bool {
+        key.metering.is_some() || spending.has_limits()
     }
 
     /// Spends what `spending` asks of a proven key that passed its policy
