@@ -83,7 +83,10 @@ pub struct VerifierConfig {
     /// store has left), up to this. **Stranded bound:** a server that
     /// crashes strands at most its unspent block per key, so at most this
     /// many credits per key and crashed server stay `leased` in the store
-    /// and are never spent; a graceful shutdown awaits
+    /// and are never spent (except a crash in the middle of one check that
+    /// costs more than a block: then up to that check's cost, or, while a
+    /// denied oversized grant is being given back, up to that grant;
+    /// `docs/DESIGN.md` gives the cases); a graceful shutdown awaits
     /// [`Verifier::release_usage`](crate::Verifier::release_usage) and
     /// strands none.
     pub max_credit_block: u64,

@@ -581,9 +581,10 @@ impl<S: KeyStore> Verifier<S> {
     /// Gives every unspent credit and rate-limit token this process leased
     /// back to the store, and settles the credits it spent. Await it at
     /// graceful shutdown (after the server stopped taking requests): a
-    /// process that ends without it strands at most its unspent block per
-    /// metered key ([`VerifierConfig::max_credit_block`](crate::verify::VerifierConfig::max_credit_block)),
-    /// which stays `leased` in the store. Checks after it lease again.
+    /// process that ends without it strands its unspent block per metered
+    /// key (at most [`VerifierConfig::max_credit_block`](crate::verify::VerifierConfig::max_credit_block)
+    /// but for the in-flight cases that field's doc names), which stays
+    /// `leased` in the store. Checks after it lease again.
     ///
     /// ```
     /// # use keyward::prelude::*;
