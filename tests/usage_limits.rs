@@ -3,19 +3,28 @@
 //! period, denials spend nothing, typed misuse, store failures deny, unspent
 //! credits go back, and the store round trips per 1,000 checks.
 
-mod usage_support;
-
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use keyward::chrono::{DateTime, TimeDelta, Utc};
 use keyward::prelude::*;
+use keyward::store::{FaultyStore, Op};
 use keyward::usage::{CreditChange, Credits, RateLimit, RateLimits, Refill, UsageError};
 use keyward::verify::{DenialKind, VerifierConfig};
-use usage_support::Counted;
 
-type Store = Counted<Arc<MemoryStore>>;
+type Store = Arc<FaultyStore<MemoryStore>>;
+
+/// The usage round trips (leases, settles, returns) `FaultyStore` counted.
+const USAGE_TRIPS: [Op; 4] = [
+    Op::LeaseCredits,
+    Op::SettleCredits,
+    Op::LeaseRate,
+    Op::ReturnRate,
+];
+
+fn usage_trips(store: &Store) -> u64 {
+    USAGE_TRIPS.iter().map(|op| store.calls(*op)).sum()
+}
 
 fn start() -> DateTime<Utc> {
     "2026-01-01T00:00:00Z".parse().expect("time")
@@ -37,7 +46,7 @@ fn fixture_with(config: VerifierConfig) -> Fixture {
     let policy = Policy::new(registry.clone())
         .with_rate_limits(["requests", "publish"])
         .expect("limits");
-    let store = Counted::new(Arc::new(MemoryStore::new()));
+    let store = Arc::new(FaultyStore::new(MemoryStore::new()));
     let clock = ManualClock::new(start());
     let manager = KeyManager::builder(
         store.clone(),
@@ -87,7 +96,7 @@ impl Fixture {
 
     async fn credits(&self, id: &KeyId) -> Credits {
         self.store
-            .inner
+            .inner()
             .get(id)
             .await
             .expect("get")
@@ -124,11 +133,11 @@ async fn a_burst_of_the_limit_then_one_per_interval_with_exact_retry_after() {
     assert_eq!((status.remaining, status.limit), (0, 10));
     assert_eq!(status.window, Duration::from_secs(1));
     // One microsecond early: still denied, with the store not asked again.
-    let trips = f.store.counts.lease_rate.load(Ordering::SeqCst);
+    let trips = f.store.calls(Op::LeaseRate);
     f.clock.advance(TimeDelta::microseconds(99_999));
     let early = v.verify(&token, &req).await.unwrap_err();
     assert_eq!(early.retry_after, Some(Duration::from_micros(1)));
-    assert_eq!(f.store.counts.lease_rate.load(Ordering::SeqCst), trips);
+    assert_eq!(f.store.calls(Op::LeaseRate), trips);
     // Then exactly one per interval.
     for _ in 0..5 {
         f.clock.advance(TimeDelta::microseconds(1));
@@ -169,7 +178,7 @@ async fn credits_are_spent_exactly_to_zero_then_usage_exhausted() {
     assert_eq!((c.remaining, c.leased), (0, 0));
     // Credits added by management are spendable after the short backoff.
     f.store
-        .inner
+        .inner()
         .change_credits(&id, CreditChange::Add(2))
         .await
         .unwrap();
@@ -350,14 +359,16 @@ async fn store_failures_while_leasing_deny() {
     let req = f.req().spend("requests", 1);
     v.verify(&token, &req).await.expect("proven and cached");
     v.verify(&limited, &req).await.expect("proven and cached");
-    f.store.fail.store(true, Ordering::SeqCst);
+    for op in USAGE_TRIPS {
+        f.store.fail(op);
+    }
     // The first blocks were one token each: the next check must lease.
     for t in [&token, &limited] {
         let d = v.verify(t, &req).await.unwrap_err();
         assert_eq!(d.reason, DenialReason::StoreUnavailable);
         assert_eq!(d.kind(), DenialKind::Unavailable);
     }
-    f.store.fail.store(false, Ordering::SeqCst);
+    f.store.heal();
     v.verify(&token, &req).await.expect("the store is back");
 }
 
@@ -423,12 +434,12 @@ async fn store_round_trips_per_thousand_checks() {
     let v = f.manager.verifier();
     let req = f.req().spend("requests", 1);
     v.verify(&token, &req).await.expect("proven");
-    let before = f.store.counts.usage_trips();
+    let before = usage_trips(&f.store);
     for _ in 0..1_000 {
         f.clock.advance(TimeDelta::microseconds(100));
         v.verify(&token, &req).await.expect("within limits");
     }
-    let trips = f.store.counts.usage_trips() - before;
+    let trips = usage_trips(&f.store) - before;
     println!("usage store round trips per 1,000 checks: {trips}");
     assert!(trips <= 20, "{trips} round trips per 1,000 checks");
 }
@@ -445,12 +456,12 @@ async fn an_edited_limit_applies_after_invalidation() {
     for _ in 0..3 {
         v.verify(&token, &req).await.unwrap();
     }
-    let mut record = f.store.inner.get(&id).await.unwrap().unwrap();
+    let mut record = f.store.inner().get(&id).await.unwrap().unwrap();
     let generation = record.generation;
     record.usage.rate_limits =
         RateLimits::new([RateLimit::new("requests", 2, Duration::from_secs(10)).unwrap()]).unwrap();
     record.generation += 1;
-    f.store.inner.update(&record, generation).await.unwrap();
+    f.store.inner().update(&record, generation).await.unwrap();
     v.invalidate(&id);
     let mut passed = 0;
     let denial = loop {
