@@ -62,23 +62,52 @@ pub(crate) async fn verify_span<F: std::future::Future>(kind: &'static str, fut:
     }
 }
 
-/// [`verify_span`] for a check that ends without waiting (the axum
-/// layer's cached path): runs `f` inside the span when one is wanted.
-#[cfg(feature = "axum")]
-#[inline]
-pub(crate) fn in_verify_span<R>(kind: &'static str, f: impl FnOnce() -> R) -> R {
+/// A `keyward.verify` span for a check whose first part runs without
+/// waiting ([`VerifySpan::in_scope`]) and whose rest, when it must wait,
+/// is a future ([`VerifySpan::instrument`]): one span for both, created
+/// only when a subscriber wants it. Without the `tracing` feature it is
+/// empty.
+pub(crate) struct VerifySpan {
     #[cfg(feature = "tracing")]
-    {
-        let span = tracing::debug_span!(target: "keyward::verify", "keyward.verify", kind);
-        if span.is_disabled() {
-            return f();
+    span: Option<tracing::Span>,
+}
+
+impl VerifySpan {
+    /// The span of a check of `kind` ("key", "pair").
+    #[inline]
+    pub(crate) fn new(kind: &'static str) -> Self {
+        #[cfg(feature = "tracing")]
+        {
+            let span = tracing::debug_span!(target: "keyward::verify", "keyward.verify", kind);
+            Self {
+                span: (!span.is_disabled()).then_some(span),
+            }
         }
-        span.in_scope(f)
+        #[cfg(not(feature = "tracing"))]
+        {
+            let _ = kind;
+            Self {}
+        }
     }
-    #[cfg(not(feature = "tracing"))]
-    {
-        let _ = kind;
+
+    /// Runs `f` inside the span.
+    #[inline]
+    pub(crate) fn in_scope<R>(&self, f: impl FnOnce() -> R) -> R {
+        #[cfg(feature = "tracing")]
+        if let Some(span) = &self.span {
+            return span.in_scope(f);
+        }
         f()
+    }
+
+    /// Runs `fut` inside the span.
+    pub(crate) async fn instrument<F: std::future::Future>(self, fut: F) -> F::Output {
+        #[cfg(feature = "tracing")]
+        if let Some(span) = self.span {
+            use tracing::Instrument;
+            return fut.instrument(span).await;
+        }
+        fut.await
     }
 }
 

@@ -1,7 +1,9 @@
 //! The verifier's hot path stays small: the future a check returns is what
-//! every cached hit builds and polls, so the cold path's state (store read,
-//! argon2 queue) lives behind a box instead of inside it (issue 14): about
-//! 3.7 KB before, under 1 KB since (debug build).
+//! every cached hit builds, moves and polls, so everything that can wait
+//! (the cold path's store read and argon2 queue, a usage lease) lives
+//! behind one box, and the part that never waits runs on the first poll
+//! (issue 14): 3.7 KB at first, about 1 KB with the cold path boxed, under
+//! 128 bytes since the whole waiting part is (debug build).
 
 use std::sync::Arc;
 
@@ -29,9 +31,9 @@ fn a_check_future_is_small() {
     let check = verifier.verify("mkh_live_x", &req);
     let size = std::mem::size_of_val(&check);
     eprintln!("verify future: {size} bytes");
-    assert!(size <= 1024, "verify future: {size} bytes");
+    assert!(size <= 128, "verify future: {size} bytes");
     let pair = verifier.verify_pair("abc", "secret", &req);
     let size = std::mem::size_of_val(&pair);
     eprintln!("verify_pair future: {size} bytes");
-    assert!(size <= 1024, "verify_pair future: {size} bytes");
+    assert!(size <= 128, "verify_pair future: {size} bytes");
 }

@@ -105,8 +105,10 @@ struct Entry {
     fingerprint: [u8; FINGERPRINT_LEN],
     /// The state, with the environment it was cached for.
     state: Stored,
-    /// When the entry was inserted (not when the check that made it began).
-    cached_at: DateTime<Utc>,
+    /// When the entry was inserted (not when the check that made it began),
+    /// in microseconds since the epoch: an integer compare on every hit
+    /// instead of `chrono` date arithmetic, and 8 bytes instead of 12.
+    cached_at: i64,
     /// The stored hash the fingerprint was proven against (`None` for
     /// sessions, whose secrets are checked by SHA-256 on every miss).
     proof: Option<HashDigest>,
@@ -196,7 +198,8 @@ impl std::ops::Deref for Shard {
 pub(crate) struct KeyCache {
     shards: Box<[Shard]>,
     per_shard: usize,
-    ttl: TimeDelta,
+    /// The TTL in microseconds (`i64::MAX` for one too long to count).
+    ttl_us: i64,
     epoch: AtomicU64,
     hasher: RandomState,
 }
@@ -208,7 +211,7 @@ impl KeyCache {
                 .map(|_| Shard(RwLock::new(HashMap::default())))
                 .collect(),
             per_shard: capacity.div_ceil(SHARDS).max(1),
-            ttl,
+            ttl_us: ttl.num_microseconds().unwrap_or(i64::MAX),
             epoch: AtomicU64::new(0),
             hasher: RandomState::default(),
         }
@@ -245,7 +248,9 @@ impl KeyCache {
     }
 
     fn is_fresh(&self, entry: &Entry, now: DateTime<Utc>) -> bool {
-        !entry.stale && now - entry.cached_at < self.ttl && now >= entry.cached_at
+        let now = now.timestamp_micros();
+        // A clock that went back is not fresh.
+        !entry.stale && now >= entry.cached_at && now.saturating_sub(entry.cached_at) < self.ttl_us
     }
 
     /// Like [`KeyCache::lookup`], and on an entry that is no longer fresh
@@ -357,7 +362,7 @@ impl KeyCache {
             Entry {
                 fingerprint,
                 state: Stored::new(state, environment),
-                cached_at: now,
+                cached_at: now.timestamp_micros(),
                 proof,
                 stale: false,
             },
@@ -438,11 +443,13 @@ const UNKNOWN_PER_SHARD: usize = 1024;
 /// repeats unknown ids does not reach the store each time. Bounded: at most
 /// `64 × 1024` ids; a full shard drops its expired entries, then an
 /// arbitrary one.
-type UnknownShard = RwLock<HashMap<KeyId, DateTime<Utc>, RandomState>>;
+/// When each id was found missing, in microseconds since the epoch.
+type UnknownShard = RwLock<HashMap<KeyId, i64, RandomState>>;
 
 pub(crate) struct UnknownIds {
     shards: Box<[UnknownShard]>,
-    ttl: TimeDelta,
+    /// The TTL in microseconds (`i64::MAX` for one too long to count).
+    ttl_us: i64,
     hasher: RandomState,
 }
 
@@ -452,7 +459,7 @@ impl UnknownIds {
             shards: (0..SHARDS)
                 .map(|_| RwLock::new(HashMap::default()))
                 .collect(),
-            ttl,
+            ttl_us: ttl.num_microseconds().unwrap_or(i64::MAX),
             hasher: RandomState::default(),
         }
     }
@@ -463,24 +470,24 @@ impl UnknownIds {
 
     /// Whether `id` was found missing less than the TTL ago.
     pub(crate) fn contains(&self, id: &str, now: DateTime<Utc>) -> bool {
-        if self.ttl <= TimeDelta::zero() {
+        if self.ttl_us <= 0 {
             return false;
         }
+        let now = now.timestamp_micros();
         let shard = self
             .shard(id)
             .read()
             .unwrap_or_else(PoisonError::into_inner);
-        shard
-            .get(id)
-            .is_some_and(|at| now >= *at && now - *at < self.ttl)
+        shard.get(id).is_some_and(|at| self.holds(*at, now))
     }
 
     /// Remembers that the store had no key `id` at `now`, unless an id was
     /// forgotten (a key created or imported) since `seen_epoch`.
     pub(crate) fn insert(&self, id: &KeyId, now: DateTime<Utc>, cache: &KeyCache, seen_epoch: u64) {
-        if self.ttl <= TimeDelta::zero() {
+        if self.ttl_us <= 0 {
             return;
         }
+        let now = now.timestamp_micros();
         let mut shard = self
             .shard(id.as_str())
             .write()
@@ -489,8 +496,7 @@ impl UnknownIds {
             return;
         }
         if shard.len() >= UNKNOWN_PER_SHARD && !shard.contains_key(id) {
-            let ttl = self.ttl;
-            shard.retain(|_, at| now >= *at && now - *at < ttl);
+            shard.retain(|_, at| self.holds(*at, now));
             if shard.len() >= UNKNOWN_PER_SHARD {
                 if let Some(victim) = shard.keys().next().cloned() {
                     shard.remove(&victim);
@@ -498,6 +504,12 @@ impl UnknownIds {
             }
         }
         shard.insert(id.clone(), now);
+    }
+
+    /// Whether an id found missing at `at` is still remembered at `now`
+    /// (a clock that went back forgets it).
+    fn holds(&self, at: i64, now: i64) -> bool {
+        now >= at && now.saturating_sub(at) < self.ttl_us
     }
 
     /// Forgets `id` (a key with this id now exists).

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
 use std::time::Duration;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 
 use super::denial::{DenialReason, RateLimitStatus};
 use super::ledger::{Metering, UsageSeen};
@@ -328,12 +328,13 @@ impl CompiledKey {
 /// the check and what the check spent. Cheap to clone; derefs to
 /// [`CompiledKey`].
 #[derive(Debug, Clone)]
-pub struct VerifiedKey(Arc<CompiledKey>, Option<TimeDelta>, UsageSeen);
+pub struct VerifiedKey(Arc<CompiledKey>, DateTime<Utc>, UsageSeen);
 
 impl VerifiedKey {
     pub(crate) fn from_compiled(key: Arc<CompiledKey>, now: DateTime<Utc>) -> Self {
-        let remaining = key.deadline.map(|d| d - now);
-        Self(key, remaining, UsageSeen::default())
+        // The check's time, not the remaining lifetime: that is date
+        // arithmetic only a caller that asks for it pays for.
+        Self(key, now, UsageSeen::default())
     }
 
     pub(crate) fn with_usage(mut self, seen: UsageSeen) -> Self {
@@ -390,7 +391,9 @@ impl VerifiedKey {
     /// expires), so a response can warn its caller (as NuGet's
     /// `X-NuGet-Warning` does). Zero or more.
     pub fn remaining_lifetime(&self) -> Option<Duration> {
-        self.1.map(|d| d.to_std().unwrap_or(Duration::ZERO))
+        self.0
+            .deadline
+            .map(|d| (d - self.1).to_std().unwrap_or(Duration::ZERO))
     }
 }
 

@@ -20,7 +20,9 @@ const MAX_BUCKETS_PER_SHARD: usize = 4096;
 #[derive(Debug, Clone)]
 struct Bucket<T> {
     tokens: f64,
-    updated: DateTime<Utc>,
+    /// Microseconds since the epoch: integer arithmetic on every cold
+    /// check instead of `chrono`'s date arithmetic.
+    updated: i64,
     tag: T,
 }
 
@@ -36,7 +38,8 @@ pub(crate) struct Buckets<K, T> {
     /// exists (no recent failure anywhere), `peek` takes no lock.
     buckets: AtomicUsize,
     burst: f64,
-    refill: TimeDelta,
+    /// Microseconds per token (at least 1,000).
+    refill_us: f64,
     hasher: RandomState,
 }
 
@@ -49,7 +52,7 @@ pub(crate) type Throttle = Buckets<KeyId, (OwnerId, Environment)>;
 /// id's, or the whole server's, argon2 budget.
 pub(crate) type SourceThrottle = Buckets<Source, ()>;
 
-impl<K: Hash + Eq + Clone, T: Clone> Buckets<K, T> {
+impl<K: Hash + Eq + Clone, T: Clone + PartialEq> Buckets<K, T> {
     pub(crate) fn new(burst: u32, refill: TimeDelta) -> Self {
         Self {
             shards: (0..SHARDS)
@@ -57,7 +60,10 @@ impl<K: Hash + Eq + Clone, T: Clone> Buckets<K, T> {
                 .collect(),
             buckets: AtomicUsize::new(0),
             burst: f64::from(burst.max(1)),
-            refill: refill.max(TimeDelta::milliseconds(1)),
+            refill_us: refill
+                .max(TimeDelta::milliseconds(1))
+                .num_microseconds()
+                .unwrap_or(i64::MAX) as f64,
             hasher: RandomState::default(),
         }
     }
@@ -66,10 +72,9 @@ impl<K: Hash + Eq + Clone, T: Clone> Buckets<K, T> {
         &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
     }
 
-    fn refilled(&self, b: &Bucket<T>, now: DateTime<Utc>) -> f64 {
-        let elapsed = (now - b.updated).max(TimeDelta::zero());
-        let gained = elapsed.num_microseconds().unwrap_or(i64::MAX) as f64
-            / self.refill.num_microseconds().unwrap_or(i64::MAX) as f64;
+    fn refilled(&self, b: &Bucket<T>, now_us: i64) -> f64 {
+        let elapsed = now_us.saturating_sub(b.updated).max(0);
+        let gained = elapsed as f64 / self.refill_us;
         (b.tokens + gained).min(self.burst)
     }
 
@@ -89,7 +94,7 @@ impl<K: Hash + Eq + Clone, T: Clone> Buckets<K, T> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let bucket = map.get(key)?;
-        let wait = self.wait(self.refilled(bucket, now))?;
+        let wait = self.wait(self.refilled(bucket, now.timestamp_micros()))?;
         Some((wait, bucket.tag.clone()))
     }
 
@@ -99,8 +104,7 @@ impl<K: Hash + Eq + Clone, T: Clone> Buckets<K, T> {
             return None;
         }
         let missing = 1.0 - tokens;
-        let wait_us =
-            (missing * self.refill.num_microseconds().unwrap_or(i64::MAX) as f64).ceil() as i64;
+        let wait_us = (missing * self.refill_us).ceil() as i64;
         Some(TimeDelta::microseconds(wait_us.max(1)))
     }
 
@@ -112,39 +116,45 @@ impl<K: Hash + Eq + Clone, T: Clone> Buckets<K, T> {
         tag: &T,
         now: DateTime<Utc>,
     ) -> Result<(), TimeDelta> {
+        let now = now.timestamp_micros();
         let mut map = self
             .shard(key)
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let tokens = match map.get(key) {
-            Some(b) => self.refilled(b, now),
-            None => {
-                if map.len() >= MAX_BUCKETS_PER_SHARD {
-                    let burst = self.burst;
-                    let before = map.len();
-                    map.retain(|_, b| self.refilled(b, now) < burst);
-                    if map.len() >= MAX_BUCKETS_PER_SHARD {
-                        if let Some(victim) = map.keys().next().cloned() {
-                            map.remove(&victim);
-                        }
-                    }
-                    self.buckets
-                        .fetch_sub(before - map.len(), Ordering::Relaxed);
-                }
-                self.burst
+        // A known key: its bucket updated in place (no second lookup, and
+        // the tag cloned only if it changed).
+        if let Some(b) = map.get_mut(key) {
+            let tokens = self.refilled(b, now);
+            if let Some(wait) = self.wait(tokens) {
+                return Err(wait);
             }
-        };
-        if let Some(wait) = self.wait(tokens) {
-            return Err(wait);
+            b.tokens = tokens - 1.0;
+            b.updated = now;
+            if b.tag != *tag {
+                b.tag = tag.clone();
+            }
+            return Ok(());
         }
+        if map.len() >= MAX_BUCKETS_PER_SHARD {
+            let burst = self.burst;
+            let before = map.len();
+            map.retain(|_, b| self.refilled(b, now) < burst);
+            if map.len() >= MAX_BUCKETS_PER_SHARD {
+                if let Some(victim) = map.keys().next().cloned() {
+                    map.remove(&victim);
+                }
+            }
+            self.buckets
+                .fetch_sub(before - map.len(), Ordering::Relaxed);
+        }
+        // A new bucket is full (`burst` is at least 1): this token is free.
         let bucket = Bucket {
-            tokens: tokens - 1.0,
+            tokens: self.burst - 1.0,
             updated: now,
             tag: tag.clone(),
         };
-        if map.insert(key.clone(), bucket).is_none() {
-            self.buckets.fetch_add(1, Ordering::Relaxed);
-        }
+        map.insert(key.clone(), bucket);
+        self.buckets.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -154,6 +164,7 @@ impl<K: Hash + Eq + Clone, T: Clone> Buckets<K, T> {
             .shard(key)
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        let now = now.timestamp_micros();
         if let Some(b) = map.get_mut(key) {
             let tokens = self.refilled(b, now) + 1.0;
             if tokens >= self.burst {

@@ -9,10 +9,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-#[cfg(feature = "axum")]
-use super::cache::Proof;
-use super::cache::{Cached, Lookup};
-use super::cold::ColdDenial;
+use super::cache::{Cached, Lookup, Proof};
+use super::cold::{Admitted, ColdDenial};
 use super::compiled::{CompiledKey, VerifiedKey};
 use super::denial::{Denial, DenialReason};
 use super::ledger::{Outcome, UsageSeen, top_up};
@@ -23,6 +21,7 @@ use crate::ids::{Environment, KeyId};
 use crate::policy::ResourceRule;
 use crate::store::KeyStore;
 use crate::token::TokenError;
+use crate::trace::VerifySpan;
 use crate::usage::UsageError;
 
 /// The longest secret [`Verifier::verify_pair`] accepts.
@@ -104,6 +103,37 @@ pub struct Verifier<S> {
     pub(crate) shared: Arc<Shared<S>>,
 }
 
+/// What the part of a check that never waits decided ([`Verifier::begin`]).
+enum Begun<'a> {
+    /// The answer, without waiting.
+    Done(Result<VerifiedKey, Denial>),
+    /// The cache could not prove the secret and [`Shared::admit`] let the
+    /// check through: the cold path proves it.
+    Cold {
+        id: &'a str,
+        secret: &'a str,
+        /// A stale entry's proof, if any.
+        proof: Option<Proof>,
+        /// The source's throttle token it took.
+        admitted: Admitted,
+        now: DateTime<Utc>,
+    },
+    /// Proven and allowed, but a usage block is short: lease, then spend.
+    Lease {
+        id: &'a str,
+        key: Arc<CompiledKey>,
+        now: DateTime<Utc>,
+    },
+}
+
+/// What [`Verifier::settle`] decided for a proven key.
+enum Settled {
+    /// Refused, or allowed with its spending taken and its use noted.
+    Done(Result<VerifiedKey, Denial>),
+    /// Allowed, but a usage block is short: nothing taken yet.
+    Lease(Arc<CompiledKey>),
+}
+
 impl<S> Clone for Verifier<S> {
     fn clone(&self) -> Self {
         Self {
@@ -127,14 +157,15 @@ impl<S: KeyStore> Verifier<S> {
     ) -> Result<VerifiedKey, Denial> {
         let rule = self.shared.policy.resource_rule();
         let check = |key: &CompiledKey, now| key.check(req, rule, now);
-        let checked = self.check_token(
-            token,
-            req.environment,
-            req.client_ip,
-            Some(&req.spending),
-            check,
-        );
-        crate::trace::verify_span("key", checked).await
+        let (env, ip, spending) = (req.environment, req.client_ip, Some(&req.spending));
+        let span = VerifySpan::new("key");
+        match span.in_scope(|| self.begin_token(token, env, ip, spending, &check)) {
+            Begun::Done(answer) => answer,
+            begun => {
+                let rest = self.finish(begun, env, ip, spending, check);
+                Box::pin(span.instrument(rest)).await
+            }
+        }
     }
 
     /// Checks that `token` is a valid key of `environment` that may be used
@@ -149,8 +180,14 @@ impl<S: KeyStore> Verifier<S> {
         client_ip: Option<IpAddr>,
     ) -> Result<VerifiedKey, Denial> {
         let check = |key: &CompiledKey, now| key.check_access(client_ip, now);
-        let checked = self.check_token(token, environment, client_ip, None, check);
-        crate::trace::verify_span("key", checked).await
+        let span = VerifySpan::new("key");
+        match span.in_scope(|| self.begin_token(token, environment, client_ip, None, &check)) {
+            Begun::Done(answer) => answer,
+            begun => {
+                let rest = self.finish(begun, environment, client_ip, None, check);
+                Box::pin(span.instrument(rest)).await
+            }
+        }
     }
 
     /// Checks a key id and secret given separately, for `req`: HTTP Basic
@@ -170,15 +207,15 @@ impl<S: KeyStore> Verifier<S> {
     ) -> Result<VerifiedKey, Denial> {
         let rule = self.shared.policy.resource_rule();
         let check = |key: &CompiledKey, now| key.check(req, rule, now);
-        let checked = self.check_pair(
-            key_id,
-            secret,
-            req.environment,
-            req.client_ip,
-            Some(&req.spending),
-            check,
-        );
-        crate::trace::verify_span("pair", checked).await
+        let (env, ip, spending) = (req.environment, req.client_ip, Some(&req.spending));
+        let span = VerifySpan::new("pair");
+        match span.in_scope(|| self.begin_pair(key_id, secret, env, ip, spending, &check)) {
+            Begun::Done(answer) => answer,
+            begun => {
+                let rest = self.finish(begun, env, ip, spending, check);
+                Box::pin(span.instrument(rest)).await
+            }
+        }
     }
 
     /// [`Verifier::authenticate`] for an id + secret pair (see
@@ -192,54 +229,61 @@ impl<S: KeyStore> Verifier<S> {
         client_ip: Option<IpAddr>,
     ) -> Result<VerifiedKey, Denial> {
         let check = |key: &CompiledKey, now| key.check_access(client_ip, now);
-        let checked = self.check_pair(key_id, secret, environment, client_ip, None, check);
-        crate::trace::verify_span("pair", checked).await
+        let span = VerifySpan::new("pair");
+        match span
+            .in_scope(|| self.begin_pair(key_id, secret, environment, client_ip, None, &check))
+        {
+            Begun::Done(answer) => answer,
+            begun => {
+                let rest = self.finish(begun, environment, client_ip, None, check);
+                Box::pin(span.instrument(rest)).await
+            }
+        }
     }
 
-    /// Checks a token of keyward's format: parsed, of `environment`, then
-    /// proven and checked by [`Verifier::check_with`].
-    async fn check_token(
+    /// [`Verifier::begin`] for a token of keyward's format: parsed and of
+    /// `environment` first.
+    #[inline]
+    fn begin_token<'a>(
         &self,
-        token: &str,
+        token: &'a str,
         environment: &Environment,
         client_ip: Option<IpAddr>,
         spending: Option<&Spending<'_>>,
-        check: impl FnOnce(&CompiledKey, DateTime<Utc>) -> Result<(), DenialReason>,
-    ) -> Result<VerifiedKey, Denial> {
+        check: &impl Fn(&CompiledKey, DateTime<Utc>) -> Result<(), DenialReason>,
+    ) -> Begun<'a> {
         let parsed = match self.shared.format.parse(token) {
             Ok(p) => p,
-            Err(e) => return Err(self.deny(None, DenialReason::Malformed(e), None, client_ip)),
+            Err(e) => {
+                let reason = DenialReason::Malformed(e);
+                return Begun::Done(Err(self.deny(None, reason, None, client_ip)));
+            }
         };
         let id = parsed.key_id();
         if parsed.environment() != environment.as_str() {
-            return Err(self.deny(Some(id), DenialReason::WrongEnvironment, None, client_ip));
+            let reason = DenialReason::WrongEnvironment;
+            return Begun::Done(Err(self.deny(Some(id), reason, None, client_ip)));
         }
-        self.check_with(
-            id,
-            parsed.expose_secret(),
-            environment,
-            client_ip,
-            spending,
-            check,
-        )
-        .await
+        let secret = parsed.expose_secret();
+        self.begin(id, secret, environment, client_ip, spending, check)
     }
 
-    /// Checks an id + secret pair: the input rule
-    /// ([`Verifier::check_pair_input`]), then proven and checked by
-    /// [`Verifier::check_with`].
-    async fn check_pair(
+    /// [`Verifier::begin`] for an id + secret pair: the input rule
+    /// ([`Verifier::check_pair_input`]) first.
+    #[inline]
+    fn begin_pair<'a>(
         &self,
-        key_id: &str,
-        secret: &str,
+        key_id: &'a str,
+        secret: &'a str,
         environment: &Environment,
         client_ip: Option<IpAddr>,
         spending: Option<&Spending<'_>>,
-        check: impl FnOnce(&CompiledKey, DateTime<Utc>) -> Result<(), DenialReason>,
-    ) -> Result<VerifiedKey, Denial> {
-        self.check_pair_input(key_id, secret, client_ip)?;
-        self.check_with(key_id, secret, environment, client_ip, spending, check)
-            .await
+        check: &impl Fn(&CompiledKey, DateTime<Utc>) -> Result<(), DenialReason>,
+    ) -> Begun<'a> {
+        if let Err(denial) = self.check_pair_input(key_id, secret, client_ip) {
+            return Begun::Done(Err(denial));
+        }
+        self.begin(key_id, secret, environment, client_ip, spending, check)
     }
 
     /// Refuses pair input no key could match, before any store access.
@@ -270,93 +314,158 @@ impl<S: KeyStore> Verifier<S> {
         Ok(())
     }
 
-    /// Proves `secret` for key `id` (cache, else store and argon2), runs
-    /// `check` on the key, spends what `spending` asks of its usage
-    /// controls, and records the outcome (usage or failure).
+    /// The part of a check that never waits, run when the check is first
+    /// polled: the cache's answer; for a proven key its policy check,
+    /// spending from the local blocks and the use noted
+    /// ([`Verifier::settle`]); on a miss the throttles and the unknown-id
+    /// memory ([`Shared::admit`]).
+    ///
+    /// A cached hit (and every refusal that needs no store) ends here, so
+    /// the future a check returns holds only its arguments and, when the
+    /// check must wait, one box with the rest ([`Verifier::finish`]): the
+    /// cold path's state (store read, argon2 queue) is kilobytes, and
+    /// inline it would make every check's future that large to build and
+    /// move (issue 14).
     #[inline]
-    async fn check_with(
+    fn begin<'a>(
         &self,
-        id: &str,
-        secret: &str,
+        id: &'a str,
+        secret: &'a str,
         environment: &Environment,
         client_ip: Option<IpAddr>,
         spending: Option<&Spending<'_>>,
-        check: impl FnOnce(&CompiledKey, DateTime<Utc>) -> Result<(), DenialReason>,
-    ) -> Result<VerifiedKey, Denial> {
+        check: &impl Fn(&CompiledKey, DateTime<Utc>) -> Result<(), DenialReason>,
+    ) -> Begun<'a> {
         let shared = &*self.shared;
-        let mut now = shared.clock.now();
-        // The cache's answer matched here rather than through
-        // `cached_proof` (the axum layer's synchronous path): its nested
-        // `Result` kept more state in this future, which every cached hit
-        // builds (tests/hot_path.rs: 1,168 or 1,072 bytes that way, 1,008
-        // inline).
+        let now = shared.clock.now();
         let fingerprint = || shared.fingerprinter.fingerprint(secret.as_bytes());
         let proof = match shared.cache.lookup_proof(id, environment, fingerprint, now) {
-            Lookup::Hit(Cached::Live(key)) => Ok(key),
-            Lookup::Hit(Cached::Dead(reason, owner)) => {
-                return Err(self.deny_owned(Some(id), owner, reason, None, client_ip));
-            }
-            Lookup::Stale(proof) => Err(Some(proof)),
-            Lookup::Miss => Err(None),
-        };
-        let key = match proof {
-            Ok(key) => key,
-            // Boxed: the cold path's state (store read, argon2 queue) is
-            // kilobytes, and inline it would make every check's future,
-            // cached hits included, that large to build and move.
-            Err(proof) => {
-                // Throttles and the unknown-id memory first, without an
-                // allocation: a flood of them never builds the box.
-                let admitted = match shared.admit(id, environment, now, client_ip, proof.is_some())
-                {
-                    Ok(admitted) => admitted,
-                    Err(ColdDenial(reason, retry, owner)) => {
-                        return Err(self.deny_owned(Some(id), owner, reason, retry, client_ip));
-                    }
+            Lookup::Hit(Cached::Live(key)) => {
+                return match self.settle(key, id, client_ip, spending, check, now) {
+                    Settled::Done(answer) => Begun::Done(answer),
+                    Settled::Lease(key) => Begun::Lease { id, key, now },
                 };
-                let cold = shared.cold(id, environment, secret, now, client_ip, proof, admitted);
-                match Box::pin(cold).await {
-                    Ok(key) => {
-                        // The cold check may have waited (store, argon2 slot):
-                        // judge expiry at the time it ends.
-                        now = shared.clock.now();
-                        if key.metering.is_some() {
-                            self.start_sweeper();
-                        }
-                        key
-                    }
-                    Err(ColdDenial(reason, retry, owner)) => {
-                        return Err(self.deny_owned(Some(id), owner, reason, retry, client_ip));
-                    }
-                }
             }
+            Lookup::Hit(Cached::Dead(reason, owner)) => {
+                let denial = self.deny_owned(Some(id), owner, reason, None, client_ip);
+                return Begun::Done(Err(denial));
+            }
+            Lookup::Stale(proof) => Some(proof),
+            Lookup::Miss => None,
         };
+        // Throttles and the unknown-id memory first: a flood of them never
+        // builds the box.
+        match shared.admit(id, environment, now, client_ip, proof.is_some()) {
+            Ok(admitted) => Begun::Cold {
+                id,
+                secret,
+                proof,
+                admitted,
+                now,
+            },
+            Err(ColdDenial(reason, retry, owner)) => {
+                let denial = self.deny_owned(Some(id), owner, reason, retry, client_ip);
+                Begun::Done(Err(denial))
+            }
+        }
+    }
+
+    /// A proven key: runs `check`, spends what `spending` asks from the
+    /// local blocks and notes the use; [`Settled::Lease`] when a block is
+    /// short (nothing taken).
+    #[inline]
+    fn settle(
+        &self,
+        key: Arc<CompiledKey>,
+        id: &str,
+        client_ip: Option<IpAddr>,
+        spending: Option<&Spending<'_>>,
+        check: &impl Fn(&CompiledKey, DateTime<Utc>) -> Result<(), DenialReason>,
+        now: DateTime<Utc>,
+    ) -> Settled {
         if let Err(reason) = check(&key, now) {
             let owner = Some(key.owner.clone());
-            return Err(self.deny_owned(Some(id), owner, reason, None, client_ip));
+            return Settled::Done(Err(self.deny_owned(
+                Some(id),
+                owner,
+                reason,
+                None,
+                client_ip,
+            )));
         }
         let mut seen = UsageSeen::default();
         if let Some(spending) = spending {
             if key.metering.is_some() || spending.has_limits() {
-                let spent = match self.spend_local(&key, spending, now) {
-                    Ok(Some(s)) => Ok(s),
-                    // Boxed, as the cold path: leasing awaits the store,
-                    // and inline its state would make every check's
-                    // future that large.
-                    Ok(None) => Box::pin(self.spend_leasing(&key, spending, now)).await,
-                    Err(e) => Err(e),
-                };
-                match spent {
-                    Ok(s) => seen = s,
+                match self.spend_local(&key, spending, now) {
+                    Ok(Some(s)) => seen = s,
+                    Ok(None) => return Settled::Lease(key),
                     Err((reason, retry)) => {
                         let owner = Some(key.owner.clone());
-                        return Err(self.deny_owned(Some(id), owner, reason, retry, client_ip));
+                        let denial = self.deny_owned(Some(id), owner, reason, retry, client_ip);
+                        return Settled::Done(Err(denial));
                     }
                 }
             }
         }
         self.used(&key, client_ip, now);
-        Ok(VerifiedKey::from_compiled(key, now).with_usage(seen))
+        Settled::Done(Ok(VerifiedKey::from_compiled(key, now).with_usage(seen)))
+    }
+
+    /// The rest of a check that must wait, after [`Verifier::begin`]: the
+    /// cold path (store read, argon2, then [`Verifier::settle`]), and a
+    /// lease when a usage block is short. The callers box it.
+    async fn finish(
+        &self,
+        begun: Begun<'_>,
+        environment: &Environment,
+        client_ip: Option<IpAddr>,
+        spending: Option<&Spending<'_>>,
+        check: impl Fn(&CompiledKey, DateTime<Utc>) -> Result<(), DenialReason>,
+    ) -> Result<VerifiedKey, Denial> {
+        let shared = &*self.shared;
+        let (id, key, now) = match begun {
+            Begun::Done(answer) => return answer,
+            Begun::Lease { id, key, now } => (id, key, now),
+            Begun::Cold {
+                id,
+                secret,
+                proof,
+                admitted,
+                now,
+            } => {
+                let cold = shared.cold(id, environment, secret, now, client_ip, proof, admitted);
+                let key = match cold.await {
+                    Ok(key) => key,
+                    Err(ColdDenial(reason, retry, owner)) => {
+                        return Err(self.deny_owned(Some(id), owner, reason, retry, client_ip));
+                    }
+                };
+                if key.metering.is_some() {
+                    self.start_sweeper();
+                }
+                // The cold check may have waited (store, argon2 slot):
+                // judge expiry at the time it ends.
+                let now = shared.clock.now();
+                match self.settle(key, id, client_ip, spending, &check, now) {
+                    Settled::Done(answer) => return answer,
+                    Settled::Lease(key) => (id, key, now),
+                }
+            }
+        };
+        let spent = match spending {
+            Some(spending) => self.spend_leasing(&key, spending, now).await,
+            None => Ok(UsageSeen::default()),
+        };
+        match spent {
+            Ok(seen) => {
+                self.used(&key, client_ip, now);
+                Ok(VerifiedKey::from_compiled(key, now).with_usage(seen))
+            }
+            Err((reason, retry)) => {
+                let owner = Some(key.owner.clone());
+                Err(self.deny_owned(Some(id), owner, reason, retry, client_ip))
+            }
+        }
     }
 
     /// The cache's answer for `id` and `secret`, without waiting and
@@ -418,7 +527,7 @@ impl<S: KeyStore> Verifier<S> {
         now: DateTime<Utc>,
     ) -> Option<Result<VerifiedKey, Denial>> {
         let kind = if pair_id.is_some() { "pair" } else { "key" };
-        crate::trace::in_verify_span(kind, || {
+        VerifySpan::new(kind).in_scope(|| {
             let parsed;
             let (id, secret) = match pair_id {
                 Some(id) => {
