@@ -13,7 +13,7 @@
 //!
 //! The difference of the two `Collected` counts over 10,000 is the
 //! instructions of one request (route ids: `open`, `noop_layer`,
-//! `protected`, `scoped`; see `benches/README.md`). Every route is sent one
+//! `protected`, `scoped`, `scoped_now`; see `benches/README.md`). Every route is sent one
 //! request first (the key is cached, and each must answer 200), in both runs.
 
 use axum::body::Body;
@@ -37,7 +37,7 @@ fn main() {
         .iter()
         .find(|(id, _)| *id == route)
         .map(|(_, path)| *path)
-        .expect("route: open, noop_layer, protected or scoped");
+        .expect("route: open, noop_layer, protected, scoped or scoped_now");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -436,6 +436,10 @@ impl<S> KeywardLayer<S> {
     /// guard without it. `None` means the resource does not exist yet and
     /// would be created for the caller, so it is checked as the caller's
     /// own: return `None` only for a name nobody holds.
+    ///
+    /// Each request gives the resolver a copy of the name and boxes its
+    /// future; an owner known without waiting is cheaper through
+    /// [`resource_owner_now`](Self::resource_owner_now).
     pub fn resource_owner<F, Fut>(mut self, resolve: F) -> Self
     where
         F: Fn(String) -> Fut + Send + Sync + 'static,
@@ -571,7 +575,8 @@ impl<S> KeywardLayer<S> {
 
     /// Checks the permission against the resource named by the path
     /// parameter `param` (`/packages/{name}` → `"name"`) and its owner, as
-    /// the [`resource_owner`](Self::resource_owner) resolver tells it. Add it
+    /// the [`resource_owner`](Self::resource_owner) or
+    /// [`resource_owner_now`](Self::resource_owner_now) resolver tells it. Add it
     /// with `Router::route_layer` so the path parameters are known; a
     /// missing parameter is a 500.
     ///

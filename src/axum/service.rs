@@ -250,17 +250,24 @@ impl<S: KeyStore> KeywardLayer<S> {
                     let resolve = match resolve {
                         OwnerResolver::Future(resolve) => resolve,
                         OwnerResolver::Now(lookup) => {
-                            // Refused unless the lookup answers (it always
-                            // does, once: `resource_owner_now`).
-                            let mut checked = Err(KeywardRejection::owner_unknown(
-                                req.permission,
-                                &config.ctx.policy,
-                            ));
+                            let mut checked = None;
                             lookup(name, &mut |owner| {
-                                checked =
-                                    authorize_resource(&caller, req.permission, name, owner, now);
+                                checked = Some(authorize_resource(
+                                    &caller,
+                                    req.permission,
+                                    name,
+                                    owner,
+                                    now,
+                                ));
                             });
-                            checked?;
+                            // Refused unless the lookup answered (it always
+                            // does, once: `resource_owner_now`).
+                            checked.unwrap_or_else(|| {
+                                Err(KeywardRejection::owner_unknown(
+                                    req.permission,
+                                    &config.ctx.policy,
+                                ))
+                            })?;
                             return self.charge_now(caller);
                         }
                     };
