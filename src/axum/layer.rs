@@ -22,6 +22,10 @@ use crate::verify::{Spending, Verifier};
 /// NuGet's `X-NuGet-Warning`; see [`KeywardLayer::expiry_warning_header`]).
 pub const WARNING_HEADER: &str = "x-keyward-warning";
 pub(super) type OwnerFuture = Pin<Box<dyn Future<Output = Option<String>> + Send>>;
+/// A lookup of [`KeywardLayer::resource_owner_now`], given the name and a
+/// callback for its answer.
+pub(super) type OwnerLookup = dyn Fn(&str, &mut dyn FnMut(Option<&str>)) + Send + Sync;
+
 /// How the owner of a path resource is found: set with
 /// [`KeywardLayer::resource_owner`] (a future) or
 /// [`KeywardLayer::resource_owner_now`] (an answer at once).
@@ -30,7 +34,7 @@ pub(super) enum OwnerResolver {
     /// Given the name (a copy), a future of the owner.
     Future(Arc<dyn Fn(String) -> OwnerFuture + Send + Sync>),
     /// Given the name (borrowed), passes the owner to the callback, once.
-    Now(Arc<dyn Fn(&str, &mut dyn FnMut(Option<&str>)) + Send + Sync>),
+    Now(Arc<OwnerLookup>),
 }
 
 pub(super) struct Config<S> {
