@@ -369,7 +369,8 @@ fn star_end(name: &[u8], star: u8, from: usize) -> Option<usize> {
 
 /// For two different bytes: whether they are the same ASCII letter in
 /// two cases (`u8::eq_ignore_ascii_case` once equal bytes are ruled out:
-/// they differ in the case bit only, and that bit cleared is a letter).
+/// they differ in the case bit only, and with that bit set they are a
+/// lowercase letter).
 #[inline]
 fn same_folded(a: u8, b: u8) -> bool {
     a ^ b == 0x20 && (a | 0x20).is_ascii_lowercase()
