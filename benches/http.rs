@@ -9,14 +9,17 @@
 //! - `http/protected`: behind `KeywardLayer` requiring a permission, with a
 //!   cached key sent as a bearer token.
 //! - `http/scoped`: the same, plus a resource taken from the path and matched
-//!   against the key's 10 patterns (`resource_param`), with 4 CIDRs.
+//!   against the key's 10 patterns (`resource_param`), with 4 CIDRs; the
+//!   owner from `resource_owner` (a future, boxed per request).
+//! - `http/scoped_now`: the same with the owner from `resource_owner_now`
+//!   (borrows the name, answers at once: no copy, no boxed future).
 //!
 //! Each request is a fresh `Request` sent with `tower::ServiceExt::oneshot`
 //! to a clone of one `Router`, from a client address inside the key's
 //! allowlist (`ConnectInfo`, as `into_make_service_with_connect_info`
 //! gives). The end-to-end figure over real sockets is `benches/http_wrk.sh`.
 //!
-//! After criterion's cases, the same four are measured interleaved (blocks
+//! After criterion's cases, the same five are measured interleaved (blocks
 //! of requests to each case in turn, over rounds) and each case's
 //! throughput is printed as a ratio of the control's in the same rounds:
 //! `http_interleaved: id=<id> median_ns=<n> vs_noop=<ratio>`.

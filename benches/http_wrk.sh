@@ -28,7 +28,7 @@ token="$(sed -n 's/^token=//p' "$out")"
 addr="$(sed -n 's/^listening=//p' "$out")"
 
 declare -A results
-routes=(open noop_layer protected scoped)
+routes=(open noop_layer protected scoped scoped_now)
 for round in $(seq 1 "$rounds"); do
   for route in "${routes[@]}"; do
     path="$(sed -n "s/^route=$route path=//p" "$out")"

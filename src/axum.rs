@@ -69,8 +69,10 @@
 //! [`resource_param`](KeywardLayer::resource_param) checks the key against
 //! the resource's name *and its owner*, so a key of one publisher never
 //! reaches another's packages, whatever its name scope. The owner comes from
-//! the resolver given to [`KeywardLayer::resource_owner`]; building such a
-//! guard without one is refused with [`LayerError::NoOwnerResolver`].
+//! the resolver given to [`KeywardLayer::resource_owner`] (or, for owners
+//! known without waiting, [`KeywardLayer::resource_owner_now`], which
+//! costs a request less); building such a guard without one is refused
+//! with [`LayerError::NoOwnerResolver`].
 //!
 //! **Credentials**, in this order: `Authorization: Bearer <token>`,
 //! `Authorization: Basic base64(key_id:secret)` (the "application ID +

@@ -1874,3 +1874,77 @@ async fn a_resource_owner_resolver_that_waits_guards_the_same() {
         assert_eq!(send("Brand.New").await, 200);
     }
 }
+
+/// A resolver that answers at once (`resource_owner_now`, borrowing the
+/// name) guards as the one that returns a future: the caller's own and new
+/// packages pass, another owner's is 403, a name outside the key's scope
+/// is 403, on the first (cold) request of a key and on the cached ones;
+/// and a route that spends a rate limit still spends it, after the owner
+/// check (a refused request spends nothing).
+#[tokio::test]
+async fn a_resource_owner_resolver_that_answers_at_once_guards_the_same() {
+    use keyward::usage::{RateLimit, RateLimits};
+    use tower::ServiceExt;
+    let policy = policy().with_rate_limits(["publish"]).unwrap();
+    let manager = KeyManager::builder(MemoryStore::new(), format(), policy)
+        .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
+        .build()
+        .unwrap();
+    let publish = RateLimit::new("publish", 3, std::time::Duration::from_secs(3600)).unwrap();
+    let key = manager
+        .create(
+            &keyward::Actor::system("tests"),
+            NewKey::new(OWNER, "live", "CI")
+                .permissions(PermissionGrant::All)
+                .resources(ResourceScope::only(["Contoso.*", "Brand.*", "Fabrikam.*"]))
+                .rate_limits(RateLimits::new([publish]).unwrap()),
+        )
+        .await
+        .unwrap();
+    let token = bearer(key.token.expose_secret());
+    let push = registry().get("package:push").unwrap();
+    let owners: std::collections::HashMap<String, Arc<str>> = [
+        ("Fabrikam.Lib".to_owned(), Arc::from("fabrikam")),
+        ("Contoso.Tools".to_owned(), Arc::from(OWNER)),
+    ]
+    .into();
+    let auth = KeywardLayer::new(manager.verifier(), Environment::new("live").unwrap())
+        .resource_owner_now(move |name: &str| owners.get(name).cloned());
+    let app = Router::new()
+        .route("/packages/{name}/versions", post(ok))
+        .route_layer(auth.require(push).resource_param("name").unwrap())
+        .route(
+            "/spend/{name}",
+            post(ok).route_layer(
+                auth.require(push)
+                    .spend("publish", 1)
+                    .unwrap()
+                    .resource_param("name")
+                    .unwrap(),
+            ),
+        );
+    let peer: SocketAddr = "192.0.2.7:40000".parse().unwrap();
+    let send = |path: String| {
+        let mut req = ::axum::http::Request::post(path)
+            .header("authorization", &token)
+            .body(::axum::body::Body::empty())
+            .unwrap();
+        req.extensions_mut()
+            .insert(::axum::extract::ConnectInfo(peer));
+        let app = app.clone();
+        async move { app.oneshot(req).await.unwrap().status().as_u16() }
+    };
+    let push_to = |name: &str| send(format!("/packages/{name}/versions"));
+    for _ in 0..2 {
+        assert_eq!(push_to("Fabrikam.Lib").await, 403);
+        assert_eq!(push_to("Contoso.Tools").await, 200);
+        assert_eq!(push_to("Brand.New").await, 200);
+        assert_eq!(push_to("Northwind.New").await, 403, "outside the scope");
+    }
+    // Refused by owner: nothing spent; then the limit's 3 requests, then 429.
+    assert_eq!(send("/spend/Fabrikam.Lib".into()).await, 403);
+    for _ in 0..3 {
+        assert_eq!(send("/spend/Contoso.Tools".into()).await, 200);
+    }
+    assert_eq!(send("/spend/Contoso.Tools".into()).await, 429);
+}

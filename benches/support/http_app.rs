@@ -1,7 +1,9 @@
 //! The router `benches/http.rs` measures and `examples/http_bench_server.rs`
 //! serves to wrk (`benches/http_wrk.sh`): one route with no layer, one behind
 //! a no-op middleware (the control), one behind `KeywardLayer` with a cached
-//! key, one that also matches a resource from the path against 10 patterns.
+//! key, one that also matches a resource from the path against 10 patterns
+//! (its owner from a resolver returning a future), and the same with a
+//! resolver that answers at once (`resource_owner_now`).
 //! Included by path from both, so the two measure the same thing.
 
 use std::net::SocketAddr;
@@ -48,7 +50,7 @@ async fn noop(req: axum::extract::Request, next: Next) -> Response {
 
 /// The router, a key's token for it, and a client address in the key's allowlist.
 pub struct Setup {
-    /// The four routes.
+    /// The five routes.
     pub router: Router,
     /// The key's full token (send it as `Authorization: Bearer <token>`).
     pub token: String,
@@ -107,6 +109,17 @@ pub fn setup(rt: &tokio::runtime::Runtime) -> Setup {
             Router::new()
                 .route("/scoped/{name}/versions", post(ok))
                 .route_layer(auth.require(push).resource_param("name").expect("layer")),
+        )
+        .merge(
+            Router::new()
+                .route("/scoped_now/{name}/versions", post(ok))
+                .route_layer(
+                    auth.clone()
+                        .resource_owner_now(|_name: &str| Some(OWNER))
+                        .require(push)
+                        .resource_param("name")
+                        .expect("layer"),
+                ),
         );
     Setup {
         router,
@@ -117,10 +130,11 @@ pub fn setup(rt: &tokio::runtime::Runtime) -> Setup {
     }
 }
 
-/// The paths of the four cases, by bench id.
-pub const CASES: [(&str, &str); 4] = [
+/// The paths of the five cases, by bench id.
+pub const CASES: [(&str, &str); 5] = [
     ("open", "/open/Fabrikam.Data.Sql/versions"),
     ("noop_layer", "/noop/Fabrikam.Data.Sql/versions"),
     ("protected", "/protected/Fabrikam.Data.Sql/versions"),
     ("scoped", "/scoped/Fabrikam.Data.Sql/versions"),
+    ("scoped_now", "/scoped_now/Fabrikam.Data.Sql/versions"),
 ];

@@ -206,7 +206,11 @@ fn parse_authorization<'a>(
             "the Authorization header is empty",
         ));
     }
-    let (scheme, rest) = text.split_once(' ').unwrap_or((text, ""));
+    // `Bearer ` first, without a search for the space (the usual case).
+    let (scheme, rest) = match text.split_at_checked(BEARER.len()) {
+        Some((head, tail)) if head.eq_ignore_ascii_case(BEARER) => ("bearer", tail),
+        _ => text.split_once(' ').unwrap_or((text, "")),
+    };
     let rest = rest.trim();
     if scheme.eq_ignore_ascii_case("bearer") {
         if rest.is_empty() {
@@ -272,6 +276,9 @@ fn parse_authorization<'a>(
         "use the Bearer or Basic authorization scheme"
     }))
 }
+
+/// The Bearer scheme and the space after it.
+const BEARER: &str = "bearer ";
 
 fn header_text(value: &HeaderValue) -> Result<&str, KeywardRejection> {
     if value.len() > MAX_CREDENTIAL_HEADER_LEN {

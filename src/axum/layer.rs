@@ -22,7 +22,20 @@ use crate::verify::{Spending, Verifier};
 /// NuGet's `X-NuGet-Warning`; see [`KeywardLayer::expiry_warning_header`]).
 pub const WARNING_HEADER: &str = "x-keyward-warning";
 pub(super) type OwnerFuture = Pin<Box<dyn Future<Output = Option<String>> + Send>>;
-pub(super) type OwnerResolver = Arc<dyn Fn(String) -> OwnerFuture + Send + Sync>;
+/// A lookup of [`KeywardLayer::resource_owner_now`], given the name and a
+/// callback for its answer.
+pub(super) type OwnerLookup = dyn Fn(&str, &mut dyn FnMut(Option<&str>)) + Send + Sync;
+
+/// How the owner of a path resource is found: set with
+/// [`KeywardLayer::resource_owner`] (a future) or
+/// [`KeywardLayer::resource_owner_now`] (an answer at once).
+#[derive(Clone)]
+pub(super) enum OwnerResolver {
+    /// Given the name (a copy), a future of the owner.
+    Future(Arc<dyn Fn(String) -> OwnerFuture + Send + Sync>),
+    /// Given the name (borrowed), passes the owner to the callback, once.
+    Now(Arc<OwnerLookup>),
+}
 
 pub(super) struct Config<S> {
     pub(super) verifier: Verifier<S>,
@@ -427,12 +440,62 @@ impl<S> KeywardLayer<S> {
     /// guard without it. `None` means the resource does not exist yet and
     /// would be created for the caller, so it is checked as the caller's
     /// own: return `None` only for a name nobody holds.
+    ///
+    /// Each request gives the resolver a copy of the name and boxes its
+    /// future; an owner known without waiting is cheaper through
+    /// [`resource_owner_now`](Self::resource_owner_now).
     pub fn resource_owner<F, Fut>(mut self, resolve: F) -> Self
     where
         F: Fn(String) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Option<String>> + Send + 'static,
     {
-        self.config_mut().resource_owner = Some(Arc::new(move |name| Box::pin(resolve(name))));
+        self.config_mut().resource_owner = Some(OwnerResolver::Future(Arc::new(move |name| {
+            Box::pin(resolve(name))
+        })));
+        self
+    }
+
+    /// [`resource_owner`](Self::resource_owner) for owners known without
+    /// waiting (a map in memory, a cache kept by the application): `lookup`
+    /// borrows the name from the path and answers at once, so a request
+    /// spends no copy of the name and no boxed future on it. The owner may
+    /// be any string type (`String`, `Arc<str>`, `&'static str`). `None`
+    /// means what it means for [`resource_owner`](Self::resource_owner):
+    /// nobody holds the name, so it is checked as the caller's own. The
+    /// last of the two settings made is the one used.
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use std::sync::Arc;
+    /// use keyward::axum::KeywardLayer;
+    /// use keyward::{Environment, KeyManager, MemoryStore, PermissionRegistry, Policy, TokenFormat};
+    ///
+    /// let registry = PermissionRegistry::builder().permission("package:push").build().unwrap();
+    /// let push = registry.get("package:push").unwrap();
+    /// let manager = KeyManager::builder(
+    ///     MemoryStore::new(),
+    ///     TokenFormat::new("mkh", &["live"]).unwrap(),
+    ///     Policy::new(registry),
+    /// )
+    /// .build().unwrap();
+    /// let owners: HashMap<String, Arc<str>> =
+    ///     HashMap::from([("Contoso.Tools".into(), Arc::from("contoso"))]);
+    /// let auth = KeywardLayer::new(manager.verifier(), Environment::new("live").unwrap())
+    ///     .resource_owner_now(move |name: &str| owners.get(name).cloned());
+    /// let guard = auth.require(push).resource_param("name").unwrap();
+    /// # let _ = guard;
+    /// ```
+    pub fn resource_owner_now<F, O>(mut self, lookup: F) -> Self
+    where
+        F: Fn(&str) -> Option<O> + Send + Sync + 'static,
+        O: AsRef<str>,
+    {
+        self.config_mut().resource_owner = Some(OwnerResolver::Now(Arc::new(
+            move |name: &str, answer: &mut dyn FnMut(Option<&str>)| {
+                let owner = lookup(name);
+                answer(owner.as_ref().map(AsRef::as_ref));
+            },
+        )));
         self
     }
 
@@ -516,7 +579,8 @@ impl<S> KeywardLayer<S> {
 
     /// Checks the permission against the resource named by the path
     /// parameter `param` (`/packages/{name}` → `"name"`) and its owner, as
-    /// the [`resource_owner`](Self::resource_owner) resolver tells it. Add it
+    /// the [`resource_owner`](Self::resource_owner) or
+    /// [`resource_owner_now`](Self::resource_owner_now) resolver tells it. Add it
     /// with `Router::route_layer` so the path parameters are known; a
     /// missing parameter is a 500.
     ///

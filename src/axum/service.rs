@@ -18,7 +18,7 @@ use super::caller::Caller;
 use super::credential::{CredentialSource, HeaderCredential, read_header_credential};
 use super::forwarded;
 use super::future::{Extra, ResponseFuture, poll_now};
-use super::layer::{KeywardLayer, OwnerFuture};
+use super::layer::{KeywardLayer, OwnerFuture, OwnerResolver};
 use super::rejection::KeywardRejection;
 use crate::policy::{Permission, ResourceRef};
 use crate::session::IssuedSession;
@@ -247,11 +247,39 @@ impl<S: KeyStore> KeywardLayer<S> {
                             &config.ctx.policy,
                         ));
                     };
+                    let resolve = match resolve {
+                        OwnerResolver::Future(resolve) => resolve,
+                        OwnerResolver::Now(lookup) => {
+                            let mut checked = None;
+                            lookup(name, &mut |owner| {
+                                checked = Some(authorize_resource(
+                                    &caller,
+                                    req.permission,
+                                    name,
+                                    owner,
+                                    now,
+                                ));
+                            });
+                            // Refused unless the lookup answered (it always
+                            // does, once: `resource_owner_now`).
+                            checked.unwrap_or_else(|| {
+                                Err(KeywardRejection::owner_unknown(
+                                    req.permission,
+                                    &config.ctx.policy,
+                                ))
+                            })?;
+                            return self.charge_now(caller);
+                        }
+                    };
                     let mut owner = resolve(name.to_owned());
                     match poll_now(owner.as_mut()) {
-                        Poll::Ready(owner) => {
-                            authorize_resource(&caller, req.permission, name, owner, now)?
-                        }
+                        Poll::Ready(owner) => authorize_resource(
+                            &caller,
+                            req.permission,
+                            name,
+                            owner.as_deref(),
+                            now,
+                        )?,
                         Poll::Pending => {
                             return Ok(Err(Pending::Owner {
                                 caller,
@@ -264,9 +292,14 @@ impl<S: KeyStore> KeywardLayer<S> {
                 }
             }
         }
+        self.charge_now(caller)
+    }
+
+    /// An authorized caller, or what is left to spend its usage controls.
+    fn charge_now(&self, caller: Caller) -> Result<Result<Caller, Pending>, KeywardRejection> {
         // Usage controls are spent last, once the key may do this: a
         // refused request spends nothing. A session spends its key's.
-        if config.verifier.charges(&caller.key, &self.spending) {
+        if self.config.verifier.charges(&caller.key, &self.spending) {
             return Ok(Err(Pending::Charge { caller }));
         }
         Ok(Ok(caller))
@@ -296,7 +329,7 @@ impl<S: KeyStore> KeywardLayer<S> {
                     owner,
                 } => {
                     let owner = owner.await;
-                    authorize_resource(&caller, permission, &name, owner, now)?;
+                    authorize_resource(&caller, permission, &name, owner.as_deref(), now)?;
                     if !self.config.verifier.charges(&caller.key, &self.spending) {
                         return Ok(caller);
                     }
@@ -494,10 +527,10 @@ fn authorize_resource(
     caller: &Caller,
     permission: Permission,
     name: &str,
-    owner: Option<String>,
+    owner: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<(), KeywardRejection> {
-    let owner = owner.unwrap_or_else(|| caller.owner().as_str().to_owned());
-    let resource = Some(ResourceRef::new(&owner, name));
+    let owner = owner.unwrap_or(caller.owner().as_str());
+    let resource = Some(ResourceRef::new(owner, name));
     caller.authorize_at(permission, resource, now)
 }

@@ -197,11 +197,15 @@ impl ResourceRule {
         if name.is_empty() {
             return Err(PolicyError::EmptyPattern { index: 0 });
         }
-        // The usual name: ASCII, allowed, short enough (one bit test per byte).
+        // The usual name: ASCII, allowed, short enough (one bit test per
+        // byte, in the mask's 64-bit half for that byte; none above 127).
+        let halves = [self.ascii_allowed as u64, (self.ascii_allowed >> 64) as u64];
         if name.len() <= self.max_len
-            && name
-                .bytes()
-                .all(|b| b < 128 && self.ascii_allowed & (1u128 << b) != 0)
+            && name.bytes().all(|b| {
+                halves
+                    .get(usize::from(b >> 6))
+                    .is_some_and(|half| half >> (b & 63) & 1 != 0)
+            })
         {
             return Ok(());
         }

@@ -325,6 +325,17 @@ pub(super) fn matches_any(program: &[u8], case_insensitive: bool, name: &[u8]) -
 /// end mark (or if the program were malformed).
 #[inline]
 fn next_pattern(program: &[u8]) -> Option<(&[u8], usize, &[u8])> {
+    // One header byte (patterns of fewer than 32 tokens): the usual case.
+    if let Some((&b, body)) = program.split_first() {
+        if b & 0x80 == 0 {
+            let header = usize::from(b);
+            if header == 0 || header / 4 > body.len() {
+                return None;
+            }
+            let (pattern, tail) = body.split_at(header / 4);
+            return Some((pattern, header % 4, tail));
+        }
+    }
     let mut header = 0usize;
     let mut shift = 0u32;
     for (i, &b) in program.iter().enumerate() {
@@ -356,6 +367,15 @@ fn star_end(name: &[u8], star: u8, from: usize) -> Option<usize> {
     (from..=name.len()).find(|&q| q > 0 && name.get(q - 1) == Some(&b'/'))
 }
 
+/// For two different bytes: whether they are the same ASCII letter in
+/// two cases (`u8::eq_ignore_ascii_case` once equal bytes are ruled out:
+/// they differ in the case bit only, and with that bit set they are a
+/// lowercase letter).
+#[inline]
+fn same_folded(a: u8, b: u8) -> bool {
+    a ^ b == 0x20 && (a | 0x20).is_ascii_lowercase()
+}
+
 /// Whether one compiled pattern matches all of `name`.
 #[inline]
 fn matches_one<const FOLD: bool>(pattern: &[u8], name: &[u8]) -> bool {
@@ -373,12 +393,7 @@ fn matches_one<const FOLD: bool>(pattern: &[u8], name: &[u8]) -> bool {
             }
             Some(&token) => {
                 if let Some(&b) = name.get(t) {
-                    let hit = if FOLD {
-                        token.eq_ignore_ascii_case(&b)
-                    } else {
-                        token == b
-                    };
-                    if hit || token == ANY {
+                    if token == b || (FOLD && same_folded(token, b)) || token == ANY {
                         p += 1;
                         t += 1;
                         continue;
@@ -459,6 +474,27 @@ mod tests {
         assert!(!matches("a/**/b", true, "a/xb"));
         assert!(matches("**/", true, "no separator"));
         assert!(matches("**/**", true, ""));
+    }
+
+    #[test]
+    fn folding_agrees_with_eq_ignore_ascii_case() {
+        for a in 0..=u8::MAX {
+            for b in 0..=u8::MAX {
+                let fast = a == b || same_folded(a, b);
+                assert_eq!(fast, a.eq_ignore_ascii_case(&b), "{a} {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn long_headers_and_one_byte_headers_agree() {
+        // 40 tokens: a two-byte header; 31: one byte.
+        let long = "a".repeat(39) + "*";
+        let short = "a".repeat(30) + "*";
+        assert!(matches(&long, true, &"A".repeat(45)));
+        assert!(!matches(&long, true, &"a".repeat(38)));
+        assert!(matches(&short, true, &"a".repeat(30)));
+        assert!(!matches(&short, true, &"a".repeat(29)));
     }
 
     #[test]

@@ -158,14 +158,16 @@ impl<S: KeyStore> Verifier<S> {
         let rule = self.shared.policy.resource_rule();
         let check = |key: &CompiledKey, now| key.check(req, rule, now);
         let (env, ip, spending) = (req.environment, req.client_ip, Some(&req.spending));
-        let span = VerifySpan::new("key");
-        match span.in_scope(|| self.begin_token(token, env, ip, spending, &check)) {
-            Begun::Done(answer) => answer,
-            begun => {
-                let rest = self.finish(begun, env, ip, spending, check);
-                Box::pin(span.instrument(rest)).await
+        // The span in a block of its own: not kept in this future while
+        // the box is awaited.
+        let rest = {
+            let span = VerifySpan::new("key");
+            match span.in_scope(|| self.begin_token(token, env, ip, spending, &check)) {
+                Begun::Done(answer) => return answer,
+                begun => Box::pin(span.instrument(self.finish(begun, env, ip, spending, check))),
             }
-        }
+        };
+        rest.await
     }
 
     /// Checks that `token` is a valid key of `environment` that may be used
@@ -180,14 +182,22 @@ impl<S: KeyStore> Verifier<S> {
         client_ip: Option<IpAddr>,
     ) -> Result<VerifiedKey, Denial> {
         let check = |key: &CompiledKey, now| key.check_access(client_ip, now);
-        let span = VerifySpan::new("key");
-        match span.in_scope(|| self.begin_token(token, environment, client_ip, None, &check)) {
-            Begun::Done(answer) => answer,
-            begun => {
-                let rest = self.finish(begun, environment, client_ip, None, check);
-                Box::pin(span.instrument(rest)).await
+        // The span in a block of its own: not kept in this future while
+        // the box is awaited.
+        let rest = {
+            let span = VerifySpan::new("key");
+            match span.in_scope(|| self.begin_token(token, environment, client_ip, None, &check)) {
+                Begun::Done(answer) => return answer,
+                begun => Box::pin(span.instrument(self.finish(
+                    begun,
+                    environment,
+                    client_ip,
+                    None,
+                    check,
+                ))),
             }
-        }
+        };
+        rest.await
     }
 
     /// Checks a key id and secret given separately, for `req`: HTTP Basic
@@ -208,14 +218,16 @@ impl<S: KeyStore> Verifier<S> {
         let rule = self.shared.policy.resource_rule();
         let check = |key: &CompiledKey, now| key.check(req, rule, now);
         let (env, ip, spending) = (req.environment, req.client_ip, Some(&req.spending));
-        let span = VerifySpan::new("pair");
-        match span.in_scope(|| self.begin_pair(key_id, secret, env, ip, spending, &check)) {
-            Begun::Done(answer) => answer,
-            begun => {
-                let rest = self.finish(begun, env, ip, spending, check);
-                Box::pin(span.instrument(rest)).await
+        // The span in a block of its own: not kept in this future while
+        // the box is awaited.
+        let rest = {
+            let span = VerifySpan::new("pair");
+            match span.in_scope(|| self.begin_pair(key_id, secret, env, ip, spending, &check)) {
+                Begun::Done(answer) => return answer,
+                begun => Box::pin(span.instrument(self.finish(begun, env, ip, spending, check))),
             }
-        }
+        };
+        rest.await
     }
 
     /// [`Verifier::authenticate`] for an id + secret pair (see
@@ -229,16 +241,19 @@ impl<S: KeyStore> Verifier<S> {
         client_ip: Option<IpAddr>,
     ) -> Result<VerifiedKey, Denial> {
         let check = |key: &CompiledKey, now| key.check_access(client_ip, now);
-        let span = VerifySpan::new("pair");
-        match span
-            .in_scope(|| self.begin_pair(key_id, secret, environment, client_ip, None, &check))
-        {
-            Begun::Done(answer) => answer,
-            begun => {
-                let rest = self.finish(begun, environment, client_ip, None, check);
-                Box::pin(span.instrument(rest)).await
+        let rest = {
+            let span = VerifySpan::new("pair");
+            let begun = span
+                .in_scope(|| self.begin_pair(key_id, secret, environment, client_ip, None, &check));
+            match begun {
+                Begun::Done(answer) => return answer,
+                begun => {
+                    let rest = self.finish(begun, environment, client_ip, None, check);
+                    Box::pin(span.instrument(rest))
+                }
             }
-        }
+        };
+        rest.await
     }
 
     /// [`Verifier::begin`] for a token of keyward's format: parsed and of
