@@ -83,7 +83,11 @@ macro_rules! string_newtype {
         $(#[$m])*
         #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
         #[serde(try_from = "String", into = "String")]
-        pub struct $name(Box<str>);
+        // `Arc<str>`: a clone shares the string. A cached key's id and
+        // owner are held by its compiled policy, its usage cell and the
+        // usage tracker's map; as `Box<str>` each held its own heap copy
+        // (issue 14 §1: bytes per cached key).
+        pub struct $name(std::sync::Arc<str>);
 
         impl $name {
             /// The value as a string slice.
@@ -113,7 +117,7 @@ macro_rules! string_newtype {
         }
         impl From<$name> for String {
             fn from(v: $name) -> String {
-                v.0.into()
+                String::from(&*v.0)
             }
         }
         impl TryFrom<String> for $name {
