@@ -179,9 +179,8 @@ impl HashPool {
 
     /// Queues `run` for `lane` under the lock held as `st`, starting a
     /// thread (up to the cap) if the queue would hold more jobs than there
-    /// are free threads to take them; returns
-    /// the job pushed out to make room, to be refused once the lock is
-    /// released.
+    /// are free threads to take them; returns the job pushed out to make
+    /// room, to be refused once the lock is released.
     fn enqueue(&self, st: &mut State, lane: Lane, run: JobFn) -> Result<Option<Job>, PoolError> {
         let inner = &self.inner;
         let mut pushed_out = None;
@@ -211,9 +210,10 @@ impl HashPool {
             }
         }
         // Every free thread takes a waiting job (each is awake, or asleep
-        // and woken by a queued job's notify), so with `waiting < free`
-        // after each push, `min(cap, jobs)` jobs run at once: none waits
-        // behind a running one while the cap allows another thread.
+        // and woken by a queued job's notify). Starting one whenever the
+        // waiting jobs would outnumber the free threads keeps them at most
+        // as many below the cap: none waits behind a running job while the
+        // cap allows another thread.
         if st.waiting >= st.free && st.spawned < inner.threads {
             let worker = Arc::clone(inner);
             let started = std::thread::Builder::new()
@@ -579,34 +579,37 @@ mod tests {
         assert_eq!(second.await.unwrap().unwrap(), 0);
     }
 
-    #[tokio::test]
-    async fn a_job_that_waited_too_long_is_refused_without_running() {
+    #[test]
+    fn a_job_that_waited_too_long_is_refused_without_running() {
         let hasher: Arc<dyn SecretHasher> =
             Arc::new(Argon2Hasher::new(Argon2Params::insecure_for_tests()));
-        let p = Arc::new(HashPool::new(hasher, 1, 8, Duration::from_millis(50)));
-        let gate = Arc::new((Mutex::new(false), Condvar::new()));
-        let busy = tokio::spawn({
-            let p = Arc::clone(&p);
-            let g = Arc::clone(&gate);
-            async move { p.run(None, blocker(g)).await }
-        });
+        let p = HashPool::new(hasher, 1, 8, Duration::from_millis(50));
         let ran = Arc::new(AtomicUsize::new(0));
-        let late = tokio::spawn({
-            let p = Arc::clone(&p);
+        let (late, answer) = job({
             let ran = Arc::clone(&ran);
-            async move {
-                p.run(None, move |_, _| {
-                    ran.fetch_add(1, Ordering::SeqCst);
-                    Ok(())
-                })
-                .await
+            move |_, _| {
+                ran.fetch_add(1, Ordering::SeqCst);
+                Ok(())
             }
         });
-        tokio::time::sleep(Duration::from_millis(120)).await;
-        open(&gate);
-        busy.await.unwrap().unwrap();
+        {
+            let mut st = p.inner.lock();
+            assert!(p.enqueue(&mut st, None, late).unwrap().is_none());
+            // Queued longer ago than the bound, as behind a long job; set
+            // under the lock, so the test does not depend on when the
+            // (nice 19) thread gets to run, before or after the bound.
+            let queued = st
+                .queues
+                .get_mut(&None)
+                .and_then(VecDeque::back_mut)
+                .unwrap();
+            queued.enqueued = queued
+                .enqueued
+                .checked_sub(Duration::from_millis(100))
+                .unwrap();
+        }
         assert!(matches!(
-            late.await.unwrap(),
+            answer.blocking_recv().unwrap(),
             Err(PoolError::Overloaded { .. })
         ));
         assert_eq!(ran.load(Ordering::SeqCst), 0);
