@@ -71,7 +71,13 @@ struct State {
     order: VecDeque<Lane>,
     waiting: usize,
     spawned: usize,
-    idle: usize,
+    /// Threads holding no job: from their start (counted by the submit
+    /// that started them) until they take one, and again from when they
+    /// finish it. Not only those asleep in the wait: one woken for a job
+    /// but not yet running (at nice 19 on a busy machine, for a while) is
+    /// still free, and a second job queued meanwhile needs a thread of its
+    /// own, not that one.
+    free: usize,
     shutdown: bool,
 }
 
@@ -131,16 +137,7 @@ impl HashPool {
         R: Send + 'static,
         F: FnOnce(&dyn SecretHasher, &mut HashScratch) -> Result<R, HashError> + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel();
-        let run: JobFn = Box::new(move |turn: Turn<'_>| {
-            let result = match turn {
-                // The caller went away (client gone, timeout): no argon2.
-                Turn::Run(..) if tx.is_closed() => return,
-                Turn::Run(hasher, scratch) => f(hasher, scratch).map_err(PoolError::Hash),
-                Turn::Refused(e) => Err(e),
-            };
-            let _ = tx.send(result);
-        });
+        let (run, rx) = job(f);
         self.submit(lane, run)?;
         rx.await
             .unwrap_or_else(|_| Err(PoolError::Hash(HashError::Failed("hashing failed".into()))))
@@ -170,64 +167,79 @@ impl HashPool {
     }
 
     fn submit(&self, lane: Lane, run: JobFn) -> Result<(), PoolError> {
-        let inner = &self.inner;
-        let mut pushed_out = None;
-        {
-            let mut st = inner.lock();
-            if st.shutdown {
-                return Err(PoolError::Hash(HashError::Failed(
-                    "hashing is shut down".into(),
-                )));
-            }
-            if st.waiting >= inner.max_waiting {
-                // Full: the lane holding the most waiting jobs gives up its
-                // newest, if it holds more than this lane would after
-                // admission; otherwise this job is refused.
-                let mine = st.queues.get(&lane).map_or(0, VecDeque::len);
-                // Management calls are never pushed out.
-                let victim = st
-                    .queues
-                    .iter()
-                    .filter(|(l, _)| **l != Some(Source::MANAGEMENT))
-                    .max_by_key(|(_, q)| q.len())
-                    .map(|(l, q)| (*l, q.len()));
-                match victim {
-                    Some((victim, len)) if len > mine + 1 => {
-                        pushed_out = st.queues.get_mut(&victim).and_then(VecDeque::pop_back);
-                        st.waiting -= 1;
-                    }
-                    _ => return Err(inner.overloaded()),
-                }
-            }
-            if st.idle == 0 && st.spawned < inner.threads {
-                let worker = Arc::clone(inner);
-                let started = std::thread::Builder::new()
-                    .name("keyward-hash".into())
-                    .spawn(move || work(&worker));
-                if started.is_ok() {
-                    st.spawned += 1;
-                } else if st.spawned == 0 {
-                    // No thread to run it: refused now, not queued forever.
-                    return Err(PoolError::Hash(HashError::Failed(
-                        "no hashing thread could be started".into(),
-                    )));
-                }
-            }
-            let queue = st.queues.entry(lane).or_default();
-            queue.push_back(Job {
-                enqueued: Instant::now(),
-                run,
-            });
-            if queue.len() == 1 {
-                st.fresh.push_back(lane);
-            }
-            st.waiting += 1;
-            inner.work.notify_one();
-        }
+        let pushed_out = {
+            let mut st = self.inner.lock();
+            self.enqueue(&mut st, lane, run)?
+        };
         if let Some(job) = pushed_out {
-            (job.run)(Turn::Refused(inner.overloaded()));
+            (job.run)(Turn::Refused(self.inner.overloaded()));
         }
         Ok(())
+    }
+
+    /// Queues `run` for `lane` under the lock held as `st`, starting a
+    /// thread (up to the cap) if the queue would hold more jobs than there
+    /// are free threads to take them; returns the job pushed out to make
+    /// room, to be refused once the lock is released.
+    fn enqueue(&self, st: &mut State, lane: Lane, run: JobFn) -> Result<Option<Job>, PoolError> {
+        let inner = &self.inner;
+        let mut pushed_out = None;
+        if st.shutdown {
+            return Err(PoolError::Hash(HashError::Failed(
+                "hashing is shut down".into(),
+            )));
+        }
+        if st.waiting >= inner.max_waiting {
+            // Full: the lane holding the most waiting jobs gives up its
+            // newest, if it holds more than this lane would after
+            // admission; otherwise this job is refused.
+            let mine = st.queues.get(&lane).map_or(0, VecDeque::len);
+            // Management calls are never pushed out.
+            let victim = st
+                .queues
+                .iter()
+                .filter(|(l, _)| **l != Some(Source::MANAGEMENT))
+                .max_by_key(|(_, q)| q.len())
+                .map(|(l, q)| (*l, q.len()));
+            match victim {
+                Some((victim, len)) if len > mine + 1 => {
+                    pushed_out = st.queues.get_mut(&victim).and_then(VecDeque::pop_back);
+                    st.waiting -= 1;
+                }
+                _ => return Err(inner.overloaded()),
+            }
+        }
+        // Every free thread takes a waiting job (each is awake, or asleep
+        // and woken by a queued job's notify). Starting one whenever the
+        // waiting jobs would outnumber the free threads keeps them at most
+        // as many below the cap: none waits behind a running job while the
+        // cap allows another thread.
+        if st.waiting >= st.free && st.spawned < inner.threads {
+            let worker = Arc::clone(inner);
+            let started = std::thread::Builder::new()
+                .name("keyward-hash".into())
+                .spawn(move || work(&worker));
+            if started.is_ok() {
+                st.spawned += 1;
+                st.free += 1;
+            } else if st.spawned == 0 {
+                // No thread to run it: refused now, not queued forever.
+                return Err(PoolError::Hash(HashError::Failed(
+                    "no hashing thread could be started".into(),
+                )));
+            }
+        }
+        let queue = st.queues.entry(lane).or_default();
+        queue.push_back(Job {
+            enqueued: Instant::now(),
+            run,
+        });
+        if queue.len() == 1 {
+            st.fresh.push_back(lane);
+        }
+        st.waiting += 1;
+        inner.work.notify_one();
+        Ok(pushed_out)
     }
 
     /// Jobs waiting now.
@@ -235,6 +247,25 @@ impl HashPool {
     fn waiting(&self) -> usize {
         self.inner.lock().waiting
     }
+}
+
+/// `f` as a job, and where its answer comes.
+fn job<R, F>(f: F) -> (JobFn, oneshot::Receiver<Result<R, PoolError>>)
+where
+    R: Send + 'static,
+    F: FnOnce(&dyn SecretHasher, &mut HashScratch) -> Result<R, HashError> + Send + 'static,
+{
+    let (tx, rx) = oneshot::channel();
+    let run: JobFn = Box::new(move |turn: Turn<'_>| {
+        let result = match turn {
+            // The caller went away (client gone, timeout): no argon2.
+            Turn::Run(..) if tx.is_closed() => return,
+            Turn::Run(hasher, scratch) => f(hasher, scratch).map_err(PoolError::Hash),
+            Turn::Refused(e) => Err(e),
+        };
+        let _ = tx.send(result);
+    });
+    (run, rx)
 }
 
 impl Drop for HashPool {
@@ -256,9 +287,13 @@ impl Drop for HashPool {
     }
 }
 
-/// The next job, round robin over lanes; `None` at shutdown.
-fn next(inner: &Inner) -> Option<Job> {
+/// The next job, round robin over lanes; `None` at shutdown. `finished`:
+/// the calling thread ran a job since it last called (it is free again).
+fn next(inner: &Inner, finished: bool) -> Option<Job> {
     let mut st = inner.lock();
+    if finished {
+        st.free += 1;
+    }
     loop {
         while let Some(lane) = st.fresh.pop_front().or_else(|| st.order.pop_front()) {
             let Some(queue) = st.queues.get_mut(&lane) else {
@@ -274,14 +309,13 @@ fn next(inner: &Inner) -> Option<Job> {
                 st.order.push_back(lane);
             }
             st.waiting -= 1;
+            st.free -= 1;
             return Some(job);
         }
         if st.shutdown {
             return None;
         }
-        st.idle += 1;
         st = inner.work.wait(st).unwrap_or_else(PoisonError::into_inner);
-        st.idle -= 1;
     }
 }
 
@@ -289,7 +323,10 @@ fn next(inner: &Inner) -> Option<Job> {
 fn work(inner: &Inner) {
     lower_priority();
     let mut scratch = HashScratch::new();
-    while let Some(job) = next(inner) {
+    // Counted free from its start, by the submit that started it.
+    let mut finished = false;
+    while let Some(job) = next(inner, finished) {
+        finished = true;
         if job.enqueued.elapsed() > inner.max_wait {
             (job.run)(Turn::Refused(inner.overloaded()));
             continue;
@@ -396,6 +433,98 @@ mod tests {
         gate.1.notify_all();
     }
 
+    /// How long a job of a meeting waits for the others: only a pool that
+    /// leaves one of them queued behind another waits this long.
+    const MEET_LIMIT: Duration = Duration::from_secs(10);
+
+    /// A job that waits (at most `MEET_LIMIT`) until `n` jobs of `meeting`
+    /// run at once, as checks behind a test's gate do, and says whether
+    /// they did.
+    fn meet(
+        meeting: &Arc<(Mutex<usize>, Condvar)>,
+        n: usize,
+    ) -> impl FnOnce(&dyn SecretHasher, &mut HashScratch) -> Result<bool, HashError> + Send + 'static
+    {
+        let meeting = Arc::clone(meeting);
+        move |_, _| {
+            let (m, c) = &*meeting;
+            let mut here = m.lock().unwrap();
+            *here += 1;
+            c.notify_all();
+            let (here, _) = c.wait_timeout_while(here, MEET_LIMIT, |h| *h < n).unwrap();
+            Ok(*here >= n)
+        }
+    }
+
+    /// A pool of `threads` threads of which one has run a job and is free
+    /// again (waiting for work), the others not started yet.
+    fn warm_pool(threads: usize) -> HashPool {
+        let p = pool(threads, 64);
+        let (warm, answer) = job(|_, _| Ok(()));
+        p.submit(None, warm).unwrap();
+        answer.blocking_recv().unwrap().unwrap();
+        while p.inner.lock().free != 1 {
+            std::thread::yield_now();
+        }
+        p
+    }
+
+    /// The flaky `tests/verifier.rs::the_concurrent_argon2_cap_holds`, made
+    /// deterministic: jobs queued back to back while the one free thread
+    /// has not yet taken the first (woken, but not yet run: at nice 19 on
+    /// a busy machine that can take long) must each get a thread, up to
+    /// the cap. Counting only threads blocked in the wait as free, the pool
+    /// started none for them: the later jobs waited behind the first.
+    #[test]
+    fn jobs_queued_before_the_free_thread_wakes_each_get_a_thread_up_to_the_cap() {
+        for cap in 2..=4 {
+            for round in 0..10 {
+                let p = warm_pool(cap);
+                let meeting = Arc::new((Mutex::new(0), Condvar::new()));
+                let mut answers = Vec::new();
+                {
+                    // All queued under one lock: the free thread cannot take
+                    // the first before the last is queued.
+                    let mut st = p.inner.lock();
+                    for i in 0..cap {
+                        let (run, answer) = job(meet(&meeting, cap));
+                        let pushed_out = p.enqueue(&mut st, lane(i as u8), run).unwrap();
+                        assert!(pushed_out.is_none());
+                        answers.push(answer);
+                    }
+                }
+                for answer in answers {
+                    assert_eq!(
+                        answer.blocking_recv().unwrap(),
+                        Ok(true),
+                        "cap {cap}, round {round}: a job waited behind another"
+                    );
+                }
+                assert_eq!(p.inner.lock().spawned, cap);
+            }
+        }
+    }
+
+    /// The same through `run`, as the verifier submits, with whatever
+    /// interleaving the scheduler gives: two jobs with a cap of two always
+    /// run together.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_a_cap_of_two_two_jobs_always_run_together() {
+        for round in 0..200 {
+            let p = Arc::new(tokio::task::block_in_place(|| warm_pool(2)));
+            let meeting = Arc::new((Mutex::new(0), Condvar::new()));
+            let jobs: Vec<_> = (0..2u8)
+                .map(|i| {
+                    let (p, f) = (Arc::clone(&p), meet(&meeting, 2));
+                    tokio::spawn(async move { p.run(lane(i), f).await })
+                })
+                .collect();
+            for j in jobs {
+                assert_eq!(j.await.unwrap(), Ok(true), "round {round}");
+            }
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_full_queue_refuses_the_flooding_source_and_admits_another() {
         let p = Arc::new(pool(1, 4));
@@ -450,34 +579,37 @@ mod tests {
         assert_eq!(second.await.unwrap().unwrap(), 0);
     }
 
-    #[tokio::test]
-    async fn a_job_that_waited_too_long_is_refused_without_running() {
+    #[test]
+    fn a_job_that_waited_too_long_is_refused_without_running() {
         let hasher: Arc<dyn SecretHasher> =
             Arc::new(Argon2Hasher::new(Argon2Params::insecure_for_tests()));
-        let p = Arc::new(HashPool::new(hasher, 1, 8, Duration::from_millis(50)));
-        let gate = Arc::new((Mutex::new(false), Condvar::new()));
-        let busy = tokio::spawn({
-            let p = Arc::clone(&p);
-            let g = Arc::clone(&gate);
-            async move { p.run(None, blocker(g)).await }
-        });
+        let p = HashPool::new(hasher, 1, 8, Duration::from_millis(50));
         let ran = Arc::new(AtomicUsize::new(0));
-        let late = tokio::spawn({
-            let p = Arc::clone(&p);
+        let (late, answer) = job({
             let ran = Arc::clone(&ran);
-            async move {
-                p.run(None, move |_, _| {
-                    ran.fetch_add(1, Ordering::SeqCst);
-                    Ok(())
-                })
-                .await
+            move |_, _| {
+                ran.fetch_add(1, Ordering::SeqCst);
+                Ok(())
             }
         });
-        tokio::time::sleep(Duration::from_millis(120)).await;
-        open(&gate);
-        busy.await.unwrap().unwrap();
+        {
+            let mut st = p.inner.lock();
+            assert!(p.enqueue(&mut st, None, late).unwrap().is_none());
+            // Queued longer ago than the bound, as behind a long job; set
+            // under the lock, so the test does not depend on when the
+            // (nice 19) thread gets to run, before or after the bound.
+            let queued = st
+                .queues
+                .get_mut(&None)
+                .and_then(VecDeque::back_mut)
+                .unwrap();
+            queued.enqueued = queued
+                .enqueued
+                .checked_sub(Duration::from_millis(100))
+                .unwrap();
+        }
         assert!(matches!(
-            late.await.unwrap(),
+            answer.blocking_recv().unwrap(),
             Err(PoolError::Overloaded { .. })
         ));
         assert_eq!(ran.load(Ordering::SeqCst), 0);
