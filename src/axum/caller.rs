@@ -12,7 +12,7 @@ use super::rejection::KeywardRejection;
 use crate::clock::Clock;
 use crate::ids::{Environment, KeyId};
 use crate::policy::{Permission, Policy, ResourceRef};
-use crate::verify::{CompiledKey, Denial, VerifiedKey, VerifyRequest};
+use crate::verify::{CompiledKey, Denial, DenialReason, VerifiedKey, VerifyRequest};
 use chrono::{DateTime, Utc};
 
 /// What the layer and the extractor share.
@@ -108,13 +108,35 @@ impl Caller {
         self.authorize_at(permission, resource, self.ctx.clock.now())
     }
 
-    /// [`Caller::authorize`] at a time already read (the layer reads the
-    /// clock once per request).
-    pub(super) fn authorize_at(
+    /// [`Caller::authorize`] at a time already read.
+    fn authorize_at(
         &self,
         permission: Permission,
         resource: Option<ResourceRef<'_>>,
         now: DateTime<Utc>,
+    ) -> Result<(), KeywardRejection> {
+        let rule = self.ctx.policy.resource_rule();
+        self.authorize_with(permission, resource, |key, req| key.check(req, rule, now))
+    }
+
+    /// The layer's authorization of a caller it has just authenticated:
+    /// the permission and the resource only, as the authentication
+    /// checked this key's expiry and IP allowlist for this request's
+    /// address (and a session's check its key's).
+    pub(super) fn authorize_granted(
+        &self,
+        permission: Permission,
+        resource: Option<ResourceRef<'_>>,
+    ) -> Result<(), KeywardRejection> {
+        let rule = self.ctx.policy.resource_rule();
+        self.authorize_with(permission, resource, |key, req| key.check_grant(req, rule))
+    }
+
+    fn authorize_with(
+        &self,
+        permission: Permission,
+        resource: Option<ResourceRef<'_>>,
+        check: impl FnOnce(&CompiledKey, &VerifyRequest<'_>) -> Result<(), DenialReason>,
     ) -> Result<(), KeywardRejection> {
         let req = VerifyRequest {
             environment: &self.ctx.environment,
@@ -123,13 +145,11 @@ impl Caller {
             client_ip: self.client_ip,
             spending: Default::default(),
         };
-        self.key
-            .check(&req, self.ctx.policy.resource_rule(), now)
-            .map_err(|reason| {
-                let denial = Denial::new(reason, Some(self.key.id().as_str()));
-                KeywardRejection::denied(&denial, &self.ctx.policy, Some(permission))
-                    .in_realm(&self.ctx.realm)
-            })
+        check(&self.key, &req).map_err(|reason| {
+            let denial = Denial::new(reason, Some(self.key.id().as_str()));
+            KeywardRejection::denied(&denial, &self.ctx.policy, Some(permission))
+                .in_realm(&self.ctx.realm)
+        })
     }
 }
 

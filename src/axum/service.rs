@@ -104,7 +104,7 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let layer = self.layer.clone();
         ResponseFuture::slow(Box::pin(async move {
-            let caller = match layer.finish(&mut parts, now, pending).await {
+            let caller = match layer.finish(&mut parts, pending).await {
                 Ok(caller) => caller,
                 Err(rejection) => {
                     let realm = &layer.config.ctx.realm;
@@ -217,7 +217,7 @@ impl<S: KeyStore> KeywardLayer<S> {
             client_ip,
             ctx: Arc::clone(&config.ctx),
         };
-        self.authorize_now(caller, parts, now)
+        self.authorize_now(caller, parts)
     }
 
     /// Authorizes a proven caller for this route (its permission, and the
@@ -226,12 +226,11 @@ impl<S: KeyStore> KeywardLayer<S> {
         &self,
         caller: Caller,
         parts: &mut Parts,
-        now: DateTime<Utc>,
     ) -> Result<Result<Caller, Pending>, KeywardRejection> {
         let config = &*self.config;
         if let Some(req) = &self.requirement {
             match &req.resource_param {
-                None => caller.authorize_at(req.permission, None, now)?,
+                None => caller.authorize_granted(req.permission, None)?,
                 Some(param) => {
                     let params = path_params(parts)?;
                     let name = params
@@ -252,13 +251,8 @@ impl<S: KeyStore> KeywardLayer<S> {
                         OwnerResolver::Now(lookup) => {
                             let mut checked = None;
                             lookup(name, &mut |owner| {
-                                checked = Some(authorize_resource(
-                                    &caller,
-                                    req.permission,
-                                    name,
-                                    owner,
-                                    now,
-                                ));
+                                checked =
+                                    Some(authorize_resource(&caller, req.permission, name, owner));
                             });
                             // Refused unless the lookup answered (it always
                             // does, once: `resource_owner_now`).
@@ -273,13 +267,9 @@ impl<S: KeyStore> KeywardLayer<S> {
                     };
                     let mut owner = resolve(name.to_owned());
                     match poll_now(owner.as_mut()) {
-                        Poll::Ready(owner) => authorize_resource(
-                            &caller,
-                            req.permission,
-                            name,
-                            owner.as_deref(),
-                            now,
-                        )?,
+                        Poll::Ready(owner) => {
+                            authorize_resource(&caller, req.permission, name, owner.as_deref())?
+                        }
                         Poll::Pending => {
                             return Ok(Err(Pending::Owner {
                                 caller,
@@ -309,14 +299,13 @@ impl<S: KeyStore> KeywardLayer<S> {
     async fn finish(
         &self,
         parts: &mut Parts,
-        now: DateTime<Utc>,
         mut pending: Pending,
     ) -> Result<Caller, KeywardRejection> {
         loop {
             pending = match pending {
                 Pending::Check => {
                     let caller = self.authenticate(parts).await?;
-                    match self.authorize_now(caller, parts, now)? {
+                    match self.authorize_now(caller, parts)? {
                         Ok(caller) => return Ok(caller),
                         Err(Pending::Check) => return Err(KeywardRejection::unavailable()),
                         Err(rest) => rest,
@@ -329,7 +318,7 @@ impl<S: KeyStore> KeywardLayer<S> {
                     owner,
                 } => {
                     let owner = owner.await;
-                    authorize_resource(&caller, permission, &name, owner.as_deref(), now)?;
+                    authorize_resource(&caller, permission, &name, owner.as_deref())?;
                     if !self.config.verifier.charges(&caller.key, &self.spending) {
                         return Ok(caller);
                     }
@@ -528,9 +517,8 @@ fn authorize_resource(
     permission: Permission,
     name: &str,
     owner: Option<&str>,
-    now: DateTime<Utc>,
 ) -> Result<(), KeywardRejection> {
     let owner = owner.unwrap_or(caller.owner().as_str());
     let resource = Some(ResourceRef::new(owner, name));
-    caller.authorize_at(permission, resource, now)
+    caller.authorize_granted(permission, resource)
 }

@@ -216,6 +216,20 @@ impl CompiledKey {
         now: DateTime<Utc>,
     ) -> Result<(), DenialReason> {
         self.check_access(req.client_ip, now)?;
+        self.check_grant(req, rule)
+    }
+
+    /// The part of [`CompiledKey::check`] that depends on neither the time
+    /// nor the address: permission, owner and resource scope. For the axum
+    /// layer, which authorizes a request right after authenticating it
+    /// (whose [`CompiledKey::check_access`] covered this key, this
+    /// address and the time).
+    #[inline]
+    pub(crate) fn check_grant(
+        &self,
+        req: &VerifyRequest<'_>,
+        rule: &ResourceRule,
+    ) -> Result<(), DenialReason> {
         if req.permission.is_session_only() {
             return Err(DenialReason::SessionOnly);
         }
