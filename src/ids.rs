@@ -83,11 +83,14 @@ macro_rules! string_newtype {
         $(#[$m])*
         #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
         #[serde(try_from = "String", into = "String")]
-        // `Arc<str>`: a clone shares the string. A cached key's id and
+        // `SmolStr` (the `smol_str` crate): up to 23 bytes inline (every
+        // generated key id, most owners, every environment), longer ones in
+        // one shared allocation (a clone is O(1)). A cached key's id and
         // owner are held by its compiled policy, its usage cell and the
-        // usage tracker's map; as `Box<str>` each held its own heap copy
-        // (issue 14 §1: bytes per cached key).
-        pub struct $name(std::sync::Arc<str>);
+        // usage tracker's map, and a denial names the id it refused: as
+        // `Box<str>` each was a heap copy (issue 14: bytes per cached key,
+        // and an allocation per denial).
+        pub struct $name(smol_str::SmolStr);
 
         impl $name {
             /// The value as a string slice.
@@ -117,7 +120,7 @@ macro_rules! string_newtype {
         }
         impl From<$name> for String {
             fn from(v: $name) -> String {
-                String::from(&*v.0)
+                String::from(v.0.as_str())
             }
         }
         impl TryFrom<String> for $name {
@@ -159,7 +162,7 @@ impl Environment {
             "lowercase ASCII letters and digits",
             |c| c.is_ascii_lowercase() || c.is_ascii_digit(),
         )?;
-        Ok(Self(s.into()))
+        Ok(Self(smol_str::SmolStr::new(s)))
     }
 }
 
@@ -191,7 +194,7 @@ impl KeyId {
             && s.len() <= MAX_KEY_ID_LEN
             && s.bytes().all(|b| b.is_ascii_alphanumeric())
         {
-            return Ok(Self(s.into()));
+            return Ok(Self(smol_str::SmolStr::new(s)));
         }
         check_chars(
             "key id",
@@ -200,12 +203,12 @@ impl KeyId {
             "ASCII letters and digits",
             |c| c.is_ascii_alphanumeric(),
         )?;
-        Ok(Self(s.into()))
+        Ok(Self(smol_str::SmolStr::new(s)))
     }
 
     /// A fresh random id of [`TokenFormat::KEY_ID_LEN`](crate::TokenFormat::KEY_ID_LEN) characters from the OS generator.
     pub fn generate() -> Self {
-        Self(random_base62(KEY_ID_LEN).as_str().into())
+        Self(smol_str::SmolStr::new(random_base62(KEY_ID_LEN).as_str()))
     }
 }
 
@@ -237,7 +240,7 @@ impl OwnerId {
     /// Validates and wraps an owner id.
     pub fn new(s: &str) -> Result<Self, InvalidValue> {
         check_text("owner", s, MAX_OWNER_LEN)?;
-        Ok(Self(s.into()))
+        Ok(Self(smol_str::SmolStr::new(s)))
     }
 }
 
@@ -274,7 +277,7 @@ impl ExternalId {
     /// a control character.
     pub fn new(s: &str) -> Result<Self, InvalidValue> {
         check_text("external_id", s, MAX_EXTERNAL_ID_LEN)?;
-        Ok(Self(s.into()))
+        Ok(Self(smol_str::SmolStr::new(s)))
     }
 }
 
