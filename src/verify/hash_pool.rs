@@ -12,6 +12,7 @@
 //! that stays put (tokio's blocking threads come and go, and glibc keeps
 //! freed 19 MiB argon2 blocks in their arenas: RSS only grew).
 
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -45,7 +46,9 @@ impl From<PoolError> for HashError {
 /// What a worker hands a job: the hasher and its scratch, or the reason it
 /// will not run.
 enum Turn<'a> {
-    Run(&'a dyn SecretHasher, &'a mut HashScratch),
+    /// Run it: the hasher, the thread's memory, and what to call once the
+    /// work is done and before the answer is sent (the thread is free).
+    Run(&'a dyn SecretHasher, &'a mut HashScratch, &'a dyn Fn()),
     Refused(PoolError),
 }
 
@@ -260,7 +263,11 @@ where
         let result = match turn {
             // The caller went away (client gone, timeout): no argon2.
             Turn::Run(..) if tx.is_closed() => return,
-            Turn::Run(hasher, scratch) => f(hasher, scratch).map_err(PoolError::Hash),
+            Turn::Run(hasher, scratch, done) => {
+                let result = f(hasher, scratch).map_err(PoolError::Hash);
+                done();
+                result
+            }
             Turn::Refused(e) => Err(e),
         };
         let _ = tx.send(result);
@@ -287,13 +294,10 @@ impl Drop for HashPool {
     }
 }
 
-/// The next job, round robin over lanes; `None` at shutdown. `finished`:
-/// the calling thread ran a job since it last called (it is free again).
-fn next(inner: &Inner, finished: bool) -> Option<Job> {
+/// The next job, round robin over lanes; `None` at shutdown. The calling
+/// thread was counted free before (see [`work`]).
+fn next(inner: &Inner) -> Option<Job> {
     let mut st = inner.lock();
-    if finished {
-        st.free += 1;
-    }
     loop {
         while let Some(lane) = st.fresh.pop_front().or_else(|| st.order.pop_front()) {
             let Some(queue) = st.queues.get_mut(&lane) else {
@@ -323,20 +327,31 @@ fn next(inner: &Inner, finished: bool) -> Option<Job> {
 fn work(inner: &Inner) {
     lower_priority();
     let mut scratch = HashScratch::new();
-    // Counted free from its start, by the submit that started it.
-    let mut finished = false;
-    while let Some(job) = next(inner, finished) {
-        finished = true;
+    // Counted free from its start, by the submit that started it, and
+    // again once each job's work is done.
+    while let Some(job) = next(inner) {
+        let freed = Cell::new(false);
+        let free = || {
+            if !freed.replace(true) {
+                inner.lock().free += 1;
+            }
+        };
         if job.enqueued.elapsed() > inner.max_wait {
+            free();
             (job.run)(Turn::Refused(inner.overloaded()));
             continue;
         }
         let hasher = &*inner.hasher;
         // A panicking hasher fails its own check (its sender is dropped),
-        // not the thread.
+        // not the thread. The job calls `free` before it sends its answer:
+        // a caller that submits its next check as soon as it has the
+        // answer (one after another, as a benchmark or a batch does) finds
+        // this thread free and starts no other, whose memory would be cold
+        // (argon2's 19 MiB stays in this thread's caches).
         let _ = catch_unwind(AssertUnwindSafe(|| {
-            (job.run)(Turn::Run(hasher, &mut scratch));
+            (job.run)(Turn::Run(hasher, &mut scratch, &free));
         }));
+        free();
     }
 }
 
@@ -431,6 +446,31 @@ mod tests {
     fn open(gate: &Arc<(Mutex<bool>, Condvar)>) {
         *gate.0.lock().unwrap() = true;
         gate.1.notify_all();
+    }
+
+    /// A thread counts itself free before its answer is sent, so a check
+    /// submitted as soon as the last one answered (one after another, as a
+    /// benchmark or a batch does) finds it free and starts no other thread,
+    /// whose argon2 memory would be cold. Shown by holding the pool's lock
+    /// while the job ends: the answer must wait for the count.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_thread_is_counted_free_before_its_answer_is_sent() {
+        let p = Arc::new(pool(4, 8));
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let busy = occupy(&p, &gate).await;
+        let answered_first = {
+            let _held = p.inner.lock();
+            open(&gate);
+            std::thread::sleep(Duration::from_millis(300));
+            busy.is_finished()
+        };
+        assert!(
+            !answered_first,
+            "answered before the thread counted itself free"
+        );
+        busy.await.unwrap().unwrap();
+        let st = p.inner.lock();
+        assert_eq!((st.free, st.spawned), (1, 1));
     }
 
     /// How long a job of a meeting waits for the others: only a pool that
