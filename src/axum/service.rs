@@ -202,10 +202,13 @@ impl<S: KeyStore> KeywardLayer<S> {
             }
             let env = &config.ctx.environment;
             let pair = credential.pair_key_id();
-            match config
-                .verifier
-                .authenticate_cached(pair, t, env, client_ip, now)
-            {
+            match config.verifier.authenticate_cached(
+                pair,
+                t,
+                env,
+                client_ip,
+                now.timestamp_micros(),
+            ) {
                 // Not in the cache: the cold path, awaited.
                 None => return Ok(Err(Pending::Check)),
                 Some(checked) => (checked.map_err(|d| self.denied(&d))?, client_ip),

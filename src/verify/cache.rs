@@ -230,14 +230,14 @@ impl KeyCache {
         id: &str,
         environment: &Environment,
         fingerprint: impl FnOnce() -> [u8; FINGERPRINT_LEN],
-        now: DateTime<Utc>,
+        now_us: i64,
     ) -> Option<Cached> {
         let shard = self
             .shard(id)
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         let entry = shard.get(id.as_bytes())?;
-        if !self.is_fresh(entry, now) || !entry.state.is_for(environment) {
+        if !self.is_fresh(entry, now_us) || !entry.state.is_for(environment) {
             return None;
         }
         if bool::from(entry.fingerprint.ct_eq(&fingerprint())) {
@@ -247,8 +247,8 @@ impl KeyCache {
         }
     }
 
-    fn is_fresh(&self, entry: &Entry, now: DateTime<Utc>) -> bool {
-        let now = now.timestamp_micros();
+    /// Whether `entry` is fresh at `now` (microseconds since the epoch).
+    fn is_fresh(&self, entry: &Entry, now: i64) -> bool {
         // A clock that went back is not fresh.
         !entry.stale && now >= entry.cached_at && now.saturating_sub(entry.cached_at) < self.ttl_us
     }
@@ -263,7 +263,7 @@ impl KeyCache {
         id: &str,
         environment: &Environment,
         fingerprint: impl FnOnce() -> [u8; FINGERPRINT_LEN],
-        now: DateTime<Utc>,
+        now_us: i64,
     ) -> Lookup {
         let shard = self
             .shard(id)
@@ -276,7 +276,7 @@ impl KeyCache {
         {
             return Lookup::Miss;
         }
-        if self.is_fresh(entry, now) {
+        if self.is_fresh(entry, now_us) {
             return Lookup::Hit(entry.state.state());
         }
         match entry.proof {
@@ -349,6 +349,7 @@ impl KeyCache {
         }
         if shard.len() >= self.per_shard && !shard.contains_key(id.as_str().as_bytes()) {
             // Entries past their TTL go first (their proofs with them).
+            let now = now.timestamp_micros();
             shard.retain(|_, e| self.is_fresh(e, now));
             if shard.len() >= self.per_shard {
                 // Still full: evict an arbitrary entry (hash order is random per process).
@@ -469,11 +470,10 @@ impl UnknownIds {
     }
 
     /// Whether `id` was found missing less than the TTL ago.
-    pub(crate) fn contains(&self, id: &str, now: DateTime<Utc>) -> bool {
+    pub(crate) fn contains(&self, id: &str, now: i64) -> bool {
         if self.ttl_us <= 0 {
             return false;
         }
-        let now = now.timestamp_micros();
         let shard = self
             .shard(id)
             .read()
@@ -569,10 +569,15 @@ mod tests {
             .into_iter()
             .enumerate()
         {
-            let hit = cache.lookup(id, &env, || [i as u8; FINGERPRINT_LEN], t(1));
+            let hit = cache.lookup(
+                id,
+                &env,
+                || [i as u8; FINGERPRINT_LEN],
+                t(1).timestamp_micros(),
+            );
             assert!(matches!(hit, Some(Cached::Dead(..))), "{id}");
             // Another secret's fingerprint is a miss.
-            let other = cache.lookup(id, &env, || [9; FINGERPRINT_LEN], t(1));
+            let other = cache.lookup(id, &env, || [9; FINGERPRINT_LEN], t(1).timestamp_micros());
             assert!(other.is_none(), "{id}");
         }
         // A prefix or an extension of a cached id is another id.
@@ -584,7 +589,7 @@ mod tests {
         ] {
             assert!(
                 cache
-                    .lookup(id, &env, || [0; FINGERPRINT_LEN], t(1))
+                    .lookup(id, &env, || [0; FINGERPRINT_LEN], t(1).timestamp_micros())
                     .is_none()
             );
         }

@@ -5,7 +5,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
@@ -44,7 +43,7 @@ impl<S: KeyStore> Shared<S> {
         &self,
         id: &str,
         env: &Environment,
-        now: DateTime<Utc>,
+        now: i64,
         client_ip: Option<IpAddr>,
         proven: bool,
     ) -> Result<Admitted, ColdDenial> {
@@ -97,7 +96,7 @@ impl<S: KeyStore> Shared<S> {
         id: &str,
         env: &Environment,
         secret: &str,
-        now: DateTime<Utc>,
+        now: i64,
         client_ip: Option<IpAddr>,
         proof: Option<Proof>,
         admitted: Admitted,

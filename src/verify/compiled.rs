@@ -48,6 +48,11 @@ fn same_as_tag(s: &str, tag: u128) -> bool {
     s.len() == len && tag16(s) == tag
 }
 
+/// `at` in microseconds since the epoch, rounded down; `i64::MAX` for none.
+fn micros_or_max(at: Option<DateTime<Utc>>) -> i64 {
+    at.map_or(i64::MAX, |at| at.timestamp_micros())
+}
+
 /// A key with its policy decoded and compiled, as the verifier caches it.
 #[derive(Debug)]
 pub struct CompiledKey {
@@ -68,6 +73,9 @@ pub struct CompiledKey {
     /// The earlier of the expiry and the idle-expiry deadline: the one
     /// time compared on every check.
     deadline: Option<DateTime<Utc>>,
+    /// The deadline in microseconds since the epoch, rounded down (`i64::MAX`:
+    /// none): the number a check compares with the clock's.
+    deadline_us: i64,
     kind: KeyKind,
     generation: u64,
     pub(super) usage: Option<Arc<UsageCell>>,
@@ -124,6 +132,7 @@ impl CompiledKey {
             ip_allowlist: record.ip_allowlist.clone(),
             expires_at: record.expires_at,
             deadline,
+            deadline_us: micros_or_max(deadline),
             kind: record.kind,
             generation: record.generation,
             usage: None,
@@ -177,6 +186,7 @@ impl CompiledKey {
             ip_allowlist,
             expires_at,
             deadline: expires_at,
+            deadline_us: micros_or_max(expires_at),
             kind: KeyKind::Scoped,
             generation: 0,
             usage: None,
@@ -194,7 +204,18 @@ impl CompiledKey {
         client_ip: Option<IpAddr>,
         now: DateTime<Utc>,
     ) -> Result<(), DenialReason> {
-        if self.deadline.is_some_and(|e| e <= now) {
+        self.check_access_at(client_ip, now.timestamp_micros())
+    }
+
+    /// [`CompiledKey::check_access`] at `now_us` microseconds since the
+    /// epoch (a [`Clock::now_micros`](crate::clock::Clock::now_micros) read).
+    #[inline]
+    pub(crate) fn check_access_at(
+        &self,
+        client_ip: Option<IpAddr>,
+        now_us: i64,
+    ) -> Result<(), DenialReason> {
+        if self.deadline_us <= now_us {
             return Err(DenialReason::Expired);
         }
         if !self.ip_allowlist.is_empty() {
@@ -215,7 +236,18 @@ impl CompiledKey {
         rule: &ResourceRule,
         now: DateTime<Utc>,
     ) -> Result<(), DenialReason> {
-        self.check_access(req.client_ip, now)?;
+        self.check_at(req, rule, now.timestamp_micros())
+    }
+
+    /// [`CompiledKey::check`] at `now_us` microseconds since the epoch.
+    #[inline]
+    pub(crate) fn check_at(
+        &self,
+        req: &VerifyRequest<'_>,
+        rule: &ResourceRule,
+        now_us: i64,
+    ) -> Result<(), DenialReason> {
+        self.check_access_at(req.client_ip, now_us)?;
         self.check_grant(req, rule)
     }
 
@@ -342,13 +374,14 @@ impl CompiledKey {
 /// the check and what the check spent. Cheap to clone; derefs to
 /// [`CompiledKey`].
 #[derive(Debug, Clone)]
-pub struct VerifiedKey(Arc<CompiledKey>, DateTime<Utc>, UsageSeen);
+pub struct VerifiedKey(Arc<CompiledKey>, i64, UsageSeen);
 
 impl VerifiedKey {
-    pub(crate) fn from_compiled(key: Arc<CompiledKey>, now: DateTime<Utc>) -> Self {
-        // The check's time, not the remaining lifetime: that is date
-        // arithmetic only a caller that asks for it pays for.
-        Self(key, now, UsageSeen::default())
+    /// A key checked at `now_us` (microseconds since the epoch).
+    pub(crate) fn from_compiled(key: Arc<CompiledKey>, now_us: i64) -> Self {
+        // The check's time, not the remaining lifetime: that is arithmetic
+        // only a caller that asks for it pays for.
+        Self(key, now_us, UsageSeen::default())
     }
 
     pub(crate) fn with_usage(mut self, seen: UsageSeen) -> Self {
@@ -405,9 +438,10 @@ impl VerifiedKey {
     /// expires), so a response can warn its caller (as NuGet's
     /// `X-NuGet-Warning` does). Zero or more.
     pub fn remaining_lifetime(&self) -> Option<Duration> {
-        self.0
-            .deadline
-            .map(|d| (d - self.1).to_std().unwrap_or(Duration::ZERO))
+        self.0.deadline.map(|d| {
+            let left = d.timestamp_micros().saturating_sub(self.1);
+            Duration::from_micros(u64::try_from(left).unwrap_or(0))
+        })
     }
 }
 

@@ -198,7 +198,8 @@ impl Sessions {
         let hash = SessionHash::of(parsed.expose_secret());
         let now = shared.clock.now();
         let id = parsed.key_id();
-        let key = match self.cache.lookup(id, environment, || hash.0, now) {
+        let now_us = now.timestamp_micros();
+        let key = match self.cache.lookup(id, environment, || hash.0, now_us) {
             Some(Cached::Live(key)) => key,
             Some(Cached::Dead(reason, _)) => return Err(anonymous(reason)),
             None => {
@@ -273,7 +274,7 @@ impl Sessions {
         match check(&key, now) {
             Ok(()) => Ok(VerifiedSession {
                 session_id: KeyId::new(id).map_err(|_| anonymous(DenialReason::UnknownKey))?,
-                key: VerifiedKey::from_compiled(key, now),
+                key: VerifiedKey::from_compiled(key, now_us),
             }),
             Err(reason) => Err(Denial::new(reason, Some(key.id().as_str()))),
         }

@@ -116,13 +116,14 @@ enum Begun<'a> {
         proof: Option<Proof>,
         /// The source's throttle token it took.
         admitted: Admitted,
-        now: DateTime<Utc>,
+        /// When the check began, in microseconds since the epoch.
+        now: i64,
     },
     /// Proven and allowed, but a usage block is short: lease, then spend.
     Lease {
         id: &'a str,
         key: Arc<CompiledKey>,
-        now: DateTime<Utc>,
+        now: i64,
     },
 }
 
@@ -156,7 +157,7 @@ impl<S: KeyStore> Verifier<S> {
         req: &VerifyRequest<'_>,
     ) -> Result<VerifiedKey, Denial> {
         let rule = self.shared.policy.resource_rule();
-        let check = |key: &CompiledKey, now| key.check(req, rule, now);
+        let check = |key: &CompiledKey, now| key.check_at(req, rule, now);
         let (env, ip, spending) = (req.environment, req.client_ip, Some(&req.spending));
         // The span in a block of its own: not kept in this future while
         // the box is awaited.
@@ -181,7 +182,7 @@ impl<S: KeyStore> Verifier<S> {
         environment: &Environment,
         client_ip: Option<IpAddr>,
     ) -> Result<VerifiedKey, Denial> {
-        let check = |key: &CompiledKey, now| key.check_access(client_ip, now);
+        let check = |key: &CompiledKey, now| key.check_access_at(client_ip, now);
         // The span in a block of its own: not kept in this future while
         // the box is awaited.
         let rest = {
@@ -216,7 +217,7 @@ impl<S: KeyStore> Verifier<S> {
         req: &VerifyRequest<'_>,
     ) -> Result<VerifiedKey, Denial> {
         let rule = self.shared.policy.resource_rule();
-        let check = |key: &CompiledKey, now| key.check(req, rule, now);
+        let check = |key: &CompiledKey, now| key.check_at(req, rule, now);
         let (env, ip, spending) = (req.environment, req.client_ip, Some(&req.spending));
         // The span in a block of its own: not kept in this future while
         // the box is awaited.
@@ -240,7 +241,7 @@ impl<S: KeyStore> Verifier<S> {
         environment: &Environment,
         client_ip: Option<IpAddr>,
     ) -> Result<VerifiedKey, Denial> {
-        let check = |key: &CompiledKey, now| key.check_access(client_ip, now);
+        let check = |key: &CompiledKey, now| key.check_access_at(client_ip, now);
         let rest = {
             let span = VerifySpan::new("pair");
             let begun = span
@@ -265,7 +266,7 @@ impl<S: KeyStore> Verifier<S> {
         environment: &Environment,
         client_ip: Option<IpAddr>,
         spending: Option<&Spending<'_>>,
-        check: &impl Fn(&CompiledKey, DateTime<Utc>) -> Result<(), DenialReason>,
+        check: &impl Fn(&CompiledKey, i64) -> Result<(), DenialReason>,
     ) -> Begun<'a> {
         let parsed = match self.shared.format.parse(token) {
             Ok(p) => p,
@@ -293,7 +294,7 @@ impl<S: KeyStore> Verifier<S> {
         environment: &Environment,
         client_ip: Option<IpAddr>,
         spending: Option<&Spending<'_>>,
-        check: &impl Fn(&CompiledKey, DateTime<Utc>) -> Result<(), DenialReason>,
+        check: &impl Fn(&CompiledKey, i64) -> Result<(), DenialReason>,
     ) -> Begun<'a> {
         if let Err(denial) = self.check_pair_input(key_id, secret, client_ip) {
             return Begun::Done(Err(denial));
@@ -349,10 +350,11 @@ impl<S: KeyStore> Verifier<S> {
         environment: &Environment,
         client_ip: Option<IpAddr>,
         spending: Option<&Spending<'_>>,
-        check: &impl Fn(&CompiledKey, DateTime<Utc>) -> Result<(), DenialReason>,
+        check: &impl Fn(&CompiledKey, i64) -> Result<(), DenialReason>,
     ) -> Begun<'a> {
         let shared = &*self.shared;
-        let now = shared.clock.now();
+        // Microseconds: every time a check compares is an integer.
+        let now = shared.clock.now_micros();
         let fingerprint = || shared.fingerprinter.fingerprint(secret.as_bytes());
         let proof = match shared.cache.lookup_proof(id, environment, fingerprint, now) {
             Lookup::Hit(Cached::Live(key)) => {
@@ -395,8 +397,8 @@ impl<S: KeyStore> Verifier<S> {
         id: &str,
         client_ip: Option<IpAddr>,
         spending: Option<&Spending<'_>>,
-        check: &impl Fn(&CompiledKey, DateTime<Utc>) -> Result<(), DenialReason>,
-        now: DateTime<Utc>,
+        check: &impl Fn(&CompiledKey, i64) -> Result<(), DenialReason>,
+        now: i64,
     ) -> Settled {
         if let Err(reason) = check(&key, now) {
             let owner = Some(key.owner.clone());
@@ -435,7 +437,7 @@ impl<S: KeyStore> Verifier<S> {
         environment: &Environment,
         client_ip: Option<IpAddr>,
         spending: Option<&Spending<'_>>,
-        check: impl Fn(&CompiledKey, DateTime<Utc>) -> Result<(), DenialReason>,
+        check: impl Fn(&CompiledKey, i64) -> Result<(), DenialReason>,
     ) -> Result<VerifiedKey, Denial> {
         let shared = &*self.shared;
         let (id, key, now) = match begun {
@@ -460,7 +462,7 @@ impl<S: KeyStore> Verifier<S> {
                 }
                 // The cold check may have waited (store, argon2 slot):
                 // judge expiry at the time it ends.
-                let now = shared.clock.now();
+                let now = shared.clock.now_micros();
                 match self.settle(key, id, client_ip, spending, &check, now) {
                     Settled::Done(answer) => return answer,
                     Settled::Lease(key) => (id, key, now),
@@ -495,7 +497,7 @@ impl<S: KeyStore> Verifier<S> {
         secret: &str,
         environment: &Environment,
         client_ip: Option<IpAddr>,
-        now: DateTime<Utc>,
+        now: i64,
     ) -> Result<Result<Arc<CompiledKey>, Option<Proof>>, Denial> {
         let shared = &*self.shared;
         let fingerprint = || shared.fingerprinter.fingerprint(secret.as_bytes());
@@ -517,8 +519,8 @@ impl<S: KeyStore> Verifier<S> {
         key: &CompiledKey,
         id: &str,
         client_ip: Option<IpAddr>,
-        now: DateTime<Utc>,
-        check: impl FnOnce(&CompiledKey, DateTime<Utc>) -> Result<(), DenialReason>,
+        now: i64,
+        check: impl FnOnce(&CompiledKey, i64) -> Result<(), DenialReason>,
     ) -> Result<(), Denial> {
         check(key, now).map_err(|reason| {
             self.deny_owned(Some(id), Some(key.owner.clone()), reason, None, client_ip)
@@ -530,8 +532,8 @@ impl<S: KeyStore> Verifier<S> {
     /// malformed credential, a cached refusal, or a cached key (then judged
     /// and its use recorded, as the async check does). `None`, having
     /// recorded nothing: the key must be proven by the cold path; call the
-    /// async method. `now` is the caller's clock read (the layer reads it
-    /// once per request).
+    /// async method. `now` is the caller's clock read, in microseconds
+    /// since the epoch (the layer reads it once per request).
     #[cfg(feature = "axum")]
     pub(crate) fn authenticate_cached(
         &self,
@@ -539,7 +541,7 @@ impl<S: KeyStore> Verifier<S> {
         secret: &str,
         environment: &Environment,
         client_ip: Option<IpAddr>,
-        now: DateTime<Utc>,
+        now: i64,
     ) -> Option<Result<VerifiedKey, Denial>> {
         let kind = if pair_id.is_some() { "pair" } else { "key" };
         VerifySpan::new(kind).in_scope(|| {
@@ -572,7 +574,7 @@ impl<S: KeyStore> Verifier<S> {
                 Ok(Err(_)) => return None,
                 Err(d) => return Some(Err(d)),
             };
-            let check = |key: &CompiledKey, now| key.check_access(client_ip, now);
+            let check = |key: &CompiledKey, now| key.check_access_at(client_ip, now);
             if let Err(d) = self.judge(&key, id, client_ip, now, check) {
                 return Some(Err(d));
             }
@@ -598,7 +600,7 @@ impl<S: KeyStore> Verifier<S> {
         &self,
         key: &CompiledKey,
         spending: &Spending<'_>,
-        now: DateTime<Utc>,
+        now: i64,
     ) -> Result<Option<UsageSeen>, (DenialReason, Option<Duration>)> {
         let shared = &*self.shared;
         if spending.has_limits() {
@@ -616,7 +618,7 @@ impl<S: KeyStore> Verifier<S> {
         let Some(m) = &key.metering else {
             return Ok(Some(UsageSeen::default()));
         };
-        match m.ledger.try_spend(m, spending, now.timestamp_micros()) {
+        match m.ledger.try_spend(m, spending, now) {
             Outcome::Spent(seen) => Ok(Some(seen)),
             Outcome::Denied(reason, retry) => Err((reason, retry)),
             Outcome::Short => Ok(None),
@@ -629,13 +631,13 @@ impl<S: KeyStore> Verifier<S> {
         &self,
         key: &CompiledKey,
         spending: &Spending<'_>,
-        now: DateTime<Utc>,
+        now_us: i64,
     ) -> Result<UsageSeen, (DenialReason, Option<Duration>)> {
         let shared = &*self.shared;
         let Some(m) = &key.metering else {
             return Ok(UsageSeen::default());
         };
-        let now_us = now.timestamp_micros();
+        let now = micros_to_time(now_us);
         // A few rounds: a block leased here may be spent by concurrent
         // checks of the same key before this one takes from it.
         for _ in 0..4 {
@@ -674,7 +676,7 @@ impl<S: KeyStore> Verifier<S> {
             // Sessions reach a key's ledger without the key's cold path.
             self.start_sweeper();
         }
-        let now = self.shared.clock.now();
+        let now = self.shared.clock.now_micros();
         let spent = match self.spend_local(&key, spending, now) {
             Ok(Some(s)) => Ok(s),
             Ok(None) => self.spend_leasing(&key, spending, now).await,
@@ -773,15 +775,14 @@ impl<S: KeyStore> Verifier<S> {
     /// nothing, and the key's own copy of that bound is read with its other
     /// fields (no load of the usage cell, no write to any shared line).
     #[inline]
-    fn used(&self, key: &CompiledKey, client_ip: Option<IpAddr>, now: DateTime<Utc>) {
+    fn used(&self, key: &CompiledKey, client_ip: Option<IpAddr>, now_us: i64) {
         crate::trace::verified(&key.id, key.owner.as_str());
-        let now_us = now.timestamp_micros();
         if now_us < key.usage_quiet_until.load(Ordering::Relaxed) {
             return;
         }
         let Some(cell) = &key.usage else { return };
         let interval = self.shared.usage.interval;
-        let due = cell.note(now, client_ip, interval);
+        let due = cell.note(micros_to_time(now_us), client_ip, interval);
         let quiet = cell.quiet_until(interval);
         if key.usage_quiet_until.load(Ordering::Relaxed) != quiet {
             key.usage_quiet_until.store(quiet, Ordering::Relaxed);
@@ -909,4 +910,11 @@ impl<S: KeyStore> crate::store::Invalidate for Verifier<S> {
     fn invalidate_all(&self) {
         self.shared.invalidate_all();
     }
+}
+
+/// A clock read in microseconds as a time, for the paths that keep one (a
+/// due usage write, a lease): rare next to the checks, which compare the
+/// numbers.
+fn micros_to_time(us: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(us).unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
