@@ -11,7 +11,6 @@ use ::axum::extract::{ConnectInfo, FromRequestParts, RawPathParams};
 use ::axum::http::request::Parts;
 use ::axum::http::{HeaderMap, HeaderValue, Request, StatusCode};
 use ::axum::response::{IntoResponse, Response};
-use chrono::{DateTime, TimeDelta, Utc};
 use tower::{Layer, Service};
 
 use super::caller::Caller;
@@ -78,7 +77,8 @@ where
         let (mut parts, body) = req.into_parts();
         // One clock read per request, for the key's check, the route's
         // and the expiry warning (a check that waits reads its own).
-        let now = self.layer.config.ctx.clock.now();
+        // Microseconds: no `DateTime` is built unless a warning is due.
+        let now = self.layer.config.ctx.clock.now_micros();
         // The usual case (a cached key, a resolver that answers at once,
         // nothing to lease) ends here, without a boxed future.
         let pending = match self.layer.check_now(&mut parts, now) {
@@ -186,7 +186,7 @@ impl<S: KeyStore> KeywardLayer<S> {
     fn check_now(
         &self,
         parts: &mut Parts,
-        now: DateTime<Utc>,
+        now: i64,
     ) -> Result<Result<Caller, Pending>, KeywardRejection> {
         let config = &*self.config;
         let (key, client_ip) = {
@@ -202,13 +202,10 @@ impl<S: KeyStore> KeywardLayer<S> {
             }
             let env = &config.ctx.environment;
             let pair = credential.pair_key_id();
-            match config.verifier.authenticate_cached(
-                pair,
-                t,
-                env,
-                client_ip,
-                now.timestamp_micros(),
-            ) {
+            match config
+                .verifier
+                .authenticate_cached(pair, t, env, client_ip, now)
+            {
                 // Not in the cache: the cold path, awaited.
                 None => return Ok(Err(Pending::Check)),
                 Some(checked) => (checked.map_err(|d| self.denied(&d))?, client_ip),
@@ -396,7 +393,7 @@ impl<S: KeyStore> KeywardLayer<S> {
 
     /// The headers a successful response gets: the expiry warning and, when
     /// asked for, the `RateLimit` fields.
-    fn extra_headers(&self, caller: &Caller, now: DateTime<Utc>) -> Extra {
+    fn extra_headers(&self, caller: &Caller, now: i64) -> Extra {
         let config = &*self.config;
         Extra {
             warning: self
@@ -410,16 +407,21 @@ impl<S: KeyStore> KeywardLayer<S> {
         }
     }
 
-    fn expiry_warning(&self, caller: &Caller, now: DateTime<Utc>) -> Option<HeaderValue> {
+    /// The warning for a key that expires within `warn_within_days` of
+    /// `now` (microseconds since the epoch).
+    fn expiry_warning(&self, caller: &Caller, now: i64) -> Option<HeaderValue> {
+        const DAY_US: i64 = 86_400_000_000;
         let days = self.config.warn_within_days;
         if days == 0 || caller.session.is_some() {
             return None;
         }
         let expires = caller.expires_at()?;
-        if expires - now > TimeDelta::days(i64::from(days)) {
+        let left_us = expires.timestamp_micros().saturating_sub(now);
+        if left_us > i64::from(days).saturating_mul(DAY_US) {
             return None;
         }
-        let left = (expires - now).num_days();
+        // Whole days, rounded toward zero (as `TimeDelta::num_days`).
+        let left = left_us / DAY_US;
         let text = format!(
             "The API key {} expires in {} day{}, on {}. Regenerate it or create a new key before then.",
             caller.id(),
