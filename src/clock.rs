@@ -22,9 +22,9 @@ pub trait Clock: Send + Sync + 'static {
     /// use keyward::{clock::Clock, clock::SystemClock, ManualClock};
     /// let clock = ManualClock::new("2026-01-01T00:00:00.000007Z".parse().unwrap());
     /// assert_eq!(clock.now_micros(), clock.now().timestamp_micros());
-    /// let before = SystemClock.now().timestamp_micros();
-    /// let micros = SystemClock.now_micros();
-    /// assert!(micros >= before && micros <= SystemClock.now().timestamp_micros());
+    /// assert_eq!(clock.now_micros() % 1_000_000, 7);
+    /// // After 2020-01-01 on any machine that runs this.
+    /// assert!(SystemClock.now_micros() > 1_577_836_800_000_000);
     /// ```
     fn now_micros(&self) -> i64 {
         self.now().timestamp_micros()
@@ -95,8 +95,20 @@ impl ManualClock {
 
     /// Moves the clock by `delta` (which may be negative).
     pub fn advance(&self, delta: TimeDelta) {
-        let d = delta.num_microseconds().unwrap_or(i64::MAX);
-        self.micros.fetch_add(d, Ordering::SeqCst);
+        // Too long to count in microseconds: as far as it goes, in its
+        // direction; the sum saturates instead of wrapping.
+        let d = delta
+            .num_microseconds()
+            .unwrap_or(if delta < TimeDelta::zero() {
+                i64::MIN
+            } else {
+                i64::MAX
+            });
+        let _ = self
+            .micros
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |m| {
+                Some(m.saturating_add(d))
+            });
     }
 
     /// Sets the clock to `at`.
@@ -107,8 +119,13 @@ impl ManualClock {
 
 impl Clock for ManualClock {
     fn now(&self) -> DateTime<Utc> {
-        DateTime::from_timestamp_micros(self.micros.load(Ordering::SeqCst))
-            .unwrap_or(DateTime::<Utc>::MAX_UTC)
+        let micros = self.micros.load(Ordering::SeqCst);
+        // Beyond chrono's range: its end on that side.
+        DateTime::from_timestamp_micros(micros).unwrap_or(if micros < 0 {
+            DateTime::<Utc>::MIN_UTC
+        } else {
+            DateTime::<Utc>::MAX_UTC
+        })
     }
 }
 
@@ -117,6 +134,20 @@ mod tests {
     use chrono::{NaiveDate, SubsecRound};
 
     use super::*;
+
+    /// A step too long to count moves the clock to its end in that
+    /// direction, never the other way.
+    #[test]
+    fn a_huge_step_saturates_in_its_direction() {
+        let start: DateTime<Utc> = "2026-01-01T00:00:00Z".parse().unwrap();
+        let clock = ManualClock::new(start);
+        clock.advance(TimeDelta::MIN);
+        assert!(clock.now() < start);
+        assert_eq!(clock.now(), DateTime::<Utc>::MIN_UTC);
+        let clock = ManualClock::new(start);
+        clock.advance(TimeDelta::MAX);
+        assert_eq!(clock.now(), DateTime::<Utc>::MAX_UTC);
+    }
 
     /// The fast truncation gives what chrono's `trunc_subsecs(6)` gives,
     /// leap seconds and the ends of the range included.

@@ -49,8 +49,17 @@ fn same_as_tag(s: &str, tag: u128) -> bool {
 }
 
 /// `at` in microseconds since the epoch, rounded down; `i64::MAX` for none.
+/// A time inside a leap second (chrono keeps it as the second before with
+/// more than a second of nanoseconds) counts as the last microsecond
+/// before it ends: `timestamp_micros` would put it into the next second,
+/// and a deadline there would be reached late.
 fn micros_or_max(at: Option<DateTime<Utc>>) -> i64 {
-    at.map_or(i64::MAX, |at| at.timestamp_micros())
+    at.map_or(i64::MAX, |at| {
+        let micros = i64::from(at.timestamp_subsec_micros().min(999_999));
+        at.timestamp()
+            .saturating_mul(1_000_000)
+            .saturating_add(micros)
+    })
 }
 
 /// A key with its policy decoded and compiled, as the verifier caches it.
@@ -454,6 +463,28 @@ impl std::ops::Deref for VerifiedKey {
 
 #[cfg(test)]
 mod tests {
+    /// A deadline inside a leap second is reached before the next second
+    /// begins, as the `DateTime` comparison had it.
+    #[test]
+    fn a_leap_second_deadline_is_reached_before_the_next_second() {
+        use chrono::NaiveDate;
+        let leap = NaiveDate::from_ymd_opt(2016, 12, 31)
+            .unwrap()
+            .and_hms_nano_opt(23, 59, 59, 1_500_000_000)
+            .unwrap()
+            .and_utc();
+        let next = NaiveDate::from_ymd_opt(2017, 1, 1)
+            .unwrap()
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc();
+        assert!(leap < next);
+        assert!(micros_or_max(Some(leap)) < next.timestamp_micros());
+        assert_eq!(micros_or_max(None), i64::MAX);
+        let plain = DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap();
+        assert_eq!(micros_or_max(Some(plain)), plain.timestamp_micros());
+    }
+
     use super::*;
 
     /// A cached key pays one pointer for its external id and metadata, and
