@@ -84,6 +84,22 @@ struct State {
     shutdown: bool,
 }
 
+impl State {
+    /// With the queue full: the lane that gives up its newest job so one
+    /// of `lane`'s can wait, the lane holding the most waiting jobs if it
+    /// holds more than `lane` would after admission; `None`: `lane`'s job
+    /// is refused. Management calls are never pushed out.
+    fn victim(&self, lane: Lane) -> Option<Lane> {
+        let mine = self.queues.get(&lane).map_or(0, VecDeque::len);
+        self.queues
+            .iter()
+            .filter(|(l, _)| **l != Some(Source::MANAGEMENT))
+            .max_by_key(|(_, q)| q.len())
+            .filter(|(_, q)| q.len() > mine + 1)
+            .map(|(l, _)| *l)
+    }
+}
+
 struct Inner {
     hasher: Arc<dyn SecretHasher>,
     state: Mutex<State>,
@@ -154,18 +170,9 @@ impl HashPool {
         if st.waiting < self.inner.max_waiting {
             return Ok(());
         }
-        let mine = st.queues.get(&lane).map_or(0, VecDeque::len);
-        let most = st
-            .queues
-            .iter()
-            .filter(|(l, _)| **l != Some(Source::MANAGEMENT))
-            .map(|(_, q)| q.len())
-            .max()
-            .unwrap_or(0);
-        if most > mine + 1 {
-            Ok(())
-        } else {
-            Err(self.inner.overloaded())
+        match st.victim(lane) {
+            Some(_) => Ok(()),
+            None => Err(self.inner.overloaded()),
         }
     }
 
@@ -193,24 +200,11 @@ impl HashPool {
             )));
         }
         if st.waiting >= inner.max_waiting {
-            // Full: the lane holding the most waiting jobs gives up its
-            // newest, if it holds more than this lane would after
-            // admission; otherwise this job is refused.
-            let mine = st.queues.get(&lane).map_or(0, VecDeque::len);
-            // Management calls are never pushed out.
-            let victim = st
-                .queues
-                .iter()
-                .filter(|(l, _)| **l != Some(Source::MANAGEMENT))
-                .max_by_key(|(_, q)| q.len())
-                .map(|(l, q)| (*l, q.len()));
-            match victim {
-                Some((victim, len)) if len > mine + 1 => {
-                    pushed_out = st.queues.get_mut(&victim).and_then(VecDeque::pop_back);
-                    st.waiting -= 1;
-                }
-                _ => return Err(inner.overloaded()),
-            }
+            let Some(victim) = st.victim(lane) else {
+                return Err(inner.overloaded());
+            };
+            pushed_out = st.queues.get_mut(&victim).and_then(VecDeque::pop_back);
+            st.waiting -= 1;
         }
         // Every free thread takes a waiting job (each is awake, or asleep
         // and woken by a queued job's notify). Starting one whenever the
