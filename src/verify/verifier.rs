@@ -286,20 +286,10 @@ impl<S: KeyStore> Verifier<S> {
         spending: Option<&Spending<'_>>,
         check: &impl Fn(&CompiledKey, i64) -> Result<(), DenialReason>,
     ) -> Begun<'a> {
-        let parsed = match self.shared.format.parse(token) {
-            Ok(p) => p,
-            Err(e) => {
-                let reason = DenialReason::Malformed(e);
-                return Begun::Done(Err(self.deny(None, reason, None, client_ip)));
-            }
-        };
-        let id = parsed.key_id();
-        if parsed.environment() != environment.as_str() {
-            let reason = DenialReason::WrongEnvironment;
-            return Begun::Done(Err(self.deny(Some(id), reason, None, client_ip)));
+        match self.credential(None, token, environment, client_ip) {
+            Ok((id, secret)) => self.begin(id, secret, environment, client_ip, spending, check),
+            Err(denial) => Begun::Done(Err(denial)),
         }
-        let secret = parsed.expose_secret();
-        self.begin(id, secret, environment, client_ip, spending, check)
     }
 
     /// [`Verifier::begin`] for an id + secret pair: the input rule
@@ -314,10 +304,39 @@ impl<S: KeyStore> Verifier<S> {
         spending: Option<&Spending<'_>>,
         check: &impl Fn(&CompiledKey, i64) -> Result<(), DenialReason>,
     ) -> Begun<'a> {
-        if let Err(denial) = self.check_pair_input(key_id, secret, client_ip) {
-            return Begun::Done(Err(denial));
+        match self.credential(Some(key_id), secret, environment, client_ip) {
+            Ok((id, secret)) => self.begin(id, secret, environment, client_ip, spending, check),
+            Err(denial) => Begun::Done(Err(denial)),
         }
-        self.begin(key_id, secret, environment, client_ip, spending, check)
+    }
+
+    /// The key id and secret of a credential, read without any store
+    /// access: a token of keyward's format (`pair_id: None`; parsed and of
+    /// `environment`), or an id + secret pair (the input rule,
+    /// [`Verifier::check_pair_input`]). A refusal is recorded.
+    #[inline]
+    fn credential<'a>(
+        &self,
+        pair_id: Option<&'a str>,
+        secret: &'a str,
+        environment: &Environment,
+        client_ip: Option<IpAddr>,
+    ) -> Result<(&'a str, &'a str), Denial> {
+        if let Some(id) = pair_id {
+            self.check_pair_input(id, secret, client_ip)?;
+            return Ok((id, secret));
+        }
+        let parsed = self
+            .shared
+            .format
+            .parse(secret)
+            .map_err(|e| self.deny(None, DenialReason::Malformed(e), None, client_ip))?;
+        let id = parsed.key_id();
+        if parsed.environment() != environment.as_str() {
+            let reason = DenialReason::WrongEnvironment;
+            return Err(self.deny(Some(id), reason, None, client_ip));
+        }
+        Ok((id, parsed.expose_secret()))
     }
 
     /// Refuses pair input no key could match, before any store access.
@@ -370,27 +389,18 @@ impl<S: KeyStore> Verifier<S> {
         spending: Option<&Spending<'_>>,
         check: &impl Fn(&CompiledKey, i64) -> Result<(), DenialReason>,
     ) -> Begun<'a> {
-        let shared = &*self.shared;
         // Microseconds: every time a check compares is an integer.
-        let now = shared.clock.now_micros();
-        let fingerprint = || shared.fingerprinter.fingerprint(secret.as_bytes());
-        let proof = match shared.cache.lookup_proof(id, environment, fingerprint, now) {
-            Lookup::Hit(Cached::Live(key)) => {
-                return match self.settle(key, id, client_ip, spending, check, now) {
-                    Settled::Done(answer) => Begun::Done(answer),
-                    Settled::Lease(key) => Begun::Lease { id, key, now },
-                };
-            }
-            Lookup::Hit(Cached::Dead(reason, owner)) => {
-                let denial = self.deny_owned(Some(id), owner, reason, None, client_ip);
-                return Begun::Done(Err(denial));
-            }
-            Lookup::Stale(proof) => Some(proof),
-            Lookup::Miss => None,
+        let now = self.shared.clock.now_micros();
+        let proof = match self.by_cache(id, secret, environment, client_ip, spending, check, now) {
+            Ok(begun) => return begun,
+            Err(proof) => proof,
         };
         // Throttles and the unknown-id memory first: a flood of them never
         // builds the box.
-        match shared.admit(id, environment, now, client_ip, proof.is_some()) {
+        match self
+            .shared
+            .admit(id, environment, now, client_ip, proof.is_some())
+        {
             Ok(admitted) => Begun::Cold {
                 id,
                 secret,
@@ -402,6 +412,41 @@ impl<S: KeyStore> Verifier<S> {
                 let denial = self.deny_owned(Some(id), owner, reason, retry, client_ip);
                 Begun::Done(Err(denial))
             }
+        }
+    }
+
+    /// The cache's part of [`Verifier::begin`] at `now`: `Ok` when the
+    /// cache decides (a cached refusal, or a proven key settled by
+    /// [`Verifier::settle`]); `Err` with a stale entry's proof, if any,
+    /// when the cold path must prove the secret, having taken and recorded
+    /// nothing.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    fn by_cache<'a>(
+        &self,
+        id: &'a str,
+        secret: &str,
+        environment: &Environment,
+        client_ip: Option<IpAddr>,
+        spending: Option<&Spending<'_>>,
+        check: &impl Fn(&CompiledKey, i64) -> Result<(), DenialReason>,
+        now: i64,
+    ) -> Result<Begun<'a>, Option<Proof>> {
+        let shared = &*self.shared;
+        let fingerprint = || shared.fingerprinter.fingerprint(secret.as_bytes());
+        match shared.cache.lookup_proof(id, environment, fingerprint, now) {
+            Lookup::Hit(Cached::Live(key)) => Ok(
+                match self.settle(key, id, client_ip, spending, check, now) {
+                    Settled::Done(answer) => Begun::Done(answer),
+                    Settled::Lease(key) => Begun::Lease { id, key, now },
+                },
+            ),
+            Lookup::Hit(Cached::Dead(reason, owner)) => {
+                let denial = self.deny_owned(Some(id), owner, reason, None, client_ip);
+                Ok(Begun::Done(Err(denial)))
+            }
+            Lookup::Stale(proof) => Err(Some(proof)),
+            Lookup::Miss => Err(None),
         }
     }
 
@@ -503,55 +548,14 @@ impl<S: KeyStore> Verifier<S> {
         }
     }
 
-    /// The cache's answer for `id` and `secret`, without waiting and
-    /// without side effects unless it decides: `Ok(Ok(key))` proven,
-    /// `Ok(Err(proof))` the cold path must prove it (a stale proof, or
-    /// none), `Err` a cached refusal (recorded as a failure).
-    #[cfg(feature = "axum")]
-    #[inline]
-    fn cached_proof(
-        &self,
-        id: &str,
-        secret: &str,
-        environment: &Environment,
-        client_ip: Option<IpAddr>,
-        now: i64,
-    ) -> Result<Result<Arc<CompiledKey>, Option<Proof>>, Denial> {
-        let shared = &*self.shared;
-        let fingerprint = || shared.fingerprinter.fingerprint(secret.as_bytes());
-        match shared.cache.lookup_proof(id, environment, fingerprint, now) {
-            Lookup::Hit(Cached::Live(key)) => Ok(Ok(key)),
-            Lookup::Hit(Cached::Dead(reason, owner)) => {
-                Err(self.deny_owned(Some(id), owner, reason, None, client_ip))
-            }
-            Lookup::Stale(proof) => Ok(Err(Some(proof))),
-            Lookup::Miss => Ok(Err(None)),
-        }
-    }
-
-    /// Runs `check` on a proven key; a refusal is recorded.
-    #[cfg(feature = "axum")]
-    #[inline]
-    fn judge(
-        &self,
-        key: &CompiledKey,
-        id: &str,
-        client_ip: Option<IpAddr>,
-        now: i64,
-        check: impl FnOnce(&CompiledKey, i64) -> Result<(), DenialReason>,
-    ) -> Result<(), Denial> {
-        check(key, now).map_err(|reason| {
-            self.deny_owned(Some(id), Some(key.owner.clone()), reason, None, client_ip)
-        })
-    }
-
     /// [`Verifier::authenticate`] (`pair_id: None`) or
     /// [`Verifier::authenticate_pair`] when the answer needs no waiting: a
-    /// malformed credential, a cached refusal, or a cached key (then judged
-    /// and its use recorded, as the async check does). `None`, having
-    /// recorded nothing: the key must be proven by the cold path; call the
-    /// async method. `now` is the caller's clock read, in microseconds
-    /// since the epoch (the layer reads it once per request).
+    /// malformed credential, a cached refusal, or a cached key (then
+    /// checked and its use noted by the same [`Verifier::by_cache`] as
+    /// the async check). `None`, having recorded nothing: the key must be
+    /// proven by the cold path; call the async method. `now` is the
+    /// caller's clock read, in microseconds since the epoch (the layer
+    /// reads it once per request).
     #[cfg(feature = "axum")]
     pub(crate) fn authenticate_cached(
         &self,
@@ -563,41 +567,16 @@ impl<S: KeyStore> Verifier<S> {
     ) -> Option<Result<VerifiedKey, Denial>> {
         let kind = if pair_id.is_some() { "pair" } else { "key" };
         VerifySpan::new(kind).in_scope(|| {
-            let parsed;
-            let (id, secret) = match pair_id {
-                Some(id) => {
-                    if let Err(d) = self.check_pair_input(id, secret, client_ip) {
-                        return Some(Err(d));
-                    }
-                    (id, secret)
-                }
-                None => {
-                    parsed = match self.shared.format.parse(secret) {
-                        Ok(p) => p,
-                        Err(e) => {
-                            let reason = DenialReason::Malformed(e);
-                            return Some(Err(self.deny(None, reason, None, client_ip)));
-                        }
-                    };
-                    let id = parsed.key_id();
-                    if parsed.environment() != environment.as_str() {
-                        let reason = DenialReason::WrongEnvironment;
-                        return Some(Err(self.deny(Some(id), reason, None, client_ip)));
-                    }
-                    (id, parsed.expose_secret())
-                }
-            };
-            let key = match self.cached_proof(id, secret, environment, client_ip, now) {
-                Ok(Ok(key)) => key,
-                Ok(Err(_)) => return None,
-                Err(d) => return Some(Err(d)),
+            let (id, secret) = match self.credential(pair_id, secret, environment, client_ip) {
+                Ok(credential) => credential,
+                Err(denial) => return Some(Err(denial)),
             };
             let check = |key: &CompiledKey, now| key.check_access_at(client_ip, now);
-            if let Err(d) = self.judge(&key, id, client_ip, now, check) {
-                return Some(Err(d));
+            match self.by_cache(id, secret, environment, client_ip, None, &check, now) {
+                Ok(Begun::Done(answer)) => Some(answer),
+                // No spending, so no lease; and a miss is the cold path's.
+                Ok(Begun::Lease { .. } | Begun::Cold { .. }) | Err(_) => None,
             }
-            self.used(&key, client_ip, now);
-            Some(Ok(VerifiedKey::from_compiled(key, now)))
         })
     }
 
