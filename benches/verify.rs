@@ -517,12 +517,14 @@ fn lowest_priority() {}
 
 // ---------------------------------------------------------------- scale/* and threads/*
 
-/// A key of the large populations: its own token, owner, resource and address.
+/// A key of the large populations: its own token, owner, resource and
+/// address, and the key compiled for the SHA-256 baseline's map.
 #[derive(Clone)]
 struct Sampled {
     token: String,
     owner: String,
     ip: IpAddr,
+    compiled: Arc<CompiledKey>,
 }
 
 impl Sampled {
@@ -568,6 +570,7 @@ fn population(
     store: &MemoryStore,
     format: &TokenFormat,
     live: &Environment,
+    policy: &Policy,
 ) -> Vec<Sampled> {
     let hasher = Argon2Hasher::new(Argon2Params::insecure_for_tests());
     let threads = std::thread::available_parallelism().map_or(2, |p| p.get());
@@ -620,7 +623,13 @@ fn population(
                         if block_on(store.insert(&record, None)).is_err() {
                             continue; // the id was taken: draw another
                         }
-                        out.push(Sampled { token, owner, ip });
+                        let compiled = CompiledKey::compile(&record, policy).expect("compile");
+                        out.push(Sampled {
+                            token,
+                            owner,
+                            ip,
+                            compiled: Arc::new(compiled),
+                        });
                         i += 1;
                     }
                     out
@@ -682,16 +691,60 @@ fn spread(keys: &[Sampled], count: usize) -> Vec<Sampled> {
     keys.iter().step_by(step).take(count).cloned().collect()
 }
 
+/// The crates.io / Unkey design over `keys`, as `verify/baseline_sha256_lookup`:
+/// SHA-256 of the token, a `HashMap` lookup, a constant-time compare, the
+/// policy check and an `Arc` clone.
+struct Baseline(HashMap<[u8; 32], Arc<CompiledKey>>);
+
+impl Baseline {
+    fn new(keys: &[Sampled]) -> Self {
+        let map = keys
+            .iter()
+            .map(|k| {
+                (
+                    Sha256::digest(k.token.as_bytes()).into(),
+                    Arc::clone(&k.compiled),
+                )
+            })
+            .collect();
+        Self(map)
+    }
+
+    fn check(
+        &self,
+        format: &TokenFormat,
+        token: &str,
+        req: &VerifyRequest<'_>,
+        rule: &keyward::policy::ResourceRule,
+    ) -> Option<Arc<CompiledKey>> {
+        let parsed = format.parse(token).ok()?;
+        if parsed.environment() != req.environment.as_str() {
+            return None;
+        }
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let (stored, key) = self.0.get_key_value(&digest)?;
+        if !bool::from(stored.ct_eq(&digest)) {
+            return None;
+        }
+        key.check(req, rule, SystemClock.now()).ok()?;
+        Some(Arc::clone(key))
+    }
+}
+
 fn bench_scale_and_threads(c: &mut Criterion) {
     let started = Instant::now();
     let live = live();
     let push = registry().get("package:push").expect("push");
     let format = format();
+    let policy = Policy::new(registry());
+    let rule = policy.resource_rule();
     let store: Store = Arc::new(MemoryStore::new());
-    let keys = population(1_000_000, &store, &format, &live);
+    let keys = population(1_000_000, &store, &format, &live, &policy);
     eprintln!("scale: 1M keys stored in {:.1?}", started.elapsed());
 
     let mut group = c.benchmark_group("scale");
+    // The 1k and 1M cases are kept for the interleaved ratios below.
+    let mut kept = Vec::new();
     for (name, n) in [
         ("cached_hit_1k", 1_000),
         ("cached_hit_100k", 100_000),
@@ -714,8 +767,76 @@ fn bench_scale_and_threads(c: &mut Criterion) {
                     .expect("cached hit")
             })
         });
+        if n != 100_000 {
+            kept.push((manager, Baseline::new(cached), sample));
+        }
     }
     group.finish();
+
+    // The floor: the same random draws through the SHA-256 baseline's map
+    // of as many keys, interleaved with keyward's (issue 14 §2). What a
+    // million random keys cost over a thousand in any design of this
+    // shape is memory latency (map slot, key), not code.
+    let [
+        (small, small_base, small_sample),
+        (large, large_base, large_sample),
+    ] = <[_; 2]>::try_from(kept).unwrap_or_else(|_| panic!("two kept cases"));
+    let (small_v, large_v) = (small.verifier(), large.verifier());
+    let keyward_batch = |verifier: &Verifier<Store>, sample: &[Sampled]| {
+        let started = Instant::now();
+        for k in sample {
+            block_on(verifier.verify(black_box(&k.token), &k.request(&live, push)))
+                .expect("cached hit");
+        }
+        started.elapsed().as_secs_f64() / sample.len() as f64
+    };
+    let baseline_batch = |base: &Baseline, sample: &[Sampled]| {
+        let started = Instant::now();
+        for k in sample {
+            let req = k.request(&live, push);
+            base.check(&format, black_box(&k.token), &req, rule)
+                .expect("baseline hit");
+        }
+        started.elapsed().as_secs_f64() / sample.len() as f64
+    };
+    let mut times = [const { Vec::<f64>::new() }; 4];
+    for round in 0..16 {
+        // Each round runs the four batches, starting at a different one.
+        for i in 0..4 {
+            let case = (i + round) % 4;
+            let t = match case {
+                0 => keyward_batch(&small_v, &small_sample),
+                1 => keyward_batch(&large_v, &large_sample),
+                2 => baseline_batch(&small_base, &small_sample),
+                _ => baseline_batch(&large_base, &large_sample),
+            };
+            if round > 0 {
+                times[case].push(t);
+            }
+        }
+    }
+    for (name, small, large) in [("cached_hit", 0, 1), ("baseline_sha256_lookup", 2, 3)] {
+        let mut ratios: Vec<f64> = times[large]
+            .iter()
+            .zip(&times[small])
+            .map(|(l, s)| l / s)
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        let median = |v: &[f64]| {
+            let mut v = v.to_vec();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2] * 1e9
+        };
+        eprintln!(
+            "scale: {name}_1m / {name}_1k, interleaved: median {:.2}x (min {:.2}x, max {:.2}x; 1k ~{:.0} ns, 1m ~{:.0} ns)",
+            ratios[ratios.len() / 2],
+            ratios[0],
+            ratios[ratios.len() - 1],
+            median(&times[small]),
+            median(&times[large]),
+        );
+    }
+    drop((small, large));
 
     // threads/*: the same 10,000 cached checks on one or two threads.
     let manager = big_cache_manager(&store);
