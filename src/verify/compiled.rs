@@ -14,39 +14,13 @@ use super::request::VerifyRequest;
 use super::usage::UsageCell;
 use crate::ids::ExternalId;
 use crate::ids::OwnerId;
-use crate::ids::{Environment, KeyId};
+use crate::ids::{Environment, KeyId, same_as_tag, tag16};
 use crate::key::{KeyKind, KeyRecord};
 use crate::metadata::Metadata;
 use crate::policy::PolicyError;
 use crate::policy::{
     CompiledScope, IpAllowlist, PermissionSet, Policy, ResourceRule, ResourceScope,
 };
-
-/// A string of at most 16 bytes packed into a `u128` (zero-padded), or 0
-/// when longer. For a string without NUL bytes (a validated owner or
-/// environment) the length is where the padding starts, so
-/// [`same_as_tag`] compares an untrusted string with it exactly: a check
-/// compares one inline word instead of following a pointer to a heap
-/// string that is likely cold in the CPU caches (issue 14).
-#[inline]
-pub(super) fn tag16(s: &str) -> u128 {
-    let b = s.as_bytes();
-    if b.len() > 16 {
-        return 0;
-    }
-    let mut bytes = [0u8; 16];
-    bytes[..b.len()].copy_from_slice(b);
-    u128::from_le_bytes(bytes)
-}
-
-/// Whether `s` is the string packed in `tag` (non-zero, from a string
-/// without NUL bytes): same packed bytes and same length, so an input with
-/// trailing NUL bytes is not taken for the shorter string.
-#[inline]
-fn same_as_tag(s: &str, tag: u128) -> bool {
-    let len = 16 - (tag.leading_zeros() / 8) as usize;
-    s.len() == len && tag16(s) == tag
-}
 
 /// `at` in microseconds since the epoch, rounded down; `i64::MAX` for none.
 /// A time inside a leap second (chrono keeps it as the second before with
