@@ -179,11 +179,16 @@ fn bench_verify(c: &mut Criterion) {
     let store: Store = Arc::new(MemoryStore::new());
     fill_store(&store, POPULATION, &live);
 
-    // Default argon2id parameters; a burst so large that the cold-miss loop is never throttled.
+    // Default argon2id parameters; bursts so large that neither the key nor
+    // the client's source is ever throttled: `unknown_id` measures the
+    // unknown-id memory (until 2026-12-02 17:00 UTC the source's default
+    // burst of 30 ran out during its first batch, so it measured the
+    // source's throttle instead), and `cold_miss` needs no refill after it.
     let manager = KeyManager::builder(Arc::clone(&store), format.clone(), policy.clone())
         .hasher(Argon2Hasher::default())
         .verifier_config(VerifierConfig {
             failure_burst: 1_000_000,
+            source_failure_burst: 1_000_000_000,
             ..VerifierConfig::default()
         })
         .build()
@@ -299,6 +304,18 @@ fn bench_verify(c: &mut Criterion) {
     assert!(compiled.check(&req, rule, checked_at).is_ok());
     eprintln!("verify: setup took {:.1?}", started.elapsed());
 
+    // Each refusal is the one its id names, before and after the
+    // interleaved batches (the source is never throttled).
+    let refusals = || {
+        let reason = |t: &str| {
+            block_on(verifier.verify(t, &req))
+                .expect_err("refused")
+                .reason
+        };
+        assert_eq!(reason(&unknown), DenialReason::UnknownKey);
+        assert!(matches!(reason(&bad_checksum), DenialReason::Malformed(_)));
+    };
+    refusals();
     interleaved_against_baseline(
         &[
             ("cached_hit", &|| {
@@ -315,6 +332,7 @@ fn bench_verify(c: &mut Criterion) {
             black_box(baseline_check(black_box(&token)).is_some());
         },
     );
+    refusals();
 
     let mut group = c.benchmark_group("verify");
     group.bench_function("cached_hit", |b| {

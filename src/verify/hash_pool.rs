@@ -320,7 +320,8 @@ fn next(inner: &Inner) -> Option<Job> {
 /// A hashing thread: its own scratch memory for its whole life.
 fn work(inner: &Inner) {
     lower_priority();
-    let mut scratch = HashScratch::new();
+    // Wiped after each job's answer is sent, not before (see HashScratch).
+    let mut scratch = HashScratch::deferring();
     // Counted free from its start, by the submit that started it, and
     // again once each job's work is done.
     while let Some(job) = next(inner) {
@@ -345,6 +346,9 @@ fn work(inner: &Inner) {
         let _ = catch_unwind(AssertUnwindSafe(|| {
             (job.run)(Turn::Run(hasher, &mut scratch, &free));
         }));
+        // The answer is sent: now the blocks the hash left are zeroed,
+        // before this thread takes another job.
+        scratch.wipe();
         free();
     }
 }
@@ -440,6 +444,32 @@ mod tests {
     fn open(gate: &Arc<(Mutex<bool>, Condvar)>) {
         *gate.0.lock().unwrap() = true;
         gate.1.notify_all();
+    }
+
+    /// A hashing thread answers first and zeroes its argon2 blocks after,
+    /// before it takes its next job: the first job still sees the blocks
+    /// its hash left as it answers, the second finds them zeroed.
+    #[tokio::test]
+    async fn a_thread_wipes_its_blocks_after_answering_and_before_its_next_job() {
+        let p = pool(1, 8);
+        let hasher = Argon2Hasher::new(Argon2Params::insecure_for_tests());
+        let stored = hasher.hash(b"right").unwrap();
+        let dirty_when_answering = p
+            .run(lane(1), move |h, scratch| {
+                assert!(h.verify_with(b"right", &stored, scratch)?);
+                Ok(scratch.dirty_blocks())
+            })
+            .await
+            .unwrap();
+        assert!(dirty_when_answering > 0, "wiped before the answer");
+        let dirty_at_next_job = p
+            .run(lane(2), |_, scratch| Ok(scratch.dirty_blocks()))
+            .await
+            .unwrap();
+        assert_eq!(
+            dirty_at_next_job, 0,
+            "the next job found the last one's blocks"
+        );
     }
 
     /// A thread counts itself free before its answer is sent, so a check
