@@ -190,10 +190,14 @@ impl KeyId {
         // The common case in one pass over the bytes (every denial that
         // names a key makes one); the error, when there is one, from
         // `check_chars`.
-        if short_alphanumeric(s.as_bytes())
-            || (!s.is_empty()
-                && s.len() <= MAX_KEY_ID_LEN
-                && s.bytes().all(|b| b.is_ascii_alphanumeric()))
+        if short_alphanumeric(s.as_bytes()) {
+            // At most 16 bytes, so inline (`new_inline` takes up to 23)
+            // without `SmolStr::new`'s search for a shared whitespace string.
+            return Ok(Self(smol_str::SmolStr::new_inline(s)));
+        }
+        if !s.is_empty()
+            && s.len() <= MAX_KEY_ID_LEN
+            && s.bytes().all(|b| b.is_ascii_alphanumeric())
         {
             return Ok(Self(smol_str::SmolStr::new(s)));
         }
