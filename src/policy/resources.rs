@@ -1,6 +1,7 @@
 //! Resource scope: all of an owner's resources, or names and glob patterns.
 
 use serde::{Deserialize, Serialize};
+use std::fmt;
 
 use super::wildcard;
 use crate::policy::PolicyError;
@@ -76,8 +77,47 @@ pub struct ResourceRule {
     /// characters), bit *c* for character *c*: one test per byte in
     /// [`ResourceRule::check_name`] instead of a scan of `extra_chars`.
     ascii_allowed: u128,
+    /// The same set as a table of every byte (none above 127): the name
+    /// test on every request reads one byte per byte of the name, with no
+    /// early exit (issue 14: 350 → about 100 instructions for a 29-byte
+    /// name, under callgrind).
+    allowed_bytes: AllowedBytes,
     case_insensitive: bool,
     max_entries: usize,
+}
+
+/// A set of bytes as a table: 1 for a member, 0 otherwise.
+#[derive(Clone, PartialEq, Eq)]
+struct AllowedBytes([u8; 256]);
+
+impl AllowedBytes {
+    /// The bytes whose bit is set in `mask` (bit *b* for byte *b* < 128).
+    fn of(mask: u128) -> Self {
+        let mut table = [0u8; 256];
+        for (b, slot) in table.iter_mut().enumerate().take(128) {
+            *slot = u8::from(mask >> b & 1 != 0);
+        }
+        Self(table)
+    }
+
+    /// Whether every byte of `bytes` is in the set.
+    #[inline]
+    fn all(&self, bytes: &[u8]) -> bool {
+        bytes
+            .iter()
+            .fold(0u8, |missing, &b| missing | (self.0[usize::from(b)] ^ 1))
+            == 0
+    }
+}
+
+impl fmt::Debug for AllowedBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let members: String = (0u8..128)
+            .filter(|&b| self.0[usize::from(b)] != 0)
+            .map(char::from)
+            .collect();
+        f.debug_tuple("AllowedBytes").field(&members).finish()
+    }
 }
 
 /// The bit mask of ASCII letters and digits plus the ASCII characters of `extra`.
@@ -90,9 +130,11 @@ fn ascii_mask(extra: &[char]) -> u128 {
 impl Default for ResourceRule {
     fn default() -> Self {
         let extra_chars = vec!['.', '-', '_'];
+        let ascii_allowed = ascii_mask(&extra_chars);
         Self {
             max_len: 128,
-            ascii_allowed: ascii_mask(&extra_chars),
+            ascii_allowed,
+            allowed_bytes: AllowedBytes::of(ascii_allowed),
             extra_chars,
             case_insensitive: true,
             max_entries: 100,
@@ -109,6 +151,7 @@ impl ResourceRule {
         }
         self.extra_chars = chars.chars().collect();
         self.ascii_allowed = ascii_mask(&self.extra_chars);
+        self.allowed_bytes = AllowedBytes::of(self.ascii_allowed);
         Ok(self)
     }
 
@@ -197,16 +240,9 @@ impl ResourceRule {
         if name.is_empty() {
             return Err(PolicyError::EmptyPattern { index: 0 });
         }
-        // The usual name: ASCII, allowed, short enough (one bit test per
-        // byte, in the mask's 64-bit half for that byte; none above 127).
-        let halves = [self.ascii_allowed as u64, (self.ascii_allowed >> 64) as u64];
-        if name.len() <= self.max_len
-            && name.bytes().all(|b| {
-                halves
-                    .get(usize::from(b >> 6))
-                    .is_some_and(|half| half >> (b & 63) & 1 != 0)
-            })
-        {
+        // The usual name: ASCII, allowed, short enough (one table read per
+        // byte; none above 127 is in the table).
+        if name.len() <= self.max_len && self.allowed_bytes.all(name.as_bytes()) {
             return Ok(());
         }
         if name.len() > self.max_len {
@@ -299,5 +335,35 @@ impl CompiledScope {
         } else {
             ResourceScope::Only(self.patterns().map(str::to_owned).collect())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The byte table is the rule's character test, byte for byte, for the
+    /// default rule and one with other extra characters; a name passes
+    /// `check_name` exactly when each of its bytes does.
+    #[test]
+    fn the_byte_table_is_the_rules_character_test() {
+        let custom = ResourceRule::default().extra_chars("+@~é").unwrap();
+        for rule in [ResourceRule::default(), custom] {
+            for b in 0..=u8::MAX {
+                let member = b < 128 && rule.allowed(char::from(b));
+                assert_eq!(rule.allowed_bytes.all(&[b]), member, "{b}");
+                let name = [b'a', b, b'z'];
+                if let Ok(name) = std::str::from_utf8(&name) {
+                    assert_eq!(rule.check_name(name).is_ok(), member, "{name:?}");
+                }
+            }
+        }
+        let rule = ResourceRule::default().extra_chars("é").unwrap();
+        assert!(
+            rule.check_name("café").is_ok(),
+            "non-ASCII extra characters take the slow path"
+        );
+        assert!(rule.check_name("cafè").is_err());
+        assert!(format!("{rule:?}").contains("AllowedBytes(\"0123456789"));
     }
 }
