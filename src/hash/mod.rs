@@ -121,6 +121,9 @@ impl HashScratch {
     /// only, and otherwise at its next [`HashScratch::wipe`].
     fn fill<R>(&mut self, count: usize, f: impl FnOnce(&mut [argon2::Block]) -> R) -> R {
         if self.blocks.len() < count {
+            // Growing may move the blocks and free the old buffer as it is:
+            // zero what a deferred hash left first (a job may hash twice).
+            self.wipe();
             self.blocks.resize(count, argon2::Block::default());
         }
         /// Zeroes the blocks when dropped while armed: always when the
@@ -645,5 +648,33 @@ mod scratch_tests {
         }));
         assert!(panicked.is_err());
         assert_eq!(scratch.dirty_blocks(), 0);
+    }
+
+    /// A deferring scratch about to grow (a second, larger hash in one
+    /// job) zeroes what the first left before its buffer may move: only
+    /// the second hash's blocks are left.
+    #[test]
+    fn a_deferring_scratch_is_zeroed_before_it_grows() {
+        let mut scratch = HashScratch::deferring();
+        scratch.fill(4, |blocks| {
+            blocks.iter_mut().for_each(|b| b.as_mut().fill(7))
+        });
+        assert_eq!(scratch.dirty_blocks(), 4);
+        scratch.fill(2, |blocks| {
+            blocks.iter_mut().for_each(|b| b.as_mut().fill(9))
+        });
+        assert_eq!(
+            scratch.dirty_blocks(),
+            4,
+            "a smaller hash reuses the blocks in place"
+        );
+        // Growing: the wipe runs first, so the old buffer freed by the
+        // move held zeroes, and the first hash's blocks are gone.
+        scratch.fill(8, |blocks| {
+            assert!(blocks.iter().all(|b| b.as_ref().iter().all(|&w| w == 0)));
+            blocks[..3].iter_mut().for_each(|b| b.as_mut().fill(5));
+        });
+        assert_eq!(scratch.dirty_blocks(), 3);
+        drop(scratch);
     }
 }
