@@ -36,8 +36,10 @@ fn main() {
         }
         drop(cycle);
         let mut at = 0;
+        // Every page was faulted in by the writes above; a short warm-up
+        // of the chase itself.
         for _ in 0..lines.min(STEPS) {
-            at = memory[at]; // warm up: fault every page in
+            at = memory[at];
         }
         let started = Instant::now();
         for _ in 0..STEPS {

@@ -496,6 +496,9 @@ static TOKEN_BYTES: [bool; 256] = {
     table
 };
 
+// `parse_well_formed` and `tag16` pack an environment into 16 bytes.
+const _: () = assert!(Environment::MAX_LEN <= 16);
+
 /// [`TokenFormat::env_tags`] of `environments`.
 fn env_tags(environments: &[Environment]) -> Box<[(usize, u128)]> {
     environments
