@@ -388,7 +388,7 @@ impl TokenFormat {
     /// anything but the checksum is wrong (the caller then finds which).
     /// Only `BadChecksum` is returned from here: every check the step-wise
     /// parse makes before the checksum passed.
-    #[inline]
+    #[inline(always)]
     fn parse_well_formed<'a>(&self, token: &'a str) -> Option<Result<ParsedToken<'a>, TokenError>> {
         let bytes = token.as_bytes();
         let prefix = self.prefix.as_bytes();

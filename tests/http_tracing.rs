@@ -25,39 +25,52 @@ fn bearer(t: &str) -> String {
     format!("Bearer {t}")
 }
 
-/// With the `tracing` feature and a subscriber that wants it, a check
-/// through the layer runs inside a `keyward.verify` span whether it had
-/// to wait (the first, cold request) or ended at once (the cached ones).
-#[tokio::test]
-async fn the_layers_checks_are_traced_cold_and_cached() {
-    use std::io::Write;
-    use std::sync::Mutex;
-    use tower::ServiceExt;
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
 
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-    impl Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
     }
-    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-        type Writer = Captured;
-        fn make_writer(&'a self) -> Captured {
-            self.clone()
-        }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Captured {
+        self.clone()
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+/// A thread-local subscriber that wants everything, writing to the
+/// returned buffer while the guard lives.
+fn capture() -> (Captured, tracing::subscriber::DefaultGuard) {
     let logs = Captured::default();
     let subscriber = tracing_subscriber::fmt()
         .with_writer(logs.clone())
         .with_max_level(tracing::Level::TRACE)
         .with_ansi(false)
         .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    (logs.clone(), tracing::subscriber::set_default(subscriber))
+}
+
+/// With the `tracing` feature and a subscriber that wants it, a check
+/// through the layer runs inside a `keyward.verify` span whether it had
+/// to wait (the first, cold request) or ended at once (the cached ones).
+#[tokio::test]
+async fn the_layers_checks_are_traced_cold_and_cached() {
+    use tower::ServiceExt;
+
+    let (logs, _guard) = capture();
 
     let manager = KeyManager::builder(MemoryStore::new(), format(), policy())
         .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
@@ -80,10 +93,74 @@ async fn the_layers_checks_are_traced_cold_and_cached() {
             .unwrap();
         assert_eq!(app.clone().oneshot(req).await.unwrap().status(), 200);
     }
-    let traced = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let traced = logs.text();
     let granted_in_span = traced
         .lines()
         .filter(|l| l.contains("keyward.verify{kind=\"key\"}") && l.contains("outcome=\"granted\""))
         .count();
     assert_eq!(granted_in_span, 3, "{traced}");
+}
+
+/// A credential refused before any cache or store access (a malformed
+/// token, a token of another environment, malformed pair input) is traced
+/// inside the check's `keyward.verify` span too, through each entry point
+/// and through the layer, whose refusals need no waiting.
+#[tokio::test]
+async fn refusals_before_any_lookup_are_traced_in_the_span() {
+    use tower::ServiceExt;
+
+    let (logs, _guard) = capture();
+    let manager = KeyManager::builder(MemoryStore::new(), format(), policy())
+        .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
+        .build()
+        .unwrap();
+    let key = manager
+        .create(
+            &keyward::Actor::system("tests"),
+            NewKey::new(OWNER, "live", "CI").permissions(PermissionGrant::only(["package:push"])),
+        )
+        .await
+        .unwrap();
+    let live = Environment::new("live").unwrap();
+    let test_env = Environment::new("test").unwrap();
+    let verifier = manager.verifier();
+    let garbage = "mkh_live_not-a-token";
+    let denied = verifier.authenticate(garbage, &live, None).await.unwrap_err();
+    assert_eq!(denied.reason.code(), "malformed");
+    let denied = verifier
+        .authenticate(key.token.expose_secret(), &test_env, None)
+        .await
+        .unwrap_err();
+    assert_eq!(denied.reason, DenialReason::WrongEnvironment);
+    assert_eq!(denied.key_id.as_ref(), Some(&key.key.id));
+    let denied = verifier
+        .authenticate_pair("not an id", "secret", &live, None)
+        .await
+        .unwrap_err();
+    assert_eq!(denied.reason.code(), "malformed");
+
+    let auth = KeywardLayer::new(verifier.clone(), live.clone()).without_client_addresses();
+    let app = Router::new().route("/me", get(me)).route_layer(auth);
+    let req = ::axum::http::Request::get("/me")
+        .header("authorization", bearer(garbage))
+        .body(::axum::body::Body::empty())
+        .unwrap();
+    assert_eq!(app.oneshot(req).await.unwrap().status(), 401);
+
+    let traced = logs.text();
+    let in_span = |kind: &str, reason: &str| {
+        traced
+            .lines()
+            .filter(|l| {
+                l.contains(&format!("keyward.verify{{kind=\"{kind}\"}}"))
+                    && l.contains("outcome=\"denied\"")
+                    && l.contains(&format!("reason=\"{reason}\""))
+            })
+            .count()
+    };
+    assert_eq!(in_span("key", "malformed"), 2, "{traced}");
+    assert_eq!(in_span("key", "wrong_environment"), 1, "{traced}");
+    assert_eq!(in_span("pair", "malformed"), 1, "{traced}");
+    let denials = traced.lines().filter(|l| l.contains("outcome=\"denied\"")).count();
+    assert_eq!(denials, 4, "every denial once, each in a span: {traced}");
 }

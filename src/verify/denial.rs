@@ -175,6 +175,7 @@ pub struct Denial {
 }
 
 impl Denial {
+    #[inline]
     pub(crate) fn new(reason: DenialReason, key_id: Option<&str>) -> Self {
         Self {
             reason,

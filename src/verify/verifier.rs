@@ -183,13 +183,14 @@ impl<S: KeyStore> Verifier<S> {
         token: &str,
         req: &VerifyRequest<'_>,
     ) -> Result<VerifiedKey, Denial> {
+        let (env, ip, spending) = (req.environment, req.client_ip, Some(&req.spending));
+        let (id, secret) = self.credential("key", None, token, env, ip)?;
         let rule = self.shared.policy.resource_rule();
         let check = |key: &CompiledKey, now| key.check_at(req, rule, now);
-        let (env, ip, spending) = (req.environment, req.client_ip, Some(&req.spending));
         let rest = match started(
             "key",
             check,
-            |check| self.begin_token(token, env, ip, spending, check),
+            |check| self.begin(id, secret, env, ip, spending, check),
             |begun, check| self.finish(begun, env, ip, spending, check),
         ) {
             Ok(answer) => return answer,
@@ -209,11 +210,12 @@ impl<S: KeyStore> Verifier<S> {
         environment: &Environment,
         client_ip: Option<IpAddr>,
     ) -> Result<VerifiedKey, Denial> {
+        let (id, secret) = self.credential("key", None, token, environment, client_ip)?;
         let check = |key: &CompiledKey, now| key.check_access_at(client_ip, now);
         let rest = match started(
             "key",
             check,
-            |check| self.begin_token(token, environment, client_ip, None, check),
+            |check| self.begin(id, secret, environment, client_ip, None, check),
             |begun, check| self.finish(begun, environment, client_ip, None, check),
         ) {
             Ok(answer) => return answer,
@@ -237,13 +239,14 @@ impl<S: KeyStore> Verifier<S> {
         secret: &str,
         req: &VerifyRequest<'_>,
     ) -> Result<VerifiedKey, Denial> {
+        let (env, ip, spending) = (req.environment, req.client_ip, Some(&req.spending));
+        let (id, secret) = self.credential("pair", Some(key_id), secret, env, ip)?;
         let rule = self.shared.policy.resource_rule();
         let check = |key: &CompiledKey, now| key.check_at(req, rule, now);
-        let (env, ip, spending) = (req.environment, req.client_ip, Some(&req.spending));
         let rest = match started(
             "pair",
             check,
-            |check| self.begin_pair(key_id, secret, env, ip, spending, check),
+            |check| self.begin(id, secret, env, ip, spending, check),
             |begun, check| self.finish(begun, env, ip, spending, check),
         ) {
             Ok(answer) => return answer,
@@ -262,11 +265,12 @@ impl<S: KeyStore> Verifier<S> {
         environment: &Environment,
         client_ip: Option<IpAddr>,
     ) -> Result<VerifiedKey, Denial> {
+        let (id, secret) = self.credential("pair", Some(key_id), secret, environment, client_ip)?;
         let check = |key: &CompiledKey, now| key.check_access_at(client_ip, now);
         let rest = match started(
             "pair",
             check,
-            |check| self.begin_pair(key_id, secret, environment, client_ip, None, check),
+            |check| self.begin(id, secret, environment, client_ip, None, check),
             |begun, check| self.finish(begun, environment, client_ip, None, check),
         ) {
             Ok(answer) => return answer,
@@ -275,96 +279,42 @@ impl<S: KeyStore> Verifier<S> {
         rest.await
     }
 
-    /// [`Verifier::begin`] for a token of keyward's format: parsed and of
-    /// `environment` first.
-    #[inline]
-    fn begin_token<'a>(
-        &self,
-        token: &'a str,
-        environment: &Environment,
-        client_ip: Option<IpAddr>,
-        spending: Option<&Spending<'_>>,
-        check: &impl Fn(&CompiledKey, i64) -> Result<(), DenialReason>,
-    ) -> Begun<'a> {
-        match self.credential(None, token, environment, client_ip) {
-            Ok((id, secret)) => self.begin(id, secret, environment, client_ip, spending, check),
-            Err(denial) => Begun::Done(Err(denial)),
-        }
-    }
-
-    /// [`Verifier::begin`] for an id + secret pair: the input rule
-    /// ([`Verifier::check_pair_input`]) first.
-    #[inline]
-    fn begin_pair<'a>(
-        &self,
-        key_id: &'a str,
-        secret: &'a str,
-        environment: &Environment,
-        client_ip: Option<IpAddr>,
-        spending: Option<&Spending<'_>>,
-        check: &impl Fn(&CompiledKey, i64) -> Result<(), DenialReason>,
-    ) -> Begun<'a> {
-        match self.credential(Some(key_id), secret, environment, client_ip) {
-            Ok((id, secret)) => self.begin(id, secret, environment, client_ip, spending, check),
-            Err(denial) => Begun::Done(Err(denial)),
-        }
-    }
-
     /// The key id and secret of a credential, read without any store
     /// access: a token of keyward's format (`pair_id: None`; parsed and of
     /// `environment`), or an id + secret pair (the input rule,
-    /// [`Verifier::check_pair_input`]). A refusal is recorded.
+    /// [`check_pair_input`]). A refusal is recorded, inside the
+    /// `keyward.verify` span of `kind` like the rest of a check.
+    ///
+    /// The entry points call this before anything else and return its
+    /// refusal with `?`: built where the answer goes, not moved through
+    /// [`Begun`] and [`started`] (issue 14: a malformed token's refusal
+    /// was mostly copies of its [`Denial`]).
     #[inline]
     fn credential<'a>(
         &self,
+        kind: &'static str,
         pair_id: Option<&'a str>,
         secret: &'a str,
         environment: &Environment,
         client_ip: Option<IpAddr>,
     ) -> Result<(&'a str, &'a str), Denial> {
+        let refuse =
+            |id, reason| VerifySpan::new(kind).in_scope(|| self.deny(id, reason, None, client_ip));
         if let Some(id) = pair_id {
-            self.check_pair_input(id, secret, client_ip)?;
-            return Ok((id, secret));
+            return match check_pair_input(id, secret) {
+                Ok(()) => Ok((id, secret)),
+                Err(e) => Err(refuse(None, DenialReason::Malformed(e))),
+            };
         }
-        let parsed = self
-            .shared
-            .format
-            .parse(secret)
-            .map_err(|e| self.deny(None, DenialReason::Malformed(e), None, client_ip))?;
+        let parsed = match self.shared.format.parse(secret) {
+            Ok(parsed) => parsed,
+            Err(e) => return Err(refuse(None, DenialReason::Malformed(e))),
+        };
         let id = parsed.key_id();
         if parsed.environment() != environment.as_str() {
-            let reason = DenialReason::WrongEnvironment;
-            return Err(self.deny(Some(id), reason, None, client_ip));
+            return Err(refuse(Some(id), DenialReason::WrongEnvironment));
         }
         Ok((id, parsed.expose_secret()))
-    }
-
-    /// Refuses pair input no key could match, before any store access.
-    fn check_pair_input(
-        &self,
-        key_id: &str,
-        secret: &str,
-        client_ip: Option<IpAddr>,
-    ) -> Result<(), Denial> {
-        let malformed = |e| self.deny(None, DenialReason::Malformed(e), None, client_ip);
-        if key_id.is_empty() || secret.is_empty() {
-            return Err(malformed(TokenError::Empty));
-        }
-        for (len, max) in [
-            (key_id.len(), crate::ids::MAX_KEY_ID_LEN),
-            (secret.len(), MAX_PAIR_SECRET_LEN),
-        ] {
-            if len > max {
-                return Err(malformed(TokenError::TooLong { len, max }));
-            }
-        }
-        if let Some(position) = key_id.bytes().position(|b| !b.is_ascii_alphanumeric()) {
-            return Err(malformed(TokenError::BadCharacter { position }));
-        }
-        if let Some(position) = secret.bytes().position(|b| !b.is_ascii_graphic()) {
-            return Err(malformed(TokenError::BadCharacter { position }));
-        }
-        Ok(())
     }
 
     /// The part of a check that never waits, run when the check is first
@@ -566,11 +516,11 @@ impl<S: KeyStore> Verifier<S> {
         now: i64,
     ) -> Option<Result<VerifiedKey, Denial>> {
         let kind = if pair_id.is_some() { "pair" } else { "key" };
+        let (id, secret) = match self.credential(kind, pair_id, secret, environment, client_ip) {
+            Ok(credential) => credential,
+            Err(denial) => return Some(Err(denial)),
+        };
         VerifySpan::new(kind).in_scope(|| {
-            let (id, secret) = match self.credential(pair_id, secret, environment, client_ip) {
-                Ok(credential) => credential,
-                Err(denial) => return Some(Err(denial)),
-            };
             let check = |key: &CompiledKey, now| key.check_access_at(client_ip, now);
             match self.by_cache(id, secret, environment, client_ip, None, &check, now) {
                 Ok(Begun::Done(answer)) => Some(answer),
@@ -828,6 +778,11 @@ impl<S: KeyStore> Verifier<S> {
     /// Builds a denial and counts it for the audit trail (aggregated). With
     /// the owner where the key was found, so the owner's own audit queries
     /// show the failed attempts on their keys.
+    ///
+    /// Inline, with the audit trail's part out of line: a refusal is built
+    /// once, where the caller's answer is, rather than returned from a call
+    /// and copied (issue 14: a bad-checksum refusal is mostly moves of it).
+    #[inline]
     fn deny_owned(
         &self,
         id: Option<&str>,
@@ -837,31 +792,43 @@ impl<S: KeyStore> Verifier<S> {
         client_ip: Option<IpAddr>,
     ) -> Denial {
         crate::trace::denied(id, owner.as_ref().map(OwnerId::as_str), reason.code());
-        let denial = Denial {
+        if self.shared.audit.enabled() {
+            self.audit_denial(id, owner, reason.code(), client_ip);
+        }
+        Denial {
             retry_after,
             ..Denial::new(reason, id)
-        };
+        }
+    }
+
+    /// The audit trail's part of [`Verifier::deny_owned`]: given the parts,
+    /// not the denial, so the denial never has an address before it is
+    /// the caller's answer.
+    #[inline(never)]
+    fn audit_denial(
+        &self,
+        id: Option<&str>,
+        owner: Option<OwnerId>,
+        code: &'static str,
+        client_ip: Option<IpAddr>,
+    ) {
         let shared = &*self.shared;
-        if shared.audit.enabled() {
-            let now = shared.clock.now();
-            if let Some(events) = shared.audit.failures.add(
-                denial.key_id.clone(),
-                owner,
-                denial.reason.code(),
-                client_ip,
-                now,
-            ) {
-                if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                    let shared = Arc::clone(&self.shared);
-                    handle.spawn(async move {
-                        if let Err(e) = shared.audit.send(events).await {
-                            crate::trace::audit_failed(&e);
-                        }
-                    });
-                }
+        let now = shared.clock.now();
+        let key_id = id.and_then(|id| KeyId::new(id).ok());
+        if let Some(events) = shared
+            .audit
+            .failures
+            .add(key_id, owner, code, client_ip, now)
+        {
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                let shared = Arc::clone(&self.shared);
+                handle.spawn(async move {
+                    if let Err(e) = shared.audit.send(events).await {
+                        crate::trace::audit_failed(&e);
+                    }
+                });
             }
         }
-        denial
     }
 
     /// Forgets a key at once, and this process's cached sessions of it, so
@@ -914,4 +881,28 @@ impl<S: KeyStore> crate::store::Invalidate for Verifier<S> {
 /// numbers.
 fn micros_to_time(us: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(us).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// Refuses pair input no key could match, before any store access: an
+/// empty or too long id or secret, an id of other than ASCII letters and
+/// digits, a secret of other than visible ASCII.
+fn check_pair_input(key_id: &str, secret: &str) -> Result<(), TokenError> {
+    if key_id.is_empty() || secret.is_empty() {
+        return Err(TokenError::Empty);
+    }
+    for (len, max) in [
+        (key_id.len(), crate::ids::MAX_KEY_ID_LEN),
+        (secret.len(), MAX_PAIR_SECRET_LEN),
+    ] {
+        if len > max {
+            return Err(TokenError::TooLong { len, max });
+        }
+    }
+    if let Some(position) = key_id.bytes().position(|b| !b.is_ascii_alphanumeric()) {
+        return Err(TokenError::BadCharacter { position });
+    }
+    if let Some(position) = secret.bytes().position(|b| !b.is_ascii_graphic()) {
+        return Err(TokenError::BadCharacter { position });
+    }
+    Ok(())
 }
