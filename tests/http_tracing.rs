@@ -125,7 +125,10 @@ async fn refusals_before_any_lookup_are_traced_in_the_span() {
     let test_env = Environment::new("test").unwrap();
     let verifier = manager.verifier();
     let garbage = "mkh_live_not-a-token";
-    let denied = verifier.authenticate(garbage, &live, None).await.unwrap_err();
+    let denied = verifier
+        .authenticate(garbage, &live, None)
+        .await
+        .unwrap_err();
     assert_eq!(denied.reason.code(), "malformed");
     let denied = verifier
         .authenticate(key.token.expose_secret(), &test_env, None)
@@ -161,6 +164,9 @@ async fn refusals_before_any_lookup_are_traced_in_the_span() {
     assert_eq!(in_span("key", "malformed"), 2, "{traced}");
     assert_eq!(in_span("key", "wrong_environment"), 1, "{traced}");
     assert_eq!(in_span("pair", "malformed"), 1, "{traced}");
-    let denials = traced.lines().filter(|l| l.contains("outcome=\"denied\"")).count();
+    let denials = traced
+        .lines()
+        .filter(|l| l.contains("outcome=\"denied\""))
+        .count();
     assert_eq!(denials, 4, "every denial once, each in a span: {traced}");
 }

@@ -469,16 +469,22 @@ impl UnknownIds {
         &self.shards[(self.hasher.hash_one(id) as usize) % SHARDS]
     }
 
-    /// Whether `id` was found missing less than the TTL ago.
-    pub(crate) fn contains(&self, id: &str, now: i64) -> bool {
+    /// The id as remembered, if `id` was found missing less than the TTL
+    /// ago: the refusal names it with this copy rather than making a
+    /// [`KeyId`] of `id` again (issue 14: that was a tenth of an unknown
+    /// id's refusal).
+    pub(crate) fn remembered(&self, id: &str, now: i64) -> Option<KeyId> {
         if self.ttl_us <= 0 {
-            return false;
+            return None;
         }
         let shard = self
             .shard(id)
             .read()
             .unwrap_or_else(PoisonError::into_inner);
-        shard.get(id).is_some_and(|at| self.holds(*at, now))
+        match shard.get_key_value(id) {
+            Some((key_id, at)) if self.holds(*at, now) => Some(key_id.clone()),
+            _ => None,
+        }
     }
 
     /// Remembers that the store had no key `id` at `now`, unless an id was
@@ -537,6 +543,32 @@ mod tests {
 
     fn t(secs: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap()
+    }
+
+    /// The unknown-id memory gives back the id it holds (the refusal's
+    /// `key_id`) within the TTL, and nothing for another id, past the TTL,
+    /// before it was found missing, after `forget`, or with a TTL of 0.
+    #[test]
+    fn the_unknown_id_memory_gives_back_its_id_within_the_ttl() {
+        let cache = KeyCache::new(100, TimeDelta::seconds(30));
+        let unknown = UnknownIds::new(TimeDelta::seconds(60));
+        let us = |secs: i64| t(secs).timestamp_micros();
+        for id in ["Q2x8bV0aP1rT", &"z".repeat(64)] {
+            let key_id = KeyId::new(id).unwrap();
+            assert_eq!(unknown.remembered(id, us(0)), None);
+            unknown.insert(&key_id, t(0), &cache, cache.epoch());
+            assert_eq!(unknown.remembered(id, us(0)), Some(key_id.clone()));
+            assert_eq!(unknown.remembered(id, us(59)), Some(key_id.clone()));
+            assert_eq!(unknown.remembered(id, us(60)), None, "past the TTL");
+            assert_eq!(unknown.remembered(id, us(-1)), None, "a clock gone back");
+            assert_eq!(unknown.remembered("Q2x8bV0aP1rU", us(1)), None);
+            unknown.forget(id);
+            assert_eq!(unknown.remembered(id, us(1)), None, "forgotten");
+        }
+        let off = UnknownIds::new(TimeDelta::zero());
+        let key_id = KeyId::new("Q2x8bV0aP1rT").unwrap();
+        off.insert(&key_id, t(0), &cache, cache.epoch());
+        assert_eq!(off.remembered("Q2x8bV0aP1rT", us(0)), None);
     }
 
     #[test]

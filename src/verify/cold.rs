@@ -32,6 +32,10 @@ pub(super) struct ColdDenial(
     pub(super) Option<OwnerId>,
 );
 
+/// Why [`Shared::admit`] refused, with the key id as the unknown-id
+/// memory holds it when that is what refused.
+pub(super) struct Refused(pub(super) ColdDenial, pub(super) Option<KeyId>);
+
 impl<S: KeyStore> Shared<S> {
     /// The first, synchronous steps of a cold check: the source's and the
     /// id's throttles (unless the secret was proven before), then the
@@ -46,7 +50,7 @@ impl<S: KeyStore> Shared<S> {
         now: i64,
         client_ip: Option<IpAddr>,
         proven: bool,
-    ) -> Result<Admitted, ColdDenial> {
+    ) -> Result<Admitted, Refused> {
         let shared = self;
         let source = client_ip.map(Source::of);
         // A throttled source or id is refused before the store is read: a
@@ -59,30 +63,27 @@ impl<S: KeyStore> Shared<S> {
         if !proven {
             if let Some(s) = source {
                 if let Err(wait) = shared.sources.try_acquire(&s, &(), now) {
-                    return Err(ColdDenial(
-                        DenialReason::Throttled,
-                        wait.to_std().ok(),
-                        None,
-                    ));
+                    let why = ColdDenial(DenialReason::Throttled, wait.to_std().ok(), None);
+                    return Err(Refused(why, None));
                 }
                 source_token = Some(s);
             }
             if let Some((wait, (owner, _))) =
                 shared.throttle.peek(id, now).filter(|(_, (_, e))| e == env)
             {
-                return Err(ColdDenial(
-                    DenialReason::Throttled,
-                    wait.to_std().ok(),
-                    Some(owner),
-                ));
+                let why = ColdDenial(DenialReason::Throttled, wait.to_std().ok(), Some(owner));
+                return Err(Refused(why, None));
             }
         }
         // An unknown id keeps its source's token, as a wrong secret does:
         // a source sending random ids is throttled like one sending wrong
         // secrets, and its flood stops reaching the store. Remembered as
         // unknown: refused before a `KeyId` is even made.
-        if shared.unknown.contains(id, now) {
-            return Err(ColdDenial(DenialReason::UnknownKey, None, None));
+        if let Some(key_id) = shared.unknown.remembered(id, now) {
+            return Err(Refused(
+                ColdDenial(DenialReason::UnknownKey, None, None),
+                Some(key_id),
+            ));
         }
         Ok(Admitted(source_token))
     }

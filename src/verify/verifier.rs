@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::cache::{Cached, Lookup, Proof};
-use super::cold::{Admitted, ColdDenial};
+use super::cold::{Admitted, ColdDenial, Refused};
 use super::compiled::{CompiledKey, VerifiedKey};
 use super::denial::{Denial, DenialReason};
 use super::ledger::{Outcome, UsageSeen, top_up};
@@ -127,6 +127,24 @@ enum Begun<'a> {
         key: Arc<CompiledKey>,
         now: i64,
     },
+}
+
+/// The key id a denial names: as the token gave it, and as a [`KeyId`]
+/// when the caller already has one.
+struct Named<'a> {
+    id: &'a str,
+    key_id: Option<KeyId>,
+}
+
+impl<'a> Named<'a> {
+    fn new(id: &'a str, key_id: Option<KeyId>) -> Self {
+        Self { id, key_id }
+    }
+
+    /// The [`KeyId`], made from the token's id unless the caller had it.
+    fn key_id(self) -> Option<KeyId> {
+        self.key_id.or_else(|| KeyId::new(self.id).ok())
+    }
 }
 
 /// What [`Verifier::settle`] decided for a proven key.
@@ -358,8 +376,9 @@ impl<S: KeyStore> Verifier<S> {
                 admitted,
                 now,
             },
-            Err(ColdDenial(reason, retry, owner)) => {
-                let denial = self.deny_owned(Some(id), owner, reason, retry, client_ip);
+            Err(Refused(ColdDenial(reason, retry, owner), key_id)) => {
+                let named = Some(Named::new(id, key_id));
+                let denial = self.deny_named(named, owner, reason, retry, client_ip);
                 Begun::Done(Err(denial))
             }
         }
@@ -791,13 +810,32 @@ impl<S: KeyStore> Verifier<S> {
         retry_after: Option<Duration>,
         client_ip: Option<IpAddr>,
     ) -> Denial {
+        let named = id.map(|id| Named::new(id, None));
+        self.deny_named(named, owner, reason, retry_after, client_ip)
+    }
+
+    /// [`Verifier::deny_owned`] with the id's [`KeyId`] when the caller
+    /// has one. Always inline: returned from a call, the denial is copied
+    /// again (a bad-checksum refusal measured 475 instructions inline, 530
+    /// called).
+    #[inline(always)]
+    fn deny_named(
+        &self,
+        named: Option<Named<'_>>,
+        owner: Option<OwnerId>,
+        reason: DenialReason,
+        retry_after: Option<Duration>,
+        client_ip: Option<IpAddr>,
+    ) -> Denial {
+        let id = named.as_ref().map(|n| n.id);
         crate::trace::denied(id, owner.as_ref().map(OwnerId::as_str), reason.code());
         if self.shared.audit.enabled() {
             self.audit_denial(id, owner, reason.code(), client_ip);
         }
         Denial {
+            reason,
+            key_id: named.and_then(Named::key_id),
             retry_after,
-            ..Denial::new(reason, id)
         }
     }
 
