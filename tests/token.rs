@@ -32,6 +32,53 @@ fn generated_tokens_round_trip_with_fixed_lengths() {
     }
 }
 
+/// Every prefix length (1 to 16, the one-pass parse compares the prefix
+/// as one masked word) parses its own tokens, and refuses as `BadPrefix`
+/// a token under a prefix one character shorter or different (and as
+/// `TooLong` one under a longer prefix).
+#[test]
+fn every_prefix_length_parses_and_near_prefixes_are_refused() {
+    let env = live();
+    let id = KeyId::generate();
+    let alphabet = "abcdefghijklmnopq";
+    for len in 1..=TokenFormat::MAX_PREFIX_LEN {
+        let prefix = &alphabet[..len];
+        let format = TokenFormat::new(prefix, &["live"]).unwrap();
+        let token = format.generate(&env, &id);
+        assert_eq!(
+            format.parse(token.expose_secret()).unwrap().key_id(),
+            id.as_str()
+        );
+        let mut near = vec![format!("{}z", &prefix[..len - 1])];
+        if len > 1 {
+            near.push(prefix[..len - 1].to_owned());
+        }
+        if len < TokenFormat::MAX_PREFIX_LEN {
+            near.push(format!("{prefix}z"));
+        }
+        for other in near {
+            let theirs = TokenFormat::new(&other, &["live"])
+                .unwrap()
+                .generate(&env, &id);
+            let theirs = theirs.expose_secret();
+            // The length is checked first: a longer prefix's token is too long.
+            let expected = if other.len() > len {
+                TokenError::TooLong {
+                    len: theirs.len(),
+                    max: theirs.len() - 1,
+                }
+            } else {
+                TokenError::BadPrefix
+            };
+            assert_eq!(
+                format.parse(theirs).unwrap_err(),
+                expected,
+                "{prefix} took a token of {other}"
+            );
+        }
+    }
+}
+
 #[test]
 fn secrets_and_ids_are_fresh_each_time() {
     let format = common::format();
