@@ -11,7 +11,10 @@
 //!   access check alone.
 //! - `scale/*`: cached hits with 1k, 100k and 1M keys in the cache, each
 //!   check on a key drawn at random from the whole cached population.
-//! - `threads/*`: a fixed batch of 10,000 cached checks on one or two threads.
+//! - `threads/*`: a fixed batch of 10,000 cached checks on one or two threads;
+//!   printed beside it, interleaved, the 2-thread speed-up of the checks and
+//!   of a control that shares nothing (SHA-256 of each thread's own bytes),
+//!   the host's ceiling.
 //! - `usage/*`: cached hits of two keys of the same shape (10 patterns, 4
 //!   CIDRs) in a small store: `cached_hit_plain` without usage controls,
 //!   `cached_hit_limited` spending a generous rate limit and one credit per
@@ -901,6 +904,33 @@ fn bench_scale_and_threads(c: &mut Criterion) {
         })
     };
     assert_eq!(run(2), THREAD_BATCH);
+    // The control: work that shares nothing between the threads (SHA-256
+    // of each thread's own bytes, in the same fixed batch and the same
+    // scoped threads), so its 2-thread speed-up is this host's ceiling.
+    let control = |threads: usize| -> usize {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    s.spawn(move || {
+                        let mut block = [t as u8; 64];
+                        for _ in 0..THREAD_BATCH * 2 / threads {
+                            let digest = Sha256::digest(black_box(block));
+                            block[..32].copy_from_slice(&digest);
+                        }
+                        black_box(block);
+                        1
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("worker")).sum()
+        })
+    };
+    for (name, case) in [
+        ("cached_hit", &run as &dyn Fn(usize) -> usize),
+        ("sha256_control", &control),
+    ] {
+        print_thread_speedup(name, case);
+    }
     let mut group = c.benchmark_group("threads");
     group.sample_size(30);
     group.sampling_mode(SamplingMode::Flat);
@@ -992,6 +1022,46 @@ fn bench_usage(c: &mut Criterion) {
         b.iter(|| block_on(verifier.verify(black_box(&limited), &spending)).expect("limited"))
     });
     group.finish();
+}
+
+/// Prints the 2-thread speed-up of `case` (its time on 1 thread over its
+/// time on 2, for the same work), interleaved: 60 pairs, alternating which
+/// runs first; the median and the ratio of the means (issue 14 §2 asks for
+/// the mean, which a stalled sample drags down).
+fn print_thread_speedup(name: &str, case: &dyn Fn(usize) -> usize) {
+    let time = |threads: usize| {
+        let started = Instant::now();
+        black_box(case(threads));
+        started.elapsed().as_secs_f64()
+    };
+    time(1);
+    time(2);
+    let (mut one, mut two) = (Vec::new(), Vec::new());
+    let mut ratios: Vec<f64> = (0..60)
+        .map(|i| {
+            let (a, b) = if i % 2 == 0 {
+                let a = time(1);
+                (a, time(2))
+            } else {
+                let b = time(2);
+                (time(1), b)
+            };
+            one.push(a);
+            two.push(b);
+            a / b
+        })
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    eprintln!(
+        "threads: {name}_1t / {name}_2t, interleaved: median {:.2}x, ratio of means {:.2}x (min {:.2}x, max {:.2}x; 1t ~{:.2} ms, 2t ~{:.2} ms)",
+        ratios[ratios.len() / 2],
+        mean(&one) / mean(&two),
+        ratios[0],
+        ratios[ratios.len() - 1],
+        mean(&one) * 1e3,
+        mean(&two) * 1e3,
+    );
 }
 
 /// Prints each case's time over the SHA-256 baseline's, measured
