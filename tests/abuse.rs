@@ -535,6 +535,30 @@ async fn a_repeated_unknown_id_reaches_the_store_once_per_negative_ttl() {
     );
 }
 
+/// An imported id too long to be kept inline (24 to 64 characters) is
+/// remembered as unknown like a generated one: one store read, then
+/// refused from memory, each refusal naming the id.
+#[tokio::test]
+async fn a_long_unknown_pair_id_is_remembered_and_named() {
+    let store = Arc::new(FaultyStore::new(MemoryStore::new()));
+    let f = fixture_with(Arc::clone(&store), policy(), VerifierConfig::default());
+    let req = VerifyRequest::new(&f.live, f.push());
+    for len in [23, 24, 64] {
+        let id = KeyId::new(&"L".repeat(len)).unwrap();
+        let before = store.calls(Op::Get);
+        for _ in 0..50 {
+            let denial = f
+                .manager
+                .verify_pair(id.as_str(), "some-secret", &req)
+                .await
+                .unwrap_err();
+            assert_eq!(denial.reason, DenialReason::UnknownKey, "{len}");
+            assert_eq!(denial.key_id.as_ref(), Some(&id), "{len}");
+        }
+        assert_eq!(store.calls(Op::Get), before + 1, "{len}: one store read");
+    }
+}
+
 #[tokio::test]
 async fn invalidate_keeps_the_proof_and_forget_drops_it() {
     let f = fixture();

@@ -116,6 +116,10 @@ struct Entry {
     stale: bool,
 }
 
+/// Longest `KeyId` that `smol_str` keeps inline, with no shared
+/// allocation behind it.
+const INLINE_KEY_ID: usize = 23;
+
 /// Longest id kept inline in a map slot (generated ids are 12 bytes).
 const INLINE_ID: usize = 22;
 
@@ -469,11 +473,14 @@ impl UnknownIds {
         &self.shards[(self.hasher.hash_one(id) as usize) % SHARDS]
     }
 
-    /// The id as remembered, if `id` was found missing less than the TTL
-    /// ago: the refusal names it with this copy rather than making a
-    /// [`KeyId`] of `id` again (issue 14: that was a tenth of an unknown
-    /// id's refusal).
-    pub(crate) fn remembered(&self, id: &str, now: i64) -> Option<KeyId> {
+    /// Whether `id` was found missing less than the TTL ago (`Some`), with
+    /// the id as remembered when it is kept inline: the refusal names it
+    /// with this copy rather than making a [`KeyId`] of `id` again (issue
+    /// 14: that was a tenth of an unknown id's refusal). A longer
+    /// (imported) id is not handed out (`Some(None)`): its copy would
+    /// share the remembered one's reference count, a line every thread
+    /// flooding that id would write; the refusal makes its own.
+    pub(crate) fn remembered(&self, id: &str, now: i64) -> Option<Option<KeyId>> {
         if self.ttl_us <= 0 {
             return None;
         }
@@ -482,7 +489,9 @@ impl UnknownIds {
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         match shard.get_key_value(id) {
-            Some((key_id, at)) if self.holds(*at, now) => Some(key_id.clone()),
+            Some((key_id, at)) if self.holds(*at, now) => {
+                Some((key_id.as_str().len() <= INLINE_KEY_ID).then(|| key_id.clone()))
+            }
             _ => None,
         }
     }
@@ -546,19 +555,21 @@ mod tests {
     }
 
     /// The unknown-id memory gives back the id it holds (the refusal's
-    /// `key_id`) within the TTL, and nothing for another id, past the TTL,
+    /// `key_id`; only an inline one) within the TTL, and nothing for another id, past the TTL,
     /// before it was found missing, after `forget`, or with a TTL of 0.
     #[test]
     fn the_unknown_id_memory_gives_back_its_id_within_the_ttl() {
         let cache = KeyCache::new(100, TimeDelta::seconds(30));
         let unknown = UnknownIds::new(TimeDelta::seconds(60));
         let us = |secs: i64| t(secs).timestamp_micros();
-        for id in ["Q2x8bV0aP1rT", &"z".repeat(64)] {
+        for id in ["Q2x8bV0aP1rT", &"y".repeat(INLINE_KEY_ID), &"z".repeat(64)] {
             let key_id = KeyId::new(id).unwrap();
+            // An inline id is handed out; a longer one is only remembered.
+            let handed = (id.len() <= INLINE_KEY_ID).then(|| key_id.clone());
             assert_eq!(unknown.remembered(id, us(0)), None);
             unknown.insert(&key_id, t(0), &cache, cache.epoch());
-            assert_eq!(unknown.remembered(id, us(0)), Some(key_id.clone()));
-            assert_eq!(unknown.remembered(id, us(59)), Some(key_id.clone()));
+            assert_eq!(unknown.remembered(id, us(0)), Some(handed.clone()));
+            assert_eq!(unknown.remembered(id, us(59)), Some(handed.clone()));
             assert_eq!(unknown.remembered(id, us(60)), None, "past the TTL");
             assert_eq!(unknown.remembered(id, us(-1)), None, "a clock gone back");
             assert_eq!(unknown.remembered("Q2x8bV0aP1rU", us(1)), None);

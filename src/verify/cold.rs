@@ -78,11 +78,11 @@ impl<S: KeyStore> Shared<S> {
         // An unknown id keeps its source's token, as a wrong secret does:
         // a source sending random ids is throttled like one sending wrong
         // secrets, and its flood stops reaching the store. Remembered as
-        // unknown: refused before a `KeyId` is even made.
+        // unknown: refused naming the id as the memory keeps it.
         if let Some(key_id) = shared.unknown.remembered(id, now) {
             return Err(Refused(
                 ColdDenial(DenialReason::UnknownKey, None, None),
-                Some(key_id),
+                key_id,
             ));
         }
         Ok(Admitted(source_token))

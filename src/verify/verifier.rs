@@ -830,7 +830,7 @@ impl<S: KeyStore> Verifier<S> {
         let id = named.as_ref().map(|n| n.id);
         crate::trace::denied(id, owner.as_ref().map(OwnerId::as_str), reason.code());
         if self.shared.audit.enabled() {
-            self.audit_denial(id, owner, reason.code(), client_ip);
+            self.audit_denial(named.as_ref(), owner, reason.code(), client_ip);
         }
         Denial {
             reason,
@@ -845,14 +845,14 @@ impl<S: KeyStore> Verifier<S> {
     #[inline(never)]
     fn audit_denial(
         &self,
-        id: Option<&str>,
+        named: Option<&Named<'_>>,
         owner: Option<OwnerId>,
         code: &'static str,
         client_ip: Option<IpAddr>,
     ) {
         let shared = &*self.shared;
         let now = shared.clock.now();
-        let key_id = id.and_then(|id| KeyId::new(id).ok());
+        let key_id = named.and_then(|n| n.key_id.clone().or_else(|| KeyId::new(n.id).ok()));
         if let Some(events) = shared
             .audit
             .failures
