@@ -7,15 +7,12 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use ::axum::Router;
 use ::axum::response::{IntoResponse, Response};
 use ::axum::routing::get;
 use common::*;
 use keyward::axum::{Caller, KeywardLayer};
 use keyward::*;
-use keyward::{hash::Argon2Hasher, policy::PermissionGrant};
 
 async fn me(caller: Caller) -> Response {
     caller.id().as_str().to_owned().into_response()
@@ -25,44 +22,6 @@ fn bearer(t: &str) -> String {
     format!("Bearer {t}")
 }
 
-#[derive(Clone, Default)]
-struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Captured {
-        self.clone()
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
-    }
-}
-
-/// A thread-local subscriber that wants everything, writing to the
-/// returned buffer while the guard lives.
-fn capture() -> (Captured, tracing::subscriber::DefaultGuard) {
-    let logs = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(logs.clone())
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .finish();
-    (logs.clone(), tracing::subscriber::set_default(subscriber))
-}
-
 /// With the `tracing` feature and a subscriber that wants it, a check
 /// through the layer runs inside a `keyward.verify` span whether it had
 /// to wait (the first, cold request) or ended at once (the cached ones).
@@ -70,21 +29,11 @@ fn capture() -> (Captured, tracing::subscriber::DefaultGuard) {
 async fn the_layers_checks_are_traced_cold_and_cached() {
     use tower::ServiceExt;
 
-    let (logs, _guard) = capture();
+    let (logs, _guard) = capture_tracing();
 
-    let manager = KeyManager::builder(MemoryStore::new(), format(), policy())
-        .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
-        .build()
-        .unwrap();
-    let key = manager
-        .create(
-            &keyward::Actor::system("tests"),
-            NewKey::new(OWNER, "live", "CI").permissions(PermissionGrant::only(["package:push"])),
-        )
-        .await
-        .unwrap();
-    let auth = KeywardLayer::new(manager.verifier(), Environment::new("live").unwrap())
-        .without_client_addresses();
+    let f = fixture();
+    let key = f.push_key().await;
+    let auth = KeywardLayer::new(f.manager.verifier(), f.live.clone()).without_client_addresses();
     let app = Router::new().route("/me", get(me)).route_layer(auth);
     for _ in 0..3 {
         let req = ::axum::http::Request::get("/me")
@@ -109,35 +58,25 @@ async fn the_layers_checks_are_traced_cold_and_cached() {
 async fn refusals_before_any_lookup_are_traced_in_the_span() {
     use tower::ServiceExt;
 
-    let (logs, _guard) = capture();
-    let manager = KeyManager::builder(MemoryStore::new(), format(), policy())
-        .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
-        .build()
-        .unwrap();
-    let key = manager
-        .create(
-            &keyward::Actor::system("tests"),
-            NewKey::new(OWNER, "live", "CI").permissions(PermissionGrant::only(["package:push"])),
-        )
-        .await
-        .unwrap();
-    let live = Environment::new("live").unwrap();
-    let test_env = Environment::new("test").unwrap();
-    let verifier = manager.verifier();
+    let (logs, _guard) = capture_tracing();
+    let f = fixture();
+    let key = f.push_key().await;
+    let (live, test_env) = (&f.live, &f.test);
+    let verifier = f.manager.verifier();
     let garbage = "mkh_live_not-a-token";
     let denied = verifier
-        .authenticate(garbage, &live, None)
+        .authenticate(garbage, live, None)
         .await
         .unwrap_err();
     assert_eq!(denied.reason.code(), "malformed");
     let denied = verifier
-        .authenticate(key.token.expose_secret(), &test_env, None)
+        .authenticate(key.token.expose_secret(), test_env, None)
         .await
         .unwrap_err();
     assert_eq!(denied.reason, DenialReason::WrongEnvironment);
     assert_eq!(denied.key_id.as_ref(), Some(&key.key.id));
     let denied = verifier
-        .authenticate_pair("not an id", "secret", &live, None)
+        .authenticate_pair("not an id", "secret", live, None)
         .await
         .unwrap_err();
     assert_eq!(denied.reason.code(), "malformed");

@@ -8,8 +8,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -18,27 +17,6 @@ use keyward::{
     hash::Argon2Hasher, manager::ImportKey, policy::PermissionGrant, session::SessionConfig,
     store::ListQuery, store::MemoryAuditSink, store::SessionStore,
 };
-
-/// A `tracing` writer into a shared buffer.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Captured {
-        self.clone()
-    }
-}
 
 /// Everything that must never be printed, and everything that was.
 #[derive(Default)]
@@ -118,20 +96,14 @@ impl Ledger {
 
 #[test]
 fn a_whole_life_cycle_prints_no_secret_and_no_hash() {
-    let logs = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(logs.clone())
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = capture_tracing();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let mut l = Ledger::default();
     rt.block_on(life_cycle(&mut l));
-    let traced = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let traced = logs.text();
 
     // The tracing feature records who, what and why...
     assert!(traced.contains("outcome=\"granted\""), "{traced}");

@@ -1,4 +1,5 @@
-//! Shared test fixtures: a marketplace policy, a manual clock, a counting hasher.
+//! Shared test fixtures: a marketplace policy, a manual clock, a counting
+//! hasher, captured `tracing` output.
 #![allow(dead_code)]
 
 use std::sync::Arc;
@@ -269,4 +270,44 @@ impl<S: KeyStore> KeyStore for FlakyStore<S> {
 /// The application itself, allowed everything (for tests not about roles).
 pub fn sys() -> Actor {
     Actor::system("tests")
+}
+
+/// A `tracing` writer into a shared buffer.
+#[derive(Clone, Default)]
+pub struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Captured {
+        self.clone()
+    }
+}
+
+impl Captured {
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+/// A thread-local subscriber that wants everything, writing to the
+/// returned buffer while the guard lives.
+pub fn capture_tracing() -> (Captured, tracing::subscriber::DefaultGuard) {
+    let logs = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .finish();
+    (logs.clone(), tracing::subscriber::set_default(subscriber))
 }
