@@ -5,11 +5,17 @@
 #
 #   benches/http_wrk.sh [ROUNDS] [SECONDS]      (defaults: 3 rounds of 10 s)
 #
-# Prints one line per route and round, then the medians and each route's
-# throughput as a ratio of the no-op layer's (the control) and of the open
-# route's:
-#   http_wrk: route=<id> round=<r> rps=<requests per second>
+# Each round runs every route once, starting at another route each round
+# (the order rotates), so no route always runs first or right after the
+# control. Prints one line per route and round (with its ratio to the no-op
+# layer's rate in the same round), then per route the median rate, the
+# ratios of the medians to the no-op layer (the control, so the router's
+# own cost is not charged to keyward) and to the open route, and the median,
+# min and max of the per-round ratios to the no-op layer (the figure to
+# judge by when the host drifts between rounds):
+#   http_wrk: route=<id> round=<r> rps=<requests per second> vs_noop=<ratio>
 #   http_wrk: route=<id> median_rps=<n> vs_noop=<ratio> vs_open=<ratio>
+#   http_wrk: route=<id> per_round_vs_noop median=<r> min=<r> max=<r>
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds="${1:-3}"
@@ -27,18 +33,26 @@ for _ in $(seq 1 50); do grep -q '^listening=' "$out" && break; sleep 0.1; done
 token="$(sed -n 's/^token=//p' "$out")"
 addr="$(sed -n 's/^listening=//p' "$out")"
 
-declare -A results
+declare -A results ratios
 routes=(open noop_layer protected scoped scoped_now)
+n=${#routes[@]}
 for round in $(seq 1 "$rounds"); do
-  for route in "${routes[@]}"; do
+  declare -A rate=()
+  for i in $(seq 0 $((n - 1))); do
+    route="${routes[$(( (i + round - 1) % n ))]}"
     path="$(sed -n "s/^route=$route path=//p" "$out")"
     rps="$(taskset -c 1 wrk -t1 -c32 -d"${seconds}s" -s "$post" \
         -H "Authorization: Bearer $token" "http://$addr$path" \
       | awk '/^Requests\/sec/ {print $2}')"
     status="$(curl -s -o /dev/null -w '%{http_code}' -X POST -H "Authorization: Bearer $token" "http://$addr$path")"
     [ "$status" = 200 ] || { echo "route $route answered $status" >&2; exit 1; }
-    echo "http_wrk: route=$route round=$round rps=$rps"
+    rate[$route]="$rps"
     results[$route]+="$rps "
+  done
+  for route in "${routes[@]}"; do
+    r="$(awk -v a="${rate[$route]}" -v b="${rate[noop_layer]}" 'BEGIN {printf "%.3f", a/b}')"
+    echo "http_wrk: route=$route round=$round rps=${rate[$route]} vs_noop=$r"
+    ratios[$route]+="$r "
   done
 done
 
@@ -49,4 +63,8 @@ for route in "${routes[@]}"; do
   m="$(echo "${results[$route]}" | median)"
   awk -v r="$route" -v m="$m" -v n="$noop" -v o="$open" \
     'BEGIN {printf "http_wrk: route=%s median_rps=%.0f vs_noop=%.3f vs_open=%.3f\n", r, m, m/n, m/o}'
+done
+for route in "${routes[@]}"; do
+  sorted="$(echo "${ratios[$route]}" | tr ' ' '\n' | grep -v '^$' | sort -g)"
+  echo "http_wrk: route=$route per_round_vs_noop median=$(echo "$sorted" | median) min=$(echo "$sorted" | head -1) max=$(echo "$sorted" | tail -1)"
 done
