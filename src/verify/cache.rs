@@ -488,6 +488,7 @@ impl UnknownIds {
     /// (imported) id is not handed out (`Some(None)`): its copy would
     /// share the remembered one's reference count, a line every thread
     /// flooding that id would write; the refusal makes its own.
+    #[inline]
     pub(crate) fn remembered(&self, id: &str, now: i64) -> Option<Option<KeyId>> {
         if self.ttl_us <= 0 {
             return None;

@@ -43,6 +43,7 @@ impl<S: KeyStore> Shared<S> {
     /// (it is boxed), so a flood of throttled sources or remembered unknown
     /// ids is answered without an allocation; the source's token taken
     /// here goes to [`Shared::cold`].
+    #[inline]
     pub(super) fn admit(
         &self,
         id: &str,

@@ -142,6 +142,7 @@ impl<'a> Named<'a> {
     }
 
     /// The [`KeyId`], made from the token's id unless the caller had it.
+    #[inline(always)]
     fn key_id(self) -> Option<KeyId> {
         self.key_id.or_else(|| KeyId::new(self.id).ok())
     }
