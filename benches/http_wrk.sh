@@ -6,8 +6,9 @@
 #   benches/http_wrk.sh [ROUNDS] [SECONDS]      (defaults: 3 rounds of 10 s)
 #
 # Each round runs every route once, starting at another route each round
-# (the order rotates), so no route always runs first or right after the
-# control. Prints one line per route and round (with its ratio to the no-op
+# (the order rotates) and, every other round, in reverse, so no route
+# always runs first or right after the same neighbour (with as many rounds
+# as routes, each route runs first once; more rounds, more balance). Prints one line per route and round (with its ratio to the no-op
 # layer's rate in the same round), then per route the median rate, the
 # ratios of the medians to the no-op layer (the control, so the router's
 # own cost is not charged to keyward) and to the open route, and the median,
@@ -39,12 +40,14 @@ n=${#routes[@]}
 for round in $(seq 1 "$rounds"); do
   declare -A rate=()
   for i in $(seq 0 $((n - 1))); do
-    route="${routes[$(( (i + round - 1) % n ))]}"
+    if (( round % 2 )); then j=$(( (i + round - 1) % n )); else j=$(( ((round - 1 - i) % n + n) % n )); fi
+    route="${routes[$j]}"
     path="$(sed -n "s/^route=$route path=//p" "$out")"
     rps="$(taskset -c 1 wrk -t1 -c32 -d"${seconds}s" -s "$post" \
         -H "Authorization: Bearer $token" "http://$addr$path" \
       | awk '/^Requests\/sec/ {print $2}')"
     status="$(curl -s -o /dev/null -w '%{http_code}' -X POST -H "Authorization: Bearer $token" "http://$addr$path")"
+    [ -n "$rps" ] || { echo "wrk printed no Requests/sec for route $route" >&2; exit 1; }
     [ "$status" = 200 ] || { echo "route $route answered $status" >&2; exit 1; }
     rate[$route]="$rps"
     results[$route]+="$rps "

@@ -52,15 +52,18 @@ impl Clock for SystemClock {
     /// libc): the same clock as `SystemTime::now`, without the
     /// `duration_since` and `as_micros` around it, which cost 78 more
     /// instructions per read and about 7 ns of a 110 ns unknown-id refusal
-    /// (callgrind and a timed loop, 2026-12-03). Before 1970 both round
-    /// down to the microsecond, as [`Clock::now`] does.
+    /// (callgrind and a timed loop, 2026-12-03). A clock set before 1970
+    /// (where [`Clock::now`] panics, as chrono's `Utc::now` does) gives
+    /// the negative count, rounded toward the past.
     #[cfg(target_os = "linux")]
+    // `tv_nsec` is a C `long`: `i32` on 32-bit targets.
+    #[allow(clippy::useless_conversion)]
     fn now_micros(&self) -> i64 {
         let t = rustix::time::clock_gettime(rustix::time::ClockId::Realtime);
         // `tv_nsec` is below 10^9; whole microseconds toward the past.
-        t.tv_sec
+        i64::from(t.tv_sec)
             .saturating_mul(1_000_000)
-            .saturating_add(t.tv_nsec.div_euclid(1_000))
+            .saturating_add(i64::from(t.tv_nsec).div_euclid(1_000))
     }
 
     /// The operating system's time in microseconds, without building a

@@ -19,6 +19,7 @@ use std::fmt;
 use rand::rngs::OsRng;
 use rand::{RngCore, TryRngCore};
 use sha2::{Digest, Sha256};
+use subtle::{Choice, ConstantTimeEq};
 use zeroize::Zeroizing;
 
 /// Length of a cache fingerprint in bytes.
@@ -69,6 +70,29 @@ impl Fingerprinter {
     }
 }
 
+/// Whether two fingerprints are equal, in constant time: a word at a time.
+///
+/// `subtle`'s slice comparison makes a `Choice` per byte, and each goes
+/// through its optimization barrier, a call that is never inlined: 32
+/// calls per cached hit, 8 % of a hit's time under `perf` (2026-12-03).
+/// Here each 8-byte word is compared with `subtle`'s `u64` comparison
+/// (branch-free, one barrier) and the four answers are combined with
+/// `Choice`'s `&`, also branch-free: the time does not depend on where
+/// the fingerprints differ.
+#[inline]
+pub(crate) fn same_fingerprint(a: &[u8; FINGERPRINT_LEN], b: &[u8; FINGERPRINT_LEN]) -> bool {
+    const WORD: usize = 8;
+    const _: () = assert!(FINGERPRINT_LEN % WORD == 0);
+    let mut same = Choice::from(1);
+    for (x, y) in a.chunks_exact(WORD).zip(b.chunks_exact(WORD)) {
+        let (mut wx, mut wy) = ([0u8; WORD], [0u8; WORD]);
+        wx.copy_from_slice(x);
+        wy.copy_from_slice(y);
+        same &= u64::from_ne_bytes(wx).ct_eq(&u64::from_ne_bytes(wy));
+    }
+    bool::from(same)
+}
+
 impl fmt::Debug for Fingerprinter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Fingerprinter([REDACTED])")
@@ -89,6 +113,30 @@ mod fingerprint_tests {
         assert_eq!(a, Fingerprinter::with_key(b"one").fingerprint(b"secret"));
         assert_ne!(a, Fingerprinter::with_key(b"one").fingerprint(b"secreT"));
         assert_ne!(a, Fingerprinter::with_key(b"one").fingerprint(b"secret2"));
+    }
+
+    /// Equal exactly when every byte is: a difference in any one byte, by
+    /// any bit, makes two fingerprints differ.
+    #[test]
+    fn fingerprints_are_the_same_only_when_every_byte_is() {
+        let a = Fingerprinter::with_key(b"k").fingerprint(b"secret");
+        assert!(same_fingerprint(&a, &a.clone()));
+        for i in 0..FINGERPRINT_LEN {
+            for bit in 0..8 {
+                let mut b = a;
+                b[i] ^= 1 << bit;
+                assert!(!same_fingerprint(&a, &b), "byte {i}, bit {bit}");
+                assert!(!same_fingerprint(&b, &a), "byte {i}, bit {bit}");
+            }
+        }
+        assert!(same_fingerprint(
+            &[0; FINGERPRINT_LEN],
+            &[0; FINGERPRINT_LEN]
+        ));
+        assert!(!same_fingerprint(
+            &[0; FINGERPRINT_LEN],
+            &[0xff; FINGERPRINT_LEN]
+        ));
     }
 
     #[test]

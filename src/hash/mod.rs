@@ -16,7 +16,7 @@ mod error;
 mod fingerprint;
 
 pub use error::HashError;
-pub(crate) use fingerprint::{FINGERPRINT_LEN, Fingerprinter};
+pub(crate) use fingerprint::{FINGERPRINT_LEN, Fingerprinter, same_fingerprint};
 
 /// Turns a secret into a string safe to store, and checks a secret against it.
 ///
