@@ -3,12 +3,13 @@
 # server pinned to core 0 and wrk to core 1, each route in turn, interleaved
 # over several rounds so that drifting load hits every route alike.
 #
-#   benches/http_wrk.sh [ROUNDS] [SECONDS]      (defaults: 3 rounds of 10 s)
+#   benches/http_wrk.sh [ROUNDS] [SECONDS]      (defaults: 5 rounds of 5 s)
 #
 # Each round runs every route once, starting at another route each round
 # (the order rotates) and, every other round, in reverse, so no route
 # always runs first or right after the same neighbour (with as many rounds
-# as routes, each route runs first once; more rounds, more balance). Prints one line per route and round (with its ratio to the no-op
+# as routes, each route runs first once; more rounds, more balance).
+# Prints one line per route and round (with its ratio to the no-op
 # layer's rate in the same round), then per route the median rate, the
 # ratios of the medians to the no-op layer (the control, so the router's
 # own cost is not charged to keyward) and to the open route, and the median,
@@ -19,8 +20,8 @@
 #   http_wrk: route=<id> per_round_vs_noop median=<r> min=<r> max=<r>
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rounds="${1:-3}"
-seconds="${2:-10}"
+rounds="${1:-5}"
+seconds="${2:-5}"
 command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)" >&2; exit 2; }
 
 cargo build --release --features axum --example http_bench_server >&2

@@ -6,9 +6,8 @@ use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
-use crossbeam_utils::sync::ShardedLock;
-
 use chrono::{DateTime, TimeDelta, Utc};
+use crossbeam_utils::sync::ShardedLock;
 use foldhash::fast::RandomState;
 
 use super::compiled::CompiledKey;
