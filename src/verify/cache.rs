@@ -651,6 +651,52 @@ mod tests {
         assert_eq!(cache.len(), 1);
     }
 
+    /// An invalidation made on one thread is seen by the very next lookup
+    /// of every other thread: a write takes all of the shard's per-thread
+    /// read lock words (`ShardedLock`), so no reader goes on reading the
+    /// entry through its own word once `invalidate` has returned.
+    #[test]
+    fn an_invalidation_is_seen_by_every_threads_next_lookup() {
+        use std::sync::Barrier;
+        use std::sync::atomic::AtomicBool;
+
+        const READERS: usize = 4;
+        let cache = KeyCache::new(100, TimeDelta::seconds(30));
+        let env = Environment::new("live").unwrap();
+        let id = "Q2x8bV0aP1rT";
+        let now = t(1).timestamp_micros();
+        let fingerprint = || [7; FINGERPRINT_LEN];
+        cache.insert(
+            &KeyId::new(id).unwrap(),
+            &env,
+            fingerprint(),
+            Cached::Dead(DenialReason::Revoked, None),
+            t(0),
+            cache.epoch(),
+        );
+        let invalidated = AtomicBool::new(false);
+        let reading = Barrier::new(READERS + 1);
+        std::thread::scope(|s| {
+            for _ in 0..READERS {
+                s.spawn(|| {
+                    assert!(cache.lookup(id, &env, fingerprint, now).is_some());
+                    reading.wait();
+                    loop {
+                        let after = invalidated.load(Ordering::Acquire);
+                        let hit = cache.lookup(id, &env, fingerprint, now).is_some();
+                        if after {
+                            assert!(!hit, "a hit after invalidate returned");
+                            break;
+                        }
+                    }
+                });
+            }
+            reading.wait();
+            cache.invalidate(id);
+            invalidated.store(true, Ordering::Release);
+        });
+    }
+
     #[test]
     fn each_shard_has_its_own_cache_lines() {
         assert_eq!(std::mem::align_of::<Shard>(), 128);
