@@ -178,7 +178,7 @@ pub(super) fn read_header_credential<'a>(
             if values.next().is_some() {
                 return Err(KeywardRejection::malformed("send one API key header"));
             }
-            let token = header_text(value)?.trim();
+            let token = header_text(value)?.trim_ascii();
             if token.is_empty() {
                 return Err(KeywardRejection::malformed("the API key header is empty"));
             }
@@ -200,7 +200,9 @@ fn parse_authorization<'a>(
     format: &TokenFormat,
     environment: &Environment,
 ) -> Result<HeaderCredential<'a>, KeywardRejection> {
-    let text = header_text(value)?.trim();
+    // `trim_ascii`, not `trim`: the text is visible ASCII and tab, where
+    // the two agree, and it skips `trim`'s decoding of characters.
+    let text = header_text(value)?.trim_ascii();
     if text.is_empty() {
         return Err(KeywardRejection::malformed(
             "the Authorization header is empty",
@@ -211,7 +213,7 @@ fn parse_authorization<'a>(
         Some((head, tail)) if head.eq_ignore_ascii_case(BEARER) => ("bearer", tail),
         _ => text.split_once(' ').unwrap_or((text, "")),
     };
-    let rest = rest.trim();
+    let rest = rest.trim_ascii();
     if scheme.eq_ignore_ascii_case("bearer") {
         if rest.is_empty() {
             return Err(KeywardRejection::malformed(

@@ -327,6 +327,12 @@ impl CompiledKey {
     pub fn deadline(&self) -> Option<DateTime<Utc>> {
         self.deadline
     }
+    /// [`deadline`](Self::deadline) in microseconds since the epoch,
+    /// rounded down (`i64::MAX`: none): read by every check, so on a line
+    /// a check has just loaded.
+    pub(crate) fn deadline_micros(&self) -> i64 {
+        self.deadline_us
+    }
     /// Scoped or legacy full-access.
     pub fn kind(&self) -> KeyKind {
         self.kind
