@@ -120,7 +120,12 @@ pub fn setup(rt: &tokio::runtime::Runtime) -> Setup {
                         .resource_param("name")
                         .expect("layer"),
                 ),
-        );
+        )
+        // Every handler made into a route now, as `axum::serve` does (through
+        // `into_make_service`): without it a `Router` still holding handlers
+        // applies each route's layers again on every request, a cost a
+        // server never pays.
+        .with_state(());
     Setup {
         router,
         token: created.token.expose_secret().to_owned(),

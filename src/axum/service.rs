@@ -29,7 +29,7 @@ impl<S, I> Layer<I> for KeywardLayer<S> {
     type Service = RequireKey<S, I>;
     fn layer(&self, inner: I) -> Self::Service {
         RequireKey {
-            layer: self.clone(),
+            layer: Arc::new(self.clone()),
             inner,
         }
     }
@@ -37,14 +37,17 @@ impl<S, I> Layer<I> for KeywardLayer<S> {
 
 /// The service made by [`KeywardLayer`].
 pub struct RequireKey<S, I> {
-    pub(super) layer: KeywardLayer<S>,
+    /// Behind one `Arc`: axum clones the service for every request, and a
+    /// clone is then one count (the layer itself is about 170 bytes, with
+    /// its own `Arc`s to count).
+    pub(super) layer: Arc<KeywardLayer<S>>,
     pub(super) inner: I,
 }
 
 impl<S, I: Clone> Clone for RequireKey<S, I> {
     fn clone(&self) -> Self {
         Self {
-            layer: self.layer.clone(),
+            layer: Arc::clone(&self.layer),
             inner: self.inner.clone(),
         }
     }
@@ -102,7 +105,7 @@ where
         };
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let layer = self.layer.clone();
+        let layer = Arc::clone(&self.layer);
         ResponseFuture::slow(Box::pin(async move {
             let caller = match layer.finish(&mut parts, pending).await {
                 Ok(caller) => caller,
