@@ -385,6 +385,10 @@ fn matches_one<const FOLD: bool>(pattern: &[u8], name: &[u8]) -> bool {
     let mut restart: Option<(usize, usize, u8)> = None;
     loop {
         match pattern.get(p) {
+            // A star that ends the pattern takes whatever is left (`*`
+            // matches any run, `/` included): the answer the steps below
+            // would reach a byte at a time (`Prefix*`, the usual pattern).
+            Some(&STAR) if p + 1 == pattern.len() => return true,
             Some(&star @ (STAR | DIR_STAR)) => {
                 // First try the empty run.
                 restart = Some((p + 1, t, star));
