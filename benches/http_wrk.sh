@@ -3,7 +3,7 @@
 # server pinned to core 0 and wrk to core 1, each route in turn, interleaved
 # over several rounds so that drifting load hits every route alike.
 #
-#   benches/http_wrk.sh [ROUNDS] [SECONDS]      (defaults: 5 rounds of 5 s)
+#   benches/http_wrk.sh [ROUNDS] [SECONDS] [paired]   (defaults: 5 rounds of 5 s)
 #
 # Each round runs every route once, starting at another route each round
 # (the order rotates) and, every other round, in reverse, so no route
@@ -18,10 +18,19 @@
 #   http_wrk: route=<id> round=<r> rps=<requests per second> vs_noop=<ratio>
 #   http_wrk: route=<id> median_rps=<n> vs_noop=<ratio> vs_open=<ratio>
 #   http_wrk: route=<id> per_round_vs_noop median=<r> min=<r> max=<r>
+#
+# With `paired`, each round instead runs every other route right next to a
+# run of the no-op layer of its own (the pair's order alternating), and
+# the ratio is that of the two adjacent runs: on a host whose speed drifts
+# within seconds, a ratio of two runs a few seconds apart moves less than
+# one taken against a run four routes away. It prints
+#   http_wrk: route=<id> round=<r> rps=<n> noop_rps=<n> vs_noop=<ratio>
+#   http_wrk: route=<id> paired_vs_noop median=<r> min=<r> max=<r>
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds="${1:-5}"
 seconds="${2:-5}"
+mode="${3:-rotated}"
 command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)" >&2; exit 2; }
 
 cargo build --release --features axum --example http_bench_server >&2
@@ -35,6 +44,45 @@ for _ in $(seq 1 50); do grep -q '^listening=' "$out" && break; sleep 0.1; done
 token="$(sed -n 's/^token=//p' "$out")"
 addr="$(sed -n 's/^listening=//p' "$out")"
 
+# One wrk run against a route: prints its requests per second, and checks
+# that the route answers 200.
+run() {
+  local route="$1" path rps status
+  path="$(sed -n "s/^route=$route path=//p" "$out")"
+  rps="$(taskset -c 1 wrk -t1 -c32 -d"${seconds}s" -s "$post" \
+      -H "Authorization: Bearer $token" "http://$addr$path" \
+    | awk '/^Requests\/sec/ {print $2}')"
+  status="$(curl -s -o /dev/null -w '%{http_code}' -X POST -H "Authorization: Bearer $token" "http://$addr$path")"
+  [ -n "$rps" ] || { echo "wrk printed no Requests/sec for route $route" >&2; exit 1; }
+  [ "$status" = 200 ] || { echo "route $route answered $status" >&2; exit 1; }
+  echo "$rps"
+}
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+if [ "$mode" = paired ]; then
+  declare -A paired
+  others=(open protected scoped scoped_now)
+  k=${#others[@]}
+  for round in $(seq 1 "$rounds"); do
+    for i in $(seq 0 $((k - 1))); do
+      route="${others[$(( (i + round - 1) % k ))]}"
+      if (( (round + i) % 2 )); then
+        n="$(run noop_layer)"; r="$(run "$route")"
+      else
+        r="$(run "$route")"; n="$(run noop_layer)"
+      fi
+      v="$(awk -v a="$r" -v b="$n" 'BEGIN {printf "%.3f", a/b}')"
+      echo "http_wrk: route=$route round=$round rps=$r noop_rps=$n vs_noop=$v"
+      paired[$route]+="$v "
+    done
+  done
+  for route in "${others[@]}"; do
+    sorted="$(echo "${paired[$route]}" | tr ' ' '\n' | grep -v '^$' | sort -g)"
+    echo "http_wrk: route=$route paired_vs_noop median=$(echo "$sorted" | median) min=$(echo "$sorted" | head -1) max=$(echo "$sorted" | tail -1)"
+  done
+  exit 0
+fi
+
 declare -A results ratios
 routes=(open noop_layer protected scoped scoped_now)
 n=${#routes[@]}
@@ -43,13 +91,7 @@ for round in $(seq 1 "$rounds"); do
   for i in $(seq 0 $((n - 1))); do
     if (( round % 2 )); then j=$(( (i + round - 1) % n )); else j=$(( ((round - 1 - i) % n + n) % n )); fi
     route="${routes[$j]}"
-    path="$(sed -n "s/^route=$route path=//p" "$out")"
-    rps="$(taskset -c 1 wrk -t1 -c32 -d"${seconds}s" -s "$post" \
-        -H "Authorization: Bearer $token" "http://$addr$path" \
-      | awk '/^Requests\/sec/ {print $2}')"
-    status="$(curl -s -o /dev/null -w '%{http_code}' -X POST -H "Authorization: Bearer $token" "http://$addr$path")"
-    [ -n "$rps" ] || { echo "wrk printed no Requests/sec for route $route" >&2; exit 1; }
-    [ "$status" = 200 ] || { echo "route $route answered $status" >&2; exit 1; }
+    rps="$(run "$route")"
     rate[$route]="$rps"
     results[$route]+="$rps "
   done
@@ -60,7 +102,6 @@ for round in $(seq 1 "$rounds"); do
   done
 done
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 noop="$(echo "${results[noop_layer]}" | median)"
 open="$(echo "${results[open]}" | median)"
 for route in "${routes[@]}"; do
