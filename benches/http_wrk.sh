@@ -57,7 +57,12 @@ run() {
   [ "$status" = 200 ] || { echo "route $route answered $status" >&2; exit 1; }
   echo "$rps"
 }
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+# The median; of an even count, the mean of the two middle values (until
+# 2026-12-03 10:00 UTC it printed the lower one, which leaned low).
+median() {
+  tr ' ' '\n' | grep -v '^$' | sort -g |
+    awk '{a[NR]=$1} END {if (NR % 2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'
+}
 
 if [ "$mode" = paired ]; then
   declare -A paired
@@ -65,8 +70,12 @@ if [ "$mode" = paired ]; then
   k=${#others[@]}
   for round in $(seq 1 "$rounds"); do
     for i in $(seq 0 $((k - 1))); do
-      route="${others[$(( (i + round - 1) % k ))]}"
-      if (( (round + i) % 2 )); then
+      j=$(( (i + round - 1) % k ))
+      route="${others[$j]}"
+      # The order within the pair by route and round, so each route runs
+      # first in every other round (by position in the round, each route
+      # would always have run on the same side).
+      if (( (round + j) % 2 )); then
         n="$(run noop_layer)"; r="$(run "$route")"
       else
         r="$(run "$route")"; n="$(run noop_layer)"
