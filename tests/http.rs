@@ -1948,3 +1948,68 @@ async fn a_resource_owner_resolver_that_answers_at_once_guards_the_same() {
     }
     assert_eq!(send("/spend/Contoso.Tools".into()).await, 429);
 }
+
+/// The expiry warning is about the key's expiry, not its idle deadline:
+/// under an idle-expiry policy a key whose idle deadline falls within the
+/// warning window but whose expiry does not gets no warning (the layer
+/// tests the deadline first, which is never later than the expiry, and
+/// reads the expiry only then), and a key whose expiry is near gets one.
+#[tokio::test]
+async fn an_idle_deadline_within_the_window_is_no_expiry_warning() {
+    use tower::ServiceExt;
+    let clock = ManualClock::new(Utc::now());
+    let manager = KeyManager::builder(
+        MemoryStore::new(),
+        format(),
+        policy().with_idle_expiry(30).unwrap(),
+    )
+    .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
+    .clock(clock.clone())
+    .build()
+    .unwrap();
+    let create = |name: &'static str, days: u32| {
+        let manager = manager.clone();
+        async move {
+            manager
+                .create(
+                    &keyward::Actor::system("tests"),
+                    NewKey::new(OWNER, "live", name)
+                        .permissions(PermissionGrant::All)
+                        .expiry(ExpiryChoice::Days(days)),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let far = create("far", 90).await;
+    let near = create("near", 1).await;
+    let live = Environment::new("live").unwrap();
+    let app = Router::new()
+        .route("/me", get(me))
+        .route_layer(KeywardLayer::new(manager.verifier(), live).without_client_addresses());
+    let warning = |token: String| {
+        let app = app.clone();
+        async move {
+            let req = ::axum::http::Request::get("/me")
+                .header("authorization", bearer(&token))
+                .body(::axum::body::Body::empty())
+                .unwrap();
+            let r = app.oneshot(req).await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            r.headers()
+                .get(WARNING_HEADER)
+                .map(|v| v.to_str().unwrap().to_owned())
+        }
+    };
+    let far_token = far.token.expose_secret().to_owned();
+    assert_eq!(warning(far_token.clone()).await, None);
+    let near_warning = warning(near.token.expose_secret().to_owned()).await;
+    assert!(
+        near_warning.is_some_and(|w| w.contains(near.key.id.as_str())),
+        "a key expiring tomorrow is warned about"
+    );
+    // 25 days on: the idle deadline (30 days after the last use) is 5
+    // days away, inside the default 10-day window; the expiry 65.
+    clock.advance(TimeDelta::days(25));
+    assert_eq!(warning(far_token).await, None);
+}
