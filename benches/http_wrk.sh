@@ -3,7 +3,7 @@
 # server pinned to core 0 and wrk to core 1, each route in turn, interleaved
 # over several rounds so that drifting load hits every route alike.
 #
-#   benches/http_wrk.sh [ROUNDS] [SECONDS] [paired]   (defaults: 5 rounds of 5 s)
+#   benches/http_wrk.sh [ROUNDS] [SECONDS] [paired|concurrent]   (defaults: 5 rounds of 5 s)
 #
 # Each round runs every route once, starting at another route each round
 # (the order rotates) and, every other round, in reverse, so no route
@@ -26,6 +26,22 @@
 # one taken against a run four routes away. It prints
 #   http_wrk: route=<id> round=<r> rps=<n> noop_rps=<n> vs_noop=<ratio>
 #   http_wrk: route=<id> paired_vs_noop median=<r> min=<r> max=<r>
+#
+# With `concurrent`, two servers share core 0 and two wrk runs share core
+# 1, at the same time: one against the no-op layer, one against the route
+# (the servers swap sides every round). Whatever slows the host in that
+# window slows both alike, so this is the mode to judge by on a host whose
+# speed drifts (a ratio of two runs apart moved by up to 15 % on one here;
+# one of two runs together by 0.5 %). The two servers split the core
+# about evenly but not exactly, so each one's requests are counted per
+# second of CPU it was given (`/proc/<pid>/task/*/schedstat`): on a pinned
+# saturated core that is the rate each would reach alone. The no-op layer
+# also runs against itself (`route=noop_layer`), the check that the two
+# sides measure alike. It prints
+#   http_wrk: route=<id> round=<r> rps=<n> noop_rps=<n> cpu_ns=<n> noop_cpu_ns=<n> vs_noop=<ratio>
+#   http_wrk: route=<id> concurrent_vs_noop median=<r> min=<r> max=<r>
+# where cpu_ns is the server's CPU time per request and vs_noop the ratio
+# of requests per CPU second (the rps ratio leans on the split of the core).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds="${1:-5}"
@@ -44,15 +60,18 @@ for _ in $(seq 1 50); do grep -q '^listening=' "$out" && break; sleep 0.1; done
 token="$(sed -n 's/^token=//p' "$out")"
 addr="$(sed -n 's/^listening=//p' "$out")"
 
-# One wrk run against a route: prints its requests per second, and checks
-# that the route answers 200.
+# One wrk run against a route (of the server whose output is $2, by
+# default the first): prints its requests per second, and checks that the
+# route answers 200.
 run() {
-  local route="$1" path rps status
-  path="$(sed -n "s/^route=$route path=//p" "$out")"
+  local route="$1" o="${2:-$out}" path rps status tok at
+  path="$(sed -n "s/^route=$route path=//p" "$o")"
+  tok="$(sed -n 's/^token=//p' "$o")"
+  at="$(sed -n 's/^listening=//p' "$o")"
   rps="$(taskset -c 1 wrk -t1 -c32 -d"${seconds}s" -s "$post" \
-      -H "Authorization: Bearer $token" "http://$addr$path" \
+      -H "Authorization: Bearer $tok" "http://$at$path" \
     | awk '/^Requests\/sec/ {print $2}')"
-  status="$(curl -s -o /dev/null -w '%{http_code}' -X POST -H "Authorization: Bearer $token" "http://$addr$path")"
+  status="$(curl -s -o /dev/null -w '%{http_code}' -X POST -H "Authorization: Bearer $tok" "http://$at$path")"
   [ -n "$rps" ] || { echo "wrk printed no Requests/sec for route $route" >&2; exit 1; }
   [ "$status" = 200 ] || { echo "route $route answered $status" >&2; exit 1; }
   echo "$rps"
@@ -63,6 +82,48 @@ median() {
   tr ' ' '\n' | grep -v '^$' | sort -g |
     awk '{a[NR]=$1} END {if (NR % 2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'
 }
+
+if [ "$mode" = concurrent ]; then
+  out2="$(mktemp)"
+  taskset -c 0 target/release/examples/http_bench_server 127.0.0.1:0 >"$out2" &
+  server2=$!
+  trap 'kill $server $server2 2>/dev/null || true; rm -f "$out" "$out2" "$post"' EXIT
+  for _ in $(seq 1 50); do grep -q '^listening=' "$out2" && break; sleep 0.1; done
+  # CPU time (ns) the server has run, all its threads.
+  cpu() { cat /proc/"$1"/task/*/schedstat | awk '{s += $1} END {printf "%.0f\n", s}'; }
+  declare -A together
+  routes=(noop_layer open protected scoped scoped_now)
+  k=${#routes[@]}
+  for round in $(seq 1 "$rounds"); do
+    for i in $(seq 0 $((k - 1))); do
+      j=$(( (i + round - 1) % k ))
+      route="${routes[$j]}"
+      # The servers swap sides by round and route.
+      if (( (round + j) % 2 )); then
+        co="$out"; cp=$server; to="$out2"; tp=$server2
+      else
+        co="$out2"; cp=$server2; to="$out"; tp=$server
+      fi
+      c0="$(cpu $cp)"; t0="$(cpu $tp)"
+      n_file="$(mktemp)"
+      run noop_layer "$co" >"$n_file" &
+      control=$!
+      r="$(run "$route" "$to")"
+      wait $control
+      n="$(cat "$n_file")"; rm -f "$n_file"
+      c1="$(cpu $cp)"; t1="$(cpu $tp)"
+      line="$(awk -v r="$r" -v n="$n" -v c="$((c1 - c0))" -v t="$((t1 - t0))" -v s="$seconds" \
+        'BEGIN {tc = t / (r * s); nc = c / (n * s); printf "rps=%s noop_rps=%s cpu_ns=%.0f noop_cpu_ns=%.0f vs_noop=%.3f", r, n, tc, nc, nc / tc}')"
+      echo "http_wrk: route=$route round=$round $line"
+      together[$route]+="${line##*vs_noop=} "
+    done
+  done
+  for route in "${routes[@]}"; do
+    sorted="$(echo "${together[$route]}" | tr ' ' '\n' | grep -v '^$' | sort -g)"
+    echo "http_wrk: route=$route concurrent_vs_noop median=$(echo "$sorted" | median) min=$(echo "$sorted" | head -1) max=$(echo "$sorted" | tail -1)"
+  done
+  exit 0
+fi
 
 if [ "$mode" = paired ]; then
   declare -A paired
