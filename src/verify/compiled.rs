@@ -329,7 +329,8 @@ impl CompiledKey {
     }
     /// [`deadline`](Self::deadline) in microseconds since the epoch,
     /// rounded down (`i64::MAX`: none): read by every check, so on a line
-    /// a check has just loaded.
+    /// a check has just loaded (the axum layer's expiry warning).
+    #[cfg(feature = "axum")]
     pub(crate) fn deadline_micros(&self) -> i64 {
         self.deadline_us
     }
