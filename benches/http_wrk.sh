@@ -63,11 +63,11 @@ server=$!
 trap 'kill $server 2>/dev/null || true; rm -f "$out" "$post"' EXIT
 # Waits until the server whose output is $1 listens, then sends each
 # route one request, which must pass: the key is then cached before any
-# wrk run. Without it the first run's 32 connections all checked the
-# uncached key at once; the client's source throttle holds a token for
-# each unproven check until it proves right, so past its burst of 30 they
-# were refused (about 250 cheap 429s in the first run, counted as
-# throughput until the checks below; see SECURITY.md).
+# wrk run, so no run measures its first proof. (Until 2026-12-03 12:20 UTC
+# the first run's 32 connections, checking the uncached key at once, met
+# the throttles' tokens held for unproven checks: about 250 cheap 429s,
+# counted as throughput until the checks in `run`. Concurrent first uses
+# of one key now wait for one proof; see SECURITY.md.)
 listening() {
   local route at tok path status
   for _ in $(seq 1 50); do grep -q '^listening=' "$1" && break; sleep 0.1; done

@@ -649,3 +649,128 @@ async fn an_old_secret_after_a_regenerate_gets_one_argon2_run_then_the_throttle(
         "{runs} argon2 runs for a dead secret, bound {bound}"
     );
 }
+
+/// Spawns a `verify` of `token` from `from` on `verifier`.
+fn spawn_verify(
+    f: &Fixture<Arc<FaultyStore<MemoryStore>>>,
+    token: &str,
+    from: std::net::IpAddr,
+) -> tokio::task::JoinHandle<Result<VerifiedKey, Denial>> {
+    let v = f.manager.verifier();
+    let (token, live, push) = (token.to_owned(), f.live.clone(), f.push());
+    tokio::spawn(async move {
+        let req = VerifyRequest::new(&live, push)
+            .resource(OWNER, "Contoso.Tools")
+            .client_ip(from);
+        v.verify(&token, &req).await
+    })
+}
+
+/// A store whose reads take 50 ms, so that checks overlap.
+fn slow_reads() -> Fixture<Arc<FaultyStore<MemoryStore>>> {
+    let store = Arc::new(FaultyStore::new(MemoryStore::new()));
+    let f = fixture_with(Arc::clone(&store), policy(), VerifierConfig::default());
+    store.delay(Op::Get, Duration::from_millis(50));
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_uses_of_one_key_wait_for_one_proof_and_take_no_token() {
+    let f = slow_reads();
+    let created = f.push_key().await;
+    let t = created.token.expose_secret();
+    // Four times the id's burst (10) and more than the source's (30), from
+    // one address, while the first is proving the secret: each used to take
+    // a token of both buckets until it proved right, so all but the bursts
+    // were refused as throttled though none was wrong.
+    let first = spawn_verify(&f, t, ip(7));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let rest: Vec<_> = (0..39).map(|_| spawn_verify(&f, t, ip(7))).collect();
+    assert!(first.await.unwrap().is_ok());
+    for check in rest {
+        let answer = check.await.unwrap();
+        assert!(
+            answer.is_ok(),
+            "refused: {:?}",
+            answer.err().map(|d| d.reason)
+        );
+    }
+    assert_eq!(f.hash_verifies(), 1, "one proof for all forty");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_first_uses_of_one_key_all_pass() {
+    let f = slow_reads();
+    let created = f.push_key().await;
+    let t = created.token.expose_secret();
+    // All at once: two checks may both begin before either leads; none is
+    // refused either way.
+    let checks: Vec<_> = (0..40).map(|_| spawn_verify(&f, t, ip(8))).collect();
+    for check in checks {
+        let answer = check.await.unwrap();
+        assert!(
+            answer.is_ok(),
+            "refused: {:?}",
+            answer.err().map(|d| d.reason)
+        );
+    }
+    assert!(f.hash_verifies() < 10, "{} argon2 runs", f.hash_verifies());
+}
+
+/// A store whose reads hang until healed; the checks that started meanwhile
+/// hang for good (they stand for a lead that never ends by itself).
+fn hanging_reads() -> (
+    Fixture<Arc<FaultyStore<MemoryStore>>>,
+    Arc<FaultyStore<MemoryStore>>,
+) {
+    let store = Arc::new(FaultyStore::new(MemoryStore::new()));
+    let f = fixture_with(Arc::clone(&store), policy(), VerifierConfig::default());
+    (f, store)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_use_dropped_midway_lets_the_waiting_ones_prove() {
+    let (f, store) = hanging_reads();
+    let created = f.push_key().await;
+    let t = created.token.expose_secret();
+    store.hang(Op::Get);
+    let first = spawn_verify(&f, t, ip(9));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    store.heal_op(Op::Get);
+    let waiting: Vec<_> = (0..5).map(|_| spawn_verify(&f, t, ip(9))).collect();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(
+        waiting.iter().all(|c| !c.is_finished()),
+        "the same secret waits for the check proving it"
+    );
+    // The client went away: its check's future is dropped mid-read.
+    first.abort();
+    for check in waiting {
+        let answer = tokio::time::timeout(Duration::from_secs(10), check)
+            .await
+            .expect("the waiting checks go on without the dropped one")
+            .unwrap();
+        assert!(answer.is_ok());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_secret_in_flight_neither_holds_up_nor_refuses_the_right_one() {
+    let (f, store) = hanging_reads();
+    let created = f.push_key().await;
+    let wrong = format().generate(&f.live, &created.key.id);
+    store.hang(Op::Get);
+    let wrong = spawn_verify(&f, wrong.expose_secret(), ip(10));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    store.heal_op(Op::Get);
+    // The wrong secret's check never ends; the right one does not wait for it.
+    let right = spawn_verify(&f, created.token.expose_secret(), ip(11));
+    let answer = tokio::time::timeout(Duration::from_secs(10), right)
+        .await
+        .expect("the right secret waited for the wrong one")
+        .unwrap();
+    assert!(answer.is_ok());
+    assert!(!wrong.is_finished());
+    wrong.abort();
+    assert_eq!(f.hash_verifies(), 1);
+}

@@ -12,6 +12,7 @@ mod cold;
 mod compiled;
 mod config;
 mod denial;
+mod flights;
 mod hash_pool;
 mod ledger;
 mod request;

@@ -7,6 +7,7 @@ use chrono::TimeDelta;
 
 use super::cache::{KeyCache, UnknownIds};
 use super::config::VerifierConfig;
+use super::flights::Flights;
 use super::hash_pool::HashPool;
 use super::ledger::Ledgers;
 use super::throttle::{SourceThrottle, Throttle};
@@ -39,6 +40,9 @@ pub(crate) struct Shared<S> {
     pub(super) unknown: UnknownIds,
     pub(super) throttle: Throttle,
     pub(super) sources: SourceThrottle,
+    /// The ids whose first proof is in flight: concurrent first uses of a
+    /// key wait for it.
+    pub(super) flights: Arc<Flights>,
     /// The argon2 threads and their bounded, fair queue.
     pub(super) hashing: HashPool,
     pub(super) fingerprinter: Fingerprinter,
@@ -79,6 +83,7 @@ impl<S: KeyStore> Shared<S> {
                 config.source_failure_burst,
                 delta(config.source_failure_refill),
             ),
+            flights: Arc::new(Flights::default()),
             hashing: HashPool::new(
                 Arc::clone(&hasher),
                 config.max_concurrent_hashes,

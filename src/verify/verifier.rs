@@ -10,11 +10,13 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use tokio::sync::Notify;
 
 use super::cache::{Cached, Lookup, Proof};
 use super::cold::{Admitted, ColdDenial, Refused};
 use super::compiled::{CompiledKey, VerifiedKey};
 use super::denial::{Denial, DenialReason};
+use super::flights::{Lead, MAX_WAITS};
 use super::ledger::{Outcome, UsageSeen, top_up};
 use super::request::{Spending, VerifyRequest};
 use super::shared::Shared;
@@ -120,6 +122,16 @@ enum Begun<'a> {
         admitted: Admitted,
         /// When the check began, in microseconds since the epoch.
         now: i64,
+        /// This check's lead for the id (an unproven secret), which checks
+        /// of the same id that start meanwhile wait for.
+        lead: Option<Lead>,
+    },
+    /// The secret is unproven and another check of the same id is proving
+    /// the same secret: wait for it to end, then begin again.
+    Wait {
+        id: &'a str,
+        secret: &'a str,
+        flight: Arc<Notify>,
     },
     /// Proven and allowed, but a usage block is short: lease, then spend.
     Lease {
@@ -209,7 +221,7 @@ impl<S: KeyStore> Verifier<S> {
         let rest = match started(
             "key",
             check,
-            |check| self.begin(id, secret, env, ip, spending, check),
+            |check| self.begin(id, secret, env, ip, spending, check, true),
             |begun, check| self.finish(begun, env, ip, spending, check),
         ) {
             Ok(answer) => return answer,
@@ -234,7 +246,7 @@ impl<S: KeyStore> Verifier<S> {
         let rest = match started(
             "key",
             check,
-            |check| self.begin(id, secret, environment, client_ip, None, check),
+            |check| self.begin(id, secret, environment, client_ip, None, check, true),
             |begun, check| self.finish(begun, environment, client_ip, None, check),
         ) {
             Ok(answer) => return answer,
@@ -265,7 +277,7 @@ impl<S: KeyStore> Verifier<S> {
         let rest = match started(
             "pair",
             check,
-            |check| self.begin(id, secret, env, ip, spending, check),
+            |check| self.begin(id, secret, env, ip, spending, check, true),
             |begun, check| self.finish(begun, env, ip, spending, check),
         ) {
             Ok(answer) => return answer,
@@ -289,7 +301,7 @@ impl<S: KeyStore> Verifier<S> {
         let rest = match started(
             "pair",
             check,
-            |check| self.begin(id, secret, environment, client_ip, None, check),
+            |check| self.begin(id, secret, environment, client_ip, None, check, true),
             |begun, check| self.finish(begun, environment, client_ip, None, check),
         ) {
             Ok(answer) => return answer,
@@ -349,6 +361,7 @@ impl<S: KeyStore> Verifier<S> {
     /// inline it would make every check's future that large to build and
     /// move (issue 14).
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     fn begin<'a>(
         &self,
         id: &'a str,
@@ -357,6 +370,7 @@ impl<S: KeyStore> Verifier<S> {
         client_ip: Option<IpAddr>,
         spending: Option<&Spending<'_>>,
         check: &impl Fn(&CompiledKey, i64) -> Result<(), DenialReason>,
+        may_wait: bool,
     ) -> Begun<'a> {
         // Microseconds: every time a check compares is an integer.
         let now = self.shared.clock.now_micros();
@@ -364,6 +378,15 @@ impl<S: KeyStore> Verifier<S> {
             Ok(begun) => return begun,
             Err(proof) => proof,
         };
+        // An unproven secret while another check of the id proves the same
+        // secret: wait for it before touching any bucket (`flights`: then a
+        // hit that takes no token).
+        let fingerprint = || self.shared.fingerprinter.fingerprint(secret.as_bytes());
+        if proof.is_none() && may_wait {
+            if let Some(flight) = self.shared.flights.in_flight(id, fingerprint) {
+                return Begun::Wait { id, secret, flight };
+            }
+        }
         // Throttles and the unknown-id memory first: a flood of them never
         // builds the box.
         match self
@@ -373,6 +396,11 @@ impl<S: KeyStore> Verifier<S> {
             Ok(admitted) => Begun::Cold {
                 id,
                 secret,
+                lead: if proof.is_none() {
+                    self.shared.flights.lead(id, fingerprint())
+                } else {
+                    None
+                },
                 proof,
                 admitted,
                 now,
@@ -473,18 +501,46 @@ impl<S: KeyStore> Verifier<S> {
         check: impl Fn(&CompiledKey, i64) -> Result<(), DenialReason>,
     ) -> Result<VerifiedKey, Denial> {
         let shared = &*self.shared;
+        let mut begun = begun;
+        let mut waits = 0;
+        while let Begun::Wait { id, secret, flight } = begun {
+            shared.flights.wait(id, flight).await;
+            waits += 1;
+            let may_wait = waits < MAX_WAITS;
+            begun = self.begin(
+                id,
+                secret,
+                environment,
+                client_ip,
+                spending,
+                &check,
+                may_wait,
+            );
+        }
         let (id, key, now) = match begun {
             Begun::Done(answer) => return answer,
             Begun::Lease { id, key, now } => (id, key, now),
+            // `begin` gives no `Wait` once it may not wait (the loop above);
+            // were it to, the check fails closed.
+            Begun::Wait { id, .. } => {
+                let retry = Some(Duration::from_secs(1));
+                let reason = DenialReason::Overloaded;
+                return Err(self.deny_owned(Some(id), None, reason, retry, client_ip));
+            }
             Begun::Cold {
                 id,
                 secret,
                 proof,
                 admitted,
                 now,
+                lead,
             } => {
                 let cold = shared.cold(id, environment, secret, now, client_ip, proof, admitted);
-                let key = match cold.await {
+                let answer = cold.await;
+                // The key is cached (or not, if refused): the checks that
+                // waited for this one look at the cache again.
+                drop(lead);
+                let key = match answer {
                     Ok(key) => key,
                     Err(ColdDenial(reason, retry, owner)) => {
                         return Err(self.deny_owned(Some(id), owner, reason, retry, client_ip));
@@ -545,7 +601,7 @@ impl<S: KeyStore> Verifier<S> {
             match self.by_cache(id, secret, environment, client_ip, None, &check, now) {
                 Ok(Begun::Done(answer)) => Some(answer),
                 // No spending, so no lease; and a miss is the cold path's.
-                Ok(Begun::Lease { .. } | Begun::Cold { .. }) | Err(_) => None,
+                Ok(Begun::Lease { .. } | Begun::Cold { .. } | Begun::Wait { .. }) | Err(_) => None,
             }
         })
     }
