@@ -667,24 +667,36 @@ fn spawn_verify(
 }
 
 /// A store whose reads take 50 ms, so that checks overlap.
-fn slow_reads() -> Fixture<Arc<FaultyStore<MemoryStore>>> {
+fn slow_reads() -> (
+    Fixture<Arc<FaultyStore<MemoryStore>>>,
+    Arc<FaultyStore<MemoryStore>>,
+) {
     let store = Arc::new(FaultyStore::new(MemoryStore::new()));
     let f = fixture_with(Arc::clone(&store), policy(), VerifierConfig::default());
     store.delay(Op::Get, Duration::from_millis(50));
-    f
+    (f, store)
+}
+
+/// Waits until the store has been asked for more than `reads` records: a
+/// check has begun its read (a lead registers itself before it).
+async fn read_begun(store: &FaultyStore<MemoryStore>, reads: u64) {
+    while store.calls(Op::Get) <= reads {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_first_uses_of_one_key_wait_for_one_proof_and_take_no_token() {
-    let f = slow_reads();
+    let (f, store) = slow_reads();
     let created = f.push_key().await;
     let t = created.token.expose_secret();
     // Four times the id's burst (10) and more than the source's (30), from
     // one address, while the first is proving the secret: each used to take
     // a token of both buckets until it proved right, so all but the bursts
     // were refused as throttled though none was wrong.
+    let reads = store.calls(Op::Get);
     let first = spawn_verify(&f, t, ip(7));
-    tokio::time::sleep(Duration::from_millis(10)).await;
+    read_begun(&store, reads).await;
     let rest: Vec<_> = (0..39).map(|_| spawn_verify(&f, t, ip(7))).collect();
     assert!(first.await.unwrap().is_ok());
     for check in rest {
@@ -696,11 +708,12 @@ async fn concurrent_first_uses_of_one_key_wait_for_one_proof_and_take_no_token()
         );
     }
     assert_eq!(f.hash_verifies(), 1, "one proof for all forty");
+    assert_eq!(store.calls(Op::Get), reads + 1, "one store read");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_first_uses_of_one_key_all_pass() {
-    let f = slow_reads();
+    let (f, _store) = slow_reads();
     let created = f.push_key().await;
     let t = created.token.expose_secret();
     // All at once: two checks may both begin before either leads; none is
@@ -717,8 +730,8 @@ async fn a_burst_of_first_uses_of_one_key_all_pass() {
     assert!(f.hash_verifies() < 10, "{} argon2 runs", f.hash_verifies());
 }
 
-/// A store whose reads hang until healed; the checks that started meanwhile
-/// hang for good (they stand for a lead that never ends by itself).
+/// A store whose reads can be made to hang: the checks that start reading
+/// meanwhile hang for good (a lead that never ends by itself).
 fn hanging_reads() -> (
     Fixture<Arc<FaultyStore<MemoryStore>>>,
     Arc<FaultyStore<MemoryStore>>,
@@ -734,15 +747,18 @@ async fn a_first_use_dropped_midway_lets_the_waiting_ones_prove() {
     let created = f.push_key().await;
     let t = created.token.expose_secret();
     store.hang(Op::Get);
+    let reads = store.calls(Op::Get);
     let first = spawn_verify(&f, t, ip(9));
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    read_begun(&store, reads).await;
     store.heal_op(Op::Get);
     let waiting: Vec<_> = (0..5).map(|_| spawn_verify(&f, t, ip(9))).collect();
     tokio::time::sleep(Duration::from_millis(20)).await;
-    assert!(
-        waiting.iter().all(|c| !c.is_finished()),
+    assert_eq!(
+        store.calls(Op::Get),
+        reads + 1,
         "the same secret waits for the check proving it"
     );
+    assert!(waiting.iter().all(|c| !c.is_finished()));
     // The client went away: its check's future is dropped mid-read.
     first.abort();
     for check in waiting {
@@ -760,8 +776,9 @@ async fn a_wrong_secret_in_flight_neither_holds_up_nor_refuses_the_right_one() {
     let created = f.push_key().await;
     let wrong = format().generate(&f.live, &created.key.id);
     store.hang(Op::Get);
+    let reads = store.calls(Op::Get);
     let wrong = spawn_verify(&f, wrong.expose_secret(), ip(10));
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    read_begun(&store, reads).await;
     store.heal_op(Op::Get);
     // The wrong secret's check never ends; the right one does not wait for it.
     let right = spawn_verify(&f, created.token.expose_secret(), ip(11));
@@ -770,7 +787,32 @@ async fn a_wrong_secret_in_flight_neither_holds_up_nor_refuses_the_right_one() {
         .expect("the right secret waited for the wrong one")
         .unwrap();
     assert!(answer.is_ok());
+    assert_eq!(store.calls(Op::Get), reads + 2, "it read the store itself");
     assert!(!wrong.is_finished());
     wrong.abort();
+    assert_eq!(f.hash_verifies(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_refused_lead_the_waiting_check_is_checked_on_its_own() {
+    let (f, store) = hanging_reads();
+    let created = f.push_key().await;
+    let t = created.token.expose_secret();
+    // The lead's read waits 100 ms, then fails: the lead is refused.
+    store.time_out(Op::Get, Duration::from_millis(100));
+    let reads = store.calls(Op::Get);
+    let first = spawn_verify(&f, t, ip(12));
+    read_begun(&store, reads).await;
+    store.heal_op(Op::Get);
+    let second = spawn_verify(&f, t, ip(12));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(store.calls(Op::Get), reads + 1, "the second waits");
+    assert_eq!(
+        first.await.unwrap().unwrap_err().reason,
+        DenialReason::StoreUnavailable
+    );
+    // It waits for one lead only, then reads and proves on its own.
+    assert!(second.await.unwrap().is_ok());
+    assert_eq!(store.calls(Op::Get), reads + 2);
     assert_eq!(f.hash_verifies(), 1);
 }

@@ -11,6 +11,7 @@ use zeroize::Zeroizing;
 use super::cache::{Cached, HashDigest, Proof};
 use super::compiled::CompiledKey;
 use super::denial::DenialReason;
+use super::flights::Lead;
 use super::hash_pool::PoolError;
 use super::shared::Shared;
 use crate::ids::OwnerId;
@@ -102,6 +103,7 @@ impl<S: KeyStore> Shared<S> {
         client_ip: Option<IpAddr>,
         proof: Option<Proof>,
         admitted: Admitted,
+        lead: Option<Lead>,
     ) -> Result<Arc<CompiledKey>, ColdDenial> {
         let shared = self;
         let source = client_ip.map(Source::of);
@@ -249,6 +251,10 @@ impl<S: KeyStore> Shared<S> {
             shared.clock.now(),
             epoch,
         );
+        // The key is cached: the checks waiting for this lead go on now,
+        // not after the rehash (an argon2 run and a store write that are
+        // not theirs). Every earlier return ends the lead as well.
+        drop(lead);
         if rehash {
             self.rehash(record, secret).await;
         }

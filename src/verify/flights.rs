@@ -1,5 +1,5 @@
-//! First proofs in flight, per key id and secret (crate-internal):
-//! concurrent first uses of one key with one secret wait for one proof
+//! First proofs in flight, one per key id (crate-internal): concurrent
+//! first uses of one key with the secret being proven wait for that proof
 //! instead of each proving it.
 //!
 //! Both throttle buckets hold a token for every unproven check until its
@@ -10,15 +10,18 @@
 //! check of an id leads (takes the tokens, reads the store, runs argon2,
 //! caches) and checks of the same id *and the same secret* (its cache
 //! fingerprint, compared in constant time) that start meanwhile wait for
-//! it to end, then look at the cache again: a hit that takes no token. A
-//! lead that failed or was dropped lets them start over, a bounded number
-//! of times ([`MAX_WAITS`]).
+//! it to end, then look at the cache again: a hit that takes no token.
+//! The lead ends as soon as the key is cached (before any rehash), or when
+//! the check is refused or its future dropped. A check waits for one lead
+//! at most ([`MAX_WAITS`]): after a lead that failed or was dropped it
+//! goes through the buckets as before, and at most [`MAX_WAITERS`] checks
+//! wait for one lead.
 //!
 //! A check with another secret never waits: it is admitted or refused
 //! exactly as before, so wrong guesses (each its own secret) neither queue
-//! here nor hold up the right one. Waiting happens before any bucket is
-//! touched; the same wrong secret sent many times at once waits for one
-//! proof, then each meets the id's bucket as before.
+//! here nor hold up the right one. An id has one lead at a time: while a
+//! check with another secret (a guess, an old secret) leads, first uses of
+//! the right secret do not group and meet the buckets as before.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,19 +31,24 @@ use tokio::sync::Notify;
 
 use crate::hash::{FINGERPRINT_LEN, same_fingerprint};
 
-/// A lead: woken when it ends, and the fingerprint of the secret it proves.
-type Flight = (Arc<Notify>, [u8; FINGERPRINT_LEN]);
+/// A lead: woken when it ends, the fingerprint of the secret it proves,
+/// and how many checks have come to wait for it.
+type Flight = (Arc<Notify>, [u8; FINGERPRINT_LEN], Arc<AtomicUsize>);
 
 /// Ids with a lead in flight at most: past it, first uses do not wait
-/// (each proves on its own, as before). Every lead holds its source's
-/// token, so a source cannot fill this alone.
+/// (each proves on its own, as before). A lead was admitted, so a check
+/// that carries a client address holds its source's token while it leads.
 const MAX_FLIGHTS: usize = 4096;
 
 /// How many leads a check waits for before it goes through admission
-/// without waiting: a check whose secret differs from the leads' (an
-/// attacker's wrong guesses leading in turn) is delayed by at most this
-/// many cold checks.
-pub(super) const MAX_WAITS: u32 = 3;
+/// without waiting: one. A lead that ends refused (a wrong secret, an
+/// overloaded queue, an unavailable store) or dropped costs the checks
+/// with its secret at most its own time, then they are checked as before.
+pub(super) const MAX_WAITS: u32 = 1;
+
+/// Checks that wait for one lead at most; later ones go through admission
+/// as before (waiting costs no token, so the number is bounded here).
+const MAX_WAITERS: usize = 64;
 
 /// The ids whose first proof is in flight.
 #[derive(Default)]
@@ -66,8 +74,12 @@ impl Flights {
         if self.count.load(Ordering::Acquire) == 0 {
             return None;
         }
-        let (notify, proving) = self.leads().get(id).cloned()?;
-        same_fingerprint(&proving, &fingerprint()).then_some(notify)
+        let (notify, proving, waiters) = self.leads().get(id).cloned()?;
+        if !same_fingerprint(&proving, &fingerprint()) {
+            return None;
+        }
+        let earlier = waiters.fetch_add(1, Ordering::Relaxed);
+        (earlier < MAX_WAITERS).then_some(notify)
     }
 
     /// Makes this check the lead for `id`: `None` when another check leads
@@ -84,7 +96,10 @@ impl Flights {
             return None;
         }
         let notify = Arc::new(Notify::new());
-        leads.insert(id.into(), (Arc::clone(&notify), fingerprint));
+        leads.insert(
+            id.into(),
+            (Arc::clone(&notify), fingerprint, Arc::default()),
+        );
         self.count.store(leads.len(), Ordering::Release);
         Some(Lead {
             flights: Arc::clone(self),
@@ -104,7 +119,7 @@ impl Flights {
         let current = self
             .leads()
             .get(id)
-            .is_some_and(|(n, _)| Arc::ptr_eq(n, &flight));
+            .is_some_and(|(n, _, _)| Arc::ptr_eq(n, &flight));
         if current {
             notified.await;
         }
@@ -125,7 +140,7 @@ impl Drop for Lead {
             let mut leads = self.flights.leads();
             if leads
                 .get(&*self.id)
-                .is_some_and(|(n, _)| Arc::ptr_eq(n, &self.notify))
+                .is_some_and(|(n, _, _)| Arc::ptr_eq(n, &self.notify))
             {
                 leads.remove(&*self.id);
             }
@@ -204,6 +219,19 @@ mod tests {
         let ended = flights.wait("abc", flight);
         let mut ended = std::pin::pin!(ended);
         assert!(poll_once(ended.as_mut()).is_ready());
+    }
+
+    #[test]
+    fn at_most_max_waiters_wait_for_one_lead() {
+        let flights = Arc::new(Flights::default());
+        let _lead = flights.lead("abc", A).expect("lead");
+        for _ in 0..MAX_WAITERS {
+            assert!(flights.in_flight("abc", || A).is_some());
+        }
+        assert!(
+            flights.in_flight("abc", || A).is_none(),
+            "one waiter too many"
+        );
     }
 
     #[test]

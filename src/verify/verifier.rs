@@ -381,9 +381,15 @@ impl<S: KeyStore> Verifier<S> {
         // An unproven secret while another check of the id proves the same
         // secret: wait for it before touching any bucket (`flights`: then a
         // hit that takes no token).
-        let fingerprint = || self.shared.fingerprinter.fingerprint(secret.as_bytes());
+        // Computed at most once here (only for an id with a lead, or for a
+        // check that leads).
+        let mut computed = None;
+        let mut fingerprint = || {
+            *computed
+                .get_or_insert_with(|| self.shared.fingerprinter.fingerprint(secret.as_bytes()))
+        };
         if proof.is_none() && may_wait {
-            if let Some(flight) = self.shared.flights.in_flight(id, fingerprint) {
+            if let Some(flight) = self.shared.flights.in_flight(id, &mut fingerprint) {
                 return Begun::Wait { id, secret, flight };
             }
         }
@@ -535,12 +541,18 @@ impl<S: KeyStore> Verifier<S> {
                 now,
                 lead,
             } => {
-                let cold = shared.cold(id, environment, secret, now, client_ip, proof, admitted);
-                let answer = cold.await;
-                // The key is cached (or not, if refused): the checks that
-                // waited for this one look at the cache again.
-                drop(lead);
-                let key = match answer {
+                // The lead ends inside, once the key is cached (or refused).
+                let cold = shared.cold(
+                    id,
+                    environment,
+                    secret,
+                    now,
+                    client_ip,
+                    proof,
+                    admitted,
+                    lead,
+                );
+                let key = match cold.await {
                     Ok(key) => key,
                     Err(ColdDenial(reason, retry, owner)) => {
                         return Err(self.deny_owned(Some(id), owner, reason, retry, client_ip));
