@@ -798,8 +798,8 @@ async fn after_a_refused_lead_the_waiting_check_is_checked_on_its_own() {
     let (f, store) = hanging_reads();
     let created = f.push_key().await;
     let t = created.token.expose_secret();
-    // The lead's read waits 100 ms, then fails: the lead is refused.
-    store.time_out(Op::Get, Duration::from_millis(100));
+    // The lead's read waits 2 s, then fails: the lead is refused.
+    store.time_out(Op::Get, Duration::from_secs(2));
     let reads = store.calls(Op::Get);
     let first = spawn_verify(&f, t, ip(12));
     read_begun(&store, reads).await;
@@ -811,7 +811,7 @@ async fn after_a_refused_lead_the_waiting_check_is_checked_on_its_own() {
         first.await.unwrap().unwrap_err().reason,
         DenialReason::StoreUnavailable
     );
-    // It waits for one lead only, then reads and proves on its own.
+    // Woken by the refused lead, it reads and proves on its own.
     assert!(second.await.unwrap().is_ok());
     assert_eq!(store.calls(Op::Get), reads + 2);
     assert_eq!(f.hash_verifies(), 1);

@@ -280,10 +280,12 @@ impl<S> FaultyStore<S> {
     }
 
     /// Counts the call and applies the fault of `op`: `Err` to return it,
-    /// `Ok` to go on to the inner store.
+    /// `Ok` to go on to the inner store. The fault is read before the call
+    /// is counted, so a test that sees the count knows the call's fault is
+    /// decided (and may change the fault for later calls).
     async fn before(&self, op: Op) -> Result<(), StoreError> {
-        self.calls[Self::index(op)].fetch_add(1, Ordering::SeqCst);
         let fault = self.fault(op);
+        self.calls[Self::index(op)].fetch_add(1, Ordering::SeqCst);
         match fault {
             None => Ok(()),
             Some(Fault::Fail) => Err(StoreError::Backend(format!("injected failure of {op}"))),
