@@ -112,6 +112,12 @@ median() {
   tr ' ' '\n' | grep -v '^$' | sort -g |
     awk '{a[NR]=$1} END {if (NR % 2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'
 }
+# The median, min and max of the numbers in $1: `median=<m> min=<n> max=<x>`.
+spread() {
+  local sorted
+  sorted="$(echo "$1" | tr ' ' '\n' | grep -v '^$' | sort -g)"
+  echo "median=$(echo "$sorted" | median) min=$(echo "$sorted" | head -1) max=$(echo "$sorted" | tail -1)"
+}
 
 if [ "$mode" = concurrent ]; then
   out2="$(mktemp)"; control_file="$(mktemp)"; route_file="$(mktemp)"
@@ -157,8 +163,7 @@ if [ "$mode" = concurrent ]; then
     done
   done
   for route in "${routes[@]}"; do
-    sorted="$(echo "${together[$route]}" | tr ' ' '\n' | grep -v '^$' | sort -g)"
-    echo "http_wrk: route=$route concurrent_vs_noop median=$(echo "$sorted" | median) min=$(echo "$sorted" | head -1) max=$(echo "$sorted" | tail -1)"
+    echo "http_wrk: route=$route concurrent_vs_noop $(spread "${together[$route]}")"
   done
   exit 0
 fi
@@ -185,8 +190,7 @@ if [ "$mode" = paired ]; then
     done
   done
   for route in "${others[@]}"; do
-    sorted="$(echo "${paired[$route]}" | tr ' ' '\n' | grep -v '^$' | sort -g)"
-    echo "http_wrk: route=$route paired_vs_noop median=$(echo "$sorted" | median) min=$(echo "$sorted" | head -1) max=$(echo "$sorted" | tail -1)"
+    echo "http_wrk: route=$route paired_vs_noop $(spread "${paired[$route]}")"
   done
   exit 0
 fi
@@ -218,6 +222,5 @@ for route in "${routes[@]}"; do
     'BEGIN {printf "http_wrk: route=%s median_rps=%.0f vs_noop=%.3f vs_open=%.3f\n", r, m, m/n, m/o}'
 done
 for route in "${routes[@]}"; do
-  sorted="$(echo "${ratios[$route]}" | tr ' ' '\n' | grep -v '^$' | sort -g)"
-  echo "http_wrk: route=$route per_round_vs_noop median=$(echo "$sorted" | median) min=$(echo "$sorted" | head -1) max=$(echo "$sorted" | tail -1)"
+  echo "http_wrk: route=$route per_round_vs_noop $(spread "${ratios[$route]}")"
 done
