@@ -378,16 +378,16 @@ impl<S: KeyStore> Verifier<S> {
             Ok(begun) => return begun,
             Err(proof) => proof,
         };
-        // An unproven secret while another check of the id proves the same
-        // secret: wait for it before touching any bucket (`flights`: then a
-        // hit that takes no token).
-        // Computed at most once here (only for an id with a lead, or for a
-        // check that leads).
+        // The secret's fingerprint, computed at most once here: only for an
+        // id with a lead, and for a check that leads.
         let mut computed = None;
         let mut fingerprint = || {
             *computed
                 .get_or_insert_with(|| self.shared.fingerprinter.fingerprint(secret.as_bytes()))
         };
+        // An unproven secret while another check of the id proves the same
+        // secret: wait for it before touching any bucket (`flights`: then a
+        // hit that takes no token).
         if proof.is_none() && may_wait {
             if let Some(flight) = self.shared.flights.in_flight(id, &mut fingerprint) {
                 return Begun::Wait { id, secret, flight };
