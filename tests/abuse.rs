@@ -671,10 +671,21 @@ fn slow_reads() -> (
     Fixture<Arc<FaultyStore<MemoryStore>>>,
     Arc<FaultyStore<MemoryStore>>,
 ) {
-    let store = Arc::new(FaultyStore::new(MemoryStore::new()));
-    let f = fixture_with(Arc::clone(&store), policy(), VerifierConfig::default());
+    let (f, store) = hanging_reads();
     store.delay(Op::Get, Duration::from_millis(50));
     (f, store)
+}
+
+/// Awaits every check and asserts that each passed.
+async fn all_pass(checks: Vec<tokio::task::JoinHandle<Result<VerifiedKey, Denial>>>) {
+    for check in checks {
+        let answer = check.await.unwrap();
+        assert!(
+            answer.is_ok(),
+            "refused: {:?}",
+            answer.err().map(|d| d.reason)
+        );
+    }
 }
 
 /// Waits until the store has been asked for more than `reads` records: a
@@ -699,14 +710,7 @@ async fn concurrent_first_uses_of_one_key_wait_for_one_proof_and_take_no_token()
     read_begun(&store, reads).await;
     let rest: Vec<_> = (0..39).map(|_| spawn_verify(&f, t, ip(7))).collect();
     assert!(first.await.unwrap().is_ok());
-    for check in rest {
-        let answer = check.await.unwrap();
-        assert!(
-            answer.is_ok(),
-            "refused: {:?}",
-            answer.err().map(|d| d.reason)
-        );
-    }
+    all_pass(rest).await;
     assert_eq!(f.hash_verifies(), 1, "one proof for all forty");
     assert_eq!(store.calls(Op::Get), reads + 1, "one store read");
 }
@@ -719,14 +723,7 @@ async fn a_burst_of_first_uses_of_one_key_all_pass() {
     // All at once: two checks may both begin before either leads; none is
     // refused either way.
     let checks: Vec<_> = (0..40).map(|_| spawn_verify(&f, t, ip(8))).collect();
-    for check in checks {
-        let answer = check.await.unwrap();
-        assert!(
-            answer.is_ok(),
-            "refused: {:?}",
-            answer.err().map(|d| d.reason)
-        );
-    }
+    all_pass(checks).await;
     assert!(f.hash_verifies() < 10, "{} argon2 runs", f.hash_verifies());
 }
 
