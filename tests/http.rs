@@ -923,6 +923,33 @@ async fn a_missing_layer_or_path_parameter_is_a_clear_500() {
 }
 
 #[tokio::test]
+async fn a_resource_name_that_is_not_utf8_is_a_400_not_a_500() {
+    let s = start_server().await;
+    let key = s.push_key().await;
+    let r = s
+        .post("/packages/Contoso.%FF/versions")
+        .header("authorization", bearer(key.token.expose_secret()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let b = body(r).await;
+    assert_eq!(b["error"], "invalid_request");
+    let message = b["message"].as_str().unwrap().to_owned();
+    // axum's words name the parameter.
+    assert!(message.contains("`name`"), "{message}");
+    assert!(message.contains("UTF-8"), "{message}");
+    // The same key passes on a name that decodes (`%2E` is `.`).
+    let r = s
+        .post("/packages/Contoso%2ETools/versions")
+        .header("authorization", bearer(key.token.expose_secret()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[tokio::test]
 async fn expired_session_is_401() {
     // The clock is manual: advance past the session's lifetime.
     let store: Store = Arc::new(FlakyStore::new(MemoryStore::new()));

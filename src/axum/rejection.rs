@@ -140,6 +140,16 @@ impl KeywardRejection {
         )
     }
 
+    /// A path parameter is not UTF-8 once percent-decoded (`e` names it),
+    /// so it names no resource.
+    pub(super) fn path_not_utf8(e: &dyn fmt::Display) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("{e} of the path: a resource name must be UTF-8 once percent-decoded."),
+        )
+    }
+
     /// The request carries no client address (no `ConnectInfo`), and the
     /// layer was not told to go without ([`KeywardLayer::without_client_addresses`](super::KeywardLayer::without_client_addresses)).
     pub(super) fn no_client_address() -> Self {
