@@ -813,3 +813,68 @@ async fn after_a_refused_lead_the_waiting_check_is_checked_on_its_own() {
     assert_eq!(store.calls(Op::Get), reads + 2);
     assert_eq!(f.hash_verifies(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_uses_of_many_keys_behind_one_address_wait_for_tokens_instead_of_being_refused() {
+    // No quota: forty keys of one owner.
+    let store = Arc::new(FaultyStore::new(MemoryStore::new()));
+    let f = fixture_with(
+        Arc::clone(&store),
+        Policy::new(registry()),
+        VerifierConfig::default(),
+    );
+    store.delay(Op::Get, Duration::from_millis(50));
+    let burst = VerifierConfig::default().source_failure_burst as usize;
+    let mut keys = Vec::new();
+    for _ in 0..burst + 10 {
+        keys.push(f.push_key().await);
+    }
+    // Forty different keys, each used for the first time, from one address
+    // (a fleet behind one egress address, right after a restart): the
+    // first thirty hold the source's thirty tokens while they prove their
+    // secrets. The other ten used to be refused as throttled though none
+    // was wrong; now they wait for a token to come back.
+    let reads = store.calls(Op::Get);
+    let checks: Vec<_> = keys
+        .iter()
+        .map(|k| spawn_verify(&f, k.token.expose_secret(), ip(12)))
+        .collect();
+    all_pass(checks).await;
+    assert_eq!(f.hash_verifies(), burst + 10, "one proof each");
+    assert_eq!(store.calls(Op::Get), reads + burst as u64 + 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_waiting_for_tokens_that_failures_spend_are_refused_and_read_nothing() {
+    let (f, store) = slow_reads();
+    let burst = VerifierConfig::default().source_failure_burst;
+    let created = f.push_key().await;
+    // Thirty random ids from one address hold its tokens while the store
+    // is read; then the right secret of a real key from the same address.
+    let reads = store.calls(Op::Get);
+    let unknown: Vec<_> = (0..burst)
+        .map(|_| {
+            let random = format().generate(&f.live, &KeyId::generate());
+            spawn_verify(&f, random.expose_secret(), ip(13))
+        })
+        .collect();
+    read_begun(&store, reads + u64::from(burst) - 1).await;
+    let right = spawn_verify(&f, created.token.expose_secret(), ip(13));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(!right.is_finished(), "it waits while the tokens are held");
+    for check in unknown {
+        let reason = check.await.unwrap().unwrap_err().reason;
+        assert_eq!(reason, DenialReason::UnknownKey);
+    }
+    // Every token was spent by a failure: it is refused, as it was at
+    // once before, and it never read the store or ran argon2.
+    let denial = tokio::time::timeout(Duration::from_secs(10), right)
+        .await
+        .expect("a waiting check ends when the tokens it waits for are spent")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(denial.reason, DenialReason::Throttled);
+    assert!(denial.retry_after.is_some());
+    assert_eq!(store.calls(Op::Get), reads + u64::from(burst));
+    assert_eq!(f.hash_verifies(), 0);
+}

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
 use zeroize::Zeroizing;
 
 use super::cache::{Cached, HashDigest, Proof};
@@ -14,6 +15,7 @@ use super::denial::DenialReason;
 use super::flights::Lead;
 use super::hash_pool::PoolError;
 use super::shared::Shared;
+use super::throttle::{Short, SourceHold, hold_source};
 use crate::ids::OwnerId;
 use crate::ids::{Environment, KeyId};
 use crate::key::KeyRecord;
@@ -21,9 +23,20 @@ use crate::source::Source;
 use crate::store::KeyStore;
 
 /// A cold check let through by [`Shared::admit`], with the source's
-/// throttle token it took (given back when the secret proves right or the
-/// check could not be made).
-pub(super) struct Admitted(Option<Source>);
+/// throttle token it holds (given back when the secret proves right or the
+/// check could not be made, spent otherwise).
+pub(super) struct Admitted(Option<SourceHold>);
+
+/// What [`Shared::admit`] decided.
+pub(super) enum Admission {
+    /// Let through to the cold path.
+    Admitted(Admitted),
+    /// Refused.
+    Refused(Refused),
+    /// The source has no token left, but checks in flight hold some: wait
+    /// for `released`, then ask again.
+    Busy(Arc<Notify>),
+}
 
 /// Why a cold check failed, when to retry, and the key's owner where the
 /// key was found.
@@ -52,42 +65,51 @@ impl<S: KeyStore> Shared<S> {
         now: i64,
         client_ip: Option<IpAddr>,
         proven: bool,
-    ) -> Result<Admitted, Refused> {
+        may_wait: bool,
+    ) -> Admission {
         let shared = self;
         let source = client_ip.map(Source::of);
         // A throttled source or id is refused before the store is read: a
         // flood of wrong secrets then costs neither argon2 nor store round
         // trips. A secret proven earlier skips both (no lockout). The
-        // source's token is taken here, before the read, so a burst of
+        // source's token is held from here, before the read, so a burst of
         // concurrent checks cannot all slip past a peek; it is given back
         // when the secret proves right or the check could not be made.
+        // When the source's tokens are all held by checks in flight (not
+        // spent by failures), the check waits for one to end instead of
+        // being refused: a fleet's first uses behind one address are not
+        // failures.
         let mut source_token = None;
         if !proven {
             if let Some(s) = source {
-                if let Err(wait) = shared.sources.try_acquire(&s, &(), now) {
-                    let why = ColdDenial(DenialReason::Throttled, wait.to_std().ok(), None);
-                    return Err(Refused(why, None));
+                match hold_source(&shared.sources, s, now, may_wait) {
+                    Ok(hold) => source_token = Some(hold),
+                    Err(Short::Held { released, .. }) => return Admission::Busy(released),
+                    Err(Short::Empty(wait)) => {
+                        let why = ColdDenial(DenialReason::Throttled, wait.to_std().ok(), None);
+                        return Admission::Refused(Refused(why, None));
+                    }
                 }
-                source_token = Some(s);
             }
             if let Some((wait, (owner, _))) =
                 shared.throttle.peek(id, now).filter(|(_, (_, e))| e == env)
             {
                 let why = ColdDenial(DenialReason::Throttled, wait.to_std().ok(), Some(owner));
-                return Err(Refused(why, None));
+                return Admission::Refused(Refused(why, None));
             }
         }
-        // An unknown id keeps its source's token, as a wrong secret does:
-        // a source sending random ids is throttled like one sending wrong
-        // secrets, and its flood stops reaching the store. Remembered as
-        // unknown: refused naming the id as the memory keeps it.
+        // An unknown id spends its source's token, as a wrong secret does
+        // (dropped unreleased): a source sending random ids is throttled
+        // like one sending wrong secrets, and its flood stops reaching the
+        // store. Remembered as unknown: refused naming the id as the memory
+        // keeps it.
         if let Some(key_id) = shared.unknown.remembered(id, now) {
-            return Err(Refused(
+            return Admission::Refused(Refused(
                 ColdDenial(DenialReason::UnknownKey, None, None),
                 key_id,
             ));
         }
-        Ok(Admitted(source_token))
+        Admission::Admitted(Admitted(source_token))
     }
 
     /// The cache missed and [`Shared::admit`] let the check through: read
@@ -107,10 +129,11 @@ impl<S: KeyStore> Shared<S> {
     ) -> Result<Arc<CompiledKey>, ColdDenial> {
         let shared = self;
         let source = client_ip.map(Source::of);
+        // Released when this check ends, however it ends.
         let source_token = admitted.0;
         let refund_source = || {
-            if let Some(s) = source_token {
-                shared.sources.refund(&s, now);
+            if let Some(hold) = &source_token {
+                hold.succeeded();
             }
         };
         let unknown = || ColdDenial(DenialReason::UnknownKey, None, None);
@@ -210,6 +233,9 @@ impl<S: KeyStore> Shared<S> {
                 rehash
             }
         };
+        // Proven: the source's token goes back now (checks waiting for it
+        // go on), not after the rehash below.
+        drop(source_token);
         let fingerprint = shared.fingerprinter.fingerprint(secret.as_bytes());
         let dead = if record.revoked_at.is_some() {
             Some(DenialReason::Revoked)

@@ -1,6 +1,7 @@
 //! [`Shared`]: the state a manager and its verifiers share.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::TimeDelta;
@@ -24,6 +25,32 @@ use crate::store::KeyStore;
 use crate::token::TokenFormat;
 use crate::verify::audit_log::AuditLog;
 
+/// Cold checks that may wait at once, over all sources, for a token of
+/// their source held by another check in flight.
+pub(super) const MAX_SOURCE_WAITERS: usize = 4096;
+
+/// A cold check counted among those waiting for a held token of their
+/// source; dropping it counts it out.
+pub(super) struct SourceWaiter<'a>(&'a AtomicUsize);
+
+impl<'a> SourceWaiter<'a> {
+    /// Counts a waiter in, unless [`MAX_SOURCE_WAITERS`] already wait.
+    pub(super) fn enter(waiters: &'a AtomicUsize) -> Option<Self> {
+        waiters
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_SOURCE_WAITERS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(waiters))
+    }
+}
+
+impl Drop for SourceWaiter<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 fn delta(d: Duration) -> TimeDelta {
     TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)
 }
@@ -39,7 +66,10 @@ pub(crate) struct Shared<S> {
     /// Ids the store recently did not have.
     pub(super) unknown: UnknownIds,
     pub(super) throttle: Throttle,
-    pub(super) sources: SourceThrottle,
+    pub(super) sources: Arc<SourceThrottle>,
+    /// Cold checks waiting for a token of their source that another check
+    /// in flight holds (at most [`MAX_SOURCE_WAITERS`]).
+    pub(super) source_waiters: AtomicUsize,
     /// The ids whose first proof is in flight: concurrent first uses of a
     /// key wait for it.
     pub(super) flights: Arc<Flights>,
@@ -79,10 +109,11 @@ impl<S: KeyStore> Shared<S> {
             cache: KeyCache::new(config.cache_capacity, delta(config.cache_ttl)),
             unknown: UnknownIds::new(delta(config.unknown_id_ttl)),
             throttle: Throttle::new(config.failure_burst, delta(config.failure_refill)),
-            sources: SourceThrottle::new(
+            sources: Arc::new(SourceThrottle::new(
                 config.source_failure_burst,
                 delta(config.source_failure_refill),
-            ),
+            )),
+            source_waiters: AtomicUsize::new(0),
             flights: Arc::new(Flights::default()),
             hashing: HashPool::new(
                 Arc::clone(&hasher),

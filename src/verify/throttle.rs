@@ -4,11 +4,12 @@
 use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::TimeDelta;
 use foldhash::fast::RandomState;
+use tokio::sync::Notify;
 
 use crate::ids::OwnerId;
 use crate::ids::{Environment, KeyId};
@@ -16,6 +17,9 @@ use crate::source::Source;
 
 const SHARDS: usize = 16;
 const MAX_BUCKETS_PER_SHARD: usize = 4096;
+/// Checks that may wait at once for a token held by another check of the
+/// same key ([`Buckets::try_hold`]); more are refused as before.
+pub(crate) const MAX_WAITERS_PER_KEY: usize = 256;
 
 #[derive(Debug, Clone)]
 struct Bucket<T> {
@@ -24,6 +28,37 @@ struct Bucket<T> {
     /// check instead of `chrono`'s date arithmetic.
     updated: i64,
     tag: T,
+    /// Tokens taken by [`Buckets::try_hold`] for checks still in flight:
+    /// each comes back (a success) or stays spent (a failure) at its
+    /// [`Buckets::release`].
+    held: u32,
+    /// Woken at each release, for the checks waiting for a held token
+    /// (made by the first of them; each waiter holds a count).
+    released: Option<Arc<Notify>>,
+}
+
+impl<T> Bucket<T> {
+    /// Wakes the checks waiting on this bucket (it is being dropped, or
+    /// a held token came back or was spent).
+    fn wake(&self) {
+        if let Some(released) = &self.released {
+            released.notify_waiters();
+        }
+    }
+}
+
+/// Why [`Buckets::try_hold`] took no token.
+pub(crate) enum Short {
+    /// None is left, and none is held by a check in flight: wait this long
+    /// for the refill.
+    Empty(TimeDelta),
+    /// None is left, but checks in flight hold some, and one may come
+    /// back: `released` is woken at each release (and `wait` is what a
+    /// refusal would say).
+    Held {
+        wait: TimeDelta,
+        released: Arc<Notify>,
+    },
 }
 
 /// Token buckets by key: `burst` at once, then one more per `refill`. A
@@ -51,6 +86,49 @@ pub(crate) type Throttle = Buckets<KeyId, (OwnerId, Environment)>;
 /// Per client source, over all key ids: one source cannot spend a whole
 /// id's, or the whole server's, argon2 budget.
 pub(crate) type SourceThrottle = Buckets<Source, ()>;
+
+/// A token a cold check holds in its source's bucket while in flight
+/// ([`hold_source`]). Dropping it releases it: given back if
+/// [`SourceHold::succeeded`] was called (the secret proved right, or the
+/// check could not be made), else spent (a wrong secret, an unknown id,
+/// a check refused or dropped midway).
+pub(crate) struct SourceHold {
+    sources: Arc<SourceThrottle>,
+    source: Source,
+    now: i64,
+    succeeded: AtomicBool,
+}
+
+impl SourceHold {
+    /// Gives the token back when released.
+    pub(crate) fn succeeded(&self) {
+        self.succeeded.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for SourceHold {
+    fn drop(&mut self) {
+        let succeeded = self.succeeded.load(Ordering::Relaxed);
+        self.sources.release(&self.source, self.now, succeeded);
+    }
+}
+
+/// Takes a token of `source`'s bucket for a cold check that begins at
+/// `now` ([`Buckets::try_hold`]).
+pub(crate) fn hold_source(
+    sources: &Arc<SourceThrottle>,
+    source: Source,
+    now: i64,
+    may_wait: bool,
+) -> Result<SourceHold, Short> {
+    sources.try_hold(&source, &(), now, may_wait)?;
+    Ok(SourceHold {
+        sources: Arc::clone(sources),
+        source,
+        now,
+        succeeded: AtomicBool::new(false),
+    })
+}
 
 impl<K: Hash + Eq + Clone, T: Clone + PartialEq> Buckets<K, T> {
     pub(crate) fn new(burst: u32, refill: TimeDelta) -> Self {
@@ -111,6 +189,22 @@ impl<K: Hash + Eq + Clone, T: Clone + PartialEq> Buckets<K, T> {
     /// Takes a token for an attempt on `key` (tagged `tag`), or says how
     /// long to wait.
     pub(crate) fn try_acquire(&self, key: &K, tag: &T, now: i64) -> Result<(), TimeDelta> {
+        self.take(key, tag, now, false, false)
+            .map_err(|short| match short {
+                Short::Empty(wait) | Short::Held { wait, .. } => wait,
+            })
+    }
+
+    /// Takes a token for a check in flight on `key`, to be ended by
+    /// [`Buckets::release`] (a success gives it back, a failure spends it).
+    /// Without a token: [`Short::Held`] when `may_wait` and other checks
+    /// hold some (at most [`MAX_WAITERS_PER_KEY`] wait at once), else
+    /// [`Short::Empty`].
+    pub(crate) fn try_hold(&self, key: &K, tag: &T, now: i64, may_wait: bool) -> Result<(), Short> {
+        self.take(key, tag, now, true, may_wait)
+    }
+
+    fn take(&self, key: &K, tag: &T, now: i64, hold: bool, may_wait: bool) -> Result<(), Short> {
         let mut map = self
             .shard(key)
             .lock()
@@ -120,10 +214,19 @@ impl<K: Hash + Eq + Clone, T: Clone + PartialEq> Buckets<K, T> {
         if let Some(b) = map.get_mut(key) {
             let tokens = self.refilled(b, now);
             if let Some(wait) = self.wait(tokens) {
-                return Err(wait);
+                if may_wait && b.held > 0 {
+                    let released = b.released.get_or_insert_with(Default::default);
+                    // The bucket's own count and one per waiter.
+                    if Arc::strong_count(released) <= MAX_WAITERS_PER_KEY {
+                        let released = Arc::clone(released);
+                        return Err(Short::Held { wait, released });
+                    }
+                }
+                return Err(Short::Empty(wait));
             }
             b.tokens = tokens - 1.0;
             b.updated = now;
+            b.held += u32::from(hold);
             if b.tag != *tag {
                 b.tag = tag.clone();
             }
@@ -132,10 +235,19 @@ impl<K: Hash + Eq + Clone, T: Clone + PartialEq> Buckets<K, T> {
         if map.len() >= MAX_BUCKETS_PER_SHARD {
             let burst = self.burst;
             let before = map.len();
-            map.retain(|_, b| self.refilled(b, now) < burst);
+            // A dropped bucket wakes its waiters, which find a new one.
+            map.retain(|_, b| {
+                let keep = self.refilled(b, now) < burst;
+                if !keep {
+                    b.wake();
+                }
+                keep
+            });
             if map.len() >= MAX_BUCKETS_PER_SHARD {
                 if let Some(victim) = map.keys().next().cloned() {
-                    map.remove(&victim);
+                    if let Some(b) = map.remove(&victim) {
+                        b.wake();
+                    }
                 }
             }
             self.buckets
@@ -146,10 +258,37 @@ impl<K: Hash + Eq + Clone, T: Clone + PartialEq> Buckets<K, T> {
             tokens: self.burst - 1.0,
             updated: now,
             tag: tag.clone(),
+            held: u32::from(hold),
+            released: None,
         };
         map.insert(key.clone(), bucket);
         self.buckets.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Ends a check that [`Buckets::try_hold`] let through: `succeeded`
+    /// gives its token back, otherwise it stays spent. Either way the
+    /// checks waiting for a held token look again.
+    pub(crate) fn release(&self, key: &K, now: i64, succeeded: bool) {
+        let mut map = self
+            .shard(key)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(b) = map.get_mut(key) else { return };
+        b.held = b.held.saturating_sub(1);
+        if succeeded {
+            let tokens = self.refilled(b, now) + 1.0;
+            if tokens >= self.burst && b.held == 0 {
+                if let Some(b) = map.remove(key) {
+                    b.wake();
+                }
+                self.buckets.fetch_sub(1, Ordering::Relaxed);
+                return;
+            }
+            b.tokens = tokens.min(self.burst);
+            b.updated = now;
+        }
+        b.wake();
     }
 
     /// Gives back the token of an attempt that succeeded.
@@ -160,11 +299,11 @@ impl<K: Hash + Eq + Clone, T: Clone + PartialEq> Buckets<K, T> {
             .unwrap_or_else(PoisonError::into_inner);
         if let Some(b) = map.get_mut(key) {
             let tokens = self.refilled(b, now) + 1.0;
-            if tokens >= self.burst {
+            if tokens >= self.burst && b.held == 0 {
                 map.remove(key);
                 self.buckets.fetch_sub(1, Ordering::Relaxed);
             } else {
-                b.tokens = tokens;
+                b.tokens = tokens.min(self.burst);
                 b.updated = now;
             }
         }
@@ -203,5 +342,76 @@ mod tests {
         assert!(b.peek(&1, t0).is_none());
         assert!(b.try_acquire(&1, &(), t0).is_ok());
         assert!(b.try_acquire(&1, &(), t0 + 5_000_000).is_ok());
+    }
+    fn hold(b: &Buckets<u32, ()>, now: i64, may_wait: bool) -> Result<(), Short> {
+        b.try_hold(&1, &(), now, may_wait)
+    }
+
+    #[test]
+    fn held_tokens_make_checks_wait_and_failures_spend_them() {
+        use std::future::Future;
+        use std::task::{Context, Waker};
+        let t0 = 0i64;
+        let b: Buckets<u32, ()> = Buckets::new(2, TimeDelta::seconds(5));
+        assert!(hold(&b, t0, true).is_ok());
+        assert!(hold(&b, t0, true).is_ok());
+        // Both held by checks in flight: a third may wait, unless it may not.
+        let Err(Short::Held { wait, released }) = hold(&b, t0, true) else {
+            panic!("two tokens are held");
+        };
+        assert_eq!(wait, TimeDelta::seconds(5));
+        assert!(matches!(hold(&b, t0, false), Err(Short::Empty(_))));
+        // A release (here a failure) wakes it.
+        let mut notified = std::pin::pin!(released.notified());
+        notified.as_mut().enable();
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(notified.as_mut().poll(&mut cx).is_pending());
+        b.release(&1, t0, false);
+        assert!(notified.as_mut().poll(&mut cx).is_ready());
+        // One spent, one still held: it would wait again.
+        assert!(matches!(hold(&b, t0, true), Err(Short::Held { .. })));
+        b.release(&1, t0, false);
+        // Both spent by failures: refused, as a bucket always was.
+        let Err(Short::Empty(wait)) = hold(&b, t0, true) else {
+            panic!("spent, and none held");
+        };
+        assert_eq!(wait, TimeDelta::seconds(5));
+        assert!(hold(&b, t0 + 5_000_000, true).is_ok());
+    }
+
+    #[test]
+    fn a_success_gives_its_held_token_back() {
+        let t0 = 0i64;
+        let b: Buckets<u32, ()> = Buckets::new(2, TimeDelta::seconds(5));
+        assert!(hold(&b, t0, true).is_ok());
+        assert!(hold(&b, t0, true).is_ok());
+        b.release(&1, t0, true);
+        assert!(hold(&b, t0, false).is_ok());
+        assert!(matches!(hold(&b, t0, false), Err(Short::Empty(_))));
+        b.release(&1, t0, true);
+        b.release(&1, t0, true);
+        // Full again and none held: the bucket is gone.
+        assert_eq!(b.buckets.load(Ordering::Relaxed), 0);
+        assert!(b.peek(&1, t0).is_none());
+        // A release of a bucket that is gone changes nothing.
+        b.release(&1, t0, false);
+        assert_eq!(b.buckets.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn at_most_max_waiters_per_key_wait() {
+        let t0 = 0i64;
+        let b: Buckets<u32, ()> = Buckets::new(1, TimeDelta::seconds(5));
+        assert!(hold(&b, t0, true).is_ok());
+        let mut waiting = Vec::new();
+        for _ in 0..MAX_WAITERS_PER_KEY {
+            let Err(Short::Held { released, .. }) = hold(&b, t0, true) else {
+                panic!("a waiter fits");
+            };
+            waiting.push(released);
+        }
+        assert!(matches!(hold(&b, t0, true), Err(Short::Empty(_))));
+        waiting.pop();
+        assert!(matches!(hold(&b, t0, true), Err(Short::Held { .. })));
     }
 }

@@ -13,13 +13,14 @@ use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
 use super::cache::{Cached, Lookup, Proof};
-use super::cold::{Admitted, ColdDenial, Refused};
+use super::cold::{Admission, Admitted, ColdDenial, Refused};
 use super::compiled::{CompiledKey, VerifiedKey};
 use super::denial::{Denial, DenialReason};
 use super::flights::{Lead, MAX_WAITS};
 use super::ledger::{Outcome, UsageSeen, top_up};
 use super::request::{Spending, VerifyRequest};
-use super::shared::Shared;
+use super::shared::{Shared, SourceWaiter};
+use super::throttle::MAX_WAITERS_PER_KEY;
 use crate::ids::OwnerId;
 use crate::ids::{Environment, KeyId};
 use crate::policy::ResourceRule;
@@ -107,6 +108,38 @@ pub struct Verifier<S> {
     pub(crate) shared: Arc<Shared<S>>,
 }
 
+/// Releases of its source's tokens a cold check waits through at most
+/// ([`Begun::SourceBusy`]) before it is refused as throttled: as many as
+/// may wait with it, each of which a release can let through first.
+const MAX_SOURCE_WAITS: u32 = MAX_WAITERS_PER_KEY as u32;
+
+/// Which waits [`Verifier::begin`] may still answer with.
+#[derive(Clone, Copy)]
+struct MayWait {
+    /// For a check of the same id proving the same secret
+    /// ([`Begun::Wait`]).
+    flight: bool,
+    /// For a token of the source that a check in flight holds
+    /// ([`Begun::SourceBusy`]).
+    source: bool,
+}
+
+impl MayWait {
+    /// A check that has not waited yet.
+    const ALL: Self = Self {
+        flight: true,
+        source: true,
+    };
+
+    /// After `flights` and `sources` waits.
+    fn after(flights: u32, sources: u32) -> Self {
+        Self {
+            flight: flights < MAX_WAITS,
+            source: sources < MAX_SOURCE_WAITS,
+        }
+    }
+}
+
 /// What the part of a check that never waits decided ([`Verifier::begin`]).
 enum Begun<'a> {
     /// The answer, without waiting.
@@ -132,6 +165,14 @@ enum Begun<'a> {
         id: &'a str,
         secret: &'a str,
         flight: Arc<Notify>,
+    },
+    /// The secret is unproven and the client's source has no token left,
+    /// but checks in flight hold some: wait for `released`, then begin
+    /// again.
+    SourceBusy {
+        id: &'a str,
+        secret: &'a str,
+        released: Arc<Notify>,
     },
     /// Proven and allowed, but a usage block is short: lease, then spend.
     Lease {
@@ -221,7 +262,7 @@ impl<S: KeyStore> Verifier<S> {
         let rest = match started(
             "key",
             check,
-            |check| self.begin(id, secret, env, ip, spending, check, true),
+            |check| self.begin(id, secret, env, ip, spending, check, MayWait::ALL),
             |begun, check| self.finish(begun, env, ip, spending, check),
         ) {
             Ok(answer) => return answer,
@@ -246,7 +287,17 @@ impl<S: KeyStore> Verifier<S> {
         let rest = match started(
             "key",
             check,
-            |check| self.begin(id, secret, environment, client_ip, None, check, true),
+            |check| {
+                self.begin(
+                    id,
+                    secret,
+                    environment,
+                    client_ip,
+                    None,
+                    check,
+                    MayWait::ALL,
+                )
+            },
             |begun, check| self.finish(begun, environment, client_ip, None, check),
         ) {
             Ok(answer) => return answer,
@@ -277,7 +328,7 @@ impl<S: KeyStore> Verifier<S> {
         let rest = match started(
             "pair",
             check,
-            |check| self.begin(id, secret, env, ip, spending, check, true),
+            |check| self.begin(id, secret, env, ip, spending, check, MayWait::ALL),
             |begun, check| self.finish(begun, env, ip, spending, check),
         ) {
             Ok(answer) => return answer,
@@ -301,7 +352,17 @@ impl<S: KeyStore> Verifier<S> {
         let rest = match started(
             "pair",
             check,
-            |check| self.begin(id, secret, environment, client_ip, None, check, true),
+            |check| {
+                self.begin(
+                    id,
+                    secret,
+                    environment,
+                    client_ip,
+                    None,
+                    check,
+                    MayWait::ALL,
+                )
+            },
             |begun, check| self.finish(begun, environment, client_ip, None, check),
         ) {
             Ok(answer) => return answer,
@@ -370,7 +431,7 @@ impl<S: KeyStore> Verifier<S> {
         client_ip: Option<IpAddr>,
         spending: Option<&Spending<'_>>,
         check: &impl Fn(&CompiledKey, i64) -> Result<(), DenialReason>,
-        may_wait: bool,
+        may: MayWait,
     ) -> Begun<'a> {
         // Microseconds: every time a check compares is an integer.
         let now = self.shared.clock.now_micros();
@@ -388,18 +449,19 @@ impl<S: KeyStore> Verifier<S> {
         // An unproven secret while another check of the id proves the same
         // secret: wait for it before touching any bucket (`flights`: then a
         // hit that takes no token).
-        if proof.is_none() && may_wait {
+        if proof.is_none() && may.flight {
             if let Some(flight) = self.shared.flights.in_flight(id, &mut fingerprint) {
                 return Begun::Wait { id, secret, flight };
             }
         }
         // Throttles and the unknown-id memory first: a flood of them never
         // builds the box.
+        let proven = proof.is_some();
         match self
             .shared
-            .admit(id, environment, now, client_ip, proof.is_some())
+            .admit(id, environment, now, client_ip, proven, may.source)
         {
-            Ok(admitted) => Begun::Cold {
+            Admission::Admitted(admitted) => Begun::Cold {
                 id,
                 secret,
                 lead: if proof.is_none() {
@@ -411,7 +473,12 @@ impl<S: KeyStore> Verifier<S> {
                 admitted,
                 now,
             },
-            Err(Refused(ColdDenial(reason, retry, owner), key_id)) => {
+            Admission::Busy(released) => Begun::SourceBusy {
+                id,
+                secret,
+                released,
+            },
+            Admission::Refused(Refused(ColdDenial(reason, retry, owner), key_id)) => {
                 let named = Some(Named::new(id, key_id));
                 let denial = self.deny_named(named, owner, reason, retry, client_ip);
                 Begun::Done(Err(denial))
@@ -508,29 +575,63 @@ impl<S: KeyStore> Verifier<S> {
     ) -> Result<VerifiedKey, Denial> {
         let shared = &*self.shared;
         let mut begun = begun;
-        let mut waits = 0;
-        while let Begun::Wait { id, secret, flight } = begun {
-            shared.flights.wait(id, flight).await;
-            waits += 1;
-            let may_wait = waits < MAX_WAITS;
-            begun = self.begin(
-                id,
-                secret,
-                environment,
-                client_ip,
-                spending,
-                &check,
-                may_wait,
-            );
-        }
+        let (mut flight_waits, mut source_waits) = (0, 0);
+        let begun = loop {
+            begun = match begun {
+                // Bounded: `begin` gives no `Wait` once it may not wait;
+                // were it to, the check fails closed.
+                Begun::Wait { id, secret, flight } if flight_waits < MAX_WAITS => {
+                    shared.flights.wait(id, flight).await;
+                    flight_waits += 1;
+                    let may = MayWait::after(flight_waits, source_waits);
+                    self.begin(id, secret, environment, client_ip, spending, &check, may)
+                }
+                Begun::SourceBusy {
+                    id,
+                    secret,
+                    released,
+                } if source_waits < MAX_SOURCE_WAITS => {
+                    source_waits += 1;
+                    let may = MayWait::after(flight_waits, source_waits);
+                    let Some(_waiter) = SourceWaiter::enter(&shared.source_waiters) else {
+                        // Too many checks wait already: refused, as
+                        // without waiting.
+                        let may = MayWait {
+                            source: false,
+                            ..may
+                        };
+                        begun =
+                            self.begin(id, secret, environment, client_ip, spending, &check, may);
+                        continue;
+                    };
+                    let notified = released.notified();
+                    let mut notified = std::pin::pin!(notified);
+                    notified.as_mut().enable();
+                    // Asked again now that no release can be missed.
+                    match self.begin(id, secret, environment, client_ip, spending, &check, may) {
+                        Begun::SourceBusy {
+                            released: still, ..
+                        } if Arc::ptr_eq(&still, &released) => {
+                            notified.await;
+                            self.begin(id, secret, environment, client_ip, spending, &check, may)
+                        }
+                        other => other,
+                    }
+                }
+                other => break other,
+            };
+        };
         let (id, key, now) = match begun {
             Begun::Done(answer) => return answer,
             Begun::Lease { id, key, now } => (id, key, now),
-            // `begin` gives no `Wait` once it may not wait (the loop above);
-            // were it to, the check fails closed.
             Begun::Wait { id, .. } => {
                 let retry = Some(Duration::from_secs(1));
                 let reason = DenialReason::Overloaded;
+                return Err(self.deny_owned(Some(id), None, reason, retry, client_ip));
+            }
+            Begun::SourceBusy { id, .. } => {
+                let retry = Some(Duration::from_secs(1));
+                let reason = DenialReason::Throttled;
                 return Err(self.deny_owned(Some(id), None, reason, retry, client_ip));
             }
             Begun::Cold {
@@ -613,7 +714,13 @@ impl<S: KeyStore> Verifier<S> {
             match self.by_cache(id, secret, environment, client_ip, None, &check, now) {
                 Ok(Begun::Done(answer)) => Some(answer),
                 // No spending, so no lease; and a miss is the cold path's.
-                Ok(Begun::Lease { .. } | Begun::Cold { .. } | Begun::Wait { .. }) | Err(_) => None,
+                Ok(
+                    Begun::Lease { .. }
+                    | Begun::Cold { .. }
+                    | Begun::Wait { .. }
+                    | Begun::SourceBusy { .. },
+                )
+                | Err(_) => None,
             }
         })
     }
