@@ -839,7 +839,9 @@ async fn first_uses_of_many_keys_behind_one_address_wait_for_tokens_instead_of_b
         .iter()
         .map(|k| spawn_verify(&f, k.token.expose_secret(), ip(12)))
         .collect();
-    all_pass(checks).await;
+    tokio::time::timeout(Duration::from_secs(30), all_pass(checks))
+        .await
+        .expect("no waiting check is left asleep");
     assert_eq!(f.hash_verifies(), burst + 10, "one proof each");
     assert_eq!(store.calls(Op::Get), reads + burst as u64 + 10);
 }
@@ -877,4 +879,79 @@ async fn checks_waiting_for_tokens_that_failures_spend_are_refused_and_read_noth
     assert!(denial.retry_after.is_some());
     assert_eq!(store.calls(Op::Get), reads + u64::from(burst));
     assert_eq!(f.hash_verifies(), 0);
+}
+
+/// A store whose reads hang, a key, and a source with `burst` tokens and a
+/// refill of one per 100 ms; `burst` random ids from `from` then hang in
+/// flight, each holding one of its tokens. Reads that begin afterwards do
+/// not hang.
+async fn tokens_held_by_hanging_checks(
+    burst: u32,
+    from: std::net::IpAddr,
+) -> (
+    Fixture<Arc<FaultyStore<MemoryStore>>>,
+    CreatedKey,
+    Vec<tokio::task::JoinHandle<Result<VerifiedKey, Denial>>>,
+) {
+    let store = Arc::new(FaultyStore::new(MemoryStore::new()));
+    let config = VerifierConfig {
+        source_failure_burst: burst,
+        source_failure_refill: Duration::from_millis(100),
+        ..VerifierConfig::default()
+    };
+    let f = fixture_with(Arc::clone(&store), policy(), config);
+    let created = f.push_key().await;
+    store.hang(Op::Get);
+    let reads = store.calls(Op::Get);
+    let holders = (0..burst)
+        .map(|_| {
+            let random = format().generate(&f.live, &KeyId::generate());
+            spawn_verify(&f, random.expose_secret(), from)
+        })
+        .collect();
+    read_begun(&store, reads + u64::from(burst) - 1).await;
+    store.heal_op(Op::Get);
+    (f, created, holders)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_check_takes_a_token_that_refills_while_the_holders_hang() {
+    let (f, created, holders) = tokens_held_by_hanging_checks(3, ip(14)).await;
+    let waiting = spawn_verify(&f, created.token.expose_secret(), ip(14));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!waiting.is_finished(), "its source's tokens are all held");
+    // A token refills (no release comes: the holders hang for good).
+    f.clock.advance(TimeDelta::seconds(1));
+    let answer = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("a refill wakes the waiting check")
+        .unwrap();
+    assert!(answer.is_ok(), "{:?}", answer.err().map(|d| d.reason));
+    holders.iter().for_each(|h| h.abort());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_most_256_checks_wait_on_one_source_and_a_dropped_one_frees_its_place() {
+    let (f, created, holders) = tokens_held_by_hanging_checks(1, ip(15)).await;
+    let t = created.token.expose_secret();
+    let waiting: Vec<_> = (0..256).map(|_| spawn_verify(&f, t, ip(15))).collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let finished = waiting.iter().filter(|c| c.is_finished()).count();
+    assert_eq!(finished, 0, "all 256 wait");
+    // The 257th is refused at once, as every check was before waiting.
+    let refused = spawn_verify(&f, t, ip(15)).await.unwrap().unwrap_err();
+    assert_eq!(refused.reason, DenialReason::Throttled);
+    // Their clients go away: their places are free again.
+    waiting.iter().for_each(|c| c.abort());
+    for c in waiting {
+        let _ = c.await;
+    }
+    let again = spawn_verify(&f, t, ip(15));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        !again.is_finished(),
+        "it waits, in a place a dropped check freed"
+    );
+    again.abort();
+    holders.iter().for_each(|h| h.abort());
 }

@@ -5,8 +5,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::TimeDelta;
 use sha2::{Digest, Sha256};
-use tokio::sync::Notify;
 use zeroize::Zeroizing;
 
 use super::cache::{Cached, HashDigest, Proof};
@@ -15,7 +15,7 @@ use super::denial::DenialReason;
 use super::flights::Lead;
 use super::hash_pool::PoolError;
 use super::shared::Shared;
-use super::throttle::{Short, SourceHold, hold_source};
+use super::throttle::{Short, SourceHold, Waiters, hold_source};
 use crate::ids::OwnerId;
 use crate::ids::{Environment, KeyId};
 use crate::key::KeyRecord;
@@ -34,8 +34,12 @@ pub(super) enum Admission {
     /// Refused.
     Refused(Refused),
     /// The source has no token left, but checks in flight hold some: wait
-    /// for `released`, then ask again.
-    Busy(Arc<Notify>),
+    /// for a release (or `wait`, when a token will have refilled), then
+    /// ask again.
+    Busy {
+        waiters: Arc<Waiters>,
+        wait: TimeDelta,
+    },
 }
 
 /// Why a cold check failed, when to retry, and the key's owner where the
@@ -84,7 +88,9 @@ impl<S: KeyStore> Shared<S> {
             if let Some(s) = source {
                 match hold_source(&shared.sources, s, now, may_wait) {
                     Ok(hold) => source_token = Some(hold),
-                    Err(Short::Held { released, .. }) => return Admission::Busy(released),
+                    Err(Short::Held { wait, waiters }) => {
+                        return Admission::Busy { waiters, wait };
+                    }
                     Err(Short::Empty(wait)) => {
                         let why = ColdDenial(DenialReason::Throttled, wait.to_std().ok(), None);
                         return Admission::Refused(Refused(why, None));

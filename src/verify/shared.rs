@@ -1,7 +1,7 @@
 //! [`Shared`]: the state a manager and its verifiers share.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use chrono::TimeDelta;
@@ -28,28 +28,6 @@ use crate::verify::audit_log::AuditLog;
 /// Cold checks that may wait at once, over all sources, for a token of
 /// their source held by another check in flight.
 pub(super) const MAX_SOURCE_WAITERS: usize = 4096;
-
-/// A cold check counted among those waiting for a held token of their
-/// source; dropping it counts it out.
-pub(super) struct SourceWaiter<'a>(&'a AtomicUsize);
-
-impl<'a> SourceWaiter<'a> {
-    /// Counts a waiter in, unless [`MAX_SOURCE_WAITERS`] already wait.
-    pub(super) fn enter(waiters: &'a AtomicUsize) -> Option<Self> {
-        waiters
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < MAX_SOURCE_WAITERS).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Self(waiters))
-    }
-}
-
-impl Drop for SourceWaiter<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
 
 fn delta(d: Duration) -> TimeDelta {
     TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)

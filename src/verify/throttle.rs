@@ -7,9 +7,16 @@ use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::Duration;
+
 use chrono::TimeDelta;
 use foldhash::fast::RandomState;
-use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
+use tokio::sync::{Notify, oneshot};
+use tokio::task::JoinHandle;
 
 use crate::ids::OwnerId;
 use crate::ids::{Environment, KeyId};
@@ -32,18 +39,50 @@ struct Bucket<T> {
     /// each comes back (a success) or stays spent (a failure) at its
     /// [`Buckets::release`].
     held: u32,
-    /// Woken at each release, for the checks waiting for a held token
-    /// (made by the first of them; each waiter holds a count).
-    released: Option<Arc<Notify>>,
+    /// The checks waiting for a held token (made for the first of them).
+    waiters: Option<Arc<Waiters>>,
 }
 
 impl<T> Bucket<T> {
     /// Wakes the checks waiting on this bucket (it is being dropped, or
     /// a held token came back or was spent).
     fn wake(&self) {
-        if let Some(released) = &self.released {
-            released.notify_waiters();
+        if let Some(waiters) = &self.waiters {
+            waiters.released.notify_waiters();
         }
+    }
+}
+
+/// The checks waiting on one bucket for a token that checks in flight
+/// hold: woken at each release, and counted (at most
+/// [`MAX_WAITERS_PER_KEY`]).
+#[derive(Debug, Default)]
+pub(crate) struct Waiters {
+    /// Woken at each release (and when the bucket is dropped).
+    pub(crate) released: Notify,
+    /// How many wait ([`Counted`]).
+    pub(crate) waiting: AtomicUsize,
+}
+
+/// One of the checks a counter counts, up to its cap; dropping it counts
+/// it out.
+pub(crate) struct Counted<'a>(&'a AtomicUsize);
+
+impl<'a> Counted<'a> {
+    /// Counts one in, unless `cap` are counted already.
+    pub(crate) fn enter(counter: &'a AtomicUsize, cap: usize) -> Option<Self> {
+        counter
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(counter))
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -53,11 +92,11 @@ pub(crate) enum Short {
     /// for the refill.
     Empty(TimeDelta),
     /// None is left, but checks in flight hold some, and one may come
-    /// back: `released` is woken at each release (and `wait` is what a
-    /// refusal would say).
+    /// back: `waiters` are woken at each release (and `wait` is when a
+    /// token will have refilled, what a refusal would say).
     Held {
         wait: TimeDelta,
-        released: Arc<Notify>,
+        waiters: Arc<Waiters>,
     },
 }
 
@@ -110,6 +149,60 @@ impl Drop for SourceHold {
     fn drop(&mut self) {
         let succeeded = self.succeeded.load(Ordering::Relaxed);
         self.sources.release(&self.source, self.now, succeeded);
+    }
+}
+
+/// A wake-up for one check waiting on a bucket, once a token will have
+/// refilled: a refill, unlike a release, is no event that wakes it. A task
+/// on the current tokio runtime, aborted when the wait ends; without a
+/// runtime, the check wakes at releases only.
+pub(crate) struct RefillTimer {
+    task: Option<JoinHandle<()>>,
+    rang: Option<oneshot::Receiver<()>>,
+}
+
+impl RefillTimer {
+    /// Rings after `wait`.
+    pub(crate) fn start(wait: Duration) -> Self {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Self {
+                task: None,
+                rang: None,
+            };
+        };
+        let (ring, rang) = oneshot::channel();
+        let task = runtime.spawn(async move {
+            tokio::time::sleep(wait).await;
+            let _ = ring.send(());
+        });
+        Self {
+            task: Some(task),
+            rang: Some(rang),
+        }
+    }
+
+    /// Waits for `released` (enabled) or for the timer, whichever comes first (a
+    /// timer that failed counts as rung: the check looks again, within
+    /// its bound on waits).
+    pub(crate) async fn race(mut self, mut released: Pin<&mut Notified<'_>>) {
+        std::future::poll_fn(|cx| {
+            if released.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+            match &mut self.rang {
+                Some(rang) => Pin::new(rang).poll(cx).map(|_| ()),
+                None => Poll::Pending,
+            }
+        })
+        .await;
+    }
+}
+
+impl Drop for RefillTimer {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 }
 
@@ -215,11 +308,12 @@ impl<K: Hash + Eq + Clone, T: Clone + PartialEq> Buckets<K, T> {
             let tokens = self.refilled(b, now);
             if let Some(wait) = self.wait(tokens) {
                 if may_wait && b.held > 0 {
-                    let released = b.released.get_or_insert_with(Default::default);
-                    // The bucket's own count and one per waiter.
-                    if Arc::strong_count(released) <= MAX_WAITERS_PER_KEY {
-                        let released = Arc::clone(released);
-                        return Err(Short::Held { wait, released });
+                    let waiters = b.waiters.get_or_insert_with(Default::default);
+                    // The waiter counts itself in ([`Counted`]); this is
+                    // the first look.
+                    if waiters.waiting.load(Ordering::Acquire) < MAX_WAITERS_PER_KEY {
+                        let waiters = Arc::clone(waiters);
+                        return Err(Short::Held { wait, waiters });
                     }
                 }
                 return Err(Short::Empty(wait));
@@ -259,7 +353,7 @@ impl<K: Hash + Eq + Clone, T: Clone + PartialEq> Buckets<K, T> {
             updated: now,
             tag: tag.clone(),
             held: u32::from(hold),
-            released: None,
+            waiters: None,
         };
         map.insert(key.clone(), bucket);
         self.buckets.fetch_add(1, Ordering::Relaxed);
@@ -286,7 +380,9 @@ impl<K: Hash + Eq + Clone, T: Clone + PartialEq> Buckets<K, T> {
                 return;
             }
             b.tokens = tokens.min(self.burst);
-            b.updated = now;
+            // A check releases with the time it began: a later take may
+            // have moved the bucket on since, and its refill is counted.
+            b.updated = b.updated.max(now);
         }
         b.wake();
     }
@@ -304,7 +400,7 @@ impl<K: Hash + Eq + Clone, T: Clone + PartialEq> Buckets<K, T> {
                 self.buckets.fetch_sub(1, Ordering::Relaxed);
             } else {
                 b.tokens = tokens.min(self.burst);
-                b.updated = now;
+                b.updated = b.updated.max(now);
             }
         }
     }
@@ -356,13 +452,13 @@ mod tests {
         assert!(hold(&b, t0, true).is_ok());
         assert!(hold(&b, t0, true).is_ok());
         // Both held by checks in flight: a third may wait, unless it may not.
-        let Err(Short::Held { wait, released }) = hold(&b, t0, true) else {
+        let Err(Short::Held { wait, waiters }) = hold(&b, t0, true) else {
             panic!("two tokens are held");
         };
         assert_eq!(wait, TimeDelta::seconds(5));
         assert!(matches!(hold(&b, t0, false), Err(Short::Empty(_))));
         // A release (here a failure) wakes it.
-        let mut notified = std::pin::pin!(released.notified());
+        let mut notified = std::pin::pin!(waiters.released.notified());
         notified.as_mut().enable();
         let mut cx = Context::from_waker(Waker::noop());
         assert!(notified.as_mut().poll(&mut cx).is_pending());
@@ -403,15 +499,18 @@ mod tests {
         let t0 = 0i64;
         let b: Buckets<u32, ()> = Buckets::new(1, TimeDelta::seconds(5));
         assert!(hold(&b, t0, true).is_ok());
-        let mut waiting = Vec::new();
-        for _ in 0..MAX_WAITERS_PER_KEY {
-            let Err(Short::Held { released, .. }) = hold(&b, t0, true) else {
-                panic!("a waiter fits");
-            };
-            waiting.push(released);
-        }
+        let Err(Short::Held { waiters, .. }) = hold(&b, t0, true) else {
+            panic!("a token is held");
+        };
+        let mut counted: Vec<_> = (0..MAX_WAITERS_PER_KEY)
+            .map(|_| Counted::enter(&waiters.waiting, MAX_WAITERS_PER_KEY).expect("fits"))
+            .collect();
+        assert!(Counted::enter(&waiters.waiting, MAX_WAITERS_PER_KEY).is_none());
+        // A full bucket's first look already says so.
         assert!(matches!(hold(&b, t0, true), Err(Short::Empty(_))));
-        waiting.pop();
+        counted.pop();
         assert!(matches!(hold(&b, t0, true), Err(Short::Held { .. })));
+        drop(counted);
+        assert_eq!(waiters.waiting.load(Ordering::Relaxed), 0);
     }
 }

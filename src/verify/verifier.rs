@@ -19,8 +19,8 @@ use super::denial::{Denial, DenialReason};
 use super::flights::{Lead, MAX_WAITS};
 use super::ledger::{Outcome, UsageSeen, top_up};
 use super::request::{Spending, VerifyRequest};
-use super::shared::{Shared, SourceWaiter};
-use super::throttle::MAX_WAITERS_PER_KEY;
+use super::shared::{MAX_SOURCE_WAITERS, Shared};
+use super::throttle::{Counted, MAX_WAITERS_PER_KEY, RefillTimer, Waiters};
 use crate::ids::OwnerId;
 use crate::ids::{Environment, KeyId};
 use crate::policy::ResourceRule;
@@ -108,9 +108,10 @@ pub struct Verifier<S> {
     pub(crate) shared: Arc<Shared<S>>,
 }
 
-/// Releases of its source's tokens a cold check waits through at most
-/// ([`Begun::SourceBusy`]) before it is refused as throttled: as many as
-/// may wait with it, each of which a release can let through first.
+/// Times a cold check waits at most for a token of its source
+/// ([`Begun::SourceBusy`]: until a release, or until a token will have
+/// refilled) before it is refused as throttled: as many as may wait with
+/// it, each of which a release can let through first.
 const MAX_SOURCE_WAITS: u32 = MAX_WAITERS_PER_KEY as u32;
 
 /// Which waits [`Verifier::begin`] may still answer with.
@@ -172,7 +173,9 @@ enum Begun<'a> {
     SourceBusy {
         id: &'a str,
         secret: &'a str,
-        released: Arc<Notify>,
+        waiters: Arc<Waiters>,
+        /// When a token will have refilled (no release wakes for that).
+        wait: Duration,
     },
     /// Proven and allowed, but a usage block is short: lease, then spend.
     Lease {
@@ -473,10 +476,11 @@ impl<S: KeyStore> Verifier<S> {
                 admitted,
                 now,
             },
-            Admission::Busy(released) => Begun::SourceBusy {
+            Admission::Busy { waiters, wait } => Begun::SourceBusy {
                 id,
                 secret,
-                released,
+                waiters,
+                wait: wait.to_std().unwrap_or_default(),
             },
             Admission::Refused(Refused(ColdDenial(reason, retry, owner), key_id)) => {
                 let named = Some(Named::new(id, key_id));
@@ -589,33 +593,55 @@ impl<S: KeyStore> Verifier<S> {
                 Begun::SourceBusy {
                     id,
                     secret,
-                    released,
+                    waiters,
+                    wait,
                 } if source_waits < MAX_SOURCE_WAITS => {
                     source_waits += 1;
-                    let may = MayWait::after(flight_waits, source_waits);
-                    let Some(_waiter) = SourceWaiter::enter(&shared.source_waiters) else {
-                        // Too many checks wait already: refused, as
-                        // without waiting.
-                        let may = MayWait {
-                            source: false,
-                            ..may
-                        };
-                        begun =
-                            self.begin(id, secret, environment, client_ip, spending, &check, may);
-                        continue;
-                    };
-                    let notified = released.notified();
+                    // This wait is within the bound: the look below may
+                    // still answer `SourceBusy`.
+                    let may = MayWait::after(flight_waits, source_waits - 1);
+                    let notified = waiters.released.notified();
                     let mut notified = std::pin::pin!(notified);
                     notified.as_mut().enable();
                     // Asked again now that no release can be missed.
-                    match self.begin(id, secret, environment, client_ip, spending, &check, may) {
-                        Begun::SourceBusy {
-                            released: still, ..
-                        } if Arc::ptr_eq(&still, &released) => {
-                            notified.await;
-                            self.begin(id, secret, environment, client_ip, spending, &check, may)
-                        }
-                        other => other,
+                    let again =
+                        self.begin(id, secret, environment, client_ip, spending, &check, may);
+                    let same = matches!(
+                        &again,
+                        Begun::SourceBusy { waiters: still, .. } if Arc::ptr_eq(still, &waiters)
+                    );
+                    if !same {
+                        again
+                    } else {
+                        drop(again);
+                        // Counted while it waits only, so that its own
+                        // looks never find itself among the waiters.
+                        let counted = (
+                            Counted::enter(&waiters.waiting, MAX_WAITERS_PER_KEY),
+                            Counted::enter(&shared.source_waiters, MAX_SOURCE_WAITERS),
+                        );
+                        let (Some(one_of_its_source), Some(one_of_all)) = counted else {
+                            // Too many checks wait already: refused, as
+                            // without waiting.
+                            let may = MayWait {
+                                source: false,
+                                ..may
+                            };
+                            begun = self.begin(
+                                id,
+                                secret,
+                                environment,
+                                client_ip,
+                                spending,
+                                &check,
+                                may,
+                            );
+                            continue;
+                        };
+                        RefillTimer::start(wait).race(notified).await;
+                        drop((one_of_its_source, one_of_all));
+                        let may = MayWait::after(flight_waits, source_waits);
+                        self.begin(id, secret, environment, client_ip, spending, &check, may)
                     }
                 }
                 other => break other,
