@@ -955,3 +955,79 @@ async fn at_most_256_checks_wait_on_one_source_and_a_dropped_one_frees_its_place
     again.abort();
     holders.iter().for_each(|h| h.abort());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_check_is_refused_once_its_time_to_wait_is_up() {
+    let store = Arc::new(FaultyStore::new(MemoryStore::new()));
+    let config = VerifierConfig {
+        source_failure_burst: 1,
+        max_hash_wait: Duration::from_millis(200),
+        ..VerifierConfig::default()
+    };
+    let f = fixture_with(Arc::clone(&store), policy(), config);
+    let created = f.push_key().await;
+    store.hang(Op::Get);
+    let reads = store.calls(Op::Get);
+    let random = format().generate(&f.live, &KeyId::generate());
+    let holder = spawn_verify(&f, random.expose_secret(), ip(16));
+    read_begun(&store, reads).await;
+    store.heal_op(Op::Get);
+    // The holder hangs and no token refills (the clock stands still): the
+    // check waits for its time to wait, then is refused as it was at once
+    // before.
+    let started = std::time::Instant::now();
+    let denial = tokio::time::timeout(
+        Duration::from_secs(10),
+        spawn_verify(&f, created.token.expose_secret(), ip(16)),
+    )
+    .await
+    .expect("the wait is bounded")
+    .unwrap()
+    .unwrap_err();
+    assert_eq!(denial.reason, DenialReason::Throttled);
+    assert!(started.elapsed() >= Duration::from_millis(190));
+    holder.abort();
+}
+
+/// On a runtime built without tokio's time driver (where
+/// `tokio::time::sleep` panics), a waiting check still wakes when a token
+/// has refilled: the alarm is keyward's own thread.
+#[test]
+fn a_waiting_check_wakes_on_a_runtime_without_tokio_timers() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = Arc::new(FaultyStore::new(MemoryStore::new()));
+        let config = VerifierConfig {
+            source_failure_burst: 1,
+            source_failure_refill: Duration::from_millis(100),
+            ..VerifierConfig::default()
+        };
+        let f = fixture_with(Arc::clone(&store), policy(), config);
+        let created = f.push_key().await;
+        store.hang(Op::Get);
+        let reads = store.calls(Op::Get);
+        let random = format().generate(&f.live, &KeyId::generate());
+        let holder = spawn_verify(&f, random.expose_secret(), ip(17));
+        while store.calls(Op::Get) <= reads {
+            tokio::task::yield_now().await;
+        }
+        store.heal_op(Op::Get);
+        let waiting = spawn_verify(&f, created.token.expose_secret(), ip(17));
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!waiting.is_finished(), "its source's token is held");
+        // A token refills; only an alarm can tell the waiting check.
+        let started = std::time::Instant::now();
+        f.clock.advance(TimeDelta::seconds(1));
+        let answer = waiting.await.unwrap();
+        assert!(answer.is_ok(), "{:?}", answer.err().map(|d| d.reason));
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "before its time was up"
+        );
+        holder.abort();
+    });
+}

@@ -69,7 +69,9 @@ pub struct VerifierConfig {
     pub max_hash_queue: usize,
     /// Longest a check waits for a hashing thread (default 2 s); beyond it
     /// it is refused with [`DenialReason::Overloaded`](crate::DenialReason::Overloaded) without
-    /// running.
+    /// running. Also the longest a check waits, in all, for a token of its
+    /// client source that other checks in flight hold; beyond it it is
+    /// refused with [`DenialReason::Throttled`](crate::DenialReason::Throttled).
     pub max_hash_wait: Duration,
     /// A key in use causes at most one `last_used_at` write to the store
     /// per this interval (default 60 s); checks never wait for it.

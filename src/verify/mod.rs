@@ -4,8 +4,10 @@
 //! → `shared` (the state a manager and its verifiers share) → `cache`,
 //! `throttle`, `hash_pool`, `usage`, `ledger`, `config`; `compiled` →
 //! `request`, `denial`, `usage`, `ledger`; `cache` → `compiled`, `denial`;
-//! `ledger` (the local usage ledger) → `denial`, `request`.
+//! `ledger` (the local usage ledger) → `denial`, `request`; `verifier` →
+//! `alarm` (the thread that wakes checks waiting for a refill).
 
+mod alarm;
 mod audit_log;
 mod cache;
 mod cold;

@@ -48,6 +48,9 @@ pub(crate) struct Shared<S> {
     /// Cold checks waiting for a token of their source that another check
     /// in flight holds (at most [`MAX_SOURCE_WAITERS`]).
     pub(super) source_waiters: AtomicUsize,
+    /// Longest a cold check waits, in all, for tokens of its source held
+    /// by other checks ([`VerifierConfig::max_hash_wait`]).
+    pub(super) max_source_wait: Duration,
     /// The ids whose first proof is in flight: concurrent first uses of a
     /// key wait for it.
     pub(super) flights: Arc<Flights>,
@@ -92,6 +95,7 @@ impl<S: KeyStore> Shared<S> {
                 delta(config.source_failure_refill),
             )),
             source_waiters: AtomicUsize::new(0),
+            max_source_wait: config.max_hash_wait,
             flights: Arc::new(Flights::default()),
             hashing: HashPool::new(
                 Arc::clone(&hasher),

@@ -7,16 +7,9 @@ use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::Poll;
-use std::time::Duration;
-
 use chrono::TimeDelta;
 use foldhash::fast::RandomState;
-use tokio::sync::futures::Notified;
-use tokio::sync::{Notify, oneshot};
-use tokio::task::JoinHandle;
+use tokio::sync::Notify;
 
 use crate::ids::OwnerId;
 use crate::ids::{Environment, KeyId};
@@ -152,60 +145,6 @@ impl Drop for SourceHold {
     }
 }
 
-/// A wake-up for one check waiting on a bucket, once a token will have
-/// refilled: a refill, unlike a release, is no event that wakes it. A task
-/// on the current tokio runtime, aborted when the wait ends; without a
-/// runtime, the check wakes at releases only.
-pub(crate) struct RefillTimer {
-    task: Option<JoinHandle<()>>,
-    rang: Option<oneshot::Receiver<()>>,
-}
-
-impl RefillTimer {
-    /// Rings after `wait`.
-    pub(crate) fn start(wait: Duration) -> Self {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return Self {
-                task: None,
-                rang: None,
-            };
-        };
-        let (ring, rang) = oneshot::channel();
-        let task = runtime.spawn(async move {
-            tokio::time::sleep(wait).await;
-            let _ = ring.send(());
-        });
-        Self {
-            task: Some(task),
-            rang: Some(rang),
-        }
-    }
-
-    /// Waits for `released` (enabled) or for the timer, whichever comes first (a
-    /// timer that failed counts as rung: the check looks again, within
-    /// its bound on waits).
-    pub(crate) async fn race(mut self, mut released: Pin<&mut Notified<'_>>) {
-        std::future::poll_fn(|cx| {
-            if released.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(());
-            }
-            match &mut self.rang {
-                Some(rang) => Pin::new(rang).poll(cx).map(|_| ()),
-                None => Poll::Pending,
-            }
-        })
-        .await;
-    }
-}
-
-impl Drop for RefillTimer {
-    fn drop(&mut self) {
-        if let Some(task) = &self.task {
-            task.abort();
-        }
-    }
-}
-
 /// Takes a token of `source`'s bucket for a cold check that begins at
 /// `now` ([`Buckets::try_hold`]).
 pub(crate) fn hold_source(
@@ -319,7 +258,9 @@ impl<K: Hash + Eq + Clone, T: Clone + PartialEq> Buckets<K, T> {
                 return Err(Short::Empty(wait));
             }
             b.tokens = tokens - 1.0;
-            b.updated = now;
+            // A check takes with the time it began, which a store read may
+            // have made older than the bucket's: its clock never moves back.
+            b.updated = b.updated.max(now);
             b.held += u32::from(hold);
             if b.tag != *tag {
                 b.tag = tag.clone();
@@ -512,5 +453,26 @@ mod tests {
         assert!(matches!(hold(&b, t0, true), Err(Short::Held { .. })));
         drop(counted);
         assert_eq!(waiters.waiting.load(Ordering::Relaxed), 0);
+    }
+    #[test]
+    fn a_take_or_release_stamped_earlier_never_moves_the_refill_clock_back() {
+        let s = |secs: i64| secs * 1_000_000;
+        let b: Buckets<u32, ()> = Buckets::new(3, TimeDelta::seconds(5));
+        assert!(b.try_acquire(&1, &(), s(0)).is_ok());
+        assert!(b.try_acquire(&1, &(), s(4)).is_ok());
+        // A check that began at 0 s and took its token after a store read.
+        assert!(b.try_acquire(&1, &(), s(0)).is_ok());
+        // 3 - 3 + 0.8 tokens at 4 s: none (counting 0 s to 4 s again gave
+        // one more).
+        assert!(b.try_acquire(&1, &(), s(4)).is_err());
+        let b: Buckets<u32, ()> = Buckets::new(3, TimeDelta::seconds(5));
+        for at in [0, 4] {
+            assert!(b.try_hold(&1, &(), s(at), false).is_ok());
+        }
+        assert!(b.try_hold(&1, &(), s(4), false).is_ok());
+        // The first check, begun at 0 s, proves right: one token back.
+        b.release(&1, s(0), true);
+        assert!(b.try_hold(&1, &(), s(4), false).is_ok());
+        assert!(b.try_hold(&1, &(), s(4), false).is_err());
     }
 }

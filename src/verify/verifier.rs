@@ -7,11 +7,12 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
+use super::alarm;
 use super::cache::{Cached, Lookup, Proof};
 use super::cold::{Admission, Admitted, ColdDenial, Refused};
 use super::compiled::{CompiledKey, VerifiedKey};
@@ -20,7 +21,7 @@ use super::flights::{Lead, MAX_WAITS};
 use super::ledger::{Outcome, UsageSeen, top_up};
 use super::request::{Spending, VerifyRequest};
 use super::shared::{MAX_SOURCE_WAITERS, Shared};
-use super::throttle::{Counted, MAX_WAITERS_PER_KEY, RefillTimer, Waiters};
+use super::throttle::{Counted, MAX_WAITERS_PER_KEY, Waiters};
 use crate::ids::OwnerId;
 use crate::ids::{Environment, KeyId};
 use crate::policy::ResourceRule;
@@ -580,6 +581,8 @@ impl<S: KeyStore> Verifier<S> {
         let shared = &*self.shared;
         let mut begun = begun;
         let (mut flight_waits, mut source_waits) = (0, 0);
+        // When waiting for the source's tokens ends, however often it woke.
+        let mut wait_until: Option<Instant> = None;
         let begun = loop {
             begun = match begun {
                 // Bounded: `begin` gives no `Wait` once it may not wait;
@@ -596,10 +599,15 @@ impl<S: KeyStore> Verifier<S> {
                     waiters,
                     wait,
                 } if source_waits < MAX_SOURCE_WAITS => {
+                    let now = Instant::now();
+                    let until = *wait_until.get_or_insert_with(|| now + shared.max_source_wait);
                     source_waits += 1;
-                    // This wait is within the bound: the look below may
+                    // This wait is within the bounds: the look below may
                     // still answer `SourceBusy`.
-                    let may = MayWait::after(flight_waits, source_waits - 1);
+                    let may = MayWait {
+                        source: now < until,
+                        ..MayWait::after(flight_waits, source_waits - 1)
+                    };
                     let notified = waiters.released.notified();
                     let mut notified = std::pin::pin!(notified);
                     notified.as_mut().enable();
@@ -638,9 +646,15 @@ impl<S: KeyStore> Verifier<S> {
                             );
                             continue;
                         };
-                        RefillTimer::start(wait).race(notified).await;
+                        // Woken by a release, or by the alarm when a token
+                        // will have refilled or the time to wait is up.
+                        let refilled = Instant::now().checked_add(wait).unwrap_or(until);
+                        alarm::either(alarm::set(refilled.min(until)), notified).await;
                         drop((one_of_its_source, one_of_all));
-                        let may = MayWait::after(flight_waits, source_waits);
+                        let may = MayWait {
+                            source: Instant::now() < until,
+                            ..MayWait::after(flight_waits, source_waits)
+                        };
                         self.begin(id, secret, environment, client_ip, spending, &check, may)
                     }
                 }
