@@ -18,9 +18,10 @@ use std::time::Instant;
 use tokio::sync::futures::Notified;
 use tokio::sync::oneshot;
 
-/// Alarms set at once at most (each waiting check sets one at a time, and
-/// at most 4,096 wait); past it, alarms of checks that stopped waiting are
-/// dropped first, and if none has, no alarm is set.
+/// Alarms set at once at most, over every verifier of the process (each
+/// waiting check sets one at a time, and at most 4,096 wait per manager);
+/// past it, alarms of checks that stopped waiting are dropped first, and
+/// if none has, no alarm is set.
 const MAX_ALARMS: usize = 8192;
 
 /// One alarm: rings `ring` at `at`.
@@ -81,11 +82,19 @@ impl Alarms {
         let mut state = self.lock();
         loop {
             let now = Instant::now();
+            let mut due = Vec::new();
             while state.alarms.peek().is_some_and(|a| a.at <= now) {
-                if let Some(alarm) = state.alarms.pop() {
+                due.extend(state.alarms.pop());
+            }
+            if !due.is_empty() {
+                // Rung without the lock: a waker then never runs under it.
+                drop(state);
+                for alarm in due {
                     // A check that stopped waiting dropped its receiver.
                     let _ = alarm.ring.send(());
                 }
+                state = self.lock();
+                continue;
             }
             state = match state.alarms.peek().map(|a| a.at - now) {
                 None => self
@@ -103,8 +112,9 @@ impl Alarms {
 
 /// Sets an alarm for `at`: the receiver completes then (or, should the
 /// alarm be dropped, at once with an error, which also wakes its check).
-/// `None` when no alarm could be set: the check then wakes at releases
-/// and at its bound on waits only.
+/// `None` when no alarm could be set (the thread could not be started, or
+/// too many are set): the check is then refused rather than wait without
+/// one.
 pub(crate) fn set(at: Instant) -> Option<oneshot::Receiver<()>> {
     let alarms: &'static Alarms = ALARMS.get_or_init(Alarms::default);
     let mut state = alarms.lock();
@@ -136,19 +146,12 @@ pub(crate) fn set(at: Instant) -> Option<oneshot::Receiver<()>> {
 
 /// Waits until `released` (a `Notified` already enabled) completes or the
 /// alarm `rung` rings, whichever is first.
-pub(crate) async fn either(
-    rung: Option<oneshot::Receiver<()>>,
-    mut released: Pin<&mut Notified<'_>>,
-) {
-    let mut rung = rung;
+pub(crate) async fn either(mut rung: oneshot::Receiver<()>, mut released: Pin<&mut Notified<'_>>) {
     std::future::poll_fn(|cx| {
         if released.as_mut().poll(cx).is_ready() {
             return Poll::Ready(());
         }
-        match &mut rung {
-            Some(rung) => Pin::new(rung).poll(cx).map(|_| ()),
-            None => Poll::Pending,
-        }
+        Pin::new(&mut rung).poll(cx).map(|_| ())
     })
     .await;
 }

@@ -582,7 +582,7 @@ impl<S: KeyStore> Verifier<S> {
         let mut begun = begun;
         let (mut flight_waits, mut source_waits) = (0, 0);
         // When waiting for the source's tokens ends, however often it woke.
-        let mut wait_until: Option<Instant> = None;
+        let mut wait_until: Option<Option<Instant>> = None;
         let begun = loop {
             begun = match begun {
                 // Bounded: `begin` gives no `Wait` once it may not wait;
@@ -600,12 +600,15 @@ impl<S: KeyStore> Verifier<S> {
                     wait,
                 } if source_waits < MAX_SOURCE_WAITS => {
                     let now = Instant::now();
-                    let until = *wait_until.get_or_insert_with(|| now + shared.max_source_wait);
+                    // `None`: no bound in time (a `max_hash_wait` past
+                    // what an `Instant` holds).
+                    let until =
+                        *wait_until.get_or_insert_with(|| now.checked_add(shared.max_source_wait));
                     source_waits += 1;
                     // This wait is within the bounds: the look below may
                     // still answer `SourceBusy`.
                     let may = MayWait {
-                        source: now < until,
+                        source: until.is_none_or(|until| now < until),
                         ..MayWait::after(flight_waits, source_waits - 1)
                     };
                     let notified = waiters.released.notified();
@@ -628,8 +631,18 @@ impl<S: KeyStore> Verifier<S> {
                             Counted::enter(&waiters.waiting, MAX_WAITERS_PER_KEY),
                             Counted::enter(&shared.source_waiters, MAX_SOURCE_WAITERS),
                         );
-                        let (Some(one_of_its_source), Some(one_of_all)) = counted else {
-                            // Too many checks wait already: refused, as
+                        // Woken by a release, or by the alarm when a token
+                        // will have refilled or the time to wait is up.
+                        let ring_at = match (Instant::now().checked_add(wait), until) {
+                            (Some(refilled), Some(until)) => Some(refilled.min(until)),
+                            (refilled, until) => refilled.or(until),
+                        };
+                        let rung = ring_at.and_then(alarm::set);
+                        let (Some(one_of_its_source), Some(one_of_all), Some(rung)) =
+                            (counted.0, counted.1, rung)
+                        else {
+                            // Too many checks wait already, or no alarm
+                            // could be set (a wait must end): refused, as
                             // without waiting.
                             let may = MayWait {
                                 source: false,
@@ -646,13 +659,10 @@ impl<S: KeyStore> Verifier<S> {
                             );
                             continue;
                         };
-                        // Woken by a release, or by the alarm when a token
-                        // will have refilled or the time to wait is up.
-                        let refilled = Instant::now().checked_add(wait).unwrap_or(until);
-                        alarm::either(alarm::set(refilled.min(until)), notified).await;
+                        alarm::either(rung, notified).await;
                         drop((one_of_its_source, one_of_all));
                         let may = MayWait {
-                            source: Instant::now() < until,
+                            source: until.is_none_or(|until| Instant::now() < until),
                             ..MayWait::after(flight_waits, source_waits)
                         };
                         self.begin(id, secret, environment, client_ip, spending, &check, may)
