@@ -881,24 +881,29 @@ async fn checks_waiting_for_tokens_that_failures_spend_are_refused_and_read_noth
     assert_eq!(f.hash_verifies(), 0);
 }
 
-/// A store whose reads hang, a key, and a source with `burst` tokens and a
-/// refill of one per 100 ms; `burst` random ids from `from` then hang in
-/// flight, each holding one of its tokens. Reads that begin afterwards do
-/// not hang.
+/// A verifier config whose sources have `burst` tokens and get one more
+/// per 100 ms.
+fn small_sources(burst: u32) -> VerifierConfig {
+    VerifierConfig {
+        source_failure_burst: burst,
+        source_failure_refill: Duration::from_millis(100),
+        ..VerifierConfig::default()
+    }
+}
+
+/// A store whose reads hang, a key, and `config`'s source burst of random
+/// ids from `from` hanging in flight, each holding one of its tokens.
+/// Reads that begin afterwards do not hang. Needs no tokio timer.
 async fn tokens_held_by_hanging_checks(
-    burst: u32,
+    config: VerifierConfig,
     from: std::net::IpAddr,
 ) -> (
     Fixture<Arc<FaultyStore<MemoryStore>>>,
     CreatedKey,
     Vec<tokio::task::JoinHandle<Result<VerifiedKey, Denial>>>,
 ) {
+    let burst = config.source_failure_burst;
     let store = Arc::new(FaultyStore::new(MemoryStore::new()));
-    let config = VerifierConfig {
-        source_failure_burst: burst,
-        source_failure_refill: Duration::from_millis(100),
-        ..VerifierConfig::default()
-    };
     let f = fixture_with(Arc::clone(&store), policy(), config);
     let created = f.push_key().await;
     store.hang(Op::Get);
@@ -909,14 +914,16 @@ async fn tokens_held_by_hanging_checks(
             spawn_verify(&f, random.expose_secret(), from)
         })
         .collect();
-    read_begun(&store, reads + u64::from(burst) - 1).await;
+    while store.calls(Op::Get) < reads + u64::from(burst) {
+        tokio::task::yield_now().await;
+    }
     store.heal_op(Op::Get);
     (f, created, holders)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_check_takes_a_token_that_refills_while_the_holders_hang() {
-    let (f, created, holders) = tokens_held_by_hanging_checks(3, ip(14)).await;
+    let (f, created, holders) = tokens_held_by_hanging_checks(small_sources(3), ip(14)).await;
     let waiting = spawn_verify(&f, created.token.expose_secret(), ip(14));
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(!waiting.is_finished(), "its source's tokens are all held");
@@ -932,7 +939,7 @@ async fn a_waiting_check_takes_a_token_that_refills_while_the_holders_hang() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_most_256_checks_wait_on_one_source_and_a_dropped_one_frees_its_place() {
-    let (f, created, holders) = tokens_held_by_hanging_checks(1, ip(15)).await;
+    let (f, created, holders) = tokens_held_by_hanging_checks(small_sources(1), ip(15)).await;
     let t = created.token.expose_secret();
     let waiting: Vec<_> = (0..256).map(|_| spawn_verify(&f, t, ip(15))).collect();
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -958,20 +965,12 @@ async fn at_most_256_checks_wait_on_one_source_and_a_dropped_one_frees_its_place
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_check_is_refused_once_its_time_to_wait_is_up() {
-    let store = Arc::new(FaultyStore::new(MemoryStore::new()));
     let config = VerifierConfig {
         source_failure_burst: 1,
         max_hash_wait: Duration::from_millis(200),
         ..VerifierConfig::default()
     };
-    let f = fixture_with(Arc::clone(&store), policy(), config);
-    let created = f.push_key().await;
-    store.hang(Op::Get);
-    let reads = store.calls(Op::Get);
-    let random = format().generate(&f.live, &KeyId::generate());
-    let holder = spawn_verify(&f, random.expose_secret(), ip(16));
-    read_begun(&store, reads).await;
-    store.heal_op(Op::Get);
+    let (f, created, holders) = tokens_held_by_hanging_checks(config, ip(16)).await;
     // The holder hangs and no token refills (the clock stands still): the
     // check waits for its time to wait, then is refused as it was at once
     // before.
@@ -989,26 +988,16 @@ async fn a_waiting_check_is_refused_once_its_time_to_wait_is_up() {
     let waited = started.elapsed();
     assert!(waited >= Duration::from_millis(190), "{waited:?}");
     assert!(waited < Duration::from_secs(1), "{waited:?}");
-    holder.abort();
+    holders.iter().for_each(|h| h.abort());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_max_hash_wait_past_what_an_instant_holds_is_no_bound_and_no_panic() {
-    let store = Arc::new(FaultyStore::new(MemoryStore::new()));
     let config = VerifierConfig {
-        source_failure_burst: 1,
-        source_failure_refill: Duration::from_millis(100),
         max_hash_wait: Duration::MAX,
-        ..VerifierConfig::default()
+        ..small_sources(1)
     };
-    let f = fixture_with(Arc::clone(&store), policy(), config);
-    let created = f.push_key().await;
-    store.hang(Op::Get);
-    let reads = store.calls(Op::Get);
-    let random = format().generate(&f.live, &KeyId::generate());
-    let holder = spawn_verify(&f, random.expose_secret(), ip(18));
-    read_begun(&store, reads).await;
-    store.heal_op(Op::Get);
+    let (f, created, holders) = tokens_held_by_hanging_checks(config, ip(18)).await;
     let waiting = spawn_verify(&f, created.token.expose_secret(), ip(18));
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(!waiting.is_finished(), "it waits");
@@ -1018,7 +1007,7 @@ async fn a_max_hash_wait_past_what_an_instant_holds_is_no_bound_and_no_panic() {
         .expect("the refill's alarm wakes it")
         .unwrap();
     assert!(answer.is_ok(), "{:?}", answer.err().map(|d| d.reason));
-    holder.abort();
+    holders.iter().for_each(|h| h.abort());
 }
 
 /// On a runtime built without tokio's time driver (where
@@ -1030,22 +1019,7 @@ fn a_waiting_check_wakes_on_a_runtime_without_tokio_timers() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let store = Arc::new(FaultyStore::new(MemoryStore::new()));
-        let config = VerifierConfig {
-            source_failure_burst: 1,
-            source_failure_refill: Duration::from_millis(100),
-            ..VerifierConfig::default()
-        };
-        let f = fixture_with(Arc::clone(&store), policy(), config);
-        let created = f.push_key().await;
-        store.hang(Op::Get);
-        let reads = store.calls(Op::Get);
-        let random = format().generate(&f.live, &KeyId::generate());
-        let holder = spawn_verify(&f, random.expose_secret(), ip(17));
-        while store.calls(Op::Get) <= reads {
-            tokio::task::yield_now().await;
-        }
-        store.heal_op(Op::Get);
+        let (f, created, holders) = tokens_held_by_hanging_checks(small_sources(1), ip(17)).await;
         let waiting = spawn_verify(&f, created.token.expose_secret(), ip(17));
         for _ in 0..100 {
             tokio::task::yield_now().await;
@@ -1061,6 +1035,6 @@ fn a_waiting_check_wakes_on_a_runtime_without_tokio_timers() {
             waited < Duration::from_secs(1),
             "before its time: {waited:?}"
         );
-        holder.abort();
+        holders.iter().for_each(|h| h.abort());
     });
 }
