@@ -923,18 +923,26 @@ async fn tokens_held_by_hanging_checks(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_check_takes_a_token_that_refills_while_the_holders_hang() {
-    let (f, created, holders) = tokens_held_by_hanging_checks(small_sources(3), ip(14)).await;
-    let waiting = spawn_verify(&f, created.token.expose_secret(), ip(14));
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    assert!(!waiting.is_finished(), "its source's tokens are all held");
-    // A token refills (no release comes: the holders hang for good).
-    f.clock.advance(TimeDelta::seconds(1));
-    let answer = tokio::time::timeout(Duration::from_secs(10), waiting)
-        .await
-        .expect("a refill wakes the waiting check")
-        .unwrap();
-    assert!(answer.is_ok(), "{:?}", answer.err().map(|d| d.reason));
-    holders.iter().for_each(|h| h.abort());
+    // With the default time to wait, and with one past what an `Instant`
+    // holds (no bound in time; it once panicked).
+    let unbounded = VerifierConfig {
+        max_hash_wait: Duration::MAX,
+        ..small_sources(1)
+    };
+    for (config, from) in [(small_sources(3), ip(14)), (unbounded, ip(18))] {
+        let (f, created, holders) = tokens_held_by_hanging_checks(config, from).await;
+        let waiting = spawn_verify(&f, created.token.expose_secret(), from);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "its source's tokens are all held");
+        // A token refills (no release comes: the holders hang for good).
+        f.clock.advance(TimeDelta::seconds(1));
+        let answer = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("a refill wakes the waiting check")
+            .unwrap();
+        assert!(answer.is_ok(), "{:?}", answer.err().map(|d| d.reason));
+        holders.iter().for_each(|h| h.abort());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -988,25 +996,6 @@ async fn a_waiting_check_is_refused_once_its_time_to_wait_is_up() {
     let waited = started.elapsed();
     assert!(waited >= Duration::from_millis(190), "{waited:?}");
     assert!(waited < Duration::from_secs(1), "{waited:?}");
-    holders.iter().for_each(|h| h.abort());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_max_hash_wait_past_what_an_instant_holds_is_no_bound_and_no_panic() {
-    let config = VerifierConfig {
-        max_hash_wait: Duration::MAX,
-        ..small_sources(1)
-    };
-    let (f, created, holders) = tokens_held_by_hanging_checks(config, ip(18)).await;
-    let waiting = spawn_verify(&f, created.token.expose_secret(), ip(18));
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    assert!(!waiting.is_finished(), "it waits");
-    f.clock.advance(TimeDelta::seconds(1));
-    let answer = tokio::time::timeout(Duration::from_secs(10), waiting)
-        .await
-        .expect("the refill's alarm wakes it")
-        .unwrap();
-    assert!(answer.is_ok(), "{:?}", answer.err().map(|d| d.reason));
     holders.iter().for_each(|h| h.abort());
 }
 

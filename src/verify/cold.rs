@@ -16,6 +16,7 @@ use super::flights::Lead;
 use super::hash_pool::PoolError;
 use super::shared::Shared;
 use super::throttle::{Short, SourceHold, Waiters, hold_source};
+use crate::hash::FINGERPRINT_LEN;
 use crate::ids::OwnerId;
 use crate::ids::{Environment, KeyId};
 use crate::key::KeyRecord;
@@ -131,9 +132,14 @@ impl<S: KeyStore> Shared<S> {
         client_ip: Option<IpAddr>,
         proof: Option<Proof>,
         admitted: Admitted,
-        lead: Option<Lead>,
+        (lead, fingerprint): (Option<Lead>, Option<[u8; FINGERPRINT_LEN]>),
     ) -> Result<Arc<CompiledKey>, ColdDenial> {
         let shared = self;
+        // The secret's fingerprint, computed at most once (`begin` may have
+        // computed it for the lead).
+        let mut known = fingerprint;
+        let mut fingerprint =
+            || *known.get_or_insert_with(|| shared.fingerprinter.fingerprint(secret.as_bytes()));
         let source = client_ip.map(Source::of);
         // Released when this check ends, however it ends.
         let source_token = admitted.0;
@@ -185,7 +191,6 @@ impl<S: KeyStore> Shared<S> {
                 // A proof against an older hash (regenerated, rehashed)
                 // skips the throttles, as the secret was right before, but
                 // not argon2.
-                let fingerprint = || shared.fingerprinter.fingerprint(secret.as_bytes());
                 // Checked once: only the check that removes the proof skips
                 // the id's bucket. Concurrent checks with this (perhaps old,
                 // leaked) secret all read the proof before the first removed
@@ -242,7 +247,7 @@ impl<S: KeyStore> Shared<S> {
         // Proven: the source's token goes back now (checks waiting for it
         // go on), not after the rehash below.
         drop(source_token);
-        let fingerprint = shared.fingerprinter.fingerprint(secret.as_bytes());
+        let fingerprint = fingerprint();
         let dead = if record.revoked_at.is_some() {
             Some(DenialReason::Revoked)
         } else if record.suspended_at.is_some() {

@@ -380,6 +380,8 @@ mod tests {
         assert!(b.try_acquire(&1, &(), t0).is_ok());
         assert!(b.try_acquire(&1, &(), t0 + 5_000_000).is_ok());
     }
+
+    /// Holds a token of key 1's bucket.
     fn hold(b: &Buckets<u32, ()>, now: i64, may_wait: bool) -> Result<(), Short> {
         b.try_hold(&1, &(), now, may_wait)
     }

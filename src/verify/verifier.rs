@@ -22,6 +22,7 @@ use super::ledger::{Outcome, UsageSeen, top_up};
 use super::request::{Spending, VerifyRequest};
 use super::shared::{MAX_SOURCE_WAITERS, Shared};
 use super::throttle::{Counted, MAX_WAITERS_PER_KEY, Waiters};
+use crate::hash::FINGERPRINT_LEN;
 use crate::ids::OwnerId;
 use crate::ids::{Environment, KeyId};
 use crate::policy::ResourceRule;
@@ -160,6 +161,9 @@ enum Begun<'a> {
         /// This check's lead for the id (an unproven secret), which checks
         /// of the same id that start meanwhile wait for.
         lead: Option<Lead>,
+        /// The secret's fingerprint, if computed already (for the lead):
+        /// the cold path computes it only if not.
+        fingerprint: Option<[u8; FINGERPRINT_LEN]>,
     },
     /// The secret is unproven and another check of the same id is proving
     /// the same secret: wait for it to end, then begin again.
@@ -465,18 +469,22 @@ impl<S: KeyStore> Verifier<S> {
             .shared
             .admit(id, environment, now, client_ip, proven, may.source)
         {
-            Admission::Admitted(admitted) => Begun::Cold {
-                id,
-                secret,
-                lead: if proof.is_none() {
+            Admission::Admitted(admitted) => {
+                let lead = if proof.is_none() {
                     self.shared.flights.lead(id, fingerprint())
                 } else {
                     None
-                },
-                proof,
-                admitted,
-                now,
-            },
+                };
+                Begun::Cold {
+                    id,
+                    secret,
+                    proof,
+                    admitted,
+                    now,
+                    lead,
+                    fingerprint: computed,
+                }
+            }
             Admission::Busy { waiters, wait } => Begun::SourceBusy {
                 id,
                 secret,
@@ -691,6 +699,7 @@ impl<S: KeyStore> Verifier<S> {
                 admitted,
                 now,
                 lead,
+                fingerprint,
             } => {
                 // The lead ends inside, once the key is cached (or refused).
                 let cold = shared.cold(
@@ -701,7 +710,7 @@ impl<S: KeyStore> Verifier<S> {
                     client_ip,
                     proof,
                     admitted,
-                    lead,
+                    (lead, fingerprint),
                 );
                 let key = match cold.await {
                     Ok(key) => key,
