@@ -891,6 +891,29 @@ fn small_sources(burst: u32) -> VerifierConfig {
     }
 }
 
+/// One token per source, refilled once a minute, and a time to wait of a
+/// minute: a check refused within seconds was refused without waiting,
+/// and a waiting check wakes only at a release (an alarm that rang would
+/// take it out of the count while it looked again).
+fn waits_long() -> VerifierConfig {
+    VerifierConfig {
+        source_failure_burst: 1,
+        source_failure_refill: Duration::from_secs(60),
+        max_hash_wait: Duration::from_secs(60),
+        ..VerifierConfig::default()
+    }
+}
+
+/// The denial of `check`, which must come within 10 s (a check that waits
+/// for [`waits_long`]'s minute fails this).
+async fn at_once(check: tokio::task::JoinHandle<Result<VerifiedKey, Denial>>) -> Denial {
+    tokio::time::timeout(Duration::from_secs(10), check)
+        .await
+        .expect("refused without waiting")
+        .unwrap()
+        .unwrap_err()
+}
+
 /// A store whose reads hang, a key, and `config`'s source burst of random
 /// ids from `from` hanging in flight, each holding one of its tokens.
 /// Reads that begin afterwards do not hang. Needs no tokio timer.
@@ -902,19 +925,33 @@ async fn tokens_held_by_hanging_checks(
     CreatedKey,
     Vec<tokio::task::JoinHandle<Result<VerifiedKey, Denial>>>,
 ) {
+    tokens_held_by_hanging_checks_from(config, &[from]).await
+}
+
+/// [`tokens_held_by_hanging_checks`] from each source of `sources`.
+async fn tokens_held_by_hanging_checks_from(
+    config: VerifierConfig,
+    sources: &[std::net::IpAddr],
+) -> (
+    Fixture<Arc<FaultyStore<MemoryStore>>>,
+    CreatedKey,
+    Vec<tokio::task::JoinHandle<Result<VerifiedKey, Denial>>>,
+) {
     let burst = config.source_failure_burst;
     let store = Arc::new(FaultyStore::new(MemoryStore::new()));
     let f = fixture_with(Arc::clone(&store), policy(), config);
     let created = f.push_key().await;
     store.hang(Op::Get);
     let reads = store.calls(Op::Get);
-    let holders = (0..burst)
-        .map(|_| {
+    let holders: Vec<_> = sources
+        .iter()
+        .flat_map(|from| (0..burst).map(|_| *from))
+        .map(|from| {
             let random = format().generate(&f.live, &KeyId::generate());
             spawn_verify(&f, random.expose_secret(), from)
         })
         .collect();
-    while store.calls(Op::Get) < reads + u64::from(burst) {
+    while store.calls(Op::Get) < reads + holders.len() as u64 {
         tokio::task::yield_now().await;
     }
     store.heal_op(Op::Get);
@@ -947,14 +984,14 @@ async fn a_waiting_check_takes_a_token_that_refills_while_the_holders_hang() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_most_256_checks_wait_on_one_source_and_a_dropped_one_frees_its_place() {
-    let (f, created, holders) = tokens_held_by_hanging_checks(small_sources(1), ip(15)).await;
+    let (f, created, holders) = tokens_held_by_hanging_checks(waits_long(), ip(15)).await;
     let t = created.token.expose_secret();
     let waiting: Vec<_> = (0..256).map(|_| spawn_verify(&f, t, ip(15))).collect();
     tokio::time::sleep(Duration::from_millis(50)).await;
     let finished = waiting.iter().filter(|c| c.is_finished()).count();
     assert_eq!(finished, 0, "all 256 wait");
     // The 257th is refused at once, as every check was before waiting.
-    let refused = spawn_verify(&f, t, ip(15)).await.unwrap().unwrap_err();
+    let refused = at_once(spawn_verify(&f, t, ip(15))).await;
     assert_eq!(refused.reason, DenialReason::Throttled);
     // Their clients go away: their places are free again.
     waiting.iter().for_each(|c| c.abort());
@@ -968,6 +1005,42 @@ async fn at_most_256_checks_wait_on_one_source_and_a_dropped_one_frees_its_place
         "it waits, in a place a dropped check freed"
     );
     again.abort();
+    holders.iter().for_each(|h| h.abort());
+}
+
+/// 4,096 checks wait at most over all sources: 256 on each of 16, and
+/// then one from a 17th source is refused at once; a dropped one frees a
+/// place for another source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_most_4096_checks_wait_over_all_sources() {
+    let sources: Vec<_> = (100..117).map(ip).collect();
+    let (f, created, holders) = tokens_held_by_hanging_checks_from(waits_long(), &sources).await;
+    let t = created.token.expose_secret();
+    let waiting: Vec<Vec<_>> = sources[..16]
+        .iter()
+        .map(|from| (0..256).map(|_| spawn_verify(&f, t, *from)).collect())
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let finished = waiting.iter().flatten().filter(|c| c.is_finished()).count();
+    assert_eq!(finished, 0, "all 4,096 wait");
+    // The 17th source has waited for nothing yet, and its check is still
+    // refused: 4,096 wait in all.
+    let refused = at_once(spawn_verify(&f, t, sources[16])).await;
+    assert_eq!(refused.reason, DenialReason::Throttled);
+    // One of the first source's checks goes away: the 17th source's next
+    // check waits in its place.
+    waiting[0][0].abort();
+    while !waiting[0][0].is_finished() {
+        tokio::task::yield_now().await;
+    }
+    let again = spawn_verify(&f, t, sources[16]);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !again.is_finished(),
+        "it waits, in the place a dropped check freed"
+    );
+    again.abort();
+    waiting.iter().flatten().for_each(|c| c.abort());
     holders.iter().for_each(|h| h.abort());
 }
 

@@ -116,32 +116,38 @@ impl Alarms {
 /// too many are set): the check is then refused rather than wait without
 /// one.
 pub(crate) fn set(at: Instant) -> Option<oneshot::Receiver<()>> {
-    let alarms: &'static Alarms = ALARMS.get_or_init(Alarms::default);
-    let mut state = alarms.lock();
-    if !state.started {
-        let spawned = std::thread::Builder::new()
-            .name("keyward-alarms".into())
-            .spawn(|| alarms.run());
-        if spawned.is_err() {
-            return None;
+    ALARMS.get_or_init(Alarms::default).set(at)
+}
+
+impl Alarms {
+    /// [`set`] on these alarms (starting their thread if it does not run).
+    fn set(&'static self, at: Instant) -> Option<oneshot::Receiver<()>> {
+        let mut state = self.lock();
+        if !state.started {
+            let spawned = std::thread::Builder::new()
+                .name("keyward-alarms".into())
+                .spawn(|| self.run());
+            if spawned.is_err() {
+                return None;
+            }
+            state.started = true;
         }
-        state.started = true;
-    }
-    if state.alarms.len() >= MAX_ALARMS {
-        state.alarms.retain(|a| !a.ring.is_closed());
         if state.alarms.len() >= MAX_ALARMS {
-            return None;
+            state.alarms.retain(|a| !a.ring.is_closed());
+            if state.alarms.len() >= MAX_ALARMS {
+                return None;
+            }
         }
+        let (ring, rung) = oneshot::channel();
+        state.seq += 1;
+        let seq = state.seq;
+        let earliest = state.alarms.peek().is_none_or(|a| at < a.at);
+        state.alarms.push(Alarm { at, seq, ring });
+        if earliest {
+            self.earlier.notify_one();
+        }
+        Some(rung)
     }
-    let (ring, rung) = oneshot::channel();
-    state.seq += 1;
-    let seq = state.seq;
-    let earliest = state.alarms.peek().is_none_or(|a| at < a.at);
-    state.alarms.push(Alarm { at, seq, ring });
-    if earliest {
-        alarms.earlier.notify_one();
-    }
-    Some(rung)
 }
 
 /// Waits until `released` (a `Notified` already enabled) completes or the
@@ -181,6 +187,21 @@ mod tests {
             std::thread::sleep(Duration::from_millis(2));
         }
         assert!(start.elapsed() >= Duration::from_millis(60));
+    }
+
+    #[test]
+    fn no_alarm_is_set_past_max_alarms_that_checks_still_wait_for() {
+        // Alarms of their own (the process's are shared with other tests).
+        let alarms: &'static Alarms = Box::leak(Box::default());
+        let far = Instant::now() + Duration::from_secs(3600);
+        let mut waited: Vec<_> = (0..MAX_ALARMS).filter_map(|_| alarms.set(far)).collect();
+        assert_eq!(waited.len(), MAX_ALARMS);
+        assert!(alarms.set(far).is_none(), "every alarm is waited for");
+        // A check stops waiting: its alarm's place is free.
+        waited.pop();
+        let again = alarms.set(far);
+        assert!(again.is_some());
+        assert!(alarms.set(far).is_none(), "the freed place is taken again");
     }
 
     #[test]

@@ -456,6 +456,42 @@ mod tests {
         drop(counted);
         assert_eq!(waiters.waiting.load(Ordering::Relaxed), 0);
     }
+
+    #[test]
+    fn a_bucket_dropped_to_make_room_wakes_its_waiters() {
+        use std::future::Future;
+        use std::task::{Context, Waker};
+        let s = |secs: i64| secs * 1_000_000;
+        let b: Buckets<u32, ()> = Buckets::new(1, TimeDelta::seconds(5));
+        assert!(hold(&b, s(0), true).is_ok());
+        let Err(Short::Held { waiters, .. }) = hold(&b, s(0), true) else {
+            panic!("a token is held");
+        };
+        let mut notified = std::pin::pin!(waiters.released.notified());
+        notified.as_mut().enable();
+        let mut cx = Context::from_waker(Waker::noop());
+        // Ten seconds on, key 1's bucket has refilled though its holder
+        // hangs: it is full, the kind dropped first when its shard is
+        // full. Other keys' buckets, each empty, fill the shards.
+        let later = s(10);
+        let mut key = 2u32;
+        while notified.as_mut().poll(&mut cx).is_pending() {
+            // Shards fill unevenly (fuller ones drop other buckets, all
+            // empty, in the meantime): key 1's fills within a few times
+            // the total.
+            assert!(
+                (key as usize) < 8 * SHARDS * MAX_BUCKETS_PER_SHARD,
+                "key 1's bucket was never dropped"
+            );
+            assert!(b.try_acquire(&key, &(), later).is_ok());
+            key += 1;
+        }
+        assert!(b.buckets.load(Ordering::Relaxed) <= SHARDS * MAX_BUCKETS_PER_SHARD);
+        // The woken check finds a new, full bucket: it takes a token.
+        assert!(hold(&b, later, true).is_ok());
+        assert!(matches!(hold(&b, later, true), Err(Short::Held { .. })));
+    }
+
     #[test]
     fn a_take_or_release_stamped_earlier_never_moves_the_refill_clock_back() {
         let s = |secs: i64| secs * 1_000_000;
