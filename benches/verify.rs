@@ -927,7 +927,41 @@ fn bench_scale_and_threads(c: &mut Criterion) {
             handles.into_iter().map(|h| h.join().expect("worker")).sum()
         })
     };
-    print_thread_speedups(&[("cached_hit", &run), ("compute_control", &control)]);
+    // The memory-bound control: the same checks through the SHA-256
+    // baseline's map of the batch's keys, split the same way. Each thread
+    // checks its own keys (their `Arc` counts are its own), and the map
+    // is only read, so no line is written by both threads; but like the
+    // checks it reads megabytes of map and keys, which share the host's
+    // caches and memory bandwidth. Its speed-up is what this host gives
+    // two threads doing this kind of lookup without sharing anything.
+    let base = Baseline::new(&batch);
+    let baseline = |threads: usize| -> usize {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = batch
+                .chunks(batch.len().div_ceil(threads))
+                .map(|chunk| {
+                    let (base, format, live) = (&base, &format, &live);
+                    s.spawn(move || {
+                        chunk
+                            .iter()
+                            .filter(|k| {
+                                let req = k.request(live, push);
+                                base.check(format, black_box(&k.token), &req, rule)
+                                    .is_some()
+                            })
+                            .count()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("worker")).sum()
+        })
+    };
+    assert_eq!(baseline(2), THREAD_BATCH);
+    print_thread_speedups(&[
+        ("cached_hit", &run),
+        ("compute_control", &control),
+        ("baseline_sha256_lookup", &baseline),
+    ]);
     let mut group = c.benchmark_group("threads");
     group.sample_size(30);
     group.sampling_mode(SamplingMode::Flat);
