@@ -1,11 +1,21 @@
 //! The client's address behind trusted proxies: `X-Forwarded-For` and the
 //! standard `Forwarded` header (RFC 7239), both walked from the right.
+//!
+//! Both are split on their raw bytes, from the right, and each entry is
+//! read only when the walk reaches it: what a client sends to the left of
+//! its proxy's entry can neither make that entry unreadable nor move where
+//! it starts. `Forwarded` is parsed here, not by the `rfc7239` crate used
+//! until 2026-12-03: that crate split values on every `,` and `;`, inside
+//! quoted strings too, so a proxy's own element such as
+//! `for=203.0.113.5;host="x,for=192.0.2.1"` (a client's `Host` header,
+//! quoted as RFC 7239 asks) named 192.0.2.1 as the client; and a value
+//! read as text (`HeaderValue::to_str`) became unreadable as a whole from
+//! one byte that is not ASCII, making every client's address unknown.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ::axum::http::HeaderMap;
 use ::axum::http::header::FORWARDED;
-use rfc7239::NodeName;
 
 /// Which headers of a trusted proxy are read for the client's address
 /// ([`KeywardLayer::proxy_headers`](super::KeywardLayer::proxy_headers)).
@@ -91,16 +101,29 @@ fn walk(
     Some(ip)
 }
 
-/// `X-Forwarded-For` entries, right to left: `1.2.3.4`, `::1`, `1.2.3.4:80`, `[::1]:80`.
+/// Longest `X-Forwarded-For` entry read (`[` + an IPv6 address + `]:` +
+/// a port is at most 53 bytes); a longer one is no address.
+const MAX_XFF_ENTRY: usize = 64;
+
+/// Longest `Forwarded` element read; a longer one is no address. A
+/// proxy's element (`for`, `by`, `host`, `proto`) fits with room to spare.
+const MAX_ELEMENT: usize = 512;
+
+/// `X-Forwarded-For` entries, right to left: `1.2.3.4`, `::1`, `1.2.3.4:80`,
+/// `[::1]:80`. Split on the raw bytes: an entry that is not ASCII is no
+/// address, and only itself.
 fn x_forwarded_for(headers: &HeaderMap) -> impl Iterator<Item = Option<IpAddr>> + '_ {
     headers
         .get_all(X_FORWARDED_FOR)
         .iter()
         .rev()
-        // A value that is not visible ASCII is one entry that is no address.
-        .flat_map(|value| value.to_str().unwrap_or("").rsplit(','))
+        .flat_map(|value| value.as_bytes().rsplit(|&b| b == b','))
         .map(|entry| {
-            let entry = entry.trim();
+            let entry = entry.trim_ascii();
+            if entry.len() > MAX_XFF_ENTRY {
+                return None;
+            }
+            let entry = std::str::from_utf8(entry).ok()?;
             entry
                 .parse::<IpAddr>()
                 .or_else(|_| entry.parse::<SocketAddr>().map(|s| s.ip()))
@@ -108,18 +131,174 @@ fn x_forwarded_for(headers: &HeaderMap) -> impl Iterator<Item = Option<IpAddr>> 
         })
 }
 
-/// `Forwarded` elements' `for=` nodes, right to left (parsed by the
-/// `rfc7239` crate: quoted values, `[IPv6]`, ports, `unknown`, `_obfuscated`).
+/// `Forwarded` elements' `for=` nodes, right to left ([`elements_rev`],
+/// [`for_node`]).
 fn forwarded(headers: &HeaderMap) -> impl Iterator<Item = Option<IpAddr>> + '_ {
     headers
         .get_all(FORWARDED)
         .iter()
         .rev()
-        .flat_map(|value| rfc7239::parse(value.to_str().unwrap_or("")).rev())
-        .map(|element| match element.ok()?.forwarded_for?.name {
-            NodeName::Ip(ip) => Some(ip),
-            NodeName::Unknown | NodeName::Obfuscated(_) => None,
-        })
+        .flat_map(|value| elements_rev(value.as_bytes()))
+        .map(for_node)
+}
+
+/// The elements of one `Forwarded` value, right to left: split at each `,`
+/// outside a quoted string. Read from the right, a quoted string is
+/// entered at a `"` and left at a `"` not escaped (not preceded by an odd
+/// number of backslashes), which is exact for the well-formed elements a proxy
+/// writes, whatever a client put to their left (an unbalanced quote there
+/// only spoils the elements from it leftwards).
+fn elements_rev(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(value);
+    std::iter::from_fn(move || {
+        let text = rest?;
+        let mut quoted = false;
+        for i in (0..text.len()).rev() {
+            match text[i] {
+                b'"' => {
+                    let escaped = quoted
+                        && text[..i].iter().rev().take_while(|&&b| b == b'\\').count() % 2 == 1;
+                    if !escaped {
+                        quoted = !quoted;
+                    }
+                }
+                b',' if !quoted => {
+                    rest = Some(&text[..i]);
+                    return Some(&text[i + 1..]);
+                }
+                _ => {}
+            }
+        }
+        rest = None;
+        Some(text)
+    })
+}
+
+/// Whether `b` may be in an RFC 9110 token.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// The address in one element's `for=` parameter. `None` when it has none
+/// (no `for`, `unknown`, an obfuscated `_name`) or when the element does
+/// not follow RFC 7239 §4: a parameter that is no `token=value`, a value
+/// that is neither a token nor a quoted string, a parameter given twice,
+/// bytes that are not ASCII, more than [`MAX_ELEMENT`] bytes.
+fn for_node(element: &[u8]) -> Option<IpAddr> {
+    let element = element.trim_ascii();
+    if element.len() > MAX_ELEMENT {
+        return None;
+    }
+    // The `for` value, unquoted (a node is at most 53 bytes).
+    let mut node: Option<([u8; 64], usize)> = None;
+    let mut seen: Vec<&[u8]> = Vec::new();
+    let mut i = 0;
+    loop {
+        while i < element.len() && matches!(element[i], b' ' | b'\t') {
+            i += 1;
+        }
+        if i == element.len() {
+            break;
+        }
+        if element[i] == b';' {
+            // An empty pair (`*( ";" [ forwarded-pair ] )`).
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < element.len() && is_tchar(element[i]) {
+            i += 1;
+        }
+        let name = &element[start..i];
+        if name.is_empty() || element.get(i) != Some(&b'=') {
+            return None;
+        }
+        i += 1;
+        if seen.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            return None;
+        }
+        seen.push(name);
+        let is_for = name.eq_ignore_ascii_case(b"for");
+        let mut value = [0u8; 64];
+        let mut len = 0;
+        let mut keep = |b: u8| {
+            if is_for {
+                *value.get_mut(len)? = b;
+                len += 1;
+            }
+            Some(())
+        };
+        if element.get(i) == Some(&b'"') {
+            i += 1;
+            loop {
+                match *element.get(i)? {
+                    b'"' => break,
+                    b'\\' => {
+                        i += 1;
+                        let b = *element.get(i)?;
+                        if !(b.is_ascii_graphic() || b == b' ' || b == b'\t') {
+                            return None;
+                        }
+                        keep(b)?;
+                    }
+                    b if b.is_ascii_graphic() || b == b' ' || b == b'\t' => keep(b)?,
+                    _ => return None,
+                }
+                i += 1;
+            }
+            i += 1;
+        } else {
+            let start = i;
+            while i < element.len() && is_tchar(element[i]) {
+                keep(element[i])?;
+                i += 1;
+            }
+            if i == start {
+                return None;
+            }
+        }
+        if is_for {
+            node = Some((value, len));
+        }
+        while i < element.len() && matches!(element[i], b' ' | b'\t') {
+            i += 1;
+        }
+        match element.get(i) {
+            None => break,
+            Some(b';') => i += 1,
+            Some(_) => return None,
+        }
+    }
+    let (value, len) = node?;
+    node_ip(&value[..len])
+}
+
+/// The address of an RFC 7239 §6 node: `1.2.3.4`, `[2001:db8::1]`, either
+/// with `:port` or an obfuscated `:_port`; `unknown` and `_names` are none.
+fn node_ip(node: &[u8]) -> Option<IpAddr> {
+    let text = std::str::from_utf8(node).ok()?;
+    let (ip, port) = if let Some(rest) = text.strip_prefix('[') {
+        let (v6, after) = rest.split_once(']')?;
+        (IpAddr::V6(v6.parse::<Ipv6Addr>().ok()?), after)
+    } else {
+        let (v4, port) = text.split_at(text.find(':').unwrap_or(text.len()));
+        (IpAddr::V4(v4.parse::<Ipv4Addr>().ok()?), port)
+    };
+    let port_ok = match port.strip_prefix(':') {
+        None => port.is_empty(),
+        Some(obfuscated) if obfuscated.starts_with('_') => {
+            obfuscated[1..]
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+                && obfuscated.len() > 1
+        }
+        Some(digits) => {
+            (1..=5).contains(&digits.len())
+                && digits.bytes().all(|b| b.is_ascii_digit())
+                && digits.parse::<u16>().is_ok()
+        }
+    };
+    port_ok.then_some(ip)
 }
 
 #[cfg(test)]
@@ -199,6 +378,118 @@ mod tests {
             "",
         ] {
             assert_eq!(f(v), None, "{v:?}");
+        }
+    }
+
+    /// The client seen from a trusted peer, for raw header bytes.
+    fn seen_bytes(name: &str, value: &[u8]) -> Option<IpAddr> {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            ::axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_bytes(value).unwrap(),
+        );
+        client_ip(ip("127.0.0.1"), &headers, ProxyHeaders::Both, |a| {
+            a.is_loopback()
+        })
+    }
+
+    #[test]
+    fn bytes_a_client_puts_left_of_its_proxys_entry_change_nothing() {
+        let client = Some(ip("203.0.113.5"));
+        // Not ASCII: once the whole value was unreadable.
+        assert_eq!(seen_bytes("x-forwarded-for", b"\xff, 203.0.113.5"), client);
+        assert_eq!(
+            seen_bytes("x-forwarded-for", b"1.1.1.1\x80,203.0.113.5"),
+            client
+        );
+        assert_eq!(
+            seen_bytes("forwarded", b"for=\"\x80\", for=203.0.113.5"),
+            client
+        );
+        // An unbalanced quote, a stray backslash, a broken element.
+        assert_eq!(
+            seen_bytes("forwarded", b"for=\"abc, for=203.0.113.5"),
+            client
+        );
+        assert_eq!(
+            seen_bytes("forwarded", b"for=\"x\\, for=203.0.113.5"),
+            client
+        );
+        assert_eq!(
+            seen_bytes("forwarded", b"for=\", for=\"203.0.113.5\""),
+            client
+        );
+        assert_eq!(seen_bytes("forwarded", b";;=;, for=203.0.113.5"), client);
+        // The client's entry itself not ASCII: no address.
+        assert_eq!(seen_bytes("x-forwarded-for", b"203.0.113.5\xff"), None);
+        assert_eq!(seen_bytes("forwarded", b"for=\"203.0.113.5\xff\""), None);
+    }
+
+    #[test]
+    fn commas_and_semicolons_in_quoted_strings_belong_to_their_element() {
+        let f = |v: &str| seen(&[("forwarded", v)]);
+        let client = Some(ip("203.0.113.5"));
+        // A proxy quoting a client's Host header, as RFC 7239 asks: the
+        // `for=` inside the quotes is the host's text, not an element.
+        assert_eq!(f("for=203.0.113.5;host=\"x,for=192.0.2.1\""), client);
+        assert_eq!(f("for=203.0.113.5;host=\"a;for=192.0.2.1\""), client);
+        assert_eq!(f("host=\"x,for=192.0.2.1\";for=203.0.113.5"), client);
+        assert_eq!(f("for=203.0.113.5;host=\"a\\\",for=192.0.2.1\""), client);
+        // `"a\\"` in the header is `a` and an escaped backslash: the quote
+        // ends the string, and the proxy's element is the one after the comma.
+        assert_eq!(
+            f("for=203.0.113.5;host=\"a\\\\\", for=192.0.2.1"),
+            Some(ip("192.0.2.1"))
+        );
+        // A parameter twice is no element (RFC 7239 §4).
+        assert_eq!(f("for=203.0.113.5;for=192.0.2.1"), None);
+        assert_eq!(f("for=203.0.113.5;FOR=192.0.2.1"), None);
+        // Obfuscated ports are ports; a node longer than any address is none.
+        assert_eq!(f("for=\"203.0.113.5:_p1\""), client);
+        assert_eq!(f("for=\"[2001:db8::1]:_p-1\""), Some(ip("2001:db8::1")));
+        assert_eq!(f("for=\"203.0.113.5:_\""), None);
+        assert_eq!(f("for=\"203.0.113.5:\""), None);
+        assert_eq!(f("for=\"[2001:db8::1]x\""), None);
+        assert_eq!(
+            f(&format!("for=203.0.113.5;host=\"{}\"", "a".repeat(600))),
+            None
+        );
+        let long_node = format!("for=\"203.0.113.5{}\"", " ".repeat(80));
+        assert_eq!(f(&long_node), None);
+    }
+
+    proptest::proptest! {
+        /// Whatever bytes a client sends, a proxy that appends its own
+        /// entry (on the same line) names the client, and nothing panics.
+        #[test]
+        fn no_client_prefix_hides_or_changes_the_proxys_entry(
+            prefix in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::sample::select(b"\",;=\\[]:_ f1.-".to_vec()),
+                    proptest::num::u8::ANY,
+                ],
+                0..80,
+            ),
+        ) {
+            let client = Some(ip("203.0.113.5"));
+            // Header values hold no control bytes but tab.
+            let prefix: Vec<u8> = prefix
+                .into_iter()
+                .filter(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+                .collect();
+            for (name, entry) in [
+                ("x-forwarded-for", &b", 203.0.113.5"[..]),
+                ("forwarded", &b", for=203.0.113.5"[..]),
+                ("forwarded", &b",for=\"203.0.113.5:8080\";host=\"h,x;for=1.1.1.1\""[..]),
+            ] {
+                let value = [&prefix[..], entry].concat();
+                proptest::prop_assert_eq!(seen_bytes(name, &value), client);
+            }
+            // The prefix alone: an address or none, never a panic.
+            if !prefix.is_empty() {
+                let _ = seen_bytes("forwarded", &prefix);
+                let _ = seen_bytes("x-forwarded-for", &prefix);
+            }
         }
     }
 
