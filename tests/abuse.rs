@@ -1100,3 +1100,70 @@ fn a_waiting_check_wakes_on_a_runtime_without_tokio_timers() {
         holders.iter().for_each(|h| h.abort());
     });
 }
+
+/// Forged session tokens from one source stop reaching the store after
+/// its burst, as forged keys do (SECURITY.md): wrong secrets for a real
+/// session's id, then random session ids. The holder's session, checked
+/// from another address, still passes; from the flooding address it is
+/// refused as throttled until its source's tokens refill. (Before
+/// 2026-12-03 each forged token read the store: 2,000 reads for 2,000.)
+#[tokio::test]
+async fn a_flood_of_forged_session_tokens_from_one_source_stops_reaching_the_store() {
+    let store = Arc::new(FaultyStore::new(MemoryStore::new()));
+    let config = VerifierConfig {
+        source_failure_burst: 5,
+        ..VerifierConfig::default()
+    };
+    let manager = KeyManager::builder(Arc::clone(&store), format(), policy())
+        .hasher(keyward::hash::Argon2Hasher::new(
+            Argon2Params::insecure_for_tests(),
+        ))
+        .sessions(keyward::session::SessionConfig::new("mkhs"))
+        .verifier_config(config)
+        .build()
+        .unwrap();
+    let admin = Actor::administrator("alice", OwnerId::new(OWNER).unwrap());
+    let key = manager
+        .create(
+            &admin,
+            NewKey::new(OWNER, "live", "CI").permissions(PermissionGrant::All),
+        )
+        .await
+        .unwrap();
+    let live = Environment::new("live").unwrap();
+    let session = manager
+        .exchange(key.token.expose_secret(), &live, None, None)
+        .await
+        .unwrap();
+    let sessions = manager.session_format().unwrap().clone();
+    let id = KeyId::new(session.session.id.as_str()).unwrap();
+    let reads = || store.calls(Op::GetSession) + store.calls(Op::Get);
+    let before = reads();
+    let mut denials = Vec::new();
+    for i in 0..2_000 {
+        let target = if i < 1_000 { id.clone() } else { KeyId::generate() };
+        let forged = sessions.generate(&live, &target);
+        let denial = manager
+            .authenticate_session(forged.expose_secret(), &live, Some(ip(40)))
+            .await
+            .unwrap_err();
+        denials.push(denial.reason);
+    }
+    let read = reads() - before;
+    assert!(read <= 5, "{read} store reads for 2,000 forged session tokens");
+    assert_eq!(
+        denials.iter().filter(|r| **r == DenialReason::Throttled).count(),
+        2_000 - read as usize
+    );
+    let good = session.token.expose_secret();
+    let holder = manager.authenticate_session(good, &live, Some(ip(41))).await;
+    assert!(holder.is_ok(), "{:?}", holder.err());
+    // From the flooding address, the session is cached now: it passes too
+    // (a session this process proved skips the throttle, as a key does).
+    assert!(
+        manager
+            .authenticate_session(good, &live, Some(ip(40)))
+            .await
+            .is_ok()
+    );
+}

@@ -297,7 +297,9 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
         crate::trace::verify_span("session", async move {
             let rule = self.shared.policy.resource_rule();
             let result = self
-                .check_session(token, req.environment, |key, now| key.check(req, rule, now))
+                .check_session(token, req.environment, req.client_ip, |key, now| {
+                    key.check(req, rule, now)
+                })
                 .await;
             let result = match result {
                 Ok(session) => {
@@ -326,7 +328,7 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
     ) -> Result<VerifiedSession, Denial> {
         crate::trace::verify_span("session", async move {
             let result = self
-                .check_session(token, environment, |key, now| {
+                .check_session(token, environment, client_ip, |key, now| {
                     key.check_access(client_ip, now)
                 })
                 .await;
@@ -340,6 +342,7 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
         &self,
         token: &str,
         environment: &Environment,
+        client_ip: Option<IpAddr>,
         check: impl FnOnce(&CompiledKey, DateTime<Utc>) -> Result<(), DenialReason>,
     ) -> Result<VerifiedSession, Denial> {
         let Some(sessions) = self.sessions.as_deref() else {
@@ -349,7 +352,7 @@ impl<S: KeyStore + SessionStore> KeyManager<S> {
             ));
         };
         sessions
-            .check(&self.shared, token, environment, check)
+            .check(&self.shared, token, environment, client_ip, check)
             .await
     }
 

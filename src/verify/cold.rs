@@ -2,20 +2,24 @@
 //! secret with argon2 and caches the answer.
 
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::TimeDelta;
 use sha2::{Digest, Sha256};
+use tokio::sync::futures::Notified;
 use zeroize::Zeroizing;
+
+use super::alarm;
 
 use super::cache::{Cached, HashDigest, Proof};
 use super::compiled::CompiledKey;
 use super::denial::DenialReason;
 use super::flights::Lead;
 use super::hash_pool::PoolError;
-use super::shared::Shared;
-use super::throttle::{Short, SourceHold, Waiters, hold_source};
+use super::shared::{MAX_SOURCE_WAITERS, MAX_SOURCE_WAITS, Shared};
+use super::throttle::{Counted, MAX_WAITERS_PER_KEY, Short, SourceHold, Waiters, hold_source};
 use crate::hash::FINGERPRINT_LEN;
 use crate::ids::OwnerId;
 use crate::ids::{Environment, KeyId};
@@ -27,6 +31,16 @@ use crate::store::KeyStore;
 /// throttle token it holds (given back when the secret proves right or the
 /// check could not be made, spent otherwise).
 pub(super) struct Admitted(Option<SourceHold>);
+
+impl Admitted {
+    /// Gives the source's token back when this is dropped: the secret
+    /// proved right, or the check could not be made.
+    pub(super) fn succeeded(&self) {
+        if let Some(hold) = &self.0 {
+            hold.succeeded();
+        }
+    }
+}
 
 /// What [`Shared::admit`] decided.
 pub(super) enum Admission {
@@ -130,6 +144,93 @@ impl<S: KeyStore> Shared<S> {
             Ok(hold) => Admission::Admitted(Admitted(Some(hold))),
             Err(Short::Held { wait, waiters }) => Admission::Busy { waiters, wait },
             Err(Short::Empty(wait)) => source_refused(wait),
+        }
+    }
+
+    /// One wait of a cold check for a token of its source that checks in
+    /// flight hold, after a look said so ([`Admission::Busy`]) with
+    /// `released` (of `waiters`) enabled before that look, so that no
+    /// release is missed. Counted in while it waits only, so that its own
+    /// looks never find itself among the waiters (at most
+    /// [`MAX_WAITERS_PER_KEY`] on one source, [`MAX_SOURCE_WAITERS`] in
+    /// all); woken by a release, or by an alarm when a token will have
+    /// refilled (`wait`) or `until` is up. `false`: it could not wait (too
+    /// many wait already, or no alarm could be set: a wait must end), and
+    /// is to be refused, as without waiting.
+    pub(super) async fn wait_for_source(
+        &self,
+        waiters: &Waiters,
+        released: Pin<&mut Notified<'_>>,
+        wait: Duration,
+        until: Option<Instant>,
+    ) -> bool {
+        let Some(_one_of_its_source) = Counted::enter(&waiters.waiting, MAX_WAITERS_PER_KEY) else {
+            return false;
+        };
+        let Some(_one_of_all) = Counted::enter(&self.source_waiters, MAX_SOURCE_WAITERS) else {
+            return false;
+        };
+        let ring_at = match (Instant::now().checked_add(wait), until) {
+            (Some(refilled), Some(until)) => Some(refilled.min(until)),
+            (refilled, until) => refilled.or(until),
+        };
+        let Some(rung) = ring_at.and_then(alarm::set) else {
+            return false;
+        };
+        alarm::either(rung, released).await;
+        true
+    }
+
+    /// [`Shared::admit`] for a check of an unproven secret that needs no
+    /// argon2 (a session token's), waiting as a key's first use does while
+    /// its source's tokens are all held by checks in flight, within the
+    /// same bounds ([`Shared::wait_for_source`], `max_hash_wait` in all,
+    /// [`MAX_SOURCE_WAITS`] wake-ups).
+    pub(super) async fn admit_waiting(
+        &self,
+        id: &str,
+        env: &Environment,
+        now: i64,
+        client_ip: Option<IpAddr>,
+    ) -> Result<Admitted, ColdDenial> {
+        let look = |may_wait| match self.admit(id, env, now, client_ip, false, may_wait) {
+            Admission::Admitted(admitted) => Ok(Ok(admitted)),
+            Admission::Refused(Refused(why, _)) => Ok(Err(why)),
+            Admission::Busy { waiters, wait } => Err((waiters, wait)),
+        };
+        // `None`: no bound in time (a `max_hash_wait` past what an
+        // `Instant` holds).
+        let until = Instant::now().checked_add(self.max_source_wait);
+        let mut waits = 0;
+        loop {
+            let may_wait = waits < MAX_SOURCE_WAITS && until.is_none_or(|u| Instant::now() < u);
+            let (waiters, wait) = match look(may_wait) {
+                Ok(answer) => return answer,
+                Err(busy) => busy,
+            };
+            waits += 1;
+            let released = waiters.released.notified();
+            let mut released = std::pin::pin!(released);
+            released.as_mut().enable();
+            // Asked again now that no release can be missed.
+            match look(true) {
+                Ok(answer) => return answer,
+                Err((still, _)) if Arc::ptr_eq(&still, &waiters) => {}
+                // A new bucket (the old one was dropped): look again.
+                Err(_) => continue,
+            }
+            let wait = wait.to_std().unwrap_or_default();
+            if !self.wait_for_source(&waiters, released, wait, until).await {
+                return match look(false) {
+                    Ok(answer) => answer,
+                    // Not answered without waiting; refused all the same.
+                    Err((_, wait)) => Err(ColdDenial(
+                        DenialReason::Throttled,
+                        wait.to_std().ok(),
+                        None,
+                    )),
+                };
+            }
         }
     }
 

@@ -4,6 +4,7 @@
 //! The session data itself lives in `crate::session`, the operations in the
 //! manager.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use thiserror::Error;
 
 use super::cache::{Cached, KeyCache};
+use super::cold::ColdDenial;
 use super::{CompiledKey, Denial, DenialReason, Shared, VerifiedKey};
 use crate::ids::{Environment, InvalidValue, KeyId, check_chars};
 use crate::session::{SessionConfig, SessionHash};
@@ -180,11 +182,19 @@ impl Sessions {
     /// Checks a session token: parses it with the session format, looks its
     /// session up (cache, then store), refuses it when it or its key is
     /// revoked, and runs `check` on the key snapshot.
+    ///
+    /// Before the store is read, a session the cache does not hold passes
+    /// what a key's cold check passes ([`Shared::admit_waiting`]): the
+    /// memory of unknown ids and the bucket of `client_ip`'s source, whose
+    /// token an unknown id or a wrong secret spends. So a flood of forged
+    /// session tokens from one source stops reaching the store after its
+    /// burst, as a flood of forged keys does.
     pub(crate) async fn check<S: KeyStore + SessionStore>(
         &self,
         shared: &Shared<S>,
         token: &str,
         environment: &Environment,
+        client_ip: Option<IpAddr>,
         check: impl FnOnce(&CompiledKey, DateTime<Utc>) -> Result<(), DenialReason>,
     ) -> Result<VerifiedSession, Denial> {
         let parsed = self
@@ -204,11 +214,26 @@ impl Sessions {
             Some(Cached::Dead(reason, _)) => return Err(anonymous(reason)),
             None => {
                 let session_id = KeyId::new(id).map_err(|_| anonymous(DenialReason::UnknownKey))?;
+                // Spent when dropped (an unknown id, a wrong secret), unless
+                // the secret proved right or the store could not be read.
+                let admitted = shared
+                    .admit_waiting(id, environment, now_us, client_ip)
+                    .await
+                    .map_err(|ColdDenial(reason, retry_after, _)| Denial {
+                        retry_after,
+                        ..anonymous(reason)
+                    })?;
                 let epoch = self.cache.epoch();
                 let record = match shared.store.get_session(&session_id).await {
                     Ok(Some(r)) => r,
-                    Ok(None) => return Err(anonymous(DenialReason::UnknownKey)),
-                    Err(_) => return Err(anonymous(DenialReason::StoreUnavailable)),
+                    Ok(None) => {
+                        shared.unknown.insert(&session_id, now, &self.cache, epoch);
+                        return Err(anonymous(DenialReason::UnknownKey));
+                    }
+                    Err(_) => {
+                        admitted.succeeded();
+                        return Err(anonymous(DenialReason::StoreUnavailable));
+                    }
                 };
                 if record.id != session_id || record.environment != *environment {
                     return Err(anonymous(DenialReason::UnknownKey));
@@ -216,6 +241,7 @@ impl Sessions {
                 if !record.secret_hash.matches(&hash) {
                     return Err(anonymous(DenialReason::WrongSecret));
                 }
+                admitted.succeeded();
                 // The key revoked ends its sessions even where they were not
                 // ended in the store (a revoke by a manager built without
                 // sessions, or whose ending failed). A deleted key's

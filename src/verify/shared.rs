@@ -11,7 +11,7 @@ use super::config::VerifierConfig;
 use super::flights::Flights;
 use super::hash_pool::HashPool;
 use super::ledger::Ledgers;
-use super::throttle::{SourceThrottle, Throttle};
+use super::throttle::{MAX_WAITERS_PER_KEY, SourceThrottle, Throttle};
 use super::usage::{UsageTracker, UsageWrite};
 use crate::audit::{AuditAction, AuditEvent};
 use crate::clock::Clock;
@@ -28,6 +28,12 @@ use crate::verify::audit_log::AuditLog;
 /// Cold checks that may wait at once, over all sources, for a token of
 /// their source held by another check in flight.
 pub(super) const MAX_SOURCE_WAITERS: usize = 4096;
+
+/// Times a cold check waits at most for a token of its source (until a
+/// release, or until a token will have refilled) before it is refused as
+/// throttled: as many as may wait with it, each of which a release can
+/// let through first.
+pub(super) const MAX_SOURCE_WAITS: u32 = MAX_WAITERS_PER_KEY as u32;
 
 fn delta(d: Duration) -> TimeDelta {
     TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
-use super::alarm;
 use super::cache::{Cached, Lookup, Proof};
 use super::cold::{Admission, Admitted, ColdDenial, Refused};
 use super::compiled::{CompiledKey, VerifiedKey};
@@ -20,8 +19,8 @@ use super::denial::{Denial, DenialReason};
 use super::flights::{Lead, MAX_WAITS};
 use super::ledger::{Outcome, UsageSeen, top_up};
 use super::request::{Spending, VerifyRequest};
-use super::shared::{MAX_SOURCE_WAITERS, Shared};
-use super::throttle::{Counted, MAX_WAITERS_PER_KEY, Waiters};
+use super::shared::{MAX_SOURCE_WAITS, Shared};
+use super::throttle::Waiters;
 use crate::hash::FINGERPRINT_LEN;
 use crate::ids::OwnerId;
 use crate::ids::{Environment, KeyId};
@@ -109,12 +108,6 @@ pub const MAX_PAIR_SECRET_LEN: usize = 256;
 pub struct Verifier<S> {
     pub(crate) shared: Arc<Shared<S>>,
 }
-
-/// Times a cold check waits at most for a token of its source
-/// ([`Begun::SourceBusy`]: until a release, or until a token will have
-/// refilled) before it is refused as throttled: as many as may wait with
-/// it, each of which a release can let through first.
-const MAX_SOURCE_WAITS: u32 = MAX_WAITERS_PER_KEY as u32;
 
 /// Which waits [`Verifier::begin`] may still answer with.
 #[derive(Clone, Copy)]
@@ -633,22 +626,10 @@ impl<S: KeyStore> Verifier<S> {
                         again
                     } else {
                         drop(again);
-                        // Counted while it waits only, so that its own
-                        // looks never find itself among the waiters.
-                        let counted = (
-                            Counted::enter(&waiters.waiting, MAX_WAITERS_PER_KEY),
-                            Counted::enter(&shared.source_waiters, MAX_SOURCE_WAITERS),
-                        );
-                        // Woken by a release, or by the alarm when a token
-                        // will have refilled or the time to wait is up.
-                        let ring_at = match (Instant::now().checked_add(wait), until) {
-                            (Some(refilled), Some(until)) => Some(refilled.min(until)),
-                            (refilled, until) => refilled.or(until),
-                        };
-                        let rung = ring_at.and_then(alarm::set);
-                        let (Some(one_of_its_source), Some(one_of_all), Some(rung)) =
-                            (counted.0, counted.1, rung)
-                        else {
+                        if !shared
+                            .wait_for_source(&waiters, notified, wait, until)
+                            .await
+                        {
                             // Too many checks wait already, or no alarm
                             // could be set (a wait must end): refused, as
                             // without waiting.
@@ -666,9 +647,7 @@ impl<S: KeyStore> Verifier<S> {
                                 may,
                             );
                             continue;
-                        };
-                        alarm::either(rung, notified).await;
-                        drop((one_of_its_source, one_of_all));
+                        }
                         let may = MayWait {
                             source: until.is_none_or(|until| Instant::now() < until),
                             ..MayWait::after(flight_waits, source_waits)
