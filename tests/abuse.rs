@@ -1141,7 +1141,11 @@ async fn a_flood_of_forged_session_tokens_from_one_source_stops_reaching_the_sto
     let before = reads();
     let mut denials = Vec::new();
     for i in 0..2_000 {
-        let target = if i < 1_000 { id.clone() } else { KeyId::generate() };
+        let target = if i < 1_000 {
+            id.clone()
+        } else {
+            KeyId::generate()
+        };
         let forged = sessions.generate(&live, &target);
         let denial = manager
             .authenticate_session(forged.expose_secret(), &live, Some(ip(40)))
@@ -1150,13 +1154,21 @@ async fn a_flood_of_forged_session_tokens_from_one_source_stops_reaching_the_sto
         denials.push(denial.reason);
     }
     let read = reads() - before;
-    assert!(read <= 5, "{read} store reads for 2,000 forged session tokens");
+    assert!(
+        read <= 5,
+        "{read} store reads for 2,000 forged session tokens"
+    );
     assert_eq!(
-        denials.iter().filter(|r| **r == DenialReason::Throttled).count(),
+        denials
+            .iter()
+            .filter(|r| **r == DenialReason::Throttled)
+            .count(),
         2_000 - read as usize
     );
     let good = session.token.expose_secret();
-    let holder = manager.authenticate_session(good, &live, Some(ip(41))).await;
+    let holder = manager
+        .authenticate_session(good, &live, Some(ip(41)))
+        .await;
     assert!(holder.is_ok(), "{:?}", holder.err());
     // From the flooding address, the session is cached now: it passes too
     // (a session this process proved skips the throttle, as a key does).
