@@ -871,3 +871,127 @@ async fn policies_of_two_owners_for_one_repository() {
         .map(|s| s.policy_id);
     assert_eq!(got, Err(TrustError::NoPolicy));
 }
+
+/// `count` policies of each of `owners` new owners for the repository
+/// owner id of `claims` (their administrators are `mallory`).
+async fn squatters(w: &World, owners: usize, count: usize, claims: GitHubClaims) {
+    for n in 0..owners {
+        let owner = format!("squatter{n}");
+        let mallory = Actor::administrator("mallory", OwnerId::new(&owner).unwrap());
+        for _ in 0..count {
+            let mut theirs = NewTrustPolicy::github(&owner, "live", "squat", AUD, claims.clone())
+                .permissions(PermissionGrant::only(["package:push"]));
+            theirs.owner = owner.clone();
+            w.manager
+                .create_trust_policy(&mallory, theirs)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// Other owners' policies naming the same repository owner id, with ids
+/// that sort before the owner's own, fill the page of candidates
+/// (`MAX_CANDIDATES`, by id): `exchange_for` still finds the owner's
+/// policy. (Until 2026-12-03 it filtered that page: `NoPolicy`.)
+#[tokio::test]
+async fn squatters_cannot_push_an_owners_policy_out_of_exchange_for() {
+    use keyward::store::TrustStore;
+    let w = world().await;
+    let contoso = OwnerId::new("contoso").unwrap();
+    // The owner's policy, with an id in the upper part of the order, so
+    // that squatters find ids below it in a few hundred tries.
+    let victim = loop {
+        let ours = w
+            .manager
+            .store()
+            .list_trust_policies(&contoso)
+            .await
+            .unwrap();
+        let policy = ours.into_iter().next().unwrap();
+        if policy
+            .id
+            .as_str()
+            .starts_with(|c: char| c.is_ascii_lowercase())
+        {
+            break policy;
+        }
+        w.manager
+            .delete_trust_policy(&w.admin, &policy.id)
+            .await
+            .unwrap();
+        w.manager
+            .create_trust_policy(&w.admin, new_policy())
+            .await
+            .unwrap();
+    };
+    let matching = GitHubClaims::new("Octo-Org", "1234", "Widgets", "release.yml");
+    let mut kept = 0;
+    'owners: for n in 0..13 {
+        let owner = format!("squatter{n}");
+        let mallory = Actor::administrator("mallory", OwnerId::new(&owner).unwrap());
+        let mut mine = 0;
+        for _ in 0..10_000 {
+            let mut theirs = NewTrustPolicy::github(&owner, "live", "squat", AUD, matching.clone())
+                .permissions(PermissionGrant::only(["package:push"]));
+            theirs.owner = owner.clone();
+            let p = w
+                .manager
+                .create_trust_policy(&mallory, theirs)
+                .await
+                .unwrap();
+            if p.id < victim.id {
+                (mine, kept) = (mine + 1, kept + 1);
+                if kept == TrustPolicy::MAX_CANDIDATES {
+                    break 'owners;
+                }
+                if mine == 20 {
+                    continue 'owners;
+                }
+            } else {
+                w.manager
+                    .delete_trust_policy(&mallory, &p.id)
+                    .await
+                    .unwrap();
+            }
+        }
+        panic!("no squatter id sorted before {}", victim.id.as_str());
+    }
+    let page = w
+        .manager
+        .store()
+        .find_trust_policies(GITHUB_ACTIONS_ISSUER, "1234")
+        .await
+        .unwrap();
+    assert!(
+        page.iter().all(|p| p.owner != contoso),
+        "the owner's policy is out of the page"
+    );
+    let issued = w
+        .trusted
+        .exchange_for(&w.manager, &rsa_key().sign(&claims("s1")), &contoso, None)
+        .await
+        .expect("the owner's own policy is found");
+    assert_eq!(issued.policy_id, victim.id);
+    // Without naming the owner: matching policies of many owners.
+    w.refused(&rsa_key().sign(&claims("s2")), TrustError::AmbiguousOwner)
+        .await;
+}
+
+/// More owners name a repository owner id than a page of candidates
+/// holds, with policies that do not match the token: `exchange` cannot
+/// tell whether a policy beyond the page matches too, and refuses.
+#[tokio::test]
+async fn a_full_page_of_candidates_is_ambiguous_without_an_owner() {
+    let w = world().await;
+    let other_repository = GitHubClaims::new("Octo-Org", "1234", "Gadgets", "release.yml");
+    squatters(&w, 13, 20, other_repository).await;
+    w.refused(&rsa_key().sign(&claims("p1")), TrustError::AmbiguousOwner)
+        .await;
+    let contoso = OwnerId::new("contoso").unwrap();
+    let issued = w
+        .trusted
+        .exchange_for(&w.manager, &rsa_key().sign(&claims("p2")), &contoso, None)
+        .await;
+    assert!(issued.is_ok(), "{:?}", issued.err());
+}

@@ -76,8 +76,11 @@ pub enum TrustError {
         /// The claim.
         claim: ClaimName,
     },
-    /// Policies of more than one owner match the token; nothing was
-    /// issued. Name the owner ([`TrustedPublishing::exchange_for`](super::TrustedPublishing::exchange_for)).
+    /// Policies of more than one owner match the token, or so many owners
+    /// registered policies for its repository owner that not all could be
+    /// read ([`TrustPolicy::MAX_CANDIDATES`](super::TrustPolicy::MAX_CANDIDATES));
+    /// nothing was issued. Name the owner
+    /// ([`TrustedPublishing::exchange_for`](super::TrustedPublishing::exchange_for)).
     #[error("trust policies of several owners match the token; name the owner")]
     AmbiguousOwner,
     /// The token's `jti` was already exchanged: a token is used once.

@@ -306,10 +306,28 @@ impl TrustedPublishing {
             return Err(TrustError::MissingClaim("repository_owner_id"));
         };
         let store = manager.store();
-        let mut candidates = store.find_trust_policies(&head.issuer, lookup).await?;
-        if let Some(owner) = owner {
-            candidates.retain(|p| p.owner == *owner);
-        }
+        let candidates = match owner {
+            // The owner's own policies (at most `MAX_PER_OWNER`): policies
+            // other owners register naming the same repository owner cannot
+            // push them out of a page. (Until 2026-12-03 this filtered the
+            // page of 256 candidates by id, and squatters whose policies'
+            // ids sorted first made an owner's own policy unreachable.)
+            Some(owner) => {
+                let mut own = store.list_trust_policies(owner).await?;
+                own.retain(|p| p.issuer == head.issuer && p.lookup() == lookup);
+                own
+            }
+            None => {
+                let found = store.find_trust_policies(&head.issuer, lookup).await?;
+                // A full page: more owners name this repository owner than
+                // one page holds, and a policy beyond it could be the one
+                // that matches too. Which owner is meant cannot be told.
+                if found.len() >= TrustPolicy::MAX_CANDIDATES {
+                    return Err(TrustError::AmbiguousOwner);
+                }
+                found
+            }
+        };
         if candidates.is_empty() {
             return Err(TrustError::NoPolicy);
         }
