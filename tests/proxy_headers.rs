@@ -20,7 +20,8 @@ use keyward::*;
 use tower::ServiceExt;
 
 /// A fixture whose per-id bucket is out of the way (1000) and whose
-/// per-source bucket is small (3), behind a trusted proxy at 10.0.0.1.
+/// per-source bucket is small (3), behind a trusted proxy at 10.0.0.1;
+/// `/me` answers the caller's address.
 fn setup(read: ProxyHeaders) -> (Fixture, Router) {
     let fx = fixture_with(
         Arc::new(MemoryStore::new()),
@@ -35,13 +36,23 @@ fn setup(read: ProxyHeaders) -> (Fixture, Router) {
         .trusted_proxies(["10.0.0.0/8".parse().unwrap()])
         .proxy_headers(read);
     let app = Router::new()
-        .route("/me", get(|| async { "ok" }))
+        .route(
+            "/me",
+            get(|c: keyward::axum::Caller| async move {
+                c.client_ip().map(|i| i.to_string()).unwrap_or_default()
+            }),
+        )
         .route_layer(auth);
     (fx, app)
 }
 
 /// One request from the trusted proxy 10.0.0.1, with `header: value`.
 async fn send(app: &Router, token: &str, header: &str, value: &[u8]) -> u16 {
+    send_for_body(app, token, header, value).await.0
+}
+
+/// [`send`], with the body of the answer.
+async fn send_for_body(app: &Router, token: &str, header: &str, value: &[u8]) -> (u16, String) {
     let mut req = ::axum::http::Request::builder()
         .uri("/me")
         .header("authorization", format!("Bearer {token}"))
@@ -54,7 +65,12 @@ async fn send(app: &Router, token: &str, header: &str, value: &[u8]) -> u16 {
     let peer: SocketAddr = "10.0.0.1:40000".parse().unwrap();
     req.extensions_mut()
         .insert(::axum::extract::ConnectInfo(peer));
-    app.clone().oneshot(req).await.unwrap().status().as_u16()
+    let answer = app.clone().oneshot(req).await.unwrap();
+    let status = answer.status().as_u16();
+    let body = ::axum::body::to_bytes(answer.into_body(), 1024)
+        .await
+        .unwrap();
+    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 /// Wrong secrets for a public key id (a fresh, valid-checksum token each time).
@@ -177,40 +193,11 @@ async fn over_real_http_a_non_ascii_byte_still_meets_the_source_throttle() {
 /// by the client.
 #[tokio::test]
 async fn a_quoted_comma_in_the_proxys_forwarded_element_does_not_choose_the_client() {
-    let fx = fixture_with(
-        Arc::new(MemoryStore::new()),
-        policy(),
-        VerifierConfig::default(),
-    );
-    let auth = KeywardLayer::new(fx.manager.verifier(), fx.live.clone())
-        .trusted_proxies(["10.0.0.0/8".parse().unwrap()])
-        .proxy_headers(ProxyHeaders::Forwarded);
-    let app = Router::new()
-        .route(
-            "/me",
-            get(|c: keyward::axum::Caller| async move {
-                c.client_ip().map(|i| i.to_string()).unwrap_or_default()
-            }),
-        )
-        .route_layer(auth);
+    let (fx, app) = setup(ProxyHeaders::Forwarded);
     let key = fx.push_key().await;
-    let mut req = ::axum::http::Request::builder()
-        .uri("/me")
-        .header(
-            "authorization",
-            format!("Bearer {}", key.token.expose_secret()),
-        )
-        .header("forwarded", "for=203.0.113.5;host=\"x,for=198.51.100.99\"")
-        .body(::axum::body::Body::empty())
-        .unwrap();
-    let peer: SocketAddr = "10.0.0.1:40000".parse().unwrap();
-    req.extensions_mut()
-        .insert(::axum::extract::ConnectInfo(peer));
-    let r = app.oneshot(req).await.unwrap();
-    let status = r.status();
-    let body = ::axum::body::to_bytes(r.into_body(), 1024).await.unwrap();
-    assert_eq!(status, 200);
-    assert_eq!(std::str::from_utf8(&body).unwrap(), "203.0.113.5");
+    let value = b"for=203.0.113.5;host=\"x,for=198.51.100.99\"";
+    let answer = send_for_body(&app, key.token.expose_secret(), "forwarded", value).await;
+    assert_eq!(answer, (200, "203.0.113.5".to_owned()));
 }
 
 /// The same, as a throttle evasion: a fresh spoofed address per request.
@@ -234,17 +221,7 @@ async fn a_quoted_comma_in_forwarded_cannot_rotate_the_source_past_the_throttle(
 /// Nor is an IP allowlist passed from outside it.
 #[tokio::test]
 async fn a_quoted_comma_in_forwarded_cannot_pass_an_ip_allowlist() {
-    let fx = fixture_with(
-        Arc::new(MemoryStore::new()),
-        policy(),
-        VerifierConfig::default(),
-    );
-    let auth = KeywardLayer::new(fx.manager.verifier(), fx.live.clone())
-        .trusted_proxies(["10.0.0.0/8".parse().unwrap()])
-        .proxy_headers(ProxyHeaders::Forwarded);
-    let app = Router::new()
-        .route("/me", get(|| async { "ok" }))
-        .route_layer(auth);
+    let (fx, app) = setup(ProxyHeaders::Forwarded);
     let key = fx
         .create(
             NewKey::new(OWNER, "live", "office")
