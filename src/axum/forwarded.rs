@@ -105,9 +105,12 @@ fn walk(
 /// a port is at most 53 bytes); a longer one is no address.
 const MAX_XFF_ENTRY: usize = 64;
 
-/// Longest `Forwarded` element read; a longer one is no address. A
-/// proxy's element (`for`, `by`, `host`, `proto`) fits with room to spare.
-const MAX_ELEMENT: usize = 512;
+/// Most parameters in one `Forwarded` element (RFC 7239 defines four);
+/// an element with more is no address. It bounds the check for repeated
+/// names; an element's length is bounded by the header's only, since a
+/// proxy quotes the client's own `Host` into it (`host="..."`), and a
+/// limit on it would let a client make its address unknown.
+const MAX_PARAMETERS: usize = 16;
 
 /// `X-Forwarded-For` entries, right to left: `1.2.3.4`, `::1`, `1.2.3.4:80`,
 /// `[::1]:80`. Split on the raw bytes: an entry that is not ASCII is no
@@ -174,6 +177,12 @@ fn elements_rev(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     })
 }
 
+/// Whether `b` may be in an RFC 9110 quoted string (`qdtext`, or the
+/// second byte of a `quoted-pair`): tab, space, visible ASCII, `obs-text`.
+fn in_quoted_string(b: u8) -> bool {
+    b == b'\t' || b == b' ' || b.is_ascii_graphic() || b >= 0x80
+}
+
 /// Whether `b` may be in an RFC 9110 token.
 fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
@@ -183,13 +192,13 @@ fn is_tchar(b: u8) -> bool {
 /// (no `for`, `unknown`, an obfuscated `_name`) or when the element does
 /// not follow RFC 7239 §4: a parameter that is no `token=value`, a value
 /// that is neither a token nor a quoted string, a parameter given twice,
-/// bytes that are not ASCII, more than [`MAX_ELEMENT`] bytes.
+/// more than [`MAX_PARAMETERS`]. Quoted strings may hold any byte but
+/// controls other than tab (RFC 9110 §5.6.4's `obs-text` included: a
+/// client's `Host` quoted by its proxy is read past, whatever it holds).
 fn for_node(element: &[u8]) -> Option<IpAddr> {
     let element = element.trim_ascii();
-    if element.len() > MAX_ELEMENT {
-        return None;
-    }
-    // The `for` value, unquoted (a node is at most 53 bytes).
+    // The `for` value, unquoted (a node is at most 53 bytes; a longer
+    // one is none).
     let mut node: Option<([u8; 64], usize)> = None;
     let mut seen: Vec<&[u8]> = Vec::new();
     let mut i = 0;
@@ -214,7 +223,7 @@ fn for_node(element: &[u8]) -> Option<IpAddr> {
             return None;
         }
         i += 1;
-        if seen.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+        if seen.len() == MAX_PARAMETERS || seen.iter().any(|n| n.eq_ignore_ascii_case(name)) {
             return None;
         }
         seen.push(name);
@@ -236,12 +245,12 @@ fn for_node(element: &[u8]) -> Option<IpAddr> {
                     b'\\' => {
                         i += 1;
                         let b = *element.get(i)?;
-                        if !(b.is_ascii_graphic() || b == b' ' || b == b'\t') {
+                        if !in_quoted_string(b) {
                             return None;
                         }
                         keep(b)?;
                     }
-                    b if b.is_ascii_graphic() || b == b' ' || b == b'\t' => keep(b)?,
+                    b if in_quoted_string(b) => keep(b)?,
                     _ => return None,
                 }
                 i += 1;
@@ -423,6 +432,11 @@ mod tests {
         // The client's entry itself not ASCII: no address.
         assert_eq!(seen_bytes("x-forwarded-for", b"203.0.113.5\xff"), None);
         assert_eq!(seen_bytes("forwarded", b"for=\"203.0.113.5\xff\""), None);
+        // A client's Host quoted by its proxy, whatever it holds.
+        assert_eq!(
+            seen_bytes("forwarded", b"for=203.0.113.5;host=\"ex\xffample.org\""),
+            client
+        );
     }
 
     #[test]
@@ -450,10 +464,13 @@ mod tests {
         assert_eq!(f("for=\"203.0.113.5:_\""), None);
         assert_eq!(f("for=\"203.0.113.5:\""), None);
         assert_eq!(f("for=\"[2001:db8::1]x\""), None);
-        assert_eq!(
-            f(&format!("for=203.0.113.5;host=\"{}\"", "a".repeat(600))),
-            None
-        );
+        let long_host = format!("for=203.0.113.5;host=\"{}.example.org\"", "a".repeat(600));
+        assert_eq!(f(&long_host), client);
+        let params = |n: usize| (0..n).map(|k| format!(";p{k}=1")).collect::<String>();
+        let most = format!("for=203.0.113.5{}", params(MAX_PARAMETERS - 1));
+        assert_eq!(f(&most), client);
+        let more = format!("for=203.0.113.5{}", params(MAX_PARAMETERS));
+        assert_eq!(f(&more), None, "more parameters than RFC 7239 has");
         let long_node = format!("for=\"203.0.113.5{}\"", " ".repeat(80));
         assert_eq!(f(&long_node), None);
     }
