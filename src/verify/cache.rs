@@ -260,6 +260,25 @@ impl KeyCache {
         }
     }
 
+    /// Whether the entry of `id`, fresh or not, was cached for `environment`
+    /// with `fingerprint`: the secret was proven in this process before
+    /// (for sessions, which keep no proof of a stored hash, the entry is
+    /// that proof). Such a check skips the throttles, as a key's proof does.
+    pub(crate) fn proven(
+        &self,
+        id: &str,
+        environment: &Environment,
+        fingerprint: &[u8; FINGERPRINT_LEN],
+    ) -> bool {
+        let shard = self
+            .shard(id)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        shard.get(id.as_bytes()).is_some_and(|entry| {
+            entry.state.is_for(environment) && same_fingerprint(&entry.fingerprint, fingerprint)
+        })
+    }
+
     /// Whether `entry` is fresh at `now` (microseconds since the epoch).
     fn is_fresh(&self, entry: &Entry, now: i64) -> bool {
         // A clock that went back is not fresh.

@@ -13,7 +13,7 @@ use zeroize::Zeroizing;
 
 use super::alarm;
 
-use super::cache::{Cached, HashDigest, Proof};
+use super::cache::{Cached, HashDigest, Proof, UnknownIds};
 use super::compiled::CompiledKey;
 use super::denial::DenialReason;
 use super::flights::Lead;
@@ -80,8 +80,10 @@ impl<S: KeyStore> Shared<S> {
     /// it on these refusals took two locks and an `Arc` count: `unknown_id`
     /// went from 0.42 to 0.55 of the baseline, 2026-12-03.)
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn admit(
         &self,
+        unknown: &UnknownIds,
         id: &str,
         env: &Environment,
         now: i64,
@@ -106,7 +108,7 @@ impl<S: KeyStore> Shared<S> {
             .filter(|(_, (_, e))| e == env)
             .map(throttled)
             .or_else(|| {
-                let key_id = shared.unknown.remembered(id, now)?;
+                let key_id = unknown.remembered(id, now)?;
                 Some(Refused(
                     ColdDenial(DenialReason::UnknownKey, None, None),
                     key_id,
@@ -181,22 +183,32 @@ impl<S: KeyStore> Shared<S> {
         true
     }
 
-    /// [`Shared::admit`] for a check of an unproven secret that needs no
-    /// argon2 (a session token's), waiting as a key's first use does while
-    /// its source's tokens are all held by checks in flight, within the
-    /// same bounds ([`Shared::wait_for_source`], `max_hash_wait` in all,
-    /// [`MAX_SOURCE_WAITS`] wake-ups).
+    /// [`Shared::admit`] for a check that needs no argon2 (a session
+    /// token's, with the memory of unknown session ids), waiting as a
+    /// key's first use does while its source's tokens are all held by
+    /// checks in flight, within the same bounds ([`Shared::wait_for_source`],
+    /// `max_hash_wait` in all, [`MAX_SOURCE_WAITS`] wake-ups). Each look
+    /// after the first reads the clock again, so a token that refilled
+    /// while it waited is seen. `Ok` with the time of the look that let it
+    /// through.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn admit_waiting(
         &self,
+        unknown: &UnknownIds,
         id: &str,
         env: &Environment,
         now: i64,
         client_ip: Option<IpAddr>,
-    ) -> Result<Admitted, ColdDenial> {
-        let look = |may_wait| match self.admit(id, env, now, client_ip, false, may_wait) {
-            Admission::Admitted(admitted) => Ok(Ok(admitted)),
-            Admission::Refused(Refused(why, _)) => Ok(Err(why)),
-            Admission::Busy { waiters, wait } => Err((waiters, wait)),
+        proven: bool,
+    ) -> Result<(Admitted, i64), ColdDenial> {
+        let mut first = Some(now);
+        let mut look = |may_wait| {
+            let now = first.take().unwrap_or_else(|| self.clock.now_micros());
+            match self.admit(unknown, id, env, now, client_ip, proven, may_wait) {
+                Admission::Admitted(admitted) => Ok(Ok((admitted, now))),
+                Admission::Refused(Refused(why, _)) => Ok(Err(why)),
+                Admission::Busy { waiters, wait } => Err((waiters, wait)),
+            }
         };
         // `None`: no bound in time (a `max_hash_wait` past what an
         // `Instant` holds).

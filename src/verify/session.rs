@@ -206,18 +206,29 @@ impl Sessions {
             return Err(anonymous(DenialReason::WrongEnvironment));
         }
         let hash = SessionHash::of(parsed.expose_secret());
-        let now = shared.clock.now();
+        let mut now = shared.clock.now();
         let id = parsed.key_id();
-        let now_us = now.timestamp_micros();
+        let mut now_us = now.timestamp_micros();
         let key = match self.cache.lookup(id, environment, || hash.0, now_us) {
             Some(Cached::Live(key)) => key,
             Some(Cached::Dead(reason, _)) => return Err(anonymous(reason)),
             None => {
                 let session_id = KeyId::new(id).map_err(|_| anonymous(DenialReason::UnknownKey))?;
+                // A secret this process proved before (its entry went stale)
+                // skips the throttles, as a key's proof does: a neighbour's
+                // flood behind the same address does not lock it out.
+                let proven = self.cache.proven(id, environment, &hash.0);
                 // Spent when dropped (an unknown id, a wrong secret), unless
                 // the secret proved right or the store could not be read.
-                let admitted = shared
-                    .admit_waiting(id, environment, now_us, client_ip)
+                let (admitted, _) = shared
+                    .admit_waiting(
+                        &shared.session_unknown,
+                        id,
+                        environment,
+                        now_us,
+                        client_ip,
+                        proven,
+                    )
                     .await
                     .map_err(|ColdDenial(reason, retry_after, _)| Denial {
                         retry_after,
@@ -227,7 +238,8 @@ impl Sessions {
                 let record = match shared.store.get_session(&session_id).await {
                     Ok(Some(r)) => r,
                     Ok(None) => {
-                        shared.unknown.insert(&session_id, now, &self.cache, epoch);
+                        let unknown = &shared.session_unknown;
+                        unknown.insert(&session_id, shared.clock.now(), &self.cache, epoch);
                         return Err(anonymous(DenialReason::UnknownKey));
                     }
                     Err(_) => {
@@ -250,6 +262,12 @@ impl Sessions {
                     Ok(key) => key,
                     Err(_) => return Err(anonymous(DenialReason::StoreUnavailable)),
                 };
+                // The time of the insert and of the check: a check that
+                // waited for its source, or for the store, is stamped when
+                // it ends (an entry stamped with its start could be born
+                // stale; see `KeyCache::insert`).
+                now = shared.clock.now();
+                now_us = now.timestamp_micros();
                 let key_revoked = key_record.as_ref().is_some_and(|k| k.revoked_at.is_some());
                 if record.revoked || key_revoked {
                     self.cache.insert(

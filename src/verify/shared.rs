@@ -49,6 +49,11 @@ pub(crate) struct Shared<S> {
     pub(super) cache: KeyCache,
     /// Ids the store recently did not have.
     pub(super) unknown: UnknownIds,
+    /// Session ids the store recently did not have: a memory of their
+    /// own, so that a forged session token naming a key's id (ids are not
+    /// secret) cannot make the key unknown, nor a forged key token a
+    /// session.
+    pub(super) session_unknown: UnknownIds,
     pub(super) throttle: Throttle,
     pub(super) sources: Arc<SourceThrottle>,
     /// Cold checks waiting for a token of their source that another check
@@ -95,6 +100,7 @@ impl<S: KeyStore> Shared<S> {
             clock,
             cache: KeyCache::new(config.cache_capacity, delta(config.cache_ttl)),
             unknown: UnknownIds::new(delta(config.unknown_id_ttl)),
+            session_unknown: UnknownIds::new(delta(config.unknown_id_ttl)),
             throttle: Throttle::new(config.failure_burst, delta(config.failure_refill)),
             sources: Arc::new(SourceThrottle::new(
                 config.source_failure_burst,
@@ -141,6 +147,7 @@ impl<S: KeyStore> Shared<S> {
     pub(crate) fn invalidate_all(&self) {
         self.cache.clear();
         self.unknown.clear();
+        self.session_unknown.clear();
         if let Some(sessions) = &self.session_cache {
             sessions.clear();
         }

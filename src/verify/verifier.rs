@@ -458,10 +458,16 @@ impl<S: KeyStore> Verifier<S> {
         // Throttles and the unknown-id memory first: a flood of them never
         // builds the box.
         let proven = proof.is_some();
-        match self
-            .shared
-            .admit(id, environment, now, client_ip, proven, may.source)
-        {
+        let shared = &*self.shared;
+        match shared.admit(
+            &shared.unknown,
+            id,
+            environment,
+            now,
+            client_ip,
+            proven,
+            may.source,
+        ) {
             Admission::Admitted(admitted) => {
                 let lead = if proof.is_none() {
                     self.shared.flights.lead(id, fingerprint())
