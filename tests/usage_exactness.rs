@@ -292,3 +292,54 @@ mod on_postgres {
         .await;
     }
 }
+
+/// Tokens a server gives back after the store's bucket filled up again
+/// and another server drained it are not counted twice. Server A leases
+/// a block and spends 2 tokens of it; 11 s later (A's block expired, the
+/// bucket full again) B drains the bucket (100); then A's next request
+/// would give back its unspent tokens. Before 2026-12-03 they went back,
+/// and 124 requests passed at that instant (an outside review found it);
+/// now they are dropped, and no more than the limit passes.
+#[tokio::test]
+async fn tokens_given_back_after_the_bucket_restarted_are_not_counted_twice() {
+    let store = Arc::new(MemoryStore::new());
+    let clock = ManualClock::new(t0());
+    let admin = server(Arc::clone(&store), Some(clock.clone()));
+    let limit = RateLimit::new("requests", 100, Duration::from_secs(10)).unwrap();
+    let created = admin
+        .create(
+            &Actor::system("tests"),
+            NewKey::new("contoso", "live", "shared")
+                .permissions(PermissionGrant::only(["search"]))
+                .rate_limits(RateLimits::new([limit]).unwrap()),
+        )
+        .await
+        .unwrap();
+    let token = created.token.expose_secret().to_owned();
+    let a = server(Arc::clone(&store), Some(clock.clone()));
+    let b = server(Arc::clone(&store), Some(clock.clone()));
+    let registry = registry();
+    let live = Environment::new("live").unwrap();
+    let req = VerifyRequest::new(&live, registry.get("search").unwrap()).spend("requests", 1);
+    for _ in 0..2 {
+        a.verifier()
+            .verify(&token, &req)
+            .await
+            .expect("A within the limit");
+    }
+    clock.advance(TimeDelta::seconds(11));
+    let mut admitted = 0;
+    // B drains the bucket first, then both ask.
+    for m in std::iter::repeat_n(&b, 400).chain([&a, &b].into_iter().cycle().take(800)) {
+        match m.verifier().verify(&token, &req).await {
+            Ok(_) => admitted += 1,
+            Err(d) if d.reason.code() == "rate_limited" => {}
+            Err(d) => panic!("unexpected denial: {d:?}"),
+        }
+    }
+    assert!(
+        admitted <= 100,
+        "{admitted} admitted at one instant under a limit of 100"
+    );
+    assert!(admitted >= 90, "{admitted}: the bucket was full");
+}

@@ -49,11 +49,8 @@ pub(crate) async fn top_up<S: KeyStore>(
             if valid && l.tokens >= c {
                 continue;
             }
-            let returned = if valid {
-                0
-            } else {
-                std::mem::take(&mut l.tokens)
-            };
+            // An expired block's tokens, as many as may go back.
+            let returned = if valid { 0 } else { l.take_returnable(now_us) };
             let need = c - l.tokens;
             let want = l.block(now_us).max(need);
             asks.push(RateAsk {
@@ -134,7 +131,7 @@ pub(crate) async fn top_up<S: KeyStore>(
             l.granted_at_us = now_us;
             l.spent_since_lease = 0;
         }
-        l.tokens = l.tokens.saturating_add(grant.granted);
+        l.leased(grant.granted, grant.tat_us);
         let interval = l.limit.interval_us();
         let base = grant.tat_us.max(now_us);
         let room = now_us
