@@ -97,34 +97,6 @@ struct LimitLedger {
     blocked_until_us: i64,
     /// Tokens the store's bucket had left after the last lease.
     store_room: u32,
-    /// The store bucket's TAT after the earliest lease whose tokens are
-    /// still held (the earliest is the one whose charge the bucket would
-    /// forget first): what [`returnable`] measures a give-back against.
-    granted_tat_us: i64,
-}
-
-/// How many of `tokens`, leased from a store bucket whose theoretical
-/// arrival time (TAT) was `granted_tat_us` after the lease, may be given
-/// back at `now_us`: those whose charge still lies ahead of the clock,
-/// `(granted_tat_us − now_us) / interval_us`. Once the bucket's TAT has
-/// fallen behind the clock, another server's lease may have restarted it
-/// from a full bucket, forgetting this lease's charge; tokens given back
-/// then would count twice (an outside review measured 124 requests passing
-/// at one instant under a limit of 100 across two servers). Those are
-/// dropped instead: fewer requests pass, never more.
-///
-/// Not a complete bound: another server's give-back can move the TAT
-/// behind the clock while this lease's TAT is still ahead (SECURITY.md,
-/// "Known defects").
-fn returnable(tokens: u32, granted_tat_us: i64, now_us: i64, interval_us: u64) -> u32 {
-    let ahead = granted_tat_us.saturating_sub(now_us);
-    if ahead <= 0 {
-        return 0;
-    }
-    let interval = i64::try_from(interval_us).unwrap_or(i64::MAX).max(1);
-    u32::try_from(ahead / interval)
-        .unwrap_or(u32::MAX)
-        .min(tokens)
 }
 
 impl LimitLedger {
@@ -137,31 +109,7 @@ impl LimitLedger {
             spent_since_lease: 0,
             blocked_until_us: NEVER,
             store_room: 0,
-            granted_tat_us: NEVER,
         }
-    }
-
-    /// Takes the tokens held, and how many of them may be given back at
-    /// `now_us` ([`returnable`]).
-    fn take_returnable(&mut self, now_us: i64) -> u32 {
-        let tokens = std::mem::take(&mut self.tokens);
-        returnable(
-            tokens,
-            self.granted_tat_us,
-            now_us,
-            self.limit.interval_us(),
-        )
-    }
-
-    /// Counts `granted` tokens leased, the store's TAT after the lease
-    /// being `tat_us`.
-    fn leased(&mut self, granted: u32, tat_us: i64) {
-        self.granted_tat_us = if self.tokens == 0 {
-            tat_us
-        } else {
-            self.granted_tat_us.min(tat_us)
-        };
-        self.tokens = self.tokens.saturating_add(granted);
     }
 
     fn status(&self, remaining: u32) -> (u32, u64) {
@@ -211,9 +159,7 @@ struct CreditLedger {
 /// and credits to settle as spent.
 #[derive(Debug, Default)]
 struct Orphans {
-    /// Rate tokens to give back: (limit, tokens, interval, the store's TAT
-    /// after they were leased; see [`returnable`]).
-    rate: Vec<(LimitName, u32, u64, i64)>,
+    rate: Vec<(LimitName, u32, u64)>,
     /// Credits to settle as spent (`settle_credits(id, 0, n)`: the store's
     /// `leased` falls, nothing returns to `remaining`): the block of a key
     /// no longer metered, and what a settle that failed carried. A settle
@@ -468,9 +414,11 @@ impl Ledgers {
                 }
                 for l in &mut st.limits {
                     if l.tokens > 0 && (idle || l.expires_us <= now_us) {
-                        let tat = l.granted_tat_us;
-                        let tokens = std::mem::take(&mut l.tokens);
-                        rate.push((l.limit.name().clone(), tokens, l.limit.interval_us(), tat));
+                        rate.push((
+                            l.limit.name().clone(),
+                            std::mem::take(&mut l.tokens),
+                            l.limit.interval_us(),
+                        ));
                         l.expires_us = NEVER;
                     }
                 }
@@ -486,13 +434,10 @@ impl Ledgers {
                 // as spent (see `Orphans::credits`).
                 ledger.spent_later(credits.0.saturating_add(credits.1));
             }
-            for (name, tokens, interval_us, tat) in rate {
-                let tokens = returnable(tokens, tat, now_us, interval_us);
-                if tokens > 0 {
-                    let _ = store
-                        .return_rate(&ledger.id, &name, tokens, interval_us)
-                        .await;
-                }
+            for (name, tokens, interval_us) in rate {
+                let _ = store
+                    .return_rate(&ledger.id, &name, tokens, interval_us)
+                    .await;
             }
         }
     }
@@ -544,13 +489,9 @@ fn reconfigure(st: &mut State, record: &KeyRecord) {
     }
     for l in old {
         if l.tokens > 0 {
-            let orphan = (
-                l.limit.name().clone(),
-                l.tokens,
-                l.limit.interval_us(),
-                l.granted_tat_us,
-            );
-            st.orphans.rate.push(orphan);
+            st.orphans
+                .rate
+                .push((l.limit.name().clone(), l.tokens, l.limit.interval_us()));
         }
     }
     if usage.credits.is_none() {

@@ -49,8 +49,11 @@ pub(crate) async fn top_up<S: KeyStore>(
             if valid && l.tokens >= c {
                 continue;
             }
-            // An expired block's tokens, as many as may go back.
-            let returned = if valid { 0 } else { l.take_returnable(now_us) };
+            let returned = if valid {
+                0
+            } else {
+                std::mem::take(&mut l.tokens)
+            };
             let need = c - l.tokens;
             let want = l.block(now_us).max(need);
             asks.push(RateAsk {
@@ -131,7 +134,7 @@ pub(crate) async fn top_up<S: KeyStore>(
             l.granted_at_us = now_us;
             l.spent_since_lease = 0;
         }
-        l.leased(grant.granted, grant.tat_us);
+        l.tokens = l.tokens.saturating_add(grant.granted);
         let interval = l.limit.interval_us();
         let base = grant.tat_us.max(now_us);
         let room = now_us
