@@ -309,7 +309,7 @@ async fn migrate_twice_and_from_two_pools_at_once() {
                 .expect("versions");
         assert_eq!(
             versions,
-            [1, 2, 3, 4, 5, 6],
+            [1, 2, 3, 4, 5, 6, 7],
             "keys, sessions, operations, audit, external ids and metadata, usage controls"
         );
         let indexes_of = |table: &'static str| {
@@ -1000,7 +1000,7 @@ async fn migration_upgrades_a_version_1_schema() {
         .fetch_all(store.pool())
         .await
         .expect("versions");
-        assert_eq!(versions, [1, 2, 3, 4, 5, 6]);
+        assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7]);
         assert!(old.usage.is_empty(), "no usage controls before version 6");
     })
     .await;

@@ -98,6 +98,7 @@ pub trait DynKeyStore: Send + Sync + 'static {
         name: &'a LimitName,
         tokens: u32,
         interval_us: u64,
+        restarts: u64,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 }
 
@@ -183,8 +184,16 @@ impl<S: KeyStore> DynKeyStore for S {
         name: &'a LimitName,
         tokens: u32,
         interval_us: u64,
+        restarts: u64,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(KeyStore::return_rate(self, id, name, tokens, interval_us))
+        Box::pin(KeyStore::return_rate(
+            self,
+            id,
+            name,
+            tokens,
+            interval_us,
+            restarts,
+        ))
     }
 }
 
@@ -327,8 +336,11 @@ macro_rules! forward_key_store {
                 name: &LimitName,
                 tokens: u32,
                 interval_us: u64,
+                restarts: u64,
             ) -> Result<(), StoreError> {
-                self.0.return_rate(id, name, tokens, interval_us).await
+                self.0
+                    .return_rate(id, name, tokens, interval_us, restarts)
+                    .await
             }
         }
     };

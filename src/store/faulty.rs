@@ -418,9 +418,13 @@ impl<S: KeyStore> KeyStore for FaultyStore<S> {
         name: &LimitName,
         tokens: u32,
         interval_us: u64,
+        restarts: u64,
     ) -> Result<(), StoreError> {
         self.before(Op::ReturnRate).await?;
-        let result = self.inner.return_rate(id, name, tokens, interval_us).await;
+        let result = self
+            .inner
+            .return_rate(id, name, tokens, interval_us, restarts)
+            .await;
         self.after(Op::ReturnRate, result)
     }
 }

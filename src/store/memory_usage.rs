@@ -17,7 +17,9 @@ use crate::usage::{
 #[derive(Debug, Clone)]
 pub(super) struct UsageState {
     pub(super) controls: UsageControls,
-    tats: Vec<(LimitName, i64)>,
+    /// Per limit leased from: its theoretical arrival time, and how often
+    /// it restarted ([`RateGrant::restarts`]).
+    tats: Vec<(LimitName, (i64, u64))>,
 }
 
 impl UsageState {
@@ -160,12 +162,15 @@ impl MemoryStore {
             let slot = match state.tats.iter().position(|(n, _)| *n == lease.name) {
                 Some(i) => i,
                 None => {
-                    state.tats.push((lease.name.clone(), i64::MIN));
+                    state.tats.push((lease.name.clone(), (i64::MIN, 0)));
                     state.tats.len() - 1
                 }
             };
-            let tat = &mut state.tats[slot].1;
+            let (tat, restarts) = &mut state.tats[slot].1;
             let old = (*tat != i64::MIN).then_some(*tat);
+            if old.is_some_and(|old| old < lease.now_us) {
+                *restarts += 1;
+            }
             let (granted, new_tat) = gcra_take(
                 old,
                 lease.now_us,
@@ -177,6 +182,7 @@ impl MemoryStore {
             Ok(RateGrant {
                 granted,
                 tat_us: new_tat,
+                restarts: *restarts,
             })
         })
     }
@@ -187,10 +193,12 @@ impl MemoryStore {
         name: &LimitName,
         tokens: u32,
         interval_us: u64,
+        restarts: u64,
     ) -> Result<(), StoreError> {
         match self.with_usage(id, |usage| {
             if let Some(state) = usage.as_mut() {
-                if let Some((_, tat)) = state.tats.iter_mut().find(|(n, _)| n == name) {
+                let found = state.tats.iter_mut().find(|(n, _)| n == name);
+                if let Some((_, (tat, _))) = found.filter(|(_, (_, r))| *r == restarts) {
                     let back = i64::try_from(interval_us.saturating_mul(u64::from(tokens)))
                         .unwrap_or(i64::MAX);
                     *tat = tat.saturating_sub(back);

@@ -494,17 +494,21 @@ pub trait KeyStore: Send + Sync + 'static {
         async { Err(StoreError::Unsupported("rate limits")) }
     }
 
-    /// Gives back `tokens` unspent tokens of key `id`'s limit `name`: its
-    /// theoretical arrival time moves back by `tokens × interval_us`. A
-    /// missing key or limit state is not an error (nothing happens).
+    /// Gives back `tokens` unspent tokens of key `id`'s limit `name`,
+    /// leased when the bucket had restarted `restarts` times
+    /// ([`RateGrant::restarts`]): its theoretical arrival time moves back by
+    /// `tokens × interval_us`, unless the bucket restarted since (their
+    /// charge is forgotten already: given back, they would count twice).
+    /// A missing key or limit state is not an error (nothing happens).
     fn return_rate(
         &self,
         id: &KeyId,
         name: &LimitName,
         tokens: u32,
         interval_us: u64,
+        restarts: u64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        let _ = (id, name, tokens, interval_us);
+        let _ = (id, name, tokens, interval_us, restarts);
         async { Err(StoreError::Unsupported("rate limits")) }
     }
 }
@@ -594,8 +598,9 @@ impl<S: KeyStore> KeyStore for Arc<S> {
         name: &LimitName,
         tokens: u32,
         interval_us: u64,
+        restarts: u64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        (**self).return_rate(id, name, tokens, interval_us)
+        (**self).return_rate(id, name, tokens, interval_us, restarts)
     }
 }
 

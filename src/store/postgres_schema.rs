@@ -87,6 +87,12 @@ const MIGRATIONS: &[(i64, &str)] = &[
         PRIMARY KEY (key_id, name)
     );",
     ),
+    // How often each rate bucket restarted (`RateGrant::restarts`): a
+    // give-back leased before a restart is refused.
+    (
+        7,
+        "ALTER TABLE \"{s}\".\"{rates}\" ADD COLUMN IF NOT EXISTS restarts BIGINT NOT NULL DEFAULT 0;",
+    ),
 ];
 
 impl PostgresStore {

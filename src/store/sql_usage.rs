@@ -310,9 +310,12 @@ pub(crate) struct UsageQueries {
     pub credits_of: String,
     /// `$1` id, `$2` name, then [`RateBinds`] (`$3` now, `$4` want, `$5`
     /// interval, `$6` burst, `$7` fresh grant, `$8` fresh tat); returns
-    /// `tat`, `last_grant`; no row: no key.
+    /// `tat`, `last_grant`, `restarts` (one more when the stored `tat` was
+    /// behind `$3`: the bucket starts again from the clock); no row: no key.
     pub lease_rate: String,
-    /// `$1` id, `$2` name, `$3` how far back, `$4` `i64::MIN`.
+    /// `$1` id, `$2` name, `$3` how far back, `$4` `i64::MIN`, `$5` the
+    /// restarts of the lease the tokens came from (none since, or nothing
+    /// happens).
     pub return_rate: String,
     /// `$1` id: deletes the key's rate states (PostgreSQL's foreign key
     /// cascades instead).
@@ -365,12 +368,13 @@ impl UsageQueries {
                  SELECT id, $2, $8, $7 FROM {keys} WHERE id = $1 \
                  ON CONFLICT (key_id, name) DO UPDATE SET \
                  tat = CASE WHEN {granted} = 0 THEN r.tat ELSE {base} + $5 * {granted} END, \
-                 last_grant = {granted} \
-                 RETURNING tat, last_grant"
+                 last_grant = {granted}, \
+                 restarts = CASE WHEN r.tat < $3 THEN r.restarts + 1 ELSE r.restarts END \
+                 RETURNING tat, last_grant, restarts"
             )),
             return_rate: format!(
                 "UPDATE {rates} SET tat = CASE WHEN tat < $4 + $3 THEN $4 ELSE tat - $3 END \
-                 WHERE key_id = $1 AND name = $2"
+                 WHERE key_id = $1 AND name = $2 AND restarts = $5"
             ),
             #[cfg(feature = "sqlite")]
             delete_rates: format!("DELETE FROM {rates} WHERE key_id = $1"),

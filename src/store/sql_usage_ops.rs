@@ -169,7 +169,15 @@ macro_rules! usage_operations {
                         .map_err(|e| super::sql::corrupt(id.as_str(), f, e))
                 };
                 let granted = read("last_grant")?;
+                let restarts = read("restarts")?;
                 Ok($crate::usage::RateGrant {
+                    restarts: u64::try_from(restarts).map_err(|_| {
+                        super::sql::corrupt(
+                            id.as_str(),
+                            "restarts",
+                            format!("{restarts} is out of range"),
+                        )
+                    })?,
                     granted: u32::try_from(granted).map_err(|_| {
                         super::sql::corrupt(
                             id.as_str(),
@@ -187,12 +195,15 @@ macro_rules! usage_operations {
                 name: &$crate::usage::LimitName,
                 tokens: u32,
                 interval_us: u64,
+                restarts: u64,
             ) -> Result<(), StoreError> {
                 sqlx::query(&self.queries.usage.return_rate)
                     .bind(id.as_str())
                     .bind(name.as_str())
                     .bind(super::sql_usage::rate_return(tokens, interval_us))
                     .bind(i64::MIN)
+                    // Past `i64::MAX` restarts (never): matches no row.
+                    .bind(i64::try_from(restarts).unwrap_or(-1))
                     .execute(&self.pool)
                     .await
                     .map_err(|e| super::sql::backend("return rate", e))?;
@@ -244,8 +255,9 @@ macro_rules! usage_trait_methods {
             name: &$crate::usage::LimitName,
             tokens: u32,
             interval_us: u64,
+            restarts: u64,
         ) -> Result<(), StoreError> {
-            boxed(self.return_rate_impl(id, name, tokens, interval_us)).await
+            boxed(self.return_rate_impl(id, name, tokens, interval_us, restarts)).await
         }
     };
 }

@@ -213,6 +213,12 @@ const MIGRATIONS: &[(i64, &str)] = &[
         PRIMARY KEY (key_id, name)
     ) WITHOUT ROWID;",
     ),
+    // How often each rate bucket restarted (`RateGrant::restarts`): a
+    // give-back leased before a restart is refused.
+    (
+        6,
+        "ALTER TABLE \"{rates}\" ADD COLUMN restarts INTEGER NOT NULL DEFAULT 0;",
+    ),
 ];
 
 fn err(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {

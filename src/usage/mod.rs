@@ -66,4 +66,10 @@ pub struct RateGrant {
     /// microseconds since the Unix epoch ([`gcra_wait_us`] turns it into a
     /// wait).
     pub tat_us: i64,
+    /// How often the bucket restarted up to this grant: a lease that finds
+    /// its theoretical arrival time behind the clock starts it again from
+    /// the clock, forgetting every charge before. Given back with unspent
+    /// tokens ([`KeyStore::return_rate`](crate::KeyStore::return_rate)), so
+    /// that tokens whose charge was forgotten are not given back twice.
+    pub restarts: u64,
 }

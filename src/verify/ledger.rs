@@ -97,6 +97,13 @@ struct LimitLedger {
     blocked_until_us: i64,
     /// Tokens the store's bucket had left after the last lease.
     store_room: u32,
+    /// The store bucket's restarts at the earliest lease whose tokens are
+    /// still held ([`RateGrant::restarts`](crate::usage::RateGrant::restarts)),
+    /// given back with them: if the bucket restarted since, their charge
+    /// is forgotten and the store refuses them (given back, they would
+    /// count twice: an outside review measured 124 requests at one instant
+    /// under a limit of 100 across two servers, 2026-12-03).
+    restarts: u64,
 }
 
 impl LimitLedger {
@@ -109,7 +116,19 @@ impl LimitLedger {
             spent_since_lease: 0,
             blocked_until_us: NEVER,
             store_room: 0,
+            restarts: 0,
         }
+    }
+
+    /// Counts `granted` tokens leased when the bucket had restarted
+    /// `restarts` times.
+    fn leased(&mut self, granted: u32, restarts: u64) {
+        // The earliest lease held decides: tokens of a lease before a
+        // restart may not go back, even with later ones.
+        if self.tokens == 0 {
+            self.restarts = restarts;
+        }
+        self.tokens = self.tokens.saturating_add(granted);
     }
 
     fn status(&self, remaining: u32) -> (u32, u64) {
@@ -159,7 +178,9 @@ struct CreditLedger {
 /// and credits to settle as spent.
 #[derive(Debug, Default)]
 struct Orphans {
-    rate: Vec<(LimitName, u32, u64)>,
+    /// Rate tokens to give back: (limit, tokens, interval, the bucket's
+    /// restarts when they were leased: [`RateGrant::restarts`](crate::usage::RateGrant::restarts)).
+    rate: Vec<(LimitName, u32, u64, u64)>,
     /// Credits to settle as spent (`settle_credits(id, 0, n)`: the store's
     /// `leased` falls, nothing returns to `remaining`): the block of a key
     /// no longer metered, and what a settle that failed carried. A settle
@@ -418,6 +439,7 @@ impl Ledgers {
                             l.limit.name().clone(),
                             std::mem::take(&mut l.tokens),
                             l.limit.interval_us(),
+                            l.restarts,
                         ));
                         l.expires_us = NEVER;
                     }
@@ -434,9 +456,9 @@ impl Ledgers {
                 // as spent (see `Orphans::credits`).
                 ledger.spent_later(credits.0.saturating_add(credits.1));
             }
-            for (name, tokens, interval_us) in rate {
+            for (name, tokens, interval_us, restarts) in rate {
                 let _ = store
-                    .return_rate(&ledger.id, &name, tokens, interval_us)
+                    .return_rate(&ledger.id, &name, tokens, interval_us, restarts)
                     .await;
             }
         }
@@ -489,9 +511,13 @@ fn reconfigure(st: &mut State, record: &KeyRecord) {
     }
     for l in old {
         if l.tokens > 0 {
-            st.orphans
-                .rate
-                .push((l.limit.name().clone(), l.tokens, l.limit.interval_us()));
+            let orphan = (
+                l.limit.name().clone(),
+                l.tokens,
+                l.limit.interval_us(),
+                l.restarts,
+            );
+            st.orphans.rate.push(orphan);
         }
     }
     if usage.credits.is_none() {

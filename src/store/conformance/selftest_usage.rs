@@ -112,8 +112,11 @@ impl KeyStore for Broken {
         name: &LimitName,
         tokens: u32,
         interval_us: u64,
+        restarts: u64,
     ) -> Result<(), StoreError> {
-        self.0.return_rate(id, name, tokens, interval_us).await
+        self.0
+            .return_rate(id, name, tokens, interval_us, restarts)
+            .await
     }
 }
 

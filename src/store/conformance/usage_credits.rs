@@ -224,7 +224,7 @@ pub(super) async fn unknown_keys<S: KeyStore>(store: &S) {
     );
     assert_eq!(
         store
-            .return_rate(&id, limit.name(), 1, limit.interval_us())
+            .return_rate(&id, limit.name(), 1, limit.interval_us(), 0)
             .await,
         Ok(()),
         "{C}: return_rate of an unknown key must do nothing"

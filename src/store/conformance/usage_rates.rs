@@ -77,7 +77,13 @@ pub(super) async fn rate_leases_follow_gcra<S: KeyStore>(store: &S, owner: &Owne
         .await
         .expect("lease");
     store
-        .return_rate(&r.id, publish.name(), 1, publish.interval_us())
+        .return_rate(
+            &r.id,
+            publish.name(),
+            1,
+            publish.interval_us(),
+            before.restarts,
+        )
         .await
         .unwrap_or_else(|e| panic!("{C}: return_rate failed: {e}"));
     let again = store
@@ -100,6 +106,34 @@ pub(super) async fn rate_leases_follow_gcra<S: KeyStore>(store: &S, owner: &Owne
         again.granted, 1,
         "{C}: a returned token must be leasable again"
     );
+    // An hour on, the bucket's TAT is behind the clock: the lease starts
+    // it again and counts a restart. Tokens leased before it are refused
+    // back (their charge is forgotten: given back, they would count
+    // twice); tokens leased since go back.
+    let later = at + 3_600_000_000;
+    let lease = |want| rate(publish.name(), &publish, want, later);
+    let restarted = store.lease_rate(&r.id, &lease(1)).await.expect("lease");
+    assert_eq!(
+        restarted.restarts,
+        again.restarts + 1,
+        "{C}: a lease that finds the bucket's TAT behind the clock must count a restart"
+    );
+    let interval = i64::try_from(publish.interval_us()).expect("fits");
+    for (leased_with, expected_tat) in [
+        (again.restarts, restarted.tat_us),
+        (restarted.restarts, restarted.tat_us - interval),
+    ] {
+        store
+            .return_rate(&r.id, publish.name(), 1, publish.interval_us(), leased_with)
+            .await
+            .unwrap_or_else(|e| panic!("{C}: return_rate failed: {e}"));
+        let seen = store.lease_rate(&r.id, &lease(0)).await.expect("lease");
+        assert_eq!(
+            (seen.tat_us, seen.restarts),
+            (expected_tat, restarted.restarts),
+            "{C}: return_rate must move the bucket back only for tokens leased since its last restart"
+        );
+    }
 }
 
 pub(super) async fn concurrent_rate_leases<S: KeyStore>(store: &Arc<S>, owner: &OwnerId) {

@@ -15,6 +15,8 @@ struct RateAsk {
     need: u32,
     lease: RateLease,
     returned: u32,
+    /// [`LimitLedger::restarts`](super::LimitLedger) of the tokens returned.
+    restarts: u64,
     span_us: i64,
 }
 
@@ -67,6 +69,7 @@ pub(crate) async fn top_up<S: KeyStore>(
                     burst_us: l.limit.burst_us(),
                 },
                 returned,
+                restarts: l.restarts,
                 span_us: lease_span_us(&l.limit),
             });
         }
@@ -114,7 +117,13 @@ pub(crate) async fn top_up<S: KeyStore>(
             // Best effort: a token not given back is lost (fewer requests
             // pass), never a token spent twice.
             let _ = store
-                .return_rate(&ledger.id, &ask.name, ask.returned, ask.lease.interval_us)
+                .return_rate(
+                    &ledger.id,
+                    &ask.name,
+                    ask.returned,
+                    ask.lease.interval_us,
+                    ask.restarts,
+                )
                 .await;
         }
     }
@@ -134,7 +143,7 @@ pub(crate) async fn top_up<S: KeyStore>(
             l.granted_at_us = now_us;
             l.spent_since_lease = 0;
         }
-        l.tokens = l.tokens.saturating_add(grant.granted);
+        l.leased(grant.granted, grant.restarts);
         let interval = l.limit.interval_us();
         let base = grant.tat_us.max(now_us);
         let room = now_us
