@@ -1104,3 +1104,77 @@ async fn connect_with_sizes_the_pool_and_names_its_connections() {
     })
     .await;
 }
+
+/// the SQL (PostgreSQL) shows the same: no restart, yet A's
+/// give-back credits a charge that had elapsed; plus migration 7 on rows.
+#[tokio::test]
+async fn a_give_back_credits_no_charge_that_has_elapsed_postgres() {
+    with_schema(|url, schema| async move {
+        use keyward::usage::{LimitName, RateLease, RateLimit, RateLimits};
+        let store = store(&url, &schema).await;
+        let registry = PermissionRegistry::builder()
+            .permission("package:push")
+            .build()
+            .unwrap();
+        let policy = Policy::new(registry)
+            .with_rate_limits(["requests"])
+            .unwrap();
+        let m = KeyManager::builder(
+            store.clone(),
+            TokenFormat::new("mkh", &["live"]).unwrap(),
+            policy,
+        )
+        .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
+        .build()
+        .unwrap();
+        let limit = RateLimit::new("requests", 100, std::time::Duration::from_secs(10)).unwrap();
+        let id = m
+            .create(
+                &admin(),
+                new_key("rated").rate_limits(RateLimits::new([limit]).unwrap()),
+            )
+            .await
+            .unwrap()
+            .key
+            .id
+            .clone();
+        let name = LimitName::new("requests").unwrap();
+        let lease = |want, now_us| RateLease {
+            name: name.clone(),
+            want,
+            now_us,
+            interval_us: 100_000,
+            burst_us: 10_000_000,
+        };
+        let t = 1_800_000_000_000_000i64;
+        // Migration 7 over an existing row.
+        store
+            .lease_rate(&id, &lease(1, t - 50_000_000))
+            .await
+            .unwrap();
+        for s in [
+            format!("ALTER TABLE \"{schema}\".keyward_keys_rates DROP COLUMN restarts"),
+            format!("DELETE FROM \"{schema}\".keyward_keys_migrations WHERE version = 7"),
+        ] {
+            sqlx::query(&s).execute(store.pool()).await.expect(&s);
+        }
+        store.migrate().await.expect("upgrade");
+        let a = store.lease_rate(&id, &lease(26, t)).await.unwrap();
+        assert_eq!((a.granted, a.restarts), (26, 1));
+        let now = t + 2_500_000;
+        let b = store.lease_rate(&id, &lease(100, now)).await.unwrap();
+        assert_eq!((b.granted, b.restarts), (99, a.restarts), "no restart");
+        store
+            .return_rate(&id, &name, 24, 100_000, a.restarts)
+            .await
+            .unwrap();
+        let c = store.lease_rate(&id, &lease(100, now)).await.unwrap();
+        assert!(
+            b.granted + c.granted <= 110,
+            "{} + {} granted at one instant, limit 100",
+            b.granted,
+            c.granted
+        );
+    })
+    .await;
+}

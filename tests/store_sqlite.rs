@@ -706,3 +706,111 @@ async fn trust_store_conformance_on_a_wal_file() {
         .expect("count");
     assert_eq!(left, 0, "trust policies left behind");
 }
+
+async fn rate_key(store: &SqliteStore) -> KeyId {
+    use keyward::usage::{RateLimit, RateLimits};
+    let registry = PermissionRegistry::builder()
+        .permission("package:push")
+        .build()
+        .expect("registry");
+    let policy = Policy::new(registry)
+        .with_rate_limits(["requests"])
+        .expect("limits");
+    let format = TokenFormat::new("mkh", &["live", "test"]).expect("format");
+    let m = KeyManager::builder(store.clone(), format, policy)
+        .hasher(Argon2Hasher::new(Argon2Params::insecure_for_tests()))
+        .build()
+        .unwrap();
+    let limit = RateLimit::new("requests", 100, std::time::Duration::from_secs(10)).unwrap();
+    m.create(
+        &admin(),
+        new_key("rated").rate_limits(RateLimits::new([limit]).unwrap()),
+    )
+    .await
+    .expect("create")
+    .key
+    .id
+    .clone()
+}
+
+fn rate_lease(want: u32, now_us: i64) -> keyward::usage::RateLease {
+    keyward::usage::RateLease {
+        name: keyward::usage::LimitName::new("requests").unwrap(),
+        want,
+        now_us,
+        interval_us: 100_000,
+        burst_us: 10_000_000,
+    }
+}
+
+/// migration 6 on a database whose rates table already has rows.
+#[tokio::test]
+async fn migration_6_adds_the_rate_restarts_to_existing_rows() {
+    let db = TempDb::new();
+    let store = SqliteStore::connect(db.path()).await.expect("open");
+    store.migrate().await.expect("migrate");
+    let id = rate_key(&store).await;
+    let t = 1_800_000_000_000_000i64;
+    for s in [
+        "ALTER TABLE keyward_keys_rates DROP COLUMN restarts".to_owned(),
+        "ALTER TABLE keyward_keys_rates DROP COLUMN slack".to_owned(),
+        "DELETE FROM keyward_keys_migrations WHERE version = 6".to_owned(),
+        format!(
+            "INSERT INTO keyward_keys_rates (key_id, name, tat, last_grant) VALUES ('{}', 'requests', {}, 3)",
+            id.as_str(),
+            t
+        ),
+    ] {
+        sqlx::query(&s).execute(store.pool()).await.expect(&s);
+    }
+    store.migrate().await.expect("upgrade");
+    let name = keyward::usage::LimitName::new("requests").unwrap();
+    // TAT ahead: no restart.
+    let g = store.lease_rate(&id, &rate_lease(1, t - 1)).await.unwrap();
+    assert_eq!((g.granted, g.restarts, g.tat_us), (1, 0, t + 100_000));
+    // TAT behind: a restart.
+    let g2 = store
+        .lease_rate(&id, &rate_lease(1, t + 1_000_000))
+        .await
+        .unwrap();
+    assert_eq!((g2.granted, g2.restarts, g2.tat_us), (1, 1, t + 1_100_000));
+    store.return_rate(&id, &name, 1, 100_000, 0).await.unwrap();
+    let g3 = store
+        .lease_rate(&id, &rate_lease(0, t + 1_000_000))
+        .await
+        .unwrap();
+    assert_eq!((g3.tat_us, g3.restarts), (t + 1_100_000, 1), "refused");
+    store.return_rate(&id, &name, 1, 100_000, 1).await.unwrap();
+    let g4 = store
+        .lease_rate(&id, &rate_lease(0, t + 1_000_000))
+        .await
+        .unwrap();
+    assert_eq!((g4.tat_us, g4.restarts), (t + 1_000_000, 1), "accepted");
+}
+
+/// store level, SQLite: no restart, yet A's give-back credits a
+/// charge that had elapsed: 99 + 24 granted at one instant.
+#[tokio::test]
+async fn a_give_back_credits_no_charge_that_has_elapsed_sqlite() {
+    let store = memory_store().await;
+    let id = rate_key(&store).await;
+    let name = keyward::usage::LimitName::new("requests").unwrap();
+    let t = 1_800_000_000_000_000i64;
+    let a = store.lease_rate(&id, &rate_lease(26, t)).await.unwrap();
+    assert_eq!(a.granted, 26);
+    // A spends 2 at t. 2.5 s later (TAT t + 2.6 s, ahead) B leases.
+    let now = t + 2_500_000;
+    let b = store.lease_rate(&id, &rate_lease(100, now)).await.unwrap();
+    assert_eq!((b.granted, b.restarts), (99, a.restarts), "no restart");
+    store
+        .return_rate(&id, &name, 24, 100_000, a.restarts)
+        .await
+        .unwrap();
+    let c = store.lease_rate(&id, &rate_lease(100, now)).await.unwrap();
+    assert!(
+        b.granted + c.granted <= 110,
+        "{} + {} granted at one instant, limit 100",
+        b.granted,
+        c.granted
+    );
+}

@@ -17,9 +17,10 @@ use crate::usage::{
 #[derive(Debug, Clone)]
 pub(super) struct UsageState {
     pub(super) controls: UsageControls,
-    /// Per limit leased from: its theoretical arrival time, and how often
-    /// it restarted ([`RateGrant::restarts`]).
-    tats: Vec<(LimitName, (i64, u64))>,
+    /// Per limit leased from: its theoretical arrival time, how often it
+    /// restarted ([`RateGrant::restarts`]) and how far give-backs may
+    /// still move it back ([`give_back`]).
+    tats: Vec<(LimitName, (i64, u64, i64))>,
 }
 
 impl UsageState {
@@ -162,14 +163,16 @@ impl MemoryStore {
             let slot = match state.tats.iter().position(|(n, _)| *n == lease.name) {
                 Some(i) => i,
                 None => {
-                    state.tats.push((lease.name.clone(), (i64::MIN, 0)));
+                    state
+                        .tats
+                        .push((lease.name.clone(), (i64::MIN, 0, i64::MAX)));
                     state.tats.len() - 1
                 }
             };
-            let (tat, restarts) = &mut state.tats[slot].1;
+            let (tat, restarts, slack) = &mut state.tats[slot].1;
             let old = (*tat != i64::MIN).then_some(*tat);
-            if old.is_some_and(|old| old < lease.now_us) {
-                *restarts += 1;
+            if let Some(old) = old {
+                (*restarts, *slack) = after_lease(old, *restarts, *slack, lease.now_us);
             }
             let (granted, new_tat) = gcra_take(
                 old,
@@ -198,10 +201,10 @@ impl MemoryStore {
         match self.with_usage(id, |usage| {
             if let Some(state) = usage.as_mut() {
                 let found = state.tats.iter_mut().find(|(n, _)| n == name);
-                if let Some((_, (tat, _))) = found.filter(|(_, (_, r))| *r == restarts) {
+                if let Some((_, (tat, _, slack))) = found.filter(|(_, (_, r, _))| *r == restarts) {
                     let back = i64::try_from(interval_us.saturating_mul(u64::from(tokens)))
                         .unwrap_or(i64::MAX);
-                    *tat = tat.saturating_sub(back);
+                    (*tat, *slack) = give_back(*tat, *slack, back);
                 }
             }
             Ok(())
@@ -210,4 +213,30 @@ impl MemoryStore {
             other => other,
         }
     }
+}
+
+/// A rate bucket's restarts and slack after a lease at `now_us` found its
+/// theoretical arrival time at `old_tat`. Behind the clock, the lease
+/// starts the bucket again from the clock, forgetting every charge before:
+/// a restart, after which no lease limits give-backs yet. Ahead of it, the
+/// lease limits them to how far ahead it was: a give-back moving the TAT
+/// back further would have let this lease start from the clock, and would
+/// credit time that has passed (`give_back`). The SQL stores compute the
+/// same in their statements (`sql_usage`).
+pub(crate) fn after_lease(old_tat: i64, restarts: u64, slack: i64, now_us: i64) -> (u64, i64) {
+    if old_tat < now_us {
+        (restarts.saturating_add(1), i64::MAX)
+    } else {
+        (restarts, slack.min(old_tat.saturating_sub(now_us)))
+    }
+}
+
+/// A rate bucket's TAT and slack after a give-back of `back` microseconds
+/// of charge: at most the slack (see [`after_lease`]), which shrinks by
+/// what was given back. Exact for tokens leased since the last restart:
+/// no later lease would have found the TAT behind the clock without their
+/// charge, so every later charge stands as it was counted.
+pub(crate) fn give_back(tat: i64, slack: i64, back: i64) -> (i64, i64) {
+    let credit = back.min(slack).max(0);
+    (tat.saturating_sub(credit), slack - credit)
 }

@@ -91,7 +91,8 @@ const MIGRATIONS: &[(i64, &str)] = &[
     // give-back leased before a restart is refused.
     (
         7,
-        "ALTER TABLE \"{s}\".\"{rates}\" ADD COLUMN IF NOT EXISTS restarts BIGINT NOT NULL DEFAULT 0;",
+        "ALTER TABLE \"{s}\".\"{rates}\" ADD COLUMN IF NOT EXISTS restarts BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE \"{s}\".\"{rates}\" ADD COLUMN IF NOT EXISTS slack BIGINT NOT NULL DEFAULT 0;",
     ),
 ];
 

@@ -336,6 +336,7 @@ impl UsageQueries {
         let grant = format!("LEAST($2, {balance})");
         // GCRA (`usage::gcra_take`) over the stored `r.tat`, `$3` now,
         // `$4` want, `$5` interval, `$6` burst.
+        let max_i64 = i64::MAX;
         let base = "GREATEST(r.tat, $3)";
         let granted = format!("LEAST(GREATEST($3 + $6 - {base}, 0) / $5, $4)");
         let d = |s: String| dialect.text(s);
@@ -364,18 +365,24 @@ impl UsageQueries {
             ),
             credits_of: format!("SELECT credits_remaining FROM {keys} WHERE id = $1"),
             lease_rate: d(format!(
-                "INSERT INTO {rates} AS r (key_id, name, tat, last_grant) \
-                 SELECT id, $2, $8, $7 FROM {keys} WHERE id = $1 \
+                "INSERT INTO {rates} AS r (key_id, name, tat, last_grant, slack) \
+                 SELECT id, $2, $8, $7, {max_i64} FROM {keys} WHERE id = $1 \
                  ON CONFLICT (key_id, name) DO UPDATE SET \
                  tat = CASE WHEN {granted} = 0 THEN r.tat ELSE {base} + $5 * {granted} END, \
                  last_grant = {granted}, \
-                 restarts = CASE WHEN r.tat < $3 THEN r.restarts + 1 ELSE r.restarts END \
+                 restarts = CASE WHEN r.tat < $3 THEN r.restarts + 1 ELSE r.restarts END, \
+                 slack = CASE WHEN r.tat < $3 THEN {max_i64} ELSE LEAST(r.slack, r.tat - $3) END \
                  RETURNING tat, last_grant, restarts"
             )),
-            return_rate: format!(
-                "UPDATE {rates} SET tat = CASE WHEN tat < $4 + $3 THEN $4 ELSE tat - $3 END \
+            // At most the slack goes back (`memory_usage::give_back`);
+            // `$4` (`i64::MIN`) keeps the subtraction in range.
+            return_rate: d(format!(
+                "UPDATE {rates} SET \
+                 tat = CASE WHEN tat < $4 + LEAST($3, GREATEST(slack, 0)) THEN $4 \
+                 ELSE tat - LEAST($3, GREATEST(slack, 0)) END, \
+                 slack = slack - LEAST($3, GREATEST(slack, 0)) \
                  WHERE key_id = $1 AND name = $2 AND restarts = $5"
-            ),
+            )),
             #[cfg(feature = "sqlite")]
             delete_rates: format!("DELETE FROM {rates} WHERE key_id = $1"),
             rates: rates.to_owned(),

@@ -217,7 +217,8 @@ const MIGRATIONS: &[(i64, &str)] = &[
     // give-back leased before a restart is refused.
     (
         6,
-        "ALTER TABLE \"{rates}\" ADD COLUMN restarts INTEGER NOT NULL DEFAULT 0;",
+        "ALTER TABLE \"{rates}\" ADD COLUMN restarts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE \"{rates}\" ADD COLUMN slack INTEGER NOT NULL DEFAULT 0;",
     ),
 ];
 

@@ -134,6 +134,25 @@ pub(super) async fn rate_leases_follow_gcra<S: KeyStore>(store: &S, owner: &Owne
             "{C}: return_rate must move the bucket back only for tokens leased since its last restart"
         );
     }
+    // The last lease found the TAT at the clock: a give-back moves it back
+    // no further (further, and that lease would have started from the
+    // clock: the give-back would credit time that has passed).
+    store
+        .return_rate(
+            &r.id,
+            publish.name(),
+            1,
+            publish.interval_us(),
+            restarted.restarts,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{C}: return_rate failed: {e}"));
+    let seen = store.lease_rate(&r.id, &lease(0)).await.expect("lease");
+    assert_eq!(
+        seen.tat_us,
+        restarted.tat_us - interval,
+        "{C}: return_rate must not move the bucket back past where a later lease found it"
+    );
 }
 
 pub(super) async fn concurrent_rate_leases<S: KeyStore>(store: &Arc<S>, owner: &OwnerId) {
