@@ -1105,8 +1105,8 @@ async fn connect_with_sizes_the_pool_and_names_its_connections() {
     .await;
 }
 
-/// the SQL (PostgreSQL) shows the same: no restart, yet A's
-/// give-back credits a charge that had elapsed; plus migration 7 on rows.
+/// Store level, PostgreSQL: with no restart, a give-back still credits no
+/// charge that had elapsed; and migration 7 over existing rows.
 #[tokio::test]
 async fn a_give_back_credits_no_charge_that_has_elapsed_postgres() {
     with_schema(|url, schema| async move {

@@ -743,7 +743,8 @@ fn rate_lease(want: u32, now_us: i64) -> keyward::usage::RateLease {
     }
 }
 
-/// migration 6 on a database whose rates table already has rows.
+/// Migration 6 on a database whose rates table already has rows: restarts
+/// are counted and give-backs judged by them afterwards.
 #[tokio::test]
 async fn migration_6_adds_the_rate_restarts_to_existing_rows() {
     let db = TempDb::new();
@@ -788,8 +789,9 @@ async fn migration_6_adds_the_rate_restarts_to_existing_rows() {
     assert_eq!((g4.tat_us, g4.restarts), (t + 1_000_000, 1), "accepted");
 }
 
-/// store level, SQLite: no restart, yet A's give-back credits a
-/// charge that had elapsed: 99 + 24 granted at one instant.
+/// Store level, SQLite: with no restart, a give-back still credits no
+/// charge that had elapsed (with the restart count alone, 99 + 24 were
+/// granted at one instant).
 #[tokio::test]
 async fn a_give_back_credits_no_charge_that_has_elapsed_sqlite() {
     let store = memory_store().await;
