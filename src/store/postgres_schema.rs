@@ -91,8 +91,12 @@ const MIGRATIONS: &[(i64, &str)] = &[
     // give-back leased before a restart is refused.
     (
         7,
-        "ALTER TABLE \"{s}\".\"{rates}\" ADD COLUMN IF NOT EXISTS restarts BIGINT NOT NULL DEFAULT 0;
-    ALTER TABLE \"{s}\".\"{rates}\" ADD COLUMN IF NOT EXISTS slack BIGINT NOT NULL DEFAULT 0;",
+        "ALTER TABLE \"{s}\".\"{rates}\" ADD COLUMN IF NOT EXISTS restarts BIGINT NOT NULL DEFAULT 0;",
+    ),
+    // How far give-backs may still move each rate bucket back (its slack).
+    (
+        8,
+        "ALTER TABLE \"{s}\".\"{rates}\" ADD COLUMN IF NOT EXISTS slack BIGINT NOT NULL DEFAULT 0;",
     ),
 ];
 

@@ -247,6 +247,9 @@ pub(crate) struct RateBinds {
     pub burst: i64,
     pub fresh_granted: i64,
     pub fresh_tat: i64,
+    /// The restart count of a bucket the lease creates (random: see
+    /// `memory_usage::first_restarts`).
+    pub fresh_restarts: i64,
 }
 
 /// The largest `|now_us|` a store accepts: about 146,000 years around 1970.
@@ -284,6 +287,8 @@ pub(crate) fn rate_binds(id: &KeyId, lease: &RateLease) -> Result<RateBinds, Sto
         burst: lease.burst_us as i64,
         fresh_granted: i64::from(fresh_granted),
         fresh_tat,
+        // Below 2^62: fits, with room to count restarts.
+        fresh_restarts: super::memory_usage::first_restarts() as i64,
     })
 }
 
@@ -365,8 +370,8 @@ impl UsageQueries {
             ),
             credits_of: format!("SELECT credits_remaining FROM {keys} WHERE id = $1"),
             lease_rate: d(format!(
-                "INSERT INTO {rates} AS r (key_id, name, tat, last_grant, slack) \
-                 SELECT id, $2, $8, $7, {max_i64} FROM {keys} WHERE id = $1 \
+                "INSERT INTO {rates} AS r (key_id, name, tat, last_grant, slack, restarts) \
+                 SELECT id, $2, $8, $7, {max_i64}, $9 FROM {keys} WHERE id = $1 \
                  ON CONFLICT (key_id, name) DO UPDATE SET \
                  tat = CASE WHEN {granted} = 0 THEN r.tat ELSE {base} + $5 * {granted} END, \
                  last_grant = {granted}, \

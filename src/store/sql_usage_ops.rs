@@ -150,6 +150,7 @@ macro_rules! usage_operations {
                     .bind(b.burst)
                     .bind(b.fresh_granted)
                     .bind(b.fresh_tat)
+                    .bind(b.fresh_restarts)
                     .fetch_optional(&self.pool)
                     .await;
                 let row = match row {

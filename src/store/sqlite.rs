@@ -217,8 +217,12 @@ const MIGRATIONS: &[(i64, &str)] = &[
     // give-back leased before a restart is refused.
     (
         6,
-        "ALTER TABLE \"{rates}\" ADD COLUMN restarts INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE \"{rates}\" ADD COLUMN slack INTEGER NOT NULL DEFAULT 0;",
+        "ALTER TABLE \"{rates}\" ADD COLUMN restarts INTEGER NOT NULL DEFAULT 0;",
+    ),
+    // How far give-backs may still move each rate bucket back (its slack).
+    (
+        7,
+        "ALTER TABLE \"{rates}\" ADD COLUMN slack INTEGER NOT NULL DEFAULT 0;",
     ),
 ];
 
