@@ -314,7 +314,8 @@ pub(crate) struct UsageQueries {
     /// `$1` id: the stored balance (NULL: no credits).
     pub credits_of: String,
     /// `$1` id, `$2` name, then [`RateBinds`] (`$3` now, `$4` want, `$5`
-    /// interval, `$6` burst, `$7` fresh grant, `$8` fresh tat); returns
+    /// interval, `$6` burst, `$7` fresh grant, `$8` fresh tat, `$9` fresh
+    /// restarts); returns
     /// `tat`, `last_grant`, `restarts` (one more when the stored `tat` was
     /// behind `$3`: the bucket starts again from the clock); no row: no key.
     pub lease_rate: String,
