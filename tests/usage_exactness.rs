@@ -336,6 +336,20 @@ async fn passed(m: &KeyManager<Arc<MemoryStore>>, token: &str, n: usize) -> usiz
     ok
 }
 
+/// Two servers: A spends 2 requests (holding the rest of its block),
+/// `after` later B drains the bucket, then both ask, A giving its block
+/// back: how many passed at that instant.
+async fn spent_then_drained(after: TimeDelta) -> usize {
+    let (clock, token, [a, b], _admin) = servers_of_one_limit::<2>().await;
+    assert_eq!(passed(&a, &token, 2).await, 2);
+    clock.advance(after);
+    let mut at_once = passed(&b, &token, 400).await;
+    for m in [&a, &b].into_iter().cycle().take(800) {
+        at_once += passed(m, &token, 1).await;
+    }
+    at_once
+}
+
 /// Tokens given back after the store's bucket restarted (its TAT behind
 /// the clock, so the next lease forgot every charge before) are not
 /// counted twice. Before 2026-12-03 they were: an outside review measured
@@ -348,13 +362,7 @@ async fn tokens_given_back_after_the_bucket_restarted_are_not_counted_twice() {
     // Two servers: A leases a block and spends 2 of it; 11 s later (A's
     // block expired, the bucket full again) B drains the bucket, then A
     // gives its tokens back.
-    let (clock, token, [a, b], _admin) = servers_of_one_limit::<2>().await;
-    assert_eq!(passed(&a, &token, 2).await, 2);
-    clock.advance(TimeDelta::seconds(11));
-    let mut at_once = passed(&b, &token, 400).await;
-    for m in [&a, &b].into_iter().cycle().take(800) {
-        at_once += passed(m, &token, 1).await;
-    }
+    let at_once = spent_then_drained(TimeDelta::seconds(11)).await;
     assert!(at_once <= 100, "two servers: {at_once} at one instant");
     assert!(at_once >= 90, "two servers: {at_once}: the bucket was full");
 
@@ -421,15 +429,9 @@ async fn what_give_backs_cannot_credit_is_at_most_the_unspent_blocks() {
 #[tokio::test]
 async fn a_give_back_after_its_charge_mostly_elapsed_is_not_counted_twice() {
     // A leases 1 + 25 and spends 2 at T: TAT = T + 2.6 s (26 × 100 ms).
-    let (clock, token, [a, b], _admin) = servers_of_one_limit::<2>().await;
-    assert_eq!(passed(&a, &token, 2).await, 2);
     // 2.5 s on: A's block expired (1 s), the TAT still 100 ms ahead: no
     // restart. B drains the bucket (99), then A gives back its 24.
-    clock.advance(TimeDelta::milliseconds(2_500));
-    let mut at_once = passed(&b, &token, 400).await;
-    for m in [&a, &b].into_iter().cycle().take(800) {
-        at_once += passed(m, &token, 1).await;
-    }
+    let at_once = spent_then_drained(TimeDelta::milliseconds(2_500)).await;
     // A's 2 requests at T are long out of a GCRA's bucket (0.2 s): one
     // GCRA admits 100 now; DESIGN.md allows 110.
     assert!(at_once <= 110, "two servers: {at_once} at one instant");
