@@ -309,7 +309,7 @@ async fn migrate_twice_and_from_two_pools_at_once() {
                 .expect("versions");
         assert_eq!(
             versions,
-            [1, 2, 3, 4, 5, 6, 7, 8],
+            [1, 2, 3, 4, 5, 6, 7],
             "keys, sessions, operations, audit, external ids and metadata, usage controls"
         );
         let indexes_of = |table: &'static str| {
@@ -1000,7 +1000,7 @@ async fn migration_upgrades_a_version_1_schema() {
         .fetch_all(store.pool())
         .await
         .expect("versions");
-        assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7]);
         assert!(old.usage.is_empty(), "no usage controls before version 6");
     })
     .await;
@@ -1153,19 +1153,26 @@ async fn a_give_back_credits_no_charge_that_has_elapsed_postgres() {
             .await
             .unwrap();
         for s in [
-            format!("ALTER TABLE \"{schema}\".keyward_keys_rates DROP COLUMN restarts"),
+            format!("ALTER TABLE \"{schema}\".keyward_keys_rates DROP COLUMN lease"),
+            format!("ALTER TABLE \"{schema}\".keyward_keys_rates DROP COLUMN restart_lease"),
+            format!("ALTER TABLE \"{schema}\".keyward_keys_rates DROP COLUMN slack"),
+            format!("ALTER TABLE \"{schema}\".keyward_keys_rates DROP COLUMN added"),
             format!("DELETE FROM \"{schema}\".keyward_keys_migrations WHERE version >= 7"),
         ] {
             sqlx::query(&s).execute(store.pool()).await.expect(&s);
         }
         store.migrate().await.expect("upgrade");
         let a = store.lease_rate(&id, &lease(26, t)).await.unwrap();
-        assert_eq!((a.granted, a.restarts), (26, 1));
+        assert_eq!(
+            (a.granted, a.lease),
+            (26, 1),
+            "a restart, numbered after the row's 0"
+        );
         let now = t + 2_500_000;
         let b = store.lease_rate(&id, &lease(100, now)).await.unwrap();
-        assert_eq!((b.granted, b.restarts), (99, a.restarts), "no restart");
+        assert_eq!((b.granted, b.lease), (99, a.lease + 1), "the next lease");
         store
-            .return_rate(&id, &name, 24, 100_000, a.restarts)
+            .return_rate(&id, &name, 24, 100_000, a.lease)
             .await
             .unwrap();
         let c = store.lease_rate(&id, &lease(100, now)).await.unwrap();

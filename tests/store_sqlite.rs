@@ -260,7 +260,7 @@ async fn url_form_and_custom_table_and_persistence() {
         .fetch_all(reopened.pool())
         .await
         .expect("versions");
-    assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(versions, [1, 2, 3, 4, 5, 6]);
 }
 
 #[tokio::test]
@@ -641,7 +641,7 @@ async fn migration_upgrades_a_version_1_database() {
             .fetch_all(store.pool())
             .await
             .expect("versions");
-    assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(versions, [1, 2, 3, 4, 5, 6]);
 }
 
 /// Migrating from several connections at once applies each step once.
@@ -658,7 +658,7 @@ async fn concurrent_migrations_apply_each_step_once() {
             .fetch_all(a.pool())
             .await
             .expect("versions");
-    assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(versions, [1, 2, 3, 4, 5, 6]);
 }
 
 /// A manager writing its audit trail into the same SQLite database.
@@ -743,18 +743,20 @@ fn rate_lease(want: u32, now_us: i64) -> keyward::usage::RateLease {
     }
 }
 
-/// Migration 6 on a database whose rates table already has rows: restarts
-/// are counted and give-backs judged by them afterwards.
+/// Migration 6 on a database whose rates table already has rows: leases
+/// are numbered and give-backs judged by their numbers afterwards.
 #[tokio::test]
-async fn migration_6_adds_the_rate_restarts_to_existing_rows() {
+async fn migration_6_numbers_the_leases_of_existing_rows() {
     let db = TempDb::new();
     let store = SqliteStore::connect(db.path()).await.expect("open");
     store.migrate().await.expect("migrate");
     let id = rate_key(&store).await;
     let t = 1_800_000_000_000_000i64;
     for s in [
-        "ALTER TABLE keyward_keys_rates DROP COLUMN restarts".to_owned(),
+        "ALTER TABLE keyward_keys_rates DROP COLUMN lease".to_owned(),
+        "ALTER TABLE keyward_keys_rates DROP COLUMN restart_lease".to_owned(),
         "ALTER TABLE keyward_keys_rates DROP COLUMN slack".to_owned(),
+        "ALTER TABLE keyward_keys_rates DROP COLUMN added".to_owned(),
         "DELETE FROM keyward_keys_migrations WHERE version >= 6".to_owned(),
         format!(
             "INSERT INTO keyward_keys_rates (key_id, name, tat, last_grant) VALUES ('{}', 'requests', {}, 3)",
@@ -768,30 +770,38 @@ async fn migration_6_adds_the_rate_restarts_to_existing_rows() {
     let name = keyward::usage::LimitName::new("requests").unwrap();
     // TAT ahead: no restart.
     let g = store.lease_rate(&id, &rate_lease(1, t - 1)).await.unwrap();
-    assert_eq!((g.granted, g.restarts, g.tat_us), (1, 0, t + 100_000));
+    assert_eq!((g.granted, g.lease, g.tat_us), (1, 1, t + 100_000));
     // TAT behind: a restart.
     let g2 = store
         .lease_rate(&id, &rate_lease(1, t + 1_000_000))
         .await
         .unwrap();
-    assert_eq!((g2.granted, g2.restarts, g2.tat_us), (1, 1, t + 1_100_000));
-    store.return_rate(&id, &name, 1, 100_000, 0).await.unwrap();
+    assert_eq!((g2.granted, g2.lease, g2.tat_us), (1, 2, t + 1_100_000));
+    store
+        .return_rate(&id, &name, 1, 100_000, g.lease)
+        .await
+        .unwrap();
     let g3 = store
         .lease_rate(&id, &rate_lease(0, t + 1_000_000))
         .await
         .unwrap();
-    assert_eq!((g3.tat_us, g3.restarts), (t + 1_100_000, 1), "refused");
-    store.return_rate(&id, &name, 1, 100_000, 1).await.unwrap();
+    assert_eq!((g3.tat_us, g3.lease), (t + 1_100_000, 3), "refused");
+    // An earlier lease than the latest (g3) since the restart: within the
+    // slack g3 found (one token).
+    store
+        .return_rate(&id, &name, 1, 100_000, g2.lease)
+        .await
+        .unwrap();
     let g4 = store
         .lease_rate(&id, &rate_lease(0, t + 1_000_000))
         .await
         .unwrap();
-    assert_eq!((g4.tat_us, g4.restarts), (t + 1_000_000, 1), "accepted");
+    assert_eq!((g4.tat_us, g4.lease), (t + 1_000_000, 4), "accepted");
 }
 
-/// Store level, SQLite: with no restart, a give-back still credits no
-/// charge that had elapsed (with the restart count alone, 99 + 24 were
-/// granted at one instant).
+/// Store level, SQLite: with no restart, a give-back of an earlier lease's
+/// tokens still credits no charge that had elapsed (with the restart count
+/// alone, 99 + 24 were granted at one instant).
 #[tokio::test]
 async fn a_give_back_credits_no_charge_that_has_elapsed_sqlite() {
     let store = memory_store().await;
@@ -803,9 +813,9 @@ async fn a_give_back_credits_no_charge_that_has_elapsed_sqlite() {
     // A spends 2 at t. 2.5 s later (TAT t + 2.6 s, ahead) B leases.
     let now = t + 2_500_000;
     let b = store.lease_rate(&id, &rate_lease(100, now)).await.unwrap();
-    assert_eq!((b.granted, b.restarts), (99, a.restarts), "no restart");
+    assert_eq!((b.granted, b.lease), (99, a.lease + 1), "the next lease");
     store
-        .return_rate(&id, &name, 24, 100_000, a.restarts)
+        .return_rate(&id, &name, 24, 100_000, a.lease)
         .await
         .unwrap();
     let c = store.lease_rate(&id, &rate_lease(100, now)).await.unwrap();

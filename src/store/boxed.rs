@@ -98,7 +98,7 @@ pub trait DynKeyStore: Send + Sync + 'static {
         name: &'a LimitName,
         tokens: u32,
         interval_us: u64,
-        restarts: u64,
+        lease: u64,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 }
 
@@ -184,7 +184,7 @@ impl<S: KeyStore> DynKeyStore for S {
         name: &'a LimitName,
         tokens: u32,
         interval_us: u64,
-        restarts: u64,
+        lease: u64,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(KeyStore::return_rate(
             self,
@@ -192,7 +192,7 @@ impl<S: KeyStore> DynKeyStore for S {
             name,
             tokens,
             interval_us,
-            restarts,
+            lease,
         ))
     }
 }
@@ -336,10 +336,10 @@ macro_rules! forward_key_store {
                 name: &LimitName,
                 tokens: u32,
                 interval_us: u64,
-                restarts: u64,
+                lease: u64,
             ) -> Result<(), StoreError> {
                 self.0
-                    .return_rate(id, name, tokens, interval_us, restarts)
+                    .return_rate(id, name, tokens, interval_us, lease)
                     .await
             }
         }

@@ -418,12 +418,12 @@ impl<S: KeyStore> KeyStore for FaultyStore<S> {
         name: &LimitName,
         tokens: u32,
         interval_us: u64,
-        restarts: u64,
+        lease: u64,
     ) -> Result<(), StoreError> {
         self.before(Op::ReturnRate).await?;
         let result = self
             .inner
-            .return_rate(id, name, tokens, interval_us, restarts)
+            .return_rate(id, name, tokens, interval_us, lease)
             .await;
         self.after(Op::ReturnRate, result)
     }

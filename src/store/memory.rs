@@ -339,9 +339,9 @@ impl KeyStore for MemoryStore {
         name: &LimitName,
         tokens: u32,
         interval_us: u64,
-        restarts: u64,
+        lease: u64,
     ) -> Result<(), StoreError> {
-        self.return_rate_sync(id, name, tokens, interval_us, restarts)
+        self.return_rate_sync(id, name, tokens, interval_us, lease)
     }
 
     async fn take_expiry_reminders(

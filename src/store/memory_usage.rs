@@ -17,10 +17,108 @@ use crate::usage::{
 #[derive(Debug, Clone)]
 pub(super) struct UsageState {
     pub(super) controls: UsageControls,
-    /// Per limit leased from: its theoretical arrival time, how often it
-    /// restarted ([`RateGrant::restarts`]) and how far give-backs may
-    /// still move it back ([`give_back`]).
-    tats: Vec<(LimitName, (i64, u64, i64))>,
+    /// Per limit leased from: its bucket.
+    tats: Vec<(LimitName, RateBucket)>,
+}
+
+/// A limit's bucket in the store: what [`gcra_take`] works on, and what a
+/// give-back of unspent tokens may move back. The SQL stores keep the same
+/// in columns of their rates table and compute the same in their
+/// statements (`sql_usage`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RateBucket {
+    /// The theoretical arrival time, in microseconds since the epoch.
+    pub(crate) tat: i64,
+    /// The number of the latest lease ([`RateGrant::lease`]).
+    pub(crate) lease: u64,
+    /// The number of the lease that last started the bucket again from
+    /// the clock (a restart): the charges before it are forgotten, so
+    /// tokens of an earlier lease may not go back.
+    pub(crate) restart_lease: u64,
+    /// How far give-backs of tokens of leases before the latest may still
+    /// move the TAT back: the least any lease since the restart found it
+    /// ahead of the clock, less what such give-backs moved.
+    pub(crate) slack: i64,
+    /// How far give-backs of the latest lease's own tokens may still move
+    /// the TAT back: what that lease added, less what they moved.
+    pub(crate) added: i64,
+}
+
+impl RateBucket {
+    /// The bucket after a lease at `now_us` that took `granted` tokens,
+    /// leaving the TAT at `tat` (by [`gcra_take`]); `None`: the first.
+    ///
+    /// A lease that finds the TAT behind the clock starts the bucket again
+    /// from the clock, forgetting every charge before: a restart, after
+    /// which no lease limits give-backs yet. One that finds it ahead
+    /// limits give-backs of tokens leased before it to how far ahead it
+    /// was: moving the TAT back further would have let it start from the
+    /// clock, and would credit time that has passed. Its own tokens can go
+    /// back whole: no lease came after it whose start they decided.
+    pub(crate) fn after_lease(
+        old: Option<&RateBucket>,
+        now_us: i64,
+        granted: u32,
+        interval_us: u64,
+        tat: i64,
+    ) -> RateBucket {
+        let interval = i64::try_from(interval_us.max(1)).unwrap_or(i64::MAX);
+        let added = interval.saturating_mul(i64::from(granted));
+        match old {
+            None => {
+                let first = first_lease();
+                RateBucket {
+                    tat,
+                    lease: first,
+                    restart_lease: first,
+                    slack: i64::MAX,
+                    added,
+                }
+            }
+            Some(old) => {
+                let lease = old.lease.saturating_add(1);
+                let (restart_lease, slack) = if old.tat < now_us {
+                    (lease, i64::MAX)
+                } else {
+                    (
+                        old.restart_lease,
+                        old.slack.min(old.tat.saturating_sub(now_us)),
+                    )
+                };
+                RateBucket {
+                    tat,
+                    lease,
+                    restart_lease,
+                    slack,
+                    added,
+                }
+            }
+        }
+    }
+
+    /// Gives back `back` microseconds of charge of tokens of lease number
+    /// `lease`. Tokens of a lease before the last restart, or of a lease
+    /// this bucket never made, move nothing. The latest lease's own move
+    /// the TAT back by at most what it added; an earlier lease's, by at
+    /// most the slack (see [`after_lease`](Self::after_lease)). Either
+    /// bound shrinks by what it let through. Sound (no charge is credited
+    /// twice, and every later lease would have started where it did without
+    /// the tokens given back); exact for the latest lease's tokens, and
+    /// conservative for an earlier lease's: what the slack cannot credit
+    /// stays charged until the bucket drains.
+    pub(crate) fn give_back(&mut self, lease: u64, back: i64) {
+        if lease < self.restart_lease || lease > self.lease {
+            return;
+        }
+        let bound = if lease == self.lease {
+            &mut self.added
+        } else {
+            &mut self.slack
+        };
+        let credit = back.min(*bound).max(0);
+        *bound -= credit;
+        self.tat = self.tat.saturating_sub(credit);
+    }
 }
 
 impl UsageState {
@@ -160,33 +258,26 @@ impl MemoryStore {
                     tats: Vec::new(),
                 })
             });
-            let slot = match state.tats.iter().position(|(n, _)| *n == lease.name) {
-                Some(i) => i,
-                None => {
-                    let first = first_restarts();
-                    state
-                        .tats
-                        .push((lease.name.clone(), (i64::MIN, first, i64::MAX)));
-                    state.tats.len() - 1
-                }
-            };
-            let (tat, restarts, slack) = &mut state.tats[slot].1;
-            let old = (*tat != i64::MIN).then_some(*tat);
-            if let Some(old) = old {
-                (*restarts, *slack) = after_lease(old, *restarts, *slack, lease.now_us);
-            }
-            let (granted, new_tat) = gcra_take(
-                old,
+            let slot = state.tats.iter().position(|(n, _)| *n == lease.name);
+            let old = slot.map(|i| &state.tats[i].1);
+            let (granted, tat) = gcra_take(
+                old.map(|b| b.tat),
                 lease.now_us,
                 lease.want,
                 lease.interval_us,
                 lease.burst_us,
             );
-            *tat = new_tat;
+            let bucket =
+                RateBucket::after_lease(old, lease.now_us, granted, lease.interval_us, tat);
+            let number = bucket.lease;
+            match slot {
+                Some(i) => state.tats[i].1 = bucket,
+                None => state.tats.push((lease.name.clone(), bucket)),
+            }
             Ok(RateGrant {
                 granted,
-                tat_us: new_tat,
-                restarts: *restarts,
+                tat_us: tat,
+                lease: number,
             })
         })
     }
@@ -197,15 +288,14 @@ impl MemoryStore {
         name: &LimitName,
         tokens: u32,
         interval_us: u64,
-        restarts: u64,
+        lease: u64,
     ) -> Result<(), StoreError> {
         match self.with_usage(id, |usage| {
             if let Some(state) = usage.as_mut() {
-                let found = state.tats.iter_mut().find(|(n, _)| n == name);
-                if let Some((_, (tat, _, slack))) = found.filter(|(_, (_, r, _))| *r == restarts) {
+                if let Some((_, bucket)) = state.tats.iter_mut().find(|(n, _)| n == name) {
                     let back = i64::try_from(interval_us.saturating_mul(u64::from(tokens)))
                         .unwrap_or(i64::MAX);
-                    (*tat, *slack) = give_back(*tat, *slack, back);
+                    bucket.give_back(lease, back);
                 }
             }
             Ok(())
@@ -216,38 +306,97 @@ impl MemoryStore {
     }
 }
 
-/// A rate bucket's restarts and slack after a lease at `now_us` found its
-/// theoretical arrival time at `old_tat`. Behind the clock, the lease
-/// starts the bucket again from the clock, forgetting every charge before:
-/// a restart, after which no lease limits give-backs yet. Ahead of it, the
-/// lease limits them to how far ahead it was: a give-back moving the TAT
-/// back further would have let this lease start from the clock, and would
-/// credit time that has passed (`give_back`). The SQL stores compute the
-/// same in their statements (`sql_usage`).
-pub(crate) fn after_lease(old_tat: i64, restarts: u64, slack: i64, now_us: i64) -> (u64, i64) {
-    if old_tat < now_us {
-        (restarts.saturating_add(1), i64::MAX)
-    } else {
-        (restarts, slack.min(old_tat.saturating_sub(now_us)))
-    }
-}
-
-/// A rate bucket's TAT and slack after a give-back of `back` microseconds
-/// of charge: at most the slack (see [`after_lease`]), which shrinks by
-/// what was given back. Exact for tokens leased since the last restart:
-/// no later lease would have found the TAT behind the clock without their
-/// charge, so every later charge stands as it was counted.
-pub(crate) fn give_back(tat: i64, slack: i64, back: i64) -> (i64, i64) {
-    let credit = back.min(slack).max(0);
-    (tat.saturating_sub(credit), slack - credit)
-}
-
-/// The restart count a new rate bucket starts from: random, below 2^62,
-/// so that a give-back leased from a bucket since dropped (its limit
-/// removed and added back, which starts a new bucket) matches no later
-/// bucket (an outside review found 125 tokens granted at one instant by a
-/// bucket of 100 when every bucket started from 0). The SQL stores bind
+/// The number of a new rate bucket's first lease: random, below 2^62, so
+/// that a give-back leased from a bucket since dropped (its limit removed
+/// and added back, which starts a new bucket) matches no lease of a later
+/// bucket (an outside review found 124 tokens granted at one instant by a
+/// bucket of 100 when every bucket counted from 0). The SQL stores bind
 /// the same for the row a first lease inserts.
-pub(crate) fn first_restarts() -> u64 {
+pub(crate) fn first_lease() -> u64 {
     rand::random::<u64>() >> 2
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const I: u64 = 100;
+    const BURST: u64 = 1_000;
+
+    /// One step of a server: after `dt` microseconds, give back what it
+    /// holds but `spend` (all it holds when it holds fewer), then lease
+    /// `want`.
+    fn step() -> impl Strategy<Value = (usize, i64, u32, u32)> {
+        (0..3usize, 0..300i64, 0..4u32, 0..12u32)
+    }
+
+    proptest! {
+        /// Soundness of give-backs, whatever servers do honestly: the
+        /// tokens leases took in any span of time, less what was given
+        /// back of them, are never more than one GCRA admits in that span
+        /// (its burst and one token per interval).
+        #[test]
+        fn give_backs_never_let_more_through_than_one_gcra(
+            steps in proptest::collection::vec(step(), 1..60),
+        ) {
+            let mut bucket: Option<RateBucket> = None;
+            let mut now = 0i64;
+            // Per server: the lease whose tokens it holds, and how many.
+            let mut held: [Option<(usize, u32)>; 3] = [None; 3];
+            // Per lease: when, and how many tokens were kept.
+            let mut leases: Vec<(i64, u32)> = Vec::new();
+            let mut numbers: Vec<u64> = Vec::new();
+            for (server, dt, spend, want) in steps {
+                now += dt;
+                if let Some((l, tokens)) = held[server].take() {
+                    let back = tokens.saturating_sub(spend);
+                    let b = bucket.as_mut().expect("leased before");
+                    b.give_back(numbers[l], i64::try_from(u64::from(back) * I).unwrap());
+                    leases[l].1 -= back;
+                }
+                let (granted, tat) = gcra_take(bucket.as_ref().map(|b| b.tat), now, want, I, BURST);
+                let next = RateBucket::after_lease(bucket.as_ref(), now, granted, I, tat);
+                numbers.push(next.lease);
+                bucket = Some(next);
+                leases.push((now, granted));
+                held[server] = Some((leases.len() - 1, granted));
+            }
+            for i in 0..leases.len() {
+                let mut net = 0u64;
+                for lease in &leases[i..] {
+                    net += u64::from(lease.1);
+                    let span = u64::try_from(lease.0 - leases[i].0).unwrap();
+                    prop_assert!(
+                        net <= (span + BURST) / I,
+                        "{net} tokens kept by leases over {span} µs from lease {i}: {leases:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_latest_lease_goes_back_whole_and_an_earlier_one_within_the_slack() {
+        let (g1, tat1) = gcra_take(None, 0, 4, I, BURST);
+        let first = RateBucket::after_lease(None, 0, g1, I, tat1);
+        assert_eq!((first.tat, first.added, first.slack), (400, 400, i64::MAX));
+        let (g2, tat2) = gcra_take(Some(first.tat), 150, 3, I, BURST);
+        let mut b = RateBucket::after_lease(Some(&first), 150, g2, I, tat2);
+        assert_eq!((b.lease, b.restart_lease), (first.lease + 1, first.lease));
+        assert_eq!((b.tat, b.slack, b.added), (700, 250, 300));
+        // The first lease's 4 tokens: at most the 250 the second found.
+        b.give_back(first.lease, 400);
+        assert_eq!((b.tat, b.slack, b.added), (450, 0, 300));
+        // The second's own 3 whole, and no more.
+        b.give_back(b.lease, 500);
+        assert_eq!((b.tat, b.slack, b.added), (150, 0, 0));
+        // A restart: the earlier leases' tokens move nothing.
+        let (g3, tat3) = gcra_take(Some(b.tat), 1_000, 1, I, BURST);
+        let mut r = RateBucket::after_lease(Some(&b), 1_000, g3, I, tat3);
+        assert_eq!((r.restart_lease, r.slack), (r.lease, i64::MAX));
+        r.give_back(b.lease, 100);
+        r.give_back(r.lease + 1, 100);
+        assert_eq!(r.tat, 1_100);
+    }
 }

@@ -494,11 +494,21 @@ pub trait KeyStore: Send + Sync + 'static {
         async { Err(StoreError::Unsupported("rate limits")) }
     }
 
-    /// Gives back `tokens` unspent tokens of key `id`'s limit `name`,
-    /// leased when the bucket had restarted `restarts` times
-    /// ([`RateGrant::restarts`]): its theoretical arrival time moves back by
-    /// `tokens × interval_us`, unless the bucket restarted since (their
-    /// charge is forgotten already: given back, they would count twice).
+    /// Gives back `tokens` unspent tokens of key `id`'s limit `name`, taken
+    /// by lease number `lease` ([`RateGrant::lease`]): the limit's
+    /// theoretical arrival time moves back by up to `tokens × interval_us`.
+    /// Never so far that a charge counts twice, or that a lease since would
+    /// have found the bucket behind the clock without these tokens:
+    /// - the latest lease's tokens go back whole (at most what it added);
+    /// - an earlier lease's, at most by the *slack*: the least any lease
+    ///   since the bucket last restarted found its arrival time ahead of
+    ///   the clock, less what such give-backs moved before (what it cannot
+    ///   credit stays charged until the bucket drains);
+    /// - a lease's from before the last restart (a lease that found the
+    ///   arrival time behind the clock and started again from it,
+    ///   forgetting every charge before), or a number the bucket never
+    ///   gave, moves nothing.
+    ///
     /// A missing key or limit state is not an error (nothing happens).
     fn return_rate(
         &self,
@@ -506,9 +516,9 @@ pub trait KeyStore: Send + Sync + 'static {
         name: &LimitName,
         tokens: u32,
         interval_us: u64,
-        restarts: u64,
+        lease: u64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        let _ = (id, name, tokens, interval_us, restarts);
+        let _ = (id, name, tokens, interval_us, lease);
         async { Err(StoreError::Unsupported("rate limits")) }
     }
 }
@@ -598,9 +608,9 @@ impl<S: KeyStore> KeyStore for Arc<S> {
         name: &LimitName,
         tokens: u32,
         interval_us: u64,
-        restarts: u64,
+        lease: u64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        (**self).return_rate(id, name, tokens, interval_us, restarts)
+        (**self).return_rate(id, name, tokens, interval_us, lease)
     }
 }
 

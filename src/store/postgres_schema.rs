@@ -87,16 +87,16 @@ const MIGRATIONS: &[(i64, &str)] = &[
         PRIMARY KEY (key_id, name)
     );",
     ),
-    // How often each rate bucket restarted (`RateGrant::restarts`): a
-    // give-back leased before a restart is refused.
+    // What give-backs of unspent rate tokens may move each bucket back
+    // (`KeyStore::return_rate`): the numbers of its latest lease and of
+    // the lease that last restarted it, its slack, and what the latest
+    // lease added.
     (
         7,
-        "ALTER TABLE \"{s}\".\"{rates}\" ADD COLUMN IF NOT EXISTS restarts BIGINT NOT NULL DEFAULT 0;",
-    ),
-    // How far give-backs may still move each rate bucket back (its slack).
-    (
-        8,
-        "ALTER TABLE \"{s}\".\"{rates}\" ADD COLUMN IF NOT EXISTS slack BIGINT NOT NULL DEFAULT 0;",
+        "ALTER TABLE \"{s}\".\"{rates}\" ADD COLUMN IF NOT EXISTS lease BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE \"{s}\".\"{rates}\" ADD COLUMN IF NOT EXISTS restart_lease BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE \"{s}\".\"{rates}\" ADD COLUMN IF NOT EXISTS slack BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE \"{s}\".\"{rates}\" ADD COLUMN IF NOT EXISTS added BIGINT NOT NULL DEFAULT 0;",
     ),
 ];
 

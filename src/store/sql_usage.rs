@@ -247,13 +247,17 @@ pub(crate) struct RateBinds {
     pub burst: i64,
     pub fresh_granted: i64,
     pub fresh_tat: i64,
-    /// The restart count of a bucket the lease creates (random: see
-    /// `memory_usage::first_restarts`).
-    pub fresh_restarts: i64,
+    /// The number of the lease, when it creates the bucket (random: see
+    /// `memory_usage::first_lease`).
+    pub fresh_lease: i64,
 }
 
-/// The largest `|now_us|` a store accepts: about 146,000 years around 1970.
-const MAX_ABS_NOW_US: i64 = 1 << 62;
+/// The largest `|now_us|` a store accepts: about 73,000 years around 1970.
+/// A TAT is then at most this plus the longest burst, so the lease
+/// statement's `tat - now` (at most 2^62 and a burst) fits in 64 bits;
+/// with 2^62 it did not, and PostgreSQL refused a lease at `-2^62` after
+/// one at `2^62` ("bigint out of range", an outside review, 2026-12-03).
+const MAX_ABS_NOW_US: i64 = 1 << 61;
 
 pub(crate) fn rate_binds(id: &KeyId, lease: &RateLease) -> Result<RateBinds, StoreError> {
     let max_window = RateLimit::MAX_WINDOW.as_micros() as u64;
@@ -287,8 +291,8 @@ pub(crate) fn rate_binds(id: &KeyId, lease: &RateLease) -> Result<RateBinds, Sto
         burst: lease.burst_us as i64,
         fresh_granted: i64::from(fresh_granted),
         fresh_tat,
-        // Below 2^62: fits, with room to count restarts.
-        fresh_restarts: super::memory_usage::first_restarts() as i64,
+        // Below 2^62: fits, with room to count leases.
+        fresh_lease: super::memory_usage::first_lease() as i64,
     })
 }
 
@@ -315,13 +319,12 @@ pub(crate) struct UsageQueries {
     pub credits_of: String,
     /// `$1` id, `$2` name, then [`RateBinds`] (`$3` now, `$4` want, `$5`
     /// interval, `$6` burst, `$7` fresh grant, `$8` fresh tat, `$9` fresh
-    /// restarts); returns
-    /// `tat`, `last_grant`, `restarts` (one more when the stored `tat` was
-    /// behind `$3`: the bucket starts again from the clock); no row: no key.
+    /// lease number); returns `tat`, `last_grant`, `lease`; no row: no key.
+    /// Computes what `memory_usage::RateBucket::after_lease` does.
     pub lease_rate: String,
     /// `$1` id, `$2` name, `$3` how far back, `$4` `i64::MIN`, `$5` the
-    /// restarts of the lease the tokens came from (none since, or nothing
-    /// happens).
+    /// number of the lease the tokens came from. Computes what
+    /// `memory_usage::RateBucket::give_back` does.
     pub return_rate: String,
     /// `$1` id: deletes the key's rate states (PostgreSQL's foreign key
     /// cascades instead).
@@ -370,25 +373,37 @@ impl UsageQueries {
                  AND credits_remaining <= {max} - $2 RETURNING {CREDIT_COLUMNS}"
             ),
             credits_of: format!("SELECT credits_remaining FROM {keys} WHERE id = $1"),
+            // In `SET`, every `r.` column is the row before the update.
             lease_rate: d(format!(
-                "INSERT INTO {rates} AS r (key_id, name, tat, last_grant, slack, restarts) \
-                 SELECT id, $2, $8, $7, {max_i64}, $9 FROM {keys} WHERE id = $1 \
+                "INSERT INTO {rates} AS r \
+                 (key_id, name, tat, last_grant, lease, restart_lease, slack, added) \
+                 SELECT id, $2, $8, $7, $9, $9, {max_i64}, $5 * $7 FROM {keys} WHERE id = $1 \
                  ON CONFLICT (key_id, name) DO UPDATE SET \
                  tat = CASE WHEN {granted} = 0 THEN r.tat ELSE {base} + $5 * {granted} END, \
                  last_grant = {granted}, \
-                 restarts = CASE WHEN r.tat < $3 THEN r.restarts + 1 ELSE r.restarts END, \
-                 slack = CASE WHEN r.tat < $3 THEN {max_i64} ELSE LEAST(r.slack, r.tat - $3) END \
-                 RETURNING tat, last_grant, restarts"
+                 lease = r.lease + 1, \
+                 restart_lease = CASE WHEN r.tat < $3 THEN r.lease + 1 ELSE r.restart_lease END, \
+                 slack = CASE WHEN r.tat < $3 THEN {max_i64} ELSE LEAST(r.slack, r.tat - $3) END, \
+                 added = $5 * {granted} \
+                 RETURNING tat, last_grant, lease"
             )),
-            // At most the slack goes back (`memory_usage::give_back`);
-            // `$4` (`i64::MIN`) keeps the subtraction in range.
-            return_rate: d(format!(
-                "UPDATE {rates} SET \
-                 tat = CASE WHEN tat < $4 + LEAST($3, GREATEST(slack, 0)) THEN $4 \
-                 ELSE tat - LEAST($3, GREATEST(slack, 0)) END, \
-                 slack = slack - LEAST($3, GREATEST(slack, 0)) \
-                 WHERE key_id = $1 AND name = $2 AND restarts = $5"
-            )),
+            // The latest lease's tokens move the TAT back by at most what
+            // it added, an earlier lease's by at most the slack; `$4`
+            // (`i64::MIN`) keeps the subtraction in range.
+            return_rate: {
+                let latest = "lease = $5";
+                let credit = format!(
+                    "(CASE WHEN {latest} THEN LEAST($3, GREATEST(added, 0)) \
+                     ELSE LEAST($3, GREATEST(slack, 0)) END)"
+                );
+                d(format!(
+                    "UPDATE {rates} SET \
+                     tat = CASE WHEN tat < $4 + {credit} THEN $4 ELSE tat - {credit} END, \
+                     added = CASE WHEN {latest} THEN added - {credit} ELSE added END, \
+                     slack = CASE WHEN {latest} THEN slack ELSE slack - {credit} END \
+                     WHERE key_id = $1 AND name = $2 AND restart_lease <= $5 AND $5 <= lease"
+                ))
+            },
             #[cfg(feature = "sqlite")]
             delete_rates: format!("DELETE FROM {rates} WHERE key_id = $1"),
             rates: rates.to_owned(),
@@ -461,5 +476,11 @@ mod tests {
             })
         ));
         assert!(rate_binds(&id, &lease(i64::MAX, 10)).is_err());
+        // The domain's ends (`tests/gcra_cases` leases at both at once).
+        assert!(rate_binds(&id, &lease(MAX_ABS_NOW_US, 10)).is_ok());
+        assert!(rate_binds(&id, &lease(-MAX_ABS_NOW_US, 10)).is_ok());
+        assert!(rate_binds(&id, &lease(MAX_ABS_NOW_US + 1, 10)).is_err());
+        assert!(rate_binds(&id, &lease(-MAX_ABS_NOW_US - 1, 10)).is_err());
+        assert_eq!(MAX_ABS_NOW_US, 1 << 61, "tests/gcra_cases uses ±2^61");
     }
 }

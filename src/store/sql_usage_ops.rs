@@ -150,7 +150,7 @@ macro_rules! usage_operations {
                     .bind(b.burst)
                     .bind(b.fresh_granted)
                     .bind(b.fresh_tat)
-                    .bind(b.fresh_restarts)
+                    .bind(b.fresh_lease)
                     .fetch_optional(&self.pool)
                     .await;
                 let row = match row {
@@ -170,13 +170,13 @@ macro_rules! usage_operations {
                         .map_err(|e| super::sql::corrupt(id.as_str(), f, e))
                 };
                 let granted = read("last_grant")?;
-                let restarts = read("restarts")?;
+                let number = read("lease")?;
                 Ok($crate::usage::RateGrant {
-                    restarts: u64::try_from(restarts).map_err(|_| {
+                    lease: u64::try_from(number).map_err(|_| {
                         super::sql::corrupt(
                             id.as_str(),
-                            "restarts",
-                            format!("{restarts} is out of range"),
+                            "lease",
+                            format!("{number} is out of range"),
                         )
                     })?,
                     granted: u32::try_from(granted).map_err(|_| {
@@ -196,15 +196,15 @@ macro_rules! usage_operations {
                 name: &$crate::usage::LimitName,
                 tokens: u32,
                 interval_us: u64,
-                restarts: u64,
+                lease: u64,
             ) -> Result<(), StoreError> {
                 sqlx::query(&self.queries.usage.return_rate)
                     .bind(id.as_str())
                     .bind(name.as_str())
                     .bind(super::sql_usage::rate_return(tokens, interval_us))
                     .bind(i64::MIN)
-                    // Past `i64::MAX` restarts (never): matches no row.
-                    .bind(i64::try_from(restarts).unwrap_or(-1))
+                    // Past `i64::MAX` (no bucket numbers a lease so): matches no row.
+                    .bind(i64::try_from(lease).unwrap_or(-1))
                     .execute(&self.pool)
                     .await
                     .map_err(|e| super::sql::backend("return rate", e))?;
@@ -256,9 +256,9 @@ macro_rules! usage_trait_methods {
             name: &$crate::usage::LimitName,
             tokens: u32,
             interval_us: u64,
-            restarts: u64,
+            lease: u64,
         ) -> Result<(), StoreError> {
-            boxed(self.return_rate_impl(id, name, tokens, interval_us, restarts)).await
+            boxed(self.return_rate_impl(id, name, tokens, interval_us, lease)).await
         }
     };
 }

@@ -213,16 +213,16 @@ const MIGRATIONS: &[(i64, &str)] = &[
         PRIMARY KEY (key_id, name)
     ) WITHOUT ROWID;",
     ),
-    // How often each rate bucket restarted (`RateGrant::restarts`): a
-    // give-back leased before a restart is refused.
+    // What give-backs of unspent rate tokens may move each bucket back
+    // (`KeyStore::return_rate`): the numbers of its latest lease and of
+    // the lease that last restarted it, its slack, and what the latest
+    // lease added.
     (
         6,
-        "ALTER TABLE \"{rates}\" ADD COLUMN restarts INTEGER NOT NULL DEFAULT 0;",
-    ),
-    // How far give-backs may still move each rate bucket back (its slack).
-    (
-        7,
-        "ALTER TABLE \"{rates}\" ADD COLUMN slack INTEGER NOT NULL DEFAULT 0;",
+        "ALTER TABLE \"{rates}\" ADD COLUMN lease INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE \"{rates}\" ADD COLUMN restart_lease INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE \"{rates}\" ADD COLUMN slack INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE \"{rates}\" ADD COLUMN added INTEGER NOT NULL DEFAULT 0;",
     ),
 ];
 

@@ -66,10 +66,12 @@ pub struct RateGrant {
     /// microseconds since the Unix epoch ([`gcra_wait_us`] turns it into a
     /// wait).
     pub tat_us: i64,
-    /// How often the bucket restarted up to this grant: a lease that finds
-    /// its theoretical arrival time behind the clock starts it again from
-    /// the clock, forgetting every charge before. Given back with unspent
-    /// tokens ([`KeyStore::return_rate`](crate::KeyStore::return_rate)), so
-    /// that tokens whose charge was forgotten are not given back twice.
-    pub restarts: u64,
+    /// This lease's number in its bucket (opaque: one more than the
+    /// bucket's previous lease, from a random start). Given back with
+    /// unspent tokens ([`KeyStore::return_rate`](crate::KeyStore::return_rate)):
+    /// the store credits the latest lease's tokens whole, an earlier
+    /// lease's as far as the leases since allow, and none of a lease
+    /// before the bucket last started again from the clock (their charge
+    /// is forgotten already: given back, they would count twice).
+    pub lease: u64,
 }

@@ -97,13 +97,14 @@ struct LimitLedger {
     blocked_until_us: i64,
     /// Tokens the store's bucket had left after the last lease.
     store_room: u32,
-    /// The store bucket's restarts at the earliest lease whose tokens are
-    /// still held ([`RateGrant::restarts`](crate::usage::RateGrant::restarts)),
-    /// given back with them: if the bucket restarted since, their charge
-    /// is forgotten and the store refuses them (given back, they would
-    /// count twice: an outside review measured 124 requests at one instant
+    /// The number of the earliest lease whose tokens are still held
+    /// ([`RateGrant::lease`](crate::usage::RateGrant::lease)), given back
+    /// with them: the store credits them whole if it was its latest lease,
+    /// else as far as the leases since allow, and not at all if the bucket
+    /// restarted since (their charge is forgotten: given back, they would
+    /// count twice; an outside review measured 124 requests at one instant
     /// under a limit of 100 across two servers, 2026-12-03).
-    restarts: u64,
+    lease: u64,
 }
 
 impl LimitLedger {
@@ -116,17 +117,16 @@ impl LimitLedger {
             spent_since_lease: 0,
             blocked_until_us: NEVER,
             store_room: 0,
-            restarts: 0,
+            lease: 0,
         }
     }
 
-    /// Counts `granted` tokens leased when the bucket had restarted
-    /// `restarts` times.
-    fn leased(&mut self, granted: u32, restarts: u64) {
+    /// Counts `granted` tokens of lease number `lease`.
+    fn leased(&mut self, granted: u32, lease: u64) {
         // The earliest lease held decides: tokens of a lease before a
         // restart may not go back, even with later ones.
         if self.tokens == 0 {
-            self.restarts = restarts;
+            self.lease = lease;
         }
         self.tokens = self.tokens.saturating_add(granted);
     }
@@ -178,8 +178,8 @@ struct CreditLedger {
 /// and credits to settle as spent.
 #[derive(Debug, Default)]
 struct Orphans {
-    /// Rate tokens to give back: (limit, tokens, interval, the bucket's
-    /// restarts when they were leased: [`RateGrant::restarts`](crate::usage::RateGrant::restarts)).
+    /// Rate tokens to give back: (limit, tokens, interval, the number of
+    /// the lease they came from: [`RateGrant::lease`](crate::usage::RateGrant::lease)).
     rate: Vec<(LimitName, u32, u64, u64)>,
     /// Credits to settle as spent (`settle_credits(id, 0, n)`: the store's
     /// `leased` falls, nothing returns to `remaining`): the block of a key
@@ -439,7 +439,7 @@ impl Ledgers {
                             l.limit.name().clone(),
                             std::mem::take(&mut l.tokens),
                             l.limit.interval_us(),
-                            l.restarts,
+                            l.lease,
                         ));
                         l.expires_us = NEVER;
                     }
@@ -456,9 +456,9 @@ impl Ledgers {
                 // as spent (see `Orphans::credits`).
                 ledger.spent_later(credits.0.saturating_add(credits.1));
             }
-            for (name, tokens, interval_us, restarts) in rate {
+            for (name, tokens, interval_us, lease) in rate {
                 let _ = store
-                    .return_rate(&ledger.id, &name, tokens, interval_us, restarts)
+                    .return_rate(&ledger.id, &name, tokens, interval_us, lease)
                     .await;
             }
         }
@@ -515,7 +515,7 @@ fn reconfigure(st: &mut State, record: &KeyRecord) {
                 l.limit.name().clone(),
                 l.tokens,
                 l.limit.interval_us(),
-                l.restarts,
+                l.lease,
             );
             st.orphans.rate.push(orphan);
         }

@@ -112,10 +112,10 @@ impl KeyStore for Broken {
         name: &LimitName,
         tokens: u32,
         interval_us: u64,
-        restarts: u64,
+        lease: u64,
     ) -> Result<(), StoreError> {
         self.0
-            .return_rate(id, name, tokens, interval_us, restarts)
+            .return_rate(id, name, tokens, interval_us, lease)
             .await
     }
 }

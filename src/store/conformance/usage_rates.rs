@@ -12,7 +12,7 @@ use crate::store::{KeyStore, StoreError};
 use crate::usage::{RateLimit, UsageControls, gcra_take};
 
 pub(super) async fn rate_leases_follow_gcra<S: KeyStore>(store: &S, owner: &OwnerId) {
-    let lim = limits(&[("requests", 10, 1), ("publish", 3, 60)]);
+    let lim = limits(&[("requests", 10, 1), ("publish", 3, 60), ("uploads", 10, 10)]);
     let r = metered(
         owner,
         UsageControls {
@@ -69,89 +69,80 @@ pub(super) async fn rate_leases_follow_gcra<S: KeyStore>(store: &S, owner: &Owne
             "{C}: rate lease step {i} must match gcra_take"
         );
     }
-    // A return gives tokens back: the next lease gets them again (at a
-    // time the bucket has room for one token, not two).
-    let at = now + 21_000_000;
-    let before = store
-        .lease_rate(&r.id, &rate(publish.name(), &publish, 0, at))
-        .await
-        .expect("lease");
-    store
-        .return_rate(
-            &r.id,
-            publish.name(),
-            1,
-            publish.interval_us(),
-            before.restarts,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{C}: return_rate failed: {e}"));
-    let again = store
-        .lease_rate(&r.id, &rate(publish.name(), &publish, 1, at))
-        .await
-        .expect("lease");
-    let (expected, tat) = gcra_take(
-        Some(before.tat_us - i64::try_from(publish.interval_us()).expect("fits")),
-        at,
-        1,
-        publish.interval_us(),
-        publish.burst_us(),
-    );
-    assert_eq!(
-        (again.granted, again.tat_us),
-        (expected, tat),
-        "{C}: return_rate must move the bucket back by tokens × interval"
-    );
-    assert_eq!(
-        again.granted, 1,
-        "{C}: a returned token must be leasable again"
-    );
-    // An hour on, the bucket's TAT is behind the clock: the lease starts
-    // it again and counts a restart. Tokens leased before it are refused
-    // back (their charge is forgotten: given back, they would count
-    // twice); tokens leased since go back.
-    let later = at + 3_600_000_000;
-    let lease = |want| rate(publish.name(), &publish, want, later);
-    let restarted = store.lease_rate(&r.id, &lease(1)).await.expect("lease");
-    assert_eq!(
-        restarted.restarts,
-        again.restarts + 1,
-        "{C}: a lease that finds the bucket's TAT behind the clock must count a restart"
-    );
-    let interval = i64::try_from(publish.interval_us()).expect("fits");
-    for (leased_with, expected_tat) in [
-        (again.restarts, restarted.tat_us),
-        (restarted.restarts, restarted.tat_us - interval),
-    ] {
+    rate_give_backs(store, &r.id, lim.get("uploads").expect("limit"), now).await;
+}
+
+/// Give-backs of unspent tokens ([`KeyStore::return_rate`]) on a bucket of
+/// 10 tokens, one a second, each step checked by what the next lease gets.
+async fn rate_give_backs<S: KeyStore>(
+    store: &S,
+    id: &crate::ids::KeyId,
+    limit: &RateLimit,
+    t: i64,
+) {
+    let name = limit.name();
+    let lease = |want, at| rate(name, limit, want, at);
+    let give = |tokens, number| store.return_rate(id, name, tokens, limit.interval_us(), number);
+    let granted = |want, at| async move {
         store
-            .return_rate(&r.id, publish.name(), 1, publish.interval_us(), leased_with)
+            .lease_rate(id, &lease(want, at))
             .await
-            .unwrap_or_else(|e| panic!("{C}: return_rate failed: {e}"));
-        let seen = store.lease_rate(&r.id, &lease(0)).await.expect("lease");
-        assert_eq!(
-            (seen.tat_us, seen.restarts),
-            (expected_tat, restarted.restarts),
-            "{C}: return_rate must move the bucket back only for tokens leased since its last restart"
-        );
-    }
-    // The last lease found the TAT at the clock: a give-back moves it back
-    // no further (further, and that lease would have started from the
-    // clock: the give-back would credit time that has passed).
-    store
-        .return_rate(
-            &r.id,
-            publish.name(),
-            1,
-            publish.interval_us(),
-            restarted.restarts,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{C}: return_rate failed: {e}"));
-    let seen = store.lease_rate(&r.id, &lease(0)).await.expect("lease");
+            .unwrap_or_else(|e| panic!("{C}: lease_rate failed: {e}"))
+    };
+    let first = granted(4, t).await;
+    // The latest lease's own tokens go back whole.
+    give(2, first.lease).await.expect("return_rate");
+    let second = granted(10, t).await;
     assert_eq!(
-        seen.tat_us,
-        restarted.tat_us - interval,
-        "{C}: return_rate must not move the bucket back past where a later lease found it"
+        (second.granted, second.lease),
+        (8, first.lease + 1),
+        "{C}: the latest lease's tokens given back must be leasable again, \
+         and each lease must be numbered one more than the one before"
+    );
+    // The second lease found the TAT 2 tokens ahead of the clock: an
+    // earlier lease's tokens move it back at most that far (further, and
+    // that lease would have started from the clock: the give-back would
+    // credit time that has passed); the latest lease's go back whole.
+    give(4, first.lease).await.expect("return_rate");
+    give(3, second.lease).await.expect("return_rate");
+    let third = granted(10, t).await;
+    assert_eq!(
+        third.granted, 5,
+        "{C}: of an earlier lease's tokens only the slack (2) may go back, \
+         and the latest lease's (3) whole"
+    );
+    // Numbers the bucket never gave move nothing.
+    give(5, third.lease + 1).await.expect("return_rate");
+    give(5, first.lease.wrapping_sub(1))
+        .await
+        .expect("return_rate");
+    give(5, u64::MAX).await.expect("return_rate");
+    let none = granted(1, t).await;
+    assert_eq!(
+        none.granted, 0,
+        "{C}: a give-back with a lease number the bucket never gave must move nothing"
+    );
+    // An hour on, the TAT is behind the clock: the lease starts the bucket
+    // again from it. Tokens leased before that restart are refused back
+    // (their charge is forgotten: given back, they would count twice);
+    // tokens leased since go back.
+    let later = t + 3_600_000_000;
+    let restarted = granted(1, later).await;
+    assert_eq!(restarted.granted, 1, "{C}: a restarted bucket is full");
+    give(10, third.lease).await.expect("return_rate");
+    let full = granted(10, later).await;
+    assert_eq!(
+        full.granted, 9,
+        "{C}: tokens leased before the bucket's last restart must not go back"
+    );
+    give(9, full.lease).await.expect("return_rate");
+    give(1, restarted.lease).await.expect("return_rate");
+    let again = granted(10, later).await;
+    assert_eq!(
+        again.granted, 10,
+        "{C}: tokens leased since the restart must go back (the latest lease's \
+         9 whole; the restart's 1 within the slack: the lease after it found \
+         the TAT one token ahead)"
     );
 }
 

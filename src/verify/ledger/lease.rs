@@ -15,8 +15,8 @@ struct RateAsk {
     need: u32,
     lease: RateLease,
     returned: u32,
-    /// [`LimitLedger::restarts`](super::LimitLedger) of the tokens returned.
-    restarts: u64,
+    /// [`LimitLedger::lease`](super::LimitLedger) of the tokens returned.
+    returned_lease: u64,
     span_us: i64,
 }
 
@@ -69,7 +69,7 @@ pub(crate) async fn top_up<S: KeyStore>(
                     burst_us: l.limit.burst_us(),
                 },
                 returned,
-                restarts: l.restarts,
+                returned_lease: l.lease,
                 span_us: lease_span_us(&l.limit),
             });
         }
@@ -122,7 +122,7 @@ pub(crate) async fn top_up<S: KeyStore>(
                     &ask.name,
                     ask.returned,
                     ask.lease.interval_us,
-                    ask.restarts,
+                    ask.returned_lease,
                 )
                 .await;
         }
@@ -143,7 +143,7 @@ pub(crate) async fn top_up<S: KeyStore>(
             l.granted_at_us = now_us;
             l.spent_since_lease = 0;
         }
-        l.leased(grant.granted, grant.restarts);
+        l.leased(grant.granted, grant.lease);
         let interval = l.limit.interval_us();
         let base = grant.tat_us.max(now_us);
         let room = now_us
