@@ -14,9 +14,9 @@ struct RateAsk {
     name: LimitName,
     need: u32,
     lease: RateLease,
-    returned: u32,
-    /// [`LimitLedger::lease`](super::LimitLedger) of the tokens returned.
-    returned_lease: u64,
+    /// Tokens to give back first, with the number of the lease each part
+    /// goes back under ([`LimitLedger::take_tokens`](super::LimitLedger)).
+    returned: [(u32, u64); 2],
     span_us: i64,
 }
 
@@ -51,11 +51,7 @@ pub(crate) async fn top_up<S: KeyStore>(
             if valid && l.tokens >= c {
                 continue;
             }
-            let returned = if valid {
-                0
-            } else {
-                std::mem::take(&mut l.tokens)
-            };
+            let returned = if valid { [(0, 0); 2] } else { l.take_tokens() };
             let need = c - l.tokens;
             let want = l.block(now_us).max(need);
             asks.push(RateAsk {
@@ -69,7 +65,6 @@ pub(crate) async fn top_up<S: KeyStore>(
                     burst_us: l.limit.burst_us(),
                 },
                 returned,
-                returned_lease: l.lease,
                 span_us: lease_span_us(&l.limit),
             });
         }
@@ -113,18 +108,15 @@ pub(crate) async fn top_up<S: KeyStore>(
         }
     }
     for ask in &asks {
-        if ask.returned > 0 {
-            // Best effort: a token not given back is lost (fewer requests
-            // pass), never a token spent twice.
-            let _ = store
-                .return_rate(
-                    &ledger.id,
-                    &ask.name,
-                    ask.returned,
-                    ask.lease.interval_us,
-                    ask.returned_lease,
-                )
-                .await;
+        for &(tokens, number) in &ask.returned {
+            if tokens > 0 {
+                // Best effort: a token not given back is lost (fewer
+                // requests pass), never a token spent twice.
+                let interval_us = ask.lease.interval_us;
+                let _ = store
+                    .return_rate(&ledger.id, &ask.name, tokens, interval_us, number)
+                    .await;
+            }
         }
     }
     for ask in asks {
