@@ -8,8 +8,8 @@ use super::MemoryStore;
 use super::StoreError;
 use crate::ids::KeyId;
 use crate::usage::{
-    CreditChange, CreditGrant, Credits, LimitName, RateGrant, RateLease, RefillDue, UsageControls,
-    gcra_take,
+    CreditChange, CreditGrant, Credits, LimitName, RateGrant, RateLease, RateLimit, RefillDue,
+    UsageControls, UsageError, gcra_take,
 };
 
 /// A record's usage controls and the theoretical arrival time of each of
@@ -251,6 +251,7 @@ impl MemoryStore {
         id: &KeyId,
         lease: &RateLease,
     ) -> Result<RateGrant, StoreError> {
+        check_rate_lease(id, lease)?;
         self.with_usage(id, |usage| {
             let state = usage.get_or_insert_with(|| {
                 Box::new(UsageState {
@@ -304,6 +305,38 @@ impl MemoryStore {
             other => other,
         }
     }
+}
+
+/// The largest `|now_us|` a store accepts: about 73,000 years around 1970.
+/// A TAT is then at most this plus the longest burst, so the SQL lease
+/// statement's `tat - now` (at most 2^62 and a burst) fits in 64 bits;
+/// with 2^62 it did not, and PostgreSQL refused a lease at `-2^62` after
+/// one at `2^62` ("bigint out of range", an outside review, 2026-12-03).
+pub(crate) const MAX_ABS_NOW_US: i64 = 1 << 61;
+
+/// Refuses a rate lease outside the domain every store computes exactly:
+/// a window past [`RateLimit::MAX_WINDOW`] (`StoreError::Usage`), a clock
+/// past [`MAX_ABS_NOW_US`] (`StoreError::Backend`). The memory store
+/// checks it too, so that all stores answer the same input alike (it
+/// saturated instead, where SQL refused: an outside review, 2026-12-03).
+pub(crate) fn check_rate_lease(id: &KeyId, lease: &RateLease) -> Result<(), StoreError> {
+    let max_window = u64::try_from(RateLimit::MAX_WINDOW.as_micros()).unwrap_or(u64::MAX);
+    if lease.burst_us > max_window || lease.interval_us > max_window {
+        return Err(StoreError::Usage {
+            id: id.clone(),
+            error: UsageError::WindowTooLong {
+                name: lease.name.as_str().into(),
+                window: std::time::Duration::from_micros(lease.burst_us.max(lease.interval_us)),
+            },
+        });
+    }
+    if !(-MAX_ABS_NOW_US..=MAX_ABS_NOW_US).contains(&lease.now_us) {
+        return Err(StoreError::Backend(format!(
+            "lease_rate of key {id}: now_us {} is out of range",
+            lease.now_us
+        )));
+    }
+    Ok(())
 }
 
 /// The number of a new rate bucket's first lease: random, below 2^62, so
@@ -374,6 +407,38 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_memory_store_refuses_leases_outside_the_sql_domain() {
+        let store = MemoryStore::new();
+        let id = KeyId::generate();
+        let lease = |now_us, burst_us| RateLease {
+            name: LimitName::new("requests").unwrap(),
+            want: 1,
+            now_us,
+            interval_us: 1,
+            burst_us,
+        };
+        let max_window = RateLimit::MAX_WINDOW.as_micros() as u64;
+        assert!(matches!(
+            store.lease_rate_sync(&id, &lease(0, max_window + 1)),
+            Err(StoreError::Usage {
+                error: UsageError::WindowTooLong { .. },
+                ..
+            })
+        ));
+        for now in [MAX_ABS_NOW_US + 1, -MAX_ABS_NOW_US - 1, i64::MIN] {
+            assert!(matches!(
+                store.lease_rate_sync(&id, &lease(now, 10)),
+                Err(StoreError::Backend(_))
+            ));
+        }
+        // Within the domain the record is looked up: no such key.
+        assert!(matches!(
+            store.lease_rate_sync(&id, &lease(MAX_ABS_NOW_US, max_window)),
+            Err(StoreError::NotFound(_))
+        ));
     }
 
     #[test]

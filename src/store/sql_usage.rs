@@ -23,8 +23,8 @@ use super::sql::corrupt;
 use crate::ids::KeyId;
 use crate::store::StoreError;
 use crate::usage::{
-    CreditChange, CreditGrant, Credits, RateLease, RateLimit, RateLimits, Refill, RefillDue,
-    UsageControls, UsageError, gcra_take,
+    CreditChange, CreditGrant, Credits, RateLease, RateLimits, Refill, RefillDue, UsageControls,
+    gcra_take,
 };
 
 /// The usage columns, in the order [`super::sql::COLUMNS`] ends with them
@@ -252,30 +252,8 @@ pub(crate) struct RateBinds {
     pub fresh_lease: i64,
 }
 
-/// The largest `|now_us|` a store accepts: about 73,000 years around 1970.
-/// A TAT is then at most this plus the longest burst, so the lease
-/// statement's `tat - now` (at most 2^62 and a burst) fits in 64 bits;
-/// with 2^62 it did not, and PostgreSQL refused a lease at `-2^62` after
-/// one at `2^62` ("bigint out of range", an outside review, 2026-12-03).
-const MAX_ABS_NOW_US: i64 = 1 << 61;
-
 pub(crate) fn rate_binds(id: &KeyId, lease: &RateLease) -> Result<RateBinds, StoreError> {
-    let max_window = RateLimit::MAX_WINDOW.as_micros() as u64;
-    if lease.burst_us > max_window || lease.interval_us > max_window {
-        return Err(StoreError::Usage {
-            id: id.clone(),
-            error: UsageError::WindowTooLong {
-                name: lease.name.as_str().into(),
-                window: std::time::Duration::from_micros(lease.burst_us.max(lease.interval_us)),
-            },
-        });
-    }
-    if !(-MAX_ABS_NOW_US..=MAX_ABS_NOW_US).contains(&lease.now_us) {
-        return Err(StoreError::Backend(format!(
-            "lease_rate of key {id}: now_us {} is out of range",
-            lease.now_us
-        )));
-    }
+    super::memory_usage::check_rate_lease(id, lease)?;
     let (fresh_granted, fresh_tat) = gcra_take(
         None,
         lease.now_us,
@@ -427,6 +405,7 @@ impl UsageQueries {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::usage::UsageError;
 
     #[test]
     #[cfg(all(feature = "sqlite", feature = "postgres"))]
@@ -477,6 +456,7 @@ mod tests {
         ));
         assert!(rate_binds(&id, &lease(i64::MAX, 10)).is_err());
         // The domain's ends (`tests/gcra_cases` leases at both at once).
+        use super::super::memory_usage::MAX_ABS_NOW_US;
         assert!(rate_binds(&id, &lease(MAX_ABS_NOW_US, 10)).is_ok());
         assert!(rate_binds(&id, &lease(-MAX_ABS_NOW_US, 10)).is_ok());
         assert!(rate_binds(&id, &lease(MAX_ABS_NOW_US + 1, 10)).is_err());
