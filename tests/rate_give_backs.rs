@@ -128,38 +128,14 @@ async fn ledgers_of_several_leases_never_let_more_through_than_one_gcra() {
                 rng.below(300) as i64
             };
             let mut give_back = Vec::new();
+            let mut lease_want = None;
             match rng.below(7) {
                 action @ (0 | 1) => {
                     // A top-up: expired tokens go back first (1), then a lease.
                     if action == 1 {
                         give_back.extend(servers[s].take(&mut kept));
                     }
-                    for (tokens, number) in give_back.drain(..) {
-                        if tokens > 0 {
-                            store
-                                .return_rate(&id, &name(), tokens, I, number)
-                                .await
-                                .unwrap();
-                            log.push(format!("t={now} s{s} gives back {tokens} under {number}"));
-                        }
-                    }
-                    let want = 1 + rng.below(16) as u32;
-                    let g = store
-                        .lease_rate(&id, &lease(want, now, I, BURST))
-                        .await
-                        .unwrap();
-                    let srv = &mut servers[s];
-                    if srv.total() == 0 {
-                        srv.held.clear();
-                        srv.earliest = g.lease;
-                    }
-                    srv.latest = (g.lease, g.granted);
-                    kept.push((now, i64::from(g.granted)));
-                    srv.held.push((kept.len() - 1, g.granted));
-                    log.push(format!(
-                        "t={now} s{s} leases {want}: {} #{}",
-                        g.granted, g.lease
-                    ));
+                    lease_want = Some(1 + rng.below(16) as u32);
                 }
                 2 => {
                     let srv = &mut servers[s];
@@ -193,6 +169,24 @@ async fn ledgers_of_several_leases_never_let_more_through_than_one_gcra() {
                         .unwrap();
                     log.push(format!("t={now} s{s} gives back {tokens} under {number}"));
                 }
+            }
+            if let Some(want) = lease_want {
+                let g = store
+                    .lease_rate(&id, &lease(want, now, I, BURST))
+                    .await
+                    .unwrap();
+                let srv = &mut servers[s];
+                if srv.total() == 0 {
+                    srv.held.clear();
+                    srv.earliest = g.lease;
+                }
+                srv.latest = (g.lease, g.granted);
+                kept.push((now, i64::from(g.granted)));
+                srv.held.push((kept.len() - 1, g.granted));
+                log.push(format!(
+                    "t={now} s{s} leases {want}: {} #{}",
+                    g.granted, g.lease
+                ));
             }
         }
         for i in 0..kept.len() {

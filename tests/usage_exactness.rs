@@ -322,9 +322,19 @@ async fn servers_of_one_limit<const N: usize>() -> (
 
 /// Sends `n` requests through `m`; how many passed.
 async fn passed(m: &KeyManager<Arc<MemoryStore>>, token: &str, n: usize) -> usize {
+    passed_costing(m, token, n, 1).await
+}
+
+/// Sends `n` requests of `cost` requests each through `m`; how many passed.
+async fn passed_costing(
+    m: &KeyManager<Arc<MemoryStore>>,
+    token: &str,
+    n: usize,
+    cost: u32,
+) -> usize {
     let registry = registry();
     let live = Environment::new("live").unwrap();
-    let req = VerifyRequest::new(&live, registry.get("search").unwrap()).spend("requests", 1);
+    let req = VerifyRequest::new(&live, registry.get("search").unwrap()).spend("requests", cost);
     let mut ok = 0;
     for _ in 0..n {
         match m.verifier().verify(token, &req).await {
@@ -501,9 +511,20 @@ async fn tokens_of_a_bucket_since_dropped_are_not_given_back_into_its_successor(
 /// whole.
 #[tokio::test]
 async fn an_expired_block_goes_back_whole_when_no_lease_came_after_it() {
-    let store = Arc::new(MemoryStore::new());
+    let (clock, token, m) = one_server_of_a_daily_limit().await;
+    // A lease of 1, then a block (250 at most), 2 of it spent.
+    assert_eq!(passed(&m, &token, 3).await, 3);
+    // The block expires (a lease is spendable for 1 s); the next request
+    // gives it back and leases again.
+    clock.advance(TimeDelta::milliseconds(1_500));
+    let left = passed(&m, &token, 2_000).await;
+    assert_eq!(left, 1_000 - 3, "what a day's bucket has left after 3");
+}
+
+/// One server and a key limited to 1,000 requests a day.
+async fn one_server_of_a_daily_limit() -> (ManualClock, String, KeyManager<Arc<MemoryStore>>) {
     let clock = ManualClock::new(t0());
-    let m = server(Arc::clone(&store), Some(clock.clone()));
+    let m = server(Arc::new(MemoryStore::new()), Some(clock.clone()));
     let limit = RateLimit::new("requests", 1_000, Duration::from_secs(86_400)).unwrap();
     let created = m
         .create(
@@ -515,13 +536,7 @@ async fn an_expired_block_goes_back_whole_when_no_lease_came_after_it() {
         .await
         .unwrap();
     let token = created.token.expose_secret().to_owned();
-    // A lease of 1, then a block (250 at most), 2 of it spent.
-    assert_eq!(passed(&m, &token, 3).await, 3);
-    // The block expires (a lease is spendable for 1 s); the next request
-    // gives it back and leases again.
-    clock.advance(TimeDelta::milliseconds(1_500));
-    let left = passed(&m, &token, 2_000).await;
-    assert_eq!(left, 1_000 - 3, "what a day's bucket has left after 3");
+    (clock, token, m)
 }
 
 /// The same when requests cost more than what is left of a block: the
@@ -532,44 +547,14 @@ async fn an_expired_block_goes_back_whole_when_no_lease_came_after_it() {
 /// 333 were due (245 of 248 tokens lost, 2026-12-03).
 #[tokio::test]
 async fn a_block_goes_back_whole_when_requests_cost_more_than_what_is_left() {
-    let store = Arc::new(MemoryStore::new());
-    let clock = ManualClock::new(t0());
-    let m = server(Arc::clone(&store), Some(clock.clone()));
-    let limit = RateLimit::new("requests", 1_000, Duration::from_secs(86_400)).unwrap();
-    let created = m
-        .create(
-            &Actor::system("tests"),
-            NewKey::new("contoso", "live", "daily")
-                .permissions(PermissionGrant::only(["search"]))
-                .rate_limits(RateLimits::new([limit]).unwrap()),
-        )
-        .await
-        .unwrap();
-    let token = created.token.expose_secret().to_owned();
-    let registry = registry();
-    let live = Environment::new("live").unwrap();
-    let req = VerifyRequest::new(&live, registry.get("search").unwrap()).spend("requests", 3);
-    let passed = |n: usize| {
-        let (m, token, req) = (&m, &token, &req);
-        async move {
-            let mut ok = 0;
-            for _ in 0..n {
-                match m.verifier().verify(token, req).await {
-                    Ok(_) => ok += 1,
-                    Err(d) if d.reason.code() == "rate_limited" => {}
-                    Err(d) => panic!("unexpected denial: {d:?}"),
-                }
-            }
-            ok
-        }
-    };
+    let (clock, token, m) = one_server_of_a_daily_limit().await;
     // A lease of 3, then a block of 250 (83 requests, 1 token left); the
     // 85th request leases another block while it holds that token.
-    let first = passed(85).await;
+    let first = passed_costing(&m, &token, 85, 3).await;
     assert_eq!(first, 85);
     // Both blocks expire; the next request gives back 248 and leases.
     clock.advance(TimeDelta::milliseconds(1_500));
-    let later = passed(2_000).await;
+    let later = passed_costing(&m, &token, 2_000, 3).await;
     assert_eq!(
         first + later,
         1_000 / 3,
