@@ -23,6 +23,11 @@ use tower::ServiceExt;
 /// per-source bucket is small (3), behind a trusted proxy at 10.0.0.1;
 /// `/me` answers the caller's address.
 fn setup(read: ProxyHeaders) -> (Fixture, Router) {
+    setup_behind("10.0.0.0/8", read)
+}
+
+/// [`setup`] with the proxies of `trusted` (a CIDR).
+fn setup_behind(trusted: &str, read: ProxyHeaders) -> (Fixture, Router) {
     let fx = fixture_with(
         Arc::new(MemoryStore::new()),
         policy(),
@@ -33,7 +38,7 @@ fn setup(read: ProxyHeaders) -> (Fixture, Router) {
         },
     );
     let auth = KeywardLayer::new(fx.manager.verifier(), fx.live.clone())
-        .trusted_proxies(["10.0.0.0/8".parse().unwrap()])
+        .trusted_proxies([trusted.parse().unwrap()])
         .proxy_headers(read);
     let app = Router::new()
         .route(
@@ -137,20 +142,7 @@ async fn bytes_left_of_the_proxys_entry_do_not_escape_the_source_throttle() {
 #[tokio::test]
 async fn over_real_http_a_non_ascii_byte_still_meets_the_source_throttle() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let fx = fixture_with(
-        Arc::new(MemoryStore::new()),
-        policy(),
-        VerifierConfig {
-            failure_burst: 1000,
-            source_failure_burst: 3,
-            ..VerifierConfig::default()
-        },
-    );
-    let auth = KeywardLayer::new(fx.manager.verifier(), fx.live.clone())
-        .trusted_proxies(["127.0.0.0/8".parse().unwrap()]);
-    let app = Router::new()
-        .route("/me", get(|| async { "ok" }))
-        .route_layer(auth);
+    let (fx, app) = setup_behind("127.0.0.0/8", ProxyHeaders::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {

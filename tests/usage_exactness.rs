@@ -325,6 +325,16 @@ async fn passed(m: &KeyManager<Arc<MemoryStore>>, token: &str, n: usize) -> usiz
     passed_costing(m, token, n, 1).await
 }
 
+/// Sends `n` requests of one request each through `servers` in turn; how
+/// many passed.
+async fn in_turn(servers: &[&KeyManager<Arc<MemoryStore>>], token: &str, n: usize) -> usize {
+    let mut ok = 0;
+    for m in servers.iter().cycle().take(n) {
+        ok += passed(m, token, 1).await;
+    }
+    ok
+}
+
 /// Sends `n` requests of `cost` requests each through `m`; how many passed.
 async fn passed_costing(
     m: &KeyManager<Arc<MemoryStore>>,
@@ -354,9 +364,7 @@ async fn spent_then_drained(after: TimeDelta) -> usize {
     assert_eq!(passed(&a, &token, 2).await, 2);
     clock.advance(after);
     let mut at_once = passed(&b, &token, 400).await;
-    for m in [&a, &b].into_iter().cycle().take(800) {
-        at_once += passed(m, &token, 1).await;
-    }
+    at_once += in_turn(&[&a, &b], &token, 800).await;
     at_once
 }
 
@@ -394,9 +402,7 @@ async fn tokens_given_back_after_the_bucket_restarted_are_not_counted_twice() {
         if sweep {
             s3.verifier().release_usage().await;
         }
-        for m in [&s3, &s1, &s2, &d].into_iter().cycle().take(800) {
-            at_once += passed(m, &token, 1).await;
-        }
+        at_once += in_turn(&[&s3, &s1, &s2, &d], &token, 800).await;
         assert!(
             at_once <= 110,
             "four servers (sweep {sweep}): {at_once} at one instant"
@@ -420,9 +426,7 @@ async fn what_give_backs_cannot_credit_is_at_most_the_unspent_blocks() {
     assert_eq!(passed(&s4, &token, 48).await, 48);
     clock.advance(TimeDelta::milliseconds(5_200));
     let mut at_once = 0;
-    for m in [&s1, &s2, &s4].into_iter().cycle().take(900) {
-        at_once += passed(m, &token, 1).await;
-    }
+    at_once += in_turn(&[&s1, &s2, &s4], &token, 900).await;
     assert!(
         at_once >= 100 - 48,
         "{at_once}: more was lost than the unspent blocks"
@@ -458,9 +462,7 @@ async fn give_backs_of_three_servers_after_their_charges_mostly_elapsed_are_not_
     // TAT = T + 7.8 s; 7.7 s on, no restart.
     clock.advance(TimeDelta::milliseconds(7_700));
     let mut at_once = passed(&d, &token, 400).await;
-    for m in [&s1, &s2, &s3, &d].into_iter().cycle().take(1600) {
-        at_once += passed(m, &token, 1).await;
-    }
+    at_once += in_turn(&[&s1, &s2, &s3, &d], &token, 1600).await;
     assert!(at_once <= 110, "four servers: {at_once} at one instant");
 }
 
@@ -492,9 +494,7 @@ async fn tokens_of_a_bucket_since_dropped_are_not_given_back_into_its_successor(
     clock.advance(TimeDelta::milliseconds(1_001));
     let mut at_once = passed(&b, &token, 1).await;
     at_once += passed(&a, &token, 1).await;
-    for m in [&a, &b].into_iter().cycle().take(800) {
-        at_once += passed(m, &token, 1).await;
-    }
+    at_once += in_turn(&[&a, &b], &token, 800).await;
     assert!(
         at_once <= 110,
         "{at_once} at one instant on a new bucket of 100"
